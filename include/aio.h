@@ -1,0 +1,134 @@
+/*
+ * aio.h - the event loop: one AioContext per thread, on one io_uring ring.
+ *
+ * An AioContext owns an io_uring ring and runs, on its thread only:
+ *   - completions of SQEs submitted through it (each SQE's user_data points
+ *     at an AioCompletion whose callback runs on completion),
+ *   - bottom halves (deferred callbacks, schedulable from any thread),
+ *   - timers (monotonic clock, or a virtual clock for tests),
+ *   - coroutines scheduled onto it from other threads (aio_co_schedule).
+ * All SQEs queued during one loop iteration go to the kernel with a single
+ * io_uring_submit (plug/unplug).  Rings use SINGLE_ISSUER|DEFER_TASKRUN or
+ * COOP_TASKRUN where the kernel supports them and fall back otherwise.
+ *
+ * Coroutine I/O helpers (aio_co_preadv, ...) submit on the *current thread's*
+ * context and yield until the completion re-enters the coroutine; they return
+ * the CQE result (bytes or -errno).  Nothing here blocks except aio_poll(ctx,
+ * true) waiting for events.
+ *
+ * Threads: each thread that does I/O calls aio_context_new() and
+ * aio_set_current(); aio_current() returns it.  The main thread of tools gets
+ * one from aio_main_init().
+ */
+#ifndef UBLKD_AIO_H
+#define UBLKD_AIO_H
+
+#include <liburing.h>
+#include <sys/uio.h>
+#include "compiler.h"
+#include "coroutine.h"
+#include "error.h"
+
+typedef struct AioContext AioContext;
+
+/* ---- context lifecycle ---- */
+#define AIO_DEFAULT_ENTRIES 256
+AioContext *aio_context_new(unsigned entries, Error **errp);
+void aio_context_free(AioContext *ctx);        /* on its own thread, idle */
+void aio_set_current(AioContext *ctx);         /* thread-local */
+AioContext *aio_current(void);
+/* Create and set the calling thread's context if it has none. */
+AioContext *aio_main_init(Error **errp);
+struct io_uring *aio_ring(AioContext *ctx);
+/* Setup flags the ring actually got (IORING_SETUP_*), for tests and info. */
+unsigned aio_ring_flags(AioContext *ctx);
+
+/*
+ * Run one loop iteration: submit queued SQEs, reap completions, run expired
+ * timers, bottom halves and scheduled coroutines.  With blocking=true, waits
+ * until at least one event happened.  Returns true if progress was made.
+ */
+bool aio_poll(AioContext *ctx, bool blocking);
+/* Wake ctx's thread out of a blocking aio_poll; callable from any thread. */
+void aio_notify(AioContext *ctx);
+
+/* Poll ctx (blocking) while cond holds; use outside coroutines only. */
+#define AIO_WAIT_WHILE(ctx, cond) \
+    do { while (cond) { aio_poll((ctx), true); } } while (0)
+
+/* ---- SQE submission (for drivers and the ublk queue code) ---- */
+typedef struct AioCompletion AioCompletion;
+typedef void AioCompletionFn(AioCompletion *c, int res, unsigned cqe_flags);
+struct AioCompletion {
+    AioCompletionFn *cb;
+};
+/* Never NULL: submits pending SQEs to make room if the SQ ring is full. */
+struct io_uring_sqe *aio_get_sqe(AioContext *ctx);
+static inline void aio_sqe_set_completion(struct io_uring_sqe *sqe, AioCompletion *c)
+{
+    io_uring_sqe_set_data(sqe, c);
+}
+/* Submit now rather than at the end of the iteration (rarely needed). */
+int aio_submit(AioContext *ctx);
+
+/* ---- coroutine I/O on the current thread's ring ---- */
+ssize_t coroutine_fn aio_co_preadv(int fd, const struct iovec *iov, int iovcnt, int64_t offset);
+ssize_t coroutine_fn aio_co_pwritev(int fd, const struct iovec *iov, int iovcnt, int64_t offset,
+                                    int rw_flags /* RWF_DSYNC for FUA */);
+int coroutine_fn aio_co_fsync(int fd, bool datasync);
+int coroutine_fn aio_co_fallocate(int fd, int mode, int64_t offset, int64_t len);
+/* Returns revents (>0) or -errno. */
+int coroutine_fn aio_co_poll(int fd, short events);
+/* Submit a prepared SQE (user_data is set here) and wait for its result. */
+int coroutine_fn aio_co_submit_sqe_wait(struct io_uring_sqe *sqe, unsigned *cqe_flags);
+void coroutine_fn aio_co_sleep_ns(int64_t ns);   /* on the context's clock */
+
+/* ---- bottom halves ---- */
+typedef struct AioBH AioBH;
+typedef void AioBHFn(void *opaque);
+AioBH *aio_bh_new(AioContext *ctx, AioBHFn *cb, void *opaque);
+void aio_bh_schedule(AioBH *bh);     /* any thread; runs once on bh's ctx */
+void aio_bh_delete(AioBH *bh);       /* on bh's ctx thread */
+/* Allocate, run once on ctx, free.  Not for the per-request path. */
+void aio_bh_schedule_oneshot(AioContext *ctx, AioBHFn *cb, void *opaque);
+
+/* ---- clock and timers ---- */
+typedef int64_t AioClockFn(void *opaque);
+/* Replace ctx's clock (default CLOCK_MONOTONIC ns).  With a virtual clock,
+ * aio_poll does not sleep for timers: tests advance time and poll. */
+void aio_context_set_clock(AioContext *ctx, AioClockFn *now, void *opaque);
+int64_t aio_now_ns(AioContext *ctx);
+int64_t clock_monotonic_ns(void);
+
+typedef struct AioTimer {
+    AioContext *ctx;
+    int64_t expire_ns;           /* -1 when not armed */
+    void (*cb)(void *opaque);
+    void *opaque;
+    struct AioTimer *next;
+} AioTimer;
+void aio_timer_init(AioTimer *t, AioContext *ctx, void (*cb)(void *), void *opaque);
+void aio_timer_mod(AioTimer *t, int64_t expire_ns);  /* absolute, ctx clock; ctx thread */
+void aio_timer_del(AioTimer *t);
+bool aio_timer_pending(const AioTimer *t);
+
+/* ---- coroutines across contexts ---- */
+/* Run co on ctx (any thread; co must not be running). */
+void aio_co_schedule(AioContext *ctx, Coroutine *co);
+/*
+ * Resume co on its home context: entered directly if that is the current
+ * thread and we are not in a coroutine, queued to run after the current
+ * coroutine yields if we are, scheduled on its own thread otherwise.
+ */
+void aio_co_wake(Coroutine *co);
+/* Move the calling coroutine to ctx (yields, resumes on ctx's thread). */
+void coroutine_fn aio_co_reschedule_self(AioContext *ctx);
+
+/*
+ * Run fn(opaque) in a coroutine and wait for it: called in a coroutine it just
+ * calls fn; otherwise it creates one on the current context and polls until
+ * it terminates.  The synchronous wrappers (bdrv_pread, blk_pwrite...) use it.
+ */
+void aio_co_run_sync(CoroutineEntry *fn, void *opaque);
+
+#endif

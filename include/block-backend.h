@@ -1,0 +1,59 @@
+/*
+ * block-backend.h - the export handle: what a user of a graph holds.
+ *
+ * A BlockBackend sits above a root node and is what the ublk queue threads
+ * and `ublkd img` call: it adds the per-export policies that do not belong to
+ * a node (throttling, I/O accounting per operation, a size check on every
+ * request) and synchronous wrappers for tools.  It opens graphs from a
+ * filename + options or from a "--blockdev" string.
+ */
+#ifndef UBLKD_BLOCK_BACKEND_H
+#define UBLKD_BLOCK_BACKEND_H
+
+#include "block.h"
+#include "throttle.h"
+
+typedef struct BlockBackend BlockBackend;
+
+typedef enum { BLK_OP_READ, BLK_OP_WRITE, BLK_OP_FLUSH, BLK_OP_DISCARD, BLK_OP_WRITE_ZEROES,
+               BLK_OP__MAX } BlockAcctOp;
+typedef struct BlockAcctStats {
+    uint64_t ops[BLK_OP__MAX];
+    uint64_t bytes[BLK_OP__MAX];
+    uint64_t errors[BLK_OP__MAX];
+    uint64_t total_ns[BLK_OP__MAX];
+} BlockAcctStats;
+
+/* Open a graph; options consumed.  Recognises top-level "throttling.*". */
+BlockBackend *blk_new_open(const char *filename, OptDict *options, int flags, Error **errp);
+/* Wrap an existing node (takes a reference). */
+BlockBackend *blk_new_with_bs(BlockDriverState *bs, Error **errp);
+void blk_unref(BlockBackend *blk);   /* drains, flushes if writable, closes */
+BlockDriverState *blk_bs(BlockBackend *blk);
+BdrvChild *blk_root(BlockBackend *blk);
+int64_t blk_getlength(BlockBackend *blk);
+bool blk_is_read_only(BlockBackend *blk);
+int blk_set_throttle(BlockBackend *blk, const ThrottleConfig *cfg, Error **errp);
+void blk_get_stats(BlockBackend *blk, BlockAcctStats *out);
+
+int coroutine_fn blk_co_preadv(BlockBackend *blk, int64_t offset, int64_t bytes,
+                               IOVector *qiov, BdrvRequestFlags flags);
+int coroutine_fn blk_co_pwritev(BlockBackend *blk, int64_t offset, int64_t bytes,
+                                IOVector *qiov, BdrvRequestFlags flags);
+int coroutine_fn blk_co_pwrite_zeroes(BlockBackend *blk, int64_t offset, int64_t bytes,
+                                      BdrvRequestFlags flags);
+int coroutine_fn blk_co_pdiscard(BlockBackend *blk, int64_t offset, int64_t bytes);
+int coroutine_fn blk_co_flush(BlockBackend *blk);
+
+/* Synchronous forms for tools. */
+int blk_pread(BlockBackend *blk, int64_t offset, int64_t bytes, void *buf, BdrvRequestFlags flags);
+int blk_pwrite(BlockBackend *blk, int64_t offset, int64_t bytes, const void *buf,
+               BdrvRequestFlags flags);
+int blk_pwrite_zeroes(BlockBackend *blk, int64_t offset, int64_t bytes, BdrvRequestFlags flags);
+int blk_pdiscard(BlockBackend *blk, int64_t offset, int64_t bytes);
+int blk_flush(BlockBackend *blk);
+int blk_truncate(BlockBackend *blk, int64_t offset, bool exact, PreallocMode prealloc,
+                 Error **errp);
+void blk_drain(BlockBackend *blk);
+
+#endif

@@ -1,0 +1,64 @@
+/*
+ * throttle.h - I/O throttling with token buckets (as QEMU's throttle groups).
+ *
+ * Six buckets: iops and bytes/s, each for read, write and total.  Each has an
+ * average rate (avg per second), an optional burst rate (max) and the time the
+ * burst may last (burst_length seconds).  Buckets leak at avg; a request may
+ * go when every bucket that applies has room.  The state is shared by all
+ * queue threads of one export (a short pthread mutex around the arithmetic,
+ * never held while waiting); a request that must wait sleeps on its own
+ * thread's timer.  Time comes from the caller's AioContext clock, so tests
+ * drive it with a virtual clock.
+ */
+#ifndef UBLKD_THROTTLE_H
+#define UBLKD_THROTTLE_H
+
+#include <pthread.h>
+#include "compiler.h"
+#include "error.h"
+#include "options.h"
+
+typedef enum {
+    THROTTLE_BPS_TOTAL, THROTTLE_BPS_READ, THROTTLE_BPS_WRITE,
+    THROTTLE_OPS_TOTAL, THROTTLE_OPS_READ, THROTTLE_OPS_WRITE,
+    THROTTLE_BUCKETS
+} ThrottleBucketType;
+
+typedef struct ThrottleBucket {
+    double avg;            /* units per second, 0 = unlimited */
+    double max;            /* burst rate, 0 = avg */
+    double level;          /* current fill */
+    double burst_level;    /* fill of the burst bucket */
+    uint64_t burst_length; /* seconds the burst may last (>= 1) */
+} ThrottleBucket;
+
+typedef struct ThrottleConfig {
+    ThrottleBucket buckets[THROTTLE_BUCKETS];
+    uint64_t op_size;      /* iops-size: larger ops count as several */
+} ThrottleConfig;
+
+typedef struct ThrottleState {
+    pthread_mutex_t lock;
+    ThrottleConfig cfg;
+    int64_t previous_leak_ns;
+} ThrottleState;
+
+void throttle_config_init(ThrottleConfig *cfg);
+bool throttle_enabled(const ThrottleConfig *cfg);
+/* Check limits (conflicts, negative values, burst < avg) with clear messages. */
+bool throttle_is_valid(const ThrottleConfig *cfg, Error **errp);
+/* Take "throttling.iops-total", "throttling.bps-read-max", ... style keys
+ * (QEMU's names) from opts. */
+int throttle_config_from_options(ThrottleConfig *cfg, OptDict *opts, Error **errp);
+
+void throttle_init(ThrottleState *ts, const ThrottleConfig *cfg, int64_t now_ns);
+void throttle_destroy(ThrottleState *ts);
+/*
+ * Account a request of `bytes` if allowed at now_ns and return 0; otherwise
+ * return the number of ns to wait before trying again (nothing accounted).
+ */
+int64_t throttle_try_account(ThrottleState *ts, bool is_write, uint64_t bytes, int64_t now_ns);
+/* Coroutine helper: waits (on the current context's timers) then accounts. */
+void coroutine_fn throttle_co_wait(ThrottleState *ts, bool is_write, uint64_t bytes);
+
+#endif

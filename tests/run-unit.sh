@@ -1,0 +1,19 @@
+#!/bin/bash
+# Run each cmocka unit-test binary given on the command line.  cmocka prints
+# its own "[  PASSED  ] N test(s)." / "[  FAILED  ]" summary per suite; this
+# adds one total line in the form CI understands and fails if any suite did.
+set -u
+pass=0 fail=0 failed_suites=()
+for t in "$@"; do
+    out=$("$t" 2>&1); rc=$?
+    printf '%s\n' "$out"
+    p=$(printf '%s\n' "$out" | sed -n 's/^\[  PASSED  \] \([0-9]*\) test.*/\1/p' | tail -1)
+    f=$(printf '%s\n' "$out" | sed -n 's/^\[  FAILED  \] \([0-9]*\) test.*/\1/p' | tail -1)
+    pass=$((pass + ${p:-0})); fail=$((fail + ${f:-0}))
+    if [ $rc -ne 0 ]; then
+        [ -z "$f" ] && fail=$((fail + 1))   # crashed before its summary
+        failed_suites+=("$(basename "$t")")
+    fi
+done
+echo "unit: $pass passed, $fail failed"
+[ ${#failed_suites[@]} -eq 0 ] || { echo "failed suites: ${failed_suites[*]}"; exit 1; }
