@@ -61,6 +61,21 @@ UNIT_HELPER_OBJS := $(UNIT_HELPER_SRCS:%.c=$(BUILD)/%.o)
 BENCH_SRCS := $(sort $(wildcard tests/bench/bench-*.c))
 BENCHES := $(BENCH_SRCS:tests/bench/%.c=$(BUILD)/tests/%)
 
+# Debian packages the build, the tests and the VM harness need.  `make deps`
+# installs whichever are missing (as root, or through sudo).
+DEB_PACKAGES := gcc clang make pkg-config liburing-dev libcmocka-dev libjson-c-dev \
+    libzstd-dev uuid-dev zlib1g-dev libclang-rt-14-dev qemu-utils fio e2fsprogs \
+    util-linux qemu-system-x86 busybox-static cpio kmod xz-utils
+SUDO := $(if $(filter 0,$(shell id -u)),,sudo)
+
+.PHONY: deps
+deps:
+	@missing=$$(for p in $(DEB_PACKAGES); do dpkg-query -W -f='$${Status}\n' $$p 2>/dev/null | grep -q 'install ok installed' || echo $$p; done); \
+	if [ -n "$$missing" ]; then \
+	    echo "installing:" $$missing; \
+	    $(SUDO) apt-get update -q && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -q $$missing; \
+	else echo "deps: all installed"; fi
+
 .PHONY: all clean install test check-unit check-interop check-vm check-fuzz asan bench bench-vm tests
 all: $(BUILD)/ublkd
 
@@ -111,7 +126,7 @@ check-vm: $(BUILD)/ublkd
 check-fuzz:
 	@tests/fuzz/run.sh
 
-test: all check-unit check-interop check-vm
+test: all check-unit check-interop check-fuzz check-vm
 
 asan:
 	$(MAKE) BUILD=build-asan OPT="-O1 -g -fsanitize=address,undefined -fno-omit-frame-pointer -fno-sanitize-recover=undefined" \
