@@ -23,7 +23,7 @@ LDLIBS    := -luring -lpthread
 LDFLAGS   ?=
 
 # ---- sources, one subsystem per file ----
-IO_SRCS := io/error.c
+IO_SRCS := io/error.c io/coroutine.c io/co-lock.c io/aio.c io/iov.c
 # node graph, options, file protocol (graph helper)
 IO_SRCS += io/options.c
 

@@ -1,0 +1,745 @@
+/*
+ * aio.c - AioContext: one io_uring ring per thread, with bottom halves,
+ * timers, cross-thread coroutine scheduling and coroutine I/O helpers.
+ *
+ * Cross-thread traffic (aio_bh_schedule, aio_co_schedule, aio_notify) uses
+ * lock-free push lists; the owner takes a whole list with one exchange.  A
+ * sleeping owner is woken through an eventfd that always has a READ armed
+ * on the ring.  To keep that write(2) off the fast path, the owner
+ * advertises "I may sleep" in notify_me before its last check for work, and
+ * wakers only write the eventfd when they see it (both sides use seq_cst,
+ * so one of them always sees the other).
+ *
+ * Rings are created disabled (IORING_SETUP_R_DISABLED) and enabled by the
+ * first thread that uses them, so SINGLE_ISSUER names the thread that really
+ * submits even when the context was created on another one.
+ */
+#include <errno.h>
+#include <fcntl.h>
+#include <poll.h>
+#include <stdatomic.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/eventfd.h>
+#include <sys/syscall.h>
+#include <time.h>
+#include <unistd.h>
+#include "aio.h"
+#include "coroutine-int.h"
+
+struct AioBH {
+    AioContext *ctx;
+    AioBHFn *cb;
+    void *opaque;
+    atomic_uint flags;
+    AioBH *next;
+};
+enum { BH_SCHEDULED = 1, BH_DELETED = 2, BH_ONESHOT = 4 };
+
+struct AioContext {
+    struct io_uring ring;
+    unsigned ring_flags;
+    bool enabled;
+    int efd;
+    uint64_t efd_buf;
+    AioCompletion efd_comp;
+    atomic_int notify_me;
+    atomic_bool notified;
+    _Atomic(AioBH *) bh_list;
+    _Atomic(Coroutine *) co_list;
+    AioTimer *timers;            /* sorted by expire_ns, owner thread only */
+    AioClockFn *clock;
+    void *clock_opaque;
+};
+
+static __thread AioContext *current_ctx;
+
+/* ------------------------------------------------------------------ clock */
+
+int64_t clock_monotonic_ns(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (int64_t)ts.tv_sec * 1000000000LL + ts.tv_nsec;
+}
+
+static int64_t default_clock(void *opaque)
+{
+    (void)opaque;
+    return clock_monotonic_ns();
+}
+
+int64_t aio_now_ns(AioContext *ctx)
+{
+    return ctx->clock(ctx->clock_opaque);
+}
+
+void aio_context_set_clock(AioContext *ctx, AioClockFn *now, void *opaque)
+{
+    ctx->clock = now ? now : default_clock;
+    ctx->clock_opaque = now ? opaque : NULL;
+}
+
+static bool clock_is_virtual(AioContext *ctx)
+{
+    return ctx->clock != default_clock;
+}
+
+/* -------------------------------------------------------------- lifecycle */
+
+static void efd_arm(AioContext *ctx);
+
+static void efd_done(AioCompletion *c, int res, unsigned flags)
+{
+    AioContext *ctx = container_of(c, AioContext, efd_comp);
+    (void)flags;
+    if (res < 0 && res != -EINTR && res != -EAGAIN && res != -ECANCELED) {
+        fprintf(stderr, "ublkd: aio: eventfd read failed: %s\n", strerror(-res));
+    }
+    efd_arm(ctx);
+}
+
+static void efd_arm(AioContext *ctx)
+{
+    struct io_uring_sqe *sqe = aio_get_sqe(ctx);
+    io_uring_prep_read(sqe, ctx->efd, &ctx->efd_buf, sizeof(ctx->efd_buf), 0);
+    aio_sqe_set_completion(sqe, &ctx->efd_comp);
+}
+
+/* First use by the owner thread: enable the ring, arm the wake-up read. */
+static inline void aio_bind(AioContext *ctx)
+{
+    if (likely(ctx->enabled)) {
+        return;
+    }
+    if (ctx->ring_flags & IORING_SETUP_R_DISABLED) {
+        /* liburing 2.3 declares io_uring_enable_rings but does not export it. */
+        long ret = syscall(__NR_io_uring_register, ctx->ring.ring_fd,
+                           IORING_REGISTER_ENABLE_RINGS, NULL, 0);
+        if (ret < 0) {
+            fprintf(stderr, "ublkd: aio: IORING_REGISTER_ENABLE_RINGS: %s\n", strerror(errno));
+            abort();
+        }
+    }
+    ctx->enabled = true;
+    efd_arm(ctx);
+}
+
+/* Ring setup levels, best first; UBLKD_IO_URING_SETUP=defer|coop|none caps it. */
+static const unsigned ring_levels[] = {
+    IORING_SETUP_SINGLE_ISSUER | IORING_SETUP_DEFER_TASKRUN | IORING_SETUP_R_DISABLED,
+    IORING_SETUP_COOP_TASKRUN | IORING_SETUP_TASKRUN_FLAG,
+    0,
+};
+
+static unsigned ring_first_level(void)
+{
+    const char *env = getenv("UBLKD_IO_URING_SETUP");
+    if (!env || !strcmp(env, "defer")) {
+        return 0;
+    }
+    if (!strcmp(env, "coop")) {
+        return 1;
+    }
+    return 2;
+}
+
+AioContext *aio_context_new(unsigned entries, Error **errp)
+{
+    AioContext *ctx = calloc(1, sizeof(*ctx));
+    int ret = -EINVAL;
+
+    if (!ctx) {
+        error_setg(errp, "aio: out of memory");
+        return NULL;
+    }
+    if (!entries) {
+        entries = AIO_DEFAULT_ENTRIES;
+    }
+    for (unsigned i = ring_first_level(); i < ARRAY_SIZE(ring_levels); i++) {
+        struct io_uring_params p = { .flags = ring_levels[i] };
+        ret = io_uring_queue_init_params(entries, &ctx->ring, &p);
+        if (ret == 0) {
+            ctx->ring_flags = ring_levels[i];
+            break;
+        }
+        if (ret != -EINVAL) {
+            break;
+        }
+    }
+    if (ret < 0) {
+        error_setg_errno(errp, -ret, "aio: io_uring_queue_init(%u entries)", entries);
+        free(ctx);
+        return NULL;
+    }
+    ctx->efd = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
+    if (ctx->efd < 0) {
+        error_setg_errno(errp, errno, "aio: eventfd");
+        io_uring_queue_exit(&ctx->ring);
+        free(ctx);
+        return NULL;
+    }
+    ctx->efd_comp.cb = efd_done;
+    ctx->clock = default_clock;
+    return ctx;
+}
+
+void aio_context_free(AioContext *ctx)
+{
+    if (!ctx) {
+        return;
+    }
+    /* Bottom halves still queued are freed unrun. */
+    AioBH *bh = atomic_exchange(&ctx->bh_list, NULL);
+    while (bh) {
+        AioBH *next = bh->next;
+        unsigned f = atomic_load(&bh->flags);
+        if (f & (BH_DELETED | BH_ONESHOT)) {
+            free(bh);
+        } else {
+            atomic_fetch_and(&bh->flags, ~(unsigned)BH_SCHEDULED);
+        }
+        bh = next;
+    }
+    io_uring_queue_exit(&ctx->ring);
+    close(ctx->efd);
+    if (current_ctx == ctx) {
+        current_ctx = NULL;
+    }
+    free(ctx);
+}
+
+void aio_set_current(AioContext *ctx)
+{
+    current_ctx = ctx;
+    if (ctx) {
+        aio_bind(ctx);
+    }
+}
+
+/* noinline + opaque: see coroutine-int.h (coroutines migrate threads). */
+__attribute__((noinline)) AioContext *aio_current(void)
+{
+    AioContext **p = &current_ctx;
+    __asm__ volatile("" : "+r"(p));
+    return *p;
+}
+
+AioContext *aio_main_init(Error **errp)
+{
+    AioContext *ctx = aio_current();
+    if (!ctx) {
+        ctx = aio_context_new(AIO_DEFAULT_ENTRIES, errp);
+        if (ctx) {
+            aio_set_current(ctx);
+        }
+    }
+    return ctx;
+}
+
+struct io_uring *aio_ring(AioContext *ctx)
+{
+    return &ctx->ring;
+}
+
+unsigned aio_ring_flags(AioContext *ctx)
+{
+    return ctx->ring_flags & ~IORING_SETUP_R_DISABLED;
+}
+
+/* ------------------------------------------------------------ submission */
+
+struct io_uring_sqe *aio_get_sqe(AioContext *ctx)
+{
+    aio_bind(ctx);
+    for (int tries = 0;; tries++) {
+        struct io_uring_sqe *sqe = io_uring_get_sqe(&ctx->ring);
+        if (likely(sqe)) {
+            return sqe;
+        }
+        /* SQ full: hand what we have to the kernel to make room.  With a
+         * full CQ the kernel says EBUSY; flushing task work drains it into
+         * the overflow list, which is unbounded (IORING_FEAT_NODROP). */
+        int ret = io_uring_submit(&ctx->ring);
+        if (ret < 0 && ret != -EBUSY && ret != -EAGAIN && ret != -EINTR) {
+            fprintf(stderr, "ublkd: aio: io_uring_submit: %s\n", strerror(-ret));
+            abort();
+        }
+        if (ret <= 0) {
+            io_uring_get_events(&ctx->ring);
+        }
+        if (tries > 1000000) {
+            fprintf(stderr, "ublkd: aio: submission queue stuck\n");
+            abort();
+        }
+    }
+}
+
+int aio_submit(AioContext *ctx)
+{
+    aio_bind(ctx);
+    return io_uring_submit(&ctx->ring);
+}
+
+/* ------------------------------------------------------------- wake-up */
+
+void aio_notify(AioContext *ctx)
+{
+    atomic_store(&ctx->notified, true);
+    if (atomic_load(&ctx->notify_me)) {
+        uint64_t one = 1;
+        ssize_t r = write(ctx->efd, &one, sizeof(one));
+        (void)r;  /* EAGAIN means the counter is already non-zero: fine */
+    }
+}
+
+/* ---------------------------------------------------------- bottom halves */
+
+AioBH *aio_bh_new(AioContext *ctx, AioBHFn *cb, void *opaque)
+{
+    AioBH *bh = calloc(1, sizeof(*bh));
+    if (!bh) {
+        abort();
+    }
+    bh->ctx = ctx;
+    bh->cb = cb;
+    bh->opaque = opaque;
+    return bh;
+}
+
+static void bh_push(AioBH *bh)
+{
+    AioContext *ctx = bh->ctx;
+    AioBH *old = atomic_load(&ctx->bh_list);
+    do {
+        bh->next = old;
+    } while (!atomic_compare_exchange_weak(&ctx->bh_list, &old, bh));
+    if (ctx != aio_current()) {
+        aio_notify(ctx);
+    }
+}
+
+void aio_bh_schedule(AioBH *bh)
+{
+    unsigned old = atomic_fetch_or(&bh->flags, BH_SCHEDULED);
+    if (!(old & BH_SCHEDULED)) {
+        bh_push(bh);
+    }
+}
+
+void aio_bh_delete(AioBH *bh)
+{
+    if (!bh) {
+        return;
+    }
+    unsigned old = atomic_fetch_or(&bh->flags, BH_DELETED);
+    if (!(old & BH_SCHEDULED)) {
+        free(bh);
+    }
+    /* else: freed when the list is run */
+}
+
+void aio_bh_schedule_oneshot(AioContext *ctx, AioBHFn *cb, void *opaque)
+{
+    AioBH *bh = aio_bh_new(ctx, cb, opaque);
+    atomic_store(&bh->flags, BH_SCHEDULED | BH_ONESHOT);
+    bh_push(bh);
+}
+
+/* Pushes are LIFO; reverse so work runs in the order it was scheduled. */
+#define REVERSE_LIST(head, type, field) ({                  \
+    type *_prev = NULL, *_cur = (head);                     \
+    while (_cur) {                                          \
+        type *_n = _cur->field;                             \
+        _cur->field = _prev;                                \
+        _prev = _cur;                                       \
+        _cur = _n;                                          \
+    }                                                       \
+    _prev; })
+
+static bool run_bhs(AioContext *ctx)
+{
+    AioBH *bh = atomic_exchange(&ctx->bh_list, NULL);
+    if (!bh) {
+        return false;
+    }
+    bh = REVERSE_LIST(bh, AioBH, next);
+    while (bh) {
+        AioBH *next = bh->next;
+        /* After clearing SCHEDULED another thread may re-push bh. */
+        unsigned f = atomic_fetch_and(&bh->flags, ~(unsigned)BH_SCHEDULED);
+        if (f & BH_DELETED) {
+            free(bh);
+        } else {
+            bh->cb(bh->opaque);
+            if (f & BH_ONESHOT) {
+                free(bh);
+            }
+        }
+        bh = next;
+    }
+    return true;
+}
+
+/* ------------------------------------------------- coroutine scheduling */
+
+void aio_co_schedule(AioContext *ctx, Coroutine *co)
+{
+    if (atomic_exchange(co_sched_flag(co), true)) {
+        fprintf(stderr, "ublkd: aio_co_schedule: coroutine %p was already scheduled\n",
+                (void *)co);
+        abort();
+    }
+    Coroutine *old = atomic_load(&ctx->co_list);
+    do {
+        *co_sched_link(co) = old;
+    } while (!atomic_compare_exchange_weak(&ctx->co_list, &old, co));
+    if (ctx != aio_current()) {
+        aio_notify(ctx);
+    }
+}
+
+static bool run_scheduled(AioContext *ctx)
+{
+    Coroutine *co = atomic_exchange(&ctx->co_list, NULL);
+    if (!co) {
+        return false;
+    }
+    Coroutine *prev = NULL;
+    while (co) {
+        Coroutine *n = *co_sched_link(co);
+        *co_sched_link(co) = prev;
+        prev = co;
+        co = n;
+    }
+    for (co = prev; co;) {
+        Coroutine *next = *co_sched_link(co);
+        *co_sched_link(co) = NULL;
+        atomic_store(co_sched_flag(co), false);
+        co_enter(co);
+        co = next;
+    }
+    return true;
+}
+
+void aio_co_wake(Coroutine *co)
+{
+    AioContext *ctx = co_get_ctx(co);
+    if (ctx && ctx != aio_current()) {
+        aio_co_schedule(ctx, co);
+    } else if (in_coroutine()) {
+        co_queue_wakeup_after_yield(co);
+    } else {
+        co_enter(co);
+    }
+}
+
+void coroutine_fn aio_co_reschedule_self(AioContext *ctx)
+{
+    Coroutine *self = co_self();
+    if (!self) {
+        abort();
+    }
+    if (ctx == aio_current()) {
+        return;
+    }
+    /* Published by co_enter once we are off our stack. */
+    co_set_reschedule(self, ctx);
+    co_yield();
+}
+
+/* ----------------------------------------------------------------- timers */
+
+void aio_timer_init(AioTimer *t, AioContext *ctx, void (*cb)(void *), void *opaque)
+{
+    t->ctx = ctx;
+    t->expire_ns = -1;
+    t->cb = cb;
+    t->opaque = opaque;
+    t->next = NULL;
+}
+
+void aio_timer_del(AioTimer *t)
+{
+    if (t->expire_ns < 0) {
+        return;
+    }
+    for (AioTimer **p = &t->ctx->timers; *p; p = &(*p)->next) {
+        if (*p == t) {
+            *p = t->next;
+            break;
+        }
+    }
+    t->next = NULL;
+    t->expire_ns = -1;
+}
+
+void aio_timer_mod(AioTimer *t, int64_t expire_ns)
+{
+    aio_timer_del(t);
+    if (expire_ns < 0) {
+        expire_ns = 0;
+    }
+    AioTimer **p = &t->ctx->timers;
+    /* Equal deadlines run in arming order. */
+    while (*p && (*p)->expire_ns <= expire_ns) {
+        p = &(*p)->next;
+    }
+    t->expire_ns = expire_ns;
+    t->next = *p;
+    *p = t;
+}
+
+bool aio_timer_pending(const AioTimer *t)
+{
+    return t->expire_ns >= 0;
+}
+
+static bool run_timers(AioContext *ctx)
+{
+    if (!ctx->timers) {
+        return false;
+    }
+    int64_t now = aio_now_ns(ctx);
+    bool progress = false;
+    while (ctx->timers && ctx->timers->expire_ns <= now) {
+        AioTimer *t = ctx->timers;
+        ctx->timers = t->next;
+        t->next = NULL;
+        t->expire_ns = -1;
+        t->cb(t->opaque);
+        progress = true;
+    }
+    return progress;
+}
+
+/* -------------------------------------------------------------- the loop */
+
+static bool reap_cqes(AioContext *ctx)
+{
+    struct io_uring_cqe *cqe;
+    bool progress = false;
+    /* One CQE at a time, marked seen before its callback, so a callback
+     * that polls recursively cannot see it twice. */
+    while (io_uring_peek_cqe(&ctx->ring, &cqe) == 0) {
+        AioCompletion *c = io_uring_cqe_get_data(cqe);
+        int res = cqe->res;
+        unsigned flags = cqe->flags;
+        io_uring_cqe_seen(&ctx->ring, cqe);
+        if (c) {
+            c->cb(c, res, flags);
+            if (c != &ctx->efd_comp) {
+                progress = true;
+            }
+        }
+    }
+    return progress;
+}
+
+static bool has_pending_work(AioContext *ctx)
+{
+    return atomic_load(&ctx->bh_list) || atomic_load(&ctx->co_list) ||
+           atomic_load(&ctx->notified);
+}
+
+bool aio_poll(AioContext *ctx, bool blocking)
+{
+    bool progress = false;
+
+    aio_bind(ctx);
+    if (atomic_exchange(&ctx->notified, false)) {
+        progress = true;  /* someone asked us to look around */
+    }
+    progress |= run_scheduled(ctx);
+    progress |= run_bhs(ctx);
+    progress |= run_timers(ctx);
+    progress |= reap_cqes(ctx);
+
+    bool wait = blocking && !progress;
+    if (wait) {
+        atomic_store(&ctx->notify_me, 1);
+        if (has_pending_work(ctx)) {
+            wait = false;
+        }
+    }
+    if (wait) {
+        struct __kernel_timespec ts, *tsp = NULL;
+        if (ctx->timers && !clock_is_virtual(ctx)) {
+            int64_t d = ctx->timers->expire_ns - aio_now_ns(ctx);
+            if (d < 0) {
+                d = 0;
+            }
+            ts.tv_sec = d / 1000000000LL;
+            ts.tv_nsec = d % 1000000000LL;
+            tsp = &ts;
+        }
+        struct io_uring_cqe *cqe;
+        int ret = io_uring_submit_and_wait_timeout(&ctx->ring, &cqe, 1, tsp, NULL);
+        if (ret < 0 && ret != -ETIME && ret != -EINTR && ret != -EBUSY && ret != -EAGAIN) {
+            fprintf(stderr, "ublkd: aio: io_uring wait: %s\n", strerror(-ret));
+            abort();
+        }
+        atomic_store(&ctx->notify_me, 0);
+    } else {
+        if (blocking) {
+            atomic_store(&ctx->notify_me, 0);
+        }
+        /* One submit for everything queued this iteration; DEFER_TASKRUN
+         * rings also need the enter to post completions at all. */
+        if (io_uring_sq_ready(&ctx->ring) || (ctx->ring_flags & IORING_SETUP_DEFER_TASKRUN)) {
+            io_uring_submit_and_get_events(&ctx->ring);
+        }
+    }
+    if (atomic_exchange(&ctx->notified, false)) {
+        progress = true;
+    }
+    progress |= reap_cqes(ctx);
+    progress |= run_scheduled(ctx);
+    progress |= run_bhs(ctx);
+    progress |= run_timers(ctx);
+    return progress;
+}
+
+/* ------------------------------------------------------ coroutine helpers */
+
+typedef struct CoIO {
+    AioCompletion comp;
+    Coroutine *co;
+    int res;
+    unsigned flags;
+} CoIO;
+
+static void co_io_done(AioCompletion *c, int res, unsigned flags)
+{
+    CoIO *io = container_of(c, CoIO, comp);
+    io->res = res;
+    io->flags = flags;
+    aio_co_wake(io->co);
+}
+
+static AioContext *co_io_ctx(const char *what)
+{
+    AioContext *ctx = aio_current();
+    if (!ctx || !in_coroutine()) {
+        fprintf(stderr, "ublkd: %s needs a coroutine on a thread with an AioContext\n", what);
+        abort();
+    }
+    return ctx;
+}
+
+static int coroutine_fn co_io_wait(struct io_uring_sqe *sqe, unsigned *cqe_flags)
+{
+    CoIO io = { .comp.cb = co_io_done, .co = co_self() };
+    aio_sqe_set_completion(sqe, &io.comp);
+    co_yield();
+    if (cqe_flags) {
+        *cqe_flags = io.flags;
+    }
+    return io.res;
+}
+
+int coroutine_fn aio_co_submit_sqe_wait(struct io_uring_sqe *sqe, unsigned *cqe_flags)
+{
+    co_io_ctx("aio_co_submit_sqe_wait");
+    return co_io_wait(sqe, cqe_flags);
+}
+
+ssize_t coroutine_fn aio_co_preadv(int fd, const struct iovec *iov, int iovcnt, int64_t offset)
+{
+    AioContext *ctx = co_io_ctx("aio_co_preadv");
+    struct io_uring_sqe *sqe = aio_get_sqe(ctx);
+    io_uring_prep_readv(sqe, fd, iov, iovcnt, (uint64_t)offset);
+    return co_io_wait(sqe, NULL);
+}
+
+ssize_t coroutine_fn aio_co_pwritev(int fd, const struct iovec *iov, int iovcnt, int64_t offset,
+                                    int rw_flags)
+{
+    AioContext *ctx = co_io_ctx("aio_co_pwritev");
+    struct io_uring_sqe *sqe = aio_get_sqe(ctx);
+    io_uring_prep_writev(sqe, fd, iov, iovcnt, (uint64_t)offset);
+    sqe->rw_flags = rw_flags;
+    return co_io_wait(sqe, NULL);
+}
+
+int coroutine_fn aio_co_fsync(int fd, bool datasync)
+{
+    AioContext *ctx = co_io_ctx("aio_co_fsync");
+    struct io_uring_sqe *sqe = aio_get_sqe(ctx);
+    io_uring_prep_fsync(sqe, fd, datasync ? IORING_FSYNC_DATASYNC : 0);
+    return co_io_wait(sqe, NULL);
+}
+
+int coroutine_fn aio_co_fallocate(int fd, int mode, int64_t offset, int64_t len)
+{
+    AioContext *ctx = co_io_ctx("aio_co_fallocate");
+    struct io_uring_sqe *sqe = aio_get_sqe(ctx);
+    io_uring_prep_fallocate(sqe, fd, mode, (off_t)offset, (off_t)len);
+    return co_io_wait(sqe, NULL);
+}
+
+int coroutine_fn aio_co_poll(int fd, short events)
+{
+    AioContext *ctx = co_io_ctx("aio_co_poll");
+    struct io_uring_sqe *sqe = aio_get_sqe(ctx);
+    io_uring_prep_poll_add(sqe, fd, (unsigned)(unsigned short)events);
+    return co_io_wait(sqe, NULL);
+}
+
+static void sleep_done(void *opaque)
+{
+    aio_co_wake(opaque);
+}
+
+void coroutine_fn aio_co_sleep_ns(int64_t ns)
+{
+    AioContext *ctx = co_io_ctx("aio_co_sleep_ns");
+    AioTimer t;
+    aio_timer_init(&t, ctx, sleep_done, co_self());
+    aio_timer_mod(&t, aio_now_ns(ctx) + ns);
+    co_yield();
+}
+
+/* -------------------------------------------------------- synchronous run */
+
+typedef struct RunSync {
+    CoroutineEntry *fn;
+    void *opaque;
+    AioContext *home;
+    atomic_bool done;
+} RunSync;
+
+static void coroutine_fn run_sync_entry(void *opaque)
+{
+    RunSync *rs = opaque;
+    rs->fn(rs->opaque);
+    AioContext *home = rs->home;
+    atomic_store(&rs->done, true);
+    /* The coroutine may have moved; make sure the waiter looks again.
+     * rs may be gone once done is set, hence the copy of home. */
+    if (home != aio_current()) {
+        aio_notify(home);
+    }
+}
+
+void aio_co_run_sync(CoroutineEntry *fn, void *opaque)
+{
+    if (in_coroutine()) {
+        fn(opaque);
+        return;
+    }
+    AioContext *ctx = aio_current();
+    if (!ctx) {
+        Error *err = NULL;
+        ctx = aio_main_init(&err);
+        if (!ctx) {
+            error_report_err(err);
+            abort();
+        }
+    }
+    RunSync rs = { .fn = fn, .opaque = opaque, .home = ctx };
+    Coroutine *co = co_create(run_sync_entry, &rs);
+    co_enter(co);
+    AIO_WAIT_WHILE(ctx, !atomic_load(&rs.done));
+}

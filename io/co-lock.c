@@ -1,0 +1,272 @@
+/*
+ * co-lock.c - coroutine locks that work across threads: CoQueue, CoMutex,
+ * CoRwLock.
+ *
+ * A waiter is a CoWaiter on the waiting coroutine's own stack, linked into
+ * the lock's FIFO under a short pthread mutex (never held across a yield).
+ * Wake-ups go through aio_co_wake, so a waiter whose home AioContext is on
+ * another thread is scheduled there and runs on its own thread; the waker
+ * never runs it.  This is safe against the waiter not having yielded yet:
+ * its thread cannot run the scheduled entry until the waiter has yielded.
+ *
+ * CoMutex hands ownership directly to the first waiter on unlock (FIFO, no
+ * barging), which is what makes it fair across threads.
+ */
+#include <stdio.h>
+#include <stdlib.h>
+#include "aio.h"
+#include "coroutine.h"
+
+struct CoWaiter {
+    Coroutine *co;
+    CoWaiter *next;
+};
+
+static inline void waiter_push(CoWaiter **head, CoWaiter **tail, CoWaiter *w)
+{
+    w->next = NULL;
+    if (*tail) {
+        (*tail)->next = w;
+    } else {
+        *head = w;
+    }
+    *tail = w;
+}
+
+static inline CoWaiter *waiter_pop(CoWaiter **head, CoWaiter **tail)
+{
+    CoWaiter *w = *head;
+    if (w) {
+        *head = w->next;
+        if (!*head) {
+            *tail = NULL;
+        }
+    }
+    return w;
+}
+
+static Coroutine *self_or_die(const char *what)
+{
+    Coroutine *self = co_self();
+    if (!self) {
+        fprintf(stderr, "ublkd: %s called outside coroutine\n", what);
+        abort();
+    }
+    return self;
+}
+
+/* ---------------------------------------------------------------- CoQueue */
+
+void co_queue_init(CoQueue *q)
+{
+    q->head = q->tail = NULL;
+}
+
+void coroutine_fn co_queue_wait(CoQueue *q, CoMutex *lock)
+{
+    CoWaiter w = { .co = self_or_die("co_queue_wait") };
+    waiter_push(&q->head, &q->tail, &w);
+    if (lock) {
+        co_mutex_unlock(lock);
+    }
+    co_yield();
+    if (lock) {
+        co_mutex_lock(lock);
+    }
+}
+
+void coroutine_fn co_queue_wait_mutex(CoQueue *q, pthread_mutex_t *lock)
+{
+    CoWaiter w = { .co = self_or_die("co_queue_wait_mutex") };
+    waiter_push(&q->head, &q->tail, &w);
+    pthread_mutex_unlock(lock);
+    co_yield();
+    pthread_mutex_lock(lock);
+}
+
+bool co_queue_next(CoQueue *q)
+{
+    CoWaiter *w = waiter_pop(&q->head, &q->tail);
+    if (!w) {
+        return false;
+    }
+    /* w lives on the waiter's stack: read it before the waiter may run. */
+    Coroutine *co = w->co;
+    aio_co_wake(co);
+    return true;
+}
+
+void co_queue_restart_all(CoQueue *q)
+{
+    while (co_queue_next(q)) {
+    }
+}
+
+bool co_queue_empty(const CoQueue *q)
+{
+    return q->head == NULL;
+}
+
+/* ---------------------------------------------------------------- CoMutex */
+
+void co_mutex_init(CoMutex *m)
+{
+    pthread_mutex_init(&m->lock, NULL);
+    m->holder = NULL;
+    m->head = m->tail = NULL;
+    m->waiters = 0;
+}
+
+void co_mutex_destroy(CoMutex *m)
+{
+    if (m->holder || m->head) {
+        fprintf(stderr, "ublkd: co_mutex_destroy on a busy mutex\n");
+        abort();
+    }
+    pthread_mutex_destroy(&m->lock);
+}
+
+void coroutine_fn co_mutex_lock(CoMutex *m)
+{
+    Coroutine *self = self_or_die("co_mutex_lock");
+    pthread_mutex_lock(&m->lock);
+    if (!m->holder) {
+        m->holder = self;
+        pthread_mutex_unlock(&m->lock);
+        return;
+    }
+    CoWaiter w = { .co = self };
+    waiter_push(&m->head, &m->tail, &w);
+    m->waiters++;
+    pthread_mutex_unlock(&m->lock);
+    co_yield();
+    /* The unlocker made us the holder before waking us. */
+}
+
+bool coroutine_fn co_mutex_trylock(CoMutex *m)
+{
+    Coroutine *self = self_or_die("co_mutex_trylock");
+    bool ok = false;
+    pthread_mutex_lock(&m->lock);
+    if (!m->holder) {
+        m->holder = self;
+        ok = true;
+    }
+    pthread_mutex_unlock(&m->lock);
+    return ok;
+}
+
+void coroutine_fn co_mutex_unlock(CoMutex *m)
+{
+    pthread_mutex_lock(&m->lock);
+    if (!m->holder) {
+        pthread_mutex_unlock(&m->lock);
+        fprintf(stderr, "ublkd: co_mutex_unlock of an unlocked mutex\n");
+        abort();
+    }
+    CoWaiter *w = waiter_pop(&m->head, &m->tail);
+    Coroutine *next = w ? w->co : NULL;
+    if (next) {
+        m->waiters--;
+    }
+    m->holder = next;
+    pthread_mutex_unlock(&m->lock);
+    if (next) {
+        aio_co_wake(next);
+    }
+}
+
+void co_mutex_assert_locked(CoMutex *m)
+{
+    pthread_mutex_lock(&m->lock);
+    bool locked = m->holder != NULL;
+    pthread_mutex_unlock(&m->lock);
+    if (!locked) {
+        fprintf(stderr, "ublkd: CoMutex %p expected to be locked\n", (void *)m);
+        abort();
+    }
+}
+
+/* --------------------------------------------------------------- CoRwLock */
+
+void co_rwlock_init(CoRwLock *l)
+{
+    co_mutex_init(&l->mutex);
+    l->readers = 0;
+    co_queue_init(&l->queue);
+    l->pending_writers = 0;
+}
+
+void coroutine_fn co_rwlock_rdlock(CoRwLock *l)
+{
+    co_mutex_lock(&l->mutex);
+    /* Writer-preferring: a queued writer blocks new readers. */
+    while (l->readers < 0 || l->pending_writers) {
+        co_queue_wait(&l->queue, &l->mutex);
+    }
+    l->readers++;
+    co_mutex_unlock(&l->mutex);
+}
+
+static void coroutine_fn rwlock_wait_for_writer(CoRwLock *l)
+{
+    l->pending_writers++;
+    while (l->readers != 0) {
+        co_queue_wait(&l->queue, &l->mutex);
+    }
+    l->pending_writers--;
+    l->readers = -1;
+}
+
+void coroutine_fn co_rwlock_wrlock(CoRwLock *l)
+{
+    co_mutex_lock(&l->mutex);
+    rwlock_wait_for_writer(l);
+    co_mutex_unlock(&l->mutex);
+}
+
+/* Not atomic: another writer may get the lock between our read and write
+ * sections, so the caller must re-check what it read. */
+void coroutine_fn co_rwlock_upgrade(CoRwLock *l)
+{
+    co_mutex_lock(&l->mutex);
+    if (l->readers <= 0) {
+        fprintf(stderr, "ublkd: co_rwlock_upgrade without a read lock\n");
+        abort();
+    }
+    l->readers--;
+    rwlock_wait_for_writer(l);
+    co_mutex_unlock(&l->mutex);
+}
+
+void coroutine_fn co_rwlock_downgrade(CoRwLock *l)
+{
+    co_mutex_lock(&l->mutex);
+    if (l->readers != -1) {
+        fprintf(stderr, "ublkd: co_rwlock_downgrade without the write lock\n");
+        abort();
+    }
+    l->readers = 1;
+    /* Readers that queued behind us may now share the lock, unless another
+     * writer is pending: they re-check and go back to sleep then. */
+    co_queue_restart_all(&l->queue);
+    co_mutex_unlock(&l->mutex);
+}
+
+void coroutine_fn co_rwlock_unlock(CoRwLock *l)
+{
+    co_mutex_lock(&l->mutex);
+    if (l->readers < 0) {
+        l->readers = 0;
+    } else if (l->readers > 0) {
+        l->readers--;
+    } else {
+        co_mutex_unlock(&l->mutex);
+        fprintf(stderr, "ublkd: co_rwlock_unlock of an unlocked rwlock\n");
+        abort();
+    }
+    if (l->readers == 0) {
+        co_queue_restart_all(&l->queue);
+    }
+    co_mutex_unlock(&l->mutex);
+}

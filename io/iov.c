@@ -1,0 +1,224 @@
+/*
+ * iov.c - IOVector: scatter/gather lists that point into callers' buffers.
+ *
+ * Storage modes (nalloc): 0 = the single inline element `local` (or empty),
+ * >0 = an owned heap array that grows by doubling, -1 = an external array
+ * the caller owns (read-only here).  Adjacent appends are merged, so a
+ * slice of a slice of one buffer stays one element and never allocates.
+ */
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include "iov.h"
+
+static void *xrealloc(void *p, size_t n)
+{
+    p = realloc(p, n);
+    if (!p) {
+        fprintf(stderr, "ublkd: out of memory (%zu bytes)\n", n);
+        abort();
+    }
+    return p;
+}
+
+void iov_init(IOVector *q, int alloc_hint)
+{
+    q->niov = 0;
+    q->size = 0;
+    if (alloc_hint > 1) {
+        q->iov = xrealloc(NULL, (size_t)alloc_hint * sizeof(struct iovec));
+        q->nalloc = alloc_hint;
+    } else {
+        q->iov = &q->local;
+        q->nalloc = 0;
+    }
+}
+
+void iov_init_buf(IOVector *q, void *buf, size_t len)
+{
+    q->local.iov_base = buf;
+    q->local.iov_len = len;
+    q->iov = &q->local;
+    q->niov = 1;
+    q->nalloc = 0;
+    q->size = len;
+}
+
+void iov_init_external(IOVector *q, struct iovec *iov, int niov)
+{
+    q->iov = iov;
+    q->niov = niov;
+    q->nalloc = -1;
+    q->size = iov_size(iov, niov);
+}
+
+/* Make room for one more element. */
+static void iov_grow(IOVector *q)
+{
+    if (q->nalloc < 0) {
+        fprintf(stderr, "ublkd: iov_add on an external IOVector\n");
+        abort();
+    }
+    if (q->nalloc == 0) {
+        if (q->niov == 0) {
+            q->iov = &q->local;
+            return;
+        }
+        struct iovec *a = xrealloc(NULL, 4 * sizeof(*a));
+        a[0] = q->local;
+        q->iov = a;
+        q->nalloc = 4;
+        return;
+    }
+    if (q->niov == q->nalloc) {
+        q->nalloc *= 2;
+        q->iov = xrealloc(q->iov, (size_t)q->nalloc * sizeof(struct iovec));
+    }
+}
+
+void iov_add(IOVector *q, void *base, size_t len)
+{
+    if (len == 0) {
+        return;
+    }
+    if (q->niov > 0) {
+        struct iovec *last = &q->iov[q->niov - 1];
+        if ((char *)last->iov_base + last->iov_len == (char *)base && q->nalloc >= 0) {
+            last->iov_len += len;
+            q->size += len;
+            return;
+        }
+    }
+    iov_grow(q);
+    q->iov[q->niov].iov_base = base;
+    q->iov[q->niov].iov_len = len;
+    q->niov++;
+    q->size += len;
+}
+
+void iov_concat(IOVector *q, const IOVector *src, size_t offset, size_t len)
+{
+    for (int i = 0; i < src->niov && len > 0; i++) {
+        size_t l = src->iov[i].iov_len;
+        if (offset >= l) {
+            offset -= l;
+            continue;
+        }
+        size_t n = MIN(l - offset, len);
+        iov_add(q, (char *)src->iov[i].iov_base + offset, n);
+        offset = 0;
+        len -= n;
+    }
+    if (len) {
+        fprintf(stderr, "ublkd: iov_concat beyond the end of the source vector\n");
+        abort();
+    }
+}
+
+void iov_init_slice(IOVector *q, const IOVector *src, size_t offset, size_t len)
+{
+    iov_init(q, 0);
+    iov_concat(q, src, offset, len);
+}
+
+void iov_reset(IOVector *q)
+{
+    if (q->nalloc < 0) {
+        fprintf(stderr, "ublkd: iov_reset on an external IOVector\n");
+        abort();
+    }
+    q->niov = 0;
+    q->size = 0;
+}
+
+void iov_destroy(IOVector *q)
+{
+    if (q->nalloc > 0) {
+        free(q->iov);
+    }
+    q->iov = &q->local;
+    q->niov = 0;
+    q->nalloc = 0;
+    q->size = 0;
+}
+
+/* Walk [offset, offset+len) of q, calling fn on each piece; returns bytes. */
+#define IOV_WALK(q, offset, len, piece, plen, body) ({                      \
+    size_t _done = 0, _off = (offset), _len = (len);                        \
+    for (int _i = 0; _i < (q)->niov && _done < _len; _i++) {               \
+        size_t _l = (q)->iov[_i].iov_len;                                   \
+        if (_off >= _l) {                                                   \
+            _off -= _l;                                                     \
+            continue;                                                       \
+        }                                                                   \
+        char *piece = (char *)(q)->iov[_i].iov_base + _off;                 \
+        size_t plen = MIN(_l - _off, _len - _done);                         \
+        body;                                                               \
+        _done += plen;                                                      \
+        _off = 0;                                                           \
+    }                                                                       \
+    _done; })
+
+size_t iov_to_buf(const IOVector *q, size_t offset, void *buf, size_t len)
+{
+    char *b = buf;
+    return IOV_WALK(q, offset, len, p, n, (memcpy(b, p, n), b += n));
+}
+
+size_t iov_from_buf(const IOVector *q, size_t offset, const void *buf, size_t len)
+{
+    const char *b = buf;
+    return IOV_WALK(q, offset, len, p, n, (memcpy(p, b, n), b += n));
+}
+
+size_t iov_memset(const IOVector *q, size_t offset, int c, size_t len)
+{
+    return IOV_WALK(q, offset, len, p, n, memset(p, c, n));
+}
+
+bool iov_is_zero(const IOVector *q, size_t offset, size_t len)
+{
+    bool zero = true;
+    IOV_WALK(q, offset, len, p, n, if (zero && !buffer_is_zero(p, n)) zero = false);
+    return zero;
+}
+
+size_t iov_size(const struct iovec *iov, int niov)
+{
+    size_t s = 0;
+    for (int i = 0; i < niov; i++) {
+        s += iov[i].iov_len;
+    }
+    return s;
+}
+
+bool buffer_is_zero(const void *buf, size_t len)
+{
+    const unsigned char *p = buf;
+    if (len < 64) {
+        for (size_t i = 0; i < len; i++) {
+            if (p[i]) {
+                return false;
+            }
+        }
+        return true;
+    }
+    /* If the first 16 bytes are zero and every byte equals the one 16
+     * before it, all are zero; memcmp is vectorised by libc. */
+    static const unsigned char zero16[16];
+    return !memcmp(p, zero16, 16) && !memcmp(p, p + 16, len - 16);
+}
+
+void *aligned_alloc_or_die(size_t align, size_t size)
+{
+    void *p = NULL;
+    if (align < sizeof(void *)) {
+        align = sizeof(void *);
+    }
+    int ret = posix_memalign(&p, align, size ? size : align);
+    if (ret) {
+        fprintf(stderr, "ublkd: out of memory (%zu bytes aligned to %zu)\n", size, align);
+        abort();
+    }
+    return p;
+}
