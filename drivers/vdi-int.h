@@ -1,0 +1,162 @@
+/*
+ * vdi-int.h - the VDI format (VirtualBox disk images): on-disk layout and the
+ * driver state shared by drivers/vdi.c (open, I/O), vdi-create.c and
+ * vdi-check.c.  Nothing outside drivers/vdi*.c includes this.
+ *
+ * Layout: a 512-byte header sector (64-byte text line, then little-endian
+ * fields at the offsets below), a block map of uint32 LE entries at
+ * offset_bmap (one per 1 MiB block of the virtual disk: the index of the
+ * block's slot in the data area, or UNALLOCATED / DISCARDED), and the data
+ * area at offset_data, slot i at offset_data + i MiB.
+ */
+#ifndef UBLKD_DRIVERS_VDI_INT_H
+#define UBLKD_DRIVERS_VDI_INT_H
+
+#include <endian.h>
+#include <string.h>
+#include "block.h"
+
+#define VDI_TEXT            "<<< QEMU VM Virtual Disk Image >>>\n"
+#define VDI_TEXT_LEN        64
+#define VDI_SIGNATURE       0xbeda107fU
+#define VDI_VERSION_1_1     0x00010001U
+#define VDI_TYPE_DYNAMIC    1
+#define VDI_TYPE_STATIC     2
+#define VDI_SECTOR_SIZE     512
+#define VDI_BLOCK_SIZE      (1U << 20)
+#define VDI_BLOCK_SHIFT     20
+#define VDI_HEADER_SECTOR   512
+/* header_size counts from offset 72 (after text, signature, version): 0x180
+ * is VirtualBox's VDIHEADER1 (what qemu writes), 0x190 its VDIHEADER1PLUS;
+ * anything up to the end of the header sector is accepted. */
+#define VDI_HEADER_SIZE     0x180U
+#define VDI_HEADER_SIZE_MAX (VDI_HEADER_SECTOR - 72)
+
+/* Block map entries.  UNALLOCATED: never written, reads as zeros.
+ * DISCARDED: explicitly zero (VirtualBox's "zero block"). */
+#define VDI_UNALLOCATED     0xffffffffU
+#define VDI_DISCARDED       0xfffffffeU
+static inline bool vdi_is_allocated(uint32_t entry) { return entry < VDI_DISCARDED; }
+
+/* The block map is uint32 entries addressed through a 32-bit byte offset in
+ * VirtualBox, hence a quarter of 4 GiB entries (as QEMU). */
+#define VDI_BLOCKS_IN_IMAGE_MAX 0x3fffffffU
+#define VDI_DISK_SIZE_MAX   ((uint64_t)VDI_BLOCKS_IN_IMAGE_MAX * VDI_BLOCK_SIZE)
+
+/* Byte offsets of the header fields in the first sector. */
+enum {
+    VDI_OFF_SIGNATURE        = 64,
+    VDI_OFF_VERSION          = 68,
+    VDI_OFF_HEADER_SIZE      = 72,
+    VDI_OFF_IMAGE_TYPE       = 76,
+    VDI_OFF_IMAGE_FLAGS      = 80,
+    VDI_OFF_DESCRIPTION      = 84,    /* 256 bytes */
+    VDI_OFF_OFFSET_BMAP      = 340,
+    VDI_OFF_OFFSET_DATA      = 344,
+    VDI_OFF_CYLINDERS        = 348,
+    VDI_OFF_HEADS            = 352,
+    VDI_OFF_SECTORS          = 356,
+    VDI_OFF_SECTOR_SIZE      = 360,
+    VDI_OFF_UNUSED1          = 364,
+    VDI_OFF_DISK_SIZE        = 368,   /* u64 */
+    VDI_OFF_BLOCK_SIZE       = 376,
+    VDI_OFF_BLOCK_EXTRA      = 380,
+    VDI_OFF_BLOCKS_IN_IMAGE  = 384,
+    VDI_OFF_BLOCKS_ALLOCATED = 388,
+    VDI_OFF_UUID_IMAGE       = 392,   /* 16 bytes each, IPRT byte order */
+    VDI_OFF_UUID_LAST_SNAP   = 408,
+    VDI_OFF_UUID_LINK        = 424,
+    VDI_OFF_UUID_PARENT      = 440,
+};
+
+static inline uint32_t vdi_ld32(const uint8_t *hdr, int off)
+{
+    uint32_t v;
+    memcpy(&v, hdr + off, 4);
+    return le32toh(v);
+}
+static inline uint64_t vdi_ld64(const uint8_t *hdr, int off)
+{
+    uint64_t v;
+    memcpy(&v, hdr + off, 8);
+    return le64toh(v);
+}
+static inline void vdi_st32(uint8_t *hdr, int off, uint32_t v)
+{
+    v = htole32(v);
+    memcpy(hdr + off, &v, 4);
+}
+static inline void vdi_st64(uint8_t *hdr, int off, uint64_t v)
+{
+    v = htole64(v);
+    memcpy(hdr + off, &v, 8);
+}
+
+/* A run of virtual blocks whose data slots are being written by one request
+ * before the block map points at them; lives on that request's stack. */
+typedef struct VdiAllocation {
+    uint32_t first_block, nb_blocks;
+    struct VdiAllocation *next;
+} VdiAllocation;
+
+typedef struct BDRVVdiState {
+    uint8_t *header;           /* the header sector as on disk (aligned) */
+    uint32_t image_type;
+    uint32_t offset_bmap, offset_data;
+    uint32_t blocks_in_image;
+    uint64_t disk_size;        /* rounded up to 512 as QEMU does */
+
+    /* Entries little-endian as on disk, so sectors of it are written as is.
+     * Read without the lock (atomic 32-bit loads); changed only under it. */
+    uint32_t *bmap;
+    size_t bmap_alloc_bytes;   /* blocks_in_image * 4 rounded up to 512 */
+
+    /*
+     * Allocation state, under alloc_lock.  Slots are handed out in order
+     * from next_slot; blocks_allocated is the header's count (rewritten
+     * after each published allocation).  Slots from data_slots on start at
+     * or past the end of the file; their I/O fails with -EIO (a truncated
+     * image).
+     */
+    CoMutex alloc_lock;
+    CoQueue alloc_wait;        /* writers waiting for a block in allocs */
+    VdiAllocation *allocs;
+    uint32_t next_slot;
+    uint32_t blocks_allocated;
+    uint32_t data_slots;       /* atomic loads outside the lock */
+} BDRVVdiState;
+
+static inline uint32_t vdi_entry(BDRVVdiState *s, uint32_t block)
+{
+    return le32toh(__atomic_load_n(&s->bmap[block], __ATOMIC_ACQUIRE));
+}
+
+static inline void vdi_set_entry(BDRVVdiState *s, uint32_t block, uint32_t entry)
+{
+    __atomic_store_n(&s->bmap[block], htole32(entry), __ATOMIC_RELEASE);
+}
+
+static inline uint64_t vdi_slot_offset(BDRVVdiState *s, uint32_t slot)
+{
+    return s->offset_data + ((uint64_t)slot << VDI_BLOCK_SHIFT);
+}
+
+/* A slot that starts at or beyond the end of the file: a truncated image. */
+static inline bool vdi_slot_missing(BDRVVdiState *s, uint32_t slot)
+{
+    return slot >= __atomic_load_n(&s->data_slots, __ATOMIC_ACQUIRE);
+}
+
+/* "vdi: <file>" for messages. */
+const char *vdi_image_name(BlockDriverState *bs);
+/* Format a 16-byte UUID in IPRT order (first three fields LE) as text. */
+void vdi_uuid_unparse(const uint8_t *raw, char out[37]);
+
+/* Rewrite the header sector with blocks_allocated; alloc_lock held. */
+int coroutine_fn vdi_write_header(BlockDriverState *bs);
+
+int coroutine_fn vdi_co_create(const char *filename, OptDict *opts, Error **errp);
+extern const CreateOptDesc vdi_create_opts[];
+int coroutine_fn vdi_co_check(BlockDriverState *bs, BdrvCheckResult *res, BdrvCheckMode fix);
+
+#endif
