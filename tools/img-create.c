@@ -1,0 +1,289 @@
+/*
+ * img-create.c - `ublkd img create`: make a new image through the format
+ * driver's co_create, with qemu-img's options, "Formatting ..." line and
+ * error messages.  Also used by convert (img_create_image) for the target.
+ */
+#include <errno.h>
+#include <getopt.h>
+#include <inttypes.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include "block-backend.h"
+#include "img.h"
+
+static const char *type_name(const char *type)
+{
+    if (!strcmp(type, "string")) {
+        return "str";
+    }
+    if (!strcmp(type, "number")) {
+        return "num";
+    }
+    return type;
+}
+
+static int desc_cmp(const void *a, const void *b)
+{
+    return strcmp((*(const CreateOptDesc *const *)a)->name,
+                  (*(const CreateOptDesc *const *)b)->name);
+}
+
+int img_print_create_help(const BlockDriver *drv)
+{
+    const CreateOptDesc *descs[64];
+    int n = 0;
+    bool have_size = false;
+    for (const CreateOptDesc *d = drv->create_opts; d && d->name && n < 63; d++) {
+        descs[n++] = d;
+        have_size |= !strcmp(d->name, "size");
+    }
+    static const CreateOptDesc size_desc = { "size", "size", "Virtual disk size", NULL };
+    if (!have_size) {
+        descs[n++] = &size_desc;
+    }
+    qsort(descs, n, sizeof(descs[0]), desc_cmp);
+    printf("Supported %s options:\n", drv->format_name);
+    for (int i = 0; i < n; i++) {
+        char s[128];
+        snprintf(s, sizeof(s), "%s=<%s>", descs[i]->name, type_name(descs[i]->type));
+        printf("  %-22s - %s\n", s, descs[i]->help ? descs[i]->help : "");
+    }
+    printf("\nThe protocol level may support further options.\n"
+           "Specify the target filename to include those options.\n");
+    return 0;
+}
+
+static const CreateOptDesc *find_desc(const BlockDriver *drv, const char *name)
+{
+    for (const CreateOptDesc *d = drv->create_opts; d && d->name; d++) {
+        if (!strcmp(d->name, name)) {
+            return d;
+        }
+    }
+    return NULL;
+}
+
+static bool is_backing_key(const char *k)
+{
+    return !strcmp(k, "backing_file") || !strcmp(k, "backing_fmt");
+}
+
+/* Bool options print as on/off in the "Formatting" line, whatever was typed. */
+static const char *norm_value(const CreateOptDesc *d, const char *v)
+{
+    if (d && !strcmp(d->type, "bool")) {
+        if (!strcmp(v, "on") || !strcmp(v, "true") || !strcmp(v, "yes")) {
+            return "on";
+        }
+        if (!strcmp(v, "off") || !strcmp(v, "false") || !strcmp(v, "no")) {
+            return "off";
+        }
+    }
+    return v;
+}
+
+static void print_formatting(const char *filename, const BlockDriver *drv, const OptDict *opts)
+{
+    printf("Formatting '%s', fmt=%s", filename, drv->format_name);
+    bool size_done = false;
+    if (!find_desc(drv, "size")) {
+        printf(" size=%s", optdict_get(opts, "size"));
+        size_done = true;
+    }
+    for (const CreateOptDesc *d = drv->create_opts; d && d->name; d++) {
+        const char *v = optdict_get(opts, d->name);
+        if (!v) {
+            v = d->def;
+        }
+        if (!strcmp(d->name, "size")) {
+            size_done = true;
+        }
+        if (v) {
+            printf(" %s=%s", d->name, norm_value(d, v));
+        }
+    }
+    (void)size_done;
+    for (size_t i = 0; i < optdict_count(opts); i++) {
+        const char *k = optdict_key_at(opts, i);
+        if (is_backing_key(k) && !find_desc(drv, k)) {
+            printf(" %s=%s", k, optdict_value_at(opts, i));
+        }
+    }
+    printf("\n");
+    fflush(stdout);
+}
+
+int img_create_image(const char *filename, const char *fmt, const char *options,
+                     const char *backing, const char *backing_fmt, int64_t size,
+                     bool unsafe, bool quiet, bool prefix_filename)
+{
+    const BlockDriver *drv = bdrv_find_format(fmt);
+    const char *pfx = prefix_filename ? filename : NULL;
+    if (!drv) {
+        error_report("Unknown file format '%s'", fmt);
+        return 1;
+    }
+    if (!drv->co_create) {
+        error_report("Format driver '%s' does not support image creation", fmt);
+        return 1;
+    }
+    Error *err = NULL;
+    OptDict *opts = optdict_new();
+    if (options) {
+        OptDict *user = optdict_parse(options, NULL, &err);
+        if (!user) {
+            error_prepend(&err, "Invalid options for file format '%s': ", fmt);
+            error_report_err(err);
+            optdict_free(opts);
+            return 1;
+        }
+        for (size_t i = 0; i < optdict_count(user); i++) {
+            const char *k = optdict_key_at(user, i);
+            if (strcmp(k, "size") && !find_desc(drv, k) &&
+                !(is_backing_key(k) && drv->supports_backing)) {
+                if (pfx) {
+                    error_report("%s: Invalid parameter '%s'", pfx, k);
+                } else {
+                    error_report("Invalid parameter '%s'", k);
+                }
+                optdict_free(user);
+                optdict_free(opts);
+                return 1;
+            }
+        }
+        optdict_merge(opts, user, true);
+        optdict_free(user);
+    }
+    if (backing) {
+        if (!drv->supports_backing) {
+            error_report("Backing file not supported for file format '%s'", fmt);
+            optdict_free(opts);
+            return 1;
+        }
+        optdict_set(opts, "backing_file", backing);
+        if (backing_fmt) {
+            optdict_set(opts, "backing_fmt", backing_fmt);
+        }
+    }
+    if (size >= 0) {
+        optdict_set_int(opts, "size", size);
+    } else if (optdict_has(opts, "size")) {
+        uint64_t v;
+        if (img_parse_size(optdict_get(opts, "size"), 'B', &v) < 0 || v > INT64_MAX) {
+            error_report("Parameter 'size' expects a non-negative number below 2^64\n"
+                         "Optional suffix k, M, G, T, P or E means kilo-, mega-, giga-, "
+                         "tera-, peta-\nand exabytes, respectively.");
+            optdict_free(opts);
+            return 1;
+        }
+        optdict_set_int(opts, "size", (int64_t)v);
+    } else if (backing && !unsafe) {
+        /* Like qemu-img: the size defaults to the backing file's. */
+        ImgOpenOpts bo = { .fmt = backing_fmt, .force_share = true, .quiet = true };
+        BlockBackend *bb = img_open(backing, &bo);
+        if (!bb) {
+            optdict_free(opts);
+            return 1;
+        }
+        optdict_set_int(opts, "size", blk_getlength(bb));
+        blk_unref(bb);
+    } else {
+        if (pfx) {
+            error_report("%s: Image creation needs a size parameter", pfx);
+        } else {
+            error_report("Image creation needs a size parameter");
+        }
+        optdict_free(opts);
+        return 1;
+    }
+    if (!quiet) {
+        print_formatting(filename, drv, opts);
+    }
+    int ret = bdrv_create(drv, filename, opts, &err);
+    optdict_free(opts);
+    if (ret < 0) {
+        if (!err) {
+            error_setg_errno(&err, -ret, "Could not create '%s'", filename);
+        }
+        if (pfx) {
+            error_prepend(&err, "%s: ", pfx);
+        }
+        error_report_err(err);
+        return 1;
+    }
+    return 0;
+}
+
+int img_create(int argc, char **argv)
+{
+    const char *fmt = "raw", *options = NULL, *backing = NULL, *backing_fmt = NULL;
+    bool quiet = false, unsafe = false;
+    static const struct option longopts[] = {
+        { "help", no_argument, NULL, 'h' },
+        { "object", required_argument, NULL, 'O' },
+        { NULL, 0, NULL, 0 },
+    };
+    int c;
+    optind = 0;
+    while ((c = getopt_long(argc, argv, ":F:b:f:ho:qu", longopts, NULL)) != -1) {
+        switch (c) {
+        case 'F': backing_fmt = optarg; break;
+        case 'b': backing = optarg; break;
+        case 'f': fmt = optarg; break;
+        case 'o':
+            if (options) {
+                /* qemu-img joins repeated -o with commas. */
+                char *j = NULL;
+                if (asprintf(&j, "%s,%s", options, optarg) < 0) {
+                    abort();
+                }
+                options = j;
+            } else {
+                options = optarg;
+            }
+            break;
+        case 'q': quiet = true; break;
+        case 'u': unsafe = true; break;
+        case 'O':
+            error_report("--object is not supported by ublkd img");
+            return 1;
+        case 'h':
+            printf("usage: ublkd img create [-q] [-f fmt] [-b backing_file [-F backing_fmt]] [-u]"
+                   " [-o options] filename [size]\n");
+            return 0;
+        case ':':
+            return img_usage_error("option '%s' needs an argument", argv[optind - 1]);
+        default:
+            return img_usage_error("unrecognized option '%s'", argv[optind - 1]);
+        }
+    }
+    if (img_is_help_option(options)) {
+        const BlockDriver *drv = bdrv_find_format(fmt);
+        if (!drv) {
+            error_report("Unknown file format '%s'", fmt);
+            return 1;
+        }
+        if (!drv->co_create) {
+            error_report("Format driver '%s' does not support image creation", fmt);
+            return 1;
+        }
+        return img_print_create_help(drv);
+    }
+    if (optind >= argc) {
+        return img_usage_error("Expecting image file name");
+    }
+    const char *filename = argv[optind++];
+    int64_t size = -1;
+    if (optind < argc) {
+        size = img_cvtnum_full("image size", argv[optind++], 0, INT64_MAX);
+        if (size < 0) {
+            return 1;
+        }
+    }
+    if (optind != argc) {
+        return img_usage_error("Unexpected argument: %s", argv[optind]);
+    }
+    return img_create_image(filename, fmt, options, backing, backing_fmt, size, unsafe, quiet,
+                            true);
+}

@@ -1,0 +1,233 @@
+/*
+ * img.c - `ublkd img`: the qemu-img-like image tool's dispatch and the
+ * helpers every subcommand shares (opening an image from -f / --image-opts /
+ * json: / cache modes, --output parsing, usage errors).
+ *
+ * Messages and exit codes follow qemu-img 7.2 so scripts written against it
+ * work unchanged; the subcommands live in tools/img-<name>.c.
+ */
+#include <errno.h>
+#include <inttypes.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include "aio.h"
+#include "block-backend.h"
+#include "img.h"
+#include "tools.h"
+
+static const struct {
+    const char *name;
+    int (*fn)(int argc, char **argv);
+    const char *synopsis;
+} commands[] = {
+    { "bench", img_bench,
+      "bench [-c count] [-d depth] [-f fmt] [--flush-interval=flush_interval] [-i aio] [-n]"
+      " [--no-drain] [-o offset] [--pattern=pattern] [-q] [-s buffer_size] [-S step_size]"
+      " [-t cache] [-w] [-U] [--random] [--seed=N] filename" },
+    { "check", img_check,
+      "check [--image-opts] [-q] [-f fmt] [--output=ofmt] [-r [leaks | all]] [-T src_cache]"
+      " [-U] filename" },
+    { "compare", img_compare,
+      "compare [--image-opts] [-f fmt] [-F fmt] [-T src_cache] [-p] [-q] [-s] [-U]"
+      " filename1 filename2" },
+    { "convert", img_convert,
+      "convert [--image-opts] [--target-image-opts] [-U] [-C] [-c] [-p] [-q] [-n] [-f fmt]"
+      " [-t cache] [-T src_cache] [-O output_fmt] [-o options] [-S sparse_size] [-m num_coroutines]"
+      " [-W] filename output_filename" },
+    { "create", img_create,
+      "create [--object objectdef] [-q] [-f fmt] [-b backing_file [-F backing_fmt]] [-u]"
+      " [-o options] filename [size]" },
+    { "info", img_info,
+      "info [--image-opts] [-f fmt] [--output=ofmt] [--backing-chain] [-U] filename" },
+    { "io", img_io,
+      "io [-f fmt] [--image-opts] [-n] [-t cache] [-r] [-q] [-U] [-c command]... filename" },
+    { "map", img_map,
+      "map [--image-opts] [-f fmt] [--start-offset=offset] [--max-length=len]"
+      " [--output=ofmt] [-U] filename" },
+};
+
+static void help(void)
+{
+    printf("ublkd img version %s (qemu-img 7.2 compatible)\n"
+           "usage: ublkd img [standard options] command [command options]\n"
+           "Disk image utility\n\n"
+           "    '-h', '--help'       display this help and exit\n"
+           "    '-V', '--version'    output version information and exit\n\n"
+           "Command syntax:\n", ublkd_version());
+    for (size_t i = 0; i < ARRAY_SIZE(commands); i++) {
+        printf("  %s\n", commands[i].synopsis);
+    }
+    printf("\nCommand parameters:\n"
+           "  'filename' is a disk image filename\n"
+           "  'fmt' is the disk image format (raw, null, vdi, ...); probed if not given\n"
+           "  'cache' is the cache mode: none, writeback, writethrough, directsync, unsafe\n"
+           "  'size' is the disk image size in bytes; k, M, G, T, P or E suffixes allowed\n"
+           "  '--output' takes 'human' or 'json'\n"
+           "  'ublkd img io' runs qemu-io style commands: read, write, readv, writev,\n"
+           "     discard, flush, map, length, truncate (-c help lists them)\n\n"
+           "Supported formats:");
+    for (int i = 0; bdrv_driver_at(i); i++) {
+        printf(" %s", bdrv_driver_at(i)->format_name);
+    }
+    printf("\n");
+}
+
+int img_usage_error(const char *fmt, ...)
+{
+    va_list ap;
+    fprintf(stderr, "ublkd img: ");
+    va_start(ap, fmt);
+    vfprintf(stderr, fmt, ap);
+    va_end(ap);
+    fprintf(stderr, "\nTry 'ublkd img --help' for more information\n");
+    return 1;
+}
+
+int img_parse_output_format(const char *arg, OutputFormat *out)
+{
+    if (!strcmp(arg, "human")) {
+        *out = OFORMAT_HUMAN;
+    } else if (!strcmp(arg, "json")) {
+#ifdef CONFIG_JSON
+        *out = OFORMAT_JSON;
+#else
+        error_report("--output=json is not available: ublkd was built without json-c "
+                     "(CONFIG_JSON=n)");
+        return -1;
+#endif
+    } else {
+        error_report("--output must be used with human or json as argument.");
+        return -1;
+    }
+    return 0;
+}
+
+int64_t img_cvtnum_full(const char *name, const char *value, int64_t min, int64_t max)
+{
+    uint64_t res;
+    int err = img_parse_size(value, 'B', &res);
+    if (err < 0 && err != -ERANGE) {
+        error_report("Invalid %s specified. You may use k, M, G, T, P or E suffixes for", name);
+        error_report("kilobytes, megabytes, gigabytes, terabytes, petabytes and exabytes.");
+        return err;
+    }
+    if (err == -ERANGE || res > (uint64_t)max || (int64_t)res < min) {
+        error_report("Invalid %s specified. Must be between %" PRId64 " and %" PRId64 ".",
+                     name, min, max);
+        return -ERANGE;
+    }
+    return (int64_t)res;
+}
+
+bool img_is_help_option(const char *opts)
+{
+    if (!opts) {
+        return false;
+    }
+    /* "help" or "?" anywhere in the list, as qemu's is_help_option. */
+    OptDict *d = optdict_parse(opts, NULL, NULL);
+    bool help = !strcmp(opts, "help") || !strcmp(opts, "?");
+    if (d) {
+        for (size_t i = 0; i < optdict_count(d); i++) {
+            const char *k = optdict_key_at(d, i);
+            if (!strcmp(k, "help") || !strcmp(k, "?")) {
+                help = true;
+            }
+        }
+        optdict_free(d);
+    }
+    return help;
+}
+
+BlockBackend *img_open(const char *filename, const ImgOpenOpts *o)
+{
+    Error *err = NULL;
+    int flags = 0;
+    OptDict *opts;
+
+    const char *cache = o->cache ? o->cache : "writeback";
+    if (bdrv_parse_cache_mode(cache, &flags, NULL) < 0) {
+        error_report("Invalid cache option: %s", cache);
+        return NULL;
+    }
+    if (o->writable) {
+        flags |= BDRV_O_RDWR;
+    }
+    if (o->no_backing) {
+        flags |= BDRV_O_NO_BACKING;
+    }
+    if (o->image_opts) {
+        if (o->fmt) {
+            error_report("--image-opts and --format are mutually exclusive");
+            return NULL;
+        }
+        opts = optdict_parse(filename, NULL, &err);
+        if (!opts) {
+            error_report_err(err);
+            return NULL;
+        }
+        filename = NULL;
+    } else {
+        if (o->fmt && !bdrv_find_format(o->fmt)) {
+            error_report("Could not open '%s': Unknown driver '%s'", filename, o->fmt);
+            return NULL;
+        }
+        opts = optdict_new();
+        if (o->fmt) {
+            optdict_set(opts, "driver", o->fmt);
+        }
+    }
+    BlockBackend *blk = blk_new_open(filename, opts, flags, &err);
+    if (!blk) {
+        const char *name = filename ? filename : "";
+        if (err) {
+            error_prepend(&err, "Could not open '%s': ", name);
+            error_report_err(err);
+        } else {
+            error_report("Could not open '%s'", name);
+        }
+        return NULL;
+    }
+    BlockDriverState *bs = blk_bs(blk);
+    if (bs->probed && o->writable && !o->quiet && !strcmp(bdrv_get_format_name(bs), "raw")) {
+        fprintf(stderr,
+                "WARNING: Image format was not specified for '%s' and probing guessed raw.\n"
+                "         Automatically detecting the format is dangerous for raw images, "
+                "write operations on block 0 will be restricted.\n"
+                "         Specify the 'raw' format explicitly to remove the restrictions.\n",
+                filename ? filename : bs->filename);
+    }
+    return blk;
+}
+
+int img_main(int argc, char **argv)
+{
+    if (argc < 2) {
+        return img_usage_error("Not enough arguments");
+    }
+    const char *cmd = argv[1];
+    if (!strcmp(cmd, "-h") || !strcmp(cmd, "--help") || !strcmp(cmd, "help")) {
+        help();
+        return 0;
+    }
+    if (!strcmp(cmd, "-V") || !strcmp(cmd, "--version")) {
+        printf("ublkd img version %s\n", ublkd_version());
+        return 0;
+    }
+    for (size_t i = 0; i < ARRAY_SIZE(commands); i++) {
+        if (!strcmp(cmd, commands[i].name)) {
+            Error *err = NULL;
+            if (!aio_main_init(&err)) {
+                error_report_err(err);
+                return 1;
+            }
+            /* Subcommands parse with getopt from argv[0] == their name. */
+            return commands[i].fn(argc - 1, argv + 1);
+        }
+    }
+    error_report("Command not found: %s", cmd);
+    fprintf(stderr, "Try 'ublkd img --help' for more information\n");
+    return 1;
+}

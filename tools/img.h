@@ -1,0 +1,126 @@
+/*
+ * img.h - internals shared by the `ublkd img` subcommands (tools/img*.c).
+ *
+ * img.c owns dispatch and the helpers every subcommand needs (opening an
+ * image the way qemu-img does, output-format parsing, the human size
+ * strings); img-util.c holds the pure logic (number parsing, sparse-run
+ * detection, map-entry merging, qemu's JSON key order) so unit tests can
+ * link it without a block layer.  Subcommands return the process exit code.
+ */
+#ifndef UBLKD_IMG_H
+#define UBLKD_IMG_H
+
+#include <stdbool.h>
+#include <stdint.h>
+#include <stdio.h>
+#include "compiler.h"
+
+typedef struct BlockBackend BlockBackend;
+
+/* ---- subcommands ---- */
+int img_create(int argc, char **argv);
+int img_info(int argc, char **argv);
+int img_check(int argc, char **argv);
+int img_convert(int argc, char **argv);
+int img_compare(int argc, char **argv);
+int img_map(int argc, char **argv);
+int img_bench(int argc, char **argv);
+int img_io(int argc, char **argv);
+
+/* ---- common (img.c) ---- */
+typedef enum { OFORMAT_HUMAN, OFORMAT_JSON } OutputFormat;
+/* Parse --output's argument; prints qemu-img's message and returns -1 if bad. */
+int img_parse_output_format(const char *arg, OutputFormat *out);
+
+typedef struct ImgOpenOpts {
+    const char *fmt;        /* -f, NULL = probe */
+    bool image_opts;        /* --image-opts: filename is "driver=...,file.filename=..." */
+    const char *cache;      /* -t / -T, NULL = caller's default */
+    bool writable;
+    bool force_share;       /* -U: accepted; ublkd takes no image locks */
+    bool quiet;             /* suppress the probed-raw warning */
+    bool no_backing;
+} ImgOpenOpts;
+/* Open an image, printing qemu-img's "Could not open 'X': ..." on failure. */
+BlockBackend *img_open(const char *filename, const ImgOpenOpts *o);
+/* Print "Try 'ublkd img --help' ..." after a usage error; returns 1. */
+int img_usage_error(const char *fmt, ...) PRINTF_FMT(1, 2);
+/* qemu-img's cvtnum_full: parse a size argument named `name`, printing
+ * qemu-img's messages; returns the value or -errno. */
+int64_t img_cvtnum_full(const char *name, const char *value, int64_t min, int64_t max);
+/* Create an image (create and convert); prints messages, returns exit code.
+ * size < 0: from -o size= or the backing file. */
+int img_create_image(const char *filename, const char *fmt, const char *options,
+                     const char *backing, const char *backing_fmt, int64_t size,
+                     bool unsafe, bool quiet, bool prefix_filename);
+struct BlockDriver;
+int img_print_create_help(const struct BlockDriver *drv);
+/* Parse qemu-img's -o list ("k=v,k2=v2"; "help" / "?" handled by caller). */
+bool img_is_help_option(const char *opts);
+
+/* ---- pure helpers (img-util.c) ---- */
+/*
+ * qemu's strtosz: "4096", "4k", "1.5G" ("b"/"B" = bytes; k K M G T P E
+ * binary).  default_suffix applies to a number without suffix (qemu-img
+ * bench / qemu-io use bytes).  Returns 0, -EINVAL (bad text) or -ERANGE.
+ */
+int img_parse_size(const char *str, char default_suffix, uint64_t *out);
+/* qemu-io's cvtnum: like img_parse_size but returns the value or -errno. */
+int64_t img_cvtnum(const char *str);
+/* "1 GiB", "1.5 MiB", "512 B" as qemu's size_to_str. Caller frees. */
+char *img_size_to_str(uint64_t bytes);
+/* qemu-io's cvtstr ("4 KiB", "32 bytes", "1.500 KiB"). */
+void img_cvtstr(double value, char *str, size_t size);
+/* qemu-io's timestr for the non-verbose format ("00.00 sec", "0:00:01.23"). */
+void img_timestr(double seconds, char *ts, size_t size);
+
+/*
+ * Sparse detection for convert: the length of the run at the start of
+ * buf[0, len) that is all data or all zero, on a grid of min_sparse bytes
+ * anchored at absolute image offset `offset` (so runs line up with the
+ * target's clusters).  *is_data tells which.  Each cell (partial ones at
+ * the edges included) is zero or data by its content alone.
+ */
+size_t img_sparse_run(const uint8_t *buf, size_t len, int64_t offset, size_t min_sparse,
+                      bool *is_data);
+/* First 512-byte sector boundary in buf whose sector is non-zero, or -1. */
+int64_t img_find_nonzero(const uint8_t *buf, int64_t n);
+/* Bytes at the start of a and b that agree in "equal or not" per sector
+ * (qemu-img's compare_buffers); returns true if the first sector differs. */
+bool img_compare_buffers(const uint8_t *a, const uint8_t *b, int64_t bytes, int64_t *pnum);
+
+/* One run of `img map` output (qemu-img's MapEntry). */
+typedef struct ImgMapEntry {
+    int64_t start, length, offset;
+    int depth;
+    bool data, zero, present, has_offset;
+    const char *filename;   /* NULL if no offset */
+} ImgMapEntry;
+bool img_map_entry_mergeable(const ImgMapEntry *curr, const ImgMapEntry *next);
+/* Print one entry in qemu-img's human or JSON format; next may be adjusted
+ * (the human form coalesces zero and unallocated).  -1 on an entry the
+ * human form cannot show. */
+int img_map_dump_entry(FILE *f, OutputFormat fmt, const ImgMapEntry *e, ImgMapEntry *next);
+
+/* qemu's QDict bucket of a key: qemu prints JSON objects in this order. */
+unsigned img_qdict_bucket(const char *key);
+
+/* Fill buf with qemu-io's pattern (one byte value). */
+void img_fill_pattern(void *buf, size_t len, int pattern);
+/* qemu-io's hex dump ("00100000:  ab ab ...  ................"). */
+void img_dump_buffer(FILE *f, const void *buf, int64_t offset, int64_t len);
+
+/* ---- progress (progress.c), qemu's "    (12.34/100%)\r" ---- */
+void progress_init(bool enabled, float min_skip);
+void progress_print(float delta, int max);
+void progress_end(void);
+
+/* ---- JSON (img-json.c); built with json-c, printed in qemu's layout ---- */
+#ifdef CONFIG_JSON
+struct json_object;
+/* Print obj as qemu does: 4-space indent, keys in QDict order, newline. */
+void img_json_print(FILE *f, struct json_object *obj);
+char *img_json_to_string(struct json_object *obj);
+#endif
+
+#endif
