@@ -18,7 +18,11 @@
  *
  * Threads: each thread that does I/O calls aio_context_new() and
  * aio_set_current(); aio_current() returns it.  The main thread of tools gets
- * one from aio_main_init().
+ * one from aio_main_init().  A context may be created on one thread and used
+ * on another: its ring is bound (SINGLE_ISSUER) to the first thread that
+ * calls aio_set_current, aio_poll, aio_get_sqe or aio_submit on it, and only
+ * that thread may use it afterwards.  Setting UBLKD_IO_URING_SETUP=coop or
+ * =none in the environment caps the ring flags tried (for old kernels/tests).
  */
 #ifndef UBLKD_AIO_H
 #define UBLKD_AIO_H
@@ -94,8 +98,9 @@ void aio_bh_schedule_oneshot(AioContext *ctx, AioBHFn *cb, void *opaque);
 
 /* ---- clock and timers ---- */
 typedef int64_t AioClockFn(void *opaque);
-/* Replace ctx's clock (default CLOCK_MONOTONIC ns).  With a virtual clock,
- * aio_poll does not sleep for timers: tests advance time and poll. */
+/* Replace ctx's clock (default CLOCK_MONOTONIC ns; NULL restores it).  With
+ * a virtual clock, aio_poll does not sleep for timers: tests advance time and
+ * poll (or aio_notify a context that another thread is blocked on). */
 void aio_context_set_clock(AioContext *ctx, AioClockFn *now, void *opaque);
 int64_t aio_now_ns(AioContext *ctx);
 int64_t clock_monotonic_ns(void);
