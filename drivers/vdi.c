@@ -29,7 +29,12 @@ static uint8_t vdi_zero_block[VDI_BLOCK_SIZE] __attribute__((aligned(4096)));
 
 const char *vdi_image_name(BlockDriverState *bs)
 {
-    return bs->file ? bs->file->bs->filename : bs->filename;
+    BlockDriverState *named = bs->file ? bs->file->bs : bs;
+
+    if (named->filename[0] || !named->node_name) {
+        return named->filename;
+    }
+    return named->node_name;         /* e.g. an in-memory node */
 }
 
 void vdi_uuid_unparse(const uint8_t *u, char out[37])
