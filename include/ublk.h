@@ -1,0 +1,225 @@
+/*
+ * ublk.h - the ublk server: control plane, queue threads, device lifecycle.
+ *
+ * Layers, bottom up (one file each in ublk/):
+ *   ctrl.c    commands on /dev/ublk-control (ADD/START/STOP/DEL, params,
+ *             info, features, recovery), ioctl-encoded with legacy fallback,
+ *             dev-path prefixing for unprivileged devices.
+ *   params.c  derive struct ublk_params from the root node's limits, the
+ *             image size, the cache mode and the user's overrides.
+ *   config.c  the device configuration (parsed `add` arguments) and the
+ *             per-device state file (JSON) that `list` and `recover` read.
+ *   queue.c   one thread per hardware queue, each on its own AioContext:
+ *             a pre-allocated coroutine and buffer per tag turns ublk I/O
+ *             commands into blk_co_* calls on the BlockBackend.
+ *   server.c  the daemon: open the graph, add/recover the device, start the
+ *             queues, publish state and counters, stop cleanly on SIGTERM.
+ * The `ublkd add|del|list|recover|features` verbs live in tools/dev*.c.
+ */
+#ifndef UBLKD_UBLK_H
+#define UBLKD_UBLK_H
+
+#include <sched.h>
+#include <stdio.h>
+#include <stdint.h>
+#include <sys/types.h>
+#include "block-backend.h"
+#include "error.h"
+#include "ublk-abi.h"
+
+/* ---------------- control plane (ublk/ctrl.c) ---------------- */
+
+#define UBLK_CONTROL_PATH "/dev/ublk-control"
+
+typedef struct UblkCtrl UblkCtrl;
+
+/* Open /dev/ublk-control on its own SQE128 ring.  Errors say why (missing
+ * module, permissions, no SQE128 support). */
+UblkCtrl *ublk_ctrl_open(Error **errp);
+void ublk_ctrl_close(UblkCtrl *c);
+/* True if commands carry the char device path (caller lacks CAP_SYS_ADMIN,
+ * so its devices are UBLK_F_UNPRIVILEGED_DEV). */
+bool ublk_ctrl_unprivileged(const UblkCtrl *c);
+
+/* All return 0 or -errno (the kernel's answer). */
+/* Features the driver supports; falls back to the 6.1 set (-EOPNOTSUPP
+ * from the kernel is not an error) and sets *probed=false then. */
+int ublk_ctrl_get_features(UblkCtrl *c, uint64_t *features, bool *probed);
+/* info->dev_id = (__u32)-1 lets the kernel choose.  The kernel's view
+ * (final id, capped queue count, owner) is written back into *info. */
+int ublk_ctrl_add_dev(UblkCtrl *c, struct ublksrv_ctrl_dev_info *info);
+int ublk_ctrl_del_dev(UblkCtrl *c, uint32_t dev_id);
+int ublk_ctrl_start_dev(UblkCtrl *c, uint32_t dev_id, pid_t pid);
+int ublk_ctrl_stop_dev(UblkCtrl *c, uint32_t dev_id);
+int ublk_ctrl_set_params(UblkCtrl *c, uint32_t dev_id, struct ublk_params *p);
+int ublk_ctrl_get_params(UblkCtrl *c, uint32_t dev_id, struct ublk_params *p);
+/* GET_DEV_INFO2, falling back to GET_DEV_INFO on kernels without it. */
+int ublk_ctrl_get_info(UblkCtrl *c, uint32_t dev_id, struct ublksrv_ctrl_dev_info *info);
+int ublk_ctrl_get_queue_affinity(UblkCtrl *c, uint32_t dev_id, unsigned q, cpu_set_t *set);
+int ublk_ctrl_start_recovery(UblkCtrl *c, uint32_t dev_id);
+int ublk_ctrl_end_recovery(UblkCtrl *c, uint32_t dev_id, pid_t pid);
+
+/* Names for `features` and `list`: "USER_COPY", ... NULL for unknown bits. */
+const char *ublk_feature_name(unsigned bit);
+/* "LIVE", "QUIESCED", "DEAD", "FAIL_IO", "?" */
+const char *ublk_state_name(unsigned state);
+/* Comma-separated names of the set flags into buf (unknown bits as hex). */
+void ublk_flags_to_string(uint64_t flags, char *buf, size_t len);
+
+static inline void ublk_cdev_path(uint32_t dev_id, char *buf, size_t len)
+{
+    snprintf(buf, len, "/dev/ublkc%u", dev_id);
+}
+static inline void ublk_bdev_path(uint32_t dev_id, char *buf, size_t len)
+{
+    snprintf(buf, len, "/dev/ublkb%u", dev_id);
+}
+
+/* ---------------- ABI helpers (pure, unit-tested) ---------------- */
+
+/* mmap offset of queue q's descriptor array: the kernel strides queues by
+ * the size a *maximum-depth* queue would need, not by the actual depth. */
+static inline uint64_t ublk_queue_desc_offset(unsigned q)
+{
+    uint64_t max_sz = (UBLK_MAX_QUEUE_DEPTH * sizeof(struct ublksrv_io_desc) + 4095) & ~4095ULL;
+    return UBLKSRV_CMD_BUF_OFFSET + (uint64_t)q * max_sz;
+}
+/* Bytes to mmap for a queue of the given depth (page rounded). */
+static inline size_t ublk_queue_desc_size(unsigned depth, size_t page)
+{
+    return (depth * sizeof(struct ublksrv_io_desc) + page - 1) / page * page;
+}
+/* USER_COPY: pread/pwrite position on /dev/ublkcN for byte `off` of (q, tag). */
+static inline uint64_t ublk_user_copy_pos(unsigned q, unsigned tag, uint32_t off)
+{
+    return UBLKSRV_IO_BUF_OFFSET + ((uint64_t)q << UBLK_QID_OFF) +
+           ((uint64_t)tag << UBLK_TAG_OFF) + off;
+}
+
+/* ---------------- device configuration (ublk/config.c) ---------------- */
+
+typedef enum {
+    UBLK_RECOVERY_NONE,      /* daemon death kills the device */
+    UBLK_RECOVERY_FAIL,      /* USER_RECOVERY: in-flight I/O fails, new I/O waits */
+    UBLK_RECOVERY_REISSUE,   /* USER_RECOVERY_REISSUE: in-flight I/O is replayed */
+    UBLK_RECOVERY_FAIL_IO,   /* USER_RECOVERY_FAIL_IO: all I/O fails until recovered */
+} UblkRecoveryMode;
+typedef enum { UBLK_AFFINITY_NONE, UBLK_AFFINITY_QUEUE } UblkAffinity;
+
+#define UBLK_DEFAULT_QUEUES  1
+#define UBLK_DEFAULT_DEPTH   128
+#define UBLK_DEFAULT_MAX_IO  (512 * 1024)
+#define UBLK_MAX_IO_LIMIT    (1U << UBLK_IO_BUF_BITS)   /* 32 MiB, the ABI's ceiling */
+
+typedef struct UblkDevConfig {
+    int dev_id;                /* -1: the kernel picks */
+    char *type;                /* "raw", "null", "vdi", ... (NULL with blockdev) */
+    char **files;              /* images, nfiles of them */
+    int nfiles;
+    char *blockdev;            /* --blockdev 'driver=...' or NULL */
+    char *extra_opts;          /* -o k=v,... merged into the root's options */
+    uint64_t size;             /* --size: null device size, 0 = not given */
+    char *cache;               /* --cache mode, default "none" */
+    char *discard;             /* --discard=unmap|ignore, default "unmap" */
+    unsigned nr_queues, depth;
+    uint32_t max_io_size;
+    uint32_t logical_bs, physical_bs, io_opt;          /* 0 = derive */
+    uint32_t discard_granularity;                      /* 0 = derive */
+    uint64_t max_discard;                              /* bytes, 0 = derive */
+    bool read_only, rotational, no_discard;
+    bool user_copy, need_get_data;
+    bool foreground;
+    UblkRecoveryMode recovery;
+    UblkAffinity affinity;
+    char *log_file;
+} UblkDevConfig;
+
+void ublk_dev_config_init(UblkDevConfig *c);
+void ublk_dev_config_free(UblkDevConfig *c);
+/* Parse `add` arguments (argv[0] is the verb).  Returns 0, 1 if --help was
+ * printed, -1 with errp set on bad arguments. */
+int ublk_dev_config_parse(UblkDevConfig *c, int argc, char **argv, Error **errp);
+void ublk_dev_config_usage(FILE *f);
+/* Range and consistency checks (also applied by parse). */
+int ublk_dev_config_check(const UblkDevConfig *c, Error **errp);
+/* The graph to open: options (caller frees) and BDRV_O_* flags. */
+OptDict *ublk_dev_config_to_options(const UblkDevConfig *c, int *flags, Error **errp);
+/* UBLK_F_* the config asks for, given what the kernel supports. */
+uint64_t ublk_dev_config_flags(const UblkDevConfig *c, uint64_t supported, bool unprivileged);
+
+/* What /run/ublkd/ID.json holds. */
+typedef struct UblkDevState {
+    UblkDevConfig cfg;
+    uint32_t dev_id;
+    pid_t pid;
+    uint64_t flags;            /* UBLK_F_* the device was added with */
+    unsigned nr_queues, depth; /* as the kernel granted */
+    char *graph;               /* bdrv_graph_to_string of the root */
+    char *bdev;                /* /dev/ublkbN */
+} UblkDevState;
+
+void ublk_dev_state_free(UblkDevState *s);
+/* NULL-free JSON text (caller frees); NULL without CONFIG_JSON. */
+char *ublk_dev_state_to_json(const UblkDevState *s);
+int ublk_dev_state_from_json(const char *json, UblkDevState *s, Error **errp);
+/* Directory of state files: $UBLKD_RUN_DIR, /run/ublkd for root, else
+ * $XDG_RUNTIME_DIR/ublkd or /tmp/ublkd-UID.  Created on demand by writers. */
+const char *ublk_run_dir(void);
+int ublk_state_write(const UblkDevState *s, Error **errp);
+int ublk_state_read(uint32_t dev_id, UblkDevState *s, Error **errp);
+void ublk_state_remove(uint32_t dev_id);
+/* Counters file next to the state file: rewritten by the daemon. */
+int ublk_stats_write(uint32_t dev_id, const BlockAcctStats *st);
+int ublk_stats_read(uint32_t dev_id, BlockAcctStats *st);
+
+/* ---------------- parameters (ublk/params.c) ---------------- */
+
+/* Fill p (BASIC + DISCARD) from the config, the root's limits and size.
+ * open_flags are the BDRV_O_* the graph was opened with (cache mode). */
+int ublk_params_build(const UblkDevConfig *c, const BlockLimits *bl, int64_t size,
+                      int open_flags, bool read_only, bool has_discard,
+                      struct ublk_params *p, Error **errp);
+
+/* ---------------- queues (ublk/queue.c) ---------------- */
+
+typedef struct UblkQueue UblkQueue;
+
+/* What the queue threads share: read-only once started. */
+typedef struct UblkDev {
+    uint32_t dev_id;
+    int cdev_fd;
+    BlockBackend *blk;
+    unsigned nr_queues, depth;
+    uint32_t max_io_size;
+    uint64_t flags;            /* UBLK_F_* in effect */
+    UblkAffinity affinity;
+    UblkCtrl *ctrl;            /* for GET_QUEUE_AFFINITY (main thread only) */
+    UblkQueue **queues;
+    volatile int stopping;     /* set by the main thread after STOP_DEV */
+} UblkDev;
+
+/* Start nr_queues threads; returns once every queue has queued its FETCH
+ * commands (so START_DEV / END_USER_RECOVERY can complete). */
+int ublk_queues_start(UblkDev *d, Error **errp);
+/* Tell the queues the device is going away and wait for the threads. */
+void ublk_queues_stop(UblkDev *d);
+/* Number of queue threads still running (a queue exits when the kernel
+ * aborts all its commands, e.g. the device was deleted behind our back). */
+unsigned ublk_queues_running(UblkDev *d);
+
+/* ---------------- the daemon (ublk/server.c) ---------------- */
+
+/*
+ * Run a device until SIGTERM/SIGINT or until the kernel takes it away.
+ * recover: attach to an existing quiesced device (cfg->dev_id) instead of
+ * adding one.  ready_fd (or -1): the daemon writes "OK <bdev>\n" once the
+ * block device is usable, or "ERR <message>\n", then closes it.
+ * Returns the process exit code.
+ */
+int ublk_server_run(UblkDevConfig *cfg, bool recover, int ready_fd);
+
+/* Per-device log: syslog (ident "ublkd/ID"), the --log file, or stderr. */
+void ublk_log_open(const UblkDevConfig *cfg, int dev_id);
+void ublk_log(int prio, const char *fmt, ...) PRINTF_FMT(2, 3);
+
+#endif

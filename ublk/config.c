@@ -1,0 +1,831 @@
+/*
+ * config.c - a device's configuration and its state file (see include/ublk.h).
+ *
+ * `ublkd add` arguments become a UblkDevConfig; the daemon stores it, with
+ * what the kernel granted (id, flags, queues, depth) and its pid, as JSON in
+ * the run directory so that `list` and `recover` work after the adding
+ * process has gone (and `recover` can rebuild the same graph after a crash).
+ * Counters go to a separate file the daemon rewrites periodically, so the
+ * state file is written only at add/recover time.
+ */
+#include <errno.h>
+#include <fcntl.h>
+#include <getopt.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+#ifdef CONFIG_JSON
+#include <json-c/json.h>
+#endif
+#include "ublk.h"
+
+void ublk_dev_config_init(UblkDevConfig *c)
+{
+    memset(c, 0, sizeof(*c));
+    c->dev_id = -1;
+    c->nr_queues = UBLK_DEFAULT_QUEUES;
+    c->depth = UBLK_DEFAULT_DEPTH;
+    c->max_io_size = UBLK_DEFAULT_MAX_IO;
+    c->recovery = UBLK_RECOVERY_REISSUE;
+    c->affinity = UBLK_AFFINITY_NONE;
+}
+
+void ublk_dev_config_free(UblkDevConfig *c)
+{
+    free(c->type);
+    for (int i = 0; i < c->nfiles; i++) {
+        free(c->files[i]);
+    }
+    free(c->files);
+    free(c->blockdev);
+    free(c->cache);
+    free(c->discard);
+    free(c->log_file);
+    free(c->extra_opts);
+    memset(c, 0, sizeof(*c));
+    c->dev_id = -1;
+}
+
+void ublk_dev_config_usage(FILE *f)
+{
+    fprintf(f,
+        "usage: ublkd add TYPE FILE... [options]\n"
+        "       ublkd add null --size SIZE [options]\n"
+        "       ublkd add --blockdev 'driver=...,file.filename=...' [options]\n"
+        "TYPE is a block driver name (raw, vdi, qcow2, quorum, null, ...).\n"
+        "  -n, --id ID                 device id (default: the kernel picks)\n"
+        "  -q, --queues N              hardware queues, one thread each (default 1)\n"
+        "  -d, --depth D               queue depth, 1..4096 (default 128)\n"
+        "  -o, --option K=V[,K=V]      extra options for the root node\n"
+        "      --size SIZE             size of a null device\n"
+        "      --cache MODE            none (default), writeback, writethrough, directsync, unsafe\n"
+        "      --discard unmap|ignore  what discards do (default unmap)\n"
+        "      --no-discard            do not advertise discard at all\n"
+        "  -r, --read-only             export read-only\n"
+        "      --rotational            advertise a rotational disk\n"
+        "      --logical-block-size N  512..4096 (default: from the image, at least 512)\n"
+        "      --physical-block-size N (default: the logical block size)\n"
+        "      --io-opt N              optimal I/O size (default: from the image)\n"
+        "      --max-io-size N         largest request, 4k..32M (default 512k)\n"
+        "      --discard-granularity N, --max-discard N\n"
+        "  -u, --user-copy             copy data with pread/pwrite on /dev/ublkcN (UBLK_F_USER_COPY)\n"
+        "  -g, --need-get-data         UBLK_F_NEED_GET_DATA for writes\n"
+        "      --recovery MODE         none, fail, reissue (default), fail-io: what happens to I/O\n"
+        "                              while the daemon is dead (see ublkd recover)\n"
+        "      --reissue               same as --recovery=reissue\n"
+        "      --affinity queue|none   pin each queue thread to the kernel's CPUs for it (default none)\n"
+        "  -f, --foreground            do not daemonize; log to stderr\n"
+        "      --log FILE              log to FILE instead of syslog\n");
+}
+
+static char *xstrdup(const char *s)
+{
+    char *r = s ? strdup(s) : NULL;
+    if (s && !r) {
+        abort();
+    }
+    return r;
+}
+
+static int parse_u32(const char *opt, const char *arg, uint64_t max, bool allow_suffix,
+                     uint32_t *out, Error **errp)
+{
+    uint64_t v;
+    char *end;
+    if (allow_suffix) {
+        if (parse_size(arg, &v) < 0) {
+            error_setg(errp, "invalid value for %s: '%s'", opt, arg);
+            return -1;
+        }
+    } else {
+        errno = 0;
+        v = strtoull(arg, &end, 0);
+        if (errno || end == arg || *end || arg[0] == '-') {
+            error_setg(errp, "invalid value for %s: '%s' (expected a number)", opt, arg);
+            return -1;
+        }
+    }
+    if (v > max) {
+        error_setg(errp, "%s %s is too large (at most %llu)", opt, arg, (unsigned long long)max);
+        return -1;
+    }
+    *out = v;
+    return 0;
+}
+
+enum {
+    OPT_SIZE = 256, OPT_CACHE, OPT_DISCARD, OPT_NO_DISCARD, OPT_ROT, OPT_LBS, OPT_PBS,
+    OPT_IOOPT, OPT_MAXIO, OPT_DGRAN, OPT_DMAX, OPT_RECOVERY, OPT_REISSUE, OPT_AFFINITY,
+    OPT_LOG, OPT_BLOCKDEV,
+};
+
+int ublk_dev_config_parse(UblkDevConfig *c, int argc, char **argv, Error **errp)
+{
+    static const struct option longopts[] = {
+        { "id", required_argument, NULL, 'n' },
+        { "queues", required_argument, NULL, 'q' },
+        { "depth", required_argument, NULL, 'd' },
+        { "option", required_argument, NULL, 'o' },
+        { "read-only", no_argument, NULL, 'r' },
+        { "user-copy", no_argument, NULL, 'u' },
+        { "need-get-data", no_argument, NULL, 'g' },
+        { "foreground", no_argument, NULL, 'f' },
+        { "help", no_argument, NULL, 'h' },
+        { "size", required_argument, NULL, OPT_SIZE },
+        { "cache", required_argument, NULL, OPT_CACHE },
+        { "discard", required_argument, NULL, OPT_DISCARD },
+        { "no-discard", no_argument, NULL, OPT_NO_DISCARD },
+        { "rotational", no_argument, NULL, OPT_ROT },
+        { "logical-block-size", required_argument, NULL, OPT_LBS },
+        { "physical-block-size", required_argument, NULL, OPT_PBS },
+        { "io-opt", required_argument, NULL, OPT_IOOPT },
+        { "max-io-size", required_argument, NULL, OPT_MAXIO },
+        { "discard-granularity", required_argument, NULL, OPT_DGRAN },
+        { "max-discard", required_argument, NULL, OPT_DMAX },
+        { "recovery", required_argument, NULL, OPT_RECOVERY },
+        { "reissue", no_argument, NULL, OPT_REISSUE },
+        { "affinity", required_argument, NULL, OPT_AFFINITY },
+        { "log", required_argument, NULL, OPT_LOG },
+        { "blockdev", required_argument, NULL, OPT_BLOCKDEV },
+        { NULL, 0, NULL, 0 },
+    };
+    uint32_t v;
+    int opt;
+    optind = 0;           /* full re-initialisation: parse may run twice */
+    opterr = 0;
+    while ((opt = getopt_long(argc, argv, "+n:q:d:o:rugfh", longopts, NULL)) != -1) {
+        const char *name = argv[optind - 1];
+        switch (opt) {
+        case 'n':
+            if (parse_u32("--id", optarg, (1U << 20) - 1, false, &v, errp) < 0) {
+                return -1;
+            }
+            c->dev_id = v;
+            break;
+        case 'q':
+            if (parse_u32("--queues", optarg, UINT32_MAX, false, &c->nr_queues, errp) < 0) {
+                return -1;
+            }
+            break;
+        case 'd':
+            if (parse_u32("--depth", optarg, UINT32_MAX, false, &c->depth, errp) < 0) {
+                return -1;
+            }
+            break;
+        case 'o': {
+            size_t old = c->extra_opts ? strlen(c->extra_opts) : 0;
+            char *n = realloc(c->extra_opts, old + strlen(optarg) + 2);
+            if (!n) {
+                abort();
+            }
+            if (old) {
+                n[old++] = ',';
+            }
+            strcpy(n + old, optarg);
+            c->extra_opts = n;
+            break;
+        }
+        case 'r': c->read_only = true; break;
+        case 'u': c->user_copy = true; break;
+        case 'g': c->need_get_data = true; break;
+        case 'f': c->foreground = true; break;
+        case 'h':
+            ublk_dev_config_usage(stdout);
+            return 1;
+        case OPT_SIZE:
+            if (parse_size(optarg, &c->size) < 0) {
+                error_setg(errp, "invalid value for --size: '%s'", optarg);
+                return -1;
+            }
+            if (c->size == 0) {
+                error_setg(errp, "--size must be greater than 0");
+                return -1;
+            }
+            break;
+        case OPT_CACHE: free(c->cache); c->cache = xstrdup(optarg); break;
+        case OPT_DISCARD:
+            if (strcmp(optarg, "unmap") && strcmp(optarg, "ignore")) {
+                error_setg(errp, "invalid value for --discard: '%s' (unmap or ignore)", optarg);
+                return -1;
+            }
+            free(c->discard);
+            c->discard = xstrdup(optarg);
+            break;
+        case OPT_NO_DISCARD: c->no_discard = true; break;
+        case OPT_ROT: c->rotational = true; break;
+        case OPT_LBS:
+            if (parse_u32("--logical-block-size", optarg, 1U << 20, true, &c->logical_bs, errp) < 0) {
+                return -1;
+            }
+            break;
+        case OPT_PBS:
+            if (parse_u32("--physical-block-size", optarg, 1U << 20, true, &c->physical_bs, errp) < 0) {
+                return -1;
+            }
+            break;
+        case OPT_IOOPT:
+            if (parse_u32("--io-opt", optarg, 1U << 30, true, &c->io_opt, errp) < 0) {
+                return -1;
+            }
+            break;
+        case OPT_MAXIO:
+            if (parse_u32("--max-io-size", optarg, 1U << 30, true, &c->max_io_size, errp) < 0) {
+                return -1;
+            }
+            break;
+        case OPT_DGRAN:
+            if (parse_u32("--discard-granularity", optarg, 1U << 30, true,
+                          &c->discard_granularity, errp) < 0) {
+                return -1;
+            }
+            break;
+        case OPT_DMAX:
+            if (parse_size(optarg, &c->max_discard) < 0) {
+                error_setg(errp, "invalid value for --max-discard: '%s'", optarg);
+                return -1;
+            }
+            break;
+        case OPT_RECOVERY:
+            if (!strcmp(optarg, "none")) {
+                c->recovery = UBLK_RECOVERY_NONE;
+            } else if (!strcmp(optarg, "fail")) {
+                c->recovery = UBLK_RECOVERY_FAIL;
+            } else if (!strcmp(optarg, "reissue")) {
+                c->recovery = UBLK_RECOVERY_REISSUE;
+            } else if (!strcmp(optarg, "fail-io")) {
+                c->recovery = UBLK_RECOVERY_FAIL_IO;
+            } else {
+                error_setg(errp, "invalid value for --recovery: '%s' (none, fail, reissue, fail-io)",
+                           optarg);
+                return -1;
+            }
+            break;
+        case OPT_REISSUE: c->recovery = UBLK_RECOVERY_REISSUE; break;
+        case OPT_AFFINITY:
+            if (!strcmp(optarg, "queue")) {
+                c->affinity = UBLK_AFFINITY_QUEUE;
+            } else if (!strcmp(optarg, "none")) {
+                c->affinity = UBLK_AFFINITY_NONE;
+            } else {
+                error_setg(errp, "invalid value for --affinity: '%s' (queue or none)", optarg);
+                return -1;
+            }
+            break;
+        case OPT_LOG: free(c->log_file); c->log_file = xstrdup(optarg); break;
+        case OPT_BLOCKDEV: free(c->blockdev); c->blockdev = xstrdup(optarg); break;
+        case '?':
+        default:
+            if (optopt) {
+                error_setg(errp, "option -%c: unknown or missing its argument", optopt);
+            } else {
+                error_setg(errp, "unknown option '%s'", name);
+            }
+            return -1;
+        }
+    }
+    int pos = optind;
+    if (!c->blockdev) {
+        if (pos >= argc) {
+            error_setg(errp, "missing TYPE (raw, vdi, qcow2, null, ...) or --blockdev");
+            return -1;
+        }
+        c->type = xstrdup(argv[pos++]);
+    }
+    for (; pos < argc; pos++) {
+        if (argv[pos][0] == '-' && argv[pos][1]) {
+            error_setg(errp, "options must come before the files: '%s'", argv[pos]);
+            return -1;
+        }
+        c->files = realloc(c->files, (c->nfiles + 1) * sizeof(char *));
+        if (!c->files) {
+            abort();
+        }
+        c->files[c->nfiles++] = xstrdup(argv[pos]);
+    }
+    return ublk_dev_config_check(c, errp) < 0 ? -1 : 0;
+}
+
+int ublk_dev_config_check(const UblkDevConfig *c, Error **errp)
+{
+    if (c->blockdev && (c->type || c->nfiles)) {
+        error_setg(errp, "--blockdev replaces TYPE and FILE: give one or the other");
+        return -1;
+    }
+    if (c->type && !strcmp(c->type, "null")) {
+        if (c->nfiles) {
+            error_setg(errp, "a null device has no file (use --size)");
+            return -1;
+        }
+        if (!c->size && !(c->extra_opts && strstr(c->extra_opts, "size="))) {
+            error_setg(errp, "a null device needs --size");
+            return -1;
+        }
+    } else if (c->type && !c->nfiles) {
+        error_setg(errp, "missing FILE for a %s device", c->type);
+        return -1;
+    }
+    if (c->type && strcmp(c->type, "quorum") && c->nfiles > 1) {
+        error_setg(errp, "a %s device takes one file, got %d", c->type, c->nfiles);
+        return -1;
+    }
+    if (c->nr_queues < 1 || c->nr_queues > UBLK_MAX_NR_QUEUES) {
+        error_setg(errp, "--queues %u is out of range (1..%u)", c->nr_queues, UBLK_MAX_NR_QUEUES);
+        return -1;
+    }
+    if (c->depth < 1 || c->depth > UBLK_MAX_QUEUE_DEPTH) {
+        error_setg(errp, "--depth %u is out of range (1..%u)", c->depth, UBLK_MAX_QUEUE_DEPTH);
+        return -1;
+    }
+    if (c->max_io_size < 4096 || c->max_io_size > UBLK_MAX_IO_LIMIT || c->max_io_size % 4096) {
+        error_setg(errp, "--max-io-size %u must be a multiple of 4096 between 4k and 32M",
+                   c->max_io_size);
+        return -1;
+    }
+    if (c->logical_bs && (!IS_POW2(c->logical_bs) || c->logical_bs < 512 || c->logical_bs > 4096)) {
+        error_setg(errp, "--logical-block-size %u must be a power of two from 512 to 4096",
+                   c->logical_bs);
+        return -1;
+    }
+    if (c->physical_bs && (!IS_POW2(c->physical_bs) || c->physical_bs < 512 ||
+                           c->physical_bs > (1U << 20))) {
+        error_setg(errp, "--physical-block-size %u must be a power of two from 512 to 1M",
+                   c->physical_bs);
+        return -1;
+    }
+    if (c->physical_bs && c->logical_bs && c->physical_bs < c->logical_bs) {
+        error_setg(errp, "--physical-block-size %u is smaller than --logical-block-size %u",
+                   c->physical_bs, c->logical_bs);
+        return -1;
+    }
+    if (c->io_opt && (!IS_POW2(c->io_opt) || c->io_opt < 512)) {
+        error_setg(errp, "--io-opt %u must be a power of two of at least 512", c->io_opt);
+        return -1;
+    }
+    if (c->discard_granularity && (!IS_POW2(c->discard_granularity) ||
+                                   c->discard_granularity < 512)) {
+        error_setg(errp, "--discard-granularity %u must be a power of two of at least 512",
+                   c->discard_granularity);
+        return -1;
+    }
+    if (c->user_copy && c->need_get_data) {
+        error_setg(errp, "--user-copy and --need-get-data exclude each other");
+        return -1;
+    }
+    return 0;
+}
+
+OptDict *ublk_dev_config_to_options(const UblkDevConfig *c, int *flags, Error **errp)
+{
+    OptDict *d;
+    if (c->blockdev) {
+        d = !strncmp(c->blockdev, "json:", 5) ? optdict_parse_json(c->blockdev + 5, errp)
+                                               : optdict_parse(c->blockdev, NULL, errp);
+        if (!d) {
+            error_prepend(errp, "--blockdev: ");
+            return NULL;
+        }
+    } else {
+        d = optdict_new();
+        optdict_set(d, "driver", c->type);
+        if (!strcmp(c->type, "null")) {
+            if (c->size) {
+                optdict_set_int(d, "size", c->size);
+            }
+        } else if (!strcmp(c->type, "quorum")) {
+            char key[64];
+            for (int i = 0; i < c->nfiles; i++) {
+                snprintf(key, sizeof(key), "children.%d.file.filename", i);
+                optdict_set(d, key, c->files[i]);
+            }
+        } else if (!strcmp(c->type, "file")) {
+            optdict_set(d, "filename", c->files[0]);
+        } else {
+            optdict_set(d, "file.filename", c->files[0]);
+        }
+    }
+    if (c->extra_opts) {
+        OptDict *x = optdict_parse(c->extra_opts, NULL, errp);
+        if (!x) {
+            error_prepend(errp, "--option: ");
+            optdict_free(d);
+            return NULL;
+        }
+        optdict_merge(d, x, true);
+        optdict_free(x);
+    }
+    int f = 0;
+    if (bdrv_parse_cache_mode(c->cache ? c->cache : "none", &f, errp) < 0) {
+        error_prepend(errp, "--cache: ");
+        optdict_free(d);
+        return NULL;
+    }
+    if (!c->read_only) {
+        f |= BDRV_O_RDWR;
+    }
+    if (!c->discard || !strcmp(c->discard, "unmap")) {
+        f |= BDRV_O_UNMAP;
+    }
+    *flags = f;
+    return d;
+}
+
+uint64_t ublk_dev_config_flags(const UblkDevConfig *c, uint64_t supported, bool unprivileged)
+{
+    uint64_t f = supported & UBLK_F_CMD_IOCTL_ENCODE;
+    if (c->user_copy) {
+        f |= UBLK_F_USER_COPY;
+    }
+    if (c->need_get_data) {
+        f |= UBLK_F_NEED_GET_DATA;
+    }
+    if (unprivileged) {
+        /* The kernel refuses recovery for unprivileged devices. */
+        f |= UBLK_F_UNPRIVILEGED_DEV;
+    } else {
+        switch (c->recovery) {
+        case UBLK_RECOVERY_NONE:
+            break;
+        case UBLK_RECOVERY_FAIL:
+            f |= UBLK_F_USER_RECOVERY;
+            break;
+        case UBLK_RECOVERY_REISSUE:
+            f |= UBLK_F_USER_RECOVERY | UBLK_F_USER_RECOVERY_REISSUE;
+            break;
+        case UBLK_RECOVERY_FAIL_IO:
+            f |= UBLK_F_USER_RECOVERY | UBLK_F_USER_RECOVERY_FAIL_IO;
+            break;
+        }
+        /* Silently degrade recovery modes the kernel lacks to plain recovery. */
+        if (!(supported & UBLK_F_USER_RECOVERY_FAIL_IO)) {
+            f &= ~UBLK_F_USER_RECOVERY_FAIL_IO;
+        }
+        if (!(supported & UBLK_F_USER_RECOVERY)) {
+            f &= ~(UBLK_F_USER_RECOVERY | UBLK_F_USER_RECOVERY_REISSUE);
+        }
+    }
+    return f;
+}
+
+/* ---------------- state files ---------------- */
+
+void ublk_dev_state_free(UblkDevState *s)
+{
+    ublk_dev_config_free(&s->cfg);
+    free(s->graph);
+    free(s->bdev);
+    memset(s, 0, sizeof(*s));
+}
+
+const char *ublk_run_dir(void)
+{
+    static char dir[512];
+    const char *env = getenv("UBLKD_RUN_DIR");
+    if (env && *env) {
+        return env;
+    }
+    if (geteuid() == 0) {
+        return "/run/ublkd";
+    }
+    const char *xdg = getenv("XDG_RUNTIME_DIR");
+    if (xdg && *xdg) {
+        snprintf(dir, sizeof(dir), "%s/ublkd", xdg);
+    } else {
+        snprintf(dir, sizeof(dir), "/tmp/ublkd-%u", (unsigned)geteuid());
+    }
+    return dir;
+}
+
+static int write_file_atomic(const char *path, const char *text)
+{
+    char tmp[600];
+    snprintf(tmp, sizeof(tmp), "%s.tmp%d", path, (int)getpid());
+    FILE *f = fopen(tmp, "w");
+    if (!f) {
+        return -errno;
+    }
+    fputs(text, f);
+    fputc('\n', f);
+    if (fclose(f) != 0 || rename(tmp, path) < 0) {
+        int e = errno;
+        unlink(tmp);
+        return -e;
+    }
+    return 0;
+}
+
+static char *read_file(const char *path)
+{
+    FILE *f = fopen(path, "r");
+    if (!f) {
+        return NULL;
+    }
+    size_t cap = 4096, n = 0;
+    char *buf = malloc(cap);
+    size_t r;
+    while (buf && (r = fread(buf + n, 1, cap - n - 1, f)) > 0) {
+        n += r;
+        if (n + 1 >= cap) {
+            cap *= 2;
+            buf = realloc(buf, cap);
+        }
+    }
+    fclose(f);
+    if (buf) {
+        buf[n] = 0;
+    }
+    return buf;
+}
+
+static void state_path(uint32_t id, const char *suffix, char *buf, size_t len)
+{
+    snprintf(buf, len, "%s/%u%s", ublk_run_dir(), id, suffix);
+}
+
+int ublk_state_write(const UblkDevState *s, Error **errp)
+{
+    char *json = ublk_dev_state_to_json(s);
+    if (!json) {
+        error_setg(errp, "cannot write device state: built without JSON support");
+        return -1;
+    }
+    const char *dir = ublk_run_dir();
+    if (mkdir(dir, 0755) < 0 && errno != EEXIST) {
+        error_setg_errno(errp, errno, "cannot create %s", dir);
+        free(json);
+        return -1;
+    }
+    char path[512];
+    state_path(s->dev_id, ".json", path, sizeof(path));
+    int ret = write_file_atomic(path, json);
+    free(json);
+    if (ret < 0) {
+        error_setg_errno(errp, -ret, "cannot write %s", path);
+        return -1;
+    }
+    return 0;
+}
+
+int ublk_state_read(uint32_t dev_id, UblkDevState *s, Error **errp)
+{
+    char path[512];
+    state_path(dev_id, ".json", path, sizeof(path));
+    char *text = read_file(path);
+    if (!text) {
+        error_setg_errno(errp, errno, "no state for device %u (%s)", dev_id, path);
+        return -1;
+    }
+    int ret = ublk_dev_state_from_json(text, s, errp);
+    free(text);
+    if (ret < 0) {
+        error_prepend(errp, "%s: ", path);
+    }
+    return ret;
+}
+
+void ublk_state_remove(uint32_t dev_id)
+{
+    char path[512];
+    state_path(dev_id, ".json", path, sizeof(path));
+    unlink(path);
+    state_path(dev_id, ".stats.json", path, sizeof(path));
+    unlink(path);
+}
+
+static const char *const op_names[BLK_OP__MAX] = {
+    "read", "write", "flush", "discard", "write_zeroes",
+};
+
+#ifdef CONFIG_JSON
+static void add_str(json_object *o, const char *k, const char *v)
+{
+    if (v) {
+        json_object_object_add(o, k, json_object_new_string(v));
+    }
+}
+
+static void add_int(json_object *o, const char *k, int64_t v)
+{
+    json_object_object_add(o, k, json_object_new_int64(v));
+}
+
+static void add_bool(json_object *o, const char *k, bool v)
+{
+    json_object_object_add(o, k, json_object_new_boolean(v));
+}
+
+static const char *const recovery_names[] = { "none", "fail", "reissue", "fail-io" };
+
+char *ublk_dev_state_to_json(const UblkDevState *s)
+{
+    const UblkDevConfig *c = &s->cfg;
+    json_object *o = json_object_new_object();
+    char flags[512];
+    add_int(o, "id", s->dev_id);
+    add_int(o, "pid", s->pid);
+    add_str(o, "bdev", s->bdev);
+    add_int(o, "flags", (int64_t)s->flags);
+    ublk_flags_to_string(s->flags, flags, sizeof(flags));
+    add_str(o, "flags_names", flags);
+    add_int(o, "queues", s->nr_queues);
+    add_int(o, "depth", s->depth);
+    add_str(o, "graph", s->graph);
+
+    json_object *co = json_object_new_object();
+    add_int(co, "dev_id", c->dev_id);
+    add_str(co, "type", c->type);
+    if (c->nfiles) {
+        json_object *fa = json_object_new_array();
+        for (int i = 0; i < c->nfiles; i++) {
+            json_object_array_add(fa, json_object_new_string(c->files[i]));
+        }
+        json_object_object_add(co, "files", fa);
+    }
+    add_str(co, "blockdev", c->blockdev);
+    add_str(co, "options", c->extra_opts);
+    add_int(co, "size", (int64_t)c->size);
+    add_str(co, "cache", c->cache);
+    add_str(co, "discard", c->discard);
+    add_int(co, "queues", c->nr_queues);
+    add_int(co, "depth", c->depth);
+    add_int(co, "max_io_size", c->max_io_size);
+    add_int(co, "logical_block_size", c->logical_bs);
+    add_int(co, "physical_block_size", c->physical_bs);
+    add_int(co, "io_opt", c->io_opt);
+    add_int(co, "discard_granularity", c->discard_granularity);
+    add_int(co, "max_discard", (int64_t)c->max_discard);
+    add_bool(co, "read_only", c->read_only);
+    add_bool(co, "rotational", c->rotational);
+    add_bool(co, "no_discard", c->no_discard);
+    add_bool(co, "user_copy", c->user_copy);
+    add_bool(co, "need_get_data", c->need_get_data);
+    add_str(co, "recovery", recovery_names[c->recovery]);
+    add_str(co, "affinity", c->affinity == UBLK_AFFINITY_QUEUE ? "queue" : "none");
+    add_str(co, "log", c->log_file);
+    json_object_object_add(o, "config", co);
+
+    char *out = xstrdup(json_object_to_json_string_ext(o, JSON_C_TO_STRING_PRETTY |
+                                                          JSON_C_TO_STRING_NOSLASHESCAPE));
+    json_object_put(o);
+    return out;
+}
+
+static const char *get_str(json_object *o, const char *k)
+{
+    json_object *v;
+    return json_object_object_get_ex(o, k, &v) && json_object_is_type(v, json_type_string)
+           ? json_object_get_string(v) : NULL;
+}
+
+static int64_t get_int(json_object *o, const char *k, int64_t def)
+{
+    json_object *v;
+    return json_object_object_get_ex(o, k, &v) ? json_object_get_int64(v) : def;
+}
+
+static bool get_bool(json_object *o, const char *k)
+{
+    json_object *v;
+    return json_object_object_get_ex(o, k, &v) && json_object_get_boolean(v);
+}
+
+int ublk_dev_state_from_json(const char *json, UblkDevState *s, Error **errp)
+{
+    memset(s, 0, sizeof(*s));
+    ublk_dev_config_init(&s->cfg);
+    json_object *o = json_tokener_parse(json);
+    json_object *co;
+    if (!o || !json_object_is_type(o, json_type_object) ||
+        !json_object_object_get_ex(o, "config", &co)) {
+        error_setg(errp, "not a ublkd state file (bad JSON or no \"config\")");
+        json_object_put(o);
+        return -1;
+    }
+    s->dev_id = get_int(o, "id", 0);
+    s->pid = get_int(o, "pid", 0);
+    s->bdev = xstrdup(get_str(o, "bdev"));
+    s->flags = (uint64_t)get_int(o, "flags", 0);
+    s->nr_queues = get_int(o, "queues", 0);
+    s->depth = get_int(o, "depth", 0);
+    s->graph = xstrdup(get_str(o, "graph"));
+
+    UblkDevConfig *c = &s->cfg;
+    c->dev_id = get_int(co, "dev_id", -1);
+    c->type = xstrdup(get_str(co, "type"));
+    json_object *fa;
+    if (json_object_object_get_ex(co, "files", &fa) && json_object_is_type(fa, json_type_array)) {
+        size_t n = json_object_array_length(fa);
+        c->files = calloc(n ? n : 1, sizeof(char *));
+        for (size_t i = 0; i < n; i++) {
+            c->files[c->nfiles++] = xstrdup(json_object_get_string(json_object_array_get_idx(fa, i)));
+        }
+    }
+    c->blockdev = xstrdup(get_str(co, "blockdev"));
+    c->extra_opts = xstrdup(get_str(co, "options"));
+    c->size = get_int(co, "size", 0);
+    c->cache = xstrdup(get_str(co, "cache"));
+    c->discard = xstrdup(get_str(co, "discard"));
+    c->nr_queues = get_int(co, "queues", UBLK_DEFAULT_QUEUES);
+    c->depth = get_int(co, "depth", UBLK_DEFAULT_DEPTH);
+    c->max_io_size = get_int(co, "max_io_size", UBLK_DEFAULT_MAX_IO);
+    c->logical_bs = get_int(co, "logical_block_size", 0);
+    c->physical_bs = get_int(co, "physical_block_size", 0);
+    c->io_opt = get_int(co, "io_opt", 0);
+    c->discard_granularity = get_int(co, "discard_granularity", 0);
+    c->max_discard = get_int(co, "max_discard", 0);
+    c->read_only = get_bool(co, "read_only");
+    c->rotational = get_bool(co, "rotational");
+    c->no_discard = get_bool(co, "no_discard");
+    c->user_copy = get_bool(co, "user_copy");
+    c->need_get_data = get_bool(co, "need_get_data");
+    const char *r = get_str(co, "recovery");
+    for (unsigned i = 0; r && i < ARRAY_SIZE(recovery_names); i++) {
+        if (!strcmp(r, recovery_names[i])) {
+            c->recovery = i;
+        }
+    }
+    const char *a = get_str(co, "affinity");
+    c->affinity = a && !strcmp(a, "queue") ? UBLK_AFFINITY_QUEUE : UBLK_AFFINITY_NONE;
+    c->log_file = xstrdup(get_str(co, "log"));
+    json_object_put(o);
+    if (ublk_dev_config_check(c, errp) < 0) {
+        error_prepend(errp, "stored configuration: ");
+        ublk_dev_state_free(s);
+        return -1;
+    }
+    return 0;
+}
+
+int ublk_stats_write(uint32_t dev_id, const BlockAcctStats *st)
+{
+    json_object *o = json_object_new_object();
+    for (int i = 0; i < BLK_OP__MAX; i++) {
+        json_object *op = json_object_new_object();
+        add_int(op, "ops", st->ops[i]);
+        add_int(op, "bytes", st->bytes[i]);
+        add_int(op, "errors", st->errors[i]);
+        add_int(op, "total_ns", st->total_ns[i]);
+        json_object_object_add(o, op_names[i], op);
+    }
+    char path[512];
+    state_path(dev_id, ".stats.json", path, sizeof(path));
+    int ret = write_file_atomic(path, json_object_to_json_string_ext(o, JSON_C_TO_STRING_PLAIN));
+    json_object_put(o);
+    return ret;
+}
+
+int ublk_stats_read(uint32_t dev_id, BlockAcctStats *st)
+{
+    char path[512];
+    state_path(dev_id, ".stats.json", path, sizeof(path));
+    memset(st, 0, sizeof(*st));
+    char *text = read_file(path);
+    if (!text) {
+        return -errno;
+    }
+    json_object *o = json_tokener_parse(text);
+    free(text);
+    if (!o) {
+        return -EINVAL;
+    }
+    for (int i = 0; i < BLK_OP__MAX; i++) {
+        json_object *op;
+        if (json_object_object_get_ex(o, op_names[i], &op)) {
+            st->ops[i] = get_int(op, "ops", 0);
+            st->bytes[i] = get_int(op, "bytes", 0);
+            st->errors[i] = get_int(op, "errors", 0);
+            st->total_ns[i] = get_int(op, "total_ns", 0);
+        }
+    }
+    json_object_put(o);
+    return 0;
+}
+#else
+char *ublk_dev_state_to_json(const UblkDevState *s)
+{
+    (void)s;
+    return NULL;
+}
+
+int ublk_dev_state_from_json(const char *json, UblkDevState *s, Error **errp)
+{
+    (void)json;
+    memset(s, 0, sizeof(*s));
+    error_setg(errp, "built without JSON support (CONFIG_JSON=n)");
+    return -1;
+}
+
+int ublk_stats_write(uint32_t dev_id, const BlockAcctStats *st)
+{
+    (void)dev_id; (void)st; (void)op_names;
+    return -ENOTSUP;
+}
+
+int ublk_stats_read(uint32_t dev_id, BlockAcctStats *st)
+{
+    (void)dev_id;
+    memset(st, 0, sizeof(*st));
+    return -ENOTSUP;
+}
+#endif

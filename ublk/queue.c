@@ -1,0 +1,395 @@
+/*
+ * queue.c - ublk queue threads (see include/ublk.h).
+ *
+ * One thread per hardware queue, each with its own AioContext whose ring
+ * carries both the ublk I/O commands and the backing-file I/O, so a request
+ * never leaves the thread that received it.  Every tag owns, from start to
+ * stop, a coroutine and a max-I/O-sized buffer; the coroutine is a loop:
+ *
+ *     FETCH -> yield -> (NEED_GET_DATA -> yield) -> blk_co_* on the buffer
+ *           -> COMMIT_AND_FETCH(result) -> yield -> ...
+ *
+ * The ublk command's completion (an AioCompletion embedded in the tag)
+ * re-enters the coroutine, so nothing is allocated or looked up per request.
+ * A tag's loop ends when the kernel answers UBLK_IO_RES_ABORT (device
+ * stopping); the thread ends when all its tags have, or when the main thread
+ * says stop and no request is being handled.
+ *
+ * With UBLK_F_USER_COPY the kernel does not copy data to/from the tag
+ * buffer: the tag reads/writes /dev/ublkcN at ublk_user_copy_pos(), also as
+ * SQEs on this ring.
+ */
+#include <errno.h>
+#include <pthread.h>
+#include <semaphore.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/mman.h>
+#include <sys/prctl.h>
+#include <unistd.h>
+#include "aio.h"
+#include "coroutine.h"
+#include "ublk.h"
+
+#ifndef PR_SET_IO_FLUSHER
+#define PR_SET_IO_FLUSHER 57
+#endif
+
+typedef struct UblkTag {
+    AioCompletion comp;        /* completion of this tag's ublk command */
+    Coroutine *co;
+    UblkQueue *q;
+    unsigned tag;
+    int res;
+    void *buf;
+} UblkTag;
+
+struct UblkQueue {
+    UblkDev *d;
+    unsigned q_id;
+    pthread_t thread;
+    bool thread_started;
+    AioContext *ctx;
+    const struct ublksrv_io_desc *descs;
+    size_t descs_size;
+    char *bufs;
+    size_t bufs_size;
+    UblkTag *tags;
+    unsigned live_tags;        /* tags whose loop has not ended */
+    unsigned busy;             /* tags between a request's arrival and its commit */
+    bool pin;
+    cpu_set_t cpus;
+    sem_t ready;
+    Error *err;                /* set if setup failed */
+    volatile int exited;
+};
+
+/* ---- the ublk commands ---- */
+
+static void tag_cmd_done(AioCompletion *c, int res, unsigned flags)
+{
+    (void)flags;
+    UblkTag *t = container_of(c, UblkTag, comp);
+    t->res = res;
+    aio_co_wake(t->co);
+}
+
+static void tag_queue_cmd(UblkTag *t, unsigned nr, int result)
+{
+    UblkQueue *q = t->q;
+    UblkDev *d = q->d;
+    struct io_uring_sqe *sqe = aio_get_sqe(q->ctx);
+    io_uring_prep_rw(IORING_OP_URING_CMD, sqe, d->cdev_fd, NULL, 0, 0);
+    if (d->flags & UBLK_F_CMD_IOCTL_ENCODE) {
+        sqe->cmd_op = nr == UBLK_IO_FETCH_REQ ? UBLK_U_IO_FETCH_REQ
+                    : nr == UBLK_IO_COMMIT_AND_FETCH_REQ ? UBLK_U_IO_COMMIT_AND_FETCH_REQ
+                    : UBLK_U_IO_NEED_GET_DATA;
+    } else {
+        sqe->cmd_op = nr;
+    }
+    struct ublksrv_io_cmd *cmd = (struct ublksrv_io_cmd *)sqe->cmd;
+    cmd->q_id = q->q_id;
+    cmd->tag = t->tag;
+    cmd->result = result;
+    cmd->addr = (d->flags & UBLK_F_USER_COPY) ? 0 : (uintptr_t)t->buf;
+    aio_sqe_set_completion(sqe, &t->comp);
+}
+
+/* USER_COPY: move len bytes between the tag buffer and the request. */
+static int coroutine_fn user_copy(UblkTag *t, size_t len, bool to_request)
+{
+    UblkDev *d = t->q->d;
+    size_t done = 0;
+    while (done < len) {
+        struct iovec iov = { (char *)t->buf + done, len - done };
+        int64_t pos = ublk_user_copy_pos(t->q->q_id, t->tag, done);
+        ssize_t r = to_request ? aio_co_pwritev(d->cdev_fd, &iov, 1, pos, 0)
+                               : aio_co_preadv(d->cdev_fd, &iov, 1, pos);
+        if (r < 0) {
+            return r;
+        }
+        if (r == 0) {
+            return -EIO;
+        }
+        done += r;
+    }
+    return 0;
+}
+
+/* Handle one request; returns the COMMIT result (bytes or -errno). */
+static int coroutine_fn tag_handle_io(UblkTag *t)
+{
+    UblkQueue *q = t->q;
+    UblkDev *d = q->d;
+    const struct ublksrv_io_desc *iod = &q->descs[t->tag];
+    unsigned op = ublksrv_get_op(iod);
+    int64_t off = (int64_t)iod->start_sector << 9;
+    int64_t len = (int64_t)iod->nr_sectors << 9;
+    IOVector qiov;
+    int ret;
+
+    switch (op) {
+    case UBLK_IO_OP_READ:
+        if (len > d->max_io_size) {
+            return -EINVAL;
+        }
+        iov_init_buf(&qiov, t->buf, len);
+        ret = blk_co_preadv(d->blk, off, len, &qiov, 0);
+        if (ret >= 0 && (d->flags & UBLK_F_USER_COPY)) {
+            ret = user_copy(t, len, true);
+        }
+        return ret < 0 ? ret : (int)len;
+    case UBLK_IO_OP_WRITE:
+        if (len > d->max_io_size) {
+            return -EINVAL;
+        }
+        if (d->flags & UBLK_F_USER_COPY) {
+            ret = user_copy(t, len, false);
+            if (ret < 0) {
+                return ret;
+            }
+        }
+        iov_init_buf(&qiov, t->buf, len);
+        ret = blk_co_pwritev(d->blk, off, len, &qiov,
+                             (iod->op_flags & UBLK_IO_F_FUA) ? BDRV_REQ_FUA : 0);
+        return ret < 0 ? ret : (int)len;
+    case UBLK_IO_OP_FLUSH:
+        return blk_co_flush(d->blk);
+    case UBLK_IO_OP_DISCARD:
+        return blk_co_pdiscard(d->blk, off, len);
+    case UBLK_IO_OP_WRITE_ZEROES:
+        return blk_co_pwrite_zeroes(d->blk, off, len,
+                                    (iod->op_flags & UBLK_IO_F_NOUNMAP) ? 0 : BDRV_REQ_MAY_UNMAP);
+    default:
+        return -EOPNOTSUPP;
+    }
+}
+
+static void coroutine_fn tag_main(void *opaque)
+{
+    UblkTag *t = opaque;
+    UblkQueue *q = t->q;
+    unsigned cmd = UBLK_IO_FETCH_REQ;
+    int result = 0;
+
+    for (;;) {
+        tag_queue_cmd(t, cmd, result);
+        co_yield();
+        if (t->res == UBLK_IO_RES_ABORT) {
+            break;
+        }
+        if (t->res < 0) {
+            ublk_log(3, "queue %u tag %u: ublk command failed: %s", q->q_id, t->tag,
+                     strerror(-t->res));
+            break;
+        }
+        q->busy++;
+        if (t->res == UBLK_IO_RES_NEED_GET_DATA) {
+            tag_queue_cmd(t, UBLK_IO_NEED_GET_DATA, 0);
+            co_yield();
+            if (t->res < 0) {
+                q->busy--;
+                if (t->res != UBLK_IO_RES_ABORT) {
+                    ublk_log(3, "queue %u tag %u: NEED_GET_DATA failed: %s", q->q_id, t->tag,
+                             strerror(-t->res));
+                }
+                break;
+            }
+        }
+        result = tag_handle_io(t);
+        q->busy--;
+        cmd = UBLK_IO_COMMIT_AND_FETCH_REQ;
+    }
+    q->live_tags--;
+}
+
+/* ---- the thread ---- */
+
+static int queue_setup(UblkQueue *q)
+{
+    UblkDev *d = q->d;
+    size_t page = sysconf(_SC_PAGESIZE);
+
+    unsigned entries = MIN(2 * d->depth + 64, 32768U);
+    q->ctx = aio_context_new(entries, &q->err);
+    if (!q->ctx) {
+        return -1;
+    }
+    aio_set_current(q->ctx);
+
+    q->descs_size = ublk_queue_desc_size(d->depth, page);
+    void *m = mmap(NULL, q->descs_size, PROT_READ, MAP_SHARED | MAP_POPULATE, d->cdev_fd,
+                   ublk_queue_desc_offset(q->q_id));
+    if (m == MAP_FAILED) {
+        error_setg_errno(&q->err, errno, "queue %u: cannot map the descriptors of /dev/ublkc%u",
+                         q->q_id, d->dev_id);
+        return -1;
+    }
+    q->descs = m;
+
+    q->bufs_size = (size_t)d->depth * d->max_io_size;
+    m = mmap(NULL, q->bufs_size, PROT_READ | PROT_WRITE,
+             MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
+    if (m == MAP_FAILED) {
+        error_setg_errno(&q->err, errno, "queue %u: cannot allocate %zu bytes of buffers",
+                         q->q_id, q->bufs_size);
+        return -1;
+    }
+    q->bufs = m;
+    q->tags = calloc(d->depth, sizeof(UblkTag));
+    if (!q->tags) {
+        error_setg(&q->err, "queue %u: out of memory", q->q_id);
+        return -1;
+    }
+    for (unsigned i = 0; i < d->depth; i++) {
+        UblkTag *t = &q->tags[i];
+        t->comp.cb = tag_cmd_done;
+        t->q = q;
+        t->tag = i;
+        t->buf = q->bufs + (size_t)i * d->max_io_size;
+        t->co = co_create(tag_main, t);
+        q->live_tags++;
+        co_enter(t->co);       /* queues FETCH and yields */
+    }
+    /* The kernel must see every FETCH before START_DEV can complete. */
+    int ret = aio_submit(q->ctx);
+    if (ret < 0) {
+        error_setg_errno(&q->err, -ret, "queue %u: cannot submit FETCH commands", q->q_id);
+        return -1;
+    }
+    return 0;
+}
+
+/* The ring itself is freed by ublk_queues_stop after the join, so the main
+ * thread can aio_notify it without racing with its destruction.  Tag
+ * coroutines still parked in a FETCH are abandoned: the ring's exit cancels
+ * their commands, and the process is about to go anyway. */
+static void queue_teardown(UblkQueue *q)
+{
+    if (q->descs) {
+        munmap((void *)q->descs, q->descs_size);
+        q->descs = NULL;
+    }
+    if (q->bufs) {
+        munmap(q->bufs, q->bufs_size);
+        q->bufs = NULL;
+    }
+}
+
+static void *queue_thread(void *opaque)
+{
+    UblkQueue *q = opaque;
+    UblkDev *d = q->d;
+    char name[16];
+
+    snprintf(name, sizeof(name), "ublk%u-q%u", d->dev_id, q->q_id);
+    pthread_setname_np(pthread_self(), name);
+    if (q->pin) {
+        sched_setaffinity(0, sizeof(q->cpus), &q->cpus);
+    }
+    /* Memory reclaim may write to this device: do not let it wait on us. */
+    prctl(PR_SET_IO_FLUSHER, 1, 0, 0, 0);
+
+    if (queue_setup(q) < 0) {
+        sem_post(&q->ready);
+        queue_teardown(q);
+        q->exited = 1;
+        return NULL;
+    }
+    sem_post(&q->ready);
+
+    while (q->live_tags > 0) {
+        if (__atomic_load_n(&d->stopping, __ATOMIC_ACQUIRE) && q->busy == 0) {
+            aio_submit(q->ctx);      /* commits queued in this iteration */
+            break;
+        }
+        aio_poll(q->ctx, true);
+    }
+    queue_teardown(q);
+    __atomic_store_n(&q->exited, 1, __ATOMIC_RELEASE);
+    if (!__atomic_load_n(&d->stopping, __ATOMIC_ACQUIRE)) {
+        kill(getpid(), SIGUSR2);     /* the kernel took the device away: tell main */
+    }
+    return NULL;
+}
+
+int ublk_queues_start(UblkDev *d, Error **errp)
+{
+    d->queues = calloc(d->nr_queues, sizeof(UblkQueue *));
+    if (!d->queues) {
+        error_setg(errp, "out of memory");
+        return -1;
+    }
+    for (unsigned i = 0; i < d->nr_queues; i++) {
+        UblkQueue *q = calloc(1, sizeof(*q));
+        if (!q) {
+            error_setg(errp, "out of memory");
+            return -1;
+        }
+        q->d = d;
+        q->q_id = i;
+        sem_init(&q->ready, 0, 0);
+        if (d->affinity == UBLK_AFFINITY_QUEUE && d->ctrl &&
+            ublk_ctrl_get_queue_affinity(d->ctrl, d->dev_id, i, &q->cpus) == 0 &&
+            CPU_COUNT(&q->cpus) > 0) {
+            q->pin = true;
+        }
+        d->queues[i] = q;
+        int ret = pthread_create(&q->thread, NULL, queue_thread, q);
+        if (ret) {
+            error_setg_errno(errp, ret, "cannot start the thread of queue %u", i);
+            return -1;
+        }
+        q->thread_started = true;
+        sem_wait(&q->ready);
+        if (q->err) {
+            error_propagate(errp, q->err);
+            q->err = NULL;
+            return -1;
+        }
+    }
+    return 0;
+}
+
+void ublk_queues_stop(UblkDev *d)
+{
+    if (!d->queues) {
+        return;
+    }
+    __atomic_store_n(&d->stopping, 1, __ATOMIC_RELEASE);
+    for (unsigned i = 0; i < d->nr_queues; i++) {
+        UblkQueue *q = d->queues[i];
+        if (q && q->thread_started && q->ctx) {
+            aio_notify(q->ctx);
+        }
+    }
+    for (unsigned i = 0; i < d->nr_queues; i++) {
+        UblkQueue *q = d->queues[i];
+        if (!q) {
+            continue;
+        }
+        if (q->thread_started) {
+            pthread_join(q->thread, NULL);
+        }
+        aio_context_free(q->ctx);
+        sem_destroy(&q->ready);
+        error_free(q->err);
+        free(q->tags);
+        free(q);
+    }
+    free(d->queues);
+    d->queues = NULL;
+}
+
+unsigned ublk_queues_running(UblkDev *d)
+{
+    unsigned n = 0;
+    for (unsigned i = 0; d->queues && i < d->nr_queues; i++) {
+        if (d->queues[i] && !__atomic_load_n(&d->queues[i]->exited, __ATOMIC_ACQUIRE)) {
+            n++;
+        }
+    }
+    return n;
+}

@@ -1,0 +1,416 @@
+/*
+ * server.c - the daemon behind one ublk device (see include/ublk.h).
+ *
+ * Order matters and is dictated by the kernel:
+ *   open the graph (fail early, before the kernel knows about us)
+ *   ADD_DEV + SET_PARAMS       (or START_USER_RECOVERY when recovering)
+ *   open /dev/ublkcN, start the queue threads, each queues its FETCHes
+ *   START_DEV(pid)             (or END_USER_RECOVERY(pid)); waits for the FETCHes
+ *   state file, "OK" to whoever is waiting for us
+ *   ... serve until SIGTERM/SIGINT, or until the queues die ...
+ *   STOP_DEV (the kernel drains in-flight I/O while the queues still run)
+ *   join the queues, close the char device, drain + flush + close the graph
+ *   DEL_DEV (returns once the char device is released), remove the state
+ * Any failure after ADD_DEV unwinds through the same tail, so a failed add
+ * leaves no device behind.
+ */
+#include <errno.h>
+#include <fcntl.h>
+#include <signal.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <syslog.h>
+#include <time.h>
+#include <unistd.h>
+#include "aio.h"
+#include "ublk.h"
+
+/* ---- logging ---- */
+
+static enum { LOG_TO_STDERR, LOG_TO_SYSLOG, LOG_TO_FILE } log_mode = LOG_TO_STDERR;
+static FILE *log_file;
+static char log_ident[32] = "ublkd";
+
+void ublk_log_open(const UblkDevConfig *cfg, int dev_id)
+{
+    if (dev_id >= 0) {
+        snprintf(log_ident, sizeof(log_ident), "ublkd/%d", dev_id);
+    }
+    if (cfg->log_file) {
+        if (!log_file) {
+            log_file = fopen(cfg->log_file, "a");
+        }
+        if (log_file) {
+            setvbuf(log_file, NULL, _IOLBF, 0);
+            log_mode = LOG_TO_FILE;
+            return;
+        }
+    }
+    if (cfg->foreground) {
+        log_mode = LOG_TO_STDERR;
+    } else {
+        closelog();
+        openlog(log_ident, LOG_PID, LOG_DAEMON);
+        log_mode = LOG_TO_SYSLOG;
+    }
+}
+
+void ublk_log(int prio, const char *fmt, ...)
+{
+    va_list ap;
+    va_start(ap, fmt);
+    if (log_mode == LOG_TO_SYSLOG) {
+        vsyslog(prio, fmt, ap);
+    } else {
+        FILE *f = log_mode == LOG_TO_FILE ? log_file : stderr;
+        struct timespec ts;
+        clock_gettime(CLOCK_REALTIME, &ts);
+        struct tm tm;
+        localtime_r(&ts.tv_sec, &tm);
+        char when[32];
+        strftime(when, sizeof(when), "%Y-%m-%d %H:%M:%S", &tm);
+        flockfile(f);
+        fprintf(f, "%s %s[%d]: ", when, log_ident, (int)getpid());
+        vfprintf(f, fmt, ap);
+        fputc('\n', f);
+        funlockfile(f);
+    }
+    va_end(ap);
+}
+
+/* ---- helpers ---- */
+
+static void report(int *ready_fd, const char *status, const char *msg)
+{
+    if (*ready_fd < 0) {
+        return;
+    }
+    char line[2048];
+    int n = snprintf(line, sizeof(line), "%s %s\n", status, msg);
+    if (n > (int)sizeof(line) - 1) {
+        n = sizeof(line) - 1;
+        line[n - 1] = '\n';
+    }
+    ssize_t w = write(*ready_fd, line, n);
+    (void)w;
+    close(*ready_fd);
+    *ready_fd = -1;
+}
+
+static void sleep_ms(unsigned ms)
+{
+    struct timespec ts = { ms / 1000, (ms % 1000) * 1000000L };
+    nanosleep(&ts, NULL);
+}
+
+/* devtmpfs (or udev) creates the nodes asynchronously: wait a little. */
+static int open_retry(const char *path, int flags, unsigned timeout_ms)
+{
+    for (unsigned waited = 0;; waited += 10) {
+        int fd = open(path, flags);
+        if (fd >= 0 || (errno != ENOENT && errno != EACCES) || waited >= timeout_ms) {
+            return fd;
+        }
+        sleep_ms(10);
+    }
+}
+
+static bool wait_for_bdev(const char *path, unsigned timeout_ms)
+{
+    struct stat st;
+    for (unsigned waited = 0; waited < timeout_ms; waited += 10) {
+        if (stat(path, &st) == 0 && S_ISBLK(st.st_mode)) {
+            return true;
+        }
+        sleep_ms(10);
+    }
+    return false;
+}
+
+/* ---- the daemon ---- */
+
+typedef struct Server {
+    UblkDevConfig *cfg;
+    UblkCtrl *ctrl;
+    UblkDev dev;
+    BlockBackend *blk;
+    bool added, started;
+    char bdev[64];
+} Server;
+
+static int wait_quiesced(Server *s, struct ublksrv_ctrl_dev_info *info, Error **errp)
+{
+    uint32_t id = s->cfg->dev_id;
+    for (int i = 0; i < 500; i++) {
+        int ret = ublk_ctrl_get_info(s->ctrl, id, info);
+        if (ret < 0) {
+            error_setg_errno(errp, -ret, "device %u: cannot get its state", id);
+            return -1;
+        }
+        if (info->state == UBLK_S_DEV_QUIESCED || info->state == UBLK_S_DEV_FAIL_IO) {
+            return 0;
+        }
+        if (info->state == UBLK_S_DEV_LIVE && info->ublksrv_pid > 0 &&
+            kill(info->ublksrv_pid, 0) == 0 && i > 100) {
+            error_setg(errp, "device %u is live and served by pid %d: nothing to recover", id,
+                       info->ublksrv_pid);
+            return -1;
+        }
+        if (info->state == UBLK_S_DEV_DEAD) {
+            error_setg(errp, "device %u is not started (state DEAD): nothing to recover", id);
+            return -1;
+        }
+        sleep_ms(10);
+    }
+    error_setg(errp, "device %u did not become QUIESCED (state %s): was it added with recovery?",
+               id, ublk_state_name(info->state));
+    return -1;
+}
+
+static int server_start(Server *s, bool recover, Error **errp)
+{
+    UblkDevConfig *cfg = s->cfg;
+    int flags = 0;
+
+    if (!aio_main_init(errp)) {
+        return -1;
+    }
+    OptDict *opts = ublk_dev_config_to_options(cfg, &flags, errp);
+    if (!opts) {
+        return -1;
+    }
+    s->blk = blk_new_open(NULL, opts, flags, errp);
+    if (!s->blk) {
+        return -1;
+    }
+    int64_t size = blk_getlength(s->blk);
+    if (size < 0) {
+        error_setg_errno(errp, (int)-size, "cannot get the size of the image");
+        return -1;
+    }
+    bool read_only = cfg->read_only || blk_is_read_only(s->blk);
+
+    s->ctrl = ublk_ctrl_open(errp);
+    if (!s->ctrl) {
+        return -1;
+    }
+    uint64_t features;
+    int ret = ublk_ctrl_get_features(s->ctrl, &features, NULL);
+    if (ret < 0) {
+        error_setg_errno(errp, -ret, "GET_FEATURES failed");
+        return -1;
+    }
+    bool unpriv = ublk_ctrl_unprivileged(s->ctrl);
+    if (cfg->user_copy && !(features & UBLK_F_USER_COPY)) {
+        error_setg(errp, "--user-copy: the kernel's ublk driver lacks UBLK_F_USER_COPY");
+        return -1;
+    }
+    if (cfg->user_copy && unpriv) {
+        error_setg(errp, "--user-copy is not allowed for unprivileged devices");
+        return -1;
+    }
+    if (unpriv && !(features & UBLK_F_UNPRIVILEGED_DEV)) {
+        error_setg(errp, "not root and the kernel lacks UBLK_F_UNPRIVILEGED_DEV");
+        return -1;
+    }
+
+    struct ublksrv_ctrl_dev_info info;
+    if (recover) {
+        if (wait_quiesced(s, &info, errp) < 0) {
+            return -1;
+        }
+        if (!(info.flags & UBLK_F_USER_RECOVERY)) {
+            error_setg(errp, "device %d was not added with recovery support", cfg->dev_id);
+            return -1;
+        }
+        for (int i = 0;; i++) {
+            ret = ublk_ctrl_start_recovery(s->ctrl, cfg->dev_id);
+            /* EBUSY until the dead daemon's char device is fully released. */
+            if (ret != -EBUSY || i > 500) {
+                break;
+            }
+            sleep_ms(10);
+        }
+        if (ret < 0) {
+            error_setg_errno(errp, -ret, "device %d: START_USER_RECOVERY failed", cfg->dev_id);
+            return -1;
+        }
+    } else {
+        memset(&info, 0, sizeof(info));
+        info.nr_hw_queues = cfg->nr_queues;
+        info.queue_depth = cfg->depth;
+        info.max_io_buf_bytes = cfg->max_io_size;
+        info.dev_id = cfg->dev_id < 0 ? (uint32_t)-1 : (uint32_t)cfg->dev_id;
+        info.ublksrv_pid = getpid();
+        info.flags = ublk_dev_config_flags(cfg, features, unpriv);
+        ret = ublk_ctrl_add_dev(s->ctrl, &info);
+        if (ret == -EEXIST) {
+            error_setg(errp, "device id %d is already in use", cfg->dev_id);
+            return -1;
+        }
+        if (ret < 0) {
+            error_setg_errno(errp, -ret, "ADD_DEV (queues %u, depth %u, flags 0x%llx) failed",
+                             cfg->nr_queues, cfg->depth, (unsigned long long)info.flags);
+            return -1;
+        }
+        s->added = true;
+        cfg->dev_id = info.dev_id;
+        ublk_log_open(cfg, cfg->dev_id);
+
+        struct ublk_params p;
+        BlockDriverState *root = blk_bs(s->blk);
+        bool can_discard = true;
+        if (ublk_params_build(cfg, root ? &root->bl : NULL, size, flags, read_only,
+                              can_discard, &p, errp) < 0) {
+            return -1;
+        }
+        if (p.basic.max_sectors > info.max_io_buf_bytes >> 9) {
+            p.basic.max_sectors = info.max_io_buf_bytes >> 9;
+        }
+        ret = ublk_ctrl_set_params(s->ctrl, info.dev_id, &p);
+        if (ret < 0) {
+            error_setg_errno(errp, -ret, "device %u: SET_PARAMS (logical block %u, %llu sectors) failed",
+                             info.dev_id, 1U << p.basic.logical_bs_shift,
+                             (unsigned long long)p.basic.dev_sectors);
+            return -1;
+        }
+    }
+
+    UblkDev *d = &s->dev;
+    d->dev_id = cfg->dev_id;
+    d->blk = s->blk;
+    d->nr_queues = info.nr_hw_queues;
+    d->depth = info.queue_depth;
+    d->max_io_size = MIN(info.max_io_buf_bytes, (uint32_t)cfg->max_io_size);
+    if (recover) {
+        d->max_io_size = info.max_io_buf_bytes;
+    }
+    d->flags = info.flags;
+    d->affinity = cfg->affinity;
+    d->ctrl = s->ctrl;
+    char cdev[64];
+    ublk_cdev_path(d->dev_id, cdev, sizeof(cdev));
+    d->cdev_fd = open_retry(cdev, O_RDWR | O_CLOEXEC, 3000);
+    if (d->cdev_fd < 0) {
+        error_setg_errno(errp, errno, "cannot open %s%s", cdev,
+                         unpriv ? " (unprivileged: does a udev rule give it to you?)" : "");
+        return -1;
+    }
+    if (ublk_queues_start(d, errp) < 0) {
+        return -1;
+    }
+    ret = recover ? ublk_ctrl_end_recovery(s->ctrl, d->dev_id, getpid())
+                  : ublk_ctrl_start_dev(s->ctrl, d->dev_id, getpid());
+    if (ret < 0) {
+        error_setg_errno(errp, -ret, "device %u: %s failed", d->dev_id,
+                         recover ? "END_USER_RECOVERY" : "START_DEV");
+        return -1;
+    }
+    s->started = true;
+    ublk_bdev_path(d->dev_id, s->bdev, sizeof(s->bdev));
+    if (!wait_for_bdev(s->bdev, 5000)) {
+        error_setg(errp, "%s did not appear", s->bdev);
+        return -1;
+    }
+
+    UblkDevState st = {
+        .cfg = *cfg, .dev_id = d->dev_id, .pid = getpid(), .flags = d->flags,
+        .nr_queues = d->nr_queues, .depth = d->depth, .bdev = s->bdev,
+    };
+    st.graph = blk_bs(s->blk) ? bdrv_graph_to_string(blk_bs(s->blk)) : NULL;
+    ret = ublk_state_write(&st, errp);
+    free(st.graph);
+    return ret;
+}
+
+static void server_stop(Server *s)
+{
+    UblkDev *d = &s->dev;
+    if (s->started) {
+        int ret = ublk_ctrl_stop_dev(s->ctrl, d->dev_id);
+        if (ret < 0) {
+            ublk_log(LOG_WARNING, "STOP_DEV failed: %s", strerror(-ret));
+        }
+    }
+    ublk_queues_stop(d);
+    if (d->cdev_fd > 0) {
+        close(d->cdev_fd);
+        d->cdev_fd = -1;
+    }
+    if (s->blk) {
+        BlockAcctStats st;
+        blk_get_stats(s->blk, &st);
+        if (s->started) {
+            ublk_stats_write(d->dev_id, &st);
+        }
+        blk_unref(s->blk);       /* drain, flush, close */
+        s->blk = NULL;
+    }
+    if (s->added || s->started) {
+        int ret = ublk_ctrl_del_dev(s->ctrl, d->dev_id);
+        if (ret < 0) {
+            ublk_log(LOG_WARNING, "DEL_DEV failed: %s", strerror(-ret));
+        }
+        ublk_state_remove(d->dev_id);
+    }
+    ublk_ctrl_close(s->ctrl);
+    s->ctrl = NULL;
+}
+
+int ublk_server_run(UblkDevConfig *cfg, bool recover, int ready_fd)
+{
+    Server s = { .cfg = cfg };
+    Error *err = NULL;
+    s.dev.cdev_fd = -1;
+
+    /* Signals are taken synchronously by this thread only; the queue
+     * threads inherit the mask and never see them. */
+    sigset_t set;
+    sigemptyset(&set);
+    sigaddset(&set, SIGTERM);
+    sigaddset(&set, SIGINT);
+    sigaddset(&set, SIGHUP);
+    sigaddset(&set, SIGUSR2);
+    pthread_sigmask(SIG_BLOCK, &set, NULL);
+    signal(SIGPIPE, SIG_IGN);
+
+    ublk_log_open(cfg, cfg->dev_id);
+    if (server_start(&s, recover, &err) < 0) {
+        const char *msg = error_get_pretty(err);
+        ublk_log(LOG_ERR, "%s", msg);
+        report(&ready_fd, "ERR", msg);
+        error_free(err);
+        server_stop(&s);
+        return 1;
+    }
+    ublk_log(LOG_INFO, "%s %s: %u queue(s), depth %u, pid %d", recover ? "recovered" : "started",
+             s.bdev, s.dev.nr_queues, s.dev.depth, (int)getpid());
+    report(&ready_fd, "OK", s.bdev);
+    if (cfg->foreground) {
+        printf("%s\n", s.bdev);
+        fflush(stdout);
+    }
+
+    for (;;) {
+        BlockAcctStats st;
+        blk_get_stats(s.blk, &st);
+        ublk_stats_write(s.dev.dev_id, &st);
+        struct timespec tmo = { 1, 0 };
+        int sig = sigtimedwait(&set, NULL, &tmo);
+        if (sig == SIGTERM || sig == SIGINT || sig == SIGHUP) {
+            ublk_log(LOG_INFO, "signal %d: stopping %s", sig, s.bdev);
+            break;
+        }
+        if (ublk_queues_running(&s.dev) < s.dev.nr_queues) {
+            ublk_log(LOG_WARNING, "a queue of %s ended: the device was stopped or deleted "
+                     "outside ublkd; exiting", s.bdev);
+            break;
+        }
+    }
+    server_stop(&s);
+    ublk_log(LOG_INFO, "device %u removed", s.dev.dev_id);
+    return 0;
+}
