@@ -158,6 +158,7 @@ BlockBackend *img_open(const char *filename, const ImgOpenOpts *o)
     if (o->no_backing) {
         flags |= BDRV_O_NO_BACKING;
     }
+    flags |= o->extra_flags;
     if (o->image_opts) {
         if (o->fmt) {
             error_report("--image-opts and --format are mutually exclusive");

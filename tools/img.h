@@ -40,6 +40,7 @@ typedef struct ImgOpenOpts {
     bool force_share;       /* -U: accepted; ublkd takes no image locks */
     bool quiet;             /* suppress the probed-raw warning */
     bool no_backing;
+    int extra_flags;        /* more BDRV_O_* (img io: BDRV_O_UNMAP) */
 } ImgOpenOpts;
 /* Open an image, printing qemu-img's "Could not open 'X': ..." on failure. */
 BlockBackend *img_open(const char *filename, const ImgOpenOpts *o);
@@ -57,6 +58,9 @@ struct BlockDriver;
 int img_print_create_help(const struct BlockDriver *drv);
 /* Parse qemu-img's -o list ("k=v,k2=v2"; "help" / "?" handled by caller). */
 bool img_is_help_option(const char *opts);
+
+/* Run one qemu-io style command line on blk (img-io-cmds.c); 0 or -errno. */
+int img_io_command(BlockBackend *blk, const char *line);
 
 /* ---- pure helpers (img-util.c) ---- */
 /*

@@ -1,0 +1,337 @@
+/*
+ * img-bench.c - `ublkd img bench`: qemu-img bench on ublkd's request path.
+ *
+ * -d coroutines each issue requests back to back through the BlockBackend
+ * until -c requests are done.  Offsets follow qemu-img bench exactly
+ * (start at -o, advance by -S, wrap modulo size - bufsize), or with
+ * --random are drawn uniformly from bufsize-aligned slots of the image
+ * (xorshift64*, --seed, so runs are repeatable).  Output starts with
+ * qemu-img's two lines, then IOPS, throughput and CPU time per I/O
+ * (getrusage), which is what docs/PERFORMANCE.md compares.
+ */
+#include <getopt.h>
+#include <inttypes.h>
+#include <limits.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/resource.h>
+#include "aio.h"
+#include "block-backend.h"
+#include "img.h"
+
+typedef struct Bench {
+    BlockBackend *blk;
+    int64_t image_size, offset, step, bufsize;
+    int count, depth, flush_interval;
+    bool write, drain, random;
+    uint64_t rng;
+    int pattern;
+
+    int issued, completed, in_flight, running;
+    int ret;
+    bool flushing;               /* draining for a flush: no new requests */
+    Coroutine *waiters[1024];
+    int nwaiters;
+} Bench;
+
+static uint64_t xorshift64s(uint64_t *s)
+{
+    uint64_t x = *s;
+    x ^= x >> 12;
+    x ^= x << 25;
+    x ^= x >> 27;
+    *s = x;
+    return x * 2685821657736338717ULL;
+}
+
+static int64_t next_offset(Bench *b)
+{
+    if (b->random) {
+        uint64_t slots = (uint64_t)(b->image_size - b->offset) / (uint64_t)b->bufsize;
+        return b->offset + (int64_t)(xorshift64s(&b->rng) % (slots ? slots : 1)) * b->bufsize;
+    }
+    /* qemu-img bench's sequence, wrap-around included. */
+    int64_t off = b->offset;
+    b->offset += b->step;
+    if (b->image_size <= b->bufsize) {
+        b->offset = 0;
+    } else {
+        b->offset %= b->image_size - b->bufsize;
+    }
+    return off;
+}
+
+static void wake_all(Bench *b)
+{
+    while (b->nwaiters) {
+        aio_co_wake(b->waiters[--b->nwaiters]);
+    }
+}
+
+static void coroutine_fn wait_here(Bench *b)
+{
+    b->waiters[b->nwaiters++] = co_self();
+    co_yield();
+}
+
+static void coroutine_fn do_flush(Bench *b)
+{
+    if (b->drain) {
+        /* Like qemu-img bench: stop issuing, let in-flight requests finish. */
+        b->flushing = true;
+        while (b->in_flight > 0) {
+            wait_here(b);
+        }
+    }
+    int ret = blk_co_flush(b->blk);
+    if (ret < 0 && !b->ret) {
+        error_report("Failed flush request: %s", strerror(-ret));
+        b->ret = ret;
+    }
+    if (b->drain) {
+        b->flushing = false;
+        wake_all(b);
+    }
+}
+
+static void coroutine_fn bench_worker(void *opaque)
+{
+    Bench *b = opaque;
+    void *buf = aligned_alloc_or_die(4096, b->bufsize);
+    memset(buf, b->pattern, b->bufsize);
+    while (!b->ret && b->issued < b->count) {
+        if (b->flushing) {
+            wait_here(b);
+            continue;
+        }
+        int64_t off = next_offset(b);
+        b->issued++;
+        b->in_flight++;
+        IOVector q;
+        iov_init_buf(&q, buf, b->bufsize);
+        int ret = b->write ? blk_co_pwritev(b->blk, off, b->bufsize, &q, 0)
+                           : blk_co_preadv(b->blk, off, b->bufsize, &q, 0);
+        b->in_flight--;
+        if (ret < 0 && !b->ret) {
+            error_report("Failed request at offset %" PRId64 ": %s", off, strerror(-ret));
+            b->ret = ret;
+        }
+        b->completed++;
+        if (b->flushing && b->in_flight == 0) {
+            wake_all(b);
+        }
+        if (b->flush_interval && b->completed % b->flush_interval == 0) {
+            do_flush(b);
+        }
+    }
+    free(buf);
+    b->running--;
+    wake_all(b);
+}
+
+static int parse_ulong(const char *s, unsigned long max, unsigned long *out)
+{
+    char *end;
+    if (!*s || *s == '-') {
+        return -1;
+    }
+    errno = 0;
+    unsigned long v = strtoul(s, &end, 0);
+    if (*end || errno || v > max) {
+        return -1;
+    }
+    *out = v;
+    return 0;
+}
+
+static double tv_sec(struct timeval tv)
+{
+    return tv.tv_sec + tv.tv_usec / 1e6;
+}
+
+int img_bench(int argc, char **argv)
+{
+    ImgOpenOpts oo = { .quiet = true };
+    Bench b = { .count = 75000, .depth = 64, .bufsize = 4096, .drain = true, .rng = 1 };
+    int64_t step = 0, offset = 0;
+    bool quiet = false, no_drain = false;
+    const char *aio = NULL;
+    static const struct option longopts[] = {
+        { "help", no_argument, NULL, 'h' },
+        { "flush-interval", required_argument, NULL, 'F' },
+        { "image-opts", no_argument, NULL, 'I' },
+        { "pattern", required_argument, NULL, 'P' },
+        { "no-drain", no_argument, NULL, 'D' },
+        { "force-share", no_argument, NULL, 'U' },
+        { "random", no_argument, NULL, 'R' },
+        { "seed", required_argument, NULL, 'e' },
+        { NULL, 0, NULL, 0 },
+    };
+    int c;
+    unsigned long v;
+    optind = 0;
+    while ((c = getopt_long(argc, argv, ":hc:d:f:ni:o:qs:S:t:wU", longopts, NULL)) != -1) {
+        switch (c) {
+        case 'c':
+            if (parse_ulong(optarg, INT_MAX, &v) < 0) {
+                error_report("Invalid request count specified");
+                return 1;
+            }
+            b.count = (int)v;
+            break;
+        case 'd':
+            if (parse_ulong(optarg, 1024, &v) < 0 || v == 0) {
+                error_report("Invalid queue depth specified");
+                return 1;
+            }
+            b.depth = (int)v;
+            break;
+        case 'f': oo.fmt = optarg; break;
+        case 'n': aio = "native"; break;
+        case 'i':
+            if (strcmp(optarg, "io_uring") && strcmp(optarg, "native") &&
+                strcmp(optarg, "threads")) {
+                error_report("Invalid aio option: %s", optarg);
+                return 1;
+            }
+            aio = optarg;
+            break;
+        case 'o':
+            offset = img_cvtnum_full("offset", optarg, 0, INT64_MAX);
+            if (offset < 0) {
+                return 1;
+            }
+            break;
+        case 'q': quiet = true; break;
+        case 's':
+            b.bufsize = img_cvtnum_full("buffer size", optarg, 1, INT_MAX);
+            if (b.bufsize < 0) {
+                return 1;
+            }
+            break;
+        case 'S':
+            step = img_cvtnum_full("step_size", optarg, 0, INT_MAX);
+            if (step < 0) {
+                return 1;
+            }
+            break;
+        case 't': oo.cache = optarg; break;
+        case 'w': b.write = true; break;
+        case 'U': oo.force_share = true; break;
+        case 'I': oo.image_opts = true; break;
+        case 'F':
+            if (parse_ulong(optarg, INT_MAX, &v) < 0) {
+                error_report("Invalid flush interval specified");
+                return 1;
+            }
+            b.flush_interval = (int)v;
+            break;
+        case 'P':
+            if (parse_ulong(optarg, 0xff, &v) < 0) {
+                error_report("Invalid pattern byte specified");
+                return 1;
+            }
+            b.pattern = (int)v;
+            break;
+        case 'D': no_drain = true; break;
+        case 'R': b.random = true; break;
+        case 'e':
+            if (parse_ulong(optarg, ULONG_MAX, &v) < 0) {
+                error_report("Invalid seed specified");
+                return 1;
+            }
+            b.rng = v ? v : 1;   /* xorshift must not start at 0 */
+            break;
+        case 'h':
+            printf("usage: ublkd img bench [-c count] [-d depth] [-f fmt]"
+                   " [--flush-interval=flush_interval] [-i aio] [-n] [--no-drain] [-o offset]"
+                   " [--pattern=pattern] [-q] [-s buffer_size] [-S step_size] [-t cache] [-w]"
+                   " [-U] [--random] [--seed=N] filename\n");
+            return 0;
+        case ':':
+            return img_usage_error("option '%s' needs an argument", argv[optind - 1]);
+        default:
+            return img_usage_error("unrecognized option '%s'", argv[optind - 1]);
+        }
+    }
+    if (optind != argc - 1) {
+        return img_usage_error("Expecting one image file name");
+    }
+    if (!b.write && b.flush_interval) {
+        error_report("--flush-interval is only available in write tests");
+        return 1;
+    }
+    if (b.flush_interval && b.flush_interval < b.depth) {
+        error_report("Flush interval can't be smaller than depth");
+        return 1;
+    }
+    if (no_drain && !b.flush_interval) {
+        error_report("--no-drain requires --flush-interval");
+        return 1;
+    }
+    b.drain = !no_drain;
+    if (aio && strcmp(aio, "io_uring") && !quiet) {
+        fprintf(stderr, "ublkd img: note: aio=%s is served by io_uring in ublkd\n", aio);
+    }
+    oo.writable = b.write;
+    b.blk = img_open(argv[optind], &oo);
+    if (!b.blk) {
+        return 1;
+    }
+    b.image_size = blk_getlength(b.blk);
+    if (b.image_size < 0) {
+        error_report("Could not get size of '%s'", argv[optind]);
+        blk_unref(b.blk);
+        return 1;
+    }
+    if (b.random && (offset + b.bufsize > b.image_size)) {
+        error_report("--random: offset + buffer size exceed the image size");
+        blk_unref(b.blk);
+        return 1;
+    }
+    b.offset = offset;
+    b.step = step ? step : b.bufsize;
+    if (b.depth > b.count && b.count > 0) {
+        b.depth = b.count;
+    }
+    if (!quiet) {
+        if (b.random) {
+            printf("Sending %d random %s requests, %" PRId64 " bytes each, %d in parallel "
+                   "(offsets aligned to %" PRId64 " from offset %" PRId64 ", seed %" PRIu64 ")\n",
+                   b.count, b.write ? "write" : "read", b.bufsize, b.depth, b.bufsize, offset,
+                   b.rng);
+        } else {
+            printf("Sending %d %s requests, %" PRId64 " bytes each, %d in parallel "
+                   "(starting at offset %" PRId64 ", step size %" PRId64 ")\n",
+                   b.count, b.write ? "write" : "read", b.bufsize, b.depth, offset, b.step);
+        }
+        if (b.flush_interval) {
+            printf("Sending flush every %d requests\n", b.flush_interval);
+        }
+        fflush(stdout);
+    }
+    struct rusage ru0, ru1;
+    getrusage(RUSAGE_SELF, &ru0);
+    int64_t t0 = clock_monotonic_ns();
+    b.running = b.depth;
+    for (int i = 0; i < b.depth; i++) {
+        co_enter(co_create(bench_worker, &b));
+    }
+    AIO_WAIT_WHILE(aio_current(), b.running > 0);
+    int64_t t1 = clock_monotonic_ns();
+    getrusage(RUSAGE_SELF, &ru1);
+    double secs = (t1 - t0) / 1e9;
+    double usr = tv_sec(ru1.ru_utime) - tv_sec(ru0.ru_utime);
+    double sys = tv_sec(ru1.ru_stime) - tv_sec(ru0.ru_stime);
+    if (!quiet) {
+        printf("Run completed in %3.3f seconds.\n", secs);
+        if (b.completed && secs > 0) {
+            printf("%.0f IOPS, %.2f MiB/s, CPU %.2f us/IO (user %.2f s, sys %.2f s)\n",
+                   b.completed / secs, (double)b.completed * b.bufsize / secs / MiB,
+                   (usr + sys) * 1e6 / b.completed, usr, sys);
+        }
+    }
+    blk_unref(b.blk);
+    return b.ret < 0 ? 1 : 0;
+}

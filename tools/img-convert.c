@@ -1,0 +1,407 @@
+/*
+ * img-convert.c - `ublkd img convert`: copy an image into a new (or, with
+ * -n, existing) image of any format, keeping it sparse.
+ *
+ * Like qemu-img: the source's block status splits it into zero and data
+ * ranges; zero ranges cost nothing when the target reads as zeros after
+ * creation (has_zero_init) and a write-zeroes otherwise; data ranges are
+ * read and scanned for zero runs of at least -S bytes (default 4k), which
+ * are treated as zero ranges.  -m coroutines (default 8) keep several
+ * requests in flight; each claims the next range in order, and unless -W
+ * the writes are issued in claim order so the target is laid out
+ * sequentially.  Any error makes the exit code 1; partial output is left as
+ * qemu-img leaves it, never reported as a success.
+ */
+#include <errno.h>
+#include <getopt.h>
+#include <inttypes.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include "aio.h"
+#include "block-backend.h"
+#include "img.h"
+
+#define IO_BUF_SIZE     (2 * MiB)
+#define MAX_COROUTINES  16
+#define MAX_BUF_SECTORS 32768
+
+enum { BLK_ZERO, BLK_DATA };
+
+typedef struct ConvertState {
+    BlockBackend *src, *dst;
+    int64_t total;
+    size_t min_sparse;
+    bool has_zero_init, unordered;
+    int nworkers, running;
+    int ret;                     /* first error (-errno), stops all workers */
+
+    CoMutex claim_lock;          /* serialises claiming + block status */
+    int64_t next_offset;
+    int64_t status_end;          /* cached block status covers [.., status_end) */
+    int status;
+
+    uint64_t claim_seq, write_seq;
+    Coroutine *waiter[MAX_COROUTINES];
+    uint64_t waiter_seq[MAX_COROUTINES];
+} ConvertState;
+
+/* Claim the next range: returns its length (0 at the end) and kind. */
+static int64_t coroutine_fn claim(ConvertState *s, int64_t *offset, int *kind, uint64_t *seq)
+{
+    co_mutex_lock(&s->claim_lock);
+    int64_t n = 0;
+    if (s->ret || s->next_offset >= s->total) {
+        goto out;
+    }
+    *offset = s->next_offset;
+    if (*offset >= s->status_end) {
+        int64_t pnum = 0, map;
+        BlockDriverState *file;
+        int depth;
+        int ret = bdrv_co_block_status_above(blk_bs(s->src), NULL, *offset, s->total - *offset,
+                                             &pnum, &map, &file, &depth);
+        if (ret < 0) {
+            error_report("error while reading block status at offset %" PRId64 ": %s",
+                         *offset, strerror(-ret));
+            s->ret = ret;
+            goto out;
+        }
+        if (pnum <= 0) {
+            pnum = MIN(s->total - *offset, (int64_t)IO_BUF_SIZE);
+            ret = BDRV_BLOCK_DATA;
+        }
+        /* Unallocated everywhere reads as zeroes; let the scan find them. */
+        s->status = (ret & BDRV_BLOCK_ZERO) ? BLK_ZERO : BLK_DATA;
+        s->status_end = *offset + pnum;
+    }
+    *kind = s->status;
+    n = MIN(s->status_end - *offset, (int64_t)IO_BUF_SIZE);
+    s->next_offset += n;
+    *seq = s->claim_seq++;
+out:
+    co_mutex_unlock(&s->claim_lock);
+    return n;
+}
+
+static int coroutine_fn write_zeroes(ConvertState *s, int64_t offset, int64_t bytes)
+{
+    if (s->min_sparse == 0) {
+        /* -S 0: the output is to be fully allocated. */
+        return blk_co_pwrite_zeroes(s->dst, offset, bytes, 0);
+    }
+    if (s->has_zero_init) {
+        return 0;
+    }
+    return blk_co_pwrite_zeroes(s->dst, offset, bytes, BDRV_REQ_MAY_UNMAP);
+}
+
+static int coroutine_fn write_data(ConvertState *s, int64_t offset, uint8_t *buf, int64_t n)
+{
+    while (n > 0) {
+        bool is_data;
+        size_t run = img_sparse_run(buf, n, offset, s->min_sparse, &is_data);
+        int ret;
+        if (is_data) {
+            IOVector q;
+            iov_init_buf(&q, buf, run);
+            ret = blk_co_pwritev(s->dst, offset, run, &q, 0);
+        } else {
+            ret = write_zeroes(s, offset, run);
+        }
+        if (ret < 0) {
+            error_report("error while writing at byte %" PRId64 ": %s", offset, strerror(-ret));
+            return ret;
+        }
+        offset += run;
+        buf += run;
+        n -= run;
+    }
+    return 0;
+}
+
+static void coroutine_fn wait_turn(ConvertState *s, int slot, uint64_t seq)
+{
+    while (!s->unordered && s->write_seq != seq && !s->ret) {
+        s->waiter[slot] = co_self();
+        s->waiter_seq[slot] = seq;
+        co_yield();
+        s->waiter[slot] = NULL;
+    }
+}
+
+static void end_turn(ConvertState *s)
+{
+    s->write_seq++;
+    for (int i = 0; i < s->nworkers; i++) {
+        /* On error everyone waiting must wake up and leave. */
+        if (s->waiter[i] && (s->ret || s->waiter_seq[i] == s->write_seq)) {
+            Coroutine *co = s->waiter[i];
+            s->waiter[i] = NULL;
+            aio_co_wake(co);
+        }
+    }
+}
+
+typedef struct Worker {
+    ConvertState *s;
+    int slot;
+} Worker;
+
+static void coroutine_fn convert_worker(void *opaque)
+{
+    Worker *w = opaque;
+    ConvertState *s = w->s;
+    uint8_t *buf = aligned_alloc_or_die(4096, IO_BUF_SIZE);
+    for (;;) {
+        int64_t offset;
+        int kind;
+        uint64_t seq;
+        int64_t n = claim(s, &offset, &kind, &seq);
+        if (n == 0) {
+            break;
+        }
+        int ret = 0;
+        if (kind == BLK_DATA) {
+            IOVector q;
+            iov_init_buf(&q, buf, n);
+            ret = blk_co_preadv(s->src, offset, n, &q, 0);
+            if (ret < 0) {
+                error_report("error while reading at byte %" PRId64 ": %s", offset,
+                             strerror(-ret));
+            }
+        }
+        wait_turn(s, w->slot, seq);
+        if (ret == 0 && !s->ret) {
+            ret = kind == BLK_DATA ? write_data(s, offset, buf, n) : write_zeroes(s, offset, n);
+            if (ret < 0 && kind == BLK_ZERO) {
+                error_report("error while writing at byte %" PRId64 ": %s", offset,
+                             strerror(-ret));
+            }
+        }
+        if (ret < 0 && !s->ret) {
+            s->ret = ret;
+        }
+        if (!s->unordered) {
+            end_turn(s);
+        }
+        if (s->ret) {
+            break;
+        }
+        progress_print(100.0f * n / s->total, 0);
+    }
+    free(buf);
+    s->running--;
+    if (s->ret && !s->unordered) {
+        end_turn(s);
+    }
+}
+
+static int do_copy(ConvertState *s)
+{
+    Worker w[MAX_COROUTINES];
+    co_mutex_init(&s->claim_lock);
+    s->running = s->nworkers;
+    for (int i = 0; i < s->nworkers; i++) {
+        w[i] = (Worker){ s, i };
+        co_enter(co_create(convert_worker, &w[i]));
+    }
+    AIO_WAIT_WHILE(aio_current(), s->running > 0);
+    return s->ret;
+}
+
+int img_convert(int argc, char **argv)
+{
+    ImgOpenOpts so = { .quiet = true }, to = { .writable = true, .quiet = true };
+    const char *out_fmt = NULL, *options = NULL;
+    const char *src_cache = "writeback", *dst_cache = "unsafe";
+    bool no_create = false, progress = false, quiet = false, unordered = false;
+    bool target_image_opts = false;
+    int64_t min_sparse = 4096;
+    int nworkers = 8;
+    static const struct option longopts[] = {
+        { "help", no_argument, NULL, 'h' },
+        { "image-opts", no_argument, NULL, 'I' },
+        { "target-image-opts", no_argument, NULL, 'J' },
+        { "force-share", no_argument, NULL, 'U' },
+        { "object", required_argument, NULL, 'X' },
+        { "salvage", no_argument, NULL, 'Y' },
+        { "target-is-zero", no_argument, NULL, 'Z' },
+        { "bitmaps", no_argument, NULL, 'Y' },
+        { NULL, 0, NULL, 0 },
+    };
+    int c;
+    optind = 0;
+    while ((c = getopt_long(argc, argv, ":hf:O:B:Cco:l:S:pt:T:qnm:WrU", longopts, NULL)) != -1) {
+        switch (c) {
+        case 'f': so.fmt = optarg; break;
+        case 'O': out_fmt = optarg; break;
+        case 'o':
+            if (options) {
+                char *j = NULL;
+                if (asprintf(&j, "%s,%s", options, optarg) < 0) {
+                    abort();
+                }
+                options = j;
+            } else {
+                options = optarg;
+            }
+            break;
+        case 'S': {
+            int64_t v = img_cvtnum(optarg);
+            if (v < 0 || v % 512 || v / 512 > MAX_BUF_SECTORS) {
+                error_report("Invalid buffer size for sparse output specified. Valid sizes are "
+                             "multiples of 512 up to %d. Select 0 to disable sparse detection "
+                             "(fully allocates output).", MAX_BUF_SECTORS * 512);
+                return 1;
+            }
+            min_sparse = v;
+            break;
+        }
+        case 'p': progress = true; break;
+        case 't': dst_cache = optarg; break;
+        case 'T': src_cache = optarg; break;
+        case 'q': quiet = true; break;
+        case 'n': no_create = true; break;
+        case 'm': {
+            char *end;
+            long v = strtol(optarg, &end, 10);
+            if (*end || v < 1 || v > MAX_COROUTINES) {
+                error_report("Invalid number of coroutines. Allowed number of coroutines is "
+                             "between 1 and %d", MAX_COROUTINES);
+                return 1;
+            }
+            nworkers = (int)v;
+            break;
+        }
+        case 'W': unordered = true; break;
+        case 'U': so.force_share = true; break;
+        case 'I': so.image_opts = true; break;
+        case 'J': target_image_opts = true; break;
+        case 'c':
+            error_report("Compression is not supported by ublkd img convert");
+            return 1;
+        case 'B': case 'C': case 'l': case 'r': case 'X': case 'Y': case 'Z':
+            error_report("convert option '%s' is not supported by ublkd img", argv[optind - 1]);
+            return 1;
+        case 'h':
+            printf("usage: ublkd img convert [--image-opts] [--target-image-opts] [-U] [-p] [-q]"
+                   " [-n] [-f fmt] [-t cache] [-T src_cache] [-O output_fmt] [-o options]"
+                   " [-S sparse_size] [-m num_coroutines] [-W] filename output_filename\n");
+            return 0;
+        case ':':
+            return img_usage_error("option '%s' needs an argument", argv[optind - 1]);
+        default:
+            return img_usage_error("unrecognized option '%s'", argv[optind - 1]);
+        }
+    }
+    if (quiet) {
+        progress = false;
+    }
+    if (!out_fmt && !target_image_opts) {
+        out_fmt = "raw";
+    }
+    if (img_is_help_option(options)) {
+        const BlockDriver *drv = bdrv_find_format(out_fmt ? out_fmt : "raw");
+        if (!drv || !drv->co_create) {
+            error_report("Unknown file format '%s'", out_fmt);
+            return 1;
+        }
+        return img_print_create_help(drv);
+    }
+    if (target_image_opts && !no_create) {
+        error_report("--target-image-opts requires use of -n flag");
+        return 1;
+    }
+    if (target_image_opts && out_fmt) {
+        error_report("--target-image-opts and -O are mutually exclusive");
+        return 1;
+    }
+    if (no_create && options) {
+        error_report("-o has no effect when skipping image creation");
+        return 1;
+    }
+    if (argc - optind < 2) {
+        return img_usage_error("Must specify image file name");
+    }
+    if (argc - optind > 2) {
+        error_report("concatenating several source images is not supported by ublkd img");
+        return 1;
+    }
+    const char *src_name = argv[optind], *dst_name = argv[optind + 1];
+    int flags;
+    if (bdrv_parse_cache_mode(dst_cache, &flags, NULL) < 0) {
+        error_report("Invalid cache option: %s", dst_cache);
+        return 1;
+    }
+    if (bdrv_parse_cache_mode(src_cache, &flags, NULL) < 0) {
+        error_report("Invalid source cache option: %s", src_cache);
+        return 1;
+    }
+    if (out_fmt && !no_create) {
+        const BlockDriver *drv = bdrv_find_format(out_fmt);
+        if (!drv) {
+            error_report("Unknown file format '%s'", out_fmt);
+            return 1;
+        }
+        if (!drv->co_create) {
+            error_report("Format driver '%s' does not support image creation", out_fmt);
+            return 1;
+        }
+    }
+    so.cache = src_cache;
+    BlockBackend *src = img_open(src_name, &so);
+    if (!src) {
+        return 1;
+    }
+    int64_t total = blk_getlength(src);
+    if (total < 0) {
+        error_report("Could not get size of %s: %s", src_name, strerror(-(int)total));
+        blk_unref(src);
+        return 1;
+    }
+    if (!no_create) {
+        int r = img_create_image(dst_name, out_fmt, options, NULL, NULL, total, false, true,
+                                 false);
+        if (r) {
+            blk_unref(src);
+            return 1;
+        }
+    }
+    to.fmt = out_fmt;
+    to.cache = dst_cache;
+    to.image_opts = target_image_opts;
+    BlockBackend *dst = img_open(dst_name, &to);
+    if (!dst) {
+        blk_unref(src);
+        return 1;
+    }
+    int64_t dst_size = blk_getlength(dst);
+    if (no_create && dst_size >= 0 && dst_size < total) {
+        error_report("output file is smaller than input file");
+        blk_unref(dst);
+        blk_unref(src);
+        return 1;
+    }
+    ConvertState s = {
+        .src = src, .dst = dst, .total = total, .min_sparse = (size_t)min_sparse,
+        .has_zero_init = !no_create && bdrv_has_zero_init(blk_bs(dst)) > 0,
+        .unordered = unordered, .nworkers = nworkers,
+    };
+    progress_init(progress, 1.0);
+    progress_print(0, 100);
+    int ret = do_copy(&s);
+    if (ret == 0) {
+        ret = blk_flush(dst);
+        if (ret < 0) {
+            error_report("error while flushing %s: %s", dst_name, strerror(-ret));
+        }
+    }
+    if (ret == 0) {
+        progress_print(100, 0);
+    }
+    progress_end();
+    blk_unref(dst);
+    blk_unref(src);
+    return ret ? 1 : 0;
+}

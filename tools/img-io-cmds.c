@@ -1,0 +1,690 @@
+/*
+ * img-io-cmds.c - the commands of `ublkd img io`, a qemu-io 7.2 look-alike:
+ * read, readv, write, writev, discard, flush, length, map, truncate, help.
+ *
+ * Output and failure rules are qemu-io's, because test suites compare them:
+ * "wrote N/N bytes at offset O" plus a statistics line (suppressed by -q),
+ * "Pattern verification failed at offset O, N bytes" (the command then
+ * fails), errors as "read failed: <strerror>".  A command returns 0 or
+ * -errno; img-io.c turns any failure into exit code 1.
+ */
+#include <errno.h>
+#include <getopt.h>
+#include <inttypes.h>
+#include <limits.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include "aio.h"
+#include "block-backend.h"
+#include "img.h"
+
+typedef struct IoCmd {
+    const char *name, *altname;
+    int (*fn)(BlockBackend *blk, int argc, char **argv);
+    int argmin, argmax;          /* argmax -1: unlimited */
+    bool needs_write;
+    const char *args, *oneline;
+} IoCmd;
+
+static const IoCmd *find_cmd(const char *name);
+
+static void usage_of(const IoCmd *c)
+{
+    printf("%s %s -- %s\n", c->name, c->args, c->oneline);
+}
+
+static int64_t arg_num(const char *s)
+{
+    int64_t v = img_cvtnum(s);
+    if (v == -EINVAL) {
+        printf("Parsing error: non-numeric argument, or extraneous/unrecognized suffix -- %s\n",
+               s);
+    } else if (v == -ERANGE) {
+        printf("Parsing error: argument too large -- %s\n", s);
+    } else if (v < 0) {
+        printf("Parsing error: %s\n", s);
+    }
+    return v;
+}
+
+static int parse_pattern(const char *arg)
+{
+    char *end;
+    long p = strtol(arg, &end, 0);
+    if (p < 0 || p > UCHAR_MAX || *end) {
+        printf("%s is not a valid pattern byte\n", arg);
+        return -1;
+    }
+    return (int)p;
+}
+
+static void print_report(const char *op, double secs, int64_t offset, int64_t count,
+                         int64_t total, int cnt)
+{
+    char s1[64], s2[64], ts[64];
+    if (secs <= 0) {
+        secs = 1e-9;   /* a too-fast op must not print inf */
+    }
+    img_timestr(secs, ts, sizeof(ts));
+    img_cvtstr((double)total, s1, sizeof(s1));
+    img_cvtstr(total / secs, s2, sizeof(s2));
+    printf("%s %" PRId64 "/%" PRId64 " bytes at offset %" PRId64 "\n", op, total, count, offset);
+    printf("%s, %d ops; %s (%s/sec and %.4f ops/sec)\n", s1, cnt, ts, s2, cnt / secs);
+}
+
+/* ---- the request, run in a coroutine ---- */
+typedef enum { OP_READ, OP_WRITE, OP_ZEROES, OP_DISCARD } IoOp;
+typedef struct IoReq {
+    BlockBackend *blk;
+    IoOp op;
+    int64_t offset, bytes;
+    IOVector *qiov;
+    BdrvRequestFlags flags;
+    int ret;
+} IoReq;
+
+static void coroutine_fn io_req_entry(void *opaque)
+{
+    IoReq *r = opaque;
+    switch (r->op) {
+    case OP_READ:
+        r->ret = blk_co_preadv(r->blk, r->offset, r->bytes, r->qiov, r->flags);
+        break;
+    case OP_WRITE:
+        r->ret = blk_co_pwritev(r->blk, r->offset, r->bytes, r->qiov, r->flags);
+        break;
+    case OP_ZEROES:
+        r->ret = blk_co_pwrite_zeroes(r->blk, r->offset, r->bytes, r->flags);
+        break;
+    case OP_DISCARD:
+        r->ret = blk_co_pdiscard(r->blk, r->offset, r->bytes);
+        break;
+    }
+}
+
+static int do_req(BlockBackend *blk, IoOp op, int64_t offset, int64_t bytes, IOVector *qiov,
+                  BdrvRequestFlags flags, double *secs)
+{
+    IoReq r = { blk, op, offset, bytes, qiov, flags, 0 };
+    int64_t t0 = clock_monotonic_ns();
+    aio_co_run_sync(io_req_entry, &r);
+    *secs = (clock_monotonic_ns() - t0) / 1e9;
+    return r.ret < 0 ? r.ret : 0;
+}
+
+static int check_len(int64_t count)
+{
+    if (count > (int64_t)BDRV_REQUEST_MAX_BYTES) {
+        printf("length cannot exceed %" PRIu64 ", given %" PRId64 "\n",
+               (uint64_t)BDRV_REQUEST_MAX_BYTES, count);
+        return -EINVAL;
+    }
+    return 0;
+}
+
+static void *alloc_buf(int64_t len, int pattern)
+{
+    void *buf = aligned_alloc_or_die(4096, len ? len : 1);
+    img_fill_pattern(buf, len, pattern);
+    return buf;
+}
+
+/* ---- read / readv ---- */
+static int verify(const uint8_t *buf, int64_t offset, int64_t poff, int64_t plen, int pattern)
+{
+    for (int64_t i = 0; i < plen; i++) {
+        if (buf[poff + i] != pattern) {
+            printf("Pattern verification failed at offset %" PRId64 ", %" PRId64 " bytes\n",
+                   offset + poff, plen);
+            return -EINVAL;
+        }
+    }
+    return 0;
+}
+
+static int read_f(BlockBackend *blk, int argc, char **argv)
+{
+    bool qflag = false, vflag = false;
+    int pattern = -1, c;
+    int64_t poff = 0, plen = -1;
+    optind = 0;
+    while ((c = getopt(argc, argv, "bCl:pP:qs:v")) != -1) {
+        switch (c) {
+        case 'P':
+            if ((pattern = parse_pattern(optarg)) < 0) {
+                return -EINVAL;
+            }
+            break;
+        case 'q': qflag = true; break;
+        case 'v': vflag = true; break;
+        case 's':
+            if ((poff = arg_num(optarg)) < 0) {
+                return -EINVAL;
+            }
+            break;
+        case 'l':
+            if ((plen = arg_num(optarg)) < 0) {
+                return -EINVAL;
+            }
+            break;
+        case 'C': case 'p': break;
+        default:
+            usage_of(find_cmd("read"));
+            return -EINVAL;
+        }
+    }
+    if (optind != argc - 2) {
+        usage_of(find_cmd("read"));
+        return -EINVAL;
+    }
+    int64_t offset = arg_num(argv[optind]);
+    int64_t count = offset < 0 ? -1 : arg_num(argv[optind + 1]);
+    if (offset < 0 || count < 0 || check_len(count) < 0) {
+        return -EINVAL;
+    }
+    if (plen < 0) {
+        plen = count - poff;
+    }
+    if (pattern >= 0 && (poff < 0 || poff + plen > count)) {
+        printf("pattern verification range exceeds end of read data\n");
+        return -EINVAL;
+    }
+    uint8_t *buf = alloc_buf(count, 0xab);
+    IOVector q;
+    iov_init_buf(&q, buf, count);
+    double secs;
+    int ret = do_req(blk, OP_READ, offset, count, &q, 0, &secs);
+    if (ret < 0) {
+        printf("read failed: %s\n", strerror(-ret));
+        free(buf);
+        return ret;
+    }
+    if (pattern >= 0) {
+        ret = verify(buf, offset, poff, plen, pattern);
+    }
+    if (!qflag) {
+        if (vflag) {
+            img_dump_buffer(stdout, buf, offset, count);
+        }
+        print_report("read", secs, offset, count, count, 1);
+    }
+    free(buf);
+    return ret;
+}
+
+/* Build a vector of the lengths in argv, backed by one buffer. */
+static int64_t build_vec(IOVector *q, uint8_t **bufp, int argc, char **argv, int pattern)
+{
+    int64_t total = 0;
+    for (int i = 0; i < argc; i++) {
+        int64_t len = arg_num(argv[i]);
+        if (len < 0) {
+            return -EINVAL;
+        }
+        total += len;
+        if (check_len(total) < 0) {
+            return -EINVAL;
+        }
+    }
+    uint8_t *buf = alloc_buf(total, pattern);
+    iov_init(q, argc);
+    int64_t pos = 0;
+    for (int i = 0; i < argc; i++) {
+        int64_t len = img_cvtnum(argv[i]);
+        iov_add(q, buf + pos, len);
+        pos += len;
+    }
+    *bufp = buf;
+    return total;
+}
+
+static int readv_f(BlockBackend *blk, int argc, char **argv)
+{
+    bool qflag = false, vflag = false;
+    int pattern = -1, c;
+    optind = 0;
+    while ((c = getopt(argc, argv, "CP:qv")) != -1) {
+        switch (c) {
+        case 'P':
+            if ((pattern = parse_pattern(optarg)) < 0) {
+                return -EINVAL;
+            }
+            break;
+        case 'q': qflag = true; break;
+        case 'v': vflag = true; break;
+        case 'C': break;
+        default:
+            usage_of(find_cmd("readv"));
+            return -EINVAL;
+        }
+    }
+    if (optind > argc - 2) {
+        usage_of(find_cmd("readv"));
+        return -EINVAL;
+    }
+    int64_t offset = arg_num(argv[optind++]);
+    if (offset < 0) {
+        return -EINVAL;
+    }
+    IOVector q;
+    uint8_t *buf;
+    int64_t count = build_vec(&q, &buf, argc - optind, argv + optind, 0xab);
+    if (count < 0) {
+        return -EINVAL;
+    }
+    double secs;
+    int ret = do_req(blk, OP_READ, offset, count, &q, 0, &secs);
+    if (ret < 0) {
+        printf("readv failed: %s\n", strerror(-ret));
+    } else {
+        if (pattern >= 0) {
+            ret = verify(buf, offset, 0, count, pattern);
+        }
+        if (!qflag) {
+            if (vflag) {
+                img_dump_buffer(stdout, buf, offset, count);
+            }
+            print_report("read", secs, offset, count, count, 1);
+        }
+    }
+    iov_destroy(&q);
+    free(buf);
+    return ret;
+}
+
+/* ---- write / writev ---- */
+static int write_f(BlockBackend *blk, int argc, char **argv)
+{
+    bool qflag = false, zflag = false, uflag = false, fflag = false, nflag = false;
+    bool Pflag = false;
+    int pattern = 0xcd, c;
+    optind = 0;
+    while ((c = getopt(argc, argv, "bcCfnpP:quz")) != -1) {
+        switch (c) {
+        case 'f': fflag = true; break;
+        case 'n': nflag = true; break;
+        case 'P':
+            Pflag = true;
+            if ((pattern = parse_pattern(optarg)) < 0) {
+                return -EINVAL;
+            }
+            break;
+        case 'q': qflag = true; break;
+        case 'u': uflag = true; break;
+        case 'z': zflag = true; break;
+        case 'C': case 'p': break;
+        case 'c':
+            printf("compressed writes are not supported by ublkd img io\n");
+            return -ENOTSUP;
+        default:
+            usage_of(find_cmd("write"));
+            return -EINVAL;
+        }
+    }
+    if (optind != argc - 2) {
+        usage_of(find_cmd("write"));
+        return -EINVAL;
+    }
+    if (zflag && Pflag) {
+        printf("-z and -P cannot be specified at the same time\n");
+        return -EINVAL;
+    }
+    if (!zflag && uflag) {
+        printf("-u requires -z to be specified\n");
+        return -EINVAL;
+    }
+    if (!zflag && nflag) {
+        printf("-n requires -z to be specified\n");
+        return -EINVAL;
+    }
+    int64_t offset = arg_num(argv[optind]);
+    int64_t count = offset < 0 ? -1 : arg_num(argv[optind + 1]);
+    if (offset < 0 || count < 0) {
+        return -EINVAL;
+    }
+    if (!zflag && check_len(count) < 0) {
+        return -EINVAL;
+    }
+    BdrvRequestFlags flags = (fflag ? BDRV_REQ_FUA : 0);
+    double secs;
+    int ret;
+    if (zflag) {
+        flags |= (uflag ? BDRV_REQ_MAY_UNMAP : 0) | (nflag ? BDRV_REQ_NO_FALLBACK : 0);
+        ret = do_req(blk, OP_ZEROES, offset, count, NULL, flags, &secs);
+    } else {
+        uint8_t *buf = alloc_buf(count, pattern);
+        IOVector q;
+        iov_init_buf(&q, buf, count);
+        ret = do_req(blk, OP_WRITE, offset, count, &q, flags, &secs);
+        free(buf);
+    }
+    if (ret < 0) {
+        printf("write failed: %s\n", strerror(-ret));
+        return ret;
+    }
+    if (!qflag) {
+        print_report("wrote", secs, offset, count, count, 1);
+    }
+    return 0;
+}
+
+static int writev_f(BlockBackend *blk, int argc, char **argv)
+{
+    bool qflag = false, fflag = false;
+    int pattern = 0xcd, c;
+    optind = 0;
+    while ((c = getopt(argc, argv, "CfqP:")) != -1) {
+        switch (c) {
+        case 'f': fflag = true; break;
+        case 'q': qflag = true; break;
+        case 'P':
+            if ((pattern = parse_pattern(optarg)) < 0) {
+                return -EINVAL;
+            }
+            break;
+        case 'C': break;
+        default:
+            usage_of(find_cmd("writev"));
+            return -EINVAL;
+        }
+    }
+    if (optind > argc - 2) {
+        usage_of(find_cmd("writev"));
+        return -EINVAL;
+    }
+    int64_t offset = arg_num(argv[optind++]);
+    if (offset < 0) {
+        return -EINVAL;
+    }
+    IOVector q;
+    uint8_t *buf;
+    int64_t count = build_vec(&q, &buf, argc - optind, argv + optind, pattern);
+    if (count < 0) {
+        return -EINVAL;
+    }
+    double secs;
+    int ret = do_req(blk, OP_WRITE, offset, count, &q, fflag ? BDRV_REQ_FUA : 0, &secs);
+    if (ret < 0) {
+        printf("writev failed: %s\n", strerror(-ret));
+    } else if (!qflag) {
+        print_report("wrote", secs, offset, count, count, 1);
+    }
+    iov_destroy(&q);
+    free(buf);
+    return ret;
+}
+
+/* ---- discard, flush, length, truncate, map ---- */
+static int discard_f(BlockBackend *blk, int argc, char **argv)
+{
+    bool qflag = false;
+    int c;
+    optind = 0;
+    while ((c = getopt(argc, argv, "Cq")) != -1) {
+        switch (c) {
+        case 'q': qflag = true; break;
+        case 'C': break;
+        default:
+            usage_of(find_cmd("discard"));
+            return -EINVAL;
+        }
+    }
+    if (optind != argc - 2) {
+        usage_of(find_cmd("discard"));
+        return -EINVAL;
+    }
+    int64_t offset = arg_num(argv[optind]);
+    int64_t bytes = offset < 0 ? -1 : arg_num(argv[optind + 1]);
+    if (offset < 0 || bytes < 0) {
+        return -EINVAL;
+    }
+    if (bytes > (int64_t)BDRV_REQUEST_MAX_BYTES) {
+        printf("length cannot exceed %" PRIu64 ", given %s\n",
+               (uint64_t)BDRV_REQUEST_MAX_BYTES, argv[optind + 1]);
+        return -EINVAL;
+    }
+    double secs;
+    int ret = do_req(blk, OP_DISCARD, offset, bytes, NULL, 0, &secs);
+    if (ret < 0) {
+        printf("discard failed: %s\n", strerror(-ret));
+        return ret;
+    }
+    if (!qflag) {
+        print_report("discard", secs, offset, bytes, bytes, 1);
+    }
+    return 0;
+}
+
+static int flush_f(BlockBackend *blk, int argc UNUSED, char **argv UNUSED)
+{
+    int ret = blk_flush(blk);
+    return ret < 0 ? ret : 0;
+}
+
+static int length_f(BlockBackend *blk, int argc UNUSED, char **argv UNUSED)
+{
+    int64_t size = blk_getlength(blk);
+    if (size < 0) {
+        printf("getlength: %s\n", strerror(-(int)size));
+        return (int)size;
+    }
+    char s[64];
+    img_cvtstr((double)size, s, sizeof(s));
+    printf("%s\n", s);
+    return 0;
+}
+
+static int truncate_f(BlockBackend *blk, int argc, char **argv)
+{
+    PreallocMode prealloc = PREALLOC_MODE_OFF;
+    int c;
+    optind = 0;
+    while ((c = getopt(argc, argv, "m:")) != -1) {
+        switch (c) {
+        case 'm':
+            if (!strcmp(optarg, "off")) {
+                prealloc = PREALLOC_MODE_OFF;
+            } else if (!strcmp(optarg, "metadata")) {
+                prealloc = PREALLOC_MODE_METADATA;
+            } else if (!strcmp(optarg, "falloc")) {
+                prealloc = PREALLOC_MODE_FALLOC;
+            } else if (!strcmp(optarg, "full")) {
+                prealloc = PREALLOC_MODE_FULL;
+            } else {
+                printf("Invalid preallocation mode '%s'\n", optarg);
+                return -EINVAL;
+            }
+            break;
+        default:
+            usage_of(find_cmd("truncate"));
+            return -EINVAL;
+        }
+    }
+    if (optind != argc - 1) {
+        usage_of(find_cmd("truncate"));
+        return -EINVAL;
+    }
+    int64_t offset = arg_num(argv[optind]);
+    if (offset < 0) {
+        return -EINVAL;
+    }
+    Error *err = NULL;
+    int ret = blk_truncate(blk, offset, false, prealloc, &err);
+    if (ret < 0) {
+        if (err) {
+            error_report_err(err);
+        } else {
+            error_report("truncate failed: %s", strerror(-ret));
+        }
+        return ret;
+    }
+    return 0;
+}
+
+/* qemu-io's map: allocated/not allocated runs of the top layer only. */
+static int is_allocated(BlockDriverState *bs, int64_t offset, int64_t bytes, int64_t *pnum)
+{
+    int64_t map;
+    BlockDriverState *file;
+    int ret = bdrv_block_status_above(bs, bdrv_backing_bs(bs), offset, bytes, pnum, &map, &file);
+    if (ret < 0) {
+        return ret;
+    }
+    return !!(ret & BDRV_BLOCK_ALLOCATED);
+}
+
+static int map_f(BlockBackend *blk, int argc UNUSED, char **argv UNUSED)
+{
+    BlockDriverState *bs = blk_bs(blk);
+    int64_t offset = 0, bytes = blk_getlength(blk);
+    if (bytes < 0) {
+        error_report("Failed to query image length: %s", strerror(-(int)bytes));
+        return (int)bytes;
+    }
+    while (bytes) {
+        int64_t num, n;
+        int ret = is_allocated(bs, offset, bytes, &num);
+        if (ret < 0) {
+            error_report("Failed to get allocation status: %s", strerror(-ret));
+            return ret;
+        }
+        if (!num) {
+            error_report("Unexpected end of image");
+            return -EIO;
+        }
+        /* Merge following runs of the same kind, as qemu-io does. */
+        int first = ret;
+        while (bytes - num > 0) {
+            int r = is_allocated(bs, offset + num, bytes - num, &n);
+            if (r != first || !n) {
+                break;
+            }
+            num += n;
+        }
+        char s1[64], s2[64];
+        img_cvtstr((double)num, s1, sizeof(s1));
+        img_cvtstr((double)offset, s2, sizeof(s2));
+        printf("%s (0x%" PRIx64 ") bytes %s at offset %s (0x%" PRIx64 ")\n", s1, (uint64_t)num,
+               first ? "    allocated" : "not allocated", s2, (uint64_t)offset);
+        offset += num;
+        bytes -= num;
+    }
+    return 0;
+}
+
+static int help_f(BlockBackend *blk, int argc, char **argv);
+
+static const IoCmd cmds[] = {
+    { "read", "r", read_f, 2, -1, false, "[-qv] [-P pattern [-s off] [-l len]] off len",
+      "reads a number of bytes at a specified offset" },
+    { "readv", NULL, readv_f, 2, -1, false, "[-qv] [-P pattern] off len [len..]",
+      "reads a number of bytes at a specified offset into several buffers" },
+    { "write", "w", write_f, 2, -1, true, "[-fnquz] [-P pattern] off len",
+      "writes a number of bytes at a specified offset" },
+    { "writev", NULL, writev_f, 2, -1, true, "[-fq] [-P pattern] off len [len..]",
+      "writes a number of bytes at a specified offset from several buffers" },
+    { "discard", "d", discard_f, 2, -1, true, "[-q] off len",
+      "discards a number of bytes at a specified offset" },
+    { "flush", "f", flush_f, 0, 0, false, "", "flush all in-core file state to disk" },
+    { "length", "l", length_f, 0, 0, false, "", "gets the length of the current file" },
+    { "map", NULL, map_f, 0, 0, false, "", "prints the allocated areas of a file" },
+    { "truncate", "t", truncate_f, 1, 3, true, "[-m prealloc_mode] off",
+      "truncates the current file at the given offset" },
+    { "help", "?", help_f, 0, 1, false, "[command]", "help for one or all commands" },
+};
+
+static const IoCmd *find_cmd(const char *name)
+{
+    for (size_t i = 0; i < ARRAY_SIZE(cmds); i++) {
+        if (!strcmp(cmds[i].name, name) || (cmds[i].altname && !strcmp(cmds[i].altname, name))) {
+            return &cmds[i];
+        }
+    }
+    return NULL;
+}
+
+static int help_f(BlockBackend *blk UNUSED, int argc, char **argv)
+{
+    if (argc == 2) {
+        const IoCmd *c = find_cmd(argv[1]);
+        if (!c) {
+            printf("command %s not found\n", argv[1]);
+            return -EINVAL;
+        }
+        usage_of(c);
+        return 0;
+    }
+    for (size_t i = 0; i < ARRAY_SIZE(cmds); i++) {
+        usage_of(&cmds[i]);
+    }
+    printf("\nUse 'help commandname' for extended help.\n");
+    return 0;
+}
+
+int img_io_command(BlockBackend *blk, const char *line)
+{
+    /* Split on blanks; single and double quotes group words. */
+    char *copy = strdup(line), *argv[256];
+    int argc = 0;
+    char *p = copy;
+    while (*p && argc < 255) {
+        while (*p == ' ' || *p == '\t' || *p == '\n') {
+            p++;
+        }
+        if (!*p) {
+            break;
+        }
+        char q = 0, *out = p;
+        argv[argc++] = p;
+        while (*p && (q || (*p != ' ' && *p != '\t' && *p != '\n'))) {
+            if (!q && (*p == '"' || *p == '\'')) {
+                q = *p++;
+            } else if (q && *p == q) {
+                q = 0;
+                p++;
+            } else {
+                *out++ = *p++;
+            }
+        }
+        if (*p) {
+            p++;
+        }
+        *out = '\0';
+    }
+    argv[argc] = NULL;
+    int ret = 0;
+    if (argc == 0) {
+        goto out;
+    }
+    const IoCmd *c = find_cmd(argv[0]);
+    if (!c) {
+        fprintf(stderr, "command \"%s\" not found\n", argv[0]);
+        ret = -EINVAL;
+        goto out;
+    }
+    if (argc - 1 < c->argmin || (c->argmax != -1 && argc - 1 > c->argmax)) {
+        if (c->argmax == -1) {
+            fprintf(stderr, "bad argument count %d to %s, expected at least %d arguments\n",
+                    argc - 1, argv[0], c->argmin);
+        } else if (c->argmin == c->argmax) {
+            fprintf(stderr, "bad argument count %d to %s, expected %d arguments\n",
+                    argc - 1, argv[0], c->argmin);
+        } else {
+            fprintf(stderr, "bad argument count %d to %s, expected between %d and %d "
+                    "arguments\n", argc - 1, argv[0], c->argmin, c->argmax);
+        }
+        ret = -EINVAL;
+        goto out;
+    }
+    if (c->needs_write && blk_is_read_only(blk)) {
+        fprintf(stderr, "Block node is read-only\n");
+        ret = -EACCES;
+        goto out;
+    }
+    ret = c->fn(blk, argc, argv);
+    fflush(stdout);
+out:
+    free(copy);
+    return ret;
+}
