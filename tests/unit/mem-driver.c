@@ -534,22 +534,19 @@ void mem_set_backing(BlockDriverState *top, BlockDriverState *base)
 
 BdrvChild *test_child_new(BlockDriverState *bs)
 {
-    BdrvChild *c = calloc(1, sizeof(*c));
-    assert_non_null(c);
-    bdrv_ref(bs);
-    c->bs = bs;
-    c->name = strdup("test");
-    c->role = BDRV_CHILD_FILE;
-    c->index = -1;
+    Error *err = NULL;
+    bdrv_ref(bs);   /* the edge's reference; the caller keeps its own */
+    BdrvChild *c = bdrv_attach_child(NULL, bs, "test", BDRV_CHILD_FILE, &err);
+    if (!c) {
+        fail_msg("test_child_new: %s", err ? error_get_pretty(err) : "failed");
+    }
     return c;
 }
 
 void test_child_free(BdrvChild *c)
 {
     if (c) {
-        bdrv_unref(c->bs);
-        free(c->name);
-        free(c);
+        bdrv_unref_child(NULL, c);
     }
 }
 

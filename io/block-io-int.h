@@ -1,0 +1,77 @@
+/*
+ * block-io-int.h - what the request-path files of io/ share with each other
+ * (block-io.c: reads/writes, padding, tracking; block-io-zero.c: write-zeroes
+ * and discard; block-io-drain.c: drain, flush, truncate, sync wrappers;
+ * block-status.c).  Nothing outside io/ includes this.
+ */
+#ifndef UBLKD_BLOCK_IO_INT_H
+#define UBLKD_BLOCK_IO_INT_H
+
+#include "block-req.h"
+
+/* Largest bounce buffer for write-zeroes fallbacks and copy-on-read chunks. */
+#define BDRV_MAX_BOUNCE_BUFFER (1 * MiB)
+
+/* ---- bounce buffers: a per-thread cache of power-of-two sized buffers, so
+ * padding does not malloc per request in steady state ---- */
+typedef struct BounceBuf {
+    void *p;
+    size_t size;
+    int cls;        /* size class in the cache, -1 if allocated directly */
+} BounceBuf;
+void *bdrv_bounce_get(BlockDriverState *bs, size_t size, BounceBuf *b);
+void bdrv_bounce_put(BounceBuf *b);
+/* A shared, never written buffer of zeros (BDRV_MAX_BOUNCE_BUFFER bytes,
+ * 4 KiB aligned). */
+void *bdrv_zero_buffer(void);
+
+/* ---- head/tail padding to request_alignment ---- */
+#define BDRV_PAD_INLINE_IOV 16
+typedef struct BdrvRequestPadding {
+    BounceBuf bounce;
+    uint8_t *buf;           /* head block at buf, tail block at tail_buf */
+    size_t buf_len;
+    uint8_t *tail_buf;
+    size_t head, tail;      /* padding bytes before and after the request */
+    bool merge_reads;       /* head and tail are the same block */
+    IOVector local_qiov;
+    struct iovec inline_iov[BDRV_PAD_INLINE_IOV];
+    struct iovec *heap_iov;
+} BdrvRequestPadding;
+bool bdrv_init_padding(BlockDriverState *bs, int64_t offset, int64_t bytes,
+                       BdrvRequestPadding *pad);
+void bdrv_padding_destroy(BdrvRequestPadding *pad);
+int coroutine_fn bdrv_padding_rmw_read(BdrvChild *child, BdrvTrackedRequest *req,
+                                       BdrvRequestPadding *pad, bool zero_middle);
+
+/* ---- checks and flags ---- */
+int bdrv_check_request(int64_t offset, int64_t bytes);
+int64_t bdrv_total_bytes(BlockDriverState *bs);
+BdrvRequestFlags bdrv_write_flags(BlockDriverState *bs);
+BdrvRequestFlags bdrv_zero_flags(BlockDriverState *bs);
+/* Count the request in flight; requests from outside the graph (an edge
+ * without a parent node: the BlockBackend, tests) wait here while the node is
+ * drained. */
+void coroutine_fn bdrv_co_enter_request(BdrvChild *child);
+
+/* ---- the layers below the public entry points ---- */
+int coroutine_fn bdrv_aligned_preadv(BdrvChild *child, BdrvTrackedRequest *req,
+                                     int64_t offset, int64_t bytes, int64_t align,
+                                     IOVector *qiov, size_t qiov_offset, BdrvRequestFlags flags);
+int coroutine_fn bdrv_aligned_pwritev(BdrvChild *child, BdrvTrackedRequest *req,
+                                      int64_t offset, int64_t bytes, int64_t align,
+                                      IOVector *qiov, size_t qiov_offset, BdrvRequestFlags flags);
+int coroutine_fn bdrv_driver_preadv(BlockDriverState *bs, int64_t offset, int64_t bytes,
+                                    IOVector *qiov, size_t qiov_offset, BdrvRequestFlags flags);
+int coroutine_fn bdrv_driver_pwritev(BlockDriverState *bs, int64_t offset, int64_t bytes,
+                                     IOVector *qiov, size_t qiov_offset, BdrvRequestFlags flags);
+void bdrv_co_write_req_finish(BdrvChild *child, int64_t offset, int64_t bytes,
+                              BdrvTrackedRequest *req, int ret);
+
+/* block-io-zero.c */
+int coroutine_fn bdrv_co_do_pwrite_zeroes(BlockDriverState *bs, int64_t offset, int64_t bytes,
+                                          BdrvRequestFlags flags);
+int coroutine_fn bdrv_co_do_zero_pwritev(BdrvChild *child, int64_t offset, int64_t bytes,
+                                         BdrvRequestFlags flags, BdrvTrackedRequest *req);
+
+#endif
