@@ -1,0 +1,42 @@
+#!/bin/bash
+# run.sh - run the VM integration suite (tests/vm/test_*.sh) against $UBLKD.
+#
+# On a machine with /dev/ublk-control the suite runs natively (as root).
+# Otherwise one throw-away 6.12 guest is booted with tests/vm/ublk-vm and the
+# whole suite runs inside it.  If the guest cannot boot this fails loudly,
+# unless SKIP_VM=1.  Arguments are test names (default: all).
+# The last line is always "vm: N passed, N failed, N skipped".
+set -u
+HERE=$(cd "$(dirname "$0")" && pwd)
+ROOT=$(cd "$HERE/../.." && pwd)
+export UBLKD=${UBLKD:-$ROOT/build/ublkd}
+[ -x "$UBLKD" ] || { echo "vm: $UBLKD is not built (make)"; echo "vm: 0 passed, 1 failed, 0 skipped"; exit 1; }
+
+if [ -e /dev/ublk-control ]; then
+  [ "$(id -u)" = 0 ] || { echo "vm: the native suite needs root"; echo "vm: 0 passed, 1 failed, 0 skipped"; exit 1; }
+  exec "$HERE/suite.sh" "$@"
+fi
+
+start=$(date +%s)
+work=$(mktemp -d /tmp/ublkd-vm.XXXXXX)
+trap 'rm -rf "$work"' EXIT
+out=$work/console.log
+# The guest sees the host's / read-only, so the repository and $UBLKD are
+# visible at the same paths; $work is the only writable share.
+"$HERE/ublk-vm" -w "$work" -t "${VM_TIMEOUT:-1500}" -- \
+    env UBLKD="$UBLKD" VM_RESULTS="$work" "$HERE/suite.sh" "$@" 2>&1 | tee "$out"
+rc=${PIPESTATUS[0]}
+echo "vm: guest run took $(( $(date +%s) - start ))s (boot included)"
+if [ "$rc" = 125 ] || ! grep -q '^vm: [0-9]* passed' "$out"; then
+  if [ "${SKIP_VM:-0}" = 1 ]; then
+    echo "vm: could not run the guest; skipped because SKIP_VM=1"
+    echo "vm: 0 passed, 0 failed, 0 skipped"
+    exit 0
+  fi
+  echo "vm: FAILED to run the test guest (exit $rc); set SKIP_VM=1 to skip on machines that cannot boot it"
+  echo "vm: 0 passed, 1 failed, 0 skipped"
+  exit 1
+fi
+# Repeat the guest's verdict as the last line for CI.
+grep '^vm: [0-9]* passed' "$out" | tail -1
+exit "$rc"

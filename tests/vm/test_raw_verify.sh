@@ -1,0 +1,22 @@
+#!/bin/bash
+# fio random write + crc32c verify on raw images: 1 and 2 queues, iodepth 1/32/128, bs 512 B .. 1 MiB,
+# and the USER_COPY and NEED_GET_DATA data paths.
+. "$(dirname "$0")/lib.sh"
+need_cmd fio
+mkimg $T/a.raw 64M
+run() {  # run ADD-OPTS -- FIO-OPTS
+  local add=() ; while [ "$1" != -- ]; do add+=("$1"); shift; done; shift
+  ublk_add raw $T/a.raw $CACHE_OPT "${add[@]}" >/dev/null
+  log "add ${add[*]}: fio $*"
+  fio_verify "$DEV" --numjobs=1 "$@"
+  ublk_del $ID
+}
+run -q 1 -- --iodepth=1 --bs=4k
+run -q 1 -- --iodepth=32 --bsrange=512-1M
+run -q 2 -- --iodepth=128 --bsrange=512-64k
+run -q 2 -d 64 -- --iodepth=32 --bs=1M
+run -q 1 --user-copy -- --iodepth=32 --bsrange=512-256k
+run -q 1 --need-get-data -- --iodepth=32 --bsrange=4k-128k
+# Two jobs on two queues, each on its own region.
+ublk_add raw $T/a.raw $CACHE_OPT -q 2 >/dev/null
+fio_verify "$DEV" --numjobs=2 --offset_increment=16M --size=16M --iodepth=32 --bsrange=512-128k

@@ -1,0 +1,25 @@
+#!/bin/bash
+# kill -9 the daemon under fio: the device goes QUIESCED, I/O waits, `ublkd recover` brings
+# a new daemon, fio finishes, and a verify pass over everything written succeeds.
+. "$(dirname "$0")/lib.sh"
+need_cmd fio
+mkimg $T/r.raw 64M
+ublk_add raw $T/r.raw $CACHE_OPT -q 2 >/dev/null
+pid=$(ublk_pid $ID)
+fio --name=w --filename="$DEV" --direct=1 --ioengine=io_uring --rw=randwrite --bs=4k --iodepth=16 \
+    --size=16M --verify=crc32c --do_verify=0 --randrepeat=1 --verify_state_save=0 \
+    --output-format=terse >$T/fio.out 2>&1 &
+fpid=$!
+sleep 2
+kill -9 "$pid"
+wait_for sh -c "[ \"\$($UBLKD list -n $ID --json | jq -r '.[0].state')\" = QUIESCED ]" \
+  || fail "device did not become QUIESCED (state $(ublk_state $ID))"
+log "quiesced; recovering"
+"$UBLKD" recover -n $ID || fail "ublkd recover failed"
+[ "$(ublk_state $ID)" = LIVE ] || fail "device not LIVE after recover"
+newpid=$(ublk_pid $ID)
+[ "$newpid" != "$pid" ] || fail "pid did not change"
+wait $fpid || { cat $T/fio.out; fail "fio saw errors across the recovery"; }
+fio --name=w --filename="$DEV" --direct=1 --ioengine=io_uring --rw=randwrite --bs=4k --iodepth=16 \
+    --size=16M --verify=crc32c --verify_only --randrepeat=1 --verify_fatal=1 >$T/v.out 2>&1 \
+  || { cat $T/v.out; fail "verify after recovery failed"; }

@@ -1,0 +1,26 @@
+#!/bin/bash
+# del with I/O in flight: returns promptly, the device is gone, the daemon exited, fio ends.
+# SIGTERM to the daemon does the same as del.
+. "$(dirname "$0")/lib.sh"
+need_cmd fio
+mkimg $T/t.raw 64M
+ublk_add raw $T/t.raw $CACHE_OPT -q 2 -d 256 >/dev/null
+pid=$(ublk_pid $ID)
+fio --name=t --filename="$DEV" --direct=1 --ioengine=io_uring --rw=randrw --bs=16k --iodepth=128 \
+    --numjobs=2 --time_based --runtime=60 >/dev/null 2>&1 &
+fpid=$!
+sleep 2
+s=$(date +%s)
+timeout 60 "$UBLKD" del -n $ID || fail "del with I/O in flight failed or hung"
+log "del took $(( $(date +%s) - s ))s"
+[ ! -e /dev/ublkb$ID ] || fail "device still there"
+! kill -0 $pid 2>/dev/null || fail "daemon still running"
+timeout 30 sh -c "while kill -0 $fpid 2>/dev/null; do sleep 0.2; done" || fail "fio hangs after del"
+wait $fpid || true
+[ -z "$("$UBLKD" list -n $ID 2>/dev/null)" ] || fail "device still listed"
+# SIGTERM path
+ublk_add raw $T/t.raw $CACHE_OPT >/dev/null
+pid=$(ublk_pid $ID)
+kill -TERM $pid
+wait_for sh -c "! kill -0 $pid 2>/dev/null" || fail "daemon ignored SIGTERM"
+wait_for sh -c "[ ! -e /sys/class/ublk-char/ublkc$ID ]" || fail "SIGTERM left the device in the kernel"

@@ -1,0 +1,38 @@
+#!/bin/bash
+# An unprivileged user with access to /dev/ublk-control adds a device over their own image
+# (UBLK_F_UNPRIVILEGED_DEV), does verified I/O and deletes it, and cannot expose root's image.
+. "$(dirname "$0")/lib.sh"
+need_cmd setpriv fio
+"$UBLKD" features | grep -q UNPRIVILEGED_DEV || skip "kernel lacks UBLK_F_UNPRIVILEGED_DEV"
+U=65534
+chmod 0666 /dev/ublk-control
+# Stand-in for the udev rule: hand each new ublk node to the device's owner.
+( while :; do
+    for c in /sys/class/ublk-char/ublkc*; do
+      [ -e "$c" ] || continue; n=${c##*/ublkc}
+      for d in /dev/ublkc$n /dev/ublkb$n; do
+        [ -e $d ] && [ "$(stat -c %u $d)" != $U ] && chown $U:$U $d 2>/dev/null
+      done
+    done
+    sleep 0.05
+  done ) &
+chowner=$!
+trap 'kill $chowner 2>/dev/null; chmod 0600 /dev/ublk-control; _lib_cleanup' EXIT
+mkdir -p $T/u && chown $U $T/u && chmod 755 $T
+as_user() { setpriv --reuid=$U --regid=$U --clear-groups env UBLKD_RUN_DIR=$T/u/run "$@"; }
+as_user truncate -s 32M $T/u/img.raw
+out=$(as_user "$UBLKD" add raw $T/u/img.raw $CACHE_OPT 2>&1) || fail "unprivileged add failed: $out"
+id=${out#/dev/ublkb}; _lib_devs+=("$id")
+log "user device: $out"
+as_user "$UBLKD" list -n $id | grep -q UNPRIVILEGED_DEV || fail "device not flagged UNPRIVILEGED_DEV"
+as_user fio --name=u --filename=$out --direct=1 --ioengine=io_uring --rw=randwrite --bs=4k --iodepth=8 \
+   --size=4M --verify=crc32c --do_verify=1 --verify_fatal=1 >/dev/null || fail "fio as the user failed"
+# root's image is not the user's to expose
+truncate -s 16M $T/root.raw; chmod 600 $T/root.raw
+if out2=$(as_user "$UBLKD" add raw $T/root.raw $CACHE_OPT 2>&1); then
+  fail "user could expose root's image: $out2"
+fi
+log "refused as expected: $out2"
+grep -qi "permission denied" <<<"$out2" || fail "message does not say permission denied: $out2"
+as_user "$UBLKD" del -n $id || fail "unprivileged del failed"
+[ ! -e /sys/class/ublk-char/ublkc$id ] || fail "device still exists"
