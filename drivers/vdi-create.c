@@ -8,7 +8,6 @@
 #include <inttypes.h>
 #include <stdlib.h>
 #include <uuid/uuid.h>
-#include "block-backend.h"
 #include "vdi-int.h"
 
 const CreateOptDesc vdi_create_opts[] = {
@@ -50,11 +49,11 @@ static void vdi_fill_header(uint8_t *h, uint64_t disk_size, uint32_t blocks, boo
     vdi_uuid_generate(h + VDI_OFF_UUID_LAST_SNAP);
 }
 
-static int vdi_write_all(BlockBackend *blk, uint64_t offset, const uint8_t *buf, uint64_t len)
+static int vdi_write_all(BdrvChild *file, uint64_t offset, const uint8_t *buf, uint64_t len)
 {
     for (uint64_t done = 0; done < len;) {
         uint64_t n = MIN(len - done, 64 * MiB);
-        int ret = blk_pwrite(blk, offset + done, n, buf + done, 0);
+        int ret = bdrv_pwrite(file, offset + done, n, buf + done, 0);
         if (ret < 0) {
             return ret;
         }
@@ -70,7 +69,8 @@ int coroutine_fn vdi_co_create(const char *filename, OptDict *opts, Error **errp
     uint32_t blocks, *bmap = NULL;
     uint8_t *header = NULL;
     bool is_static = false;
-    BlockBackend *blk = NULL;
+    BlockDriverState *file_bs;
+    BdrvChild *file;
     OptDict *file_opts;
     int ret;
 
@@ -100,14 +100,18 @@ int coroutine_fn vdi_co_create(const char *filename, OptDict *opts, Error **errp
     }
     file_opts = optdict_new();
     optdict_set(file_opts, "driver", "file");
-    blk = blk_new_open(filename, file_opts, BDRV_O_RDWR | BDRV_O_PROTOCOL, errp);
-    if (!blk) {
+    file_bs = bdrv_open(filename, file_opts, BDRV_O_RDWR | BDRV_O_PROTOCOL, errp);
+    if (!file_bs) {
+        return -EIO;
+    }
+    file = bdrv_attach_child(NULL, file_bs, "vdi-create", BDRV_CHILD_FILE, errp);
+    if (!file) {
         return -EIO;
     }
 
     header = aligned_alloc_or_die(4096, VDI_HEADER_SECTOR);
     vdi_fill_header(header, size, blocks, is_static, bmap_bytes);
-    ret = blk_pwrite(blk, 0, VDI_HEADER_SECTOR, header, 0);
+    ret = bdrv_pwrite(file, 0, VDI_HEADER_SECTOR, header, 0);
     if (ret < 0) {
         error_setg_errno(errp, -ret, "vdi: %s: error writing the header", filename);
         goto out;
@@ -124,27 +128,27 @@ int coroutine_fn vdi_co_create(const char *filename, OptDict *opts, Error **errp
         for (uint32_t i = 0; i < blocks; i++) {
             bmap[i] = htole32(is_static ? i : VDI_UNALLOCATED);
         }
-        ret = vdi_write_all(blk, VDI_HEADER_SECTOR, (uint8_t *)bmap, bmap_bytes);
+        ret = vdi_write_all(file, VDI_HEADER_SECTOR, (uint8_t *)bmap, bmap_bytes);
         if (ret < 0) {
             error_setg_errno(errp, -ret, "vdi: %s: error writing the block map", filename);
             goto out;
         }
     }
     if (is_static) {
-        ret = blk_truncate(blk, VDI_HEADER_SECTOR + bmap_bytes + (uint64_t)blocks * VDI_BLOCK_SIZE,
-                           false, PREALLOC_MODE_OFF, errp);
+        ret = bdrv_truncate(file, VDI_HEADER_SECTOR + bmap_bytes + (uint64_t)blocks * VDI_BLOCK_SIZE,
+                            false, PREALLOC_MODE_OFF, 0, errp);
         if (ret < 0) {
             error_prepend(errp, "vdi: %s: cannot preallocate the data area: ", filename);
             goto out;
         }
     }
-    ret = blk_flush(blk);
+    ret = bdrv_flush(file->bs);
     if (ret < 0) {
         error_setg_errno(errp, -ret, "vdi: %s: flush failed", filename);
     }
 out:
     free(bmap);
     free(header);
-    blk_unref(blk);
+    bdrv_unref_child(NULL, file);
     return ret < 0 ? ret : 0;
 }

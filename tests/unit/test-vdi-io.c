@@ -326,7 +326,10 @@ static void test_zeroes_and_discard_allocated_in_place(void **state)
     BlockDriverState *f = vdi_test_make_file(4 * MiB, true);
     uint32_t off = vdi_test_hdr32(f, VDI_OFF_OFFSET_DATA);
     mem_fill(f, off, 4 * MiB, 0xee);
-    VdiTestImage img = vdi_test_open(f, BDRV_O_RDWR);
+    f->open_flags |= BDRV_O_UNMAP;    /* as if opened under discard=unmap */
+    mem_config(f)->zero_flags = BDRV_REQ_MAY_UNMAP;     /* and able to punch holes */
+    mem_apply_config(f);
+    VdiTestImage img = vdi_test_open(f, BDRV_O_RDWR | BDRV_O_UNMAP);   /* discard=unmap */
     uint8_t *buf = xmalloc(4 * MiB);
     mem_log_clear(f);
     assert_true(bdrv_pwrite_zeroes(img.child, 4096, 4096, 0) >= 0);

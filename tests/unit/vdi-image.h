@@ -103,7 +103,7 @@ static inline VdiTestImage vdi_test_open(BlockDriverState *file, int flags)
     VdiTestImage img = { .file = file };
     OptDict *opts = optdict_new();
 
-    img.offset_data = vdi_test_hdr32(file, VDI_OFF_OFFSET_DATA);
+    img.offset_data = mem_size(file) >= 512 ? vdi_test_hdr32(file, VDI_OFF_OFFSET_DATA) : 0;
     optdict_set(opts, "driver", "vdi");
     optdict_set(opts, "file", file->node_name);
     img.bs = bdrv_open(NULL, opts, flags, &img.err);
