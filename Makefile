@@ -28,6 +28,7 @@ IO_SRCS := io/error.c io/coroutine.c io/co-lock.c io/aio.c io/iov.c
 IO_SRCS += io/options.c
 # request path, throttling, export handle
 IO_SRCS += io/block-io.c io/block-io-zero.c io/block-io-drain.c io/block-status.c
+IO_SRCS += io/throttle.c io/block-backend.c
 
 # Drivers: one line each.  The name must match `const BlockDriver bdrv_<name>`
 # in the driver's file; the registry is generated from this list.

@@ -1,0 +1,318 @@
+/*
+ * block-backend.c - the export handle (see include/block-backend.h).
+ *
+ * A BlockBackend owns a parent-less root edge to its node.  Requests through
+ * that edge come "from outside the graph", so they park while the node is
+ * drained.  On top of the node's request path it adds what belongs to an
+ * export: a size check (nothing past the end, whatever the node would
+ * allow), throttling, and per-operation statistics kept with relaxed atomics
+ * so queue threads never contend on a lock for them.
+ */
+#include <errno.h>
+#include <stdlib.h>
+#include <string.h>
+#include "aio.h"
+#include "block-backend.h"
+#include "block-req.h"
+
+struct BlockBackend {
+    BdrvChild *root;
+    bool throttled;              /* set before I/O starts, read-only after */
+    ThrottleState throttle;
+    BlockAcctStats stats;        /* relaxed atomics */
+};
+
+BlockBackend *blk_new_with_bs(BlockDriverState *bs, Error **errp)
+{
+    BlockBackend *blk = calloc(1, sizeof(*blk));
+    if (!blk) {
+        error_setg(errp, "out of memory");
+        return NULL;
+    }
+    bdrv_ref(bs);   /* becomes the root edge's */
+    blk->root = bdrv_attach_child(NULL, bs, "root", BDRV_CHILD_FILE, errp);
+    if (!blk->root) {
+        free(blk);
+        return NULL;
+    }
+    return blk;
+}
+
+BlockBackend *blk_new_open(const char *filename, OptDict *options, int flags, Error **errp)
+{
+    ThrottleConfig cfg;
+    throttle_config_init(&cfg);
+    if (options && optdict_has_prefix(options, "throttling.") &&
+        throttle_config_from_options(&cfg, options, errp) < 0) {
+        optdict_free(options);
+        return NULL;
+    }
+    BlockDriverState *bs = bdrv_open(filename, options, flags, errp);
+    if (!bs) {
+        return NULL;
+    }
+    BlockBackend *blk = blk_new_with_bs(bs, errp);
+    bdrv_unref(bs);
+    if (blk && throttle_enabled(&cfg) && blk_set_throttle(blk, &cfg, errp) < 0) {
+        blk_unref(blk);
+        return NULL;
+    }
+    return blk;
+}
+
+void blk_unref(BlockBackend *blk)
+{
+    if (!blk) {
+        return;
+    }
+    blk_drain(blk);
+    if (!blk_is_read_only(blk)) {
+        int ret = blk_flush(blk);
+        if (ret < 0) {
+            warn_report("%s: flush on close failed: %s", blk_bs(blk)->filename,
+                        strerror(-ret));
+        }
+    }
+    bdrv_unref_child(NULL, blk->root);
+    if (blk->throttled) {
+        throttle_destroy(&blk->throttle);
+    }
+    free(blk);
+}
+
+BlockDriverState *blk_bs(BlockBackend *blk)
+{
+    return blk->root->bs;
+}
+
+BdrvChild *blk_root(BlockBackend *blk)
+{
+    return blk->root;
+}
+
+int64_t blk_getlength(BlockBackend *blk)
+{
+    return __atomic_load_n(&blk_bs(blk)->total_bytes, __ATOMIC_ACQUIRE);
+}
+
+bool blk_is_read_only(BlockBackend *blk)
+{
+    BlockDriverState *bs = blk_bs(blk);
+    return bs->read_only || !(bs->open_flags & BDRV_O_RDWR);
+}
+
+int blk_set_throttle(BlockBackend *blk, const ThrottleConfig *cfg, Error **errp)
+{
+    if (!throttle_is_valid(cfg, errp)) {
+        return -EINVAL;
+    }
+    if (blk->throttled) {
+        throttle_destroy(&blk->throttle);
+        blk->throttled = false;
+    }
+    if (throttle_enabled(cfg)) {
+        AioContext *ctx = aio_current();
+        throttle_init(&blk->throttle, cfg, ctx ? aio_now_ns(ctx) : clock_monotonic_ns());
+        blk->throttled = true;
+    }
+    return 0;
+}
+
+void blk_get_stats(BlockBackend *blk, BlockAcctStats *out)
+{
+    for (int i = 0; i < BLK_OP__MAX; i++) {
+        out->ops[i] = __atomic_load_n(&blk->stats.ops[i], __ATOMIC_RELAXED);
+        out->bytes[i] = __atomic_load_n(&blk->stats.bytes[i], __ATOMIC_RELAXED);
+        out->errors[i] = __atomic_load_n(&blk->stats.errors[i], __ATOMIC_RELAXED);
+        out->total_ns[i] = __atomic_load_n(&blk->stats.total_ns[i], __ATOMIC_RELAXED);
+    }
+}
+
+/* ------------------------------------------------------------ request path */
+
+static int blk_check_request(BlockBackend *blk, int64_t offset, int64_t bytes)
+{
+    if (offset < 0 || bytes < 0) {
+        return -EINVAL;
+    }
+    int64_t len = blk_getlength(blk);
+    if (offset > len || len - offset < bytes) {
+        return -EIO;
+    }
+    return 0;
+}
+
+static int64_t blk_now(void)
+{
+    AioContext *ctx = aio_current();
+    return ctx ? aio_now_ns(ctx) : clock_monotonic_ns();
+}
+
+static int blk_account(BlockBackend *blk, BlockAcctOp op, int64_t bytes, int64_t start_ns,
+                       int ret)
+{
+    BlockAcctStats *s = &blk->stats;
+    if (ret < 0) {
+        __atomic_fetch_add(&s->errors[op], 1, __ATOMIC_RELAXED);
+    } else {
+        __atomic_fetch_add(&s->ops[op], 1, __ATOMIC_RELAXED);
+        __atomic_fetch_add(&s->bytes[op], bytes, __ATOMIC_RELAXED);
+    }
+    __atomic_fetch_add(&s->total_ns[op], blk_now() - start_ns, __ATOMIC_RELAXED);
+    return ret;
+}
+
+static void coroutine_fn blk_throttle(BlockBackend *blk, bool is_write, int64_t bytes)
+{
+    if (blk->throttled) {
+        throttle_co_wait(&blk->throttle, is_write, bytes);
+    }
+}
+
+int coroutine_fn blk_co_preadv(BlockBackend *blk, int64_t offset, int64_t bytes,
+                               IOVector *qiov, BdrvRequestFlags flags)
+{
+    int64_t start = blk_now();
+    int ret = blk_check_request(blk, offset, bytes);
+    if (ret == 0) {
+        blk_throttle(blk, false, bytes);
+        ret = bdrv_co_preadv(blk->root, offset, bytes, qiov, flags);
+    }
+    return blk_account(blk, BLK_OP_READ, bytes, start, ret);
+}
+
+int coroutine_fn blk_co_pwritev(BlockBackend *blk, int64_t offset, int64_t bytes,
+                                IOVector *qiov, BdrvRequestFlags flags)
+{
+    int64_t start = blk_now();
+    int ret = blk_check_request(blk, offset, bytes);
+    if (ret == 0) {
+        blk_throttle(blk, true, bytes);
+        ret = bdrv_co_pwritev(blk->root, offset, bytes, qiov, flags);
+    }
+    return blk_account(blk, BLK_OP_WRITE, bytes, start, ret);
+}
+
+int coroutine_fn blk_co_pwrite_zeroes(BlockBackend *blk, int64_t offset, int64_t bytes,
+                                      BdrvRequestFlags flags)
+{
+    int64_t start = blk_now();
+    int ret = blk_check_request(blk, offset, bytes);
+    if (ret == 0) {
+        blk_throttle(blk, true, bytes);
+        ret = bdrv_co_pwrite_zeroes(blk->root, offset, bytes, flags);
+    }
+    return blk_account(blk, BLK_OP_WRITE_ZEROES, bytes, start, ret);
+}
+
+int coroutine_fn blk_co_pdiscard(BlockBackend *blk, int64_t offset, int64_t bytes)
+{
+    int64_t start = blk_now();
+    int ret = blk_check_request(blk, offset, bytes);
+    if (ret == 0) {
+        ret = bdrv_co_pdiscard(blk->root, offset, bytes);
+    }
+    return blk_account(blk, BLK_OP_DISCARD, bytes, start, ret);
+}
+
+int coroutine_fn blk_co_flush(BlockBackend *blk)
+{
+    int64_t start = blk_now();
+    int ret = bdrv_co_flush(blk_bs(blk));
+    return blk_account(blk, BLK_OP_FLUSH, 0, start, ret);
+}
+
+/* ---------------------------------------------------------- sync wrappers */
+
+typedef enum { BLK_SYNC_READ, BLK_SYNC_WRITE, BLK_SYNC_ZEROES, BLK_SYNC_DISCARD,
+               BLK_SYNC_FLUSH } BlkSyncOp;
+
+typedef struct BlkSync {
+    BlkSyncOp op;
+    BlockBackend *blk;
+    int64_t offset, bytes;
+    IOVector qiov;
+    BdrvRequestFlags flags;
+    int ret;
+} BlkSync;
+
+static void coroutine_fn blk_sync_entry(void *opaque)
+{
+    BlkSync *s = opaque;
+    switch (s->op) {
+    case BLK_SYNC_READ:
+        s->ret = blk_co_preadv(s->blk, s->offset, s->bytes, &s->qiov, s->flags);
+        break;
+    case BLK_SYNC_WRITE:
+        s->ret = blk_co_pwritev(s->blk, s->offset, s->bytes, &s->qiov, s->flags);
+        break;
+    case BLK_SYNC_ZEROES:
+        s->ret = blk_co_pwrite_zeroes(s->blk, s->offset, s->bytes, s->flags);
+        break;
+    case BLK_SYNC_DISCARD:
+        s->ret = blk_co_pdiscard(s->blk, s->offset, s->bytes);
+        break;
+    case BLK_SYNC_FLUSH:
+        s->ret = blk_co_flush(s->blk);
+        break;
+    }
+}
+
+static int blk_sync(BlkSync *s)
+{
+    aio_co_run_sync(blk_sync_entry, s);
+    return s->ret;
+}
+
+int blk_pread(BlockBackend *blk, int64_t offset, int64_t bytes, void *buf, BdrvRequestFlags flags)
+{
+    BlkSync s = { .op = BLK_SYNC_READ, .blk = blk, .offset = offset, .bytes = bytes,
+                  .flags = flags };
+    if (bytes < 0) {
+        return -EINVAL;
+    }
+    iov_init_buf(&s.qiov, buf, bytes);
+    return blk_sync(&s);
+}
+
+int blk_pwrite(BlockBackend *blk, int64_t offset, int64_t bytes, const void *buf,
+               BdrvRequestFlags flags)
+{
+    BlkSync s = { .op = BLK_SYNC_WRITE, .blk = blk, .offset = offset, .bytes = bytes,
+                  .flags = flags };
+    if (bytes < 0) {
+        return -EINVAL;
+    }
+    iov_init_buf(&s.qiov, (void *)buf, bytes);
+    return blk_sync(&s);
+}
+
+int blk_pwrite_zeroes(BlockBackend *blk, int64_t offset, int64_t bytes, BdrvRequestFlags flags)
+{
+    BlkSync s = { .op = BLK_SYNC_ZEROES, .blk = blk, .offset = offset, .bytes = bytes,
+                  .flags = flags };
+    return blk_sync(&s);
+}
+
+int blk_pdiscard(BlockBackend *blk, int64_t offset, int64_t bytes)
+{
+    BlkSync s = { .op = BLK_SYNC_DISCARD, .blk = blk, .offset = offset, .bytes = bytes };
+    return blk_sync(&s);
+}
+
+int blk_flush(BlockBackend *blk)
+{
+    BlkSync s = { .op = BLK_SYNC_FLUSH, .blk = blk };
+    return blk_sync(&s);
+}
+
+int blk_truncate(BlockBackend *blk, int64_t offset, bool exact, PreallocMode prealloc,
+                 Error **errp)
+{
+    return bdrv_truncate(blk->root, offset, exact, prealloc, 0, errp);
+}
+
+void blk_drain(BlockBackend *blk)
+{
+    bdrv_drain(blk_bs(blk));
+}

@@ -1,0 +1,259 @@
+/*
+ * throttle.c - leaky-bucket I/O throttling with QEMU's semantics
+ * (util/throttle.c): a bucket fills by each request's bytes or ops and leaks
+ * at avg per second; a request may go while the bucket holds less than
+ * avg/10 (no burst configured) or max * burst_length (burst configured), and
+ * with a burst the second "burst" bucket, leaking at max, caps the rate of
+ * the burst itself.  A request that may go is accounted in full at once,
+ * so a large one can overshoot and delay the next.
+ */
+#include <errno.h>
+#include <stdio.h>
+#include <string.h>
+#include "aio.h"
+#include "throttle.h"
+
+#define NS_PER_SEC 1000000000.0
+#define THROTTLE_VALUE_MAX 1000000000000000LL
+
+void throttle_config_init(ThrottleConfig *cfg)
+{
+    memset(cfg, 0, sizeof(*cfg));
+    for (int i = 0; i < THROTTLE_BUCKETS; i++) {
+        cfg->buckets[i].burst_length = 1;
+    }
+}
+
+bool throttle_enabled(const ThrottleConfig *cfg)
+{
+    for (int i = 0; i < THROTTLE_BUCKETS; i++) {
+        if (cfg->buckets[i].avg > 0) {
+            return true;
+        }
+    }
+    return false;
+}
+
+static bool conflicts(const ThrottleConfig *cfg, ThrottleBucketType total,
+                      ThrottleBucketType read, ThrottleBucketType write, bool use_max)
+{
+    const ThrottleBucket *b = cfg->buckets;
+    if (use_max) {
+        return b[total].max && (b[read].max || b[write].max);
+    }
+    return b[total].avg && (b[read].avg || b[write].avg);
+}
+
+bool throttle_is_valid(const ThrottleConfig *cfg, Error **errp)
+{
+    if (conflicts(cfg, THROTTLE_BPS_TOTAL, THROTTLE_BPS_READ, THROTTLE_BPS_WRITE, false) ||
+        conflicts(cfg, THROTTLE_OPS_TOTAL, THROTTLE_OPS_READ, THROTTLE_OPS_WRITE, false) ||
+        conflicts(cfg, THROTTLE_BPS_TOTAL, THROTTLE_BPS_READ, THROTTLE_BPS_WRITE, true) ||
+        conflicts(cfg, THROTTLE_OPS_TOTAL, THROTTLE_OPS_READ, THROTTLE_OPS_WRITE, true)) {
+        error_setg(errp, "throttling: bps/iops/max total values and read/write values "
+                         "cannot be used at the same time");
+        return false;
+    }
+    if (cfg->op_size && !cfg->buckets[THROTTLE_OPS_TOTAL].avg &&
+        !cfg->buckets[THROTTLE_OPS_READ].avg && !cfg->buckets[THROTTLE_OPS_WRITE].avg) {
+        error_setg(errp, "throttling: iops-size requires an iops value to be set");
+        return false;
+    }
+    for (int i = 0; i < THROTTLE_BUCKETS; i++) {
+        const ThrottleBucket *b = &cfg->buckets[i];
+        if (b->avg < 0 || b->max < 0 || b->avg > THROTTLE_VALUE_MAX ||
+            b->max > THROTTLE_VALUE_MAX) {
+            error_setg(errp, "throttling: bps/iops/max values must be within [0, %lld]",
+                       THROTTLE_VALUE_MAX);
+            return false;
+        }
+        if (!b->burst_length) {
+            error_setg(errp, "throttling: the burst length cannot be 0");
+            return false;
+        }
+        if (b->burst_length > 1 && !b->max) {
+            error_setg(errp, "throttling: burst length set without burst rate");
+            return false;
+        }
+        if (b->max && b->burst_length > THROTTLE_VALUE_MAX / b->max) {
+            error_setg(errp, "throttling: burst length too high for this burst rate");
+            return false;
+        }
+        if (b->max && !b->avg) {
+            error_setg(errp, "throttling: bps_max/iops_max require corresponding bps/iops values");
+            return false;
+        }
+        if (b->max && b->max < b->avg) {
+            error_setg(errp, "throttling: bps_max/iops_max cannot be lower than bps/iops");
+            return false;
+        }
+    }
+    return true;
+}
+
+static const char *const bucket_names[THROTTLE_BUCKETS] = {
+    [THROTTLE_BPS_TOTAL] = "bps-total", [THROTTLE_BPS_READ] = "bps-read",
+    [THROTTLE_BPS_WRITE] = "bps-write", [THROTTLE_OPS_TOTAL] = "iops-total",
+    [THROTTLE_OPS_READ] = "iops-read",  [THROTTLE_OPS_WRITE] = "iops-write",
+};
+
+static int take_value(OptDict *opts, const char *key, int64_t *out, Error **errp)
+{
+    int ret = optdict_take_int(opts, key, 0, out, errp);
+    if (ret < 0) {
+        return ret;
+    }
+    if (*out < 0 || *out > THROTTLE_VALUE_MAX) {
+        error_setg(errp, "%s: value %lld out of range [0, %lld]", key, (long long)*out,
+                   THROTTLE_VALUE_MAX);
+        return -EINVAL;
+    }
+    return 0;
+}
+
+int throttle_config_from_options(ThrottleConfig *cfg, OptDict *opts, Error **errp)
+{
+    char key[64];
+    int64_t v;
+
+    throttle_config_init(cfg);
+    for (int i = 0; i < THROTTLE_BUCKETS; i++) {
+        ThrottleBucket *b = &cfg->buckets[i];
+        snprintf(key, sizeof(key), "throttling.%s", bucket_names[i]);
+        if (take_value(opts, key, &v, errp) < 0) {
+            return -EINVAL;
+        }
+        b->avg = v;
+        snprintf(key, sizeof(key), "throttling.%s-max", bucket_names[i]);
+        if (take_value(opts, key, &v, errp) < 0) {
+            return -EINVAL;
+        }
+        b->max = v;
+        snprintf(key, sizeof(key), "throttling.%s-max-length", bucket_names[i]);
+        if (optdict_has(opts, key)) {
+            if (take_value(opts, key, &v, errp) < 0) {
+                return -EINVAL;
+            }
+            b->burst_length = v;
+        }
+    }
+    if (take_value(opts, "throttling.iops-size", &v, errp) < 0) {
+        return -EINVAL;
+    }
+    cfg->op_size = v;
+    /* Throttle groups are per export here; the name is accepted and unused. */
+    optdict_del(opts, "throttling.group");
+    return throttle_is_valid(cfg, errp) ? 0 : -EINVAL;
+}
+
+void throttle_init(ThrottleState *ts, const ThrottleConfig *cfg, int64_t now_ns)
+{
+    pthread_mutex_init(&ts->lock, NULL);
+    ts->cfg = *cfg;
+    for (int i = 0; i < THROTTLE_BUCKETS; i++) {
+        ts->cfg.buckets[i].level = 0;
+        ts->cfg.buckets[i].burst_level = 0;
+    }
+    ts->previous_leak_ns = now_ns;
+}
+
+void throttle_destroy(ThrottleState *ts)
+{
+    pthread_mutex_destroy(&ts->lock);
+}
+
+static void leak_bucket(ThrottleBucket *b, int64_t delta_ns)
+{
+    double leak = b->avg * (double)delta_ns / NS_PER_SEC;
+    b->level = MAX(b->level - leak, 0.0);
+    if (b->burst_length > 1) {
+        leak = b->max * (double)delta_ns / NS_PER_SEC;
+        b->burst_level = MAX(b->burst_level - leak, 0.0);
+    }
+}
+
+/* ns until b lets a request through (0: now). */
+static int64_t bucket_wait(const ThrottleBucket *b)
+{
+    double bucket_size, burst_bucket_size, extra;
+    if (!b->avg) {
+        return 0;
+    }
+    if (!b->max) {
+        /* Without a burst rate still allow short bursts, or every other
+         * request would be delayed. */
+        bucket_size = b->avg / 10;
+        burst_bucket_size = 0;
+    } else {
+        bucket_size = b->max * b->burst_length;
+        burst_bucket_size = b->max / 10;
+    }
+    extra = b->level - bucket_size;
+    if (extra > 0) {
+        return (int64_t)(extra * NS_PER_SEC / b->avg);
+    }
+    if (b->burst_length > 1) {
+        extra = b->burst_level - burst_bucket_size;
+        if (extra > 0) {
+            return (int64_t)(extra * NS_PER_SEC / b->max);
+        }
+    }
+    return 0;
+}
+
+int64_t throttle_try_account(ThrottleState *ts, bool is_write, uint64_t bytes, int64_t now_ns)
+{
+    static const ThrottleBucketType check[2][4] = {
+        { THROTTLE_BPS_TOTAL, THROTTLE_OPS_TOTAL, THROTTLE_BPS_READ, THROTTLE_OPS_READ },
+        { THROTTLE_BPS_TOTAL, THROTTLE_OPS_TOTAL, THROTTLE_BPS_WRITE, THROTTLE_OPS_WRITE },
+    };
+    ThrottleBucket *b = ts->cfg.buckets;
+    int64_t wait = 0;
+
+    pthread_mutex_lock(&ts->lock);
+    int64_t delta = now_ns - ts->previous_leak_ns;
+    if (delta > 0) {
+        ts->previous_leak_ns = now_ns;
+        for (int i = 0; i < THROTTLE_BUCKETS; i++) {
+            leak_bucket(&b[i], delta);
+        }
+    }
+    for (int i = 0; i < 4; i++) {
+        wait = MAX(wait, bucket_wait(&b[check[is_write][i]]));
+    }
+    if (wait == 0) {
+        double units = 1.0;
+        if (ts->cfg.op_size && bytes > ts->cfg.op_size) {
+            units = (double)bytes / ts->cfg.op_size;
+        }
+        ThrottleBucketType bps[2] = { THROTTLE_BPS_TOTAL,
+                                      is_write ? THROTTLE_BPS_WRITE : THROTTLE_BPS_READ };
+        ThrottleBucketType ops[2] = { THROTTLE_OPS_TOTAL,
+                                      is_write ? THROTTLE_OPS_WRITE : THROTTLE_OPS_READ };
+        for (int i = 0; i < 2; i++) {
+            b[bps[i]].level += bytes;
+            b[ops[i]].level += units;
+            if (b[bps[i]].burst_length > 1) {
+                b[bps[i]].burst_level += bytes;
+            }
+            if (b[ops[i]].burst_length > 1) {
+                b[ops[i]].burst_level += units;
+            }
+        }
+    }
+    pthread_mutex_unlock(&ts->lock);
+    return wait;
+}
+
+void coroutine_fn throttle_co_wait(ThrottleState *ts, bool is_write, uint64_t bytes)
+{
+    for (;;) {
+        AioContext *ctx = aio_current();
+        int64_t wait = throttle_try_account(ts, is_write, bytes, aio_now_ns(ctx));
+        if (wait == 0) {
+            return;
+        }
+        /* Sleep on this thread's clock; the lock is not held meanwhile. */
+        aio_co_sleep_ns(wait);
+    }
+}
