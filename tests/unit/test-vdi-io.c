@@ -235,6 +235,8 @@ static void *race_thread(void *opaque)
             a->failures++;
         }
     }
+    aio_context_free(aio_current());
+    aio_set_current(NULL);
     return NULL;
 }
 
