@@ -25,7 +25,7 @@ LDFLAGS   ?=
 # ---- sources, one subsystem per file ----
 IO_SRCS := io/error.c io/coroutine.c io/co-lock.c io/aio.c io/iov.c
 # node graph, options, file protocol (graph helper)
-IO_SRCS += io/options.c
+IO_SRCS += io/options.c io/block.c io/block-open.c io/file.c
 # request path, throttling, export handle
 IO_SRCS += io/block-io.c io/block-io-zero.c io/block-io-drain.c io/block-status.c
 IO_SRCS += io/throttle.c io/block-backend.c

@@ -58,4 +58,9 @@ BlockDriverState *bdrv_filter_bs(BlockDriverState *bs);
 /* The copy-on-write parent (backing) of bs, else NULL. */
 BlockDriverState *bdrv_cow_bs(BlockDriverState *bs);
 
+/* ---- graph internals (io/block.c, io/block-open.c) ---- */
+/* A new, registered, not yet opened node (refcnt 1); NULL on a bad or
+ * duplicate node name. */
+BlockDriverState *bdrv_new_node(const BlockDriver *drv, const char *node_name, Error **errp);
+
 #endif

@@ -206,6 +206,8 @@ struct BlockDriver {
     void (*drain_begin)(BlockDriverState *bs);
     void (*drain_end)(BlockDriverState *bs);
 
+    /* Copied to bs->supported_* before open; open may narrow them (e.g. raw
+     * keeps FUA only if its child has it). */
     BdrvRequestFlags supported_write_flags;   /* FUA handled natively */
     BdrvRequestFlags supported_zero_flags;    /* MAY_UNMAP / FUA / NO_FALLBACK natively */
 };
@@ -244,6 +246,10 @@ struct BlockDriverState {
     unsigned write_gen;              /* bumped by each write, for flush skipping */
     unsigned flushed_gen;
     CoMutex flush_lock;
+
+    /* Graph bookkeeping (io/block.c). */
+    OptDict *own_options;        /* this node's open options, children excluded */
+    bool opened;                 /* drv->open succeeded: close must call drv->close */
 };
 
 /* ---- driver registry ---- */
@@ -271,8 +277,15 @@ BlockDriverState *bdrv_new_open_driver(const BlockDriver *drv, const char *node_
 BdrvChild *bdrv_open_child(const char *filename, OptDict *options, const char *name,
                            BlockDriverState *parent, BdrvChildRole role, bool allow_none,
                            Error **errp);
+/*
+ * Make child_bs a child of parent.  Consumes the caller's reference to
+ * child_bs (it becomes the edge's; dropped on failure too), as QEMU does.
+ * Sets parent->file / parent->backing for those roles if still unset.
+ * parent may be NULL: a root edge for a BlockBackend or a temporary user.
+ */
 BdrvChild *bdrv_attach_child(BlockDriverState *parent, BlockDriverState *child_bs,
                              const char *name, BdrvChildRole role, Error **errp);
+/* Detach and free the edge, dropping its reference (parent may be NULL). */
 void bdrv_unref_child(BlockDriverState *parent, BdrvChild *child);
 /* Open bs's backing file (bs->backing_file, or "backing.*" options). */
 int bdrv_open_backing(BlockDriverState *bs, OptDict *options, Error **errp);
@@ -283,6 +296,12 @@ void bdrv_unref(BlockDriverState *bs);          /* closes at zero */
 void bdrv_refresh_limits(BlockDriverState *bs, Error **errp);
 /* Probe the format of filename (reads its first bytes). */
 const BlockDriver *bdrv_probe_format(const char *filename, Error **errp);
+/* The registered driver scoring highest for buf (NULL if none scores > 0). */
+const BlockDriver *bdrv_probe_buf(const uint8_t *buf, int buf_size, const char *filename);
+/* The node called node_name (user-given or "#blockN"), or NULL. */
+BlockDriverState *bdrv_find_node(const char *node_name);
+/* The child edge called name ("file", "backing", "children.0"...), or NULL. */
+BdrvChild *bdrv_find_child(BlockDriverState *bs, const char *name);
 int bdrv_create(const BlockDriver *drv, const char *filename, OptDict *opts, Error **errp);
 int bdrv_check(BlockDriverState *bs, BdrvCheckResult *res, BdrvCheckMode fix);
 const char *bdrv_get_format_name(const BlockDriverState *bs);

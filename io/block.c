@@ -1,0 +1,561 @@
+/*
+ * block.c - the node graph: driver registry, node lifetime (refcounts, close
+ * order), child edges, limits merging, and the simple node queries (length,
+ * info, filters, graph description).  Opening, probing and creating images
+ * live in block-open.c.  Everything here is control plane: it may allocate
+ * and take the graph mutex, and never runs per request.
+ */
+#include <errno.h>
+#include <limits.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+#include "aio.h"
+#include "block-int.h"
+
+/* ---- driver registry ---- */
+
+#define X(name) extern const BlockDriver bdrv_##name;
+BLOCK_DRIVER_LIST(X)
+#undef X
+
+static const BlockDriver *const builtin_drivers[] = {
+#define X(name) &bdrv_##name,
+    BLOCK_DRIVER_LIST(X)
+#undef X
+};
+
+#define MAX_EXTRA_DRIVERS 128
+static const BlockDriver *extra_drivers[MAX_EXTRA_DRIVERS];
+static int n_extra_drivers;
+static pthread_mutex_t registry_lock = PTHREAD_MUTEX_INITIALIZER;
+
+void bdrv_register(const BlockDriver *drv)
+{
+    pthread_mutex_lock(&registry_lock);
+    for (int i = 0; i < n_extra_drivers; i++) {
+        if (extra_drivers[i] == drv) {
+            pthread_mutex_unlock(&registry_lock);
+            return;
+        }
+    }
+    if (n_extra_drivers == MAX_EXTRA_DRIVERS) {
+        abort();   /* only tests register at run time; 128 is plenty */
+    }
+    extra_drivers[n_extra_drivers++] = drv;
+    pthread_mutex_unlock(&registry_lock);
+}
+
+const BlockDriver *bdrv_driver_at(int i)
+{
+    int nb = (int)ARRAY_SIZE(builtin_drivers);
+    if (i < 0) {
+        return NULL;
+    }
+    if (i < nb) {
+        return builtin_drivers[i];
+    }
+    pthread_mutex_lock(&registry_lock);
+    const BlockDriver *drv = i - nb < n_extra_drivers ? extra_drivers[i - nb] : NULL;
+    pthread_mutex_unlock(&registry_lock);
+    return drv;
+}
+
+const BlockDriver *bdrv_find_format(const char *name)
+{
+    const BlockDriver *drv;
+    for (int i = 0; (drv = bdrv_driver_at(i)); i++) {
+        if (!strcmp(drv->format_name, name)) {
+            return drv;
+        }
+    }
+    return NULL;
+}
+
+const BlockDriver *bdrv_probe_buf(const uint8_t *buf, int buf_size, const char *filename)
+{
+    const BlockDriver *drv, *best = NULL;
+    int best_score = 0;
+    for (int i = 0; (drv = bdrv_driver_at(i)); i++) {
+        if (drv->probe) {
+            int score = drv->probe(buf, buf_size, filename);
+            if (score > best_score) {
+                best_score = score;
+                best = drv;
+            }
+        }
+    }
+    return best;
+}
+
+/* ---- node list (for node-name references) ---- */
+
+static pthread_mutex_t graph_lock = PTHREAD_MUTEX_INITIALIZER;
+static BlockDriverState **all_nodes;
+static size_t n_nodes, alloc_nodes;
+static unsigned next_auto_name;
+
+BlockDriverState *bdrv_find_node(const char *node_name)
+{
+    BlockDriverState *found = NULL;
+    pthread_mutex_lock(&graph_lock);
+    for (size_t i = 0; i < n_nodes; i++) {
+        if (all_nodes[i]->node_name && !strcmp(all_nodes[i]->node_name, node_name)) {
+            found = all_nodes[i];
+            break;
+        }
+    }
+    pthread_mutex_unlock(&graph_lock);
+    return found;
+}
+
+/* QEMU's rule: a letter first, then letters, digits, '-', '.', '_'; < 32 chars. */
+static bool node_name_is_valid(const char *name)
+{
+    size_t len = strlen(name);
+    if (len == 0 || len > 31 ||
+        !((name[0] >= 'a' && name[0] <= 'z') || (name[0] >= 'A' && name[0] <= 'Z'))) {
+        return false;
+    }
+    for (const char *p = name; *p; p++) {
+        if (!((*p >= 'a' && *p <= 'z') || (*p >= 'A' && *p <= 'Z') ||
+              (*p >= '0' && *p <= '9') || *p == '-' || *p == '.' || *p == '_')) {
+            return false;
+        }
+    }
+    return true;
+}
+
+static void node_list_remove(BlockDriverState *bs)
+{
+    pthread_mutex_lock(&graph_lock);
+    for (size_t i = 0; i < n_nodes; i++) {
+        if (all_nodes[i] == bs) {
+            all_nodes[i] = all_nodes[--n_nodes];
+            break;
+        }
+    }
+    pthread_mutex_unlock(&graph_lock);
+}
+
+/* ---- node lifetime ---- */
+
+/*
+ * A new node with driver state allocated and request tracking initialised,
+ * registered under node_name (or an automatic "#blockN").  Not opened yet.
+ */
+BlockDriverState *bdrv_new_node(const BlockDriver *drv, const char *node_name, Error **errp)
+{
+    if (node_name && !node_name_is_valid(node_name)) {
+        error_setg(errp, "Invalid node-name '%s': it must start with a letter and contain "
+                   "only letters, digits, '-', '.' and '_' (at most 31 characters)", node_name);
+        return NULL;
+    }
+    BlockDriverState *bs = calloc(1, sizeof(*bs));
+    if (!bs) {
+        abort();
+    }
+    bs->drv = drv;
+    if (drv->instance_size) {
+        bs->opaque = calloc(1, drv->instance_size);
+        if (!bs->opaque) {
+            abort();
+        }
+    }
+    bs->refcnt = 1;
+    bs->bl.request_alignment = 1;
+    bs->supported_write_flags = drv->supported_write_flags;
+    bs->supported_zero_flags = drv->supported_zero_flags;
+    pthread_mutex_init(&bs->reqs_lock, NULL);
+    co_queue_init(&bs->drain_queue);
+    co_mutex_init(&bs->flush_lock);
+
+    pthread_mutex_lock(&graph_lock);
+    if (node_name) {
+        for (size_t i = 0; i < n_nodes; i++) {
+            if (all_nodes[i]->node_name && !strcmp(all_nodes[i]->node_name, node_name)) {
+                pthread_mutex_unlock(&graph_lock);
+                error_setg(errp, "Duplicate nodes with node-name='%s'", node_name);
+                co_mutex_destroy(&bs->flush_lock);
+                pthread_mutex_destroy(&bs->reqs_lock);
+                free(bs->opaque);
+                free(bs);
+                return NULL;
+            }
+        }
+        bs->node_name = strdup(node_name);
+    } else if (asprintf(&bs->node_name, "#block%u", next_auto_name++) < 0) {
+        abort();
+    }
+    if (n_nodes == alloc_nodes) {
+        alloc_nodes = alloc_nodes ? alloc_nodes * 2 : 16;
+        all_nodes = realloc(all_nodes, alloc_nodes * sizeof(*all_nodes));
+        if (!all_nodes) {
+            abort();
+        }
+    }
+    all_nodes[n_nodes++] = bs;
+    pthread_mutex_unlock(&graph_lock);
+    return bs;
+}
+
+/* Close a node whose last reference went away: parent first, then children. */
+static void bdrv_delete(BlockDriverState *bs)
+{
+    if (bs->opened) {
+        /* Drivers with caches write them back in close; make the data they
+         * wrote before (and the caller's) durable first, as QEMU does. */
+        if (!bs->read_only && aio_current() && !(bs->open_flags & BDRV_O_NO_FLUSH)) {
+            bdrv_flush(bs);
+        }
+        if (bs->drv->close) {
+            bs->drv->close(bs);
+        }
+    }
+    /* Children go in reverse attach order: backing before file. */
+    while (bs->children) {
+        BdrvChild *last = bs->children;
+        while (last->next) {
+            last = last->next;
+        }
+        bdrv_unref_child(bs, last);
+    }
+    node_list_remove(bs);
+    optdict_free(bs->own_options);
+    co_mutex_destroy(&bs->flush_lock);
+    pthread_mutex_destroy(&bs->reqs_lock);
+    free(bs->node_name);
+    free(bs->opaque);
+    free(bs);
+}
+
+void bdrv_ref(BlockDriverState *bs)
+{
+    __atomic_add_fetch(&bs->refcnt, 1, __ATOMIC_RELAXED);
+}
+
+void bdrv_unref(BlockDriverState *bs)
+{
+    if (bs && __atomic_sub_fetch(&bs->refcnt, 1, __ATOMIC_ACQ_REL) == 0) {
+        bdrv_delete(bs);
+    }
+}
+
+/* ---- child edges ---- */
+
+BdrvChild *bdrv_attach_child(BlockDriverState *parent, BlockDriverState *child_bs,
+                             const char *name, BdrvChildRole role, Error **errp)
+{
+    if (parent && bdrv_find_child(parent, name)) {
+        error_setg(errp, "Node '%s' already has a child named '%s'", parent->node_name, name);
+        bdrv_unref(child_bs);
+        return NULL;
+    }
+    BdrvChild *c = calloc(1, sizeof(*c));
+    if (!c) {
+        abort();
+    }
+    c->bs = child_bs;
+    c->parent = parent;
+    c->name = strdup(name);
+    c->role = role;
+    c->index = -1;
+    if (role == BDRV_CHILD_NUMBERED) {
+        const char *dot = strrchr(name, '.');
+        c->index = atoi(dot ? dot + 1 : name);
+    }
+    if (parent) {
+        BdrvChild **tail = &parent->children;
+        while (*tail) {
+            tail = &(*tail)->next;
+        }
+        *tail = c;
+        if (role == BDRV_CHILD_FILE && !parent->file) {
+            parent->file = c;
+        } else if (role == BDRV_CHILD_BACKING && !parent->backing) {
+            parent->backing = c;
+        }
+    }
+    return c;
+}
+
+void bdrv_unref_child(BlockDriverState *parent, BdrvChild *child)
+{
+    if (!child) {
+        return;
+    }
+    if (parent) {
+        for (BdrvChild **p = &parent->children; *p; p = &(*p)->next) {
+            if (*p == child) {
+                *p = child->next;
+                break;
+            }
+        }
+        if (parent->file == child) {
+            parent->file = NULL;
+        }
+        if (parent->backing == child) {
+            parent->backing = NULL;
+        }
+    }
+    BlockDriverState *bs = child->bs;
+    free(child->name);
+    free(child);
+    bdrv_unref(bs);
+}
+
+BdrvChild *bdrv_find_child(BlockDriverState *bs, const char *name)
+{
+    for (BdrvChild *c = bs->children; c; c = c->next) {
+        if (!strcmp(c->name, name)) {
+            return c;
+        }
+    }
+    return NULL;
+}
+
+/* ---- limits ---- */
+
+static uint64_t min_non_zero(uint64_t a, uint64_t b)
+{
+    return !a ? b : !b ? a : MIN(a, b);
+}
+
+static void merge_limits(BlockLimits *dst, const BlockLimits *src, bool data_child)
+{
+    dst->request_alignment = MAX(dst->request_alignment, src->request_alignment);
+    dst->max_transfer = min_non_zero(dst->max_transfer, src->max_transfer);
+    dst->opt_transfer = MAX(dst->opt_transfer, src->opt_transfer);
+    dst->pdiscard_alignment = MAX(dst->pdiscard_alignment, src->pdiscard_alignment);
+    dst->max_pdiscard = min_non_zero(dst->max_pdiscard, src->max_pdiscard);
+    dst->pwrite_zeroes_alignment = MAX(dst->pwrite_zeroes_alignment,
+                                       src->pwrite_zeroes_alignment);
+    dst->max_pwrite_zeroes = min_non_zero(dst->max_pwrite_zeroes, src->max_pwrite_zeroes);
+    dst->min_mem_alignment = MAX(dst->min_mem_alignment, src->min_mem_alignment);
+    dst->opt_mem_alignment = MAX(dst->opt_mem_alignment, src->opt_mem_alignment);
+    dst->max_iov = (int)min_non_zero((uint64_t)dst->max_iov, (uint64_t)src->max_iov);
+    if (data_child) {
+        dst->has_discard |= src->has_discard;
+    }
+}
+
+void bdrv_refresh_limits(BlockDriverState *bs, Error **errp)
+{
+    BlockLimits bl = {
+        .request_alignment = 1,
+        .min_mem_alignment = 1,
+        .opt_mem_alignment = (size_t)sysconf(_SC_PAGESIZE),
+    };
+    for (BdrvChild *c = bs->children; c; c = c->next) {
+        bdrv_refresh_limits(c->bs, NULL);
+        merge_limits(&bl, &c->bs->bl,
+                     c->role == BDRV_CHILD_FILE || c->role == BDRV_CHILD_DATA);
+    }
+    bs->bl = bl;
+    if (bs->drv && bs->drv->refresh_limits) {
+        bs->drv->refresh_limits(bs, errp);
+    }
+    /* Keep the request path's invariants whatever the driver set. */
+    if (!IS_POW2(bs->bl.request_alignment)) {
+        bs->bl.request_alignment = 1;
+    }
+    if (bs->bl.max_transfer) {
+        bs->bl.max_transfer = MAX(ALIGN_DOWN(bs->bl.max_transfer,
+                                             (uint64_t)bs->bl.request_alignment),
+                                  (uint64_t)bs->bl.request_alignment);
+    }
+    if (bs->bl.min_mem_alignment == 0) {
+        bs->bl.min_mem_alignment = 1;
+    }
+    bs->bl.opt_mem_alignment = MAX(bs->bl.opt_mem_alignment, bs->bl.min_mem_alignment);
+}
+
+/* ---- queries ---- */
+
+const char *bdrv_get_format_name(const BlockDriverState *bs)
+{
+    return bs && bs->drv ? bs->drv->format_name : NULL;
+}
+
+int64_t bdrv_getlength(BlockDriverState *bs)
+{
+    if (!bs || !bs->drv) {
+        return -ENOMEDIUM;
+    }
+    if (bs->drv->getlength) {
+        int64_t len = bs->drv->getlength(bs);
+        if (len >= 0) {
+            __atomic_store_n(&bs->total_bytes, len, __ATOMIC_RELAXED);
+        }
+        return len;
+    }
+    return __atomic_load_n(&bs->total_bytes, __ATOMIC_RELAXED);
+}
+
+int64_t bdrv_get_allocated_file_size(BlockDriverState *bs)
+{
+    if (bs->drv->get_allocated_file_size) {
+        return bs->drv->get_allocated_file_size(bs);
+    }
+    /* A format's storage is its children's (file, data file, ...). */
+    int64_t sum = 0;
+    bool any = false;
+    for (BdrvChild *c = bs->children; c; c = c->next) {
+        if (c->role == BDRV_CHILD_FILE || c->role == BDRV_CHILD_DATA ||
+            c->role == BDRV_CHILD_NUMBERED) {
+            int64_t n = bdrv_get_allocated_file_size(c->bs);
+            if (n < 0) {
+                return n;
+            }
+            sum += n;
+            any = true;
+        }
+    }
+    return any ? sum : -ENOTSUP;
+}
+
+int bdrv_get_info(BlockDriverState *bs, BlockDriverInfo *bdi)
+{
+    memset(bdi, 0, sizeof(*bdi));
+    if (bs->drv->get_info) {
+        return bs->drv->get_info(bs, bdi);
+    }
+    if (bs->drv->is_filter && bs->file) {
+        return bdrv_get_info(bs->file->bs, bdi);
+    }
+    return -ENOTSUP;
+}
+
+int bdrv_has_zero_init(BlockDriverState *bs)
+{
+    if (bs->drv->has_zero_init) {
+        return bs->drv->has_zero_init(bs);
+    }
+    if (bs->drv->is_filter && bs->file) {
+        return bdrv_has_zero_init(bs->file->bs);
+    }
+    return 0;
+}
+
+BlockDriverState *bdrv_skip_filters(BlockDriverState *bs)
+{
+    while (bs && bs->drv && bs->drv->is_filter && bs->file) {
+        bs = bs->file->bs;
+    }
+    return bs;
+}
+
+BlockDriverState *bdrv_backing_bs(BlockDriverState *bs)
+{
+    return bs && bs->backing ? bs->backing->bs : NULL;
+}
+
+/* ---- graph description ---- */
+
+static void graph_append(OptDict *out, BlockDriverState *bs, const char *prefix)
+{
+    char key[512];
+    snprintf(key, sizeof(key), "%sdriver", prefix);
+    optdict_set(out, key, bs->drv->format_name);
+    if (bs->node_name && bs->node_name[0] != '#') {
+        snprintf(key, sizeof(key), "%snode-name", prefix);
+        optdict_set(out, key, bs->node_name);
+    }
+    for (size_t i = 0; i < optdict_count(bs->own_options); i++) {
+        snprintf(key, sizeof(key), "%s%s", prefix, optdict_key_at(bs->own_options, i));
+        optdict_set(out, key, optdict_value_at(bs->own_options, i));
+    }
+    for (BdrvChild *c = bs->children; c; c = c->next) {
+        snprintf(key, sizeof(key), "%s%s.", prefix, c->name);
+        graph_append(out, c->bs, key);
+    }
+}
+
+char *bdrv_graph_to_string(BlockDriverState *bs)
+{
+    OptDict *d = optdict_new();
+    graph_append(d, bs, "");
+    char *s = optdict_to_string(d);
+    optdict_free(d);
+    return s;
+}
+
+/* ---- cache modes ---- */
+
+int bdrv_parse_cache_mode(const char *mode, int *flags, Error **errp)
+{
+    int f = *flags & ~(BDRV_O_NOCACHE | BDRV_O_NO_FLUSH | BDRV_O_WRITETHROUGH);
+    if (!strcmp(mode, "none") || !strcmp(mode, "off")) {
+        f |= BDRV_O_NOCACHE;
+    } else if (!strcmp(mode, "directsync")) {
+        f |= BDRV_O_NOCACHE | BDRV_O_WRITETHROUGH;
+    } else if (!strcmp(mode, "writeback")) {
+        /* buffered, flushes honoured */
+    } else if (!strcmp(mode, "writethrough")) {
+        f |= BDRV_O_WRITETHROUGH;
+    } else if (!strcmp(mode, "unsafe")) {
+        f |= BDRV_O_NO_FLUSH;
+    } else {
+        error_setg(errp, "Invalid cache mode '%s': expected none, writeback, writethrough, "
+                   "directsync or unsafe", mode);
+        return -EINVAL;
+    }
+    *flags = f;
+    return 0;
+}
+
+/* ---- `img info` format-specific lines ---- */
+
+static ImageInfoEntry *info_new_entry(ImageSpecificInfo *info, const char *key)
+{
+    if (info->n == info->alloc) {
+        info->alloc = info->alloc ? info->alloc * 2 : 8;
+        info->entries = realloc(info->entries, (size_t)info->alloc * sizeof(*info->entries));
+        if (!info->entries) {
+            abort();
+        }
+    }
+    ImageInfoEntry *e = &info->entries[info->n++];
+    memset(e, 0, sizeof(*e));
+    e->key = strdup(key);
+    return e;
+}
+
+void image_info_add(ImageSpecificInfo *info, const char *key, const char *fmt, ...)
+{
+    ImageInfoEntry *e = info_new_entry(info, key);
+    va_list ap;
+    va_start(ap, fmt);
+    if (vasprintf(&e->value, fmt, ap) < 0) {
+        abort();
+    }
+    va_end(ap);
+}
+
+void image_info_add_int(ImageSpecificInfo *info, const char *key, int64_t value)
+{
+    ImageInfoEntry *e = info_new_entry(info, key);
+    if (asprintf(&e->value, "%lld", (long long)value) < 0) {
+        abort();
+    }
+    e->is_number = true;
+}
+
+void image_info_add_bool(ImageSpecificInfo *info, const char *key, bool value)
+{
+    ImageInfoEntry *e = info_new_entry(info, key);
+    e->value = strdup(value ? "true" : "false");
+    e->is_bool = true;
+}
+
+void image_info_free(ImageSpecificInfo *info)
+{
+    for (int i = 0; i < info->n; i++) {
+        free(info->entries[i].key);
+        free(info->entries[i].value);
+    }
+    free(info->entries);
+    memset(info, 0, sizeof(*info));
+}

@@ -1,0 +1,672 @@
+/*
+ * file.c - the "file" protocol driver: regular files and block devices.
+ *
+ * Data I/O goes through io_uring on the calling thread's AioContext
+ * (aio_co_preadv/pwritev), so a queue thread never blocks in read/write.
+ * cache=none opens with O_DIRECT; the alignment it needs (offset/length and
+ * buffer) is found at open from statx(STATX_DIOALIGN) or BLKSSZGET, else by
+ * trial reads, and published as request_alignment/min_mem_alignment so the
+ * request path pads for us.  Write-zeroes and discard use fallocate modes;
+ * when the file system refuses one we remember it and answer -ENOTSUP at
+ * once, so the request path falls back without a syscall per request.
+ */
+#include <errno.h>
+#include <fcntl.h>
+#include <limits.h>
+#include <linux/falloc.h>
+#include <linux/fs.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/ioctl.h>
+#include <sys/stat.h>
+#include <unistd.h>
+#include "aio.h"
+#include "block.h"
+
+typedef struct FileState {
+    int fd;
+    bool is_bdev;
+    bool direct;
+    uint32_t req_align;          /* O_DIRECT offset/length alignment, 1 when buffered */
+    size_t buf_align;            /* O_DIRECT buffer alignment */
+    /* What the file system turned down; set from any queue thread. */
+    bool no_zero_range;
+    bool no_punch_hole;
+    bool no_fallocate;
+} FileState;
+
+static bool flag_get(const bool *f)
+{
+    return __atomic_load_n(f, __ATOMIC_RELAXED);
+}
+
+static void flag_set(bool *f)
+{
+    __atomic_store_n(f, true, __ATOMIC_RELAXED);
+}
+
+/* ---- O_DIRECT alignment ---- */
+
+static bool read_works(int fd, void *buf, size_t len)
+{
+    return pread(fd, buf, len, 0) >= 0;
+}
+
+/*
+ * Trial reads are only conclusive when the file has data at offset 0 (a read
+ * at EOF succeeds whatever the alignment), so an empty file without statx
+ * information gets the safe 4096.
+ */
+static int probe_alignment(FileState *s, const struct stat *st, const char *filename,
+                           Error **errp)
+{
+    const size_t max_align = 4096;
+    struct statx stx;
+
+    s->req_align = 0;
+    s->buf_align = 0;
+    if (s->is_bdev) {
+        int sector_size = 0;
+        if (ioctl(s->fd, BLKSSZGET, &sector_size) == 0 && sector_size > 0) {
+            s->req_align = (uint32_t)sector_size;
+        }
+    } else if (statx(s->fd, "", AT_EMPTY_PATH, STATX_DIOALIGN, &stx) == 0 &&
+               (stx.stx_mask & STATX_DIOALIGN) && stx.stx_dio_offset_align) {
+        s->req_align = stx.stx_dio_offset_align;
+        s->buf_align = stx.stx_dio_mem_align ? stx.stx_dio_mem_align : 1;
+        return 0;
+    }
+    if (!s->is_bdev && st->st_size == 0) {
+        s->req_align = max_align;
+        s->buf_align = max_align;
+        return 0;
+    }
+    uint8_t *buf = aligned_alloc_or_die(max_align, 2 * max_align);
+    static const uint32_t sizes[] = { 512, 1024, 2048, 4096 };
+    for (size_t i = 0; i < ARRAY_SIZE(sizes) && !s->req_align; i++) {
+        if (read_works(s->fd, buf, sizes[i])) {
+            s->req_align = sizes[i];
+        }
+    }
+    static const size_t bufs[] = { 1, 512, 1024, 2048, 4096 };
+    for (size_t i = 0; s->req_align && i < ARRAY_SIZE(bufs) && !s->buf_align; i++) {
+        /* buf + n is aligned to n but not to 2n. */
+        if (read_works(s->fd, buf + bufs[i], s->req_align)) {
+            s->buf_align = bufs[i];
+        }
+    }
+    free(buf);
+    if (!s->req_align || !s->buf_align) {
+        error_setg(errp, "Could not find a working O_DIRECT alignment for '%s'; try "
+                   "cache=writeback (cache.direct=off)", filename);
+        return -EINVAL;
+    }
+    return 0;
+}
+
+/* ---- open / close ---- */
+
+static int file_open(BlockDriverState *bs, OptDict *options, int flags, Error **errp)
+{
+    FileState *s = bs->opaque;
+    char *filename;
+
+    s->fd = -1;
+    optdict_take_str(options, "filename", NULL, &filename);
+    if (!filename || !*filename) {
+        error_setg(errp, "The 'file' block driver requires a file name (filename=...)");
+        free(filename);
+        return -EINVAL;
+    }
+    const char *path = !strncmp(filename, "file:", 5) ? filename + 5 : filename;
+    snprintf(bs->filename, sizeof(bs->filename), "%s", path);
+
+    int oflags = O_CLOEXEC | ((flags & BDRV_O_RDWR) ? O_RDWR : O_RDONLY);
+    s->direct = flags & BDRV_O_NOCACHE;
+    if (s->direct) {
+        oflags |= O_DIRECT;
+    }
+    s->fd = open(path, oflags);
+    if (s->fd < 0) {
+        int err = errno;
+        int probe_fd = err == EINVAL && s->direct ? open(path, oflags & ~O_DIRECT) : -1;
+        if (probe_fd >= 0) {
+            close(probe_fd);
+            error_setg(errp, "Could not open '%s': the file system does not support O_DIRECT "
+                       "(cache=none); use cache=writeback", path);
+        } else {
+            error_setg_errno(errp, err, "Could not open '%s'", path);
+        }
+        free(filename);
+        return -err;
+    }
+    struct stat st;
+    int ret = -EINVAL;
+    if (fstat(s->fd, &st) < 0) {
+        ret = -errno;
+        error_setg_errno(errp, -ret, "Could not stat '%s'", path);
+        goto fail;
+    }
+    if (S_ISDIR(st.st_mode)) {
+        ret = -EISDIR;
+        error_setg_errno(errp, EISDIR, "Could not open '%s'", path);
+        goto fail;
+    }
+    if (!S_ISREG(st.st_mode) && !S_ISBLK(st.st_mode)) {
+        error_setg(errp, "Could not open '%s': not a regular file or block device", path);
+        goto fail;
+    }
+    s->is_bdev = S_ISBLK(st.st_mode);
+    bs->growable = !s->is_bdev;
+    if (s->direct) {
+        ret = probe_alignment(s, &st, path, errp);
+        if (ret < 0) {
+            goto fail;
+        }
+    } else {
+        s->req_align = 1;
+        s->buf_align = 1;
+    }
+    free(filename);
+    return 0;
+
+fail:
+    close(s->fd);
+    s->fd = -1;
+    free(filename);
+    return ret;
+}
+
+static void file_close(BlockDriverState *bs)
+{
+    FileState *s = bs->opaque;
+    if (s->fd >= 0) {
+        close(s->fd);
+        s->fd = -1;
+    }
+}
+
+static void file_refresh_limits(BlockDriverState *bs, Error **errp)
+{
+    (void)errp;
+    FileState *s = bs->opaque;
+    bs->bl.request_alignment = MAX(bs->bl.request_alignment, s->req_align);
+    bs->bl.min_mem_alignment = MAX(bs->bl.min_mem_alignment, s->buf_align);
+    bs->bl.opt_mem_alignment = MAX(bs->bl.opt_mem_alignment, s->buf_align);
+    long iov_max = sysconf(_SC_IOV_MAX);
+    bs->bl.max_iov = iov_max > 0 ? (int)iov_max : 1024;
+    bs->bl.has_discard = !flag_get(&s->no_punch_hole);
+    if (s->is_bdev) {
+        /* fallocate on a block device takes whole logical blocks only. */
+        bs->bl.pdiscard_alignment = MAX(bs->bl.pdiscard_alignment, s->req_align);
+        bs->bl.pwrite_zeroes_alignment = MAX(bs->bl.pwrite_zeroes_alignment, s->req_align);
+    }
+}
+
+/* ---- data I/O ---- */
+
+#define FILE_STACK_IOVS 32
+
+/* The [off, off+bytes) part of qiov as a private iovec array we may trim. */
+typedef struct IoSlice {
+    struct iovec stack[FILE_STACK_IOVS];
+    struct iovec *iov;
+    int niov;
+} IoSlice;
+
+static void slice_init(IoSlice *sl, const IOVector *qiov, size_t off, size_t bytes)
+{
+    int i = 0, n = 0;
+    while (i < qiov->niov && off >= qiov->iov[i].iov_len) {
+        off -= qiov->iov[i++].iov_len;
+    }
+    size_t left = bytes, o = off;
+    for (int k = i; k < qiov->niov && left; k++, n++) {
+        left -= MIN(left, qiov->iov[k].iov_len - o);
+        o = 0;
+    }
+    /* Rare (many segments): one allocation rather than a wrong answer. */
+    sl->iov = n <= FILE_STACK_IOVS ? sl->stack : malloc((size_t)n * sizeof(struct iovec));
+    if (!sl->iov) {
+        abort();
+    }
+    sl->niov = n;
+    left = bytes;
+    for (int k = 0; k < n; k++, i++) {
+        size_t len = MIN(left, qiov->iov[i].iov_len - off);
+        sl->iov[k].iov_base = (char *)qiov->iov[i].iov_base + off;
+        sl->iov[k].iov_len = len;
+        left -= len;
+        off = 0;
+    }
+}
+
+static void slice_advance(IoSlice *sl, size_t n)
+{
+    while (n && sl->niov) {
+        size_t step = MIN(n, sl->iov[0].iov_len);
+        sl->iov[0].iov_base = (char *)sl->iov[0].iov_base + step;
+        sl->iov[0].iov_len -= step;
+        n -= step;
+        if (sl->iov[0].iov_len == 0) {
+            sl->iov++;
+            sl->niov--;
+        }
+    }
+}
+
+static void slice_destroy(IoSlice *sl, struct iovec *base)
+{
+    if (base != sl->stack) {
+        free(base);
+    }
+}
+
+static int coroutine_fn file_co_preadv(BlockDriverState *bs, int64_t offset, int64_t bytes,
+                                       IOVector *qiov, size_t qiov_offset,
+                                       BdrvRequestFlags flags)
+{
+    (void)flags;
+    FileState *s = bs->opaque;
+    IoSlice sl;
+    slice_init(&sl, qiov, qiov_offset, (size_t)bytes);
+    struct iovec *base = sl.iov;
+    int64_t done = 0;
+    int ret = 0;
+
+    while (done < bytes) {
+        ssize_t n = aio_co_preadv(s->fd, sl.iov, sl.niov, offset + done);
+        if (n == -EINTR || n == -EAGAIN) {
+            continue;
+        }
+        if (n < 0) {
+            ret = (int)n;
+            break;
+        }
+        done += n;
+        /* 0 is EOF; so is an O_DIRECT read ending mid-block (a further
+         * read there would be unaligned).  Beyond EOF reads as zeros. */
+        if (n == 0 || (s->direct && !IS_ALIGNED(offset + done, (int64_t)s->req_align))) {
+            iov_memset(qiov, qiov_offset + (size_t)done, 0, (size_t)(bytes - done));
+            break;
+        }
+        slice_advance(&sl, (size_t)n);
+    }
+    slice_destroy(&sl, base);
+    return ret;
+}
+
+static void note_growth(BlockDriverState *bs, int64_t end)
+{
+    int64_t cur = __atomic_load_n(&bs->total_bytes, __ATOMIC_RELAXED);
+    while (end > cur &&
+           !__atomic_compare_exchange_n(&bs->total_bytes, &cur, end, true,
+                                        __ATOMIC_RELAXED, __ATOMIC_RELAXED)) {
+    }
+}
+
+static int coroutine_fn file_co_pwritev(BlockDriverState *bs, int64_t offset, int64_t bytes,
+                                        IOVector *qiov, size_t qiov_offset,
+                                        BdrvRequestFlags flags)
+{
+    FileState *s = bs->opaque;
+    if (bs->read_only) {
+        return -EPERM;
+    }
+    IoSlice sl;
+    slice_init(&sl, qiov, qiov_offset, (size_t)bytes);
+    struct iovec *base = sl.iov;
+    int rw_flags = (flags & BDRV_REQ_FUA) ? RWF_DSYNC : 0;
+    int64_t done = 0;
+    int ret = 0;
+
+    while (done < bytes) {
+        ssize_t n = aio_co_pwritev(s->fd, sl.iov, sl.niov, offset + done, rw_flags);
+        if (n == -EINTR || n == -EAGAIN) {
+            continue;
+        }
+        if (n <= 0) {
+            ret = n < 0 ? (int)n : -ENOSPC;
+            break;
+        }
+        done += n;
+        slice_advance(&sl, (size_t)n);
+    }
+    slice_destroy(&sl, base);
+    if (ret == 0 && bs->growable) {
+        note_growth(bs, offset + bytes);
+    }
+    return ret;
+}
+
+static int coroutine_fn file_co_flush(BlockDriverState *bs)
+{
+    FileState *s = bs->opaque;
+    if (bs->open_flags & BDRV_O_NO_FLUSH) {
+        return 0;
+    }
+    return aio_co_fsync(s->fd, true);
+}
+
+/* fallocate that turns "not supported here" into a remembered -ENOTSUP. */
+static int coroutine_fn try_fallocate(FileState *s, bool *unsupported, int mode,
+                                      int64_t offset, int64_t bytes)
+{
+    if (flag_get(unsupported)) {
+        return -ENOTSUP;
+    }
+    int ret = aio_co_fallocate(s->fd, mode, offset, bytes);
+    if (ret == -EOPNOTSUPP || ret == -ENOSYS) {
+        flag_set(unsupported);
+        return -ENOTSUP;
+    }
+    return ret;
+}
+
+static int coroutine_fn file_co_pwrite_zeroes(BlockDriverState *bs, int64_t offset,
+                                              int64_t bytes, BdrvRequestFlags flags)
+{
+    FileState *s = bs->opaque;
+    int ret;
+    if (bs->read_only) {
+        return -EPERM;
+    }
+    if (s->is_bdev) {
+        /* PUNCH_HOLE on a block device zeroes by unmapping without fallback;
+         * ZERO_RANGE is BLKZEROOUT (may write zeroes).  Both keep the size. */
+        if (flags & BDRV_REQ_MAY_UNMAP) {
+            ret = try_fallocate(s, &s->no_punch_hole,
+                                FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE, offset, bytes);
+            if (ret != -ENOTSUP) {
+                return ret;
+            }
+        }
+        return try_fallocate(s, &s->no_zero_range, FALLOC_FL_ZERO_RANGE | FALLOC_FL_KEEP_SIZE,
+                             offset, bytes);
+    }
+
+    int64_t eof = __atomic_load_n(&bs->total_bytes, __ATOMIC_RELAXED);
+    /* A punched hole reads as zeros but does not extend the file. */
+    if ((flags & BDRV_REQ_MAY_UNMAP) && offset + bytes <= eof) {
+        ret = try_fallocate(s, &s->no_punch_hole, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE,
+                            offset, bytes);
+        if (ret != -ENOTSUP) {
+            return ret;
+        }
+    }
+    ret = try_fallocate(s, &s->no_zero_range, FALLOC_FL_ZERO_RANGE, offset, bytes);
+    if (ret != -ENOTSUP) {
+        if (ret == 0) {
+            note_growth(bs, offset + bytes);
+        }
+        return ret;
+    }
+    /* No ZERO_RANGE (tmpfs, older file systems): punch, then allocate. */
+    if (!flag_get(&s->no_punch_hole) && !flag_get(&s->no_fallocate)) {
+        if (offset < eof) {
+            ret = try_fallocate(s, &s->no_punch_hole,
+                                FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE,
+                                offset, MIN(bytes, eof - offset));
+            if (ret < 0) {
+                return ret;
+            }
+        }
+        ret = try_fallocate(s, &s->no_fallocate, 0, offset, bytes);
+        if (ret == 0) {
+            note_growth(bs, offset + bytes);
+        }
+        return ret;
+    }
+    return -ENOTSUP;
+}
+
+static int coroutine_fn file_co_pdiscard(BlockDriverState *bs, int64_t offset, int64_t bytes)
+{
+    FileState *s = bs->opaque;
+    if (bs->read_only) {
+        return -EPERM;
+    }
+    int64_t end = offset + bytes;
+    if (!s->is_bdev) {
+        /* Nothing to drop beyond EOF, and KEEP_SIZE means it stays so. */
+        end = MIN(end, __atomic_load_n(&bs->total_bytes, __ATOMIC_RELAXED));
+        if (end <= offset) {
+            return 0;
+        }
+    }
+    return try_fallocate(s, &s->no_punch_hole, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE,
+                         offset, end - offset);
+}
+
+/*
+ * lseek(SEEK_DATA/SEEK_HOLE) is a synchronous syscall, but it only consults
+ * extent metadata and does not wait for device I/O, so it stays inline (as
+ * in QEMU's file-posix).
+ */
+static int coroutine_fn file_co_block_status(BlockDriverState *bs, bool want_zero,
+                                             int64_t offset, int64_t bytes, int64_t *pnum,
+                                             int64_t *map, BlockDriverState **file)
+{
+    FileState *s = bs->opaque;
+    *map = offset;
+    *file = bs;
+    *pnum = bytes;
+    if (!want_zero || s->is_bdev) {
+        return BDRV_BLOCK_DATA | BDRV_BLOCK_OFFSET_VALID;
+    }
+    off_t data = lseek(s->fd, offset, SEEK_DATA);
+    if (data < 0) {
+        /* ENXIO: offset is in the trailing hole (or past EOF).  Anything
+         * else: we cannot tell, and "data" is always a safe answer. */
+        return errno == ENXIO ? BDRV_BLOCK_ZERO | BDRV_BLOCK_OFFSET_VALID
+                              : BDRV_BLOCK_DATA | BDRV_BLOCK_OFFSET_VALID;
+    }
+    if (data > offset) {
+        *pnum = MIN(bytes, data - offset);
+        return BDRV_BLOCK_ZERO | BDRV_BLOCK_OFFSET_VALID;
+    }
+    off_t hole = lseek(s->fd, offset, SEEK_HOLE);
+    if (hole > offset) {
+        /* The implicit hole at EOF may start mid-block; callers want whole
+         * blocks, and the rest of the last block is data-like anyway. */
+        int64_t n = ALIGN_UP(hole - offset, (int64_t)bs->bl.request_alignment);
+        *pnum = MIN(bytes, n);
+    }
+    return BDRV_BLOCK_DATA | BDRV_BLOCK_OFFSET_VALID;
+}
+
+/* ---- size ---- */
+
+static int64_t file_getlength(BlockDriverState *bs)
+{
+    FileState *s = bs->opaque;
+    if (s->is_bdev) {
+        uint64_t size;
+        return ioctl(s->fd, BLKGETSIZE64, &size) < 0 ? -errno : (int64_t)size;
+    }
+    struct stat st;
+    return fstat(s->fd, &st) < 0 ? -errno : (int64_t)st.st_size;
+}
+
+static int64_t file_get_allocated_file_size(BlockDriverState *bs)
+{
+    FileState *s = bs->opaque;
+    struct stat st;
+    return fstat(s->fd, &st) < 0 ? -errno : (int64_t)st.st_blocks * 512;
+}
+
+static int file_has_zero_init(BlockDriverState *bs)
+{
+    FileState *s = bs->opaque;
+    return !s->is_bdev;
+}
+
+/*
+ * Resize a regular file to offset, preallocating growth as asked.  ftruncate
+ * is synchronous, but resizing is a control operation (create, img resize),
+ * not per request.
+ */
+static int coroutine_fn regular_truncate(int fd, bool direct, int64_t offset,
+                                         PreallocMode prealloc, const char *name, Error **errp)
+{
+    struct stat st;
+    if (fstat(fd, &st) < 0) {
+        int err = errno;
+        error_setg_errno(errp, err, "Could not stat '%s'", name);
+        return -err;
+    }
+    int64_t cur = st.st_size;
+    int ret = 0;
+
+    if (prealloc == PREALLOC_MODE_METADATA) {
+        error_setg(errp, "Preallocation mode 'metadata' is not supported by the file "
+                   "protocol ('%s')", name);
+        return -ENOTSUP;
+    }
+    if (offset > cur && prealloc == PREALLOC_MODE_FALLOC) {
+        ret = aio_co_fallocate(fd, 0, cur, offset - cur);
+        if (ret < 0) {
+            error_setg_errno(errp, -ret, "Could not preallocate '%s' (falloc) to %lld bytes",
+                             name, (long long)offset);
+        }
+        return ret;
+    }
+    if (offset > cur && prealloc == PREALLOC_MODE_FULL) {
+        const int64_t chunk = 1 * MiB;
+        int64_t end = direct ? ALIGN_DOWN(offset, 4096) : offset;
+        if (direct && !IS_ALIGNED(cur, 4096)) {
+            end = cur;   /* writes there would be unaligned: holes will do */
+        }
+        void *zeroes = aligned_alloc_or_die(4096, chunk);
+        memset(zeroes, 0, chunk);
+        for (int64_t pos = cur; pos < end && ret >= 0;) {
+            struct iovec iov = { zeroes, (size_t)MIN(chunk, end - pos) };
+            ssize_t n = aio_co_pwritev(fd, &iov, 1, pos, 0);
+            ret = n < 0 ? (int)n : n == 0 ? -ENOSPC : 0;
+            pos += n > 0 ? n : 0;
+        }
+        free(zeroes);
+        if (ret < 0) {
+            error_setg_errno(errp, -ret, "Could not preallocate '%s' (full) to %lld bytes",
+                             name, (long long)offset);
+            return ret;
+        }
+    }
+    if (ftruncate(fd, offset) < 0) {
+        ret = -errno;
+        error_setg_errno(errp, -ret, "Could not resize '%s' to %lld bytes", name,
+                         (long long)offset);
+    }
+    return ret;
+}
+
+static int coroutine_fn file_co_truncate(BlockDriverState *bs, int64_t offset, bool exact,
+                                         PreallocMode prealloc, BdrvRequestFlags flags,
+                                         Error **errp)
+{
+    (void)flags;
+    FileState *s = bs->opaque;
+    if (bs->read_only) {
+        error_setg(errp, "Cannot resize '%s': it is open read-only", bs->filename);
+        return -EPERM;
+    }
+    if (s->is_bdev) {
+        int64_t size = file_getlength(bs);
+        if (size < 0) {
+            error_setg_errno(errp, (int)-size, "Could not get the size of '%s'", bs->filename);
+            return (int)size;
+        }
+        if (offset > size || (exact && offset != size)) {
+            error_setg(errp, "Cannot resize device '%s' (%lld bytes) to %lld bytes",
+                       bs->filename, (long long)size, (long long)offset);
+            return -ENOTSUP;
+        }
+        return 0;
+    }
+    int ret = regular_truncate(s->fd, s->direct, offset, prealloc, bs->filename, errp);
+    if (ret == 0) {
+        __atomic_store_n(&bs->total_bytes, offset, __ATOMIC_RELAXED);
+    }
+    return ret;
+}
+
+/* ---- create ---- */
+
+static const char *const prealloc_names[] = { "off", "metadata", "falloc", "full", NULL };
+
+static int coroutine_fn file_co_create(const char *filename, OptDict *opts, Error **errp)
+{
+    uint64_t size;
+    if (optdict_take_size(opts, "size", 0, &size, errp) < 0) {
+        return -EINVAL;
+    }
+    int prealloc = optdict_take_enum(opts, "preallocation", prealloc_names,
+                                     PREALLOC_MODE_OFF, errp);
+    if (prealloc < 0) {
+        return -EINVAL;
+    }
+    if (optdict_check_empty(opts, "Block protocol 'file'", errp) < 0) {
+        return -EINVAL;
+    }
+    const char *path = !strncmp(filename, "file:", 5) ? filename + 5 : filename;
+    int fd = open(path, O_RDWR | O_CREAT | O_CLOEXEC, 0644);
+    if (fd < 0) {
+        int err = errno;
+        error_setg_errno(errp, err, "Could not create '%s'", path);
+        return -err;
+    }
+    struct stat st;
+    int ret = 0;
+    if (fstat(fd, &st) < 0) {
+        ret = -errno;
+        error_setg_errno(errp, -ret, "Could not stat '%s'", path);
+    } else if (S_ISBLK(st.st_mode)) {
+        /* A device is not created, only checked to be large enough. */
+        uint64_t dev_size = 0;
+        if (ioctl(fd, BLKGETSIZE64, &dev_size) < 0) {
+            ret = -errno;
+            error_setg_errno(errp, -ret, "Could not get the size of '%s'", path);
+        } else if (dev_size < size) {
+            ret = -ENOSPC;
+            error_setg(errp, "Device '%s' is too small (%llu bytes) for an image of %llu "
+                       "bytes", path, (unsigned long long)dev_size, (unsigned long long)size);
+        }
+    } else if (ftruncate(fd, 0) < 0) {
+        ret = -errno;
+        error_setg_errno(errp, -ret, "Could not truncate '%s'", path);
+    } else {
+        ret = regular_truncate(fd, false, (int64_t)size, (PreallocMode)prealloc, path, errp);
+    }
+    close(fd);
+    return ret;
+}
+
+static const CreateOptDesc file_create_opts[] = {
+    { "size", "size", "Virtual disk size", NULL },
+    { "preallocation", "string", "Preallocation mode (off, falloc, full)", "off" },
+    { NULL, NULL, NULL, NULL },
+};
+
+const BlockDriver bdrv_file = {
+    .format_name = "file",
+    .instance_size = sizeof(FileState),
+    .is_format = false,
+    .open = file_open,
+    .close = file_close,
+    .refresh_limits = file_refresh_limits,
+    .co_preadv = file_co_preadv,
+    .co_pwritev = file_co_pwritev,
+    .co_pwrite_zeroes = file_co_pwrite_zeroes,
+    .co_pdiscard = file_co_pdiscard,
+    .co_flush_to_disk = file_co_flush,
+    .co_block_status = file_co_block_status,
+    .co_truncate = file_co_truncate,
+    .co_create = file_co_create,
+    .create_opts = file_create_opts,
+    .getlength = file_getlength,
+    .get_allocated_file_size = file_get_allocated_file_size,
+    .has_zero_init = file_has_zero_init,
+    .supported_write_flags = BDRV_REQ_FUA,
+    .supported_zero_flags = BDRV_REQ_MAY_UNMAP | BDRV_REQ_NO_FALLBACK,
+};
