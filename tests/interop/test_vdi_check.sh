@@ -34,7 +34,7 @@ vdi_qemu_clean "$T/count.vdi"
 cp "$T/base.vdi" "$T/bs.vdi"; vdi_poke32 "$T/bs.vdi" 376 65536
 "$UBLKD" img info "$T/bs.vdi" >/dev/null 2>"$T/e" && vdi_fail "block size 64k accepted"
 grep -q "bs.vdi.*unsupported block size 65536" "$T/e" || { cat "$T/e"; vdi_fail "message"; }
-cp "$T/base.vdi" "$T/trunc.vdi"; truncate -s 700 "$T/trunc.vdi"
+cp "$T/base.vdi" "$T/trunc.vdi"; truncate -s 520 "$T/trunc.vdi"   # inside the map
 "$UBLKD" img info "$T/trunc.vdi" >/dev/null 2>"$T/e" && vdi_fail "truncated map accepted"
 grep -q "extends beyond the end of the file" "$T/e" || { cat "$T/e"; vdi_fail "truncated message"; }
 # Data area cut short: reads of the lost blocks fail, the rest reads.
