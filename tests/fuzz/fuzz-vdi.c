@@ -14,7 +14,7 @@
 
 /* Writes may grow the file up to this, so allocations are exercised but a
  * crafted image cannot make the harness eat memory. */
-#define FUZZ_FILE_CAP (24 * MiB)
+#define FUZZ_FILE_CAP ((int64_t)(24 * MiB))
 
 static struct { uint8_t *data; size_t size; } fuzz_file;
 
