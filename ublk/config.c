@@ -155,7 +155,7 @@ int ublk_dev_config_parse(UblkDevConfig *c, int argc, char **argv, Error **errp)
     int opt;
     optind = 0;           /* full re-initialisation: parse may run twice */
     opterr = 0;
-    while ((opt = getopt_long(argc, argv, "+n:q:d:o:rugfh", longopts, NULL)) != -1) {
+    while ((opt = getopt_long(argc, argv, "n:q:d:o:rugfh", longopts, NULL)) != -1) {
         const char *name = argv[optind - 1];
         switch (opt) {
         case 'n':

@@ -1,0 +1,300 @@
+/*
+ * test-ublk-config.c - `ublkd add` argument parsing, the graph options it
+ * builds, the UBLK_F_* flags it asks for, and the state file round trip.
+ * None of this needs the ublk driver.
+ */
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+#include <cmocka.h>
+#include "ublk.h"
+
+static int parse(UblkDevConfig *c, const char *line, Error **errp)
+{
+    char *copy = strdup(line), *argv[64], *save = NULL;
+    int argc = 0;
+    for (char *t = strtok_r(copy, " ", &save); t && argc < 63; t = strtok_r(NULL, " ", &save)) {
+        argv[argc++] = t;
+    }
+    argv[argc] = NULL;
+    ublk_dev_config_init(c);
+    int ret = ublk_dev_config_parse(c, argc, argv, errp);
+    free(copy);
+    return ret;
+}
+
+static void expect_error(const char *line, const char *needle)
+{
+    UblkDevConfig c;
+    Error *err = NULL;
+    assert_int_equal(parse(&c, line, &err), -1);
+    assert_non_null(err);
+    if (!strstr(error_get_pretty(err), needle)) {
+        fail_msg("'%s': message '%s' lacks '%s'", line, error_get_pretty(err), needle);
+    }
+    error_free(err);
+    ublk_dev_config_free(&c);
+}
+
+static void test_defaults(void **state)
+{
+    (void)state;
+    UblkDevConfig c;
+    assert_int_equal(parse(&c, "add raw disk.img", NULL), 0);
+    assert_string_equal(c.type, "raw");
+    assert_int_equal(c.nfiles, 1);
+    assert_string_equal(c.files[0], "disk.img");
+    assert_int_equal(c.dev_id, -1);
+    assert_int_equal(c.nr_queues, 1);
+    assert_int_equal(c.depth, 128);
+    assert_int_equal(c.max_io_size, 512 * 1024);
+    assert_int_equal(c.recovery, UBLK_RECOVERY_REISSUE);
+    assert_int_equal(c.affinity, UBLK_AFFINITY_NONE);
+    assert_false(c.foreground);
+    ublk_dev_config_free(&c);
+}
+
+static void test_options(void **state)
+{
+    (void)state;
+    UblkDevConfig c;
+    Error *err = NULL;
+    assert_int_equal(parse(&c, "add -n 5 -q 2 -d 4096 --logical-block-size 4k "
+                               "--physical-block-size 8k --io-opt 64k --max-io-size 1M "
+                               "--read-only --rotational -u --affinity=queue --recovery fail "
+                               "--cache writeback -f --log /tmp/x.log vdi a.vdi", &err), 0);
+    assert_null(err);
+    assert_int_equal(c.dev_id, 5);
+    assert_int_equal(c.nr_queues, 2);
+    assert_int_equal(c.depth, 4096);
+    assert_int_equal(c.logical_bs, 4096);
+    assert_int_equal(c.physical_bs, 8192);
+    assert_int_equal(c.io_opt, 65536);
+    assert_int_equal(c.max_io_size, 1 << 20);
+    assert_true(c.read_only && c.rotational && c.user_copy && c.foreground);
+    assert_int_equal(c.affinity, UBLK_AFFINITY_QUEUE);
+    assert_int_equal(c.recovery, UBLK_RECOVERY_FAIL);
+    assert_string_equal(c.cache, "writeback");
+    assert_string_equal(c.log_file, "/tmp/x.log");
+    assert_string_equal(c.type, "vdi");
+    ublk_dev_config_free(&c);
+
+    assert_int_equal(parse(&c, "add null --size 1G", NULL), 0);
+    assert_int_equal(c.size, 1ULL << 30);
+    ublk_dev_config_free(&c);
+
+    assert_int_equal(parse(&c, "add --blockdev driver=raw,file.filename=x.img", NULL), 0);
+    assert_null(c.type);
+    assert_string_equal(c.blockdev, "driver=raw,file.filename=x.img");
+    ublk_dev_config_free(&c);
+
+    assert_int_equal(parse(&c, "add --help", NULL), 1);
+    ublk_dev_config_free(&c);
+}
+
+static void test_bad_arguments(void **state)
+{
+    (void)state;
+    expect_error("add raw a.img -q 0", "--queues 0");
+    expect_error("add raw a.img -d 5000", "--depth 5000");
+    expect_error("add raw a.img -d 0", "--depth 0");
+    expect_error("add raw a.img -d x", "expected a number");
+    expect_error("add raw", "missing FILE");
+    expect_error("add", "missing TYPE");
+    expect_error("add null", "needs --size");
+    expect_error("add null --size 0", "greater than 0");
+    expect_error("add raw a.img --logical-block-size 1000", "power of two");
+    expect_error("add raw a.img --logical-block-size 8192", "512 to 4096");
+    expect_error("add raw a.img --logical-block-size 4096 --physical-block-size 512", "smaller");
+    expect_error("add raw a.img --max-io-size 1000", "multiple of 4096");
+    expect_error("add raw a.img --max-io-size 64M", "between 4k and 32M");
+    expect_error("add raw a.img -u -g", "exclude");
+    expect_error("add raw a.img b.img", "one file");
+    expect_error("add --blockdev driver=raw raw a.img", "replaces TYPE");
+    expect_error("add raw a.img --affinity=sometimes", "--affinity");
+    expect_error("add raw a.img --recovery=maybe", "--recovery");
+    expect_error("add raw a.img --discard=later", "--discard");
+    expect_error("add raw a.img -n 99999999", "too large");
+    expect_error("add raw a.img --frobnicate", "unknown option");
+}
+
+static void test_flags(void **state)
+{
+    (void)state;
+    UblkDevConfig c;
+    const uint64_t all = UBLK_F_CMD_IOCTL_ENCODE | UBLK_F_USER_RECOVERY |
+                         UBLK_F_USER_RECOVERY_REISSUE | UBLK_F_USER_RECOVERY_FAIL_IO |
+                         UBLK_F_USER_COPY | UBLK_F_UNPRIVILEGED_DEV | UBLK_F_NEED_GET_DATA;
+    assert_int_equal(parse(&c, "add raw a.img", NULL), 0);
+    assert_int_equal(ublk_dev_config_flags(&c, all, false),
+                     UBLK_F_CMD_IOCTL_ENCODE | UBLK_F_USER_RECOVERY | UBLK_F_USER_RECOVERY_REISSUE);
+    /* Unprivileged devices: no recovery (the kernel refuses it). */
+    assert_int_equal(ublk_dev_config_flags(&c, all, true),
+                     UBLK_F_CMD_IOCTL_ENCODE | UBLK_F_UNPRIVILEGED_DEV);
+    /* An old kernel without ioctl encoding or recovery. */
+    assert_int_equal(ublk_dev_config_flags(&c, UBLK_F_NEED_GET_DATA, false), 0);
+    c.recovery = UBLK_RECOVERY_FAIL_IO;
+    assert_int_equal(ublk_dev_config_flags(&c, all, false),
+                     UBLK_F_CMD_IOCTL_ENCODE | UBLK_F_USER_RECOVERY | UBLK_F_USER_RECOVERY_FAIL_IO);
+    assert_int_equal(ublk_dev_config_flags(&c, all & ~UBLK_F_USER_RECOVERY_FAIL_IO, false),
+                     UBLK_F_CMD_IOCTL_ENCODE | UBLK_F_USER_RECOVERY);
+    c.recovery = UBLK_RECOVERY_NONE;
+    c.user_copy = true;
+    assert_int_equal(ublk_dev_config_flags(&c, all, false),
+                     UBLK_F_CMD_IOCTL_ENCODE | UBLK_F_USER_COPY);
+    ublk_dev_config_free(&c);
+}
+
+static void test_graph_options(void **state)
+{
+    (void)state;
+    UblkDevConfig c;
+    int flags = 0;
+    assert_int_equal(parse(&c, "add raw /x/a.img -o detect-zeroes=on", NULL), 0);
+    OptDict *d = ublk_dev_config_to_options(&c, &flags, NULL);
+    assert_non_null(d);
+    assert_string_equal(optdict_get(d, "driver"), "raw");
+    assert_string_equal(optdict_get(d, "file.filename"), "/x/a.img");
+    assert_string_equal(optdict_get(d, "detect-zeroes"), "on");
+    assert_true(flags & BDRV_O_RDWR);
+    assert_true(flags & BDRV_O_UNMAP);
+    assert_true(flags & BDRV_O_NOCACHE);     /* cache=none is the device default */
+    optdict_free(d);
+    ublk_dev_config_free(&c);
+
+    assert_int_equal(parse(&c, "add null --size 64M -r --discard ignore --cache writeback", NULL), 0);
+    d = ublk_dev_config_to_options(&c, &flags, NULL);
+    assert_non_null(d);
+    assert_string_equal(optdict_get(d, "driver"), "null");
+    assert_string_equal(optdict_get(d, "size"), "67108864");
+    assert_false(flags & BDRV_O_RDWR);
+    assert_false(flags & BDRV_O_UNMAP);
+    assert_false(flags & BDRV_O_NOCACHE);
+    optdict_free(d);
+    ublk_dev_config_free(&c);
+
+    Error *err = NULL;
+    assert_int_equal(parse(&c, "add raw a.img --cache bogus", NULL), 0);
+    assert_null(ublk_dev_config_to_options(&c, &flags, &err));
+    assert_non_null(strstr(error_get_pretty(err), "--cache"));
+    error_free(err);
+    ublk_dev_config_free(&c);
+}
+
+static void test_state_round_trip(void **state)
+{
+    (void)state;
+#ifdef CONFIG_JSON
+    UblkDevState s = { 0 }, r;
+    Error *err = NULL;
+    assert_int_equal(parse(&s.cfg, "add -n 3 -q 2 -d 64 --cache writeback --logical-block-size 4096 "
+                                   "--recovery fail-io --affinity queue -o a=b raw /img/a b.raw", &err), -1);
+    error_free(err);
+    err = NULL;
+    ublk_dev_config_free(&s.cfg);
+    assert_int_equal(parse(&s.cfg, "add -n 3 -q 2 -d 64 --cache writeback --logical-block-size 4096 "
+                                   "--recovery fail-io --affinity queue -o a=b -g raw /img/a,b.raw", &err), 0);
+    s.dev_id = 3;
+    s.pid = 4242;
+    s.flags = UBLK_F_USER_RECOVERY | UBLK_F_CMD_IOCTL_ENCODE;
+    s.nr_queues = 2;
+    s.depth = 64;
+    s.graph = strdup("driver=raw,file.driver=file,file.filename=/img/a,,b.raw");
+    s.bdev = strdup("/dev/ublkb3");
+    char *json = ublk_dev_state_to_json(&s);
+    assert_non_null(json);
+    assert_int_equal(ublk_dev_state_from_json(json, &r, &err), 0);
+    assert_null(err);
+    assert_int_equal(r.dev_id, 3);
+    assert_int_equal(r.pid, 4242);
+    assert_int_equal(r.flags, s.flags);
+    assert_int_equal(r.nr_queues, 2);
+    assert_int_equal(r.depth, 64);
+    assert_string_equal(r.graph, s.graph);
+    assert_string_equal(r.bdev, "/dev/ublkb3");
+    assert_int_equal(r.cfg.dev_id, 3);
+    assert_string_equal(r.cfg.type, "raw");
+    assert_int_equal(r.cfg.nfiles, 1);
+    assert_string_equal(r.cfg.files[0], "/img/a,b.raw");
+    assert_string_equal(r.cfg.cache, "writeback");
+    assert_string_equal(r.cfg.extra_opts, "a=b");
+    assert_int_equal(r.cfg.logical_bs, 4096);
+    assert_int_equal(r.cfg.recovery, UBLK_RECOVERY_FAIL_IO);
+    assert_int_equal(r.cfg.affinity, UBLK_AFFINITY_QUEUE);
+    assert_true(r.cfg.need_get_data);
+    assert_int_equal(r.cfg.nr_queues, 2);
+    assert_int_equal(r.cfg.depth, 64);
+    free(json);
+    ublk_dev_state_free(&r);
+    ublk_dev_state_free(&s);
+
+    assert_int_equal(ublk_dev_state_from_json("{\"id\": 1}", &r, &err), -1);
+    assert_non_null(err);
+    error_free(err);
+    err = NULL;
+    assert_int_equal(ublk_dev_state_from_json("not json", &r, &err), -1);
+    error_free(err);
+    err = NULL;
+    /* A hand-edited file with an impossible depth is refused, not trusted. */
+    assert_int_equal(ublk_dev_state_from_json("{\"config\": {\"type\": \"raw\", \"files\": [\"a\"],"
+                                              " \"depth\": 9999}}", &r, &err), -1);
+    assert_non_null(strstr(error_get_pretty(err), "--depth"));
+    error_free(err);
+#else
+    skip();
+#endif
+}
+
+static void test_state_files(void **state)
+{
+    (void)state;
+#ifdef CONFIG_JSON
+    char dir[] = "/tmp/ublkd-unit.XXXXXX";
+    assert_non_null(mkdtemp(dir));
+    setenv("UBLKD_RUN_DIR", dir, 1);
+    assert_string_equal(ublk_run_dir(), dir);
+    UblkDevState s = { 0 }, r;
+    assert_int_equal(parse(&s.cfg, "add null --size 1M", NULL), 0);
+    s.dev_id = 12;
+    s.pid = 1;
+    assert_int_equal(ublk_state_write(&s, NULL), 0);
+    assert_int_equal(ublk_state_read(12, &r, NULL), 0);
+    assert_int_equal(r.cfg.size, 1 << 20);
+    ublk_dev_state_free(&r);
+    BlockAcctStats st = { 0 }, st2;
+    st.ops[BLK_OP_READ] = 5;
+    st.bytes[BLK_OP_WRITE] = 1ULL << 40;
+    st.errors[BLK_OP_FLUSH] = 2;
+    assert_int_equal(ublk_stats_write(12, &st), 0);
+    assert_int_equal(ublk_stats_read(12, &st2), 0);
+    assert_memory_equal(&st, &st2, sizeof(st));
+    ublk_state_remove(12);
+    Error *err = NULL;
+    assert_int_equal(ublk_state_read(12, &r, &err), -1);
+    assert_non_null(strstr(error_get_pretty(err), "no state for device 12"));
+    error_free(err);
+    ublk_dev_state_free(&s);
+    rmdir(dir);
+    unsetenv("UBLKD_RUN_DIR");
+#else
+    skip();
+#endif
+}
+
+int main(void)
+{
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_defaults),
+        cmocka_unit_test(test_options),
+        cmocka_unit_test(test_bad_arguments),
+        cmocka_unit_test(test_flags),
+        cmocka_unit_test(test_graph_options),
+        cmocka_unit_test(test_state_round_trip),
+        cmocka_unit_test(test_state_files),
+    };
+    return cmocka_run_group_tests_name("ublk-config", tests, NULL, NULL);
+}
