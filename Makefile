@@ -2,6 +2,7 @@
 # Build-time options are documented in Kconfig.md (make CONFIG_X=n).
 
 BUILD    ?= build
+.DEFAULT_GOAL := all
 PREFIX   ?= /usr/local
 DESTDIR  ?=
 
@@ -42,8 +43,11 @@ DRIVERS-$(CONFIG_BLKDEBUG) += blkdebug
 DRIVER_SRCS-vdi := drivers/vdi-create.c drivers/vdi-check.c
 DRIVER_SRCS := $(foreach d,$(filter-out file,$(DRIVERS-y)),$(wildcard drivers/$(d).c) $(DRIVER_SRCS-$(d)))
 
-UBLK_SRCS :=
+# ublk server: control plane, params, config/state, queue threads, daemon
+UBLK_SRCS := ublk/ctrl.c ublk/params.c ublk/config.c ublk/queue.c ublk/server.c
 TOOL_SRCS := tools/ublkd.c
+# device verbs (add/del/list/recover/features)
+TOOL_SRCS += $(if $(filter y,$(CONFIG_UBLK)),tools/dev.c)
 # `ublkd img` (qemu-img-like image tool); img-util.c is pure logic, unit-tested
 IMG_SRCS := tools/img.c tools/img-util.c tools/img-json.c tools/progress.c \
             tools/img-create.c tools/img-info.c tools/img-check.c tools/img-convert.c \
