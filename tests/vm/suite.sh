@@ -8,6 +8,9 @@ HERE=$(cd "$(dirname "$0")" && pwd)
 export UBLKD=${UBLKD:?UBLKD must point at the ublkd binary}
 export PATH=$PATH:/usr/sbin:/sbin
 cd "$HERE"
+# A bare devtmpfs (the test guest) lacks these; bash process substitution needs /dev/fd.
+[ -e /dev/fd ] || ln -s /proc/self/fd /dev/fd 2>/dev/null || true
+for i in 0 1 2; do [ -e /dev/std$( echo in out err | cut -d' ' -f$((i + 1)) ) ] || ln -s /proc/self/fd/$i /dev/std$( echo in out err | cut -d' ' -f$((i + 1)) ) 2>/dev/null || true; done
 if [ $# -gt 0 ]; then
   tests=()
   for t in "$@"; do t=${t%.sh}; tests+=("${t#test_}"); done
