@@ -512,6 +512,10 @@ static int cmd_list(int argc, char **argv)
             json_object_object_add(o, "flags", json_object_new_int64((int64_t)flags));
             json_object_object_add(o, "flags_names", json_object_new_string(fl));
             json_object_object_add(o, "pid", json_object_new_int64(pid));
+            if (in_kernel) {
+                json_object_object_add(o, "owner_uid", json_object_new_int64(info.owner_uid));
+                json_object_object_add(o, "owner_gid", json_object_new_int64(info.owner_gid));
+            }
             json_object_object_add(o, "daemon_alive", json_object_new_boolean(alive));
             json_object_object_add(o, "graph", json_object_new_string(graph));
             if (have_stats) {

@@ -1,0 +1,95 @@
+#!/bin/bash
+# bench.sh - ublkd against the kernel's own devices, in one VM boot (`make bench-vm`).
+#
+#   ublkd null   vs  null_blk (memory_backed=0)
+#   ublkd raw    vs  loop --direct-io=on, on the same file (ext4 on a
+#                    memory-backed null_blk, so O_DIRECT works for both)
+# 4k randread QD1/QD32, 4k randwrite QD32, 128k seq read/write QD8 (1 job),
+# and 4k randread QD32 with 2 jobs; ublkd with 1 and 2 queues, 2 queues also
+# with --affinity=queue.  For ublkd the daemon's CPU time per I/O is shown.
+# Prints a markdown table.  BENCH_RUNTIME (s, default 4) per job.
+set -u
+HERE=$(cd "$(dirname "$0")" && pwd)
+ROOT=$(cd "$HERE/../.." && pwd)
+export UBLKD=${UBLKD:-$ROOT/build/ublkd}
+RT=${BENCH_RUNTIME:-4}
+
+if [ "${BENCH_IN_GUEST:-0}" != 1 ]; then
+  if [ -e /dev/ublk-control ]; then exec env BENCH_IN_GUEST=1 "$HERE/bench.sh" "$@"; fi
+  work=$(mktemp -d /tmp/ublkd-bench.XXXXXX); trap 'rm -rf "$work"' EXIT
+  exec "$HERE/ublk-vm" -w "$work" -t 1500 -- env BENCH_IN_GUEST=1 UBLKD="$UBLKD" BENCH_RUNTIME="$RT" "$HERE/bench.sh" "$@"
+fi
+
+export PATH=$PATH:/usr/sbin:/sbin
+set -e
+CFG=/sys/kernel/config/nullb
+T=$(mktemp -d /tmp/bench.XXXXXX)
+nullb() {  # nullb NAME MEMBACKED QUEUES SIZE_MB
+  mkdir $CFG/$1
+  echo "$2" > $CFG/$1/memory_backed; echo "$3" > $CFG/$1/submit_queues
+  echo "$4" > $CFG/$1/size; echo 4096 > $CFG/$1/blocksize; echo 2 > $CFG/$1/queue_mode
+  echo 1 > $CFG/$1/power
+}
+[ -d $CFG ] || { echo "bench: null_blk configfs missing"; exit 1; }
+# Backing store for the raw/loop comparison.
+nullb store 1 2 1400
+mkfs.ext4 -q -F /dev/$(cat $CFG/store/index | sed 's/^/nullb/') >/dev/null
+mkdir $T/fs; mount /dev/nullb$(cat $CFG/store/index) $T/fs
+fallocate -l 1G $T/fs/img.raw
+dd if=/dev/urandom of=$T/fs/img.raw bs=1M count=1024 conv=notrunc oflag=direct status=none
+
+cpu_ticks() { [ -n "$1" ] && awk '{print $14 + $15}' /proc/$1/stat 2>/dev/null || echo 0; }
+HZ=$(getconf CLK_TCK)
+declare -A JOBS=(
+  [rr1]="--rw=randread --bs=4k --iodepth=1 --numjobs=1"
+  [rr32]="--rw=randread --bs=4k --iodepth=32 --numjobs=1"
+  [rw32]="--rw=randwrite --bs=4k --iodepth=32 --numjobs=1"
+  [sr]="--rw=read --bs=128k --iodepth=8 --numjobs=1"
+  [sw]="--rw=write --bs=128k --iodepth=8 --numjobs=1"
+  [rr32x2]="--rw=randread --bs=4k --iodepth=32 --numjobs=2"
+)
+ORDER="rr1 rr32 rw32 sr sw rr32x2"
+echo "| device | $(for j in $ORDER; do printf '%s | ' $j; done)"
+echo "|---|$(for j in $ORDER; do printf -- '---|'; done)"
+run_dev() {  # run_dev LABEL DEV PID
+  local label=$1 dev=$2 pid=${3:-} line="| $1 |"
+  for j in $ORDER; do
+    local c0 c1 out iops bw ios
+    c0=$(cpu_ticks "$pid")
+    out=$(fio --name=b --filename="$dev" --direct=1 --ioengine=io_uring ${JOBS[$j]} --size=512M \
+          --time_based --runtime=$RT --ramp_time=1 --group_reporting --output-format=json 2>/dev/null) || { line+=" err |"; continue; }
+    c1=$(cpu_ticks "$pid")
+    read -r iops ios bw < <(jq -r '[(.jobs[0].read.iops + .jobs[0].write.iops),
+        (.jobs[0].read.total_ios + .jobs[0].write.total_ios),
+        ((.jobs[0].read.bw + .jobs[0].write.bw) / 1024)] | map(floor) | @tsv' <<<"$out")
+    if [[ $j == s* ]]; then cell="${bw} MiB/s"; else cell="$(( iops / 1000 )).$(( iops % 1000 / 100 ))k"; fi
+    if [ -n "$pid" ] && [ "$ios" -gt 0 ]; then
+      cell+=" ($(( (c1 - c0) * 1000000 / HZ / ios )) us cpu/io)"
+    fi
+    line+=" $cell |"
+  done
+  echo "$line"
+}
+ublk() {  # ublk LABEL ADD-ARGS...
+  local label=$1; shift
+  local dev id pid
+  dev=$("$UBLKD" add "$@") || { echo "| $label | add failed |"; return; }
+  id=${dev#/dev/ublkb}
+  pid=$("$UBLKD" list -n $id --json | jq -r '.[0].pid')
+  run_dev "$label" "$dev" "$pid"
+  "$UBLKD" del -n $id
+}
+nullb nb1 0 1 4096; run_dev "null_blk (1 queue)" /dev/nullb$(cat $CFG/nb1/index); echo 0 > $CFG/nb1/power; rmdir $CFG/nb1
+nullb nb2 0 2 4096; run_dev "null_blk (2 queues)" /dev/nullb$(cat $CFG/nb2/index); echo 0 > $CFG/nb2/power; rmdir $CFG/nb2
+ublk "ublkd null -q 1" null --size 4G -q 1
+ublk "ublkd null -q 2" null --size 4G -q 2
+ublk "ublkd null -q 2 --affinity=queue" null --size 4G -q 2 --affinity=queue
+loopdev=$(losetup --direct-io=on --show -f $T/fs/img.raw)
+echo "# loop direct-io: $(cat /sys/block/${loopdev#/dev/}/loop/dio)" >&2
+run_dev "loop --direct-io=on" $loopdev
+losetup -d $loopdev
+ublk "ublkd raw -q 1 (cache=none)" raw $T/fs/img.raw -q 1
+ublk "ublkd raw -q 2 (cache=none)" raw $T/fs/img.raw -q 2
+ublk "ublkd raw -q 2 --affinity=queue" raw $T/fs/img.raw -q 2 --affinity=queue
+umount $T/fs
+echo 0 > $CFG/store/power; rmdir $CFG/store
