@@ -45,6 +45,22 @@ static inline CoWaiter *waiter_pop(CoWaiter **head, CoWaiter **tail)
     return w;
 }
 
+/*
+ * Wake a waiter.  From a coroutine, aio_co_wake defers it until we yield (or
+ * sends it home).  From plain code the caller may still hold the lock the
+ * waiter re-takes (co_queue_next under a pthread mutex), so never enter it
+ * right here: let its context's loop run it.
+ */
+static void wake_waiter(Coroutine *co)
+{
+    AioContext *ctx = co_get_ctx(co);
+    if (in_coroutine() || !ctx) {
+        aio_co_wake(co);
+    } else {
+        aio_co_schedule(ctx, co);
+    }
+}
+
 static Coroutine *self_or_die(const char *what)
 {
     Coroutine *self = co_self();
@@ -92,7 +108,7 @@ bool co_queue_next(CoQueue *q)
     }
     /* w lives on the waiter's stack: read it before the waiter may run. */
     Coroutine *co = w->co;
-    aio_co_wake(co);
+    wake_waiter(co);
     return true;
 }
 
@@ -172,7 +188,7 @@ void coroutine_fn co_mutex_unlock(CoMutex *m)
     m->holder = next;
     pthread_mutex_unlock(&m->lock);
     if (next) {
-        aio_co_wake(next);
+        wake_waiter(next);
     }
 }
 
