@@ -1,0 +1,73 @@
+# lib.sh - shared helpers for the interop tests (sourced by test_*.sh).
+#
+# Conventions (as the kernel's ublk selftests): a test exits 0 on pass,
+# 4 on skip, anything else on failure, and says why on stderr.  Each test
+# gets a private scratch directory $WORK, removed on exit.  $UBLKD is the
+# binary under test; qemu-img / qemu-io 7.2 are the reference.
+
+set -u
+
+: "${UBLKD:?UBLKD must point at the ublkd binary}"
+QEMU_IMG=${QEMU_IMG:-qemu-img}
+QEMU_IO=${QEMU_IO:-qemu-io}
+
+WORK=$(mktemp -d "${TMPDIR:-/tmp}/ublkd-interop.XXXXXX")
+trap 'rm -rf "$WORK"' EXIT
+cd "$WORK" || exit 1
+
+skip() { echo "SKIP: $*" >&2; exit 4; }
+fail() { echo "FAIL: $*" >&2; exit 1; }
+
+require_cmd() {
+    for c in "$@"; do
+        command -v "$c" >/dev/null 2>&1 || skip "$c not installed"
+    done
+}
+require_cmd "$QEMU_IMG" "$QEMU_IO"
+
+uimg() { "$UBLKD" img "$@"; }
+
+# Run a command, check its exit code: expect_rc WANT cmd args...
+# Its stdout+stderr are kept in $WORK/.out for the caller.
+expect_rc() {
+    local want=$1 rc
+    shift
+    "$@" >"$WORK/.out" 2>&1
+    rc=$?
+    if [ "$rc" != "$want" ]; then
+        sed 's/^/    | /' "$WORK/.out" >&2
+        fail "'$*' exited $rc, expected $want"
+    fi
+}
+
+# Output of the last expect_rc must contain a string.
+expect_out() {
+    grep -qF -- "$1" "$WORK/.out" || {
+        sed 's/^/    | /' "$WORK/.out" >&2
+        fail "output lacks '$1'"
+    }
+}
+
+# Same text from both tools, modulo the program name in messages.
+norm() { sed -e 's/^qemu-img: /PROG: /' -e 's/^ublkd img: /PROG: /' -e 's/^qemu-io: /PROG: /'; }
+
+# same_output LABEL FILE_A FILE_B: byte-identical after norm, else show diff.
+same_output() {
+    if ! diff -u <(norm <"$2") <(norm <"$3") >"$WORK/.diff"; then
+        sed 's/^/    /' "$WORK/.diff" >&2
+        fail "$1: ublkd and qemu differ"
+    fi
+}
+
+sha() { sha256sum "$1" | cut -d' ' -f1; }
+alloc_bytes() { echo $(( $(stat -c %b "$1") * $(stat -c %B "$1") )); }
+
+# A sparse raw image with data, a written-zero block, an unaligned write and
+# a tail hole, made by qemu-io.
+make_sparse_raw() {
+    local f=$1 size=${2:-64M}
+    "$QEMU_IMG" create -q -f raw "$f" "$size" || fail "qemu-img create $f"
+    "$QEMU_IO" -f raw -c 'write -P 0x11 0 64k' -c 'write -P 0x22 1M 4k' \
+        -c 'write -P 0 3M 1M' -c 'write -P 0x33 5M 1536' -c 'write -P 0x44 7M 2M' \
+        -c 'write -P 0x55 20M 512' "$f" >/dev/null || fail "qemu-io write $f"
+}

@@ -1,0 +1,26 @@
+#!/bin/bash
+# bench: qemu-img bench's header and "Run completed" lines, then IOPS; the
+# requests really happen (writes land with the pattern, where qemu-img
+# bench would put them).
+. "$(dirname "$0")/lib.sh"
+
+"$QEMU_IMG" create -q -f raw b.raw 16M
+for args in "-c 1000 -d 4" "-c 100 -d 1 -s 64k -S 128k -o 4096" "-c 500 -d 8 -w --pattern=0x42"; do
+    "$QEMU_IMG" bench -f raw $args b.raw 2>&1 | head -1 >q.out
+    uimg bench -f raw $args b.raw >u.all 2>&1 || { cat u.all >&2; fail "bench $args failed"; }
+    head -1 u.all >u.out
+    same_output "bench $args header" u.out q.out
+    grep -qE '^Run completed in [0-9]+\.[0-9]{3} seconds\.$' u.all || fail "bench $args: no Run completed line"
+    grep -qE '^[0-9]+ IOPS, [0-9.]+ MiB/s, CPU [0-9.]+ us/IO' u.all || fail "bench $args: no IOPS line"
+done
+# the write run above put 0x42 in the first 500 4k blocks
+expect_rc 0 "$QEMU_IO" -f raw -c 'read -P 0x42 0 2000k' b.raw
+# flush interval, --no-drain, random mode, O_DIRECT
+expect_rc 0 uimg bench -f raw -w -c 256 -d 4 --flush-interval=64 b.raw
+expect_out "Sending flush every 64 requests"
+expect_rc 0 uimg bench -f raw -w -c 256 -d 4 --flush-interval=64 --no-drain b.raw
+expect_rc 0 uimg bench -f raw --random --seed=7 -c 1000 -d 16 b.raw
+expect_out "random read requests"
+expect_rc 0 uimg bench -f raw -t none -i native -c 100 -d 2 b.raw
+expect_out "served by io_uring"
+exit 0

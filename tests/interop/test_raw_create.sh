@@ -1,0 +1,42 @@
+#!/bin/bash
+# create: same "Formatting" line, resulting size and error messages as
+# qemu-img create for raw; -o help lists the driver's options.
+. "$(dirname "$0")/lib.sh"
+
+create_both() {   # create_both WANT_RC args (FILE is the first non-option)
+    local want=$1
+    shift
+    rm -f c.raw
+    "$QEMU_IMG" create "$@" >q.out 2>&1
+    local qrc=$?
+    local qsize=$(stat -c %s c.raw 2>/dev/null)
+    rm -f c.raw
+    uimg create "$@" >u.out 2>&1
+    local urc=$?
+    local usize=$(stat -c %s c.raw 2>/dev/null)
+    [ $qrc = "$want" ] || fail "qemu-img create $* exited $qrc, test expects $want"
+    [ $urc = $qrc ] || { cat u.out >&2; fail "create $*: ublkd exit $urc, qemu-img $qrc"; }
+    [ "$usize" = "$qsize" ] || fail "create $*: size $usize, qemu-img made $qsize"
+    same_output "create $*" u.out q.out
+}
+
+create_both 0 -f raw c.raw 1G
+create_both 0 -f raw c.raw 1536
+create_both 0 -f raw c.raw 1.5k
+create_both 0 -f raw c.raw 0x10000
+create_both 0 c.raw 10M
+create_both 0 -f raw -o size=4M c.raw
+create_both 0 -q -f raw c.raw 1M
+create_both 1 -f raw c.raw 1Q
+create_both 1 -f raw c.raw 8E
+create_both 1 -f raw c.raw
+create_both 1 -f raw -o foo=1 c.raw 1M
+create_both 1 -f nosuchfmt c.raw 1M
+create_both 0 -f raw -o help
+create_both 0 -f raw -o '?'
+create_both 1 -f raw dir/does/not/exist/c.raw 1M
+# the new image reads as zeros and is sparse
+expect_rc 0 uimg create -f raw z.raw 100M
+[ "$(alloc_bytes z.raw)" -le $((64 * 1024)) ] || fail "new raw image is not sparse"
+expect_rc 0 "$QEMU_IO" -f raw -c 'read -P 0 0 100M' z.raw
+exit 0
