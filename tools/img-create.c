@@ -93,7 +93,8 @@ static void print_formatting(const char *filename, const BlockDriver *drv, const
     }
     for (const CreateOptDesc *d = drv->create_opts; d && d->name; d++) {
         const char *v = optdict_get(opts, d->name);
-        if (!v) {
+        /* qemu declares no default for preallocation, so never prints one. */
+        if (!v && strcmp(d->name, "preallocation")) {
             v = d->def;
         }
         if (!strcmp(d->name, "size")) {
@@ -120,12 +121,19 @@ int img_create_image(const char *filename, const char *fmt, const char *options,
 {
     const BlockDriver *drv = bdrv_find_format(fmt);
     const char *pfx = prefix_filename ? filename : NULL;
-    if (!drv) {
-        error_report("Unknown file format '%s'", fmt);
-        return 1;
-    }
-    if (!drv->co_create) {
-        error_report("Format driver '%s' does not support image creation", fmt);
+    if (!drv || !drv->co_create) {
+        const char *msg = drv ? "Format driver '%s' does not support image creation"
+                              : "Unknown file format '%s'";
+        char *m = NULL;
+        if (asprintf(&m, msg, fmt) < 0) {
+            abort();
+        }
+        if (pfx) {
+            error_report("%s: %s", pfx, m);
+        } else {
+            error_report("%s", m);
+        }
+        free(m);
         return 1;
     }
     Error *err = NULL;
