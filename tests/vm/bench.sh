@@ -21,6 +21,7 @@ if [ "${BENCH_IN_GUEST:-0}" != 1 ]; then
 fi
 
 export PATH=$PATH:/usr/sbin:/sbin
+[ -e /dev/fd ] || ln -s /proc/self/fd /dev/fd
 set -e
 CFG=/sys/kernel/config/nullb
 T=$(mktemp -d /tmp/bench.XXXXXX)
@@ -30,11 +31,20 @@ nullb() {  # nullb NAME MEMBACKED QUEUES SIZE_MB
   echo "$4" > $CFG/$1/size; echo 4096 > $CFG/$1/blocksize; echo 2 > $CFG/$1/queue_mode
   echo 1 > $CFG/$1/power
 }
+# Newer kernels name a configfs null_blk after its directory, older ones nullb<index>.
+nbdev() {
+  local d
+  for d in /dev/$1 /dev/nullb$(cat $CFG/$1/index); do
+    for _ in $(seq 50); do [ -b $d ] && { echo $d; return; }; sleep 0.1; done
+  done
+  echo "bench: no block device for null_blk $1" >&2; return 1
+}
 [ -d $CFG ] || { echo "bench: null_blk configfs missing"; exit 1; }
 # Backing store for the raw/loop comparison.
 nullb store 1 2 1400
-mkfs.ext4 -q -F /dev/$(cat $CFG/store/index | sed 's/^/nullb/') >/dev/null
-mkdir $T/fs; mount /dev/nullb$(cat $CFG/store/index) $T/fs
+store=$(nbdev store)
+mkfs.ext4 -q -F $store >/dev/null
+mkdir $T/fs; mount $store $T/fs
 fallocate -l 1G $T/fs/img.raw
 dd if=/dev/urandom of=$T/fs/img.raw bs=1M count=1024 conv=notrunc oflag=direct status=none
 
@@ -79,8 +89,8 @@ ublk() {  # ublk LABEL ADD-ARGS...
   run_dev "$label" "$dev" "$pid"
   "$UBLKD" del -n $id
 }
-nullb nb1 0 1 4096; run_dev "null_blk (1 queue)" /dev/nullb$(cat $CFG/nb1/index); echo 0 > $CFG/nb1/power; rmdir $CFG/nb1
-nullb nb2 0 2 4096; run_dev "null_blk (2 queues)" /dev/nullb$(cat $CFG/nb2/index); echo 0 > $CFG/nb2/power; rmdir $CFG/nb2
+nullb nb1 0 1 4096; run_dev "null_blk (1 queue)" $(nbdev nb1); echo 0 > $CFG/nb1/power; rmdir $CFG/nb1
+nullb nb2 0 2 4096; run_dev "null_blk (2 queues)" $(nbdev nb2); echo 0 > $CFG/nb2/power; rmdir $CFG/nb2
 ublk "ublkd null -q 1" null --size 4G -q 1
 ublk "ublkd null -q 2" null --size 4G -q 2
 ublk "ublkd null -q 2 --affinity=queue" null --size 4G -q 2 --affinity=queue
