@@ -273,6 +273,7 @@ static int vdi_open(BlockDriverState *bs, OptDict *options, int flags, Error **e
     }
 
     co_mutex_init(&s->alloc_lock);
+    co_mutex_init(&s->flush_lock);
     co_queue_init(&s->alloc_wait);
     s->allocs = NULL;
     bs->total_bytes = s->disk_size;
@@ -289,6 +290,7 @@ static void vdi_close(BlockDriverState *bs)
 
     if (s->header) {
         co_mutex_destroy(&s->alloc_lock);
+        co_mutex_destroy(&s->flush_lock);
     }
     vdi_free_state(s);
 }
@@ -510,6 +512,26 @@ static int coroutine_fn vdi_write_padded(BlockDriverState *bs, uint64_t foff, si
     return ret;
 }
 
+/* Make the caller's just-written block data durable, sharing the flush with
+ * every allocation whose data was written before the flush started. */
+static int coroutine_fn vdi_flush_new_data(BlockDriverState *bs)
+{
+    BDRVVdiState *s = bs->opaque;
+    uint64_t mine = __atomic_add_fetch(&s->data_seq, 1, __ATOMIC_SEQ_CST);
+    int ret = 0;
+
+    co_mutex_lock(&s->flush_lock);
+    if (s->flushed_seq < mine) {
+        uint64_t covered = __atomic_load_n(&s->data_seq, __ATOMIC_SEQ_CST);
+        ret = bdrv_co_flush(bs->file->bs);
+        if (ret >= 0) {
+            s->flushed_seq = covered;
+        }
+    }
+    co_mutex_unlock(&s->flush_lock);
+    return ret;
+}
+
 /*
  * Write the part of [offset, offset+bytes) that falls in not-yet-allocated
  * blocks starting at `block`, allocating new slots for them.  *done is the
@@ -561,7 +583,7 @@ static int coroutine_fn vdi_co_allocating_write(BlockDriverState *bs, uint32_t b
     tail = (uint64_t)count * VDI_BLOCK_SIZE - in_block - len;
     ret = vdi_write_padded(bs, vdi_slot_offset(s, slot), in_block, qiov, qiov_offset, len, tail);
     if (ret >= 0) {
-        ret = bdrv_co_flush(bs->file->bs);
+        ret = vdi_flush_new_data(bs);
     }
 
     co_mutex_lock(&s->alloc_lock);

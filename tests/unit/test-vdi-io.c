@@ -282,6 +282,76 @@ static void test_concurrent_allocation_two_threads(void **state)
     vdi_test_close(&img);
 }
 
+/* ---- group commit ---- */
+
+typedef struct AllocCo {
+    BdrvChild *child;
+    int64_t offset;
+    int ret;
+    int *pending;
+} AllocCo;
+
+static void coroutine_fn alloc_co(void *opaque)
+{
+    AllocCo *a = opaque;
+    uint8_t data[4096];
+    IOVector q;
+    memset(data, (int)(a->offset >> 20) + 1, sizeof(data));
+    iov_init_buf(&q, data, sizeof(data));
+    a->ret = bdrv_co_pwritev(a->child, a->offset, sizeof(data), &q, 0);
+    iov_destroy(&q);
+    (*a->pending)--;
+}
+
+/* Eight allocations in flight on one thread: the first flushes alone, the
+ * second flush covers the other seven, whose data was written by then. */
+static void test_allocations_share_flush(void **state)
+{
+    (void)state;
+    VdiTestImage img = vdi_test_open(vdi_test_make_file(8 * MiB, false), BDRV_O_RDWR);
+    AioContext *ctx = test_loop_init();
+    AllocCo a[8];
+    int pending = 8;
+    mem_set_yield(img.file, (1u << MEM_OP_WRITE) | (1u << MEM_OP_FLUSH));
+    mem_log_clear(img.file);
+    for (int i = 0; i < 8; i++) {
+        a[i] = (AllocCo){ img.child, (int64_t)i * MiB, 0, &pending };
+        co_enter(co_create(alloc_co, &a[i]));
+    }
+    while (pending > 0) {
+        aio_poll(ctx, true);
+    }
+    mem_set_yield(img.file, 0);
+    for (int i = 0; i < 8; i++) {
+        assert_int_equal(a[i].ret, 0);
+    }
+    assert_int_equal(writes_of(img.file, MiB), 8);
+    assert_true(mem_calls(img.file, MEM_OP_FLUSH) <= 2);
+    /* the first map write still follows a flush that follows a data write */
+    const MemLogEntry *first_map = NULL, *flush_before = NULL;
+    for (int i = 0; mem_log(img.file, MEM_OP_WRITE, i); i++) {
+        if (mem_log(img.file, MEM_OP_WRITE, i)->offset == 512) {
+            first_map = mem_log(img.file, MEM_OP_WRITE, i);
+            break;
+        }
+    }
+    assert_non_null(first_map);
+    for (int i = 0; mem_log(img.file, MEM_OP_FLUSH, i); i++) {
+        if (mem_log(img.file, MEM_OP_FLUSH, i) < first_map) {
+            flush_before = mem_log(img.file, MEM_OP_FLUSH, i);
+        }
+    }
+    assert_non_null(flush_before);
+    assert_true(mem_log(img.file, MEM_OP_WRITE, 0) < flush_before);
+    uint8_t buf[4096];
+    for (int i = 0; i < 8; i++) {
+        assert_true(bdrv_pread(img.child, (int64_t)i * MiB, sizeof(buf), buf, 0) >= 0);
+        assert_true(test_buf_is(buf, sizeof(buf), i + 1));
+    }
+    assert_int_equal(vdi_test_hdr32(img.file, VDI_OFF_BLOCKS_ALLOCATED), 8);
+    vdi_test_close(&img);
+}
+
 /* ---- zeroes and discard ---- */
 
 typedef struct DiscardArg {
@@ -480,6 +550,7 @@ int main(void)
         cmocka_unit_test(test_flush_failure_keeps_map),
         cmocka_unit_test(test_map_write_failure_reverts),
         cmocka_unit_test(test_concurrent_allocation_two_threads),
+        cmocka_unit_test(test_allocations_share_flush),
         cmocka_unit_test(test_zeroes_mark_unallocated_blocks),
         cmocka_unit_test(test_zeroes_and_discard_allocated_in_place),
         cmocka_unit_test(test_entry_past_eof_is_eio),

@@ -9,9 +9,11 @@ need_cmd fio qemu-img sha256sum
 qemu-img create -q -f vdi "$T/disk.vdi" 256M
 id=$(ublk_add vdi "$T/disk.vdi" -q 2 $CACHE_OPT)
 dev=$(bdev "$id")
+cd "$T"                          # fio writes verify state files to the cwd
 log "fio verify on $dev (vdi, 2 queues)"
-FIO_SIZE=96M fio_verify "$dev" --bs=4k --iodepth=32 --numjobs=4 --offset_increment=64M
-FIO_SIZE=64M fio_verify "$dev" --bs=256k --iodepth=8 --numjobs=2 --offset_increment=96M --rw=randrw
+# Each job owns its region (size <= offset_increment) so verify is exact.
+FIO_SIZE=64M fio_verify "$dev" --bs=4k --iodepth=32 --numjobs=4 --offset_increment=64M
+FIO_SIZE=96M fio_verify "$dev" --bs=256k --iodepth=8 --numjobs=2 --offset_increment=128M --rw=randrw
 want=$(sha256sum < "$dev" | cut -d' ' -f1)
 ublk_del "$id"
 _lib_devs=()
