@@ -48,24 +48,21 @@ static void flag_set(bool *f)
 
 /* ---- O_DIRECT alignment ---- */
 
-static bool read_works(int fd, void *buf, size_t len)
-{
-    return pread(fd, buf, len, 0) >= 0;
-}
-
 /*
- * Trial reads are only conclusive when the file has data at offset 0 (a read
- * at EOF succeeds whatever the alignment), so an empty file without statx
- * information gets the safe 4096.
+ * Find the offset/length alignment O_DIRECT needs.  Buffers are then asked to
+ * be aligned to the same value: the kernel's rules for smaller buffer
+ * alignment differ between versions (page-crossing segments must hold whole
+ * blocks on some), and aligned callers - ublk buffers, the request path's
+ * bounce buffers - lose nothing.  Trial reads are only conclusive when the
+ * file has data at offset 0 (a read at EOF succeeds whatever the alignment),
+ * so an empty file without statx information gets the safe 4096.
  */
 static int probe_alignment(FileState *s, const struct stat *st, const char *filename,
                            Error **errp)
 {
-    const size_t max_align = 4096;
     struct statx stx;
 
     s->req_align = 0;
-    s->buf_align = 0;
     if (s->is_bdev) {
         int sector_size = 0;
         if (ioctl(s->fd, BLKSSZGET, &sector_size) == 0 && sector_size > 0) {
@@ -74,34 +71,25 @@ static int probe_alignment(FileState *s, const struct stat *st, const char *file
     } else if (statx(s->fd, "", AT_EMPTY_PATH, STATX_DIOALIGN, &stx) == 0 &&
                (stx.stx_mask & STATX_DIOALIGN) && stx.stx_dio_offset_align) {
         s->req_align = stx.stx_dio_offset_align;
-        s->buf_align = stx.stx_dio_mem_align ? stx.stx_dio_mem_align : 1;
-        return 0;
+    } else if (st->st_size == 0) {
+        s->req_align = 4096;
     }
-    if (!s->is_bdev && st->st_size == 0) {
-        s->req_align = max_align;
-        s->buf_align = max_align;
-        return 0;
-    }
-    uint8_t *buf = aligned_alloc_or_die(max_align, 2 * max_align);
-    static const uint32_t sizes[] = { 512, 1024, 2048, 4096 };
-    for (size_t i = 0; i < ARRAY_SIZE(sizes) && !s->req_align; i++) {
-        if (read_works(s->fd, buf, sizes[i])) {
-            s->req_align = sizes[i];
+    if (!s->req_align) {
+        uint8_t *buf = aligned_alloc_or_die(4096, 4096);
+        static const uint32_t sizes[] = { 512, 1024, 2048, 4096 };
+        for (size_t i = 0; i < ARRAY_SIZE(sizes) && !s->req_align; i++) {
+            if (pread(s->fd, buf, sizes[i], 0) >= 0) {
+                s->req_align = sizes[i];
+            }
         }
+        free(buf);
     }
-    static const size_t bufs[] = { 1, 512, 1024, 2048, 4096 };
-    for (size_t i = 0; s->req_align && i < ARRAY_SIZE(bufs) && !s->buf_align; i++) {
-        /* buf + n is aligned to n but not to 2n. */
-        if (read_works(s->fd, buf + bufs[i], s->req_align)) {
-            s->buf_align = bufs[i];
-        }
-    }
-    free(buf);
-    if (!s->req_align || !s->buf_align) {
+    if (!s->req_align || !IS_POW2(s->req_align)) {
         error_setg(errp, "Could not find a working O_DIRECT alignment for '%s'; try "
                    "cache=writeback (cache.direct=off)", filename);
         return -EINVAL;
     }
+    s->buf_align = s->req_align;
     return 0;
 }
 
@@ -263,38 +251,132 @@ static void slice_destroy(IoSlice *sl, struct iovec *base)
     }
 }
 
+/* Read until bytes or EOF: bytes read, or -errno. */
+static int64_t coroutine_fn read_loop(FileState *s, IoSlice *sl, int64_t offset, int64_t bytes)
+{
+    int64_t done = 0;
+    while (done < bytes) {
+        ssize_t n = aio_co_preadv(s->fd, sl->iov, sl->niov, offset + done);
+        if (n == -EINTR || n == -EAGAIN) {
+            continue;
+        }
+        if (n < 0) {
+            return n;
+        }
+        done += n;
+        /* 0 is EOF; so is an O_DIRECT read ending mid-block (a further
+         * read there would be unaligned). */
+        if (n == 0 || (s->direct && !IS_ALIGNED(offset + done, (int64_t)s->req_align))) {
+            break;
+        }
+        slice_advance(sl, (size_t)n);
+    }
+    return done;
+}
+
+static int coroutine_fn write_loop(FileState *s, IoSlice *sl, int64_t offset, int64_t bytes,
+                                   int rw_flags)
+{
+    int64_t done = 0;
+    while (done < bytes) {
+        ssize_t n = aio_co_pwritev(s->fd, sl->iov, sl->niov, offset + done, rw_flags);
+        if (n == -EINTR || n == -EAGAIN) {
+            continue;
+        }
+        if (n <= 0) {
+            return n < 0 ? (int)n : -ENOSPC;
+        }
+        done += n;
+        slice_advance(sl, (size_t)n);
+    }
+    return 0;
+}
+
+/*
+ * O_DIRECT wants every segment's address aligned to the buffer alignment and
+ * its length to the block size.  Padded or split requests from the layers
+ * above may not be; those go through a bounce buffer.  Callers with aligned
+ * buffers (the ublk per-tag buffers) never take that path.
+ */
+static bool needs_bounce(const FileState *s, const IOVector *qiov, size_t off, size_t bytes)
+{
+    if (!s->direct) {
+        return false;
+    }
+    int i = 0;
+    while (i < qiov->niov && off >= qiov->iov[i].iov_len) {
+        off -= qiov->iov[i++].iov_len;
+    }
+    for (; i < qiov->niov && bytes; i++) {
+        size_t len = MIN(bytes, qiov->iov[i].iov_len - off);
+        uintptr_t base = (uintptr_t)qiov->iov[i].iov_base + off;
+        if (base % s->buf_align || len % s->req_align) {
+            return true;
+        }
+        bytes -= len;
+        off = 0;
+    }
+    return false;
+}
+
+#define FILE_BOUNCE_CHUNK (1 * MiB)
+
+static int coroutine_fn bounce_rw(FileState *s, bool is_write, int64_t offset, int64_t bytes,
+                                  IOVector *qiov, size_t qiov_offset, int rw_flags)
+{
+    size_t chunk = (size_t)MIN(bytes, (int64_t)FILE_BOUNCE_CHUNK);
+    void *buf = aligned_alloc_or_die(MAX(s->buf_align, (size_t)4096), chunk);
+    int64_t pos = 0;
+    int ret = 0;
+
+    while (pos < bytes) {
+        size_t len = (size_t)MIN((int64_t)chunk, bytes - pos);
+        IoSlice sl = { .iov = sl.stack, .niov = 1 };
+        sl.stack[0] = (struct iovec){ buf, len };
+        if (is_write) {
+            iov_to_buf(qiov, qiov_offset + (size_t)pos, buf, len);
+            ret = write_loop(s, &sl, offset + pos, (int64_t)len, rw_flags);
+            if (ret < 0) {
+                break;
+            }
+        } else {
+            int64_t n = read_loop(s, &sl, offset + pos, (int64_t)len);
+            if (n < 0) {
+                ret = (int)n;
+                break;
+            }
+            iov_from_buf(qiov, qiov_offset + (size_t)pos, buf, (size_t)n);
+            if (n < (int64_t)len) {   /* EOF: the rest reads as zeros */
+                iov_memset(qiov, qiov_offset + (size_t)(pos + n), 0, (size_t)(bytes - pos - n));
+                break;
+            }
+        }
+        pos += (int64_t)len;
+    }
+    free(buf);
+    return ret;
+}
+
 static int coroutine_fn file_co_preadv(BlockDriverState *bs, int64_t offset, int64_t bytes,
                                        IOVector *qiov, size_t qiov_offset,
                                        BdrvRequestFlags flags)
 {
     (void)flags;
     FileState *s = bs->opaque;
+    if (needs_bounce(s, qiov, qiov_offset, (size_t)bytes)) {
+        return bounce_rw(s, false, offset, bytes, qiov, qiov_offset, 0);
+    }
     IoSlice sl;
     slice_init(&sl, qiov, qiov_offset, (size_t)bytes);
     struct iovec *base = sl.iov;
-    int64_t done = 0;
-    int ret = 0;
-
-    while (done < bytes) {
-        ssize_t n = aio_co_preadv(s->fd, sl.iov, sl.niov, offset + done);
-        if (n == -EINTR || n == -EAGAIN) {
-            continue;
-        }
-        if (n < 0) {
-            ret = (int)n;
-            break;
-        }
-        done += n;
-        /* 0 is EOF; so is an O_DIRECT read ending mid-block (a further
-         * read there would be unaligned).  Beyond EOF reads as zeros. */
-        if (n == 0 || (s->direct && !IS_ALIGNED(offset + done, (int64_t)s->req_align))) {
-            iov_memset(qiov, qiov_offset + (size_t)done, 0, (size_t)(bytes - done));
-            break;
-        }
-        slice_advance(&sl, (size_t)n);
-    }
+    int64_t n = read_loop(s, &sl, offset, bytes);
     slice_destroy(&sl, base);
-    return ret;
+    if (n < 0) {
+        return (int)n;
+    }
+    /* Beyond EOF reads as zeros. */
+    iov_memset(qiov, qiov_offset + (size_t)n, 0, (size_t)(bytes - n));
+    return 0;
 }
 
 static void note_growth(BlockDriverState *bs, int64_t end)
@@ -314,26 +396,17 @@ static int coroutine_fn file_co_pwritev(BlockDriverState *bs, int64_t offset, in
     if (bs->read_only) {
         return -EPERM;
     }
-    IoSlice sl;
-    slice_init(&sl, qiov, qiov_offset, (size_t)bytes);
-    struct iovec *base = sl.iov;
     int rw_flags = (flags & BDRV_REQ_FUA) ? RWF_DSYNC : 0;
-    int64_t done = 0;
-    int ret = 0;
-
-    while (done < bytes) {
-        ssize_t n = aio_co_pwritev(s->fd, sl.iov, sl.niov, offset + done, rw_flags);
-        if (n == -EINTR || n == -EAGAIN) {
-            continue;
-        }
-        if (n <= 0) {
-            ret = n < 0 ? (int)n : -ENOSPC;
-            break;
-        }
-        done += n;
-        slice_advance(&sl, (size_t)n);
+    int ret;
+    if (needs_bounce(s, qiov, qiov_offset, (size_t)bytes)) {
+        ret = bounce_rw(s, true, offset, bytes, qiov, qiov_offset, rw_flags);
+    } else {
+        IoSlice sl;
+        slice_init(&sl, qiov, qiov_offset, (size_t)bytes);
+        struct iovec *base = sl.iov;
+        ret = write_loop(s, &sl, offset, bytes, rw_flags);
+        slice_destroy(&sl, base);
     }
-    slice_destroy(&sl, base);
     if (ret == 0 && bs->growable) {
         note_growth(bs, offset + bytes);
     }
