@@ -6,8 +6,12 @@ here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 : "${UBLKD:=$here/../../build/ublkd}"
 command -v qemu-img >/dev/null || { echo "SKIP: qemu-img not installed"; exit 4; }
 [ -x "$UBLKD" ] || { echo "SKIP: $UBLKD not built"; exit 4; }
-VDI_TMP=$(mktemp -d /tmp/ublkd-vdi.XXXXXX)
-trap 'rm -rf "$VDI_TMP"' EXIT
+if [ -n "${WORK:-}" ]; then
+    VDI_TMP=$WORK                 # lib.sh's scratch dir, removed by its trap
+else
+    VDI_TMP=$(mktemp -d /tmp/ublkd-vdi.XXXXXX)
+    trap 'rm -rf "$VDI_TMP"' EXIT
+fi
 vdi_fail() { echo "FAIL: $*" >&2; exit 1; }
 sha() { sha256sum "$1" | cut -d' ' -f1; }
 
