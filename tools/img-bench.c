@@ -152,7 +152,7 @@ static double tv_sec(struct timeval tv)
 
 int img_bench(int argc, char **argv)
 {
-    ImgOpenOpts oo = { .quiet = true };
+    ImgOpenOpts oo = { 0 };
     Bench b = { .count = 75000, .depth = 64, .bufsize = 4096, .drain = true, .rng = 1 };
     int64_t step = 0, offset = 0;
     bool quiet = false, no_drain = false;

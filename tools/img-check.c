@@ -130,7 +130,6 @@ int img_check(int argc, char **argv)
     }
     const char *filename = argv[optind];
     oo.writable = fix != 0;
-    oo.quiet = quiet;
     BlockBackend *blk = img_open(filename, &oo);
     if (!blk) {
         return 1;

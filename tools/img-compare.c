@@ -163,7 +163,7 @@ out:
 
 int img_compare(int argc, char **argv)
 {
-    ImgOpenOpts o1 = { .quiet = true }, o2 = { .quiet = true };
+    ImgOpenOpts o1 = { 0 }, o2 = { 0 };
     bool strict = false, progress = false, quiet = false;
     const char *cache = NULL;
     static const struct option longopts[] = {

@@ -212,7 +212,7 @@ static int do_copy(ConvertState *s)
 
 int img_convert(int argc, char **argv)
 {
-    ImgOpenOpts so = { .quiet = true }, to = { .writable = true, .quiet = true };
+    ImgOpenOpts so = { 0 }, to = { .writable = true };
     const char *out_fmt = NULL, *options = NULL;
     const char *src_cache = "writeback", *dst_cache = "unsafe";
     bool no_create = false, progress = false, quiet = false, unordered = false;

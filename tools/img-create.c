@@ -188,7 +188,7 @@ int img_create_image(const char *filename, const char *fmt, const char *options,
         optdict_set_int(opts, "size", (int64_t)v);
     } else if (backing && !unsafe) {
         /* Like qemu-img: the size defaults to the backing file's. */
-        ImgOpenOpts bo = { .fmt = backing_fmt, .force_share = true, .quiet = true };
+        ImgOpenOpts bo = { .fmt = backing_fmt, .force_share = true };
         BlockBackend *bb = img_open(backing, &bo);
         if (!bb) {
             optdict_free(opts);

@@ -157,7 +157,7 @@ static json_object *to_json(const ImageInfo *info)
 
 int img_info(int argc, char **argv)
 {
-    ImgOpenOpts oo = { .quiet = true };
+    ImgOpenOpts oo = { 0 };
     OutputFormat ofmt = OFORMAT_HUMAN;
     bool chain = false;
     static const struct option longopts[] = {
@@ -205,7 +205,9 @@ int img_info(int argc, char **argv)
     int n = 0;
     for (BlockDriverState *bs = blk_bs(blk); bs && n < 64; bs = chain ? bdrv_backing_bs(bs) : NULL) {
         bs = bdrv_skip_filters(bs);
-        collect(bs, n == 0 && !oo.image_opts ? filename : NULL, &infos[n]);
+        /* json:/--image-opts names are not file names: use the node's. */
+        bool plain = n == 0 && !oo.image_opts && strncmp(filename, "json:", 5);
+        collect(bs, plain ? filename : NULL, &infos[n]);
         n++;
     }
     if (ofmt == OFORMAT_HUMAN) {

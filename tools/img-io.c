@@ -17,7 +17,7 @@
 
 int img_io(int argc, char **argv)
 {
-    ImgOpenOpts oo = { .writable = true, .quiet = true, .extra_flags = BDRV_O_UNMAP };
+    ImgOpenOpts oo = { .writable = true, .extra_flags = BDRV_O_UNMAP };
     const char **cmds = calloc(argc, sizeof(*cmds));
     int ncmds = 0;
     bool nocache = false;

@@ -54,7 +54,7 @@ static int get_block_status(BlockDriverState *bs, int64_t offset, int64_t bytes,
 
 int img_map(int argc, char **argv)
 {
-    ImgOpenOpts oo = { .quiet = true };
+    ImgOpenOpts oo = { 0 };
     OutputFormat ofmt = OFORMAT_HUMAN;
     int64_t start_offset = 0, max_length = -1;
     static const struct option longopts[] = {

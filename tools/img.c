@@ -169,7 +169,6 @@ BlockBackend *img_open(const char *filename, const ImgOpenOpts *o)
             error_report_err(err);
             return NULL;
         }
-        filename = NULL;
     } else {
         if (o->fmt && !bdrv_find_format(o->fmt)) {
             error_report("Could not open '%s': Unknown driver '%s'", filename, o->fmt);
@@ -180,7 +179,7 @@ BlockBackend *img_open(const char *filename, const ImgOpenOpts *o)
             optdict_set(opts, "driver", o->fmt);
         }
     }
-    BlockBackend *blk = blk_new_open(filename, opts, flags, &err);
+    BlockBackend *blk = blk_new_open(o->image_opts ? NULL : filename, opts, flags, &err);
     if (!blk) {
         const char *name = filename ? filename : "";
         if (err) {
@@ -190,15 +189,6 @@ BlockBackend *img_open(const char *filename, const ImgOpenOpts *o)
             error_report("Could not open '%s'", name);
         }
         return NULL;
-    }
-    BlockDriverState *bs = blk_bs(blk);
-    if (bs->probed && o->writable && !o->quiet && !strcmp(bdrv_get_format_name(bs), "raw")) {
-        fprintf(stderr,
-                "WARNING: Image format was not specified for '%s' and probing guessed raw.\n"
-                "         Automatically detecting the format is dangerous for raw images, "
-                "write operations on block 0 will be restricted.\n"
-                "         Specify the 'raw' format explicitly to remove the restrictions.\n",
-                filename ? filename : bs->filename);
     }
     return blk;
 }

@@ -38,7 +38,6 @@ typedef struct ImgOpenOpts {
     const char *cache;      /* -t / -T, NULL = caller's default */
     bool writable;
     bool force_share;       /* -U: accepted; ublkd takes no image locks */
-    bool quiet;             /* suppress the probed-raw warning */
     bool no_backing;
     int extra_flags;        /* more BDRV_O_* (img io: BDRV_O_UNMAP) */
 } ImgOpenOpts;
