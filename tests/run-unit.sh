@@ -5,7 +5,9 @@
 set -u
 pass=0 fail=0 failed_suites=()
 for t in "$@"; do
-    out=$("$t" 2>&1); rc=$?
+    # A hung suite must not hang CI: each gets a generous fixed limit.
+    out=$(timeout "${UNIT_TIMEOUT:-300}" "$t" 2>&1); rc=$?
+    [ $rc -eq 124 ] && out+=$'\n'"$(basename "$t"): timed out after ${UNIT_TIMEOUT:-300}s"
     printf '%s\n' "$out"
     p=$(printf '%s\n' "$out" | sed -n 's/^\[  PASSED  \] \([0-9]*\) test.*/\1/p' | tail -1)
     f=$(printf '%s\n' "$out" | sed -n 's/^\[  FAILED  \] \([0-9]*\) test.*/\1/p' | tail -1)
