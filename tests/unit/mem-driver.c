@@ -33,6 +33,9 @@ typedef struct MemState {
     int64_t ngran;
     uint32_t gran;
     unsigned yield_mask;
+    unsigned gate_mask;         /* ops that park before returning */
+    int gate_parked;
+    CoQueue gate_queue;
     MemInject inject[MEM_MAX_INJECT];
     int ninject;
     int calls[MEM_OP__MAX];
@@ -109,7 +112,7 @@ static int mem_enter(BlockDriverState *bs, MemOp op, int64_t offset, int64_t byt
     *log_index = -1;
     if (s->nlog < MEM_LOG_MAX) {
         *log_index = s->nlog;
-        s->log[s->nlog++] = (MemLogEntry){ op, offset, bytes, flags, 0 };
+        s->log[s->nlog++] = (MemLogEntry){ op, offset, bytes, flags, 0, 0 };
     }
     for (int i = 0; i < s->ninject; i++) {
         MemInject *in = &s->inject[i];
@@ -158,6 +161,53 @@ static bool mem_should_yield(BlockDriverState *bs, MemOp op)
     return __atomic_load_n(&s->yield_mask, __ATOMIC_RELAXED) & (1u << op);
 }
 
+/* Park while the gate is closed for op; mem_gate_open() wakes us on our own
+ * context (the CoQueue drops s->lock while we wait). */
+static void coroutine_fn mem_gate(BlockDriverState *bs, MemOp op)
+{
+    MemState *s = bs->opaque;
+    pthread_mutex_lock(&s->lock);
+    while (s->gate_mask & (1u << op)) {
+        s->gate_parked++;
+        co_queue_wait_mutex(&s->gate_queue, &s->lock);
+        s->gate_parked--;
+    }
+    pthread_mutex_unlock(&s->lock);
+}
+
+/* Elements of qiov spanned by [offset, offset+bytes). */
+static int mem_count_iov(const IOVector *qiov, size_t offset, int64_t bytes)
+{
+    int n = 0;
+    for (int i = 0; i < qiov->niov && bytes > 0; i++) {
+        size_t l = qiov->iov[i].iov_len;
+        if (offset >= l) {
+            offset -= l;
+            continue;
+        }
+        bytes -= (int64_t)(l - offset);
+        offset = 0;
+        n++;
+    }
+    return n;
+}
+
+/* Log the vector's length; a vector longer than max_iov fails as preadv(2)
+ * fails beyond IOV_MAX, so a core that ignores the limit cannot pass. */
+static int mem_check_iov(BlockDriverState *bs, int log_index, const IOVector *qiov,
+                         size_t qiov_offset, int64_t bytes)
+{
+    MemState *s = bs->opaque;
+    int niov = mem_count_iov(qiov, qiov_offset, bytes);
+    pthread_mutex_lock(&s->lock);
+    if (log_index >= 0) {
+        s->log[log_index].niov = niov;
+    }
+    int max_iov = s->cfg.max_iov;
+    pthread_mutex_unlock(&s->lock);
+    return max_iov && niov > max_iov ? -EINVAL : 0;
+}
+
 /* ---- driver callbacks ---- */
 
 static int mem_open(BlockDriverState *bs, OptDict *options, int flags, Error **errp)
@@ -173,6 +223,7 @@ static int mem_open(BlockDriverState *bs, OptDict *options, int flags, Error **e
         return -EINVAL;
     }
     pthread_mutex_init(&s->lock, NULL);
+    co_queue_init(&s->gate_queue);
     s->cfg = *cfg;
     s->cfg.node_name = NULL;
     if (!s->cfg.size) {
@@ -211,6 +262,7 @@ static void mem_refresh_limits(BlockDriverState *bs, Error **errp)
     bs->bl.max_pwrite_zeroes = s->cfg.max_pwrite_zeroes;
     bs->bl.min_mem_alignment = s->cfg.min_mem_alignment;
     bs->bl.opt_mem_alignment = s->cfg.min_mem_alignment;
+    bs->bl.max_iov = s->cfg.max_iov;
     bs->bl.has_discard = !(s->cfg.callbacks & MEM_NO_DISCARD_CB) && !s->cfg.discard_enotsup;
 }
 
@@ -219,6 +271,9 @@ static int coroutine_fn mem_co_preadv(BlockDriverState *bs, int64_t offset, int6
 {
     MemState *s = bs->opaque;
     int li, ret = mem_enter(bs, MEM_OP_READ, offset, bytes, flags, &li);
+    if (!ret) {
+        ret = mem_check_iov(bs, li, qiov, qiov_offset, bytes);
+    }
     if (ret) {
         return mem_leave(bs, li, ret);
     }
@@ -248,6 +303,7 @@ static int coroutine_fn mem_co_preadv(BlockDriverState *bs, int64_t offset, int6
         }
         pos += n;
     }
+    mem_gate(bs, MEM_OP_READ);
     return mem_leave(bs, li, 0);
 }
 
@@ -269,6 +325,9 @@ static int coroutine_fn mem_co_pwritev(BlockDriverState *bs, int64_t offset, int
 {
     MemState *s = bs->opaque;
     int li, ret = mem_enter(bs, MEM_OP_WRITE, offset, bytes, flags, &li);
+    if (!ret) {
+        ret = mem_check_iov(bs, li, qiov, qiov_offset, bytes);
+    }
     if (ret) {
         return mem_leave(bs, li, ret);
     }
@@ -293,6 +352,7 @@ static int coroutine_fn mem_co_pwritev(BlockDriverState *bs, int64_t offset, int
         }
         pthread_mutex_unlock(&s->lock);
     }
+    mem_gate(bs, MEM_OP_WRITE);
     return mem_leave(bs, li, 0);
 }
 
@@ -603,6 +663,36 @@ MemStatus mem_get_status(BlockDriverState *bs, int64_t offset)
 void mem_set_yield(BlockDriverState *bs, unsigned op_mask)
 {
     __atomic_store_n(&ms(bs)->yield_mask, op_mask, __ATOMIC_RELAXED);
+}
+
+void mem_gate_close(BlockDriverState *bs, unsigned op_mask)
+{
+    MemState *s = ms(bs);
+    pthread_mutex_lock(&s->lock);
+    s->gate_mask = op_mask;
+    pthread_mutex_unlock(&s->lock);
+}
+
+int mem_gate_parked(BlockDriverState *bs)
+{
+    MemState *s = ms(bs);
+    pthread_mutex_lock(&s->lock);
+    int n = s->gate_parked;
+    pthread_mutex_unlock(&s->lock);
+    return n;
+}
+
+void mem_gate_open(BlockDriverState *bs)
+{
+    MemState *s = ms(bs);
+    CoQueue parked;
+    pthread_mutex_lock(&s->lock);
+    s->gate_mask = 0;
+    parked = s->gate_queue;
+    co_queue_init(&s->gate_queue);
+    pthread_mutex_unlock(&s->lock);
+    /* Outside the lock: each waiter re-takes it as it resumes. */
+    co_queue_restart_all(&parked);
 }
 
 void mem_inject_error(BlockDriverState *bs, MemOp op, int64_t offset, int64_t bytes, int err,

@@ -2,10 +2,17 @@
  * test-block-io-serialise.c - overlapping requests while an RMW is in
  * flight are serialised: concurrent unaligned writes (same thread with
  * yields, and from several threads) never leave a torn result.
+ *
+ * The two-thread tests do not rely on luck: the mem driver's gate holds the
+ * first RMW's read (data already read) until the second request has either
+ * reached the driver too (no serialisation: both reads done before either
+ * write, so one update is lost) or is seen waiting for the first.
  */
 #include <pthread.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
+#include "block-req.h"
 #include "test-util.h"
 
 #define ALIGN 512
@@ -153,6 +160,8 @@ static void *writer_thread(void *opaque)
     return NULL;
 }
 
+/* A stress run: it finds crashes and leaks in the threaded path, but the
+ * forced tests below are the ones that prove serialisation. */
 static void test_threads_overlapping_rmw(void **state)
 {
     (void)state;
@@ -179,6 +188,154 @@ static void test_threads_overlapping_rmw(void **state)
     bdrv_unref(bs);
 }
 
+/* ---- two threads, forced interleaving ---- */
+
+static void *single_write_thread(void *opaque)
+{
+    WriteReq *w = opaque;
+    AioContext *ctx = aio_context_new(64, NULL);
+    assert_non_null(ctx);
+    aio_set_current(ctx);
+    co_enter(co_create(do_write, w));
+    AIO_WAIT_WHILE(ctx, !__atomic_load_n(&w->done, __ATOMIC_SEQ_CST));
+    aio_set_current(NULL);
+    aio_context_free(ctx);
+    return NULL;
+}
+
+/* Poll a condition that other threads make true; 10 s is "never". */
+#define WAIT_FOR(cond, what)                                   \
+    do {                                                       \
+        int waited_ = 0;                                       \
+        while (!(cond)) {                                      \
+            if (++waited_ > 20000) {                           \
+                fail_msg("timed out waiting for %s", what);    \
+            }                                                  \
+            usleep(500);                                       \
+        }                                                      \
+    } while (0)
+
+/* Some tracked request of bs is waiting for a serialising one. */
+static bool some_request_waits(BlockDriverState *bs)
+{
+    bool found = false;
+    pthread_mutex_lock(&bs->reqs_lock);
+    for (BdrvTrackedRequest *r = bs->tracked_reqs; r; r = r->next) {
+        found |= r->waiting_for != NULL;
+    }
+    pthread_mutex_unlock(&bs->reqs_lock);
+    return found;
+}
+
+static bool is_done(WriteReq *w)
+{
+    return __atomic_load_n(&w->done, __ATOMIC_SEQ_CST);
+}
+
+/* got[0, len) is what writing a then b (in that order) over 0x11 gives. */
+static bool serial_outcome(const uint8_t *got, size_t len, const WriteReq *a,
+                           const WriteReq *b)
+{
+    uint8_t expect[4096];
+    memset(expect, 0x11, len);
+    memset(expect + a->offset, a->byte, a->bytes);
+    memset(expect + b->offset, b->byte, b->bytes);
+    return memcmp(got, expect, len) == 0;
+}
+
+static BlockDriverState *gate_node(void)
+{
+    MemConfig cfg = { .size = 64 * KiB, .request_alignment = ALIGN };
+    BlockDriverState *bs = mem_node_new(&cfg);
+    mem_fill(bs, 0, 64 * KiB, 0x11);
+    return bs;
+}
+
+/*
+ * Two RMWs of the same block from two threads (each its own AioContext).
+ * Thread A's read of the block is held at the gate after it read the old
+ * data; thread B's RMW then either reads the same old data (no
+ * serialisation) or waits for A.  Only then is the gate opened.  Without
+ * serialisation the order is read, read, write, write and the second write
+ * puts back the old bytes under the first one's data.
+ */
+static void test_threads_rmw_same_block_forced(void **state)
+{
+    (void)state;
+    BlockDriverState *bs = gate_node();
+    BdrvChild *c = test_child_new(bs);
+    WriteReq a = { c, 100, 200, 0xa0, -1, false };   /* [100, 300) */
+    WriteReq b = { c, 200, 200, 0xb0, -1, false };   /* [200, 400), same block */
+    pthread_t ta, tb;
+
+    mem_gate_close(bs, 1 << MEM_OP_READ);
+    pthread_create(&ta, NULL, single_write_thread, &a);
+    WAIT_FOR(mem_gate_parked(bs) == 1, "A's RMW read at the gate");
+    pthread_create(&tb, NULL, single_write_thread, &b);
+    WAIT_FOR(mem_gate_parked(bs) == 2 || some_request_waits(bs),
+             "B's RMW read at the gate, or B waiting for A");
+    int parked = mem_gate_parked(bs);
+    mem_gate_open(bs);
+    pthread_join(ta, NULL);
+    pthread_join(tb, NULL);
+
+    assert_int_equal(a.ret, 0);
+    assert_int_equal(b.ret, 0);
+    uint8_t got[4096];
+    mem_read_raw(bs, 0, got, sizeof(got));
+    if (parked != 1 || !serial_outcome(got, sizeof(got), &a, &b)) {
+        fail_msg("RMWs interleaved: %d reads in flight at once, result %s the serial "
+                 "outcome A-then-B (bytes 100..300: %02x %02x)", parked,
+                 serial_outcome(got, sizeof(got), &a, &b) ? "is" : "is not", got[100], got[299]);
+    }
+    /* A, then B: two reads and two writes, each alternately */
+    assert_int_equal(mem_calls(bs, MEM_OP_READ), 2);
+    assert_int_equal(mem_calls(bs, MEM_OP_WRITE), 2);
+    assert_int_equal(bs->serialising_in_flight, 0);
+    assert_null(bs->tracked_reqs);
+    test_child_free(c);
+    bdrv_unref(bs);
+}
+
+/*
+ * An aligned write from thread B to the block whose RMW thread A holds
+ * (read done, write not yet): B must wait, else A's write puts back the old
+ * block around A's bytes and B's data is lost.
+ */
+static void test_threads_aligned_write_waits_for_rmw_forced(void **state)
+{
+    (void)state;
+    BlockDriverState *bs = gate_node();
+    BdrvChild *c = test_child_new(bs);
+    WriteReq a = { c, 10, 100, 0xa0, -1, false };    /* RMW of block 0 */
+    WriteReq b = { c, 0, ALIGN, 0xb0, -1, false };   /* all of block 0 */
+    pthread_t ta, tb;
+
+    mem_gate_close(bs, 1 << MEM_OP_READ);
+    pthread_create(&ta, NULL, single_write_thread, &a);
+    WAIT_FOR(mem_gate_parked(bs) == 1, "A's RMW read at the gate");
+    pthread_create(&tb, NULL, single_write_thread, &b);
+    WAIT_FOR(is_done(&b) || some_request_waits(bs), "B done, or B waiting for A");
+    bool b_overtook = is_done(&b);
+    mem_gate_open(bs);
+    pthread_join(ta, NULL);
+    pthread_join(tb, NULL);
+
+    assert_int_equal(a.ret, 0);
+    assert_int_equal(b.ret, 0);
+    uint8_t got[4096];
+    mem_read_raw(bs, 0, got, sizeof(got));
+    if (b_overtook || !serial_outcome(got, sizeof(got), &a, &b)) {
+        fail_msg("aligned write %s the RMW; block 0 is %s A-then-B (byte 0: %02x)",
+                 b_overtook ? "overtook" : "waited for",
+                 serial_outcome(got, sizeof(got), &a, &b) ? "" : "not", got[0]);
+    }
+    assert_true(test_buf_is(got, ALIGN, 0xb0));
+    assert_null(bs->tracked_reqs);
+    test_child_free(c);
+    bdrv_unref(bs);
+}
+
 int main(void)
 {
     test_loop_init();
@@ -186,6 +343,8 @@ int main(void)
         cmocka_unit_test(test_same_thread_overlapping_rmw),
         cmocka_unit_test(test_aligned_write_waits_for_rmw),
         cmocka_unit_test(test_threads_overlapping_rmw),
+        cmocka_unit_test(test_threads_rmw_same_block_forced),
+        cmocka_unit_test(test_threads_aligned_write_waits_for_rmw_forced),
     };
     return cmocka_run_group_tests_name("block-io-serialise", tests, NULL, NULL);
 }

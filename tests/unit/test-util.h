@@ -72,6 +72,7 @@ typedef struct MemConfig {
     uint32_t status_granularity;      /* default max(request_alignment, 512) */
     bool status_recurse;              /* co_block_status adds BDRV_BLOCK_RECURSE on DATA */
     const char *node_name;
+    int max_iov;                      /* bl.max_iov; longer vectors fail -EINVAL (0: none) */
 } MemConfig;
 
 typedef struct MemLogEntry {
@@ -79,6 +80,7 @@ typedef struct MemLogEntry {
     int64_t offset, bytes;
     BdrvRequestFlags flags;
     int ret;
+    int niov;                         /* read/write: iovec elements the range spans */
 } MemLogEntry;
 
 /* ---- nodes ---- */
@@ -110,6 +112,16 @@ void mem_apply_config(BlockDriverState *bs);
  * (1 << MEM_OP_*); writes yield halfway through copying, so an unserialised
  * concurrent write could tear. */
 void mem_set_yield(BlockDriverState *bs, unsigned op_mask);
+/*
+ * A gate for forcing an interleaving across threads: while closed, callbacks
+ * of the ops in op_mask park just before they return (a read has filled the
+ * caller's buffer, a write has stored its data), whatever thread they run on.
+ * mem_gate_parked() counts them; mem_gate_open() stops parking and resumes
+ * every parked callback on its own AioContext.
+ */
+void mem_gate_close(BlockDriverState *bs, unsigned op_mask);
+int mem_gate_parked(BlockDriverState *bs);
+void mem_gate_open(BlockDriverState *bs);
 /* Fail calls of op overlapping [offset, offset+bytes) with err, count times
  * (-1: always).  bytes 0 means "any offset". */
 void mem_inject_error(BlockDriverState *bs, MemOp op, int64_t offset, int64_t bytes, int err,
