@@ -26,6 +26,9 @@
 #define VDI_BLOCK_SIZE      (1U << 20)
 #define VDI_BLOCK_SHIFT     20
 #define VDI_HEADER_SECTOR   512
+/* Map sectors being rewritten with new entries are staged here; one 1 GiB
+ * request needs at most 1025 entries (under 5 KiB). */
+#define VDI_MAP_BOUNCE      (16 * 1024)
 /* header_size counts from offset 72 (after text, signature, version): 0x180
  * is VirtualBox's VDIHEADER1 (what qemu writes), 0x190 its VDIHEADER1PLUS;
  * anything up to the end of the header sector is accepted. */
@@ -110,6 +113,7 @@ typedef struct BDRVVdiState {
      * Read without the lock (atomic 32-bit loads); changed only under it. */
     uint32_t *bmap;
     size_t bmap_alloc_bytes;   /* blocks_in_image * 4 rounded up to 512 */
+    uint8_t *map_bounce;       /* VDI_MAP_BOUNCE bytes, under alloc_lock */
 
     /*
      * Allocation state, under alloc_lock.  Slots are handed out in order

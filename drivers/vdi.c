@@ -187,8 +187,10 @@ static void vdi_free_state(BDRVVdiState *s)
 {
     free(s->bmap);
     free(s->header);
+    free(s->map_bounce);
     s->bmap = NULL;
     s->header = NULL;
+    s->map_bounce = NULL;
 }
 
 static int vdi_open(BlockDriverState *bs, OptDict *options, int flags, Error **errp)
@@ -220,6 +222,7 @@ static int vdi_open(BlockDriverState *bs, OptDict *options, int flags, Error **e
         return -EINVAL;
     }
     s->header = aligned_alloc_or_die(4096, VDI_HEADER_SECTOR);
+    s->map_bounce = aligned_alloc_or_die(4096, VDI_MAP_BOUNCE);
     ret = bdrv_pread(bs->file, 0, VDI_HEADER_SECTOR, s->header, 0);
     if (ret < 0) {
         error_setg_errno(errp, -ret, "vdi: %s: cannot read the header", vdi_image_name(bs));
@@ -417,34 +420,62 @@ int coroutine_fn vdi_write_header(BlockDriverState *bs)
 }
 
 /*
+ * Write the map sectors for blocks [block, block+count) -> slots
+ * [slot, slot+count) from a copy, so the in-memory map only changes once
+ * the disk has it: a writer that saw the new entry could otherwise write in
+ * place into a slot we then have to give up.  alloc_lock held (it guards
+ * map_bounce too).
+ */
+static int coroutine_fn vdi_write_new_entries(BlockDriverState *bs, uint32_t block,
+                                              uint32_t count, uint32_t slot)
+{
+    BDRVVdiState *s = bs->opaque;
+    /* sector rounding can add up to a sector at each end */
+    const uint32_t per_chunk = (VDI_MAP_BOUNCE - 2 * VDI_SECTOR_SIZE) / 4;
+
+    for (uint32_t done = 0; done < count;) {
+        uint32_t n = MIN(count - done, per_chunk), first = block + done;
+        uint64_t start = ALIGN_DOWN_POW2((uint64_t)first * 4, VDI_SECTOR_SIZE);
+        uint64_t end = ALIGN_UP_POW2((uint64_t)(first + n) * 4, VDI_SECTOR_SIZE);
+        uint32_t *entries = (uint32_t *)s->map_bounce;
+        IOVector q;
+        int ret;
+
+        memcpy(s->map_bounce, (uint8_t *)s->bmap + start, end - start);
+        for (uint32_t i = 0; i < n; i++) {
+            entries[first - start / 4 + i] = htole32(slot + done + i);
+        }
+        iov_init_buf(&q, s->map_bounce, end - start);
+        ret = bdrv_co_pwritev(bs->file, s->offset_bmap + start, end - start, &q, 0);
+        iov_destroy(&q);
+        if (ret < 0) {
+            return ret;
+        }
+        done += n;
+    }
+    return 0;
+}
+
+/*
  * Point blocks [block, block+count) at slots [slot, slot+count), whose data
  * is already on disk: map first, then the header count.  alloc_lock held.
+ * On failure the slots leak and the blocks stay as they were.
  */
 static int coroutine_fn vdi_publish(BlockDriverState *bs, uint32_t block, uint32_t count,
                                     uint32_t slot)
 {
     BDRVVdiState *s = bs->opaque;
-    uint32_t old_entries[count <= 64 ? count : 1];
-    bool can_revert = count <= 64;
     int ret;
 
     if (slot + count > __atomic_load_n(&s->data_slots, __ATOMIC_RELAXED)) {
         __atomic_store_n(&s->data_slots, slot + count, __ATOMIC_RELEASE);
     }
-    for (uint32_t i = 0; i < count; i++) {
-        if (can_revert) {
-            old_entries[i] = vdi_entry(s, block + i);
-        }
-        vdi_set_entry(s, block + i, slot + i);
-    }
-    ret = vdi_write_bmap(bs, block, count);
+    ret = vdi_write_new_entries(bs, block, count, slot);
     if (ret < 0) {
-        /* Keep memory in line with the disk: the slots leak, the blocks
-         * stay unallocated. */
-        for (uint32_t i = 0; i < count; i++) {
-            vdi_set_entry(s, block + i, can_revert ? old_entries[i] : VDI_UNALLOCATED);
-        }
         return ret;
+    }
+    for (uint32_t i = 0; i < count; i++) {
+        vdi_set_entry(s, block + i, slot + i);
     }
     if (slot + count > s->blocks_allocated) {
         s->blocks_allocated = slot + count;
