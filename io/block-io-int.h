@@ -34,6 +34,13 @@ typedef struct BdrvRequestPadding {
     uint8_t *tail_buf;
     size_t head, tail;      /* padding bytes before and after the request */
     bool merge_reads;       /* head and tail are the same block */
+    /* Elements [collapse_idx, collapse_n) of the padded vector did not fit in
+     * max_iov and share one bounce buffer, local_qiov's last element; the
+     * first of them is kept in collapse_first, the rest stay in the array
+     * beyond local_qiov's end. */
+    BounceBuf collapse;
+    struct iovec collapse_first;
+    int collapse_idx, collapse_n;
     IOVector local_qiov;
     struct iovec inline_iov[BDRV_PAD_INLINE_IOV];
     struct iovec *heap_iov;
@@ -41,6 +48,8 @@ typedef struct BdrvRequestPadding {
 bool bdrv_init_padding(BlockDriverState *bs, int64_t offset, int64_t bytes,
                        BdrvRequestPadding *pad);
 void bdrv_padding_destroy(BdrvRequestPadding *pad);
+/* A collapsed tail (see above) is copied in before a write, out after a read. */
+void bdrv_padding_collapse_copy(BdrvRequestPadding *pad, bool to_bounce);
 int coroutine_fn bdrv_padding_rmw_read(BdrvChild *child, BdrvTrackedRequest *req,
                                        BdrvRequestPadding *pad, bool zero_middle);
 

@@ -13,6 +13,7 @@
  * block-io-drain.c, block status in block-status.c.
  */
 #include <errno.h>
+#include <limits.h>
 #include <pthread.h>
 #include <stdlib.h>
 #include <string.h>
@@ -334,6 +335,7 @@ bool bdrv_init_padding(BlockDriverState *bs, int64_t offset, int64_t bytes,
 void bdrv_padding_destroy(BdrvRequestPadding *pad)
 {
     bdrv_bounce_put(&pad->bounce);
+    bdrv_bounce_put(&pad->collapse);
     free(pad->heap_iov);
     pad->heap_iov = NULL;
 }
@@ -373,9 +375,29 @@ static void iov_copy_range(struct iovec *out, int *n, const IOVector *q, size_t 
     }
 }
 
+void bdrv_padding_collapse_copy(BdrvRequestPadding *pad, bool to_bounce)
+{
+    uint8_t *p = pad->collapse.p;
+    if (!p) {
+        return;
+    }
+    for (int i = pad->collapse_idx; i < pad->collapse_n; i++) {
+        struct iovec v = i == pad->collapse_idx ? pad->collapse_first : pad->local_qiov.iov[i];
+        if (to_bounce) {
+            memcpy(p, v.iov_base, v.iov_len);
+        } else {
+            memcpy(v.iov_base, p, v.iov_len);
+        }
+        p += v.iov_len;
+    }
+}
+
 /*
  * Widen [*offset, *offset+*bytes) to the alignment: *qiov becomes pad's
  * local vector of head bounce + the caller's bytes in place + tail bounce.
+ * If the two extra elements push the vector past the node's max_iov, its
+ * trailing elements are merged into one bounce buffer, as QEMU's
+ * bdrv_create_padded_qiov does (only for vectors already near the limit).
  * Returns false (nothing changed) for an aligned request.
  */
 static bool bdrv_pad_request(BlockDriverState *bs, IOVector **qiov, size_t *qiov_offset,
@@ -400,6 +422,19 @@ static bool bdrv_pad_request(BlockDriverState *bs, IOVector **qiov, size_t *qiov
     iov_copy_range(iov, &n, *qiov, *qiov_offset, *bytes);
     if (pad->tail) {
         iov[n++] = (struct iovec){ pad->buf + pad->buf_len - pad->tail, pad->tail };
+    }
+    int max_iov = bs->bl.max_iov > 0 ? bs->bl.max_iov : IOV_MAX;
+    if (n > max_iov) {
+        int k = max_iov - 1;
+        size_t len = 0;
+        for (int i = k; i < n; i++) {
+            len += iov[i].iov_len;
+        }
+        pad->collapse_first = iov[k];
+        pad->collapse_idx = k;
+        pad->collapse_n = n;
+        iov[k] = (struct iovec){ bdrv_bounce_get(bs, len, &pad->collapse), len };
+        n = max_iov;
     }
     pad->local_qiov = (IOVector){ .iov = iov, .niov = n, .nalloc = -1,
                                   .size = pad->head + *bytes + pad->tail };
@@ -659,6 +694,9 @@ int coroutine_fn bdrv_co_preadv_part(BdrvChild *child, int64_t offset, int64_t b
     bdrv_pad_request(bs, &qiov, &qiov_offset, &offset, &bytes, &pad);
     tracked_request_begin(&req, bs, offset, bytes, BDRV_TRACKED_READ);
     ret = bdrv_aligned_preadv(child, &req, offset, bytes, align, qiov, qiov_offset, flags);
+    if (ret == 0) {
+        bdrv_padding_collapse_copy(&pad, false);
+    }
     tracked_request_end(&req);
     bdrv_padding_destroy(&pad);
     bdrv_dec_in_flight(bs);
@@ -792,6 +830,8 @@ int coroutine_fn bdrv_co_pwritev_part(BdrvChild *child, int64_t offset, int64_t 
              * nobody else may touch the widened range. */
             bdrv_make_request_serialising(&req, align);
             ret = bdrv_padding_rmw_read(child, &req, &pad, false);
+            /* after the read: a collapsed tail may include the tail block */
+            bdrv_padding_collapse_copy(&pad, true);
         }
         if (ret == 0) {
             ret = bdrv_aligned_pwritev(child, &req, offset, bytes, align, qiov, qiov_offset, flags);
