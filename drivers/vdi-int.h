@@ -1,7 +1,7 @@
 /*
  * vdi-int.h - the VDI format (VirtualBox disk images): on-disk layout and the
- * driver state shared by drivers/vdi.c (open, I/O), vdi-create.c and
- * vdi-check.c.  Nothing outside drivers/vdi*.c includes this.
+ * driver state shared by drivers/vdi.c (open, reads, status, info),
+ * vdi-write.c (allocation, zeroes, discard), vdi-create.c and vdi-check.c.  Nothing outside drivers/vdi*.c includes this.
  *
  * Layout: a 512-byte header sector (64-byte text line, then little-endian
  * fields at the offsets below), a block map of uint32 LE entries at
@@ -160,11 +160,49 @@ static inline bool vdi_slot_missing(BDRVVdiState *s, uint32_t slot)
     return slot >= __atomic_load_n(&s->data_slots, __ATOMIC_ACQUIRE);
 }
 
+/*
+ * Bytes from (block, in_block) that map to consecutive file offsets: the
+ * following blocks' entries continue entry+1, entry+2, ... (what qemu-img
+ * convert and sequential writers produce), so one backing I/O covers them.
+ */
+static inline int64_t vdi_contiguous_run(BDRVVdiState *s, uint32_t block, uint32_t in_block,
+                                  int64_t bytes, uint32_t entry)
+{
+    int64_t n = MIN(bytes, (int64_t)(VDI_BLOCK_SIZE - in_block));
+
+    while (n < bytes) {
+        uint32_t next = vdi_entry(s, ++block);
+        if (next != ++entry || vdi_slot_missing(s, entry)) {
+            break;
+        }
+        n += MIN(bytes - n, (int64_t)VDI_BLOCK_SIZE);
+    }
+    return n;
+}
+
+/* Bytes from (block, in_block) whose blocks are all unallocated or discarded. */
+static inline int64_t vdi_unallocated_run(BDRVVdiState *s, uint32_t block, uint32_t in_block,
+                                   int64_t bytes)
+{
+    int64_t n = MIN(bytes, (int64_t)(VDI_BLOCK_SIZE - in_block));
+
+    while (n < bytes && !vdi_is_allocated(vdi_entry(s, ++block))) {
+        n += MIN(bytes - n, (int64_t)VDI_BLOCK_SIZE);
+    }
+    return n;
+}
+
 /* "vdi: <file>" for messages. */
 const char *vdi_image_name(BlockDriverState *bs);
 /* Format a 16-byte UUID in IPRT order (first three fields LE) as text. */
 void vdi_uuid_unparse(const uint8_t *raw, char out[37]);
 
+/* The write side (vdi-write.c). */
+int coroutine_fn vdi_co_pwritev(BlockDriverState *bs, int64_t offset, int64_t bytes,
+                                IOVector *qiov, size_t qiov_offset, BdrvRequestFlags flags);
+int coroutine_fn vdi_co_pwrite_zeroes(BlockDriverState *bs, int64_t offset, int64_t bytes,
+                                      BdrvRequestFlags flags);
+int coroutine_fn vdi_co_pdiscard(BlockDriverState *bs, int64_t offset, int64_t bytes);
 /* Rewrite the header sector with blocks_allocated; alloc_lock held. */
 int coroutine_fn vdi_write_header(BlockDriverState *bs);
 

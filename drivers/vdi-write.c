@@ -1,0 +1,421 @@
+/*
+ * vdi-write.c - the vdi driver's write side: allocating writes, publishing
+ * new block-map entries, write-zeroes and discard.
+ *
+ * A write that meets blocks without a slot reserves consecutive slots for
+ * the whole run under alloc_lock, registers the run as in flight and drops
+ * the lock; the data plus zero padding goes out as one write with no lock
+ * held.  Writers from any queue thread that meet a block in flight wait on
+ * alloc_wait and then write in place, so each block is allocated once.
+ * Crash ordering: data written, then flushed (one flush shared by the
+ * allocations written before it), then the map sectors, then the header's
+ * blocks_allocated; a crash leaves at worst unreferenced slots, never an
+ * entry pointing at unwritten data.  Only metadata I/O runs under the lock.
+ */
+#include <errno.h>
+#include <stdlib.h>
+#include "vdi-int.h"
+
+/* Source of the zero padding of newly allocated blocks; never written. */
+static uint8_t vdi_zero_block[VDI_BLOCK_SIZE] __attribute__((aligned(4096)));
+
+/* Requests with more buffers than this build their padded vector on the heap. */
+#define VDI_STACK_IOV 32
+
+static VdiAllocation *vdi_alloc_find(BDRVVdiState *s, uint32_t block)
+{
+    for (VdiAllocation *a = s->allocs; a; a = a->next) {
+        if (block >= a->first_block && block - a->first_block < a->nb_blocks) {
+            return a;
+        }
+    }
+    return NULL;
+}
+
+static void vdi_alloc_remove(BDRVVdiState *s, VdiAllocation *alloc)
+{
+    for (VdiAllocation **p = &s->allocs; *p; p = &(*p)->next) {
+        if (*p == alloc) {
+            *p = alloc->next;
+            return;
+        }
+    }
+}
+
+/* Write the block-map sectors holding entries [first, first+count). */
+static int coroutine_fn vdi_write_bmap(BlockDriverState *bs, uint32_t first, uint32_t count)
+{
+    BDRVVdiState *s = bs->opaque;
+    uint64_t start = ALIGN_DOWN_POW2((uint64_t)first * 4, VDI_SECTOR_SIZE);
+    uint64_t end = ALIGN_UP_POW2((uint64_t)(first + count) * 4, VDI_SECTOR_SIZE);
+    IOVector q;
+    int ret;
+
+    iov_init_buf(&q, (uint8_t *)s->bmap + start, end - start);
+    ret = bdrv_co_pwritev(bs->file, s->offset_bmap + start, end - start, &q, 0);
+    iov_destroy(&q);
+    return ret;
+}
+
+int coroutine_fn vdi_write_header(BlockDriverState *bs)
+{
+    BDRVVdiState *s = bs->opaque;
+    IOVector q;
+    int ret;
+
+    vdi_st32(s->header, VDI_OFF_BLOCKS_ALLOCATED, s->blocks_allocated);
+    iov_init_buf(&q, s->header, VDI_HEADER_SECTOR);
+    ret = bdrv_co_pwritev(bs->file, 0, VDI_HEADER_SECTOR, &q, 0);
+    iov_destroy(&q);
+    return ret;
+}
+
+/*
+ * Write the map sectors for blocks [block, block+count) -> slots
+ * [slot, slot+count) from a copy, so the in-memory map only changes once
+ * the disk has it: a writer that saw the new entry could otherwise write in
+ * place into a slot we then have to give up.  alloc_lock held (it guards
+ * map_bounce too).
+ */
+static int coroutine_fn vdi_write_new_entries(BlockDriverState *bs, uint32_t block,
+                                              uint32_t count, uint32_t slot)
+{
+    BDRVVdiState *s = bs->opaque;
+    /* sector rounding can add up to a sector at each end */
+    const uint32_t per_chunk = (VDI_MAP_BOUNCE - 2 * VDI_SECTOR_SIZE) / 4;
+
+    for (uint32_t done = 0; done < count;) {
+        uint32_t n = MIN(count - done, per_chunk), first = block + done;
+        uint64_t start = ALIGN_DOWN_POW2((uint64_t)first * 4, VDI_SECTOR_SIZE);
+        uint64_t end = ALIGN_UP_POW2((uint64_t)(first + n) * 4, VDI_SECTOR_SIZE);
+        uint32_t *entries = (uint32_t *)s->map_bounce;
+        IOVector q;
+        int ret;
+
+        memcpy(s->map_bounce, (uint8_t *)s->bmap + start, end - start);
+        for (uint32_t i = 0; i < n; i++) {
+            entries[first - start / 4 + i] = htole32(slot + done + i);
+        }
+        iov_init_buf(&q, s->map_bounce, end - start);
+        ret = bdrv_co_pwritev(bs->file, s->offset_bmap + start, end - start, &q, 0);
+        iov_destroy(&q);
+        if (ret < 0) {
+            return ret;
+        }
+        done += n;
+    }
+    return 0;
+}
+
+/*
+ * Point blocks [block, block+count) at slots [slot, slot+count), whose data
+ * is already on disk: map first, then the header count.  alloc_lock held.
+ * On failure the slots leak and the blocks stay as they were.
+ */
+static int coroutine_fn vdi_publish(BlockDriverState *bs, uint32_t block, uint32_t count,
+                                    uint32_t slot)
+{
+    BDRVVdiState *s = bs->opaque;
+    int ret;
+
+    if (slot + count > __atomic_load_n(&s->data_slots, __ATOMIC_RELAXED)) {
+        __atomic_store_n(&s->data_slots, slot + count, __ATOMIC_RELEASE);
+    }
+    ret = vdi_write_new_entries(bs, block, count, slot);
+    if (ret < 0) {
+        return ret;
+    }
+    for (uint32_t i = 0; i < count; i++) {
+        vdi_set_entry(s, block + i, slot + i);
+    }
+    if (slot + count > s->blocks_allocated) {
+        s->blocks_allocated = slot + count;
+        ret = vdi_write_header(bs);
+    }
+    return ret;
+}
+
+/* Fill iov[] with [off, off+len) of src; -1 if more than max elements. */
+static int vdi_fill_iov(struct iovec *iov, int max, const IOVector *src, size_t off, size_t len)
+{
+    int n = 0;
+
+    for (int i = 0; i < src->niov && len > 0; i++) {
+        size_t l = src->iov[i].iov_len, take;
+        if (off >= l) {
+            off -= l;
+            continue;
+        }
+        if (n == max) {
+            return -1;
+        }
+        take = MIN(l - off, len);
+        iov[n].iov_base = (uint8_t *)src->iov[i].iov_base + off;
+        iov[n].iov_len = take;
+        n++;
+        len -= take;
+        off = 0;
+    }
+    return n;
+}
+
+/* Write head zeros, the caller's bytes and tail zeros at file offset foff in
+ * one request.  The vector lives on the stack unless the caller's is long. */
+static int coroutine_fn vdi_write_padded(BlockDriverState *bs, uint64_t foff, size_t head,
+                                         IOVector *qiov, size_t qiov_offset, size_t len,
+                                         size_t tail)
+{
+    struct iovec iov[VDI_STACK_IOV + 2];
+    IOVector q;
+    int n = 0, m, ret;
+
+    if (head) {
+        iov[n++] = (struct iovec){ vdi_zero_block, head };
+    }
+    m = vdi_fill_iov(iov + n, VDI_STACK_IOV, qiov, qiov_offset, len);
+    if (m >= 0) {
+        n += m;
+        if (tail) {
+            iov[n++] = (struct iovec){ vdi_zero_block, tail };
+        }
+        iov_init_external(&q, iov, n);
+    } else {
+        iov_init(&q, qiov->niov + 2);
+        if (head) {
+            iov_add(&q, vdi_zero_block, head);
+        }
+        iov_concat(&q, qiov, qiov_offset, len);
+        if (tail) {
+            iov_add(&q, vdi_zero_block, tail);
+        }
+    }
+    ret = bdrv_co_pwritev(bs->file, foff, head + len + tail, &q, 0);
+    iov_destroy(&q);
+    return ret;
+}
+
+/* Make the caller's just-written block data durable, sharing the flush with
+ * every allocation whose data was written before the flush started. */
+static int coroutine_fn vdi_flush_new_data(BlockDriverState *bs)
+{
+    BDRVVdiState *s = bs->opaque;
+    uint64_t mine = __atomic_add_fetch(&s->data_seq, 1, __ATOMIC_SEQ_CST);
+    int ret = 0;
+
+    co_mutex_lock(&s->flush_lock);
+    if (s->flushed_seq < mine) {
+        uint64_t covered = __atomic_load_n(&s->data_seq, __ATOMIC_SEQ_CST);
+        ret = bdrv_co_flush(bs->file->bs);
+        if (ret >= 0) {
+            s->flushed_seq = covered;
+        }
+    }
+    co_mutex_unlock(&s->flush_lock);
+    return ret;
+}
+
+/*
+ * Write the part of [offset, offset+bytes) that falls in not-yet-allocated
+ * blocks starting at `block`, allocating new slots for them.  *done is the
+ * number of bytes written; 0 means another writer allocated the block
+ * meanwhile and the caller should write in place.
+ */
+static int coroutine_fn vdi_co_allocating_write(BlockDriverState *bs, uint32_t block,
+                                                uint32_t in_block, int64_t bytes,
+                                                IOVector *qiov, size_t qiov_offset,
+                                                int64_t *done)
+{
+    BDRVVdiState *s = bs->opaque;
+    VdiAllocation alloc;
+    uint32_t want, count, slot;
+    uint64_t len, tail;
+    int ret;
+
+    *done = 0;
+    co_mutex_lock(&s->alloc_lock);
+    for (;;) {
+        if (vdi_is_allocated(vdi_entry(s, block))) {
+            co_mutex_unlock(&s->alloc_lock);
+            return 0;
+        }
+        if (!vdi_alloc_find(s, block)) {
+            break;
+        }
+        co_queue_wait(&s->alloc_wait, &s->alloc_lock);
+    }
+    if (s->next_slot >= s->blocks_in_image) {
+        /* Only a corrupt blocks_allocated gets here: the map is full. */
+        co_mutex_unlock(&s->alloc_lock);
+        return -ENOSPC;
+    }
+    want = DIV_ROUND_UP(in_block + (uint64_t)bytes, VDI_BLOCK_SIZE);
+    want = MIN(want, s->blocks_in_image - s->next_slot);
+    for (count = 1; count < want; count++) {
+        if (vdi_is_allocated(vdi_entry(s, block + count)) || vdi_alloc_find(s, block + count)) {
+            break;
+        }
+    }
+    slot = s->next_slot;
+    s->next_slot += count;
+    alloc = (VdiAllocation){ .first_block = block, .nb_blocks = count, .next = s->allocs };
+    s->allocs = &alloc;
+    co_mutex_unlock(&s->alloc_lock);
+
+    len = MIN((uint64_t)bytes, (uint64_t)count * VDI_BLOCK_SIZE - in_block);
+    tail = (uint64_t)count * VDI_BLOCK_SIZE - in_block - len;
+    ret = vdi_write_padded(bs, vdi_slot_offset(s, slot), in_block, qiov, qiov_offset, len, tail);
+    if (ret >= 0) {
+        ret = vdi_flush_new_data(bs);
+    }
+
+    co_mutex_lock(&s->alloc_lock);
+    if (ret >= 0) {
+        ret = vdi_publish(bs, block, count, slot);
+    } else if (s->next_slot == slot + count) {
+        s->next_slot = slot;           /* nobody reserved after us: reuse */
+    }
+    vdi_alloc_remove(s, &alloc);
+    co_queue_restart_all(&s->alloc_wait);
+    co_mutex_unlock(&s->alloc_lock);
+    *done = len;
+    return ret < 0 ? ret : 0;
+}
+
+int coroutine_fn vdi_co_pwritev(BlockDriverState *bs, int64_t offset, int64_t bytes,
+                                IOVector *qiov, size_t qiov_offset, BdrvRequestFlags flags)
+{
+    BDRVVdiState *s = bs->opaque;
+
+    (void)flags;
+    while (bytes > 0) {
+        uint32_t block = offset >> VDI_BLOCK_SHIFT;
+        uint32_t in_block = offset & (VDI_BLOCK_SIZE - 1);
+        uint32_t entry = vdi_entry(s, block);
+        int64_t n;
+        int ret;
+
+        if (vdi_is_allocated(entry)) {
+            if (vdi_slot_missing(s, entry)) {
+                return -EIO;
+            }
+            n = vdi_contiguous_run(s, block, in_block, bytes, entry);
+            ret = bdrv_co_pwritev_part(bs->file, vdi_slot_offset(s, entry) + in_block, n,
+                                       qiov, qiov_offset, 0);
+        } else {
+            ret = vdi_co_allocating_write(bs, block, in_block, bytes, qiov, qiov_offset, &n);
+        }
+        if (ret < 0) {
+            return ret;
+        }
+        offset += n;
+        bytes -= n;
+        qiov_offset += n;
+    }
+    return 0;
+}
+
+/*
+ * Mark the never-written blocks among [first, first+count) DISCARDED (reads
+ * zeros by definition, where UNALLOCATED is "undefined" in VirtualBox's
+ * terms).  Blocks being allocated are left alone: that write overlaps the
+ * caller's request, so either order is a valid outcome.
+ */
+static int coroutine_fn vdi_mark_discarded(BlockDriverState *bs, uint32_t first, uint32_t count)
+{
+    BDRVVdiState *s = bs->opaque;
+    uint32_t lo = UINT32_MAX, hi = 0;
+    int ret = 0;
+
+    co_mutex_lock(&s->alloc_lock);
+    for (uint32_t b = first; b < first + count; b++) {
+        if (vdi_entry(s, b) == VDI_UNALLOCATED && !vdi_alloc_find(s, b)) {
+            vdi_set_entry(s, b, VDI_DISCARDED);
+            lo = MIN(lo, b);
+            hi = b;
+        }
+    }
+    if (lo <= hi) {
+        ret = vdi_write_bmap(bs, lo, hi - lo + 1);
+        if (ret < 0) {
+            for (uint32_t b = lo; b <= hi; b++) {
+                if (vdi_entry(s, b) == VDI_DISCARDED) {
+                    vdi_set_entry(s, b, VDI_UNALLOCATED);
+                }
+            }
+        }
+    }
+    co_mutex_unlock(&s->alloc_lock);
+    return ret;
+}
+
+/*
+ * Write-zeroes and discard (beyond QEMU, whose vdi has neither; see the vdi
+ * section of docs/ARCHITECTURE.md).  Whole never-written blocks are marked
+ * DISCARDED in the map.  Allocated blocks keep their slot and are zeroed in
+ * place (with MAY_UNMAP the file can punch a hole): freeing a slot would
+ * either leave blocks_allocated short of the slots in use, so QEMU's
+ * allocator (next slot = blocks_allocated) would hand out a live slot, or
+ * leave it larger than the mapped count, which qemu-img check calls
+ * corruption.  Partial blocks: zeroes are written for write-zeroes (a no-op
+ * if the block is not allocated), discard ignores them.
+ */
+static int coroutine_fn vdi_co_zero_range(BlockDriverState *bs, int64_t offset, int64_t bytes,
+                                          BdrvRequestFlags flags, bool discard)
+{
+    BDRVVdiState *s = bs->opaque;
+
+    while (bytes > 0) {
+        uint32_t block = offset >> VDI_BLOCK_SHIFT;
+        uint32_t in_block = offset & (VDI_BLOCK_SIZE - 1);
+        uint32_t entry = vdi_entry(s, block);
+        int64_t n;
+        int ret = 0;
+
+        if (vdi_is_allocated(entry)) {
+            /* The run's blocks are consecutive in the file too. */
+            uint64_t run_file = vdi_slot_offset(s, entry) - ((uint64_t)block << VDI_BLOCK_SHIFT);
+            uint64_t start = offset, end;
+            n = vdi_contiguous_run(s, block, in_block, bytes, entry);
+            end = offset + n;
+            if (discard) {
+                /* Whole blocks only; the end of the disk ends a block. */
+                start = ALIGN_UP_POW2(start, (uint64_t)VDI_BLOCK_SIZE);
+                if (end < s->disk_size) {
+                    end = ALIGN_DOWN_POW2(end, (uint64_t)VDI_BLOCK_SIZE);
+                }
+            }
+            if (end > start && !vdi_slot_missing(s, entry)) {
+                ret = bdrv_co_pwrite_zeroes(bs->file, run_file + start, end - start,
+                                            discard ? BDRV_REQ_MAY_UNMAP
+                                                    : (flags & BDRV_REQ_MAY_UNMAP));
+            }
+        } else {
+            uint64_t first, last;
+            n = vdi_unallocated_run(s, block, in_block, bytes);
+            first = DIV_ROUND_UP((uint64_t)offset, VDI_BLOCK_SIZE);
+            last = (uint64_t)(offset + n) >= s->disk_size
+                   ? DIV_ROUND_UP(s->disk_size, VDI_BLOCK_SIZE)
+                   : (uint64_t)(offset + n) >> VDI_BLOCK_SHIFT;
+            if (last > first) {
+                ret = vdi_mark_discarded(bs, first, last - first);
+            }
+        }
+        if (ret < 0) {
+            return ret;
+        }
+        offset += n;
+        bytes -= n;
+    }
+    return 0;
+}
+
+int coroutine_fn vdi_co_pwrite_zeroes(BlockDriverState *bs, int64_t offset, int64_t bytes,
+                                      BdrvRequestFlags flags)
+{
+    return vdi_co_zero_range(bs, offset, bytes, flags, false);
+}
+
+int coroutine_fn vdi_co_pdiscard(BlockDriverState *bs, int64_t offset, int64_t bytes)
+{
+    return vdi_co_zero_range(bs, offset, bytes, 0, true);
+}
