@@ -12,6 +12,13 @@
  * CoQueue, a waiter that belongs to another AioContext is scheduled on that
  * context (aio_co_wake) and runs on its own thread, never on the waker's.
  *
+ * Migration caveat: a coroutine moved with aio_co_reschedule_self (or entered
+ * on another thread after a yield) continues on a different thread, but the
+ * compiler may reuse TLS addresses computed before the yield: errno,
+ * pthread_self() and __thread variables read directly in the coroutine's own
+ * function can be stale after a yield.  Read them through a noinline helper,
+ * or don't keep them across a yield.  Lock waiters never migrate.
+ *
  * Usage:
  *     Coroutine *co = co_create(entry, opaque);
  *     co_enter(co);              // runs entry until it yields or returns
@@ -61,7 +68,9 @@ typedef struct CoQueue {
 void co_queue_init(CoQueue *q);
 void coroutine_fn co_queue_wait(CoQueue *q, CoMutex *lock);
 void coroutine_fn co_queue_wait_mutex(CoQueue *q, pthread_mutex_t *lock);
-/* Wake one / all waiters (they run later, on their own contexts). */
+/* Wake one / all waiters (they run later, on their own contexts: after the
+ * calling coroutine yields, or from the context's loop when called outside
+ * a coroutine, never nested inside the caller). */
 bool co_queue_next(CoQueue *q);
 void co_queue_restart_all(CoQueue *q);
 bool co_queue_empty(const CoQueue *q);

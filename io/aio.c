@@ -42,7 +42,6 @@ struct AioContext {
     unsigned ring_flags;
     bool enabled;
     int efd;
-    uint64_t efd_buf;
     AioCompletion efd_comp;
     atomic_int notify_me;
     atomic_bool notified;
@@ -90,6 +89,11 @@ static bool clock_is_virtual(AioContext *ctx)
 
 static void efd_arm(AioContext *ctx);
 
+/* Where wake-up reads land.  The value is never looked at, and keeping it
+ * out of AioContext means a read still completing while the ring is torn
+ * down cannot write into a freed context. */
+static uint64_t efd_sink;
+
 static void efd_done(AioCompletion *c, int res, unsigned flags)
 {
     AioContext *ctx = container_of(c, AioContext, efd_comp);
@@ -103,7 +107,7 @@ static void efd_done(AioCompletion *c, int res, unsigned flags)
 static void efd_arm(AioContext *ctx)
 {
     struct io_uring_sqe *sqe = aio_get_sqe(ctx);
-    io_uring_prep_read(sqe, ctx->efd, &ctx->efd_buf, sizeof(ctx->efd_buf), 0);
+    io_uring_prep_read(sqe, ctx->efd, &efd_sink, sizeof(efd_sink), 0);
     aio_sqe_set_completion(sqe, &ctx->efd_comp);
 }
 

@@ -6,6 +6,7 @@
  * Prints one line per result: "name: N ns/op (iterations)".
  * Usage: bench-coroutine [scale]   (scale multiplies iteration counts)
  */
+#include <sched.h>
 #include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -116,6 +117,8 @@ static void coroutine_fn contend(void *opaque)
             handoff_lat[handoff_n++] = clock_monotonic_ns() - t;
         }
         while (!__atomic_load_n(&m.waiters, __ATOMIC_ACQUIRE) && atomic_load(&finished) == 0) {
+            /* Let the other thread have a CPU on a busy machine. */
+            sched_yield();
             aio_co_schedule(c->ctx, co_self());
             co_yield();
         }
