@@ -135,7 +135,6 @@ int img_check(int argc, char **argv)
         return 1;
     }
     BlockDriverState *bs = blk_bs(blk);
-    const char *format = bdrv_get_format_name(bs);
     BdrvCheckResult r = { 0 };
     int ret = bdrv_check(bs, &r, fix);
     if (ret == -ENOTSUP) {
@@ -161,7 +160,7 @@ int img_check(int argc, char **argv)
         }
 #ifdef CONFIG_JSON
         else {
-            dump_json(&r, filename, format, quiet);
+            dump_json(&r, filename, bdrv_get_format_name(bs), quiet);
         }
 #endif
     }
