@@ -364,6 +364,10 @@ void aio_bh_schedule_oneshot(AioContext *ctx, AioBHFn *cb, void *opaque)
 
 static bool run_bhs(AioContext *ctx)
 {
+    /* A plain load first: the common empty case needs no locked RMW. */
+    if (!atomic_load_explicit(&ctx->bh_list, memory_order_relaxed)) {
+        return false;
+    }
     AioBH *bh = atomic_exchange(&ctx->bh_list, NULL);
     if (!bh) {
         return false;
@@ -406,6 +410,9 @@ void aio_co_schedule(AioContext *ctx, Coroutine *co)
 
 static bool run_scheduled(AioContext *ctx)
 {
+    if (!atomic_load_explicit(&ctx->co_list, memory_order_relaxed)) {
+        return false;
+    }
     Coroutine *co = atomic_exchange(&ctx->co_list, NULL);
     if (!co) {
         return false;
@@ -541,6 +548,12 @@ static bool reap_cqes(AioContext *ctx)
     return progress;
 }
 
+static inline bool take_notified(AioContext *ctx)
+{
+    return atomic_load_explicit(&ctx->notified, memory_order_relaxed) &&
+           atomic_exchange(&ctx->notified, false);
+}
+
 static bool has_pending_work(AioContext *ctx)
 {
     return atomic_load(&ctx->bh_list) || atomic_load(&ctx->co_list) ||
@@ -550,9 +563,13 @@ static bool has_pending_work(AioContext *ctx)
 bool aio_poll(AioContext *ctx, bool blocking)
 {
     bool progress = false;
+    /* Coroutines entered from here get ctx as their home, even if the
+     * caller forgot aio_set_current (or polls a second context). */
+    AioContext *saved = current_ctx;
+    current_ctx = ctx;
 
     aio_bind(ctx);
-    if (atomic_exchange(&ctx->notified, false)) {
+    if (take_notified(ctx)) {
         progress = true;  /* someone asked us to look around */
     }
     progress |= run_scheduled(ctx);
@@ -595,13 +612,14 @@ bool aio_poll(AioContext *ctx, bool blocking)
             io_uring_submit_and_get_events(&ctx->ring);
         }
     }
-    if (atomic_exchange(&ctx->notified, false)) {
+    if (take_notified(ctx)) {
         progress = true;
     }
     progress |= reap_cqes(ctx);
     progress |= run_scheduled(ctx);
     progress |= run_bhs(ctx);
     progress |= run_timers(ctx);
+    current_ctx = saved;
     return progress;
 }
 

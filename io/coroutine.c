@@ -475,6 +475,11 @@ void co_enter(Coroutine *co)
                 co->state == CO_RUNNING ? "already running" : "terminated");
         abort();
     }
+    if (unlikely(atomic_load_explicit(&co->scheduled, memory_order_relaxed))) {
+        /* It would run twice: once now and once from the scheduled list. */
+        fprintf(stderr, "ublkd: co_enter: coroutine %p is scheduled on a context\n", (void *)co);
+        abort();
+    }
     co->caller = self;
     co->ctx = aio_current();
     co->state = CO_RUNNING;

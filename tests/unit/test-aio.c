@@ -17,6 +17,8 @@
 #include <sys/stat.h>
 #include <sys/utsname.h>
 #include <linux/falloc.h>
+#include <signal.h>
+#include <sys/wait.h>
 #include <unistd.h>
 #include <cmocka.h>
 #include "aio.h"
@@ -597,6 +599,80 @@ static void test_run_sync(void **state)
     assert_false(in_coroutine());
 }
 
+/* Polling a context that is not the thread's current one: coroutines woken
+ * by its completions still get it as their home. */
+static void coroutine_fn home_probe(void *opaque)
+{
+    AioContext **seen = opaque;
+    struct io_uring_sqe *sqe = aio_get_sqe(aio_current());
+    io_uring_prep_nop(sqe);
+    aio_co_submit_sqe_wait(sqe, NULL);
+    seen[0] = aio_current();
+    seen[1] = co_get_ctx(co_self());
+}
+
+static void test_poll_sets_current(void **state)
+{
+    (void)state;
+    AioContext *other = aio_context_new(8, NULL);
+    AioContext *seen[2] = { NULL, NULL };
+    aio_set_current(other);
+    co_enter(co_create(home_probe, seen));
+    aio_set_current(ctx);                /* the thread's context is ctx ... */
+    AIO_WAIT_WHILE(other, !seen[0]);     /* ... but we poll other */
+    assert_ptr_equal(seen[0], other);
+    assert_ptr_equal(seen[1], other);
+    assert_ptr_equal(aio_current(), ctx);
+    aio_context_free(other);
+}
+
+/* With a virtual clock an expired timer runs without sleeping. */
+static void test_virtual_clock_never_sleeps(void **state)
+{
+    (void)state;
+    AioTimer t;
+    bh_n = 0;
+    vclock = 0;
+    aio_context_set_clock(ctx, virtual_now, NULL);
+    aio_timer_init(&t, ctx, timer_cb, (void *)9);
+    aio_timer_mod(&t, 1000000000LL);     /* one virtual second */
+    vclock = 1000000000LL;
+    int64_t start = clock_monotonic_ns();
+    assert_true(aio_poll(ctx, true));
+    assert_true(clock_monotonic_ns() - start < 500000000LL);
+    assert_int_equal(bh_n, 1);
+    aio_context_set_clock(ctx, NULL, NULL);
+}
+
+static void coroutine_fn park(void *opaque)
+{
+    (void)opaque;
+    co_yield();
+}
+
+/* Entering a coroutine that also sits on a scheduled list would run it
+ * twice; that is caught. */
+static void test_enter_scheduled_aborts(void **state)
+{
+    (void)state;
+    pid_t pid = fork();
+    assert_true(pid >= 0);
+    if (pid == 0) {
+        if (!freopen("/dev/null", "w", stderr)) {
+            _exit(99);
+        }
+        Coroutine *co = co_create(park, NULL);
+        co_enter(co);
+        aio_co_schedule(ctx, co);
+        co_enter(co);
+        _exit(0);
+    }
+    int st;
+    assert_int_equal(waitpid(pid, &st, 0), pid);
+    assert_true(WIFSIGNALED(st));
+    assert_int_equal(WTERMSIG(st), SIGABRT);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -615,6 +691,9 @@ int main(void)
         cmocka_unit_test(test_reschedule_self),
         cmocka_unit_test(test_co_wake_other_thread),
         cmocka_unit_test(test_run_sync),
+        cmocka_unit_test(test_poll_sets_current),
+        cmocka_unit_test(test_virtual_clock_never_sleeps),
+        cmocka_unit_test(test_enter_scheduled_aborts),
     };
     return cmocka_run_group_tests_name("aio", tests, setup, teardown);
 }
