@@ -5,16 +5,23 @@
  * average rate (avg per second), an optional burst rate (max) and the time the
  * burst may last (burst_length seconds).  Buckets leak at avg; a request may
  * go when every bucket that applies has room.  The state is shared by all
- * queue threads of one export (a short pthread mutex around the arithmetic,
- * never held while waiting); a request that must wait sleeps on its own
- * thread's timer.  Time comes from the caller's AioContext clock, so tests
- * drive it with a virtual clock.
+ * queue threads of one export, or of every export naming the same
+ * throttling.group (a short pthread mutex around the arithmetic, never held
+ * while waiting).
+ *
+ * Waiting is first come, first served per direction, as QEMU's groups queue
+ * throttled requests: once a read (write) waits, later reads (writes) queue
+ * behind it, so a large request is not starved by a stream of small ones.
+ * Only the head of a queue accounts; it sleeps on its own thread's timer and,
+ * once through, wakes the next on that waiter's own AioContext.  Time comes
+ * from the caller's AioContext clock, so tests drive it with a virtual clock.
  */
 #ifndef UBLKD_THROTTLE_H
 #define UBLKD_THROTTLE_H
 
 #include <pthread.h>
 #include "compiler.h"
+#include "coroutine.h"
 #include "error.h"
 #include "options.h"
 
@@ -32,24 +39,36 @@ typedef struct ThrottleBucket {
     uint64_t burst_length; /* seconds the burst may last (>= 1) */
 } ThrottleBucket;
 
+#define THROTTLE_GROUP_NAME_MAX 64
+
 typedef struct ThrottleConfig {
     ThrottleBucket buckets[THROTTLE_BUCKETS];
     uint64_t op_size;      /* iops-size: larger ops count as several */
+    char group[THROTTLE_GROUP_NAME_MAX];   /* throttling.group, "" = none */
 } ThrottleConfig;
 
 typedef struct ThrottleState {
     pthread_mutex_t lock;
     ThrottleConfig cfg;
     int64_t previous_leak_ns;
+    /* Per direction (0 read, 1 write): requests waiting, the head included;
+     * all but the head wait in queue, in arrival order. */
+    unsigned waiting[2];
+    CoQueue queue[2];
+    /* Registry (throttle_group_ref): references, next named group. */
+    int refcnt;
+    struct ThrottleState *next_group;
 } ThrottleState;
 
 void throttle_config_init(ThrottleConfig *cfg);
 bool throttle_enabled(const ThrottleConfig *cfg);
 /* Check limits (conflicts, negative values, burst < avg) with clear messages. */
 bool throttle_is_valid(const ThrottleConfig *cfg, Error **errp);
-/* Take "throttling.iops-total", "throttling.bps-read-max", ... style keys
- * (QEMU's names) from opts. */
+/* Take "throttling.iops-total", "throttling.bps-read-max", ...,
+ * "throttling.group" style keys (QEMU's names) from opts. */
 int throttle_config_from_options(ThrottleConfig *cfg, OptDict *opts, Error **errp);
+/* Same limits (the group name and bucket levels aside). */
+bool throttle_config_equal(const ThrottleConfig *a, const ThrottleConfig *b);
 
 void throttle_init(ThrottleState *ts, const ThrottleConfig *cfg, int64_t now_ns);
 void throttle_destroy(ThrottleState *ts);
@@ -58,7 +77,17 @@ void throttle_destroy(ThrottleState *ts);
  * return the number of ns to wait before trying again (nothing accounted).
  */
 int64_t throttle_try_account(ThrottleState *ts, bool is_write, uint64_t bytes, int64_t now_ns);
-/* Coroutine helper: waits (on the current context's timers) then accounts. */
+/* Coroutine helper: queues behind earlier waiters of the same direction,
+ * waits (on the current context's timers) and accounts. */
 void coroutine_fn throttle_co_wait(ThrottleState *ts, bool is_write, uint64_t bytes);
+
+/*
+ * The state an export throttles on.  Without cfg->group: a new private one.
+ * With a group: the group's, created by its first member with cfg's limits;
+ * a later member may give no limits (it joins) or the same ones, different
+ * limits are an error, as is joining a group that does not exist yet.
+ */
+ThrottleState *throttle_group_ref(const ThrottleConfig *cfg, int64_t now_ns, Error **errp);
+void throttle_group_unref(ThrottleState *ts);   /* the last reference frees it */
 
 #endif

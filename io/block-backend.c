@@ -6,7 +6,9 @@
  * drained.  On top of the node's request path it adds what belongs to an
  * export: a size check (nothing past the end, whatever the node would
  * allow), throttling, and per-operation statistics kept with relaxed atomics
- * so queue threads never contend on a lock for them.
+ * so queue threads never contend on a lock for them.  The throttle state is
+ * the export's own, or shared with the other members of its
+ * throttling.group.
  */
 #include <errno.h>
 #include <stdlib.h>
@@ -17,10 +19,11 @@
 
 struct BlockBackend {
     BdrvChild *root;
-    bool throttled;              /* set before I/O starts, read-only after */
-    ThrottleState throttle;
+    ThrottleState *throttle;     /* NULL: unthrottled; set before I/O starts */
     BlockAcctStats stats;        /* relaxed atomics */
 };
+
+static int64_t blk_now(void);
 
 BlockBackend *blk_new_with_bs(BlockDriverState *bs, Error **errp)
 {
@@ -53,7 +56,8 @@ BlockBackend *blk_new_open(const char *filename, OptDict *options, int flags, Er
     }
     BlockBackend *blk = blk_new_with_bs(bs, errp);
     bdrv_unref(bs);
-    if (blk && throttle_enabled(&cfg) && blk_set_throttle(blk, &cfg, errp) < 0) {
+    if (blk && (throttle_enabled(&cfg) || cfg.group[0]) &&
+        blk_set_throttle(blk, &cfg, errp) < 0) {
         blk_unref(blk);
         return NULL;
     }
@@ -74,9 +78,7 @@ void blk_unref(BlockBackend *blk)
         }
     }
     bdrv_unref_child(NULL, blk->root);
-    if (blk->throttled) {
-        throttle_destroy(&blk->throttle);
-    }
+    throttle_group_unref(blk->throttle);
     free(blk);
 }
 
@@ -103,18 +105,18 @@ bool blk_is_read_only(BlockBackend *blk)
 
 int blk_set_throttle(BlockBackend *blk, const ThrottleConfig *cfg, Error **errp)
 {
+    ThrottleState *ts = NULL;
     if (!throttle_is_valid(cfg, errp)) {
         return -EINVAL;
     }
-    if (blk->throttled) {
-        throttle_destroy(&blk->throttle);
-        blk->throttled = false;
+    if (throttle_enabled(cfg) || cfg->group[0]) {
+        ts = throttle_group_ref(cfg, blk_now(), errp);
+        if (!ts) {
+            return -EINVAL;
+        }
     }
-    if (throttle_enabled(cfg)) {
-        AioContext *ctx = aio_current();
-        throttle_init(&blk->throttle, cfg, ctx ? aio_now_ns(ctx) : clock_monotonic_ns());
-        blk->throttled = true;
-    }
+    throttle_group_unref(blk->throttle);
+    blk->throttle = ts;
     return 0;
 }
 
@@ -164,8 +166,8 @@ static int blk_account(BlockBackend *blk, BlockAcctOp op, int64_t bytes, int64_t
 
 static void coroutine_fn blk_throttle(BlockBackend *blk, bool is_write, int64_t bytes)
 {
-    if (blk->throttled) {
-        throttle_co_wait(&blk->throttle, is_write, bytes);
+    if (blk->throttle) {
+        throttle_co_wait(blk->throttle, is_write, bytes);
     }
 }
 

@@ -6,9 +6,13 @@
  * with a burst the second "burst" bucket, leaking at max, caps the rate of
  * the burst itself.  A request that may go is accounted in full at once,
  * so a large one can overshoot and delay the next.
+ *
+ * Waiters queue per direction (see throttle.h); the registry of named groups
+ * is a list under its own mutex, used only when exports open and close.
  */
 #include <errno.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 #include "aio.h"
 #include "throttle.h"
@@ -141,9 +145,28 @@ int throttle_config_from_options(ThrottleConfig *cfg, OptDict *opts, Error **err
         return -EINVAL;
     }
     cfg->op_size = v;
-    /* Throttle groups are per export here; the name is accepted and unused. */
-    optdict_del(opts, "throttling.group");
+    const char *group = optdict_get(opts, "throttling.group");
+    if (group) {
+        if (!group[0] || strlen(group) >= sizeof(cfg->group)) {
+            error_setg(errp, "throttling.group: the name must be 1 to %zu characters, "
+                       "got '%s'", sizeof(cfg->group) - 1, group);
+            return -EINVAL;
+        }
+        snprintf(cfg->group, sizeof(cfg->group), "%s", group);
+        optdict_del(opts, "throttling.group");
+    }
     return throttle_is_valid(cfg, errp) ? 0 : -EINVAL;
+}
+
+bool throttle_config_equal(const ThrottleConfig *a, const ThrottleConfig *b)
+{
+    for (int i = 0; i < THROTTLE_BUCKETS; i++) {
+        const ThrottleBucket *x = &a->buckets[i], *y = &b->buckets[i];
+        if (x->avg != y->avg || x->max != y->max || x->burst_length != y->burst_length) {
+            return false;
+        }
+    }
+    return a->op_size == b->op_size;
 }
 
 void throttle_init(ThrottleState *ts, const ThrottleConfig *cfg, int64_t now_ns)
@@ -155,6 +178,12 @@ void throttle_init(ThrottleState *ts, const ThrottleConfig *cfg, int64_t now_ns)
         ts->cfg.buckets[i].burst_level = 0;
     }
     ts->previous_leak_ns = now_ns;
+    for (int i = 0; i < 2; i++) {
+        ts->waiting[i] = 0;
+        co_queue_init(&ts->queue[i]);
+    }
+    ts->refcnt = 1;
+    ts->next_group = NULL;
 }
 
 void throttle_destroy(ThrottleState *ts)
@@ -201,7 +230,8 @@ static int64_t bucket_wait(const ThrottleBucket *b)
     return 0;
 }
 
-int64_t throttle_try_account(ThrottleState *ts, bool is_write, uint64_t bytes, int64_t now_ns)
+/* ts->lock held. */
+static int64_t account_locked(ThrottleState *ts, bool is_write, uint64_t bytes, int64_t now_ns)
 {
     static const ThrottleBucketType check[2][4] = {
         { THROTTLE_BPS_TOTAL, THROTTLE_OPS_TOTAL, THROTTLE_BPS_READ, THROTTLE_OPS_READ },
@@ -210,7 +240,6 @@ int64_t throttle_try_account(ThrottleState *ts, bool is_write, uint64_t bytes, i
     ThrottleBucket *b = ts->cfg.buckets;
     int64_t wait = 0;
 
-    pthread_mutex_lock(&ts->lock);
     int64_t delta = now_ns - ts->previous_leak_ns;
     if (delta > 0) {
         ts->previous_leak_ns = now_ns;
@@ -241,19 +270,112 @@ int64_t throttle_try_account(ThrottleState *ts, bool is_write, uint64_t bytes, i
             }
         }
     }
+    return wait;
+}
+
+int64_t throttle_try_account(ThrottleState *ts, bool is_write, uint64_t bytes, int64_t now_ns)
+{
+    pthread_mutex_lock(&ts->lock);
+    int64_t wait = account_locked(ts, is_write, bytes, now_ns);
     pthread_mutex_unlock(&ts->lock);
     return wait;
 }
 
 void coroutine_fn throttle_co_wait(ThrottleState *ts, bool is_write, uint64_t bytes)
 {
+    AioContext *ctx = aio_current();
+    unsigned *waiting = &ts->waiting[is_write];
+
+    pthread_mutex_lock(&ts->lock);
+    if ((*waiting)++) {
+        /* Someone came first: the one ahead of us wakes us when it is through
+         * (on our own context), and then we are the head. */
+        co_queue_wait_mutex(&ts->queue[is_write], &ts->lock);
+    }
     for (;;) {
-        AioContext *ctx = aio_current();
-        int64_t wait = throttle_try_account(ts, is_write, bytes, aio_now_ns(ctx));
+        int64_t wait = account_locked(ts, is_write, bytes, aio_now_ns(ctx));
         if (wait == 0) {
-            return;
+            break;
         }
         /* Sleep on this thread's clock; the lock is not held meanwhile. */
+        pthread_mutex_unlock(&ts->lock);
         aio_co_sleep_ns(wait);
+        pthread_mutex_lock(&ts->lock);
+    }
+    if (--(*waiting)) {
+        /* From a coroutine this only schedules the next head. */
+        co_queue_next(&ts->queue[is_write]);
+    }
+    pthread_mutex_unlock(&ts->lock);
+}
+
+/* ---------------------------------------------------------------- groups */
+
+static pthread_mutex_t groups_lock = PTHREAD_MUTEX_INITIALIZER;
+static ThrottleState *groups;
+
+ThrottleState *throttle_group_ref(const ThrottleConfig *cfg, int64_t now_ns, Error **errp)
+{
+    const char *name = cfg->group;
+    ThrottleState *ts = NULL;
+
+    if (!throttle_is_valid(cfg, errp)) {
+        return NULL;
+    }
+    pthread_mutex_lock(&groups_lock);
+    if (name[0]) {
+        for (ts = groups; ts && strcmp(ts->cfg.group, name); ts = ts->next_group) {
+        }
+    }
+    if (ts) {
+        if (throttle_enabled(cfg) && !throttle_config_equal(&ts->cfg, cfg)) {
+            error_setg(errp, "throttling.group '%s': limits differ from the ones the group "
+                       "already has (give the same ones, or none to just join)", name);
+            ts = NULL;
+        } else {
+            ts->refcnt++;
+        }
+    } else if (!throttle_enabled(cfg)) {
+        if (name[0]) {
+            error_setg(errp, "throttling.group '%s' does not exist: its first member must "
+                       "give its limits", name);
+        } else {
+            error_setg(errp, "throttling: no limits given");
+        }
+    } else {
+        ts = calloc(1, sizeof(*ts));
+        if (!ts) {
+            error_setg(errp, "out of memory");
+        } else {
+            throttle_init(ts, cfg, now_ns);
+            if (name[0]) {
+                ts->next_group = groups;
+                groups = ts;
+            }
+        }
+    }
+    pthread_mutex_unlock(&groups_lock);
+    return ts;
+}
+
+void throttle_group_unref(ThrottleState *ts)
+{
+    if (!ts) {
+        return;
+    }
+    pthread_mutex_lock(&groups_lock);
+    bool last = --ts->refcnt == 0;
+    if (last && ts->cfg.group[0]) {
+        for (ThrottleState **p = &groups; *p; p = &(*p)->next_group) {
+            if (*p == ts) {
+                *p = ts->next_group;
+                break;
+            }
+        }
+    }
+    pthread_mutex_unlock(&groups_lock);
+    if (last) {
+        throttle_destroy(ts);
+        free(ts);
     }
 }
