@@ -1,8 +1,8 @@
 /*
  * test-block-io-zeroes.c - write-zeroes (driver callback, MAY_UNMAP only
  * with BDRV_O_UNMAP, -ENOTSUP fallback to bounded zero-buffer writes,
- * NO_FALLBACK, unaligned head/tail, max_pwrite_zeroes), detect-zeroes, and
- * the discard policy (ignore / unmap, alignment, max_pdiscard).
+ * NO_FALLBACK, unaligned head/tail, max_pwrite_zeroes).  Detect-zeroes and
+ * discard have their own files.
  */
 #include <errno.h>
 #include <stdlib.h>
@@ -121,115 +121,6 @@ static void test_zeroes_split_at_max_pwrite_zeroes(void **state)
     bdrv_unref(bs);
 }
 
-static void test_detect_zeroes(void **state)
-{
-    (void)state;
-    uint8_t zeros[4096] = { 0 }, data[4096];
-    memset(data, 1, sizeof(data));
-    for (int mode = BDRV_DETECT_ZEROES_OFF; mode <= BDRV_DETECT_ZEROES_UNMAP; mode++) {
-        MemConfig cfg = { .open_flags = BDRV_O_UNMAP, .zero_flags = BDRV_REQ_MAY_UNMAP };
-        BlockDriverState *bs = mem_node_new(&cfg);
-        bs->detect_zeroes = mode;
-        BdrvChild *c = test_child_new(bs);
-        assert_int_equal(bdrv_pwrite(c, 0, 4096, zeros, 0), 0);
-        assert_int_equal(bdrv_pwrite(c, 4096, 4096, data, 0), 0);
-        if (mode == BDRV_DETECT_ZEROES_OFF) {
-            assert_int_equal(mem_calls(bs, MEM_OP_ZEROES), 0);
-            assert_int_equal(mem_calls(bs, MEM_OP_WRITE), 2);
-        } else {
-            assert_int_equal(mem_calls(bs, MEM_OP_ZEROES), 1);
-            assert_int_equal(mem_calls(bs, MEM_OP_WRITE), 1);   /* the data */
-            bool unmap = mem_log(bs, MEM_OP_ZEROES, 0)->flags & BDRV_REQ_MAY_UNMAP;
-            assert_int_equal(unmap, mode == BDRV_DETECT_ZEROES_UNMAP);
-        }
-        test_child_free(c);
-        bdrv_unref(bs);
-    }
-}
-
-static void test_detect_zeroes_unmap_needs_discard_unmap(void **state)
-{
-    (void)state;
-    uint8_t zeros[4096] = { 0 };
-    MemConfig cfg = { .zero_flags = BDRV_REQ_MAY_UNMAP };
-    BlockDriverState *bs = mem_node_new(&cfg);
-    bs->detect_zeroes = BDRV_DETECT_ZEROES_UNMAP;
-    BdrvChild *c = test_child_new(bs);
-    assert_int_equal(bdrv_pwrite(c, 0, 4096, zeros, 0), 0);
-    assert_int_equal(mem_calls(bs, MEM_OP_ZEROES), 1);
-    assert_false(mem_log(bs, MEM_OP_ZEROES, 0)->flags & BDRV_REQ_MAY_UNMAP);
-    test_child_free(c);
-    bdrv_unref(bs);
-}
-
-typedef struct {
-    BdrvChild *c;
-    int64_t offset, bytes;
-    int ret;
-} DiscardReq;
-
-static void coroutine_fn do_discard(void *opaque)
-{
-    DiscardReq *d = opaque;
-    d->ret = bdrv_co_pdiscard(d->c, d->offset, d->bytes);
-}
-
-static int discard(BdrvChild *c, int64_t offset, int64_t bytes)
-{
-    DiscardReq d = { c, offset, bytes, -1 };
-    test_run_co(do_discard, &d);
-    return d.ret;
-}
-
-static void test_discard_ignore_by_default(void **state)
-{
-    (void)state;
-    BlockDriverState *bs = mem_node_new(NULL);
-    mem_fill(bs, 0, 8192, 0x55);
-    BdrvChild *c = test_child_new(bs);
-    assert_int_equal(discard(c, 0, 8192), 0);
-    assert_int_equal(mem_calls(bs, MEM_OP_DISCARD), 0);
-    test_child_free(c);
-    bdrv_unref(bs);
-}
-
-static void test_discard_unmap_aligned_and_split(void **state)
-{
-    (void)state;
-    MemConfig cfg = { .open_flags = BDRV_O_UNMAP, .pdiscard_alignment = 4096,
-                      .max_pdiscard = 8192 };
-    BlockDriverState *bs = mem_node_new(&cfg);
-    BdrvChild *c = test_child_new(bs);
-    /* 1000 .. 30000: whole 4 KiB blocks are 4096 .. 28672 */
-    assert_int_equal(discard(c, 1000, 29000), 0);
-    assert_int_equal(mem_calls(bs, MEM_OP_DISCARD), 3);
-    assert_int_equal(mem_log(bs, MEM_OP_DISCARD, 0)->offset, 4096);
-    assert_int_equal(mem_log(bs, MEM_OP_DISCARD, 0)->bytes, 8192);
-    assert_int_equal(mem_log(bs, MEM_OP_DISCARD, 2)->offset, 20480);
-    assert_int_equal(mem_log(bs, MEM_OP_DISCARD, 2)->bytes, 8192);
-    assert_int_equal(mem_bytes(bs, MEM_OP_DISCARD), 28672 - 4096);
-    /* smaller than one aligned block: nothing to do */
-    mem_log_clear(bs);
-    assert_int_equal(discard(c, 100, 3000), 0);
-    assert_int_equal(mem_calls(bs, MEM_OP_DISCARD), 0);
-    test_child_free(c);
-    bdrv_unref(bs);
-}
-
-static void test_discard_enotsup_is_success(void **state)
-{
-    (void)state;
-    MemConfig cfg = { .open_flags = BDRV_O_UNMAP, .discard_enotsup = true };
-    BlockDriverState *bs = mem_node_new(&cfg);
-    BdrvChild *c = test_child_new(bs);
-    assert_int_equal(discard(c, 0, 4096), 0);
-    assert_int_equal(mem_calls(bs, MEM_OP_DISCARD), 1);
-    mem_inject_error(bs, MEM_OP_DISCARD, 0, 0, -EIO, 1);
-    assert_int_equal(discard(c, 0, 4096), -EIO);
-    test_child_free(c);
-    bdrv_unref(bs);
-}
-
 int main(void)
 {
     test_loop_init();
@@ -239,11 +130,6 @@ int main(void)
         cmocka_unit_test(test_zeroes_no_fallback),
         cmocka_unit_test(test_zeroes_unaligned_head_tail),
         cmocka_unit_test(test_zeroes_split_at_max_pwrite_zeroes),
-        cmocka_unit_test(test_detect_zeroes),
-        cmocka_unit_test(test_detect_zeroes_unmap_needs_discard_unmap),
-        cmocka_unit_test(test_discard_ignore_by_default),
-        cmocka_unit_test(test_discard_unmap_aligned_and_split),
-        cmocka_unit_test(test_discard_enotsup_is_success),
     };
     return cmocka_run_group_tests_name("block-io-zeroes", tests, NULL, NULL);
 }
