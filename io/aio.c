@@ -177,7 +177,9 @@ AioContext *aio_context_new(unsigned entries, Error **errp)
         free(ctx);
         return NULL;
     }
-    ctx->efd = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
+    /* Blocking on purpose: some kernels complete an io_uring read of an
+     * O_NONBLOCK file with -EAGAIN instead of waiting, which would spin. */
+    ctx->efd = eventfd(0, EFD_CLOEXEC);
     if (ctx->efd < 0) {
         error_setg_errno(errp, errno, "aio: eventfd");
         io_uring_queue_exit(&ctx->ring);
@@ -721,6 +723,7 @@ void coroutine_fn aio_co_sleep_ns(int64_t ns)
     aio_timer_init(&t, ctx, sleep_done, co_self());
     aio_timer_mod(&t, aio_now_ns(ctx) + ns);
     co_yield();
+    aio_timer_del(&t);   /* no-op unless woken early: t is on our stack */
 }
 
 /* -------------------------------------------------------- synchronous run */

@@ -156,7 +156,13 @@ void coroutine_fn co_mutex_lock(CoMutex *m)
     m->waiters++;
     pthread_mutex_unlock(&m->lock);
     co_yield();
-    /* The unlocker made us the holder before waking us. */
+    /* The unlocker made us the holder before waking us; anything else is a
+     * stray wake-up of a coroutine parked here, which would break the lock. */
+    if (unlikely(m->holder != self)) {
+        fprintf(stderr, "ublkd: co_mutex_lock: coroutine %p resumed without the lock\n",
+                (void *)self);
+        abort();
+    }
 }
 
 bool coroutine_fn co_mutex_trylock(CoMutex *m)
