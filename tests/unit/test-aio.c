@@ -228,6 +228,42 @@ static void test_notify_wakes_poll(void **state)
     assert_true(aio_poll(ctx, true));
 }
 
+/* Many threads scheduling one-shot BHs at once: none lost or run twice. */
+#define BH_THREADS 4
+#define BH_PER_THREAD 5000
+static atomic_int bh_storm_count;
+
+static void bh_storm_cb(void *opaque)
+{
+    (void)opaque;
+    atomic_fetch_add(&bh_storm_count, 1);
+}
+
+static void *bh_storm(void *arg)
+{
+    for (int i = 0; i < BH_PER_THREAD; i++) {
+        aio_bh_schedule_oneshot(arg, bh_storm_cb, NULL);
+    }
+    return NULL;
+}
+
+static void test_bh_storm(void **state)
+{
+    (void)state;
+    pthread_t t[BH_THREADS];
+    atomic_store(&bh_storm_count, 0);
+    for (int i = 0; i < BH_THREADS; i++) {
+        pthread_create(&t[i], NULL, bh_storm, ctx);
+    }
+    AIO_WAIT_WHILE(ctx, atomic_load(&bh_storm_count) < BH_THREADS * BH_PER_THREAD);
+    for (int i = 0; i < BH_THREADS; i++) {
+        pthread_join(t[i], NULL);
+    }
+    while (aio_poll(ctx, false)) {
+    }
+    assert_int_equal(atomic_load(&bh_storm_count), BH_THREADS * BH_PER_THREAD);
+}
+
 /* ---- timers ---- */
 
 static int64_t vclock;
@@ -680,6 +716,7 @@ int main(void)
         cmocka_unit_test(test_ctx_created_elsewhere),
         cmocka_unit_test(test_bh_basic),
         cmocka_unit_test(test_bh_from_other_thread),
+        cmocka_unit_test(test_bh_storm),
         cmocka_unit_test(test_notify_wakes_poll),
         cmocka_unit_test(test_timers_virtual),
         cmocka_unit_test(test_timer_monotonic_blocks),
