@@ -202,22 +202,10 @@ void coroutine_fn tracked_request_begin(BdrvTrackedRequest *req, BlockDriverStat
     pthread_mutex_unlock(&bs->reqs_lock);
 }
 
-/* Wake every waiter of q.  The waiters are detached under the lock and woken
- * after it is dropped: a waker outside coroutine context enters a same-thread
- * waiter directly, and that waiter immediately re-takes the lock. */
-static void wake_detached(BlockDriverState *bs, CoQueue *q)
-{
-    CoQueue local;
-    pthread_mutex_lock(&bs->reqs_lock);
-    local = *q;
-    co_queue_init(q);
-    pthread_mutex_unlock(&bs->reqs_lock);
-    co_queue_restart_all(&local);
-}
-
 void coroutine_fn tracked_request_end(BdrvTrackedRequest *req)
 {
     BlockDriverState *bs = req->bs;
+    CoQueue waiters;
     pthread_mutex_lock(&bs->reqs_lock);
     if (req->serialising) {
         __atomic_fetch_sub(&bs->serialising_in_flight, 1, __ATOMIC_SEQ_CST);
@@ -226,9 +214,14 @@ void coroutine_fn tracked_request_end(BdrvTrackedRequest *req)
     if (req->next) {
         req->next->pprev = req->pprev;
     }
+    /* Waiters only join under the lock after finding req in the list, so
+     * once it is unlinked the queue is complete: take it in the same
+     * critical section and wake it after the lock is dropped (a waiter
+     * re-takes the lock as it resumes). */
+    waiters = req->wait_queue;
+    co_queue_init(&req->wait_queue);
     pthread_mutex_unlock(&bs->reqs_lock);
-    /* Nobody can find req any more; waiters re-check the list when woken. */
-    wake_detached(bs, &req->wait_queue);
+    co_queue_restart_all(&waiters);
 }
 
 static bool tracked_request_overlaps(BdrvTrackedRequest *req, int64_t offset, int64_t bytes)
@@ -308,20 +301,27 @@ bool coroutine_fn bdrv_wait_serialising_requests(BdrvTrackedRequest *req)
 
 /* ----------------------------------------------------------------- padding */
 
+/* offset % align without a division for the usual power-of-two alignment. */
+static inline int64_t align_rem(int64_t offset, int64_t align)
+{
+    return (align & (align - 1)) ? offset % align : offset & (align - 1);
+}
+
 bool bdrv_init_padding(BlockDriverState *bs, int64_t offset, int64_t bytes,
                        BdrvRequestPadding *pad)
 {
     int64_t align = bdrv_align(bs);
-    memset(pad, 0, offsetof(BdrvRequestPadding, inline_iov));
-    pad->heap_iov = NULL;
-    pad->head = offset % align;
-    pad->tail = (offset + bytes) % align;
-    if (pad->tail) {
-        pad->tail = align - pad->tail;
-    }
-    if (!pad->head && !pad->tail) {
+    int64_t head = align_rem(offset, align), tail = align_rem(offset + bytes, align);
+    if (!head && !tail) {
+        /* The aligned fast path: only what bdrv_padding_destroy looks at. */
+        pad->bounce.p = pad->collapse.p = NULL;
+        pad->heap_iov = NULL;
         return false;
     }
+    memset(pad, 0, offsetof(BdrvRequestPadding, inline_iov));
+    pad->heap_iov = NULL;
+    pad->head = head;
+    pad->tail = tail ? align - tail : 0;
     int64_t sum = pad->head + bytes + pad->tail;
     pad->buf_len = (sum > align && pad->head && pad->tail) ? 2 * align : align;
     pad->buf = bdrv_bounce_get(bs, pad->buf_len, &pad->bounce);

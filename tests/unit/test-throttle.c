@@ -389,6 +389,7 @@ typedef struct {
     int n;
     AioContext *ctx;            /* published once the thread runs */
     bool go;                    /* start the requests */
+    bool stop;                  /* main is done notifying ctx: free it */
 } ThreadArg;
 
 static void *throttle_thread(void *opaque)
@@ -409,6 +410,7 @@ static void *throttle_thread(void *opaque)
     for (int i = 0; i < a->n; i++) {
         AIO_WAIT_WHILE(ctx, !waiter_done(&a->w[i]));
     }
+    AIO_WAIT_WHILE(ctx, !__atomic_load_n(&a->stop, __ATOMIC_SEQ_CST));
     aio_set_current(NULL);
     aio_context_free(ctx);
     return NULL;
@@ -435,6 +437,13 @@ static void thread_go(ThreadArg *a)
 {
     __atomic_store_n(&a->go, true, __ATOMIC_SEQ_CST);
     aio_notify(a->ctx);
+}
+
+static void thread_stop(pthread_t th, ThreadArg *a)
+{
+    __atomic_store_n(&a->stop, true, __ATOMIC_SEQ_CST);
+    aio_notify(a->ctx);
+    pthread_join(th, NULL);
 }
 
 /* The first to wait goes first, whichever thread it is on: the head's
@@ -471,8 +480,8 @@ static void test_threads_fifo(void **state)
     set_vclock(2 * SEC / 10);
     aio_notify(b.ctx);
     WAIT_FOR(waiter_done(&b.w[0]), "B through");
-    pthread_join(ta, NULL);
-    pthread_join(tb, NULL);
+    thread_stop(ta, &a);
+    thread_stop(tb, &b);
     assert_int_equal(done_order[0], 0);
     assert_int_equal(done_order[1], 1);
     throttle_destroy(&ts);
@@ -516,8 +525,8 @@ static void test_threads_share_rate(void **state)
     }
     /* 60 ops at 100/s after a bucket of 11 take at least 0.49 s */
     assert_true(t >= 49 * SEC / 100);
-    pthread_join(ta, NULL);
-    pthread_join(tb, NULL);
+    thread_stop(ta, &a);
+    thread_stop(tb, &b);
     assert_int_equal(waiting(&ts, false) + waiting(&ts, true), 0);
     throttle_destroy(&ts);
     aio_context_set_clock(test_loop_init(), NULL, NULL);
