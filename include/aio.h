@@ -51,6 +51,8 @@ unsigned aio_ring_flags(AioContext *ctx);
  * Run one loop iteration: submit queued SQEs, reap completions, run expired
  * timers, bottom halves and scheduled coroutines.  With blocking=true, waits
  * until at least one event happened.  Returns true if progress was made.
+ * While it runs, ctx is the thread's current context (aio_current()), so
+ * coroutines it resumes get ctx as their home.
  */
 bool aio_poll(AioContext *ctx, bool blocking);
 /* Wake ctx's thread out of a blocking aio_poll; callable from any thread. */
