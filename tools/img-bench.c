@@ -27,6 +27,7 @@ typedef struct Bench {
     bool write, drain, random;
     uint64_t rng;
     int pattern;
+    void *buf;                   /* shared by all requests, as qemu-img bench does */
 
     int issued, completed, in_flight, running;
     int ret;
@@ -98,8 +99,7 @@ static void coroutine_fn do_flush(Bench *b)
 static void coroutine_fn bench_worker(void *opaque)
 {
     Bench *b = opaque;
-    void *buf = aligned_alloc_or_die(4096, b->bufsize);
-    memset(buf, b->pattern, b->bufsize);
+    void *buf = b->buf;
     while (!b->ret && b->issued < b->count) {
         if (b->flushing) {
             wait_here(b);
@@ -125,7 +125,6 @@ static void coroutine_fn bench_worker(void *opaque)
             do_flush(b);
         }
     }
-    free(buf);
     b->running--;
     wake_all(b);
 }
@@ -314,6 +313,8 @@ int img_bench(int argc, char **argv)
     struct rusage ru0, ru1;
     getrusage(RUSAGE_SELF, &ru0);
     int64_t t0 = clock_monotonic_ns();
+    b.buf = aligned_alloc_or_die(4096, b.bufsize);
+    memset(b.buf, b.pattern, b.bufsize);
     b.running = b.depth;
     for (int i = 0; i < b.depth; i++) {
         co_enter(co_create(bench_worker, &b));
@@ -332,6 +333,7 @@ int img_bench(int argc, char **argv)
                    (usr + sys) * 1e6 / b.completed, usr, sys);
         }
     }
+    free(b.buf);
     blk_unref(b.blk);
     return b.ret < 0 ? 1 : 0;
 }
