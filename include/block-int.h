@@ -1,62 +1,13 @@
 /*
- * block-int.h - request-path internals shared by the block layer's own files
- * (io/block-io*.c, io/block-status.c, io/block-backend.c) and by drivers that
- * need to take part in request tracking (e.g. to serialise their own
- * metadata-changing requests against guest I/O).
- *
- * A tracked request lives on the stack of the coroutine that issued it, from
- * its entry into the request path until it completes.  bs->reqs_lock is held
- * only to link/unlink it and to look for conflicts, never across I/O.
+ * block-int.h - internals of the block layer's own files (io/block*.c) that
+ * drivers do not need: graph construction helpers.  Request tracking, which
+ * some drivers do take part in, is in block-req.h (included here).
  */
 #ifndef UBLKD_BLOCK_INT_H
 #define UBLKD_BLOCK_INT_H
 
 #include "block.h"
-
-typedef enum {
-    BDRV_TRACKED_READ,
-    BDRV_TRACKED_WRITE,
-    BDRV_TRACKED_DISCARD,
-    BDRV_TRACKED_TRUNCATE,
-} BdrvTrackedRequestType;
-
-struct BdrvTrackedRequest {
-    BlockDriverState *bs;
-    int64_t offset, bytes;
-    BdrvTrackedRequestType type;
-    /* A serialising request (an RMW or copy-on-read in progress) waits for,
-     * and is waited for by, every overlapping request; the overlap range is
-     * the request widened to the serialisation alignment. */
-    bool serialising;
-    int64_t overlap_offset, overlap_bytes;
-    Coroutine *co;
-    CoQueue wait_queue;                 /* requests waiting for this one */
-    BdrvTrackedRequest *waiting_for;    /* deadlock avoidance, see block-io.c */
-    BdrvTrackedRequest *next, **pprev;  /* in bs->tracked_reqs */
-};
-
-/* In-flight accounting: every request holds one count on the node it runs on
- * for its whole duration; drain waits for the count to reach zero. */
-void bdrv_inc_in_flight(BlockDriverState *bs);
-void bdrv_dec_in_flight(BlockDriverState *bs);
-
-void coroutine_fn tracked_request_begin(BdrvTrackedRequest *req, BlockDriverState *bs,
-                                        int64_t offset, int64_t bytes,
-                                        BdrvTrackedRequestType type);
-void coroutine_fn tracked_request_end(BdrvTrackedRequest *req);
-/* Widen req to align and make it serialising, then wait for overlapping
- * requests.  Returns true if it had to wait. */
-bool coroutine_fn bdrv_make_request_serialising(BdrvTrackedRequest *req, uint64_t align);
-/* Wait for overlapping serialising requests (cheap when there are none). */
-bool coroutine_fn bdrv_wait_serialising_requests(BdrvTrackedRequest *req);
-
-/* Cluster size for copy-on-read rounding (request_alignment if none). */
-int64_t bdrv_get_cluster_size(BlockDriverState *bs);
-
-/* The node bs forwards to if it is a filter, else NULL. */
-BlockDriverState *bdrv_filter_bs(BlockDriverState *bs);
-/* The copy-on-write parent (backing) of bs, else NULL. */
-BlockDriverState *bdrv_cow_bs(BlockDriverState *bs);
+#include "block-req.h"
 
 /* ---- graph internals (io/block.c, io/block-open.c) ---- */
 /* A new, registered, not yet opened node (refcnt 1); NULL on a bad or
