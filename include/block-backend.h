@@ -22,6 +22,7 @@ typedef struct BlockAcctStats {
     uint64_t bytes[BLK_OP__MAX];
     uint64_t errors[BLK_OP__MAX];
     uint64_t total_ns[BLK_OP__MAX];
+    uint64_t fua_writes;       /* successful writes that asked for FUA */
 } BlockAcctStats;
 
 /* Open a graph; options consumed.  Recognises top-level "throttling.*". */

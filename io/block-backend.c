@@ -128,6 +128,7 @@ void blk_get_stats(BlockBackend *blk, BlockAcctStats *out)
         out->errors[i] = __atomic_load_n(&blk->stats.errors[i], __ATOMIC_RELAXED);
         out->total_ns[i] = __atomic_load_n(&blk->stats.total_ns[i], __ATOMIC_RELAXED);
     }
+    out->fua_writes = __atomic_load_n(&blk->stats.fua_writes, __ATOMIC_RELAXED);
 }
 
 /* ------------------------------------------------------------ request path */
@@ -191,6 +192,9 @@ int coroutine_fn blk_co_pwritev(BlockBackend *blk, int64_t offset, int64_t bytes
     if (ret == 0) {
         blk_throttle(blk, true, bytes);
         ret = bdrv_co_pwritev(blk->root, offset, bytes, qiov, flags);
+    }
+    if (ret >= 0 && (flags & BDRV_REQ_FUA)) {
+        __atomic_fetch_add(&blk->stats.fua_writes, 1, __ATOMIC_RELAXED);
     }
     return blk_account(blk, BLK_OP_WRITE, bytes, start, ret);
 }
