@@ -4,7 +4,7 @@
 #   ublkd null   vs  null_blk (memory_backed=0)
 #   ublkd raw    vs  loop --direct-io=on, on the same file (ext4 on a
 #                    memory-backed null_blk, so O_DIRECT works for both)
-# 4k randread QD1/QD32, 4k randwrite QD32, 128k seq read/write QD8 (1 job),
+# 4k randread QD1/QD32, 4k randwrite QD1/QD32, 128k seq read/write QD8 (1 job),
 # and 4k randread QD32 with 2 jobs; ublkd with 1 and 2 queues, 2 queues also
 # with --affinity=queue.  For ublkd the daemon's CPU time per I/O is shown.
 # Prints a markdown table.  BENCH_RUNTIME (s, default 4) per job.
@@ -53,12 +53,13 @@ HZ=$(getconf CLK_TCK)
 declare -A JOBS=(
   [rr1]="--rw=randread --bs=4k --iodepth=1 --numjobs=1"
   [rr32]="--rw=randread --bs=4k --iodepth=32 --numjobs=1"
+  [rw1]="--rw=randwrite --bs=4k --iodepth=1 --numjobs=1"
   [rw32]="--rw=randwrite --bs=4k --iodepth=32 --numjobs=1"
   [sr]="--rw=read --bs=128k --iodepth=8 --numjobs=1"
   [sw]="--rw=write --bs=128k --iodepth=8 --numjobs=1"
   [rr32x2]="--rw=randread --bs=4k --iodepth=32 --numjobs=2"
 )
-ORDER="rr1 rr32 rw32 sr sw rr32x2"
+ORDER="rr1 rr32 rw1 rw32 sr sw rr32x2"
 echo "| device | $(for j in $ORDER; do printf '%s | ' $j; done)"
 echo "|---|$(for j in $ORDER; do printf -- '---|'; done)"
 run_dev() {  # run_dev LABEL DEV PID
