@@ -38,6 +38,8 @@ bool iov_is_zero(const IOVector *q, size_t offset, size_t len);
 /* Plain-array forms. */
 size_t iov_size(const struct iovec *iov, int niov);
 bool buffer_is_zero(const void *buf, size_t len);
+/* memset(buf, 0, len), cheaper than libc's under emulation (see iov.c). */
+void buffer_zero(void *buf, size_t len);
 
 /* Aligned allocation for O_DIRECT buffers (abort on OOM; free with free()). */
 void *aligned_alloc_or_die(size_t align, size_t size);

@@ -6,9 +6,13 @@
  * the caller owns (read-only here).  Adjacent appends are merged, so a
  * slice of a slice of one buffer stays one element and never allocates.
  */
+#include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#if defined(__x86_64__)
+#include <emmintrin.h>
+#endif
 #include "iov.h"
 
 static void *xrealloc(void *p, size_t n)
@@ -171,8 +175,44 @@ size_t iov_from_buf(const IOVector *q, size_t offset, const void *buf, size_t le
     return IOV_WALK(q, offset, len, p, n, (memcpy(p, b, n), b += n));
 }
 
+/*
+ * Zero-filling request-sized buffers (null reads, zeros past EOF) is on the
+ * I/O path.  glibc picks `rep stosb` for these sizes, which costs a few ns
+ * per byte under an emulating hypervisor (QEMU TCG: 4 us for 4 KiB, against
+ * 0.3 us for this loop); on hardware both are a few dozen cycles.  The asm
+ * keeps the compiler from turning the loop back into a memset call.
+ */
+void buffer_zero(void *buf, size_t len)
+{
+#if defined(__x86_64__)
+    if (len >= 16 && len <= 65536) {
+        char *p = buf, *end = p + len;
+        const __m128i z = _mm_setzero_si128();
+        _mm_storeu_si128((__m128i *)p, z);
+        char *a = (char *)(((uintptr_t)p + 16) & ~(uintptr_t)15);
+        for (; end - a >= 64; a += 64) {
+            __asm__("" : "+r"(a));
+            _mm_store_si128((__m128i *)a, z);
+            _mm_store_si128((__m128i *)(a + 16), z);
+            _mm_store_si128((__m128i *)(a + 32), z);
+            _mm_store_si128((__m128i *)(a + 48), z);
+        }
+        for (; end - a >= 16; a += 16) {
+            __asm__("" : "+r"(a));
+            _mm_store_si128((__m128i *)a, z);
+        }
+        _mm_storeu_si128((__m128i *)(end - 16), z);
+        return;
+    }
+#endif
+    memset(buf, 0, len);
+}
+
 size_t iov_memset(const IOVector *q, size_t offset, int c, size_t len)
 {
+    if (c == 0) {
+        return IOV_WALK(q, offset, len, p, n, buffer_zero(p, n));
+    }
     return IOV_WALK(q, offset, len, p, n, memset(p, c, n));
 }
 

@@ -175,6 +175,32 @@ static void test_buffer_is_zero(void **state)
     }
 }
 
+/* Every length and misalignment around the vector loop's edges: exactly
+ * [off, off+len) becomes zero, the guard bytes around it stay. */
+static void test_buffer_zero(void **state)
+{
+    (void)state;
+    static unsigned char buf[70000];
+    static const size_t lens[] = { 0, 1, 15, 16, 17, 63, 64, 65, 127, 128, 129, 4095, 4096,
+                                   4097, 65535, 65536, 65537, 69000 };
+    for (size_t off = 0; off < 17; off++) {
+        for (size_t i = 0; i < sizeof(lens) / sizeof(lens[0]); i++) {
+            size_t len = lens[i];
+            if (off + len + 1 > sizeof(buf)) {
+                continue;
+            }
+            memset(buf, 0x5a, off + len + 1);
+            buffer_zero(buf + off, len);
+            for (size_t j = 0; j < off + len + 1; j++) {
+                bool in = j >= off && j < off + len;
+                if (buf[j] != (in ? 0 : 0x5a)) {
+                    fail_msg("off %zu len %zu: byte %zu is 0x%02x", off, len, j, buf[j]);
+                }
+            }
+        }
+    }
+}
+
 static void test_aligned_alloc(void **state)
 {
     (void)state;
@@ -196,6 +222,7 @@ int main(void)
         cmocka_unit_test(test_slice),
         cmocka_unit_test(test_copy_memset_zero),
         cmocka_unit_test(test_buffer_is_zero),
+        cmocka_unit_test(test_buffer_zero),
         cmocka_unit_test(test_aligned_alloc),
     };
     return cmocka_run_group_tests_name("iov", tests, NULL, NULL);
