@@ -123,6 +123,9 @@ static int blkdebug_open(BlockDriverState *bs, OptDict *options, int flags, Erro
     if (!bdrv_open_child(NULL, options, child, bs, BDRV_CHILD_FILE, false, errp)) {
         return -EINVAL;
     }
+    /* A filter grows when its child does: otherwise a format on top (vdi
+     * appending blocks) would get -EIO for every write past the end. */
+    bs->growable = bs->file->bs->growable;
     bs->supported_write_flags = bs->file->bs->supported_write_flags;
     bs->supported_zero_flags = bs->file->bs->supported_zero_flags;
     return 0;

@@ -49,11 +49,23 @@ static void vdi_fill_header(uint8_t *h, uint64_t disk_size, uint32_t blocks, boo
     vdi_uuid_generate(h + VDI_OFF_UUID_LAST_SNAP);
 }
 
-static int vdi_write_all(BdrvChild *file, uint64_t offset, const uint8_t *buf, uint64_t len)
+/* The map goes out through one bounded buffer: at the size limit it is 2 GiB,
+ * which need not be in memory at once. */
+#define VDI_CREATE_CHUNK (4 * MiB)
+
+static int vdi_write_bmap_init(BdrvChild *file, uint32_t *buf, uint32_t blocks, bool is_static,
+                               uint64_t bmap_bytes)
 {
-    for (uint64_t done = 0; done < len;) {
-        uint64_t n = MIN(len - done, 64 * MiB);
-        int ret = bdrv_pwrite(file, offset + done, n, buf + done, 0);
+    for (uint64_t done = 0; done < bmap_bytes;) {
+        uint64_t n = MIN(bmap_bytes - done, (uint64_t)VDI_CREATE_CHUNK);
+        uint32_t first = done / 4;
+        int ret;
+
+        memset(buf, 0, n);             /* the padding after the last entry */
+        for (uint32_t i = 0; i < n / 4 && first + i < blocks; i++) {
+            buf[i] = htole32(is_static ? first + i : VDI_UNALLOCATED);
+        }
+        ret = bdrv_pwrite(file, VDI_HEADER_SECTOR + done, n, buf, 0);
         if (ret < 0) {
             return ret;
         }
@@ -117,18 +129,15 @@ int coroutine_fn vdi_co_create(const char *filename, OptDict *opts, Error **errp
         goto out;
     }
     if (bmap_bytes) {
-        bmap = aligned_alloc(4096, ALIGN_UP(bmap_bytes, 4096));
+        size_t chunk = MIN(bmap_bytes, (uint64_t)VDI_CREATE_CHUNK);
+        bmap = aligned_alloc(4096, ALIGN_UP(chunk, 4096));
         if (!bmap) {
-            error_setg(errp, "vdi: %s: cannot allocate the block map (%" PRIu64 " bytes)",
-                       filename, bmap_bytes);
+            error_setg(errp, "vdi: %s: cannot allocate %zu bytes for the block map",
+                       filename, chunk);
             ret = -ENOMEM;
             goto out;
         }
-        memset(bmap, 0, bmap_bytes);
-        for (uint32_t i = 0; i < blocks; i++) {
-            bmap[i] = htole32(is_static ? i : VDI_UNALLOCATED);
-        }
-        ret = vdi_write_all(file, VDI_HEADER_SECTOR, (uint8_t *)bmap, bmap_bytes);
+        ret = vdi_write_bmap_init(file, bmap, blocks, is_static, bmap_bytes);
         if (ret < 0) {
             error_setg_errno(errp, -ret, "vdi: %s: error writing the block map", filename);
             goto out;

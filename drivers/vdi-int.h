@@ -13,6 +13,7 @@
 #define UBLKD_DRIVERS_VDI_INT_H
 
 #include <endian.h>
+#include <limits.h>
 #include <string.h>
 #include "block.h"
 
@@ -22,6 +23,10 @@
 #define VDI_VERSION_1_1     0x00010001U
 #define VDI_TYPE_DYNAMIC    1
 #define VDI_TYPE_STATIC     2
+/* VirtualBox's undo and differencing images: with null link and parent UUIDs
+ * (checked at open) they stand alone and read like dynamic ones. */
+#define VDI_TYPE_UNDO       3
+#define VDI_TYPE_DIFF       4
 #define VDI_SECTOR_SIZE     512
 #define VDI_BLOCK_SIZE      (1U << 20)
 #define VDI_BLOCK_SHIFT     20
@@ -30,10 +35,10 @@
  * request needs at most 1025 entries (under 5 KiB). */
 #define VDI_MAP_BOUNCE      (16 * 1024)
 /* header_size counts from offset 72 (after text, signature, version): 0x180
- * is VirtualBox's VDIHEADER1 (what qemu writes), 0x190 its VDIHEADER1PLUS;
- * anything up to the end of the header sector is accepted. */
+ * is VirtualBox's VDIHEADER1 (what qemu writes), 0x190 its VDIHEADER1PLUS.
+ * Like QEMU we never use it: fields are read at fixed offsets of the first
+ * sector and only that sector is rewritten, so any value is accepted. */
 #define VDI_HEADER_SIZE     0x180U
-#define VDI_HEADER_SIZE_MAX (VDI_HEADER_SECTOR - 72)
 
 /* Block map entries.  UNALLOCATED: never written, reads as zeros.
  * DISCARDED: explicitly zero (VirtualBox's "zero block"). */
@@ -41,9 +46,10 @@
 #define VDI_DISCARDED       0xfffffffeU
 static inline bool vdi_is_allocated(uint32_t entry) { return entry < VDI_DISCARDED; }
 
-/* The block map is uint32 entries addressed through a 32-bit byte offset in
- * VirtualBox, hence a quarter of 4 GiB entries (as QEMU). */
-#define VDI_BLOCKS_IN_IMAGE_MAX 0x3fffffffU
+/* QEMU 7.2's limit, so both tools accept and refuse the same sizes: the map,
+ * rounded up to a sector, must fit in an int (its byte-count type), i.e.
+ * max * 4 + 512 == INT_MAX + 1: 536870784 blocks, 0x1fffff8000000 bytes. */
+#define VDI_BLOCKS_IN_IMAGE_MAX ((uint32_t)((INT_MAX + 1U - VDI_SECTOR_SIZE) / 4))
 #define VDI_DISK_SIZE_MAX   ((uint64_t)VDI_BLOCKS_IN_IMAGE_MAX * VDI_BLOCK_SIZE)
 
 /* Byte offsets of the header fields in the first sector. */
@@ -116,18 +122,31 @@ typedef struct BDRVVdiState {
     uint8_t *map_bounce;       /* VDI_MAP_BOUNCE bytes, under alloc_lock */
 
     /*
+     * Damage found at open, fixed for the life of the node.  Slots
+     * [missing_start, missing_end) were past the end of the file at open
+     * (a truncated image): their blocks read and write -EIO, and while any
+     * block points there (has_missing) no new block is allocated, because
+     * appending data would grow the file over the hole and turn the lost
+     * blocks into zeros that neither reads nor check could tell from data.
+     * Slots handed out since open start at missing_end or later.  Slots
+     * set in shared_slots are used by more than one block: writing one
+     * would change the other, so writes to them fail -EIO (reads work).
+     */
+    uint32_t missing_start, missing_end;
+    bool has_missing;
+    uint8_t *shared_slots;     /* bitmap by slot; NULL when no slot is shared */
+    bool warned_missing, warned_shared;    /* atomic: log each once */
+
+    /*
      * Allocation state, under alloc_lock.  Slots are handed out in order
      * from next_slot; blocks_allocated is the header's count (rewritten
-     * after each published allocation).  Slots from data_slots on start at
-     * or past the end of the file; their I/O fails with -EIO (a truncated
-     * image).
+     * after each published allocation).
      */
     CoMutex alloc_lock;
     CoQueue alloc_wait;        /* writers waiting for a block in allocs */
     VdiAllocation *allocs;
     uint32_t next_slot;
     uint32_t blocks_allocated;
-    uint32_t data_slots;       /* atomic loads outside the lock */
 
     /*
      * Group commit of new blocks' data: each allocating write takes a
@@ -154,10 +173,19 @@ static inline uint64_t vdi_slot_offset(BDRVVdiState *s, uint32_t slot)
     return s->offset_data + ((uint64_t)slot << VDI_BLOCK_SHIFT);
 }
 
-/* A slot that starts at or beyond the end of the file: a truncated image. */
+/* A slot whose data is not in the image: it was past the end of the file at
+ * open (a truncated image), or lies outside the data area altogether (an
+ * entry past blocks_in_image, which no allocation can ever produce). */
 static inline bool vdi_slot_missing(BDRVVdiState *s, uint32_t slot)
 {
-    return slot >= __atomic_load_n(&s->data_slots, __ATOMIC_ACQUIRE);
+    return slot >= s->blocks_in_image || (slot >= s->missing_start && slot < s->missing_end);
+}
+
+/* A slot that more than one block points at (a corrupt map). */
+static inline bool vdi_slot_shared(BDRVVdiState *s, uint32_t slot)
+{
+    return s->shared_slots && slot < s->blocks_in_image &&
+           (s->shared_slots[slot / 8] & (1U << (slot % 8)));
 }
 
 /*
@@ -172,7 +200,7 @@ static inline int64_t vdi_contiguous_run(BDRVVdiState *s, uint32_t block, uint32
 
     while (n < bytes) {
         uint32_t next = vdi_entry(s, ++block);
-        if (next != ++entry || vdi_slot_missing(s, entry)) {
+        if (next != ++entry || vdi_slot_missing(s, entry) || vdi_slot_shared(s, entry)) {
             break;
         }
         n += MIN(bytes - n, (int64_t)VDI_BLOCK_SIZE);

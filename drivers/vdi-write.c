@@ -13,13 +13,15 @@
  * entry pointing at unwritten data.  Only metadata I/O runs under the lock.
  */
 #include <errno.h>
+#include <inttypes.h>
 #include <stdlib.h>
 #include "vdi-int.h"
 
 /* Source of the zero padding of newly allocated blocks; never written. */
 static uint8_t vdi_zero_block[VDI_BLOCK_SIZE] __attribute__((aligned(4096)));
 
-/* Requests with more buffers than this build their padded vector on the heap. */
+/* Caller buffers per data write of a new run; longer vectors take several
+ * writes, so the padded vector always fits on the stack. */
 #define VDI_STACK_IOV 32
 
 static VdiAllocation *vdi_alloc_find(BDRVVdiState *s, uint32_t block)
@@ -75,15 +77,17 @@ int coroutine_fn vdi_write_header(BlockDriverState *bs)
  * [slot, slot+count) from a copy, so the in-memory map only changes once
  * the disk has it: a writer that saw the new entry could otherwise write in
  * place into a slot we then have to give up.  alloc_lock held (it guards
- * map_bounce too).
+ * map_bounce too).  *written is how many entries reached the disk before a
+ * failure (whole chunks only).
  */
 static int coroutine_fn vdi_write_new_entries(BlockDriverState *bs, uint32_t block,
-                                              uint32_t count, uint32_t slot)
+                                              uint32_t count, uint32_t slot, uint32_t *written)
 {
     BDRVVdiState *s = bs->opaque;
     /* sector rounding can add up to a sector at each end */
     const uint32_t per_chunk = (VDI_MAP_BOUNCE - 2 * VDI_SECTOR_SIZE) / 4;
 
+    *written = 0;
     for (uint32_t done = 0; done < count;) {
         uint32_t n = MIN(count - done, per_chunk), first = block + done;
         uint64_t start = ALIGN_DOWN_POW2((uint64_t)first * 4, VDI_SECTOR_SIZE);
@@ -103,6 +107,7 @@ static int coroutine_fn vdi_write_new_entries(BlockDriverState *bs, uint32_t blo
             return ret;
         }
         done += n;
+        *written = done;
     }
     return 0;
 }
@@ -110,21 +115,24 @@ static int coroutine_fn vdi_write_new_entries(BlockDriverState *bs, uint32_t blo
 /*
  * Point blocks [block, block+count) at slots [slot, slot+count), whose data
  * is already on disk: map first, then the header count.  alloc_lock held.
- * On failure the slots leak and the blocks stay as they were.
+ * On failure the blocks stay as they were in memory; *on_disk says whether
+ * any map sector naming the slots was written (then they must never be
+ * handed out again: a later map write of another sector would leave two
+ * entries on disk pointing at them).
  */
 static int coroutine_fn vdi_publish(BlockDriverState *bs, uint32_t block, uint32_t count,
-                                    uint32_t slot)
+                                    uint32_t slot, bool *on_disk)
 {
     BDRVVdiState *s = bs->opaque;
+    uint32_t written;
     int ret;
 
-    if (slot + count > __atomic_load_n(&s->data_slots, __ATOMIC_RELAXED)) {
-        __atomic_store_n(&s->data_slots, slot + count, __ATOMIC_RELEASE);
-    }
-    ret = vdi_write_new_entries(bs, block, count, slot);
+    ret = vdi_write_new_entries(bs, block, count, slot, &written);
+    *on_disk = written > 0;
     if (ret < 0) {
         return ret;
     }
+    *on_disk = true;
     for (uint32_t i = 0; i < count; i++) {
         vdi_set_entry(s, block + i, slot + i);
     }
@@ -135,62 +143,66 @@ static int coroutine_fn vdi_publish(BlockDriverState *bs, uint32_t block, uint32
     return ret;
 }
 
-/* Fill iov[] with [off, off+len) of src; -1 if more than max elements. */
-static int vdi_fill_iov(struct iovec *iov, int max, const IOVector *src, size_t off, size_t len)
+/* Fill iov[] with at most max elements from [off, off+len) of src; returns
+ * the element count, *taken the bytes they cover. */
+static int vdi_fill_iov(struct iovec *iov, int max, const IOVector *src, size_t off, size_t len,
+                        size_t *taken)
 {
     int n = 0;
 
-    for (int i = 0; i < src->niov && len > 0; i++) {
+    *taken = 0;
+    for (int i = 0; i < src->niov && len > 0 && n < max; i++) {
         size_t l = src->iov[i].iov_len, take;
         if (off >= l) {
             off -= l;
             continue;
-        }
-        if (n == max) {
-            return -1;
         }
         take = MIN(l - off, len);
         iov[n].iov_base = (uint8_t *)src->iov[i].iov_base + off;
         iov[n].iov_len = take;
         n++;
         len -= take;
+        *taken += take;
         off = 0;
     }
     return n;
 }
 
-/* Write head zeros, the caller's bytes and tail zeros at file offset foff in
- * one request.  The vector lives on the stack unless the caller's is long. */
+/* Write head zeros, the caller's bytes and tail zeros at file offset foff:
+ * one request unless the caller's vector has more than VDI_STACK_IOV
+ * buffers, then consecutive ones, so nothing is allocated per request.  All
+ * of it precedes the flush and the map update, so splitting changes no
+ * crash outcome. */
 static int coroutine_fn vdi_write_padded(BlockDriverState *bs, uint64_t foff, size_t head,
                                          IOVector *qiov, size_t qiov_offset, size_t len,
                                          size_t tail)
 {
     struct iovec iov[VDI_STACK_IOV + 2];
     IOVector q;
-    int n = 0, m, ret;
+    int ret;
 
-    if (head) {
-        iov[n++] = (struct iovec){ vdi_zero_block, head };
-    }
-    m = vdi_fill_iov(iov + n, VDI_STACK_IOV, qiov, qiov_offset, len);
-    if (m >= 0) {
-        n += m;
-        if (tail) {
+    do {
+        size_t taken, bytes;
+        int n = 0;
+        if (head) {
+            iov[n++] = (struct iovec){ vdi_zero_block, head };
+        }
+        n += vdi_fill_iov(iov + n, VDI_STACK_IOV, qiov, qiov_offset, len, &taken);
+        if (!taken && len) {
+            return -EINVAL;            /* the caller's vector is shorter than len */
+        }
+        if (taken == len && tail) {
             iov[n++] = (struct iovec){ vdi_zero_block, tail };
         }
+        bytes = head + taken + (taken == len ? tail : 0);
         iov_init_external(&q, iov, n);
-    } else {
-        iov_init(&q, qiov->niov + 2);
-        if (head) {
-            iov_add(&q, vdi_zero_block, head);
-        }
-        iov_concat(&q, qiov, qiov_offset, len);
-        if (tail) {
-            iov_add(&q, vdi_zero_block, tail);
-        }
-    }
-    ret = bdrv_co_pwritev(bs->file, foff, head + len + tail, &q, 0);
-    iov_destroy(&q);
+        ret = bdrv_co_pwritev(bs->file, foff, bytes, &q, 0);
+        iov_destroy(&q);
+        foff += bytes;
+        qiov_offset += taken;
+        len -= taken;
+        head = 0;
+    } while (ret >= 0 && len > 0);
     return ret;
 }
 
@@ -229,9 +241,18 @@ static int coroutine_fn vdi_co_allocating_write(BlockDriverState *bs, uint32_t b
     VdiAllocation alloc;
     uint32_t want, count, slot;
     uint64_t len, tail;
+    bool map_on_disk = false;
     int ret;
 
     *done = 0;
+    if (s->has_missing) {
+        if (!__atomic_exchange_n(&s->warned_missing, true, __ATOMIC_RELAXED)) {
+            error_report("vdi: %s: data area truncated (slots %" PRIu32 "..%" PRIu32
+                         " missing): allocating writes refused, see img check",
+                         vdi_image_name(bs), s->missing_start, s->missing_end - 1);
+        }
+        return -EIO;
+    }
     co_mutex_lock(&s->alloc_lock);
     for (;;) {
         if (vdi_is_allocated(vdi_entry(s, block))) {
@@ -270,15 +291,33 @@ static int coroutine_fn vdi_co_allocating_write(BlockDriverState *bs, uint32_t b
 
     co_mutex_lock(&s->alloc_lock);
     if (ret >= 0) {
-        ret = vdi_publish(bs, block, count, slot);
-    } else if (s->next_slot == slot + count) {
-        s->next_slot = slot;           /* nobody reserved after us: reuse */
+        ret = vdi_publish(bs, block, count, slot, &map_on_disk);
+    }
+    if (ret < 0 && !map_on_disk && s->next_slot == slot + count) {
+        /* Nothing names the slots: give them back, or the next allocation
+         * would leave a hole and a count that no longer matches the map.
+         * (With a later reservation in between they stay a hole, which
+         * check -r all compacts.) */
+        s->next_slot = slot;
     }
     vdi_alloc_remove(s, &alloc);
     co_queue_restart_all(&s->alloc_wait);
     co_mutex_unlock(&s->alloc_lock);
     *done = len;
     return ret < 0 ? ret : 0;
+}
+
+/* Writing a block whose slot another block shares would change that block
+ * too (QEMU does so silently); refuse, and say why once per node. */
+static void vdi_refuse_shared(BlockDriverState *bs, uint32_t block, uint32_t slot)
+{
+    BDRVVdiState *s = bs->opaque;
+
+    if (!__atomic_exchange_n(&s->warned_shared, true, __ATOMIC_RELAXED)) {
+        error_report("vdi: %s: block %" PRIu32 " shares data slot %" PRIu32 " with another"
+                     " block (corrupt block map): writes to it fail, see img check",
+                     vdi_image_name(bs), block, slot);
+    }
 }
 
 int coroutine_fn vdi_co_pwritev(BlockDriverState *bs, int64_t offset, int64_t bytes,
@@ -296,6 +335,10 @@ int coroutine_fn vdi_co_pwritev(BlockDriverState *bs, int64_t offset, int64_t by
 
         if (vdi_is_allocated(entry)) {
             if (vdi_slot_missing(s, entry)) {
+                return -EIO;
+            }
+            if (vdi_slot_shared(s, entry)) {
+                vdi_refuse_shared(bs, block, entry);
                 return -EIO;
             }
             n = vdi_contiguous_run(s, block, in_block, bytes, entry);
@@ -383,6 +426,10 @@ static int coroutine_fn vdi_co_zero_range(BlockDriverState *bs, int64_t offset, 
                 if (end < s->disk_size) {
                     end = ALIGN_DOWN_POW2(end, (uint64_t)VDI_BLOCK_SIZE);
                 }
+            }
+            if (end > start && vdi_slot_shared(s, entry)) {
+                vdi_refuse_shared(bs, block, entry);
+                return -EIO;
             }
             if (end > start && !vdi_slot_missing(s, entry)) {
                 ret = bdrv_co_pwrite_zeroes(bs->file, run_file + start, end - start,

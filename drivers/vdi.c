@@ -50,13 +50,13 @@ static bool uuid_is_null(const uint8_t *u)
 
 /* Every check of the header, each with its own message.  file_len bounds the
  * block map so a crafted header cannot make us allocate more than the image
- * itself holds. */
+ * itself holds.  Checks QEMU 7.2 does not make are listed, with the reason
+ * for each, in the vdi section of docs/ARCHITECTURE.md. */
 static int vdi_validate_header(const uint8_t *h, const char *name, int64_t file_len,
-                               Error **errp)
+                               bool writable, Error **errp)
 {
     uint32_t signature = vdi_ld32(h, VDI_OFF_SIGNATURE);
     uint32_t version = vdi_ld32(h, VDI_OFF_VERSION);
-    uint32_t header_size = vdi_ld32(h, VDI_OFF_HEADER_SIZE);
     uint32_t image_type = vdi_ld32(h, VDI_OFF_IMAGE_TYPE);
     uint32_t offset_bmap = vdi_ld32(h, VDI_OFF_OFFSET_BMAP);
     uint32_t offset_data = vdi_ld32(h, VDI_OFF_OFFSET_DATA);
@@ -76,15 +76,12 @@ static int vdi_validate_header(const uint8_t *h, const char *name, int64_t file_
                    " (only 1.1)", name, version >> 16, version & 0xffff);
         return -ENOTSUP;
     }
-    if (header_size < VDI_HEADER_SIZE || header_size > VDI_HEADER_SIZE_MAX) {
-        error_setg(errp, "vdi: %s: unsupported header size 0x%" PRIx32
-                   " (must be 0x%x..0x%x)", name, header_size, VDI_HEADER_SIZE,
-                   VDI_HEADER_SIZE_MAX);
-        return -ENOTSUP;
-    }
-    if (image_type != VDI_TYPE_DYNAMIC && image_type != VDI_TYPE_STATIC) {
-        error_setg(errp, "vdi: %s: unsupported image type %" PRIu32
-                   " (only 1 dynamic and 2 static)", name, image_type);
+    /* QEMU takes any type as dynamic.  VirtualBox defines 1..4 and refuses
+     * the rest; what another type means for the map is unknown, so such an
+     * image is read (as QEMU reads it) but never written. */
+    if ((image_type < VDI_TYPE_DYNAMIC || image_type > VDI_TYPE_DIFF) && writable) {
+        error_setg(errp, "vdi: %s: unsupported image type %" PRIu32 " for writing"
+                   " (VirtualBox defines 1..4; open read-only to read it)", name, image_type);
         return -ENOTSUP;
     }
     if (offset_bmap % VDI_SECTOR_SIZE) {
@@ -176,9 +173,53 @@ static void vdi_free_state(BDRVVdiState *s)
     free(s->bmap);
     free(s->header);
     free(s->map_bounce);
+    free(s->shared_slots);
     s->bmap = NULL;
     s->header = NULL;
     s->map_bounce = NULL;
+    s->shared_slots = NULL;
+}
+
+/*
+ * One pass over the map: the end of the slots in use, and which slots more
+ * than one block points at.  Two bits per slot of scratch, bounded by the
+ * map (itself bounded by the file size); kept only if a slot is shared.
+ */
+static int vdi_scan_bmap(BlockDriverState *bs, uint32_t *slot_end, uint32_t *shared_count)
+{
+    BDRVVdiState *s = bs->opaque;
+    size_t bytes = DIV_ROUND_UP((size_t)s->blocks_in_image, 8);
+    uint8_t *seen = bytes ? calloc(1, bytes) : NULL;
+    uint8_t *shared = bytes ? calloc(1, bytes) : NULL;
+
+    *slot_end = 0;
+    *shared_count = 0;
+    if (bytes && (!seen || !shared)) {
+        free(seen);
+        free(shared);
+        return -ENOMEM;
+    }
+    for (uint32_t b = 0; b < s->blocks_in_image; b++) {
+        uint32_t e = vdi_entry(s, b);
+        uint8_t bit;
+        if (!vdi_is_allocated(e) || e >= s->blocks_in_image) {
+            continue;
+        }
+        *slot_end = MAX(*slot_end, e + 1);
+        bit = 1U << (e % 8);
+        if (seen[e / 8] & bit) {
+            *shared_count += !(shared[e / 8] & bit);
+            shared[e / 8] |= bit;
+        }
+        seen[e / 8] |= bit;
+    }
+    free(seen);
+    if (*shared_count) {
+        s->shared_slots = shared;
+    } else {
+        free(shared);
+    }
+    return 0;
 }
 
 static int vdi_open(BlockDriverState *bs, OptDict *options, int flags, Error **errp)
@@ -186,10 +227,9 @@ static int vdi_open(BlockDriverState *bs, OptDict *options, int flags, Error **e
     BDRVVdiState *s = bs->opaque;
     BdrvChild *file;
     int64_t file_len;
-    uint32_t max_slot_end = 0;
+    uint32_t max_slot_end = 0, shared_count = 0, file_slots = 0;
     int ret;
 
-    (void)flags;
     file = bdrv_open_child(NULL, options, "file", bs, BDRV_CHILD_FILE, false, errp);
     if (!file) {
         return -EINVAL;
@@ -216,7 +256,8 @@ static int vdi_open(BlockDriverState *bs, OptDict *options, int flags, Error **e
         error_setg_errno(errp, -ret, "vdi: %s: cannot read the header", vdi_image_name(bs));
         goto fail;
     }
-    ret = vdi_validate_header(s->header, vdi_image_name(bs), file_len, errp);
+    ret = vdi_validate_header(s->header, vdi_image_name(bs), file_len,
+                              flags & BDRV_O_RDWR, errp);
     if (ret < 0) {
         goto fail;
     }
@@ -247,21 +288,31 @@ static int vdi_open(BlockDriverState *bs, OptDict *options, int flags, Error **e
         goto fail;
     }
 
+    ret = vdi_scan_bmap(bs, &max_slot_end, &shared_count);
+    if (ret < 0) {
+        error_setg(errp, "vdi: %s: cannot allocate the slot bitmap for %" PRIu32 " blocks",
+                   vdi_image_name(bs), s->blocks_in_image);
+        goto fail;
+    }
+    if (shared_count) {
+        warn_report("vdi: %s: %" PRIu32 " data slots are used by more than one block"
+                    " (corrupt block map, see img check); writes to those blocks fail",
+                    vdi_image_name(bs), shared_count);
+    }
     /* New slots go after every slot in use, even if blocks_allocated lags
      * (a crash between map and header write); out-of-range entries are
      * corruption that check reports, and never collide with new slots. */
-    for (uint32_t b = 0; b < s->blocks_in_image; b++) {
-        uint32_t e = vdi_entry(s, b);
-        if (vdi_is_allocated(e) && e < s->blocks_in_image && e + 1 > max_slot_end) {
-            max_slot_end = e + 1;
-        }
-    }
     s->next_slot = MAX(s->blocks_allocated, max_slot_end);
     if (file_len > (int64_t)s->offset_data) {
-        s->data_slots = (uint32_t)MIN(DIV_ROUND_UP((uint64_t)file_len - s->offset_data,
-                                                   (uint64_t)VDI_BLOCK_SIZE),
-                                      (uint64_t)UINT32_MAX);
+        file_slots = (uint32_t)MIN(DIV_ROUND_UP((uint64_t)file_len - s->offset_data,
+                                                (uint64_t)VDI_BLOCK_SIZE),
+                                   (uint64_t)UINT32_MAX);
     }
+    /* Only slots some block points at matter: with none past the end of the
+     * file the range is empty, and new blocks may go anywhere past it. */
+    s->has_missing = max_slot_end > file_slots;
+    s->missing_start = file_slots;
+    s->missing_end = s->has_missing ? MAX(file_slots, s->next_slot) : file_slots;
 
     co_mutex_init(&s->alloc_lock);
     co_mutex_init(&s->flush_lock);
@@ -329,7 +380,10 @@ static int coroutine_fn vdi_co_preadv(BlockDriverState *bs, int64_t offset, int6
 
 /* As QEMU: unallocated and discarded blocks are ZERO (no backing file to
  * fall through to); allocated ones DATA at their file offset, and static
- * images let the file say whether the preallocated data is zero. */
+ * images let the file say whether the preallocated data is zero.  Unlike
+ * QEMU, a block whose slot is missing (truncated image) is DATA with no
+ * offset: the file past its end would say "zero" and convert or compare
+ * would skip the block, while reading it fails with -EIO as it should. */
 static int coroutine_fn vdi_co_block_status(BlockDriverState *bs, bool want_zero,
                                             int64_t offset, int64_t bytes, int64_t *pnum,
                                             int64_t *map, BlockDriverState **file)
@@ -343,6 +397,10 @@ static int coroutine_fn vdi_co_block_status(BlockDriverState *bs, bool want_zero
     if (!vdi_is_allocated(entry)) {
         *pnum = vdi_unallocated_run(s, block, in_block, bytes);
         return BDRV_BLOCK_ZERO;
+    }
+    if (vdi_slot_missing(s, entry)) {
+        *pnum = MIN(bytes, (int64_t)(VDI_BLOCK_SIZE - in_block));
+        return BDRV_BLOCK_DATA;
     }
     *pnum = vdi_contiguous_run(s, block, in_block, bytes, entry);
     *map = vdi_slot_offset(s, entry) + in_block;

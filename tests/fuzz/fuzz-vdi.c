@@ -94,6 +94,17 @@ int LLVMFuzzerInitialize(int *argc, char ***argv)
     return 0;
 }
 
+typedef struct FuzzDiscard {
+    BdrvChild *child;
+    int64_t offset, bytes;
+} FuzzDiscard;
+
+static void coroutine_fn fuzz_discard_co(void *opaque)
+{
+    FuzzDiscard *d = opaque;
+    bdrv_co_pdiscard(d->child, d->offset, d->bytes);
+}
+
 static void exercise(BlockDriverState *vdi)
 {
     static uint8_t buf[2 * MiB];
@@ -126,6 +137,8 @@ static void exercise(BlockDriverState *vdi)
         bdrv_pwrite(child, 0, MIN(len, (int64_t)4096), buf, 0);
         bdrv_pwrite(child, len - MIN(len, (int64_t)512), MIN(len, (int64_t)512), buf, 0);
         bdrv_pwrite_zeroes(child, len / 2, MIN(len - len / 2, (int64_t)(3 * MiB)), 0);
+        FuzzDiscard d = { child, len / 4, MIN(len - len / 4, (int64_t)(5 * MiB) / 2) };
+        aio_co_run_sync(fuzz_discard_co, &d);
         bdrv_pread(child, 0, MIN(len, (int64_t)sizeof(buf)), buf, 0);
     }
     memset(&res, 0, sizeof(res));

@@ -34,6 +34,28 @@ grep -q '"data": false' "$T/s.map" && vdi_fail "static image has unallocated blo
 
 # Size limits as qemu-img.
 "$UBLKD" img create -q -f vdi "$T/big.vdi" 5P 2>"$T/err" && vdi_fail "5P accepted"
-grep -q "Unsupported VDI image size (size is 0x14000000000000, max supported is 0x3fffffff00000)" "$T/err" ||
+grep -q "Unsupported VDI image size (size is 0x14000000000000, max supported is 0x1fffff8000000)" "$T/err" ||
     { cat "$T/err"; vdi_fail "size limit message"; }
+# At the boundary both tools agree: the largest size creates and each tool
+# opens the other's image; one byte more (rounded up to a sector) is refused
+# by both with the same message.  The map alone is 2 GiB of 0xff entries, so
+# one such image exists at a time.
+max=$((0x1fffff8000000))
+"$UBLKD" img create -q -f vdi "$T/max.vdi" $max || vdi_fail "ublkd refuses the max size"
+qemu-img info --output=json "$T/max.vdi" | grep -q "\"virtual-size\": $max" ||
+    vdi_fail "qemu-img cannot open ublkd's max-size image"
+head -c 392 "$T/max.vdi" | tail -c +65 | od -An -tx1 >"$T/max.u.hdr"
+rm -f "$T/max.vdi"
+qemu-img create -q -f vdi "$T/max.vdi" $max || vdi_fail "qemu-img refuses the max size"
+"$UBLKD" img info --output=json "$T/max.vdi" | grep -q "\"virtual-size\": *$max" ||
+    vdi_fail "ublkd cannot open qemu-img's max-size image"
+head -c 392 "$T/max.vdi" | tail -c +65 | od -An -tx1 >"$T/max.q.hdr"
+rm -f "$T/max.vdi"
+diff -u "$T/max.q.hdr" "$T/max.u.hdr" || vdi_fail "max-size headers differ"
+qemu-img create -q -f vdi "$T/over.vdi" $((max + 1)) 2>"$T/err.q" && vdi_fail "qemu-img took max+1"
+"$UBLKD" img create -q -f vdi "$T/over.vdi" $((max + 1)) 2>"$T/err.u" && vdi_fail "ublkd took max+1"
+want="Unsupported VDI image size (size is 0x1fffff8000200, max supported is 0x1fffff8000000)"
+grep -qF "$want" "$T/err.q" || { cat "$T/err.q"; vdi_fail "qemu-img max+1 message"; }
+grep -qF "$want" "$T/err.u" || { cat "$T/err.u"; vdi_fail "ublkd max+1 message"; }
+rm -f "$T/over.vdi"
 echo "ok: ublkd-written images are clean and identical"

@@ -58,6 +58,41 @@ static void test_passthrough(void **state)
     bdrv_unref(bs);
 }
 
+/* A format over blkdebug appends past the end of the file (vdi allocating a
+ * block): the filter must be as growable as its child. */
+static void test_growable_follows_child(void **state)
+{
+    (void)state;
+    Error *err = NULL;
+    MemConfig cfg = { .size = 64 * 1024, .growable = true, .node_name = "growimg" };
+    BlockDriverState *grow = mem_node_new(&cfg);
+    OptDict *o = optdict_new();
+    optdict_set(o, "driver", "blkdebug");
+    optdict_set(o, "image", "growimg");
+    BlockDriverState *bs = bdrv_open(NULL, o, BDRV_O_RDWR, &err);
+    assert_non_null(bs);
+    assert_true(bs->growable);
+    BdrvChild *c = test_child_new(bs);
+    uint8_t w[4096], r[4096];
+    test_pattern(w, sizeof(w), 7);
+    assert_int_equal(bdrv_pwrite(c, 1 * MiB, sizeof(w), w, 0), 0);
+    assert_int_equal(mem_size(grow), 1 * MiB + 4096);
+    assert_int_equal(bdrv_pread(c, 1 * MiB, sizeof(r), r, 0), 0);
+    assert_memory_equal(r, w, sizeof(w));
+    test_child_free(c);
+    bdrv_unref(bs);
+    bdrv_unref(grow);
+
+    /* and not growable over a fixed-size child */
+    bs = open_dbg("", &err);
+    assert_non_null(bs);
+    assert_false(bs->growable);
+    c = test_child_new(bs);
+    assert_int_equal(bdrv_pwrite(c, 1 * MiB, sizeof(w), w, 0), -EIO);
+    test_child_free(c);
+    bdrv_unref(bs);
+}
+
 static void test_read_error_at_offset_once(void **state)
 {
     (void)state;
@@ -205,6 +240,7 @@ int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test_setup_teardown(test_passthrough, setup_each, teardown_each),
+        cmocka_unit_test_setup_teardown(test_growable_follows_child, setup_each, teardown_each),
         cmocka_unit_test_setup_teardown(test_read_error_at_offset_once, setup_each, teardown_each),
         cmocka_unit_test_setup_teardown(test_errors_by_event, setup_each, teardown_each),
         cmocka_unit_test_setup_teardown(test_align_and_max_transfer, setup_each, teardown_each),

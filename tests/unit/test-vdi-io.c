@@ -9,6 +9,8 @@
 #include <pthread.h>
 #include "vdi-image.h"
 
+static BdrvCheckResult run_check(BlockDriverState *f, BdrvCheckMode fix, int *ret);
+
 static uint8_t *xmalloc(size_t n)
 {
     uint8_t *p = malloc(n);
@@ -209,6 +211,67 @@ static void test_map_write_failure_reverts(void **state)
     assert_true(bdrv_pwrite(img.child, 0, sizeof(data), data, 0) >= 0);
     assert_true(bdrv_pread(img.child, 0, sizeof(buf), buf, 0) >= 0);
     assert_memory_equal(buf, data, sizeof(buf));
+    /* the failed attempt gave its slot back: the retry used slot 0 and the
+     * count matches the map, so check finds the image clean */
+    assert_int_equal(vdi_test_entry(img.file, 0), 0);
+    assert_int_equal(vdi_test_hdr32(img.file, VDI_OFF_BLOCKS_ALLOCATED), 1);
+    BdrvCheckResult res = { 0 };
+    assert_int_equal(bdrv_check(img.bs, &res, 0), 0);
+    assert_int_equal(res.corruptions, 0);
+    vdi_test_close(&img);
+}
+
+typedef struct VecWrite {
+    BdrvChild *child;
+    int64_t offset;
+    IOVector *qiov;
+    int ret;
+} VecWrite;
+
+static void coroutine_fn vec_write_co(void *opaque)
+{
+    VecWrite *w = opaque;
+    w->ret = bdrv_co_pwritev(w->child, w->offset, w->qiov->size, w->qiov, 0);
+}
+
+/* A caller vector longer than the stack vector is written in pieces (no heap
+ * on the request path), still before the flush and the map. */
+static void test_write_long_vector_split(void **state)
+{
+    (void)state;
+    VdiTestImage img = vdi_test_open(vdi_test_make_file(4 * MiB, false), BDRV_O_RDWR);
+    enum { NV = 40, PIECE = 1024 };
+    static uint8_t data[NV * PIECE];
+    uint8_t *buf = xmalloc(MiB);
+    struct iovec iov[NV];
+    IOVector q;
+    test_pattern(data, sizeof(data), 11);
+    for (int i = 0; i < NV; i++) {
+        iov[i] = (struct iovec){ data + i * PIECE, PIECE };
+    }
+    iov_init_external(&q, iov, NV);
+    mem_log_clear(img.file);
+    VecWrite w = { img.child, MiB + 4096, &q, -1 };
+    test_run_co(vec_write_co, &w);
+    assert_true(w.ret >= 0);
+    iov_destroy(&q);
+    /* data pieces: contiguous from the slot start, a whole block in all */
+    int64_t at = img.offset_data, n = 0;
+    for (int i = 0; mem_log(img.file, MEM_OP_WRITE, i); i++) {
+        const MemLogEntry *w = mem_log(img.file, MEM_OP_WRITE, i);
+        if (w->offset >= img.offset_data) {
+            assert_int_equal(w->offset, at);
+            at += w->bytes;
+            n++;
+        }
+    }
+    assert_int_equal(at, img.offset_data + MiB);
+    assert_int_equal(n, 2);
+    assert_true(bdrv_pread(img.child, MiB, MiB, buf, 0) >= 0);
+    assert_true(test_buf_is(buf, 4096, 0));
+    assert_memory_equal(buf + 4096, data, sizeof(data));
+    assert_true(test_buf_is(buf + 4096 + sizeof(data), MiB - 4096 - sizeof(data), 0));
+    free(buf);
     vdi_test_close(&img);
 }
 
@@ -458,6 +521,78 @@ static void test_lagging_count_does_not_reuse_slot(void **state)
     vdi_test_close(&img);
 }
 
+/* Blocks 0-2 in slots 0-2 but the file ends after slot 1.  Appending a new
+ * block would grow the file over slot 2 and make the lost block read as
+ * zeros, even after a reopen: allocating writes are refused instead. */
+static void test_truncated_image_refuses_allocation(void **state)
+{
+    (void)state;
+    BlockDriverState *f = vdi_test_make_file(8 * MiB, true);
+    uint32_t off = vdi_test_hdr32(f, VDI_OFF_OFFSET_DATA);
+    for (uint32_t b = 3; b < 8; b++) {
+        vdi_test_set_entry(f, b, VDI_UNALLOCATED);
+    }
+    vdi_test_set_hdr32(f, VDI_OFF_BLOCKS_ALLOCATED, 3);
+    vdi_test_set_hdr32(f, VDI_OFF_IMAGE_TYPE, VDI_TYPE_DYNAMIC);
+    vdi_test_truncate(f, off + 2 * MiB);
+    int64_t size = mem_size(f);
+    uint8_t buf[4096] = { 0 };
+    bdrv_ref(f);
+    VdiTestImage img = vdi_test_open(f, BDRV_O_RDWR);
+    assert_non_null(img.bs);
+    assert_int_equal(bdrv_pread(img.child, 2 * MiB, sizeof(buf), buf, 0), -EIO);
+    assert_int_equal(bdrv_pwrite(img.child, 5 * MiB, sizeof(buf), buf, 0), -EIO);
+    assert_int_equal(bdrv_pread(img.child, 2 * MiB, sizeof(buf), buf, 0), -EIO);
+    assert_true(bdrv_pwrite(img.child, MiB, sizeof(buf), buf, 0) >= 0);   /* in place */
+    assert_int_equal(mem_size(f), size);
+    assert_int_equal(vdi_test_entry(f, 5), VDI_UNALLOCATED);
+    BdrvCheckResult res = { 0 };
+    assert_int_equal(bdrv_check(img.bs, &res, 0), 0);
+    assert_int_equal(res.corruptions, 1);
+    vdi_test_close(&img);
+
+    /* and the same after a reopen */
+    int ret;
+    res = run_check(f, 0, &ret);
+    assert_int_equal(res.corruptions, 1);
+    img = vdi_test_open(f, BDRV_O_RDWR);
+    assert_int_equal(bdrv_pread(img.child, 2 * MiB, sizeof(buf), buf, 0), -EIO);
+    vdi_test_close(&img);
+}
+
+/* Two blocks in one slot: writing either would change the other, so writes
+ * (and zeroing) fail -EIO; reads and the other blocks keep working. */
+static void test_shared_slot_refuses_writes(void **state)
+{
+    (void)state;
+    BlockDriverState *f = vdi_test_make_file(4 * MiB, true);
+    uint32_t off = vdi_test_hdr32(f, VDI_OFF_OFFSET_DATA);
+    mem_fill(f, off, 4 * MiB, 0x44);
+    vdi_test_set_entry(f, 1, 0);
+    VdiTestImage img = vdi_test_open(f, BDRV_O_RDWR);
+    uint8_t data[4096], buf[4096];
+    memset(data, 0x99, sizeof(data));
+    assert_non_null(img.bs);
+    assert_true(bdrv_pread(img.child, 0, sizeof(buf), buf, 0) >= 0);
+    assert_true(test_buf_is(buf, sizeof(buf), 0x44));
+    assert_true(bdrv_pread(img.child, MiB, sizeof(buf), buf, 0) >= 0);
+    assert_true(test_buf_is(buf, sizeof(buf), 0x44));
+    assert_int_equal(bdrv_pwrite(img.child, MiB, sizeof(data), data, 0), -EIO);
+    assert_int_equal(bdrv_pwrite(img.child, 0, sizeof(data), data, 0), -EIO);
+    assert_int_equal(bdrv_pwrite_zeroes(img.child, MiB, 4096, 0), -EIO);
+    /* a write spanning an ordinary block and a shared one stops at the latter */
+    assert_int_equal(bdrv_pwrite(img.child, MiB - 4096, 2 * 4096, data, 0), -EIO);
+    assert_true(bdrv_pwrite(img.child, 2 * MiB, sizeof(data), data, 0) >= 0);
+    assert_true(bdrv_pread(img.child, 0, sizeof(buf), buf, 0) >= 0);
+    assert_true(test_buf_is(buf, sizeof(buf), 0x44));
+    assert_true(bdrv_pread(img.child, 2 * MiB, sizeof(buf), buf, 0) >= 0);
+    assert_true(test_buf_is(buf, sizeof(buf), 0x99));
+    BdrvCheckResult res = { 0 };
+    assert_int_equal(bdrv_check(img.bs, &res, 0), 0);
+    assert_true(res.corruptions >= 1);
+    vdi_test_close(&img);
+}
+
 static void test_full_map_enospc(void **state)
 {
     (void)state;
@@ -525,6 +660,64 @@ static void test_check_repairs_count(void **state)
     bdrv_unref(f);
 }
 
+/* Block 0's slot given up (a failed allocation, a crash): block 3 sits in
+ * slot 3 with blocks_allocated 4 but only 3 blocks mapped.  No count is right
+ * for both qemu-img check and QEMU's allocator, so repair moves block 3 into
+ * slot 0 and then writes the count. */
+static void test_check_compacts_holes(void **state)
+{
+    (void)state;
+    int ret;
+    BlockDriverState *f = vdi_test_make_file(4 * MiB, true);
+    uint32_t off = vdi_test_hdr32(f, VDI_OFF_OFFSET_DATA);
+    uint8_t *pat = xmalloc(4 * MiB), *buf = xmalloc(4 * MiB);
+    test_pattern(pat, 4 * MiB, 21);
+    mem_write_raw(f, off, pat, 4 * MiB);
+    vdi_test_set_entry(f, 0, VDI_UNALLOCATED);
+    BdrvCheckResult r = run_check(f, 0, &ret);
+    assert_int_equal(r.corruptions, 2);                 /* holes + count */
+    r = run_check(f, BDRV_FIX_ERRORS, &ret);
+    assert_int_equal(ret, 0);
+    assert_int_equal(r.corruptions, 0);
+    assert_int_equal(r.corruptions_fixed, 2);
+    assert_int_equal(vdi_test_hdr32(f, VDI_OFF_BLOCKS_ALLOCATED), 3);
+    assert_int_equal(vdi_test_entry(f, 3), 0);
+    assert_int_equal(vdi_test_entry(f, 1), 1);
+    assert_int_equal(vdi_test_entry(f, 2), 2);
+    r = run_check(f, 0, &ret);
+    assert_int_equal(r.corruptions, 0);
+
+    VdiTestImage img = vdi_test_open(f, BDRV_O_RDWR);
+    assert_true(bdrv_pread(img.child, 0, 4 * MiB, buf, 0) >= 0);
+    assert_true(test_buf_is(buf, MiB, 0));
+    assert_memory_equal(buf + MiB, pat + MiB, 3 * MiB);
+    /* the next block goes to slot 3, after the compacted ones */
+    assert_true(bdrv_pwrite(img.child, 0, 512, pat, 0) >= 0);
+    assert_int_equal(vdi_test_entry(f, 0), 3);
+    vdi_test_close(&img);
+    free(pat);
+    free(buf);
+}
+
+/* Holes with a count that matches the map: qemu-img check calls it clean,
+ * but QEMU would put its next block into slot 3, which is in use. */
+static void test_check_holes_with_matching_count(void **state)
+{
+    (void)state;
+    int ret;
+    BlockDriverState *f = vdi_test_make_file(4 * MiB, true);
+    vdi_test_set_entry(f, 0, VDI_UNALLOCATED);
+    vdi_test_set_hdr32(f, VDI_OFF_BLOCKS_ALLOCATED, 3);
+    BdrvCheckResult r = run_check(f, 0, &ret);
+    assert_int_equal(r.corruptions, 1);
+    r = run_check(f, BDRV_FIX_ERRORS, &ret);
+    assert_int_equal(r.corruptions_fixed, 1);
+    assert_int_equal(vdi_test_entry(f, 3), 0);
+    r = run_check(f, 0, &ret);
+    assert_int_equal(r.corruptions, 0);
+    bdrv_unref(f);
+}
+
 static void test_check_entry_past_eof(void **state)
 {
     (void)state;
@@ -549,16 +742,21 @@ int main(void)
         cmocka_unit_test(test_crash_ordering),
         cmocka_unit_test(test_flush_failure_keeps_map),
         cmocka_unit_test(test_map_write_failure_reverts),
+        cmocka_unit_test(test_write_long_vector_split),
         cmocka_unit_test(test_concurrent_allocation_two_threads),
         cmocka_unit_test(test_allocations_share_flush),
         cmocka_unit_test(test_zeroes_mark_unallocated_blocks),
         cmocka_unit_test(test_zeroes_and_discard_allocated_in_place),
         cmocka_unit_test(test_entry_past_eof_is_eio),
         cmocka_unit_test(test_lagging_count_does_not_reuse_slot),
+        cmocka_unit_test(test_truncated_image_refuses_allocation),
+        cmocka_unit_test(test_shared_slot_refuses_writes),
         cmocka_unit_test(test_full_map_enospc),
         cmocka_unit_test(test_check_clean),
         cmocka_unit_test(test_check_finds_corruptions),
         cmocka_unit_test(test_check_repairs_count),
+        cmocka_unit_test(test_check_compacts_holes),
+        cmocka_unit_test(test_check_holes_with_matching_count),
         cmocka_unit_test(test_check_entry_past_eof),
     };
     return cmocka_run_group_tests_name("vdi-io", tests, NULL, NULL);

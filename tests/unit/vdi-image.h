@@ -97,6 +97,16 @@ static inline void vdi_test_set_entry(BlockDriverState *file, uint32_t block, ui
     mem_write_raw(file, vdi_test_hdr32(file, VDI_OFF_OFFSET_BMAP) + block * 4, &le, 4);
 }
 
+/* Cut the image file to len bytes (a truncated image). */
+static inline void vdi_test_truncate(BlockDriverState *file, int64_t len)
+{
+    BdrvChild *c = test_child_new(file);
+    if (bdrv_truncate(c, len, true, PREALLOC_MODE_OFF, 0, NULL) < 0) {
+        fail_msg("cannot truncate %s to %lld", file->node_name, (long long)len);
+    }
+    test_child_free(c);
+}
+
 /* Open vdi over file (takes over the caller's reference to file). */
 static inline VdiTestImage vdi_test_open(BlockDriverState *file, int flags)
 {
