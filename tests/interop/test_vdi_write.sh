@@ -41,17 +41,24 @@ grep -q "Unsupported VDI image size (size is 0x14000000000000, max supported is 
 # by both with the same message.  The map alone is 2 GiB of 0xff entries, so
 # one such image exists at a time.
 max=$((0x1fffff8000000))
-"$UBLKD" img create -q -f vdi "$T/max.vdi" $max || vdi_fail "ublkd refuses the max size"
-qemu-img info --output=json "$T/max.vdi" | grep -q "\"virtual-size\": $max" ||
-    vdi_fail "qemu-img cannot open ublkd's max-size image"
-head -c 392 "$T/max.vdi" | tail -c +65 | od -An -tx1 >"$T/max.u.hdr"
-rm -f "$T/max.vdi"
-qemu-img create -q -f vdi "$T/max.vdi" $max || vdi_fail "qemu-img refuses the max size"
-"$UBLKD" img info --output=json "$T/max.vdi" | grep -q "\"virtual-size\": *$max" ||
-    vdi_fail "ublkd cannot open qemu-img's max-size image"
-head -c 392 "$T/max.vdi" | tail -c +65 | od -An -tx1 >"$T/max.q.hdr"
-rm -f "$T/max.vdi"
-diff -u "$T/max.q.hdr" "$T/max.u.hdr" || vdi_fail "max-size headers differ"
+# A max-size image has a 2 GiB block map that cannot be sparse: only where
+# the disk has room for it (CI machines have been seen with little free).
+free_kb=$(df -Pk "$T" | awk 'NR==2 {print $4}')
+if [ "${free_kb:-0}" -gt $((6 * 1024 * 1024)) ]; then
+    "$UBLKD" img create -q -f vdi "$T/max.vdi" $max || vdi_fail "ublkd refuses the max size"
+    qemu-img info --output=json "$T/max.vdi" | grep -q "\"virtual-size\": $max" ||
+        vdi_fail "qemu-img cannot open ublkd's max-size image"
+    head -c 392 "$T/max.vdi" | tail -c +65 | od -An -tx1 >"$T/max.u.hdr"
+    rm -f "$T/max.vdi"
+    qemu-img create -q -f vdi "$T/max.vdi" $max || vdi_fail "qemu-img refuses the max size"
+    "$UBLKD" img info --output=json "$T/max.vdi" | grep -q "\"virtual-size\": *$max" ||
+        vdi_fail "ublkd cannot open qemu-img's max-size image"
+    head -c 392 "$T/max.vdi" | tail -c +65 | od -An -tx1 >"$T/max.q.hdr"
+    rm -f "$T/max.vdi"
+    diff -u "$T/max.q.hdr" "$T/max.u.hdr" || vdi_fail "max-size headers differ"
+else
+    echo "note: less than 6 GiB free in $T, max-size create round trip not run"
+fi
 qemu-img create -q -f vdi "$T/over.vdi" $((max + 1)) 2>"$T/err.q" && vdi_fail "qemu-img took max+1"
 "$UBLKD" img create -q -f vdi "$T/over.vdi" $((max + 1)) 2>"$T/err.u" && vdi_fail "ublkd took max+1"
 want="Unsupported VDI image size (size is 0x1fffff8000200, max supported is 0x1fffff8000000)"
