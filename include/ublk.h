@@ -3,7 +3,8 @@
  *
  * Layers, bottom up (one file each in ublk/):
  *   ctrl.c    commands on /dev/ublk-control (ADD/START/STOP/DEL, params,
- *             info, features, recovery), ioctl-encoded with legacy fallback,
+ *             info, features, recovery), ioctl-encoded when GET_FEATURES
+ *             says the kernel takes that, else legacy numbers,
  *             dev-path prefixing for unprivileged devices.
  *   params.c  derive struct ublk_params from the root node's limits, the
  *             image size, the cache mode and the user's overrides.
@@ -42,8 +43,10 @@ void ublk_ctrl_close(UblkCtrl *c);
 bool ublk_ctrl_unprivileged(const UblkCtrl *c);
 
 /* All return 0 or -errno (the kernel's answer). */
-/* Features the driver supports; falls back to the 6.1 set (-EOPNOTSUPP
- * from the kernel is not an error) and sets *probed=false then. */
+/* Features the driver supports, asked once per handle (every other
+ * command asks first if nobody has, since the answer picks its opcode).
+ * Kernels before 6.5 have no GET_FEATURES: the 6.1 set is assumed and
+ * *probed is false then. */
 int ublk_ctrl_get_features(UblkCtrl *c, uint64_t *features, bool *probed);
 /* info->dev_id = (__u32)-1 lets the kernel choose.  The kernel's view
  * (final id, capped queue count, owner) is written back into *info. */
@@ -58,6 +61,22 @@ int ublk_ctrl_get_info(UblkCtrl *c, uint32_t dev_id, struct ublksrv_ctrl_dev_inf
 int ublk_ctrl_get_queue_affinity(UblkCtrl *c, uint32_t dev_id, unsigned q, cpu_set_t *set);
 int ublk_ctrl_start_recovery(UblkCtrl *c, uint32_t dev_id);
 int ublk_ctrl_end_recovery(UblkCtrl *c, uint32_t dev_id, pid_t pid);
+
+/* The kernel-internal ENOTSUPP: ublk_drv's answer to an opcode it does not know. */
+#define UBLK_ENOTSUPP 524
+/* What GET_FEATURES' result means (pure, unit-tested): 1 with *features =
+ * reply when the kernel answered; 0 with the assumed 6.1 set when the
+ * answer says "no such command" (-ENODEV, -ENOTSUPP, -EOPNOTSUPP, -EINVAL,
+ * -EPERM from kernels < 6.5); otherwise the error. */
+int ublk_features_from_reply(int ret, uint64_t reply, uint64_t *features);
+/* Opcode for command nr: ioctl-encoded if features has
+ * UBLK_F_CMD_IOCTL_ENCODE (GET_FEATURES always), else the legacy number;
+ * 0 if there is none. */
+unsigned ublk_ctrl_opcode(unsigned nr, uint64_t features);
+/* Tests: a handle whose commands go to fn (returning the kernel's result)
+ * instead of /dev/ublk-control. */
+typedef int (*UblkCtrlSubmitFn)(void *opaque, unsigned op, const struct ublksrv_ctrl_cmd *cmd);
+UblkCtrl *ublk_ctrl_new_fake(UblkCtrlSubmitFn fn, void *opaque, bool unprivileged);
 
 /* Names for `features` and `list`: "USER_COPY", ... NULL for unknown bits. */
 const char *ublk_feature_name(unsigned bit);

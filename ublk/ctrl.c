@@ -8,8 +8,12 @@
  * queue has fetched, which is why the queue threads never use this ring.
  *
  * Two compatibility rules live here and nowhere else:
- *  - opcodes are sent ioctl-encoded first; a kernel that answers
- *    -EOPNOTSUPP gets the legacy plain number from then on;
+ *  - opcodes are sent ioctl-encoded only to a kernel whose GET_FEATURES
+ *    lists UBLK_F_CMD_IOCTL_ENCODE; older kernels (no GET_FEATURES, < 6.5)
+ *    get the legacy plain numbers.  Guessing from the error of an encoded
+ *    command does not work: kernels before the encoding look the device up
+ *    by dev_id before they look at the opcode, so the answer is -ENODEV,
+ *    or -ENOTSUPP (524) when that device exists, never -EOPNOTSUPP;
  *  - callers without CAP_SYS_ADMIN own unprivileged devices, and every
  *    command on such a device (and GET_DEV_INFO2 on any) carries the char
  *    device path at the front of its buffer.
@@ -26,7 +30,11 @@
 struct UblkCtrl {
     int fd;
     struct io_uring ring;
-    bool legacy_ops;       /* kernel rejected ioctl-encoded opcodes */
+    UblkCtrlSubmitFn fake;     /* tests: replaces the kernel */
+    void *fake_opaque;
+    bool have_features;        /* GET_FEATURES was asked (once per handle) */
+    bool probed;               /* ... and the kernel answered it */
+    uint64_t features;
     bool unprivileged;
 };
 
@@ -80,13 +88,27 @@ UblkCtrl *ublk_ctrl_open(Error **errp)
     return c;
 }
 
+UblkCtrl *ublk_ctrl_new_fake(UblkCtrlSubmitFn fn, void *opaque, bool unprivileged)
+{
+    UblkCtrl *c = calloc(1, sizeof(*c));
+    if (c) {
+        c->fd = -1;
+        c->fake = fn;
+        c->fake_opaque = opaque;
+        c->unprivileged = unprivileged;
+    }
+    return c;
+}
+
 void ublk_ctrl_close(UblkCtrl *c)
 {
     if (!c) {
         return;
     }
-    io_uring_queue_exit(&c->ring);
-    close(c->fd);
+    if (!c->fake) {
+        io_uring_queue_exit(&c->ring);
+        close(c->fd);
+    }
     free(c);
 }
 
@@ -114,8 +136,40 @@ static unsigned encoded_op(unsigned nr)
     }
 }
 
+unsigned ublk_ctrl_opcode(unsigned nr, uint64_t features)
+{
+    if (nr == UBLK_CMD_GET_FEATURES || (features & UBLK_F_CMD_IOCTL_ENCODE)) {
+        return encoded_op(nr);
+    }
+    return nr < UBLK_CMD_GET_FEATURES ? nr : 0;
+}
+
+int ublk_features_from_reply(int ret, uint64_t reply, uint64_t *features)
+{
+    switch (ret) {
+    case -ENODEV:          /* < 6.5: no device dev_id (0), looked up first */
+    case -UBLK_ENOTSUPP:   /* < 6.5: device 0 exists, opcode unknown */
+    case -EOPNOTSUPP:
+    case -EINVAL:
+    case -EPERM:           /* 6.1 checks CAP_SYS_ADMIN first; 6.5+ never for this */
+        /* No GET_FEATURES (before 6.5): assume what 6.1 had. */
+        *features = UBLK_F_URING_CMD_COMP_IN_TASK | UBLK_F_NEED_GET_DATA |
+                    UBLK_F_USER_RECOVERY | UBLK_F_USER_RECOVERY_REISSUE;
+        return 0;
+    default:
+        if (ret < 0) {
+            return ret;
+        }
+        *features = reply;
+        return 1;
+    }
+}
+
 static int submit_one(UblkCtrl *c, unsigned op, const struct ublksrv_ctrl_cmd *cmd)
 {
+    if (c->fake) {
+        return c->fake(c->fake_opaque, op, cmd);
+    }
     struct io_uring_sqe *sqe = io_uring_get_sqe(&c->ring);
     if (!sqe) {
         return -EBUSY;
@@ -146,6 +200,13 @@ static int submit_one(UblkCtrl *c, unsigned op, const struct ublksrv_ctrl_cmd *c
 static int ctrl_cmd(UblkCtrl *c, unsigned nr, uint32_t dev_id, uint16_t q, void *buf,
                     uint16_t len, uint64_t data0)
 {
+    if (nr != UBLK_CMD_GET_FEATURES && !c->have_features) {
+        uint64_t f;
+        int ret = ublk_ctrl_get_features(c, &f, NULL);
+        if (ret < 0) {
+            return ret;
+        }
+    }
     bool with_path = nr != UBLK_CMD_ADD_DEV && nr != UBLK_CMD_GET_FEATURES &&
                      (c->unprivileged || nr == UBLK_CMD_GET_DEV_INFO2);
     struct ublksrv_ctrl_cmd cmd = {
@@ -170,18 +231,14 @@ static int ctrl_cmd(UblkCtrl *c, unsigned nr, uint32_t dev_id, uint16_t q, void 
         cmd.len = plen + len;
         cmd.dev_path_len = plen;
     }
-    int ret;
-    unsigned enc = encoded_op(nr);
-    if (!c->legacy_ops && enc) {
-        ret = submit_one(c, enc, &cmd);
-        if (ret == -EOPNOTSUPP && nr < UBLK_CMD_GET_FEATURES) {
-            c->legacy_ops = true;
-            ret = submit_one(c, nr, &cmd);
-        }
-    } else if (nr < UBLK_CMD_GET_FEATURES) {
-        ret = submit_one(c, nr, &cmd);
-    } else {
-        ret = -EOPNOTSUPP;
+    unsigned op = ublk_ctrl_opcode(nr, c->features);
+    int ret = op ? submit_one(c, op, &cmd) : -EOPNOTSUPP;
+    /* A kernel that has the encoding but not yet GET_FEATURES, built
+     * without CONFIG_BLKDEV_UBLK_LEGACY_OPCODES, refuses legacy numbers
+     * with -EOPNOTSUPP (kernels without the encoding never answer that). */
+    if (ret == -EOPNOTSUPP && !c->probed && op == nr && encoded_op(nr)) {
+        c->features |= UBLK_F_CMD_IOCTL_ENCODE;
+        ret = submit_one(c, encoded_op(nr), &cmd);
     }
     if (tmp) {
         if (ret >= 0 && len) {
@@ -194,23 +251,19 @@ static int ctrl_cmd(UblkCtrl *c, unsigned nr, uint32_t dev_id, uint16_t q, void 
 
 int ublk_ctrl_get_features(UblkCtrl *c, uint64_t *features, bool *probed)
 {
-    uint64_t f = 0;
-    int ret = ctrl_cmd(c, UBLK_CMD_GET_FEATURES, 0, (uint16_t)-1, &f, sizeof(f), 0);
-    if (ret == -EOPNOTSUPP || ret == -EINVAL) {
-        /* Before 6.5 there is no GET_FEATURES: assume what 6.1 had. */
-        *features = UBLK_F_URING_CMD_COMP_IN_TASK | UBLK_F_NEED_GET_DATA |
-                    UBLK_F_USER_RECOVERY | UBLK_F_USER_RECOVERY_REISSUE;
-        if (probed) {
-            *probed = false;
+    if (!c->have_features) {
+        uint64_t f = 0;
+        int ret = ctrl_cmd(c, UBLK_CMD_GET_FEATURES, 0, (uint16_t)-1, &f, sizeof(f), 0);
+        ret = ublk_features_from_reply(ret, f, &c->features);
+        if (ret < 0) {
+            return ret;
         }
-        return 0;
+        c->probed = ret > 0;
+        c->have_features = true;
     }
-    if (ret < 0) {
-        return ret;
-    }
-    *features = f;
+    *features = c->features;
     if (probed) {
-        *probed = true;
+        *probed = c->probed;
     }
     return 0;
 }
@@ -258,7 +311,8 @@ int ublk_ctrl_get_info(UblkCtrl *c, uint32_t dev_id, struct ublksrv_ctrl_dev_inf
 {
     memset(info, 0, sizeof(*info));
     int ret = ctrl_cmd(c, UBLK_CMD_GET_DEV_INFO2, dev_id, (uint16_t)-1, info, sizeof(*info), 0);
-    if (ret == -EOPNOTSUPP || (ret == -EINVAL && !c->unprivileged)) {
+    /* 6.1 has no GET_DEV_INFO2 and answers -ENOTSUPP for the unknown opcode. */
+    if (ret == -EOPNOTSUPP || ret == -UBLK_ENOTSUPP || (ret == -EINVAL && !c->unprivileged)) {
         ret = ctrl_cmd(c, UBLK_CMD_GET_DEV_INFO, dev_id, (uint16_t)-1, info, sizeof(*info), 0);
     }
     return ret < 0 ? ret : 0;
