@@ -673,7 +673,13 @@ ssize_t coroutine_fn aio_co_preadv(int fd, const struct iovec *iov, int iovcnt, 
 {
     AioContext *ctx = co_io_ctx("aio_co_preadv");
     struct io_uring_sqe *sqe = aio_get_sqe(ctx);
-    io_uring_prep_readv(sqe, fd, iov, iovcnt, (uint64_t)offset);
+    /* One segment (the usual ublk request): READ spares the kernel the
+     * copy and import of an iovec array. */
+    if (iovcnt == 1 && iov[0].iov_len <= UINT32_MAX) {
+        io_uring_prep_read(sqe, fd, iov[0].iov_base, (unsigned)iov[0].iov_len, (uint64_t)offset);
+    } else {
+        io_uring_prep_readv(sqe, fd, iov, iovcnt, (uint64_t)offset);
+    }
     return co_io_wait(sqe, NULL);
 }
 
@@ -682,7 +688,11 @@ ssize_t coroutine_fn aio_co_pwritev(int fd, const struct iovec *iov, int iovcnt,
 {
     AioContext *ctx = co_io_ctx("aio_co_pwritev");
     struct io_uring_sqe *sqe = aio_get_sqe(ctx);
-    io_uring_prep_writev(sqe, fd, iov, iovcnt, (uint64_t)offset);
+    if (iovcnt == 1 && iov[0].iov_len <= UINT32_MAX) {
+        io_uring_prep_write(sqe, fd, iov[0].iov_base, (unsigned)iov[0].iov_len, (uint64_t)offset);
+    } else {
+        io_uring_prep_writev(sqe, fd, iov, iovcnt, (uint64_t)offset);
+    }
     sqe->rw_flags = rw_flags;
     return co_io_wait(sqe, NULL);
 }
