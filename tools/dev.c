@@ -130,18 +130,24 @@ static int spawn_daemon(UblkDevConfig *cfg, bool recover)
     }
     close(pfd[0]);
     buf[n] = 0;
-    char *nl = strchr(buf, '\n');
-    if (nl) {
+    /* "WARN <message>" lines may come before the verdict. */
+    char *line = buf, *nl;
+    while ((nl = strchr(line, '\n'))) {
         *nl = 0;
+        if (strncmp(line, "WARN ", 5)) {
+            break;
+        }
+        warn_report("%s", line + 5);
+        line = nl + 1;
     }
-    if (!strncmp(buf, "OK ", 3)) {
-        printf("%s\n", buf + 3);
+    if (!strncmp(line, "OK ", 3)) {
+        printf("%s\n", line + 3);
         return 0;
     }
     int status = 0;
     waitpid(pid, &status, 0);
-    if (!strncmp(buf, "ERR ", 4)) {
-        error_report("%s", buf + 4);
+    if (!strncmp(line, "ERR ", 4)) {
+        error_report("%s", line + 4);
     } else if (WIFSIGNALED(status)) {
         error_report("the device daemon died of signal %d before the device was ready",
                      WTERMSIG(status));
@@ -497,6 +503,7 @@ static int cmd_list(int argc, char **argv)
                            (unsigned long long)stats.ops[k], (unsigned long long)stats.bytes[k],
                            (unsigned long long)stats.errors[k]);
                 }
+                printf("  fua writes   %llu\n", (unsigned long long)stats.fua_writes);
             }
         }
 #ifdef CONFIG_JSON
@@ -527,6 +534,8 @@ static int cmd_list(int argc, char **argv)
                     json_object_object_add(x, "errors", json_object_new_int64(stats.errors[k]));
                     json_object_object_add(so, op_names[k], x);
                 }
+                json_object_object_add(so, "fua_writes",
+                                       json_object_new_int64(stats.fua_writes));
                 json_object_object_add(o, "stats", so);
             }
             json_object_array_add(arr, o);

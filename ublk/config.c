@@ -63,7 +63,7 @@ void ublk_dev_config_usage(FILE *f)
         "      --cache MODE            none (default), writeback, writethrough, directsync, unsafe\n"
         "      --discard unmap|ignore  what discards do (default unmap)\n"
         "      --no-discard            do not advertise discard at all\n"
-        "  -r, --read-only             export read-only\n"
+        "      --read-only             export read-only\n"
         "      --rotational            advertise a rotational disk\n"
         "      --logical-block-size N  512..4096 (default: from the image, at least 512)\n"
         "      --physical-block-size N (default: the logical block size)\n"
@@ -75,6 +75,8 @@ void ublk_dev_config_usage(FILE *f)
         "      --recovery MODE         none, fail, reissue (default), fail-io: what happens to I/O\n"
         "                              while the daemon is dead (see ublkd recover)\n"
         "      --reissue               same as --recovery=reissue\n"
+        "  -r                          same as --recovery=fail (UBLK_F_USER_RECOVERY alone,\n"
+        "                              what -r means to ublksrv and rublk)\n"
         "      --affinity queue|none   pin each queue thread to the kernel's CPUs for it (default none)\n"
         "  -f, --foreground            do not daemonize; log to stderr\n"
         "      --log FILE              log to FILE instead of syslog\n");
@@ -118,7 +120,7 @@ static int parse_u32(const char *opt, const char *arg, uint64_t max, bool allow_
 enum {
     OPT_SIZE = 256, OPT_CACHE, OPT_DISCARD, OPT_NO_DISCARD, OPT_ROT, OPT_LBS, OPT_PBS,
     OPT_IOOPT, OPT_MAXIO, OPT_DGRAN, OPT_DMAX, OPT_RECOVERY, OPT_REISSUE, OPT_AFFINITY,
-    OPT_LOG, OPT_BLOCKDEV,
+    OPT_LOG, OPT_BLOCKDEV, OPT_RO,
 };
 
 int ublk_dev_config_parse(UblkDevConfig *c, int argc, char **argv, Error **errp)
@@ -128,7 +130,7 @@ int ublk_dev_config_parse(UblkDevConfig *c, int argc, char **argv, Error **errp)
         { "queues", required_argument, NULL, 'q' },
         { "depth", required_argument, NULL, 'd' },
         { "option", required_argument, NULL, 'o' },
-        { "read-only", no_argument, NULL, 'r' },
+        { "read-only", no_argument, NULL, OPT_RO },
         { "user-copy", no_argument, NULL, 'u' },
         { "need-get-data", no_argument, NULL, 'g' },
         { "foreground", no_argument, NULL, 'f' },
@@ -187,7 +189,8 @@ int ublk_dev_config_parse(UblkDevConfig *c, int argc, char **argv, Error **errp)
             c->extra_opts = n;
             break;
         }
-        case 'r': c->read_only = true; break;
+        case OPT_RO: c->read_only = true; break;
+        case 'r': c->recovery = UBLK_RECOVERY_FAIL; break;
         case 'u': c->user_copy = true; break;
         case 'g': c->need_get_data = true; break;
         case 'f': c->foreground = true; break;
@@ -768,6 +771,7 @@ int ublk_stats_write(uint32_t dev_id, const BlockAcctStats *st)
         add_int(op, "total_ns", st->total_ns[i]);
         json_object_object_add(o, op_names[i], op);
     }
+    add_int(o, "fua_writes", st->fua_writes);
     char path[512];
     state_path(dev_id, ".stats.json", path, sizeof(path));
     int ret = write_file_atomic(path, json_object_to_json_string_ext(o, JSON_C_TO_STRING_PLAIN));
@@ -798,6 +802,7 @@ int ublk_stats_read(uint32_t dev_id, BlockAcctStats *st)
             st->total_ns[i] = get_int(op, "total_ns", 0);
         }
     }
+    st->fua_writes = get_int(o, "fua_writes", 0);
     json_object_put(o);
     return 0;
 }

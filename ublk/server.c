@@ -2,7 +2,8 @@
  * server.c - the daemon behind one ublk device (see include/ublk.h).
  *
  * Order matters and is dictated by the kernel:
- *   open the graph (fail early, before the kernel knows about us)
+ *   open the graph and build the params (fail early, before the kernel
+ *   knows about us)
  *   ADD_DEV + SET_PARAMS       (or START_USER_RECOVERY when recovering)
  *   open /dev/ublkcN, start the queue threads, each queues its FETCHes
  *   START_DEV(pid)             (or END_USER_RECOVERY(pid)); waits for the FETCHes
@@ -12,7 +13,8 @@
  *   join the queues, close the char device, drain + flush + close the graph
  *   DEL_DEV (returns once the char device is released), remove the state
  * Any failure after ADD_DEV unwinds through the same tail, so a failed add
- * leaves no device behind.
+ * leaves no device behind; the id the tail deletes is recorded the moment
+ * ADD_DEV returns it, never the -1/0 we asked with.
  */
 #include <errno.h>
 #include <fcntl.h>
@@ -21,12 +23,17 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/prctl.h>
 #include <sys/stat.h>
 #include <syslog.h>
 #include <time.h>
 #include <unistd.h>
 #include "aio.h"
 #include "ublk.h"
+
+#ifndef PR_SET_IO_FLUSHER
+#define PR_SET_IO_FLUSHER 57
+#endif
 
 /* ---- logging ---- */
 
@@ -100,6 +107,19 @@ static void report(int *ready_fd, const char *status, const char *msg)
     *ready_fd = -1;
 }
 
+/* A warning for whoever runs `ublkd add`: the daemon's own stderr is
+ * /dev/null by then.  Sent ahead of the final OK/ERR line. */
+static void warn_parent(int ready_fd, const char *msg)
+{
+    if (ready_fd < 0) {
+        return;                /* foreground: the log is stderr already */
+    }
+    char line[512];
+    int n = snprintf(line, sizeof(line), "WARN %s\n", msg);
+    ssize_t w = write(ready_fd, line, MIN(n, (int)sizeof(line) - 1));
+    (void)w;
+}
+
 static void sleep_ms(unsigned ms)
 {
     struct timespec ts = { ms / 1000, (ms % 1000) * 1000000L };
@@ -170,7 +190,7 @@ static int wait_quiesced(Server *s, struct ublksrv_ctrl_dev_info *info, Error **
     return -1;
 }
 
-static int server_start(Server *s, bool recover, Error **errp)
+static int server_start(Server *s, bool recover, int ready_fd, Error **errp)
 {
     UblkDevConfig *cfg = s->cfg;
     int flags = 0;
@@ -239,6 +259,15 @@ static int server_start(Server *s, bool recover, Error **errp)
             return -1;
         }
     } else {
+        /* Everything that can be refused without the kernel is refused
+         * before ADD_DEV, so a bad argument never creates a device. */
+        struct ublk_params p;
+        BlockDriverState *root = blk_bs(s->blk);
+        bool can_discard = true;
+        if (ublk_params_build(cfg, root ? &root->bl : NULL, size, flags, read_only,
+                              can_discard, &p, errp) < 0) {
+            return -1;
+        }
         memset(&info, 0, sizeof(info));
         info.nr_hw_queues = cfg->nr_queues;
         info.queue_depth = cfg->depth;
@@ -256,17 +285,21 @@ static int server_start(Server *s, bool recover, Error **errp)
                              cfg->nr_queues, cfg->depth, (unsigned long long)info.flags);
             return -1;
         }
+        /* From here on a failure deletes this id, so it must be the one the
+         * kernel gave us (with -n unset, cfg->dev_id was -1). */
+        s->dev.dev_id = info.dev_id;
         s->added = true;
         cfg->dev_id = info.dev_id;
         ublk_log_open(cfg, cfg->dev_id);
-
-        struct ublk_params p;
-        BlockDriverState *root = blk_bs(s->blk);
-        bool can_discard = true;
-        if (ublk_params_build(cfg, root ? &root->bl : NULL, size, flags, read_only,
-                              can_discard, &p, errp) < 0) {
-            return -1;
+        if (info.nr_hw_queues < cfg->nr_queues) {
+            /* The kernel caps queues at the number of possible CPUs. */
+            char msg[160];
+            snprintf(msg, sizeof(msg), "--queues %u: the kernel granted %u (one per possible CPU)",
+                     cfg->nr_queues, info.nr_hw_queues);
+            ublk_log(LOG_WARNING, "%s", msg);
+            warn_parent(ready_fd, msg);
         }
+
         if (p.basic.max_sectors > info.max_io_buf_bytes >> 9) {
             p.basic.max_sectors = info.max_io_buf_bytes >> 9;
         }
@@ -298,6 +331,12 @@ static int server_start(Server *s, bool recover, Error **errp)
         error_setg_errno(errp, errno, "cannot open %s%s", cdev,
                          unpriv ? " (unprivileged: does a udev rule give it to you?)" : "");
         return -1;
+    }
+    /* The queue threads inherit this.  Without it (no CAP_SYS_RESOURCE)
+     * memory reclaim may wait on writeback to our own device. */
+    if (prctl(PR_SET_IO_FLUSHER, 1, 0, 0, 0) < 0) {
+        ublk_log(LOG_NOTICE, "PR_SET_IO_FLUSHER: %s: reclaim that writes to %s could deadlock "
+                 "under memory pressure", strerror(errno), cdev);
     }
     if (ublk_queues_start(d, errp) < 0) {
         return -1;
@@ -378,7 +417,7 @@ int ublk_server_run(UblkDevConfig *cfg, bool recover, int ready_fd)
     signal(SIGPIPE, SIG_IGN);
 
     ublk_log_open(cfg, cfg->dev_id);
-    if (server_start(&s, recover, &err) < 0) {
+    if (server_start(&s, recover, ready_fd, &err) < 0) {
         const char *msg = error_get_pretty(err);
         ublk_log(LOG_ERR, "%s", msg);
         report(&ready_fd, "ERR", msg);

@@ -88,6 +88,12 @@ static void test_options(void **state)
     assert_int_equal(c.size, 1ULL << 30);
     ublk_dev_config_free(&c);
 
+    /* -r is recovery, as for ublksrv and rublk; read-only is --read-only. */
+    assert_int_equal(parse(&c, "add -r raw a.img", NULL), 0);
+    assert_int_equal(c.recovery, UBLK_RECOVERY_FAIL);
+    assert_false(c.read_only);
+    ublk_dev_config_free(&c);
+
     assert_int_equal(parse(&c, "add --blockdev driver=raw,file.filename=x.img", NULL), 0);
     assert_null(c.type);
     assert_string_equal(c.blockdev, "driver=raw,file.filename=x.img");
@@ -167,7 +173,7 @@ static void test_graph_options(void **state)
     optdict_free(d);
     ublk_dev_config_free(&c);
 
-    assert_int_equal(parse(&c, "add null --size 64M -r --discard ignore --cache writeback", NULL), 0);
+    assert_int_equal(parse(&c, "add null --size 64M --read-only --discard ignore --cache writeback", NULL), 0);
     d = ublk_dev_config_to_options(&c, &flags, NULL);
     assert_non_null(d);
     assert_string_equal(optdict_get(d, "driver"), "null");
@@ -270,6 +276,7 @@ static void test_state_files(void **state)
     st.ops[BLK_OP_READ] = 5;
     st.bytes[BLK_OP_WRITE] = 1ULL << 40;
     st.errors[BLK_OP_FLUSH] = 2;
+    st.fua_writes = 3;
     assert_int_equal(ublk_stats_write(12, &st), 0);
     assert_int_equal(ublk_stats_read(12, &st2), 0);
     assert_memory_equal(&st, &st2, sizeof(st));
