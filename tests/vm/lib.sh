@@ -4,7 +4,8 @@
 # ublk driver; exit 0 = pass, 4 = skip (say why on the last line), else fail.
 # Scratch files go under $T (a fresh directory on the guest's tmpfs, removed
 # on exit); devices the test added are deleted on exit.  Images on tmpfs
-# need --cache=writeback (tmpfs has no O_DIRECT): use $CACHE_OPT.
+# use $CACHE_OPT (--cache=writeback) so the suite also runs on kernels before
+# 6.6, whose tmpfs refuses O_DIRECT (the 6.12 guest's accepts it).
 set -euo pipefail
 : "${UBLKD:?UBLKD must point at the ublkd binary}"
 export PATH=$PATH:/usr/sbin:/sbin
@@ -44,6 +45,8 @@ ublk_pid() { "$UBLKD" list -n "$1" --json | jq -r '.[0].pid'; }
 ublk_state() { "$UBLKD" list -n "$1" --json | jq -r '.[0].state'; }
 # ublk_stat ID OP FIELD: a counter published by the daemon (refreshed each second).
 ublk_stat() { "$UBLKD" list -n "$1" --json | jq -r ".[0].stats.$2.$3 // 0"; }
+# ublk_fua ID: writes that reached the daemon with FUA set.
+ublk_fua() { "$UBLKD" list -n "$1" --json | jq -r ".[0].stats.fua_writes // 0"; }
 
 # mkimg PATH SIZE: a raw image full of non-zero data is not needed: sparse is fine.
 mkimg() { truncate -s "$2" "$1"; }

@@ -1,27 +1,57 @@
 #!/bin/bash
-# Bad arguments fail with a clear message and leave no device behind.
+# Bad arguments fail with a clear message and leave no device behind, and a
+# failed add never touches another device: every case runs while device 0 is
+# live, and after each one device 0 still serves I/O and `ublkd list`, the
+# /dev/ublk* nodes and the run directory are exactly as before.
 . "$(dirname "$0")/lib.sh"
 mkimg $T/ok.raw 16M
 : > $T/empty.raw
 printf 'not a vdi image' > $T/junk.vdi; truncate -s 1M $T/junk.vdi
-before=$(ublk_ids | tr '\n' ' ')
+# Device 0 on purpose: an add that fails before it knows its own id must not
+# mistake 0 for it.
+ublk_add null --size 64M -n 0 >/dev/null
+[ "$ID" = 0 ] || fail "-n 0 gave device $ID"
+survivor=$ID survivor_pid=$(ublk_pid $ID)
+# Counter lines change when anything reads the device; the rest must not.
+snapshot() {
+  "$UBLKD" list | grep -Ev '^ +(read|write|flush|discard|write_zeroes) +ops '
+  echo "ids: $(ublk_ids | tr '\n' ' ')"
+  echo "nodes: $(ls /dev | grep '^ublk' | tr '\n' ' ')"
+  echo "run: $(ls /run/ublkd 2>/dev/null | grep -v '\.tmp' | tr '\n' ' ')"
+}
+before=$(snapshot)
 expect_fail() {  # expect_fail PATTERN ARGS...
   local pat=$1; shift
-  local out
-  if out=$("$UBLKD" add "$@" 2>&1); then fail "ublkd add $* succeeded (printed $out)"; fi
+  local out now
+  if out=$(env ${ADD_ENV:-} "$UBLKD" add "$@" 2>&1); then fail "ublkd add $* succeeded (printed $out)"; fi
   grep -qi -- "$pat" <<<"$out" || fail "ublkd add $*: message '$out' does not mention '$pat'"
   log "ok: add $* -> $out"
-  [ "$(ublk_ids | tr '\n' ' ')" = "$before" ] || fail "ublkd add $* left a device behind"
+  now=$(snapshot)
+  [ "$now" = "$before" ] || fail "ublkd add $* changed the devices:
+--- before
+$before
+--- after
+$now"
+  kill -0 "$survivor_pid" || fail "ublkd add $*: the daemon of device $survivor died"
+  [ "$(ublk_state $survivor)" = LIVE ] || fail "ublkd add $*: device $survivor is $(ublk_state $survivor)"
+  dd if=/dev/ublkb$survivor of=/dev/null bs=4k count=1 iflag=direct status=none \
+    || fail "ublkd add $*: device $survivor no longer reads"
 }
 expect_fail "no such file" raw $T/missing.raw $CACHE_OPT
 expect_fail "vdi" vdi $T/junk.vdi $CACHE_OPT
 expect_fail "size" raw $T/empty.raw $CACHE_OPT
+expect_fail "max-discard" raw $T/ok.raw $CACHE_OPT --discard-granularity 1M --max-discard 4k
 expect_fail "queues" raw $T/ok.raw -q 0
 expect_fail "depth" raw $T/ok.raw -d 5000
 expect_fail "unknown device type" nosuchfmt $T/ok.raw
 expect_fail "size" null
 expect_fail "block-size" raw $T/ok.raw --logical-block-size 1000
+expect_fail "already in use" null --size 16M -n 0
+# A failure after START_DEV (the state file cannot be written) unwinds the
+# device it made and nothing else.
+ADD_ENV=UBLKD_RUN_DIR=/proc/no/such/dir expect_fail "cannot create" raw $T/ok.raw $CACHE_OPT
 ublk_add raw $T/ok.raw $CACHE_OPT -n 7 >/dev/null
 [ "$ID" = 7 ] || fail "-n 7 gave device $ID"
-before=$(ublk_ids | tr '\n' ' ')
+before=$(snapshot)
 expect_fail "already in use" raw $T/ok.raw $CACHE_OPT -n 7
+expect_fail "size" raw $T/empty.raw $CACHE_OPT
