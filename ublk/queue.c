@@ -60,6 +60,7 @@ struct UblkQueue {
     unsigned live_tags;        /* tags whose loop has not ended */
     unsigned busy;             /* tags between a request's arrival and its commit */
     bool pin;
+    bool cdev_fixed;           /* /dev/ublkcN is fixed file 0 of the ring */
     cpu_set_t cpus;
     sem_t ready;
     Error *err;                /* set if setup failed */
@@ -81,7 +82,12 @@ static void tag_queue_cmd(UblkTag *t, unsigned nr, int result)
     UblkQueue *q = t->q;
     UblkDev *d = q->d;
     struct io_uring_sqe *sqe = aio_get_sqe(q->ctx);
-    io_uring_prep_rw(IORING_OP_URING_CMD, sqe, d->cdev_fd, NULL, 0, 0);
+    if (q->cdev_fixed) {
+        io_uring_prep_rw(IORING_OP_URING_CMD, sqe, 0, NULL, 0, 0);
+        sqe->flags |= IOSQE_FIXED_FILE;
+    } else {
+        io_uring_prep_rw(IORING_OP_URING_CMD, sqe, d->cdev_fd, NULL, 0, 0);
+    }
     if (d->flags & UBLK_F_CMD_IOCTL_ENCODE) {
         sqe->cmd_op = nr == UBLK_IO_FETCH_REQ ? UBLK_U_IO_FETCH_REQ
                     : nr == UBLK_IO_COMMIT_AND_FETCH_REQ ? UBLK_U_IO_COMMIT_AND_FETCH_REQ
@@ -218,6 +224,9 @@ static int queue_setup(UblkQueue *q)
         return -1;
     }
     aio_set_current(q->ctx);
+    /* Every command names the char device: as a fixed file the kernel
+     * skips a file lookup and reference per command (ublksrv does this). */
+    q->cdev_fixed = io_uring_register_files(aio_ring(q->ctx), &d->cdev_fd, 1) == 0;
 
     q->descs_size = ublk_queue_desc_size(d->depth, page);
     void *m = mmap(NULL, q->descs_size, PROT_READ, MAP_SHARED | MAP_POPULATE, d->cdev_fd,
@@ -238,6 +247,10 @@ static int queue_setup(UblkQueue *q)
         return -1;
     }
     q->bufs = m;
+    /* Each tag touches only as much of its buffer as its requests need;
+     * transparent huge pages would fault in (and clear) 2 MiB at a time,
+     * on the I/O path, for every few tags. */
+    madvise(q->bufs, q->bufs_size, MADV_NOHUGEPAGE);
     q->tags = calloc(d->depth, sizeof(UblkTag));
     if (!q->tags) {
         error_setg(&q->err, "queue %u: out of memory", q->q_id);
