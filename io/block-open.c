@@ -17,7 +17,8 @@
 
 static int child_flags(const BlockDriverState *parent, BdrvChildRole role)
 {
-    int f = parent->open_flags & (BDRV_O_RDWR | BDRV_O_NOCACHE | BDRV_O_NO_FLUSH | BDRV_O_UNMAP);
+    int f = parent->open_flags & (BDRV_O_RDWR | BDRV_O_NOCACHE | BDRV_O_NO_FLUSH | BDRV_O_UNMAP |
+                                  BDRV_O_FORCE_SHARE);
     if (role == BDRV_CHILD_BACKING) {
         f &= ~BDRV_O_RDWR;
     }
@@ -85,6 +86,15 @@ static int take_generic_options(OptDict *options, int *flags, GenericOpts *g, Er
         return -EINVAL;
     }
     *flags = b ? *flags | BDRV_O_COPY_ON_READ : *flags & ~BDRV_O_COPY_ON_READ;
+    /* Inherited by children (child_flags); the file protocol acts on it. */
+    if (optdict_take_bool(options, "force-share", *flags & BDRV_O_FORCE_SHARE, &b, errp) < 0) {
+        return -EINVAL;
+    }
+    *flags = b ? *flags | BDRV_O_FORCE_SHARE : *flags & ~BDRV_O_FORCE_SHARE;
+    if ((*flags & BDRV_O_FORCE_SHARE) && (*flags & BDRV_O_RDWR)) {
+        error_setg(errp, "force-share=on can only be used with read-only images");
+        return -EINVAL;
+    }
     return 0;
 }
 
@@ -282,7 +292,7 @@ BlockDriverState *bdrv_open(const char *filename, OptDict *options, int flags, E
                 optdict_set(file_opts, "filename", child_fname);
             }
             int pflags = (flags & (BDRV_O_RDWR | BDRV_O_NOCACHE | BDRV_O_NO_FLUSH |
-                                   BDRV_O_UNMAP)) | BDRV_O_PROTOCOL;
+                                   BDRV_O_UNMAP | BDRV_O_FORCE_SHARE)) | BDRV_O_PROTOCOL;
             probed_file = bdrv_open(NULL, file_opts, pflags, errp);
             free(ref_name);
             if (!probed_file) {

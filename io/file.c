@@ -9,6 +9,10 @@
  * request path pads for us.  Write-zeroes and discard use fallocate modes;
  * when the file system refuses one we remember it and answer -ENOTSUP at
  * once, so the request path falls back without a syscall per request.
+ *
+ * Image locking (locking=auto|on|off, as QEMU's file-posix) keeps two users
+ * from writing one image, or one reading it while another writes: see
+ * "image locking" below.
  */
 #include <errno.h>
 #include <fcntl.h>
@@ -93,6 +97,142 @@ static int probe_alignment(FileState *s, const struct stat *st, const char *file
     return 0;
 }
 
+/* ---- image locking ----
+ *
+ * QEMU's byte layout (block/file-posix.c), so that ublkd and QEMU processes
+ * see each other: byte 100+i is held by every user that has permission i,
+ * byte 200+i by every user that does not let others have it.  Every lock is
+ * a read lock (a read-only fd can take it); a conflict is found by asking
+ * whether a write lock on the other side's byte would be refused.  Taking
+ * first and checking second means two racing openers cannot both miss each
+ * other.  OFD locks belong to the open file description: they conflict with
+ * another open of the same file in the same process, survive fork for as
+ * long as any process keeps the fd, and go away with the last close - which
+ * is why file_close never unlocks explicitly (a forked copy may still own
+ * the description).
+ */
+enum {
+    PERM_CONSISTENT_READ = 1 << 0,
+    PERM_WRITE = 1 << 1,
+    PERM_WRITE_UNCHANGED = 1 << 2,
+    PERM_RESIZE = 1 << 3,
+    PERM_ALL = (1 << 4) - 1,
+};
+#define LOCK_PERM_BASE   100
+#define LOCK_SHARED_BASE 200
+
+static const char *const perm_names[] = { "consistent read", "write", "write unchanged",
+                                          "resize" };
+
+typedef enum { LOCKING_AUTO, LOCKING_ON, LOCKING_OFF } LockingMode;
+static const char *const locking_names[] = { "auto", "on", "off", NULL };
+
+static bool have_ofd_locks(void)
+{
+    static int cached = -1;
+    int v = __atomic_load_n(&cached, __ATOMIC_RELAXED);
+    if (v < 0) {
+        int fd = open("/dev/null", O_RDONLY | O_CLOEXEC);
+        struct flock fl = { .l_type = F_RDLCK, .l_whence = SEEK_SET };
+        v = fd >= 0 && (fcntl(fd, F_OFD_GETLK, &fl) == 0 || errno != EINVAL);
+        if (fd >= 0) {
+            close(fd);
+        }
+        __atomic_store_n(&cached, v, __ATOMIC_RELAXED);
+    }
+    return v;
+}
+
+/* "This file system cannot lock" rather than "somebody holds the lock". */
+static bool lock_unsupported(int err)
+{
+    return err == EINVAL || err == ENOTSUP || err == EOPNOTSUPP || err == ENOLCK ||
+           err == ENOSYS;
+}
+
+static int lock_byte(int fd, int byte)
+{
+    struct flock fl = { .l_type = F_RDLCK, .l_whence = SEEK_SET, .l_start = byte, .l_len = 1 };
+    return fcntl(fd, F_OFD_SETLK, &fl) < 0 ? -errno : 0;
+}
+
+/* 0 if nobody else holds byte, -EAGAIN if someone does, else -errno. */
+static int test_byte(int fd, int byte)
+{
+    struct flock fl = { .l_type = F_WRLCK, .l_whence = SEEK_SET, .l_start = byte, .l_len = 1 };
+    if (fcntl(fd, F_OFD_GETLK, &fl) < 0) {
+        return -errno;
+    }
+    return fl.l_type == F_UNLCK ? 0 : -EAGAIN;
+}
+
+/*
+ * Take the lock bytes for holding perm while sharing only `shared`, then
+ * check nobody conflicts.  Returns 1 if locked, 0 if the file system cannot
+ * lock and mode is auto (QEMU's auto only looks at the kernel; on NFS without
+ * lockd that fails every open, so ublkd goes on unlocked there), -errno on a
+ * conflict or error.  On failure the caller closes fd, which drops the bytes
+ * taken so far.
+ */
+static int lock_image(int fd, LockingMode mode, unsigned perm, unsigned shared,
+                      const char *path, Error **errp)
+{
+    for (int pass = 0; pass < 2; pass++) {
+        for (int i = 0; i < (int)ARRAY_SIZE(perm_names); i++) {
+            bool want = pass == 0 ? perm & (1u << i) : !(shared & (1u << i));
+            int byte = (pass == 0 ? LOCK_PERM_BASE : LOCK_SHARED_BASE) + i;
+            int ret = want ? lock_byte(fd, byte) : 0;
+            if (ret < 0) {
+                if (mode == LOCKING_AUTO && lock_unsupported(-ret)) {
+                    return 0;
+                }
+                error_setg_errno(errp, -ret, "Failed to lock byte %d of '%s'", byte, path);
+                return ret;
+            }
+        }
+    }
+    for (int pass = 0; pass < 2; pass++) {
+        for (int i = 0; i < (int)ARRAY_SIZE(perm_names); i++) {
+            /* What we hold must not be unshared by others; what we do not
+             * share must not be held by others. */
+            bool check = pass == 0 ? perm & (1u << i) : !(shared & (1u << i));
+            int byte = (pass == 0 ? LOCK_SHARED_BASE : LOCK_PERM_BASE) + i;
+            int ret = check ? test_byte(fd, byte) : 0;
+            if (ret == -EAGAIN) {
+                error_setg(errp, "Failed to get %s\"%s\" lock\n"
+                           "Is another process using the image [%s]?",
+                           pass == 0 ? "" : "shared ", perm_names[i], path);
+                return ret;
+            }
+            if (ret < 0) {
+                if (mode == LOCKING_AUTO && lock_unsupported(-ret)) {
+                    return 0;
+                }
+                error_setg_errno(errp, -ret, "Failed to check lock byte %d of '%s'", byte, path);
+                return ret;
+            }
+        }
+    }
+    return 1;
+}
+
+/* The locking mode to use, or -1 after setting errp. */
+static int locking_mode(OptDict *options, Error **errp)
+{
+    int mode = optdict_take_enum(options, "locking", locking_names, LOCKING_AUTO, errp);
+    if (mode < 0) {
+        return -1;
+    }
+    if (mode == LOCKING_AUTO && !have_ofd_locks()) {
+        return LOCKING_OFF;
+    }
+    if (mode == LOCKING_ON && !have_ofd_locks()) {
+        error_setg(errp, "locking=on: this kernel has no OFD locks (F_OFD_SETLK)");
+        return -1;
+    }
+    return mode;
+}
+
 /* ---- open / close ---- */
 
 static int file_open(BlockDriverState *bs, OptDict *options, int flags, Error **errp)
@@ -110,7 +250,20 @@ static int file_open(BlockDriverState *bs, OptDict *options, int flags, Error **
     const char *path = !strncmp(filename, "file:", 5) ? filename + 5 : filename;
     snprintf(bs->filename, sizeof(bs->filename), "%s", path);
 
-    int oflags = O_CLOEXEC | ((flags & BDRV_O_RDWR) ? O_RDWR : O_RDONLY);
+    int locking = locking_mode(options, errp);
+    if (locking < 0) {
+        free(filename);
+        return -EINVAL;
+    }
+    /* QEMU's rule: a user who lets everyone else write must not write. */
+    if ((flags & BDRV_O_FORCE_SHARE) && (flags & BDRV_O_RDWR)) {
+        error_setg(errp, "force-share=on can only be used with read-only images");
+        free(filename);
+        return -EINVAL;
+    }
+    /* O_NONBLOCK: opening a FIFO for reading would otherwise wait for a
+     * writer; it is refused below once fstat says what it is. */
+    int oflags = O_CLOEXEC | O_NONBLOCK | ((flags & BDRV_O_RDWR) ? O_RDWR : O_RDONLY);
     s->direct = flags & BDRV_O_NOCACHE;
     if (s->direct) {
         oflags |= O_DIRECT;
@@ -142,10 +295,33 @@ static int file_open(BlockDriverState *bs, OptDict *options, int flags, Error **
         goto fail;
     }
     if (!S_ISREG(st.st_mode) && !S_ISBLK(st.st_mode)) {
-        error_setg(errp, "Could not open '%s': not a regular file or block device", path);
+        const char *type = S_ISFIFO(st.st_mode) ? "a FIFO" : S_ISCHR(st.st_mode) ?
+                           "a character device" : S_ISSOCK(st.st_mode) ? "a socket" :
+                           "of an unsupported type";
+        error_setg(errp, "Could not open '%s': it is %s, not a regular file or block device",
+                   path, type);
+        goto fail;
+    }
+    if (fcntl(s->fd, F_SETFL, fcntl(s->fd, F_GETFL) & ~O_NONBLOCK) < 0) {
+        ret = -errno;
+        error_setg_errno(errp, -ret, "Could not open '%s': clearing O_NONBLOCK", path);
         goto fail;
     }
     s->is_bdev = S_ISBLK(st.st_mode);
+    /* As a format's file child in QEMU: others may read, nobody else may
+     * write or resize.  force-share (read-only) takes nothing at all. */
+    if (locking != LOCKING_OFF && !(flags & BDRV_O_FORCE_SHARE)) {
+        unsigned perm = PERM_CONSISTENT_READ;
+        if (flags & BDRV_O_RDWR) {
+            perm |= PERM_WRITE | PERM_RESIZE;
+        }
+        ret = lock_image(s->fd, (LockingMode)locking, perm,
+                         PERM_CONSISTENT_READ | PERM_WRITE_UNCHANGED, path, errp);
+        if (ret < 0) {
+            goto fail;
+        }
+        ret = -EINVAL;
+    }
     bs->growable = !s->is_bdev;
     if (s->direct) {
         ret = probe_alignment(s, &st, path, errp);
@@ -679,10 +855,21 @@ static int coroutine_fn file_co_create(const char *filename, OptDict *opts, Erro
     if (prealloc < 0) {
         return -EINVAL;
     }
+    int locking = locking_mode(opts, errp);
+    if (locking < 0) {
+        return -EINVAL;
+    }
     if (optdict_check_empty(opts, "Block protocol 'file'", errp) < 0) {
         return -EINVAL;
     }
     const char *path = !strncmp(filename, "file:", 5) ? filename + 5 : filename;
+    /* QEMU's file-posix rounds up to whole sectors (qemu-img create x 1000
+     * makes 1024 bytes); images from both tools must be the same size. */
+    if (size > (uint64_t)INT64_MAX - 511) {
+        error_setg(errp, "Image size %llu for '%s' is too large", (unsigned long long)size, path);
+        return -EFBIG;
+    }
+    size = ALIGN_UP(size, 512);
     int fd = open(path, O_RDWR | O_CREAT | O_CLOEXEC, 0644);
     if (fd < 0) {
         int err = errno;
@@ -691,6 +878,17 @@ static int coroutine_fn file_co_create(const char *filename, OptDict *opts, Erro
     }
     struct stat st;
     int ret = 0;
+    /* The image is emptied below: refuse while anyone uses it (QEMU takes
+     * write+resize and lets others do anything but resize). */
+    if (locking != LOCKING_OFF) {
+        ret = lock_image(fd, (LockingMode)locking, PERM_WRITE | PERM_RESIZE,
+                         PERM_ALL & ~PERM_RESIZE, path, errp);
+        if (ret < 0) {
+            close(fd);
+            return ret;
+        }
+        ret = 0;
+    }
     if (fstat(fd, &st) < 0) {
         ret = -errno;
         error_setg_errno(errp, -ret, "Could not stat '%s'", path);

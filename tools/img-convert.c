@@ -362,7 +362,7 @@ int img_convert(int argc, char **argv)
     }
     if (!no_create) {
         int r = img_create_image(dst_name, out_fmt, options, NULL, NULL, total, false, true,
-                                 false);
+                                 false, true);
         if (r) {
             blk_unref(src);
             return 1;

@@ -117,7 +117,7 @@ static void print_formatting(const char *filename, const BlockDriver *drv, const
 
 int img_create_image(const char *filename, const char *fmt, const char *options,
                      const char *backing, const char *backing_fmt, int64_t size,
-                     bool unsafe, bool quiet, bool prefix_filename)
+                     bool unsafe, bool quiet, bool prefix_filename, bool converting)
 {
     const BlockDriver *drv = bdrv_find_format(fmt);
     const char *pfx = prefix_filename ? filename : NULL;
@@ -214,7 +214,9 @@ int img_create_image(const char *filename, const char *fmt, const char *options,
         if (!err) {
             error_setg_errno(&err, -ret, "Could not create '%s'", filename);
         }
-        if (pfx) {
+        if (converting) {
+            error_prepend(&err, "%s: error while converting %s: ", filename, fmt);
+        } else if (pfx) {
             error_prepend(&err, "%s: ", pfx);
         }
         error_report_err(err);
@@ -293,5 +295,5 @@ int img_create(int argc, char **argv)
         return img_usage_error("Unexpected argument: %s", argv[optind]);
     }
     return img_create_image(filename, fmt, options, backing, backing_fmt, size, unsafe, quiet,
-                            true);
+                            true, false);
 }

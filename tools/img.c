@@ -155,6 +155,9 @@ BlockBackend *img_open(const char *filename, const ImgOpenOpts *o)
     if (o->writable) {
         flags |= BDRV_O_RDWR;
     }
+    if (o->force_share) {
+        flags |= BDRV_O_FORCE_SHARE;
+    }
     if (o->no_backing) {
         flags |= BDRV_O_NO_BACKING;
     }

@@ -37,7 +37,7 @@ typedef struct ImgOpenOpts {
     bool image_opts;        /* --image-opts: filename is "driver=...,file.filename=..." */
     const char *cache;      /* -t / -T, NULL = caller's default */
     bool writable;
-    bool force_share;       /* -U: accepted; ublkd takes no image locks */
+    bool force_share;       /* -U: read-only and no image locks (force-share=on) */
     bool no_backing;
     int extra_flags;        /* more BDRV_O_* (img io: BDRV_O_UNMAP) */
 } ImgOpenOpts;
@@ -49,10 +49,11 @@ int img_usage_error(const char *fmt, ...) PRINTF_FMT(1, 2);
  * qemu-img's messages; returns the value or -errno. */
 int64_t img_cvtnum_full(const char *name, const char *value, int64_t min, int64_t max);
 /* Create an image (create and convert); prints messages, returns exit code.
- * size < 0: from -o size= or the backing file. */
+ * size < 0: from -o size= or the backing file.  converting: a failed create
+ * reads "<file>: error while converting <fmt>: ...", as qemu-img convert. */
 int img_create_image(const char *filename, const char *fmt, const char *options,
                      const char *backing, const char *backing_fmt, int64_t size,
-                     bool unsafe, bool quiet, bool prefix_filename);
+                     bool unsafe, bool quiet, bool prefix_filename, bool converting);
 struct BlockDriver;
 int img_print_create_help(const struct BlockDriver *drv);
 /* Parse qemu-img's -o list ("k=v,k2=v2"; "help" / "?" handled by caller). */

@@ -24,6 +24,11 @@ create_both 0 -f raw c.raw 1G
 create_both 0 -f raw c.raw 1536
 create_both 0 -f raw c.raw 1.5k
 create_both 0 -f raw c.raw 0x10000
+# unaligned sizes: file-posix rounds up to whole 512-byte sectors
+for sz in 1 511 513 1000 1025 1.3k 1048577; do
+    create_both 0 -f raw c.raw $sz
+done
+create_both 0 -f raw -o size=1000 c.raw
 create_both 0 c.raw 10M
 create_both 0 -f raw -o size=4M c.raw
 create_both 0 -q -f raw c.raw 1M

@@ -533,6 +533,116 @@ static void test_block_device(void **state)
     close(fd);
 }
 
+/* Error text of a failed open_file-like open, "" if it succeeded (closed). */
+static const char *try_open(const char *path, const char *extra, int flags)
+{
+    static char msg[1024];
+    Error *err = NULL;
+    OptDict *o = optdict_parse(extra ? extra : "", NULL, &err);
+    assert_non_null(o);
+    optdict_set(o, "driver", "file");
+    optdict_set(o, "filename", path);
+    BlockDriverState *bs = bdrv_open(NULL, o, flags, &err);
+    if (bs) {
+        bdrv_unref(bs);
+        return "";
+    }
+    snprintf(msg, sizeof(msg), "%s", error_get_pretty(err));
+    error_free(err);
+    return msg;
+}
+
+static void test_locking(void **state)
+{
+    (void)state;
+    const char *p = path_of("locked.img");
+    char want_w[700], want_sw[700];
+    make_file(p, 64 * KiB, 3);
+    snprintf(want_w, sizeof(want_w),
+             "Failed to get \"write\" lock\nIs another process using the image [%s]?", p);
+    snprintf(want_sw, sizeof(want_sw),
+             "Failed to get shared \"write\" lock\nIs another process using the image [%s]?", p);
+
+    /* A writer excludes other writers and readers (OFD locks conflict
+     * within one process too: each open is its own description). */
+    BlockDriverState *w = open_file(p, NULL, BDRV_O_RDWR);
+    assert_string_equal(try_open(p, NULL, BDRV_O_RDWR), want_w);
+    assert_string_equal(try_open(p, NULL, 0), want_sw);
+    assert_string_equal(try_open(p, "force-share=on", 0), "");
+    assert_string_equal(try_open(p, "locking=off", BDRV_O_RDWR), "");
+    assert_non_null(strstr(try_open(p, "locking=maybe", 0), "locking"));
+    /* Creating over it would empty it: refused, the data is still there. */
+    Error *err = NULL;
+    OptDict *o = optdict_parse("size=4k", NULL, NULL);
+    assert_true(bdrv_create(bdrv_find_format("file"), p, o, &err) < 0);
+    optdict_free(o);
+    assert_string_equal(error_get_pretty(err), want_w);
+    error_free(err);
+    err = NULL;
+    struct stat st;
+    assert_int_equal(stat(p, &st), 0);
+    assert_int_equal(st.st_size, 64 * KiB);
+    bdrv_unref(w);
+
+    /* Readers share; a writer (or create) cannot join them. */
+    BlockDriverState *r1 = open_file(p, NULL, 0);
+    BlockDriverState *r2 = open_file(p, NULL, 0);
+    assert_string_equal(try_open(p, NULL, BDRV_O_RDWR), want_w);
+    o = optdict_parse("size=4k", NULL, NULL);
+    assert_true(bdrv_create(bdrv_find_format("file"), p, o, &err) < 0);
+    optdict_free(o);
+    assert_string_equal(error_get_pretty(err), want_w);
+    error_free(err);
+    bdrv_unref(r1);
+    bdrv_unref(r2);
+    /* Closing drops the locks. */
+    assert_string_equal(try_open(p, NULL, BDRV_O_RDWR), "");
+
+    /* force-share promises not to write. */
+    assert_string_equal(try_open(p, "force-share=on", BDRV_O_RDWR),
+                        "force-share=on can only be used with read-only images");
+}
+
+static void test_not_a_file(void **state)
+{
+    (void)state;
+    char msg[700];
+    const char *f = path_of("fifo");
+    assert_int_equal(mkfifo(f, 0600), 0);
+    /* Without a writer a plain open() of a FIFO would wait forever. */
+    snprintf(msg, sizeof(msg),
+             "Could not open '%s': it is a FIFO, not a regular file or block device", f);
+    assert_string_equal(try_open(f, NULL, 0), msg);
+    assert_string_equal(try_open(f, NULL, BDRV_O_RDWR), msg);
+    snprintf(msg, sizeof(msg),
+             "Could not open '/dev/null': it is a character device, not a regular file or "
+             "block device");
+    assert_string_equal(try_open("/dev/null", NULL, 0), msg);
+}
+
+static void test_create_rounds_to_sectors(void **state)
+{
+    (void)state;
+    static const struct { const char *size; off_t want; } cases[] = {
+        { "1000", 1024 }, { "1", 512 }, { "512", 512 }, { "0", 0 }, { "1048577", 1049088 },
+    };
+    const char *p = path_of("round.img");
+    for (size_t i = 0; i < ARRAY_SIZE(cases); i++) {
+        Error *err = NULL;
+        char opts[64];
+        snprintf(opts, sizeof(opts), "size=%s", cases[i].size);
+        OptDict *o = optdict_parse(opts, NULL, NULL);
+        assert_int_equal(bdrv_create(bdrv_find_format("file"), p, o, &err), 0);
+        optdict_free(o);
+        struct stat st;
+        assert_int_equal(stat(p, &st), 0);
+        if (st.st_size != cases[i].want) {
+            fail_msg("size=%s made %lld bytes, want %lld", cases[i].size,
+                     (long long)st.st_size, (long long)cases[i].want);
+        }
+    }
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -545,6 +655,9 @@ int main(void)
         cmocka_unit_test(test_block_status),
         cmocka_unit_test(test_truncate_and_create),
         cmocka_unit_test(test_read_only),
+        cmocka_unit_test(test_locking),
+        cmocka_unit_test(test_not_a_file),
+        cmocka_unit_test(test_create_rounds_to_sectors),
         cmocka_unit_test(test_block_device),
     };
     return cmocka_run_group_tests(tests, setup, teardown);
