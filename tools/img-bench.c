@@ -291,9 +291,6 @@ int img_bench(int argc, char **argv)
     }
     b.offset = offset;
     b.step = step ? step : b.bufsize;
-    if (b.depth > b.count && b.count > 0) {
-        b.depth = b.count;
-    }
     if (!quiet) {
         if (b.random) {
             printf("Sending %d random %s requests, %" PRId64 " bytes each, %d in parallel "
@@ -310,6 +307,10 @@ int img_bench(int argc, char **argv)
         }
         fflush(stdout);
     }
+    /* qemu-img's banner shows -d as given; only the run is bounded by -c. */
+    if (b.depth > b.count && b.count > 0) {
+        b.depth = b.count;
+    }
     struct rusage ru0, ru1;
     getrusage(RUSAGE_SELF, &ru0);
     int64_t t0 = clock_monotonic_ns();
@@ -325,7 +326,9 @@ int img_bench(int argc, char **argv)
     double secs = (t1 - t0) / 1e9;
     double usr = tv_sec(ru1.ru_utime) - tv_sec(ru0.ru_utime);
     double sys = tv_sec(ru1.ru_stime) - tv_sec(ru0.ru_stime);
-    if (!quiet) {
+    /* A failed request was reported; qemu-img exits there, without a
+     * summary of a run that did not complete. */
+    if (!quiet && b.ret >= 0) {
         printf("Run completed in %3.3f seconds.\n", secs);
         if (b.completed && secs > 0) {
             printf("%.0f IOPS, %.2f MiB/s, CPU %.2f us/IO (user %.2f s, sys %.2f s)\n",

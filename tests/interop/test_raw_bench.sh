@@ -5,7 +5,9 @@
 . "$(dirname "$0")/lib.sh"
 
 "$QEMU_IMG" create -q -f raw b.raw 16M
-for args in "-c 1000 -d 4" "-c 100 -d 1 -s 64k -S 128k -o 4096" "-c 500 -d 8 -w --pattern=0x42"; do
+# -c below -d: qemu-img's banner still shows the -d given ("64 in parallel")
+for args in "-c 1000 -d 4" "-c 100 -d 1 -s 64k -S 128k -o 4096" "-c 500 -d 8 -w --pattern=0x42" \
+            "-c 10" "-c 3 -d 8 -w --pattern=0x42"; do
     "$QEMU_IMG" bench -f raw $args b.raw 2>&1 | head -1 >q.out
     uimg bench -f raw $args b.raw >u.all 2>&1 || { cat u.all >&2; fail "bench $args failed"; }
     head -1 u.all >u.out
@@ -15,6 +17,13 @@ for args in "-c 1000 -d 4" "-c 100 -d 1 -s 64k -S 128k -o 4096" "-c 500 -d 8 -w 
 done
 # the write run above put 0x42 in the first 500 4k blocks
 expect_rc 0 "$QEMU_IO" -f raw -c 'read -P 0x42 0 2000k' b.raw
+# A failed request: its error and exit 1, no summary of the run (qemu-img
+# exits at the first failure; on an empty image it dies of SIGFPE, so
+# ublkd is checked alone).
+: >empty.raw
+expect_rc 1 uimg bench -f raw -c 100 empty.raw
+expect_out "Failed request"
+grep -qE 'Run completed|IOPS' "$WORK/.out" && { cat "$WORK/.out" >&2; fail "bench printed a summary after a failed request"; }
 # flush interval, --no-drain, random mode, O_DIRECT
 expect_rc 0 uimg bench -f raw -w -c 256 -d 4 --flush-interval=64 b.raw
 expect_out "Sending flush every 64 requests"
