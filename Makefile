@@ -122,8 +122,8 @@ $(BUILD)/tests/%: $(BUILD)/tests/unit/%.o $(UNIT_HELPER_OBJS) $(BUILD)/libublkd.
 	@mkdir -p $(dir $@)
 	$(CC) $(ALL_CFLAGS) $(LDFLAGS) -o $@ $< $(UNIT_HELPER_OBJS) $(BUILD)/libublkd.a $(LDLIBS) -lcmocka
 
-# test-img-parse links the image tool's pure helpers (not in libublkd.a)
-$(BUILD)/tests/test-img-parse: $(BUILD)/tests/unit/test-img-parse.o $(BUILD)/tools/img-util.o $(UNIT_HELPER_OBJS) $(BUILD)/libublkd.a
+# test-img-parse links the image tool's pure helpers and JSON printer (not in libublkd.a)
+$(BUILD)/tests/test-img-parse: $(BUILD)/tests/unit/test-img-parse.o $(BUILD)/tools/img-util.o $(BUILD)/tools/img-json.o $(UNIT_HELPER_OBJS) $(BUILD)/libublkd.a
 	@mkdir -p $(dir $@)
 	$(CC) $(ALL_CFLAGS) $(LDFLAGS) -o $@ $(filter %.o,$^) $(BUILD)/libublkd.a $(LDLIBS) -lcmocka
 

@@ -8,6 +8,7 @@
  */
 #ifdef CONFIG_JSON
 #include <json-c/json.h>
+#include <stdbool.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -147,6 +148,39 @@ static void out_value(Out *o, struct json_object *v, int level)
         break;
     }
     }
+}
+
+/*
+ * qemu-img map's one-line entries: members in insertion order, "{ " before
+ * the first, ", " between, "}" right after the last.  qemu-img prints these
+ * with printf; the fixed order is part of its output format.
+ */
+static void out_inline(Out *o, struct json_object *v)
+{
+    if (json_object_get_type(v) != json_type_object) {
+        out_value(o, v, 0);
+        return;
+    }
+    bool first = true;
+    out_str(o, "{ ");
+    json_object_object_foreach(v, key, val) {
+        if (!first) {
+            out_str(o, ", ");
+        }
+        first = false;
+        out_quoted(o, key);
+        out_str(o, ": ");
+        out_inline(o, val);
+    }
+    out_str(o, "}");
+}
+
+void img_json_print_inline(FILE *f, struct json_object *obj)
+{
+    Out o = { 0 };
+    out_inline(&o, obj);
+    fputs(o.buf, f);
+    free(o.buf);
 }
 
 char *img_json_to_string(struct json_object *obj)

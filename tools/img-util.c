@@ -11,6 +11,9 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#ifdef CONFIG_JSON
+#include <json-c/json.h>
+#endif
 #include "img.h"
 
 static int suffix_shift(char c)
@@ -276,19 +279,37 @@ int img_map_dump_entry(FILE *f, OutputFormat fmt, const ImgMapEntry *e, ImgMapEn
         }
         return 0;
     }
-    fprintf(f, "{ \"start\": %" PRId64 ", \"length\": %" PRId64 ", \"depth\": %d,"
-            " \"present\": %s, \"zero\": %s, \"data\": %s",
-            e->start, e->length, e->depth, e->present ? "true" : "false",
-            e->zero ? "true" : "false", e->data ? "true" : "false");
-    if (e->has_offset) {
-        fprintf(f, ", \"offset\": %" PRId64, e->offset);
-    }
-    fputc('}', f);
+#ifdef CONFIG_JSON
+    struct json_object *o = img_map_entry_to_json(e);
+    img_json_print_inline(f, o);
+    json_object_put(o);
     if (next) {
         fputs(",\n", f);
     }
     return 0;
+#else
+    (void)f;
+    return -1;
+#endif
 }
+
+#ifdef CONFIG_JSON
+struct json_object *img_map_entry_to_json(const ImgMapEntry *e)
+{
+    /* Insertion order is qemu-img's print order. */
+    struct json_object *o = json_object_new_object();
+    json_object_object_add(o, "start", json_object_new_int64(e->start));
+    json_object_object_add(o, "length", json_object_new_int64(e->length));
+    json_object_object_add(o, "depth", json_object_new_int64(e->depth));
+    json_object_object_add(o, "present", json_object_new_boolean(e->present));
+    json_object_object_add(o, "zero", json_object_new_boolean(e->zero));
+    json_object_object_add(o, "data", json_object_new_boolean(e->data));
+    if (e->has_offset) {
+        json_object_object_add(o, "offset", json_object_new_int64(e->offset));
+    }
+    return o;
+}
+#endif
 
 unsigned img_qdict_bucket(const char *key)
 {

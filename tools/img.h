@@ -103,7 +103,8 @@ typedef struct ImgMapEntry {
 bool img_map_entry_mergeable(const ImgMapEntry *curr, const ImgMapEntry *next);
 /* Print one entry in qemu-img's human or JSON format; next may be adjusted
  * (the human form coalesces zero and unallocated).  -1 on an entry the
- * human form cannot show. */
+ * human form cannot show, or JSON without CONFIG_JSON.  The JSON form is
+ * built with json-c (img_map_entry_to_json) and printed by img-json.c. */
 int img_map_dump_entry(FILE *f, OutputFormat fmt, const ImgMapEntry *e, ImgMapEntry *next);
 
 /* qemu's QDict bucket of a key: qemu prints JSON objects in this order. */
@@ -125,6 +126,10 @@ struct json_object;
 /* Print obj as qemu does: 4-space indent, keys in QDict order, newline. */
 void img_json_print(FILE *f, struct json_object *obj);
 char *img_json_to_string(struct json_object *obj);
+/* Print obj on one line in insertion order, as qemu-img map's entries. */
+void img_json_print_inline(FILE *f, struct json_object *obj);
+/* A map entry as qemu-img map --output=json has it (caller puts it). */
+struct json_object *img_map_entry_to_json(const ImgMapEntry *e);
 #endif
 
 #endif

@@ -14,6 +14,9 @@
 #include <stdlib.h>
 #include <string.h>
 #include <cmocka.h>
+#ifdef CONFIG_JSON
+#include <json-c/json.h>
+#endif
 #include "../../tools/img.h"
 
 static void test_parse_size(void **state)
@@ -175,6 +178,7 @@ static void test_map_dump(void **state)
     ImgMapEntry z = { .start = 4096, .length = 1044480, .offset = 4096, .zero = true,
                       .present = true, .has_offset = true, .filename = "a.raw" };
     img_map_dump_entry(f, OFORMAT_HUMAN, &a, &z);
+#ifdef CONFIG_JSON
     img_map_dump_entry(f, OFORMAT_JSON, &a, &z);
     img_map_dump_entry(f, OFORMAT_JSON, &z, NULL);
     fclose(f);
@@ -184,6 +188,22 @@ static void test_map_dump(void **state)
         " \"data\": true, \"offset\": 0},\n"
         "{ \"start\": 4096, \"length\": 1044480, \"depth\": 0, \"present\": true, \"zero\": true,"
         " \"data\": false, \"offset\": 4096}");
+    /* The entry is a json-c object (no offset key without an offset). */
+    ImgMapEntry u = { .start = 8192, .length = 512, .depth = 1 };
+    struct json_object *o = img_map_entry_to_json(&u), *v;
+    assert_true(json_object_object_get_ex(o, "depth", &v));
+    assert_int_equal(json_object_get_int64(v), 1);
+    assert_false(json_object_object_get_ex(o, "offset", NULL));
+    assert_string_equal(json_object_to_json_string_ext(o, JSON_C_TO_STRING_PLAIN),
+                        "{\"start\":8192,\"length\":512,\"depth\":1,\"present\":false,"
+                        "\"zero\":false,\"data\":false}");
+    json_object_put(o);
+#else
+    /* Without json-c there is no JSON form (--output=json is refused). */
+    assert_int_equal(img_map_dump_entry(f, OFORMAT_JSON, &a, &z), -1);
+    fclose(f);
+    assert_string_equal(out, "0               0x1000          0               a.raw\n");
+#endif
     free(out);
 }
 
