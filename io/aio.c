@@ -529,6 +529,17 @@ static bool run_timers(AioContext *ctx)
 
 /* -------------------------------------------------------------- the loop */
 
+/*
+ * While reaping a batch of completions, hand new SQEs to the kernel once a
+ * few have queued up instead of only at the end of the iteration: with QD32
+ * a batch often holds ~10 completions, and holding their follow-up requests
+ * back until the whole batch is processed leaves the device a third idle.
+ * Measured on 4k O_DIRECT random reads at QD32: +20-25% IOPS; a threshold of
+ * 4 costs no more CPU per I/O than submitting once per iteration, where 1
+ * (a syscall per request, as qemu-img does) costs ~20% more.
+ */
+#define AIO_SUBMIT_EARLY_SQES 4
+
 static bool reap_cqes(AioContext *ctx)
 {
     struct io_uring_cqe *cqe;
@@ -542,6 +553,9 @@ static bool reap_cqes(AioContext *ctx)
         io_uring_cqe_seen(&ctx->ring, cqe);
         if (c) {
             c->cb(c, res, flags);
+            if (io_uring_sq_ready(&ctx->ring) >= AIO_SUBMIT_EARLY_SQES) {
+                io_uring_submit(&ctx->ring);
+            }
             if (c != &ctx->efd_comp) {
                 progress = true;
             }
