@@ -68,9 +68,12 @@ LIB_OBJS := $(LIB_SRCS:%.c=$(BUILD)/%.o)
 TOOL_OBJS := $(TOOL_SRCS:%.c=$(BUILD)/%.o)
 
 # Unit tests: tests/unit/test-*.c, each its own binary; other files in
-# tests/unit/ are helpers linked into every test.
-UNIT_TEST_SRCS := $(sort $(wildcard tests/unit/test-*.c))
-UNIT_HELPER_SRCS := $(filter-out $(UNIT_TEST_SRCS),$(wildcard tests/unit/*.c))
+# tests/unit/ are helpers linked into every test.  test-<driver>*.c tests a
+# configurable driver and is built only with it (driver:CONFIG_ pairs).
+UNIT_TEST_NEEDS := raw:RAW null:NULL vdi:VDI blkdebug:BLKDEBUG
+UNIT_TEST_ALL := $(sort $(wildcard tests/unit/test-*.c))
+UNIT_TEST_SRCS := $(filter-out $(foreach n,$(UNIT_TEST_NEEDS),$(if $(filter y,$(CONFIG_$(lastword $(subst :, ,$(n))))),,tests/unit/test-$(firstword $(subst :, ,$(n)))%)),$(UNIT_TEST_ALL))
+UNIT_HELPER_SRCS := $(filter-out $(UNIT_TEST_ALL),$(wildcard tests/unit/*.c))
 UNIT_TESTS := $(UNIT_TEST_SRCS:tests/unit/%.c=$(BUILD)/tests/%)
 UNIT_HELPER_OBJS := $(UNIT_HELPER_SRCS:%.c=$(BUILD)/%.o)
 

@@ -3,6 +3,7 @@
 # requests really happen (writes land with the pattern, where qemu-img
 # bench would put them).
 . "$(dirname "$0")/lib.sh"
+require_format raw
 
 "$QEMU_IMG" create -q -f raw b.raw 16M
 # -c below -d: qemu-img's banner still shows the -d given ("64 in parallel")

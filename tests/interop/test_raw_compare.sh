@@ -2,6 +2,7 @@
 # compare: same messages and exit codes as qemu-img compare on identical,
 # different and size-mismatched raw images made by qemu-img/qemu-io.
 . "$(dirname "$0")/lib.sh"
+require_format raw
 
 make_sparse_raw a.raw 32M
 cp --sparse=always a.raw same.raw

@@ -3,6 +3,7 @@
 # ublkd's output is no less sparse than qemu-img's, and the options that
 # change the copy (-n, -S 0, -W, -m, -p, -t/-T) keep it correct.
 . "$(dirname "$0")/lib.sh"
+require_format raw
 
 make_sparse_raw src.raw 64M
 

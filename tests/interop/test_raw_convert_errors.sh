@@ -3,6 +3,7 @@
 # read, ENOSPC on a target write, EIO on block status) must exit 1 with a
 # message naming the error, never report success.
 . "$(dirname "$0")/lib.sh"
+require_format raw
 
 "$QEMU_IMG" create -q -f raw s.raw 8M
 "$QEMU_IO" -f raw -c 'write -P 1 0 8M' s.raw >/dev/null

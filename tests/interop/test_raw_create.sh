@@ -2,6 +2,7 @@
 # create: same "Formatting" line, resulting size and error messages as
 # qemu-img create for raw; -o help lists the driver's options.
 . "$(dirname "$0")/lib.sh"
+require_format raw
 
 create_both() {   # create_both WANT_RC args (FILE is the first non-option)
     local want=$1

@@ -2,6 +2,7 @@
 # info: human and JSON output identical to qemu-img info for raw images
 # (virtual-size, filename, format, actual-size, dirty-flag, key order).
 . "$(dirname "$0")/lib.sh"
+require_format raw
 
 make_sparse_raw s.raw 64M
 "$QEMU_IMG" create -q -f raw one.raw 1G

@@ -2,6 +2,7 @@
 # img io: what ublkd writes qemu-io reads back and vice versa, with qemu-io's
 # output lines (the timing line excepted) and exit codes.
 . "$(dirname "$0")/lib.sh"
+require_format raw
 
 "$QEMU_IMG" create -q -f raw t.raw 16M
 

@@ -4,6 +4,7 @@
 # to a writer - is refused as qemu-img refuses it, and qemu-img/qemu-io see
 # ublkd's locks (and ublkd theirs).
 . "$(dirname "$0")/lib.sh"
+require_format raw
 
 # wait_lock FILE BYTE [gone]: wait until some process holds an OFD lock
 # covering BYTE of FILE, or with "gone" until none does (/proc/locks lists

@@ -2,6 +2,7 @@
 # map: human and JSON output identical to qemu-img map for raw files with
 # holes, including --start-offset / --max-length windows.
 . "$(dirname "$0")/lib.sh"
+require_format raw
 
 make_sparse_raw holes.raw 64M
 "$QEMU_IMG" create -q -f raw empty.raw 10M

@@ -3,6 +3,7 @@
 # Exit codes follow run.sh: 0 pass, 4 skip, anything else fail.
 here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 [ -f "$here/lib.sh" ] && . "$here/lib.sh"
+declare -F require_format >/dev/null && require_format vdi raw
 : "${UBLKD:=$here/../../build/ublkd}"
 command -v qemu-img >/dev/null || { echo "SKIP: qemu-img not installed"; exit 4; }
 [ -x "$UBLKD" ] || { echo "SKIP: $UBLKD not built"; exit 4; }

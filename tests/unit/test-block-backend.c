@@ -109,6 +109,7 @@ static BlockBackend *open_null(const char *opts, Error **errp)
 static void test_backend_throttle_group_shared(void **state)
 {
     (void)state;
+    require_driver("null");
     AioContext *ctx = test_loop_init();
     Error *err = NULL;
     vclock_ns = 0;
@@ -168,6 +169,7 @@ static void expect_open_error(const char *opts, const char *msg)
 static void test_backend_throttle_group_errors(void **state)
 {
     (void)state;
+    require_driver("null");
     test_loop_init();
     Error *err = NULL;
     expect_open_error("driver=null,throttling.group=nosuch", "'nosuch' does not exist");

@@ -169,6 +169,7 @@ static void expect_error(const char *filename, const char *opts, int flags, cons
 static void test_open_by_filename_probes(void **state)
 {
     (void)state;
+    require_driver("raw");
     const char *raw = path_of("plain.img"), *tf = path_of("fmt.img");
     make_raw(raw, 64 * KiB, 0x5a);
     make_testfmt(tf, NULL, NULL, 0x11);
@@ -214,6 +215,7 @@ static void test_open_by_filename_probes(void **state)
 static void test_open_by_options_and_json(void **state)
 {
     (void)state;
+    require_driver("raw");
     const char *raw = path_of("opts.img");
     make_raw(raw, 8 * KiB, 1);
     char opts[700];
@@ -264,6 +266,7 @@ static void test_open_by_options_and_json(void **state)
 static void test_open_errors(void **state)
 {
     (void)state;
+    require_driver("raw");
     char msg[700], opts[700];
     const char *raw = path_of("err.img");
     make_raw(raw, 4096, 0);
@@ -301,6 +304,7 @@ static void test_open_errors(void **state)
 static void test_generic_options_and_inheritance(void **state)
 {
     (void)state;
+    require_driver("raw");
     const char *raw = path_of("gen.img");
     make_raw(raw, 4096, 0);
 
@@ -347,6 +351,7 @@ static void test_generic_options_and_inheritance(void **state)
 static void test_backing(void **state)
 {
     (void)state;
+    require_driver("raw");
     const char *base_raw = path_of("base-raw.img"), *base_tf = path_of("base-tf.img");
     const char *top1 = path_of("top1.img"), *top2 = path_of("top2.img");
     /* A raw base whose content looks like testfmt: a recorded format "raw"
@@ -452,6 +457,8 @@ static void test_refcount_and_close_order(void **state)
 static void test_limits_merge(void **state)
 {
     (void)state;
+    require_driver("raw");
+    require_driver("blkdebug");
     BlockDriverState *p = bdrv_new_open_driver(&bdrv_pair, NULL, BDRV_O_RDWR, NULL, NULL);
     MemConfig a = { .request_alignment = 512, .max_transfer = 1 * MiB, .min_mem_alignment = 512,
                     .max_pdiscard = 0 };
@@ -496,7 +503,18 @@ static void test_limits_merge(void **state)
 static void test_registry(void **state)
 {
     (void)state;
-    static const char *const builtin[] = { "file", "raw", "null", "blkdebug" };
+    static const char *const builtin[] = {
+        "file",
+#ifdef CONFIG_RAW
+        "raw",
+#endif
+#ifdef CONFIG_NULL
+        "null",
+#endif
+#ifdef CONFIG_BLKDEBUG
+        "blkdebug",
+#endif
+    };
     for (size_t i = 0; i < ARRAY_SIZE(builtin); i++) {
         const BlockDriver *drv = bdrv_find_format(builtin[i]);
         assert_non_null(drv);

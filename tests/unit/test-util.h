@@ -27,6 +27,16 @@
 #include "aio.h"
 #include "block.h"
 
+/* Skip the calling test when a driver it needs is configured out
+ * (make CONFIG_RAW=n ...): shared suites keep their other tests. */
+#define require_driver(name)                                                   \
+    do {                                                                       \
+        if (!bdrv_find_format(name)) {                                         \
+            print_message("skipped: driver '%s' is not built\n", (name));      \
+            skip();                                                            \
+        }                                                                      \
+    } while (0)
+
 typedef enum {
     MEM_OP_READ, MEM_OP_WRITE, MEM_OP_ZEROES, MEM_OP_DISCARD,
     MEM_OP_FLUSH, MEM_OP_FLUSH_OS, MEM_OP_STATUS, MEM_OP_TRUNCATE,
