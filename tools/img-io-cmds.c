@@ -678,7 +678,7 @@ int img_io_command(BlockBackend *blk, const char *line)
         goto out;
     }
     if (c->needs_write && blk_is_read_only(blk)) {
-        fprintf(stderr, "Block node is read-only\n");
+        error_report("Block node is read-only");
         ret = -EACCES;
         goto out;
     }

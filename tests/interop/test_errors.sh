@@ -3,6 +3,7 @@
 # formats and bad options with a message naming the thing and a non-zero
 # exit code (qemu-img's code where it has one).
 . "$(dirname "$0")/lib.sh"
+require_format raw
 
 "$QEMU_IMG" create -q -f raw ok.raw 1M
 
@@ -29,12 +30,37 @@ expect_out "This image format does not support checks"
 expect_rc 1 uimg check -r bogus ok.raw
 expect_out "Unknown option value for -r"
 
-# unreadable file (skipped as root, who can read anything)
-if [ "$(id -u)" != 0 ]; then
-    cp ok.raw noperm.raw && chmod 000 noperm.raw
-    expect_rc 1 uimg info -f raw noperm.raw
-    expect_out "noperm.raw"
+# unreadable file: root reads anything, so as root run ublkd as nobody
+# (util-linux setpriv) against a root-owned 0600 file
+cp ok.raw noperm.raw && chmod 600 noperm.raw
+if [ "$(id -u)" = 0 ]; then
+    command -v setpriv >/dev/null || fail "setpriv (util-linux) is needed to test an unreadable file as root"
+    chmod 755 "$WORK"
+    as_user() { setpriv --reuid=nobody --regid=nogroup --clear-groups "$@"; }
+    as_user test -r noperm.raw && fail "nobody can read a root-owned 0600 file"
+else
+    chmod 000 noperm.raw
+    as_user() { "$@"; }
 fi
+expect_rc 1 as_user "$UBLKD" img info -f raw noperm.raw
+expect_out "Could not open 'noperm.raw'"
+expect_out "Permission denied"
+
+# A FIFO is not an image: refused at once (open() of a FIFO without a
+# writer would block), naming the file and what it is.
+mkfifo ff
+expect_rc 1 timeout 10 "$UBLKD" img info ff
+expect_out "Could not open 'ff'"
+expect_out "FIFO"
+expect_rc 1 timeout 10 "$UBLKD" img info -f raw ff
+
+# A write on a read-only image: qemu-io's message and exit code
+"$QEMU_IO" -f raw -r -c 'write 0 512' ok.raw >q.out 2>&1
+qrc=$?
+uimg io -f raw -r -c 'write 0 512' ok.raw >u.out 2>&1
+urc=$?
+[ $urc = $qrc ] || fail "io -r write: ublkd exit $urc, qemu-io $qrc"
+same_output "io -r write" u.out q.out
 # a directory is not an image
 mkdir adir
 "$UBLKD" img info -f raw adir >"$WORK/.out" 2>&1 && fail "info on a directory succeeded"
