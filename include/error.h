@@ -21,6 +21,9 @@ void error_setg(Error **errp, const char *fmt, ...) PRINTF_FMT(2, 3);
 /* Appends ": strerror(os_errno)" and remembers the errno (error_get_errno). */
 void error_setg_errno(Error **errp, int os_errno, const char *fmt, ...) PRINTF_FMT(3, 4);
 void error_vsetg(Error **errp, int os_errno, const char *fmt, va_list ap);
+/* Like error_setg, but error_get_errno returns code (no strerror appended):
+ * for failures a caller may act on, e.g. EAGAIN for "image locked". */
+void error_setg_code(Error **errp, int code, const char *fmt, ...) PRINTF_FMT(3, 4);
 /* Prefix the message of *errp (no-op if errp or *errp is NULL). */
 void error_prepend(Error **errp, const char *fmt, ...) PRINTF_FMT(2, 3);
 /* Move local into *dst; frees local if dst is NULL or already set. */

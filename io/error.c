@@ -58,6 +58,18 @@ void error_setg(Error **errp, const char *fmt, ...)
     va_end(ap);
 }
 
+void error_setg_code(Error **errp, int code, const char *fmt, ...)
+{
+    bool was_set = errp && *errp;
+    va_list ap;
+    va_start(ap, fmt);
+    error_vsetg(errp, 0, fmt, ap);
+    va_end(ap);
+    if (errp && *errp && !was_set) {
+        (*errp)->err = code < 0 ? -code : code;
+    }
+}
+
 void error_setg_errno(Error **errp, int os_errno, const char *fmt, ...)
 {
     va_list ap;

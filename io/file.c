@@ -199,7 +199,7 @@ static int lock_image(int fd, LockingMode mode, unsigned perm, unsigned shared,
             int byte = (pass == 0 ? LOCK_SHARED_BASE : LOCK_PERM_BASE) + i;
             int ret = check ? test_byte(fd, byte) : 0;
             if (ret == -EAGAIN) {
-                error_setg(errp, "Failed to get %s\"%s\" lock\n"
+                error_setg_code(errp, EAGAIN, "Failed to get %s\"%s\" lock\n"
                            "Is another process using the image [%s]?",
                            pass == 0 ? "" : "shared ", perm_names[i], path);
                 return ret;

@@ -202,7 +202,26 @@ static int server_start(Server *s, bool recover, int ready_fd, Error **errp)
     if (!opts) {
         return -1;
     }
-    s->blk = blk_new_open(NULL, opts, flags, errp);
+    /*
+     * A daemon killed with -9 can hold its image locks for a moment after it
+     * is gone (io_uring drops its file references from a worker), and
+     * recovery starts as soon as the kernel reports the device QUIESCED: give
+     * a lock conflict a few seconds to clear before calling it one.
+     */
+    for (int tries = recover ? 50 : 1;; tries--) {
+        OptDict *o = tries > 1 ? optdict_clone(opts) : opts;
+        Error *local = NULL;
+        s->blk = blk_new_open(NULL, o, flags, &local);
+        if (s->blk || tries <= 1 || error_get_errno(local) != EAGAIN) {
+            if (o != opts) {
+                optdict_free(opts);
+            }
+            error_propagate(errp, local);
+            break;
+        }
+        error_free(local);
+        usleep(100 * 1000);
+    }
     if (!s->blk) {
         return -1;
     }
