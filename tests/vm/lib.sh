@@ -14,6 +14,11 @@ CACHE_OPT=--cache=writeback
 _lib_devs=()   # ids added by this test (also in $T/.devs, which survives subshells)
 _lib_cleanup() {
   local rc=$?
+  # A failed test may leave fio running: stop it first, or it keeps the
+  # device busy into the next test.
+  local jobs_left
+  jobs_left=$(jobs -p)
+  [ -n "$jobs_left" ] && { kill $jobs_left 2>/dev/null; wait 2>/dev/null; }
   for id in "${_lib_devs[@]}" $(cat "$T/.devs" 2>/dev/null); do
     "$UBLKD" del -n "$id" >/dev/null 2>&1 || true
   done

@@ -12,9 +12,10 @@ fio --name=w --filename="$DEV" --direct=1 --ioengine=io_uring --rw=randwrite --b
     --size=16M --time_based --runtime=8 --verify=crc32c --do_verify=0 --randrepeat=1 \
     --verify_state_save=0 --output-format=terse >$T/fio.out 2>&1 &
 fpid=$!
-sleep 2
-kill -0 $fpid 2>/dev/null || { cat $T/fio.out; fail "fio ended before the daemon was killed"; }
-sleep 0.5
+# fio's start-up under TCG on a busy host can take seconds: wait for the
+# daemon's (once a second) counters to show writes rather than sleeping.
+writes_seen() { [ "$(ublk_stat $ID write ops)" -gt 0 ]; }
+wait_for writes_seen || true
 w0=$(ublk_stat $ID write ops)
 [ "$w0" -gt 0 ] || fail "no writes reached the daemon before the kill"
 kill -0 $fpid 2>/dev/null || { cat $T/fio.out; fail "fio ended before the daemon was killed"; }
