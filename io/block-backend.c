@@ -168,7 +168,14 @@ static int blk_account(BlockBackend *blk, BlockAcctOp op, int64_t bytes, int64_t
 static void coroutine_fn blk_throttle(BlockBackend *blk, bool is_write, int64_t bytes)
 {
     if (blk->throttle) {
+        /* In flight on the root while it waits, so drain (and unref, which
+         * drains) waits for it instead of freeing the throttle state under
+         * it.  Dropped before the request path, which would otherwise see a
+         * drained node held up by its own request. */
+        BlockDriverState *bs = blk_bs(blk);
+        bdrv_inc_in_flight(bs);
         throttle_co_wait(blk->throttle, is_write, bytes);
+        bdrv_dec_in_flight(bs);
     }
 }
 

@@ -58,10 +58,13 @@ static void test_backend_throttled_requests_wait(void **state)
     assert_false(r[2].done);
     aio_poll(ctx, false);
     assert_false(r[2].done);
+    /* The waiting request counts as in flight, so a drain would wait for it. */
+    assert_int_equal(bdrv_in_flight(bs), 1);
     vclock_ns = SEC;
     AIO_WAIT_WHILE(ctx, !r[2].done);
     assert_int_equal(r[2].ret, 0);
     assert_int_equal(mem_calls(bs, MEM_OP_READ), 3);
+    assert_int_equal(bdrv_in_flight(bs), 0);
     blk_unref(blk);
     aio_context_set_clock(ctx, NULL, NULL);
 }
