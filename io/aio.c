@@ -537,13 +537,39 @@ static bool run_timers(AioContext *ctx)
  * Measured on 4k O_DIRECT random reads at QD32: +20-25% IOPS; a threshold of
  * 4 costs no more CPU per I/O than submitting once per iteration, where 1
  * (a syscall per request, as qemu-img does) costs ~20% more.
+ *
+ * Except when the batch drained the kernel: if what it still holds is under
+ * 1/AIO_DRAINED_FRACTION of what it held before this batch completed, the
+ * device sits idle until we feed it, so each follow-up request goes at once
+ * until it holds that fraction again, then every AIO_SUBMIT_EARLY_SQES.
+ * A virtio disk at QD32 completes ~31 of 32 requests in one burst, so this
+ * costs ~3 extra io_uring_enter per burst: measured interleaved (6 rounds,
+ * 4k QD32 -S step, vs qemu-img -i io_uring): randwrite 130k vs 120k IOPS
+ * (1.07x qemu-img, was 0.99x) at the same CPU per I/O; randread unchanged
+ * (88k, 3.83 vs 3.90 us/IO), where a fixed threshold of 2 cost +15% CPU.
+ * A ublk queue ring holds an idle FETCH command per free tag (depth 128 by
+ * default, QD32 in the VM bench), so there it only fires when nearly every
+ * tag is busy; the VM numbers were taken with the plain threshold.
  */
 #define AIO_SUBMIT_EARLY_SQES 4
+#define AIO_DRAINED_FRACTION 8
+
+/* Requests the kernel holds: SQEs it consumed minus CQEs it posted (the
+ * armed eventfd read included).  Both are free-running counters in the
+ * shared ring, so this is two loads and no syscall. */
+static inline unsigned kernel_held(AioContext *ctx)
+{
+    int held = (int)(IO_URING_READ_ONCE(*ctx->ring.sq.khead) -
+                     IO_URING_READ_ONCE(*ctx->ring.cq.ktail));
+    return held > 0 ? (unsigned)held : 0;
+}
 
 static bool reap_cqes(AioContext *ctx)
 {
     struct io_uring_cqe *cqe;
     bool progress = false;
+    /* What the kernel held before this batch: still held plus completed. */
+    uint64_t before = (uint64_t)kernel_held(ctx) + io_uring_cq_ready(&ctx->ring);
     /* One CQE at a time, marked seen before its callback, so a callback
      * that polls recursively cannot see it twice. */
     while (io_uring_peek_cqe(&ctx->ring, &cqe) == 0) {
@@ -553,7 +579,9 @@ static bool reap_cqes(AioContext *ctx)
         io_uring_cqe_seen(&ctx->ring, cqe);
         if (c) {
             c->cb(c, res, flags);
-            if (io_uring_sq_ready(&ctx->ring) >= AIO_SUBMIT_EARLY_SQES) {
+            unsigned ready = io_uring_sq_ready(&ctx->ring);
+            if (ready >= AIO_SUBMIT_EARLY_SQES ||
+                (ready && (uint64_t)kernel_held(ctx) * AIO_DRAINED_FRACTION < before)) {
                 io_uring_submit(&ctx->ring);
             }
             if (c != &ctx->efd_comp) {
