@@ -84,7 +84,7 @@ BENCHES := $(BENCH_SRCS:tests/bench/%.c=$(BUILD)/tests/%)
 # installs whichever are missing (as root, or through sudo).
 DEB_PACKAGES := gcc clang make pkg-config liburing-dev libcmocka-dev libjson-c-dev \
     libzstd-dev uuid-dev zlib1g-dev libclang-rt-14-dev qemu-utils fio e2fsprogs \
-    util-linux qemu-system-x86 busybox-static cpio kmod xz-utils jq
+    util-linux mount python3 time qemu-system-x86 busybox-static cpio kmod xz-utils jq
 SUDO := $(if $(filter 0,$(shell id -u)),,sudo)
 
 .PHONY: deps
