@@ -214,6 +214,28 @@ static int parse_id(const char *s, uint32_t *id)
     return 0;
 }
 
+/*
+ * getopt_long for the verbs that name a device with -n ID (del, list,
+ * recover).  -n is taken here, and a bad id or an unknown option reported
+ * here, so that the verbs agree on them; either comes back as '?', on which
+ * the verb exits with 2.  Argv[0] is the verb.
+ */
+static int verb_getopt(int argc, char **argv, const char *optstring, const struct option *lo,
+                       uint32_t *id, bool *have_id)
+{
+    int opt;
+    while ((opt = getopt_long(argc, argv, optstring, lo, NULL)) == 'n') {
+        if (parse_id(optarg, id) < 0) {
+            return '?';
+        }
+        *have_id = true;
+    }
+    if (opt == '?') {
+        error_report("%s: unknown option (try 'ublkd %s --help')", argv[0], argv[0]);
+    }
+    return opt;
+}
+
 static int cmd_recover(int argc, char **argv)
 {
     static const struct option lo[] = {
@@ -227,14 +249,8 @@ static int cmd_recover(int argc, char **argv)
     bool have_id = false, reissue = false, fg = false;
     int opt;
     optind = 0;
-    while ((opt = getopt_long(argc, argv, "n:rfh", lo, NULL)) != -1) {
+    while ((opt = verb_getopt(argc, argv, "n:rfh", lo, &id, &have_id)) != -1) {
         switch (opt) {
-        case 'n':
-            if (parse_id(optarg, &id) < 0) {
-                return 2;
-            }
-            have_id = true;
-            break;
         case 'r': reissue = true; break;
         case 'f': fg = true; break;
         case 'h':
@@ -244,7 +260,6 @@ static int cmd_recover(int argc, char **argv)
                    "(the device must have been added with --recovery=reissue, the default).\n");
             return 0;
         default:
-            error_report("recover: unknown option (try 'ublkd recover --help')");
             return 2;
         }
     }
@@ -315,20 +330,40 @@ static int collect_ids(uint32_t *ids, int max)
     return n;
 }
 
+/* A device as the kernel (GET_DEV_INFO) and its state file know it. */
+typedef struct DevView {
+    bool have_state, in_kernel;
+    UblkDevState st;                      /* if have_state */
+    struct ublksrv_ctrl_dev_info info;    /* if in_kernel */
+    pid_t pid;                            /* of its daemon: the kernel's, else the
+                                             state file's; 0 if neither has one */
+} DevView;
+
+/* False if neither knows device id (nothing to free then). */
+static bool dev_view(UblkCtrl *ctrl, uint32_t id, DevView *v)
+{
+    v->have_state = ublk_state_read(id, &v->st, NULL) == 0;
+    v->in_kernel = ctrl && ublk_ctrl_get_info(ctrl, id, &v->info) == 0;
+    v->pid = v->in_kernel && v->info.ublksrv_pid > 0 ? v->info.ublksrv_pid
+             : v->have_state ? v->st.pid : 0;
+    return v->have_state || v->in_kernel;
+}
+
+static void dev_view_free(DevView *v)
+{
+    if (v->have_state) {
+        ublk_dev_state_free(&v->st);
+    }
+}
+
 static int del_one(UblkCtrl *ctrl, uint32_t id, bool quiet_missing)
 {
-    UblkDevState st;
-    bool have_state = ublk_state_read(id, &st, NULL) == 0;
-    pid_t pid = have_state ? st.pid : 0;
-    struct ublksrv_ctrl_dev_info info;
-    bool in_kernel = ctrl && ublk_ctrl_get_info(ctrl, id, &info) == 0;
-    if (in_kernel && info.ublksrv_pid > 0) {
-        pid = info.ublksrv_pid;
-    }
-    if (have_state) {
-        ublk_dev_state_free(&st);
-    }
-    if (!have_state && !in_kernel) {
+    DevView v;
+    bool known = dev_view(ctrl, id, &v);
+    dev_view_free(&v);          /* del needs only the pid and in_kernel */
+    pid_t pid = v.pid;
+    bool in_kernel = v.in_kernel;
+    if (!known) {
         if (!quiet_missing) {
             error_report("del: no device %u", id);
         }
@@ -349,7 +384,7 @@ static int del_one(UblkCtrl *ctrl, uint32_t id, bool quiet_missing)
             }
             msleep(20);
         }
-        in_kernel = ctrl && ublk_ctrl_get_info(ctrl, id, &info) == 0;
+        in_kernel = ctrl && ublk_ctrl_get_info(ctrl, id, &v.info) == 0;
     }
     if (in_kernel) {
         /* No daemon (killed, crashed): take the device down ourselves. */
@@ -379,21 +414,14 @@ static int cmd_del(int argc, char **argv)
     bool have_id = false, all = false;
     int opt;
     optind = 0;
-    while ((opt = getopt_long(argc, argv, "n:ah", lo, NULL)) != -1) {
+    while ((opt = verb_getopt(argc, argv, "n:ah", lo, &id, &have_id)) != -1) {
         switch (opt) {
-        case 'n':
-            if (parse_id(optarg, &id) < 0) {
-                return 2;
-            }
-            have_id = true;
-            break;
         case 'a': all = true; break;
         case 'h':
             printf("usage: ublkd del -n ID | -a\n"
                    "Stop a device: in-flight I/O completes, the image is flushed and closed.\n");
             return 0;
         default:
-            error_report("del: unknown option (try 'ublkd del --help')");
             return 2;
         }
     }
@@ -439,20 +467,13 @@ static int cmd_list(int argc, char **argv)
     bool have_id = false, json = false;
     int opt;
     optind = 0;
-    while ((opt = getopt_long(argc, argv, "n:jh", lo, NULL)) != -1) {
+    while ((opt = verb_getopt(argc, argv, "n:jh", lo, &only, &have_id)) != -1) {
         switch (opt) {
-        case 'n':
-            if (parse_id(optarg, &only) < 0) {
-                return 2;
-            }
-            have_id = true;
-            break;
         case 'j': json = true; break;
         case 'h':
             printf("usage: ublkd list [-n ID] [--json]\n");
             return 0;
         default:
-            error_report("list: unknown option (try 'ublkd list --help')");
             return 2;
         }
     }
@@ -474,21 +495,21 @@ static int cmd_list(int argc, char **argv)
     int found = 0;
     for (int i = 0; i < n; i++) {
         uint32_t id = ids[i];
-        UblkDevState st;
-        bool have_state = ublk_state_read(id, &st, NULL) == 0;
-        struct ublksrv_ctrl_dev_info info;
-        bool in_kernel = ctrl && ublk_ctrl_get_info(ctrl, id, &info) == 0;
-        if (!have_state && !in_kernel) {
+        DevView v;
+        if (!dev_view(ctrl, id, &v)) {
             continue;
         }
         found++;
-        const char *state = in_kernel ? ublk_state_name(info.state) : "GONE";
-        unsigned queues = in_kernel ? info.nr_hw_queues : st.nr_queues;
-        unsigned depth = in_kernel ? info.queue_depth : st.depth;
-        uint64_t flags = in_kernel ? info.flags : st.flags;
-        pid_t pid = in_kernel && info.ublksrv_pid > 0 ? info.ublksrv_pid : (have_state ? st.pid : 0);
+        const UblkDevState *st = &v.st;
+        const struct ublksrv_ctrl_dev_info *info = &v.info;
+        bool in_kernel = v.in_kernel;
+        const char *state = in_kernel ? ublk_state_name(info->state) : "GONE";
+        unsigned queues = in_kernel ? info->nr_hw_queues : st->nr_queues;
+        unsigned depth = in_kernel ? info->queue_depth : st->depth;
+        uint64_t flags = in_kernel ? info->flags : st->flags;
+        pid_t pid = v.pid;
         bool alive = pid_alive(pid);
-        const char *graph = have_state && st.graph ? st.graph : "-";
+        const char *graph = v.have_state && st->graph ? st->graph : "-";
         BlockAcctStats stats;
         bool have_stats = ublk_stats_read(id, &stats) == 0;
         char fl[512];
@@ -520,8 +541,8 @@ static int cmd_list(int argc, char **argv)
             json_object_object_add(o, "flags_names", json_object_new_string(fl));
             json_object_object_add(o, "pid", json_object_new_int64(pid));
             if (in_kernel) {
-                json_object_object_add(o, "owner_uid", json_object_new_int64(info.owner_uid));
-                json_object_object_add(o, "owner_gid", json_object_new_int64(info.owner_gid));
+                json_object_object_add(o, "owner_uid", json_object_new_int64(info->owner_uid));
+                json_object_object_add(o, "owner_gid", json_object_new_int64(info->owner_gid));
             }
             json_object_object_add(o, "daemon_alive", json_object_new_boolean(alive));
             json_object_object_add(o, "graph", json_object_new_string(graph));
@@ -541,9 +562,7 @@ static int cmd_list(int argc, char **argv)
             json_object_array_add(arr, o);
         }
 #endif
-        if (have_state) {
-            ublk_dev_state_free(&st);
-        }
+        dev_view_free(&v);
     }
 #ifdef CONFIG_JSON
     if (json) {

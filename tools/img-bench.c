@@ -129,15 +129,16 @@ static void coroutine_fn bench_worker(void *opaque)
     wake_all(b);
 }
 
-static int parse_ulong(const char *s, unsigned long max, unsigned long *out)
+/* A whole number from min to max, or qemu-img's "Invalid <what> specified". */
+static int parse_ulong(const char *s, unsigned long min, unsigned long max, const char *what,
+                       unsigned long *out)
 {
     char *end;
-    if (!*s || *s == '-') {
-        return -1;
-    }
     errno = 0;
     unsigned long v = strtoul(s, &end, 0);
-    if (*end || errno || v > max) {
+    /* A leading '-' is refused: strtoul would turn "-1" into ULONG_MAX. */
+    if (!*s || *s == '-' || *end || errno || v < min || v > max) {
+        error_report("Invalid %s specified", what);
         return -1;
     }
     *out = v;
@@ -173,15 +174,13 @@ int img_bench(int argc, char **argv)
     while ((c = getopt_long(argc, argv, ":hc:d:f:ni:o:qs:S:t:wU", longopts, NULL)) != -1) {
         switch (c) {
         case 'c':
-            if (parse_ulong(optarg, INT_MAX, &v) < 0) {
-                error_report("Invalid request count specified");
+            if (parse_ulong(optarg, 0, INT_MAX, "request count", &v) < 0) {
                 return 1;
             }
             b.count = (int)v;
             break;
         case 'd':
-            if (parse_ulong(optarg, 1024, &v) < 0 || v == 0) {
-                error_report("Invalid queue depth specified");
+            if (parse_ulong(optarg, 1, 1024, "queue depth", &v) < 0) {
                 return 1;
             }
             b.depth = (int)v;
@@ -220,15 +219,13 @@ int img_bench(int argc, char **argv)
         case 'U': oo.force_share = true; break;
         case 'I': oo.image_opts = true; break;
         case 'F':
-            if (parse_ulong(optarg, INT_MAX, &v) < 0) {
-                error_report("Invalid flush interval specified");
+            if (parse_ulong(optarg, 0, INT_MAX, "flush interval", &v) < 0) {
                 return 1;
             }
             b.flush_interval = (int)v;
             break;
         case 'P':
-            if (parse_ulong(optarg, 0xff, &v) < 0) {
-                error_report("Invalid pattern byte specified");
+            if (parse_ulong(optarg, 0, 0xff, "pattern byte", &v) < 0) {
                 return 1;
             }
             b.pattern = (int)v;
@@ -236,8 +233,7 @@ int img_bench(int argc, char **argv)
         case 'D': no_drain = true; break;
         case 'R': b.random = true; break;
         case 'e':
-            if (parse_ulong(optarg, ULONG_MAX, &v) < 0) {
-                error_report("Invalid seed specified");
+            if (parse_ulong(optarg, 0, ULONG_MAX, "seed", &v) < 0) {
                 return 1;
             }
             b.rng = v ? v : 1;   /* xorshift must not start at 0 */
@@ -248,10 +244,8 @@ int img_bench(int argc, char **argv)
                    " [--pattern=pattern] [-q] [-s buffer_size] [-S step_size] [-t cache] [-w]"
                    " [-U] [--random] [--seed=N] filename\n");
             return 0;
-        case ':':
-            return img_usage_error("option '%s' needs an argument", argv[optind - 1]);
         default:
-            return img_usage_error("unrecognized option '%s'", argv[optind - 1]);
+            return img_opt_error(c, argv);
         }
     }
     if (optind != argc - 1) {

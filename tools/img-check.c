@@ -83,19 +83,14 @@ int img_check(int argc, char **argv)
     int fix = 0;
     bool quiet = false;
     static const struct option longopts[] = {
-        { "help", no_argument, NULL, 'h' },
-        { "format", required_argument, NULL, 'f' },
+        IMG_IMAGE_LONGOPTS,
         { "repair", required_argument, NULL, 'r' },
-        { "output", required_argument, NULL, 'O' },
-        { "image-opts", no_argument, NULL, 'I' },
-        { "force-share", no_argument, NULL, 'U' },
         { NULL, 0, NULL, 0 },
     };
     int c;
     optind = 0;
     while ((c = getopt_long(argc, argv, ":hf:r:T:qU", longopts, NULL)) != -1) {
         switch (c) {
-        case 'f': oo.fmt = optarg; break;
         case 'r':
             if (!strcmp(optarg, "leaks")) {
                 fix = BDRV_FIX_LEAKS;
@@ -106,31 +101,20 @@ int img_check(int argc, char **argv)
                                        "(expecting 'leaks' or 'all'): %s", optarg);
             }
             break;
-        case 'O':
-            if (img_parse_output_format(optarg, &ofmt) < 0) {
-                return 1;
-            }
-            break;
         case 'T': oo.cache = optarg; break;
         case 'q': quiet = true; break;
-        case 'I': oo.image_opts = true; break;
-        case 'U': oo.force_share = true; break;
         case 'h':
             printf("usage: ublkd img check [--image-opts] [-q] [-f fmt] [--output=ofmt]"
                    " [-r [leaks | all]] [-T src_cache] [-U] filename\n");
             return 0;
-        case ':':
-            return img_usage_error("option '%s' needs an argument", argv[optind - 1]);
         default:
-            return img_usage_error("unrecognized option '%s'", argv[optind - 1]);
+            if (img_image_opt(c, argv, &oo, &ofmt)) {
+                return 1;
+            }
         }
     }
-    if (optind != argc - 1) {
-        return img_usage_error("Expecting one image file name");
-    }
-    const char *filename = argv[optind];
     oo.writable = fix != 0;
-    BlockBackend *blk = img_open(filename, &oo);
+    BlockBackend *blk = img_open_arg(argc, argv, &oo);
     if (!blk) {
         return 1;
     }
@@ -160,7 +144,7 @@ int img_check(int argc, char **argv)
         }
 #ifdef CONFIG_JSON
         else {
-            dump_json(&r, filename, bdrv_get_format_name(bs), quiet);
+            dump_json(&r, argv[optind], bdrv_get_format_name(bs), quiet);
         }
 #endif
     }

@@ -188,11 +188,8 @@ int img_compare(int argc, char **argv)
             printf("usage: ublkd img compare [--image-opts] [-f fmt] [-F fmt] [-T src_cache]"
                    " [-p] [-q] [-s] [-U] filename1 filename2\n");
             return 0;
-        case ':':
-            img_usage_error("option '%s' needs an argument", argv[optind - 1]);
-            return 2;
         default:
-            img_usage_error("unrecognized option '%s'", argv[optind - 1]);
+            img_opt_error(c, argv);
             return 2;
         }
     }

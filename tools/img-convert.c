@@ -236,17 +236,7 @@ int img_convert(int argc, char **argv)
         switch (c) {
         case 'f': so.fmt = optarg; break;
         case 'O': out_fmt = optarg; break;
-        case 'o':
-            if (options) {
-                char *j = NULL;
-                if (asprintf(&j, "%s,%s", options, optarg) < 0) {
-                    abort();
-                }
-                options = j;
-            } else {
-                options = optarg;
-            }
-            break;
+        case 'o': img_add_options(&options, optarg); break;
         case 'S': {
             int64_t v = img_cvtnum(optarg);
             if (v < 0 || v % 512 || v / 512 > MAX_BUF_SECTORS) {
@@ -289,10 +279,8 @@ int img_convert(int argc, char **argv)
                    " [-n] [-f fmt] [-t cache] [-T src_cache] [-O output_fmt] [-o options]"
                    " [-S sparse_size] [-m num_coroutines] [-W] filename output_filename\n");
             return 0;
-        case ':':
-            return img_usage_error("option '%s' needs an argument", argv[optind - 1]);
         default:
-            return img_usage_error("unrecognized option '%s'", argv[optind - 1]);
+            return img_opt_error(c, argv);
         }
     }
     if (quiet) {

@@ -241,18 +241,7 @@ int img_create(int argc, char **argv)
         case 'F': backing_fmt = optarg; break;
         case 'b': backing = optarg; break;
         case 'f': fmt = optarg; break;
-        case 'o':
-            if (options) {
-                /* qemu-img joins repeated -o with commas. */
-                char *j = NULL;
-                if (asprintf(&j, "%s,%s", options, optarg) < 0) {
-                    abort();
-                }
-                options = j;
-            } else {
-                options = optarg;
-            }
-            break;
+        case 'o': img_add_options(&options, optarg); break;
         case 'q': quiet = true; break;
         case 'u': unsafe = true; break;
         case 'O':
@@ -262,10 +251,8 @@ int img_create(int argc, char **argv)
             printf("usage: ublkd img create [-q] [-f fmt] [-b backing_file [-F backing_fmt]] [-u]"
                    " [-o options] filename [size]\n");
             return 0;
-        case ':':
-            return img_usage_error("option '%s' needs an argument", argv[optind - 1]);
         default:
-            return img_usage_error("unrecognized option '%s'", argv[optind - 1]);
+            return img_opt_error(c, argv);
         }
     }
     if (img_is_help_option(options)) {

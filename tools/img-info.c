@@ -161,46 +161,31 @@ int img_info(int argc, char **argv)
     OutputFormat ofmt = OFORMAT_HUMAN;
     bool chain = false;
     static const struct option longopts[] = {
-        { "help", no_argument, NULL, 'h' },
-        { "format", required_argument, NULL, 'f' },
-        { "output", required_argument, NULL, 'O' },
+        IMG_IMAGE_LONGOPTS,
         { "backing-chain", no_argument, NULL, 'b' },
-        { "image-opts", no_argument, NULL, 'I' },
-        { "force-share", no_argument, NULL, 'U' },
         { NULL, 0, NULL, 0 },
     };
     int c;
     optind = 0;
     while ((c = getopt_long(argc, argv, ":f:hU", longopts, NULL)) != -1) {
         switch (c) {
-        case 'f': oo.fmt = optarg; break;
-        case 'O':
-            if (img_parse_output_format(optarg, &ofmt) < 0) {
-                return 1;
-            }
-            break;
         case 'b': chain = true; break;
-        case 'I': oo.image_opts = true; break;
-        case 'U': oo.force_share = true; break;
         case 'h':
             printf("usage: ublkd img info [--image-opts] [-f fmt] [--output=ofmt]"
                    " [--backing-chain] [-U] filename\n");
             return 0;
-        case ':':
-            return img_usage_error("option '%s' needs an argument", argv[optind - 1]);
         default:
-            return img_usage_error("unrecognized option '%s'", argv[optind - 1]);
+            if (img_image_opt(c, argv, &oo, &ofmt)) {
+                return 1;
+            }
         }
     }
-    if (optind != argc - 1) {
-        return img_usage_error("Expecting one image file name");
-    }
-    const char *filename = argv[optind];
     oo.no_backing = !chain;
-    BlockBackend *blk = img_open(filename, &oo);
+    BlockBackend *blk = img_open_arg(argc, argv, &oo);
     if (!blk) {
         return 1;
     }
+    const char *filename = argv[optind];
     ImageInfo infos[64];
     int n = 0;
     for (BlockDriverState *bs = blk_bs(blk); bs && n < 64; bs = chain ? bdrv_backing_bs(bs) : NULL) {

@@ -130,6 +130,79 @@ static void *alloc_buf(int64_t len, int pattern)
     return buf;
 }
 
+/*
+ * The options of the data commands.  A letter means the same in every
+ * command that takes it (as in qemu-io); a command's optstring says which
+ * it takes.
+ */
+typedef struct IoOpts {
+    bool quiet;                  /* -q: no report */
+    bool dump;                   /* -v: hex dump of what was read */
+    bool fua;                    /* -f */
+    bool zeroes, unmap, no_fallback;   /* -z, -u, -n */
+    bool pattern_given;
+    int pattern;                 /* -P, or the command's default */
+    int64_t poff, plen;          /* -s, -l: the part of a read -P checks */
+} IoOpts;
+
+/* Print the command's usage line (argv[0] may be its alias); -EINVAL. */
+static int usage_error(char **argv)
+{
+    usage_of(find_cmd(argv[0]));
+    return -EINVAL;
+}
+
+/* 0, or -errno with the reason printed. */
+static int io_getopt(int argc, char **argv, const char *optstring, IoOpts *o)
+{
+    int c;
+    optind = 0;
+    while ((c = getopt(argc, argv, optstring)) != -1) {
+        switch (c) {
+        case 'P':
+            o->pattern_given = true;
+            if ((o->pattern = parse_pattern(optarg)) < 0) {
+                return -EINVAL;
+            }
+            break;
+        case 's':
+            if ((o->poff = arg_num(optarg)) < 0) {
+                return -EINVAL;
+            }
+            break;
+        case 'l':
+            if ((o->plen = arg_num(optarg)) < 0) {
+                return -EINVAL;
+            }
+            break;
+        case 'q': o->quiet = true; break;
+        case 'v': o->dump = true; break;
+        case 'f': o->fua = true; break;
+        case 'z': o->zeroes = true; break;
+        case 'u': o->unmap = true; break;
+        case 'n': o->no_fallback = true; break;
+        case 'C': case 'p': break;   /* qemu-io's, accepted without effect */
+        case 'c':
+            printf("compressed writes are not supported by ublkd img io\n");
+            return -ENOTSUP;
+        default:                     /* -b too: qemu-io's vmstate access is not served */
+            return usage_error(argv);
+        }
+    }
+    return 0;
+}
+
+/* The "off len" of read, write and discard, after the options. */
+static int off_len_args(int argc, char **argv, int64_t *offset, int64_t *len)
+{
+    if (optind != argc - 2) {
+        return usage_error(argv);
+    }
+    *offset = arg_num(argv[optind]);
+    *len = *offset < 0 ? -1 : arg_num(argv[optind + 1]);
+    return *offset < 0 || *len < 0 ? -EINVAL : 0;
+}
+
 /* ---- read / readv ---- */
 static int verify(const uint8_t *buf, int64_t offset, int64_t poff, int64_t plen, int pattern)
 {
@@ -145,48 +218,19 @@ static int verify(const uint8_t *buf, int64_t offset, int64_t poff, int64_t plen
 
 static int read_f(BlockBackend *blk, int argc, char **argv)
 {
-    bool qflag = false, vflag = false;
-    int pattern = -1, c;
-    int64_t poff = 0, plen = -1;
-    optind = 0;
-    while ((c = getopt(argc, argv, "bCl:pP:qs:v")) != -1) {
-        switch (c) {
-        case 'P':
-            if ((pattern = parse_pattern(optarg)) < 0) {
-                return -EINVAL;
-            }
-            break;
-        case 'q': qflag = true; break;
-        case 'v': vflag = true; break;
-        case 's':
-            if ((poff = arg_num(optarg)) < 0) {
-                return -EINVAL;
-            }
-            break;
-        case 'l':
-            if ((plen = arg_num(optarg)) < 0) {
-                return -EINVAL;
-            }
-            break;
-        case 'C': case 'p': break;
-        default:
-            usage_of(find_cmd("read"));
-            return -EINVAL;
-        }
+    IoOpts o = { .pattern = -1, .plen = -1 };
+    int64_t offset, count;
+    int ret = io_getopt(argc, argv, "bCl:pP:qs:v", &o);
+    if (ret < 0) {
+        return ret;
     }
-    if (optind != argc - 2) {
-        usage_of(find_cmd("read"));
+    if (off_len_args(argc, argv, &offset, &count) < 0 || check_len(count) < 0) {
         return -EINVAL;
     }
-    int64_t offset = arg_num(argv[optind]);
-    int64_t count = offset < 0 ? -1 : arg_num(argv[optind + 1]);
-    if (offset < 0 || count < 0 || check_len(count) < 0) {
-        return -EINVAL;
+    if (o.plen < 0) {
+        o.plen = count - o.poff;
     }
-    if (plen < 0) {
-        plen = count - poff;
-    }
-    if (pattern >= 0 && (poff < 0 || poff + plen > count)) {
+    if (o.pattern >= 0 && (o.poff < 0 || o.poff + o.plen > count)) {
         printf("pattern verification range exceeds end of read data\n");
         return -EINVAL;
     }
@@ -194,17 +238,17 @@ static int read_f(BlockBackend *blk, int argc, char **argv)
     IOVector q;
     iov_init_buf(&q, buf, count);
     double secs;
-    int ret = do_req(blk, OP_READ, offset, count, &q, 0, &secs);
+    ret = do_req(blk, OP_READ, offset, count, &q, 0, &secs);
     if (ret < 0) {
         printf("read failed: %s\n", strerror(-ret));
         free(buf);
         return ret;
     }
-    if (pattern >= 0) {
-        ret = verify(buf, offset, poff, plen, pattern);
+    if (o.pattern >= 0) {
+        ret = verify(buf, offset, o.poff, o.plen, o.pattern);
     }
-    if (!qflag) {
-        if (vflag) {
+    if (!o.quiet) {
+        if (o.dump) {
             img_dump_buffer(stdout, buf, offset, count);
         }
         print_report("read", secs, offset, count, count, 1);
@@ -239,50 +283,45 @@ static int64_t build_vec(IOVector *q, uint8_t **bufp, int argc, char **argv, int
     return total;
 }
 
+/* The "off len [len..]" of readv and writev, after the options; the total
+ * length or -EINVAL. */
+static int64_t vec_args(int argc, char **argv, int64_t *offset, IOVector *q, uint8_t **bufp,
+                        int pattern)
+{
+    if (optind > argc - 2) {
+        return usage_error(argv);
+    }
+    *offset = arg_num(argv[optind++]);
+    if (*offset < 0) {
+        return -EINVAL;
+    }
+    return build_vec(q, bufp, argc - optind, argv + optind, pattern);
+}
+
 static int readv_f(BlockBackend *blk, int argc, char **argv)
 {
-    bool qflag = false, vflag = false;
-    int pattern = -1, c;
-    optind = 0;
-    while ((c = getopt(argc, argv, "CP:qv")) != -1) {
-        switch (c) {
-        case 'P':
-            if ((pattern = parse_pattern(optarg)) < 0) {
-                return -EINVAL;
-            }
-            break;
-        case 'q': qflag = true; break;
-        case 'v': vflag = true; break;
-        case 'C': break;
-        default:
-            usage_of(find_cmd("readv"));
-            return -EINVAL;
-        }
-    }
-    if (optind > argc - 2) {
-        usage_of(find_cmd("readv"));
-        return -EINVAL;
-    }
-    int64_t offset = arg_num(argv[optind++]);
-    if (offset < 0) {
-        return -EINVAL;
-    }
+    IoOpts o = { .pattern = -1 };
+    int64_t offset;
     IOVector q;
     uint8_t *buf;
-    int64_t count = build_vec(&q, &buf, argc - optind, argv + optind, 0xab);
+    int ret = io_getopt(argc, argv, "CP:qv", &o);
+    if (ret < 0) {
+        return ret;
+    }
+    int64_t count = vec_args(argc, argv, &offset, &q, &buf, 0xab);
     if (count < 0) {
         return -EINVAL;
     }
     double secs;
-    int ret = do_req(blk, OP_READ, offset, count, &q, 0, &secs);
+    ret = do_req(blk, OP_READ, offset, count, &q, 0, &secs);
     if (ret < 0) {
         printf("readv failed: %s\n", strerror(-ret));
     } else {
-        if (pattern >= 0) {
-            ret = verify(buf, offset, 0, count, pattern);
+        if (o.pattern >= 0) {
+            ret = verify(buf, offset, 0, count, o.pattern);
         }
-        if (!qflag) {
-            if (vflag) {
+        if (!o.quiet) {
+            if (o.dump) {
                 img_dump_buffer(stdout, buf, offset, count);
             }
             print_report("read", secs, offset, count, count, 1);
@@ -296,64 +335,42 @@ static int readv_f(BlockBackend *blk, int argc, char **argv)
 /* ---- write / writev ---- */
 static int write_f(BlockBackend *blk, int argc, char **argv)
 {
-    bool qflag = false, zflag = false, uflag = false, fflag = false, nflag = false;
-    bool Pflag = false;
-    int pattern = 0xcd, c;
-    optind = 0;
-    while ((c = getopt(argc, argv, "bcCfnpP:quz")) != -1) {
-        switch (c) {
-        case 'f': fflag = true; break;
-        case 'n': nflag = true; break;
-        case 'P':
-            Pflag = true;
-            if ((pattern = parse_pattern(optarg)) < 0) {
-                return -EINVAL;
-            }
-            break;
-        case 'q': qflag = true; break;
-        case 'u': uflag = true; break;
-        case 'z': zflag = true; break;
-        case 'C': case 'p': break;
-        case 'c':
-            printf("compressed writes are not supported by ublkd img io\n");
-            return -ENOTSUP;
-        default:
-            usage_of(find_cmd("write"));
-            return -EINVAL;
-        }
+    IoOpts o = { .pattern = 0xcd };
+    int64_t offset, count;
+    int ret = io_getopt(argc, argv, "bcCfnpP:quz", &o);
+    if (ret < 0) {
+        return ret;
     }
+    /* A wrong argument count is told before the flag mix-ups, as qemu-io does;
+     * off_len_args checks it again. */
     if (optind != argc - 2) {
-        usage_of(find_cmd("write"));
-        return -EINVAL;
+        return usage_error(argv);
     }
-    if (zflag && Pflag) {
+    if (o.zeroes && o.pattern_given) {
         printf("-z and -P cannot be specified at the same time\n");
         return -EINVAL;
     }
-    if (!zflag && uflag) {
+    if (!o.zeroes && o.unmap) {
         printf("-u requires -z to be specified\n");
         return -EINVAL;
     }
-    if (!zflag && nflag) {
+    if (!o.zeroes && o.no_fallback) {
         printf("-n requires -z to be specified\n");
         return -EINVAL;
     }
-    int64_t offset = arg_num(argv[optind]);
-    int64_t count = offset < 0 ? -1 : arg_num(argv[optind + 1]);
-    if (offset < 0 || count < 0) {
+    if (off_len_args(argc, argv, &offset, &count) < 0) {
         return -EINVAL;
     }
-    if (!zflag && check_len(count) < 0) {
+    if (!o.zeroes && check_len(count) < 0) {
         return -EINVAL;
     }
-    BdrvRequestFlags flags = (fflag ? BDRV_REQ_FUA : 0);
+    BdrvRequestFlags flags = (o.fua ? BDRV_REQ_FUA : 0);
     double secs;
-    int ret;
-    if (zflag) {
-        flags |= (uflag ? BDRV_REQ_MAY_UNMAP : 0) | (nflag ? BDRV_REQ_NO_FALLBACK : 0);
+    if (o.zeroes) {
+        flags |= (o.unmap ? BDRV_REQ_MAY_UNMAP : 0) | (o.no_fallback ? BDRV_REQ_NO_FALLBACK : 0);
         ret = do_req(blk, OP_ZEROES, offset, count, NULL, flags, &secs);
     } else {
-        uint8_t *buf = alloc_buf(count, pattern);
+        uint8_t *buf = alloc_buf(count, o.pattern);
         IOVector q;
         iov_init_buf(&q, buf, count);
         ret = do_req(blk, OP_WRITE, offset, count, &q, flags, &secs);
@@ -363,7 +380,7 @@ static int write_f(BlockBackend *blk, int argc, char **argv)
         printf("write failed: %s\n", strerror(-ret));
         return ret;
     }
-    if (!qflag) {
+    if (!o.quiet) {
         print_report("wrote", secs, offset, count, count, 1);
     }
     return 0;
@@ -371,43 +388,23 @@ static int write_f(BlockBackend *blk, int argc, char **argv)
 
 static int writev_f(BlockBackend *blk, int argc, char **argv)
 {
-    bool qflag = false, fflag = false;
-    int pattern = 0xcd, c;
-    optind = 0;
-    while ((c = getopt(argc, argv, "CfqP:")) != -1) {
-        switch (c) {
-        case 'f': fflag = true; break;
-        case 'q': qflag = true; break;
-        case 'P':
-            if ((pattern = parse_pattern(optarg)) < 0) {
-                return -EINVAL;
-            }
-            break;
-        case 'C': break;
-        default:
-            usage_of(find_cmd("writev"));
-            return -EINVAL;
-        }
-    }
-    if (optind > argc - 2) {
-        usage_of(find_cmd("writev"));
-        return -EINVAL;
-    }
-    int64_t offset = arg_num(argv[optind++]);
-    if (offset < 0) {
-        return -EINVAL;
-    }
+    IoOpts o = { .pattern = 0xcd };
+    int64_t offset;
     IOVector q;
     uint8_t *buf;
-    int64_t count = build_vec(&q, &buf, argc - optind, argv + optind, pattern);
+    int ret = io_getopt(argc, argv, "CfqP:", &o);
+    if (ret < 0) {
+        return ret;
+    }
+    int64_t count = vec_args(argc, argv, &offset, &q, &buf, o.pattern);
     if (count < 0) {
         return -EINVAL;
     }
     double secs;
-    int ret = do_req(blk, OP_WRITE, offset, count, &q, fflag ? BDRV_REQ_FUA : 0, &secs);
+    ret = do_req(blk, OP_WRITE, offset, count, &q, o.fua ? BDRV_REQ_FUA : 0, &secs);
     if (ret < 0) {
         printf("writev failed: %s\n", strerror(-ret));
-    } else if (!qflag) {
+    } else if (!o.quiet) {
         print_report("wrote", secs, offset, count, count, 1);
     }
     iov_destroy(&q);
@@ -418,25 +415,13 @@ static int writev_f(BlockBackend *blk, int argc, char **argv)
 /* ---- discard, flush, length, truncate, map ---- */
 static int discard_f(BlockBackend *blk, int argc, char **argv)
 {
-    bool qflag = false;
-    int c;
-    optind = 0;
-    while ((c = getopt(argc, argv, "Cq")) != -1) {
-        switch (c) {
-        case 'q': qflag = true; break;
-        case 'C': break;
-        default:
-            usage_of(find_cmd("discard"));
-            return -EINVAL;
-        }
+    IoOpts o = { 0 };
+    int64_t offset, bytes;
+    int ret = io_getopt(argc, argv, "Cq", &o);
+    if (ret < 0) {
+        return ret;
     }
-    if (optind != argc - 2) {
-        usage_of(find_cmd("discard"));
-        return -EINVAL;
-    }
-    int64_t offset = arg_num(argv[optind]);
-    int64_t bytes = offset < 0 ? -1 : arg_num(argv[optind + 1]);
-    if (offset < 0 || bytes < 0) {
+    if (off_len_args(argc, argv, &offset, &bytes) < 0) {
         return -EINVAL;
     }
     if (bytes > (int64_t)BDRV_REQUEST_MAX_BYTES) {
@@ -445,12 +430,12 @@ static int discard_f(BlockBackend *blk, int argc, char **argv)
         return -EINVAL;
     }
     double secs;
-    int ret = do_req(blk, OP_DISCARD, offset, bytes, NULL, 0, &secs);
+    ret = do_req(blk, OP_DISCARD, offset, bytes, NULL, 0, &secs);
     if (ret < 0) {
         printf("discard failed: %s\n", strerror(-ret));
         return ret;
     }
-    if (!qflag) {
+    if (!o.quiet) {
         print_report("discard", secs, offset, bytes, bytes, 1);
     }
     return 0;
@@ -497,13 +482,11 @@ static int truncate_f(BlockBackend *blk, int argc, char **argv)
             }
             break;
         default:
-            usage_of(find_cmd("truncate"));
-            return -EINVAL;
+            return usage_error(argv);
         }
     }
     if (optind != argc - 1) {
-        usage_of(find_cmd("truncate"));
-        return -EINVAL;
+        return usage_error(argv);
     }
     int64_t offset = arg_num(argv[optind]);
     if (offset < 0) {

@@ -61,11 +61,8 @@ int img_io(int argc, char **argv)
                    "Commands (-c 'help' lists their options): read, readv, write, writev,"
                    " discard, flush, length, map, truncate\n");
             goto out;
-        case ':':
-            ret = img_usage_error("option '%s' needs an argument", argv[optind - 1]);
-            goto out;
         default:
-            ret = img_usage_error("unrecognized option '%s'", argv[optind - 1]);
+            ret = img_opt_error(c, argv);
             goto out;
         }
     }
@@ -77,11 +74,7 @@ int img_io(int argc, char **argv)
         }
         oo.cache = "none";
     }
-    if (optind != argc - 1) {
-        ret = img_usage_error("Expecting one image file name");
-        goto out;
-    }
-    BlockBackend *blk = img_open(argv[optind], &oo);
+    BlockBackend *blk = img_open_arg(argc, argv, &oo);
     if (!blk) {
         ret = 1;
         goto out;

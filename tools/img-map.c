@@ -58,11 +58,7 @@ int img_map(int argc, char **argv)
     OutputFormat ofmt = OFORMAT_HUMAN;
     int64_t start_offset = 0, max_length = -1;
     static const struct option longopts[] = {
-        { "help", no_argument, NULL, 'h' },
-        { "format", required_argument, NULL, 'f' },
-        { "output", required_argument, NULL, 'O' },
-        { "image-opts", no_argument, NULL, 'I' },
-        { "force-share", no_argument, NULL, 'U' },
+        IMG_IMAGE_LONGOPTS,
         { "start-offset", required_argument, NULL, 's' },
         { "max-length", required_argument, NULL, 'l' },
         { NULL, 0, NULL, 0 },
@@ -71,14 +67,6 @@ int img_map(int argc, char **argv)
     optind = 0;
     while ((c = getopt_long(argc, argv, ":f:hU", longopts, NULL)) != -1) {
         switch (c) {
-        case 'f': oo.fmt = optarg; break;
-        case 'O':
-            if (img_parse_output_format(optarg, &ofmt) < 0) {
-                return 1;
-            }
-            break;
-        case 'I': oo.image_opts = true; break;
-        case 'U': oo.force_share = true; break;
         case 's':
             start_offset = img_cvtnum_full("start offset", optarg, 0, INT64_MAX);
             if (start_offset < 0) {
@@ -95,16 +83,13 @@ int img_map(int argc, char **argv)
             printf("usage: ublkd img map [--image-opts] [-f fmt] [--start-offset=offset]"
                    " [--max-length=len] [--output=ofmt] [-U] filename\n");
             return 0;
-        case ':':
-            return img_usage_error("option '%s' needs an argument", argv[optind - 1]);
         default:
-            return img_usage_error("unrecognized option '%s'", argv[optind - 1]);
+            if (img_image_opt(c, argv, &oo, &ofmt)) {
+                return 1;
+            }
         }
     }
-    if (optind != argc - 1) {
-        return img_usage_error("Expecting one image file name");
-    }
-    BlockBackend *blk = img_open(argv[optind], &oo);
+    BlockBackend *blk = img_open_arg(argc, argv, &oo);
     if (!blk) {
         return 1;
     }

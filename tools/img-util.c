@@ -128,25 +128,15 @@ char *img_size_to_str(uint64_t val)
 
 void img_cvtstr(double value, char *str, size_t size)
 {
+    static const char *const units[] = { " KiB", " MiB", " GiB", " TiB", " PiB", " EiB" };
+    int i = (int)ARRAY_SIZE(units);
+    while (i > 0 && value < (double)(1ULL << (10 * i))) {
+        i--;
+    }
     const char *suffix;
-    if (value >= (double)(1ULL << 60)) {
-        suffix = " EiB";
-        snprintf(str, size - 4, "%.3f", value / (double)(1ULL << 60));
-    } else if (value >= (double)(1ULL << 50)) {
-        suffix = " PiB";
-        snprintf(str, size - 4, "%.3f", value / (double)(1ULL << 50));
-    } else if (value >= (double)(1ULL << 40)) {
-        suffix = " TiB";
-        snprintf(str, size - 4, "%.3f", value / (double)(1ULL << 40));
-    } else if (value >= (double)(1ULL << 30)) {
-        suffix = " GiB";
-        snprintf(str, size - 4, "%.3f", value / (double)(1ULL << 30));
-    } else if (value >= (double)(1ULL << 20)) {
-        suffix = " MiB";
-        snprintf(str, size - 4, "%.3f", value / (double)(1ULL << 20));
-    } else if (value >= 1024.0) {
-        suffix = " KiB";
-        snprintf(str, size - 4, "%.3f", value / 1024.0);
+    if (i) {
+        suffix = units[i - 1];
+        snprintf(str, size - 4, "%.3f", value / (double)(1ULL << (10 * i)));
     } else {
         suffix = " bytes";
         snprintf(str, size - 6, "%f", value);

@@ -1,12 +1,14 @@
 /*
  * img.c - `ublkd img`: the qemu-img-like image tool's dispatch and the
- * helpers every subcommand shares (opening an image from -f / --image-opts /
- * json: / cache modes, --output parsing, usage errors).
+ * helpers the subcommands share (opening an image from -f / --image-opts /
+ * json: / cache modes, --output parsing, the options of info, check and map,
+ * usage errors).
  *
  * Messages and exit codes follow qemu-img 7.2 so scripts written against it
  * work unchanged; the subcommands live in tools/img-<name>.c.
  */
 #include <errno.h>
+#include <getopt.h>
 #include <inttypes.h>
 #include <stdarg.h>
 #include <stdio.h>
@@ -83,6 +85,39 @@ int img_usage_error(const char *fmt, ...)
     va_end(ap);
     fprintf(stderr, "\nTry 'ublkd img --help' for more information\n");
     return 1;
+}
+
+int img_opt_error(int c, char **argv)
+{
+    if (c == ':') {
+        return img_usage_error("option '%s' needs an argument", argv[optind - 1]);
+    }
+    return img_usage_error("unrecognized option '%s'", argv[optind - 1]);
+}
+
+int img_image_opt(int c, char **argv, ImgOpenOpts *oo, OutputFormat *ofmt)
+{
+    switch (c) {
+    case 'f': oo->fmt = optarg; break;
+    case 'O': return img_parse_output_format(optarg, ofmt) < 0 ? 1 : 0;
+    case 'I': oo->image_opts = true; break;
+    case 'U': oo->force_share = true; break;
+    default: return img_opt_error(c, argv);
+    }
+    return 0;
+}
+
+void img_add_options(const char **options, const char *arg)
+{
+    if (!*options) {
+        *options = arg;
+        return;
+    }
+    char *joined = NULL;
+    if (asprintf(&joined, "%s,%s", *options, arg) < 0) {
+        abort();
+    }
+    *options = joined;
 }
 
 int img_parse_output_format(const char *arg, OutputFormat *out)
@@ -194,6 +229,15 @@ BlockBackend *img_open(const char *filename, const ImgOpenOpts *o)
         return NULL;
     }
     return blk;
+}
+
+BlockBackend *img_open_arg(int argc, char **argv, const ImgOpenOpts *o)
+{
+    if (optind != argc - 1) {
+        img_usage_error("Expecting one image file name");
+        return NULL;
+    }
+    return img_open(argv[optind], o);
 }
 
 int img_main(int argc, char **argv)

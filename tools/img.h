@@ -43,8 +43,33 @@ typedef struct ImgOpenOpts {
 } ImgOpenOpts;
 /* Open an image, printing qemu-img's "Could not open 'X': ..." on failure. */
 BlockBackend *img_open(const char *filename, const ImgOpenOpts *o);
+/* img_open of the one file name left after the options (argv[optind]); if
+ * there is not exactly one, NULL after a usage error. */
+BlockBackend *img_open_arg(int argc, char **argv, const ImgOpenOpts *o);
 /* Print "Try 'ublkd img --help' ..." after a usage error; returns 1. */
 int img_usage_error(const char *fmt, ...) PRINTF_FMT(1, 2);
+/* The usage error for what getopt_long returned on a bad option (the
+ * subcommands' optstrings start with ':', so a missing argument is ':'). */
+int img_opt_error(int c, char **argv);
+
+/*
+ * info, check and map read one image the same way, so they share -f,
+ * --image-opts, -U and --output (long only: -O is convert's output format).
+ * Their option tables start with these (--help too, which each command
+ * answers with its own usage line); img_image_opt takes every option the
+ * command does not handle itself, bad ones included, and returns 0, or 1
+ * (the exit code) when it printed why the command cannot go on.
+ */
+#define IMG_IMAGE_LONGOPTS \
+    { "help", no_argument, NULL, 'h' }, \
+    { "format", required_argument, NULL, 'f' }, \
+    { "output", required_argument, NULL, 'O' }, \
+    { "image-opts", no_argument, NULL, 'I' }, \
+    { "force-share", no_argument, NULL, 'U' }
+int img_image_opt(int c, char **argv, ImgOpenOpts *oo, OutputFormat *ofmt);
+
+/* -o as qemu-img takes it: a repeated -o adds to the list, after a comma. */
+void img_add_options(const char **options, const char *arg);
 /* qemu-img's cvtnum_full: parse a size argument named `name`, printing
  * qemu-img's messages; returns the value or -errno. */
 int64_t img_cvtnum_full(const char *name, const char *value, int64_t min, int64_t max);
