@@ -105,6 +105,15 @@ typedef int64_t AioClockFn(void *opaque);
  * poll (or aio_notify a context that another thread is blocked on). */
 void aio_context_set_clock(AioContext *ctx, AioClockFn *now, void *opaque);
 int64_t aio_now_ns(AioContext *ctx);
+/*
+ * A cached reading of ctx's clock (the virtual one too), refreshed at the
+ * start of every aio_poll iteration, again when the iteration is back from
+ * io_uring, and when aio_co_run_sync starts its coroutine: accurate to one
+ * loop iteration and costs a load, for accounting (the BlockBackend's
+ * request times).  NOT for timers or deadlines: code that runs without
+ * polling sees it stand still.  Owner thread only.
+ */
+int64_t aio_loop_now_ns(AioContext *ctx);
 int64_t clock_monotonic_ns(void);
 
 typedef struct AioTimer {

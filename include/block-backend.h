@@ -21,7 +21,9 @@ typedef struct BlockAcctStats {
     uint64_t ops[BLK_OP__MAX];
     uint64_t bytes[BLK_OP__MAX];
     uint64_t errors[BLK_OP__MAX];
-    uint64_t total_ns[BLK_OP__MAX];
+    uint64_t total_ns[BLK_OP__MAX];   /* sum of request times, read from the event
+                                       * loop's per-iteration clock (aio_loop_now_ns):
+                                       * a request done within one iteration adds 0 */
     uint64_t fua_writes;       /* successful writes that asked for FUA */
 } BlockAcctStats;
 

@@ -1,6 +1,7 @@
 /*
  * test-block-backend.c - the export handle: size check against the export's
- * length, per-operation statistics, flush on unref, throttled requests
+ * length, per-operation statistics (request times on the event loop's
+ * per-iteration clock), flush on unref, throttled requests
  * waiting on the context's (virtual) clock, and throttle groups (exports
  * naming the same throttling.group share one ThrottleState; joining,
  * conflicting limits and unknown groups are errors with clear messages).
@@ -100,6 +101,77 @@ static void test_backend_bounds_stats_unref(void **state)
     bdrv_unref(bs);
 }
 
+static uint64_t read_total_ns(BlockBackend *blk)
+{
+    BlockAcctStats st;
+    blk_get_stats(blk, &st);
+    return st.total_ns[BLK_OP_READ];
+}
+
+static int64_t vclock_low(void *opaque)
+{
+    (void)opaque;
+    return 10;
+}
+
+/* Request times come from the event loop's per-iteration clock: a request
+ * that ends in a later iteration than it started in counts the time between
+ * them, one done within an iteration adds nothing, and the sum never goes
+ * backwards, even when the clock does. */
+static void test_backend_total_ns_loop_time(void **state)
+{
+    (void)state;
+    AioContext *ctx = test_loop_init();
+    vclock_ns = 1000;
+    aio_context_set_clock(ctx, vclock, NULL);
+    BlockDriverState *bs = mem_node_new(NULL);
+    BlockBackend *blk = blk_new_with_bs(bs, NULL);
+    bdrv_unref(bs);
+    mem_set_yield(bs, 1u << MEM_OP_READ);   /* each read waits for the next poll */
+
+    /* The request starts at the loop time, 1000, not at the clock's 1500:
+     * no clock read per request. */
+    vclock_ns = 1500;
+    BlkReq r = { blk, -1, false };
+    co_enter(co_create(blk_read_one, &r));
+    assert_false(r.done);
+    vclock_ns = 1777;
+    aio_poll(ctx, false);
+    assert_true(r.done);
+    assert_int_equal(r.ret, 0);
+    assert_int_equal(read_total_ns(blk), 777);
+
+    /* done where it started: nothing added */
+    mem_set_yield(bs, 0);
+    r = (BlkReq){ blk, -1, false };
+    co_enter(co_create(blk_read_one, &r));
+    assert_true(r.done);
+    assert_int_equal(read_total_ns(blk), 777);
+
+    /* the clock goes back under a request: no wrap-around */
+    mem_set_yield(bs, 1u << MEM_OP_READ);
+    r = (BlkReq){ blk, -1, false };
+    co_enter(co_create(blk_read_one, &r));
+    assert_false(r.done);
+    aio_context_set_clock(ctx, vclock_low, NULL);
+    aio_poll(ctx, false);
+    assert_true(r.done);
+    assert_int_equal(read_total_ns(blk), 777);
+
+    /* on the real clock, a request across an iteration takes time too */
+    aio_context_set_clock(ctx, NULL, NULL);
+    r = (BlkReq){ blk, -1, false };
+    co_enter(co_create(blk_read_one, &r));
+    assert_false(r.done);
+    AIO_WAIT_WHILE(ctx, !r.done);
+    assert_true(read_total_ns(blk) > 777);
+
+    BlockAcctStats st;
+    blk_get_stats(blk, &st);
+    assert_int_equal(st.ops[BLK_OP_READ], 4);
+    blk_unref(blk);
+}
+
 static BlockBackend *open_null(const char *opts, Error **errp)
 {
     OptDict *d = optdict_parse(opts, NULL, NULL);
@@ -196,6 +268,7 @@ int main(void)
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_backend_throttled_requests_wait),
         cmocka_unit_test(test_backend_bounds_stats_unref),
+        cmocka_unit_test(test_backend_total_ns_loop_time),
         cmocka_unit_test(test_backend_throttle_group_shared),
         cmocka_unit_test(test_backend_throttle_group_errors),
     };

@@ -277,6 +277,7 @@ static void test_state_files(void **state)
     st.bytes[BLK_OP_WRITE] = 1ULL << 40;
     st.errors[BLK_OP_FLUSH] = 2;
     st.fua_writes = 3;
+    st.total_ns[BLK_OP_READ] = 123456789012345ULL;   /* > 2^32: no truncation */
     assert_int_equal(ublk_stats_write(12, &st), 0);
     assert_int_equal(ublk_stats_read(12, &st2), 0);
     assert_memory_equal(&st, &st2, sizeof(st));
