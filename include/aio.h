@@ -89,6 +89,22 @@ int coroutine_fn aio_co_poll(int fd, short events);
 int coroutine_fn aio_co_submit_sqe_wait(struct io_uring_sqe *sqe, unsigned *cqe_flags);
 void coroutine_fn aio_co_sleep_ns(int64_t ns);   /* on the context's clock */
 
+/*
+ * Registered buffers.  A thread's long-lived I/O buffers (the ublk queue's
+ * tag buffers: nslots slots of slot_size bytes from base) can be registered
+ * with its ring, so that aio_co_preadv/pwritev of one segment inside a slot
+ * use READ_FIXED/WRITE_FIXED and the kernel does not pin and unpin the pages
+ * for every O_DIRECT request.  Slots are registered lazily, only as far as
+ * requests have reached into them (doubling from one page), so the pinned
+ * memory stays close to what the buffers' users touch anyway.  Returns false,
+ * and I/O goes the ordinary way, where the kernel cannot do it; a later
+ * registration failure (RLIMIT_MEMLOCK when unprivileged) only leaves that
+ * slot unregistered.  Owner thread only; the memory must outlive ctx.
+ */
+bool aio_register_buffer_slots(AioContext *ctx, void *base, size_t slot_size, unsigned nslots);
+/* Bytes of slot registered so far (0: none, or no slots), for tests. */
+size_t aio_buffer_slot_registered(AioContext *ctx, unsigned slot);
+
 /* ---- bottom halves ---- */
 typedef struct AioBH AioBH;
 typedef void AioBHFn(void *opaque);

@@ -51,6 +51,11 @@ struct AioContext {
     int64_t loop_now;            /* aio_loop_now_ns(); owner thread only */
     AioClockFn *clock;
     void *clock_opaque;
+    /* Registered buffer slots (aio_register_buffer_slots); owner thread only. */
+    char *fixed_base;
+    size_t fixed_slot_size, fixed_size;
+    size_t *fixed_len;           /* bytes registered per slot, 0 = none yet */
+    bool fixed_full;             /* a registration failed: grow no more */
 };
 
 static __thread AioContext *current_ctx;
@@ -225,7 +230,8 @@ void aio_context_free(AioContext *ctx)
         }
         bh = next;
     }
-    io_uring_queue_exit(&ctx->ring);
+    io_uring_queue_exit(&ctx->ring);   /* also drops registered buffers */
+    free(ctx->fixed_len);
     close(ctx->efd);
     if (current_ctx == ctx) {
         current_ctx = NULL;
@@ -730,14 +736,96 @@ int coroutine_fn aio_co_submit_sqe_wait(struct io_uring_sqe *sqe, unsigned *cqe_
     return co_io_wait(sqe, cqe_flags);
 }
 
+/* ---------------------------------------------------- registered buffers */
+
+bool aio_register_buffer_slots(AioContext *ctx, void *base, size_t slot_size, unsigned nslots)
+{
+    if (ctx->fixed_len || !nslots || slot_size > UINT32_MAX || nslots > 16384) {
+        return false;
+    }
+    size_t *len = calloc(nslots, sizeof(*len));
+    if (!len) {
+        return false;
+    }
+    aio_bind(ctx);
+    if (io_uring_register_buffers_sparse(&ctx->ring, nslots) < 0) {
+        free(len);     /* before 5.19, or not allowed: plain I/O it is */
+        return false;
+    }
+    ctx->fixed_base = base;
+    ctx->fixed_slot_size = slot_size;
+    ctx->fixed_size = slot_size * nslots;
+    ctx->fixed_len = len;
+    return true;
+}
+
+size_t aio_buffer_slot_registered(AioContext *ctx, unsigned slot)
+{
+    return ctx->fixed_len && slot < ctx->fixed_size / ctx->fixed_slot_size
+           ? ctx->fixed_len[slot] : 0;
+}
+
+/* Grow slot's registration to cover its first `end` bytes.  Sizes double
+ * (from one page), so a slot is registered a handful of times over its life
+ * and pins at most twice what its requests have touched. */
+static bool fixed_slot_grow(AioContext *ctx, unsigned slot, size_t end)
+{
+    size_t page = 4096, want = page;
+    while (want < end) {
+        want <<= 1;
+    }
+    want = MIN(want, ctx->fixed_slot_size);
+    struct iovec iov = { ctx->fixed_base + (size_t)slot * ctx->fixed_slot_size, want };
+    int ret = io_uring_register_buffers_update_tag(&ctx->ring, slot, &iov, NULL, 1);
+    if (ret != 1) {
+        /* Typically RLIMIT_MEMLOCK for an unprivileged daemon: the slots
+         * registered so far stay in use, the rest go the ordinary way, and
+         * no request pays for a register call that would fail again. */
+        ctx->fixed_full = true;
+        return false;
+    }
+    ctx->fixed_len[slot] = want;
+    return true;
+}
+
+/* The registered buffer index covering [p, p + len), or -1. */
+static inline int fixed_slot(AioContext *ctx, const void *p, size_t len)
+{
+    if (!ctx->fixed_len) {
+        return -1;
+    }
+    size_t off = (size_t)((const char *)p - ctx->fixed_base);   /* wraps if below */
+    if (off >= ctx->fixed_size) {
+        return -1;
+    }
+    unsigned slot = off / ctx->fixed_slot_size;
+    size_t end = off - (size_t)slot * ctx->fixed_slot_size + len;
+    if (end > ctx->fixed_slot_size) {
+        return -1;
+    }
+    if (unlikely(end > ctx->fixed_len[slot]) &&
+        (ctx->fixed_full || !fixed_slot_grow(ctx, slot, end))) {
+        return -1;
+    }
+    return (int)slot;
+}
+
 ssize_t coroutine_fn aio_co_preadv(int fd, const struct iovec *iov, int iovcnt, int64_t offset)
 {
     AioContext *ctx = co_io_ctx("aio_co_preadv");
     struct io_uring_sqe *sqe = aio_get_sqe(ctx);
     /* One segment (the usual ublk request): READ spares the kernel the
-     * copy and import of an iovec array. */
+     * copy and import of an iovec array, READ_FIXED also the page pinning
+     * of O_DIRECT. */
     if (iovcnt == 1 && iov[0].iov_len <= UINT32_MAX) {
-        io_uring_prep_read(sqe, fd, iov[0].iov_base, (unsigned)iov[0].iov_len, (uint64_t)offset);
+        int slot = fixed_slot(ctx, iov[0].iov_base, iov[0].iov_len);
+        if (slot >= 0) {
+            io_uring_prep_read_fixed(sqe, fd, iov[0].iov_base, (unsigned)iov[0].iov_len,
+                                     (uint64_t)offset, slot);
+        } else {
+            io_uring_prep_read(sqe, fd, iov[0].iov_base, (unsigned)iov[0].iov_len,
+                               (uint64_t)offset);
+        }
     } else {
         io_uring_prep_readv(sqe, fd, iov, iovcnt, (uint64_t)offset);
     }
@@ -750,7 +838,14 @@ ssize_t coroutine_fn aio_co_pwritev(int fd, const struct iovec *iov, int iovcnt,
     AioContext *ctx = co_io_ctx("aio_co_pwritev");
     struct io_uring_sqe *sqe = aio_get_sqe(ctx);
     if (iovcnt == 1 && iov[0].iov_len <= UINT32_MAX) {
-        io_uring_prep_write(sqe, fd, iov[0].iov_base, (unsigned)iov[0].iov_len, (uint64_t)offset);
+        int slot = fixed_slot(ctx, iov[0].iov_base, iov[0].iov_len);
+        if (slot >= 0) {
+            io_uring_prep_write_fixed(sqe, fd, iov[0].iov_base, (unsigned)iov[0].iov_len,
+                                      (uint64_t)offset, slot);
+        } else {
+            io_uring_prep_write(sqe, fd, iov[0].iov_base, (unsigned)iov[0].iov_len,
+                                (uint64_t)offset);
+        }
     } else {
         io_uring_prep_writev(sqe, fd, iov, iovcnt, (uint64_t)offset);
     }

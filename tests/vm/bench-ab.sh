@@ -10,7 +10,8 @@
 #   tests/vm/ublk-vm -w DIR -- env ROUNDS=3 \
 #     CONFIGS="label|ENV=val|/abs/ublkd add-args...;ctl|X=1|CTL" $PWD/tests/vm/bench-ab.sh
 # '$IMG' in add-args is a 1 GiB random-filled raw file on ext4 on a
-# memory-backed null_blk (as in bench.sh).  Binaries must be visible in the
+# memory-backed null_blk (as in bench.sh); '$CTL' is the control row's
+# null_blk (memory_backed=0), a backing device that costs no copy.  Binaries must be visible in the
 # guest (under / or DIR).  JOB (fio args) defaults to 4k randread QD32.
 set -u
 export PATH=$PATH:/usr/sbin:/sbin
@@ -37,12 +38,13 @@ IMG=$T/fs/img.raw
 CTL=$(nullb ctl 0 4096)
 HZ=$(getconf CLK_TCK)
 JOB=${JOB:---rw=randread --bs=4k --iodepth=32 --numjobs=1}
+busy() { awk '/^cpu /{print $2+$3+$4+$7+$8}' /proc/stat; }   # all vCPUs, ticks
 sleeps() { cat /proc/$1/task/*/status 2>/dev/null | awk '/^voluntary_ctxt/{s+=$2} END{print s+0}'; }
 IFS=';' read -ra CS <<< "$CONFIGS"
 for r in $(seq ${ROUNDS:-3}); do
   for c in "${CS[@]}"; do
     IFS='|' read -r label envs args <<< "$c"
-    args=${args//\$IMG/$IMG}
+    args=${args//\$IMG/$IMG}; args=${args//\$CTL/$CTL}
     if [ "$args" = CTL ]; then
       dev=$CTL pid=$$
     else
@@ -50,17 +52,17 @@ for r in $(seq ${ROUNDS:-3}); do
       dev=$(env $envs $bin add ${args#* }) || { echo "r$r $label: add failed"; continue; }
       id=${dev#/dev/ublkb}; pid=$($bin list -n $id --json | jq -r '.[0].pid')
     fi
-    c0=$(awk '{print $14+$15}' /proc/$pid/stat); x0=$(sleeps $pid)
+    c0=$(awk '{print $14+$15}' /proc/$pid/stat); x0=$(sleeps $pid); b0=$(busy)
     read -r iops ios < <(fio --name=ab --filename="$dev" --direct=1 --ioengine=io_uring $JOB \
       --size=512M --time_based --runtime=$RT --ramp_time=1 --group_reporting --output-format=json 2>/dev/null |
       jq -r '[(.jobs[0].read.iops + .jobs[0].write.iops), (.jobs[0].read.total_ios + .jobs[0].write.total_ios)] | map(floor) | @tsv')
-    c1=$(awk '{print $14+$15}' /proc/$pid/stat); x1=$(sleeps $pid)
+    c1=$(awk '{print $14+$15}' /proc/$pid/stat); x1=$(sleeps $pid); b1=$(busy)
     [ "$args" = CTL ] || $bin del -n $id
     ios=${ios:-0}; [ "$ios" -gt 0 ] || ios=1
     if [ "$args" = CTL ]; then
-      echo "r$r $label: iops=${iops:-0}"
+      echo "r$r $label: iops=${iops:-0} vm-cpu/io=$(( (b1-b0)*1000000/HZ/ios ))us"
     else
-      echo "r$r $label: iops=${iops:-0} cpu/io=$(( (c1-c0)*1000000/HZ/ios ))us sleeps/io=$(( (x1-x0)*100/ios ))%"
+      echo "r$r $label: iops=${iops:-0} cpu/io=$(( (c1-c0)*1000000/HZ/ios ))us vm-cpu/io=$(( (b1-b0)*1000000/HZ/ios ))us sleeps/io=$(( (x1-x0)*100/ios ))%"
     fi
   done
 done

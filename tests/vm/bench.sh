@@ -4,6 +4,9 @@
 #   ublkd null   vs  null_blk (memory_backed=0)
 #   ublkd raw    vs  loop --direct-io=on, on the same file (ext4 on a
 #                    memory-backed null_blk, so O_DIRECT works for both)
+#   ublkd raw    vs  loop --direct-io=on, on a null_blk with memory_backed=0:
+#                    a backing that costs no copy and no filesystem, so the
+#                    row shows what the raw path itself adds to ublkd null
 # 4k randread QD1/QD32, 4k randwrite QD1/QD32, 128k seq read/write QD8 (1 job),
 # and 4k randread QD32 with 2 jobs; ublkd with 1 and 2 queues, 2 queues also
 # with --affinity=queue.  For ublkd the daemon's CPU time per I/O is shown.
@@ -102,5 +105,12 @@ losetup -d $loopdev
 ublk "ublkd raw -q 1 (cache=none)" raw $T/fs/img.raw -q 1
 ublk "ublkd raw -q 2 (cache=none)" raw $T/fs/img.raw -q 2
 ublk "ublkd raw -q 2 --affinity=queue" raw $T/fs/img.raw -q 2 --affinity=queue
+nullb bare 0 1 4096; bare=$(nbdev bare)
+loopdev=$(losetup --direct-io=on --show -f $bare)
+run_dev "loop --direct-io=on (on null_blk)" $loopdev
+losetup -d $loopdev
+ublk "ublkd raw -q 1 (on null_blk)" raw $bare -q 1
+ublk "ublkd raw -q 2 (on null_blk)" raw $bare -q 2
+echo 0 > $CFG/bare/power; rmdir $CFG/bare
 umount $T/fs
 echo 0 > $CFG/store/power; rmdir $CFG/store
