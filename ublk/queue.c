@@ -103,16 +103,25 @@ static void tag_queue_cmd(UblkTag *t, unsigned nr, int result)
     aio_sqe_set_completion(sqe, &t->comp);
 }
 
-/* USER_COPY: move len bytes between the tag buffer and the request. */
+/* USER_COPY: move len bytes between the tag buffer and the request.
+ * Plain READ/WRITE, not aio_co_preadv/pwritev: the tag buffers are
+ * registered, and the ublk char device refuses the kernel-side (bvec)
+ * iterator a READ_FIXED/WRITE_FIXED hands it, with -EACCES. */
 static int coroutine_fn user_copy(UblkTag *t, size_t len, bool to_request)
 {
     UblkDev *d = t->q->d;
     size_t done = 0;
     while (done < len) {
-        struct iovec iov = { (char *)t->buf + done, len - done };
-        int64_t pos = ublk_user_copy_pos(t->q->q_id, t->tag, done);
-        ssize_t r = to_request ? aio_co_pwritev(d->cdev_fd, &iov, 1, pos, 0)
-                               : aio_co_preadv(d->cdev_fd, &iov, 1, pos);
+        char *p = (char *)t->buf + done;
+        unsigned n = (unsigned)(len - done);
+        uint64_t pos = (uint64_t)ublk_user_copy_pos(t->q->q_id, t->tag, done);
+        struct io_uring_sqe *sqe = aio_get_sqe(t->q->ctx);
+        if (to_request) {
+            io_uring_prep_write(sqe, d->cdev_fd, p, n, pos);
+        } else {
+            io_uring_prep_read(sqe, d->cdev_fd, p, n, pos);
+        }
+        int r = aio_co_submit_sqe_wait(sqe, NULL);
         if (r < 0) {
             return r;
         }
