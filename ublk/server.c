@@ -138,6 +138,19 @@ static int open_retry(const char *path, int flags, unsigned timeout_ms)
     }
 }
 
+static int open_cdev(UblkDev *d, uint32_t dev_id, bool unpriv, Error **errp)
+{
+    char cdev[64];
+    ublk_cdev_path(dev_id, cdev, sizeof(cdev));
+    d->cdev_fd = open_retry(cdev, O_RDWR | O_CLOEXEC, 3000);
+    if (d->cdev_fd < 0) {
+        error_setg_errno(errp, errno, "cannot open %s%s", cdev,
+                         unpriv ? " (unprivileged: does a udev rule give it to you?)" : "");
+        return -1;
+    }
+    return 0;
+}
+
 static bool wait_for_bdev(const char *path, unsigned timeout_ms)
 {
     struct stat st;
@@ -319,6 +332,13 @@ static int server_start(Server *s, bool recover, int ready_fd, Error **errp)
             warn_parent(ready_fd, msg);
         }
 
+        /* The kernel checks every command on an unprivileged device against
+         * our access to its char device, which udev (or whatever stands in
+         * for it) hands over asynchronously: SET_PARAMS right after ADD_DEV
+         * fails with EACCES unless we wait for it, as ublksrv does. */
+        if (unpriv && open_cdev(&s->dev, info.dev_id, unpriv, errp) < 0) {
+            return -1;
+        }
         if (p.basic.max_sectors > info.max_io_buf_bytes >> 9) {
             p.basic.max_sectors = info.max_io_buf_bytes >> 9;
         }
@@ -345,10 +365,7 @@ static int server_start(Server *s, bool recover, int ready_fd, Error **errp)
     d->ctrl = s->ctrl;
     char cdev[64];
     ublk_cdev_path(d->dev_id, cdev, sizeof(cdev));
-    d->cdev_fd = open_retry(cdev, O_RDWR | O_CLOEXEC, 3000);
-    if (d->cdev_fd < 0) {
-        error_setg_errno(errp, errno, "cannot open %s%s", cdev,
-                         unpriv ? " (unprivileged: does a udev rule give it to you?)" : "");
+    if (d->cdev_fd < 0 && open_cdev(d, d->dev_id, unpriv, errp) < 0) {
         return -1;
     }
     /* The queue threads inherit this.  Without it (no CAP_SYS_RESOURCE)

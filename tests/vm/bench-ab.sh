@@ -8,10 +8,13 @@
 # shared host single runs vary by 2x.
 #
 #   tests/vm/ublk-vm -w DIR -- env ROUNDS=3 \
-#     CONFIGS="label|ENV=val|/abs/ublkd add-args...;ctl|X=1|CTL" $PWD/tests/vm/bench-ab.sh
+#     CONFIGS="label|ENV=val|/abs/ublkd add-args...;ctl|X=1|CTL;loop|X=1|LOOP \$IMG" \
+#     $PWD/tests/vm/bench-ab.sh
 # '$IMG' in add-args is a 1 GiB random-filled raw file on ext4 on a
 # memory-backed null_blk (as in bench.sh); '$CTL' is the control row's
-# null_blk (memory_backed=0), a backing device that costs no copy.  Binaries must be visible in the
+# null_blk (memory_backed=0), a backing device that costs no copy; '$TMPIMG'
+# is a 768 MiB random-filled raw file on the guest's tmpfs (O_DIRECT there
+# since 6.6; do not combine it with '$IMG' in a 2 GiB guest).  Binaries must be visible in the
 # guest (under / or DIR).  JOB (fio args) defaults to 4k randread QD32.
 set -u
 export PATH=$PATH:/usr/sbin:/sbin
@@ -35,6 +38,10 @@ if [[ $CONFIGS == *'$IMG'* ]]; then
   dd if=/dev/urandom of=$T/fs/img.raw bs=1M count=1024 conv=notrunc oflag=direct status=none
 fi
 IMG=$T/fs/img.raw
+if [[ $CONFIGS == *'$TMPIMG'* ]]; then
+  dd if=/dev/urandom of=$T/tmp.raw bs=1M count=768 status=none
+fi
+TMPIMG=$T/tmp.raw
 CTL=$(nullb ctl 0 4096)
 HZ=$(getconf CLK_TCK)
 JOB=${JOB:---rw=randread --bs=4k --iodepth=32 --numjobs=1}
@@ -44,9 +51,11 @@ IFS=';' read -ra CS <<< "$CONFIGS"
 for r in $(seq ${ROUNDS:-3}); do
   for c in "${CS[@]}"; do
     IFS='|' read -r label envs args <<< "$c"
-    args=${args//\$IMG/$IMG}; args=${args//\$CTL/$CTL}
+    args=${args//\$IMG/$IMG}; args=${args//\$CTL/$CTL}; args=${args//\$TMPIMG/$TMPIMG}
     if [ "$args" = CTL ]; then
       dev=$CTL pid=$$
+    elif [[ $args == LOOP\ * ]]; then
+      dev=$(losetup --direct-io=on --show -f ${args#LOOP }) pid=$$
     else
       bin=${args%% *}
       dev=$(env $envs $bin add ${args#* }) || { echo "r$r $label: add failed"; continue; }
@@ -57,9 +66,9 @@ for r in $(seq ${ROUNDS:-3}); do
       --size=512M --time_based --runtime=$RT --ramp_time=1 --group_reporting --output-format=json 2>/dev/null |
       jq -r '[(.jobs[0].read.iops + .jobs[0].write.iops), (.jobs[0].read.total_ios + .jobs[0].write.total_ios)] | map(floor) | @tsv')
     c1=$(awk '{print $14+$15}' /proc/$pid/stat); x1=$(sleeps $pid); b1=$(busy)
-    [ "$args" = CTL ] || $bin del -n $id
+    case $args in CTL) ;; LOOP\ *) losetup -d $dev ;; *) $bin del -n $id ;; esac
     ios=${ios:-0}; [ "$ios" -gt 0 ] || ios=1
-    if [ "$args" = CTL ]; then
+    if [ "$pid" = $$ ]; then
       echo "r$r $label: iops=${iops:-0} vm-cpu/io=$(( (b1-b0)*1000000/HZ/ios ))us"
     else
       echo "r$r $label: iops=${iops:-0} cpu/io=$(( (c1-c0)*1000000/HZ/ios ))us vm-cpu/io=$(( (b1-b0)*1000000/HZ/ios ))us sleeps/io=$(( (x1-x0)*100/ios ))%"

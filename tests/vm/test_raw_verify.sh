@@ -20,3 +20,8 @@ run -q 1 --need-get-data -- --iodepth=32 --bsrange=4k-128k
 # Two jobs on two queues, each on its own region.
 ublk_add raw $T/a.raw $CACHE_OPT -q 2 >/dev/null
 fio_verify "$DEV" --numjobs=2 --offset_increment=16M --size=16M --iodepth=32 --bsrange=512-128k
+# Tag buffers are registered with the queue's ring, so backing I/O into them
+# pins nothing per request: the pages requests used stay pinned, once.
+pin=$(awk '/^VmPin/{print $2}' /proc/$(ublk_pid $ID)/status)
+log "daemon VmPin after fio: ${pin:-?} kB"
+[ "${pin:-0}" -gt 0 ] || fail "no tag buffer is registered (VmPin ${pin:-?} kB)"

@@ -17,16 +17,23 @@ chmod 0666 /dev/ublk-control
     sleep 0.05
   done ) &
 chowner=$!
-trap 'kill $chowner 2>/dev/null; chmod 0600 /dev/ublk-control; _lib_cleanup' EXIT
+# _lib_cleanup exits with the status it finds in $?: hand it the test's.
+trap 'rc=$?; kill $chowner 2>/dev/null; chmod 0600 /dev/ublk-control; (exit $rc); _lib_cleanup' EXIT
 mkdir -p $T/u && chown $U $T/u && chmod 755 $T
 as_user() { setpriv --reuid=$U --regid=$U --clear-groups env UBLKD_RUN_DIR=$T/u/run "$@"; }
 as_user truncate -s 32M $T/u/img.raw
-out=$(as_user "$UBLKD" add raw $T/u/img.raw $CACHE_OPT 2>&1) || fail "unprivileged add failed: $out"
+# A memlock limit of 4 pages: the daemon's registered tag buffers run out
+# after a few requests and the rest must go the ordinary (pinned) way.
+out=$(as_user prlimit --memlock=16384 "$UBLKD" add raw $T/u/img.raw $CACHE_OPT 2>&1) ||
+  fail "unprivileged add failed: $out"
 id=${out#/dev/ublkb}; _lib_devs+=("$id")
 log "user device: $out"
 as_user "$UBLKD" list -n $id | grep -q UNPRIVILEGED_DEV || fail "device not flagged UNPRIVILEGED_DEV"
 as_user fio --name=u --filename=$out --direct=1 --ioengine=io_uring --rw=randwrite --bs=4k --iodepth=8 \
    --size=4M --verify=crc32c --do_verify=1 --verify_fatal=1 >/dev/null || fail "fio as the user failed"
+pin=$(awk '/^VmPin/{print $2}' /proc/$(ublk_pid $id)/status)
+log "user daemon VmPin: ${pin:-?} kB"
+[ "${pin:-0}" -le 16 ] || fail "daemon pinned ${pin} kB past its 16 kB memlock limit"
 # root's image is not the user's to expose
 truncate -s 16M $T/root.raw; chmod 600 $T/root.raw
 if out2=$(as_user "$UBLKD" add raw $T/root.raw $CACHE_OPT 2>&1); then
