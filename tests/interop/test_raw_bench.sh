@@ -6,10 +6,13 @@
 require_format raw
 
 "$QEMU_IMG" create -q -f raw b.raw 16M
+# qemu-img benches its own copy: on b.raw its -w runs would write the very
+# pattern checked below, and hide a ublkd bench -w that writes nothing.
+"$QEMU_IMG" create -q -f raw qb.raw 16M
 # -c below -d: qemu-img's banner still shows the -d given ("64 in parallel")
 for args in "-c 1000 -d 4" "-c 100 -d 1 -s 64k -S 128k -o 4096" "-c 500 -d 8 -w --pattern=0x42" \
             "-c 10" "-c 3 -d 8 -w --pattern=0x42"; do
-    "$QEMU_IMG" bench -f raw $args b.raw 2>&1 | head -1 >q.out
+    "$QEMU_IMG" bench -f raw $args qb.raw 2>&1 | head -1 >q.out
     uimg bench -f raw $args b.raw >u.all 2>&1 || { cat u.all >&2; fail "bench $args failed"; }
     head -1 u.all >u.out
     same_output "bench $args header" u.out q.out
