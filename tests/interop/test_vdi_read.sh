@@ -10,11 +10,11 @@ qemu-io -f vdi -c "write -P 0xab 0 64k" -c "write -P 0xcd 3M 1M" -c "write -P 0x
 vdi_same_raw "$T/dyn.vdi" dynamic
 
 qemu-img create -q -f vdi -o static=on "$T/static.vdi" 8M
-qemu-io -f vdi -c "write -P 0x33 1M 4k" "$T/static.vdi" >/dev/null
+qemu-io -f vdi -c "write -P 0x33 1M 4k" "$T/static.vdi" >/dev/null || vdi_fail "qemu-io write static"
 vdi_same_raw "$T/static.vdi" static
 
 qemu-img create -q -f vdi "$T/odd.vdi" $((3 * 1024 * 1024 + 512 * 7))   # not a MiB multiple
-qemu-io -f vdi -c "write -P 0x44 3M 3584" "$T/odd.vdi" >/dev/null
+qemu-io -f vdi -c "write -P 0x44 3M 3584" "$T/odd.vdi" >/dev/null || vdi_fail "qemu-io write odd"
 vdi_same_raw "$T/odd.vdi" odd-mib
 
 # Sizes that are not sector multiples (VBoxManage convertfromraw): both

@@ -10,15 +10,17 @@ vdi_qemu_clean "$T/w.vdi"
     -c "write -P 0x77 39M 1023k" -c "write -P 0x01 0 512" "$T/w.vdi" >/dev/null ||
     vdi_fail "ublkd img io write"
 vdi_qemu_clean "$T/w.vdi"
+# Reads are judged by the exit status (1 on a pattern mismatch), not by a
+# grep for "Pattern verification failed", which a failed read never prints.
 qemu-io -f vdi -c "read -P 0x5a 1M 64k" -c "read -P 0 1088k 960k" -c "read -P 0xa5 5M 3M" \
-    -c "read -P 0x77 39M 1023k" -c "read -P 0x01 0 512" "$T/w.vdi" | grep -q "Pattern verification failed" &&
-    vdi_fail "qemu-io pattern mismatch"
+    -c "read -P 0x77 39M 1023k" -c "read -P 0x01 0 512" "$T/w.vdi" >"$T/o" 2>&1 ||
+    { cat "$T/o"; vdi_fail "qemu-io reading ublkd's writes"; }
 vdi_same_raw "$T/w.vdi" ublkd-written
 
 # qemu writes into a ublkd image and ublkd writes into a qemu image.
-qemu-io -f vdi -c "write -P 0x66 20M 1M" "$T/w.vdi" >/dev/null
-"$UBLKD" img io -f vdi -c "read -P 0x66 20M 1M" "$T/w.vdi" | grep -q "Pattern verification failed" &&
-    vdi_fail "ublkd does not see qemu's write"
+qemu-io -f vdi -c "write -P 0x66 20M 1M" "$T/w.vdi" >/dev/null || vdi_fail "qemu-io write into ublkd's image"
+"$UBLKD" img io -f vdi -c "read -P 0x66 20M 1M" "$T/w.vdi" >"$T/o" 2>&1 ||
+    { cat "$T/o"; vdi_fail "ublkd does not see qemu's write"; }
 qemu-img create -q -f vdi "$T/q.vdi" 16M
 "$UBLKD" img io -f vdi -c "write -P 0x42 2M 1536k" "$T/q.vdi" >/dev/null || vdi_fail "io into qemu image"
 vdi_qemu_clean "$T/q.vdi"
@@ -29,7 +31,7 @@ vdi_same_raw "$T/q.vdi" qemu-made-ublkd-written
 vdi_qemu_clean "$T/s.vdi"
 [ "$(stat -c %s "$T/s.vdi")" -ge $((5 * 1024 * 1024)) ] || vdi_fail "static image not preallocated"
 "$UBLKD" img info "$T/s.vdi" | grep -q "static" || vdi_fail "info does not say static"
-qemu-img map --output=json "$T/s.vdi" > "$T/s.map"
+qemu-img map --output=json "$T/s.vdi" > "$T/s.map" || vdi_fail "qemu-img map of the static image"
 grep -q '"data": false' "$T/s.map" && vdi_fail "static image has unallocated blocks"
 
 # Size limits as qemu-img.
