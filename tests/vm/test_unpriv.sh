@@ -17,8 +17,9 @@ chmod 0666 /dev/ublk-control
     sleep 0.05
   done ) &
 chowner=$!
-# _lib_cleanup exits with the status it finds in $?: hand it the test's.
-trap 'rc=$?; kill $chowner 2>/dev/null; chmod 0600 /dev/ublk-control; (exit $rc); _lib_cleanup' EXIT
+# Not a trap of our own: that replaced lib.sh's, and under set -e its
+# "(exit $rc)" ended the trap before _lib_cleanup whenever the test failed.
+on_exit "kill $chowner 2>/dev/null; chmod 0600 /dev/ublk-control"
 mkdir -p $T/u && chown $U $T/u && chmod 755 $T
 as_user() { setpriv --reuid=$U --regid=$U --clear-groups env UBLKD_RUN_DIR=$T/u/run "$@"; }
 as_user truncate -s 32M $T/u/img.raw
@@ -31,9 +32,12 @@ log "user device: $out"
 as_user "$UBLKD" list -n $id | grep -q UNPRIVILEGED_DEV || fail "device not flagged UNPRIVILEGED_DEV"
 as_user fio --name=u --filename=$out --direct=1 --ioengine=io_uring --rw=randwrite --bs=4k --iodepth=8 \
    --size=4M --verify=crc32c --do_verify=1 --verify_fatal=1 >/dev/null || fail "fio as the user failed"
-pin=$(awk '/^VmPin/{print $2}' /proc/$(ublk_pid $id)/status)
+pid=$(ublk_pid $id)
+pin=$(awk '/^VmPin/{print $2}' /proc/$pid/status)
 log "user daemon VmPin: ${pin:-?} kB"
-[ "${pin:-0}" -le 16 ] || fail "daemon pinned ${pin} kB past its 16 kB memlock limit"
+# No "${pin:-0}": a missing VmPin must not read as "within the limit".
+[ -n "$pin" ] || fail "no VmPin in /proc/$pid/status"
+[ "$pin" -le 16 ] || fail "daemon pinned ${pin} kB past its 16 kB memlock limit"
 # root's image is not the user's to expose
 truncate -s 16M $T/root.raw; chmod 600 $T/root.raw
 if out2=$(as_user "$UBLKD" add raw $T/root.raw $CACHE_OPT 2>&1); then
