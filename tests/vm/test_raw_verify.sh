@@ -7,6 +7,17 @@ mkimg $T/a.raw 64M
 run() {  # run ADD-OPTS -- FIO-OPTS
   local add=() ; while [ "$1" != -- ]; do add+=("$1"); shift; done; shift
   ublk_add raw $T/a.raw $CACHE_OPT "${add[@]}" >/dev/null
+  # The data path named must be the one the kernel set up: were the flag
+  # dropped on the way, the default path would just be tested again.
+  local want= flags
+  case " ${add[*]} " in
+    *" --user-copy "*) want=USER_COPY;;
+    *" --need-get-data "*) want=NEED_GET_DATA;;
+  esac
+  if [ -n "$want" ]; then
+    flags=$("$UBLKD" list -n $ID --json | jq -r '.[0].flags_names')
+    grep -qw "$want" <<<"$flags" || fail "add ${add[*]}: device flags '$flags' lack $want"
+  fi
   log "add ${add[*]}: fio $*"
   fio_verify "$DEV" --numjobs=1 "$@"
   ublk_del $ID
