@@ -9,7 +9,11 @@ pid=$(ublk_pid $ID)
 fio --name=t --filename="$DEV" --direct=1 --ioengine=io_uring --rw=randrw --bs=16k --iodepth=128 \
     --numjobs=2 --time_based --runtime=60 >/dev/null 2>&1 &
 fpid=$!
-sleep 2
+# del must meet I/O in flight: fio's start-up under TCG can outlast any fixed
+# sleep (then del met an idle device), so wait for the daemon's counters.
+writes_seen() { [ "$(ublk_stat $ID write ops)" -gt 0 ]; }
+wait_for writes_seen || fail "no writes reached the daemon before del"
+kill -0 $fpid 2>/dev/null || fail "fio ended before del"
 s=$(date +%s)
 timeout 60 "$UBLKD" del -n $ID || fail "del with I/O in flight failed or hung"
 log "del took $(( $(date +%s) - s ))s"
