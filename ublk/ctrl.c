@@ -194,21 +194,12 @@ static int submit_one(UblkCtrl *c, unsigned op, const struct ublksrv_ctrl_cmd *c
 }
 
 /*
- * Send command nr.  buf/len is the command's payload (in and/or out);
+ * Send command nr once.  buf/len is the command's payload (in and/or out);
  * with_path prefixes it with /dev/ublkcN as unprivileged devices require.
  */
-static int ctrl_cmd(UblkCtrl *c, unsigned nr, uint32_t dev_id, uint16_t q, void *buf,
-                    uint16_t len, uint64_t data0)
+static int ctrl_cmd_once(UblkCtrl *c, unsigned nr, uint32_t dev_id, uint16_t q, void *buf,
+                         uint16_t len, uint64_t data0, bool with_path)
 {
-    if (nr != UBLK_CMD_GET_FEATURES && !c->have_features) {
-        uint64_t f;
-        int ret = ublk_ctrl_get_features(c, &f, NULL);
-        if (ret < 0) {
-            return ret;
-        }
-    }
-    bool with_path = nr != UBLK_CMD_ADD_DEV && nr != UBLK_CMD_GET_FEATURES &&
-                     (c->unprivileged || nr == UBLK_CMD_GET_DEV_INFO2);
     struct ublksrv_ctrl_cmd cmd = {
         .dev_id = dev_id, .queue_id = q, .len = len,
         .addr = (uintptr_t)buf, .data = { data0 },
@@ -245,6 +236,39 @@ static int ctrl_cmd(UblkCtrl *c, unsigned nr, uint32_t dev_id, uint16_t q, void 
             memcpy(buf, tmp + plen, len);
         }
         free(tmp);
+    }
+    return ret;
+}
+
+/* Whether dev_id was added by an unprivileged user.  GET_DEV_INFO2 always
+ * carries the path, because the caller may not know that yet. */
+static bool dev_is_unprivileged(UblkCtrl *c, uint32_t dev_id)
+{
+    struct ublksrv_ctrl_dev_info info;
+    memset(&info, 0, sizeof(info));
+    int ret = ctrl_cmd_once(c, UBLK_CMD_GET_DEV_INFO2, dev_id, (uint16_t)-1, &info,
+                            sizeof(info), 0, true);
+    return ret >= 0 && (info.flags & UBLK_F_UNPRIVILEGED_DEV);
+}
+
+static int ctrl_cmd(UblkCtrl *c, unsigned nr, uint32_t dev_id, uint16_t q, void *buf,
+                    uint16_t len, uint64_t data0)
+{
+    if (nr != UBLK_CMD_GET_FEATURES && !c->have_features) {
+        uint64_t f;
+        int ret = ublk_ctrl_get_features(c, &f, NULL);
+        if (ret < 0) {
+            return ret;
+        }
+    }
+    bool on_device = nr != UBLK_CMD_ADD_DEV && nr != UBLK_CMD_GET_FEATURES;
+    bool with_path = on_device && (c->unprivileged || nr == UBLK_CMD_GET_DEV_INFO2);
+    int ret = ctrl_cmd_once(c, nr, dev_id, q, buf, len, data0, with_path);
+    /* A device a user added (UBLK_F_UNPRIVILEGED_DEV) wants the path from
+     * everyone, root too, and says -EINVAL before it looks at the command;
+     * without this root could not delete one whose daemon died. */
+    if (ret == -EINVAL && on_device && !with_path && dev_is_unprivileged(c, dev_id)) {
+        ret = ctrl_cmd_once(c, nr, dev_id, q, buf, len, data0, true);
     }
     return ret;
 }

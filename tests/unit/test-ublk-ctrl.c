@@ -24,7 +24,9 @@ typedef struct Kernel {
     bool legacy;          /* CONFIG_BLKDEV_UBLK_LEGACY_OPCODES (6.4+) */
     bool dev0;            /* device 0 exists */
     uint64_t features;    /* what GET_FEATURES reports (6.5+) */
+    bool dev0_unpriv;     /* device 0 was added with UBLK_F_UNPRIVILEGED_DEV */
     unsigned ops[16];
+    uint16_t path_len[16];
     int n;
 } Kernel;
 
@@ -36,6 +38,7 @@ static int fake_kernel(void *opaque, unsigned op, const struct ublksrv_ctrl_cmd 
 {
     Kernel *k = opaque;
     assert_true(k->n < (int)ARRAY_SIZE(k->ops));
+    k->path_len[k->n] = cmd->dev_path_len;
     k->ops[k->n++] = op;
     unsigned nr = op;
     if (k->version >= 604) {
@@ -51,6 +54,19 @@ static int fake_kernel(void *opaque, unsigned op, const struct ublksrv_ctrl_cmd 
     }
     if (nr != UBLK_CMD_ADD_DEV && (cmd->dev_id != 0 || !k->dev0)) {
         return -ENODEV;
+    }
+    /* ublk_ctrl_uring_cmd_permission(): an unprivileged device needs the
+     * char device path from every caller; GET_DEV_INFO2 always carries it. */
+    bool info2 = nr == UBLK_CMD_GET_DEV_INFO2 && k->version >= 602;
+    if (nr != UBLK_CMD_ADD_DEV && (k->dev0_unpriv || info2) && !cmd->dev_path_len) {
+        return -EINVAL;
+    }
+    if (info2) {
+        struct ublksrv_ctrl_dev_info info = {
+            .dev_id = 0, .flags = k->dev0_unpriv ? UBLK_F_UNPRIVILEGED_DEV : 0,
+        };
+        assert_true(cmd->len >= cmd->dev_path_len + sizeof(info));
+        memcpy((char *)(uintptr_t)cmd->addr + cmd->dev_path_len, &info, sizeof(info));
     }
     switch (nr) {
     case UBLK_CMD_ADD_DEV:
@@ -156,6 +172,39 @@ static void test_6_12(void **state)
     ublk_ctrl_close(c);
 }
 
+/* Root deleting a device a user added (its daemon died, say): the first
+ * try without the path gets -EINVAL, GET_DEV_INFO2 shows the device is
+ * unprivileged, and the retry carries the path.  A root device is sent
+ * its command once, without a path and without the extra query. */
+static void test_root_on_unprivileged_device(void **state)
+{
+    (void)state;
+    Kernel k = { .version = 612, .legacy = true, .dev0 = true, .dev0_unpriv = true,
+                 .features = OLD_SET | UBLK_F_CMD_IOCTL_ENCODE | UBLK_F_UNPRIVILEGED_DEV };
+    UblkCtrl *c = ublk_ctrl_new_fake(fake_kernel, &k, false);
+    assert_int_equal(ublk_ctrl_del_dev(c, 0), 0);
+    assert_int_equal(k.n, 4);
+    assert_int_equal(k.ops[0], UBLK_U_CMD_GET_FEATURES);
+    assert_int_equal(k.ops[1], UBLK_U_CMD_DEL_DEV);
+    assert_int_equal(k.path_len[1], 0);
+    assert_int_equal(k.ops[2], UBLK_U_CMD_GET_DEV_INFO2);
+    assert_int_equal(k.ops[3], UBLK_U_CMD_DEL_DEV);
+    assert_int_equal(k.path_len[3], strlen("/dev/ublkc0") + 1);
+    struct ublksrv_ctrl_dev_info info;
+    assert_int_equal(ublk_ctrl_get_info(c, 0, &info), 0);
+    assert_true(info.flags & UBLK_F_UNPRIVILEGED_DEV);
+    ublk_ctrl_close(c);
+
+    Kernel r = { .version = 612, .legacy = true, .dev0 = true,
+                 .features = OLD_SET | UBLK_F_CMD_IOCTL_ENCODE | UBLK_F_UNPRIVILEGED_DEV };
+    c = ublk_ctrl_new_fake(fake_kernel, &r, false);
+    assert_int_equal(ublk_ctrl_del_dev(c, 0), 0);
+    assert_int_equal(r.n, 2);
+    assert_int_equal(r.ops[1], UBLK_U_CMD_DEL_DEV);
+    assert_int_equal(r.path_len[1], 0);
+    ublk_ctrl_close(c);
+}
+
 /* A kernel with the encoding but before GET_FEATURES (modelled as 6.4),
  * built without legacy opcodes: the legacy number is refused with
  * -EOPNOTSUPP, and the encoded one is used from then on. */
@@ -204,6 +253,7 @@ int main(void)
         cmocka_unit_test(test_6_1_with_dev0),
         cmocka_unit_test(test_6_12),
         cmocka_unit_test(test_6_4_no_legacy),
+        cmocka_unit_test(test_root_on_unprivileged_device),
         cmocka_unit_test(test_features_error),
     };
     return cmocka_run_group_tests_name("ublk-ctrl", tests, NULL, NULL);

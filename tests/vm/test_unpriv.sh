@@ -47,3 +47,12 @@ log "refused as expected: $out2"
 grep -qi "permission denied" <<<"$out2" || fail "message does not say permission denied: $out2"
 as_user "$UBLKD" del -n $id || fail "unprivileged del failed"
 [ ! -e /sys/class/ublk-char/ublkc$id ] || fail "device still exists"
+# Root can take down a user's device whose daemon died: for a device added
+# unprivileged the kernel wants the char device's path from root too.
+out3=$(as_user "$UBLKD" add raw $T/u/img.raw $CACHE_OPT 2>&1) || fail "second unprivileged add failed: $out3"
+id3=${out3#/dev/ublkb}; _lib_devs+=("$id3")
+pid3=$(ublk_pid $id3)
+kill -9 $pid3
+wait_for sh -c "! kill -0 $pid3 2>/dev/null"
+"$UBLKD" del -n $id3 || fail "root could not delete device $id3, whose unprivileged daemon died"
+[ ! -e /sys/class/ublk-char/ublkc$id3 ] || fail "device $id3 still exists"
