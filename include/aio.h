@@ -96,10 +96,11 @@ void coroutine_fn aio_co_sleep_ns(int64_t ns);   /* on the context's clock */
  * use READ_FIXED/WRITE_FIXED and the kernel does not pin and unpin the pages
  * for every O_DIRECT request.  Slots are registered lazily, only as far as
  * requests have reached into them (doubling from one page), so the pinned
- * memory stays close to what the buffers' users touch anyway.  Returns false,
- * and I/O goes the ordinary way, where the kernel cannot do it; a later
- * registration failure (RLIMIT_MEMLOCK when unprivileged) only leaves that
- * slot unregistered.  Owner thread only; the memory must outlive ctx.
+ * memory stays within twice what the buffers' users touched.  Returns false,
+ * and I/O goes the ordinary way, where the kernel cannot do it.  After a
+ * registration fails (RLIMIT_MEMLOCK when unprivileged) the slots registered
+ * so far stay in use and no slot grows further: requests beyond them go the
+ * ordinary way.  Owner thread only; the memory must outlive ctx.
  */
 bool aio_register_buffer_slots(AioContext *ctx, void *base, size_t slot_size, unsigned nslots);
 /* Bytes of slot registered so far (0: none, or no slots), for tests. */
