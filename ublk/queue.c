@@ -260,9 +260,9 @@ static int queue_setup(UblkQueue *q)
      * transparent huge pages would fault in (and clear) 2 MiB at a time,
      * on the I/O path, for every few tags. */
     madvise(q->bufs, q->bufs_size, MADV_NOHUGEPAGE);
-    /* Backing O_DIRECT I/O (and USER_COPY's reads/writes of the char
-     * device) into registered tag buffers skips pinning the pages per
-     * request.  Without it (old kernel, memlock limit) nothing changes. */
+    /* Backing O_DIRECT I/O into registered tag buffers skips pinning the
+     * pages per request.  Without it (old kernel, memlock limit) nothing
+     * changes; USER_COPY's char device I/O never uses it (user_copy). */
     aio_register_buffer_slots(q->ctx, q->bufs, d->max_io_size, d->depth);
     q->tags = calloc(d->depth, sizeof(UblkTag));
     if (!q->tags) {

@@ -335,7 +335,7 @@ static int server_start(Server *s, bool recover, int ready_fd, Error **errp)
         /* The kernel checks every command on an unprivileged device against
          * our access to its char device, which udev (or whatever stands in
          * for it) hands over asynchronously: SET_PARAMS right after ADD_DEV
-         * fails with EACCES unless we wait for it, as ublksrv does. */
+         * fails with EACCES unless we wait for it. */
         if (unpriv && open_cdev(&s->dev, info.dev_id, unpriv, errp) < 0) {
             return -1;
         }
