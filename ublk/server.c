@@ -427,7 +427,9 @@ static void server_stop(Server *s)
     if (s->added || s->started) {
         int ret = ublk_ctrl_del_dev(s->ctrl, d->dev_id);
         if (ret < 0) {
-            ublk_log(LOG_WARNING, "DEL_DEV failed: %s", strerror(-ret));
+            ublk_log(LOG_WARNING, "DEL_DEV of device %u failed: %s; it stays in the kernel "
+                     "until 'ublkd del -n %u' (as root if it was added unprivileged and its "
+                     "char device never became ours)", d->dev_id, strerror(-ret), d->dev_id);
         }
         ublk_state_remove(d->dev_id);
     }
