@@ -592,6 +592,19 @@ void mem_set_backing(BlockDriverState *top, BlockDriverState *base)
     }
 }
 
+void mem_chain_new(BlockDriverState **top, BlockDriverState **base, int64_t top_size,
+                   int64_t base_size, bool cor)
+{
+    MemConfig bcfg = { .size = base_size };
+    *base = mem_node_new(&bcfg);
+    mem_fill(*base, 0, base_size, 0xba);
+    MemConfig tcfg = { .size = top_size, .format = true, .cluster_size = 4096,
+                       .status_granularity = 4096,
+                       .open_flags = cor ? BDRV_O_COPY_ON_READ : 0 };
+    *top = mem_node_new(&tcfg);
+    mem_set_backing(*top, *base);
+}
+
 BdrvChild *test_child_new(BlockDriverState *bs)
 {
     Error *err = NULL;

@@ -70,24 +70,11 @@ static void test_status_map_and_alignment(void **state)
     bdrv_unref(bs);
 }
 
-static void chain(BlockDriverState **top, BlockDriverState **base, int64_t top_size,
-                  int64_t base_size, bool cor)
-{
-    MemConfig bcfg = { .size = base_size };
-    *base = mem_node_new(&bcfg);
-    mem_fill(*base, 0, base_size, 0xba);
-    MemConfig tcfg = { .size = top_size, .format = true, .cluster_size = 4096,
-                       .status_granularity = 4096,
-                       .open_flags = cor ? BDRV_O_COPY_ON_READ : 0 };
-    *top = mem_node_new(&tcfg);
-    mem_set_backing(*top, *base);
-}
-
 static void test_status_above_through_backing(void **state)
 {
     (void)state;
     BlockDriverState *top, *base;
-    chain(&top, &base, 64 * KiB, 32 * KiB, false);
+    mem_chain_new(&top, &base, 64 * KiB, 32 * KiB, false);
     mem_set_status(top, 0, 4096, MEM_DATA);
     /* top allocates 0..4096 */
     StatusReq r = status(top, true, 0, 64 * KiB);
@@ -117,7 +104,7 @@ static void test_read_beyond_backing_eof_is_zero(void **state)
 {
     (void)state;
     BlockDriverState *top, *base;
-    chain(&top, &base, 64 * KiB, 10000, false);
+    mem_chain_new(&top, &base, 64 * KiB, 10000, false);
     BdrvChild *c = test_child_new(top);
     uint8_t buf[8192];
     assert_int_equal(bdrv_pread(c, 8192, 8192, buf, 0), 0);

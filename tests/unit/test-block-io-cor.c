@@ -7,24 +7,11 @@
 #include <string.h>
 #include "test-util.h"
 
-static void chain(BlockDriverState **top, BlockDriverState **base, int64_t top_size,
-                  int64_t base_size, bool cor)
-{
-    MemConfig bcfg = { .size = base_size };
-    *base = mem_node_new(&bcfg);
-    mem_fill(*base, 0, base_size, 0xba);
-    MemConfig tcfg = { .size = top_size, .format = true, .cluster_size = 4096,
-                       .status_granularity = 4096,
-                       .open_flags = cor ? BDRV_O_COPY_ON_READ : 0 };
-    *top = mem_node_new(&tcfg);
-    mem_set_backing(*top, *base);
-}
-
 static void test_copy_on_read(void **state)
 {
     (void)state;
     BlockDriverState *top, *base;
-    chain(&top, &base, 64 * KiB, 64 * KiB, true);
+    mem_chain_new(&top, &base, 64 * KiB, 64 * KiB, true);
     BdrvChild *c = test_child_new(top);
     uint8_t buf[100];
     assert_int_equal(bdrv_pread(c, 5000, 100, buf, 0), 0);
@@ -49,7 +36,7 @@ static void test_copy_on_read_request_flag_and_zero_clusters(void **state)
 {
     (void)state;
     BlockDriverState *top, *base;
-    chain(&top, &base, 64 * KiB, 64 * KiB, false);
+    mem_chain_new(&top, &base, 64 * KiB, 64 * KiB, false);
     mem_fill(base, 16384, 4096, 0);
     BdrvChild *c = test_child_new(top);
     uint8_t buf[8192];

@@ -11,7 +11,6 @@
 #include <pthread.h>
 #include <stdlib.h>
 #include <string.h>
-#include <unistd.h>
 #include "block-req.h"
 #include "test-util.h"
 
@@ -83,13 +82,20 @@ static void check_not_torn(BlockDriverState *bs)
     assert_true(permute(got, sizeof(got), order, 0));
 }
 
+/* 64 KiB of 0x11 with ALIGN-byte requests: unaligned writes need an RMW. */
+static BlockDriverState *filled_node(void)
+{
+    MemConfig cfg = { .size = 64 * KiB, .request_alignment = ALIGN };
+    BlockDriverState *bs = mem_node_new(&cfg);
+    mem_fill(bs, 0, 64 * KiB, 0x11);
+    return bs;
+}
+
 static void test_same_thread_overlapping_rmw(void **state)
 {
     (void)state;
     AioContext *ctx = test_loop_init();
-    MemConfig cfg = { .size = 64 * KiB, .request_alignment = ALIGN };
-    BlockDriverState *bs = mem_node_new(&cfg);
-    mem_fill(bs, 0, 64 * KiB, 0x11);
+    BlockDriverState *bs = filled_node();
     mem_set_yield(bs, (1 << MEM_OP_READ) | (1 << MEM_OP_WRITE));
     BdrvChild *c = test_child_new(bs);
     WriteReq w[NWRITERS];
@@ -115,9 +121,7 @@ static void test_aligned_write_waits_for_rmw(void **state)
 {
     (void)state;
     AioContext *ctx = test_loop_init();
-    MemConfig cfg = { .size = 64 * KiB, .request_alignment = ALIGN };
-    BlockDriverState *bs = mem_node_new(&cfg);
-    mem_fill(bs, 0, 64 * KiB, 0x11);
+    BlockDriverState *bs = filled_node();
     mem_set_yield(bs, (1 << MEM_OP_READ) | (1 << MEM_OP_WRITE));
     BdrvChild *c = test_child_new(bs);
     WriteReq rmw = { c, 10, 100, 0xa0, -1, false };
@@ -165,9 +169,7 @@ static void *writer_thread(void *opaque)
 static void test_threads_overlapping_rmw(void **state)
 {
     (void)state;
-    MemConfig cfg = { .size = 64 * KiB, .request_alignment = ALIGN };
-    BlockDriverState *bs = mem_node_new(&cfg);
-    mem_fill(bs, 0, 64 * KiB, 0x11);
+    BlockDriverState *bs = filled_node();
     mem_set_yield(bs, (1 << MEM_OP_READ) | (1 << MEM_OP_WRITE));
     BdrvChild *c = test_child_new(bs);
     pthread_t th[NWRITERS];
@@ -203,18 +205,6 @@ static void *single_write_thread(void *opaque)
     return NULL;
 }
 
-/* Poll a condition that other threads make true; 10 s is "never". */
-#define WAIT_FOR(cond, what)                                   \
-    do {                                                       \
-        int waited_ = 0;                                       \
-        while (!(cond)) {                                      \
-            if (++waited_ > 20000) {                           \
-                fail_msg("timed out waiting for %s", what);    \
-            }                                                  \
-            usleep(500);                                       \
-        }                                                      \
-    } while (0)
-
 /* Some tracked request of bs is waiting for a serialising one. */
 static bool some_request_waits(BlockDriverState *bs)
 {
@@ -243,14 +233,6 @@ static bool serial_outcome(const uint8_t *got, size_t len, const WriteReq *a,
     return memcmp(got, expect, len) == 0;
 }
 
-static BlockDriverState *gate_node(void)
-{
-    MemConfig cfg = { .size = 64 * KiB, .request_alignment = ALIGN };
-    BlockDriverState *bs = mem_node_new(&cfg);
-    mem_fill(bs, 0, 64 * KiB, 0x11);
-    return bs;
-}
-
 /*
  * Two RMWs of the same block from two threads (each its own AioContext).
  * Thread A's read of the block is held at the gate after it read the old
@@ -262,7 +244,7 @@ static BlockDriverState *gate_node(void)
 static void test_threads_rmw_same_block_forced(void **state)
 {
     (void)state;
-    BlockDriverState *bs = gate_node();
+    BlockDriverState *bs = filled_node();
     BdrvChild *c = test_child_new(bs);
     WriteReq a = { c, 100, 200, 0xa0, -1, false };   /* [100, 300) */
     WriteReq b = { c, 200, 200, 0xb0, -1, false };   /* [200, 400), same block */
@@ -305,7 +287,7 @@ static void test_threads_rmw_same_block_forced(void **state)
 static void test_threads_aligned_write_waits_for_rmw_forced(void **state)
 {
     (void)state;
-    BlockDriverState *bs = gate_node();
+    BlockDriverState *bs = filled_node();
     BdrvChild *c = test_child_new(bs);
     WriteReq a = { c, 10, 100, 0xa0, -1, false };    /* RMW of block 0 */
     WriteReq b = { c, 0, ALIGN, 0xb0, -1, false };   /* all of block 0 */

@@ -13,8 +13,6 @@
 #include <unistd.h>
 #include "test-util.h"
 
-static char tmpdir[256];
-
 /* ---- a tiny format for probing and backing tests ----
  * "TESTFMT\0" magic, then at byte 16 an optional backing file name and at
  * byte 272 its format; data follows at 4096. */
@@ -85,29 +83,11 @@ static const BlockDriver bdrv_pair = { .format_name = "pair", .is_format = true 
 static int setup(void **state)
 {
     (void)state;
-    snprintf(tmpdir, sizeof(tmpdir), "/var/tmp/ublkd-test-open-XXXXXX");
-    assert_non_null(mkdtemp(tmpdir));
+    test_tmpdir_create("open");
     test_loop_init();
     bdrv_register(&bdrv_testfmt);
     bdrv_register(&bdrv_pair);
     return 0;
-}
-
-static int teardown(void **state)
-{
-    (void)state;
-    char cmd[300];
-    snprintf(cmd, sizeof(cmd), "rm -rf '%s'", tmpdir);
-    return system(cmd);
-}
-
-static char *path_of(const char *name)
-{
-    static char buf[4][512];
-    static int i;
-    char *p = buf[i++ % 4];
-    snprintf(p, 512, "%s/%s", tmpdir, name);
-    return p;
 }
 
 static void make_raw(const char *path, size_t size, int byte)
@@ -170,7 +150,7 @@ static void test_open_by_filename_probes(void **state)
 {
     (void)state;
     require_driver("raw");
-    const char *raw = path_of("plain.img"), *tf = path_of("fmt.img");
+    const char *raw = test_path("plain.img"), *tf = test_path("fmt.img");
     make_raw(raw, 64 * KiB, 0x5a);
     make_testfmt(tf, NULL, NULL, 0x11);
 
@@ -216,7 +196,7 @@ static void test_open_by_options_and_json(void **state)
 {
     (void)state;
     require_driver("raw");
-    const char *raw = path_of("opts.img");
+    const char *raw = test_path("opts.img");
     make_raw(raw, 8 * KiB, 1);
     char opts[700];
 
@@ -268,7 +248,7 @@ static void test_open_errors(void **state)
     (void)state;
     require_driver("raw");
     char msg[700], opts[700];
-    const char *raw = path_of("err.img");
+    const char *raw = test_path("err.img");
     make_raw(raw, 4096, 0);
 
     expect_error(raw, "driver=foo", 0, "Unknown driver 'foo'");
@@ -281,8 +261,8 @@ static void test_open_errors(void **state)
                  "No driver given and no file name to probe the format of (give driver=... "
                  "or a file name)");
     snprintf(msg, sizeof(msg), "Could not open '%s/missing.img': No such file or directory",
-             tmpdir);
-    expect_error(path_of("missing.img"), NULL, 0, msg);
+             test_tmpdir());
+    expect_error(test_path("missing.img"), NULL, 0, msg);
     expect_error(raw, "cache=sometimes", 0, "Invalid cache mode 'sometimes': expected none, "
                  "writeback, writethrough, directsync or unsafe");
     expect_error(raw, "read-only=perhaps", 0,
@@ -305,7 +285,7 @@ static void test_generic_options_and_inheritance(void **state)
 {
     (void)state;
     require_driver("raw");
-    const char *raw = path_of("gen.img");
+    const char *raw = test_path("gen.img");
     make_raw(raw, 4096, 0);
 
     BlockDriverState *bs = must_open(raw, "cache=none,discard=unmap,detect-zeroes=unmap",
@@ -352,8 +332,8 @@ static void test_backing(void **state)
 {
     (void)state;
     require_driver("raw");
-    const char *base_raw = path_of("base-raw.img"), *base_tf = path_of("base-tf.img");
-    const char *top1 = path_of("top1.img"), *top2 = path_of("top2.img");
+    const char *base_raw = test_path("base-raw.img"), *base_tf = test_path("base-tf.img");
+    const char *top1 = test_path("top1.img"), *top2 = test_path("top2.img");
     /* A raw base whose content looks like testfmt: a recorded format "raw"
      * must win over probing. */
     make_testfmt(base_raw, NULL, NULL, 0x22);
@@ -393,11 +373,11 @@ static void test_backing(void **state)
     bdrv_unref(bs);
 
     /* A missing backing file: the message says so and names it. */
-    const char *top3 = path_of("top3.img");
+    const char *top3 = test_path("top3.img");
     make_testfmt(top3, "gone.img", "raw", 0);
     char msg[800];
     snprintf(msg, sizeof(msg), "Could not open backing file: Could not open '%s/gone.img': "
-             "No such file or directory", tmpdir);
+             "No such file or directory", test_tmpdir());
     expect_error(top3, NULL, 0, msg);
 
     /* A format without backing support does not take backing options. */
@@ -408,7 +388,7 @@ static void test_backing(void **state)
 static void test_refcount_and_close_order(void **state)
 {
     (void)state;
-    const char *tf = path_of("rc.img");
+    const char *tf = test_path("rc.img");
     make_testfmt(tf, NULL, NULL, 1);
     BlockDriverState *bs = must_open(tf, "node-name=rctop,file.node-name=rcfile", 0);
     BlockDriverState *file = bdrv_find_node("rcfile");
@@ -479,7 +459,7 @@ static void test_limits_merge(void **state)
     bdrv_unref(p);
 
     /* Through a real graph: blkdebug's limits show on the raw node above. */
-    const char *raw = path_of("lim.img");
+    const char *raw = test_path("lim.img");
     make_raw(raw, 64 * KiB, 0);
     char opts[700];
     snprintf(opts, sizeof(opts), "driver=raw,file.driver=blkdebug,file.align=4096,"
@@ -547,5 +527,5 @@ int main(void)
         cmocka_unit_test(test_refcount_and_close_order),
         cmocka_unit_test(test_limits_merge),
     };
-    return cmocka_run_group_tests(tests, setup, teardown);
+    return cmocka_run_group_tests(tests, setup, test_tmpdir_teardown);
 }

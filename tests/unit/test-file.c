@@ -13,32 +13,12 @@
 #include <unistd.h>
 #include "test-util.h"
 
-static char tmpdir[256];
-
 static int setup(void **state)
 {
     (void)state;
-    snprintf(tmpdir, sizeof(tmpdir), "/var/tmp/ublkd-test-file-XXXXXX");
-    assert_non_null(mkdtemp(tmpdir));
+    test_tmpdir_create("file");
     test_loop_init();
     return 0;
-}
-
-static int teardown(void **state)
-{
-    (void)state;
-    char cmd[300];
-    snprintf(cmd, sizeof(cmd), "rm -rf '%s'", tmpdir);
-    return system(cmd);
-}
-
-static char *path_of(const char *name)
-{
-    static char buf[4][512];
-    static int i;
-    char *p = buf[i++ % 4];
-    snprintf(p, 512, "%s/%s", tmpdir, name);
-    return p;
 }
 
 /* A file of size bytes filled with a pattern (seed) written by plain I/O. */
@@ -85,7 +65,7 @@ static void test_open_errors(void **state)
 {
     (void)state;
     char msg[700];
-    const char *missing = path_of("nope.img");
+    const char *missing = test_path("nope.img");
     snprintf(msg, sizeof(msg), "Could not open '%s': No such file or directory", missing);
     expect_open_error(missing, NULL, BDRV_O_RDWR | BDRV_O_PROTOCOL, msg);
     /* Same through a format: the message still names the file. */
@@ -93,13 +73,13 @@ static void test_open_errors(void **state)
         expect_open_error(missing, optdict_parse("driver=raw", NULL, NULL), BDRV_O_RDWR, msg);
     }
 
-    snprintf(msg, sizeof(msg), "Could not open '%s': Is a directory", tmpdir);
-    expect_open_error(tmpdir, NULL, BDRV_O_PROTOCOL, msg);
+    snprintf(msg, sizeof(msg), "Could not open '%s': Is a directory", test_tmpdir());
+    expect_open_error(test_tmpdir(), NULL, BDRV_O_PROTOCOL, msg);
 
     expect_open_error(NULL, optdict_parse("driver=file", NULL, NULL), 0,
                       "The 'file' block driver requires a file name (filename=...)");
 
-    const char *p = path_of("opt.img");
+    const char *p = test_path("opt.img");
     make_file(p, 4096, 1);
     OptDict *o = optdict_parse("driver=file,bogus=1", NULL, NULL);
     optdict_set(o, "filename", p);
@@ -109,7 +89,7 @@ static void test_open_errors(void **state)
 static void test_buffered_rw(void **state)
 {
     (void)state;
-    const char *p = path_of("rw.img");
+    const char *p = test_path("rw.img");
     make_file(p, 64 * KiB, 7);
     BlockDriverState *bs = open_file(p, NULL, BDRV_O_RDWR);
     assert_int_equal(bs->bl.request_alignment, 1);
@@ -146,7 +126,7 @@ static void test_buffered_rw(void **state)
 static void test_odirect_alignment(void **state)
 {
     (void)state;
-    const char *p = path_of("direct.img");
+    const char *p = test_path("direct.img");
     make_file(p, 1 * MiB, 3);
     BlockDriverState *bs = open_file(p, "cache.direct=on", BDRV_O_RDWR);
     assert_true(bs->open_flags & BDRV_O_NOCACHE);
@@ -217,7 +197,7 @@ static void test_eof_zero_fill(void **state)
 {
     (void)state;
     for (int direct = 0; direct <= 1; direct++) {
-        const char *p = path_of(direct ? "eof-direct.img" : "eof.img");
+        const char *p = test_path(direct ? "eof-direct.img" : "eof.img");
         make_file(p, 1000, 11);
         BlockDriverState *bs = open_file(p, direct ? "cache=none" : NULL, 0);
         uint8_t *buf = aligned_alloc_or_die(4096, 4096), expect[1000];
@@ -265,7 +245,7 @@ static void coroutine_fn discard_entry(void *opaque)
 static void test_zeroes_and_discard(void **state)
 {
     (void)state;
-    const char *p = path_of("zero.img");
+    const char *p = test_path("zero.img");
     make_file(p, 1 * MiB, 21);
     BlockDriverState *bs = open_file(p, "discard=unmap", BDRV_O_RDWR);
     assert_true(bs->bl.has_discard);
@@ -371,7 +351,7 @@ static int status(BlockDriverState *bs, int64_t offset, int64_t bytes, int64_t *
 static void test_block_status(void **state)
 {
     (void)state;
-    const char *p = path_of("sparse.img");
+    const char *p = test_path("sparse.img");
     int fd = open(p, O_RDWR | O_CREAT | O_TRUNC, 0644);
     uint8_t blk[4096];
     memset(blk, 1, sizeof(blk));
@@ -406,7 +386,7 @@ static void test_truncate_and_create(void **state)
 {
     (void)state;
     Error *err = NULL;
-    const char *p = path_of("created.img");
+    const char *p = test_path("created.img");
     const BlockDriver *file = bdrv_find_format("file");
     assert_non_null(file);
 
@@ -419,7 +399,7 @@ static void test_truncate_and_create(void **state)
     assert_true(st.st_blocks * 512 >= (off_t)(1 * MiB));
 
     /* An unknown create option fails before anything is created. */
-    const char *q = path_of("never.img");
+    const char *q = test_path("never.img");
     o = optdict_parse("size=1M,cluster_size=64k", NULL, NULL);
     assert_int_equal(bdrv_create(file, q, o, &err), -EINVAL);
     optdict_free(o);
@@ -459,7 +439,7 @@ static void test_truncate_and_create(void **state)
 static void test_read_only(void **state)
 {
     (void)state;
-    const char *p = path_of("ro.img");
+    const char *p = test_path("ro.img");
     make_file(p, 8192, 4);
     BlockDriverState *bs = open_file(p, "read-only=on", BDRV_O_RDWR);
     assert_true(bs->read_only);
@@ -486,7 +466,7 @@ static void test_read_only(void **state)
 static void test_block_device(void **state)
 {
     (void)state;
-    const char *p = path_of("loop-backing.img");
+    const char *p = test_path("loop-backing.img");
     make_file(p, 4 * MiB, 31);
     char cmd[600], dev[64] = "";
     snprintf(cmd, sizeof(cmd), "losetup -f --show '%s' 2>/dev/null", p);
@@ -557,7 +537,7 @@ static const char *try_open(const char *path, const char *extra, int flags)
 static void test_locking(void **state)
 {
     (void)state;
-    const char *p = path_of("locked.img");
+    const char *p = test_path("locked.img");
     char want_w[700], want_sw[700];
     make_file(p, 64 * KiB, 3);
     snprintf(want_w, sizeof(want_w),
@@ -609,7 +589,7 @@ static void test_not_a_file(void **state)
 {
     (void)state;
     char msg[700];
-    const char *f = path_of("fifo");
+    const char *f = test_path("fifo");
     assert_int_equal(mkfifo(f, 0600), 0);
     /* Without a writer a plain open() of a FIFO would wait forever. */
     snprintf(msg, sizeof(msg),
@@ -628,7 +608,7 @@ static void test_create_rounds_to_sectors(void **state)
     static const struct { const char *size; off_t want; } cases[] = {
         { "1000", 1024 }, { "1", 512 }, { "512", 512 }, { "0", 0 }, { "1048577", 1049088 },
     };
-    const char *p = path_of("round.img");
+    const char *p = test_path("round.img");
     for (size_t i = 0; i < ARRAY_SIZE(cases); i++) {
         Error *err = NULL;
         char opts[64];
@@ -662,5 +642,5 @@ int main(void)
         cmocka_unit_test(test_create_rounds_to_sectors),
         cmocka_unit_test(test_block_device),
     };
-    return cmocka_run_group_tests(tests, setup, teardown);
+    return cmocka_run_group_tests(tests, setup, test_tmpdir_teardown);
 }

@@ -12,8 +12,6 @@
 #include <unistd.h>
 #include "test-util.h"
 
-static char tmpdir[256];
-
 /* A format that probes on a magic, so a raw image can be made to look like it. */
 static int magic_probe(const uint8_t *buf, int size, const char *filename)
 {
@@ -26,28 +24,10 @@ static const BlockDriver bdrv_magic = { .format_name = "magic", .is_format = tru
 static int setup(void **state)
 {
     (void)state;
-    snprintf(tmpdir, sizeof(tmpdir), "/var/tmp/ublkd-test-raw-XXXXXX");
-    assert_non_null(mkdtemp(tmpdir));
+    test_tmpdir_create("raw");
     test_loop_init();
     bdrv_register(&bdrv_magic);
     return 0;
-}
-
-static int teardown(void **state)
-{
-    (void)state;
-    char cmd[300];
-    snprintf(cmd, sizeof(cmd), "rm -rf '%s'", tmpdir);
-    return system(cmd);
-}
-
-static char *path_of(const char *name)
-{
-    static char buf[4][512];
-    static int i;
-    char *p = buf[i++ % 4];
-    snprintf(p, 512, "%s/%s", tmpdir, name);
-    return p;
 }
 
 static uint8_t *pattern_file(const char *path, size_t size, uint64_t seed)
@@ -91,7 +71,7 @@ static void coroutine_fn bounds_entry(void *opaque)
 static void test_window(void **state)
 {
     (void)state;
-    const char *p = path_of("win.img");
+    const char *p = test_path("win.img");
     uint8_t *orig = pattern_file(p, 1 * MiB, 1);
     Error *err = NULL;
     BlockDriverState *bs = open_raw(p, "offset=64k,size=128k", BDRV_O_RDWR, &err);
@@ -149,7 +129,7 @@ static void test_window(void **state)
 static void test_window_errors(void **state)
 {
     (void)state;
-    const char *p = path_of("small.img");
+    const char *p = test_path("small.img");
     free(pattern_file(p, 1 * MiB, 3));
     char msg[800];
     Error *err = NULL;
@@ -188,7 +168,7 @@ static void test_window_errors(void **state)
 static void test_probed_header_protection(void **state)
 {
     (void)state;
-    const char *p = path_of("probed.img");
+    const char *p = test_path("probed.img");
     free(pattern_file(p, 64 * KiB, 4));
     Error *err = NULL;
     uint8_t hdr[512] = "MAGICFMT", data[512], back[512];
@@ -249,7 +229,7 @@ static void coroutine_fn status_entry(void *opaque)
 static void test_block_status(void **state)
 {
     (void)state;
-    const char *p = path_of("status.img");
+    const char *p = test_path("status.img");
     int fd = open(p, O_RDWR | O_CREAT | O_TRUNC, 0644);
     uint8_t blk[4096];
     memset(blk, 9, sizeof(blk));
@@ -283,7 +263,7 @@ static void test_create(void **state)
     (void)state;
     const BlockDriver *raw = bdrv_find_format("raw");
     Error *err = NULL;
-    const char *p = path_of("new.img");
+    const char *p = test_path("new.img");
     OptDict *o = optdict_parse("size=2M", NULL, NULL);
     assert_int_equal(bdrv_create(raw, p, o, &err), 0);
     optdict_free(o);
@@ -292,7 +272,7 @@ static void test_create(void **state)
     assert_int_equal(st.st_size, 2 * MiB);
     assert_true(st.st_blocks * 512 < (off_t)(64 * KiB));   /* sparse */
 
-    const char *q = path_of("falloc.img");
+    const char *q = test_path("falloc.img");
     o = optdict_parse("size=1M,preallocation=falloc", NULL, NULL);
     assert_int_equal(bdrv_create(raw, q, o, &err), 0);
     optdict_free(o);
@@ -301,7 +281,7 @@ static void test_create(void **state)
     assert_true(st.st_blocks * 512 >= (off_t)(1 * MiB));
 
     o = optdict_parse("size=1M,compat=1.1", NULL, NULL);
-    assert_int_equal(bdrv_create(raw, path_of("bad.img"), o, &err), -EINVAL);
+    assert_int_equal(bdrv_create(raw, test_path("bad.img"), o, &err), -EINVAL);
     optdict_free(o);
     assert_string_equal(error_get_pretty(err),
                         "Block format 'raw' does not support the create option 'compat'");
@@ -329,5 +309,5 @@ int main(void)
         cmocka_unit_test(test_block_status),
         cmocka_unit_test(test_create),
     };
-    return cmocka_run_group_tests(tests, setup, teardown);
+    return cmocka_run_group_tests(tests, setup, test_tmpdir_teardown);
 }

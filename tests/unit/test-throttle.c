@@ -15,22 +15,42 @@
 
 #define SEC 1000000000LL
 
+/* cfg with a single limit: avg per second in bucket b. */
+static void one_limit(ThrottleConfig *cfg, ThrottleBucketType b, double avg)
+{
+    throttle_config_init(cfg);
+    cfg->buckets[b].avg = avg;
+}
+
+/* cfg limiting all ops to avg/s, with bursts of max/s for length seconds. */
+static void ops_burst(ThrottleConfig *cfg, double avg, double max, uint64_t length)
+{
+    one_limit(cfg, THROTTLE_OPS_TOTAL, avg);
+    cfg->buckets[THROTTLE_OPS_TOTAL].max = max;
+    cfg->buckets[THROTTLE_OPS_TOTAL].burst_length = length;
+}
+
+/* How many reads of bytes go at time now before one has to wait. */
+static int reads_allowed(ThrottleState *ts, uint64_t bytes, int64_t now)
+{
+    int n = 0;
+    while (throttle_try_account(ts, false, bytes, now) == 0) {
+        n++;
+        assert_true(n < 1000);   /* else the limit does not bite at all */
+    }
+    return n;
+}
+
 static void test_iops_limit(void **state)
 {
     (void)state;
     ThrottleConfig cfg;
     ThrottleState ts;
-    throttle_config_init(&cfg);
-    cfg.buckets[THROTTLE_OPS_TOTAL].avg = 100;
+    one_limit(&cfg, THROTTLE_OPS_TOTAL, 100);
     assert_true(throttle_is_valid(&cfg, NULL));
     throttle_init(&ts, &cfg, 0);
     /* bucket size avg/10 = 10: requests go while level <= 10 */
-    int allowed = 0;
-    while (throttle_try_account(&ts, false, 4096, 0) == 0) {
-        allowed++;
-        assert_true(allowed < 100);
-    }
-    assert_int_equal(allowed, 11);
+    assert_int_equal(reads_allowed(&ts, 4096, 0), 11);
     int64_t wait = throttle_try_account(&ts, false, 4096, 0);
     assert_true(wait > 0 && wait <= SEC / 100 + 1);
     /* after the wait one more may go */
@@ -45,8 +65,7 @@ static void test_bps_read_write_separate(void **state)
     (void)state;
     ThrottleConfig cfg;
     ThrottleState ts;
-    throttle_config_init(&cfg);
-    cfg.buckets[THROTTLE_BPS_READ].avg = 1 * MiB;
+    one_limit(&cfg, THROTTLE_BPS_READ, 1 * MiB);
     throttle_init(&ts, &cfg, 0);
     assert_int_equal(throttle_try_account(&ts, false, 2 * MiB, 0), 0);   /* overshoot */
     int64_t wait = throttle_try_account(&ts, false, 4096, 0);
@@ -61,24 +80,16 @@ static void test_burst(void **state)
     (void)state;
     ThrottleConfig cfg;
     ThrottleState ts;
-    throttle_config_init(&cfg);
-    cfg.buckets[THROTTLE_OPS_TOTAL].avg = 10;
-    cfg.buckets[THROTTLE_OPS_TOTAL].max = 100;
-    cfg.buckets[THROTTLE_OPS_TOTAL].burst_length = 2;
+    ops_burst(&cfg, 10, 100, 2);
     assert_true(throttle_is_valid(&cfg, NULL));
     throttle_init(&ts, &cfg, 0);
     /* at t=0 the burst bucket (max/10 = 10) limits first */
-    int n = 0;
-    while (throttle_try_account(&ts, false, 512, 0) == 0) {
-        n++;
-    }
+    int n = reads_allowed(&ts, 512, 0);
     assert_int_equal(n, 11);
     /* over 2 s at up to 100/s the burst allows far more than avg would */
     int total = n;
     for (int64_t t = 0; t < 2 * SEC; t += SEC / 1000) {
-        while (throttle_try_account(&ts, false, 512, t) == 0) {
-            total++;
-        }
+        total += reads_allowed(&ts, 512, t);
     }
     assert_true(total > 150);
     assert_true(total <= 2 * 100 + 20);
@@ -90,8 +101,7 @@ static void test_iops_size(void **state)
     (void)state;
     ThrottleConfig cfg;
     ThrottleState ts;
-    throttle_config_init(&cfg);
-    cfg.buckets[THROTTLE_OPS_TOTAL].avg = 100;
+    one_limit(&cfg, THROTTLE_OPS_TOTAL, 100);
     cfg.op_size = 4096;
     throttle_init(&ts, &cfg, 0);
     assert_int_equal(throttle_try_account(&ts, false, 64 * KiB, 0), 0);  /* 16 ops */
@@ -219,8 +229,7 @@ static void test_fifo_large_before_small(void **state)
     AioContext *ctx = virtual_loop();
     ThrottleConfig cfg;
     ThrottleState ts;
-    throttle_config_init(&cfg);
-    cfg.buckets[THROTTLE_BPS_TOTAL].avg = 1 * MiB;
+    one_limit(&cfg, THROTTLE_BPS_TOTAL, 1 * MiB);
     throttle_init(&ts, &cfg, 0);
     assert_int_equal(throttle_try_account(&ts, false, 1 * MiB, 0), 0);
 
@@ -265,8 +274,7 @@ static void test_read_write_total_independent(void **state)
     AioContext *ctx = virtual_loop();
     ThrottleConfig cfg;
     ThrottleState ts;
-    throttle_config_init(&cfg);
-    cfg.buckets[THROTTLE_OPS_WRITE].avg = 10;
+    one_limit(&cfg, THROTTLE_OPS_WRITE, 10);
     throttle_init(&ts, &cfg, 0);
     assert_int_equal(throttle_try_account(&ts, true, 512, 0), 0);
     assert_int_equal(throttle_try_account(&ts, true, 512, 0), 0);
@@ -311,16 +319,11 @@ static void test_burst_rate_and_length(void **state)
     (void)state;
     ThrottleConfig cfg;
     ThrottleState ts;
-    throttle_config_init(&cfg);
-    cfg.buckets[THROTTLE_OPS_TOTAL].avg = 10;
-    cfg.buckets[THROTTLE_OPS_TOTAL].max = 100;
-    cfg.buckets[THROTTLE_OPS_TOTAL].burst_length = 2;
+    ops_burst(&cfg, 10, 100, 2);
     throttle_init(&ts, &cfg, 0);
     int per_sec[8] = { 0 };
     for (int64_t t = 0; t < 8 * SEC; t += SEC / 1000) {
-        while (throttle_try_account(&ts, false, 512, t) == 0) {
-            per_sec[t / SEC]++;
-        }
+        per_sec[t / SEC] += reads_allowed(&ts, 512, t);
     }
     /* second 0: max/10 at once, then 100/s */
     assert_in_range(per_sec[0], 100, 112);
@@ -333,15 +336,11 @@ static void test_burst_rate_and_length(void **state)
     throttle_destroy(&ts);
 
     /* max-length 1 (the default): no sustained burst beyond max/10 */
-    throttle_config_init(&cfg);
-    cfg.buckets[THROTTLE_OPS_TOTAL].avg = 10;
-    cfg.buckets[THROTTLE_OPS_TOTAL].max = 100;
+    ops_burst(&cfg, 10, 100, 1);
     throttle_init(&ts, &cfg, 0);
     int n = 0;
     for (int64_t t = 0; t < 4 * SEC; t += SEC / 1000) {
-        while (throttle_try_account(&ts, false, 512, t) == 0) {
-            n++;
-        }
+        n += reads_allowed(&ts, 512, t);
     }
     /* a bucket of max = 100 ops, then 10/s */
     assert_in_range(n, 100 + 4 * 10 - 2, 100 + 4 * 10 + 2);
@@ -355,8 +354,7 @@ static void test_iops_size_units(void **state)
     (void)state;
     ThrottleConfig cfg;
     ThrottleState ts;
-    throttle_config_init(&cfg);
-    cfg.buckets[THROTTLE_OPS_TOTAL].avg = 100;
+    one_limit(&cfg, THROTTLE_OPS_TOTAL, 100);
     cfg.op_size = 4096;
     throttle_init(&ts, &cfg, 0);
     assert_int_equal(throttle_try_account(&ts, false, 64 * KiB, 0), 0);
@@ -366,19 +364,11 @@ static void test_iops_size_units(void **state)
     throttle_destroy(&ts);
 
     throttle_init(&ts, &cfg, 0);
-    int n = 0;
-    while (throttle_try_account(&ts, false, 4096, 0) == 0) {   /* one op each */
-        n++;
-    }
-    assert_int_equal(n, 11);
+    assert_int_equal(reads_allowed(&ts, 4096, 0), 11);   /* one op each */
     throttle_destroy(&ts);
 
     throttle_init(&ts, &cfg, 0);
-    n = 0;
-    while (throttle_try_account(&ts, false, 8192, 0) == 0) {   /* two ops each */
-        n++;
-    }
-    assert_int_equal(n, 6);
+    assert_int_equal(reads_allowed(&ts, 8192, 0), 6);    /* two ops each */
     throttle_destroy(&ts);
 }
 
@@ -416,17 +406,6 @@ static void *throttle_thread(void *opaque)
     return NULL;
 }
 
-#define WAIT_FOR(cond, what)                                   \
-    do {                                                       \
-        int waited_ = 0;                                       \
-        while (!(cond)) {                                      \
-            if (++waited_ > 20000) {                           \
-                fail_msg("timed out waiting for %s", what);    \
-            }                                                  \
-            usleep(500);                                       \
-        }                                                      \
-    } while (0)
-
 static void thread_start(pthread_t *th, ThreadArg *a)
 {
     pthread_create(th, NULL, throttle_thread, a);
@@ -454,8 +433,7 @@ static void test_threads_fifo(void **state)
     virtual_loop();
     ThrottleConfig cfg;
     ThrottleState ts;
-    throttle_config_init(&cfg);
-    cfg.buckets[THROTTLE_OPS_TOTAL].avg = 10;
+    one_limit(&cfg, THROTTLE_OPS_TOTAL, 10);
     throttle_init(&ts, &cfg, 0);
     assert_int_equal(throttle_try_account(&ts, false, 512, 0), 0);
     assert_int_equal(throttle_try_account(&ts, false, 512, 0), 0);
@@ -496,8 +474,7 @@ static void test_threads_share_rate(void **state)
     virtual_loop();
     ThrottleConfig cfg;
     ThrottleState ts;
-    throttle_config_init(&cfg);
-    cfg.buckets[THROTTLE_OPS_TOTAL].avg = 100;
+    one_limit(&cfg, THROTTLE_OPS_TOTAL, 100);
     throttle_init(&ts, &cfg, 0);
     ThreadArg a = { .n = 30 }, b = { .n = 30 };
     for (int i = 0; i < 30; i++) {

@@ -23,6 +23,7 @@
 #include <stddef.h>
 #include <setjmp.h>
 #include <stdint.h>
+#include <unistd.h>
 #include <cmocka.h>
 #include "aio.h"
 #include "block.h"
@@ -98,6 +99,11 @@ typedef struct MemLogEntry {
 BlockDriverState *mem_node_new(const MemConfig *cfg);
 /* top gets base as its "backing" child (top must be cfg.format). */
 void mem_set_backing(BlockDriverState *top, BlockDriverState *base);
+/* A two-node backing chain: *base a protocol of base_size filled with 0xba,
+ * *top a format of top_size (4 KiB clusters, all unallocated) over it,
+ * opened with BDRV_O_COPY_ON_READ if cor.  The caller unrefs both. */
+void mem_chain_new(BlockDriverState **top, BlockDriverState **base, int64_t top_size,
+                   int64_t base_size, bool cor);
 /* The mem driver table used for cfg (one per MEM_NO_* combination). */
 const BlockDriver *mem_driver(const MemConfig *cfg);
 bool bs_is_mem(BlockDriverState *bs);
@@ -151,8 +157,31 @@ AioContext *test_loop_init(void);
 /* Run fn(opaque) in a coroutine on the current thread and wait for it. */
 void test_run_co(CoroutineEntry *fn, void *opaque);
 
+/* Poll a condition that other threads make true, failing the test with
+ * "timed out waiting for <what>" after 10 s (that is "never"). */
+#define WAIT_FOR(cond, what)                                   \
+    do {                                                       \
+        int waited_ = 0;                                       \
+        while (!(cond)) {                                      \
+            if (++waited_ > 20000) {                           \
+                fail_msg("timed out waiting for %s", what);    \
+            }                                                  \
+            usleep(500);                                       \
+        }                                                      \
+    } while (0)
+
 /* Fill buf with a pattern derived from seed (so pieces can be told apart). */
 void test_pattern(void *buf, size_t len, uint64_t seed);
 bool test_buf_is(const void *buf, size_t len, int byte);
+
+/* ---- a scratch directory (tmpdir.c) ---- */
+/* Make /var/tmp/ublkd-test-<suite>-XXXXXX (fails the test on error); call
+ * from the group setup. */
+const char *test_tmpdir_create(const char *suite);
+const char *test_tmpdir(void);
+/* "<tmpdir>/<name>"; the last four results stay valid. */
+char *test_path(const char *name);
+/* Group teardown: removes the directory and all in it. */
+int test_tmpdir_teardown(void **state);
 
 #endif
