@@ -81,26 +81,31 @@ static void test_size_to_str(void **state)
     check_size_str(200704, "196 KiB");
 }
 
+static void check_cvtstr(double v, const char *want)
+{
+    char s[64];
+    img_cvtstr(v, s, sizeof(s));
+    assert_string_equal(s, want);
+}
+
+static void check_timestr(double secs, const char *want)
+{
+    char s[64];
+    img_timestr(secs, s, sizeof(s));
+    assert_string_equal(s, want);
+}
+
 static void test_cvtstr_timestr(void **state)
 {
     (void)state;
-    char s[64];
-    img_cvtstr(4096, s, sizeof(s));
-    assert_string_equal(s, "4 KiB");
-    img_cvtstr(32, s, sizeof(s));
-    assert_string_equal(s, "32 bytes");
-    img_cvtstr(1536, s, sizeof(s));
-    assert_string_equal(s, "1.500 KiB");
-    img_cvtstr(10485760, s, sizeof(s));
-    assert_string_equal(s, "10 MiB");
-    img_cvtstr(0, s, sizeof(s));
-    assert_string_equal(s, "0 bytes");
-    img_timestr(0.001, s, sizeof(s));
-    assert_string_equal(s, "00.00 sec");
-    img_timestr(0.5, s, sizeof(s));
-    assert_string_equal(s, "00.50 sec");
-    img_timestr(61.25, s, sizeof(s));
-    assert_string_equal(s, "0:01:01.25");
+    check_cvtstr(4096, "4 KiB");
+    check_cvtstr(32, "32 bytes");
+    check_cvtstr(1536, "1.500 KiB");
+    check_cvtstr(10485760, "10 MiB");
+    check_cvtstr(0, "0 bytes");
+    check_timestr(0.001, "00.00 sec");
+    check_timestr(0.5, "00.50 sec");
+    check_timestr(61.25, "0:01:01.25");
 }
 
 static void test_sparse_run(void **state)
