@@ -21,11 +21,14 @@ best() {   # command...: prints the best "Run completed in X seconds" of RUNS ru
     local b=
     for _ in $(seq "$RUNS"); do
         t=$("$@" 2>&1 | sed -n 's/^Run completed in \([0-9.]*\) seconds.*/\1/p')
-        [ -z "$b" ] || [ "$(echo "$t < $b" | bc)" = 1 ] && b=$t
+        [ -z "$b" ] || lt "$t" "$b" && b=$t
     done
     echo "$b"
 }
-iops() { echo "scale=0; $1 / $2" | bc; }
+# Arithmetic on the seconds qemu-img prints, in awk (bc is not installed by default).
+lt() { awk -v a="$1" -v b="$2" 'BEGIN { exit !(a < b) }'; }
+div() { awk -v a="$1" -v b="$2" -v f="$3" 'BEGIN { printf f, a / b }'; }
+iops() { div "$1" "$2" %d; }
 
 for mode in read write; do
     w=; [ $mode = write ] && w=-w
@@ -33,7 +36,7 @@ for mode in read write; do
     u=$(best "$UBLKD" img bench $w -t "$CACHE" -f vdi -s 4k -S $STRIDE -c "$COUNT" -d 32 full.vdi)
     r=$(best "$UBLKD" img bench $w -t "$CACHE" -f vdi -s 4k --random -c "$COUNT" -d 32 full.vdi)
     echo "4k $mode QD32 stride: qemu-img $(iops "$COUNT" "$q") IOPS, ublkd $(iops "$COUNT" "$u") IOPS" \
-         "(x$(echo "scale=2; $q / $u" | bc)); ublkd --random $(iops "$COUNT" "$r") IOPS"
+         "(x$(div "$q" "$u" %.2f)); ublkd --random $(iops "$COUNT" "$r") IOPS"
 done
 
 for tool in qemu-img ublkd; do
@@ -47,8 +50,8 @@ for tool in qemu-img ublkd; do
             t=$("$UBLKD" img bench -w -t "$CACHE" -f vdi -s 1M -S 1M -c 1024 -d 4 empty.vdi 2>&1)
         fi
         t=$(echo "$t" | sed -n 's/^Run completed in \([0-9.]*\) seconds.*/\1/p')
-        [ -z "$b" ] || [ "$(echo "$t < $b" | bc)" = 1 ] && b=$t
+        [ -z "$b" ] || lt "$t" "$b" && b=$t
         qemu-img check -q empty.vdi || echo "$tool: qemu-img check failed"
     done
-    echo "allocating 1M sequential writes, 1 GiB, QD4: $tool $(echo "scale=0; 1024 / $b" | bc) MiB/s"
+    echo "allocating 1M sequential writes, 1 GiB, QD4: $tool $(div 1024 "$b" %d) MiB/s"
 done
