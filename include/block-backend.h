@@ -33,7 +33,6 @@ BlockBackend *blk_new_open(const char *filename, OptDict *options, int flags, Er
 BlockBackend *blk_new_with_bs(BlockDriverState *bs, Error **errp);
 void blk_unref(BlockBackend *blk);   /* drains, flushes if writable, closes */
 BlockDriverState *blk_bs(BlockBackend *blk);
-BdrvChild *blk_root(BlockBackend *blk);
 int64_t blk_getlength(BlockBackend *blk);
 bool blk_is_read_only(BlockBackend *blk);
 int blk_set_throttle(BlockBackend *blk, const ThrottleConfig *cfg, Error **errp);

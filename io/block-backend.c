@@ -87,11 +87,6 @@ BlockDriverState *blk_bs(BlockBackend *blk)
     return blk->root->bs;
 }
 
-BdrvChild *blk_root(BlockBackend *blk)
-{
-    return blk->root;
-}
-
 int64_t blk_getlength(BlockBackend *blk)
 {
     return __atomic_load_n(&blk_bs(blk)->total_bytes, __ATOMIC_ACQUIRE);
