@@ -196,7 +196,8 @@ static void coroutine_fn tag_main(void *opaque)
             break;
         }
         if (t->res < 0) {
-            ublk_log(3, "queue %u tag %u: ublk command failed: %s", q->q_id, t->tag,
+            ublk_log(3, "/dev/ublkc%u queue %u tag %u: %s failed: %s", q->d->dev_id, q->q_id,
+                     t->tag, cmd == UBLK_IO_FETCH_REQ ? "FETCH_REQ" : "COMMIT_AND_FETCH_REQ",
                      strerror(-t->res));
             break;
         }
@@ -207,8 +208,8 @@ static void coroutine_fn tag_main(void *opaque)
             if (t->res < 0) {
                 q->busy--;
                 if (t->res != UBLK_IO_RES_ABORT) {
-                    ublk_log(3, "queue %u tag %u: NEED_GET_DATA failed: %s", q->q_id, t->tag,
-                             strerror(-t->res));
+                    ublk_log(3, "/dev/ublkc%u queue %u tag %u: NEED_GET_DATA failed: %s",
+                             q->d->dev_id, q->q_id, t->tag, strerror(-t->res));
                 }
                 break;
             }
@@ -230,6 +231,7 @@ static int queue_setup(UblkQueue *q)
     unsigned entries = MIN(2 * d->depth + 64, 32768U);
     q->ctx = aio_context_new(entries, &q->err);
     if (!q->ctx) {
+        error_prepend(&q->err, "queue %u of /dev/ublkc%u: ", q->q_id, d->dev_id);
         return -1;
     }
     aio_set_current(q->ctx);
@@ -251,8 +253,9 @@ static int queue_setup(UblkQueue *q)
     m = mmap(NULL, q->bufs_size, PROT_READ | PROT_WRITE,
              MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
     if (m == MAP_FAILED) {
-        error_setg_errno(&q->err, errno, "queue %u: cannot allocate %zu bytes of buffers",
-                         q->q_id, q->bufs_size);
+        error_setg_errno(&q->err, errno, "queue %u of /dev/ublkc%u: cannot allocate %zu bytes "
+                         "of buffers (--depth %u x --max-io-size %u)",
+                         q->q_id, d->dev_id, q->bufs_size, d->depth, d->max_io_size);
         return -1;
     }
     q->bufs = m;
@@ -266,7 +269,8 @@ static int queue_setup(UblkQueue *q)
     aio_register_buffer_slots(q->ctx, q->bufs, d->max_io_size, d->depth);
     q->tags = calloc(d->depth, sizeof(UblkTag));
     if (!q->tags) {
-        error_setg(&q->err, "queue %u: out of memory", q->q_id);
+        error_setg(&q->err, "queue %u of /dev/ublkc%u: out of memory for %u tags",
+                   q->q_id, d->dev_id, d->depth);
         return -1;
     }
     for (unsigned i = 0; i < d->depth; i++) {
@@ -282,7 +286,8 @@ static int queue_setup(UblkQueue *q)
     /* The kernel must see every FETCH before START_DEV can complete. */
     int ret = aio_submit(q->ctx);
     if (ret < 0) {
-        error_setg_errno(&q->err, -ret, "queue %u: cannot submit FETCH commands", q->q_id);
+        error_setg_errno(&q->err, -ret, "queue %u of /dev/ublkc%u: cannot submit FETCH commands",
+                         q->q_id, d->dev_id);
         return -1;
     }
     return 0;
@@ -345,13 +350,13 @@ int ublk_queues_start(UblkDev *d, Error **errp)
 {
     d->queues = calloc(d->nr_queues, sizeof(UblkQueue *));
     if (!d->queues) {
-        error_setg(errp, "out of memory");
+        error_setg(errp, "/dev/ublkc%u: out of memory for %u queues", d->dev_id, d->nr_queues);
         return -1;
     }
     for (unsigned i = 0; i < d->nr_queues; i++) {
         UblkQueue *q = calloc(1, sizeof(*q));
         if (!q) {
-            error_setg(errp, "out of memory");
+            error_setg(errp, "queue %u of /dev/ublkc%u: out of memory", i, d->dev_id);
             return -1;
         }
         q->d = d;
@@ -365,7 +370,8 @@ int ublk_queues_start(UblkDev *d, Error **errp)
         d->queues[i] = q;
         int ret = pthread_create(&q->thread, NULL, queue_thread, q);
         if (ret) {
-            error_setg_errno(errp, ret, "cannot start the thread of queue %u", i);
+            error_setg_errno(errp, ret, "cannot start the thread of queue %u of /dev/ublkc%u", i,
+                             d->dev_id);
             return -1;
         }
         q->thread_started = true;
