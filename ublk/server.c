@@ -240,7 +240,9 @@ static int server_start(Server *s, bool recover, int ready_fd, Error **errp)
     }
     int64_t size = blk_getlength(s->blk);
     if (size < 0) {
-        error_setg_errno(errp, (int)-size, "cannot get the size of the image");
+        BlockDriverState *bs = blk_bs(s->blk);
+        error_setg_errno(errp, (int)-size, "cannot get the size of the image%s%s",
+                         bs && bs->filename[0] ? " " : "", bs ? bs->filename : "");
         return -1;
     }
     bool read_only = cfg->read_only || blk_is_read_only(s->blk);
@@ -252,7 +254,7 @@ static int server_start(Server *s, bool recover, int ready_fd, Error **errp)
     uint64_t features;
     int ret = ublk_ctrl_get_features(s->ctrl, &features, NULL);
     if (ret < 0) {
-        error_setg_errno(errp, -ret, "GET_FEATURES failed");
+        error_setg_errno(errp, -ret, "GET_FEATURES on %s failed", UBLK_CONTROL_PATH);
         return -1;
     }
     bool unpriv = ublk_ctrl_unprivileged(s->ctrl);
@@ -407,7 +409,7 @@ static void server_stop(Server *s)
     if (s->started) {
         int ret = ublk_ctrl_stop_dev(s->ctrl, d->dev_id);
         if (ret < 0) {
-            ublk_log(LOG_WARNING, "STOP_DEV failed: %s", strerror(-ret));
+            ublk_log(LOG_WARNING, "STOP_DEV of device %u failed: %s", d->dev_id, strerror(-ret));
         }
     }
     ublk_queues_stop(d);
