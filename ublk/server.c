@@ -413,7 +413,7 @@ static void server_stop(Server *s)
         }
     }
     ublk_queues_stop(d);
-    if (d->cdev_fd > 0) {
+    if (d->cdev_fd >= 0) {
         close(d->cdev_fd);
         d->cdev_fd = -1;
     }
