@@ -82,15 +82,19 @@ static int spawn_daemon(UblkDevConfig *cfg, bool recover)
     if (cfg->foreground) {
         return ublk_server_run(cfg, recover, -1);
     }
+    const char *verb = recover ? "recover" : "add";
     int pfd[2];
     if (pipe2(pfd, O_CLOEXEC) < 0) {
-        error_report("pipe: %s", strerror(errno));
+        error_report("%s: cannot create the pipe to the device daemon: %s", verb,
+                     strerror(errno));
         return 1;
     }
     fflush(NULL);
     pid_t pid = fork();
     if (pid < 0) {
-        error_report("fork: %s", strerror(errno));
+        error_report("%s: cannot fork the device daemon: %s", verb, strerror(errno));
+        close(pfd[0]);
+        close(pfd[1]);
         return 1;
     }
     if (pid == 0) {
@@ -149,11 +153,13 @@ static int spawn_daemon(UblkDevConfig *cfg, bool recover)
     if (!strncmp(line, "ERR ", 4)) {
         error_report("%s", line + 4);
     } else if (WIFSIGNALED(status)) {
-        error_report("the device daemon died of signal %d before the device was ready",
-                     WTERMSIG(status));
+        error_report("%s: the device daemon died of signal %d before the device was ready "
+                     "(its log: %s)", verb, WTERMSIG(status),
+                     cfg->log_file ? cfg->log_file : "syslog, ident ublkd");
     } else {
-        error_report("the device daemon exited (status %d) before the device was ready",
-                     WEXITSTATUS(status));
+        error_report("%s: the device daemon exited (status %d) before the device was ready "
+                     "(its log: %s)", verb, WEXITSTATUS(status),
+                     cfg->log_file ? cfg->log_file : "syslog, ident ublkd");
     }
     return 1;
 }
@@ -596,7 +602,7 @@ static int cmd_features(int argc, char **argv)
     int ret = ublk_ctrl_get_features(ctrl, &f, &probed);
     ublk_ctrl_close(ctrl);
     if (ret < 0) {
-        error_report("GET_FEATURES: %s", strerror(-ret));
+        error_report("features: GET_FEATURES on %s: %s", UBLK_CONTROL_PATH, strerror(-ret));
         return 1;
     }
     printf("features: 0x%llx%s\n", (unsigned long long)f,
