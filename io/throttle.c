@@ -48,6 +48,12 @@ static bool conflicts(const ThrottleConfig *cfg, ThrottleBucketType total,
     return b[total].avg && (b[read].avg || b[write].avg);
 }
 
+static const char *const bucket_names[THROTTLE_BUCKETS] = {
+    [THROTTLE_BPS_TOTAL] = "bps-total", [THROTTLE_BPS_READ] = "bps-read",
+    [THROTTLE_BPS_WRITE] = "bps-write", [THROTTLE_OPS_TOTAL] = "iops-total",
+    [THROTTLE_OPS_READ] = "iops-read",  [THROTTLE_OPS_WRITE] = "iops-write",
+};
+
 bool throttle_is_valid(const ThrottleConfig *cfg, Error **errp)
 {
     if (conflicts(cfg, THROTTLE_BPS_TOTAL, THROTTLE_BPS_READ, THROTTLE_BPS_WRITE, false) ||
@@ -63,43 +69,44 @@ bool throttle_is_valid(const ThrottleConfig *cfg, Error **errp)
         error_setg(errp, "throttling: iops-size requires an iops value to be set");
         return false;
     }
+    /* Each message names the option it is about (throttling.<bucket>[-max[-length]]). */
     for (int i = 0; i < THROTTLE_BUCKETS; i++) {
         const ThrottleBucket *b = &cfg->buckets[i];
-        if (b->avg < 0 || b->max < 0 || b->avg > THROTTLE_VALUE_MAX ||
-            b->max > THROTTLE_VALUE_MAX) {
-            error_setg(errp, "throttling: bps/iops/max values must be within [0, %lld]",
-                       THROTTLE_VALUE_MAX);
+        const char *name = bucket_names[i];
+        bool avg_bad = b->avg < 0 || b->avg > THROTTLE_VALUE_MAX;
+        if (avg_bad || b->max < 0 || b->max > THROTTLE_VALUE_MAX) {
+            error_setg(errp, "throttling.%s%s: bps/iops/max values must be within [0, %lld], "
+                       "got %g", name, avg_bad ? "" : "-max", THROTTLE_VALUE_MAX,
+                       avg_bad ? b->avg : b->max);
             return false;
         }
         if (!b->burst_length) {
-            error_setg(errp, "throttling: the burst length cannot be 0");
+            error_setg(errp, "throttling.%s-max-length: the burst length cannot be 0", name);
             return false;
         }
         if (b->burst_length > 1 && !b->max) {
-            error_setg(errp, "throttling: burst length set without burst rate");
+            error_setg(errp, "throttling.%s-max-length: burst length set without burst rate "
+                       "(throttling.%s-max)", name, name);
             return false;
         }
         if (b->max && b->burst_length > THROTTLE_VALUE_MAX / b->max) {
-            error_setg(errp, "throttling: burst length too high for this burst rate");
+            error_setg(errp, "throttling.%s-max-length: burst length too high for this burst "
+                       "rate", name);
             return false;
         }
         if (b->max && !b->avg) {
-            error_setg(errp, "throttling: bps_max/iops_max require corresponding bps/iops values");
+            error_setg(errp, "throttling.%s-max: bps_max/iops_max require corresponding "
+                       "bps/iops values (throttling.%s)", name, name);
             return false;
         }
         if (b->max && b->max < b->avg) {
-            error_setg(errp, "throttling: bps_max/iops_max cannot be lower than bps/iops");
+            error_setg(errp, "throttling.%s-max: bps_max/iops_max cannot be lower than "
+                       "bps/iops (throttling.%s)", name, name);
             return false;
         }
     }
     return true;
 }
-
-static const char *const bucket_names[THROTTLE_BUCKETS] = {
-    [THROTTLE_BPS_TOTAL] = "bps-total", [THROTTLE_BPS_READ] = "bps-read",
-    [THROTTLE_BPS_WRITE] = "bps-write", [THROTTLE_OPS_TOTAL] = "iops-total",
-    [THROTTLE_OPS_READ] = "iops-read",  [THROTTLE_OPS_WRITE] = "iops-write",
-};
 
 static int take_value(OptDict *opts, const char *key, int64_t *out, Error **errp)
 {

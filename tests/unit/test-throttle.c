@@ -150,6 +150,19 @@ static void test_options_and_validation(void **state)
     expect_invalid("throttling.iops-total=1,throttling.group=", "name must be");
 }
 
+/* Per-bucket errors say which option is wrong. */
+static void test_validation_names_option(void **state)
+{
+    (void)state;
+    expect_invalid("throttling.bps-write=10,throttling.bps-write-max=5",
+                   "throttling.bps-write-max: ");
+    expect_invalid("throttling.iops-read-max=5", "throttling.iops-read-max: ");
+    expect_invalid("throttling.bps-read=5,throttling.bps-read-max-length=3",
+                   "throttling.bps-read-max-length: ");
+    expect_invalid("throttling.iops-write=5,throttling.iops-write-max=10,"
+                   "throttling.iops-write-max-length=0", "throttling.iops-write-max-length: ");
+}
+
 /* ---- waiting in order (throttle_co_wait on a virtual clock) ---- */
 
 static int64_t vclock_ns;    /* shared by every context of these tests */
@@ -518,6 +531,7 @@ int main(void)
         cmocka_unit_test(test_burst),
         cmocka_unit_test(test_iops_size),
         cmocka_unit_test(test_options_and_validation),
+        cmocka_unit_test(test_validation_names_option),
         cmocka_unit_test(test_fifo_large_before_small),
         cmocka_unit_test(test_read_write_total_independent),
         cmocka_unit_test(test_burst_rate_and_length),
