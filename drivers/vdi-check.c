@@ -47,12 +47,7 @@ static int coroutine_fn vdi_move_block(BlockDriverState *bs, uint8_t *buf, uint3
         return ret;
     }
     vdi_set_entry(s, block, to);
-    iov_init_buf(&q, (uint8_t *)s->bmap + ALIGN_DOWN_POW2((uint64_t)block * 4, VDI_SECTOR_SIZE),
-                 VDI_SECTOR_SIZE);
-    ret = bdrv_co_pwritev(bs->file,
-                          s->offset_bmap + ALIGN_DOWN_POW2((uint64_t)block * 4, VDI_SECTOR_SIZE),
-                          VDI_SECTOR_SIZE, &q, 0);
-    iov_destroy(&q);
+    ret = vdi_write_bmap(bs, block, 1);
     if (ret < 0) {
         vdi_set_entry(s, block, from);
     }

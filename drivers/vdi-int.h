@@ -231,6 +231,9 @@ int coroutine_fn vdi_co_pwritev(BlockDriverState *bs, int64_t offset, int64_t by
 int coroutine_fn vdi_co_pwrite_zeroes(BlockDriverState *bs, int64_t offset, int64_t bytes,
                                       BdrvRequestFlags flags);
 int coroutine_fn vdi_co_pdiscard(BlockDriverState *bs, int64_t offset, int64_t bytes);
+/* Write the block-map sectors holding entries [first, first+count) from the
+ * in-memory map; alloc_lock held. */
+int coroutine_fn vdi_write_bmap(BlockDriverState *bs, uint32_t first, uint32_t count);
 /* Rewrite the header sector with blocks_allocated; alloc_lock held. */
 int coroutine_fn vdi_write_header(BlockDriverState *bs);
 

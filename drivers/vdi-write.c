@@ -44,8 +44,7 @@ static void vdi_alloc_remove(BDRVVdiState *s, VdiAllocation *alloc)
     }
 }
 
-/* Write the block-map sectors holding entries [first, first+count). */
-static int coroutine_fn vdi_write_bmap(BlockDriverState *bs, uint32_t first, uint32_t count)
+int coroutine_fn vdi_write_bmap(BlockDriverState *bs, uint32_t first, uint32_t count)
 {
     BDRVVdiState *s = bs->opaque;
     uint64_t start = ALIGN_DOWN_POW2((uint64_t)first * 4, VDI_SECTOR_SIZE);
