@@ -77,9 +77,6 @@ static int coroutine_fn null_co_pwritev(BlockDriverState *bs, int64_t offset, in
     (void)qiov;
     (void)qiov_offset;
     (void)flags;
-    if (bs->read_only) {
-        return -EPERM;
-    }
     null_delay(bs->opaque);
     return 0;
 }
@@ -90,9 +87,6 @@ static int coroutine_fn null_co_pwrite_zeroes(BlockDriverState *bs, int64_t offs
     (void)offset;
     (void)bytes;
     (void)flags;
-    if (bs->read_only) {
-        return -EPERM;
-    }
     null_delay(bs->opaque);
     return 0;
 }
