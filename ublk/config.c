@@ -157,7 +157,8 @@ int ublk_dev_config_parse(UblkDevConfig *c, int argc, char **argv, Error **errp)
     int opt;
     optind = 0;           /* full re-initialisation: parse may run twice */
     opterr = 0;
-    while ((opt = getopt_long(argc, argv, "n:q:d:o:rugfh", longopts, NULL)) != -1) {
+    /* The leading ':' makes a missing argument ':' rather than '?'. */
+    while ((opt = getopt_long(argc, argv, ":n:q:d:o:rugfh", longopts, NULL)) != -1) {
         const char *name = argv[optind - 1];
         switch (opt) {
         case 'n':
@@ -278,10 +279,15 @@ int ublk_dev_config_parse(UblkDevConfig *c, int argc, char **argv, Error **errp)
             break;
         case OPT_LOG: free(c->log_file); c->log_file = xstrdup(optarg); break;
         case OPT_BLOCKDEV: free(c->blockdev); c->blockdev = xstrdup(optarg); break;
+        case ':':
+            /* optopt is the option's val, not a character, for long options:
+             * name them as typed. */
+            error_setg(errp, "option '%s' needs a value", name);
+            return -1;
         case '?':
         default:
             if (optopt) {
-                error_setg(errp, "option -%c: unknown or missing its argument", optopt);
+                error_setg(errp, "unknown option '-%c'", optopt);
             } else {
                 error_setg(errp, "unknown option '%s'", name);
             }

@@ -127,6 +127,10 @@ static void test_bad_arguments(void **state)
     expect_error("add raw a.img --discard=later", "--discard");
     expect_error("add raw a.img -n 99999999", "too large");
     expect_error("add raw a.img --frobnicate", "unknown option");
+    expect_error("add raw a.img -x", "unknown option '-x'");
+    expect_error("add raw a.img --cache", "option '--cache' needs a value");
+    expect_error("add raw a.img --depth", "option '--depth' needs a value");
+    expect_error("add raw a.img -q", "option '-q' needs a value");
 }
 
 static void test_flags(void **state)
