@@ -810,25 +810,37 @@ static inline int fixed_slot(AioContext *ctx, const void *p, size_t len)
     return (int)slot;
 }
 
+/*
+ * Prepare a read or write of iov at offset.  One segment (the usual ublk
+ * request): READ/WRITE spare the kernel the copy and import of an iovec
+ * array, READ_FIXED/WRITE_FIXED also the page pinning of O_DIRECT.
+ */
+static void prep_rw(AioContext *ctx, struct io_uring_sqe *sqe, bool write, int fd,
+                    const struct iovec *iov, int iovcnt, int64_t offset)
+{
+    if (iovcnt == 1 && iov[0].iov_len <= UINT32_MAX) {
+        void *buf = iov[0].iov_base;
+        unsigned len = (unsigned)iov[0].iov_len;
+        int slot = fixed_slot(ctx, buf, len);
+        if (slot >= 0) {
+            io_uring_prep_rw(write ? IORING_OP_WRITE_FIXED : IORING_OP_READ_FIXED, sqe, fd,
+                             buf, len, (uint64_t)offset);
+            sqe->buf_index = (uint16_t)slot;
+        } else {
+            io_uring_prep_rw(write ? IORING_OP_WRITE : IORING_OP_READ, sqe, fd, buf, len,
+                             (uint64_t)offset);
+        }
+    } else {
+        io_uring_prep_rw(write ? IORING_OP_WRITEV : IORING_OP_READV, sqe, fd, iov,
+                         (unsigned)iovcnt, (uint64_t)offset);
+    }
+}
+
 ssize_t coroutine_fn aio_co_preadv(int fd, const struct iovec *iov, int iovcnt, int64_t offset)
 {
     AioContext *ctx = co_io_ctx("aio_co_preadv");
     struct io_uring_sqe *sqe = aio_get_sqe(ctx);
-    /* One segment (the usual ublk request): READ spares the kernel the
-     * copy and import of an iovec array, READ_FIXED also the page pinning
-     * of O_DIRECT. */
-    if (iovcnt == 1 && iov[0].iov_len <= UINT32_MAX) {
-        int slot = fixed_slot(ctx, iov[0].iov_base, iov[0].iov_len);
-        if (slot >= 0) {
-            io_uring_prep_read_fixed(sqe, fd, iov[0].iov_base, (unsigned)iov[0].iov_len,
-                                     (uint64_t)offset, slot);
-        } else {
-            io_uring_prep_read(sqe, fd, iov[0].iov_base, (unsigned)iov[0].iov_len,
-                               (uint64_t)offset);
-        }
-    } else {
-        io_uring_prep_readv(sqe, fd, iov, iovcnt, (uint64_t)offset);
-    }
+    prep_rw(ctx, sqe, false, fd, iov, iovcnt, offset);
     return co_io_wait(sqe, NULL);
 }
 
@@ -837,18 +849,7 @@ ssize_t coroutine_fn aio_co_pwritev(int fd, const struct iovec *iov, int iovcnt,
 {
     AioContext *ctx = co_io_ctx("aio_co_pwritev");
     struct io_uring_sqe *sqe = aio_get_sqe(ctx);
-    if (iovcnt == 1 && iov[0].iov_len <= UINT32_MAX) {
-        int slot = fixed_slot(ctx, iov[0].iov_base, iov[0].iov_len);
-        if (slot >= 0) {
-            io_uring_prep_write_fixed(sqe, fd, iov[0].iov_base, (unsigned)iov[0].iov_len,
-                                      (uint64_t)offset, slot);
-        } else {
-            io_uring_prep_write(sqe, fd, iov[0].iov_base, (unsigned)iov[0].iov_len,
-                                (uint64_t)offset);
-        }
-    } else {
-        io_uring_prep_writev(sqe, fd, iov, iovcnt, (uint64_t)offset);
-    }
+    prep_rw(ctx, sqe, true, fd, iov, iovcnt, offset);
     sqe->rw_flags = rw_flags;
     return co_io_wait(sqe, NULL);
 }
