@@ -225,17 +225,13 @@ static int vdi_scan_bmap(BlockDriverState *bs, uint32_t *slot_end, uint32_t *sha
 static int vdi_open(BlockDriverState *bs, OptDict *options, int flags, Error **errp)
 {
     BDRVVdiState *s = bs->opaque;
-    BdrvChild *file;
     int64_t file_len;
     uint32_t max_slot_end = 0, shared_count = 0, file_slots = 0;
     int ret;
 
-    file = bdrv_open_child(NULL, options, "file", bs, BDRV_CHILD_FILE, false, errp);
-    if (!file) {
+    /* Attaching a FILE child sets bs->file. */
+    if (!bdrv_open_child(NULL, options, "file", bs, BDRV_CHILD_FILE, false, errp)) {
         return -EINVAL;
-    }
-    if (!bs->file) {
-        bs->file = file;
     }
 
     file_len = bdrv_getlength(bs->file->bs);
