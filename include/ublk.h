@@ -159,6 +159,10 @@ void ublk_dev_config_free(UblkDevConfig *c);
  * printed, -1 with errp set on bad arguments. */
 int ublk_dev_config_parse(UblkDevConfig *c, int argc, char **argv, Error **errp);
 void ublk_dev_config_usage(FILE *f);
+/* The error for getopt_long's ':' (missing value; the optstring must start
+ * with ':') or '?' (unknown option, or a value given to one that takes
+ * none), naming the option as the user typed it.  Call with opterr = 0. */
+void ublk_getopt_error(int opt, char **argv, Error **errp);
 /* Range and consistency checks (also applied by parse). */
 int ublk_dev_config_check(const UblkDevConfig *c, Error **errp);
 /* The graph to open: options (caller frees) and BDRV_O_* flags. */

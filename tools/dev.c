@@ -222,22 +222,28 @@ static int parse_id(const char *s, uint32_t *id)
 
 /*
  * getopt_long for the verbs that name a device with -n ID (del, list,
- * recover).  -n is taken here, and a bad id or an unknown option reported
- * here, so that the verbs agree on them; either comes back as '?', on which
- * the verb exits with 2.  Argv[0] is the verb.
+ * recover).  -n is taken here, and a bad id, an unknown option or a missing
+ * value reported here, so that the verbs agree on them; each comes back as
+ * '?', on which the verb exits with 2.  Argv[0] is the verb; optstring
+ * starts with ':'.
  */
 static int verb_getopt(int argc, char **argv, const char *optstring, const struct option *lo,
                        uint32_t *id, bool *have_id)
 {
     int opt;
+    opterr = 0;
     while ((opt = getopt_long(argc, argv, optstring, lo, NULL)) == 'n') {
         if (parse_id(optarg, id) < 0) {
             return '?';
         }
         *have_id = true;
     }
-    if (opt == '?') {
-        error_report("%s: unknown option (try 'ublkd %s --help')", argv[0], argv[0]);
+    if (opt == '?' || opt == ':') {
+        Error *err = NULL;
+        ublk_getopt_error(opt, argv, &err);
+        error_report("%s: %s (try 'ublkd %s --help')", argv[0], error_get_pretty(err), argv[0]);
+        error_free(err);
+        return '?';
     }
     return opt;
 }
@@ -255,7 +261,7 @@ static int cmd_recover(int argc, char **argv)
     bool have_id = false, reissue = false, fg = false;
     int opt;
     optind = 0;
-    while ((opt = verb_getopt(argc, argv, "n:rfh", lo, &id, &have_id)) != -1) {
+    while ((opt = verb_getopt(argc, argv, ":n:rfh", lo, &id, &have_id)) != -1) {
         switch (opt) {
         case 'r': reissue = true; break;
         case 'f': fg = true; break;
@@ -420,7 +426,7 @@ static int cmd_del(int argc, char **argv)
     bool have_id = false, all = false;
     int opt;
     optind = 0;
-    while ((opt = verb_getopt(argc, argv, "n:ah", lo, &id, &have_id)) != -1) {
+    while ((opt = verb_getopt(argc, argv, ":n:ah", lo, &id, &have_id)) != -1) {
         switch (opt) {
         case 'a': all = true; break;
         case 'h':
@@ -473,7 +479,7 @@ static int cmd_list(int argc, char **argv)
     bool have_id = false, json = false;
     int opt;
     optind = 0;
-    while ((opt = verb_getopt(argc, argv, "n:jh", lo, &only, &have_id)) != -1) {
+    while ((opt = verb_getopt(argc, argv, ":n:jh", lo, &only, &have_id)) != -1) {
         switch (opt) {
         case 'j': json = true; break;
         case 'h':

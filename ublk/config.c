@@ -117,6 +117,22 @@ static int parse_u32(const char *opt, const char *arg, uint64_t max, bool allow_
     return 0;
 }
 
+void ublk_getopt_error(int opt, char **argv, Error **errp)
+{
+    /* For a long option optopt is its val (>= 256 for long-only ones),
+     * not a character: those are named as typed. */
+    const char *name = argv[optind - 1];
+    if (opt == ':') {
+        error_setg(errp, "option '%s' needs a value", name);
+    } else if (optopt && optopt < 256 && strncmp(name, "--", 2)) {
+        error_setg(errp, "unknown option '-%c'", optopt);
+    } else if (strchr(name, '=')) {
+        error_setg(errp, "option '%s' is unknown or takes no value", name);
+    } else {
+        error_setg(errp, "unknown option '%s'", name);
+    }
+}
+
 enum {
     OPT_SIZE = 256, OPT_CACHE, OPT_DISCARD, OPT_NO_DISCARD, OPT_ROT, OPT_LBS, OPT_PBS,
     OPT_IOOPT, OPT_MAXIO, OPT_DGRAN, OPT_DMAX, OPT_RECOVERY, OPT_REISSUE, OPT_AFFINITY,
@@ -157,9 +173,7 @@ int ublk_dev_config_parse(UblkDevConfig *c, int argc, char **argv, Error **errp)
     int opt;
     optind = 0;           /* full re-initialisation: parse may run twice */
     opterr = 0;
-    /* The leading ':' makes a missing argument ':' rather than '?'. */
     while ((opt = getopt_long(argc, argv, ":n:q:d:o:rugfh", longopts, NULL)) != -1) {
-        const char *name = argv[optind - 1];
         switch (opt) {
         case 'n':
             if (parse_u32("--id", optarg, (1U << 20) - 1, false, &v, errp) < 0) {
@@ -280,17 +294,9 @@ int ublk_dev_config_parse(UblkDevConfig *c, int argc, char **argv, Error **errp)
         case OPT_LOG: free(c->log_file); c->log_file = xstrdup(optarg); break;
         case OPT_BLOCKDEV: free(c->blockdev); c->blockdev = xstrdup(optarg); break;
         case ':':
-            /* optopt is the option's val, not a character, for long options:
-             * name them as typed. */
-            error_setg(errp, "option '%s' needs a value", name);
-            return -1;
         case '?':
         default:
-            if (optopt) {
-                error_setg(errp, "unknown option '-%c'", optopt);
-            } else {
-                error_setg(errp, "unknown option '%s'", name);
-            }
+            ublk_getopt_error(opt, argv, errp);
             return -1;
         }
     }

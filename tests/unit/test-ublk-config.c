@@ -131,6 +131,7 @@ static void test_bad_arguments(void **state)
     expect_error("add raw a.img --cache", "option '--cache' needs a value");
     expect_error("add raw a.img --depth", "option '--depth' needs a value");
     expect_error("add raw a.img -q", "option '-q' needs a value");
+    expect_error("add raw a.img --read-only=yes", "'--read-only=yes' is unknown or takes no value");
 }
 
 static void test_flags(void **state)
