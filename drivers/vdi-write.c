@@ -430,7 +430,13 @@ static int coroutine_fn vdi_co_zero_range(BlockDriverState *bs, int64_t offset, 
                 vdi_refuse_shared(bs, block, entry);
                 return -EIO;
             }
-            if (end > start && !vdi_slot_missing(s, entry)) {
+            if (vdi_slot_missing(s, entry)) {
+                /* The block's data is not in the image: zeroing it is a
+                 * write and fails as one; a discard may skip it. */
+                if (!discard) {
+                    return -EIO;
+                }
+            } else if (end > start) {
                 ret = bdrv_co_pwrite_zeroes(bs->file, run_file + start, end - start,
                                             discard ? BDRV_REQ_MAY_UNMAP
                                                     : (flags & BDRV_REQ_MAY_UNMAP));

@@ -505,6 +505,21 @@ static void test_entry_past_eof_is_eio(void **state)
     vdi_test_close(&img);
 }
 
+/* Write-zeroes over a block whose slot is missing is a write like any other:
+ * it fails -EIO instead of reporting zeros that a read cannot return. */
+static void test_zeroes_missing_slot_is_eio(void **state)
+{
+    (void)state;
+    BlockDriverState *f = vdi_test_make_file(4 * MiB, true);
+    vdi_test_set_entry(f, 3, 1000);       /* slot far past the end of the file */
+    VdiTestImage img = vdi_test_open(f, BDRV_O_RDWR);
+    assert_non_null(img.bs);
+    assert_int_equal(bdrv_pwrite_zeroes(img.child, 3 * MiB, 4096, 0), -EIO);
+    assert_int_equal(bdrv_pwrite_zeroes(img.child, 3 * MiB, MiB, 0), -EIO);
+    assert_true(bdrv_pwrite_zeroes(img.child, 0, 4096, 0) >= 0);
+    vdi_test_close(&img);
+}
+
 /* A header count lower than the slots in use (crash between map and header
  * writes) must not make the next allocation reuse a live slot. */
 static void test_lagging_count_does_not_reuse_slot(void **state)
@@ -748,6 +763,7 @@ int main(void)
         cmocka_unit_test(test_zeroes_mark_unallocated_blocks),
         cmocka_unit_test(test_zeroes_and_discard_allocated_in_place),
         cmocka_unit_test(test_entry_past_eof_is_eio),
+        cmocka_unit_test(test_zeroes_missing_slot_is_eio),
         cmocka_unit_test(test_lagging_count_does_not_reuse_slot),
         cmocka_unit_test(test_truncated_image_refuses_allocation),
         cmocka_unit_test(test_shared_slot_refuses_writes),
