@@ -125,15 +125,15 @@ typedef struct BDRVVdiState {
      * Damage found at open, fixed for the life of the node.  Slots
      * [missing_start, missing_end) were past the end of the file at open
      * (a truncated image): their blocks read and write -EIO, and while any
-     * block points there (has_missing) no new block is allocated, because
-     * appending data would grow the file over the hole and turn the lost
-     * blocks into zeros that neither reads nor check could tell from data.
+     * block points there (the range is not empty) no new block is
+     * allocated, because appending data would grow the file over the hole
+     * and turn the lost blocks into zeros that neither reads nor check
+     * could tell from data.
      * Slots handed out since open start at missing_end or later.  Slots
      * set in shared_slots are used by more than one block: writing one
      * would change the other, so writes to them fail -EIO (reads work).
      */
     uint32_t missing_start, missing_end;
-    bool has_missing;
     uint8_t *shared_slots;     /* bitmap by slot; NULL when no slot is shared */
     bool warned_missing, warned_shared;    /* atomic: log each once */
 

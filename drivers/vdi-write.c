@@ -244,7 +244,7 @@ static int coroutine_fn vdi_co_allocating_write(BlockDriverState *bs, uint32_t b
     int ret;
 
     *done = 0;
-    if (s->has_missing) {
+    if (s->missing_start < s->missing_end) {
         if (!__atomic_exchange_n(&s->warned_missing, true, __ATOMIC_RELAXED)) {
             error_report("vdi: %s: data area truncated (slots %" PRIu32 "..%" PRIu32
                          " missing): allocating writes refused, see img check",

@@ -306,9 +306,8 @@ static int vdi_open(BlockDriverState *bs, OptDict *options, int flags, Error **e
     }
     /* Only slots some block points at matter: with none past the end of the
      * file the range is empty, and new blocks may go anywhere past it. */
-    s->has_missing = max_slot_end > file_slots;
     s->missing_start = file_slots;
-    s->missing_end = s->has_missing ? MAX(file_slots, s->next_slot) : file_slots;
+    s->missing_end = max_slot_end > file_slots ? MAX(file_slots, s->next_slot) : file_slots;
 
     co_mutex_init(&s->alloc_lock);
     co_mutex_init(&s->flush_lock);
