@@ -36,13 +36,18 @@ cp ok.raw noperm.raw && chmod 600 noperm.raw
 if [ "$(id -u)" = 0 ]; then
     command -v setpriv >/dev/null || fail "setpriv (util-linux) is needed to test an unreadable file as root"
     chmod 755 "$WORK"
+    # nobody runs a copy: the build tree may sit under a directory only root
+    # can enter (a CI clone in /root), and exec would fail with EACCES too.
+    install -m 755 "$UBLKD" "$WORK/ublkd-copy"
+    AS_UBLKD=$WORK/ublkd-copy
     as_user() { setpriv --reuid=nobody --regid=nogroup --clear-groups "$@"; }
     as_user test -r noperm.raw && fail "nobody can read a root-owned 0600 file"
 else
+    AS_UBLKD=$UBLKD
     chmod 000 noperm.raw
     as_user() { "$@"; }
 fi
-expect_rc 1 as_user "$UBLKD" img info -f raw noperm.raw
+expect_rc 1 as_user "$AS_UBLKD" img info -f raw noperm.raw
 expect_out "Could not open 'noperm.raw'"
 expect_out "Permission denied"
 

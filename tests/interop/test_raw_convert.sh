@@ -75,10 +75,15 @@ mkdir ro && chmod 555 ro
 if [ "$(id -u)" = 0 ]; then
     command -v setpriv >/dev/null || fail "setpriv (util-linux) is needed to test an unwritable directory as root"
     chmod 755 "$WORK"
+    # nobody runs a copy: the build tree may sit under a directory only root
+    # can enter (a CI clone in /root), and exec would fail with EACCES too.
+    install -m 755 "$UBLKD" "$WORK/ublkd-copy"
+    AS_UBLKD=$WORK/ublkd-copy
     as_user() { setpriv --reuid=nobody --regid=nogroup --clear-groups "$@"; }
 else
+    AS_UBLKD=$UBLKD
     as_user() { "$@"; }
 fi
-expect_rc 1 as_user "$UBLKD" img convert -O raw src.raw ro/x.raw
+expect_rc 1 as_user "$AS_UBLKD" img convert -O raw src.raw ro/x.raw
 expect_out "Could not create 'ro/x.raw': Permission denied"
 exit 0

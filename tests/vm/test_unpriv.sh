@@ -7,7 +7,10 @@ need_cmd setpriv fio
 U=65534
 chmod 0666 /dev/ublk-control
 # Stand-in for the udev rule: hand each new ublk node to the device's owner.
-( while :; do
+# Without set -e: a node deleted between the check and the chown must not end
+# the loop (every later add would then wait for a node that stays root's).
+( set +e
+  while :; do
     for c in /sys/class/ublk-char/ublkc*; do
       [ -e "$c" ] || continue; n=${c##*/ublkc}
       for d in /dev/ublkc$n /dev/ublkb$n; do
@@ -22,14 +25,18 @@ chowner=$!
 on_exit "kill $chowner 2>/dev/null; chmod 0600 /dev/ublk-control"
 mkdir -p $T/u && chown $U $T/u && chmod 755 $T
 as_user() { setpriv --reuid=$U --regid=$U --clear-groups env UBLKD_RUN_DIR=$T/u/run "$@"; }
+# The user runs a copy: the build tree may sit under a directory only root
+# can enter (a CI clone in /root).
+install -m 755 "$UBLKD" $T/u/ublkd
+UUBLKD=$T/u/ublkd
 as_user truncate -s 32M $T/u/img.raw
 # A memlock limit of 4 pages: the daemon's registered tag buffers run out
 # after a few requests and the rest must go the ordinary (pinned) way.
-out=$(as_user prlimit --memlock=16384 "$UBLKD" add raw $T/u/img.raw $CACHE_OPT 2>&1) ||
+out=$(as_user prlimit --memlock=16384 "$UUBLKD" add raw $T/u/img.raw $CACHE_OPT 2>&1) ||
   fail "unprivileged add failed: $out"
 id=${out#/dev/ublkb}; _lib_devs+=("$id")
 log "user device: $out"
-as_user "$UBLKD" list -n $id | grep -q UNPRIVILEGED_DEV || fail "device not flagged UNPRIVILEGED_DEV"
+as_user "$UUBLKD" list -n $id | grep -q UNPRIVILEGED_DEV || fail "device not flagged UNPRIVILEGED_DEV"
 as_user fio --name=u --filename=$out --direct=1 --ioengine=io_uring --rw=randwrite --bs=4k --iodepth=8 \
    --size=4M --verify=crc32c --do_verify=1 --verify_fatal=1 >/dev/null || fail "fio as the user failed"
 pid=$(ublk_pid $id)
@@ -40,16 +47,16 @@ log "user daemon VmPin: ${pin:-?} kB"
 [ "$pin" -le 16 ] || fail "daemon pinned ${pin} kB past its 16 kB memlock limit"
 # root's image is not the user's to expose
 truncate -s 16M $T/root.raw; chmod 600 $T/root.raw
-if out2=$(as_user "$UBLKD" add raw $T/root.raw $CACHE_OPT 2>&1); then
+if out2=$(as_user "$UUBLKD" add raw $T/root.raw $CACHE_OPT 2>&1); then
   fail "user could expose root's image: $out2"
 fi
 log "refused as expected: $out2"
 grep -qi "permission denied" <<<"$out2" || fail "message does not say permission denied: $out2"
-as_user "$UBLKD" del -n $id || fail "unprivileged del failed"
+as_user "$UUBLKD" del -n $id || fail "unprivileged del failed"
 [ ! -e /sys/class/ublk-char/ublkc$id ] || fail "device still exists"
 # Root can take down a user's device whose daemon died: for a device added
 # unprivileged the kernel wants the char device's path from root too.
-out3=$(as_user "$UBLKD" add raw $T/u/img.raw $CACHE_OPT 2>&1) || fail "second unprivileged add failed: $out3"
+out3=$(as_user "$UUBLKD" add raw $T/u/img.raw $CACHE_OPT 2>&1) || fail "second unprivileged add failed: $out3"
 id3=${out3#/dev/ublkb}; _lib_devs+=("$id3")
 pid3=$(ublk_pid $id3)
 kill -9 $pid3
