@@ -359,10 +359,11 @@ static int sync_run(SyncReq *r)
     return r->ret;
 }
 
-int bdrv_pread(BdrvChild *child, int64_t offset, int64_t bytes, void *buf, BdrvRequestFlags flags)
+/* bdrv_pread/pwrite/pwrite_sync: one buffer, one op. */
+static int sync_rw(SyncOp op, BdrvChild *child, int64_t offset, int64_t bytes, void *buf,
+                   BdrvRequestFlags flags)
 {
-    SyncReq r = { .op = SYNC_READ, .child = child, .offset = offset, .bytes = bytes,
-                  .flags = flags };
+    SyncReq r = { .op = op, .child = child, .offset = offset, .bytes = bytes, .flags = flags };
     if (bytes < 0) {
         return -EINVAL;
     }
@@ -370,28 +371,21 @@ int bdrv_pread(BdrvChild *child, int64_t offset, int64_t bytes, void *buf, BdrvR
     return sync_run(&r);
 }
 
+int bdrv_pread(BdrvChild *child, int64_t offset, int64_t bytes, void *buf, BdrvRequestFlags flags)
+{
+    return sync_rw(SYNC_READ, child, offset, bytes, buf, flags);
+}
+
 int bdrv_pwrite(BdrvChild *child, int64_t offset, int64_t bytes, const void *buf,
                 BdrvRequestFlags flags)
 {
-    SyncReq r = { .op = SYNC_WRITE, .child = child, .offset = offset, .bytes = bytes,
-                  .flags = flags };
-    if (bytes < 0) {
-        return -EINVAL;
-    }
-    iov_init_buf(&r.qiov, (void *)buf, bytes);
-    return sync_run(&r);
+    return sync_rw(SYNC_WRITE, child, offset, bytes, (void *)buf, flags);
 }
 
 int bdrv_pwrite_sync(BdrvChild *child, int64_t offset, int64_t bytes, const void *buf,
                      BdrvRequestFlags flags)
 {
-    SyncReq r = { .op = SYNC_WRITE_SYNC, .child = child, .offset = offset, .bytes = bytes,
-                  .flags = flags };
-    if (bytes < 0) {
-        return -EINVAL;
-    }
-    iov_init_buf(&r.qiov, (void *)buf, bytes);
-    return sync_run(&r);
+    return sync_rw(SYNC_WRITE_SYNC, child, offset, bytes, (void *)buf, flags);
 }
 
 int bdrv_pwrite_zeroes(BdrvChild *child, int64_t offset, int64_t bytes, BdrvRequestFlags flags)
