@@ -26,7 +26,7 @@
 #include <sys/stat.h>
 #include <unistd.h>
 #include "aio.h"
-#include "block.h"
+#include "block-io-int.h"
 
 typedef struct FileState {
     int fd;
@@ -497,11 +497,15 @@ static bool needs_bounce(const FileState *s, const IOVector *qiov, size_t off, s
 
 #define FILE_BOUNCE_CHUNK (1 * MiB)
 
-static int coroutine_fn bounce_rw(FileState *s, bool is_write, int64_t offset, int64_t bytes,
-                                  IOVector *qiov, size_t qiov_offset, int rw_flags)
+static int coroutine_fn bounce_rw(BlockDriverState *bs, bool is_write, int64_t offset,
+                                  int64_t bytes, IOVector *qiov, size_t qiov_offset, int rw_flags)
 {
+    FileState *s = bs->opaque;
     size_t chunk = (size_t)MIN(bytes, (int64_t)FILE_BOUNCE_CHUNK);
-    void *buf = aligned_alloc_or_die(MAX(s->buf_align, (size_t)4096), chunk);
+    /* From the request path's per-thread cache (aligned to at least
+     * min_mem_alignment >= buf_align): no allocation per padded request. */
+    BounceBuf bounce = { 0 };
+    void *buf = bdrv_bounce_get(bs, chunk, &bounce);
     int64_t pos = 0;
     int ret = 0;
 
@@ -529,7 +533,7 @@ static int coroutine_fn bounce_rw(FileState *s, bool is_write, int64_t offset, i
         }
         pos += (int64_t)len;
     }
-    free(buf);
+    bdrv_bounce_put(&bounce);
     return ret;
 }
 
@@ -540,7 +544,7 @@ static int coroutine_fn file_co_preadv(BlockDriverState *bs, int64_t offset, int
     (void)flags;
     FileState *s = bs->opaque;
     if (needs_bounce(s, qiov, qiov_offset, (size_t)bytes)) {
-        return bounce_rw(s, false, offset, bytes, qiov, qiov_offset, 0);
+        return bounce_rw(bs, false, offset, bytes, qiov, qiov_offset, 0);
     }
     IoSlice sl;
     slice_init(&sl, qiov, qiov_offset, (size_t)bytes);
@@ -575,7 +579,7 @@ static int coroutine_fn file_co_pwritev(BlockDriverState *bs, int64_t offset, in
     int rw_flags = (flags & BDRV_REQ_FUA) ? RWF_DSYNC : 0;
     int ret;
     if (needs_bounce(s, qiov, qiov_offset, (size_t)bytes)) {
-        ret = bounce_rw(s, true, offset, bytes, qiov, qiov_offset, rw_flags);
+        ret = bounce_rw(bs, true, offset, bytes, qiov, qiov_offset, rw_flags);
     } else {
         IoSlice sl;
         slice_init(&sl, qiov, qiov_offset, (size_t)bytes);
@@ -782,20 +786,18 @@ static int coroutine_fn regular_truncate(int fd, bool direct, int64_t offset,
         return ret;
     }
     if (offset > cur && prealloc == PREALLOC_MODE_FULL) {
-        const int64_t chunk = 1 * MiB;
+        const int64_t chunk = BDRV_MAX_BOUNCE_BUFFER;
         int64_t end = direct ? ALIGN_DOWN(offset, 4096) : offset;
         if (direct && !IS_ALIGNED(cur, 4096)) {
             end = cur;   /* writes there would be unaligned: holes will do */
         }
-        void *zeroes = aligned_alloc_or_die(4096, chunk);
-        memset(zeroes, 0, chunk);
+        void *zeroes = bdrv_zero_buffer();   /* shared, 4 KiB aligned, never written */
         for (int64_t pos = cur; pos < end && ret >= 0;) {
             struct iovec iov = { zeroes, (size_t)MIN(chunk, end - pos) };
             ssize_t n = aio_co_pwritev(fd, &iov, 1, pos, 0);
             ret = n < 0 ? (int)n : n == 0 ? -ENOSPC : 0;
             pos += n > 0 ? n : 0;
         }
-        free(zeroes);
         if (ret < 0) {
             error_setg_errno(errp, -ret, "Could not preallocate '%s' (full) to %lld bytes",
                              name, (long long)offset);
