@@ -55,7 +55,6 @@ int64_t bdrv_get_cluster_size(BlockDriverState *bs);
 
 /* The node bs forwards to if it is a filter, else NULL. */
 BlockDriverState *bdrv_filter_bs(BlockDriverState *bs);
-/* The copy-on-write parent (backing) of bs, else NULL. */
-BlockDriverState *bdrv_cow_bs(BlockDriverState *bs);
+/* The copy-on-write parent is bdrv_backing_bs (block.h). */
 
 #endif

@@ -176,11 +176,6 @@ BlockDriverState *bdrv_filter_bs(BlockDriverState *bs)
     return bs->drv && bs->drv->is_filter && bs->file ? bs->file->bs : NULL;
 }
 
-BlockDriverState *bdrv_cow_bs(BlockDriverState *bs)
-{
-    return bs->backing ? bs->backing->bs : NULL;
-}
-
 /* ------------------------------------------------------- tracked requests */
 
 void coroutine_fn tracked_request_begin(BdrvTrackedRequest *req, BlockDriverState *bs,

@@ -102,7 +102,7 @@ static int coroutine_fn block_status_one(BlockDriverState *bs, bool want_zero, i
     if (ret & (BDRV_BLOCK_DATA | BDRV_BLOCK_ZERO)) {
         ret |= BDRV_BLOCK_ALLOCATED;
     } else if (bs->drv->supports_backing) {
-        BlockDriverState *cow = bdrv_cow_bs(bs);
+        BlockDriverState *cow = bdrv_backing_bs(bs);
         if (!cow) {
             ret |= BDRV_BLOCK_ZERO;
         } else if (want_zero && offset >= bdrv_total_bytes(cow)) {
@@ -150,7 +150,7 @@ early_out:
 static BlockDriverState *filter_or_cow_bs(BlockDriverState *bs)
 {
     BlockDriverState *f = bdrv_filter_bs(bs);
-    return f ? f : bdrv_cow_bs(bs);
+    return f ? f : bdrv_backing_bs(bs);
 }
 
 static int coroutine_fn block_status_above(BlockDriverState *bs, BlockDriverState *base,
