@@ -611,16 +611,13 @@ int coroutine_fn bdrv_aligned_preadv(BdrvChild *child, BdrvTrackedRequest *req,
 
     max_transfer = MAX(ALIGN_DOWN(MIN(max_transfer, (int64_t)BDRV_REQUEST_MAX_BYTES), align), align);
 
-    if ((flags & BDRV_REQ_COPY_ON_READ) && !bs->read_only) {
+    if (!(flags & BDRV_REQ_COPY_ON_READ) || bs->read_only) {
+        bdrv_wait_serialising_requests(req);
+    } else {
+        int64_t pnum;
         /* Serialise per cluster, so that two copy-on-reads (or a write) of
          * the same cluster cannot both allocate it. */
         bdrv_make_request_serialising(req, bdrv_get_cluster_size(bs));
-    } else {
-        bdrv_wait_serialising_requests(req);
-    }
-
-    if ((flags & BDRV_REQ_COPY_ON_READ) && !bs->read_only) {
-        int64_t pnum;
         flags &= ~BDRV_REQ_COPY_ON_READ;
         ret = bdrv_co_is_allocated(bs, offset, bytes, &pnum);
         if (ret < 0) {
