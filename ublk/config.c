@@ -542,8 +542,11 @@ static char *read_file(const char *path)
     while (buf && (r = fread(buf + n, 1, cap - n - 1, f)) > 0) {
         n += r;
         if (n + 1 >= cap) {
-            cap *= 2;
-            buf = realloc(buf, cap);
+            char *bigger = realloc(buf, cap *= 2);
+            if (!bigger) {
+                free(buf);   /* realloc keeps the old block on failure */
+            }
+            buf = bigger;
         }
     }
     fclose(f);
