@@ -38,6 +38,7 @@ typedef struct FileState {
     bool no_zero_range;
     bool no_punch_hole;
     bool no_fallocate;
+    pid_t lock_pid;              /* process that took the lock bytes, 0 = none */
 } FileState;
 
 static bool flag_get(const bool *f)
@@ -107,9 +108,18 @@ static int probe_alignment(FileState *s, const struct stat *st, const char *file
  * first and checking second means two racing openers cannot both miss each
  * other.  OFD locks belong to the open file description: they conflict with
  * another open of the same file in the same process, survive fork for as
- * long as any process keeps the fd, and go away with the last close - which
- * is why file_close never unlocks explicitly (a forked copy may still own
- * the description).
+ * long as any process keeps the fd, and would go away only with the last
+ * reference to the description.  io_uring can hold such a reference after
+ * our close(): under DEFER_TASKRUN a request that an io-wq worker ran (fsync,
+ * fallocate, a write the file system would block on) may be freed by the
+ * worker after we reaped its completion, and that free - with its fput -
+ * waits in the ring's task-work list until the ring is entered again, or
+ * until the ring's exit work runs in a kernel thread after the process is
+ * gone.  Locks tied to that reference outlived the close by milliseconds and
+ * made the next open fail (a convert target reopened right after creation,
+ * qemu-img right after ublkd).  So file_close drops the bytes itself - but
+ * only in the process that took them: a forked copy closing its inherited fd
+ * must not unlock the description its parent still uses.
  */
 enum {
     PERM_CONSISTENT_READ = 1 << 0,
@@ -216,6 +226,13 @@ static int lock_image(int fd, LockingMode mode, unsigned perm, unsigned shared,
     return 1;
 }
 
+static void unlock_image(int fd)
+{
+    struct flock fl = { .l_type = F_UNLCK, .l_whence = SEEK_SET, .l_start = LOCK_PERM_BASE,
+                        .l_len = LOCK_SHARED_BASE + 100 - LOCK_PERM_BASE };
+    (void)fcntl(fd, F_OFD_SETLK, &fl);   /* nothing to do about a failure at close */
+}
+
 /* The locking mode to use, or -1 after setting errp. */
 static int locking_mode(OptDict *options, Error **errp)
 {
@@ -320,6 +337,7 @@ static int file_open(BlockDriverState *bs, OptDict *options, int flags, Error **
         if (ret < 0) {
             goto fail;
         }
+        s->lock_pid = ret ? getpid() : 0;
         ret = -EINVAL;
     }
     bs->growable = !s->is_bdev;
@@ -336,6 +354,10 @@ static int file_open(BlockDriverState *bs, OptDict *options, int flags, Error **
     return 0;
 
 fail:
+    if (s->lock_pid) {
+        unlock_image(s->fd);
+        s->lock_pid = 0;
+    }
     close(s->fd);
     s->fd = -1;
     free(filename);
@@ -346,6 +368,9 @@ static void file_close(BlockDriverState *bs)
 {
     FileState *s = bs->opaque;
     if (s->fd >= 0) {
+        if (s->lock_pid && s->lock_pid == getpid()) {
+            unlock_image(s->fd);
+        }
         close(s->fd);
         s->fd = -1;
     }
