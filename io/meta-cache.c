@@ -63,6 +63,7 @@ struct MetaCache {
     /* read-mostly */
     BdrvChild *child;
     size_t entry_size;
+    int entry_shift;                 /* log2(entry_size), or -1: divide */
     unsigned n;
     unsigned bucket_bits;
     CoMutex *lock;
@@ -177,7 +178,8 @@ static int32_t ref_sum(MetaCache *c, unsigned i)
 
 static inline unsigned bucket_of(const MetaCache *c, int64_t offset)
 {
-    uint64_t k = (uint64_t)offset / c->entry_size;
+    uint64_t k = c->entry_shift >= 0 ? (uint64_t)offset >> c->entry_shift
+                                     : (uint64_t)offset / c->entry_size;
     return (unsigned)((k * 0x9e3779b97f4a7c15ull) >> (64 - c->bucket_bits));
 }
 
@@ -194,11 +196,12 @@ static inline void *entry_buf(const MetaCache *c, unsigned i)
 static int entry_index(const MetaCache *c, const void *table)
 {
     ptrdiff_t d = (const uint8_t *)table - c->buf;
-    if (d < 0 || (size_t)d % c->entry_size || (size_t)d / c->entry_size >= c->n) {
+    size_t i = c->entry_shift >= 0 ? (size_t)d >> c->entry_shift : (size_t)d / c->entry_size;
+    if (unlikely(d < 0 || i >= c->n || i * c->entry_size != (size_t)d)) {
         fprintf(stderr, "ublkd: %s cache: %p is not one of its tables\n", c->name, table);
         abort();
     }
-    return (int)((size_t)d / c->entry_size);
+    return (int)i;
 }
 
 /* Shard lock held: the entry hashed under offset, or -1. */
@@ -387,7 +390,9 @@ static int coroutine_fn reserve_victim(MetaCache *c)
 
 static int coroutine_fn cache_get(MetaCache *c, int64_t offset, void **table, bool read)
 {
-    if (offset < 0 || (uint64_t)offset % c->entry_size) {
+    if (unlikely(offset < 0 || (c->entry_shift >= 0
+                                ? (uint64_t)offset & (c->entry_size - 1)
+                                : (uint64_t)offset % c->entry_size))) {
         return -EINVAL;
     }
     unsigned b = bucket_of(c, offset);
@@ -729,6 +734,7 @@ MetaCache *meta_cache_new(const MetaCacheConfig *cfg, Error **errp)
     memset(c, 0, sizeof(*c));
     c->child = cfg->child;
     c->entry_size = cfg->entry_size;
+    c->entry_shift = IS_POW2(c->entry_size) ? __builtin_ctzll(c->entry_size) : -1;
     c->n = cfg->nr_entries;
     c->lock = cfg->lock;
     c->name = name;
