@@ -99,7 +99,7 @@ int coroutine_fn meta_cache_write_back(MetaCache *c);
 int coroutine_fn meta_cache_flush(MetaCache *c);
 
 /* Drop every unreferenced clean entry now (what the timer does to unused
- * ones).  Not in a coroutine required; any thread. */
+ * ones).  Any thread, in a coroutine or not; does not sleep. */
 void meta_cache_drop_clean(MetaCache *c);
 
 /* ---- introspection, for tests and statistics ---- */

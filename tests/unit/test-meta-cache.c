@@ -696,6 +696,81 @@ static void test_two_threads_stress(void **state)
     meta_cache_free(c);
 }
 
+/* ---- more threads than reference rows ---- */
+
+#define MANY_FILLERS 32           /* every row taken (the main thread has one too) */
+
+typedef struct {
+    MetaCache *c;
+    bool hold;                    /* keep the reference until release */
+    void *table;
+    atomic_int *ready;
+    atomic_bool *release;
+} ManyArg;
+
+static void coroutine_fn many_co(void *opaque)
+{
+    ManyArg *a = opaque;
+    assert_int_equal(meta_cache_get(a->c, 0, &a->table), 0);
+    if (!a->hold) {
+        meta_cache_put(a->c, a->table);
+    }
+}
+
+static void *many_thread(void *opaque)
+{
+    ManyArg *a = opaque;
+    AioContext *ctx = aio_context_new(8, NULL);
+    aio_set_current(ctx);
+    aio_co_run_sync(many_co, a);
+    atomic_fetch_add(a->ready, 1);
+    while (!atomic_load(a->release)) {
+        usleep(1000);
+    }
+    if (a->hold) {
+        meta_cache_put(a->c, a->table);   /* any thread, outside a coroutine */
+    }
+    aio_set_current(NULL);
+    aio_context_free(ctx);
+    return NULL;
+}
+
+/* Threads beyond the rows count their references in a shared counter: an
+ * entry they hold is not dropped either. */
+static void test_more_threads_than_rows(void **state)
+{
+    (void)state;
+    MetaCache *c = new_cache(1, "many");
+    atomic_int ready = 0;
+    atomic_bool release_fillers = false, release_holders = false;
+    ManyArg fill = { .c = c, .ready = &ready, .release = &release_fillers };
+    ManyArg hold[2] = { { .c = c, .hold = true, .ready = &ready, .release = &release_holders },
+                        { .c = c, .hold = true, .ready = &ready, .release = &release_holders } };
+    pthread_t ft[MANY_FILLERS], ht[2];
+    for (int i = 0; i < MANY_FILLERS; i++) {
+        pthread_create(&ft[i], NULL, many_thread, &fill);
+    }
+    WAIT_FOR(atomic_load(&ready) == MANY_FILLERS, "the fillers to take every row");
+    for (int i = 0; i < 2; i++) {
+        pthread_create(&ht[i], NULL, many_thread, &hold[i]);
+    }
+    WAIT_FOR(atomic_load(&ready) == MANY_FILLERS + 2, "the holders");
+    meta_cache_drop_clean(c);
+    assert_true(meta_cache_contains(c, 0));          /* held by row-less threads */
+    atomic_store(&release_holders, true);
+    for (int i = 0; i < 2; i++) {
+        pthread_join(ht[i], NULL);
+    }
+    meta_cache_drop_clean(c);
+    assert_false(meta_cache_contains(c, 0));
+    atomic_store(&release_fillers, true);
+    for (int i = 0; i < MANY_FILLERS; i++) {
+        pthread_join(ft[i], NULL);
+    }
+    assert_int_equal(mem_calls(bs, MEM_OP_READ), 1);
+    meta_cache_free(c);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -715,6 +790,7 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_flush, setup, teardown),
         cmocka_unit_test_setup_teardown(test_clean_timer, setup, teardown),
         cmocka_unit_test_setup_teardown(test_two_threads_stress, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_more_threads_than_rows, setup, teardown),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
