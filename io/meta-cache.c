@@ -11,10 +11,11 @@
  *
  * References: each thread that ever calls get owns one of MC_THREAD_SLOTS
  * rows of counters (a cache has one int32 per entry per row), and only that
- * thread writes its row, so a hit is a plain store to a line no other thread
- * writes, then a seq-cst fence, then a re-check of the entry's key and state.
- * The evictor marks the entry RESERVED, fences, and sums every row: either
- * it sees the reference or the reader sees RESERVED and backs off (Dekker).
+ * thread writes its row, so a hit is a store to a line no other thread
+ * writes, then a re-check of the entry's key and state, all sequentially
+ * consistent.  The evictor marks the entry RESERVED and sums every row:
+ * either it sees the reference or the reader sees RESERVED and backs off
+ * (Dekker).
  * A put on another thread than its get decrements that thread's row; only
  * the sum means anything.  Threads beyond the slots use a shared atomic.
  *
@@ -139,18 +140,21 @@ static __attribute__((noinline)) int my_slot(void)
     return s;
 }
 
-/* Take a reference, then fence so that the caller's re-check of state and
- * key is ordered after it (against the evictor's mark-fence-sum). */
+/*
+ * Take a reference.  Sequentially consistent, like the caller's re-check of
+ * state and the evictor's mark (CAS) and sum: in the single order of those
+ * operations either the evictor's sum sees this count or our re-check sees
+ * its mark.  (x86: one XCHG on our own line; arm64: STLR then LDAR.)
+ */
 static inline void ref_inc(MetaCache *c, unsigned i)
 {
     int s = my_slot();
     if (likely(s >= 0)) {
         int32_t *r = &c->refs[(size_t)s * c->ref_stride + i];
-        __atomic_store_n(r, __atomic_load_n(r, __ATOMIC_RELAXED) + 1, __ATOMIC_RELAXED);
+        __atomic_store_n(r, __atomic_load_n(r, __ATOMIC_RELAXED) + 1, __ATOMIC_SEQ_CST);
     } else {
-        atomic_fetch_add_explicit(&c->entries[i].shared_refs, 1, memory_order_relaxed);
+        atomic_fetch_add_explicit(&c->entries[i].shared_refs, 1, memory_order_seq_cst);
     }
-    atomic_thread_fence(memory_order_seq_cst);
 }
 
 /* Release: what we did to the entry happens before an evictor reuses it. */
@@ -167,9 +171,9 @@ static inline void ref_dec(MetaCache *c, unsigned i)
 
 static int32_t ref_sum(MetaCache *c, unsigned i)
 {
-    int32_t sum = atomic_load_explicit(&c->entries[i].shared_refs, memory_order_acquire);
+    int32_t sum = atomic_load_explicit(&c->entries[i].shared_refs, memory_order_seq_cst);
     for (int s = 0; s < MC_THREAD_SLOTS; s++) {
-        sum += __atomic_load_n(&c->refs[(size_t)s * c->ref_stride + i], __ATOMIC_ACQUIRE);
+        sum += __atomic_load_n(&c->refs[(size_t)s * c->ref_stride + i], __ATOMIC_SEQ_CST);
     }
     return sum;
 }
@@ -248,7 +252,7 @@ static inline int lookup_fast(MetaCache *c, unsigned b, int64_t offset)
         MetaEntry *e = &c->entries[i];
         if (atomic_load_explicit(&e->key, memory_order_relaxed) == offset) {
             ref_inc(c, (unsigned)i);
-            if (atomic_load_explicit(&e->state, memory_order_acquire) == ENTRY_VALID &&
+            if (atomic_load_explicit(&e->state, memory_order_seq_cst) == ENTRY_VALID &&
                 atomic_load_explicit(&e->key, memory_order_relaxed) == offset) {
                 if (!atomic_load_explicit(&e->used, memory_order_relaxed)) {
                     atomic_store_explicit(&e->used, 1, memory_order_relaxed);
@@ -284,7 +288,6 @@ static bool try_reserve(MetaCache *c, unsigned i, int st)
     if (!atomic_compare_exchange_strong(&e->state, &expected, ENTRY_RESERVED)) {
         goto out;
     }
-    atomic_thread_fence(memory_order_seq_cst);
     /* dirty is read after the references: a writer marks it, then puts. */
     if (ref_sum(c, i) != 0 || atomic_load_explicit(&e->dirty, memory_order_relaxed)) {
         atomic_store_explicit(&e->state, st, memory_order_release);
@@ -308,7 +311,7 @@ static bool pin_valid(MetaCache *c, unsigned i)
 {
     MetaEntry *e = &c->entries[i];
     ref_inc(c, i);
-    if (atomic_load_explicit(&e->state, memory_order_acquire) == ENTRY_VALID) {
+    if (atomic_load_explicit(&e->state, memory_order_seq_cst) == ENTRY_VALID) {
         return true;
     }
     ref_dec(c, i);
