@@ -62,7 +62,10 @@ void meta_cache_free(MetaCache *c);
  * Get a reference to the entry at offset (a multiple of entry_size), loading
  * it on a miss; *table points at its entry_size bytes until meta_cache_put.
  * A hit does not sleep.  A failed load returns its -errno to every waiter
- * and leaves nothing cached.  -ENOSPC: every entry holds a reference.
+ * and leaves nothing cached.  When every entry is in use, a miss lets other
+ * requests run and retries for up to 10 ms, then fails -ENOSPC: size the
+ * cache for the references held at once (queues x depth x tables held by
+ * one request), with room to spare.
  */
 int coroutine_fn meta_cache_get(MetaCache *c, int64_t offset, void **table);
 /* Like get, without reading: a new table the caller fills (zeroed first if
@@ -107,5 +110,7 @@ size_t meta_cache_entry_size(const MetaCache *c);
 bool meta_cache_contains(MetaCache *c, int64_t offset);   /* cached and loaded */
 unsigned meta_cache_nr_dirty(MetaCache *c);
 unsigned meta_cache_nr_cached(MetaCache *c);
+/* References to the entry hashed under offset (loading or loaded), or -1. */
+int meta_cache_refs(MetaCache *c, int64_t offset);
 
 #endif

@@ -40,6 +40,7 @@
 #define MC_SHARDS 16                 /* power of two */
 #define MC_DEP_DEPTH 8               /* deeper dependency chains are a bug */
 #define MC_FAST_STEPS 8              /* chain steps before the fast path gives up */
+#define MC_ROOM_WAIT_NS (10 * 1000 * 1000)   /* a miss waits this long for a free entry */
 
 enum { ENTRY_FREE, ENTRY_RESERVED, ENTRY_LOADING, ENTRY_VALID, ENTRY_FAILED };
 
@@ -337,11 +338,17 @@ static int coroutine_fn write_entry(MetaCache *c, unsigned i, int depth);
  * A free entry, RESERVED for the caller.  Clean unreferenced entries go
  * first, in clock order (a lookup sets the bit, the hand clears it and
  * passes over once); if only dirty ones are left, one is written back
- * (under the metadata lock) and the search starts again.
+ * (under the metadata lock) and the search starts again.  When every entry
+ * is referenced, loading or reserved, other requests are let run for up to
+ * MC_ROOM_WAIT_NS (a burst of misses on a small cache passes); after that
+ * the cache is too small for its load: -ENOSPC, not a deadlock between
+ * requests that each hold an entry and want another.
  */
 static int coroutine_fn reserve_victim(MetaCache *c)
 {
-    for (unsigned attempt = 0; attempt <= c->n; attempt++) {
+    int64_t give_up = 0;
+    unsigned writes = 0;
+    for (;;) {
         int found = -1, dirty = -1;
         pthread_mutex_lock(&c->evict_lock);
         for (unsigned k = 0; k < 2 * c->n && found < 0; k++) {
@@ -371,7 +378,19 @@ static int coroutine_fn reserve_victim(MetaCache *c)
             return found;
         }
         if (dirty < 0) {
-            return -ENOSPC;
+            int64_t now = clock_monotonic_ns();
+            if (!give_up) {
+                give_up = now + MC_ROOM_WAIT_NS;
+            }
+            if (now > give_up || !aio_current()) {
+                return -ENOSPC;
+            }
+            aio_co_schedule(aio_current(), co_self());
+            co_yield();
+            continue;
+        }
+        if (++writes > c->n) {
+            return -ENOSPC;            /* entries keep getting dirty again */
         }
         bool took = !holds_meta_lock(c);
         if (took) {
@@ -386,7 +405,6 @@ static int coroutine_fn reserve_victim(MetaCache *c)
             return ret;
         }
     }
-    return -ENOSPC;
 }
 
 /* ------------------------------------------------------------ get / put */
@@ -866,4 +884,15 @@ unsigned meta_cache_nr_cached(MetaCache *c)
         n += atomic_load_explicit(&c->entries[i].state, memory_order_relaxed) == ENTRY_VALID;
     }
     return n;
+}
+
+int meta_cache_refs(MetaCache *c, int64_t offset)
+{
+    unsigned b = bucket_of(c, offset);
+    MetaShard *sh = shard_of(c, b);
+    pthread_mutex_lock(&sh->lock);
+    int i = lookup_locked(c, b, offset);
+    int refs = i >= 0 ? ref_sum(c, (unsigned)i) : -1;
+    pthread_mutex_unlock(&sh->lock);
+    return refs;
 }

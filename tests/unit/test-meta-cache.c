@@ -201,7 +201,9 @@ static void run_concurrent_miss(bool fail)
     WAIT_FOR(mem_gate_parked(bs) == 1, "the loader to park");
     pthread_create(&tb, NULL, getter_thread, &b);
     co_enter(co_create(getter_co, &m));
-    usleep(50000);                     /* B had time to issue a read, if it would */
+    /* The loader's reference and one of each waiter's. */
+    WAIT_FOR(meta_cache_refs(c, 2 * ES) == 3, "B and main to wait for the load");
+    usleep(20000);                     /* a read of B's own would park by now */
     assert_int_equal(mem_gate_parked(bs), 1);
     assert_int_equal(mem_calls(bs, MEM_OP_READ), 1);
     assert_false(atomic_load(&b.done));
@@ -270,6 +272,53 @@ static void test_in_use_not_evicted(void **state)
 {
     (void)state;
     test_run_co(in_use_co, NULL);
+}
+
+/* A miss on a full cache waits for a reference to go rather than failing. */
+typedef struct {
+    MetaCache *c;
+    int ret;
+    bool done;
+} RoomWaiter;
+
+static void coroutine_fn room_waiter_co(void *opaque)
+{
+    RoomWaiter *w = opaque;
+    void *t;
+    w->ret = meta_cache_get(w->c, 7 * ES, &t);
+    if (w->ret == 0) {
+        assert_true(holds_pattern(t, 7 * ES));
+        meta_cache_put(w->c, t);
+    }
+    w->done = true;
+}
+
+static void coroutine_fn hold_one_co(void *opaque)
+{
+    RoomWaiter *w = opaque;
+    void *t;
+    assert_int_equal(meta_cache_get(w->c, 0, &t), 0);
+    /* Keep it while the waiter tries, then let go. */
+    for (int i = 0; i < 20; i++) {
+        aio_co_schedule(aio_current(), co_self());
+        co_yield();
+    }
+    meta_cache_put(w->c, t);
+}
+
+static void test_miss_waits_for_room(void **state)
+{
+    (void)state;
+    AioContext *ctx = test_loop_init();
+    MetaCache *c = new_cache(1, "room");
+    RoomWaiter h = { .c = c }, w = { .c = c, .ret = 1 };
+    co_enter(co_create(hold_one_co, &h));
+    co_enter(co_create(room_waiter_co, &w));
+    assert_false(w.done);                   /* the only entry is held */
+    AIO_WAIT_WHILE(ctx, !w.done);
+    assert_int_equal(w.ret, 0);
+    assert_true(meta_cache_contains(c, 7 * ES));
+    meta_cache_free(c);
 }
 
 static void coroutine_fn evict_dirty_co(void *opaque)
@@ -780,6 +829,7 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_concurrent_miss_loads_once, setup, teardown),
         cmocka_unit_test_setup_teardown(test_load_error_to_all_waiters, setup, teardown),
         cmocka_unit_test_setup_teardown(test_in_use_not_evicted, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_miss_waits_for_room, setup, teardown),
         cmocka_unit_test_setup_teardown(test_eviction_writes_back_dirty, setup, teardown),
         cmocka_unit_test_setup_teardown(test_eviction_under_meta_lock, setup, teardown),
         cmocka_unit_test_setup_teardown(test_eviction_write_error, setup, teardown),
