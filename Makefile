@@ -30,6 +30,8 @@ IO_SRCS += io/options.c io/block.c io/block-open.c io/file.c
 # request path, throttling, export handle
 IO_SRCS += io/block-io.c io/block-io-zero.c io/block-io-drain.c io/block-status.c
 IO_SRCS += io/throttle.c io/block-backend.c
+# metadata cache for format drivers (qcow2 L2/refcount tables)
+IO_SRCS += io/meta-cache.c
 
 # Drivers: one line each.  The name must match `const BlockDriver bdrv_<name>`
 # in the driver's file; the registry is generated from this list.

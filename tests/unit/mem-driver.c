@@ -275,6 +275,9 @@ static int coroutine_fn mem_co_preadv(BlockDriverState *bs, int64_t offset, int6
         ret = mem_check_iov(bs, li, qiov, qiov_offset, bytes);
     }
     if (ret) {
+        /* A closed gate holds failing reads too, so a test can keep a
+         * failing load in flight while others wait for it. */
+        mem_gate(bs, MEM_OP_READ);
         return mem_leave(bs, li, ret);
     }
     if (mem_should_yield(bs, MEM_OP_READ)) {

@@ -289,6 +289,108 @@ static void test_mutex_handoff_runs_on_waiter_thread(void **state)
     co_mutex_destroy(&m);
 }
 
+/*
+ * Spinning: B locks while A, on another thread, holds the lock a moment
+ * longer (~0.5 us after B said it is about to lock).  With the spin, B
+ * takes the lock without queueing nearly every round; without it B queues
+ * nearly every round.  A loaded machine can put A and B on one CPU for a
+ * while (then B spins in vain), so the bound is loose and a batch is
+ * retried.
+ */
+#define SPIN_ROUNDS 200
+#define SPIN_BATCHES 5
+
+static atomic_int spin_round, b_locking;
+
+static void coroutine_fn spin_a(void *opaque)
+{
+    (void)opaque;
+    for (int r = 0; r < SPIN_ROUNDS; r++) {
+        co_mutex_lock(&m);
+        atomic_store(&spin_round, r + 1);           /* B may start round r */
+        while (atomic_load(&b_locking) != r + 1) {
+        }
+        int64_t until = clock_monotonic_ns() + 500;
+        while (clock_monotonic_ns() < until) {
+        }
+        co_mutex_unlock(&m);
+        while (atomic_load(&spin_round) != -(r + 1)) {   /* B done with r */
+        }
+    }
+}
+
+static void coroutine_fn spin_b(void *opaque)
+{
+    (void)opaque;
+    for (int r = 0; r < SPIN_ROUNDS; r++) {
+        while (atomic_load(&spin_round) != r + 1) {
+        }
+        atomic_store(&b_locking, r + 1);
+        co_mutex_lock(&m);
+        co_mutex_unlock(&m);
+        atomic_store(&spin_round, -(r + 1));
+    }
+}
+
+static void *spin_b_thread(void *arg)
+{
+    AioContext *c = aio_context_new(16, NULL);
+    aio_set_current(c);
+    aio_co_run_sync(spin_b, arg);
+    aio_set_current(NULL);
+    aio_context_free(c);
+    return NULL;
+}
+
+static void test_mutex_spins_for_other_thread(void **state)
+{
+    (void)state;
+    unsigned long slept = SPIN_ROUNDS;
+    for (int batch = 0; batch < SPIN_BATCHES && slept >= SPIN_ROUNDS / 2; batch++) {
+        co_mutex_init(&m);
+        atomic_store(&spin_round, 0);
+        atomic_store(&b_locking, 0);
+        pthread_t b;
+        pthread_create(&b, NULL, spin_b_thread, NULL);
+        aio_co_run_sync(spin_a, NULL);
+        pthread_join(b, NULL);
+        slept = m.sleeps;
+        print_message("batch %d: B slept in %lu of %d rounds\n", batch, slept, SPIN_ROUNDS);
+        co_mutex_destroy(&m);
+    }
+    assert_true(slept < SPIN_ROUNDS / 2);
+}
+
+/* A holder on our own context cannot run while we spin: the locker queues
+ * (and the queueing is counted). */
+static void coroutine_fn same_ctx_holder(void *opaque)
+{
+    (void)opaque;
+    co_mutex_lock(&m);
+    yield_to_loop();
+    co_mutex_unlock(&m);
+}
+
+static void coroutine_fn same_ctx_locker(void *opaque)
+{
+    (void)opaque;
+    co_mutex_lock(&m);
+    co_mutex_unlock(&m);
+}
+
+static void test_mutex_same_context_queues(void **state)
+{
+    (void)state;
+    co_mutex_init(&m);
+    co_enter(co_create(same_ctx_holder, NULL));
+    co_enter(co_create(same_ctx_locker, NULL));
+    assert_int_equal(m.sleeps, 1);
+    assert_int_equal(m.waiters, 1);
+    drain();
+    assert_null(m.holder);
+    co_mutex_destroy(&m);
+}
+
 /* ---- CoQueue ---- */
 
 static CoQueue q;
@@ -546,6 +648,8 @@ int main(void)
         cmocka_unit_test(test_mutex_handoff_no_barging),
         cmocka_unit_test(test_mutex_cross_thread),
         cmocka_unit_test(test_mutex_handoff_runs_on_waiter_thread),
+        cmocka_unit_test(test_mutex_spins_for_other_thread),
+        cmocka_unit_test(test_mutex_same_context_queues),
         cmocka_unit_test(test_co_queue),
         cmocka_unit_test(test_co_queue_pthread_mutex),
         cmocka_unit_test(test_rwlock_readers_share_writer_excludes),

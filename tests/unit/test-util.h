@@ -131,7 +131,8 @@ void mem_set_yield(BlockDriverState *bs, unsigned op_mask);
 /*
  * A gate for forcing an interleaving across threads: while closed, callbacks
  * of the ops in op_mask park just before they return (a read has filled the
- * caller's buffer, a write has stored its data), whatever thread they run on.
+ * caller's buffer, a write has stored its data; a read failing with an
+ * injected error parks too), whatever thread they run on.
  * mem_gate_parked() counts them; mem_gate_open() stops parking and resumes
  * every parked callback on its own AioContext.
  */
