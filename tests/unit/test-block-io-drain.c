@@ -257,6 +257,37 @@ static void test_drain_backing_node_under_io(void **state)
     bdrv_unref(base);
 }
 
+/* The top's read is past its backing read but not finished (it could still
+ * issue more): draining the backing node waits for it too. */
+static void test_drain_waits_for_parents_requests(void **state)
+{
+    (void)state;
+    AioContext *ctx = test_loop_init();
+    BlockDriverState *top, *base;
+    mem_chain_new(&top, &base, 64 * KiB, 64 * KiB, false);
+    BdrvChild *c = test_child_new(top);
+
+    mem_gate_close(top, 1 << MEM_OP_READ);
+    ReadReq r = { c, -1, false };
+    co_enter(co_create(do_read, &r));
+    assert_int_equal(mem_gate_parked(top), 1);
+    assert_int_equal(mem_calls(base, MEM_OP_READ), 1);
+    assert_int_equal(bdrv_in_flight(base), 0);
+
+    DrainCo d = { base, false };
+    co_enter(co_create(drained_begin_co, &d));
+    poll_some(ctx);
+    assert_false(d.done);
+    mem_gate_open(top);
+    AIO_WAIT_WHILE(ctx, !d.done);
+    assert_true(r.done);
+    assert_int_equal(r.ret, 0);
+    bdrv_drained_end(base);
+    test_child_free(c);
+    bdrv_unref(top);
+    bdrv_unref(base);
+}
+
 /* Nested and overlapping sections: callbacks on the first begin and the
  * last end of each node only; the top stays quiet while its child is
  * drained even after the top's own section ended. */
@@ -414,6 +445,7 @@ int main(void)
         cmocka_unit_test(test_drain_waits_and_parks_new_requests),
         cmocka_unit_test(test_drain_from_coroutine),
         cmocka_unit_test(test_drain_backing_node_under_io),
+        cmocka_unit_test(test_drain_waits_for_parents_requests),
         cmocka_unit_test(test_nested_drains),
         cmocka_unit_test(test_flush_waits_for_drain),
         cmocka_unit_test(test_drain_releases_throttled_request),
