@@ -299,31 +299,35 @@ typedef struct ThrottleSleep {
     int armed;
 } ThrottleSleep;
 
-static void throttle_sleep_wake(ThrottleSleep *sl)
-{
-    if (__atomic_exchange_n(&sl->armed, 0, __ATOMIC_SEQ_CST)) {
-        aio_co_wake(sl->co);    /* on its own AioContext */
-    }
-}
-
 static void throttle_sleep_timer(void *opaque)
 {
-    throttle_sleep_wake(opaque);
+    ThrottleSleep *sl = opaque;
+    if (__atomic_exchange_n(&sl->armed, 0, __ATOMIC_SEQ_CST)) {
+        aio_co_wake(sl->co);
+    }
 }
 
 void throttle_lift_limits(ThrottleState *ts)
 {
+    Coroutine *wake[2];
+    int n = 0;
     if (!ts) {
         return;
     }
     pthread_mutex_lock(&ts->lock);
     ts->lifted++;
     for (int i = 0; i < 2; i++) {
-        if (ts->head_sleep[i]) {
-            throttle_sleep_wake(ts->head_sleep[i]);
+        ThrottleSleep *sl = ts->head_sleep[i];
+        if (sl && __atomic_exchange_n(&sl->armed, 0, __ATOMIC_SEQ_CST)) {
+            wake[n++] = sl->co;
         }
     }
     pthread_mutex_unlock(&ts->lock);
+    /* Outside the lock: a head of this thread may be entered right here, and
+     * takes the lock.  Disarmed, it cannot leave before we wake it. */
+    for (int i = 0; i < n; i++) {
+        aio_co_wake(wake[i]);    /* on its own AioContext */
+    }
 }
 
 void throttle_restore_limits(ThrottleState *ts)

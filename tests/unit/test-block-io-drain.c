@@ -429,6 +429,23 @@ static void test_drain_releases_throttled_request(void **state)
     vclock_ns = 1000000000LL;
     AIO_WAIT_WHILE(ctx, !r[3].done);
     assert_int_equal(r[3].ret, 0);
+
+    /* The same from the loop rather than a coroutine: the sleeping head of
+     * this very thread is entered from the drain, and must not find the
+     * throttle's lock held. */
+    BlkReq r4 = { blk, -1, false };
+    for (int i = 0; i < 20; i++) {
+        r4 = (BlkReq){ blk, -1, false };
+        co_enter(co_create(blk_read_co, &r4));
+        poll_some(ctx);
+        if (!r4.done) {
+            break;
+        }
+    }
+    assert_false(r4.done);
+    bdrv_drain(bs);
+    assert_true(r4.done);
+    assert_int_equal(r4.ret, 0);
     blk_unref(blk);
     bdrv_unref(bs);
     aio_context_set_clock(ctx, NULL, NULL);
