@@ -314,13 +314,21 @@ void bdrv_root_done(BdrvChild *root)
 
 void coroutine_fn bdrv_co_enter_request(BdrvChild *child)
 {
-    if (child->parent || child->root_ops) {
-        /* On behalf of a request that is in flight above (a driver calling
-         * its child), or admitted by its user (bdrv_co_root_admit). */
+    if (child->parent) {
+        /* On behalf of a request in flight above: a driver calling its child. */
         bdrv_inc_in_flight(child->bs);
-        return;
+    } else if (!child->root_ops) {
+        bdrv_co_root_admit(child);
     }
-    bdrv_co_root_admit(child);
+    /* Else admitted by its user (bdrv_co_root_admit), which holds the count
+     * on this node until bdrv_root_done: no second one. */
+}
+
+void coroutine_fn bdrv_co_leave_request(BdrvChild *child)
+{
+    if (child->parent || !child->root_ops) {
+        bdrv_dec_in_flight(child->bs);
+    }
 }
 
 /* ------------------------------------------------------ edges and drains */
@@ -489,7 +497,7 @@ int coroutine_fn bdrv_co_truncate(BdrvChild *child, int64_t offset, bool exact,
     }
     error_propagate(errp, local_err);
     tracked_request_end(&req);
-    bdrv_dec_in_flight(bs);
+    bdrv_co_leave_request(child);
     return ret;
 }
 

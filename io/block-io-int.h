@@ -62,6 +62,7 @@ BdrvRequestFlags bdrv_zero_flags(BlockDriverState *bs);
  * edge that no user admits (a tool's or a test's handle) first wait here
  * while the node is quiesced. */
 void coroutine_fn bdrv_co_enter_request(BdrvChild *child);
+void coroutine_fn bdrv_co_leave_request(BdrvChild *child);   /* the matching end */
 
 /* ---- the layers below the public entry points ---- */
 int coroutine_fn bdrv_aligned_preadv(BdrvChild *child, BdrvTrackedRequest *req,

@@ -670,7 +670,7 @@ int coroutine_fn bdrv_co_preadv_part(BdrvChild *child, int64_t offset, int64_t b
     }
     tracked_request_end(&req);
     bdrv_padding_destroy(&pad);
-    bdrv_dec_in_flight(bs);
+    bdrv_co_leave_request(child);
     return ret;
 }
 
@@ -812,7 +812,7 @@ int coroutine_fn bdrv_co_pwritev_part(BdrvChild *child, int64_t offset, int64_t 
         }
     }
     tracked_request_end(&req);
-    bdrv_dec_in_flight(bs);
+    bdrv_co_leave_request(child);
     return ret;
 }
 
