@@ -434,6 +434,23 @@ static int vdi_has_zero_init(BlockDriverState *bs)
     return s->image_type == VDI_TYPE_STATIC ? bdrv_has_zero_init(bs->file->bs) : 1;
 }
 
+/* Going read-write must pass the checks an open for writing makes (image
+ * types VirtualBox does not define open read-only only). */
+static int vdi_reopen_prepare(BlockDriverState *bs, int flags, Error **errp)
+{
+    BDRVVdiState *s = bs->opaque;
+    if (!(flags & BDRV_O_RDWR)) {
+        return 0;
+    }
+    int64_t file_len = bdrv_getlength(bs->file->bs);
+    if (file_len < 0) {
+        error_setg_errno(errp, (int)-file_len, "vdi: %s: cannot get file size",
+                         vdi_image_name(bs));
+        return (int)file_len;
+    }
+    return vdi_validate_header(s->header, vdi_image_name(bs), file_len, true, errp);
+}
+
 const BlockDriver bdrv_vdi = {
     .format_name = "vdi",
     .instance_size = sizeof(BDRVVdiState),
@@ -441,6 +458,7 @@ const BlockDriver bdrv_vdi = {
     .probe = vdi_probe,
     .open = vdi_open,
     .close = vdi_close,
+    .reopen_prepare = vdi_reopen_prepare,
     .co_preadv = vdi_co_preadv,
     .co_pwritev = vdi_co_pwritev,
     .co_pwrite_zeroes = vdi_co_pwrite_zeroes,

@@ -14,4 +14,13 @@
  * duplicate node name. */
 BlockDriverState *bdrv_new_node(const BlockDriver *drv, const char *node_name, Error **errp);
 
+/* ---- drain bookkeeping of edges (io/block-io-drain.c, for io/block.c) ----
+ * An edge passes every drained section of its child on to its parent, and a
+ * parent's subtree sections on to its child; these keep that true when an
+ * edge appears, goes, or changes its child. */
+void bdrv_drain_edge_attached(BdrvChild *c);    /* c linked in c->bs->parents */
+void bdrv_drain_edge_detaching(BdrvChild *c);   /* before c leaves c->bs->parents */
+/* Move c to new_bs (both drained by the caller). */
+void bdrv_drain_edge_replace(BdrvChild *c, BlockDriverState *new_bs);
+
 #endif

@@ -103,7 +103,30 @@ struct BdrvChild {
     BdrvChildRole role;
     int index;                  /* N for numbered children, else -1 */
     BdrvChild *next;            /* sibling in parent->children */
+
+    /* Drain (io/block-io-drain.c); the graph fields change on the main
+     * thread only, inside drained sections. */
+    BdrvChild *next_parent;     /* sibling in bs->parents */
+    int parent_quiesce;         /* drained sections of bs passed on to the parent
+                                 * (always bs->quiesce_counter); atomic, a root
+                                 * edge's requests read it */
+    CoQueue drain_queue;        /* root edge: its requests waiting for drained_end */
+    const struct BdrvRootOps *root_ops;   /* root edge: its user's callbacks, or NULL */
+    void *root_opaque;
 };
+
+/*
+ * The user of a root edge (parent == NULL: a BlockBackend, a tool's handle).
+ * Without root_ops the request path holds back the edge's new requests while
+ * the node below is quiesced.  With root_ops the user admits its own
+ * requests (bdrv_co_root_admit, e.g. before throttling, so that a throttled
+ * request is already counted and can be released) and is told when drained
+ * sections begin and end on the node it uses.
+ */
+typedef struct BdrvRootOps {
+    void (*drained_begin)(BdrvChild *root);
+    void (*drained_end)(BdrvChild *root);
+} BdrvRootOps;
 
 typedef struct BlockLimits {
     uint32_t request_alignment;    /* bytes; I/O is padded to this (>= 1) */
@@ -203,9 +226,23 @@ struct BlockDriver {
     void (*get_specific_info)(BlockDriverState *bs, ImageSpecificInfo *info);
     /* 1 if a freshly created image of this driver reads as zeros. */
     int (*has_zero_init)(BlockDriverState *bs);
-    /* Called with the node drained / undrained (e.g. to stop background work). */
+    /* Called when the first drained section that affects the node begins and
+     * when the last one ends (nested sections count): the node is drained,
+     * below a drained node, or above one (its requests would reach it).
+     * Stop and restart background work here.  Parents are told before their
+     * children at the beginning, after them at the end. */
     void (*drain_begin)(BlockDriverState *bs);
     void (*drain_end)(BlockDriverState *bs);
+    /*
+     * Switch between read-only and read-write (flags: the new open_flags),
+     * called inside a drained section of the node, children before parents.
+     * prepare may fail and then changes nothing; commit cannot fail; abort
+     * undoes a successful prepare.  A driver without prepare has nothing
+     * that depends on the mode.
+     */
+    int (*reopen_prepare)(BlockDriverState *bs, int flags, Error **errp);
+    void (*reopen_commit)(BlockDriverState *bs);
+    void (*reopen_abort)(BlockDriverState *bs);
 
     /* Copied to bs->supported_* before open; open may narrow them (e.g. raw
      * keeps FUA only if its child has it). */
@@ -241,12 +278,15 @@ struct BlockDriverState {
     pthread_mutex_t reqs_lock;
     BdrvTrackedRequest *tracked_reqs;
     unsigned serialising_in_flight;  /* atomic */
-    unsigned in_flight;              /* atomic */
-    int quiesce_counter;             /* >0: drained; new requests wait */
-    CoQueue drain_queue;             /* requests waiting for drained_end */
+    unsigned in_flight;              /* atomic; through bdrv_*_in_flight() only */
     unsigned write_gen;              /* bumped by each write, for flush skipping */
     unsigned flushed_gen;
     CoMutex flush_lock;
+
+    /* Drain (io/block-io-drain.c), main thread. */
+    int quiesce_counter;         /* drained sections affecting the node (atomic) */
+    int subtree_quiesce;         /* of those, sections of this node or an ancestor */
+    BdrvChild *parents;          /* edges to this node, by next_parent */
 
     /* Graph bookkeeping (io/block.c). */
     OptDict *own_options;        /* this node's open options, children excluded */
@@ -288,6 +328,24 @@ BdrvChild *bdrv_attach_child(BlockDriverState *parent, BlockDriverState *child_b
                              const char *name, BdrvChildRole role, Error **errp);
 /* Detach and free the edge, dropping its reference (parent may be NULL). */
 void bdrv_unref_child(BlockDriverState *parent, BdrvChild *child);
+/*
+ * Point child (an edge of a node parent) at new_bs instead, inside a drained
+ * section of both nodes: requests in flight finish first, new ones wait, and
+ * the parent's limits (and its ancestors') are refreshed before they go on.
+ * Takes its own reference to new_bs, drops the edge's to the old node.
+ * Refused (nothing changed) if the parent writes to the edge and new_bs is
+ * read-only, or if new_bs is the parent or below it.
+ */
+int bdrv_replace_child_bs(BdrvChild *child, BlockDriverState *new_bs, Error **errp);
+/*
+ * Make bs and the nodes under it that hold its data (file, data-file and
+ * numbered children; not backing) read-only or read-write, inside a drained
+ * section of bs (flushed first when going read-only).  All or nothing:
+ * refused if a writer above keeps it read-write, or if a driver cannot
+ * switch (the file protocol reopens its fd and takes or drops the write
+ * lock bytes).
+ */
+int bdrv_reopen_set_read_only(BlockDriverState *bs, bool read_only, Error **errp);
 /* Open bs's backing file (bs->backing_file, or "backing.*" options). */
 int bdrv_open_backing(BlockDriverState *bs, OptDict *options, Error **errp);
 void bdrv_ref(BlockDriverState *bs);
@@ -345,12 +403,25 @@ int coroutine_fn bdrv_co_is_allocated(BlockDriverState *bs, int64_t offset, int6
  * (the BlockBackend uses a BdrvChild of its own, role FILE). */
 
 /* ---- drain ---- */
-/* Wait for in-flight requests on bs and its children; new ones wait until
- * drained_end.  Callable from coroutine or from the loop (polls). */
+/*
+ * A drained section of bs: bs, the nodes below it, and every node above any
+ * of them are quiesced (new requests from root edges above wait before they
+ * enter; requests that drivers issue on behalf of requests already in flight
+ * go on), drivers' drain_begin run, and drained_begin returns once none of
+ * those nodes has a request in flight.  Sections nest.  The graph changes
+ * only inside them.  Main thread (or a coroutine of it): polls its loop, or
+ * yields, while waiting.
+ */
 void bdrv_drained_begin(BlockDriverState *bs);
 void bdrv_drained_end(BlockDriverState *bs);
 void bdrv_drain(BlockDriverState *bs);          /* begin + end */
 unsigned bdrv_in_flight(BlockDriverState *bs);
+/* Root edges whose user admits its own requests (BdrvRootOps). */
+void bdrv_child_set_root_ops(BdrvChild *root, const BdrvRootOps *ops, void *opaque);
+/* Wait while root's node is quiesced, then count the request in flight on
+ * it until bdrv_root_done(); the request path then lets it through. */
+void coroutine_fn bdrv_co_root_admit(BdrvChild *root);
+void bdrv_root_done(BdrvChild *root);
 
 /* ---- synchronous wrappers (outside or inside coroutines) ---- */
 int bdrv_pread(BdrvChild *child, int64_t offset, int64_t bytes, void *buf, BdrvRequestFlags flags);

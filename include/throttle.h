@@ -55,6 +55,8 @@ typedef struct ThrottleState {
      * all but the head wait in queue, in arrival order. */
     unsigned waiting[2];
     CoQueue queue[2];
+    struct ThrottleSleep *head_sleep[2];   /* the sleeping head, if any */
+    unsigned lifted;       /* >0: limits lifted (a member is drained) */
     /* Registry (throttle_group_ref): references, next named group. */
     int refcnt;
     struct ThrottleState *next_group;
@@ -80,6 +82,17 @@ int64_t throttle_try_account(ThrottleState *ts, bool is_write, uint64_t bytes, i
 /* Coroutine helper: queues behind earlier waiters of the same direction,
  * waits (on the current context's timers) and accounts. */
 void coroutine_fn throttle_co_wait(ThrottleState *ts, bool is_write, uint64_t bytes);
+/*
+ * While a drained section reaches a member of ts, requests must not wait out
+ * a delay: lift wakes the sleeping heads at once and, until the matching
+ * restore, every request goes without waiting (still accounted, so the
+ * rate evens out afterwards).  Nested lifts count.  It lifts the limits of
+ * the whole group, not only of the drained member: the queues are shared
+ * and first come, first served, so one member's requests cannot leave them
+ * ahead of the others'.  ts may be NULL (no throttling).
+ */
+void throttle_lift_limits(ThrottleState *ts);
+void throttle_restore_limits(ThrottleState *ts);
 
 /*
  * The state an export throttles on.  Without cfg->group: a new private one.

@@ -1,9 +1,13 @@
 /*
  * block-backend.c - the export handle (see include/block-backend.h).
  *
- * A BlockBackend owns a parent-less root edge to its node.  Requests through
- * that edge come "from outside the graph", so they park while the node is
- * drained.  On top of the node's request path it adds what belongs to an
+ * A BlockBackend owns a parent-less root edge to its node and admits its own
+ * requests through it (bdrv_co_root_admit): a request, flush included, first
+ * waits while a drained section reaches the node, then counts in flight, and
+ * only then is throttled.  A drained section lifts the throttle limits (the
+ * root edge's drained_begin), so requests already admitted and sleeping in
+ * the throttle queue go on at once and the drain does not wait out their
+ * delay.  On top of the node's request path it adds what belongs to an
  * export: a size check (nothing past the end, whatever the node would
  * allow), throttling, and per-operation statistics kept with relaxed atomics
  * so queue threads never contend on a lock for them.  The throttle state is
@@ -25,6 +29,23 @@ struct BlockBackend {
 
 static int64_t blk_clock_ns(void);
 
+static void blk_root_drained_begin(BdrvChild *root)
+{
+    BlockBackend *blk = root->root_opaque;
+    throttle_lift_limits(blk->throttle);
+}
+
+static void blk_root_drained_end(BdrvChild *root)
+{
+    BlockBackend *blk = root->root_opaque;
+    throttle_restore_limits(blk->throttle);
+}
+
+static const BdrvRootOps blk_root_ops = {
+    .drained_begin = blk_root_drained_begin,
+    .drained_end = blk_root_drained_end,
+};
+
 BlockBackend *blk_new_with_bs(BlockDriverState *bs, Error **errp)
 {
     BlockBackend *blk = calloc(1, sizeof(*blk));
@@ -38,6 +59,7 @@ BlockBackend *blk_new_with_bs(BlockDriverState *bs, Error **errp)
         free(blk);
         return NULL;
     }
+    bdrv_child_set_root_ops(blk->root, &blk_root_ops, blk);
     return blk;
 }
 
@@ -109,6 +131,12 @@ int blk_set_throttle(BlockBackend *blk, const ThrottleConfig *cfg, Error **errp)
         if (!ts) {
             return -EINVAL;
         }
+    }
+    /* A drained section in progress lifted the old state's limits. */
+    bool drained = __atomic_load_n(&blk->root->parent_quiesce, __ATOMIC_SEQ_CST) > 0;
+    if (drained) {
+        throttle_restore_limits(blk->throttle);
+        throttle_lift_limits(ts);
     }
     throttle_group_unref(blk->throttle);
     blk->throttle = ts;
@@ -182,17 +210,12 @@ static int blk_account(BlockBackend *blk, BlockAcctOp op, int64_t bytes, int64_t
     return ret;
 }
 
+/* Admitted (in flight) while it waits, so a drain (and unref, which drains)
+ * sees it; the drain lifts the limits, so it does not wait long. */
 static void coroutine_fn blk_throttle(BlockBackend *blk, bool is_write, int64_t bytes)
 {
     if (blk->throttle) {
-        /* In flight on the root while it waits, so drain (and unref, which
-         * drains) waits for it instead of freeing the throttle state under
-         * it.  Dropped before the request path, which would otherwise see a
-         * drained node held up by its own request. */
-        BlockDriverState *bs = blk_bs(blk);
-        bdrv_inc_in_flight(bs);
         throttle_co_wait(blk->throttle, is_write, bytes);
-        bdrv_dec_in_flight(bs);
     }
 }
 
@@ -202,8 +225,10 @@ int coroutine_fn blk_co_preadv(BlockBackend *blk, int64_t offset, int64_t bytes,
     int64_t start = blk_now();
     int ret = blk_check_request(blk, offset, bytes);
     if (ret == 0) {
+        bdrv_co_root_admit(blk->root);
         blk_throttle(blk, false, bytes);
         ret = bdrv_co_preadv(blk->root, offset, bytes, qiov, flags);
+        bdrv_root_done(blk->root);
     }
     return blk_account(blk, BLK_OP_READ, bytes, start, ret);
 }
@@ -214,8 +239,10 @@ int coroutine_fn blk_co_pwritev(BlockBackend *blk, int64_t offset, int64_t bytes
     int64_t start = blk_now();
     int ret = blk_check_request(blk, offset, bytes);
     if (ret == 0) {
+        bdrv_co_root_admit(blk->root);
         blk_throttle(blk, true, bytes);
         ret = bdrv_co_pwritev(blk->root, offset, bytes, qiov, flags);
+        bdrv_root_done(blk->root);
     }
     if (ret >= 0 && (flags & BDRV_REQ_FUA)) {
         __atomic_fetch_add(&blk->stats.fua_writes, 1, __ATOMIC_RELAXED);
@@ -229,8 +256,10 @@ int coroutine_fn blk_co_pwrite_zeroes(BlockBackend *blk, int64_t offset, int64_t
     int64_t start = blk_now();
     int ret = blk_check_request(blk, offset, bytes);
     if (ret == 0) {
+        bdrv_co_root_admit(blk->root);
         blk_throttle(blk, true, bytes);
         ret = bdrv_co_pwrite_zeroes(blk->root, offset, bytes, flags);
+        bdrv_root_done(blk->root);
     }
     return blk_account(blk, BLK_OP_WRITE_ZEROES, bytes, start, ret);
 }
@@ -240,7 +269,9 @@ int coroutine_fn blk_co_pdiscard(BlockBackend *blk, int64_t offset, int64_t byte
     int64_t start = blk_now();
     int ret = blk_check_request(blk, offset, bytes);
     if (ret == 0) {
+        bdrv_co_root_admit(blk->root);
         ret = bdrv_co_pdiscard(blk->root, offset, bytes);
+        bdrv_root_done(blk->root);
     }
     return blk_account(blk, BLK_OP_DISCARD, bytes, start, ret);
 }
@@ -248,14 +279,16 @@ int coroutine_fn blk_co_pdiscard(BlockBackend *blk, int64_t offset, int64_t byte
 int coroutine_fn blk_co_flush(BlockBackend *blk)
 {
     int64_t start = blk_now();
+    bdrv_co_root_admit(blk->root);
     int ret = bdrv_co_flush(blk_bs(blk));
+    bdrv_root_done(blk->root);
     return blk_account(blk, BLK_OP_FLUSH, 0, start, ret);
 }
 
 /* ---------------------------------------------------------- sync wrappers */
 
 typedef enum { BLK_SYNC_READ, BLK_SYNC_WRITE, BLK_SYNC_ZEROES, BLK_SYNC_DISCARD,
-               BLK_SYNC_FLUSH } BlkSyncOp;
+               BLK_SYNC_FLUSH, BLK_SYNC_TRUNCATE } BlkSyncOp;
 
 typedef struct BlkSync {
     BlkSyncOp op;
@@ -263,6 +296,9 @@ typedef struct BlkSync {
     int64_t offset, bytes;
     IOVector qiov;
     BdrvRequestFlags flags;
+    bool exact;
+    PreallocMode prealloc;
+    Error **errp;
     int ret;
 } BlkSync;
 
@@ -284,6 +320,11 @@ static void coroutine_fn blk_sync_entry(void *opaque)
         break;
     case BLK_SYNC_FLUSH:
         s->ret = blk_co_flush(s->blk);
+        break;
+    case BLK_SYNC_TRUNCATE:
+        bdrv_co_root_admit(s->blk->root);
+        s->ret = bdrv_co_truncate(s->blk->root, s->offset, s->exact, s->prealloc, 0, s->errp);
+        bdrv_root_done(s->blk->root);
         break;
     }
 }
@@ -339,7 +380,9 @@ int blk_flush(BlockBackend *blk)
 int blk_truncate(BlockBackend *blk, int64_t offset, bool exact, PreallocMode prealloc,
                  Error **errp)
 {
-    return bdrv_truncate(blk->root, offset, exact, prealloc, 0, errp);
+    BlkSync s = { .op = BLK_SYNC_TRUNCATE, .blk = blk, .offset = offset, .exact = exact,
+                  .prealloc = prealloc, .errp = errp };
+    return blk_sync(&s);
 }
 
 void blk_drain(BlockBackend *blk)

@@ -2,12 +2,13 @@
  * block-io-drain.c - in-flight counting and drain, flush, truncate, and the
  * synchronous wrappers of the request path.
  *
- * Drain: quiesce_counter is raised on the node and all its descendants, so
- * requests arriving from outside the graph park in the node's drain_queue;
- * then we wait until no node of the subtree has a request in flight.  The
- * last request to finish on any node wakes the drainers: a coroutine drainer
- * is re-entered on its own context, a drainer polling its event loop gets an
- * aio_notify (the request may have finished on another thread).
+ * Drain (see "drain" below and docs/ARCHITECTURE.md): a drained section of a
+ * node quiesces it, everything below it and everything above those; new
+ * requests wait at the root edges they come through, and the drainer waits
+ * until none of those nodes has a request in flight.  The last request to
+ * finish on any node wakes the drainers: a coroutine drainer is re-entered
+ * on its own context, a drainer polling its event loop gets an aio_notify
+ * (the request may have finished on another thread).
  */
 #include <errno.h>
 #include <inttypes.h>
@@ -93,13 +94,135 @@ unsigned bdrv_in_flight(BlockDriverState *bs)
 
 /* ----------------------------------------------------------------- drain */
 
-static bool subtree_busy(BlockDriverState *bs)
+/*
+ * Who waits where.  Requests enter the graph only through root edges (a
+ * BlockBackend, a tool's handle); everything else is a driver calling its
+ * children on behalf of a request that already entered, and must go on or
+ * that request could never finish.  So quiescing a node means quiescing
+ * the users above it: every edge passes the drained sections of its child to
+ * its parent (parent_quiesce, always equal to the child's quiesce_counter),
+ * a node parent passes them further up, and a root edge's new requests wait
+ * while its parent_quiesce is non-zero.  A drained section of bs quiesces bs
+ * and every node below it (each with all its parents, so a node shared with
+ * another graph is quiet too), then polls until none of those nodes, nor any
+ * node above them, has a request in flight.
+ */
+
+/* Held to change a root edge's parent_quiesce and to park on its queue. */
+static pthread_mutex_t park_lock = PTHREAD_MUTEX_INITIALIZER;
+
+static void quiesce_begin(BlockDriverState *bs);
+static void quiesce_end(BlockDriverState *bs);
+
+/* One more drained section reaches the user of edge c. */
+static void parent_quiesce_begin(BdrvChild *c)
 {
-    if (bdrv_in_flight(bs)) {
+    if (c->parent) {
+        __atomic_fetch_add(&c->parent_quiesce, 1, __ATOMIC_SEQ_CST);
+        quiesce_begin(c->parent);
+        return;
+    }
+    pthread_mutex_lock(&park_lock);
+    int old = __atomic_fetch_add(&c->parent_quiesce, 1, __ATOMIC_SEQ_CST);
+    pthread_mutex_unlock(&park_lock);
+    if (old == 0 && c->root_ops && c->root_ops->drained_begin) {
+        c->root_ops->drained_begin(c);
+    }
+}
+
+static void parent_quiesce_end(BdrvChild *c)
+{
+    if (c->parent) {
+        quiesce_end(c->parent);
+        __atomic_fetch_sub(&c->parent_quiesce, 1, __ATOMIC_SEQ_CST);
+        return;
+    }
+    if (__atomic_load_n(&c->parent_quiesce, __ATOMIC_SEQ_CST) == 1 && c->root_ops &&
+        c->root_ops->drained_end) {
+        c->root_ops->drained_end(c);
+    }
+    CoQueue parked;
+    co_queue_init(&parked);
+    pthread_mutex_lock(&park_lock);
+    if (__atomic_sub_fetch(&c->parent_quiesce, 1, __ATOMIC_SEQ_CST) == 0) {
+        parked = c->drain_queue;
+        co_queue_init(&c->drain_queue);
+    }
+    pthread_mutex_unlock(&park_lock);
+    /* Each wakes on its own AioContext. */
+    co_queue_restart_all(&parked);
+}
+
+/* bs and, upward, everything that could send it requests: parents are
+ * quiesced (and told) before bs's driver is. */
+static void quiesce_begin(BlockDriverState *bs)
+{
+    int old = __atomic_fetch_add(&bs->quiesce_counter, 1, __ATOMIC_SEQ_CST);
+    for (BdrvChild *c = bs->parents; c; c = c->next_parent) {
+        parent_quiesce_begin(c);
+    }
+    if (old == 0 && bs->drv && bs->drv->drain_begin) {
+        bs->drv->drain_begin(bs);
+    }
+}
+
+static void quiesce_end(BlockDriverState *bs)
+{
+    if (__atomic_load_n(&bs->quiesce_counter, __ATOMIC_SEQ_CST) == 1 && bs->drv &&
+        bs->drv->drain_end) {
+        bs->drv->drain_end(bs);
+    }
+    __atomic_fetch_sub(&bs->quiesce_counter, 1, __ATOMIC_SEQ_CST);
+    for (BdrvChild *c = bs->parents; c; c = c->next_parent) {
+        parent_quiesce_end(c);
+    }
+}
+
+static void subtree_begin(BlockDriverState *bs)
+{
+    bs->subtree_quiesce++;
+    quiesce_begin(bs);
+    for (BdrvChild *c = bs->children; c; c = c->next) {
+        subtree_begin(c->bs);
+    }
+}
+
+/* Children in reverse order, then bs: the mirror of subtree_begin. */
+static void subtree_end_children(BdrvChild *c);
+
+static void subtree_end(BlockDriverState *bs)
+{
+    subtree_end_children(bs->children);
+    quiesce_end(bs);
+    bs->subtree_quiesce--;
+}
+
+static void subtree_end_children(BdrvChild *c)
+{
+    if (c) {
+        subtree_end_children(c->next);
+        subtree_end(c->bs);
+    }
+}
+
+static bool above_busy(BlockDriverState *bs)
+{
+    for (BdrvChild *c = bs->parents; c; c = c->next_parent) {
+        if (c->parent && (bdrv_in_flight(c->parent) || above_busy(c->parent))) {
+            return true;
+        }
+    }
+    return false;
+}
+
+/* A request in flight on bs, below it, or above any of those. */
+static bool section_busy(BlockDriverState *bs)
+{
+    if (bdrv_in_flight(bs) || above_busy(bs)) {
         return true;
     }
     for (BdrvChild *c = bs->children; c; c = c->next) {
-        if (c->bs && subtree_busy(c->bs)) {
+        if (section_busy(c->bs)) {
             return true;
         }
     }
@@ -108,12 +231,15 @@ static bool subtree_busy(BlockDriverState *bs)
 
 static void drain_wait(BlockDriverState *bs)
 {
+    /* Pairs with the fence in bdrv_co_root_admit: either the request sees
+     * our parent_quiesce, or we see its in-flight count. */
+    __atomic_thread_fence(__ATOMIC_SEQ_CST);
     if (in_coroutine()) {
         DrainWaiter w = { .ctx = aio_current(), .co = co_self() };
         for (;;) {
             w.armed = 1;
             waiter_add(&w);
-            if (!subtree_busy(bs)) {
+            if (!section_busy(bs)) {
                 waiter_del(&w);
                 if (!__atomic_exchange_n(&w.armed, 0, __ATOMIC_SEQ_CST)) {
                     co_yield();   /* a kick is already on its way: take it */
@@ -130,65 +256,139 @@ static void drain_wait(BlockDriverState *bs)
     }
     DrainWaiter w = { .ctx = ctx };
     waiter_add(&w);
-    while (subtree_busy(bs)) {
+    while (section_busy(bs)) {
         aio_poll(ctx, true);
     }
     waiter_del(&w);
 }
 
-static void quiesce_begin(BlockDriverState *bs)
-{
-    if (__atomic_fetch_add(&bs->quiesce_counter, 1, __ATOMIC_SEQ_CST) == 0 &&
-        bs->drv && bs->drv->drain_begin) {
-        bs->drv->drain_begin(bs);
-    }
-    for (BdrvChild *c = bs->children; c; c = c->next) {
-        if (c->bs) {
-            quiesce_begin(c->bs);
-        }
-    }
-}
-
-static void quiesce_end(BlockDriverState *bs)
-{
-    for (BdrvChild *c = bs->children; c; c = c->next) {
-        if (c->bs) {
-            quiesce_end(c->bs);
-        }
-    }
-    CoQueue parked;
-    pthread_mutex_lock(&bs->reqs_lock);
-    int left = __atomic_sub_fetch(&bs->quiesce_counter, 1, __ATOMIC_SEQ_CST);
-    parked = bs->drain_queue;
-    if (left == 0) {
-        co_queue_init(&bs->drain_queue);
-    } else {
-        co_queue_init(&parked);
-    }
-    pthread_mutex_unlock(&bs->reqs_lock);
-    if (left == 0) {
-        if (bs->drv && bs->drv->drain_end) {
-            bs->drv->drain_end(bs);
-        }
-        co_queue_restart_all(&parked);
-    }
-}
-
 void bdrv_drained_begin(BlockDriverState *bs)
 {
-    quiesce_begin(bs);
+    subtree_begin(bs);
     drain_wait(bs);
 }
 
 void bdrv_drained_end(BlockDriverState *bs)
 {
-    quiesce_end(bs);
+    subtree_end(bs);
 }
 
 void bdrv_drain(BlockDriverState *bs)
 {
     bdrv_drained_begin(bs);
     bdrv_drained_end(bs);
+}
+
+/* ------------------------------------------------------------ root edges */
+
+void bdrv_child_set_root_ops(BdrvChild *root, const BdrvRootOps *ops, void *opaque)
+{
+    root->root_ops = ops;
+    root->root_opaque = opaque;
+}
+
+void coroutine_fn bdrv_co_root_admit(BdrvChild *root)
+{
+    BlockDriverState *bs = root->bs;
+    for (;;) {
+        bdrv_inc_in_flight(bs);
+        /* Counted first, then the flag read; drain sets the flag, then
+         * reads the counts (drain_wait): one of us sees the other. */
+        __atomic_thread_fence(__ATOMIC_SEQ_CST);
+        if (!__atomic_load_n(&root->parent_quiesce, __ATOMIC_SEQ_CST)) {
+            return;
+        }
+        bdrv_dec_in_flight(bs);
+        pthread_mutex_lock(&park_lock);
+        while (__atomic_load_n(&root->parent_quiesce, __ATOMIC_SEQ_CST) > 0) {
+            co_queue_wait_mutex(&root->drain_queue, &park_lock);
+        }
+        pthread_mutex_unlock(&park_lock);
+    }
+}
+
+void bdrv_root_done(BdrvChild *root)
+{
+    bdrv_dec_in_flight(root->bs);
+}
+
+void coroutine_fn bdrv_co_enter_request(BdrvChild *child)
+{
+    if (child->parent) {
+        /* On behalf of a request in flight above: a driver calling its child. */
+        bdrv_inc_in_flight(child->bs);
+    } else if (!child->root_ops) {
+        bdrv_co_root_admit(child);
+    }
+    /* Else admitted by its user (bdrv_co_root_admit), which holds the count
+     * on this node until bdrv_root_done: no second one. */
+}
+
+void coroutine_fn bdrv_co_leave_request(BdrvChild *child)
+{
+    if (child->parent || !child->root_ops) {
+        bdrv_dec_in_flight(child->bs);
+    }
+}
+
+/* ------------------------------------------------------ edges and drains */
+
+void bdrv_drain_edge_attached(BdrvChild *c)
+{
+    int q = __atomic_load_n(&c->bs->quiesce_counter, __ATOMIC_SEQ_CST);
+    for (int i = 0; i < q; i++) {
+        parent_quiesce_begin(c);
+    }
+    for (int i = 0; c->parent && i < c->parent->subtree_quiesce; i++) {
+        subtree_begin(c->bs);
+    }
+}
+
+void bdrv_drain_edge_detaching(BdrvChild *c)
+{
+    for (int i = 0; c->parent && i < c->parent->subtree_quiesce; i++) {
+        subtree_end(c->bs);
+    }
+    while (__atomic_load_n(&c->parent_quiesce, __ATOMIC_SEQ_CST) > 0) {
+        parent_quiesce_end(c);
+    }
+}
+
+static void parents_unlink(BdrvChild *c)
+{
+    for (BdrvChild **p = &c->bs->parents; *p; p = &(*p)->next_parent) {
+        if (*p == c) {
+            *p = c->next_parent;
+            break;
+        }
+    }
+    c->next_parent = NULL;
+}
+
+void bdrv_drain_edge_replace(BdrvChild *c, BlockDriverState *new_bs)
+{
+    BlockDriverState *old_bs = c->bs;
+    int sections = c->parent ? c->parent->subtree_quiesce : 0;
+    /* The parent's drained sections cover the new child from now on... */
+    for (int i = 0; i < sections; i++) {
+        subtree_begin(new_bs);
+    }
+    parents_unlink(c);
+    c->bs = new_bs;
+    c->next_parent = new_bs->parents;
+    new_bs->parents = c;
+    /* ...the parent gets the new child's sections instead of the old's... */
+    int q = __atomic_load_n(&new_bs->quiesce_counter, __ATOMIC_SEQ_CST);
+    while (__atomic_load_n(&c->parent_quiesce, __ATOMIC_SEQ_CST) < q) {
+        parent_quiesce_begin(c);
+    }
+    while (__atomic_load_n(&c->parent_quiesce, __ATOMIC_SEQ_CST) > q) {
+        parent_quiesce_end(c);
+    }
+    /* ...and no longer covers the old one. */
+    for (int i = 0; i < sections; i++) {
+        subtree_end(old_bs);
+    }
 }
 
 /* ----------------------------------------------------------------- flush */
@@ -297,7 +497,7 @@ int coroutine_fn bdrv_co_truncate(BdrvChild *child, int64_t offset, bool exact,
     }
     error_propagate(errp, local_err);
     tracked_request_end(&req);
-    bdrv_dec_in_flight(bs);
+    bdrv_co_leave_request(child);
     return ret;
 }
 

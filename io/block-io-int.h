@@ -58,10 +58,11 @@ int bdrv_check_request(int64_t offset, int64_t bytes);
 int64_t bdrv_total_bytes(BlockDriverState *bs);
 BdrvRequestFlags bdrv_write_flags(BlockDriverState *bs);
 BdrvRequestFlags bdrv_zero_flags(BlockDriverState *bs);
-/* Count the request in flight; requests from outside the graph (an edge
- * without a parent node: the BlockBackend, tests) wait here while the node is
- * drained. */
+/* Count the request in flight (block-io-drain.c); requests through a root
+ * edge that no user admits (a tool's or a test's handle) first wait here
+ * while the node is quiesced. */
 void coroutine_fn bdrv_co_enter_request(BdrvChild *child);
+void coroutine_fn bdrv_co_leave_request(BdrvChild *child);   /* the matching end */
 
 /* ---- the layers below the public entry points ---- */
 int coroutine_fn bdrv_aligned_preadv(BdrvChild *child, BdrvTrackedRequest *req,

@@ -196,6 +196,6 @@ int coroutine_fn bdrv_co_pdiscard(BdrvChild *child, int64_t offset, int64_t byte
     __atomic_fetch_add(&bs->write_gen, 1, __ATOMIC_SEQ_CST);
     bdrv_co_write_req_finish(child, offset, bytes, &req, ret);
     tracked_request_end(&req);
-    bdrv_dec_in_flight(bs);
+    bdrv_co_leave_request(child);
     return ret;
 }

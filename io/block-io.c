@@ -473,27 +473,6 @@ int coroutine_fn bdrv_padding_rmw_read(BdrvChild *child, BdrvTrackedRequest *req
     return 0;
 }
 
-/* ----------------------------------------------------------- in flight */
-
-void coroutine_fn bdrv_co_enter_request(BdrvChild *child)
-{
-    BlockDriverState *bs = child->bs;
-    for (;;) {
-        bdrv_inc_in_flight(bs);
-        /* in_flight is raised before quiesce_counter is read, and drain raises
-         * quiesce_counter before reading in_flight: one of us sees the other. */
-        if (child->parent || !__atomic_load_n(&bs->quiesce_counter, __ATOMIC_SEQ_CST)) {
-            return;
-        }
-        bdrv_dec_in_flight(bs);
-        pthread_mutex_lock(&bs->reqs_lock);
-        while (__atomic_load_n(&bs->quiesce_counter, __ATOMIC_SEQ_CST) > 0) {
-            co_queue_wait_mutex(&bs->drain_queue, &bs->reqs_lock);
-        }
-        pthread_mutex_unlock(&bs->reqs_lock);
-    }
-}
-
 /* ----------------------------------------------------------- driver calls */
 
 int coroutine_fn bdrv_driver_preadv(BlockDriverState *bs, int64_t offset, int64_t bytes,
@@ -691,7 +670,7 @@ int coroutine_fn bdrv_co_preadv_part(BdrvChild *child, int64_t offset, int64_t b
     }
     tracked_request_end(&req);
     bdrv_padding_destroy(&pad);
-    bdrv_dec_in_flight(bs);
+    bdrv_co_leave_request(child);
     return ret;
 }
 
@@ -833,7 +812,7 @@ int coroutine_fn bdrv_co_pwritev_part(BdrvChild *child, int64_t offset, int64_t 
         }
     }
     tracked_request_end(&req);
-    bdrv_dec_in_flight(bs);
+    bdrv_co_leave_request(child);
     return ret;
 }
 

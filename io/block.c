@@ -169,7 +169,6 @@ BlockDriverState *bdrv_new_node(const BlockDriver *drv, const char *node_name, E
     bs->supported_write_flags = drv->supported_write_flags;
     bs->supported_zero_flags = drv->supported_zero_flags;
     pthread_mutex_init(&bs->reqs_lock, NULL);
-    co_queue_init(&bs->drain_queue);
     co_mutex_init(&bs->flush_lock);
 
     pthread_mutex_lock(&graph_lock);
@@ -262,6 +261,7 @@ BdrvChild *bdrv_attach_child(BlockDriverState *parent, BlockDriverState *child_b
     c->name = strdup(name);
     c->role = role;
     c->index = -1;
+    co_queue_init(&c->drain_queue);
     if (role == BDRV_CHILD_NUMBERED) {
         const char *dot = strrchr(name, '.');
         c->index = atoi(dot ? dot + 1 : name);
@@ -278,6 +278,9 @@ BdrvChild *bdrv_attach_child(BlockDriverState *parent, BlockDriverState *child_b
             parent->backing = c;
         }
     }
+    c->next_parent = child_bs->parents;
+    child_bs->parents = c;
+    bdrv_drain_edge_attached(c);
     return c;
 }
 
@@ -285,6 +288,13 @@ void bdrv_unref_child(BlockDriverState *parent, BdrvChild *child)
 {
     if (!child) {
         return;
+    }
+    bdrv_drain_edge_detaching(child);
+    for (BdrvChild **p = &child->bs->parents; *p; p = &(*p)->next_parent) {
+        if (*p == child) {
+            *p = child->next_parent;
+            break;
+        }
     }
     if (parent) {
         for (BdrvChild **p = &parent->children; *p; p = &(*p)->next) {
@@ -314,6 +324,190 @@ BdrvChild *bdrv_find_child(BlockDriverState *bs, const char *name)
         }
     }
     return NULL;
+}
+
+/* ---- changing the graph ---- */
+
+/* Whether target is bs or below it. */
+static bool bdrv_is_below(BlockDriverState *bs, BlockDriverState *target)
+{
+    if (bs == target) {
+        return true;
+    }
+    for (BdrvChild *c = bs->children; c; c = c->next) {
+        if (bdrv_is_below(c->bs, target)) {
+            return true;
+        }
+    }
+    return false;
+}
+
+/* Limits merge upward and a size may follow the child (raw over a file):
+ * recompute them for bs and every node above it. */
+static void refresh_upward(BlockDriverState *bs)
+{
+    bdrv_refresh_limits(bs, NULL);
+    if (bs->drv && bs->drv->getlength) {
+        bdrv_getlength(bs);
+    }
+    for (BdrvChild *c = bs->parents; c; c = c->next_parent) {
+        if (c->parent) {
+            refresh_upward(c->parent);
+        }
+    }
+}
+
+static bool edge_writes(const BdrvChild *c)
+{
+    return c->parent && !c->parent->read_only && (c->parent->open_flags & BDRV_O_RDWR) &&
+           c->role != BDRV_CHILD_BACKING;
+}
+
+int bdrv_replace_child_bs(BdrvChild *child, BlockDriverState *new_bs, Error **errp)
+{
+    BlockDriverState *parent = child->parent, *old_bs = child->bs;
+    if (!parent) {
+        error_setg(errp, "Cannot replace the node of a root edge ('%s'): its user does that",
+                   child->name);
+        return -EINVAL;
+    }
+    if (new_bs == old_bs) {
+        return 0;
+    }
+    if (bdrv_is_below(new_bs, parent)) {
+        error_setg(errp, "Cannot make '%s' child '%s' of '%s': it would be its own child",
+                   new_bs->node_name, child->name, parent->node_name);
+        return -EINVAL;
+    }
+    if (edge_writes(child) && (new_bs->read_only || !(new_bs->open_flags & BDRV_O_RDWR))) {
+        error_setg(errp, "Cannot make read-only node '%s' child '%s' of '%s', which writes to it",
+                   new_bs->node_name, child->name, parent->node_name);
+        return -EPERM;
+    }
+    bdrv_ref(new_bs);
+    bdrv_drained_begin(old_bs);
+    bdrv_drained_begin(new_bs);
+    bdrv_drain_edge_replace(child, new_bs);
+    if (child == parent->backing) {
+        snprintf(parent->backing_file, sizeof(parent->backing_file), "%s", new_bs->filename);
+        snprintf(parent->backing_format, sizeof(parent->backing_format), "%s",
+                 new_bs->drv ? new_bs->drv->format_name : "");
+    }
+    refresh_upward(parent);
+    bdrv_drained_end(new_bs);
+    bdrv_drained_end(old_bs);
+    bdrv_unref(old_bs);
+    return 0;
+}
+
+/* ---- read-only / read-write ---- */
+
+typedef struct ReopenSet {
+    BlockDriverState **nodes;     /* children before parents */
+    int n, alloc;
+} ReopenSet;
+
+static bool reopen_set_has(const ReopenSet *set, const BlockDriverState *bs)
+{
+    for (int i = 0; i < set->n; i++) {
+        if (set->nodes[i] == bs) {
+            return true;
+        }
+    }
+    return false;
+}
+
+/* bs and what holds its data, post-order. */
+static void reopen_set_add(ReopenSet *set, BlockDriverState *bs)
+{
+    if (reopen_set_has(set, bs)) {
+        return;
+    }
+    for (BdrvChild *c = bs->children; c; c = c->next) {
+        if (c->role != BDRV_CHILD_BACKING) {
+            reopen_set_add(set, c->bs);
+        }
+    }
+    if (set->n == set->alloc) {
+        set->alloc = set->alloc ? set->alloc * 2 : 8;
+        set->nodes = realloc(set->nodes, set->alloc * sizeof(*set->nodes));
+        if (!set->nodes) {
+            abort();
+        }
+    }
+    set->nodes[set->n++] = bs;
+}
+
+int bdrv_reopen_set_read_only(BlockDriverState *bs, bool read_only, Error **errp)
+{
+    ReopenSet set = { 0 };
+    int ret = 0, prepared = 0;
+
+    reopen_set_add(&set, bs);
+    for (int i = 0; i < set.n; i++) {
+        BlockDriverState *n = set.nodes[i];
+        if (!read_only && (n->open_flags & BDRV_O_FORCE_SHARE)) {
+            error_setg(errp, "Cannot make '%s' read-write: force-share=on can only be used "
+                       "with read-only images", n->node_name);
+            ret = -EINVAL;
+            goto out;
+        }
+        for (BdrvChild *c = n->parents; read_only && c; c = c->next_parent) {
+            if (edge_writes(c) && !reopen_set_has(&set, c->parent)) {
+                error_setg(errp, "Cannot make '%s' read-only: node '%s' writes to it",
+                           n->node_name, c->parent->node_name);
+                ret = -EPERM;
+                goto out;
+            }
+        }
+    }
+
+    bdrv_drained_begin(bs);
+    if (read_only && !bs->read_only) {
+        ret = bdrv_flush(bs);
+        if (ret < 0) {
+            error_setg_errno(errp, -ret, "Cannot make '%s' read-only: flush failed",
+                             bs->node_name);
+            goto end;
+        }
+    }
+    for (; prepared < set.n; prepared++) {
+        BlockDriverState *n = set.nodes[prepared];
+        int flags = read_only ? n->open_flags & ~BDRV_O_RDWR : n->open_flags | BDRV_O_RDWR;
+        if (n->drv->reopen_prepare && flags != n->open_flags) {
+            ret = n->drv->reopen_prepare(n, flags, errp);
+            if (ret < 0) {
+                break;
+            }
+        }
+    }
+    if (ret < 0) {
+        while (prepared-- > 0) {
+            BlockDriverState *n = set.nodes[prepared];
+            bool changes = read_only ? (n->open_flags & BDRV_O_RDWR) : !(n->open_flags & BDRV_O_RDWR);
+            if (changes && n->drv->reopen_prepare && n->drv->reopen_abort) {
+                n->drv->reopen_abort(n);
+            }
+        }
+        goto end;
+    }
+    for (int i = 0; i < set.n; i++) {
+        BlockDriverState *n = set.nodes[i];
+        int flags = read_only ? n->open_flags & ~BDRV_O_RDWR : n->open_flags | BDRV_O_RDWR;
+        if (flags == n->open_flags) {
+            continue;
+        }
+        if (n->drv->reopen_prepare && n->drv->reopen_commit) {
+            n->drv->reopen_commit(n);
+        }
+        n->open_flags = flags;
+        n->read_only = read_only;
+    }
+end:
+    bdrv_drained_end(bs);
+out:
+    free(set.nodes);
+    return ret;
 }
 
 /* ---- limits ---- */

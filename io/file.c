@@ -39,6 +39,8 @@ typedef struct FileState {
     bool no_punch_hole;
     bool no_fallocate;
     pid_t lock_pid;              /* process that took the lock bytes, 0 = none */
+    int locking;                 /* LockingMode, for a reopen */
+    int reopen_fd;               /* between reopen prepare and commit/abort */
 } FileState;
 
 static bool flag_get(const bool *f)
@@ -184,7 +186,7 @@ static int test_byte(int fd, int byte)
  * conflict or error.  On failure the caller closes fd, which drops the bytes
  * taken so far.
  */
-static int lock_image(int fd, LockingMode mode, unsigned perm, unsigned shared,
+static int lock_apply(int fd, LockingMode mode, unsigned perm, unsigned shared,
                       const char *path, Error **errp)
 {
     for (int pass = 0; pass < 2; pass++) {
@@ -201,6 +203,12 @@ static int lock_image(int fd, LockingMode mode, unsigned perm, unsigned shared,
             }
         }
     }
+    return 1;
+}
+
+static int lock_check(int fd, LockingMode mode, unsigned perm, unsigned shared,
+                      const char *path, Error **errp)
+{
     for (int pass = 0; pass < 2; pass++) {
         for (int i = 0; i < (int)ARRAY_SIZE(perm_names); i++) {
             /* What we hold must not be unshared by others; what we do not
@@ -226,11 +234,25 @@ static int lock_image(int fd, LockingMode mode, unsigned perm, unsigned shared,
     return 1;
 }
 
+static int lock_image(int fd, LockingMode mode, unsigned perm, unsigned shared,
+                      const char *path, Error **errp)
+{
+    int ret = lock_apply(fd, mode, perm, shared, path, errp);
+    return ret <= 0 ? ret : lock_check(fd, mode, perm, shared, path, errp);
+}
+
 static void unlock_image(int fd)
 {
     struct flock fl = { .l_type = F_UNLCK, .l_whence = SEEK_SET, .l_start = LOCK_PERM_BASE,
                         .l_len = LOCK_SHARED_BASE + 100 - LOCK_PERM_BASE };
     (void)fcntl(fd, F_OFD_SETLK, &fl);   /* nothing to do about a failure at close */
+}
+
+/* What an open with flags holds, and what it lets others do. */
+#define LOCK_SHARED_PERM (PERM_CONSISTENT_READ | PERM_WRITE_UNCHANGED)
+static unsigned lock_perm(int flags)
+{
+    return PERM_CONSISTENT_READ | ((flags & BDRV_O_RDWR) ? PERM_WRITE | PERM_RESIZE : 0);
 }
 
 /* The locking mode to use, or -1 after setting errp. */
@@ -327,13 +349,11 @@ static int file_open(BlockDriverState *bs, OptDict *options, int flags, Error **
     s->is_bdev = S_ISBLK(st.st_mode);
     /* As a format's file child in QEMU: others may read, nobody else may
      * write or resize.  force-share (read-only) takes nothing at all. */
+    s->locking = locking;
+    s->reopen_fd = -1;
     if (locking != LOCKING_OFF && !(flags & BDRV_O_FORCE_SHARE)) {
-        unsigned perm = PERM_CONSISTENT_READ;
-        if (flags & BDRV_O_RDWR) {
-            perm |= PERM_WRITE | PERM_RESIZE;
-        }
-        ret = lock_image(s->fd, (LockingMode)locking, perm,
-                         PERM_CONSISTENT_READ | PERM_WRITE_UNCHANGED, path, errp);
+        ret = lock_image(s->fd, (LockingMode)locking, lock_perm(flags), LOCK_SHARED_PERM, path,
+                         errp);
         if (ret < 0) {
             goto fail;
         }
@@ -374,6 +394,76 @@ static void file_close(BlockDriverState *bs)
         close(s->fd);
         s->fd = -1;
     }
+}
+
+/*
+ * Read-only <-> read-write (inside a drained section: no request uses the
+ * fd).  A new fd with the new access mode takes the new lock bytes before
+ * the old fd lets its own go, so no byte is ever free for another process
+ * to take in between; the conflict check comes after, from the new fd, once
+ * our old description no longer holds bytes that the check would see as
+ * someone else's.
+ */
+static int file_reopen_prepare(BlockDriverState *bs, int flags, Error **errp)
+{
+    FileState *s = bs->opaque;
+    const char *path = bs->filename;
+    bool rw = flags & BDRV_O_RDWR;
+    int oflags = O_CLOEXEC | (rw ? O_RDWR : O_RDONLY) | (s->direct ? O_DIRECT : 0);
+    struct stat st_old, st_new;
+
+    int fd = open(path, oflags);
+    if (fd < 0) {
+        int err = errno;
+        error_setg_errno(errp, err, "Could not reopen '%s' %s", path,
+                         rw ? "read-write" : "read-only");
+        return -err;
+    }
+    if (fstat(fd, &st_new) < 0 || fstat(s->fd, &st_old) < 0 ||
+        st_new.st_dev != st_old.st_dev || st_new.st_ino != st_old.st_ino) {
+        error_setg(errp, "Could not reopen '%s': the path no longer names the open file", path);
+        close(fd);
+        return -ESTALE;
+    }
+    if (s->lock_pid) {
+        LockingMode mode = (LockingMode)s->locking;
+        int ret = lock_apply(fd, mode, lock_perm(flags), LOCK_SHARED_PERM, path, errp);
+        if (ret > 0) {
+            unlock_image(s->fd);
+            ret = lock_check(fd, mode, lock_perm(flags), LOCK_SHARED_PERM, path, errp);
+            if (ret < 0) {
+                /* Read locks: taking the old ones back cannot conflict. */
+                lock_apply(s->fd, mode, lock_perm(bs->open_flags), LOCK_SHARED_PERM, path, NULL);
+            }
+        }
+        if (ret < 0) {
+            unlock_image(fd);
+            close(fd);
+            return ret;
+        }
+    }
+    s->reopen_fd = fd;
+    return 0;
+}
+
+static void file_reopen_commit(BlockDriverState *bs)
+{
+    FileState *s = bs->opaque;
+    close(s->fd);   /* its lock bytes went in prepare */
+    s->fd = s->reopen_fd;
+    s->reopen_fd = -1;
+}
+
+static void file_reopen_abort(BlockDriverState *bs)
+{
+    FileState *s = bs->opaque;
+    if (s->lock_pid) {
+        lock_apply(s->fd, (LockingMode)s->locking, lock_perm(bs->open_flags), LOCK_SHARED_PERM,
+                   bs->filename, NULL);
+        unlock_image(s->reopen_fd);
+    }
+    close(s->reopen_fd);
+    s->reopen_fd = -1;
 }
 
 static void file_refresh_limits(BlockDriverState *bs, Error **errp)
@@ -953,6 +1043,9 @@ const BlockDriver bdrv_file = {
     .open = file_open,
     .close = file_close,
     .refresh_limits = file_refresh_limits,
+    .reopen_prepare = file_reopen_prepare,
+    .reopen_commit = file_reopen_commit,
+    .reopen_abort = file_reopen_abort,
     .co_preadv = file_co_preadv,
     .co_pwritev = file_co_pwritev,
     .co_pwrite_zeroes = file_co_pwrite_zeroes,

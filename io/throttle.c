@@ -188,7 +188,9 @@ void throttle_init(ThrottleState *ts, const ThrottleConfig *cfg, int64_t now_ns)
     for (int i = 0; i < 2; i++) {
         ts->waiting[i] = 0;
         co_queue_init(&ts->queue[i]);
+        ts->head_sleep[i] = NULL;
     }
+    ts->lifted = 0;
     ts->refcnt = 1;
     ts->next_group = NULL;
 }
@@ -237,8 +239,10 @@ static int64_t bucket_wait(const ThrottleBucket *b)
     return 0;
 }
 
-/* ts->lock held. */
-static int64_t account_locked(ThrottleState *ts, bool is_write, uint64_t bytes, int64_t now_ns)
+/* ts->lock held.  With force, the request is accounted even if it should
+ * wait (limits lifted by a drain: it goes anyway, and later ones pay). */
+static int64_t account_locked(ThrottleState *ts, bool is_write, uint64_t bytes, int64_t now_ns,
+                              bool force)
 {
     static const ThrottleBucketType check[2][4] = {
         { THROTTLE_BPS_TOTAL, THROTTLE_OPS_TOTAL, THROTTLE_BPS_READ, THROTTLE_OPS_READ },
@@ -257,7 +261,7 @@ static int64_t account_locked(ThrottleState *ts, bool is_write, uint64_t bytes, 
     for (int i = 0; i < 4; i++) {
         wait = MAX(wait, bucket_wait(&b[check[is_write][i]]));
     }
-    if (wait == 0) {
+    if (wait == 0 || force) {
         double units = 1.0;
         if (ts->cfg.op_size && bytes > ts->cfg.op_size) {
             units = (double)bytes / ts->cfg.op_size;
@@ -283,9 +287,57 @@ static int64_t account_locked(ThrottleState *ts, bool is_write, uint64_t bytes, 
 int64_t throttle_try_account(ThrottleState *ts, bool is_write, uint64_t bytes, int64_t now_ns)
 {
     pthread_mutex_lock(&ts->lock);
-    int64_t wait = account_locked(ts, is_write, bytes, now_ns);
+    int64_t wait = account_locked(ts, is_write, bytes, now_ns, false);
     pthread_mutex_unlock(&ts->lock);
     return wait;
+}
+
+/* The head's sleep: ended by its timer or by throttle_lift_limits, whichever
+ * comes first (armed makes sure only one wakes it). */
+typedef struct ThrottleSleep {
+    Coroutine *co;
+    int armed;
+} ThrottleSleep;
+
+static void throttle_sleep_timer(void *opaque)
+{
+    ThrottleSleep *sl = opaque;
+    if (__atomic_exchange_n(&sl->armed, 0, __ATOMIC_SEQ_CST)) {
+        aio_co_wake(sl->co);
+    }
+}
+
+void throttle_lift_limits(ThrottleState *ts)
+{
+    Coroutine *wake[2];
+    int n = 0;
+    if (!ts) {
+        return;
+    }
+    pthread_mutex_lock(&ts->lock);
+    ts->lifted++;
+    for (int i = 0; i < 2; i++) {
+        ThrottleSleep *sl = ts->head_sleep[i];
+        if (sl && __atomic_exchange_n(&sl->armed, 0, __ATOMIC_SEQ_CST)) {
+            wake[n++] = sl->co;
+        }
+    }
+    pthread_mutex_unlock(&ts->lock);
+    /* Outside the lock: a head of this thread may be entered right here, and
+     * takes the lock.  Disarmed, it cannot leave before we wake it. */
+    for (int i = 0; i < n; i++) {
+        aio_co_wake(wake[i]);    /* on its own AioContext */
+    }
+}
+
+void throttle_restore_limits(ThrottleState *ts)
+{
+    if (!ts) {
+        return;
+    }
+    pthread_mutex_lock(&ts->lock);
+    ts->lifted--;
+    pthread_mutex_unlock(&ts->lock);
 }
 
 void coroutine_fn throttle_co_wait(ThrottleState *ts, bool is_write, uint64_t bytes)
@@ -300,14 +352,21 @@ void coroutine_fn throttle_co_wait(ThrottleState *ts, bool is_write, uint64_t by
         co_queue_wait_mutex(&ts->queue[is_write], &ts->lock);
     }
     for (;;) {
-        int64_t wait = account_locked(ts, is_write, bytes, aio_now_ns(ctx));
-        if (wait == 0) {
+        int64_t wait = account_locked(ts, is_write, bytes, aio_now_ns(ctx), ts->lifted > 0);
+        if (wait == 0 || ts->lifted) {
             break;
         }
         /* Sleep on this thread's clock; the lock is not held meanwhile. */
+        ThrottleSleep sl = { .co = co_self(), .armed = 1 };
+        AioTimer timer;
+        aio_timer_init(&timer, ctx, throttle_sleep_timer, &sl);
+        aio_timer_mod(&timer, aio_now_ns(ctx) + wait);
+        ts->head_sleep[is_write] = &sl;
         pthread_mutex_unlock(&ts->lock);
-        aio_co_sleep_ns(wait);
+        co_yield();
+        aio_timer_del(&timer);   /* woken early: the timer is on our stack */
         pthread_mutex_lock(&ts->lock);
+        ts->head_sleep[is_write] = NULL;
     }
     if (--(*waiting)) {
         /* From a coroutine this only schedules the next head. */

@@ -42,7 +42,12 @@ typedef struct MemState {
     int64_t bytes[MEM_OP__MAX];
     MemLogEntry log[MEM_LOG_MAX];
     int nlog;
+    int drain_calls[2];         /* drain_begin, drain_end */
+    unsigned drain_seq[2];      /* mem_drain_clock at the last of each */
 } MemState;
+
+/* Orders drain callbacks across nodes. */
+static unsigned mem_drain_clock;
 
 /* The config for the node being opened (nodes are opened on one thread). */
 static const MemConfig *mem_pending_cfg;
@@ -472,6 +477,25 @@ static int coroutine_fn mem_co_truncate(BlockDriverState *bs, int64_t offset, bo
     return mem_leave(bs, li, 0);
 }
 
+static void mem_drain_note(BlockDriverState *bs, int end)
+{
+    MemState *s = bs->opaque;
+    pthread_mutex_lock(&s->lock);
+    s->drain_calls[end]++;
+    s->drain_seq[end] = __atomic_add_fetch(&mem_drain_clock, 1, __ATOMIC_SEQ_CST);
+    pthread_mutex_unlock(&s->lock);
+}
+
+static void mem_drain_begin(BlockDriverState *bs)
+{
+    mem_drain_note(bs, 0);
+}
+
+static void mem_drain_end(BlockDriverState *bs)
+{
+    mem_drain_note(bs, 1);
+}
+
 static int64_t mem_getlength(BlockDriverState *bs)
 {
     MemState *s = bs->opaque;
@@ -529,6 +553,8 @@ const BlockDriver *mem_driver(const MemConfig *cfg)
             .getlength = mem_getlength,
             .get_info = mem_get_info,
             .has_zero_init = mem_has_zero_init,
+            .drain_begin = mem_drain_begin,
+            .drain_end = mem_drain_end,
         };
         bdrv_register(d);
         mem_registered[v] = true;
@@ -726,6 +752,24 @@ int mem_calls(BlockDriverState *bs, MemOp op)
     MemState *s = ms(bs);
     pthread_mutex_lock(&s->lock);
     int n = s->calls[op];
+    pthread_mutex_unlock(&s->lock);
+    return n;
+}
+
+int mem_drain_calls(BlockDriverState *bs, bool end)
+{
+    MemState *s = ms(bs);
+    pthread_mutex_lock(&s->lock);
+    int n = s->drain_calls[end];
+    pthread_mutex_unlock(&s->lock);
+    return n;
+}
+
+unsigned mem_drain_seq(BlockDriverState *bs, bool end)
+{
+    MemState *s = ms(bs);
+    pthread_mutex_lock(&s->lock);
+    unsigned n = s->drain_seq[end];
     pthread_mutex_unlock(&s->lock);
     return n;
 }

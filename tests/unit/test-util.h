@@ -151,6 +151,10 @@ const MemLogEntry *mem_log(BlockDriverState *bs, MemOp op, int i);
 void mem_log_clear(BlockDriverState *bs);
 /* Total bytes passed to op's callbacks. */
 int64_t mem_bytes(BlockDriverState *bs, MemOp op);
+/* drain_begin (end false) / drain_end (end true) calls, and a global
+ * sequence number of the last one, to check the order across nodes. */
+int mem_drain_calls(BlockDriverState *bs, bool end);
+unsigned mem_drain_seq(BlockDriverState *bs, bool end);
 
 /* ---- running code ---- */
 /* Give the calling thread an AioContext (idempotent). */
