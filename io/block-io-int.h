@@ -77,6 +77,15 @@ int coroutine_fn bdrv_driver_pwritev(BlockDriverState *bs, int64_t offset, int64
 void bdrv_co_write_req_finish(BdrvChild *child, int64_t offset, int64_t bytes,
                               BdrvTrackedRequest *req, int ret);
 
+/* block-io-fixed.c: a request whose buffers hold registered-buffer
+ * references (include/iov.h) but that some layer of this node must see the
+ * bytes of goes through a mapped bounce instead (see that file). */
+bool bdrv_needs_mapped(BlockDriverState *bs, int64_t offset, int64_t bytes, IOVector *qiov,
+                       size_t qiov_offset, BdrvRequestFlags flags, bool is_write);
+int coroutine_fn bdrv_co_rw_mapped(BdrvChild *child, int64_t offset, int64_t bytes,
+                                   IOVector *qiov, size_t qiov_offset, BdrvRequestFlags flags,
+                                   bool is_write);
+
 /* block-io-zero.c */
 int coroutine_fn bdrv_co_do_pwrite_zeroes(BlockDriverState *bs, int64_t offset, int64_t bytes,
                                           BdrvRequestFlags flags);
