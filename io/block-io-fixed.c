@@ -18,6 +18,13 @@
 #include "block-io-int.h"
 #include "iov-fixed.h"
 
+static uint64_t mapped_bounces;
+
+uint64_t bdrv_mapped_bounce_count(void)
+{
+    return __atomic_load_n(&mapped_bounces, __ATOMIC_RELAXED);
+}
+
 bool bdrv_needs_mapped(BlockDriverState *bs, int64_t offset, int64_t bytes, IOVector *qiov,
                        size_t qiov_offset, BdrvRequestFlags flags, bool is_write)
 {
@@ -46,6 +53,7 @@ int coroutine_fn bdrv_co_rw_mapped(BdrvChild *child, int64_t offset, int64_t byt
     IOVector local;
     int ret;
 
+    __atomic_fetch_add(&mapped_bounces, 1, __ATOMIC_RELAXED);
     /* From the per-thread cache up to 1 MiB, the usual ublk maximum. */
     iov_init_buf(&local, bdrv_bounce_get(child->bs, (size_t)bytes, &bounce), (size_t)bytes);
     if (is_write) {
