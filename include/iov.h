@@ -84,8 +84,12 @@ typedef enum IOVKind {
     IOV_KIND_MIXED = IOV_KIND_MAPPED | IOV_KIND_REG,
 } IOVKind;
 IOVKind iov_kind(const IOVector *q, size_t offset, size_t len);
+/* Inline for the one-element vector every ublk request is: one bit test. */
 static inline bool iov_has_reg(const IOVector *q, size_t offset, size_t len)
 {
+    if (likely(q->niov == 1)) {
+        return len && iov_base_is_reg(q->iov[0].iov_base);
+    }
     return iov_kind(q, offset, len) & IOV_KIND_REG;
 }
 /* Append the [offset, offset+len) part of src. */

@@ -25,12 +25,10 @@ uint64_t bdrv_mapped_bounce_count(void)
     return __atomic_load_n(&mapped_bounces, __ATOMIC_RELAXED);
 }
 
-bool bdrv_needs_mapped(BlockDriverState *bs, int64_t offset, int64_t bytes, IOVector *qiov,
-                       size_t qiov_offset, BdrvRequestFlags flags, bool is_write)
+/* qiov holds references: must a layer of bs see the bytes? */
+bool bdrv_layer_needs_bytes(BlockDriverState *bs, int64_t offset, int64_t bytes,
+                            BdrvRequestFlags flags, bool is_write)
 {
-    if (!qiov || !iov_has_reg(qiov, qiov_offset, (size_t)bytes)) {
-        return false;
-    }
     uint32_t align = bs->bl.request_alignment ? bs->bl.request_alignment : 1;
     if (bs->drv->needs_mapped_data || offset % align || bytes % align) {
         return true;
