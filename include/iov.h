@@ -33,7 +33,7 @@ _Static_assert(sizeof(void *) == 8, "references need 64-bit pointers");
 #define IOV_REG_RING_SHIFT   47                   /* 16 bits: AioContext ring id */
 #define IOV_REG_INDEX_SHIFT  33                   /* 14 bits: io_uring allows 16384 */
 #define IOV_REG_INDEX_MAX    (1u << 14)
-#define IOV_REG_OFFSET_LIMIT (UINT64_C(1) << 33)  /* offset + len stay below this */
+#define IOV_REG_OFFSET_LIMIT (UINT64_C(1) << 33)  /* offset + len stay below this (8 GiB) */
 
 static inline bool iov_base_is_reg(const void *base)
 {

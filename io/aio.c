@@ -757,7 +757,7 @@ int coroutine_fn aio_co_submit_sqe_wait(struct io_uring_sqe *sqe, unsigned *cqe_
 
 bool aio_register_buffer_slots(AioContext *ctx, void *base, size_t slot_size, unsigned nslots)
 {
-    if (ctx->fixed_len || !nslots || slot_size > UINT32_MAX || nslots > 16384) {
+    if (ctx->fixed_len || ctx->refs || !nslots || slot_size > UINT32_MAX || nslots > 16384) {
         return false;
     }
     size_t *len = calloc(nslots, sizeof(*len));

@@ -102,8 +102,10 @@ void iov_add(IOVector *q, void *base, size_t len)
 
 void iov_add_reg(IOVector *q, unsigned ring_id, unsigned index, uint64_t offset, size_t len)
 {
-    if (index >= IOV_REG_INDEX_MAX || offset > IOV_REG_OFFSET_LIMIT ||
-        len > IOV_REG_OFFSET_LIMIT - offset) {
+    /* Strictly below the limit: an end at the limit would equal the next
+     * index's offset 0, and iov_add would merge the two. */
+    if (index >= IOV_REG_INDEX_MAX || offset >= IOV_REG_OFFSET_LIMIT ||
+        len >= IOV_REG_OFFSET_LIMIT - offset) {
         fprintf(stderr, "ublkd: registered buffer reference out of range (index %u, "
                 "offset %llu, length %zu)\n", index, (unsigned long long)offset, len);
         abort();

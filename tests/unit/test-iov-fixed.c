@@ -516,6 +516,37 @@ static void test_vdi(void **state)
     }
 }
 
+/* A probed raw image looks at sector 0 of a write to refuse another format's
+ * header: through the ring when that sector is a reference. */
+static void test_probed_raw_header_check(void **state)
+{
+    (void)state;
+    require_driver("raw");
+    require_driver("vdi");
+    const char *v = test_path("hdr.vdi"), *p = test_path("probed.img");
+    Error *err = NULL;
+    unlink(v);
+    assert_int_equal(bdrv_create(bdrv_find_format("vdi"), v,
+                                 optdict_parse("size=1M", NULL, NULL), &err), 0);
+    read_file(v, 0, regbuf, 512);
+    make_file(p, 64 * KiB, 71);
+    BlockDriverState *bs = bdrv_open(p, NULL, BDRV_O_RDWR, &err);
+    assert_non_null(bs);
+    assert_true(bs->probed);
+    BdrvChild *c = test_child_new(bs);
+    IOVector q;
+    ref_vec(&q, 0, 512);
+    assert_int_equal(do_rw(c, true, 0, 512, &q, 0, 0), -EPERM);
+    memset(regbuf, 0x33, 512);
+    assert_int_equal(do_rw(c, true, 0, 512, &q, 0, 0), 0);
+    uint8_t back[512];
+    read_file(p, 0, back, sizeof(back));
+    assert_true(test_buf_is(back, sizeof(back), 0x33));
+    iov_destroy(&q);
+    test_child_free(c);
+    bdrv_unref(bs);
+}
+
 /* ----------------------------------- layers that must see the bytes */
 
 /* detect-zeroes: a zero write from a reference is seen (through a bounce)
@@ -661,6 +692,7 @@ int main(void)
         cmocka_unit_test(test_file_eof_zero_fill),
         cmocka_unit_test(test_raw_offset_sweep),
         cmocka_unit_test(test_vdi),
+        cmocka_unit_test(test_probed_raw_header_check),
         cmocka_unit_test(test_detect_zeroes_bounces),
         cmocka_unit_test(test_copy_on_read_bounces),
         cmocka_unit_test(test_needs_mapped_driver),
