@@ -482,10 +482,11 @@ static void test_vdi(void **state)
         const char *p = test_path(direct ? "zc-d.vdi" : "zc.vdi");
         Error *err = NULL;
         unlink(p);
-        if (bdrv_create(bdrv_find_format("vdi"), p, optdict_parse("size=4M", NULL, NULL),
-                        &err) < 0) {
+        OptDict *co = optdict_parse("size=4M", NULL, NULL);
+        if (bdrv_create(bdrv_find_format("vdi"), p, co, &err) < 0) {
             fail_msg("create: %s", error_get_pretty(err));
         }
+        optdict_free(co);
         char opts[700];
         snprintf(opts, sizeof(opts), "driver=vdi,file.filename=%s%s", p,
                  direct ? ",file.cache.direct=on" : "");
@@ -526,8 +527,9 @@ static void test_probed_raw_header_check(void **state)
     const char *v = test_path("hdr.vdi"), *p = test_path("probed.img");
     Error *err = NULL;
     unlink(v);
-    assert_int_equal(bdrv_create(bdrv_find_format("vdi"), v,
-                                 optdict_parse("size=1M", NULL, NULL), &err), 0);
+    OptDict *co = optdict_parse("size=1M", NULL, NULL);
+    assert_int_equal(bdrv_create(bdrv_find_format("vdi"), v, co, &err), 0);
+    optdict_free(co);
     read_file(v, 0, regbuf, 512);
     make_file(p, 64 * KiB, 71);
     BlockDriverState *bs = bdrv_open(p, NULL, BDRV_O_RDWR, &err);
