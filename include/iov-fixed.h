@@ -17,11 +17,41 @@
 #ifndef UBLKD_IOV_FIXED_H
 #define UBLKD_IOV_FIXED_H
 
+#include <errno.h>
 #include "coroutine.h"
 #include "iov.h"
 
-int coroutine_fn iov_co_to_buf(const IOVector *q, size_t offset, void *buf, size_t len);
-int coroutine_fn iov_co_from_buf(const IOVector *q, size_t offset, const void *buf, size_t len);
-int coroutine_fn iov_co_zero(const IOVector *q, size_t offset, size_t len);
+int coroutine_fn iov_co_to_buf_slow(const IOVector *q, size_t offset, void *buf, size_t len);
+int coroutine_fn iov_co_from_buf_slow(const IOVector *q, size_t offset, const void *buf,
+                                      size_t len);
+int coroutine_fn iov_co_zero_slow(const IOVector *q, size_t offset, size_t len);
+
+/* Mapped vectors (null reads, zeros past EOF: per request) cost one bit
+ * test more than the plain helpers. */
+static inline int coroutine_fn iov_co_to_buf(const IOVector *q, size_t offset, void *buf,
+                                             size_t len)
+{
+    if (likely(!iov_has_reg(q, offset, len))) {
+        return iov_to_buf(q, offset, buf, len) == len ? 0 : -EINVAL;
+    }
+    return iov_co_to_buf_slow(q, offset, buf, len);
+}
+
+static inline int coroutine_fn iov_co_from_buf(const IOVector *q, size_t offset,
+                                               const void *buf, size_t len)
+{
+    if (likely(!iov_has_reg(q, offset, len))) {
+        return iov_from_buf(q, offset, buf, len) == len ? 0 : -EINVAL;
+    }
+    return iov_co_from_buf_slow(q, offset, buf, len);
+}
+
+static inline int coroutine_fn iov_co_zero(const IOVector *q, size_t offset, size_t len)
+{
+    if (likely(!iov_has_reg(q, offset, len))) {
+        return iov_memset(q, offset, 0, len) == len ? 0 : -EINVAL;
+    }
+    return iov_co_zero_slow(q, offset, len);
+}
 
 #endif

@@ -184,17 +184,18 @@ static int coroutine_fn iov_co_copy(CopyDir dir, const IOVector *q, size_t offse
     return len ? -EINVAL : 0;
 }
 
-int coroutine_fn iov_co_to_buf(const IOVector *q, size_t offset, void *buf, size_t len)
+int coroutine_fn iov_co_to_buf_slow(const IOVector *q, size_t offset, void *buf, size_t len)
 {
     return iov_co_copy(COPY_TO_BUF, q, offset, buf, len);
 }
 
-int coroutine_fn iov_co_from_buf(const IOVector *q, size_t offset, const void *buf, size_t len)
+int coroutine_fn iov_co_from_buf_slow(const IOVector *q, size_t offset, const void *buf,
+                                      size_t len)
 {
     return iov_co_copy(COPY_FROM_BUF, q, offset, (char *)buf, len);
 }
 
-int coroutine_fn iov_co_zero(const IOVector *q, size_t offset, size_t len)
+int coroutine_fn iov_co_zero_slow(const IOVector *q, size_t offset, size_t len)
 {
     return iov_co_copy(COPY_ZERO, q, offset, NULL, len);
 }
