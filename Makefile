@@ -24,11 +24,11 @@ LDLIBS    := -luring -lpthread
 LDFLAGS   ?=
 
 # ---- sources, one subsystem per file ----
-IO_SRCS := io/error.c io/coroutine.c io/co-lock.c io/aio.c io/iov.c
+IO_SRCS := io/error.c io/coroutine.c io/co-lock.c io/aio.c io/iov.c io/iov-fixed.c
 # node graph, options, file protocol (graph helper)
 IO_SRCS += io/options.c io/block.c io/block-open.c io/file.c
 # request path, throttling, export handle
-IO_SRCS += io/block-io.c io/block-io-zero.c io/block-io-drain.c io/block-status.c
+IO_SRCS += io/block-io.c io/block-io-fixed.c io/block-io-zero.c io/block-io-drain.c io/block-status.c
 IO_SRCS += io/throttle.c io/block-backend.c
 # metadata cache for format drivers (qcow2 L2/refcount tables)
 IO_SRCS += io/meta-cache.c

@@ -11,6 +11,7 @@
 #include <stdlib.h>
 #include "aio.h"
 #include "block.h"
+#include "iov-fixed.h"
 
 typedef struct NullState {
     int64_t length;
@@ -64,7 +65,7 @@ static int coroutine_fn null_co_preadv(BlockDriverState *bs, int64_t offset, int
     NullState *s = bs->opaque;
     null_delay(s);
     if (s->read_zeroes) {
-        iov_memset(qiov, qiov_offset, 0, (size_t)bytes);
+        return iov_co_zero(qiov, qiov_offset, (size_t)bytes);
     }
     return 0;
 }

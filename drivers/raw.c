@@ -14,6 +14,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include "block.h"
+#include "iov-fixed.h"
 
 typedef struct RawState {
     uint64_t offset;
@@ -103,11 +104,15 @@ static int coroutine_fn raw_co_preadv(BlockDriverState *bs, int64_t offset, int6
     return ret < 0 ? ret : bdrv_co_preadv_part(bs->file, offset, bytes, qiov, qiov_offset, flags);
 }
 
-/* Would writing buf (the new first sector) make the image probe as something else? */
-static bool header_write_changes_format(const IOVector *qiov, size_t qiov_offset)
+/* Would writing buf (the new first sector) make the image probe as something
+ * else?  (Through the ring when the sector is in a registered buffer.) */
+static int coroutine_fn header_write_changes_format(const IOVector *qiov, size_t qiov_offset)
 {
     uint8_t sector[BLOCK_PROBE_BUF_SIZE];
-    iov_to_buf(qiov, qiov_offset, sector, sizeof(sector));
+    int ret = iov_co_to_buf(qiov, qiov_offset, sector, sizeof(sector));
+    if (ret < 0) {
+        return ret;
+    }
     const BlockDriver *drv = bdrv_probe_buf(sector, sizeof(sector), NULL);
     return drv && strcmp(drv->format_name, "raw") != 0;
 }
@@ -116,9 +121,11 @@ static int coroutine_fn raw_co_pwritev(BlockDriverState *bs, int64_t offset, int
                                        IOVector *qiov, size_t qiov_offset, BdrvRequestFlags flags)
 {
     /* request_alignment >= 512 when probed, so a write touching sector 0 covers it. */
-    if (bs->probed && offset < BLOCK_PROBE_BUF_SIZE && bytes >= BLOCK_PROBE_BUF_SIZE &&
-        header_write_changes_format(qiov, qiov_offset)) {
-        return -EPERM;
+    if (bs->probed && offset < BLOCK_PROBE_BUF_SIZE && bytes >= BLOCK_PROBE_BUF_SIZE) {
+        int changes = header_write_changes_format(qiov, qiov_offset);
+        if (changes) {
+            return changes < 0 ? changes : -EPERM;
+        }
     }
     int ret = raw_adjust(bs, &offset, bytes, true);
     return ret < 0 ? ret : bdrv_co_pwritev_part(bs->file, offset, bytes, qiov, qiov_offset, flags);

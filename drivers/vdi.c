@@ -13,6 +13,7 @@
 #include <inttypes.h>
 #include <stdio.h>
 #include <stdlib.h>
+#include "iov-fixed.h"
 #include "vdi-int.h"
 
 const char *vdi_image_name(BlockDriverState *bs)
@@ -351,11 +352,15 @@ static int coroutine_fn vdi_co_preadv(BlockDriverState *bs, int64_t offset, int6
         uint32_t entry = vdi_entry(s, block);
         int64_t n;
 
+        int ret;
         if (!vdi_is_allocated(entry)) {
             n = vdi_unallocated_run(s, block, in_block, bytes);
-            iov_memset(qiov, qiov_offset, 0, n);
+            /* through the ring when qiov holds registered-buffer references */
+            ret = iov_co_zero(qiov, qiov_offset, (size_t)n);
+            if (ret < 0) {
+                return ret;
+            }
         } else {
-            int ret;
             if (vdi_slot_missing(s, entry)) {
                 return -EIO;
             }

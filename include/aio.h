@@ -106,6 +106,22 @@ bool aio_register_buffer_slots(AioContext *ctx, void *base, size_t slot_size, un
 /* Bytes of slot registered so far (0: none, or no slots), for tests. */
 size_t aio_buffer_slot_registered(AioContext *ctx, unsigned slot);
 
+/*
+ * Registered-buffer references (include/iov.h): an IOVector element naming
+ * [offset, offset+len) of the buffer at index `i` of this ring's table,
+ * made with iov_add_reg(q, aio_ring_id(ctx), i, offset, len).  Passed as the
+ * only element of aio_co_preadv/pwritev's vector it goes out as
+ * READ_FIXED/WRITE_FIXED at the buffer's own address for the ring; from
+ * another ring it fails -EXDEV, in a vector of several elements -EINVAL.
+ * aio_fixed_buffer_add registers len bytes at base at a free index (a table
+ * of 64 made on first use; -EBUSY when the tag slots own the table) and
+ * returns the index or -errno; tests use it to stand in for the buffers that
+ * ublk zero copy registers.  Owner thread only.
+ */
+unsigned aio_ring_id(AioContext *ctx);
+int aio_fixed_buffer_add(AioContext *ctx, void *base, size_t len);
+int aio_fixed_buffer_remove(AioContext *ctx, unsigned index);
+
 /* ---- bottom halves ---- */
 typedef struct AioBH AioBH;
 typedef void AioBHFn(void *opaque);

@@ -187,6 +187,14 @@ struct BlockDriver {
     bool is_format;              /* false for protocols (file, null) */
     bool is_filter;              /* forwards to its only child (file role) */
     bool supports_backing;
+    /*
+     * The driver reads or writes the bytes of request buffers itself
+     * (compression, encryption, quorum voting): the request path hands it a
+     * mapped bounce instead of registered-buffer references (include/iov.h).
+     * Drivers without it must pass references down untouched, or use
+     * include/iov-fixed.h where they set or look at bytes.
+     */
+    bool needs_mapped_data;
 
     /* Score 0..100 that buf (first BLOCK_PROBE_BUF_SIZE bytes) is this format. */
     int (*probe)(const uint8_t *buf, int buf_size, const char *filename);

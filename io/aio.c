@@ -26,6 +26,7 @@
 #include <time.h>
 #include <unistd.h>
 #include "aio.h"
+#include "iov.h"
 #include "coroutine-int.h"
 
 struct AioBH {
@@ -36,6 +37,14 @@ struct AioBH {
     AioBH *next;
 };
 enum { BH_SCHEDULED = 1, BH_DELETED = 2, BH_ONESHOT = 4 };
+
+/* What SQEs must say for a buffer registered at an index: the address its
+ * byte 0 has for the ring (0 for a buffer the kernel registered itself, such
+ * as a ublk request's pages), and how many bytes it has. */
+typedef struct AioFixedRef {
+    uint64_t addr;
+    size_t len;                  /* 0: nothing registered here */
+} AioFixedRef;
 
 struct AioContext {
     struct io_uring ring;
@@ -56,6 +65,10 @@ struct AioContext {
     size_t fixed_slot_size, fixed_size;
     size_t *fixed_len;           /* bytes registered per slot, 0 = none yet */
     bool fixed_full;             /* a registration failed: grow no more */
+    /* Buffers that references (include/iov.h) name, by index; owner thread only. */
+    unsigned ring_id;            /* in every reference to this ring's buffers */
+    AioFixedRef *refs;
+    unsigned nrefs;
 };
 
 static __thread AioContext *current_ctx;
@@ -209,6 +222,9 @@ AioContext *aio_context_new(unsigned entries, Error **errp)
     }
     ctx->efd_comp.cb = efd_done;
     ctx->clock = default_clock;
+    /* 0 is never an id, so a zeroed cookie matches no ring. */
+    static atomic_uint next_ring_id;
+    ctx->ring_id = atomic_fetch_add(&next_ring_id, 1) % 0xffff + 1;
     loop_time_update(ctx);
     return ctx;
 }
@@ -232,6 +248,7 @@ void aio_context_free(AioContext *ctx)
     }
     io_uring_queue_exit(&ctx->ring);   /* also drops registered buffers */
     free(ctx->fixed_len);
+    free(ctx->refs);
     close(ctx->efd);
     if (current_ctx == ctx) {
         current_ctx = NULL;
@@ -740,7 +757,7 @@ int coroutine_fn aio_co_submit_sqe_wait(struct io_uring_sqe *sqe, unsigned *cqe_
 
 bool aio_register_buffer_slots(AioContext *ctx, void *base, size_t slot_size, unsigned nslots)
 {
-    if (ctx->fixed_len || !nslots || slot_size > UINT32_MAX || nslots > 16384) {
+    if (ctx->fixed_len || ctx->refs || !nslots || slot_size > UINT32_MAX || nslots > 16384) {
         return false;
     }
     size_t *len = calloc(nslots, sizeof(*len));
@@ -763,6 +780,66 @@ size_t aio_buffer_slot_registered(AioContext *ctx, unsigned slot)
 {
     return ctx->fixed_len && slot < ctx->fixed_size / ctx->fixed_slot_size
            ? ctx->fixed_len[slot] : 0;
+}
+
+unsigned aio_ring_id(AioContext *ctx)
+{
+    return ctx->ring_id;
+}
+
+#define AIO_FIXED_REFS 64
+
+int aio_fixed_buffer_add(AioContext *ctx, void *base, size_t len)
+{
+    if (ctx->fixed_len) {
+        return -EBUSY;       /* the table is the tag slots' */
+    }
+    if (!len || len > UINT32_MAX) {
+        return -EINVAL;
+    }
+    aio_bind(ctx);
+    if (!ctx->refs) {
+        AioFixedRef *refs = calloc(AIO_FIXED_REFS, sizeof(*refs));
+        if (!refs) {
+            return -ENOMEM;
+        }
+        int ret = io_uring_register_buffers_sparse(&ctx->ring, AIO_FIXED_REFS);
+        if (ret < 0) {
+            free(refs);
+            return ret;
+        }
+        ctx->refs = refs;
+        ctx->nrefs = AIO_FIXED_REFS;
+    }
+    for (unsigned i = 0; i < ctx->nrefs; i++) {
+        if (ctx->refs[i].len) {
+            continue;
+        }
+        struct iovec iov = { base, len };
+        int ret = io_uring_register_buffers_update_tag(&ctx->ring, i, &iov, NULL, 1);
+        if (ret != 1) {
+            return ret < 0 ? ret : -EIO;
+        }
+        ctx->refs[i] = (AioFixedRef){ (uint64_t)(uintptr_t)base, len };
+        return (int)i;
+    }
+    return -ENOSPC;
+}
+
+int aio_fixed_buffer_remove(AioContext *ctx, unsigned index)
+{
+    if (index >= ctx->nrefs || !ctx->refs[index].len) {
+        return -ENOENT;
+    }
+    /* An empty iovec unregisters; requests already in flight keep the
+     * buffer until they complete (the kernel holds a reference). */
+    struct iovec iov = { NULL, 0 };
+    int ret = io_uring_register_buffers_update_tag(&ctx->ring, index, &iov, NULL, 1);
+    if (ret != 1) {
+        return ret < 0 ? ret : -EIO;
+    }
+    ctx->refs[index].len = 0;
+    return 0;
 }
 
 /* Grow slot's registration to cover its first `end` bytes.  Sizes double
@@ -811,14 +888,65 @@ static inline int fixed_slot(AioContext *ctx, const void *p, size_t len)
 }
 
 /*
+ * A vector holding registered-buffer references (include/iov.h) can go out
+ * only as one READ_FIXED/WRITE_FIXED: the reference must be the vector's only
+ * element, belong to this ring and lie inside what is registered at its
+ * index.  Returns 1 with *addr set for a reference, 0 for mapped memory, or
+ * -EXDEV (another ring's reference: it must never reach this ring, whose
+ * index means another buffer or nothing), -EINVAL (a reference in a
+ * multi-element vector, or past its buffer), -ENOENT (nothing at the index).
+ */
+static int fixed_ref_resolve(AioContext *ctx, const struct iovec *iov, int iovcnt,
+                             uint64_t *addr)
+{
+    if (likely(iovcnt == 1 && !iov_base_is_reg(iov[0].iov_base))) {
+        return 0;
+    }
+    if (iovcnt != 1) {
+        for (int i = 0; i < iovcnt; i++) {
+            if (iov_base_is_reg(iov[i].iov_base)) {
+                return -EINVAL;
+            }
+        }
+        return 0;
+    }
+    const void *ref = iov[0].iov_base;
+    unsigned index = iov_reg_index(ref);
+    uint64_t off = iov_reg_offset(ref);
+    if (iov_reg_ring(ref) != ctx->ring_id) {
+        return -EXDEV;
+    }
+    if (index >= ctx->nrefs || !ctx->refs[index].len) {
+        return -ENOENT;
+    }
+    if (off > ctx->refs[index].len || iov[0].iov_len > ctx->refs[index].len - off ||
+        iov[0].iov_len > UINT32_MAX) {
+        return -EINVAL;
+    }
+    *addr = ctx->refs[index].addr + off;
+    return 1;
+}
+
+/*
  * Prepare a read or write of iov at offset.  One segment (the usual ublk
  * request): READ/WRITE spare the kernel the copy and import of an iovec
  * array, READ_FIXED/WRITE_FIXED also the page pinning of O_DIRECT.
  */
-static void prep_rw(AioContext *ctx, struct io_uring_sqe *sqe, bool write, int fd,
-                    const struct iovec *iov, int iovcnt, int64_t offset)
+static int prep_rw(AioContext *ctx, struct io_uring_sqe **sqep, bool write, int fd,
+                   const struct iovec *iov, int iovcnt, int64_t offset)
 {
-    if (iovcnt == 1 && iov[0].iov_len <= UINT32_MAX) {
+    uint64_t ref_addr;
+    int ref = fixed_ref_resolve(ctx, iov, iovcnt, &ref_addr);
+    if (unlikely(ref < 0)) {
+        return ref;
+    }
+    struct io_uring_sqe *sqe = *sqep = aio_get_sqe(ctx);
+    if (unlikely(ref)) {
+        io_uring_prep_rw(write ? IORING_OP_WRITE_FIXED : IORING_OP_READ_FIXED, sqe, fd,
+                         (void *)(uintptr_t)ref_addr, (unsigned)iov[0].iov_len,
+                         (uint64_t)offset);
+        sqe->buf_index = (uint16_t)iov_reg_index(iov[0].iov_base);
+    } else if (iovcnt == 1 && iov[0].iov_len <= UINT32_MAX) {
         void *buf = iov[0].iov_base;
         unsigned len = (unsigned)iov[0].iov_len;
         int slot = fixed_slot(ctx, buf, len);
@@ -834,22 +962,26 @@ static void prep_rw(AioContext *ctx, struct io_uring_sqe *sqe, bool write, int f
         io_uring_prep_rw(write ? IORING_OP_WRITEV : IORING_OP_READV, sqe, fd, iov,
                          (unsigned)iovcnt, (uint64_t)offset);
     }
+    return 0;
 }
 
 ssize_t coroutine_fn aio_co_preadv(int fd, const struct iovec *iov, int iovcnt, int64_t offset)
 {
     AioContext *ctx = co_io_ctx("aio_co_preadv");
-    struct io_uring_sqe *sqe = aio_get_sqe(ctx);
-    prep_rw(ctx, sqe, false, fd, iov, iovcnt, offset);
-    return co_io_wait(sqe, NULL);
+    struct io_uring_sqe *sqe;
+    int ret = prep_rw(ctx, &sqe, false, fd, iov, iovcnt, offset);
+    return ret < 0 ? ret : co_io_wait(sqe, NULL);
 }
 
 ssize_t coroutine_fn aio_co_pwritev(int fd, const struct iovec *iov, int iovcnt, int64_t offset,
                                     int rw_flags)
 {
     AioContext *ctx = co_io_ctx("aio_co_pwritev");
-    struct io_uring_sqe *sqe = aio_get_sqe(ctx);
-    prep_rw(ctx, sqe, true, fd, iov, iovcnt, offset);
+    struct io_uring_sqe *sqe;
+    int ret = prep_rw(ctx, &sqe, true, fd, iov, iovcnt, offset);
+    if (ret < 0) {
+        return ret;
+    }
     sqe->rw_flags = rw_flags;
     return co_io_wait(sqe, NULL);
 }

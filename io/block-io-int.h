@@ -78,6 +78,24 @@ int coroutine_fn bdrv_driver_pwritev(BlockDriverState *bs, int64_t offset, int64
 void bdrv_co_write_req_finish(BdrvChild *child, int64_t offset, int64_t bytes,
                               BdrvTrackedRequest *req, int ret);
 
+/* block-io-fixed.c: a request whose buffers hold registered-buffer
+ * references (include/iov.h) but that some layer of this node must see the
+ * bytes of goes through a mapped bounce instead (see that file). */
+bool bdrv_layer_needs_bytes(BlockDriverState *bs, int64_t offset, int64_t bytes,
+                            BdrvRequestFlags flags, bool is_write);
+static inline bool bdrv_needs_mapped(BlockDriverState *bs, int64_t offset, int64_t bytes,
+                                     IOVector *qiov, size_t qiov_offset, BdrvRequestFlags flags,
+                                     bool is_write)
+{
+    return qiov && iov_has_reg(qiov, qiov_offset, (size_t)bytes) &&
+           bdrv_layer_needs_bytes(bs, offset, bytes, flags, is_write);
+}
+int coroutine_fn bdrv_co_rw_mapped(BdrvChild *child, int64_t offset, int64_t bytes,
+                                   IOVector *qiov, size_t qiov_offset, BdrvRequestFlags flags,
+                                   bool is_write);
+/* Requests that took that path so far (all threads), for tests. */
+uint64_t bdrv_mapped_bounce_count(void);
+
 /* block-io-zero.c */
 int coroutine_fn bdrv_co_do_pwrite_zeroes(BlockDriverState *bs, int64_t offset, int64_t bytes,
                                           BdrvRequestFlags flags);

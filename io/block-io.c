@@ -18,6 +18,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include "block-io-int.h"
+#include "iov-fixed.h"
 
 /* ------------------------------------------------------------ bounce buffers */
 
@@ -625,7 +626,7 @@ int coroutine_fn bdrv_aligned_preadv(BdrvChild *child, BdrvTrackedRequest *req,
             max_bytes -= num;
         } else {
             num = bytes - done;
-            iov_memset(qiov, qiov_offset + done, 0, num);
+            ret = iov_co_zero(qiov, qiov_offset + done, num);
         }
         if (ret < 0) {
             return ret;
@@ -655,6 +656,9 @@ int coroutine_fn bdrv_co_preadv_part(BdrvChild *child, int64_t offset, int64_t b
     }
     if (bytes == 0) {
         return 0;
+    }
+    if (unlikely(bdrv_needs_mapped(bs, offset, bytes, qiov, qiov_offset, flags, false))) {
+        return bdrv_co_rw_mapped(child, offset, bytes, qiov, qiov_offset, flags, false);
     }
     bdrv_co_enter_request(child);
     if (__atomic_load_n(&bs->copy_on_read, __ATOMIC_RELAXED) ||
@@ -786,6 +790,9 @@ int coroutine_fn bdrv_co_pwritev_part(BdrvChild *child, int64_t offset, int64_t 
     }
     if (bs->open_flags & BDRV_O_WRITETHROUGH) {
         flags |= BDRV_REQ_FUA;
+    }
+    if (unlikely(bdrv_needs_mapped(bs, offset, bytes, qiov, qiov_offset, flags, true))) {
+        return bdrv_co_rw_mapped(child, offset, bytes, qiov, qiov_offset, flags, true);
     }
 
     bdrv_co_enter_request(child);

@@ -27,6 +27,7 @@
 #include <unistd.h>
 #include "aio.h"
 #include "block-io-int.h"
+#include "iov-fixed.h"
 
 typedef struct FileState {
     int fd;
@@ -629,8 +630,10 @@ static int coroutine_fn bounce_rw(BlockDriverState *bs, bool is_write, int64_t o
         IoSlice sl = { .iov = sl.stack, .niov = 1 };
         sl.stack[0] = (struct iovec){ buf, len };
         if (is_write) {
-            iov_to_buf(qiov, qiov_offset + (size_t)pos, buf, len);
-            ret = write_loop(s, &sl, offset + pos, (int64_t)len, rw_flags);
+            ret = iov_co_to_buf(qiov, qiov_offset + (size_t)pos, buf, len);
+            if (ret == 0) {
+                ret = write_loop(s, &sl, offset + pos, (int64_t)len, rw_flags);
+            }
             if (ret < 0) {
                 break;
             }
@@ -640,9 +643,12 @@ static int coroutine_fn bounce_rw(BlockDriverState *bs, bool is_write, int64_t o
                 ret = (int)n;
                 break;
             }
-            iov_from_buf(qiov, qiov_offset + (size_t)pos, buf, (size_t)n);
-            if (n < (int64_t)len) {   /* EOF: the rest reads as zeros */
-                iov_memset(qiov, qiov_offset + (size_t)(pos + n), 0, (size_t)(bytes - pos - n));
+            ret = iov_co_from_buf(qiov, qiov_offset + (size_t)pos, buf, (size_t)n);
+            if (ret == 0 && n < (int64_t)len) {   /* EOF: the rest reads as zeros */
+                ret = iov_co_zero(qiov, qiov_offset + (size_t)(pos + n), (size_t)(bytes - pos - n));
+                break;
+            }
+            if (ret < 0) {
                 break;
             }
         }
@@ -652,26 +658,71 @@ static int coroutine_fn bounce_rw(BlockDriverState *bs, bool is_write, int64_t o
     return ret;
 }
 
+/*
+ * A vector holding registered-buffer references (include/iov.h) goes out one
+ * element at a time: a reference can only be the single element of a
+ * READ_FIXED/WRITE_FIXED (io/aio.c).  Mapped elements among them are rare
+ * (vdi's zero padding around an allocating write).  O_DIRECT alignment of a
+ * reference is that of its offset in the registered buffer, which starts on
+ * a page (a ublk request's pages, an aligned stand-in), so needs_bounce
+ * above judges it from the cookie as it is.  Reads return the bytes read
+ * before EOF, writes 0; or -errno.
+ */
+static int64_t coroutine_fn rw_by_element(FileState *s, bool is_write, int64_t offset,
+                                          int64_t bytes, IOVector *qiov, size_t qiov_offset,
+                                          int rw_flags)
+{
+    int64_t pos = 0;
+    for (int i = 0; i < qiov->niov && pos < bytes; i++) {
+        size_t l = qiov->iov[i].iov_len;
+        if (qiov_offset >= l) {
+            qiov_offset -= l;
+            continue;
+        }
+        size_t len = MIN(l - qiov_offset, (size_t)(bytes - pos));
+        IoSlice sl = { .iov = sl.stack, .niov = 1 };
+        sl.stack[0] = (struct iovec){ (char *)qiov->iov[i].iov_base + qiov_offset, len };
+        qiov_offset = 0;
+        if (is_write) {
+            int ret = write_loop(s, &sl, offset + pos, (int64_t)len, rw_flags);
+            if (ret < 0) {
+                return ret;
+            }
+        } else {
+            int64_t n = read_loop(s, &sl, offset + pos, (int64_t)len);
+            if (n < (int64_t)len) {
+                return n < 0 ? n : pos + n;   /* EOF */
+            }
+        }
+        pos += (int64_t)len;
+    }
+    return is_write ? 0 : pos;
+}
+
 static int coroutine_fn file_co_preadv(BlockDriverState *bs, int64_t offset, int64_t bytes,
                                        IOVector *qiov, size_t qiov_offset,
                                        BdrvRequestFlags flags)
 {
     (void)flags;
     FileState *s = bs->opaque;
+    int64_t n;
     if (needs_bounce(s, qiov, qiov_offset, (size_t)bytes)) {
         return bounce_rw(bs, false, offset, bytes, qiov, qiov_offset, 0);
     }
-    IoSlice sl;
-    slice_init(&sl, qiov, qiov_offset, (size_t)bytes);
-    struct iovec *base = sl.iov;
-    int64_t n = read_loop(s, &sl, offset, bytes);
-    slice_destroy(&sl, base);
+    if (unlikely(iov_has_reg(qiov, qiov_offset, (size_t)bytes))) {
+        n = rw_by_element(s, false, offset, bytes, qiov, qiov_offset, 0);
+    } else {
+        IoSlice sl;
+        slice_init(&sl, qiov, qiov_offset, (size_t)bytes);
+        struct iovec *base = sl.iov;
+        n = read_loop(s, &sl, offset, bytes);
+        slice_destroy(&sl, base);
+    }
     if (n < 0) {
         return (int)n;
     }
     /* Beyond EOF reads as zeros. */
-    iov_memset(qiov, qiov_offset + (size_t)n, 0, (size_t)(bytes - n));
-    return 0;
+    return n < bytes ? iov_co_zero(qiov, qiov_offset + (size_t)n, (size_t)(bytes - n)) : 0;
 }
 
 static void note_growth(BlockDriverState *bs, int64_t end)
@@ -695,6 +746,8 @@ static int coroutine_fn file_co_pwritev(BlockDriverState *bs, int64_t offset, in
     int ret;
     if (needs_bounce(s, qiov, qiov_offset, (size_t)bytes)) {
         ret = bounce_rw(bs, true, offset, bytes, qiov, qiov_offset, rw_flags);
+    } else if (unlikely(iov_has_reg(qiov, qiov_offset, (size_t)bytes))) {
+        ret = (int)rw_by_element(s, true, offset, bytes, qiov, qiov_offset, rw_flags);
     } else {
         IoSlice sl;
         slice_init(&sl, qiov, qiov_offset, (size_t)bytes);

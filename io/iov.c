@@ -100,6 +100,35 @@ void iov_add(IOVector *q, void *base, size_t len)
     q->size += len;
 }
 
+void iov_add_reg(IOVector *q, unsigned ring_id, unsigned index, uint64_t offset, size_t len)
+{
+    /* Strictly below the limit: an end at the limit would equal the next
+     * index's offset 0, and iov_add would merge the two. */
+    if (index >= IOV_REG_INDEX_MAX || offset >= IOV_REG_OFFSET_LIMIT ||
+        len >= IOV_REG_OFFSET_LIMIT - offset) {
+        fprintf(stderr, "ublkd: registered buffer reference out of range (index %u, "
+                "offset %llu, length %zu)\n", index, (unsigned long long)offset, len);
+        abort();
+    }
+    iov_add(q, iov_reg_cookie(ring_id, index, offset), len);
+}
+
+IOVKind iov_kind(const IOVector *q, size_t offset, size_t len)
+{
+    unsigned kind = IOV_KIND_NONE;
+    for (int i = 0; i < q->niov && len > 0; i++) {
+        size_t l = q->iov[i].iov_len;
+        if (offset >= l) {
+            offset -= l;
+            continue;
+        }
+        kind |= iov_base_is_reg(q->iov[i].iov_base) ? IOV_KIND_REG : IOV_KIND_MAPPED;
+        len -= MIN(l - offset, len);
+        offset = 0;
+    }
+    return (IOVKind)kind;
+}
+
 void iov_concat(IOVector *q, const IOVector *src, size_t offset, size_t len)
 {
     for (int i = 0; i < src->niov && len > 0; i++) {
@@ -146,6 +175,14 @@ void iov_destroy(IOVector *q)
     q->size = 0;
 }
 
+static __attribute__((noreturn, cold)) void iov_reg_touched(void)
+{
+    /* A layer that needs the bytes got a reference instead of a bounce
+     * (io/iov-fixed.c): a bug, and memcpy on the cookie would fault anyway. */
+    fprintf(stderr, "ublkd: byte access to a registered (unmapped) buffer reference\n");
+    abort();
+}
+
 /* Walk [offset, offset+len) of q, calling fn on each piece; returns bytes. */
 #define IOV_WALK(q, offset, len, piece, plen, body) ({                      \
     size_t _done = 0, _off = (offset), _len = (len);                        \
@@ -156,6 +193,9 @@ void iov_destroy(IOVector *q)
             continue;                                                       \
         }                                                                   \
         char *piece = (char *)(q)->iov[_i].iov_base + _off;                 \
+        if (unlikely(iov_base_is_reg(piece))) {                             \
+            iov_reg_touched();                                              \
+        }                                                                   \
         size_t plen = MIN(_l - _off, _len - _done);                         \
         body;                                                               \
         _done += plen;                                                      \
