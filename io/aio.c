@@ -43,6 +43,7 @@ struct AioContext {
     unsigned ring_flags;
     bool enabled;
     pthread_t owner;             /* the thread that enabled the ring and runs it */
+    char owner_name[16];         /* its name then, for the owner check's message */
     int efd;
     AioCompletion efd_comp;
     atomic_int notify_me;
@@ -143,21 +144,20 @@ static void efd_arm(AioContext *ctx)
  * (Kconfig.md: on in every build the Makefile makes, off only when a
  * packager adds -DNDEBUG).  It costs a TLS load and a compare.
  */
-static void __attribute__((noinline, cold, noreturn)) owner_violation(AioContext *ctx,
-                                                                    const char *what)
-{
-    char owner[16] = "?", self[16] = "?";
-    pthread_getname_np(ctx->owner, owner, sizeof(owner));
-    pthread_getname_np(pthread_self(), self, sizeof(self));
-    fprintf(stderr, "ublkd: aio: %s on AioContext %p from thread '%s', but its ring belongs "
-            "to thread '%s': only the owner may submit (use aio_bh_schedule or "
-            "aio_co_schedule to get there)\n", what, (void *)ctx, self, owner);
-    abort();
-}
-
 #ifdef NDEBUG
 #define aio_assert_owner(ctx, what) ((void)0)
 #else
+static void __attribute__((noinline, cold, noreturn)) owner_violation(AioContext *ctx,
+                                                                    const char *what)
+{
+    char self[16] = "?";
+    pthread_getname_np(pthread_self(), self, sizeof(self));
+    fprintf(stderr, "ublkd: aio: %s on AioContext %p from thread '%s', but its ring belongs "
+            "to thread '%s': only the owner may submit (use aio_bh_schedule or "
+            "aio_co_schedule to get there)\n", what, (void *)ctx, self, ctx->owner_name);
+    abort();
+}
+
 #define aio_assert_owner(ctx, what)                                         \
     do {                                                                    \
         if (unlikely(!pthread_equal((ctx)->owner, pthread_self()))) {      \
@@ -181,6 +181,7 @@ static inline void aio_bind(AioContext *ctx, const char *what)
     }
     (void)what;
     ctx->owner = pthread_self();
+    pthread_getname_np(ctx->owner, ctx->owner_name, sizeof(ctx->owner_name));
     if (ctx->ring_flags & IORING_SETUP_R_DISABLED) {
         /* liburing 2.3 declares io_uring_enable_rings but does not export it. */
         long ret = syscall(__NR_io_uring_register, ctx->ring.ring_fd,
