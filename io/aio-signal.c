@@ -46,7 +46,11 @@ static void watch_ready(AioCompletion *c, int res, unsigned flags)
         return;
     }
     if (res < 0 && res != -EINTR && res != -ECANCELED) {
-        fprintf(stderr, "ublkd: aio: poll of signalfd %d: %s\n", w->fd, strerror(-res));
+        /* Not re-armed: a poll the kernel refuses would be refused again,
+         * in a loop that never sleeps. */
+        fprintf(stderr, "ublkd: aio: poll of signalfd %d: %s; signals are no longer "
+                "watched\n", w->fd, strerror(-res));
+        return;
     }
     for (;;) {
         struct signalfd_siginfo si;
