@@ -22,7 +22,8 @@
  * on another: its ring is bound (SINGLE_ISSUER) to the first thread that
  * calls aio_set_current, aio_poll, aio_get_sqe or aio_submit on it, its
  * owner, and only that thread may use it afterwards.  A later call of those
- * (or aio_register_buffer_slots) from another thread aborts with a message
+ * (or aio_register_buffer_slots, aio_timer_mod, aio_timer_del of an armed
+ * timer) from another thread aborts with a message
  * naming both threads, in every build without NDEBUG (Kconfig.md), instead
  * of failing the submission (-EEXIST) or corrupting the ring.  Reaching
  * another thread's context is what aio_bh_schedule, aio_co_schedule,

@@ -552,6 +552,9 @@ void aio_timer_del(AioTimer *t)
     if (t->expire_ns < 0) {
         return;
     }
+    if (t->ctx->enabled) {
+        aio_assert_owner(t->ctx, "aio_timer_del");
+    }
     for (AioTimer **p = &t->ctx->timers; *p; p = &(*p)->next) {
         if (*p == t) {
             *p = t->next;
@@ -564,6 +567,10 @@ void aio_timer_del(AioTimer *t)
 
 void aio_timer_mod(AioTimer *t, int64_t expire_ns)
 {
+    /* The timer list is the owner's, unlocked, like the ring. */
+    if (t->ctx->enabled) {
+        aio_assert_owner(t->ctx, "aio_timer_mod");
+    }
     aio_timer_del(t);
     if (expire_ns < 0) {
         expire_ns = 0;

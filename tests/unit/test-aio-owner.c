@@ -17,7 +17,7 @@
 #include <cmocka.h>
 #include "aio.h"
 
-typedef enum { BY_GET_SQE, BY_SUBMIT, BY_POLL, BY_SET_CURRENT } Trespass;
+typedef enum { BY_GET_SQE, BY_SUBMIT, BY_POLL, BY_SET_CURRENT, BY_TIMER } Trespass;
 
 typedef struct {
     AioContext *ctx;
@@ -44,6 +44,12 @@ static void *trespass_thread(void *opaque)
     case BY_SET_CURRENT:
         aio_set_current(a->ctx);
         break;
+    case BY_TIMER: {
+        static AioTimer t;
+        aio_timer_init(&t, a->ctx, NULL, NULL);
+        aio_timer_mod(&t, 0);
+        break;
+    }
     }
     return NULL;
 }
@@ -129,6 +135,12 @@ static void test_set_current_from_other_thread_aborts(void **state)
 {
     (void)state;
     expect_abort(BY_SET_CURRENT, "aio_set_current");
+}
+
+static void test_timer_from_other_thread_aborts(void **state)
+{
+    (void)state;
+    expect_abort(BY_TIMER, "aio_timer_mod");
 }
 
 /* ---- what stays legal ---- */
@@ -237,6 +249,7 @@ int main(void)
         cmocka_unit_test(test_submit_from_other_thread_aborts),
         cmocka_unit_test(test_poll_from_other_thread_aborts),
         cmocka_unit_test(test_set_current_from_other_thread_aborts),
+        cmocka_unit_test(test_timer_from_other_thread_aborts),
         cmocka_unit_test(test_cross_thread_wakeups_are_legal),
         cmocka_unit_test(test_owner_is_first_user),
     };
