@@ -24,7 +24,7 @@ LDLIBS    := -luring -lpthread
 LDFLAGS   ?=
 
 # ---- sources, one subsystem per file ----
-IO_SRCS := io/error.c io/coroutine.c io/co-lock.c io/aio.c io/iov.c io/iov-fixed.c
+IO_SRCS := io/error.c io/coroutine.c io/co-lock.c io/aio.c io/aio-signal.c io/iov.c io/iov-fixed.c
 # node graph, options, file protocol (graph helper)
 IO_SRCS += io/options.c io/block.c io/block-open.c io/file.c
 # request path, throttling, export handle

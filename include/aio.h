@@ -20,14 +20,22 @@
  * aio_set_current(); aio_current() returns it.  The main thread of tools gets
  * one from aio_main_init().  A context may be created on one thread and used
  * on another: its ring is bound (SINGLE_ISSUER) to the first thread that
- * calls aio_set_current, aio_poll, aio_get_sqe or aio_submit on it, and only
- * that thread may use it afterwards.  Setting UBLKD_IO_URING_SETUP=coop or
- * =none in the environment caps the ring flags tried (for old kernels/tests).
+ * calls aio_set_current, aio_poll, aio_get_sqe or aio_submit on it, its
+ * owner, and only that thread may use it afterwards.  A later call of those
+ * (or aio_register_buffer_slots, aio_timer_mod, aio_timer_del of an armed
+ * timer) from another thread aborts with a message
+ * naming both threads, in every build without NDEBUG (Kconfig.md), instead
+ * of failing the submission (-EEXIST) or corrupting the ring.  Reaching
+ * another thread's context is what aio_bh_schedule, aio_co_schedule,
+ * aio_co_wake and aio_notify are for: they never touch its ring.  Setting
+ * UBLKD_IO_URING_SETUP=coop or =none in the environment caps the ring flags
+ * tried (for old kernels/tests).
  */
 #ifndef UBLKD_AIO_H
 #define UBLKD_AIO_H
 
 #include <liburing.h>
+#include <signal.h>
 #include <sys/uio.h>
 #include "compiler.h"
 #include "coroutine.h"
@@ -44,6 +52,8 @@ AioContext *aio_current(void);
 /* Create and set the calling thread's context if it has none. */
 AioContext *aio_main_init(Error **errp);
 struct io_uring *aio_ring(AioContext *ctx);
+/* True on ctx's owner thread, or while ctx has no owner yet. */
+bool aio_context_is_owner(AioContext *ctx);
 /* Setup flags the ring actually got (IORING_SETUP_*), for tests and info. */
 unsigned aio_ring_flags(AioContext *ctx);
 
@@ -161,6 +171,21 @@ void aio_timer_mod(AioTimer *t, int64_t expire_ns);  /* absolute, ctx clock; ctx
 void aio_timer_del(AioTimer *t);
 bool aio_timer_pending(const AioTimer *t);
 
+/* ---- signals (io/aio-signal.c) ---- */
+/*
+ * Run cb(opaque, siginfo) on ctx's thread, from its loop, for each signal
+ * in set that arrives.  The caller blocks the signals in every thread first
+ * (pthread_sigmask before it starts any), or they take their default action
+ * or go to another thread.  Owner thread only; free it outside its own
+ * callback (the callback sets a flag, the loop's caller frees).
+ */
+typedef struct AioSignalWatch AioSignalWatch;
+struct signalfd_siginfo;
+typedef void AioSignalFn(void *opaque, const struct signalfd_siginfo *si);
+AioSignalWatch *aio_signal_watch_new(AioContext *ctx, const sigset_t *set, AioSignalFn *cb,
+                                     void *opaque, Error **errp);
+void aio_signal_watch_free(AioSignalWatch *w);
+
 /* ---- coroutines across contexts ---- */
 /* Run co on ctx (any thread; co must not be running). */
 void aio_co_schedule(AioContext *ctx, Coroutine *co);
@@ -170,6 +195,12 @@ void aio_co_schedule(AioContext *ctx, Coroutine *co);
  * coroutine yields if we are, scheduled on its own thread otherwise.
  */
 void aio_co_wake(Coroutine *co);
+/*
+ * Start fn(opaque) in a new coroutine on ctx, from any thread: background
+ * work that belongs to no request (a node's home context runs it, see
+ * bdrv_get_home_context).  Control plane only: it allocates.
+ */
+void aio_co_spawn(AioContext *ctx, CoroutineEntry *fn, void *opaque);
 /* Move the calling coroutine to ctx (yields, resumes on ctx's thread). */
 void coroutine_fn aio_co_reschedule_self(AioContext *ctx);
 

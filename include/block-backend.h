@@ -37,6 +37,14 @@ int64_t blk_getlength(BlockBackend *blk);
 bool blk_is_read_only(BlockBackend *blk);
 int blk_set_throttle(BlockBackend *blk, const ThrottleConfig *cfg, Error **errp);
 void blk_get_stats(BlockBackend *blk, BlockAcctStats *out);
+/*
+ * A thread other than the opener's starts (attach) or stops (detach)
+ * issuing requests to blk: call from that thread, with its AioContext
+ * current, before its first request and after its last one has completed.
+ * Drivers set up and drop per-thread state (bdrv_attach_thread).
+ */
+void blk_attach_thread(BlockBackend *blk);
+void blk_detach_thread(BlockBackend *blk);
 
 int coroutine_fn blk_co_preadv(BlockBackend *blk, int64_t offset, int64_t bytes,
                                IOVector *qiov, BdrvRequestFlags flags);

@@ -39,6 +39,7 @@ typedef struct BlockDriver BlockDriver;
 typedef struct BlockDriverState BlockDriverState;
 typedef struct BdrvChild BdrvChild;
 typedef struct BdrvTrackedRequest BdrvTrackedRequest;
+typedef struct AioContext AioContext;
 
 #define BDRV_SECTOR_BITS 9
 #define BDRV_SECTOR_SIZE (1ULL << BDRV_SECTOR_BITS)
@@ -234,6 +235,17 @@ struct BlockDriver {
     void (*get_specific_info)(BlockDriverState *bs, ImageSpecificInfo *info);
     /* 1 if a freshly created image of this driver reads as zeros. */
     int (*has_zero_init)(BlockDriverState *bs);
+    /*
+     * Per-thread driver state.  attach_thread runs on a thread that starts
+     * issuing requests to bs (a ublk queue thread, a thread of `img bench`)
+     * before its first request, with its AioContext; detach_thread runs on
+     * the same thread after its last request has completed.  Children are
+     * attached before their parents and detached after them, so a parent can
+     * rely on its children's state in both.  The home context's thread is
+     * not attached: open and close cover it.  Neither may fail or yield.
+     */
+    void (*attach_thread)(BlockDriverState *bs, AioContext *ctx);
+    void (*detach_thread)(BlockDriverState *bs, AioContext *ctx);
     /* Called when the first drained section that affects the node begins and
      * when the last one ends (nested sections count): the node is drained,
      * below a drained node, or above one (its requests would reach it).
@@ -295,6 +307,9 @@ struct BlockDriverState {
     int quiesce_counter;         /* drained sections affecting the node (atomic) */
     int subtree_quiesce;         /* of those, sections of this node or an ancestor */
     BdrvChild *parents;          /* edges to this node, by next_parent */
+
+    /* Where the node's background work runs (bdrv_get_home_context). */
+    AioContext *home_ctx;
 
     /* Graph bookkeeping (io/block.c). */
     OptDict *own_options;        /* this node's open options, children excluded */
@@ -381,6 +396,24 @@ BlockDriverState *bdrv_skip_filters(BlockDriverState *bs);
 BlockDriverState *bdrv_backing_bs(BlockDriverState *bs);  /* NULL if none */
 /* Describe the graph as "driver=...,file.driver=..." dotted options. */
 char *bdrv_graph_to_string(BlockDriverState *bs);
+
+/* ---- threads and background work ---- */
+/*
+ * The node's home AioContext: the context of the thread that opened it (the
+ * main thread's in the daemon, which runs its loop while serving).  Work
+ * that belongs to no request runs there: timers (aio_timer_init on it),
+ * coroutines (aio_co_spawn(bdrv_get_home_context(bs), ...)).
+ */
+AioContext *bdrv_get_home_context(BlockDriverState *bs);
+/*
+ * The calling thread, whose AioContext is ctx, starts (attach) or stops
+ * (detach) issuing requests to the graph under bs: every node's
+ * attach_thread/detach_thread callback runs once, on this thread, children
+ * first on attach and parents first on detach; nodes whose home context is
+ * ctx are left out.  Users call blk_attach_thread/blk_detach_thread.
+ */
+void bdrv_attach_thread(BlockDriverState *bs, AioContext *ctx);
+void bdrv_detach_thread(BlockDriverState *bs, AioContext *ctx);
 
 /* ---- request path (coroutine context; io/block-io.c) ---- */
 int coroutine_fn bdrv_co_preadv(BdrvChild *child, int64_t offset, int64_t bytes,

@@ -17,6 +17,7 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <poll.h>
+#include <pthread.h>
 #include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -50,6 +51,8 @@ struct AioContext {
     struct io_uring ring;
     unsigned ring_flags;
     bool enabled;
+    pthread_t owner;             /* the thread that enabled the ring and runs it */
+    char owner_name[16];         /* its name then, for the owner check's message */
     int efd;
     AioCompletion efd_comp;
     atomic_int notify_me;
@@ -145,12 +148,53 @@ static void efd_arm(AioContext *ctx)
     aio_sqe_set_completion(sqe, &ctx->efd_comp);
 }
 
-/* First use by the owner thread: enable the ring, arm the wake-up read. */
-static inline void aio_bind(AioContext *ctx)
+/*
+ * The owner check.  A SINGLE_ISSUER ring fails a submission from another
+ * thread with -EEXIST, a ring without it would be corrupted silently (the
+ * SQ tail is not atomic), and the timer and completion state beside the
+ * ring is the owner's alone: either way the bug shows up far from its cause.
+ * So every entry that touches the ring checks the caller, unless NDEBUG
+ * (Kconfig.md: on in every build the Makefile makes, off only when a
+ * packager adds -DNDEBUG).  It costs a TLS load and a compare.
+ */
+#ifdef NDEBUG
+#define aio_assert_owner(ctx, what) ((void)0)
+#else
+static void __attribute__((noinline, cold, noreturn)) owner_violation(AioContext *ctx,
+                                                                    const char *what)
+{
+    char self[16] = "?";
+    pthread_getname_np(pthread_self(), self, sizeof(self));
+    fprintf(stderr, "ublkd: aio: %s on AioContext %p from thread '%s', but its ring belongs "
+            "to thread '%s': only the owner may submit (use aio_bh_schedule or "
+            "aio_co_schedule to get there)\n", what, (void *)ctx, self, ctx->owner_name);
+    abort();
+}
+
+#define aio_assert_owner(ctx, what)                                         \
+    do {                                                                    \
+        if (unlikely(!pthread_equal((ctx)->owner, pthread_self()))) {      \
+            owner_violation((ctx), (what));                                 \
+        }                                                                   \
+    } while (0)
+#endif
+
+bool aio_context_is_owner(AioContext *ctx)
+{
+    return !ctx->enabled || pthread_equal(ctx->owner, pthread_self());
+}
+
+/* First use by the owner thread: enable the ring, arm the wake-up read.
+ * Later uses: assert that the caller is that thread. */
+static inline void aio_bind(AioContext *ctx, const char *what)
 {
     if (likely(ctx->enabled)) {
+        aio_assert_owner(ctx, what);
         return;
     }
+    (void)what;
+    ctx->owner = pthread_self();
+    pthread_getname_np(ctx->owner, ctx->owner_name, sizeof(ctx->owner_name));
     if (ctx->ring_flags & IORING_SETUP_R_DISABLED) {
         /* liburing 2.3 declares io_uring_enable_rings but does not export it. */
         long ret = syscall(__NR_io_uring_register, ctx->ring.ring_fd,
@@ -260,7 +304,7 @@ void aio_set_current(AioContext *ctx)
 {
     current_ctx = ctx;
     if (ctx) {
-        aio_bind(ctx);
+        aio_bind(ctx, "aio_set_current");
     }
 }
 
@@ -298,7 +342,7 @@ unsigned aio_ring_flags(AioContext *ctx)
 
 struct io_uring_sqe *aio_get_sqe(AioContext *ctx)
 {
-    aio_bind(ctx);
+    aio_bind(ctx, "aio_get_sqe");
     for (int tries = 0;; tries++) {
         struct io_uring_sqe *sqe = io_uring_get_sqe(&ctx->ring);
         if (likely(sqe)) {
@@ -324,7 +368,7 @@ struct io_uring_sqe *aio_get_sqe(AioContext *ctx)
 
 int aio_submit(AioContext *ctx)
 {
-    aio_bind(ctx);
+    aio_bind(ctx, "aio_submit");
     return io_uring_submit(&ctx->ring);
 }
 
@@ -488,6 +532,13 @@ void aio_co_wake(Coroutine *co)
     }
 }
 
+void aio_co_spawn(AioContext *ctx, CoroutineEntry *fn, void *opaque)
+{
+    /* Scheduled, not entered, even on ctx's own thread: the caller may hold
+     * locks or be in the middle of something fn must not see half done. */
+    aio_co_schedule(ctx, co_create(fn, opaque));
+}
+
 void coroutine_fn aio_co_reschedule_self(AioContext *ctx)
 {
     Coroutine *self = co_self();
@@ -518,6 +569,9 @@ void aio_timer_del(AioTimer *t)
     if (t->expire_ns < 0) {
         return;
     }
+    if (t->ctx->enabled) {
+        aio_assert_owner(t->ctx, "aio_timer_del");
+    }
     for (AioTimer **p = &t->ctx->timers; *p; p = &(*p)->next) {
         if (*p == t) {
             *p = t->next;
@@ -530,6 +584,10 @@ void aio_timer_del(AioTimer *t)
 
 void aio_timer_mod(AioTimer *t, int64_t expire_ns)
 {
+    /* The timer list is the owner's, unlocked, like the ring. */
+    if (t->ctx->enabled) {
+        aio_assert_owner(t->ctx, "aio_timer_mod");
+    }
     aio_timer_del(t);
     if (expire_ns < 0) {
         expire_ns = 0;
@@ -652,7 +710,7 @@ bool aio_poll(AioContext *ctx, bool blocking)
     AioContext *saved = current_ctx;
     current_ctx = ctx;
 
-    aio_bind(ctx);
+    aio_bind(ctx, "aio_poll");
     loop_time_update(ctx);
     if (take_notified(ctx)) {
         progress = true;  /* someone asked us to look around */
@@ -764,7 +822,7 @@ bool aio_register_buffer_slots(AioContext *ctx, void *base, size_t slot_size, un
     if (!len) {
         return false;
     }
-    aio_bind(ctx);
+    aio_bind(ctx, "aio_register_buffer_slots");
     if (io_uring_register_buffers_sparse(&ctx->ring, nslots) < 0) {
         free(len);     /* before 5.19, or not allowed: plain I/O it is */
         return false;
@@ -797,7 +855,7 @@ int aio_fixed_buffer_add(AioContext *ctx, void *base, size_t len)
     if (!len || len > UINT32_MAX) {
         return -EINVAL;
     }
-    aio_bind(ctx);
+    aio_bind(ctx, "aio_fixed_buffer_add");
     if (!ctx->refs) {
         AioFixedRef *refs = calloc(AIO_FIXED_REFS, sizeof(*refs));
         if (!refs) {
@@ -828,6 +886,7 @@ int aio_fixed_buffer_add(AioContext *ctx, void *base, size_t len)
 
 int aio_fixed_buffer_remove(AioContext *ctx, unsigned index)
 {
+    aio_bind(ctx, "aio_fixed_buffer_remove");
     if (index >= ctx->nrefs || !ctx->refs[index].len) {
         return -ENOENT;
     }

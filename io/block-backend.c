@@ -15,6 +15,7 @@
  * throttling.group.
  */
 #include <errno.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include "aio.h"
@@ -107,6 +108,30 @@ void blk_unref(BlockBackend *blk)
 BlockDriverState *blk_bs(BlockBackend *blk)
 {
     return blk->root->bs;
+}
+
+static AioContext *blk_thread_ctx(const char *what)
+{
+    AioContext *ctx = aio_current();
+    if (!ctx) {
+        fprintf(stderr, "ublkd: %s: the calling thread has no AioContext\n", what);
+        abort();
+    }
+    return ctx;
+}
+
+void blk_attach_thread(BlockBackend *blk)
+{
+    if (blk_bs(blk)) {
+        bdrv_attach_thread(blk_bs(blk), blk_thread_ctx("blk_attach_thread"));
+    }
+}
+
+void blk_detach_thread(BlockBackend *blk)
+{
+    if (blk_bs(blk)) {
+        bdrv_detach_thread(blk_bs(blk), blk_thread_ctx("blk_detach_thread"));
+    }
 }
 
 int64_t blk_getlength(BlockBackend *blk)

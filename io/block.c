@@ -153,11 +153,18 @@ BlockDriverState *bdrv_new_node(const BlockDriver *drv, const char *node_name, E
                    "only letters, digits, '-', '.' and '_' (at most 31 characters)", node_name);
         return NULL;
     }
+    /* Opening reads through the request path, so the opening thread needs
+     * a context anyway; it becomes the node's home. */
+    AioContext *home = aio_main_init(errp);
+    if (!home) {
+        return NULL;
+    }
     BlockDriverState *bs = calloc(1, sizeof(*bs));
     if (!bs) {
         abort();
     }
     bs->drv = drv;
+    bs->home_ctx = home;
     if (drv->instance_size) {
         bs->opaque = calloc(1, drv->instance_size);
         if (!bs->opaque) {
@@ -508,6 +515,66 @@ end:
 out:
     free(set.nodes);
     return ret;
+}
+
+/* ---- threads ---- */
+
+AioContext *bdrv_get_home_context(BlockDriverState *bs)
+{
+    return bs->home_ctx;
+}
+
+typedef struct NodeList {
+    BlockDriverState **nodes;
+    size_t n, alloc;
+} NodeList;
+
+/* Post-order, each node once (a node may be the child of several parents):
+ * every node comes after all of its children. */
+static void collect_post_order(NodeList *l, BlockDriverState *bs)
+{
+    for (size_t i = 0; i < l->n; i++) {
+        if (l->nodes[i] == bs) {
+            return;
+        }
+    }
+    for (BdrvChild *c = bs->children; c; c = c->next) {
+        collect_post_order(l, c->bs);
+    }
+    if (l->n == l->alloc) {
+        l->alloc = l->alloc ? 2 * l->alloc : 8;
+        l->nodes = realloc(l->nodes, l->alloc * sizeof(*l->nodes));
+        if (!l->nodes) {
+            abort();
+        }
+    }
+    l->nodes[l->n++] = bs;
+}
+
+void bdrv_attach_thread(BlockDriverState *bs, AioContext *ctx)
+{
+    NodeList l = { 0 };
+    collect_post_order(&l, bs);
+    for (size_t i = 0; i < l.n; i++) {
+        BlockDriverState *n = l.nodes[i];
+        if (n->drv->attach_thread && n->home_ctx != ctx) {
+            n->drv->attach_thread(n, ctx);
+        }
+    }
+    free(l.nodes);
+}
+
+void bdrv_detach_thread(BlockDriverState *bs, AioContext *ctx)
+{
+    NodeList l = { 0 };
+    collect_post_order(&l, bs);
+    for (size_t i = l.n; i-- > 0;) {
+        BlockDriverState *n = l.nodes[i];
+        if (n->drv->detach_thread && n->home_ctx != ctx) {
+            n->drv->detach_thread(n, ctx);
+        }
+    }
+    free(l.nodes);
 }
 
 /* ---- limits ---- */

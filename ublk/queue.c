@@ -15,6 +15,10 @@
  * stopping); the thread ends when all its tags have, or when the main thread
  * says stop and no request is being handled.
  *
+ * The thread attaches itself to the graph (blk_attach_thread) before its
+ * first request and detaches after its last, so drivers with per-thread
+ * state set it up and drop it on the thread that uses it.
+ *
  * With UBLK_F_USER_COPY the kernel does not copy data to/from the tag
  * buffer: the tag reads/writes /dev/ublkcN at ublk_user_copy_pos(), also as
  * SQEs on this ring.
@@ -329,6 +333,11 @@ static void *queue_thread(void *opaque)
         q->exited = 1;
         return NULL;
     }
+    /* Before the first poll, so before the first request: the FETCHes
+     * queued by queue_setup return only from there. */
+    if (d->blk) {
+        blk_attach_thread(d->blk);
+    }
     sem_post(&q->ready);
 
     while (q->live_tags > 0) {
@@ -337,6 +346,11 @@ static void *queue_thread(void *opaque)
             break;
         }
         aio_poll(q->ctx, true);
+    }
+    /* No request of this thread is in flight: the loop ends only when no
+     * tag is busy. */
+    if (d->blk) {
+        blk_detach_thread(d->blk);
     }
     queue_teardown(q);
     __atomic_store_n(&q->exited, 1, __ATOMIC_RELEASE);

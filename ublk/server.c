@@ -8,7 +8,9 @@
  *   open /dev/ublkcN, start the queue threads, each queues its FETCHes
  *   START_DEV(pid)             (or END_USER_RECOVERY(pid)); waits for the FETCHes
  *   state file, "OK" to whoever is waiting for us
- *   ... serve until SIGTERM/SIGINT, or until the queues die ...
+ *   ... serve: the main thread runs its AioContext (signals, the stats
+ *   timer, the graph's background work) until SIGTERM/SIGINT/SIGHUP, or
+ *   until the queues die ...
  *   STOP_DEV (the kernel drains in-flight I/O while the queues still run)
  *   join the queues, close the char device, drain + flush + close the graph
  *   DEL_DEV (returns once the char device is released), remove the state
@@ -24,6 +26,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/prctl.h>
+#include <sys/signalfd.h>
 #include <sys/stat.h>
 #include <syslog.h>
 #include <time.h>
@@ -439,14 +442,86 @@ static void server_stop(Server *s)
     s->ctrl = NULL;
 }
 
+/* ---- serving: the main thread's loop ---- */
+
+/*
+ * While the device is up the main thread runs its AioContext like any
+ * other thread: signals arrive through a signalfd watched on its ring, the
+ * statistics file is written from a timer, and background work of the
+ * graph (coroutines and timers on a node's home context, which is this
+ * one) runs in between.
+ */
+#define STATS_INTERVAL_NS 1000000000LL
+
+typedef struct ServeLoop {
+    Server *s;
+    AioTimer stats_timer;
+    bool stop;
+} ServeLoop;
+
+/* A queue thread ends on its own only when the kernel took the device away
+ * (it says so with SIGUSR2); the timer looks too, in case that got lost. */
+static void serve_check_queues(ServeLoop *l)
+{
+    if (!l->stop && ublk_queues_running(&l->s->dev) < l->s->dev.nr_queues) {
+        ublk_log(LOG_WARNING, "a queue of %s ended: the device was stopped or deleted "
+                 "outside ublkd; exiting", l->s->bdev);
+        l->stop = true;
+    }
+}
+
+static void serve_signal(void *opaque, const struct signalfd_siginfo *si)
+{
+    ServeLoop *l = opaque;
+    int sig = (int)si->ssi_signo;
+    if (sig == SIGTERM || sig == SIGINT || sig == SIGHUP) {
+        if (!l->stop) {
+            ublk_log(LOG_INFO, "signal %d: stopping %s", sig, l->s->bdev);
+        }
+        l->stop = true;
+    } else {
+        serve_check_queues(l);
+    }
+}
+
+static void serve_stats(void *opaque)
+{
+    ServeLoop *l = opaque;
+    BlockAcctStats st;
+    blk_get_stats(l->s->blk, &st);
+    ublk_stats_write(l->s->dev.dev_id, &st);
+    serve_check_queues(l);
+    aio_timer_mod(&l->stats_timer, aio_now_ns(l->stats_timer.ctx) + STATS_INTERVAL_NS);
+}
+
+static void serve(Server *s, const sigset_t *set)
+{
+    AioContext *ctx = aio_current();
+    ServeLoop l = { .s = s };
+    Error *err = NULL;
+    AioSignalWatch *w = aio_signal_watch_new(ctx, set, serve_signal, &l, &err);
+    if (!w) {
+        ublk_log(LOG_ERR, "%s: stopping %s", error_get_pretty(err), s->bdev);
+        error_free(err);
+        return;
+    }
+    aio_timer_init(&l.stats_timer, ctx, serve_stats, &l);
+    serve_stats(&l);             /* the first one now, as `list` may look at once */
+    while (!l.stop) {
+        aio_poll(ctx, true);
+    }
+    aio_timer_del(&l.stats_timer);
+    aio_signal_watch_free(w);
+}
+
 int ublk_server_run(UblkDevConfig *cfg, bool recover, int ready_fd)
 {
     Server s = { .cfg = cfg };
     Error *err = NULL;
     s.dev.cdev_fd = -1;
 
-    /* Signals are taken synchronously by this thread only; the queue
-     * threads inherit the mask and never see them. */
+    /* Signals are taken by this thread's loop (a signalfd, see serve());
+     * the queue threads inherit the mask and never see them. */
     sigset_t set;
     sigemptyset(&set);
     sigaddset(&set, SIGTERM);
@@ -473,22 +548,7 @@ int ublk_server_run(UblkDevConfig *cfg, bool recover, int ready_fd)
         fflush(stdout);
     }
 
-    for (;;) {
-        BlockAcctStats st;
-        blk_get_stats(s.blk, &st);
-        ublk_stats_write(s.dev.dev_id, &st);
-        struct timespec tmo = { 1, 0 };
-        int sig = sigtimedwait(&set, NULL, &tmo);
-        if (sig == SIGTERM || sig == SIGINT || sig == SIGHUP) {
-            ublk_log(LOG_INFO, "signal %d: stopping %s", sig, s.bdev);
-            break;
-        }
-        if (ublk_queues_running(&s.dev) < s.dev.nr_queues) {
-            ublk_log(LOG_WARNING, "a queue of %s ended: the device was stopped or deleted "
-                     "outside ublkd; exiting", s.bdev);
-            break;
-        }
-    }
+    serve(&s, &set);
     server_stop(&s);
     ublk_log(LOG_INFO, "device %u removed", s.dev.dev_id);
     return 0;
