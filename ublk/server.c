@@ -394,7 +394,8 @@ static int server_start(Server *s, bool recover, int ready_fd, Error **errp)
     }
 
     UblkDevState st = {
-        .cfg = *cfg, .dev_id = d->dev_id, .pid = getpid(), .flags = d->flags,
+        .cfg = *cfg, .dev_id = d->dev_id, .pid = getpid(),
+        .start_time = ublk_proc_start_time(getpid()), .flags = d->flags,
         .nr_queues = d->nr_queues, .depth = d->depth, .bdev = s->bdev,
     };
     st.graph = blk_bs(s->blk) ? bdrv_graph_to_string(blk_bs(s->blk)) : NULL;
