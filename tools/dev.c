@@ -479,6 +479,7 @@ static bool collect_ids(uint32_t *ids, int max, int *count)
 /* A device as the kernel (GET_DEV_INFO) and its state file know it. */
 typedef struct DevView {
     bool have_state, in_kernel;
+    int kernel_err;                       /* GET_DEV_INFO's -errno if it failed */
     UblkDevState st;                      /* if have_state */
     struct ublksrv_ctrl_dev_info info;    /* if in_kernel */
     pid_t pid;                            /* of its daemon: the kernel's, else the
@@ -496,7 +497,8 @@ static bool dev_view(UblkCtrl *ctrl, uint32_t id, DevView *v)
     }
     error_free(err);
     v->have_state = ret == 0;
-    v->in_kernel = ctrl && ublk_ctrl_get_info(ctrl, id, &v->info) == 0;
+    v->kernel_err = ctrl ? ublk_ctrl_get_info(ctrl, id, &v->info) : -ENODEV;
+    v->in_kernel = v->kernel_err == 0;
     v->pid = v->in_kernel && v->info.ublksrv_pid > 0 ? v->info.ublksrv_pid
              : v->have_state ? v->st.pid : 0;
     return v->have_state || v->in_kernel;
@@ -645,6 +647,15 @@ static int del_one(UblkCtrl *ctrl, uint32_t id, bool quiet_missing, bool force)
 {
     DevView v;
     if (!dev_view(ctrl, id, &v)) {
+        if (v.kernel_err == -EACCES || v.kernel_err == -EPERM) {
+            /* Not provably ours: -a passes over it, -n says why. */
+            if (!quiet_missing) {
+                error_report("del: device %u: %s: another user's, or its char device was never "
+                             "handed to you (then only root can delete it)", id,
+                             strerror(-v.kernel_err));
+            }
+            return quiet_missing ? 0 : 1;
+        }
         if (!quiet_missing) {
             error_report("del: no device %u", id);
         }
@@ -814,6 +825,13 @@ static int cmd_list(int argc, char **argv)
         uint32_t id = ids[i];
         DevView v;
         if (!dev_view(ctrl, id, &v)) {
+            if (!json && (v.kernel_err == -EACCES || v.kernel_err == -EPERM)) {
+                /* Shown, so that a device left by a failed add is not invisible. */
+                printf("dev %u: /dev/ublkb%u not accessible to you (%s): another user's, "
+                       "or its char device was never handed to you\n", id, id,
+                       strerror(-v.kernel_err));
+                found++;
+            }
             continue;
         }
         found++;
