@@ -44,19 +44,30 @@ static int sys_pidfd_send_signal(int pidfd, int sig)
     return (int)syscall(SYS_pidfd_send_signal, pidfd, sig, NULL, 0);
 }
 
+/* major:minor of /sys/.../dev; false if the device has none (not started). */
+static bool sysfs_devt(const char *path, dev_t *devt)
+{
+    char buf[64];
+    unsigned maj, min;
+    FILE *f = fopen(path, "r");
+    bool ok = f && fgets(buf, sizeof(buf), f) && sscanf(buf, "%u:%u", &maj, &min) == 2;
+    if (f) {
+        fclose(f);
+    }
+    if (ok) {
+        *devt = makedev(maj, min);
+    }
+    return ok;
+}
+
 /* Whether process pid has /dev/ublkcID open: the kernel lets one process at
  * a time open a ublk char device, and only a daemon serving it does. */
 static bool holds_cdev(pid_t pid, uint32_t id)
 {
-    char path[PATH_MAX], buf[64];
-    unsigned maj, min;
+    char path[PATH_MAX];
+    dev_t cdev;
     snprintf(path, sizeof(path), "/sys/class/ublk-char/ublkc%u/dev", id);
-    FILE *f = fopen(path, "r");
-    bool have_dev = f && fgets(buf, sizeof(buf), f) && sscanf(buf, "%u:%u", &maj, &min) == 2;
-    if (f) {
-        fclose(f);
-    }
-    if (!have_dev) {
+    if (!sysfs_devt(path, &cdev)) {
         return false;
     }
     snprintf(path, sizeof(path), "/proc/%d/fd", (int)pid);
@@ -66,7 +77,7 @@ static bool holds_cdev(pid_t pid, uint32_t id)
     while (dir && !found && (de = readdir(dir))) {
         struct stat st;
         if (de->d_name[0] != '.' && fstatat(dirfd(dir), de->d_name, &st, 0) == 0) {
-            found = S_ISCHR(st.st_mode) && st.st_rdev == makedev(maj, min);
+            found = S_ISCHR(st.st_mode) && st.st_rdev == cdev;
         }
     }
     if (dir) {
@@ -509,22 +520,6 @@ static void dev_view_free(DevView *v)
     if (v->have_state) {
         ublk_dev_state_free(&v->st);
     }
-}
-
-/* major:minor of /sys/.../dev; false if the device has none (not started). */
-static bool sysfs_devt(const char *path, dev_t *devt)
-{
-    char buf[64];
-    unsigned maj, min;
-    FILE *f = fopen(path, "r");
-    bool ok = f && fgets(buf, sizeof(buf), f) && sscanf(buf, "%u:%u", &maj, &min) == 2;
-    if (f) {
-        fclose(f);
-    }
-    if (ok) {
-        *devt = makedev(maj, min);
-    }
-    return ok;
 }
 
 /* Where devt is mounted (first mount point in our mount namespace). */
