@@ -175,6 +175,8 @@ typedef struct UblkDevState {
     UblkDevConfig cfg;
     uint32_t dev_id;
     pid_t pid;
+    uint64_t start_time;       /* of pid, as ublk_proc_start_time: with the pid
+                                  it names the daemon, not a later reuser */
     uint64_t flags;            /* UBLK_F_* the device was added with */
     unsigned nr_queues, depth; /* as the kernel granted */
     char *graph;               /* bdrv_graph_to_string of the root */
@@ -188,9 +190,24 @@ int ublk_dev_state_from_json(const char *json, UblkDevState *s, Error **errp);
 /* Directory of state files: $UBLKD_RUN_DIR, /run/ublkd for root, else
  * $XDG_RUNTIME_DIR/ublkd or /tmp/ublkd-UID.  Created on demand by writers. */
 const char *ublk_run_dir(void);
+/* The run directory, opened (O_DIRECTORY fd) only if it is a directory, not
+ * a symlink, owned by us and writable by nobody else; made 0700 (create
+ * makes it if missing).  -1 with errp naming it otherwise (errno ENOENT
+ * if it is just missing). */
+int ublk_run_dir_open(bool create, Error **errp);
+/* Files are written with O_EXCL | O_NOFOLLOW through a temporary + rename,
+ * mode 0600. */
 int ublk_state_write(const UblkDevState *s, Error **errp);
+/* 0; -1 if there is no state file (errp: "no state for device N"); -2 if
+ * there is one that must not be trusted: another user's, a symlink,
+ * malformed, for another id, or the run directory is refused (errp says
+ * which; the caller warns and ignores it). */
 int ublk_state_read(uint32_t dev_id, UblkDevState *s, Error **errp);
 void ublk_state_remove(uint32_t dev_id);
+/* Start time of a process (field 22 of /proc/PID/stat, clock ticks since
+ * boot); 0 if it has none (gone).  A pid and its start time name one process
+ * for the life of the system. */
+uint64_t ublk_proc_start_time(pid_t pid);
 /* Counters file next to the state file: rewritten by the daemon. */
 int ublk_stats_write(uint32_t dev_id, const BlockAcctStats *st);
 int ublk_stats_read(uint32_t dev_id, BlockAcctStats *st);

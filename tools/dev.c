@@ -5,7 +5,9 @@
  * it says the block device is usable ("OK /dev/ublkbN") or why it is not
  * ("ERR ..."), so the command's exit status is trustworthy for scripts.
  * `del` asks the daemon to stop (SIGTERM) and waits for it; a device whose
- * daemon is gone (killed, crashed) is stopped and deleted directly.
+ * daemon is gone (killed, crashed) is stopped and deleted directly.  Only a
+ * process proven to be the device's daemon is signalled (daemon_pidfd): a
+ * dead daemon's pid may belong to anyone by now.
  * `list` merges what the kernel knows (GET_DEV_INFO) with the daemons'
  * state and counter files.
  */
@@ -14,47 +16,164 @@
 #include <fcntl.h>
 #include <getopt.h>
 #include <limits.h>
+#include <poll.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
+#include <sys/syscall.h>
+#include <sys/sysmacros.h>
 #include <sys/wait.h>
 #include <time.h>
 #include <unistd.h>
 #ifdef CONFIG_JSON
 #include <json-c/json.h>
 #endif
+#include "options.h"
 #include "tools.h"
 #include "ublk.h"
 
-static void msleep(unsigned ms)
+static int sys_pidfd_open(pid_t pid)
 {
-    struct timespec ts = { ms / 1000, (ms % 1000) * 1000000L };
-    nanosleep(&ts, NULL);
+    return (int)syscall(SYS_pidfd_open, pid, 0);
 }
 
-/* Alive and not a zombie (an orphaned daemon may wait to be reaped). */
-static bool pid_alive(pid_t pid)
+static int sys_pidfd_send_signal(int pidfd, int sig)
 {
-    if (pid <= 0 || kill(pid, 0) < 0) {
-        return false;
-    }
-    char path[64], buf[256];
-    snprintf(path, sizeof(path), "/proc/%d/stat", (int)pid);
+    return (int)syscall(SYS_pidfd_send_signal, pidfd, sig, NULL, 0);
+}
+
+/* major:minor of /sys/.../dev; false if the device has none (not started). */
+static bool sysfs_devt(const char *path, dev_t *devt)
+{
+    char buf[64];
+    unsigned maj, min;
     FILE *f = fopen(path, "r");
-    if (!f) {
+    bool ok = f && fgets(buf, sizeof(buf), f) && sscanf(buf, "%u:%u", &maj, &min) == 2;
+    if (f) {
+        fclose(f);
+    }
+    if (ok) {
+        *devt = makedev(maj, min);
+    }
+    return ok;
+}
+
+/* Whether process pid has /dev/ublkcID open: the kernel lets one process at
+ * a time open a ublk char device, and only a daemon serving it does. */
+static bool holds_cdev(pid_t pid, uint32_t id)
+{
+    char path[PATH_MAX];
+    dev_t cdev;
+    snprintf(path, sizeof(path), "/sys/class/ublk-char/ublkc%u/dev", id);
+    if (!sysfs_devt(path, &cdev)) {
         return false;
     }
-    bool alive = true;
-    if (fgets(buf, sizeof(buf), f)) {
-        char *p = strrchr(buf, ')');
-        if (p && (p[2] == 'Z' || p[2] == 'X')) {
-            alive = false;
+    snprintf(path, sizeof(path), "/proc/%d/fd", (int)pid);
+    DIR *dir = opendir(path);
+    struct dirent *de;
+    bool found = false;
+    while (dir && !found && (de = readdir(dir))) {
+        struct stat st;
+        if (de->d_name[0] != '.' && fstatat(dirfd(dir), de->d_name, &st, 0) == 0) {
+            found = S_ISCHR(st.st_mode) && st.st_rdev == cdev;
         }
     }
-    fclose(f);
+    if (dir) {
+        closedir(dir);
+    }
+    return found;
+}
+
+/*
+ * A pidfd for the daemon of device id, if pid is that daemon; else -1.
+ * A pid alone proves nothing: after a daemon dies its pid (kept by the
+ * kernel as ublksrv_pid and in the state file) may be any process's.  The
+ * proof is that the process holds the device's char device open, or that
+ * its start time is the one its state file recorded (st, may be NULL).
+ * The pidfd is taken first, so the process proven is the one it names: a
+ * pid reused after the check is never signalled (pidfd_send_signal then
+ * fails with ESRCH).
+ */
+static int daemon_pidfd(uint32_t id, pid_t pid, const UblkDevState *st)
+{
+    if (pid <= 0) {
+        return -1;
+    }
+    int pidfd = sys_pidfd_open(pid);
+    if (pidfd < 0) {
+        return -1;
+    }
+    uint64_t started = ublk_proc_start_time(pid);
+    bool proven = started && ((st && st->pid == pid && st->start_time == started) ||
+                              holds_cdev(pid, id));
+    if (!proven) {
+        close(pidfd);
+        return -1;
+    }
+    return pidfd;
+}
+
+/* Whether the process behind pidfd has exited (zombies included). */
+static bool pidfd_exited(int pidfd, int timeout_ms)
+{
+    struct pollfd p = { .fd = pidfd, .events = POLLIN };
+    return poll(&p, 1, timeout_ms) > 0;
+}
+
+/* Whether device id has a live daemon (see daemon_pidfd). */
+static bool daemon_alive(uint32_t id, pid_t pid, const UblkDevState *st)
+{
+    int pidfd = daemon_pidfd(id, pid, st);
+    bool alive = pidfd >= 0 && !pidfd_exited(pidfd, 0);
+    if (pidfd >= 0) {
+        close(pidfd);
+    }
     return alive;
+}
+
+/* An absolute form of a relative path (the file itself may not exist yet). */
+static char *absolute_path(const char *p)
+{
+    char *r = realpath(p, NULL), cwd[PATH_MAX];
+    if (!r && getcwd(cwd, sizeof(cwd)) && asprintf(&r, "%s/%s", cwd, p) < 0) {
+        r = NULL;
+    }
+    return r;
+}
+
+/* --blockdev's "filename" keys, at any depth, made absolute. */
+static int absolutize_blockdev(UblkDevConfig *c, Error **errp)
+{
+    bool is_json = !strncmp(c->blockdev, "json:", 5);
+    OptDict *d = is_json ? optdict_parse_json(c->blockdev + 5, errp)
+                         : optdict_parse(c->blockdev, NULL, errp);
+    if (!d) {
+        error_prepend(errp, "--blockdev: ");
+        return -1;
+    }
+    bool changed = false;
+    for (size_t i = 0; i < optdict_count(d); i++) {
+        const char *k = optdict_key_at(d, i), *v = optdict_value_at(d, i);
+        size_t kl = strlen(k);
+        bool is_filename = kl >= 8 && !strcmp(k + kl - 8, "filename") &&
+                           (kl == 8 || k[kl - 9] == '.');
+        if (is_filename && v[0] && v[0] != '/') {
+            char *abs = absolute_path(v);
+            if (abs) {
+                optdict_set(d, k, abs);   /* replaces the value in place */
+                changed = true;
+            }
+            free(abs);
+        }
+    }
+    if (changed) {
+        free(c->blockdev);
+        c->blockdev = optdict_to_string(d);
+    }
+    optdict_free(d);
+    return 0;
 }
 
 /* Files become absolute so that `recover` works from any directory. */
@@ -189,10 +308,19 @@ static int cmd_add(int argc, char **argv)
             return 1;
         }
     }
+    /* Refused before the kernel makes a device the daemon could not record. */
+    int run_fd = ublk_run_dir_open(true, &err);
+    if (run_fd < 0) {
+        error_prepend(&err, "add: ");
+        error_report_err(err);
+        ublk_dev_config_free(&cfg);
+        return 1;
+    }
+    close(run_fd);
     if (cfg.dev_id >= 0) {
         UblkDevState old;
         if (ublk_state_read(cfg.dev_id, &old, NULL) == 0) {
-            bool alive = pid_alive(old.pid);
+            bool alive = daemon_alive(cfg.dev_id, old.pid, &old);
             ublk_dev_state_free(&old);
             if (alive) {
                 error_report("device id %d is already in use", cfg.dev_id);
@@ -202,6 +330,11 @@ static int cmd_add(int argc, char **argv)
         }
     }
     absolutize(&cfg);
+    if (cfg.blockdev && absolutize_blockdev(&cfg, &err) < 0) {
+        error_report_err(err);
+        ublk_dev_config_free(&cfg);
+        return 2;
+    }
     ret = spawn_daemon(&cfg, false);
     ublk_dev_config_free(&cfg);
     return ret;
@@ -286,7 +419,7 @@ static int cmd_recover(int argc, char **argv)
         error_report_err(err);
         return 1;
     }
-    if (pid_alive(st.pid)) {
+    if (daemon_alive(id, st.pid, &st)) {
         error_report("recover: device %u is still served by pid %d", id, (int)st.pid);
         ublk_dev_state_free(&st);
         return 1;
@@ -304,13 +437,22 @@ static int cmd_recover(int argc, char **argv)
     return ret;
 }
 
-/* Ids of devices the kernel has, plus those with a state file. */
-static int collect_ids(uint32_t *ids, int max)
+/* Ids of devices the kernel has, plus those with a state file.  False if
+ * the run directory is there but refused (said why). */
+static bool collect_ids(uint32_t *ids, int max, int *count)
 {
     int n = 0;
-    const char *dirs[] = { "/sys/class/ublk-char", ublk_run_dir() };
+    Error *err = NULL;
+    int run_fd = ublk_run_dir_open(false, &err);
+    bool run_ok = run_fd >= 0 || error_get_errno(err) == ENOENT;
+    if (run_fd < 0 && !run_ok) {
+        error_report_err(err);
+    } else {
+        error_free(err);
+    }
     for (int k = 0; k < 2; k++) {
-        DIR *dir = opendir(dirs[k]);
+        DIR *dir = k == 0 ? opendir("/sys/class/ublk-char")
+                          : run_fd >= 0 ? fdopendir(run_fd) : NULL;
         struct dirent *de;
         while (dir && (de = readdir(dir)) && n < max) {
             unsigned id;
@@ -330,6 +472,8 @@ static int collect_ids(uint32_t *ids, int max)
         }
         if (dir) {
             closedir(dir);
+        } else if (k == 1 && run_fd >= 0) {
+            close(run_fd);
         }
     }
     for (int i = 1; i < n; i++) {       /* insertion sort: lists are short */
@@ -339,12 +483,14 @@ static int collect_ids(uint32_t *ids, int max)
             ids[j - 1] = t;
         }
     }
-    return n;
+    *count = n;
+    return run_ok;
 }
 
 /* A device as the kernel (GET_DEV_INFO) and its state file know it. */
 typedef struct DevView {
     bool have_state, in_kernel;
+    int kernel_err;                       /* GET_DEV_INFO's -errno if it failed */
     UblkDevState st;                      /* if have_state */
     struct ublksrv_ctrl_dev_info info;    /* if in_kernel */
     pid_t pid;                            /* of its daemon: the kernel's, else the
@@ -354,8 +500,16 @@ typedef struct DevView {
 /* False if neither knows device id (nothing to free then). */
 static bool dev_view(UblkCtrl *ctrl, uint32_t id, DevView *v)
 {
-    v->have_state = ublk_state_read(id, &v->st, NULL) == 0;
-    v->in_kernel = ctrl && ublk_ctrl_get_info(ctrl, id, &v->info) == 0;
+    Error *err = NULL;
+    int ret = ublk_state_read(id, &v->st, &err);
+    if (ret == -2) {
+        /* Planted or damaged: never acted on. */
+        warn_report("%s", error_get_pretty(err));
+    }
+    error_free(err);
+    v->have_state = ret == 0;
+    v->kernel_err = ctrl ? ublk_ctrl_get_info(ctrl, id, &v->info) : -ENODEV;
+    v->in_kernel = v->kernel_err == 0;
     v->pid = v->in_kernel && v->info.ublksrv_pid > 0 ? v->info.ublksrv_pid
              : v->have_state ? v->st.pid : 0;
     return v->have_state || v->in_kernel;
@@ -368,35 +522,183 @@ static void dev_view_free(DevView *v)
     }
 }
 
-static int del_one(UblkCtrl *ctrl, uint32_t id, bool quiet_missing)
+/* Where devt is mounted (first mount point in our mount namespace). */
+static bool find_mount(dev_t devt, char *where, size_t len)
+{
+    FILE *f = fopen("/proc/self/mountinfo", "r");
+    char line[4096];
+    bool found = false;
+    while (f && !found && fgets(line, sizeof(line), f)) {
+        unsigned maj, min;
+        char mnt[PATH_MAX];
+        /* "ID PARENT MAJ:MIN ROOT MOUNTPOINT ..." (octal escapes kept) */
+        if (sscanf(line, "%*u %*u %u:%u %*s %4095s", &maj, &min, mnt) == 3 &&
+            makedev(maj, min) == devt) {
+            snprintf(where, len, "%s", mnt);
+            found = true;
+        }
+    }
+    if (f) {
+        fclose(f);
+    }
+    return found;
+}
+
+/* A process (not us) with an fd on block device devt: "pid N (comm)". */
+static bool find_opener(dev_t devt, char *who, size_t len)
+{
+    DIR *proc = opendir("/proc");
+    struct dirent *pe;
+    bool found = false;
+    while (proc && !found && (pe = readdir(proc))) {
+        char *end;
+        long pid = strtol(pe->d_name, &end, 10);
+        if (*end || pid <= 0 || pid == getpid()) {
+            continue;
+        }
+        char path[64];
+        snprintf(path, sizeof(path), "/proc/%ld/fd", pid);
+        DIR *fds = opendir(path);   /* others' are unreadable unless root */
+        struct dirent *fe;
+        while (fds && !found && (fe = readdir(fds))) {
+            struct stat st;
+            found = fe->d_name[0] != '.' && fstatat(dirfd(fds), fe->d_name, &st, 0) == 0 &&
+                    S_ISBLK(st.st_mode) && st.st_rdev == devt;
+        }
+        if (fds) {
+            closedir(fds);
+        }
+        if (found) {
+            char comm[64] = "?";
+            snprintf(path, sizeof(path), "/proc/%ld/comm", pid);
+            FILE *f = fopen(path, "r");
+            if (f && fgets(comm, sizeof(comm), f)) {
+                comm[strcspn(comm, "\n")] = 0;
+            }
+            if (f) {
+                fclose(f);
+            }
+            snprintf(who, len, "pid %ld (%s) has it open", pid, comm);
+        }
+    }
+    if (proc) {
+        closedir(proc);
+    }
+    return found;
+}
+
+/*
+ * Why /dev/ublkbID must not be taken away now (mounted, held by a holder
+ * such as dm or md, open by a process), or false if nothing holds it.  An
+ * exclusive open is tried only on a LIVE device: on a QUIESCED one the
+ * last close could wait for writeback that nobody serves.
+ */
+static bool bdev_busy(uint32_t id, bool live, char *why, size_t len)
+{
+    char path[PATH_MAX];
+    dev_t devt;
+    snprintf(path, sizeof(path), "/sys/block/ublkb%u/dev", id);
+    if (!sysfs_devt(path, &devt)) {
+        return false;
+    }
+    char what[PATH_MAX];
+    if (find_mount(devt, what, sizeof(what))) {
+        snprintf(why, len, "mounted on %s", what);
+        return true;
+    }
+    snprintf(path, sizeof(path), "/sys/block/ublkb%u/holders", id);
+    DIR *h = opendir(path);
+    struct dirent *he;
+    while (h && (he = readdir(h))) {
+        if (he->d_name[0] != '.') {
+            snprintf(why, len, "held by %s", he->d_name);
+            closedir(h);
+            return true;
+        }
+    }
+    if (h) {
+        closedir(h);
+    }
+    if (find_opener(devt, what, sizeof(what))) {
+        snprintf(why, len, "%s", what);
+        return true;
+    }
+    if (live) {
+        ublk_bdev_path(id, path, sizeof(path));
+        int fd = open(path, O_RDONLY | O_EXCL | O_NONBLOCK | O_CLOEXEC);
+        if (fd < 0 && errno == EBUSY) {
+            snprintf(why, len, "opened exclusively by another user (mount, swap or a holder "
+                     "in another namespace)");
+            return true;
+        }
+        if (fd >= 0) {
+            close(fd);
+        }
+    }
+    return false;
+}
+
+static int del_one(UblkCtrl *ctrl, uint32_t id, bool quiet_missing, bool force)
 {
     DevView v;
-    bool known = dev_view(ctrl, id, &v);
-    dev_view_free(&v);          /* del needs only the pid and in_kernel */
-    pid_t pid = v.pid;
-    bool in_kernel = v.in_kernel;
-    if (!known) {
+    if (!dev_view(ctrl, id, &v)) {
+        if (v.kernel_err == -EACCES || v.kernel_err == -EPERM) {
+            /* Not provably ours: -a passes over it, -n says why. */
+            if (!quiet_missing) {
+                error_report("del: device %u: %s: another user's, or its char device was never "
+                             "handed to you (then only root can delete it)", id,
+                             strerror(-v.kernel_err));
+            }
+            return quiet_missing ? 0 : 1;
+        }
         if (!quiet_missing) {
             error_report("del: no device %u", id);
         }
         return 1;
     }
-    if (pid_alive(pid)) {
-        if (kill(pid, SIGTERM) < 0) {
+    /* Taking a used disk away loses what its user has not synced yet.  A
+     * short retry lets a transient opener (udev's blkid after add) go. */
+    char why[PATH_MAX + 64];
+    bool live = v.in_kernel && v.info.state == UBLK_S_DEV_LIVE;
+    for (int tries = 0; !force && v.in_kernel && bdev_busy(id, live, why, sizeof(why)); tries++) {
+        if (tries == 10) {
+            error_report("del: /dev/ublkb%u is busy: %s (%s; --force takes it away anyway)",
+                         id, why, strerror(EBUSY));
+            dev_view_free(&v);
+            return 1;
+        }
+        struct timespec ts = { 0, 50 * 1000000L };
+        nanosleep(&ts, NULL);
+    }
+    pid_t pid = v.pid;
+    int pidfd = daemon_pidfd(id, pid, v.have_state ? &v.st : NULL);
+    if (pidfd < 0 && v.have_state && v.st.pid != v.pid) {
+        pidfd = daemon_pidfd(id, v.st.pid, &v.st);
+        pid = pidfd >= 0 ? v.st.pid : pid;
+    }
+    if (pidfd < 0 && v.pid > 0 && kill(v.pid, 0) == 0) {
+        warn_report("del: pid %d, recorded for device %u, is not its daemon (a reused pid): "
+                    "not signalled", (int)v.pid, id);
+    }
+    bool in_kernel = v.in_kernel;
+    dev_view_free(&v);
+    if (pidfd >= 0 && !pidfd_exited(pidfd, 0)) {
+        if (sys_pidfd_send_signal(pidfd, SIGTERM) < 0 && errno != ESRCH) {
             error_report("del: cannot signal the daemon (pid %d) of device %u: %s", (int)pid, id,
                          strerror(errno));
+            close(pidfd);
             return 1;
         }
         /* The daemon drains and flushes; that can take a while on slow media. */
-        for (int waited = 0; pid_alive(pid); waited += 20) {
-            if (waited == 120000) {
-                error_report("del: daemon %d of device %u still running after 120 s",
-                             (int)pid, id);
-                return 1;
-            }
-            msleep(20);
+        if (!pidfd_exited(pidfd, 120000)) {
+            error_report("del: daemon %d of device %u still running after 120 s", (int)pid, id);
+            close(pidfd);
+            return 1;
         }
         in_kernel = ctrl && ublk_ctrl_get_info(ctrl, id, &v.info) == 0;
+    }
+    if (pidfd >= 0) {
+        close(pidfd);
     }
     if (in_kernel) {
         /* No daemon (killed, crashed): take the device down ourselves. */
@@ -419,19 +721,22 @@ static int cmd_del(int argc, char **argv)
     static const struct option lo[] = {
         { "id", required_argument, NULL, 'n' },
         { "all", no_argument, NULL, 'a' },
+        { "force", no_argument, NULL, 'F' },
         { "help", no_argument, NULL, 'h' },
         { NULL, 0, NULL, 0 },
     };
     uint32_t id = 0;
-    bool have_id = false, all = false;
+    bool have_id = false, all = false, force = false;
     int opt;
     optind = 0;
     while ((opt = verb_getopt(argc, argv, ":n:ah", lo, &id, &have_id)) != -1) {
         switch (opt) {
         case 'a': all = true; break;
+        case 'F': force = true; break;
         case 'h':
-            printf("usage: ublkd del -n ID | -a\n"
-                   "Stop a device: in-flight I/O completes, the image is flushed and closed.\n");
+            printf("usage: ublkd del -n ID | -a [--force]\n"
+                   "Stop a device: in-flight I/O completes, the image is flushed and closed.\n"
+                   "A device that is mounted, held or open is refused (EBUSY) unless --force.\n");
             return 0;
         default:
             return 2;
@@ -452,12 +757,13 @@ static int cmd_del(int argc, char **argv)
     int rc = 0;
     if (all) {
         uint32_t ids[1024];
-        int n = collect_ids(ids, ARRAY_SIZE(ids));
+        int n;
+        rc = !collect_ids(ids, ARRAY_SIZE(ids), &n);
         for (int i = 0; i < n; i++) {
-            rc |= del_one(ctrl, ids[i], true);
+            rc |= del_one(ctrl, ids[i], true, force);
         }
     } else {
-        rc = del_one(ctrl, id, false);
+        rc = del_one(ctrl, id, false, force);
     }
     ublk_ctrl_close(ctrl);
     return rc;
@@ -495,11 +801,16 @@ static int cmd_list(int argc, char **argv)
         return 2;
     }
 #endif
-    UblkCtrl *ctrl = ublk_ctrl_open(NULL);   /* optional: state files still work */
+    /* Without the control device the kernel's devices are invisible: say
+     * so and fail, after listing what the state files know. */
+    Error *ctrl_err = NULL;
+    UblkCtrl *ctrl = ublk_ctrl_open(&ctrl_err);
     uint32_t ids[1024];
-    int n = have_id ? 1 : collect_ids(ids, ARRAY_SIZE(ids));
+    int n = 1, rc = 0;
     if (have_id) {
         ids[0] = only;
+    } else {
+        rc = !collect_ids(ids, ARRAY_SIZE(ids), &n);
     }
 #ifdef CONFIG_JSON
     json_object *arr = json_object_new_array();
@@ -509,6 +820,13 @@ static int cmd_list(int argc, char **argv)
         uint32_t id = ids[i];
         DevView v;
         if (!dev_view(ctrl, id, &v)) {
+            if (!json && (v.kernel_err == -EACCES || v.kernel_err == -EPERM)) {
+                /* Shown, so that a device left by a failed add is not invisible. */
+                printf("dev %u: /dev/ublkb%u not accessible to you (%s): another user's, "
+                       "or its char device was never handed to you\n", id, id,
+                       strerror(-v.kernel_err));
+                found++;
+            }
             continue;
         }
         found++;
@@ -520,7 +838,7 @@ static int cmd_list(int argc, char **argv)
         unsigned depth = in_kernel ? info->queue_depth : st->depth;
         uint64_t flags = in_kernel ? info->flags : st->flags;
         pid_t pid = v.pid;
-        bool alive = pid_alive(pid);
+        bool alive = daemon_alive(id, pid, v.have_state ? st : NULL);
         const char *graph = v.have_state && st->graph ? st->graph : "-";
         BlockAcctStats stats;
         bool have_stats = ublk_stats_read(id, &stats) == 0;
@@ -584,11 +902,16 @@ static int cmd_list(int argc, char **argv)
     json_object_put(arr);
 #endif
     ublk_ctrl_close(ctrl);
+    if (ctrl_err) {
+        error_prepend(&ctrl_err, "list: the kernel's devices cannot be listed: ");
+        error_report_err(ctrl_err);
+        return 1;
+    }
     if (have_id && !found) {
         error_report("list: no device %u", only);
         return 1;
     }
-    return 0;
+    return rc;
 }
 
 static int cmd_features(int argc, char **argv)

@@ -512,28 +512,129 @@ const char *ublk_run_dir(void)
     return dir;
 }
 
-static int write_file_atomic(const char *path, const char *text)
+int ublk_run_dir_open(bool create, Error **errp)
 {
-    char tmp[600];
-    snprintf(tmp, sizeof(tmp), "%s.tmp%d", path, (int)getpid());
-    FILE *f = fopen(tmp, "w");
-    if (!f) {
-        return -errno;
+    const char *dir = ublk_run_dir();
+    if (create && mkdir(dir, 0700) < 0 && errno != EEXIST) {
+        error_setg_errno(errp, errno, "cannot create the run directory %s", dir);
+        return -1;
     }
-    fputs(text, f);
-    fputc('\n', f);
-    if (fclose(f) != 0 || rename(tmp, path) < 0) {
+    /* O_NOFOLLOW: a symlink planted at our name must not redirect us. */
+    int fd = open(dir, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
+    if (fd < 0) {
         int e = errno;
-        unlink(tmp);
-        return -e;
+        if (e == ELOOP || e == ENOTDIR) {
+            error_setg(errp, "the run directory %s is a symlink or not a directory: "
+                       "refusing it (someone else may have made it; remove it)", dir);
+        } else {
+            error_setg_errno(errp, e, "cannot open the run directory %s", dir);
+        }
+        return -1;
     }
-    return 0;
+    struct stat st;
+    if (fstat(fd, &st) < 0) {
+        error_setg_errno(errp, errno, "cannot stat the run directory %s", dir);
+        close(fd);
+        return -1;
+    }
+    if (st.st_uid != geteuid()) {
+        error_setg(errp, "the run directory %s belongs to uid %u, not to you (uid %u): "
+                   "refusing it (remove it)", dir, (unsigned)st.st_uid, (unsigned)geteuid());
+        close(fd);
+        return -1;
+    }
+    if (st.st_mode & 022) {
+        error_setg(errp, "the run directory %s is writable by others (mode %04o): refusing it",
+                   dir, (unsigned)(st.st_mode & 07777));
+        close(fd);
+        return -1;
+    }
+    /* Ours and nobody else could write in it (an older ublkd made it 0755):
+     * close it to readers too, since state files name the images. */
+    if ((st.st_mode & 077) && fchmod(fd, 0700) < 0) {
+        error_setg_errno(errp, errno, "cannot make the run directory %s private (mode 0700)", dir);
+        close(fd);
+        return -1;
+    }
+    return fd;
 }
 
-static char *read_file(const char *path)
+/*
+ * Write name in dirfd through a temporary file and rename.  The temporary
+ * is made with O_EXCL | O_NOFOLLOW: whatever sits at its name (a stale
+ * temporary of a dead process with our pid) is removed, never written
+ * through.
+ */
+static int write_file_atomic(int dirfd, const char *name, const char *text)
 {
-    FILE *f = fopen(path, "r");
+    char tmp[128];
+    snprintf(tmp, sizeof(tmp), "%s.tmp%d", name, (int)getpid());
+    int fd = -1;
+    for (int tries = 0; fd < 0 && tries < 2; tries++) {
+        fd = openat(dirfd, tmp, O_WRONLY | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC, 0600);
+        if (fd < 0 && (errno != EEXIST || unlinkat(dirfd, tmp, 0) < 0)) {
+            return -errno;
+        }
+    }
+    if (fd < 0) {
+        return -EEXIST;
+    }
+    size_t len = strlen(text), done = 0;
+    int ret = 0;
+    while (done < len) {
+        ssize_t n = write(fd, text + done, len - done);
+        if (n < 0 && errno == EINTR) {
+            continue;
+        }
+        if (n <= 0) {
+            ret = n < 0 ? -errno : -EIO;
+            break;
+        }
+        done += n;
+    }
+    if (!ret && write(fd, "\n", 1) != 1) {
+        ret = -EIO;
+    }
+    if (close(fd) < 0 && !ret) {
+        ret = -errno;
+    }
+    if (!ret && renameat(dirfd, tmp, dirfd, name) < 0) {
+        ret = -errno;
+    }
+    if (ret) {
+        unlinkat(dirfd, tmp, 0);
+    }
+    return ret;
+}
+
+/*
+ * The text of name in dirfd, or NULL with errno set.  Only a regular file
+ * of our own uid is read: EPERM for another's (it could have been planted;
+ * *why says so), ELOOP for a symlink.
+ */
+static char *read_file(int dirfd, const char *name, const char **why)
+{
+    *why = NULL;
+    int fd = openat(dirfd, name, O_RDONLY | O_NOFOLLOW | O_NONBLOCK | O_CLOEXEC);
+    if (fd < 0) {
+        if (errno == ELOOP) {
+            *why = "is a symlink";
+        }
+        return NULL;
+    }
+    struct stat st;
+    if (fstat(fd, &st) < 0) {
+        st.st_mode = 0;
+    }
+    if (!S_ISREG(st.st_mode) || st.st_uid != geteuid()) {
+        *why = !S_ISREG(st.st_mode) ? "is not a regular file" : "belongs to another user";
+        close(fd);
+        errno = EPERM;
+        return NULL;
+    }
+    FILE *f = fdopen(fd, "r");
     if (!f) {
+        close(fd);
         return NULL;
     }
     size_t cap = 4096, n = 0;
@@ -552,8 +653,15 @@ static char *read_file(const char *path)
     fclose(f);
     if (buf) {
         buf[n] = 0;
+    } else {
+        errno = ENOMEM;
     }
     return buf;
+}
+
+static void state_name(uint32_t id, const char *suffix, char *buf, size_t len)
+{
+    snprintf(buf, len, "%u%s", id, suffix);
 }
 
 static void state_path(uint32_t id, const char *suffix, char *buf, size_t len)
@@ -568,17 +676,18 @@ int ublk_state_write(const UblkDevState *s, Error **errp)
         error_setg(errp, "cannot write device state: built without JSON support");
         return -1;
     }
-    const char *dir = ublk_run_dir();
-    if (mkdir(dir, 0755) < 0 && errno != EEXIST) {
-        error_setg_errno(errp, errno, "cannot create %s", dir);
+    int dirfd = ublk_run_dir_open(true, errp);
+    if (dirfd < 0) {
         free(json);
         return -1;
     }
-    char path[512];
-    state_path(s->dev_id, ".json", path, sizeof(path));
-    int ret = write_file_atomic(path, json);
+    char name[64], path[600];
+    state_name(s->dev_id, ".json", name, sizeof(name));
+    int ret = write_file_atomic(dirfd, name, json);
+    close(dirfd);
     free(json);
     if (ret < 0) {
+        state_path(s->dev_id, ".json", path, sizeof(path));
         error_setg_errno(errp, -ret, "cannot write %s", path);
         return -1;
     }
@@ -587,28 +696,83 @@ int ublk_state_write(const UblkDevState *s, Error **errp)
 
 int ublk_state_read(uint32_t dev_id, UblkDevState *s, Error **errp)
 {
-    char path[512];
+    char name[64], path[600];
+    state_name(dev_id, ".json", name, sizeof(name));
     state_path(dev_id, ".json", path, sizeof(path));
-    char *text = read_file(path);
+    memset(s, 0, sizeof(*s));
+    Error *local = NULL;
+    int dirfd = ublk_run_dir_open(false, &local);
+    if (dirfd < 0) {
+        if (error_get_errno(local) == ENOENT) {
+            error_free(local);
+            error_setg_errno(errp, ENOENT, "no state for device %u (%s)", dev_id, path);
+            return -1;
+        }
+        error_propagate(errp, local);
+        return -2;
+    }
+    const char *why;
+    char *text = read_file(dirfd, name, &why);
+    close(dirfd);
     if (!text) {
+        if (why) {
+            error_setg(errp, "%s %s: ignored", path, why);
+            return -2;
+        }
         error_setg_errno(errp, errno, "no state for device %u (%s)", dev_id, path);
         return -1;
     }
     int ret = ublk_dev_state_from_json(text, s, errp);
     free(text);
-    if (ret < 0) {
-        error_prepend(errp, "%s: ", path);
+    if (ret == 0 && s->dev_id != dev_id) {
+        error_setg(errp, "it is the state of device %u", s->dev_id);
+        ublk_dev_state_free(s);
+        ret = -1;
     }
-    return ret;
+    if (ret < 0) {
+        error_prepend(errp, "%s: ignored: ", path);
+        return -2;
+    }
+    return 0;
+}
+
+uint64_t ublk_proc_start_time(pid_t pid)
+{
+    char path[64], buf[1024];
+    snprintf(path, sizeof(path), "/proc/%d/stat", (int)pid);
+    int fd = open(path, O_RDONLY | O_CLOEXEC);
+    if (pid <= 0 || fd < 0) {
+        if (fd >= 0) {
+            close(fd);
+        }
+        return 0;
+    }
+    ssize_t n = read(fd, buf, sizeof(buf) - 1);
+    close(fd);
+    if (n <= 0) {
+        return 0;
+    }
+    buf[n] = 0;
+    /* comm (field 2) may hold spaces and parentheses: count from the last ')'. */
+    char *p = strrchr(buf, ')');
+    for (int field = 2; p && field < 22; field++) {
+        p = strchr(p + 1, ' ');
+    }
+    return p ? strtoull(p + 1, NULL, 10) : 0;
 }
 
 void ublk_state_remove(uint32_t dev_id)
 {
-    char path[512];
-    state_path(dev_id, ".json", path, sizeof(path));
-    unlink(path);
-    state_path(dev_id, ".stats.json", path, sizeof(path));
-    unlink(path);
+    int dirfd = ublk_run_dir_open(false, NULL);
+    if (dirfd < 0) {
+        return;
+    }
+    char name[64];
+    state_name(dev_id, ".json", name, sizeof(name));
+    unlinkat(dirfd, name, 0);
+    state_name(dev_id, ".stats.json", name, sizeof(name));
+    unlinkat(dirfd, name, 0);
+    close(dirfd);
 }
 
 static const char *const op_names[BLK_OP__MAX] = {
@@ -642,6 +806,7 @@ char *ublk_dev_state_to_json(const UblkDevState *s)
     char flags[512];
     add_int(o, "id", s->dev_id);
     add_int(o, "pid", s->pid);
+    add_int(o, "start_time", (int64_t)s->start_time);
     add_str(o, "bdev", s->bdev);
     add_int(o, "flags", (int64_t)s->flags);
     ublk_flags_to_string(s->flags, flags, sizeof(flags));
@@ -722,6 +887,7 @@ int ublk_dev_state_from_json(const char *json, UblkDevState *s, Error **errp)
     }
     s->dev_id = get_int(o, "id", 0);
     s->pid = get_int(o, "pid", 0);
+    s->start_time = (uint64_t)get_int(o, "start_time", 0);
     s->bdev = xstrdup(get_str(o, "bdev"));
     s->flags = (uint64_t)get_int(o, "flags", 0);
     s->nr_queues = get_int(o, "queues", 0);
@@ -787,21 +953,33 @@ int ublk_stats_write(uint32_t dev_id, const BlockAcctStats *st)
         json_object_object_add(o, op_names[i], op);
     }
     add_int(o, "fua_writes", st->fua_writes);
-    char path[512];
-    state_path(dev_id, ".stats.json", path, sizeof(path));
-    int ret = write_file_atomic(path, json_object_to_json_string_ext(o, JSON_C_TO_STRING_PLAIN));
+    char name[64];
+    state_name(dev_id, ".stats.json", name, sizeof(name));
+    int dirfd = ublk_run_dir_open(false, NULL);
+    int ret = dirfd < 0 ? -EACCES
+              : write_file_atomic(dirfd, name, json_object_to_json_string_ext(o, JSON_C_TO_STRING_PLAIN));
+    if (dirfd >= 0) {
+        close(dirfd);
+    }
     json_object_put(o);
     return ret;
 }
 
 int ublk_stats_read(uint32_t dev_id, BlockAcctStats *st)
 {
-    char path[512];
-    state_path(dev_id, ".stats.json", path, sizeof(path));
+    char name[64];
+    state_name(dev_id, ".stats.json", name, sizeof(name));
     memset(st, 0, sizeof(*st));
-    char *text = read_file(path);
+    int dirfd = ublk_run_dir_open(false, NULL);
+    if (dirfd < 0) {
+        return -EACCES;
+    }
+    const char *why;
+    char *text = read_file(dirfd, name, &why);
+    int e = errno;
+    close(dirfd);
     if (!text) {
-        return -errno;
+        return -e;
     }
     json_object *o = json_tokener_parse(text);
     free(text);

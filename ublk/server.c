@@ -397,7 +397,8 @@ static int server_start(Server *s, bool recover, int ready_fd, Error **errp)
     }
 
     UblkDevState st = {
-        .cfg = *cfg, .dev_id = d->dev_id, .pid = getpid(), .flags = d->flags,
+        .cfg = *cfg, .dev_id = d->dev_id, .pid = getpid(),
+        .start_time = ublk_proc_start_time(getpid()), .flags = d->flags,
         .nr_queues = d->nr_queues, .depth = d->depth, .bdev = s->bdev,
     };
     st.graph = blk_bs(s->blk) ? bdrv_graph_to_string(blk_bs(s->blk)) : NULL;
@@ -406,9 +407,11 @@ static int server_start(Server *s, bool recover, int ready_fd, Error **errp)
     return ret;
 }
 
-static void server_stop(Server *s)
+/* Returns the id of a device that stays in the kernel (DEL_DEV refused), or -1. */
+static int server_stop(Server *s)
 {
     UblkDev *d = &s->dev;
+    int left = -1;
     if (s->started) {
         int ret = ublk_ctrl_stop_dev(s->ctrl, d->dev_id);
         if (ret < 0) {
@@ -435,11 +438,13 @@ static void server_stop(Server *s)
             ublk_log(LOG_WARNING, "DEL_DEV of device %u failed: %s; it stays in the kernel "
                      "until 'ublkd del -n %u' (as root if it was added unprivileged and its "
                      "char device never became ours)", d->dev_id, strerror(-ret), d->dev_id);
+            left = (int)d->dev_id;
         }
         ublk_state_remove(d->dev_id);
     }
     ublk_ctrl_close(s->ctrl);
     s->ctrl = NULL;
+    return left;
 }
 
 /* ---- serving: the main thread's loop ---- */
@@ -533,11 +538,23 @@ int ublk_server_run(UblkDevConfig *cfg, bool recover, int ready_fd)
 
     ublk_log_open(cfg, cfg->dev_id);
     if (server_start(&s, recover, ready_fd, &err) < 0) {
+        /* Unwind first, so that the verdict can say what could not be. */
+        int left = server_stop(&s);
+        if (left >= 0) {
+            char *msg = NULL;
+            if (asprintf(&msg, "%s; device %d stays in the kernel: its char device never "
+                         "became yours, so only root can delete it (ublkd del -n %d)",
+                         error_get_pretty(err), left, left) > 0) {
+                error_free(err);
+                err = NULL;
+                error_setg(&err, "%s", msg);
+                free(msg);
+            }
+        }
         const char *msg = error_get_pretty(err);
         ublk_log(LOG_ERR, "%s", msg);
         report(&ready_fd, "ERR", msg);
         error_free(err);
-        server_stop(&s);
         return 1;
     }
     ublk_log(LOG_INFO, "%s %s: %u queue(s), depth %u, pid %d", recover ? "recovered" : "started",

@@ -9,6 +9,8 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <errno.h>
+#include <sys/stat.h>
 #include <unistd.h>
 #include <cmocka.h>
 #ifdef CONFIG_UBLK
@@ -212,6 +214,7 @@ static void test_state_round_trip(void **state)
                                    "--recovery fail-io --affinity queue -o a=b -g raw /img/a,b.raw", &err), 0);
     s.dev_id = 3;
     s.pid = 4242;
+    s.start_time = 1ULL << 40;
     s.flags = UBLK_F_USER_RECOVERY | UBLK_F_CMD_IOCTL_ENCODE;
     s.nr_queues = 2;
     s.depth = 64;
@@ -223,6 +226,7 @@ static void test_state_round_trip(void **state)
     assert_null(err);
     assert_int_equal(r.dev_id, 3);
     assert_int_equal(r.pid, 4242);
+    assert_true(r.start_time == 1ULL << 40);
     assert_int_equal(r.flags, s.flags);
     assert_int_equal(r.nr_queues, 2);
     assert_int_equal(r.depth, 64);
@@ -299,9 +303,164 @@ static void test_state_files(void **state)
 #endif
 }
 
+/* A process's start time: ours is stable, a child's differs from nobody's. */
+static void test_proc_start_time(void **state)
+{
+    (void)state;
+    uint64_t me = ublk_proc_start_time(getpid());
+    assert_true(me > 0);
+    assert_true(ublk_proc_start_time(getpid()) == me);
+    assert_true(ublk_proc_start_time(0) == 0);
+    assert_true(ublk_proc_start_time(-1) == 0);
+    assert_true(ublk_proc_start_time(1 << 30) == 0);     /* beyond pid_max */
+}
+
+static void write_text(const char *path, const char *text)
+{
+    FILE *f = fopen(path, "w");
+    assert_non_null(f);
+    fputs(text, f);
+    fclose(f);
+}
+
+static char *slurp(const char *path)
+{
+    static char buf[256];
+    FILE *f = fopen(path, "r");
+    assert_non_null(f);
+    size_t n = fread(buf, 1, sizeof(buf) - 1, f);
+    buf[n] = 0;
+    fclose(f);
+    return buf;
+}
+
+/* Issue #10 item 2: run directories and state files nobody else controls. */
+static void test_run_dir_trust(void **state)
+{
+    (void)state;
+#ifdef CONFIG_JSON
+    char top[] = "/tmp/ublkd-unit.XXXXXX", dir[300], path[400], victim[400];
+    assert_non_null(mkdtemp(top));
+    snprintf(dir, sizeof(dir), "%s/run", top);
+    snprintf(victim, sizeof(victim), "%s/victim", top);
+    setenv("UBLKD_RUN_DIR", dir, 1);
+    Error *err = NULL;
+
+    /* Missing: made 0700 by a writer. */
+    int fd = ublk_run_dir_open(false, &err);
+    assert_int_equal(fd, -1);
+    assert_int_equal(error_get_errno(err), ENOENT);
+    error_free(err);
+    err = NULL;
+    fd = ublk_run_dir_open(true, NULL);
+    assert_true(fd >= 0);
+    close(fd);
+    struct stat st;
+    assert_int_equal(lstat(dir, &st), 0);
+    assert_int_equal(st.st_mode & 07777, 0700);
+
+    /* An older ublkd's 0755 directory is ours: made private, not refused. */
+    chmod(dir, 0755);
+    fd = ublk_run_dir_open(false, NULL);
+    assert_true(fd >= 0);
+    close(fd);
+    assert_int_equal(lstat(dir, &st), 0);
+    assert_int_equal(st.st_mode & 07777, 0700);
+
+    /* Writable by others: refused, naming it. */
+    chmod(dir, 0777);
+    assert_int_equal(ublk_run_dir_open(true, &err), -1);
+    assert_non_null(strstr(error_get_pretty(err), dir));
+    assert_non_null(strstr(error_get_pretty(err), "writable by others"));
+    error_free(err);
+    err = NULL;
+    UblkDevState s = { 0 }, r;
+    assert_int_equal(parse(&s.cfg, "add null --size 1M", NULL), 0);
+    s.dev_id = 4;
+    assert_int_equal(ublk_state_write(&s, &err), -1);
+    error_free(err);
+    err = NULL;
+    chmod(dir, 0700);
+
+    /* A symlink at the statistics file's temporary name is replaced, never
+     * written through. */
+    write_text(victim, "precious\n");
+    snprintf(path, sizeof(path), "%s/4.stats.json.tmp%d", dir, (int)getpid());
+    assert_int_equal(symlink(victim, path), 0);
+    BlockAcctStats bs = { 0 };
+    assert_int_equal(ublk_stats_write(4, &bs), 0);
+    assert_string_equal(slurp(victim), "precious\n");
+    assert_int_equal(lstat(path, &st), -1);
+    snprintf(path, sizeof(path), "%s/4.stats.json", dir);
+    assert_int_equal(lstat(path, &st), 0);
+    assert_true(S_ISREG(st.st_mode));
+    assert_int_equal(st.st_mode & 0777, 0600);
+
+    /* A state file that is a symlink, malformed, or for another id: -2. */
+    snprintf(path, sizeof(path), "%s/5.json", dir);
+    assert_int_equal(ublk_state_write(&s, NULL), 0);       /* 4.json */
+    snprintf(victim, sizeof(victim), "%s/4.json", dir);
+    assert_int_equal(symlink(victim, path), 0);
+    assert_int_equal(ublk_state_read(5, &r, &err), -2);
+    assert_non_null(strstr(error_get_pretty(err), "symlink"));
+    error_free(err);
+    err = NULL;
+    unlink(path);
+    assert_int_equal(link(victim, path), 0);               /* says id 4 */
+    assert_int_equal(ublk_state_read(5, &r, &err), -2);
+    assert_non_null(strstr(error_get_pretty(err), "device 4"));
+    error_free(err);
+    err = NULL;
+    unlink(path);
+    write_text(path, "{\"pid\": 1");
+    assert_int_equal(ublk_state_read(5, &r, &err), -2);
+    assert_non_null(strstr(error_get_pretty(err), "ignored"));
+    error_free(err);
+    err = NULL;
+    assert_int_equal(ublk_state_read(4, &r, NULL), 0);
+    ublk_dev_state_free(&r);
+    /* Another user's (root can plant one to try it). */
+    if (geteuid() == 0) {
+        assert_int_equal(chown(victim, 65534, 65534), 0);
+        assert_int_equal(ublk_state_read(4, &r, &err), -2);
+        assert_non_null(strstr(error_get_pretty(err), "another user"));
+        error_free(err);
+        err = NULL;
+        /* and a run directory that is another user's */
+        assert_int_equal(chown(dir, 65534, 65534), 0);
+        assert_int_equal(ublk_run_dir_open(false, &err), -1);
+        assert_non_null(strstr(error_get_pretty(err), "belongs to uid 65534"));
+        error_free(err);
+        err = NULL;
+        assert_int_equal(chown(dir, 0, 0), 0);
+    }
+    ublk_state_remove(4);
+    unlink(path);
+    snprintf(path, sizeof(path), "%s/4.stats.json", dir);
+    unlink(path);
+    assert_int_equal(rmdir(dir), 0);
+
+    /* A symlink at the directory's own name: refused. */
+    assert_int_equal(symlink(top, dir), 0);
+    assert_int_equal(ublk_run_dir_open(true, &err), -1);
+    assert_non_null(strstr(error_get_pretty(err), "symlink"));
+    error_free(err);
+    unlink(dir);
+    snprintf(path, sizeof(path), "%s/victim", top);
+    unlink(path);
+    assert_int_equal(rmdir(top), 0);
+    ublk_dev_state_free(&s);
+    unsetenv("UBLKD_RUN_DIR");
+#else
+    skip();
+#endif
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_proc_start_time),
+        cmocka_unit_test(test_run_dir_trust),
         cmocka_unit_test(test_defaults),
         cmocka_unit_test(test_options),
         cmocka_unit_test(test_bad_arguments),

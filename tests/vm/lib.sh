@@ -39,7 +39,8 @@ _lib_cleanup() {
   jobs_left=$(jobs -p)
   [ -n "$jobs_left" ] && { kill $jobs_left 2>/dev/null; wait 2>/dev/null; }
   for id in "${_lib_devs[@]}" $(cat "$T/.devs" 2>/dev/null); do
-    "$UBLKD" del -n "$id" >/dev/null 2>&1 || true
+    # --force: a failed test may leave it mounted or open (del refuses a busy device).
+    "$UBLKD" del --force -n "$id" >/dev/null 2>&1 || "$UBLKD" del -n "$id" >/dev/null 2>&1 || true
   done
   rm -rf "$T"
   exit $rc

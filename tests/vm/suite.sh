@@ -34,7 +34,7 @@ for t in "${tests[@]}"; do
        sed 's/^/    | /' "$log" | tail -60;;
   esac
   rm -f "$log"
-  "$UBLKD" del -a >/dev/null 2>&1 || true
+  "$UBLKD" del -a --force >/dev/null 2>&1 || "$UBLKD" del -a >/dev/null 2>&1 || true
 done
 echo "vm: suite took $(( $(date +%s) - suite_start ))s"
 [ ${#failed[@]} -eq 0 ] || echo "vm: failed: ${failed[*]}"

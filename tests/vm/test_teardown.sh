@@ -1,5 +1,6 @@
 #!/bin/bash
-# del with I/O in flight: returns promptly, the device is gone, the daemon exited, fio ends.
+# del --force with I/O in flight: returns promptly, the device is gone, the daemon exited, fio
+# ends.  (Plain del refuses: fio holds the device open; test_lifecycle covers that.)
 # SIGTERM to the daemon does the same as del.
 . "$(dirname "$0")/lib.sh"
 need_cmd fio
@@ -15,7 +16,9 @@ writes_seen() { [ "$(ublk_stat $ID write ops)" -gt 0 ]; }
 wait_for writes_seen || fail "no writes reached the daemon before del"
 kill -0 $fpid 2>/dev/null || fail "fio ended before del"
 s=$(date +%s)
-timeout 60 "$UBLKD" del -n $ID || fail "del with I/O in flight failed or hung"
+if "$UBLKD" del -n $ID 2>$T/del.err; then fail "del took a device fio has open"; fi
+grep -q "busy: pid $fpid\|busy: pid [0-9]* (fio)" $T/del.err || fail "del's refusal does not name fio: $(cat $T/del.err)"
+timeout 60 "$UBLKD" del -n $ID --force || fail "del --force with I/O in flight failed or hung"
 log "del took $(( $(date +%s) - s ))s"
 [ ! -e /dev/ublkb$ID ] || fail "device still there"
 ! kill -0 $pid 2>/dev/null || fail "daemon still running"
