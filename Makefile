@@ -30,6 +30,7 @@ IO_SRCS += io/options.c io/block.c io/block-open.c io/file.c
 # request path, throttling, export handle
 IO_SRCS += io/block-io.c io/block-io-zero.c io/block-io-drain.c io/block-status.c
 IO_SRCS += io/throttle.c io/block-backend.c
+IO_SRCS += io/thread-slot.c io/block-counters.c
 
 # Drivers: one line each.  The name must match `const BlockDriver bdrv_<name>`
 # in the driver's file; the registry is generated from this list.

@@ -153,10 +153,12 @@ BlockDriverState *bdrv_new_node(const BlockDriver *drv, const char *node_name, E
                    "only letters, digits, '-', '.' and '_' (at most 31 characters)", node_name);
         return NULL;
     }
-    BlockDriverState *bs = calloc(1, sizeof(*bs));
+    /* Cache-line aligned: the per-thread counter slots must not share lines. */
+    BlockDriverState *bs = aligned_alloc(CACHE_LINE, ALIGN_UP(sizeof(*bs), CACHE_LINE));
     if (!bs) {
         abort();
     }
+    memset(bs, 0, sizeof(*bs));
     bs->drv = drv;
     if (drv->instance_size) {
         bs->opaque = calloc(1, drv->instance_size);
@@ -170,6 +172,7 @@ BlockDriverState *bdrv_new_node(const BlockDriver *drv, const char *node_name, E
     bs->supported_zero_flags = drv->supported_zero_flags;
     pthread_mutex_init(&bs->reqs_lock, NULL);
     co_queue_init(&bs->drain_queue);
+    co_queue_init(&bs->untracked_queue);
     co_mutex_init(&bs->flush_lock);
 
     pthread_mutex_lock(&graph_lock);
