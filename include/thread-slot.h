@@ -14,6 +14,8 @@
 #ifndef UBLKD_THREAD_SLOT_H
 #define UBLKD_THREAD_SLOT_H
 
+#include <stdint.h>
+
 #define THREAD_SLOTS 32
 #define CACHE_LINE 64
 
@@ -22,5 +24,21 @@
 unsigned thread_slot(void);
 /* Threads holding a slot of their own, for tests. */
 unsigned thread_slots_in_use(void);
+
+/*
+ * Add v to a counter of slot (the calling thread's, from thread_slot()),
+ * without ordering.  A slot of its own is written by no other thread, so a
+ * plain load and store do (readers use relaxed atomic loads): no locked
+ * instruction per request.  The shared slot 0 needs a real atomic add.
+ */
+static inline void thread_slot_add(uint64_t *counter, uint64_t v, unsigned slot)
+{
+    if (slot) {
+        __atomic_store_n(counter, __atomic_load_n(counter, __ATOMIC_RELAXED) + v,
+                         __ATOMIC_RELAXED);
+    } else {
+        __atomic_fetch_add(counter, v, __ATOMIC_RELAXED);
+    }
+}
 
 #endif

@@ -20,18 +20,16 @@
 struct BlockBackend {
     BdrvChild *root;
     ThrottleState *throttle;     /* NULL: unthrottled; set before I/O starts */
-    /* Relaxed atomics, one copy per thread slot (thread-slot.h): with one
-     * copy, every queue thread wrote the same cache line three times per
-     * request.  blk_get_stats sums them. */
+    /* One copy per thread slot (thread-slot.h), added to with
+     * thread_slot_add: with one copy, every queue thread wrote the same
+     * cache line three times per request, with locked adds.  blk_get_stats
+     * sums them. */
     struct {
         BlockAcctStats s;
     } __attribute__((aligned(CACHE_LINE))) stats[THREAD_SLOTS];
 };
 
-static inline BlockAcctStats *blk_my_stats(BlockBackend *blk)
-{
-    return &blk->stats[thread_slot()].s;
-}
+
 
 static int64_t blk_clock_ns(void);
 
@@ -180,19 +178,20 @@ static int64_t blk_now(void)
 static int blk_account(BlockBackend *blk, BlockAcctOp op, int64_t bytes, int64_t start_ns,
                        int ret)
 {
-    BlockAcctStats *s = blk_my_stats(blk);
+    unsigned slot = thread_slot();
+    BlockAcctStats *s = &blk->stats[slot].s;
     if (ret < 0) {
-        __atomic_fetch_add(&s->errors[op], 1, __ATOMIC_RELAXED);
+        thread_slot_add(&s->errors[op], 1, slot);
     } else {
-        __atomic_fetch_add(&s->ops[op], 1, __ATOMIC_RELAXED);
-        __atomic_fetch_add(&s->bytes[op], bytes, __ATOMIC_RELAXED);
+        thread_slot_add(&s->ops[op], 1, slot);
+        thread_slot_add(&s->bytes[op], (uint64_t)bytes, slot);
     }
     /* Never negative, so total_ns only grows: a coroutine that moved to
      * another thread ends on that context's loop time, and a test may swap
      * in a virtual clock under a running request. */
     int64_t ns = blk_now() - start_ns;
     if (ns > 0) {
-        __atomic_fetch_add(&s->total_ns[op], (uint64_t)ns, __ATOMIC_RELAXED);
+        thread_slot_add(&s->total_ns[op], (uint64_t)ns, slot);
     }
     return ret;
 }
@@ -233,7 +232,8 @@ int coroutine_fn blk_co_pwritev(BlockBackend *blk, int64_t offset, int64_t bytes
         ret = bdrv_co_pwritev(blk->root, offset, bytes, qiov, flags);
     }
     if (ret >= 0 && (flags & BDRV_REQ_FUA)) {
-        __atomic_fetch_add(&blk_my_stats(blk)->fua_writes, 1, __ATOMIC_RELAXED);
+        unsigned slot = thread_slot();
+        thread_slot_add(&blk->stats[slot].s.fua_writes, 1, slot);
     }
     return blk_account(blk, BLK_OP_WRITE, bytes, start, ret);
 }

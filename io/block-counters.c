@@ -73,7 +73,8 @@ void bdrv_write_gen_bump(BlockDriverState *bs)
 {
     /* Ordered by the callers' own synchronisation: a flush only has to see
      * the writes that completed before it was issued. */
-    __atomic_fetch_add(&my_slot(bs)->write_gen, 1, __ATOMIC_RELAXED);
+    unsigned slot = thread_slot();
+    thread_slot_add(&bs->slot[slot].write_gen, 1, slot);
 }
 
 uint64_t bdrv_write_gen(BlockDriverState *bs)

@@ -6,18 +6,21 @@
 #   null       driver=null,read-zeroes=off (the request path alone)
 #   raw-cache  raw on a file in the page cache (-t writeback)
 #   raw-direct raw with O_DIRECT (-t none): the disk is the limit
-# Rounds are interleaved (every workload and thread count once per round), and each
-# cell is the median over the rounds of IOPS and of CPU time per I/O (user+sys of the
-# process over the requests, from `img bench`'s own getrusage line).  On a loaded
+# Rounds are interleaved (every binary, workload and thread count once per round), and
+# each cell is the median over the rounds of IOPS and of CPU time per I/O (user+sys of
+# the process over the requests, from `img bench`'s own getrusage line).  On a loaded
 # machine IOPS says little about scaling; CPU per I/O rising with threads is the cost
 # of shared cache lines.
 #
-# Usage: tests/bench/bench-threads.sh [UBLKD]   (default build/ublkd)
+# Usage: tests/bench/bench-threads.sh [UBLKD...]   (default build/ublkd; several
+#        binaries, e.g. before and after a change, are interleaved round by round)
 # Environment: ROUNDS (5), THREADS ("1 2"), BENCH_DIR (/var/tmp; must allow O_DIRECT),
 #   COUNT_NULL (4000000), COUNT_CACHE (1000000), COUNT_DIRECT (200000), WORKLOADS
 #   ("null raw-cache raw-direct").  Output: progress on stderr, a markdown table on stdout.
 set -u
-UBLKD=${1:-${UBLKD:-build/ublkd}}
+if [ $# -eq 0 ]; then
+    set -- "${UBLKD:-build/ublkd}"
+fi
 ROUNDS=${ROUNDS:-5}
 THREADS=${THREADS:-"1 2"}
 BENCH_DIR=${BENCH_DIR:-/var/tmp}
@@ -37,8 +40,8 @@ case " $WORKLOADS " in
     ;;
 esac
 
-run() {   # run WORKLOAD THREADS: prints "IOPS CPU_US_PER_IO"
-    local w=$1 t=$2 out
+run() {   # run UBLKD WORKLOAD THREADS: prints "IOPS CPU_US_PER_IO"
+    local UBLKD=$1 w=$2 t=$3 out
     case $w in
     null)
         out=$("$UBLKD" img bench --image-opts --random -d 64 -c "$COUNT_NULL" --threads "$t" \
@@ -59,22 +62,31 @@ median() { sort -n | awk '{ v[NR] = $1 } END { print (NR % 2) ? v[(NR + 1) / 2] 
 for r in $(seq "$ROUNDS"); do
     for w in $WORKLOADS; do
         for t in $THREADS; do
-            res=$(run "$w" "$t")
-            echo "round $r $w threads=$t: $res" >&2
-            echo "$res" >>"$work/$w.$t"
+            b=0
+            for u in "$@"; do
+                b=$((b + 1))
+                res=$(run "$u" "$w" "$t")
+                echo "round $r $u $w threads=$t: $res" >&2
+                echo "$res" >>"$work/$b.$w.$t"
+            done
         done
     done
 done
 
-echo "| workload | threads | IOPS (median of $ROUNDS) | vs 1 thread | CPU us/IO |"
-echo "|---|---|---|---|---|"
-for w in $WORKLOADS; do
-    base=
-    for t in $THREADS; do
-        iops=$(awk '{ print $1 }' "$work/$w.$t" | median)
-        cpu=$(awk '{ print $2 }' "$work/$w.$t" | median)
-        base=${base:-$iops}
-        ratio=$(awk -v a="$iops" -v b="$base" 'BEGIN { printf "%.2fx", b ? a / b : 0 }')
-        printf '| %s | %s | %.0f | %s | %s |\n' "$w" "$t" "$iops" "$ratio" "$cpu"
+echo "| binary | workload | threads | IOPS (median of $ROUNDS) | vs 1 thread | CPU us/IO |"
+echo "|---|---|---|---|---|---|"
+b=0
+for u in "$@"; do
+    b=$((b + 1))
+    for w in $WORKLOADS; do
+        base=
+        for t in $THREADS; do
+            iops=$(awk '{ print $1 }' "$work/$b.$w.$t" | median)
+            cpu=$(awk '{ print $2 }' "$work/$b.$w.$t" | median)
+            base=${base:-$iops}
+            ratio=$(awk -v a="$iops" -v b="$base" 'BEGIN { printf "%.2fx", b ? a / b : 0 }')
+            printf '| %s | %s | %s | %.0f | %s | %s |\n' "$(basename "$u")" "$w" "$t" "$iops" \
+                "$ratio" "$cpu"
+        done
     done
 done
