@@ -9,8 +9,9 @@
 # Rounds are interleaved (every binary, workload and thread count once per round), and
 # each cell is the median over the rounds of IOPS and of CPU time per I/O (user+sys of
 # the process over the requests, from `img bench`'s own getrusage line).  On a loaded
-# machine IOPS says little about scaling; CPU per I/O rising with threads is the cost
-# of shared cache lines.
+# machine IOPS says little about scaling: "cores used" (CPU seconds over wall seconds)
+# shows how much of the machine the run got (2 threads on an idle 2-core machine: near
+# 2.0), and CPU per I/O rising with threads is the cost of shared cache lines.
 #
 # Usage: tests/bench/bench-threads.sh [UBLKD...]   (default build/ublkd; several
 #        binaries, e.g. before and after a change, are interleaved round by round)
@@ -40,7 +41,7 @@ case " $WORKLOADS " in
     ;;
 esac
 
-run() {   # run UBLKD WORKLOAD THREADS: prints "IOPS CPU_US_PER_IO"
+run() {   # run UBLKD WORKLOAD THREADS: prints "IOPS CPU_US_PER_IO CORES_USED"
     local UBLKD=$1 w=$2 t=$3 out
     case $w in
     null)
@@ -53,8 +54,20 @@ run() {   # run UBLKD WORKLOAD THREADS: prints "IOPS CPU_US_PER_IO"
     raw-direct)
         out=$("$UBLKD" img bench -f raw -t none --random -d 64 -c "$COUNT_DIRECT" \
               --threads "$t" "$img" 2>&1) ;;
-    esac || { echo "$out" >&2; echo "0 0"; return; }
-    echo "$out" | awk '/ IOPS, /{ print $1, $6 }'
+    esac || { echo "$out" >&2; echo "0 0 0"; return; }
+    # CPU per I/O from the user and sys seconds (finer than the rounded us/IO), and
+    # the cores the run got (CPU seconds over wall seconds; N threads want N)
+    echo "$out" | awk -v c="$(count_of "$w")" '/^Run completed in/{ wall = $4 }
+        / IOPS, /{ gsub(/[(),]/, ""); cpu = $(NF - 4) + $(NF - 1)
+                   printf "%d %.3f %.2f\n", $1, cpu * 1e6 / c, (wall > 0) ? cpu / wall : 0 }'
+}
+
+count_of() {
+    case $1 in
+    null) echo "$COUNT_NULL" ;;
+    raw-cache) echo "$COUNT_CACHE" ;;
+    raw-direct) echo "$COUNT_DIRECT" ;;
+    esac
 }
 
 median() { sort -n | awk '{ v[NR] = $1 } END { print (NR % 2) ? v[(NR + 1) / 2] : (v[NR / 2] + v[NR / 2 + 1]) / 2 }'; }
@@ -73,8 +86,8 @@ for r in $(seq "$ROUNDS"); do
     done
 done
 
-echo "| binary | workload | threads | IOPS (median of $ROUNDS) | vs 1 thread | CPU us/IO |"
-echo "|---|---|---|---|---|---|"
+echo "| binary | workload | threads | IOPS (median of $ROUNDS) | vs 1 thread | CPU us/IO | cores used |"
+echo "|---|---|---|---|---|---|---|"
 b=0
 for u in "$@"; do
     b=$((b + 1))
@@ -83,10 +96,11 @@ for u in "$@"; do
         for t in $THREADS; do
             iops=$(awk '{ print $1 }' "$work/$b.$w.$t" | median)
             cpu=$(awk '{ print $2 }' "$work/$b.$w.$t" | median)
+            share=$(awk '{ print $3 }' "$work/$b.$w.$t" | median)
             base=${base:-$iops}
             ratio=$(awk -v a="$iops" -v b="$base" 'BEGIN { printf "%.2fx", b ? a / b : 0 }')
-            printf '| %s | %s | %s | %.0f | %s | %s |\n' "$(basename "$u")" "$w" "$t" "$iops" \
-                "$ratio" "$cpu"
+            printf '| %s | %s | %s | %.0f | %s | %s | %s |\n' "$(basename "$u")" "$w" "$t" \
+                "$iops" "$ratio" "$cpu" "$share"
         done
     done
 done
