@@ -20,6 +20,9 @@ static pthread_once_t slot_once = PTHREAD_ONCE_INIT;
 static void slot_release(void *opaque)
 {
     unsigned slot = (unsigned)(uintptr_t)opaque - 1;
+    /* Another key's destructor may still do I/O on this thread: from now on
+     * it adds to the shared slot, never to one handed to another thread. */
+    my_slot_plus1 = 1;
     if (slot) {
         __atomic_fetch_and(&slots_used, ~(1ULL << slot), __ATOMIC_RELEASE);
     }
