@@ -308,6 +308,87 @@ static void test_requests_listed_while_serialising(void **state)
     bdrv_unref(bs);
 }
 
+/*
+ * Many rounds of an aligned write of block 0 (thread A) against an RMW of
+ * [100, 300) in it (thread B), started together, with the driver yielding
+ * halfway through every copy.  Whichever begins first, the other must wait:
+ * the block ends as A-then-B or B-then-A, never torn or with an update lost.
+ */
+#define RACE_ROUNDS 200
+
+typedef struct {
+    Req req;
+    pthread_barrier_t *round;
+} Racer;
+
+static void *racer_thread(void *opaque)
+{
+    Racer *r = opaque;
+    AioContext *ctx = aio_context_new(64, NULL);
+    assert_non_null(ctx);
+    aio_set_current(ctx);
+    for (int i = 0; i < RACE_ROUNDS; i++) {
+        pthread_barrier_wait(r->round);            /* round i starts */
+        r->req.byte = (r->req.offset ? 0x80 : 0x00) + (i % 100);
+        __atomic_store_n(&r->req.done, false, __ATOMIC_SEQ_CST);
+        co_enter(co_create(do_req, &r->req));
+        AIO_WAIT_WHILE(ctx, !__atomic_load_n(&r->req.done, __ATOMIC_SEQ_CST));
+        pthread_barrier_wait(r->round);            /* round i done */
+        pthread_barrier_wait(r->round);            /* main has checked */
+    }
+    aio_set_current(NULL);
+    aio_context_free(ctx);
+    return NULL;
+}
+
+static void test_unlisted_against_rmw_race(void **state)
+{
+    (void)state;
+    test_loop_init();
+    BlockDriverState *bs = filled_node();
+    mem_set_yield(bs, (1 << MEM_OP_READ) | (1 << MEM_OP_WRITE));
+    BdrvChild *c = test_child_new(bs);
+    pthread_barrier_t round;
+    pthread_barrier_init(&round, NULL, 3);
+    Racer a = { { c, 0, ALIGN, 0, -1, false }, &round };
+    Racer b = { { c, 100, 200, 0, -1, false }, &round };
+    pthread_t ta, tb;
+    pthread_create(&ta, NULL, racer_thread, &a);
+    pthread_create(&tb, NULL, racer_thread, &b);
+    int a_first = 0, b_first = 0;
+    for (int i = 0; i < RACE_ROUNDS; i++) {
+        pthread_barrier_wait(&round);
+        pthread_barrier_wait(&round);
+        assert_int_equal(a.req.ret, 0);
+        assert_int_equal(b.req.ret, 0);
+        uint8_t got[ALIGN], ab[ALIGN], ba[ALIGN];
+        int va = i % 100, vb = 0x80 + i % 100;
+        memset(ab, va, ALIGN);
+        memset(ab + 100, vb, 200);
+        memset(ba, va, ALIGN);
+        mem_read_raw(bs, 0, got, ALIGN);
+        if (!memcmp(got, ab, ALIGN)) {
+            a_first++;
+        } else if (!memcmp(got, ba, ALIGN)) {
+            b_first++;
+        } else {
+            fail_msg("round %d: block 0 is neither A-then-B nor B-then-A "
+                     "(bytes 0, 100, 256, 300, 511: %02x %02x %02x %02x %02x)", i,
+                     got[0], got[100], got[256], got[300], got[511]);
+        }
+        pthread_barrier_wait(&round);
+    }
+    pthread_join(ta, NULL);
+    pthread_join(tb, NULL);
+    pthread_barrier_destroy(&round);
+    assert_int_equal(a_first + b_first, RACE_ROUNDS);
+    assert_int_equal(bs->serialising_in_flight, 0);
+    assert_null(bs->tracked_reqs);
+    assert_int_equal(bdrv_in_flight(bs), 0);
+    test_child_free(c);
+    bdrv_unref(bs);
+}
+
 int main(void)
 {
     test_loop_init();
@@ -318,6 +399,7 @@ int main(void)
         cmocka_unit_test(test_plain_requests_unlisted),
         cmocka_unit_test(test_serialising_waits_for_unlisted),
         cmocka_unit_test(test_requests_listed_while_serialising),
+        cmocka_unit_test(test_unlisted_against_rmw_race),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
