@@ -254,15 +254,15 @@ struct BlockDriverState {
      * cache. */
     unsigned serialising_in_flight;  /* atomic */
     int quiesce_counter;             /* >0: drained; new requests wait */
-    uint64_t flushed_gen;            /* write generation the last flush covered */
-    CoMutex flush_lock;
-    /* Written only while requests serialise or the node drains: kept off
-     * the read-mostly lines above. */
+    /* Written only while requests serialise, the node drains or flushes:
+     * kept off the read-mostly lines above. */
     pthread_mutex_t reqs_lock __attribute__((aligned(CACHE_LINE)));
     BdrvTrackedRequest *tracked_reqs;
     CoQueue drain_queue;             /* requests waiting for drained_end */
     CoQueue untracked_queue;         /* serialising requests waiting for the
                                       * unlisted ones to finish */
+    uint64_t flushed_gen;            /* write generation the last flush covered */
+    CoMutex flush_lock;
     /* What every request writes, one cache line per thread slot
      * (thread-slot.h): requests in flight (drain), unlisted requests in
      * flight (serialisation), writes done (flush skipping).  Read only as
