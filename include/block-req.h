@@ -6,7 +6,9 @@
  *
  * A tracked request lives on the stack of the coroutine that issued it, from
  * its entry into the request path until it completes.  bs->reqs_lock is held
- * only to link/unlink it and to look for conflicts, never across I/O.
+ * only to link/unlink it and to look for conflicts, never across I/O, and
+ * only while some request on the node serialises: otherwise requests are not
+ * linked at all, only counted per thread.
  */
 #ifndef UBLKD_BLOCK_REQ_H
 #define UBLKD_BLOCK_REQ_H
@@ -32,6 +34,9 @@ struct BdrvTrackedRequest {
     Coroutine *co;
     CoQueue wait_queue;                 /* requests waiting for this one */
     BdrvTrackedRequest *waiting_for;    /* deadlock avoidance, see block-io.c */
+    /* On bs->tracked_reqs.  While no request on bs serialises, requests
+     * skip the list (block-io.c) and are only counted. */
+    bool listed;
     BdrvTrackedRequest *next, **pprev;  /* in bs->tracked_reqs */
 };
 

@@ -34,6 +34,7 @@
 #include "error.h"
 #include "iov.h"
 #include "options.h"
+#include "thread-slot.h"
 
 typedef struct BlockDriver BlockDriver;
 typedef struct BlockDriverState BlockDriverState;
@@ -270,6 +271,16 @@ struct BlockDriver {
     BdrvRequestFlags supported_zero_flags;    /* MAY_UNMAP / FUA / NO_FALLBACK natively */
 };
 
+/* Per-thread counters of a node.  Each pair counts starts and ends, both only
+ * ever growing: a reader sums the ends before the starts, so a request that
+ * starts on one thread and ends on another is never counted as ended and
+ * not started (the sum cannot miss a request in flight). */
+typedef struct BdrvNodeSlot {
+    uint64_t in_flight_started, in_flight_ended;
+    uint64_t untracked_started, untracked_ended;
+    uint64_t write_gen;
+} __attribute__((aligned(CACHE_LINE))) BdrvNodeSlot;
+
 struct BlockDriverState {
     const BlockDriver *drv;
     void *opaque;                /* driver state, drv->instance_size bytes */
@@ -294,14 +305,24 @@ struct BlockDriverState {
     int64_t total_bytes;         /* cached size, updated by truncate/grow */
 
     /* Request tracking: serialisation and drain.  reqs_lock is held only to
-     * update the list, never across I/O. */
-    pthread_mutex_t reqs_lock;
-    BdrvTrackedRequest *tracked_reqs;
+     * update the list, never across I/O.  While no request is serialising,
+     * requests are not listed at all (see block-io.c): the list, its lock and
+     * serialising_in_flight are then only read, and stay in every thread's
+     * cache. */
     unsigned serialising_in_flight;  /* atomic */
-    unsigned in_flight;              /* atomic; through bdrv_*_in_flight() only */
-    unsigned write_gen;              /* bumped by each write, for flush skipping */
-    unsigned flushed_gen;
+    /* Written only while requests serialise, the node drains or flushes:
+     * kept off the read-mostly lines above. */
+    pthread_mutex_t reqs_lock __attribute__((aligned(CACHE_LINE)));
+    BdrvTrackedRequest *tracked_reqs;
+    CoQueue untracked_queue;         /* serialising requests waiting for the
+                                      * unlisted ones to finish */
+    uint64_t flushed_gen;            /* write generation the last flush covered */
     CoMutex flush_lock;
+    /* What every request writes, one cache line per thread slot
+     * (thread-slot.h): requests in flight (drain), unlisted requests in
+     * flight (serialisation), writes done (flush skipping).  Read only as
+     * sums, through bdrv_in_flight() and friends. */
+    BdrvNodeSlot slot[THREAD_SLOTS];
 
     /* Drain (io/block-io-drain.c), main thread. */
     int quiesce_counter;         /* drained sections affecting the node (atomic) */
@@ -456,6 +477,7 @@ int coroutine_fn bdrv_co_is_allocated(BlockDriverState *bs, int64_t offset, int6
 void bdrv_drained_begin(BlockDriverState *bs);
 void bdrv_drained_end(BlockDriverState *bs);
 void bdrv_drain(BlockDriverState *bs);          /* begin + end */
+/* Requests in flight on bs, summed over the threads' slots. */
 unsigned bdrv_in_flight(BlockDriverState *bs);
 /* Root edges whose user admits its own requests (BdrvRootOps). */
 void bdrv_child_set_root_ops(BdrvChild *root, const BdrvRootOps *ops, void *opaque);

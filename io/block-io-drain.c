@@ -74,22 +74,14 @@ static void kick_waiters(void)
     }
 }
 
-void bdrv_inc_in_flight(BlockDriverState *bs)
+/* The in-flight counters are per thread (block-counters.c): the thread
+ * that ends a request cannot tell cheaply whether it was the last one, so
+ * while anybody waits it sums them. */
+void bdrv_in_flight_ended(BlockDriverState *bs)
 {
-    __atomic_fetch_add(&bs->in_flight, 1, __ATOMIC_SEQ_CST);
-}
-
-void bdrv_dec_in_flight(BlockDriverState *bs)
-{
-    if (__atomic_sub_fetch(&bs->in_flight, 1, __ATOMIC_SEQ_CST) == 0 &&
-        __atomic_load_n(&num_waiters, __ATOMIC_SEQ_CST)) {
+    if (__atomic_load_n(&num_waiters, __ATOMIC_SEQ_CST) && bdrv_in_flight(bs) == 0) {
         kick_waiters();
     }
-}
-
-unsigned bdrv_in_flight(BlockDriverState *bs)
-{
-    return __atomic_load_n(&bs->in_flight, __ATOMIC_SEQ_CST);
 }
 
 /* ----------------------------------------------------------------- drain */
@@ -404,7 +396,7 @@ int coroutine_fn bdrv_co_flush(BlockDriverState *bs)
     /* Flushes run one at a time and in the order of the generation they
      * cover, so flushed_gen only moves forward. */
     co_mutex_lock(&bs->flush_lock);
-    unsigned current_gen = __atomic_load_n(&bs->write_gen, __ATOMIC_SEQ_CST);
+    uint64_t current_gen = bdrv_write_gen(bs);
 
     /* Hand cached data to the OS even with cache=unsafe. */
     if (bs->drv->co_flush_to_os) {
@@ -493,7 +485,7 @@ int coroutine_fn bdrv_co_truncate(BdrvChild *child, int64_t offset, bool exact,
     if (ret == 0) {
         int64_t len = bs->drv->getlength ? bs->drv->getlength(bs) : offset;
         __atomic_store_n(&bs->total_bytes, len >= 0 ? len : offset, __ATOMIC_RELEASE);
-        __atomic_fetch_add(&bs->write_gen, 1, __ATOMIC_SEQ_CST);
+        bdrv_write_gen_bump(bs);
     }
     error_propagate(errp, local_err);
     tracked_request_end(&req);

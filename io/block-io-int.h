@@ -53,6 +53,19 @@ void bdrv_padding_collapse_copy(BdrvRequestPadding *pad, bool to_bounce);
 int coroutine_fn bdrv_padding_rmw_read(BdrvChild *child, BdrvTrackedRequest *req,
                                        BdrvRequestPadding *pad, bool zero_middle);
 
+/* ---- per-thread counters (block-counters.c; bdrv_inc/dec_in_flight and
+ * bdrv_in_flight are in block-req.h and block.h) ---- */
+/* Called by bdrv_dec_in_flight after every end of a request (block-io-drain.c):
+ * wakes drainers if bs has nothing in flight any more. */
+void bdrv_in_flight_ended(BlockDriverState *bs);
+/* Requests running without being on bs->tracked_reqs (block-io.c). */
+void bdrv_untracked_begin(BlockDriverState *bs);
+void bdrv_untracked_end(BlockDriverState *bs);
+uint64_t bdrv_untracked_in_flight(BlockDriverState *bs);
+/* Writes done on bs; a flush covers what the sum was when it started. */
+void bdrv_write_gen_bump(BlockDriverState *bs);
+uint64_t bdrv_write_gen(BlockDriverState *bs);
+
 /* ---- checks and flags ---- */
 int bdrv_check_request(int64_t offset, int64_t bytes);
 int64_t bdrv_total_bytes(BlockDriverState *bs);

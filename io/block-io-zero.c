@@ -57,7 +57,7 @@ int coroutine_fn bdrv_co_do_pwrite_zeroes(BlockDriverState *bs, int64_t offset, 
         if (drv->co_pwrite_zeroes) {
             ret = drv->co_pwrite_zeroes(bs, offset, num, flags & zero_flags &
                                         ~BDRV_REQ_ZERO_WRITE);
-            __atomic_fetch_add(&bs->write_gen, 1, __ATOMIC_SEQ_CST);
+            bdrv_write_gen_bump(bs);
             if (ret != -ENOTSUP && (flags & BDRV_REQ_FUA) && !(zero_flags & BDRV_REQ_FUA)) {
                 need_flush = true;
             }
@@ -193,7 +193,7 @@ int coroutine_fn bdrv_co_pdiscard(BdrvChild *child, int64_t offset, int64_t byte
         }
         pos += num;
     }
-    __atomic_fetch_add(&bs->write_gen, 1, __ATOMIC_SEQ_CST);
+    bdrv_write_gen_bump(bs);
     bdrv_co_write_req_finish(child, offset, bytes, &req, ret);
     tracked_request_end(&req);
     bdrv_co_leave_request(child);

@@ -179,6 +179,59 @@ BlockDriverState *bdrv_filter_bs(BlockDriverState *bs)
 
 /* ------------------------------------------------------- tracked requests */
 
+/*
+ * Unlisted requests.  Linking every request into bs->tracked_reqs costs two
+ * lock/unlock pairs on one cache line shared by all queue threads, and the
+ * list only matters to serialising requests (an RMW, a copy-on-read, a
+ * truncate), which are rare.  So while bs->serialising_in_flight is 0 a
+ * request is not linked; it is counted in the per-thread "untracked" counters
+ * instead, and a request that starts serialising waits until every unlisted
+ * request has finished (all of them, not only the overlapping ones: they
+ * cannot be told apart, and they are few and short) before it looks at the
+ * list.  Requests that begin while something serialises are listed as before.
+ *
+ * The race: request U begins while serialising request S is being made
+ * serialising.  U counts itself unlisted, then reads serialising_in_flight;
+ * S raises serialising_in_flight, then sums the unlisted counters.  All four
+ * are sequentially consistent, so at least one of them sees the other:
+ *   - U sees S: U takes back its count and links itself; S then finds it on
+ *     the list like any listed request (or waits for its count, if S summed
+ *     before U took it back: U's take-back wakes S, see below);
+ *   - S sees U's count: S waits for U to end.
+ * Both may happen; neither can be missed.  The wake-up has the same shape:
+ * an unlisted request that ends lowers its count, then reads
+ * serialising_in_flight and, if it is raised, wakes untracked_queue under
+ * reqs_lock; S sums the counters under reqs_lock and sleeps on that queue
+ * with the lock released only once queued, so an end after S's sum finds S
+ * queued.  An unlisted request never waits for serialising ones (a
+ * serialising request that came after it waits for it instead; one that was
+ * there before made it listed), so S waiting for it cannot deadlock.
+ */
+static void untracked_end(BlockDriverState *bs)
+{
+    bdrv_untracked_end(bs);
+    if (__atomic_load_n(&bs->serialising_in_flight, __ATOMIC_SEQ_CST)) {
+        pthread_mutex_lock(&bs->reqs_lock);
+        CoQueue waiters = bs->untracked_queue;
+        co_queue_init(&bs->untracked_queue);
+        pthread_mutex_unlock(&bs->reqs_lock);
+        co_queue_restart_all(&waiters);
+    }
+}
+
+/* reqs_lock held. */
+static void tracked_request_link_locked(BdrvTrackedRequest *req)
+{
+    BlockDriverState *bs = req->bs;
+    req->next = bs->tracked_reqs;
+    if (req->next) {
+        req->next->pprev = &req->next;
+    }
+    req->pprev = &bs->tracked_reqs;
+    bs->tracked_reqs = req;
+    req->listed = true;
+}
+
 void coroutine_fn tracked_request_begin(BdrvTrackedRequest *req, BlockDriverState *bs,
                                         int64_t offset, int64_t bytes,
                                         BdrvTrackedRequestType type)
@@ -188,13 +241,15 @@ void coroutine_fn tracked_request_begin(BdrvTrackedRequest *req, BlockDriverStat
         .overlap_offset = offset, .overlap_bytes = bytes, .co = co_self(),
     };
     co_queue_init(&req->wait_queue);
-    pthread_mutex_lock(&bs->reqs_lock);
-    req->next = bs->tracked_reqs;
-    if (req->next) {
-        req->next->pprev = &req->next;
+    if (!__atomic_load_n(&bs->serialising_in_flight, __ATOMIC_SEQ_CST)) {
+        bdrv_untracked_begin(bs);
+        if (likely(!__atomic_load_n(&bs->serialising_in_flight, __ATOMIC_SEQ_CST))) {
+            return;
+        }
+        untracked_end(bs);
     }
-    req->pprev = &bs->tracked_reqs;
-    bs->tracked_reqs = req;
+    pthread_mutex_lock(&bs->reqs_lock);
+    tracked_request_link_locked(req);
     pthread_mutex_unlock(&bs->reqs_lock);
 }
 
@@ -202,6 +257,10 @@ void coroutine_fn tracked_request_end(BdrvTrackedRequest *req)
 {
     BlockDriverState *bs = req->bs;
     CoQueue waiters;
+    if (!req->listed) {
+        untracked_end(bs);
+        return;
+    }
     pthread_mutex_lock(&bs->reqs_lock);
     if (req->serialising) {
         __atomic_fetch_sub(&bs->serialising_in_flight, 1, __ATOMIC_SEQ_CST);
@@ -263,6 +322,15 @@ static bool wait_serialising_requests_locked(BdrvTrackedRequest *self)
     return waited;
 }
 
+/* reqs_lock held; dropped while sleeping.  Unlisted requests in flight
+ * began before anything serialised (see untracked_end). */
+static void wait_unlisted_requests_locked(BlockDriverState *bs)
+{
+    while (bdrv_untracked_in_flight(bs)) {
+        co_queue_wait_mutex(&bs->untracked_queue, &bs->reqs_lock);
+    }
+}
+
 bool coroutine_fn bdrv_make_request_serialising(BdrvTrackedRequest *req, uint64_t align)
 {
     BlockDriverState *bs = req->bs;
@@ -270,6 +338,17 @@ bool coroutine_fn bdrv_make_request_serialising(BdrvTrackedRequest *req, uint64_
     int64_t overlap_offset = ALIGN_DOWN(req->offset, (int64_t)align);
     int64_t overlap_bytes = ALIGN_UP(req->offset + req->bytes, (int64_t)align) - overlap_offset;
 
+    if (!req->listed) {
+        /* Raise the count first, so that requests beginning from now on
+         * list themselves; then stop counting as unlisted (which also wakes
+         * other serialisers waiting for the unlisted ones). */
+        __atomic_fetch_add(&bs->serialising_in_flight, 1, __ATOMIC_SEQ_CST);
+        req->serialising = true;
+        pthread_mutex_lock(&bs->reqs_lock);
+        tracked_request_link_locked(req);
+        pthread_mutex_unlock(&bs->reqs_lock);
+        untracked_end(bs);
+    }
     pthread_mutex_lock(&bs->reqs_lock);
     if (!req->serialising) {
         __atomic_fetch_add(&bs->serialising_in_flight, 1, __ATOMIC_SEQ_CST);
@@ -278,6 +357,7 @@ bool coroutine_fn bdrv_make_request_serialising(BdrvTrackedRequest *req, uint64_
     req->overlap_offset = MIN(req->overlap_offset, overlap_offset);
     req->overlap_bytes = MAX(req->overlap_offset + req->overlap_bytes,
                              overlap_offset + overlap_bytes) - req->overlap_offset;
+    wait_unlisted_requests_locked(bs);
     bool waited = wait_serialising_requests_locked(req);
     pthread_mutex_unlock(&bs->reqs_lock);
     return waited;
@@ -286,7 +366,9 @@ bool coroutine_fn bdrv_make_request_serialising(BdrvTrackedRequest *req, uint64_
 bool coroutine_fn bdrv_wait_serialising_requests(BdrvTrackedRequest *req)
 {
     BlockDriverState *bs = req->bs;
-    if (!__atomic_load_n(&bs->serialising_in_flight, __ATOMIC_SEQ_CST) && !req->serialising) {
+    /* Unlisted: any serialising request came after us and waits for us. */
+    if (!req->listed ||
+        (!__atomic_load_n(&bs->serialising_in_flight, __ATOMIC_SEQ_CST) && !req->serialising)) {
         return false;
     }
     pthread_mutex_lock(&bs->reqs_lock);
@@ -497,7 +579,7 @@ int coroutine_fn bdrv_driver_pwritev(BlockDriverState *bs, int64_t offset, int64
     int ret = bs->drv->co_pwritev(bs, offset, bytes, qiov, qiov_offset, flags & supported);
     /* Count the write before the emulated FUA flush, or that flush would
      * find nothing new to flush. */
-    __atomic_fetch_add(&bs->write_gen, 1, __ATOMIC_SEQ_CST);
+    bdrv_write_gen_bump(bs);
     if (ret == 0 && emulate_fua) {
         ret = bdrv_co_flush(bs);
     }

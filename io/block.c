@@ -159,10 +159,12 @@ BlockDriverState *bdrv_new_node(const BlockDriver *drv, const char *node_name, E
     if (!home) {
         return NULL;
     }
-    BlockDriverState *bs = calloc(1, sizeof(*bs));
+    /* Cache-line aligned: the per-thread counter slots must not share lines. */
+    BlockDriverState *bs = aligned_alloc(CACHE_LINE, ALIGN_UP(sizeof(*bs), CACHE_LINE));
     if (!bs) {
         abort();
     }
+    memset(bs, 0, sizeof(*bs));
     bs->drv = drv;
     bs->home_ctx = home;
     if (drv->instance_size) {
@@ -176,6 +178,7 @@ BlockDriverState *bdrv_new_node(const BlockDriver *drv, const char *node_name, E
     bs->supported_write_flags = drv->supported_write_flags;
     bs->supported_zero_flags = drv->supported_zero_flags;
     pthread_mutex_init(&bs->reqs_lock, NULL);
+    co_queue_init(&bs->untracked_queue);
     co_mutex_init(&bs->flush_lock);
 
     pthread_mutex_lock(&graph_lock);

@@ -9,8 +9,8 @@
  *   FAILED    unhashed after a failed load; waiters still holding
  *             references read load_err, then it is a victim like FREE
  *
- * References: each thread that ever calls get owns one of MC_THREAD_SLOTS
- * rows of counters (a cache has one int32 per entry per row), and only that
+ * References: each thread that ever calls get owns one of the thread slots'
+ * rows of counters (thread-slot.h) (a cache has one int32 per entry per row), and only that
  * thread writes its row, so a hit is a store to a line no other thread
  * writes, then a re-check of the entry's key and state, all sequentially
  * consistent.  The evictor marks the entry RESERVED and sums every row:
@@ -35,8 +35,9 @@
 #include <string.h>
 #include "iov.h"
 #include "meta-cache.h"
+#include "thread-slot.h"
 
-#define MC_THREAD_SLOTS 32
+#define MC_THREAD_SLOTS THREAD_SLOTS   /* row 0 unused: slot 0 is shared */
 #define MC_SHARDS 16                 /* power of two */
 #define MC_DEP_DEPTH 8               /* deeper dependency chains are a bug */
 #define MC_FAST_STEPS 8              /* chain steps before the fast path gives up */
@@ -91,54 +92,12 @@ struct MetaCache {
 
 /* ---------------------------------------------------- per-thread ref rows */
 
-static pthread_mutex_t slot_lock = PTHREAD_MUTEX_INITIALIZER;
-static uint32_t slots_used;
-static pthread_once_t slot_once = PTHREAD_ONCE_INIT;
-static pthread_key_t slot_key;
-static __thread int thread_slot = -2;   /* -2 unassigned, -1 none left */
-
-static void slot_release(void *arg)
+/* The calling thread's row of reference counters, or -1 for the shared
+ * atomic: thread_slot() 0 is shared by the threads beyond the slots. */
+static inline int my_slot(void)
 {
-    int s = (int)(intptr_t)arg - 1;
-    pthread_mutex_lock(&slot_lock);
-    slots_used &= ~(1u << s);
-    pthread_mutex_unlock(&slot_lock);
-}
-
-static void slot_key_init(void)
-{
-    if (pthread_key_create(&slot_key, slot_release) != 0) {
-        slot_key = (pthread_key_t)-1;
-    }
-}
-
-/* noinline: a coroutine must not keep a TLS address across a yield. */
-static __attribute__((noinline)) int my_slot(void)
-{
-    int s = thread_slot;
-    if (likely(s != -2)) {
-        return s;
-    }
-    pthread_once(&slot_once, slot_key_init);
-    s = -1;
-    pthread_mutex_lock(&slot_lock);
-    for (int i = 0; i < MC_THREAD_SLOTS; i++) {
-        if (!(slots_used & (1u << i))) {
-            slots_used |= 1u << i;
-            s = i;
-            break;
-        }
-    }
-    pthread_mutex_unlock(&slot_lock);
-    /* Without a destructor the slot would leak at thread exit: use the
-     * shared counter instead. */
-    if (s >= 0 && (slot_key == (pthread_key_t)-1 ||
-                   pthread_setspecific(slot_key, (void *)(intptr_t)(s + 1)) != 0)) {
-        slot_release((void *)(intptr_t)(s + 1));
-        s = -1;
-    }
-    thread_slot = s;
-    return s;
+    unsigned s = thread_slot();
+    return s ? (int)s : -1;
 }
 
 /*

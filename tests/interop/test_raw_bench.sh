@@ -36,4 +36,18 @@ expect_rc 0 uimg bench -f raw --random --seed=7 -c 1000 -d 16 b.raw
 expect_out "random read requests"
 expect_rc 0 uimg bench -f raw -t none -i native -c 100 -d 2 b.raw
 expect_out "served by io_uring"
+# --threads: the -c requests are split between the threads, and together
+# they cover what one thread's sequence would (blocks 0..599 here, each
+# written once with the pattern, none beyond)
+"$QEMU_IMG" create -q -f raw t.raw 16M
+expect_rc 0 uimg bench -f raw -w --threads 3 -c 600 -d 4 --pattern=0x43 t.raw
+expect_out "Using 3 threads"
+grep -qE '^[0-9]+ IOPS' "$WORK/.out" || { cat "$WORK/.out" >&2; fail "bench --threads: no IOPS line"; }
+expect_rc 0 "$QEMU_IO" -f raw -c 'read -P 0x43 0 2400k' -c 'read -P 0 2400k 4k' t.raw
+expect_rc 0 uimg bench -f raw --random --threads 2 -c 1000 -d 8 b.raw
+expect_out "Using 2 threads"
+for bad in 0 65 -1 2x ""; do
+    expect_rc 1 uimg bench -f raw --threads "$bad" -c 10 b.raw
+    expect_out "Invalid thread count '$bad': --threads takes 1 to 64"
+done
 exit 0
