@@ -246,7 +246,15 @@ struct BlockDriverState {
     CoQueue drain_queue;             /* requests waiting for drained_end */
     unsigned write_gen;              /* bumped by each write, for flush skipping */
     unsigned flushed_gen;
-    CoMutex flush_lock;
+    /* Flush group commit (bdrv_co_flush): one flush runs at a time; a caller
+     * whose writes a finished one covers takes its result, the others share
+     * the next.  flush_mutex guards these and is never held across I/O;
+     * waiters sleep on flush_queue. */
+    pthread_mutex_t flush_mutex;
+    CoQueue flush_queue;
+    bool flush_running;
+    unsigned flush_done_gen;         /* write_gen the last finished flush covered */
+    int flush_done_ret;              /* ... and its result */
 
     /* Graph bookkeeping (io/block.c). */
     OptDict *own_options;        /* this node's open options, children excluded */

@@ -193,6 +193,20 @@ void bdrv_drain(BlockDriverState *bs)
 
 /* ----------------------------------------------------------------- flush */
 
+/* Whether a flush that covered write_gen `done` covers `want` (wraps). */
+static inline bool gen_covers(unsigned done, unsigned want)
+{
+    return (int)(done - want) >= 0;
+}
+
+/*
+ * Group commit without a lock across I/O.  One flush of bs runs at a time
+ * (so flushed_gen only moves forward); flush_mutex is held only to look at
+ * and update the flush_* fields.  A caller that finds a flush running waits
+ * for it to end: if that flush covered the caller's writes (write_gen had
+ * not moved past the caller's when it started) its result is the caller's;
+ * otherwise the waiters share the next flush, started by the first of them.
+ */
 int coroutine_fn bdrv_co_flush(BlockDriverState *bs)
 {
     int ret = 0;
@@ -201,10 +215,22 @@ int coroutine_fn bdrv_co_flush(BlockDriverState *bs)
         return 0;
     }
     bdrv_inc_in_flight(bs);
-    /* Flushes run one at a time and in the order of the generation they
-     * cover, so flushed_gen only moves forward. */
-    co_mutex_lock(&bs->flush_lock);
+    unsigned want = __atomic_load_n(&bs->write_gen, __ATOMIC_SEQ_CST);
+    pthread_mutex_lock(&bs->flush_mutex);
+    while (bs->flush_running) {
+        co_queue_wait_mutex(&bs->flush_queue, &bs->flush_mutex);
+        /* Woken when a flush ended; if it (or a later one) covered our
+         * writes, its result is ours. */
+        if (gen_covers(bs->flush_done_gen, want)) {
+            ret = bs->flush_done_ret;
+            pthread_mutex_unlock(&bs->flush_mutex);
+            bdrv_dec_in_flight(bs);
+            return ret;
+        }
+    }
+    bs->flush_running = true;
     unsigned current_gen = __atomic_load_n(&bs->write_gen, __ATOMIC_SEQ_CST);
+    pthread_mutex_unlock(&bs->flush_mutex);
 
     /* Hand cached data to the OS even with cache=unsafe. */
     if (bs->drv->co_flush_to_os) {
@@ -234,7 +260,12 @@ out:
     if (ret == 0) {
         __atomic_store_n(&bs->flushed_gen, current_gen, __ATOMIC_SEQ_CST);
     }
-    co_mutex_unlock(&bs->flush_lock);
+    pthread_mutex_lock(&bs->flush_mutex);
+    bs->flush_running = false;
+    bs->flush_done_gen = current_gen;
+    bs->flush_done_ret = ret;
+    co_queue_restart_all(&bs->flush_queue);
+    pthread_mutex_unlock(&bs->flush_mutex);
     bdrv_dec_in_flight(bs);
     return ret;
 }
