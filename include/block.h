@@ -364,8 +364,6 @@ unsigned bdrv_in_flight(BlockDriverState *bs);
 int bdrv_pread(BdrvChild *child, int64_t offset, int64_t bytes, void *buf, BdrvRequestFlags flags);
 int bdrv_pwrite(BdrvChild *child, int64_t offset, int64_t bytes, const void *buf,
                 BdrvRequestFlags flags);
-int bdrv_pwrite_sync(BdrvChild *child, int64_t offset, int64_t bytes, const void *buf,
-                     BdrvRequestFlags flags);     /* write + flush of the child */
 int bdrv_pwrite_zeroes(BdrvChild *child, int64_t offset, int64_t bytes, BdrvRequestFlags flags);
 int bdrv_flush(BlockDriverState *bs);
 int bdrv_truncate(BdrvChild *child, int64_t offset, bool exact, PreallocMode prealloc,

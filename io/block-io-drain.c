@@ -335,7 +335,7 @@ int coroutine_fn bdrv_co_truncate(BdrvChild *child, int64_t offset, bool exact,
 /* ---------------------------------------------------- synchronous wrappers */
 
 typedef enum {
-    SYNC_READ, SYNC_WRITE, SYNC_WRITE_SYNC, SYNC_ZEROES, SYNC_FLUSH, SYNC_TRUNCATE,
+    SYNC_READ, SYNC_WRITE, SYNC_ZEROES, SYNC_FLUSH, SYNC_TRUNCATE,
     SYNC_STATUS_ABOVE,
 } SyncOp;
 
@@ -362,11 +362,7 @@ static void coroutine_fn sync_entry(void *opaque)
         r->ret = bdrv_co_preadv(r->child, r->offset, r->bytes, &r->qiov, r->flags);
         break;
     case SYNC_WRITE:
-    case SYNC_WRITE_SYNC:
         r->ret = bdrv_co_pwritev(r->child, r->offset, r->bytes, &r->qiov, r->flags);
-        if (r->ret == 0 && r->op == SYNC_WRITE_SYNC) {
-            r->ret = bdrv_co_flush(r->child->bs);
-        }
         break;
     case SYNC_ZEROES:
         r->ret = bdrv_co_pwrite_zeroes(r->child, r->offset, r->bytes, r->flags);
@@ -390,7 +386,7 @@ static int sync_run(SyncReq *r)
     return r->ret;
 }
 
-/* bdrv_pread/pwrite/pwrite_sync: one buffer, one op. */
+/* bdrv_pread/pwrite: one buffer, one op. */
 static int sync_rw(SyncOp op, BdrvChild *child, int64_t offset, int64_t bytes, void *buf,
                    BdrvRequestFlags flags)
 {
@@ -411,12 +407,6 @@ int bdrv_pwrite(BdrvChild *child, int64_t offset, int64_t bytes, const void *buf
                 BdrvRequestFlags flags)
 {
     return sync_rw(SYNC_WRITE, child, offset, bytes, (void *)buf, flags);
-}
-
-int bdrv_pwrite_sync(BdrvChild *child, int64_t offset, int64_t bytes, const void *buf,
-                     BdrvRequestFlags flags)
-{
-    return sync_rw(SYNC_WRITE_SYNC, child, offset, bytes, (void *)buf, flags);
 }
 
 int bdrv_pwrite_zeroes(BdrvChild *child, int64_t offset, int64_t bytes, BdrvRequestFlags flags)
