@@ -147,15 +147,6 @@ typedef struct BDRVVdiState {
     VdiAllocation *allocs;
     uint32_t next_slot;
     uint32_t blocks_allocated;
-
-    /*
-     * Group commit of new blocks' data: each allocating write takes a
-     * sequence number once its data is written; one flush covers every
-     * number taken before it started, so concurrent allocations share it.
-     */
-    CoMutex flush_lock;
-    uint64_t data_seq;         /* atomic */
-    uint64_t flushed_seq;      /* under flush_lock */
 } BDRVVdiState;
 
 static inline uint32_t vdi_entry(BDRVVdiState *s, uint32_t block)

@@ -205,24 +205,12 @@ static int coroutine_fn vdi_write_padded(BlockDriverState *bs, uint64_t foff, si
     return ret;
 }
 
-/* Make the caller's just-written block data durable, sharing the flush with
- * every allocation whose data was written before the flush started. */
+/* Make the caller's just-written block data durable.  Concurrent
+ * allocations share flushes: bdrv_co_flush groups them (a flush that
+ * started after our data write covers it), with no lock held across it. */
 static int coroutine_fn vdi_flush_new_data(BlockDriverState *bs)
 {
-    BDRVVdiState *s = bs->opaque;
-    uint64_t mine = __atomic_add_fetch(&s->data_seq, 1, __ATOMIC_SEQ_CST);
-    int ret = 0;
-
-    co_mutex_lock(&s->flush_lock);
-    if (s->flushed_seq < mine) {
-        uint64_t covered = __atomic_load_n(&s->data_seq, __ATOMIC_SEQ_CST);
-        ret = bdrv_co_flush(bs->file->bs);
-        if (ret >= 0) {
-            s->flushed_seq = covered;
-        }
-    }
-    co_mutex_unlock(&s->flush_lock);
-    return ret;
+    return bdrv_co_flush(bs->file->bs);
 }
 
 /*

@@ -311,7 +311,6 @@ static int vdi_open(BlockDriverState *bs, OptDict *options, int flags, Error **e
     s->missing_end = max_slot_end > file_slots ? MAX(file_slots, s->next_slot) : file_slots;
 
     co_mutex_init(&s->alloc_lock);
-    co_mutex_init(&s->flush_lock);
     co_queue_init(&s->alloc_wait);
     s->allocs = NULL;
     bs->total_bytes = s->disk_size;
@@ -328,7 +327,6 @@ static void vdi_close(BlockDriverState *bs)
 
     if (s->header) {
         co_mutex_destroy(&s->alloc_lock);
-        co_mutex_destroy(&s->flush_lock);
     }
     vdi_free_state(s);
 }

@@ -65,7 +65,10 @@ unsigned aio_ring_flags(AioContext *ctx);
  * coroutines it resumes get ctx as their home.
  */
 bool aio_poll(AioContext *ctx, bool blocking);
-/* Wake ctx's thread out of a blocking aio_poll; callable from any thread. */
+/* Wake ctx's thread out of a blocking aio_poll; callable from any thread.
+ * ctx must outlive the call: aio_co_schedule and bottom halves see to that
+ * themselves; a direct caller that sets a flag the owner may act on (and
+ * free ctx) must free ctx only after, e.g. by joining the owner first. */
 void aio_notify(AioContext *ctx);
 
 /* Poll ctx (blocking) while cond holds; use outside coroutines only. */

@@ -317,7 +317,15 @@ struct BlockDriverState {
     CoQueue untracked_queue;         /* serialising requests waiting for the
                                       * unlisted ones to finish */
     uint64_t flushed_gen;            /* write generation the last flush covered */
-    CoMutex flush_lock;
+    /* Flush group commit (bdrv_co_flush): one flush runs at a time; a caller
+     * whose writes a finished one covers takes its result, the others share
+     * the next.  flush_mutex guards these and is never held across I/O;
+     * waiters sleep on flush_queue. */
+    pthread_mutex_t flush_mutex;
+    CoQueue flush_queue;
+    bool flush_running;
+    uint64_t flush_done_gen;         /* write generation the last finished flush covered */
+    int flush_done_ret;              /* ... and its result */
     /* What every request writes, one cache line per thread slot
      * (thread-slot.h): requests in flight (drain), unlisted requests in
      * flight (serialisation), writes done (flush skipping).  Read only as
@@ -490,8 +498,6 @@ void bdrv_root_done(BdrvChild *root);
 int bdrv_pread(BdrvChild *child, int64_t offset, int64_t bytes, void *buf, BdrvRequestFlags flags);
 int bdrv_pwrite(BdrvChild *child, int64_t offset, int64_t bytes, const void *buf,
                 BdrvRequestFlags flags);
-int bdrv_pwrite_sync(BdrvChild *child, int64_t offset, int64_t bytes, const void *buf,
-                     BdrvRequestFlags flags);     /* write + flush of the child */
 int bdrv_pwrite_zeroes(BdrvChild *child, int64_t offset, int64_t bytes, BdrvRequestFlags flags);
 int bdrv_flush(BlockDriverState *bs);
 int bdrv_truncate(BdrvChild *child, int64_t offset, bool exact, PreallocMode prealloc,

@@ -18,6 +18,7 @@
 #include <fcntl.h>
 #include <poll.h>
 #include <pthread.h>
+#include <sched.h>
 #include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -29,6 +30,7 @@
 #include "aio.h"
 #include "iov.h"
 #include "coroutine-int.h"
+#include "sanitizer.h"
 
 struct AioBH {
     AioContext *ctx;
@@ -57,6 +59,10 @@ struct AioContext {
     AioCompletion efd_comp;
     atomic_int notify_me;
     atomic_bool notified;
+    /* Other threads between handing us work and their aio_notify: once the
+     * work is visible we may run it and want to free the context, so
+     * aio_context_free waits for this to drop to 0 (remote_wake_*). */
+    atomic_uint remote_wakers;
     _Atomic(AioBH *) bh_list;
     _Atomic(Coroutine *) co_list;
     AioTimer *timers;            /* sorted by expire_ns, owner thread only */
@@ -227,6 +233,20 @@ static unsigned ring_first_level(void)
     return 2;
 }
 
+/* See sanitizer.h: ring memory is unmapped behind TSan's back. */
+static char ring_reuse_sync;
+
+/* Around "publish work for ctx, then aio_notify(ctx)" from another thread. */
+static inline void remote_wake_begin(AioContext *ctx)
+{
+    atomic_fetch_add(&ctx->remote_wakers, 1);
+}
+
+static inline void remote_wake_end(AioContext *ctx)
+{
+    atomic_fetch_sub_explicit(&ctx->remote_wakers, 1, memory_order_release);
+}
+
 AioContext *aio_context_new(unsigned entries, Error **errp)
 {
     AioContext *ctx = calloc(1, sizeof(*ctx));
@@ -244,6 +264,7 @@ AioContext *aio_context_new(unsigned entries, Error **errp)
         ret = io_uring_queue_init_params(entries, &ctx->ring, &p);
         if (ret == 0) {
             ctx->ring_flags = ring_levels[i];
+            tsan_acquire(&ring_reuse_sync);
             break;
         }
         if (ret != -EINVAL) {
@@ -260,6 +281,7 @@ AioContext *aio_context_new(unsigned entries, Error **errp)
     ctx->efd = eventfd(0, EFD_CLOEXEC);
     if (ctx->efd < 0) {
         error_setg_errno(errp, errno, "aio: eventfd");
+        tsan_release(&ring_reuse_sync);
         io_uring_queue_exit(&ctx->ring);
         free(ctx);
         return NULL;
@@ -278,6 +300,10 @@ void aio_context_free(AioContext *ctx)
     if (!ctx) {
         return;
     }
+    /* A waker that queued work we already ran may still be in aio_notify. */
+    while (atomic_load_explicit(&ctx->remote_wakers, memory_order_acquire)) {
+        sched_yield();
+    }
     /* Bottom halves still queued are freed unrun. */
     AioBH *bh = atomic_exchange(&ctx->bh_list, NULL);
     while (bh) {
@@ -290,6 +316,7 @@ void aio_context_free(AioContext *ctx)
         }
         bh = next;
     }
+    tsan_release(&ring_reuse_sync);
     io_uring_queue_exit(&ctx->ring);   /* also drops registered buffers */
     free(ctx->fixed_len);
     free(ctx->refs);
@@ -401,12 +428,17 @@ AioBH *aio_bh_new(AioContext *ctx, AioBHFn *cb, void *opaque)
 static void bh_push(AioBH *bh)
 {
     AioContext *ctx = bh->ctx;
+    bool remote = ctx != aio_current();
+    if (remote) {
+        remote_wake_begin(ctx);
+    }
     AioBH *old = atomic_load(&ctx->bh_list);
     do {
         bh->next = old;
     } while (!atomic_compare_exchange_weak(&ctx->bh_list, &old, bh));
-    if (ctx != aio_current()) {
+    if (remote) {
         aio_notify(ctx);
+        remote_wake_end(ctx);
     }
 }
 
@@ -485,12 +517,17 @@ void aio_co_schedule(AioContext *ctx, Coroutine *co)
                 (void *)co);
         abort();
     }
+    bool remote = ctx != aio_current();
+    if (remote) {
+        remote_wake_begin(ctx);
+    }
     Coroutine *old = atomic_load(&ctx->co_list);
     do {
         *co_sched_link(co) = old;
     } while (!atomic_compare_exchange_weak(&ctx->co_list, &old, co));
-    if (ctx != aio_current()) {
+    if (remote) {
         aio_notify(ctx);
+        remote_wake_end(ctx);
     }
 }
 
@@ -1098,11 +1135,16 @@ static void coroutine_fn run_sync_entry(void *opaque)
     RunSync *rs = opaque;
     rs->fn(rs->opaque);
     AioContext *home = rs->home;
-    atomic_store(&rs->done, true);
     /* The coroutine may have moved; make sure the waiter looks again.
      * rs may be gone once done is set, hence the copy of home. */
-    if (home != aio_current()) {
+    bool remote = home != aio_current();
+    if (remote) {
+        remote_wake_begin(home);
+    }
+    atomic_store(&rs->done, true);
+    if (remote) {
         aio_notify(home);
+        remote_wake_end(home);
     }
 }
 

@@ -385,6 +385,21 @@ void bdrv_drain_edge_replace(BdrvChild *c, BlockDriverState *new_bs)
 
 /* ----------------------------------------------------------------- flush */
 
+/* Whether a flush that covered write generation `done` covers `want`
+ * (a 64-bit sum of the threads' counts: it does not wrap). */
+static inline bool gen_covers(uint64_t done, uint64_t want)
+{
+    return done >= want;
+}
+
+/*
+ * Group commit without a lock across I/O.  One flush of bs runs at a time
+ * (so flushed_gen only moves forward); flush_mutex is held only to look at
+ * and update the flush_* fields.  A caller that finds a flush running waits
+ * for it to end: if that flush covered the caller's writes (write_gen had
+ * not moved past the caller's when it started) its result is the caller's;
+ * otherwise the waiters share the next flush, started by the first of them.
+ */
 int coroutine_fn bdrv_co_flush(BlockDriverState *bs)
 {
     int ret = 0;
@@ -393,10 +408,22 @@ int coroutine_fn bdrv_co_flush(BlockDriverState *bs)
         return 0;
     }
     bdrv_inc_in_flight(bs);
-    /* Flushes run one at a time and in the order of the generation they
-     * cover, so flushed_gen only moves forward. */
-    co_mutex_lock(&bs->flush_lock);
+    uint64_t want = bdrv_write_gen(bs);
+    pthread_mutex_lock(&bs->flush_mutex);
+    while (bs->flush_running) {
+        co_queue_wait_mutex(&bs->flush_queue, &bs->flush_mutex);
+        /* Woken when a flush ended; if it (or a later one) covered our
+         * writes, its result is ours. */
+        if (gen_covers(bs->flush_done_gen, want)) {
+            ret = bs->flush_done_ret;
+            pthread_mutex_unlock(&bs->flush_mutex);
+            bdrv_dec_in_flight(bs);
+            return ret;
+        }
+    }
+    bs->flush_running = true;
     uint64_t current_gen = bdrv_write_gen(bs);
+    pthread_mutex_unlock(&bs->flush_mutex);
 
     /* Hand cached data to the OS even with cache=unsafe. */
     if (bs->drv->co_flush_to_os) {
@@ -426,7 +453,12 @@ out:
     if (ret == 0) {
         __atomic_store_n(&bs->flushed_gen, current_gen, __ATOMIC_SEQ_CST);
     }
-    co_mutex_unlock(&bs->flush_lock);
+    pthread_mutex_lock(&bs->flush_mutex);
+    bs->flush_running = false;
+    bs->flush_done_gen = current_gen;
+    bs->flush_done_ret = ret;
+    co_queue_restart_all(&bs->flush_queue);
+    pthread_mutex_unlock(&bs->flush_mutex);
     bdrv_dec_in_flight(bs);
     return ret;
 }
@@ -496,7 +528,7 @@ int coroutine_fn bdrv_co_truncate(BdrvChild *child, int64_t offset, bool exact,
 /* ---------------------------------------------------- synchronous wrappers */
 
 typedef enum {
-    SYNC_READ, SYNC_WRITE, SYNC_WRITE_SYNC, SYNC_ZEROES, SYNC_FLUSH, SYNC_TRUNCATE,
+    SYNC_READ, SYNC_WRITE, SYNC_ZEROES, SYNC_FLUSH, SYNC_TRUNCATE,
     SYNC_STATUS_ABOVE,
 } SyncOp;
 
@@ -523,11 +555,7 @@ static void coroutine_fn sync_entry(void *opaque)
         r->ret = bdrv_co_preadv(r->child, r->offset, r->bytes, &r->qiov, r->flags);
         break;
     case SYNC_WRITE:
-    case SYNC_WRITE_SYNC:
         r->ret = bdrv_co_pwritev(r->child, r->offset, r->bytes, &r->qiov, r->flags);
-        if (r->ret == 0 && r->op == SYNC_WRITE_SYNC) {
-            r->ret = bdrv_co_flush(r->child->bs);
-        }
         break;
     case SYNC_ZEROES:
         r->ret = bdrv_co_pwrite_zeroes(r->child, r->offset, r->bytes, r->flags);
@@ -551,7 +579,7 @@ static int sync_run(SyncReq *r)
     return r->ret;
 }
 
-/* bdrv_pread/pwrite/pwrite_sync: one buffer, one op. */
+/* bdrv_pread/pwrite: one buffer, one op. */
 static int sync_rw(SyncOp op, BdrvChild *child, int64_t offset, int64_t bytes, void *buf,
                    BdrvRequestFlags flags)
 {
@@ -572,12 +600,6 @@ int bdrv_pwrite(BdrvChild *child, int64_t offset, int64_t bytes, const void *buf
                 BdrvRequestFlags flags)
 {
     return sync_rw(SYNC_WRITE, child, offset, bytes, (void *)buf, flags);
-}
-
-int bdrv_pwrite_sync(BdrvChild *child, int64_t offset, int64_t bytes, const void *buf,
-                     BdrvRequestFlags flags)
-{
-    return sync_rw(SYNC_WRITE_SYNC, child, offset, bytes, (void *)buf, flags);
 }
 
 int bdrv_pwrite_zeroes(BdrvChild *child, int64_t offset, int64_t bytes, BdrvRequestFlags flags)

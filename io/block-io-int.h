@@ -7,6 +7,7 @@
 #ifndef UBLKD_BLOCK_IO_INT_H
 #define UBLKD_BLOCK_IO_INT_H
 
+#include <stdatomic.h>
 #include "block-req.h"
 
 /* Largest bounce buffer for write-zeroes fallbacks and copy-on-read chunks. */
@@ -19,7 +20,10 @@ typedef struct BounceBuf {
     size_t size;
     int cls;        /* size class in the cache, -1 if allocated directly */
 } BounceBuf;
+/* NULL when memory runs out: the request fails with -ENOMEM. */
 void *bdrv_bounce_get(BlockDriverState *bs, size_t size, BounceBuf *b);
+/* Fault injection for tests: the next n bdrv_bounce_get calls fail. */
+extern atomic_int bdrv_bounce_fail_next;
 void bdrv_bounce_put(BounceBuf *b);
 /* A shared, never written buffer of zeros (BDRV_MAX_BOUNCE_BUFFER bytes,
  * 4 KiB aligned). */
@@ -45,8 +49,10 @@ typedef struct BdrvRequestPadding {
     struct iovec inline_iov[BDRV_PAD_INLINE_IOV];
     struct iovec *heap_iov;
 } BdrvRequestPadding;
-bool bdrv_init_padding(BlockDriverState *bs, int64_t offset, int64_t bytes,
-                       BdrvRequestPadding *pad);
+/* 0: aligned, nothing to pad; 1: padded; -ENOMEM.  pad is always safe to
+ * hand to bdrv_padding_destroy afterwards. */
+int bdrv_init_padding(BlockDriverState *bs, int64_t offset, int64_t bytes,
+                      BdrvRequestPadding *pad);
 void bdrv_padding_destroy(BdrvRequestPadding *pad);
 /* A collapsed tail (see above) is copied in before a write, out after a read. */
 void bdrv_padding_collapse_copy(BdrvRequestPadding *pad, bool to_bounce);

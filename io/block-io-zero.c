@@ -76,6 +76,10 @@ int coroutine_fn bdrv_co_do_pwrite_zeroes(BlockDriverState *bs, int64_t offset, 
             void *zeros = bdrv_zero_buffer();
             if (bs->bl.min_mem_alignment > 4096) {
                 zeros = bdrv_bounce_get(bs, num, &bounce);
+                if (!zeros) {
+                    ret = -ENOMEM;
+                    break;
+                }
                 memset(zeros, 0, num);
             }
             iov_init_buf(&qiov, zeros, num);
@@ -102,7 +106,11 @@ int coroutine_fn bdrv_co_do_zero_pwritev(BdrvChild *child, int64_t offset, int64
     IOVector local;
     int ret = 0;
 
-    bool padding = bdrv_init_padding(bs, offset, bytes, &pad);
+    int padding = bdrv_init_padding(bs, offset, bytes, &pad);
+    if (padding < 0) {
+        ret = padding;
+        goto out;
+    }
     if (padding) {
         bdrv_make_request_serialising(req, align);
         ret = bdrv_padding_rmw_read(child, req, &pad, true);

@@ -62,7 +62,7 @@ static __attribute__((noinline)) BouncePool *bounce_pool_get(void)
         pthread_once(&bounce_once, bounce_key_init);
         pool = calloc(1, sizeof(*pool));
         if (!pool) {
-            abort();
+            return NULL;
         }
         pthread_setspecific(bounce_key, pool);
         bounce_pool = pool;
@@ -70,26 +70,45 @@ static __attribute__((noinline)) BouncePool *bounce_pool_get(void)
     return pool;
 }
 
+atomic_int bdrv_bounce_fail_next;
+
+/* posix_memalign, NULL on failure: the request path must not abort. */
+static void *bounce_alloc(size_t align, size_t size)
+{
+    void *p;
+    return posix_memalign(&p, align, size) ? NULL : p;
+}
+
 void *bdrv_bounce_get(BlockDriverState *bs, size_t size, BounceBuf *b)
 {
     size_t align = MAX(bs->bl.min_mem_alignment, (size_t)1);
     int cls = 0;
+    b->p = NULL;
+    b->cls = -1;
+    if (unlikely(atomic_load_explicit(&bdrv_bounce_fail_next, memory_order_relaxed) > 0) &&
+        atomic_fetch_sub(&bdrv_bounce_fail_next, 1) > 0) {
+        return NULL;
+    }
     while (cls < BOUNCE_CLASSES && ((size_t)1 << (BOUNCE_MIN_SHIFT + cls)) < size) {
         cls++;
     }
     if (cls == BOUNCE_CLASSES || align > BOUNCE_ALIGN) {
-        b->cls = -1;
         b->size = size;
-        b->p = aligned_alloc_or_die(MAX(align, (size_t)BOUNCE_ALIGN), ALIGN_UP(size, BOUNCE_ALIGN));
+        b->p = bounce_alloc(MAX(align, (size_t)BOUNCE_ALIGN), ALIGN_UP(size, BOUNCE_ALIGN));
         return b->p;
     }
     BouncePool *pool = bounce_pool_get();
-    b->cls = cls;
+    if (!pool) {
+        return NULL;
+    }
     b->size = (size_t)1 << (BOUNCE_MIN_SHIFT + cls);
     if (pool->nfree[cls]) {
         b->p = pool->free[cls][--pool->nfree[cls]];
     } else {
-        b->p = aligned_alloc_or_die(BOUNCE_ALIGN, b->size);
+        b->p = bounce_alloc(BOUNCE_ALIGN, b->size);
+    }
+    if (b->p) {
+        b->cls = cls;
     }
     return b->p;
 }
@@ -101,7 +120,7 @@ void bdrv_bounce_put(BounceBuf *b)
     }
     if (b->cls >= 0) {
         BouncePool *pool = bounce_pool_get();
-        if (pool->nfree[b->cls] < BOUNCE_PER_CLASS) {
+        if (pool && pool->nfree[b->cls] < BOUNCE_PER_CLASS) {
             pool->free[b->cls][pool->nfree[b->cls]++] = b->p;
             b->p = NULL;
             return;
@@ -111,18 +130,12 @@ void bdrv_bounce_put(BounceBuf *b)
     b->p = NULL;
 }
 
-static void *zero_buffer;
-static pthread_once_t zero_once = PTHREAD_ONCE_INIT;
-
-static void zero_buffer_init(void)
-{
-    zero_buffer = aligned_alloc_or_die(BOUNCE_ALIGN, BDRV_MAX_BOUNCE_BUFFER);
-    memset(zero_buffer, 0, BDRV_MAX_BOUNCE_BUFFER);
-}
+/* In .bss: never written, so its pages stay the kernel's shared zero page,
+ * and nothing is allocated on the request path that first needs it. */
+static uint8_t zero_buffer[BDRV_MAX_BOUNCE_BUFFER] __attribute__((aligned(BOUNCE_ALIGN)));
 
 void *bdrv_zero_buffer(void)
 {
-    pthread_once(&zero_once, zero_buffer_init);
     return zero_buffer;
 }
 
@@ -385,8 +398,8 @@ static inline int64_t align_rem(int64_t offset, int64_t align)
     return (align & (align - 1)) ? offset % align : offset & (align - 1);
 }
 
-bool bdrv_init_padding(BlockDriverState *bs, int64_t offset, int64_t bytes,
-                       BdrvRequestPadding *pad)
+int bdrv_init_padding(BlockDriverState *bs, int64_t offset, int64_t bytes,
+                      BdrvRequestPadding *pad)
 {
     int64_t align = bdrv_align(bs);
     int64_t head = align_rem(offset, align), tail = align_rem(offset + bytes, align);
@@ -394,7 +407,7 @@ bool bdrv_init_padding(BlockDriverState *bs, int64_t offset, int64_t bytes,
         /* The aligned fast path: only what bdrv_padding_destroy looks at. */
         pad->bounce.p = pad->collapse.p = NULL;
         pad->heap_iov = NULL;
-        return false;
+        return 0;
     }
     memset(pad, 0, offsetof(BdrvRequestPadding, inline_iov));
     pad->heap_iov = NULL;
@@ -403,11 +416,14 @@ bool bdrv_init_padding(BlockDriverState *bs, int64_t offset, int64_t bytes,
     int64_t sum = pad->head + bytes + pad->tail;
     pad->buf_len = (sum > align && pad->head && pad->tail) ? 2 * align : align;
     pad->buf = bdrv_bounce_get(bs, pad->buf_len, &pad->bounce);
+    if (!pad->buf) {
+        return -ENOMEM;
+    }
     pad->merge_reads = sum == (int64_t)pad->buf_len;
     if (pad->tail) {
         pad->tail_buf = pad->buf + pad->buf_len - align;
     }
-    return true;
+    return 1;
 }
 
 void bdrv_padding_destroy(BdrvRequestPadding *pad)
@@ -478,11 +494,12 @@ void bdrv_padding_collapse_copy(BdrvRequestPadding *pad, bool to_bounce)
  * bdrv_create_padded_qiov does (only for vectors already near the limit).
  * Returns false (nothing changed) for an aligned request.
  */
-static bool bdrv_pad_request(BlockDriverState *bs, IOVector **qiov, size_t *qiov_offset,
-                             int64_t *offset, int64_t *bytes, BdrvRequestPadding *pad)
+static int bdrv_pad_request(BlockDriverState *bs, IOVector **qiov, size_t *qiov_offset,
+                            int64_t *offset, int64_t *bytes, BdrvRequestPadding *pad)
 {
-    if (!bdrv_init_padding(bs, *offset, *bytes, pad)) {
-        return false;
+    int ret = bdrv_init_padding(bs, *offset, *bytes, pad);
+    if (ret <= 0) {
+        return ret;
     }
     int need = iov_count_range(*qiov, *qiov_offset, *bytes) + 2;
     struct iovec *iov = pad->inline_iov;
@@ -490,7 +507,7 @@ static bool bdrv_pad_request(BlockDriverState *bs, IOVector **qiov, size_t *qiov
         /* Only callers with very fragmented buffers get here. */
         iov = pad->heap_iov = malloc(need * sizeof(*iov));
         if (!iov) {
-            abort();
+            return -ENOMEM;
         }
     }
     int n = 0;
@@ -512,6 +529,9 @@ static bool bdrv_pad_request(BlockDriverState *bs, IOVector **qiov, size_t *qiov
         pad->collapse_idx = k;
         pad->collapse_n = n;
         iov[k] = (struct iovec){ bdrv_bounce_get(bs, len, &pad->collapse), len };
+        if (!iov[k].iov_base) {
+            return -ENOMEM;
+        }
         n = max_iov;
     }
     pad->local_qiov = (IOVector){ .iov = iov, .niov = n, .nalloc = -1,
@@ -520,7 +540,7 @@ static bool bdrv_pad_request(BlockDriverState *bs, IOVector **qiov, size_t *qiov
     *bytes += pad->head + pad->tail;
     *qiov = &pad->local_qiov;
     *qiov_offset = 0;
-    return true;
+    return 1;
 }
 
 /* Read the partial head/tail blocks of a padded write into the bounce buffer.
@@ -624,8 +644,9 @@ static int coroutine_fn bdrv_co_do_copy_on_readv(BdrvChild *child, int64_t offse
         int64_t want = MIN(pnum - skip_bytes, bytes - progress);
         if (ret <= 0) {
             IOVector local;
-            if (!bounce.p) {
-                bdrv_bounce_get(bs, MIN(cluster_bytes, max_chunk), &bounce);
+            if (!bounce.p && !bdrv_bounce_get(bs, MIN(cluster_bytes, max_chunk), &bounce)) {
+                ret = -ENOMEM;
+                goto out;
             }
             iov_init_buf(&local, bounce.p, pnum);
             ret = bdrv_driver_preadv(bs, cluster_offset, pnum, &local, 0, 0);
@@ -748,7 +769,12 @@ int coroutine_fn bdrv_co_preadv_part(BdrvChild *child, int64_t offset, int64_t b
         flags |= BDRV_REQ_COPY_ON_READ;
     }
     int64_t align = bdrv_align(bs);
-    bdrv_pad_request(bs, &qiov, &qiov_offset, &offset, &bytes, &pad);
+    ret = bdrv_pad_request(bs, &qiov, &qiov_offset, &offset, &bytes, &pad);
+    if (ret < 0) {
+        bdrv_padding_destroy(&pad);
+        bdrv_dec_in_flight(bs);
+        return ret;
+    }
     tracked_request_begin(&req, bs, offset, bytes, BDRV_TRACKED_READ);
     ret = bdrv_aligned_preadv(child, &req, offset, bytes, align, qiov, qiov_offset, flags);
     if (ret == 0) {
@@ -844,7 +870,7 @@ int coroutine_fn bdrv_co_pwritev_part(BdrvChild *child, int64_t offset, int64_t 
     BlockDriverState *bs = child->bs;
     BdrvTrackedRequest req;
     BdrvRequestPadding pad;
-    bool padded = false;
+    int padded = 0;
     int ret;
 
     if (!bs || !bs->drv) {
@@ -880,6 +906,11 @@ int coroutine_fn bdrv_co_pwritev_part(BdrvChild *child, int64_t offset, int64_t 
     bdrv_co_enter_request(child);
     if (!(flags & BDRV_REQ_ZERO_WRITE)) {
         padded = bdrv_pad_request(bs, &qiov, &qiov_offset, &offset, &bytes, &pad);
+        if (padded < 0) {
+            bdrv_padding_destroy(&pad);
+            bdrv_dec_in_flight(bs);
+            return padded;
+        }
     }
     tracked_request_begin(&req, bs, offset, bytes, BDRV_TRACKED_WRITE);
     if (flags & BDRV_REQ_ZERO_WRITE) {

@@ -179,7 +179,8 @@ BlockDriverState *bdrv_new_node(const BlockDriver *drv, const char *node_name, E
     bs->supported_zero_flags = drv->supported_zero_flags;
     pthread_mutex_init(&bs->reqs_lock, NULL);
     co_queue_init(&bs->untracked_queue);
-    co_mutex_init(&bs->flush_lock);
+    pthread_mutex_init(&bs->flush_mutex, NULL);
+    co_queue_init(&bs->flush_queue);
 
     pthread_mutex_lock(&graph_lock);
     if (node_name) {
@@ -187,7 +188,7 @@ BlockDriverState *bdrv_new_node(const BlockDriver *drv, const char *node_name, E
             if (all_nodes[i]->node_name && !strcmp(all_nodes[i]->node_name, node_name)) {
                 pthread_mutex_unlock(&graph_lock);
                 error_setg(errp, "Duplicate nodes with node-name='%s'", node_name);
-                co_mutex_destroy(&bs->flush_lock);
+                pthread_mutex_destroy(&bs->flush_mutex);
                 pthread_mutex_destroy(&bs->reqs_lock);
                 free(bs->opaque);
                 free(bs);
@@ -233,7 +234,7 @@ static void bdrv_delete(BlockDriverState *bs)
     }
     node_list_remove(bs);
     optdict_free(bs->own_options);
-    co_mutex_destroy(&bs->flush_lock);
+    pthread_mutex_destroy(&bs->flush_mutex);
     pthread_mutex_destroy(&bs->reqs_lock);
     free(bs->node_name);
     free(bs->opaque);

@@ -11,7 +11,11 @@
  * The switch saves only callee-saved registers and the stack pointer
  * (x86-64 and aarch64 assembly below); other architectures use ucontext to
  * start a coroutine and _setjmp/_longjmp afterwards.  Under ASan every
- * switch is announced with __sanitizer_{start,finish}_switch_fiber.
+ * switch is announced with __sanitizer_{start,finish}_switch_fiber, so
+ * ASan knows which stack is live; under TSan each stack is a TSan fiber and
+ * every switch goes through __tsan_switch_to_fiber, so TSan keeps a shadow
+ * call stack per coroutine and orders what the old fiber did before what
+ * the new one does (a switch is a handover on one thread, not a race).
  *
  * A coroutine may yield on one thread and be resumed on another (after
  * aio_co_reschedule_self), so thread-local state is read through the
@@ -26,16 +30,18 @@
 #include "aio.h"
 #include "coroutine-int.h"
 
-#if defined(__SANITIZE_ADDRESS__)
+#include "sanitizer.h"
+
+#ifdef UBLKD_ASAN
 #define CO_ASAN 1
-#elif defined(__has_feature)
-#if __has_feature(address_sanitizer)
-#define CO_ASAN 1
-#endif
 #endif
 #ifdef CO_ASAN
 #include <sanitizer/asan_interface.h>
 #include <sanitizer/common_interface_defs.h>
+#endif
+
+#ifdef UBLKD_TSAN
+#define CO_TSAN 1
 #endif
 
 #if (defined(__x86_64__) || defined(__aarch64__)) && !defined(CO_FORCE_UCONTEXT)
@@ -69,6 +75,9 @@ struct Coroutine {
     void *fake_stack;
     const void *asan_bottom;     /* leader only: thread stack for ASan */
     size_t asan_size;
+#endif
+#ifdef CO_TSAN
+    void *tsan_fiber;            /* leader: the thread's; else the stack's */
 #endif
 #ifndef CO_ASM
     jmp_buf env;
@@ -212,11 +221,47 @@ static void co_thread_exit(void *arg)
     t->pool_size = 0;
 }
 
+#ifdef CO_TSAN
+/* TSan does not order a fiber made before fork() with the child's thread,
+ * so the child gets fresh fibers for the stacks it can reach: the forking
+ * thread's pool and the global one (taken under its lock across the fork).
+ * Coroutines alive at the fork are not resumed in a child. */
+static void tsan_renew_fibers(Coroutine *list)
+{
+    for (Coroutine *co = list; co; co = co->pool_next) {
+        __tsan_destroy_fiber(co->tsan_fiber);
+        co->tsan_fiber = __tsan_create_fiber(0);
+    }
+}
+
+static void co_fork_prepare(void)
+{
+    pthread_mutex_lock(&global_pool_lock);
+}
+
+static void co_fork_parent(void)
+{
+    pthread_mutex_unlock(&global_pool_lock);
+}
+
+static void co_fork_child(void)
+{
+    tsan_renew_fibers(co_thread_state.pool);
+    for (Coroutine *b = global_batches; b; b = b->batch_next) {
+        tsan_renew_fibers(b);
+    }
+    pthread_mutex_unlock(&global_pool_lock);
+}
+#endif
+
 static void co_make_key(void)
 {
     if (pthread_key_create(&co_thread_key, co_thread_exit)) {
         abort();
     }
+#ifdef CO_TSAN
+    pthread_atfork(co_fork_prepare, co_fork_parent, co_fork_child);
+#endif
 }
 
 static CoThread *co_tls_init(CoThread *t)
@@ -236,6 +281,9 @@ static CoThread *co_tls_init(CoThread *t)
         }
         pthread_attr_destroy(&attr);
     }
+#endif
+#ifdef CO_TSAN
+    t->leader.tsan_fiber = __tsan_get_current_fiber();
 #endif
     t->init = true;
     return t;
@@ -286,6 +334,21 @@ static inline void asan_finish(Coroutine *self, Coroutine *from)
 }
 #endif
 
+/* ------------------------------------------------------------------- TSan */
+
+#ifdef CO_TSAN
+static inline void tsan_switch(Coroutine *to)
+{
+    /* flags 0: TSan synchronises the switch, as the real handover does. */
+    __tsan_switch_to_fiber(to->tsan_fiber, 0);
+}
+#else
+static inline void tsan_switch(Coroutine *to)
+{
+    (void)to;
+}
+#endif
+
 /* -------------------------------------------------------------- lifecycle */
 
 static void co_trampoline_body(Coroutine *co) __attribute__((noreturn));
@@ -293,6 +356,7 @@ static void co_trampoline_body(Coroutine *co) __attribute__((noreturn));
 static inline void co_switch(Coroutine *from, Coroutine *to, bool terminating)
 {
     asan_start(from, to, terminating);
+    tsan_switch(to);
 #ifdef CO_ASM
     ublkd_co_switch_asm(&from->sp, to->sp);
 #else
@@ -307,14 +371,20 @@ static inline void co_switch(Coroutine *from, Coroutine *to, bool terminating)
     asan_finish(from, NULL);
 }
 
+/* Loops rather than returning: a terminated coroutine parks here, and a
+ * pooled stack is reused by switching back into it with a new entry.  So a
+ * stack's frames never pile up (TSan keeps one shadow call stack per fiber,
+ * which a trampoline restarted from the top on each reuse would grow). */
 static void co_trampoline_body(Coroutine *co)
 {
     asan_finish(co, co->caller);
-    co->entry(co->opaque);
-    co->state = CO_TERMINATED;
-    /* The caller's co_enter already points current back at itself. */
-    co_switch(co, co->caller, true);
-    abort();
+    for (;;) {
+        co->entry(co->opaque);
+        co->state = CO_TERMINATED;
+        /* The caller's co_enter already points current back at itself. */
+        co_switch(co, co->caller, true);
+        /* Taken from the pool by co_create and entered again. */
+    }
 }
 
 #ifdef CO_ASM
@@ -389,6 +459,9 @@ static Coroutine *co_alloc_stack(void)
     memset(co, 0, sizeof(*co));
     co->stack = map + ps;
     co->stack_size = COROUTINE_STACK_SIZE;
+#ifdef CO_TSAN
+    co->tsan_fiber = __tsan_create_fiber(0);   /* one per stack, kept in the pool */
+#endif
     atomic_fetch_add_explicit(&stacks_allocated, 1, memory_order_relaxed);
     return co;
 }
@@ -396,6 +469,9 @@ static Coroutine *co_alloc_stack(void)
 static void co_free_stack(Coroutine *co)
 {
     size_t ps = page_size();
+#ifdef CO_TSAN
+    __tsan_destroy_fiber(co->tsan_fiber);
+#endif
     munmap(co->stack - ps, ps + co->stack_size);
 }
 
@@ -446,6 +522,7 @@ Coroutine *co_create(CoroutineEntry *entry, void *opaque)
     Coroutine *co = pool_take(t);
     if (!co) {
         co = co_alloc_stack();
+        co_reset_stack(co);      /* a pooled one waits in its trampoline */
     }
 #ifdef CO_ASAN
     /* Frames of the previous user may have left poisoned redzones. */
@@ -461,7 +538,6 @@ Coroutine *co_create(CoroutineEntry *entry, void *opaque)
     co->reschedule_to = NULL;
     co->sched_next = NULL;
     atomic_store_explicit(&co->scheduled, false, memory_order_relaxed);
-    co_reset_stack(co);
     return co;
 }
 

@@ -495,7 +495,8 @@ typedef struct IoSlice {
     int niov;
 } IoSlice;
 
-static void slice_init(IoSlice *sl, const IOVector *qiov, size_t off, size_t bytes)
+/* -ENOMEM if a many-segment vector needs an array we cannot allocate. */
+static int slice_init(IoSlice *sl, const IOVector *qiov, size_t off, size_t bytes)
 {
     int i = 0, n = 0;
     while (i < qiov->niov && off >= qiov->iov[i].iov_len) {
@@ -509,7 +510,7 @@ static void slice_init(IoSlice *sl, const IOVector *qiov, size_t off, size_t byt
     /* Rare (many segments): one allocation rather than a wrong answer. */
     sl->iov = n <= FILE_STACK_IOVS ? sl->stack : malloc((size_t)n * sizeof(struct iovec));
     if (!sl->iov) {
-        abort();
+        return -ENOMEM;
     }
     sl->niov = n;
     left = bytes;
@@ -520,6 +521,7 @@ static void slice_init(IoSlice *sl, const IOVector *qiov, size_t off, size_t byt
         left -= len;
         off = 0;
     }
+    return 0;
 }
 
 static void slice_advance(IoSlice *sl, size_t n)
@@ -624,6 +626,9 @@ static int coroutine_fn bounce_rw(BlockDriverState *bs, bool is_write, int64_t o
     void *buf = bdrv_bounce_get(bs, chunk, &bounce);
     int64_t pos = 0;
     int ret = 0;
+    if (!buf) {
+        return -ENOMEM;
+    }
 
     while (pos < bytes) {
         size_t len = (size_t)MIN((int64_t)chunk, bytes - pos);
@@ -713,7 +718,9 @@ static int coroutine_fn file_co_preadv(BlockDriverState *bs, int64_t offset, int
         n = rw_by_element(s, false, offset, bytes, qiov, qiov_offset, 0);
     } else {
         IoSlice sl;
-        slice_init(&sl, qiov, qiov_offset, (size_t)bytes);
+        if (slice_init(&sl, qiov, qiov_offset, (size_t)bytes) < 0) {
+            return -ENOMEM;
+        }
         struct iovec *base = sl.iov;
         n = read_loop(s, &sl, offset, bytes);
         slice_destroy(&sl, base);
@@ -750,7 +757,10 @@ static int coroutine_fn file_co_pwritev(BlockDriverState *bs, int64_t offset, in
         ret = (int)rw_by_element(s, true, offset, bytes, qiov, qiov_offset, rw_flags);
     } else {
         IoSlice sl;
-        slice_init(&sl, qiov, qiov_offset, (size_t)bytes);
+        ret = slice_init(&sl, qiov, qiov_offset, (size_t)bytes);
+        if (ret < 0) {
+            return ret;
+        }
         struct iovec *base = sl.iov;
         ret = write_loop(s, &sl, offset, bytes, rw_flags);
         slice_destroy(&sl, base);

@@ -17,5 +17,6 @@ for t in "$@"; do
         failed_suites+=("$(basename "$t")")
     fi
 done
-echo "unit: $pass passed, $fail failed"
+# UNIT_LABEL tells the plain run from the sanitizer runs (unit-asan, ...).
+echo "${UNIT_LABEL:-unit}: $pass passed, $fail failed"
 [ ${#failed_suites[@]} -eq 0 ] || { echo "failed suites: ${failed_suites[*]}"; exit 1; }

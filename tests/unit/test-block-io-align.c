@@ -6,6 +6,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include "test-util.h"
+#include "../../io/block-io-int.h"
 
 static BlockDriverState *aligned_node(uint32_t align, int64_t size)
 {
@@ -184,6 +185,38 @@ static void test_rmw_read_error_fails_write(void **state)
     bdrv_unref(bs);
 }
 
+/* A padding buffer that cannot be had fails that request with -ENOMEM (the
+ * request path never aborts on allocation), touches nothing, and the next
+ * request works. */
+static void test_bounce_alloc_failure_is_enomem(void **state)
+{
+    (void)state;
+    BlockDriverState *bs = aligned_node(512, 64 * KiB);
+    BdrvChild *c = test_child_new(bs);
+    uint8_t before[64 * KiB], after[64 * KiB], buf[1000];
+    mem_read_raw(bs, 0, before, sizeof(before));
+
+    atomic_store(&bdrv_bounce_fail_next, 1);
+    assert_int_equal(bdrv_pread(c, 700, 1000, buf, 0), -ENOMEM);
+    assert_int_equal(mem_calls(bs, MEM_OP_READ), 0);
+    memset(buf, 0xab, sizeof(buf));
+    atomic_store(&bdrv_bounce_fail_next, 1);
+    assert_int_equal(bdrv_pwrite(c, 700, 1000, buf, 0), -ENOMEM);
+    assert_int_equal(mem_calls(bs, MEM_OP_WRITE), 0);
+    atomic_store(&bdrv_bounce_fail_next, 1);
+    assert_int_equal(bdrv_pwrite_zeroes(c, 700, 1000, 0), -ENOMEM);
+    assert_int_equal(mem_calls(bs, MEM_OP_WRITE) + mem_calls(bs, MEM_OP_ZEROES), 0);
+    mem_read_raw(bs, 0, after, sizeof(after));
+    assert_memory_equal(after, before, sizeof(after));
+
+    assert_int_equal(atomic_load(&bdrv_bounce_fail_next), 0);
+    assert_int_equal(bdrv_pwrite(c, 700, 1000, buf, 0), 0);
+    mem_read_raw(bs, 700, after, 1000);
+    assert_memory_equal(after, buf, 1000);
+    test_child_free(c);
+    bdrv_unref(bs);
+}
+
 int main(void)
 {
     test_loop_init();
@@ -196,6 +229,7 @@ int main(void)
         cmocka_unit_test(test_multi_iov_with_offset),
         cmocka_unit_test(test_zero_length_is_noop),
         cmocka_unit_test(test_rmw_read_error_fails_write),
+        cmocka_unit_test(test_bounce_alloc_failure_is_enomem),
     };
     return cmocka_run_group_tests_name("block-io-align", tests, NULL, NULL);
 }

@@ -267,7 +267,13 @@ static void coroutine_fn a_holder(void *opaque)
     co_mutex_lock(&m);
     pthread_t b;
     pthread_create(&b, NULL, b_thread, bctx);
-    while (m.waiters == 0) {             /* until B queues up */
+    for (;;) {                           /* until B queues up */
+        pthread_mutex_lock(&m.lock);     /* waiters is the lock's to guard */
+        unsigned n = m.waiters;
+        pthread_mutex_unlock(&m.lock);
+        if (n) {
+            break;
+        }
         usleep(100);
     }
     co_mutex_unlock(&m);

@@ -392,7 +392,7 @@ typedef struct {
     int n;
     AioContext *ctx;            /* published once the thread runs */
     bool go;                    /* start the requests */
-    bool stop;                  /* main is done notifying ctx: free it */
+    bool stop;                  /* leave the loop; main frees ctx after join */
 } ThreadArg;
 
 static void *throttle_thread(void *opaque)
@@ -415,7 +415,8 @@ static void *throttle_thread(void *opaque)
     }
     AIO_WAIT_WHILE(ctx, !__atomic_load_n(&a->stop, __ATOMIC_SEQ_CST));
     aio_set_current(NULL);
-    aio_context_free(ctx);
+    /* Not freed here: main may still be inside aio_notify(ctx) after we
+     * saw stop.  thread_stop frees it once we are joined. */
     return NULL;
 }
 
@@ -436,6 +437,7 @@ static void thread_stop(pthread_t th, ThreadArg *a)
     __atomic_store_n(&a->stop, true, __ATOMIC_SEQ_CST);
     aio_notify(a->ctx);
     pthread_join(th, NULL);
+    aio_context_free(a->ctx);
 }
 
 /* The first to wait goes first, whichever thread it is on: the head's
