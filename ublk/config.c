@@ -566,6 +566,11 @@ int ublk_dev_config_check_log(const UblkDevConfig *c, Error **errp)
             error_setg(errp, "--log %s: is a directory", path);
             return -1;
         }
+        if (!S_ISREG(st.st_mode) && !S_ISCHR(st.st_mode)) {
+            /* A FIFO without a reader would block the daemon's open forever. */
+            error_setg(errp, "--log %s: not a regular file or character device", path);
+            return -1;
+        }
         if (access(path, W_OK) < 0) {
             error_setg_errno(errp, errno, "--log %s: cannot write to it", path);
             return -1;

@@ -43,8 +43,11 @@ run_case() {
     shift
     ncases=$((ncases + 1))
     local t0=$(date +%s%N)
-    out=$(timeout 60 "$@" </dev/null 2>&1)
+    # Through a file, not a pipe: a daemon left behind holding the pipe
+    # would hang the script instead of failing the case.
+    timeout 60 "$@" </dev/null >"$WORK/.case" 2>&1
     rc=$?
+    out=$(cat "$WORK/.case")
     local ms=$((($(date +%s%N) - t0) / 1000000))
     [ $ms -gt 3000 ] && echo "slow (${ms} ms): $(printf '%q ' "$@" | cut -c1-120)" >&2
     local what="'$(printf '%q ' "$@" | cut -c1-200)'"
@@ -206,5 +209,7 @@ expect_rc 2 "$UBLKD" add null --size 1M --log /nonexistent/dir/log
 expect_out "--log /nonexistent/dir/log: directory /nonexistent/dir: No such file or directory"
 expect_rc 2 "$UBLKD" add null --size 1M --log "$WORK/d"
 expect_out "is a directory"
+expect_rc 2 "$UBLKD" add null --size 1M --log "$WORK/fifo"
+expect_out "not a regular file or character device"
 echo "hostile cases: $ncases, failed: ${#failures[@]}" >&2
 [ ${#failures[@]} = 0 ] || fail "${#failures[@]} hostile cases misbehaved (see BAD lines)"

@@ -11,6 +11,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 #include <unistd.h>
 #include <cmocka.h>
 #ifdef CONFIG_UBLK
@@ -416,6 +417,15 @@ static void test_log_must_be_writable(void **state)
     if (geteuid() != 0) {
         expect_log_error("/proc/x", "cannot create files in /proc");
     }
+    char fifo[] = "/tmp/ublkd-fifo-XXXXXX";
+    assert_non_null(mkdtemp(fifo));
+    char *fifo_path = NULL;
+    assert_true(asprintf(&fifo_path, "%s/f", fifo) > 0);
+    assert_int_equal(mkfifo(fifo_path, 0600), 0);
+    expect_log_error(fifo_path, "not a regular file or character device");
+    unlink(fifo_path);
+    rmdir(fifo);
+    free(fifo_path);
     UblkDevConfig c;
     ublk_dev_config_init(&c);
     assert_int_equal(ublk_dev_config_check_log(&c, NULL), 0);       /* no --log */
@@ -593,6 +603,15 @@ static void test_log_must_be_writable(void **state)
     if (geteuid() != 0) {
         expect_log_error("/proc/x", "cannot create files in /proc");
     }
+    char fifo[] = "/tmp/ublkd-fifo-XXXXXX";
+    assert_non_null(mkdtemp(fifo));
+    char *fifo_path = NULL;
+    assert_true(asprintf(&fifo_path, "%s/f", fifo) > 0);
+    assert_int_equal(mkfifo(fifo_path, 0600), 0);
+    expect_log_error(fifo_path, "not a regular file or character device");
+    unlink(fifo_path);
+    rmdir(fifo);
+    free(fifo_path);
     UblkDevConfig c;
     ublk_dev_config_init(&c);
     assert_int_equal(ublk_dev_config_check_log(&c, NULL), 0);       /* no --log */
