@@ -98,7 +98,7 @@ deps:
 	    $(SUDO) apt-get update -q && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -q $$missing; \
 	else echo "deps: all installed"; fi
 
-.PHONY: all clean install test check-unit check-interop check-vm check-fuzz asan tsan bench bench-vm tests
+.PHONY: all clean install test check-unit check-interop check-vm check-fuzz asan tsan bench bench-vm tests check-hostile
 all: $(BUILD)/ublkd
 
 # ---- generated config ----
@@ -170,6 +170,13 @@ tsan:
 	TSAN_OPTIONS="$(TSAN_OPTIONS) second_deadlock_stack=1" \
 	$(MAKE) BUILD=build-tsan OPT="-O1 -g -fsanitize=thread -fno-omit-frame-pointer" \
 	    LDFLAGS="-fsanitize=thread" UNIT_LABEL=unit-tsan check-unit
+
+# Every img subcommand and add option with hostile values, run against an
+# ASan+UBSan ublkd (tests/interop/test_hostile_args.sh; check-interop skips it).
+check-hostile:
+	$(MAKE) BUILD=build-asan OPT="-O1 -g -fsanitize=address,undefined -fno-omit-frame-pointer -fno-sanitize-recover=undefined" \
+	    LDFLAGS="-fsanitize=address,undefined" build-asan/ublkd
+	@UBLKD_HOSTILE=1 UBLKD=$(abspath build-asan/ublkd) tests/interop/run.sh test_hostile_args.sh
 
 bench: $(BENCHES) $(BUILD)/ublkd
 	@UBLKD=$(abspath $(BUILD)/ublkd) BUILD=$(abspath $(BUILD)) tests/bench/run.sh

@@ -149,6 +149,7 @@ typedef struct UblkDevConfig {
     bool user_copy, need_get_data;
     bool foreground;
     UblkRecoveryMode recovery;
+    bool recovery_given;       /* --recovery/--reissue/-r: the kernel must honour it */
     UblkAffinity affinity;
     char *log_file;
 } UblkDevConfig;
@@ -169,6 +170,14 @@ int ublk_dev_config_check(const UblkDevConfig *c, Error **errp);
 OptDict *ublk_dev_config_to_options(const UblkDevConfig *c, int *flags, Error **errp);
 /* UBLK_F_* the config asks for, given what the kernel supports. */
 uint64_t ublk_dev_config_flags(const UblkDevConfig *c, uint64_t supported, bool unprivileged);
+/* -1 with errp set when the kernel (features as GET_FEATURES reports them)
+ * cannot honour what the user asked for: an explicit recovery mode it lacks
+ * is an error, while the default (reissue) quietly falls back. */
+int ublk_dev_config_check_kernel(const UblkDevConfig *c, uint64_t supported, bool unprivileged,
+                                 Error **errp);
+/* -1 with errp set when --log names a file the daemon could not write:
+ * checked at add time, since the daemon's log has nowhere else to go. */
+int ublk_dev_config_check_log(const UblkDevConfig *c, Error **errp);
 
 /* What /run/ublkd/ID.json holds. */
 typedef struct UblkDevState {

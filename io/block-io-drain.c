@@ -504,11 +504,10 @@ int coroutine_fn bdrv_co_truncate(BdrvChild *child, int64_t offset, bool exact,
         ret = bs->drv->co_truncate(bs, offset, exact, prealloc, flags, &local_err);
     } else if (bdrv_filter_bs(bs)) {
         ret = bdrv_co_truncate(bs->file, offset, exact, prealloc, flags, &local_err);
-    } else if (!exact && offset <= old_size) {
-        ret = 0;   /* "at least offset bytes": already true */
     } else {
-        error_setg(&local_err, "%s: %s does not support resizing", bs->filename,
-                   bs->drv->format_name);
+        /* Even a no-op: saying yes to a shrink that did nothing hides from
+         * the caller that the image keeps its size (qemu-io's words). */
+        error_setg(&local_err, "Image format driver does not support resize");
         ret = -ENOTSUP;
     }
     if (ret < 0 && !local_err) {

@@ -6,7 +6,9 @@
  *
  * Flags flow down: a child inherits its parent's RDWR/cache/discard flags,
  * a backing child is always read-only, and the file child of a format is
- * opened as a protocol (no probing below a format, as in QEMU).
+ * opened as a protocol (no probing below a format, as in QEMU).  Filters pass
+ * protocol-ness down: the child of a filter under a format is a protocol too,
+ * while a filter at the top lets its child be probed.
  */
 #include <errno.h>
 #include <stdio.h>
@@ -24,6 +26,11 @@ static int child_flags(const BlockDriverState *parent, BdrvChildRole role)
     }
     if (parent->drv->is_format && (role == BDRV_CHILD_FILE || role == BDRV_CHILD_DATA)) {
         f |= BDRV_O_PROTOCOL;
+    } else if (parent->drv->is_filter && role == BDRV_CHILD_FILE) {
+        /* A filter is transparent: what sits under it is whatever its parent
+         * expected there.  Under a format that is a protocol (raw over
+         * blkdebug over x.vdi reads x.vdi's bytes); at the top it is probed. */
+        f |= parent->open_flags & BDRV_O_PROTOCOL;
     }
     return f;
 }

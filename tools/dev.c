@@ -335,6 +335,11 @@ static int cmd_add(int argc, char **argv)
         ublk_dev_config_free(&cfg);
         return 2;
     }
+    if (ublk_dev_config_check_log(&cfg, &err) < 0) {
+        error_report_err(err);
+        ublk_dev_config_free(&cfg);
+        return 2;
+    }
     ret = spawn_daemon(&cfg, false);
     ublk_dev_config_free(&cfg);
     return ret;

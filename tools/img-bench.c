@@ -70,11 +70,13 @@ static int64_t next_offset(Bench *b)
     }
     /* qemu-img bench's sequence, wrap-around included. */
     int64_t off = b->offset;
-    b->offset += b->step;
     if (b->image_size <= b->bufsize) {
         b->offset = 0;
     } else {
-        b->offset %= b->image_size - b->bufsize;
+        /* (offset + step) % span, reduced first: -o may be near INT64_MAX. */
+        int64_t span = b->image_size - b->bufsize;
+        uint64_t sum = (uint64_t)(b->offset % span) + (uint64_t)(b->step % span);
+        b->offset = (int64_t)(sum % (uint64_t)span);
     }
     return off;
 }
@@ -419,7 +421,7 @@ int img_bench(int argc, char **argv)
         blk_unref(b.blk);
         return 1;
     }
-    if (b.random && (offset + b.bufsize > b.image_size)) {
+    if (b.random && offset > b.image_size - b.bufsize) {
         error_report("--random: offset + buffer size exceed the image size");
         blk_unref(b.blk);
         return 1;

@@ -208,6 +208,13 @@ int img_create_image(const char *filename, const char *fmt, const char *options,
     if (!quiet) {
         print_formatting(filename, drv, opts);
     }
+    if (!strncmp(filename, "json:", 5)) {
+        /* Options, not a file name: creating a file called "json:{..."
+         * would be a silent surprise (qemu-img's words). */
+        error_report("%s: Unknown protocol 'json'", filename);
+        optdict_free(opts);
+        return 1;
+    }
     int ret = bdrv_create(drv, filename, opts, &err);
     optdict_free(opts);
     if (ret < 0) {

@@ -230,7 +230,8 @@ static int read_f(BlockBackend *blk, int argc, char **argv)
     if (o.plen < 0) {
         o.plen = count - o.poff;
     }
-    if (o.pattern >= 0 && (o.poff < 0 || o.poff + o.plen > count)) {
+    /* Compared without adding: -s and -l may each be near INT64_MAX. */
+    if (o.pattern >= 0 && (o.poff > count || o.plen > count - o.poff)) {
         printf("pattern verification range exceeds end of read data\n");
         return -EINVAL;
     }
@@ -264,6 +265,10 @@ static int64_t build_vec(IOVector *q, uint8_t **bufp, int argc, char **argv, int
     for (int i = 0; i < argc; i++) {
         int64_t len = arg_num(argv[i]);
         if (len < 0) {
+            return -EINVAL;
+        }
+        /* Each length is bounded before the sum, which then cannot overflow. */
+        if (check_len(len) < 0 || check_len(total + len) < 0) {
             return -EINVAL;
         }
         total += len;

@@ -106,8 +106,10 @@ int img_map(int argc, char **argv)
         ret = 1;
         goto out;
     }
-    if (max_length != -1) {
-        length = MIN(start_offset + max_length, length);
+    /* MIN(start + max, length), compared without the sum: both may be near
+     * INT64_MAX. */
+    if (max_length != -1 && start_offset <= length && max_length < length - start_offset) {
+        length = start_offset + max_length;
     }
     ImgMapEntry curr = { .start = start_offset }, next;
     while (curr.start + curr.length < length) {

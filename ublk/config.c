@@ -205,7 +205,7 @@ int ublk_dev_config_parse(UblkDevConfig *c, int argc, char **argv, Error **errp)
             break;
         }
         case OPT_RO: c->read_only = true; break;
-        case 'r': c->recovery = UBLK_RECOVERY_FAIL; break;
+        case 'r': c->recovery = UBLK_RECOVERY_FAIL; c->recovery_given = true; break;
         case 'u': c->user_copy = true; break;
         case 'g': c->need_get_data = true; break;
         case 'f': c->foreground = true; break;
@@ -219,6 +219,12 @@ int ublk_dev_config_parse(UblkDevConfig *c, int argc, char **argv, Error **errp)
             }
             if (c->size == 0) {
                 error_setg(errp, "--size must be greater than 0");
+                return -1;
+            }
+            /* Checked here, as given: the null driver's size is an int64. */
+            if (c->size > (uint64_t)BDRV_MAX_LENGTH) {
+                error_setg(errp, "--size %s is too large (at most %lld bytes)", optarg,
+                           (long long)BDRV_MAX_LENGTH);
                 return -1;
             }
             break;
@@ -264,6 +270,13 @@ int ublk_dev_config_parse(UblkDevConfig *c, int argc, char **argv, Error **errp)
                 error_setg(errp, "invalid value for --max-discard: '%s'", optarg);
                 return -1;
             }
+            /* The kernel takes whole sectors in a u32: anything else would be
+             * cut without a word. */
+            if (c->max_discard % 512 || c->max_discard > ((uint64_t)UINT32_MAX << 9)) {
+                error_setg(errp, "--max-discard %s must be a multiple of 512 up to %llu bytes",
+                           optarg, (unsigned long long)UINT32_MAX << 9);
+                return -1;
+            }
             break;
         case OPT_RECOVERY:
             if (!strcmp(optarg, "none")) {
@@ -279,8 +292,9 @@ int ublk_dev_config_parse(UblkDevConfig *c, int argc, char **argv, Error **errp)
                            optarg);
                 return -1;
             }
+            c->recovery_given = true;
             break;
-        case OPT_REISSUE: c->recovery = UBLK_RECOVERY_REISSUE; break;
+        case OPT_REISSUE: c->recovery = UBLK_RECOVERY_REISSUE; c->recovery_given = true; break;
         case OPT_AFFINITY:
             if (!strcmp(optarg, "queue")) {
                 c->affinity = UBLK_AFFINITY_QUEUE;
@@ -291,7 +305,14 @@ int ublk_dev_config_parse(UblkDevConfig *c, int argc, char **argv, Error **errp)
                 return -1;
             }
             break;
-        case OPT_LOG: free(c->log_file); c->log_file = xstrdup(optarg); break;
+        case OPT_LOG:
+            if (!*optarg) {
+                error_setg(errp, "--log needs a file name");
+                return -1;
+            }
+            free(c->log_file);
+            c->log_file = xstrdup(optarg);
+            break;
         case OPT_BLOCKDEV: free(c->blockdev); c->blockdev = xstrdup(optarg); break;
         case ':':
         case '?':
@@ -430,6 +451,16 @@ OptDict *ublk_dev_config_to_options(const UblkDevConfig *c, int *flags, Error **
         optdict_merge(d, x, true);
         optdict_free(x);
     }
+    if (optdict_has(d, "throttling.group")) {
+        /* The group registry lives in one process and every device is its
+         * own daemon: a group would silently hold this one device only. */
+        error_setg(errp, "throttling.group: every ublkd device is served by its own daemon, so "
+                   "a group cannot share limits between devices; give this device its own "
+                   "limits (throttling.iops-total=..., throttling.bps-total=..., ...) "
+                   "without a group");
+        optdict_free(d);
+        return NULL;
+    }
     int f = 0;
     if (bdrv_parse_cache_mode(c->cache ? c->cache : "none", &f, errp) < 0) {
         error_prepend(errp, "--cache: ");
@@ -472,7 +503,9 @@ uint64_t ublk_dev_config_flags(const UblkDevConfig *c, uint64_t supported, bool 
             f |= UBLK_F_USER_RECOVERY | UBLK_F_USER_RECOVERY_FAIL_IO;
             break;
         }
-        /* Silently degrade recovery modes the kernel lacks to plain recovery. */
+        /* Only the default mode gets here on a kernel that lacks it (an
+         * explicit one was refused by ublk_dev_config_check_kernel): the
+         * default degrades to what the kernel has. */
         if (!(supported & UBLK_F_USER_RECOVERY_FAIL_IO)) {
             f &= ~UBLK_F_USER_RECOVERY_FAIL_IO;
         }
@@ -481,6 +514,92 @@ uint64_t ublk_dev_config_flags(const UblkDevConfig *c, uint64_t supported, bool 
         }
     }
     return f;
+}
+
+static const char *recovery_option(const UblkDevConfig *c)
+{
+    switch (c->recovery) {
+    case UBLK_RECOVERY_FAIL:    return "--recovery=fail";
+    case UBLK_RECOVERY_REISSUE: return "--recovery=reissue";
+    case UBLK_RECOVERY_FAIL_IO: return "--recovery=fail-io";
+    default:                    return "--recovery=none";
+    }
+}
+
+int ublk_dev_config_check_kernel(const UblkDevConfig *c, uint64_t supported, bool unprivileged,
+                                 Error **errp)
+{
+    /* A mode that silently became another one changes what happens to the
+     * device's I/O when the daemon dies (hanging in D state instead of
+     * failing): what the user chose must be what the kernel does. */
+    if (!c->recovery_given || c->recovery == UBLK_RECOVERY_NONE) {
+        return 0;
+    }
+    if (unprivileged) {
+        error_setg(errp, "%s: the kernel does not allow recovery for unprivileged devices "
+                   "(use --recovery=none)", recovery_option(c));
+        return -1;
+    }
+    if (!(supported & UBLK_F_USER_RECOVERY)) {
+        error_setg(errp, "%s: the kernel's ublk driver lacks UBLK_F_USER_RECOVERY "
+                   "(use --recovery=none)", recovery_option(c));
+        return -1;
+    }
+    if (c->recovery == UBLK_RECOVERY_FAIL_IO && !(supported & UBLK_F_USER_RECOVERY_FAIL_IO)) {
+        error_setg(errp, "--recovery=fail-io: the kernel's ublk driver lacks "
+                   "UBLK_F_USER_RECOVERY_FAIL_IO (I/O would wait for recovery instead of "
+                   "failing; use --recovery=fail or reissue for that)");
+        return -1;
+    }
+    return 0;
+}
+
+int ublk_dev_config_check_log(const UblkDevConfig *c, Error **errp)
+{
+    if (!c->log_file) {
+        return 0;
+    }
+    const char *path = c->log_file;
+    struct stat st;
+    if (stat(path, &st) == 0) {
+        if (S_ISDIR(st.st_mode)) {
+            error_setg(errp, "--log %s: is a directory", path);
+            return -1;
+        }
+        if (!S_ISREG(st.st_mode) && !S_ISCHR(st.st_mode)) {
+            /* A FIFO without a reader would block the daemon's open forever. */
+            error_setg(errp, "--log %s: not a regular file or character device", path);
+            return -1;
+        }
+        if (access(path, W_OK) < 0) {
+            error_setg_errno(errp, errno, "--log %s: cannot write to it", path);
+            return -1;
+        }
+        return 0;
+    }
+    if (errno != ENOENT) {
+        error_setg_errno(errp, errno, "--log %s", path);
+        return -1;
+    }
+    /* Not there yet: the daemon creates it, so its directory must take it. */
+    const char *slash = strrchr(path, '/');
+    char *dir = slash ? strndup(path, slash == path ? 1 : (size_t)(slash - path)) : strdup(".");
+    if (!dir) {
+        abort();
+    }
+    int ret = 0;
+    if (stat(dir, &st) < 0) {
+        error_setg_errno(errp, errno, "--log %s: directory %s", path, dir);
+        ret = -1;
+    } else if (!S_ISDIR(st.st_mode)) {
+        error_setg(errp, "--log %s: %s is not a directory", path, dir);
+        ret = -1;
+    } else if (access(dir, W_OK | X_OK) < 0) {
+        error_setg_errno(errp, errno, "--log %s: cannot create files in %s", path, dir);
+        ret = -1;
+    }
+    free(dir);
+    return ret;
 }
 
 /* ---------------- state files ---------------- */

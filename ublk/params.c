@@ -44,6 +44,11 @@ int ublk_params_build(const UblkDevConfig *c, const BlockLimits *bl, int64_t siz
     if (!lbs) {
         uint64_t align = bl && bl->request_alignment ? pow2_ceil(bl->request_alignment) : 512;
         lbs = MIN(MAX(align, (uint64_t)512), (uint64_t)4096);
+        /* The alignment is only a preference (the block layer pads): a
+         * smaller block that covers the whole image beats a cut tail. */
+        while (lbs > 512 && size % lbs) {
+            lbs >>= 1;
+        }
     }
     uint32_t pbs = c->physical_bs ? c->physical_bs : lbs;
     if (pbs < lbs) {
@@ -51,12 +56,24 @@ int ublk_params_build(const UblkDevConfig *c, const BlockLimits *bl, int64_t siz
                    pbs, lbs);
         return -1;
     }
-    uint64_t usable = ALIGN_DOWN((uint64_t)size, lbs);
-    if (usable == 0) {
+    if ((uint64_t)size < lbs) {
         error_setg(errp, "the image (%lld bytes) is smaller than one %u-byte block",
                    (long long)size, lbs);
         return -1;
     }
+    if (size % lbs) {
+        /* The kernel counts whole blocks: the tail would be unreachable, and
+         * serving a partial last block would need zero-fill and a size change
+         * of the image on write.  Refuse, saying what would be lost. */
+        uint64_t tail = (uint64_t)size % lbs;
+        error_setg(errp, "the image is %lld bytes, not a multiple of the %u-byte logical block "
+                   "size: its last %llu bytes would be unreachable (resize it to %llu bytes%s)",
+                   (long long)size, lbs, (unsigned long long)tail,
+                   (unsigned long long)ALIGN_UP((uint64_t)size, lbs),
+                   lbs > 512 && size % 512 == 0 ? ", or give a smaller --logical-block-size" : "");
+        return -1;
+    }
+    uint64_t usable = (uint64_t)size;
     uint32_t io_opt = c->io_opt;
     if (!io_opt && bl && bl->opt_transfer && IS_POW2(bl->opt_transfer)) {
         io_opt = bl->opt_transfer;
@@ -82,8 +99,11 @@ int ublk_params_build(const UblkDevConfig *c, const BlockLimits *bl, int64_t siz
         b->attrs |= UBLK_ATTR_VOLATILE_CACHE | UBLK_ATTR_FUA;
     }
 
-    if (!read_only && !c->no_discard && has_discard) {
+    /* --no-discard hides discard only: write-zeroes offload shares the
+     * parameter block, so it is still sent, with no discard sectors. */
+    if (!read_only) {
         struct ublk_param_discard *d = &p->discard;
+        bool discard = has_discard && !c->no_discard;
         uint32_t gran = c->discard_granularity;
         if (!gran) {
             uint64_t a = bl && bl->pdiscard_alignment ? pow2_ceil(bl->pdiscard_alignment) : 0;
@@ -94,14 +114,14 @@ int ublk_params_build(const UblkDevConfig *c, const BlockLimits *bl, int64_t siz
         uint64_t maxz = bl && bl->max_pwrite_zeroes ? bl->max_pwrite_zeroes : 1ULL << 30;
         maxd = MIN(maxd, (uint64_t)UINT32_MAX << 9) >> 9;
         maxz = MIN(maxz, (uint64_t)UINT32_MAX << 9) >> 9;
-        if (maxd < (gran >> 9)) {
+        if (discard && maxd < (gran >> 9)) {
             error_setg(errp, "--max-discard is smaller than the discard granularity %u", gran);
             return -1;
         }
         p->types |= UBLK_PARAM_TYPE_DISCARD;
         d->discard_alignment = 0;
         d->discard_granularity = gran;
-        d->max_discard_sectors = maxd;
+        d->max_discard_sectors = discard ? maxd : 0;
         d->max_write_zeroes_sectors = maxz;
         d->max_discard_segments = 1;   /* one range per request: what the queue code handles */
     }

@@ -273,6 +273,9 @@ static int server_start(Server *s, bool recover, int ready_fd, Error **errp)
         error_setg(errp, "not root and the kernel lacks UBLK_F_UNPRIVILEGED_DEV");
         return -1;
     }
+    if (!recover && ublk_dev_config_check_kernel(cfg, features, unpriv, errp) < 0) {
+        return -1;
+    }
 
     struct ublksrv_ctrl_dev_info info;
     if (recover) {

@@ -1,13 +1,19 @@
 /*
  * test-blkdebug.c - the fault-injection filter over an in-memory node:
  * rules by event/offset/once, errno values, align= and max-transfer= as seen
- * by the child, option errors.
+ * by the child, option errors; under a format the filter's image is a
+ * protocol (a VDI file read through raw/blkdebug shows its own bytes).
  */
 #include <errno.h>
+#include <fcntl.h>
+#include <unistd.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include "test-util.h"
+#ifdef CONFIG_VDI
+#include "vdi-image.h"
+#endif
 
 static BlockDriverState *mem;
 
@@ -236,6 +242,54 @@ static void test_option_errors(void **state)
     assert_int_equal(mem->refcnt, 1);   /* failed opens dropped their references */
 }
 
+#ifdef CONFIG_VDI
+/* Under a format, blkdebug's image is the file as it is: raw over blkdebug
+ * over a VDI file reads the VDI header, and vdi over blkdebug opens it. */
+static void test_image_is_protocol_under_format(void **state)
+{
+    (void)state;
+    require_driver("raw");
+    require_driver("vdi");
+    test_tmpdir_create("blkdebug");
+    const uint64_t disk = 4 * MiB;
+    BlockDriverState *memvdi = vdi_test_make_file(disk, true);
+    int64_t len = mem_size(memvdi);
+    uint8_t *img = malloc(len);
+    mem_read_raw(memvdi, 0, img, len);
+    bdrv_unref(memvdi);
+    char *path = test_path("x.vdi");
+    int fd = open(path, O_RDWR | O_CREAT | O_TRUNC, 0644);
+    assert_true(fd >= 0);
+    assert_int_equal(write(fd, img, len), len);
+    close(fd);
+
+    char opts[600];
+    Error *err = NULL;
+    snprintf(opts, sizeof(opts), "driver=raw,file.driver=blkdebug,file.image.filename=%s", path);
+    BlockDriverState *bs = bdrv_open(NULL, optdict_parse(opts, NULL, NULL), 0, &err);
+    assert_non_null(bs);
+    assert_string_equal(bdrv_get_format_name(bs->file->bs->file->bs), "file");
+    assert_true(bs->file->bs->file->bs->open_flags & BDRV_O_PROTOCOL);
+    assert_int_equal(bdrv_getlength(bs), len);
+    BdrvChild *c = test_child_new(bs);
+    uint8_t r[512];
+    assert_int_equal(bdrv_pread(c, 0, sizeof(r), r, 0), 0);
+    assert_memory_equal(r, img, sizeof(r));
+    test_child_free(c);
+    bdrv_unref(bs);
+
+    snprintf(opts, sizeof(opts), "driver=vdi,file.driver=blkdebug,file.image.filename=%s", path);
+    bs = bdrv_open(NULL, optdict_parse(opts, NULL, NULL), 0, &err);
+    if (!bs) {
+        fail_msg("vdi over blkdebug: %s", error_get_pretty(err));
+    }
+    assert_int_equal(bdrv_getlength(bs), disk);
+    bdrv_unref(bs);
+    free(img);
+    test_tmpdir_teardown(NULL);
+}
+#endif
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -245,6 +299,10 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_errors_by_event, setup_each, teardown_each),
         cmocka_unit_test_setup_teardown(test_align_and_max_transfer, setup_each, teardown_each),
         cmocka_unit_test_setup_teardown(test_option_errors, setup_each, teardown_each),
+#ifdef CONFIG_VDI
+        cmocka_unit_test_setup_teardown(test_image_is_protocol_under_format, setup_each,
+                                        teardown_each),
+#endif
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

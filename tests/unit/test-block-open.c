@@ -468,14 +468,11 @@ static void test_limits_merge(void **state)
     assert_int_equal(bs->bl.request_alignment, 4096);
     assert_int_equal(bs->bl.max_transfer, 16 * KiB);
     assert_int_equal(bs->file->bs->bl.request_alignment, 4096);
-    /* A filter's child is probed (raw here), and a probed raw node keeps
-     * whole first sectors: alignment 512. */
+    /* Under a format the filter's child is a protocol: the file itself. */
     BlockDriverState *img = bs->file->bs->file->bs;
-    assert_string_equal(img->file->name, "file");
-    assert_string_equal(bdrv_get_format_name(img), "raw");
-    assert_true(img->probed);
-    assert_int_equal(img->bl.request_alignment, 512);
-    assert_int_equal(img->file->bs->bl.request_alignment, 1);
+    assert_string_equal(bdrv_get_format_name(img), "file");
+    assert_false(img->probed);
+    assert_int_equal(img->bl.request_alignment, 1);
     assert_ptr_equal(bdrv_skip_filters(bs->file->bs), img);
     bdrv_unref(bs);
 }
@@ -515,6 +512,58 @@ static void test_registry(void **state)
     assert_int_equal(n, 1);
 }
 
+/* A filter under a format is a protocol: protocol-ness passes down through
+ * blkdebug, while blkdebug at the top lets its image be probed (as QEMU). */
+static void test_filter_passes_protocol_down(void **state)
+{
+    (void)state;
+    require_driver("raw");
+    require_driver("blkdebug");
+    const char *tf = test_path("filtered.img");
+    make_testfmt(tf, NULL, NULL, 0x33);
+    char opts[700];
+    uint8_t buf[8];
+
+    /* raw over blkdebug over a testfmt file: the file's bytes, magic first */
+    snprintf(opts, sizeof(opts), "driver=raw,file.driver=blkdebug,file.image.filename=%s", tf);
+    BlockDriverState *bs = must_open(NULL, opts, 0);
+    BlockDriverState *dbg = bs->file->bs;
+    assert_string_equal(bdrv_get_format_name(dbg), "blkdebug");
+    assert_string_equal(bdrv_get_format_name(dbg->file->bs), "file");
+    assert_int_equal(bdrv_getlength(bs), TESTFMT_DATA + 4096);
+    BdrvChild *c = test_child_new(bs);
+    assert_int_equal(bdrv_pread(c, 0, sizeof(buf), buf, 0), 0);
+    assert_memory_equal(buf, TESTFMT_MAGIC, 8);
+    test_child_free(c);
+    bdrv_unref(bs);
+
+    /* a format over blkdebug finds its own header */
+    snprintf(opts, sizeof(opts), "driver=testfmt,file.driver=blkdebug,file.image.filename=%s",
+             tf);
+    bs = must_open(NULL, opts, 0);
+    assert_string_equal(bdrv_get_format_name(bs->file->bs->file->bs), "file");
+    assert_int_equal(bdrv_getlength(bs), 4096);
+    c = test_child_new(bs);
+    assert_int_equal(bdrv_pread(c, 0, sizeof(buf), buf, 0), 0);
+    assert_true(test_buf_is(buf, sizeof(buf), 0x33));
+    test_child_free(c);
+    bdrv_unref(bs);
+
+    /* two filters deep, the protocol flag still arrives */
+    snprintf(opts, sizeof(opts), "driver=raw,file.driver=blkdebug,file.image.driver=blkdebug,"
+             "file.image.image.filename=%s", tf);
+    bs = must_open(NULL, opts, 0);
+    assert_string_equal(bdrv_get_format_name(bs->file->bs->file->bs->file->bs), "file");
+    bdrv_unref(bs);
+
+    /* blkdebug at the top: nothing above expects a protocol, so probe */
+    snprintf(opts, sizeof(opts), "driver=blkdebug,image.filename=%s", tf);
+    bs = must_open(NULL, opts, 0);
+    assert_string_equal(bdrv_get_format_name(bs->file->bs), "testfmt");
+    assert_true(bs->file->bs->probed);
+    bdrv_unref(bs);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -526,6 +575,7 @@ int main(void)
         cmocka_unit_test(test_backing),
         cmocka_unit_test(test_refcount_and_close_order),
         cmocka_unit_test(test_limits_merge),
+        cmocka_unit_test(test_filter_passes_protocol_down),
     };
     return cmocka_run_group_tests(tests, setup, test_tmpdir_teardown);
 }

@@ -1,6 +1,8 @@
 /*
  * test-ublk-config.c - `ublkd add` argument parsing, the graph options it
- * builds, the UBLK_F_* flags it asks for, and the state file round trip.
+ * builds, the UBLK_F_* flags it asks for, and the state file round trip;
+ * hostile values for every add option, recovery modes the kernel lacks,
+ * --log paths, throttling.group.
  * None of this needs the ublk driver.
  */
 #include <setjmp.h>
@@ -456,6 +458,173 @@ static void test_run_dir_trust(void **state)
 #endif
 }
 
+/* Every option that takes a value, with hostile values: each is a clean
+ * error (no crash, no sanitizer report, no value silently changed). */
+static void test_hostile_values(void **state)
+{
+    (void)state;
+    static const char *const opts[] = {
+        "--id", "--queues", "--depth", "--size", "--logical-block-size",
+        "--physical-block-size", "--io-opt", "--max-io-size", "--discard-granularity",
+        "--max-discard", "--recovery", "--affinity", "--discard",
+    };
+    static const char *const values[] = {
+        "9223372036854775807", "9223372036854775808", "18446744073709551615",
+        "18446744073709551616", "-1", "-0", "8E", "16E", "1Z", "", " ", "x", "0x", "1.5.5",
+        "nan", "NaN", "inf", "-inf", "1e9999", "4k4", "12345678901234567890123456789",
+    };
+    char longval[5000];
+    memset(longval, '9', sizeof(longval) - 1);
+    longval[sizeof(longval) - 1] = 0;
+    for (size_t o = 0; o < sizeof(opts) / sizeof(opts[0]); o++) {
+        for (size_t v = 0; v <= sizeof(values) / sizeof(values[0]); v++) {
+            const char *val = v < sizeof(values) / sizeof(values[0]) ? values[v] : longval;
+            char *argv[] = { "add", "null", "--size", "1M", (char *)opts[o], (char *)val, NULL };
+            UblkDevConfig c;
+            Error *err = NULL;
+            ublk_dev_config_init(&c);
+            int ret = ublk_dev_config_parse(&c, 6, argv, &err);
+            if (ret != -1 || !err) {
+                fail_msg("add null --size 1M %s '%.40s' was accepted", opts[o], val);
+            }
+            error_free(err);
+            ublk_dev_config_free(&c);
+        }
+    }
+    expect_error("add null --size 8E", "--size 8E is too large (at most 9223372036854775296 bytes)");
+    expect_error("add null --size 16E", "invalid value for --size");
+    char *argv[] = { "add", "raw", "a.img", "--log", "", NULL };
+    UblkDevConfig c;
+    Error *err = NULL;
+    ublk_dev_config_init(&c);
+    assert_int_equal(ublk_dev_config_parse(&c, 5, argv, &err), -1);
+    assert_string_equal(error_get_pretty(err), "--log needs a file name");
+    error_free(err);
+    ublk_dev_config_free(&c);
+    /* the largest --size that is accepted reaches the graph as it was given */
+    assert_int_equal(parse(&c, "add null --size 9223372036854775296", NULL), 0);
+    int flags;
+    OptDict *d = ublk_dev_config_to_options(&c, &flags, NULL);
+    assert_string_equal(optdict_get(d, "size"), "9223372036854775296");
+    optdict_free(d);
+    ublk_dev_config_free(&c);
+}
+
+/* An explicit recovery mode the kernel cannot honour is an error; the
+ * default (reissue) falls back to what the kernel has. */
+static void test_kernel_must_honour_recovery(void **state)
+{
+    (void)state;
+    const uint64_t no_fail_io = UBLK_F_CMD_IOCTL_ENCODE | UBLK_F_USER_RECOVERY |
+                                UBLK_F_USER_RECOVERY_REISSUE | UBLK_F_UNPRIVILEGED_DEV;
+    UblkDevConfig c;
+    Error *err = NULL;
+    assert_int_equal(parse(&c, "add raw a.img --recovery=fail-io", NULL), 0);
+    assert_int_equal(ublk_dev_config_check_kernel(&c, no_fail_io, false, &err), -1);
+    assert_non_null(strstr(error_get_pretty(err), "lacks UBLK_F_USER_RECOVERY_FAIL_IO"));
+    error_free(err);
+    err = NULL;
+    assert_int_equal(ublk_dev_config_check_kernel(&c, no_fail_io | UBLK_F_USER_RECOVERY_FAIL_IO,
+                                                  false, NULL), 0);
+    assert_int_equal(ublk_dev_config_check_kernel(&c, no_fail_io, true, &err), -1);
+    assert_non_null(strstr(error_get_pretty(err), "unprivileged"));
+    error_free(err);
+    err = NULL;
+    ublk_dev_config_free(&c);
+
+    assert_int_equal(parse(&c, "add raw a.img -r", NULL), 0);
+    assert_int_equal(ublk_dev_config_check_kernel(&c, UBLK_F_CMD_IOCTL_ENCODE, false, &err), -1);
+    assert_non_null(strstr(error_get_pretty(err), "--recovery=fail: the kernel's ublk driver "
+                           "lacks UBLK_F_USER_RECOVERY"));
+    error_free(err);
+    ublk_dev_config_free(&c);
+
+    /* defaults and none never fail */
+    assert_int_equal(parse(&c, "add raw a.img", NULL), 0);
+    assert_int_equal(ublk_dev_config_check_kernel(&c, 0, true, NULL), 0);
+    ublk_dev_config_free(&c);
+    assert_int_equal(parse(&c, "add raw a.img --recovery=none", NULL), 0);
+    assert_int_equal(ublk_dev_config_check_kernel(&c, 0, true, NULL), 0);
+    ublk_dev_config_free(&c);
+}
+
+static void expect_log_error(const char *path, const char *needle)
+{
+    UblkDevConfig c;
+    Error *err = NULL;
+    ublk_dev_config_init(&c);
+    c.log_file = strdup(path);
+    assert_int_equal(ublk_dev_config_check_log(&c, &err), -1);
+    if (!err || !strstr(error_get_pretty(err), needle)) {
+        fail_msg("--log %s: '%s' lacks '%s'", path, err ? error_get_pretty(err) : "(none)",
+                 needle);
+    }
+    error_free(err);
+    ublk_dev_config_free(&c);
+}
+
+static void test_log_must_be_writable(void **state)
+{
+    (void)state;
+    expect_log_error("/nonexistent/dir/log", "--log /nonexistent/dir/log: directory "
+                     "/nonexistent/dir: No such file or directory");
+    expect_log_error("/tmp", "is a directory");
+    expect_log_error("/dev/null/x", "--log /dev/null/x: Not a directory");
+    if (geteuid() != 0) {
+        expect_log_error("/proc/x", "cannot create files in /proc");
+    }
+    char fifo[] = "/tmp/ublkd-fifo-XXXXXX";
+    assert_non_null(mkdtemp(fifo));
+    char *fifo_path = NULL;
+    assert_true(asprintf(&fifo_path, "%s/f", fifo) > 0);
+    assert_int_equal(mkfifo(fifo_path, 0600), 0);
+    expect_log_error(fifo_path, "not a regular file or character device");
+    unlink(fifo_path);
+    rmdir(fifo);
+    free(fifo_path);
+    UblkDevConfig c;
+    ublk_dev_config_init(&c);
+    assert_int_equal(ublk_dev_config_check_log(&c, NULL), 0);       /* no --log */
+    c.log_file = strdup("/dev/null");
+    assert_int_equal(ublk_dev_config_check_log(&c, NULL), 0);
+    free(c.log_file);
+    char tmpl[] = "/tmp/ublkd-log-XXXXXX";
+    assert_non_null(mkdtemp(tmpl));
+    assert_true(asprintf(&c.log_file, "%s/new.log", tmpl) > 0);
+    assert_int_equal(ublk_dev_config_check_log(&c, NULL), 0);       /* created later */
+    assert_int_equal(access(c.log_file, F_OK), -1);                 /* not by the check */
+    rmdir(tmpl);
+    ublk_dev_config_free(&c);
+}
+
+/* Groups live in one process and each device is its own daemon. */
+static void test_throttling_group_refused(void **state)
+{
+    (void)state;
+    UblkDevConfig c;
+    int flags;
+    Error *err = NULL;
+    assert_int_equal(parse(&c, "add raw a.img -o throttling.group=g,throttling.iops-total=100",
+                           NULL), 0);
+    assert_null(ublk_dev_config_to_options(&c, &flags, &err));
+    assert_non_null(strstr(error_get_pretty(err), "every ublkd device is served by its own "
+                           "daemon, so a group cannot share limits between devices"));
+    error_free(err);
+    err = NULL;
+    ublk_dev_config_free(&c);
+    assert_int_equal(parse(&c, "add --blockdev driver=null,size=1M,throttling.group=g", NULL), 0);
+    assert_null(ublk_dev_config_to_options(&c, &flags, &err));
+    assert_non_null(strstr(error_get_pretty(err), "throttling.group"));
+    error_free(err);
+    ublk_dev_config_free(&c);
+    /* limits without a group are the device's own */
+    assert_int_equal(parse(&c, "add raw a.img -o throttling.iops-total=100", NULL), 0);
+    OptDict *d = ublk_dev_config_to_options(&c, &flags, NULL);
+    assert_non_null(d);
+    optdict_free(d);
+    ublk_dev_config_free(&c);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -466,6 +635,10 @@ int main(void)
         cmocka_unit_test(test_bad_arguments),
         cmocka_unit_test(test_flags),
         cmocka_unit_test(test_graph_options),
+        cmocka_unit_test(test_hostile_values),
+        cmocka_unit_test(test_kernel_must_honour_recovery),
+        cmocka_unit_test(test_log_must_be_writable),
+        cmocka_unit_test(test_throttling_group_refused),
         cmocka_unit_test(test_state_round_trip),
         cmocka_unit_test(test_state_files),
     };
@@ -473,6 +646,173 @@ int main(void)
 }
 #else
 /* Built without the ublk server (CONFIG_UBLK=n): nothing to test. */
+/* Every option that takes a value, with hostile values: each is a clean
+ * error (no crash, no sanitizer report, no value silently changed). */
+static void test_hostile_values(void **state)
+{
+    (void)state;
+    static const char *const opts[] = {
+        "--id", "--queues", "--depth", "--size", "--logical-block-size",
+        "--physical-block-size", "--io-opt", "--max-io-size", "--discard-granularity",
+        "--max-discard", "--recovery", "--affinity", "--discard",
+    };
+    static const char *const values[] = {
+        "9223372036854775807", "9223372036854775808", "18446744073709551615",
+        "18446744073709551616", "-1", "-0", "8E", "16E", "1Z", "", " ", "x", "0x", "1.5.5",
+        "nan", "NaN", "inf", "-inf", "1e9999", "4k4", "12345678901234567890123456789",
+    };
+    char longval[5000];
+    memset(longval, '9', sizeof(longval) - 1);
+    longval[sizeof(longval) - 1] = 0;
+    for (size_t o = 0; o < sizeof(opts) / sizeof(opts[0]); o++) {
+        for (size_t v = 0; v <= sizeof(values) / sizeof(values[0]); v++) {
+            const char *val = v < sizeof(values) / sizeof(values[0]) ? values[v] : longval;
+            char *argv[] = { "add", "null", "--size", "1M", (char *)opts[o], (char *)val, NULL };
+            UblkDevConfig c;
+            Error *err = NULL;
+            ublk_dev_config_init(&c);
+            int ret = ublk_dev_config_parse(&c, 6, argv, &err);
+            if (ret != -1 || !err) {
+                fail_msg("add null --size 1M %s '%.40s' was accepted", opts[o], val);
+            }
+            error_free(err);
+            ublk_dev_config_free(&c);
+        }
+    }
+    expect_error("add null --size 8E", "--size 8E is too large (at most 9223372036854775296 bytes)");
+    expect_error("add null --size 16E", "invalid value for --size");
+    char *argv[] = { "add", "raw", "a.img", "--log", "", NULL };
+    UblkDevConfig c;
+    Error *err = NULL;
+    ublk_dev_config_init(&c);
+    assert_int_equal(ublk_dev_config_parse(&c, 5, argv, &err), -1);
+    assert_string_equal(error_get_pretty(err), "--log needs a file name");
+    error_free(err);
+    ublk_dev_config_free(&c);
+    /* the largest --size that is accepted reaches the graph as it was given */
+    assert_int_equal(parse(&c, "add null --size 9223372036854775296", NULL), 0);
+    int flags;
+    OptDict *d = ublk_dev_config_to_options(&c, &flags, NULL);
+    assert_string_equal(optdict_get(d, "size"), "9223372036854775296");
+    optdict_free(d);
+    ublk_dev_config_free(&c);
+}
+
+/* An explicit recovery mode the kernel cannot honour is an error; the
+ * default (reissue) falls back to what the kernel has. */
+static void test_kernel_must_honour_recovery(void **state)
+{
+    (void)state;
+    const uint64_t no_fail_io = UBLK_F_CMD_IOCTL_ENCODE | UBLK_F_USER_RECOVERY |
+                                UBLK_F_USER_RECOVERY_REISSUE | UBLK_F_UNPRIVILEGED_DEV;
+    UblkDevConfig c;
+    Error *err = NULL;
+    assert_int_equal(parse(&c, "add raw a.img --recovery=fail-io", NULL), 0);
+    assert_int_equal(ublk_dev_config_check_kernel(&c, no_fail_io, false, &err), -1);
+    assert_non_null(strstr(error_get_pretty(err), "lacks UBLK_F_USER_RECOVERY_FAIL_IO"));
+    error_free(err);
+    err = NULL;
+    assert_int_equal(ublk_dev_config_check_kernel(&c, no_fail_io | UBLK_F_USER_RECOVERY_FAIL_IO,
+                                                  false, NULL), 0);
+    assert_int_equal(ublk_dev_config_check_kernel(&c, no_fail_io, true, &err), -1);
+    assert_non_null(strstr(error_get_pretty(err), "unprivileged"));
+    error_free(err);
+    err = NULL;
+    ublk_dev_config_free(&c);
+
+    assert_int_equal(parse(&c, "add raw a.img -r", NULL), 0);
+    assert_int_equal(ublk_dev_config_check_kernel(&c, UBLK_F_CMD_IOCTL_ENCODE, false, &err), -1);
+    assert_non_null(strstr(error_get_pretty(err), "--recovery=fail: the kernel's ublk driver "
+                           "lacks UBLK_F_USER_RECOVERY"));
+    error_free(err);
+    ublk_dev_config_free(&c);
+
+    /* defaults and none never fail */
+    assert_int_equal(parse(&c, "add raw a.img", NULL), 0);
+    assert_int_equal(ublk_dev_config_check_kernel(&c, 0, true, NULL), 0);
+    ublk_dev_config_free(&c);
+    assert_int_equal(parse(&c, "add raw a.img --recovery=none", NULL), 0);
+    assert_int_equal(ublk_dev_config_check_kernel(&c, 0, true, NULL), 0);
+    ublk_dev_config_free(&c);
+}
+
+static void expect_log_error(const char *path, const char *needle)
+{
+    UblkDevConfig c;
+    Error *err = NULL;
+    ublk_dev_config_init(&c);
+    c.log_file = strdup(path);
+    assert_int_equal(ublk_dev_config_check_log(&c, &err), -1);
+    if (!err || !strstr(error_get_pretty(err), needle)) {
+        fail_msg("--log %s: '%s' lacks '%s'", path, err ? error_get_pretty(err) : "(none)",
+                 needle);
+    }
+    error_free(err);
+    ublk_dev_config_free(&c);
+}
+
+static void test_log_must_be_writable(void **state)
+{
+    (void)state;
+    expect_log_error("/nonexistent/dir/log", "--log /nonexistent/dir/log: directory "
+                     "/nonexistent/dir: No such file or directory");
+    expect_log_error("/tmp", "is a directory");
+    expect_log_error("/dev/null/x", "--log /dev/null/x: Not a directory");
+    if (geteuid() != 0) {
+        expect_log_error("/proc/x", "cannot create files in /proc");
+    }
+    char fifo[] = "/tmp/ublkd-fifo-XXXXXX";
+    assert_non_null(mkdtemp(fifo));
+    char *fifo_path = NULL;
+    assert_true(asprintf(&fifo_path, "%s/f", fifo) > 0);
+    assert_int_equal(mkfifo(fifo_path, 0600), 0);
+    expect_log_error(fifo_path, "not a regular file or character device");
+    unlink(fifo_path);
+    rmdir(fifo);
+    free(fifo_path);
+    UblkDevConfig c;
+    ublk_dev_config_init(&c);
+    assert_int_equal(ublk_dev_config_check_log(&c, NULL), 0);       /* no --log */
+    c.log_file = strdup("/dev/null");
+    assert_int_equal(ublk_dev_config_check_log(&c, NULL), 0);
+    free(c.log_file);
+    char tmpl[] = "/tmp/ublkd-log-XXXXXX";
+    assert_non_null(mkdtemp(tmpl));
+    assert_true(asprintf(&c.log_file, "%s/new.log", tmpl) > 0);
+    assert_int_equal(ublk_dev_config_check_log(&c, NULL), 0);       /* created later */
+    assert_int_equal(access(c.log_file, F_OK), -1);                 /* not by the check */
+    rmdir(tmpl);
+    ublk_dev_config_free(&c);
+}
+
+/* Groups live in one process and each device is its own daemon. */
+static void test_throttling_group_refused(void **state)
+{
+    (void)state;
+    UblkDevConfig c;
+    int flags;
+    Error *err = NULL;
+    assert_int_equal(parse(&c, "add raw a.img -o throttling.group=g,throttling.iops-total=100",
+                           NULL), 0);
+    assert_null(ublk_dev_config_to_options(&c, &flags, &err));
+    assert_non_null(strstr(error_get_pretty(err), "every ublkd device is served by its own "
+                           "daemon, so a group cannot share limits between devices"));
+    error_free(err);
+    err = NULL;
+    ublk_dev_config_free(&c);
+    assert_int_equal(parse(&c, "add --blockdev driver=null,size=1M,throttling.group=g", NULL), 0);
+    assert_null(ublk_dev_config_to_options(&c, &flags, &err));
+    assert_non_null(strstr(error_get_pretty(err), "throttling.group"));
+    error_free(err);
+    ublk_dev_config_free(&c);
+    /* limits without a group are the device's own */
+    assert_int_equal(parse(&c, "add raw a.img -o throttling.iops-total=100", NULL), 0);
+    OptDict *d = ublk_dev_config_to_options(&c, &flags, NULL);
+    assert_non_null(d);
+    optdict_free(d);
+    ublk_dev_config_free(&c);
+}
+
 int main(void)
 {
     return 0;

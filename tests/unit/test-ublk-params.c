@@ -48,8 +48,7 @@ static void test_from_limits(void **state)
                        .pdiscard_alignment = 1 << 20, .max_pdiscard = 1ULL << 26,
                        .max_pwrite_zeroes = 1ULL << 24 };
     struct ublk_params p;
-    /* 1 GiB + 1000 bytes: the partial block is not exposed. */
-    assert_int_equal(ublk_params_build(&c, &bl, (1 << 30) + 1000, BDRV_O_RDWR, false, true, &p,
+    assert_int_equal(ublk_params_build(&c, &bl, 1 << 30, BDRV_O_RDWR, false, true, &p,
                                        NULL), 0);
     assert_int_equal(p.basic.logical_bs_shift, 12);
     assert_int_equal(p.basic.physical_bs_shift, 12);
@@ -97,10 +96,65 @@ static void test_overrides(void **state)
     /* cache=unsafe ignores flushes: no volatile cache to advertise either. */
     assert_int_equal(ublk_params_build(&c, &bl, 1 << 30, BDRV_O_NO_FLUSH, false, true, &p, NULL), 0);
     assert_false(p.basic.attrs & UBLK_ATTR_VOLATILE_CACHE);
+    /* --no-discard: no discard sectors, but write-zeroes offload stays. */
     c.no_discard = true;
     c.read_only = false;
+    c.max_discard = 100;   /* irrelevant without discard */
     assert_int_equal(ublk_params_build(&c, &bl, 1 << 30, 0, false, true, &p, NULL), 0);
-    assert_int_equal(p.types, UBLK_PARAM_TYPE_BASIC);
+    assert_int_equal(p.types, UBLK_PARAM_TYPE_BASIC | UBLK_PARAM_TYPE_DISCARD);
+    assert_int_equal(p.discard.max_discard_sectors, 0);
+    assert_int_equal(p.discard.max_write_zeroes_sectors, (1 << 30) >> 9);
+    assert_int_equal(p.discard.discard_granularity, 65536);   /* the kernel wants one */
+}
+
+/* Sizes are never rounded down in silence: a tail the logical block size
+ * cannot reach is refused with what would be lost, or (for a block size
+ * derived from the image's alignment) a smaller block covers it. */
+static void expect_size_error(UblkDevConfig *c, const BlockLimits *bl, int64_t size,
+                              const char *msg)
+{
+    struct ublk_params p;
+    Error *err = NULL;
+    assert_int_equal(ublk_params_build(c, bl, size, 0, false, true, &p, &err), -1);
+    assert_non_null(err);
+    if (strcmp(error_get_pretty(err), msg)) {
+        fail_msg("got '%s', expected '%s'", error_get_pretty(err), msg);
+    }
+    error_free(err);
+}
+
+static void test_tail_never_cut(void **state)
+{
+    (void)state;
+    UblkDevConfig c;
+    cfg_init(&c);
+    BlockLimits bl = { .request_alignment = 1 };
+    struct ublk_params p;
+    /* add null --size 1000 */
+    expect_size_error(&c, &bl, 1000, "the image is 1000 bytes, not a multiple of the 512-byte "
+                      "logical block size: its last 488 bytes would be unreachable (resize it "
+                      "to 1024 bytes)");
+    /* a raw image of 1 MiB + 1000 bytes */
+    expect_size_error(&c, &bl, (1 << 20) + 1000, "the image is 1049576 bytes, not a multiple of "
+                      "the 512-byte logical block size: its last 488 bytes would be unreachable "
+                      "(resize it to 1049600 bytes)");
+    /* --logical-block-size 4096 on a 64M+512 image */
+    c.logical_bs = 4096;
+    expect_size_error(&c, &bl, (64 << 20) + 512, "the image is 67109376 bytes, not a multiple "
+                      "of the 4096-byte logical block size: its last 512 bytes would be "
+                      "unreachable (resize it to 67112960 bytes, or give a smaller "
+                      "--logical-block-size)");
+    /* The same image with a 4k-aligned file and no --logical-block-size:
+     * 512-byte blocks expose all of it. */
+    c.logical_bs = 0;
+    bl.request_alignment = 4096;
+    assert_int_equal(ublk_params_build(&c, &bl, (64 << 20) + 512, 0, false, true, &p, NULL), 0);
+    assert_int_equal(p.basic.logical_bs_shift, 9);
+    assert_int_equal(p.basic.dev_sectors, ((64 << 20) + 512) >> 9);
+    assert_int_equal(ublk_params_build(&c, &bl, (64 << 20) + 2048, 0, false, true, &p, NULL), 0);
+    assert_int_equal(p.basic.logical_bs_shift, 11);
+    assert_int_equal(ublk_params_build(&c, &bl, 64 << 20, 0, false, true, &p, NULL), 0);
+    assert_int_equal(p.basic.logical_bs_shift, 12);
 }
 
 static void test_bad_sizes(void **state)
@@ -177,6 +231,7 @@ int main(void)
         cmocka_unit_test(test_from_limits),
         cmocka_unit_test(test_overrides),
         cmocka_unit_test(test_bad_sizes),
+        cmocka_unit_test(test_tail_never_cut),
         cmocka_unit_test(test_abi_offsets),
         cmocka_unit_test(test_names),
     };

@@ -745,6 +745,27 @@ static void test_check_entry_past_eof(void **state)
     bdrv_unref(f);
 }
 
+/* vdi cannot resize: a shrink (or a no-op) is an error, never a silent yes
+ * that leaves the size as it was (issue #10). */
+static void test_truncate_is_refused(void **state)
+{
+    (void)state;
+    BlockDriverState *f = vdi_test_make_file(4 * MiB, false);
+    VdiTestImage img = vdi_test_open(f, BDRV_O_RDWR);
+    assert_non_null(img.bs);
+    const int64_t sizes[] = { 1, 4 * MiB, 8 * MiB };
+    for (size_t i = 0; i < ARRAY_SIZE(sizes); i++) {
+        Error *err = NULL;
+        assert_int_equal(bdrv_truncate(img.child, sizes[i], false, PREALLOC_MODE_OFF, 0, &err),
+                         -ENOTSUP);
+        assert_non_null(err);
+        assert_string_equal(error_get_pretty(err), "Image format driver does not support resize");
+        error_free(err);
+        assert_int_equal(bdrv_getlength(img.bs), 4 * MiB);
+    }
+    vdi_test_close(&img);
+}
+
 int main(void)
 {
     test_loop_init();
@@ -766,6 +787,7 @@ int main(void)
         cmocka_unit_test(test_zeroes_missing_slot_is_eio),
         cmocka_unit_test(test_lagging_count_does_not_reuse_slot),
         cmocka_unit_test(test_truncated_image_refuses_allocation),
+        cmocka_unit_test(test_truncate_is_refused),
         cmocka_unit_test(test_shared_slot_refuses_writes),
         cmocka_unit_test(test_full_map_enospc),
         cmocka_unit_test(test_check_clean),

@@ -55,3 +55,36 @@ ublk_add raw $T/ok.raw $CACHE_OPT -n 7 >/dev/null
 before=$(snapshot)
 expect_fail "already in use" raw $T/ok.raw $CACHE_OPT -n 7
 expect_fail "size" raw $T/empty.raw $CACHE_OPT
+
+# Issue #10 item 6: nothing silently changed.  Sizes the logical block size
+# cannot cover are refused, naming what would be lost.
+truncate -s $((1048576 + 1000)) $T/odd.raw
+truncate -s $((64 * 1048576 + 512)) $T/tail512.raw
+expect_fail "last 488 bytes would be unreachable" null --size 1000
+expect_fail "last 488 bytes would be unreachable" raw $T/odd.raw $CACHE_OPT
+expect_fail "last 512 bytes would be unreachable" raw $T/tail512.raw $CACHE_OPT --logical-block-size 4096
+expect_fail "--size 8E is too large" null --size 8E
+expect_fail "--log /nonexistent/dir/log: directory /nonexistent/dir" null --size 16M --log /nonexistent/dir/log
+expect_fail "own daemon" null --size 16M -o throttling.group=g
+if "$UBLKD" features | grep -q UBLK_F_USER_RECOVERY_FAIL_IO; then
+  log "kernel has USER_RECOVERY_FAIL_IO: --recovery=fail-io is honoured"
+else
+  expect_fail "lacks UBLK_F_USER_RECOVERY_FAIL_IO" null --size 16M --recovery=fail-io
+fi
+# ...and the whole 64M+512 image without --logical-block-size: 512-byte blocks.
+ublk_add raw $T/tail512.raw $CACHE_OPT >/dev/null
+[ "$(blockdev --getsize64 $DEV)" = $((64 * 1048576 + 512)) ] ||
+  fail "64M+512 image gave a $(blockdev --getsize64 $DEV)-byte device"
+ublk_del $ID
+# --no-discard hides discard, not write-zeroes offload.
+mkimg $T/nd.raw 16M
+ublk_add raw $T/nd.raw $CACHE_OPT --no-discard >/dev/null
+q=/sys/block/ublkb$ID/queue
+[ "$(cat $q/discard_max_bytes)" = 0 ] || fail "--no-discard: discard_max_bytes $(cat $q/discard_max_bytes)"
+[ "$(cat $q/write_zeroes_max_bytes)" -gt 0 ] || fail "--no-discard: write_zeroes_max_bytes is 0"
+dd if=/dev/urandom of=$DEV bs=64k count=1 oflag=direct status=none
+fallocate -z -o 0 -l 65536 $DEV 2>/dev/null || blkdiscard -z -o 0 -l 65536 $DEV ||
+  fail "--no-discard: write-zeroes on the device failed"
+cmp -n 65536 $DEV /dev/zero || fail "--no-discard: write-zeroes did not zero"
+ublk_del $ID
+log "ok: sizes, --log, --recovery, throttling.group, --no-discard"
