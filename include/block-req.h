@@ -37,6 +37,9 @@ struct BdrvTrackedRequest {
     /* On bs->tracked_reqs.  While no request on bs serialises, requests
      * skip the list (block-io.c) and are only counted. */
     bool listed;
+    /* Has done its serialisation check (atomic): from then on it waits
+     * only for requests that had done theirs too; later ones wait for it. */
+    bool passed;
     BdrvTrackedRequest *next, **pprev;  /* in bs->tracked_reqs */
 };
 

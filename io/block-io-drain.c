@@ -223,9 +223,12 @@ static bool section_busy(BlockDriverState *bs)
 
 static void drain_wait(BlockDriverState *bs)
 {
-    /* Pairs with the fence in bdrv_co_root_admit: either the request sees
-     * our parent_quiesce, or we see its in-flight count. */
-    __atomic_thread_fence(__ATOMIC_SEQ_CST);
+    /* Pairs with bdrv_co_root_admit: subtree_begin raised parent_quiesce
+     * with seq_cst read-modify-writes and section_busy reads the counters
+     * with seq_cst loads; admission raises its counter (seq_cst RMW), then
+     * loads parent_quiesce (seq_cst).  All four are in C11's single total
+     * order, so either the request sees our parent_quiesce or we see its
+     * count.  No separate fence (TSan does not model fences). */
     if (in_coroutine()) {
         DrainWaiter w = { .ctx = aio_current(), .co = co_self() };
         for (;;) {
@@ -284,9 +287,9 @@ void coroutine_fn bdrv_co_root_admit(BdrvChild *root)
     BlockDriverState *bs = root->bs;
     for (;;) {
         bdrv_inc_in_flight(bs);
-        /* Counted first, then the flag read; drain sets the flag, then
-         * reads the counts (drain_wait): one of us sees the other. */
-        __atomic_thread_fence(__ATOMIC_SEQ_CST);
+        /* Counted first (a seq_cst RMW), then the flag read (seq_cst); drain
+         * sets the flag, then reads the counts (drain_wait): one of us sees
+         * the other. */
         if (!__atomic_load_n(&root->parent_quiesce, __ATOMIC_SEQ_CST)) {
             return;
         }

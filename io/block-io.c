@@ -301,6 +301,7 @@ static bool tracked_request_overlaps(BdrvTrackedRequest *req, int64_t offset, in
 /* reqs_lock held. */
 static BdrvTrackedRequest *find_conflicting_request(BdrvTrackedRequest *self)
 {
+    bool self_passed = __atomic_load_n(&self->passed, __ATOMIC_ACQUIRE);
     for (BdrvTrackedRequest *req = self->bs->tracked_reqs; req; req = req->next) {
         if (req == self || (!req->serialising && !self->serialising)) {
             continue;
@@ -309,11 +310,30 @@ static BdrvTrackedRequest *find_conflicting_request(BdrvTrackedRequest *self)
             continue;
         }
         /* A request of our own coroutine is a driver issuing nested I/O on
-         * the same node: waiting for it would deadlock.  A request that is
-         * itself waiting will wait for us once it wakes (or already waits for
-         * us indirectly): going on is what keeps two of them from waiting for
-         * each other. */
-        if (req->co == self->co || req->waiting_for) {
+         * the same node: waiting for it would deadlock. */
+        if (req->co == self->co) {
+            continue;
+        }
+        /*
+         * Linking a request and checking it for conflicts are two steps, and
+         * with queue threads another request runs between them (in QEMU both
+         * happen on one thread without a yield).  So an RMW that had already
+         * read its block (passed) could find a write that was only linked,
+         * wait for it, and then write back its stale block over that write,
+         * while the write skipped the RMW as "waiting".  Rule: a request that
+         * has passed never waits for one that has not (that one will wait
+         * for it), and one that has not passed always waits for one that
+         * has, even if that one is waiting: a passed request only waits for
+         * passed ones, so no cycle can go through us.  Among requests on
+         * the same side, one that is itself waiting will wait for us once it
+         * wakes (or already waits for us indirectly): going on is what keeps
+         * two of them from waiting for each other.
+         */
+        bool req_passed = __atomic_load_n(&req->passed, __ATOMIC_ACQUIRE);
+        if (self_passed && !req_passed) {
+            continue;
+        }
+        if (req->waiting_for && !(req_passed && !self_passed)) {
             continue;
         }
         return req;
@@ -332,6 +352,7 @@ static bool wait_serialising_requests_locked(BdrvTrackedRequest *self)
         self->waiting_for = NULL;
         waited = true;
     }
+    __atomic_store_n(&self->passed, true, __ATOMIC_RELEASE);
     return waited;
 }
 
@@ -382,6 +403,9 @@ bool coroutine_fn bdrv_wait_serialising_requests(BdrvTrackedRequest *req)
     /* Unlisted: any serialising request came after us and waits for us. */
     if (!req->listed ||
         (!__atomic_load_n(&bs->serialising_in_flight, __ATOMIC_SEQ_CST) && !req->serialising)) {
+        /* Nothing serialised when we looked: one that starts now finds us
+         * (listed or counted) while it has not passed, and waits for us. */
+        __atomic_store_n(&req->passed, true, __ATOMIC_RELEASE);
         return false;
     }
     pthread_mutex_lock(&bs->reqs_lock);
