@@ -75,7 +75,7 @@ static void coroutine_fn io_co(void *opaque)
             }
         }
         c->failed += ret < 0;
-        c->ops++;
+        __atomic_fetch_add(&c->ops, 1, __ATOMIC_RELAXED);
     }
     __atomic_store_n(&c->done, true, __ATOMIC_SEQ_CST);
 }

@@ -792,12 +792,13 @@ static void test_more_threads_than_rows(void **state)
     MetaCache *c = new_cache(1, "many");
     atomic_int ready = 0;
     atomic_bool release_fillers = false, release_holders = false;
-    ManyArg fill = { .c = c, .ready = &ready, .release = &release_fillers };
+    ManyArg fill[MANY_FILLERS];          /* one each: get writes its table */
     ManyArg hold[2] = { { .c = c, .hold = true, .ready = &ready, .release = &release_holders },
                         { .c = c, .hold = true, .ready = &ready, .release = &release_holders } };
     pthread_t ft[MANY_FILLERS], ht[2];
     for (int i = 0; i < MANY_FILLERS; i++) {
-        pthread_create(&ft[i], NULL, many_thread, &fill);
+        fill[i] = (ManyArg){ .c = c, .ready = &ready, .release = &release_fillers };
+        pthread_create(&ft[i], NULL, many_thread, &fill[i]);
     }
     WAIT_FOR(atomic_load(&ready) == MANY_FILLERS, "the fillers to take every row");
     for (int i = 0; i < 2; i++) {
