@@ -53,7 +53,11 @@ int coroutine_fn bdrv_co_rw_mapped(BdrvChild *child, int64_t offset, int64_t byt
 
     __atomic_fetch_add(&mapped_bounces, 1, __ATOMIC_RELAXED);
     /* From the per-thread cache up to 1 MiB, the usual ublk maximum. */
-    iov_init_buf(&local, bdrv_bounce_get(child->bs, (size_t)bytes, &bounce), (size_t)bytes);
+    void *buf = bdrv_bounce_get(child->bs, (size_t)bytes, &bounce);
+    if (!buf) {
+        return -ENOMEM;
+    }
+    iov_init_buf(&local, buf, (size_t)bytes);
     if (is_write) {
         ret = iov_co_to_buf(qiov, qiov_offset, local.iov[0].iov_base, (size_t)bytes);
         if (ret == 0) {

@@ -579,6 +579,14 @@ static void test_detect_zeroes_bounces(void **state)
     assert_int_equal(do_rw(c, true, 0, 4096, &q, 0, 0), 0);
     read_file(p, 0, file, 4096);
     assert_memory_equal(file, regbuf, 4096);
+    /* No bounce buffer to be had: the request fails -ENOMEM, the file keeps
+     * what it had (it used to be written from a NULL buffer). */
+    test_pattern(regbuf, 4096, 43);
+    atomic_store(&bdrv_bounce_fail_next, 1);
+    assert_int_equal(do_rw(c, true, 0, 4096, &q, 0, 0), -ENOMEM);
+    atomic_store(&bdrv_bounce_fail_next, 0);
+    read_file(p, 0, regbuf, 4096);
+    assert_memory_equal(file, regbuf, 4096);
     free(file);
     iov_destroy(&q);
     test_child_free(c);
