@@ -159,7 +159,8 @@ static int absolutize_blockdev(UblkDevConfig *c, Error **errp)
         size_t kl = strlen(k);
         bool is_filename = kl >= 8 && !strcmp(k + kl - 8, "filename") &&
                            (kl == 8 || k[kl - 9] == '.');
-        if (is_filename && v[0] && v[0] != '/') {
+        /* A protocol name ("null-co://", "nbd://...") is no path. */
+        if (is_filename && v[0] && v[0] != '/' && !strstr(v, "://")) {
             char *abs = absolute_path(v);
             if (abs) {
                 optdict_set(d, k, abs);   /* replaces the value in place */
@@ -226,7 +227,10 @@ static int spawn_daemon(UblkDevConfig *cfg, bool recover)
             if (!cfg->log_file) {
                 dup2(nul, 2);
             } else {
-                int lf = open(cfg->log_file, O_WRONLY | O_APPEND | O_CREAT, 0644);
+                /* Not through a symlink: a root daemon must not append to
+                 * whatever another user points the name at. */
+                int lf = open(cfg->log_file,
+                              O_WRONLY | O_APPEND | O_CREAT | O_NOFOLLOW | O_CLOEXEC, 0600);
                 dup2(lf >= 0 ? lf : nul, 2);
                 if (lf > 2) {
                     close(lf);

@@ -51,7 +51,13 @@ void ublk_log_open(const UblkDevConfig *cfg, int dev_id)
     }
     if (cfg->log_file) {
         if (!log_file) {
-            log_file = fopen(cfg->log_file, "a");
+            /* Not through a symlink (see spawn_daemon), and not world-readable. */
+            int fd = open(cfg->log_file, O_WRONLY | O_APPEND | O_CREAT | O_NOFOLLOW | O_CLOEXEC,
+                          0600);
+            log_file = fd >= 0 ? fdopen(fd, "a") : NULL;
+            if (fd >= 0 && !log_file) {
+                close(fd);
+            }
         }
         if (log_file) {
             setvbuf(log_file, NULL, _IOLBF, 0);
@@ -442,8 +448,11 @@ static int server_stop(Server *s)
                      "until 'ublkd del -n %u' (as root if it was added unprivileged and its "
                      "char device never became ours)", d->dev_id, strerror(-ret), d->dev_id);
             left = (int)d->dev_id;
+        } else {
+            /* Only once the device is gone: recover and list need the state
+             * of a device that stays in the kernel. */
+            ublk_state_remove(d->dev_id);
         }
-        ublk_state_remove(d->dev_id);
     }
     ublk_ctrl_close(s->ctrl);
     s->ctrl = NULL;
