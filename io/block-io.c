@@ -796,7 +796,7 @@ int coroutine_fn bdrv_co_preadv_part(BdrvChild *child, int64_t offset, int64_t b
     ret = bdrv_pad_request(bs, &qiov, &qiov_offset, &offset, &bytes, &pad);
     if (ret < 0) {
         bdrv_padding_destroy(&pad);
-        bdrv_dec_in_flight(bs);
+        bdrv_co_leave_request(child);
         return ret;
     }
     tracked_request_begin(&req, bs, offset, bytes, BDRV_TRACKED_READ);
@@ -932,7 +932,7 @@ int coroutine_fn bdrv_co_pwritev_part(BdrvChild *child, int64_t offset, int64_t 
         padded = bdrv_pad_request(bs, &qiov, &qiov_offset, &offset, &bytes, &pad);
         if (padded < 0) {
             bdrv_padding_destroy(&pad);
-            bdrv_dec_in_flight(bs);
+            bdrv_co_leave_request(child);
             return padded;
         }
     }

@@ -5,6 +5,7 @@
  */
 #include <stdlib.h>
 #include <string.h>
+#include "block-backend.h"
 #include "test-util.h"
 #include "../../io/block-io-int.h"
 
@@ -213,6 +214,19 @@ static void test_bounce_alloc_failure_is_enomem(void **state)
     assert_int_equal(bdrv_pwrite(c, 700, 1000, buf, 0), 0);
     mem_read_raw(bs, 700, after, 1000);
     assert_memory_equal(after, buf, 1000);
+
+    /* Through a BlockBackend, whose admission holds the in-flight count:
+     * the failed request gives back exactly that one (it used to drop a
+     * second, wrapping the count, and every later drain hung). */
+    BlockBackend *blk = blk_new_with_bs(bs, NULL);
+    assert_non_null(blk);
+    atomic_store(&bdrv_bounce_fail_next, 1);
+    assert_int_equal(blk_pread(blk, 700, 1000, buf, 0), -ENOMEM);
+    atomic_store(&bdrv_bounce_fail_next, 1);
+    assert_int_equal(blk_pwrite(blk, 700, 1000, buf, 0), -ENOMEM);
+    assert_int_equal(bdrv_in_flight(bs), 0);
+    bdrv_drain(bs);
+    blk_unref(blk);
     test_child_free(c);
     bdrv_unref(bs);
 }
