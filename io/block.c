@@ -429,24 +429,28 @@ static bool reopen_set_has(const ReopenSet *set, const BlockDriverState *bs)
 }
 
 /* bs and what holds its data, post-order. */
-static void reopen_set_add(ReopenSet *set, BlockDriverState *bs)
+/* -ENOMEM if the set cannot grow (what it holds stays valid). */
+static int reopen_set_add(ReopenSet *set, BlockDriverState *bs)
 {
     if (reopen_set_has(set, bs)) {
-        return;
+        return 0;
     }
     for (BdrvChild *c = bs->children; c; c = c->next) {
-        if (c->role != BDRV_CHILD_BACKING) {
-            reopen_set_add(set, c->bs);
+        if (c->role != BDRV_CHILD_BACKING && reopen_set_add(set, c->bs) < 0) {
+            return -ENOMEM;
         }
     }
     if (set->n == set->alloc) {
-        set->alloc = set->alloc ? set->alloc * 2 : 8;
-        set->nodes = realloc(set->nodes, set->alloc * sizeof(*set->nodes));
-        if (!set->nodes) {
-            abort();
+        int alloc = set->alloc ? set->alloc * 2 : 8;
+        BlockDriverState **nodes = realloc(set->nodes, alloc * sizeof(*nodes));
+        if (!nodes) {
+            return -ENOMEM;
         }
+        set->nodes = nodes;
+        set->alloc = alloc;
     }
     set->nodes[set->n++] = bs;
+    return 0;
 }
 
 int bdrv_reopen_set_read_only(BlockDriverState *bs, bool read_only, Error **errp)
@@ -454,7 +458,11 @@ int bdrv_reopen_set_read_only(BlockDriverState *bs, bool read_only, Error **errp
     ReopenSet set = { 0 };
     int ret = 0, prepared = 0;
 
-    reopen_set_add(&set, bs);
+    if (reopen_set_add(&set, bs) < 0) {
+        error_setg(errp, "Cannot reopen '%s': out of memory", bs->node_name);
+        ret = -ENOMEM;
+        goto out;
+    }
     for (int i = 0; i < set.n; i++) {
         BlockDriverState *n = set.nodes[i];
         if (!read_only && (n->open_flags & BDRV_O_FORCE_SHARE)) {
