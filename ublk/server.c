@@ -554,9 +554,13 @@ int ublk_server_run(UblkDevConfig *cfg, bool recover, int ready_fd)
         int left = server_stop(&s);
         if (left >= 0) {
             char *msg = NULL;
-            if (asprintf(&msg, "%s; device %d stays in the kernel: its char device never "
-                         "became yours, so only root can delete it (ublkd del -n %d)",
-                         error_get_pretty(err), left, left) > 0) {
+            /* Root's DEL_DEV fails for other reasons than node access: the
+             * log has its errno (server_stop). */
+            const char *why = geteuid() == 0
+                ? "DEL_DEV failed (the log says why), delete it later"
+                : "its char device never became yours, so only root can delete it";
+            if (asprintf(&msg, "%s; device %d stays in the kernel: %s (ublkd del -n %d)",
+                         error_get_pretty(err), left, why, left) > 0) {
                 error_free(err);
                 err = NULL;
                 error_setg(&err, "%s", msg);
