@@ -62,28 +62,32 @@ static bool sysfs_devt(const char *path, dev_t *devt)
 
 /* Whether process pid has /dev/ublkcID open: the kernel lets one process at
  * a time open a ublk char device, and only a daemon serving it does. */
-static bool holds_cdev(pid_t pid, uint32_t id)
+/* Whether process pid has a device node of type (S_IFCHR/S_IFBLK) and
+ * number devt open (false where its fds cannot be read). */
+static bool proc_has_dev_open(pid_t pid, mode_t type, dev_t devt)
 {
-    char path[PATH_MAX];
-    dev_t cdev;
-    snprintf(path, sizeof(path), "/sys/class/ublk-char/ublkc%u/dev", id);
-    if (!sysfs_devt(path, &cdev)) {
-        return false;
-    }
+    char path[64];
     snprintf(path, sizeof(path), "/proc/%d/fd", (int)pid);
-    DIR *dir = opendir(path);
+    DIR *dir = opendir(path);   /* others' are unreadable unless root */
     struct dirent *de;
     bool found = false;
     while (dir && !found && (de = readdir(dir))) {
         struct stat st;
-        if (de->d_name[0] != '.' && fstatat(dirfd(dir), de->d_name, &st, 0) == 0) {
-            found = S_ISCHR(st.st_mode) && st.st_rdev == cdev;
-        }
+        found = de->d_name[0] != '.' && fstatat(dirfd(dir), de->d_name, &st, 0) == 0 &&
+                (st.st_mode & S_IFMT) == type && st.st_rdev == devt;
     }
     if (dir) {
         closedir(dir);
     }
     return found;
+}
+
+static bool holds_cdev(pid_t pid, uint32_t id)
+{
+    char path[PATH_MAX];
+    dev_t cdev;
+    snprintf(path, sizeof(path), "/sys/class/ublk-char/ublkc%u/dev", id);
+    return sysfs_devt(path, &cdev) && proc_has_dev_open(pid, S_IFCHR, cdev);
 }
 
 /*
@@ -565,19 +569,9 @@ static bool find_opener(dev_t devt, char *who, size_t len)
         if (*end || pid <= 0 || pid == getpid()) {
             continue;
         }
-        char path[64];
-        snprintf(path, sizeof(path), "/proc/%ld/fd", pid);
-        DIR *fds = opendir(path);   /* others' are unreadable unless root */
-        struct dirent *fe;
-        while (fds && !found && (fe = readdir(fds))) {
-            struct stat st;
-            found = fe->d_name[0] != '.' && fstatat(dirfd(fds), fe->d_name, &st, 0) == 0 &&
-                    S_ISBLK(st.st_mode) && st.st_rdev == devt;
-        }
-        if (fds) {
-            closedir(fds);
-        }
+        found = proc_has_dev_open((pid_t)pid, S_IFBLK, devt);
         if (found) {
+            char path[64];
             char comm[64] = "?";
             snprintf(path, sizeof(path), "/proc/%ld/comm", pid);
             FILE *f = fopen(path, "r");
