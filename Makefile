@@ -87,7 +87,8 @@ BENCHES := $(BENCH_SRCS:tests/bench/%.c=$(BUILD)/tests/%)
 # installs whichever are missing (as root, or through sudo).
 DEB_PACKAGES := gcc clang make pkg-config liburing-dev libcmocka-dev libjson-c-dev \
     libzstd-dev uuid-dev zlib1g-dev libclang-rt-14-dev libtsan2 libasan8 libubsan1 qemu-utils fio e2fsprogs \
-    util-linux mount python3 time qemu-system-x86 busybox-static cpio kmod xz-utils jq
+    util-linux mount python3 time qemu-system-x86 busybox-static cpio kmod xz-utils jq \
+    dmsetup xfsprogs
 SUDO := $(if $(filter 0,$(shell id -u)),,sudo)
 
 .PHONY: deps
@@ -138,7 +139,13 @@ $(BENCHES): $(BUILD)/tests/bench-%: $(BUILD)/tests/bench/bench-%.o $(BUILD)/libu
 	@mkdir -p $(dir $@)
 	$(CC) $(ALL_CFLAGS) $(LDFLAGS) -o $@ $< $(BUILD)/libublkd.a $(LDLIBS)
 
-tests: $(UNIT_TESTS) $(BUILD)/ublkd
+# The VM suite's helper that rebuilds a dm-log-writes device at any point of
+# its log (tests/vm/test_powerloss*.sh): a test tool, not linked to libublkd.
+$(BUILD)/log-writes-replay: tests/vm/log-writes-replay.c
+	@mkdir -p $(dir $@)
+	$(CC) $(ALL_CFLAGS) $(LDFLAGS) -o $@ $<
+
+tests: $(UNIT_TESTS) $(BUILD)/ublkd $(BUILD)/log-writes-replay
 
 # ---- test entry points ----
 # check-unit prints cmocka's summary for every suite and a total line.
@@ -149,7 +156,7 @@ check-unit: $(UNIT_TESTS)
 check-interop: $(BUILD)/ublkd
 	@UBLKD=$(abspath $(BUILD)/ublkd) tests/interop/run.sh
 
-check-vm: $(BUILD)/ublkd
+check-vm: $(BUILD)/ublkd $(BUILD)/log-writes-replay
 	@UBLKD=$(abspath $(BUILD)/ublkd) tests/vm/run.sh
 
 check-fuzz:
