@@ -194,6 +194,19 @@ check-hostile-quick:
 bench: $(BENCHES) $(BUILD)/ublkd
 	@UBLKD=$(abspath $(BUILD)/ublkd) BUILD=$(abspath $(BUILD)) tests/bench/run.sh
 
+# ---- soak: long runs, not part of `make test` ----
+# Each long run is a soak-* prerequisite of soak.
+.PHONY: soak soak-powerloss
+soak: soak-powerloss
+
+# Power loss (tests/vm/powerloss.sh): longer workloads, every mark, every
+# flush and the entries half-way between flushes replayed and checked.
+POWERLOSS_SOAK_RECORDS ?= 60
+soak-powerloss: $(BUILD)/ublkd $(BUILD)/log-writes-replay
+	@UBLKD=$(abspath $(BUILD)/ublkd) POWERLOSS_RECORDS=$(POWERLOSS_SOAK_RECORDS) POWERLOSS_POINTS=all \
+	    TEST_TIMEOUT=$${TEST_TIMEOUT:-5400} VM_TIMEOUT=$${VM_TIMEOUT:-12000} \
+	    tests/vm/run.sh test_powerloss_ext4 test_powerloss_xfs
+
 bench-vm: $(BUILD)/ublkd
 	@UBLKD=$(abspath $(BUILD)/ublkd) tests/vm/bench.sh
 

@@ -30,6 +30,9 @@ LWR=${LOG_WRITES_REPLAY:-$(dirname "$UBLKD")/log-writes-replay}
 need_cmd dmsetup losetup blockdev qemu-img mkfs.ext4 e2fsck sha256sum cksum
 [ -x "$LWR" ] || fail "$LWR is not built (make $(basename "$(dirname "$UBLKD")")/log-writes-replay)"
 dmsetup targets 2>/dev/null | grep -q '^log-writes' || skip "no dm-log-writes target in this kernel"
+# set -e ends the test at a failing command without a word: name it.
+set -E
+trap 'echo "powerloss.sh: line $LINENO: \"$BASH_COMMAND\" failed (status $?)" >&2' ERR
 # No udev in the test guest: dmsetup makes /dev/mapper nodes itself.
 export DM_DISABLE_UDEV=1
 
@@ -84,6 +87,7 @@ pl_workload() {
     echo "$line" | dd of="$g/records" oflag=append conv=notrunc,fsync status=none || fail "append record $n"
     dmsetup message "$dm" 0 mark "ack$n" || fail "dmsetup message $dm mark ack$n"
     echo "$n" >> "$T/acked"
+    [ $((n % 5)) != 0 ] || log "  $n records acknowledged"
   done
   if [ -n "$noise_pid" ]; then kill "$noise_pid"; wait "$noise_pid" 2>/dev/null || true; fi
 }

@@ -27,6 +27,9 @@ for d in "$ROOT" "$(dirname "$(realpath "$UBLKD")")"; do
   case $d/ in /tmp/*|/run/*) ro+=(-r "$d");; esac
 done
 echo "vm: kernel ${VM_KERNEL:-6.12}"
+# The tests' knobs (TEST_TIMEOUT, POWERLOSS_* for make soak) travel into the guest.
+fwd=()
+while IFS= read -r v; do fwd+=("$v"); done < <(env | grep -E '^(TEST_TIMEOUT|POWERLOSS_[A-Z_]+)=' || true)
 trap 'rm -rf "$work"' EXIT
 out=$work/console.log
 # The guest sees the host's / read-only, so the repository and $UBLKD are
@@ -36,7 +39,7 @@ out=$work/console.log
 # that booted and then failed is never retried.
 for attempt in 1 2; do
   "$HERE/ublk-vm" -w "$work" "${ro[@]}" -t "${VM_TIMEOUT:-1500}" -- \
-      env UBLKD="$UBLKD" VM_RESULTS="$work" "$HERE/suite.sh" "$@" 2>&1 | tee "$out"
+      env UBLKD="$UBLKD" VM_RESULTS="$work" "${fwd[@]}" "$HERE/suite.sh" "$@" 2>&1 | tee "$out"
   rc=${PIPESTATUS[0]}
   [ "$rc" = 125 ] && [ "$attempt" = 1 ] && grep -q 'ublk-vm: the guest did not boot' "$out" || break
   echo "vm: the guest did not boot; booting it once more"
