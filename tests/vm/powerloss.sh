@@ -37,11 +37,14 @@ trap 'echo "powerloss.sh: line $LINENO: \"$BASH_COMMAND\" failed (status $?)" >&
 export DM_DISABLE_UDEV=1
 
 _pl_loops=() _pl_dms=() _pl_mounts=()
+# Also called between steps (under set -e): what is already gone is fine.
 _pl_cleanup() {
   local i
-  for ((i = ${#_pl_mounts[@]} - 1; i >= 0; i--)); do umount -l "${_pl_mounts[i]}" 2>/dev/null; done
-  for i in "${_pl_dms[@]}"; do dmsetup remove "$i" 2>/dev/null; done
-  for i in "${_pl_loops[@]}"; do losetup -d "$i" 2>/dev/null; done
+  for ((i = ${#_pl_mounts[@]} - 1; i >= 0; i--)); do
+    ! mountpoint -q "${_pl_mounts[i]}" || umount -l "${_pl_mounts[i]}" || true
+  done
+  for i in "${_pl_dms[@]}"; do dmsetup remove "$i" 2>/dev/null || true; done
+  for i in "${_pl_loops[@]}"; do losetup -d "$i" 2>/dev/null || true; done
   _pl_mounts=() _pl_dms=() _pl_loops=()
 }
 on_exit _pl_cleanup
