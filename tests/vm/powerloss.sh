@@ -120,25 +120,25 @@ pl_verify() {
 # number of acknowledged records it must show: "TO K WHY" lines.
 pl_points() {
   awk -v want="$POWERLOSS_POINTS" '
+    function at(i, why) { if (!(i in pt)) pt[i] = why }
     /^#/ { next }
-    { idx = $1; fl = $2; mark = $5 }
-    mark == "ready" { ready = idx }
-    ready == "" { next }
+    { idx = $1; fl = $2; mark = $5; last = idx }
+    mark == "ready" { ready = idx; lastf = idx; at(idx + 1, "ready") }
+    ready == "" || idx <= ready { next }
     { k[idx] = acked }
     mark ~ /^ack[0-9]+$/ { acked = substr(mark, 4); pt[idx + 1] = "after mark " mark; k[idx + 1] = acked }
-    fl ~ /F/ && idx > ready {
-      pt[idx] = "before a flush"; pt[idx + 1] = "after a flush"
-      if (lastf != "" && idx - lastf > 2) { mid = int((lastf + idx) / 2); pt[mid] = "between flushes" }
+    fl ~ /F/ {
+      at(idx, "before a flush"); at(idx + 1, "after a flush")
+      if (idx - lastf > 2) at(int((lastf + idx) / 2), "between flushes")
       lastf = idx
     }
-    mark == "ready" { lastf = idx; pt[idx + 1] = "ready" }
     END {
+      at(last + 1, "end of the log")
       n = 0
-      for (i in pt) if (i + 0 > ready) { c[n++] = i + 0; if (!(i in k)) k[i] = acked }
-      # ascending
+      for (i in pt) { c[n++] = i + 0; if (!(i in k)) k[i] = acked }
       for (i = 1; i < n; i++) { v = c[i]; for (j = i - 1; j >= 0 && c[j] > v; j--) c[j + 1] = c[j]; c[j + 1] = v }
       if (want == "all" || n <= want) { for (i = 0; i < n; i++) print c[i], k[c[i]] + 0, pt[c[i]]; exit }
-      # spread `want` points over the log, the last one always included
+      # `want` points spread over the log, the end of it always among them
       for (i = 1; i <= want; i++) { j = int(i * n / want) - 1; print c[j], k[c[j]] + 0, pt[c[j]] }
     }' "$1"
 }
