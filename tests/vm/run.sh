@@ -27,10 +27,12 @@ for d in "$ROOT" "$(dirname "$(realpath "$UBLKD")")"; do
   case $d/ in /tmp/*|/run/*) ro+=(-r "$d");; esac
 done
 echo "vm: kernel ${VM_KERNEL:-6.12}"
-# The tests' knobs (TEST_TIMEOUT, POWERLOSS_* for make soak) travel into the guest.
-fwd=()
-while IFS= read -r v; do fwd+=("$v"); done < <(env | grep -E '^(TEST_TIMEOUT|POWERLOSS_[A-Z_]+)=' || true)
 trap 'rm -rf "$work"' EXIT
+# The guest inherits no environment: these knobs are passed on when set.
+fwd=()
+for v in TEST_TIMEOUT POWERLOSS_RECORDS POWERLOSS_POINTS POWERLOSS_NOISE; do
+  [ -n "${!v:-}" ] && fwd+=("$v=${!v}")
+done
 out=$work/console.log
 # The guest sees the host's / read-only, so the repository and $UBLKD are
 # visible at the same paths; $work is the only writable share.
