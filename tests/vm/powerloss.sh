@@ -13,7 +13,7 @@
 # fsync returned before the point is there, intact.
 #
 # Knobs (the soak target raises them):
-#   POWERLOSS_RECORDS  records the workload appends (default 10)
+#   POWERLOSS_RECORDS  records the workload appends (default 6)
 #   POWERLOSS_POINTS   replay points per run: a number spread over the log,
 #                      or "all" (every mark, every flush and the entries
 #                      half-way between flushes; default 3)
@@ -22,7 +22,7 @@
 # A format joins by adding its name to POWERLOSS_FORMATS (the image is made
 # with `qemu-img create -f FMT`, served with `ublkd add FMT`).
 POWERLOSS_FORMATS=(raw vdi)
-POWERLOSS_RECORDS=${POWERLOSS_RECORDS:-10}
+POWERLOSS_RECORDS=${POWERLOSS_RECORDS:-6}
 POWERLOSS_POINTS=${POWERLOSS_POINTS:-3}
 POWERLOSS_NOISE=${POWERLOSS_NOISE:-1}
 LWR=${LOG_WRITES_REPLAY:-$(dirname "$UBLKD")/log-writes-replay}
@@ -77,7 +77,8 @@ pl_workload() {
   if [ "$POWERLOSS_NOISE" = 1 ]; then
     # Writes that are never fsynced: they reach the log only with someone
     # else's flush, in between the acknowledged ones.
-    ( while :; do dd if=/dev/urandom of="$g/noise" bs=64k count=16 conv=notrunc status=none || exit; done ) &
+    # Paced: under TCG a writer flat out would starve the appender.
+    ( while :; do dd if=/dev/urandom of="$g/noise" bs=64k count=4 seek=$((RANDOM % 64)) conv=notrunc status=none || exit; sleep 0.2; done ) &
     noise_pid=$!
   fi
   for ((n = 1; n <= POWERLOSS_RECORDS; n++)); do
