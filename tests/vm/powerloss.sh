@@ -19,12 +19,16 @@
 #                      half-way between flushes; default 3)
 #   POWERLOSS_NOISE    1: a writer that never fsyncs runs beside the appender
 #                      (default 1)
+#   POWERLOSS_CACHE    ublkd's --cache while the workload runs (default none;
+#                      unsafe drops flushes, so a run with it must fail: a
+#                      check that the test can see lost writes)
 # A format joins by adding its name to POWERLOSS_FORMATS (the image is made
 # with `qemu-img create -f FMT`, served with `ublkd add FMT`).
 POWERLOSS_FORMATS=(raw vdi)
 POWERLOSS_RECORDS=${POWERLOSS_RECORDS:-6}
 POWERLOSS_POINTS=${POWERLOSS_POINTS:-3}
 POWERLOSS_NOISE=${POWERLOSS_NOISE:-1}
+POWERLOSS_CACHE=${POWERLOSS_CACHE:-none}
 LWR=${LOG_WRITES_REPLAY:-$(dirname "$UBLKD")/log-writes-replay}
 
 need_cmd dmsetup losetup blockdev qemu-img mkfs.ext4 e2fsck sha256sum cksum
@@ -173,7 +177,7 @@ pl_check() {
 
 powerloss_run() {
   local fs=$1 fmt=$2 d=$T/$1-$2 dm=ublkd-pl-$$ data logdev lw size
-  log "$fs/$fmt: setup"
+  log "$fs/$fmt: setup (cache=$POWERLOSS_CACHE)"
   mkdir -p "$d/host" "$d/guest"; : > "$T/acked"
   truncate -s "$(pl_host_size "$fs")" "$d/data"; truncate -s 1G "$d/log"
   pl_loop "$d/data"; data=$LOOP; pl_loop "$d/log"; logdev=$LOOP
@@ -183,7 +187,7 @@ powerloss_run() {
   pl_mkfs "$fs" "$lw"
   pl_mount "$lw" "$d/host"
   qemu-img create -q -f "$fmt" "$d/host/img.$fmt" 64M || fail "qemu-img create $fmt"
-  ublk_add "$fmt" "$d/host/img.$fmt" >/dev/null
+  ublk_add "$fmt" "$d/host/img.$fmt" --cache="$POWERLOSS_CACHE" >/dev/null
   mkfs.ext4 -q -F "$DEV" || fail "mkfs.ext4 on $DEV"
   pl_mount "$DEV" "$d/guest"
   sync
