@@ -162,6 +162,7 @@ int coroutine_fn vdi_co_check(BlockDriverState *bs, BdrvCheckResult *res, BdrvCh
             /* Slots from counted on are free now; none is missing (the map
              * had no missing slot), so the next block can go there. */
             s->next_slot = counted;
+            vdi_free_slots_clear(s);
             res->corruptions_fixed += holes + mismatch;
         }
     } else {
