@@ -34,7 +34,7 @@ kill -0 "$pid" || fail "the daemon died on ENOSPC"
 [ "$(ublk_state "$id")" = LIVE ] || fail "device state $(ublk_state "$id") after ENOSPC"
 # A synchronous writer sees the same: dd stops with ENOSPC at some block.
 set +e
-dd if=/dev/urandom of="$dev" bs=1M oflag=direct status=none 2>"$T/dd.err"
+dd if=/dev/urandom of="$dev" bs=1M iflag=fullblock oflag=direct status=none 2>"$T/dd.err"
 set -e
 grep -q "No space left on device" "$T/dd.err" || { cat "$T/dd.err"; fail "dd did not get ENOSPC"; }
 # The device still reads (the blocks that made it and the ones that did not).
