@@ -112,7 +112,7 @@ pl_verify() {
     if [ "$seq" != "$n" ] || [ "$ck" != "$(printf '%s' "$seq $sum" | cksum | cut -d' ' -f1)" ] ||
        [ "$(sha256sum < "$g/f$n" 2>/dev/null | cut -d' ' -f1)" != "$sum" ]; then
       if [ "$n" -le "$k" ]; then echo "acknowledged record $n is damaged: '$line'"; return 1; fi
-      bad="record $n (unacknowledged) is incomplete: '$(printf '%q' "$line")'"
+      bad="record $n (unacknowledged) is damaged or incomplete: '$(printf '%q' "$line")'"
       continue
     fi
     [ -z "$bad" ] || { echo "intact record $n follows a damaged one ($bad)"; return 1; }
