@@ -13,7 +13,7 @@
 # fsync returned before the point is there, intact.
 #
 # Knobs (the soak target raises them):
-#   POWERLOSS_RECORDS  records the workload appends (default 6)
+#   POWERLOSS_RECORDS  records the workload appends (default 4)
 #   POWERLOSS_POINTS   replay points per run: a number spread over the log,
 #                      or "all" (every mark, every flush and the entries
 #                      half-way between flushes; default 3)
@@ -25,7 +25,7 @@
 # A format joins by adding its name to POWERLOSS_FORMATS (the image is made
 # with `qemu-img create -f FMT`, served with `ublkd add FMT`).
 POWERLOSS_FORMATS=(raw vdi)
-POWERLOSS_RECORDS=${POWERLOSS_RECORDS:-6}
+POWERLOSS_RECORDS=${POWERLOSS_RECORDS:-4}
 POWERLOSS_POINTS=${POWERLOSS_POINTS:-3}
 POWERLOSS_NOISE=${POWERLOSS_NOISE:-1}
 POWERLOSS_CACHE=${POWERLOSS_CACHE:-none}
