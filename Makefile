@@ -98,7 +98,7 @@ deps:
 	    $(SUDO) apt-get update -q && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -q $$missing; \
 	else echo "deps: all installed"; fi
 
-.PHONY: all clean install test check-unit check-interop check-vm check-fuzz asan tsan bench bench-vm tests check-hostile check-hostile-quick
+.PHONY: all clean install test check-layering check-unit check-interop check-vm check-fuzz asan tsan bench bench-vm tests check-hostile check-hostile-quick
 all: $(BUILD)/ublkd
 
 # ---- generated config ----
@@ -143,8 +143,19 @@ tests: $(UNIT_TESTS) $(BUILD)/ublkd
 # ---- test entry points ----
 # check-unit prints cmocka's summary for every suite and a total line.
 UNIT_LABEL ?= unit
-check-unit: $(UNIT_TESTS)
+check-unit: $(UNIT_TESTS) check-layering
 	@UNIT_LABEL=$(UNIT_LABEL) tests/run-unit.sh $(UNIT_TESTS)
+
+# The users of the block layer (ublk/, tools/ and the headers they include)
+# see only the public API: block.h, block-backend.h.  The driver API and the
+# block layer's internals stay out of them.
+LAYERING_PRIVATE := block-driver.h block-int.h block-req.h block-io-int.h meta-cache.h
+LAYERING_USERS := ublk tools include/block.h include/block-backend.h include/ublk.h
+check-layering:
+	@bad=$$(grep -rnE '^[[:space:]]*#[[:space:]]*include[[:space:]]*"($(subst .,\.,$(subst $(eval) ,|,$(LAYERING_PRIVATE))))"' \
+	    $(LAYERING_USERS)); \
+	if [ -n "$$bad" ]; then echo "check-layering: ublk/ and tools/ may use only block.h and block-backend.h:"; \
+	    echo "$$bad"; exit 1; fi; echo "layering: ublk/ and tools/ include no driver API header"
 
 check-interop: $(BUILD)/ublkd
 	@UBLKD=$(abspath $(BUILD)/ublkd) tests/interop/run.sh

@@ -16,7 +16,7 @@
 #include <inttypes.h>
 #include <stdio.h>
 #include <stdlib.h>
-#include "block.h"
+#include "block-driver.h"
 
 typedef enum {
     EV_READ, EV_WRITE, EV_FLUSH, EV_DISCARD, EV_WRITE_ZEROES, EV_BLOCK_STATUS,

@@ -10,7 +10,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include "aio.h"
-#include "block.h"
+#include "block-driver.h"
 #include "iov-fixed.h"
 
 typedef struct NullState {

@@ -13,7 +13,7 @@
 #include <inttypes.h>
 #include <stdlib.h>
 #include <string.h>
-#include "block.h"
+#include "block-driver.h"
 #include "iov-fixed.h"
 
 typedef struct RawState {

@@ -313,7 +313,7 @@ static int vdi_open(BlockDriverState *bs, OptDict *options, int flags, Error **e
     co_mutex_init(&s->alloc_lock);
     co_queue_init(&s->alloc_wait);
     s->allocs = NULL;
-    bs->total_bytes = s->disk_size;
+    bdrv_set_total_bytes(bs, s->disk_size);
     return 0;
 
 fail:

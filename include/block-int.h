@@ -6,7 +6,7 @@
 #ifndef UBLKD_BLOCK_INT_H
 #define UBLKD_BLOCK_INT_H
 
-#include "block.h"
+#include "block-driver.h"
 #include "block-req.h"
 
 /* ---- graph internals (io/block.c, io/block-open.c) ---- */

@@ -171,7 +171,7 @@ static int open_common(BlockDriverState *bs, OptDict *options, int flags, Error 
     }
     int64_t len = bdrv_getlength(bs);
     if (len >= 0) {
-        bs->total_bytes = len;
+        bdrv_set_total_bytes(bs, len);
     }
     return 0;
 }

@@ -647,6 +647,82 @@ void bdrv_refresh_limits(BlockDriverState *bs, Error **errp)
 
 /* ---- queries ---- */
 
+const char *bdrv_driver_name(const BlockDriver *drv)
+{
+    return drv->format_name;
+}
+
+const CreateOptDesc *bdrv_driver_create_opts(const BlockDriver *drv)
+{
+    return drv->create_opts;
+}
+
+bool bdrv_driver_can_create(const BlockDriver *drv)
+{
+    return drv->co_create != NULL;
+}
+
+bool bdrv_driver_supports_backing(const BlockDriver *drv)
+{
+    return drv->supports_backing;
+}
+
+const char *bdrv_get_node_name(const BlockDriverState *bs)
+{
+    return bs->node_name;
+}
+
+const char *bdrv_get_filename(const BlockDriverState *bs)
+{
+    return bs->filename;
+}
+
+const char *bdrv_get_backing_filename(const BlockDriverState *bs)
+{
+    return bs->backing_file;
+}
+
+const char *bdrv_get_backing_format(const BlockDriverState *bs)
+{
+    return bs->backing_format;
+}
+
+const BlockLimits *bdrv_get_limits(const BlockDriverState *bs)
+{
+    return &bs->bl;
+}
+
+bool bdrv_is_read_only(const BlockDriverState *bs)
+{
+    return bs->read_only;
+}
+
+void bdrv_get_specific_info(BlockDriverState *bs, ImageSpecificInfo *info)
+{
+    if (bs->drv && bs->drv->get_specific_info) {
+        bs->drv->get_specific_info(bs, info);
+    }
+}
+
+void bdrv_set_total_bytes(BlockDriverState *bs, int64_t bytes)
+{
+    __atomic_store_n(&bs->total_bytes, bytes, __ATOMIC_RELEASE);
+}
+
+void bdrv_note_growth(BlockDriverState *bs, int64_t end)
+{
+    int64_t cur = __atomic_load_n(&bs->total_bytes, __ATOMIC_RELAXED);
+    while (end > cur &&
+           !__atomic_compare_exchange_n(&bs->total_bytes, &cur, end, true,
+                                        __ATOMIC_RELAXED, __ATOMIC_RELAXED)) {
+    }
+}
+
+int64_t bdrv_get_total_bytes(const BlockDriverState *bs)
+{
+    return __atomic_load_n(&bs->total_bytes, __ATOMIC_ACQUIRE);
+}
+
 const char *bdrv_get_format_name(const BlockDriverState *bs)
 {
     return bs && bs->drv ? bs->drv->format_name : NULL;

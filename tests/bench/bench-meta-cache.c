@@ -15,7 +15,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include "aio.h"
-#include "block.h"
+#include "block-driver.h"
 #include "meta-cache.h"
 
 #define ENTRIES 1024

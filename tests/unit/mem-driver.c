@@ -604,7 +604,7 @@ void mem_apply_config(BlockDriverState *bs)
     bs->supported_write_flags = s->cfg.write_flags;
     bs->supported_zero_flags = (s->cfg.callbacks & MEM_NO_ZEROES_CB) ? 0 : s->cfg.zero_flags;
     bs->growable = s->cfg.growable;
-    bs->total_bytes = mem_getlength(bs);
+    bdrv_set_total_bytes(bs, mem_getlength(bs));
     mem_refresh_limits(bs, NULL);
 }
 
