@@ -25,8 +25,8 @@ LDFLAGS   ?=
 
 # ---- sources, one subsystem per file ----
 IO_SRCS := io/error.c io/coroutine.c io/co-lock.c io/aio.c io/aio-signal.c io/iov.c io/iov-fixed.c
-# node graph, options, file protocol (graph helper)
-IO_SRCS += io/options.c io/block.c io/block-open.c io/file.c
+# node graph, options
+IO_SRCS += io/options.c io/block.c io/block-open.c
 # request path, throttling, export handle
 IO_SRCS += io/block-io.c io/block-io-fixed.c io/block-io-zero.c io/block-io-drain.c io/block-status.c
 IO_SRCS += io/throttle.c io/block-backend.c
@@ -36,15 +36,16 @@ IO_SRCS += io/thread-slot.c io/block-counters.c
 
 # Drivers: one line each.  The name must match `const BlockDriver bdrv_<name>`
 # in the driver's file; the registry is generated from this list.
-# `file` is the protocol driver in io/file.c and is always built.
+# `file` is the protocol driver in drivers/file*.c and is always built.
 DRIVERS-y := file
 DRIVERS-$(CONFIG_RAW)      += raw
 DRIVERS-$(CONFIG_NULL)     += null
 DRIVERS-$(CONFIG_VDI)      += vdi
 DRIVERS-$(CONFIG_BLKDEBUG) += blkdebug
 # Extra files of a driver split by concern: DRIVER_SRCS-<name> := drivers/<name>-x.c
+DRIVER_SRCS-file := drivers/file-io.c drivers/file-lock.c
 DRIVER_SRCS-vdi := drivers/vdi-write.c drivers/vdi-create.c drivers/vdi-check.c
-DRIVER_SRCS := $(foreach d,$(filter-out file,$(DRIVERS-y)),$(wildcard drivers/$(d).c) $(DRIVER_SRCS-$(d)))
+DRIVER_SRCS := $(foreach d,$(DRIVERS-y),$(wildcard drivers/$(d).c) $(DRIVER_SRCS-$(d)))
 
 # ublk server: control plane, params, config/state, queue threads, daemon
 UBLK_SRCS := ublk/ctrl.c ublk/params.c ublk/config.c ublk/queue.c ublk/server.c
