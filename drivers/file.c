@@ -482,6 +482,7 @@ static const CreateOptDesc file_create_opts[] = {
 
 const BlockDriver bdrv_file = {
     .format_name = "file",
+    .protocol_names = { "file" },
     .instance_size = sizeof(FileState),
     .is_format = false,
     .open = file_open,

@@ -208,9 +208,8 @@ static void raw_get_specific_info(BlockDriverState *bs, ImageSpecificInfo *info)
 
 static int coroutine_fn raw_co_create(const char *filename, OptDict *opts, Error **errp)
 {
-    /* A raw image is just a file of the right size. */
-    const BlockDriver *file = bdrv_find_format("file");
-    return file->co_create(filename, opts, errp);
+    /* A raw image is just a file (of its protocol) of the right size. */
+    return bdrv_co_create_file(filename, opts, errp);
 }
 
 static const CreateOptDesc raw_create_opts[] = {

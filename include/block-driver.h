@@ -73,6 +73,14 @@ typedef struct BdrvRootOps {
 
 struct BlockDriver {
     const char *format_name;
+    /*
+     * A protocol's filename prefixes, without the ':' ("file" for
+     * "file:/path", "null-co" for "null-co://"): bdrv_open of such a
+     * filename opens this driver, which is handed the whole filename and
+     * strips what it does not need.  A filename without a registered prefix
+     * is a path, for the "file" protocol.
+     */
+    const char *protocol_names[4];
     size_t instance_size;
     bool is_format;              /* false for protocols (file, null) */
     bool is_filter;              /* forwards to its only child (file role) */
@@ -236,6 +244,10 @@ struct BlockDriverState {
 /* ---- driver registry ---- */
 /* Add a driver at run time (tests use this for in-memory drivers). */
 void bdrv_register(const BlockDriver *drv);
+/* The protocol driver for filename: the one whose protocol_names has the
+ * part before its first ':' (if no '/' comes first), else "file".  NULL
+ * with errp set for a "name://" whose protocol nobody registered. */
+const BlockDriver *bdrv_find_protocol(const char *filename, Error **errp);
 /* The registered driver scoring highest for buf (NULL if none scores > 0). */
 const BlockDriver *bdrv_probe_buf(const uint8_t *buf, int buf_size, const char *filename);
 
@@ -270,6 +282,9 @@ void bdrv_unref_child(BlockDriverState *parent, BdrvChild *child);
  * read-only, or if new_bs is the parent or below it.
  */
 int bdrv_replace_child_bs(BdrvChild *child, BlockDriverState *new_bs, Error **errp);
+/* For a format's co_create: create the protocol-level image filename names
+ * (bdrv_find_protocol) with opts ("size", "preallocation", ...). */
+int coroutine_fn bdrv_co_create_file(const char *filename, OptDict *opts, Error **errp);
 /* Open bs's backing file (bs->backing_file, or "backing.*" options). */
 int bdrv_open_backing(BlockDriverState *bs, OptDict *options, Error **errp);
 /* Recompute bs->bl from the driver and children (merge: max of alignments,

@@ -233,14 +233,6 @@ static const BlockDriver *probe_node(BlockDriverState *bs, const char *name, Err
     return drv;
 }
 
-static const BlockDriver *protocol_for(const char *filename)
-{
-    if (filename && (!strncmp(filename, "null-co://", 10) || !strncmp(filename, "null://", 7))) {
-        return bdrv_find_format("null");
-    }
-    return bdrv_find_format("file");
-}
-
 BlockDriverState *bdrv_open(const char *filename, OptDict *options, int flags, Error **errp)
 {
     BlockDriverState *bs = NULL, *probed_file = NULL;
@@ -276,9 +268,8 @@ BlockDriverState *bdrv_open(const char *filename, OptDict *options, int flags, E
     }
 
     if (!drv && (flags & BDRV_O_PROTOCOL)) {
-        drv = protocol_for(fname ? fname : optdict_get(options, "filename"));
+        drv = bdrv_find_protocol(fname ? fname : optdict_get(options, "filename"), errp);
         if (!drv) {
-            error_setg(errp, "No protocol driver for '%s'", fname ? fname : "");
             goto out;
         }
     }
@@ -505,6 +496,20 @@ int bdrv_create(const BlockDriver *drv, const char *filename, OptDict *opts, Err
         error_free(c.err);
     }
     return c.ret < 0 ? c.ret : 0;
+}
+
+int coroutine_fn bdrv_co_create_file(const char *filename, OptDict *opts, Error **errp)
+{
+    const BlockDriver *proto = bdrv_find_protocol(filename, errp);
+    if (!proto) {
+        return -ENOENT;
+    }
+    if (!proto->co_create) {
+        error_setg(errp, "Protocol '%s' does not support image creation ('%s')",
+                   proto->format_name, filename);
+        return -ENOTSUP;
+    }
+    return proto->co_create(filename, opts, errp);
 }
 
 typedef struct CheckCo {

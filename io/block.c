@@ -74,6 +74,35 @@ const BlockDriver *bdrv_find_format(const char *name)
     return NULL;
 }
 
+const BlockDriver *bdrv_find_protocol(const char *filename, Error **errp)
+{
+    const char *colon = filename ? strchr(filename, ':') : NULL;
+    const char *slash = filename ? strchr(filename, '/') : NULL;
+    if (colon && (!slash || colon < slash)) {
+        size_t n = (size_t)(colon - filename);
+        const BlockDriver *drv;
+        for (int i = 0; (drv = bdrv_driver_at(i)); i++) {
+            for (size_t k = 0; k < ARRAY_SIZE(drv->protocol_names) && drv->protocol_names[k]; k++) {
+                const char *p = drv->protocol_names[k];
+                if (strlen(p) == n && !strncmp(p, filename, n)) {
+                    return drv;
+                }
+            }
+        }
+        /* "a:b.img" stays a file name, as it always was; "x://" is a URL. */
+        if (!strncmp(colon, "://", 3)) {
+            error_setg(errp, "Unknown protocol '%.*s' in '%s'", (int)MIN(n, (size_t)64),
+                       filename, filename);
+            return NULL;
+        }
+    }
+    const BlockDriver *file = bdrv_find_format("file");
+    if (!file) {
+        error_setg(errp, "No protocol driver for '%s'", filename ? filename : "");
+    }
+    return file;
+}
+
 const BlockDriver *bdrv_probe_buf(const uint8_t *buf, int buf_size, const char *filename)
 {
     const BlockDriver *drv, *best = NULL;

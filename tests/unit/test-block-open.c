@@ -80,6 +80,24 @@ static const BlockDriver bdrv_testfmt = {
 /* A format with no children of its own, for limits merging. */
 static const BlockDriver bdrv_pair = { .format_name = "pair", .is_format = true };
 
+/* A protocol known only by its prefix, for bdrv_find_protocol. */
+static int proto_open(BlockDriverState *bs, OptDict *options, int flags, Error **errp)
+{
+    (void)flags; (void)errp;
+    char *fn = NULL;
+    optdict_take_str(options, "filename", NULL, &fn);
+    snprintf(bs->filename, sizeof(bs->filename), "%s", fn ? fn : "");
+    free(fn);
+    bdrv_set_total_bytes(bs, 4096);
+    return 0;
+}
+
+static const BlockDriver bdrv_testproto = {
+    .format_name = "testproto",
+    .protocol_names = { "tproto", "tproto-alias" },
+    .open = proto_open,
+};
+
 static int setup(void **state)
 {
     (void)state;
@@ -87,6 +105,7 @@ static int setup(void **state)
     test_loop_init();
     bdrv_register(&bdrv_testfmt);
     bdrv_register(&bdrv_pair);
+    bdrv_register(&bdrv_testproto);
     return 0;
 }
 
@@ -564,6 +583,37 @@ static void test_filter_passes_protocol_down(void **state)
     bdrv_unref(bs);
 }
 
+/* A filename's prefix picks the protocol; adding one touches only its driver. */
+static void test_protocol_prefix(void **state)
+{
+    (void)state;
+    Error *err = NULL;
+    assert_ptr_equal(bdrv_find_protocol("tproto://x", NULL), &bdrv_testproto);
+    assert_ptr_equal(bdrv_find_protocol("tproto-alias:y", NULL), &bdrv_testproto);
+    assert_string_equal(bdrv_driver_name(bdrv_find_protocol("/a/tproto:b", NULL)), "file");
+    assert_string_equal(bdrv_driver_name(bdrv_find_protocol("a:b.img", NULL)), "file");
+    assert_string_equal(bdrv_driver_name(bdrv_find_protocol("file:/x", NULL)), "file");
+    assert_string_equal(bdrv_driver_name(bdrv_find_protocol("plain.img", NULL)), "file");
+    if (bdrv_find_format("null")) {
+        assert_string_equal(bdrv_driver_name(bdrv_find_protocol("null-co://", NULL)), "null");
+        assert_string_equal(bdrv_driver_name(bdrv_find_protocol("null://", NULL)), "null");
+    }
+    assert_null(bdrv_find_protocol("nosuch://host/x", &err));
+    assert_string_equal(error_get_pretty(err), "Unknown protocol 'nosuch' in 'nosuch://host/x'");
+    error_free(err);
+    err = NULL;
+
+    /* bdrv_open as a protocol, and under a format given by name */
+    BlockDriverState *bs = bdrv_open("tproto://node1", NULL, BDRV_O_PROTOCOL, &err);
+    assert_non_null(bs);
+    assert_string_equal(bdrv_get_format_name(bs), "testproto");
+    assert_string_equal(bdrv_get_filename(bs), "tproto://node1");
+    bdrv_unref(bs);
+    assert_null(bdrv_open("nosuch://x", NULL, BDRV_O_PROTOCOL, &err));
+    assert_string_equal(error_get_pretty(err), "Unknown protocol 'nosuch' in 'nosuch://x'");
+    error_free(err);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -576,6 +626,7 @@ int main(void)
         cmocka_unit_test(test_refcount_and_close_order),
         cmocka_unit_test(test_limits_merge),
         cmocka_unit_test(test_filter_passes_protocol_down),
+        cmocka_unit_test(test_protocol_prefix),
     };
     return cmocka_run_group_tests(tests, setup, test_tmpdir_teardown);
 }
