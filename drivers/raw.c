@@ -39,7 +39,10 @@ static int raw_open(BlockDriverState *bs, OptDict *options, int flags, Error **e
         optdict_take_size(options, "size", 0, &s->size, errp) < 0) {
         return -EINVAL;
     }
-    if (!bdrv_open_child(NULL, options, "file", bs, BDRV_CHILD_FILE, false, errp)) {
+    /* A window (offset/size) is not the child's data as it is (QEMU's rule). */
+    BdrvChildRole role = s->has_size || s->offset ? BDRV_CHILD_DATA | BDRV_CHILD_PRIMARY
+                                                  : BDRV_CHILD_FILTERED | BDRV_CHILD_PRIMARY;
+    if (!bdrv_open_child(NULL, options, "file", bs, role, false, errp)) {
         return -EINVAL;
     }
     int64_t real_size = bdrv_getlength(bs->file->bs);

@@ -109,7 +109,7 @@ int coroutine_fn vdi_co_create(const char *filename, OptDict *opts, Error **errp
     if (!file_bs) {
         return -EIO;
     }
-    file = bdrv_attach_child(NULL, file_bs, "vdi-create", BDRV_CHILD_FILE, errp);
+    file = bdrv_attach_child(NULL, file_bs, "vdi-create", BDRV_CHILD_IMAGE | BDRV_CHILD_PRIMARY, errp);
     if (!file) {
         return -EIO;
     }

@@ -231,7 +231,7 @@ static int vdi_open(BlockDriverState *bs, OptDict *options, int flags, Error **e
     int ret;
 
     /* Attaching a FILE child sets bs->file. */
-    if (!bdrv_open_child(NULL, options, "file", bs, BDRV_CHILD_FILE, false, errp)) {
+    if (!bdrv_open_child(NULL, options, "file", bs, BDRV_CHILD_IMAGE | BDRV_CHILD_PRIMARY, false, errp)) {
         return -EINVAL;
     }
 

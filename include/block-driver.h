@@ -32,19 +32,39 @@
 
 typedef struct BdrvTrackedRequest BdrvTrackedRequest;
 
-typedef enum {
-    BDRV_CHILD_FILE,        /* "file": the protocol or image under a format/filter */
-    BDRV_CHILD_BACKING,     /* "backing": read-only copy-on-write parent */
-    BDRV_CHILD_NUMBERED,    /* "children.N" of quorum and the like */
-    BDRV_CHILD_DATA,        /* "data-file" (qcow2 external data) */
-} BdrvChildRole;
+/*
+ * What a child is to its parent: flags, with QEMU's meanings (and values).
+ *   raw over a file             "file"      FILTERED | PRIMARY
+ *                               (with offset/size: DATA | PRIMARY)
+ *   a filter (blkdebug)         "image"     FILTERED | PRIMARY
+ *   vdi, qcow2 without data-file "file"     DATA | METADATA | PRIMARY
+ *   qcow2 with a data-file      "file"      METADATA | PRIMARY
+ *                               "data-file" DATA
+ *   any format's backing file   "backing"   COW
+ *   quorum                      "children.N" DATA
+ * The graph follows from them: a parent's limits merge from its DATA,
+ * FILTERED and COW children (every child a guest request can reach);
+ * has_discard from DATA and FILTERED ones (where the guest's data lives);
+ * read-only/read-write reopens go down every child but COW ones; the
+ * permissions a parent asks of a child follow from the role (child_perm).
+ * FILTERED excludes DATA, METADATA and COW: the child is the parent's data.
+ */
+enum {
+    BDRV_CHILD_DATA     = 1 << 0,   /* holds (part of) the guest-visible data */
+    BDRV_CHILD_METADATA = 1 << 1,   /* holds the parent's format metadata */
+    BDRV_CHILD_FILTERED = 1 << 2,   /* the parent forwards requests to it unchanged */
+    BDRV_CHILD_COW      = 1 << 3,   /* backing: read where the parent has no data */
+    BDRV_CHILD_PRIMARY  = 1 << 4,   /* the parent's bs->file (one per parent) */
+    BDRV_CHILD_IMAGE    = BDRV_CHILD_DATA | BDRV_CHILD_METADATA,
+};
+typedef unsigned BdrvChildRole;
 
 struct BdrvChild {
     BlockDriverState *bs;       /* the child node (holds a reference) */
     BlockDriverState *parent;
     char *name;                 /* "file", "backing", "children.0", ... */
-    BdrvChildRole role;
-    int index;                  /* N for numbered children, else -1 */
+    BdrvChildRole role;         /* BDRV_CHILD_* flags */
+    int index;                  /* N for "children.N", else -1 */
     BdrvChild *next;            /* sibling in parent->children */
 
     /* Drain (io/block-io-drain.c); the graph fields change on the main
@@ -266,7 +286,7 @@ BdrvChild *bdrv_open_child(const char *filename, OptDict *options, const char *n
 /*
  * Make child_bs a child of parent.  Consumes the caller's reference to
  * child_bs (it becomes the edge's; dropped on failure too), as QEMU does.
- * Sets parent->file / parent->backing for those roles if still unset.
+ * Sets parent->file (PRIMARY) / parent->backing (COW) if still unset.
  * parent may be NULL: a root edge for a BlockBackend or a temporary user.
  */
 BdrvChild *bdrv_attach_child(BlockDriverState *parent, BlockDriverState *child_bs,

@@ -64,7 +64,7 @@ BlockBackend *blk_new_with_bs(BlockDriverState *bs, Error **errp)
     }
     memset(blk, 0, sizeof(*blk));
     bdrv_ref(bs);   /* becomes the root edge's */
-    blk->root = bdrv_attach_child(NULL, bs, "root", BDRV_CHILD_FILE, errp);
+    blk->root = bdrv_attach_child(NULL, bs, "root", BDRV_CHILD_FILTERED | BDRV_CHILD_PRIMARY, errp);
     if (!blk->root) {
         free(blk);
         return NULL;

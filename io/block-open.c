@@ -21,12 +21,11 @@ static int child_flags(const BlockDriverState *parent, BdrvChildRole role)
 {
     int f = parent->open_flags & (BDRV_O_RDWR | BDRV_O_NOCACHE | BDRV_O_NO_FLUSH | BDRV_O_UNMAP |
                                   BDRV_O_FORCE_SHARE);
-    if (role == BDRV_CHILD_BACKING) {
+    if (role & BDRV_CHILD_COW) {
         f &= ~BDRV_O_RDWR;
-    }
-    if (parent->drv->is_format && (role == BDRV_CHILD_FILE || role == BDRV_CHILD_DATA)) {
+    } else if (parent->drv->is_format) {
         f |= BDRV_O_PROTOCOL;
-    } else if (parent->drv->is_filter && role == BDRV_CHILD_FILE) {
+    } else if (parent->drv->is_filter && (role & BDRV_CHILD_FILTERED)) {
         /* A filter is transparent: what sits under it is whatever its parent
          * expected there.  Under a format that is a protocol (raw over
          * blkdebug over x.vdi reads x.vdi's bytes); at the top it is probed. */
@@ -216,7 +215,8 @@ static const BlockDriver *probe_node(BlockDriverState *bs, const char *name, Err
     uint8_t *buf = aligned_alloc_or_die(4096, 4096);
     int n = (int)MIN(len, (int64_t)BLOCK_PROBE_BUF_SIZE);
     memset(buf, 0, BLOCK_PROBE_BUF_SIZE);
-    BdrvChild probe = { .bs = bs, .name = (char *)"probe", .role = BDRV_CHILD_FILE, .index = -1 };
+    BdrvChild probe = { .bs = bs, .name = (char *)"probe", .role = BDRV_CHILD_FILTERED | BDRV_CHILD_PRIMARY,
+                       .index = -1 };
     int ret = n ? bdrv_pread(&probe, 0, n, buf, 0) : 0;
     const BlockDriver *drv = NULL;
     if (ret < 0) {
@@ -375,7 +375,7 @@ BdrvChild *bdrv_open_child(const char *filename, OptDict *options, const char *n
     free(ref);
     optdict_free(child_opts);
     BdrvChild *c = bdrv_attach_child(parent, child_bs, name, role, errp);
-    if (c && role == BDRV_CHILD_FILE && !parent->filename[0]) {
+    if (c && (role & BDRV_CHILD_PRIMARY) && !parent->filename[0]) {
         /* Formats name their file in messages while still opening. */
         snprintf(parent->filename, sizeof(parent->filename), "%s", child_bs->filename);
     }
@@ -425,7 +425,7 @@ int bdrv_open_backing(BlockDriverState *bs, OptDict *options, Error **errp)
         optdict_set(options, "backing.driver", bs->backing_format);
     }
     Error *local = NULL;
-    BdrvChild *c = bdrv_open_child(filename, options, "backing", bs, BDRV_CHILD_BACKING,
+    BdrvChild *c = bdrv_open_child(filename, options, "backing", bs, BDRV_CHILD_COW,
                                    false, &local);
     free(filename);
     if (!c) {

@@ -302,9 +302,8 @@ BdrvChild *bdrv_attach_child(BlockDriverState *parent, BlockDriverState *child_b
     c->role = role;
     c->index = -1;
     co_queue_init(&c->drain_queue);
-    if (role == BDRV_CHILD_NUMBERED) {
-        const char *dot = strrchr(name, '.');
-        c->index = atoi(dot ? dot + 1 : name);
+    if (!strncmp(name, "children.", 9) && name[9] >= '0' && name[9] <= '9') {
+        c->index = atoi(name + 9);
     }
     if (parent) {
         BdrvChild **tail = &parent->children;
@@ -312,9 +311,9 @@ BdrvChild *bdrv_attach_child(BlockDriverState *parent, BlockDriverState *child_b
             tail = &(*tail)->next;
         }
         *tail = c;
-        if (role == BDRV_CHILD_FILE && !parent->file) {
+        if ((role & BDRV_CHILD_PRIMARY) && !parent->file) {
             parent->file = c;
-        } else if (role == BDRV_CHILD_BACKING && !parent->backing) {
+        } else if ((role & BDRV_CHILD_COW) && !parent->backing) {
             parent->backing = c;
         }
     }
@@ -400,7 +399,7 @@ static void refresh_upward(BlockDriverState *bs)
 static bool edge_writes(const BdrvChild *c)
 {
     return c->parent && !c->parent->read_only && (c->parent->open_flags & BDRV_O_RDWR) &&
-           c->role != BDRV_CHILD_BACKING;
+           !(c->role & BDRV_CHILD_COW);
 }
 
 int bdrv_replace_child_bs(BdrvChild *child, BlockDriverState *new_bs, Error **errp)
@@ -465,7 +464,7 @@ static int reopen_set_add(ReopenSet *set, BlockDriverState *bs)
         return 0;
     }
     for (BdrvChild *c = bs->children; c; c = c->next) {
-        if (c->role != BDRV_CHILD_BACKING && reopen_set_add(set, c->bs) < 0) {
+        if (!(c->role & BDRV_CHILD_COW) && reopen_set_add(set, c->bs) < 0) {
             return -ENOMEM;
         }
     }
@@ -625,7 +624,7 @@ static uint64_t min_non_zero(uint64_t a, uint64_t b)
     return !a ? b : !b ? a : MIN(a, b);
 }
 
-static void merge_limits(BlockLimits *dst, const BlockLimits *src, bool data_child)
+static void merge_limits(BlockLimits *dst, const BlockLimits *src, BdrvChildRole role)
 {
     dst->request_alignment = MAX(dst->request_alignment, src->request_alignment);
     dst->max_transfer = min_non_zero(dst->max_transfer, src->max_transfer);
@@ -638,7 +637,7 @@ static void merge_limits(BlockLimits *dst, const BlockLimits *src, bool data_chi
     dst->min_mem_alignment = MAX(dst->min_mem_alignment, src->min_mem_alignment);
     dst->opt_mem_alignment = MAX(dst->opt_mem_alignment, src->opt_mem_alignment);
     dst->max_iov = (int)min_non_zero((uint64_t)dst->max_iov, (uint64_t)src->max_iov);
-    if (data_child) {
+    if (role & (BDRV_CHILD_DATA | BDRV_CHILD_FILTERED)) {
         dst->has_discard |= src->has_discard;
     }
 }
@@ -652,8 +651,11 @@ void bdrv_refresh_limits(BlockDriverState *bs, Error **errp)
     };
     for (BdrvChild *c = bs->children; c; c = c->next) {
         bdrv_refresh_limits(c->bs, NULL);
-        merge_limits(&bl, &c->bs->bl,
-                     c->role == BDRV_CHILD_FILE || c->role == BDRV_CHILD_DATA);
+        /* Only children a guest request can reach limit it: not a format's
+         * metadata-only file (qcow2 with a data-file). */
+        if (c->role & (BDRV_CHILD_DATA | BDRV_CHILD_FILTERED | BDRV_CHILD_COW)) {
+            merge_limits(&bl, &c->bs->bl, c->role);
+        }
     }
     bs->bl = bl;
     if (bs->drv && bs->drv->refresh_limits) {
@@ -781,8 +783,7 @@ int64_t bdrv_get_allocated_file_size(BlockDriverState *bs)
     int64_t sum = 0;
     bool any = false;
     for (BdrvChild *c = bs->children; c; c = c->next) {
-        if (c->role == BDRV_CHILD_FILE || c->role == BDRV_CHILD_DATA ||
-            c->role == BDRV_CHILD_NUMBERED) {
+        if (c->role & (BDRV_CHILD_DATA | BDRV_CHILD_METADATA | BDRV_CHILD_FILTERED)) {
             int64_t n = bdrv_get_allocated_file_size(c->bs);
             if (n < 0) {
                 return n;

@@ -115,7 +115,7 @@ static void exercise(BlockDriverState *vdi)
     BdrvCheckResult res = { 0 };
 
     bdrv_ref(vdi);
-    child = bdrv_attach_child(NULL, vdi, "fuzz", BDRV_CHILD_FILE, &err);
+    child = bdrv_attach_child(NULL, vdi, "fuzz", BDRV_CHILD_FILTERED | BDRV_CHILD_PRIMARY, &err);
     if (!child) {
         error_free(err);
         return;

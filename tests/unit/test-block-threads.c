@@ -138,11 +138,11 @@ static Graph graph_new(void)
     g.b = tl_node("b");
     g.c = tl_node("c");
     g.m = mem_node_new(NULL);
-    add_child(g.c, g.m, "file", BDRV_CHILD_FILE);
-    add_child(g.a, g.c, "file", BDRV_CHILD_FILE);
-    add_child(g.b, g.c, "file", BDRV_CHILD_FILE);
-    add_child(g.top, g.a, "file", BDRV_CHILD_FILE);
-    add_child(g.top, g.b, "backing", BDRV_CHILD_BACKING);
+    add_child(g.c, g.m, "file", BDRV_CHILD_IMAGE | BDRV_CHILD_PRIMARY);
+    add_child(g.a, g.c, "file", BDRV_CHILD_IMAGE | BDRV_CHILD_PRIMARY);
+    add_child(g.b, g.c, "file", BDRV_CHILD_IMAGE | BDRV_CHILD_PRIMARY);
+    add_child(g.top, g.a, "file", BDRV_CHILD_IMAGE | BDRV_CHILD_PRIMARY);
+    add_child(g.top, g.b, "backing", BDRV_CHILD_COW);
     /* The graph holds them now; top is the caller's. */
     bdrv_unref(g.a);
     bdrv_unref(g.b);
