@@ -26,7 +26,7 @@ LDFLAGS   ?=
 # ---- sources, one subsystem per file ----
 IO_SRCS := io/error.c io/coroutine.c io/co-lock.c io/aio.c io/aio-signal.c io/iov.c io/iov-fixed.c
 # node graph, options
-IO_SRCS += io/options.c io/block.c io/block-open.c
+IO_SRCS += io/options.c io/block.c io/block-open.c io/block-perm.c
 # request path, throttling, export handle
 IO_SRCS += io/block-io.c io/block-io-fixed.c io/block-io-zero.c io/block-io-drain.c io/block-status.c
 IO_SRCS += io/throttle.c io/block-backend.c

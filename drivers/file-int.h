@@ -19,7 +19,8 @@ typedef struct FileState {
     bool no_punch_hole;
     bool no_fallocate;
     pid_t lock_pid;              /* process that took the lock bytes, 0 = none */
-    int locking;                 /* LockingMode, for a reopen */
+    int locking;                 /* LockingMode; OFF too where locks do not work */
+    unsigned perm, shared;       /* the permissions the lock bytes stand for */
     int reopen_fd;               /* between reopen prepare and commit/abort */
 } FileState;
 
@@ -34,19 +35,12 @@ static inline void flag_set(bool *f)
 }
 
 /* ---- image locking (file-lock.c) ---- */
-enum {
-    PERM_CONSISTENT_READ = 1 << 0,
-    PERM_WRITE = 1 << 1,
-    PERM_WRITE_UNCHANGED = 1 << 2,
-    PERM_RESIZE = 1 << 3,
-    PERM_ALL = (1 << 4) - 1,
-};
+/* Bit i of a BLK_PERM_* set is lock byte LOCK_PERM_BASE + i (held by every
+ * user that has permission i) and LOCK_SHARED_BASE + i (held by every user
+ * that does not let others have it). */
 #define LOCK_PERM_BASE   100
 #define LOCK_SHARED_BASE 200
-
 typedef enum { LOCKING_AUTO, LOCKING_ON, LOCKING_OFF } LockingMode;
-#define LOCK_PERM_BASE   100
-#define LOCK_SHARED_BASE 200
 
 /* The locking mode to use (takes "locking" from options), or -1 after
  * setting errp. */
@@ -63,13 +57,8 @@ int file_lock_image(int fd, LockingMode mode, unsigned perm, unsigned shared,
                     const char *path, Error **errp);
 /* Drop every lock byte fd holds. */
 void file_unlock_image(int fd);
-/* What an open with flags holds, and what it lets others do. */
-#define LOCK_SHARED_PERM (PERM_CONSISTENT_READ | PERM_WRITE_UNCHANGED)
-static inline unsigned file_lock_perm(int flags)
-{
-    return PERM_CONSISTENT_READ | ((flags & BDRV_O_RDWR) ? PERM_WRITE | PERM_RESIZE : 0);
-}
-
+/* Drop the bytes fd holds beyond those for holding perm and sharing shared. */
+void file_lock_keep_only(int fd, unsigned perm, unsigned shared);
 /* ---- request callbacks (file-io.c) ---- */
 int coroutine_fn file_co_preadv(BlockDriverState *bs, int64_t offset, int64_t bytes,
                                 IOVector *qiov, size_t qiov_offset, BdrvRequestFlags flags);

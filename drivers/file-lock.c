@@ -161,3 +161,18 @@ int file_locking_mode(OptDict *options, Error **errp)
     }
     return mode;
 }
+
+void file_lock_keep_only(int fd, unsigned perm, unsigned shared)
+{
+    for (int i = 0; i < (int)ARRAY_SIZE(perm_names); i++) {
+        int bytes[2] = { !(perm & (1u << i)) ? LOCK_PERM_BASE + i : -1,
+                         (shared & (1u << i)) ? LOCK_SHARED_BASE + i : -1 };
+        for (int k = 0; k < 2; k++) {
+            if (bytes[k] >= 0) {
+                struct flock fl = { .l_type = F_UNLCK, .l_whence = SEEK_SET,
+                                    .l_start = bytes[k], .l_len = 1 };
+                (void)fcntl(fd, F_OFD_SETLK, &fl);   /* unlocking a byte cannot conflict */
+            }
+        }
+    }
+}

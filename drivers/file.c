@@ -152,19 +152,12 @@ static int file_open(BlockDriverState *bs, OptDict *options, int flags, Error **
         goto fail;
     }
     s->is_bdev = S_ISBLK(st.st_mode);
-    /* As a format's file child in QEMU: others may read, nobody else may
-     * write or resize.  force-share (read-only) takes nothing at all. */
-    s->locking = locking;
+    /* The lock bytes come with the permissions (file_check_perm), right
+     * after open.  force-share (read-only) takes none at all. */
+    s->locking = (flags & BDRV_O_FORCE_SHARE) ? LOCKING_OFF : locking;
+    s->perm = 0;
+    s->shared = BLK_PERM_ALL;
     s->reopen_fd = -1;
-    if (locking != LOCKING_OFF && !(flags & BDRV_O_FORCE_SHARE)) {
-        ret = file_lock_image(s->fd, (LockingMode)locking, file_lock_perm(flags), LOCK_SHARED_PERM, path,
-                         errp);
-        if (ret < 0) {
-            goto fail;
-        }
-        s->lock_pid = ret ? getpid() : 0;
-        ret = -EINVAL;
-    }
     bs->growable = !s->is_bdev;
     if (s->direct) {
         ret = probe_alignment(s, &st, path, errp);
@@ -179,10 +172,6 @@ static int file_open(BlockDriverState *bs, OptDict *options, int flags, Error **
     return 0;
 
 fail:
-    if (s->lock_pid) {
-        file_unlock_image(s->fd);
-        s->lock_pid = 0;
-    }
     close(s->fd);
     s->fd = -1;
     free(filename);
@@ -201,14 +190,94 @@ static void file_close(BlockDriverState *bs)
     }
 }
 
-/*
- * Read-only <-> read-write (inside a drained section: no request uses the
- * fd).  A new fd with the new access mode takes the new lock bytes before
- * the old fd lets its own go, so no byte is ever free for another process
- * to take in between; the conflict check comes after, from the new fd, once
- * our old description no longer holds bytes that the check would see as
- * someone else's.
+/* ---- permissions: image locks ----
+ *
+ * The lock bytes stand for the node's cumulative permissions (what its
+ * parents need, and what they let others do), QEMU's layout.  A change takes
+ * the new bytes before it drops the old, so no byte is ever free for
+ * another process to take in between, then checks for conflicts.
+ *
+ * Inside a reopen (read-only <-> read-write, a drained section: no request
+ * uses the fd) the bytes move to the new fd: it takes the new bytes before
+ * the old fd lets its own go, and the conflict check comes after, from the
+ * new fd, once our old description no longer holds bytes that the check
+ * would see as someone else's.
  */
+static int file_check_perm(BlockDriverState *bs, unsigned perm, unsigned shared, Error **errp)
+{
+    FileState *s = bs->opaque;
+    LockingMode mode = (LockingMode)s->locking;
+    const char *path = bs->filename;
+    int ret;
+    if (mode == LOCKING_OFF) {
+        return 0;
+    }
+    if (s->reopen_fd >= 0) {
+        ret = file_lock_apply(s->reopen_fd, mode, perm, shared, path, errp);
+        if (ret > 0) {
+            file_unlock_image(s->fd);
+            ret = file_lock_check(s->reopen_fd, mode, perm, shared, path, errp);
+            if (ret < 0) {
+                /* Read locks: taking the old ones back cannot conflict. */
+                file_lock_apply(s->fd, mode, s->perm, s->shared, path, NULL);
+            }
+        }
+        if (ret < 0) {
+            file_unlock_image(s->reopen_fd);
+            return ret;
+        }
+    } else {
+        ret = file_lock_apply(s->fd, mode, perm, shared, path, errp);
+        if (ret > 0) {
+            ret = file_lock_check(s->fd, mode, perm, shared, path, errp);
+        }
+        if (ret < 0) {
+            file_lock_keep_only(s->fd, s->perm, s->shared);
+            return ret;
+        }
+    }
+    if (ret == 0) {
+        /* locking=auto on a file system that cannot lock: go on without,
+         * now and for later changes (QEMU fails every open there). */
+        file_unlock_image(s->fd);
+        if (s->reopen_fd >= 0) {
+            file_unlock_image(s->reopen_fd);
+        }
+        s->locking = LOCKING_OFF;
+        s->lock_pid = 0;
+        return 0;
+    }
+    s->lock_pid = getpid();
+    return 0;
+}
+
+static void file_set_perm(BlockDriverState *bs, unsigned perm, unsigned shared)
+{
+    FileState *s = bs->opaque;
+    if (s->locking != LOCKING_OFF && s->reopen_fd < 0) {
+        file_lock_keep_only(s->fd, perm, shared);
+    }
+    /* In a reopen the new fd holds exactly these; the old one none. */
+    s->perm = perm;
+    s->shared = shared;
+}
+
+static void file_abort_perm_update(BlockDriverState *bs)
+{
+    FileState *s = bs->opaque;
+    if (s->locking == LOCKING_OFF) {
+        return;
+    }
+    if (s->reopen_fd >= 0) {
+        file_lock_apply(s->fd, (LockingMode)s->locking, s->perm, s->shared, bs->filename, NULL);
+        file_unlock_image(s->reopen_fd);
+    } else {
+        file_lock_keep_only(s->fd, s->perm, s->shared);
+    }
+}
+
+/* Open the file again in the new mode; the lock bytes follow in
+ * file_check_perm. */
 static int file_reopen_prepare(BlockDriverState *bs, int flags, Error **errp)
 {
     FileState *s = bs->opaque;
@@ -230,23 +299,6 @@ static int file_reopen_prepare(BlockDriverState *bs, int flags, Error **errp)
         close(fd);
         return -ESTALE;
     }
-    if (s->lock_pid) {
-        LockingMode mode = (LockingMode)s->locking;
-        int ret = file_lock_apply(fd, mode, file_lock_perm(flags), LOCK_SHARED_PERM, path, errp);
-        if (ret > 0) {
-            file_unlock_image(s->fd);
-            ret = file_lock_check(fd, mode, file_lock_perm(flags), LOCK_SHARED_PERM, path, errp);
-            if (ret < 0) {
-                /* Read locks: taking the old ones back cannot conflict. */
-                file_lock_apply(s->fd, mode, file_lock_perm(bs->open_flags), LOCK_SHARED_PERM, path, NULL);
-            }
-        }
-        if (ret < 0) {
-            file_unlock_image(fd);
-            close(fd);
-            return ret;
-        }
-    }
     s->reopen_fd = fd;
     return 0;
 }
@@ -254,7 +306,7 @@ static int file_reopen_prepare(BlockDriverState *bs, int flags, Error **errp)
 static void file_reopen_commit(BlockDriverState *bs)
 {
     FileState *s = bs->opaque;
-    close(s->fd);   /* its lock bytes went in prepare */
+    close(s->fd);   /* its lock bytes went in file_check_perm */
     s->fd = s->reopen_fd;
     s->reopen_fd = -1;
 }
@@ -262,12 +314,7 @@ static void file_reopen_commit(BlockDriverState *bs)
 static void file_reopen_abort(BlockDriverState *bs)
 {
     FileState *s = bs->opaque;
-    if (s->lock_pid) {
-        file_lock_apply(s->fd, (LockingMode)s->locking, file_lock_perm(bs->open_flags), LOCK_SHARED_PERM,
-                   bs->filename, NULL);
-        file_unlock_image(s->reopen_fd);
-    }
-    close(s->reopen_fd);
+    close(s->reopen_fd);   /* its lock bytes went in file_abort_perm_update */
     s->reopen_fd = -1;
 }
 
@@ -442,8 +489,8 @@ static int coroutine_fn file_co_create(const char *filename, OptDict *opts, Erro
     /* The image is emptied below: refuse while anyone uses it (QEMU takes
      * write+resize and lets others do anything but resize). */
     if (locking != LOCKING_OFF) {
-        ret = file_lock_image(fd, (LockingMode)locking, PERM_WRITE | PERM_RESIZE,
-                         PERM_ALL & ~PERM_RESIZE, path, errp);
+        ret = file_lock_image(fd, (LockingMode)locking, BLK_PERM_WRITE | BLK_PERM_RESIZE,
+                              BLK_PERM_ALL & ~BLK_PERM_RESIZE, path, errp);
         if (ret < 0) {
             close(fd);
             return ret;
@@ -488,6 +535,9 @@ const BlockDriver bdrv_file = {
     .open = file_open,
     .close = file_close,
     .refresh_limits = file_refresh_limits,
+    .check_perm = file_check_perm,
+    .set_perm = file_set_perm,
+    .abort_perm_update = file_abort_perm_update,
     .reopen_prepare = file_reopen_prepare,
     .reopen_commit = file_reopen_commit,
     .reopen_abort = file_reopen_abort,

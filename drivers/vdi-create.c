@@ -109,7 +109,9 @@ int coroutine_fn vdi_co_create(const char *filename, OptDict *opts, Error **errp
     if (!file_bs) {
         return -EIO;
     }
-    file = bdrv_attach_child(NULL, file_bs, "vdi-create", BDRV_CHILD_IMAGE | BDRV_CHILD_PRIMARY, errp);
+    file = bdrv_root_attach_child(file_bs, "vdi-create", BDRV_CHILD_IMAGE | BDRV_CHILD_PRIMARY,
+                                  BLK_PERM_CONSISTENT_READ | BLK_PERM_WRITE | BLK_PERM_RESIZE,
+                                  BLK_PERM_EXCLUSIVE_SHARED, errp);
     if (!file) {
         return -EIO;
     }

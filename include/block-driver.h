@@ -59,11 +59,38 @@ enum {
 };
 typedef unsigned BdrvChildRole;
 
+/*
+ * Permissions (QEMU's values).  Each edge records what its parent needs of
+ * the child (perm) and what it lets every other user of the child do
+ * (shared_perm); attaching or changing an edge whose needs another edge does
+ * not share is refused ("Conflicts with use by node 'top' as 'backing',
+ * which does not allow 'write' on node 'base'").  A node's cumulative
+ * permissions (bdrv_get_cumulative_perm) are what its driver must provide:
+ * the file protocol takes QEMU's image lock bytes from them.  A node that
+ * nobody has attached yet is held by its opener: read, plus write and
+ * resize if read-write; sharing only reads (everything with force-share).
+ * See io/block-perm.c.
+ */
+enum {
+    BLK_PERM_CONSISTENT_READ = 1 << 0,   /* reads see what was written */
+    BLK_PERM_WRITE           = 1 << 1,
+    BLK_PERM_WRITE_UNCHANGED = 1 << 2,   /* writes that keep the data (copy-on-read) */
+    BLK_PERM_RESIZE          = 1 << 3,
+    BLK_PERM_ALL             = (1 << 4) - 1,
+    /* What an exclusive user (a BlockBackend, a format's metadata file)
+     * lets others do: read, and write what is already there. */
+    BLK_PERM_EXCLUSIVE_SHARED = BLK_PERM_CONSISTENT_READ | BLK_PERM_WRITE_UNCHANGED,
+};
+
 struct BdrvChild {
     BlockDriverState *bs;       /* the child node (holds a reference) */
     BlockDriverState *parent;
     char *name;                 /* "file", "backing", "children.0", ... */
     BdrvChildRole role;         /* BDRV_CHILD_* flags */
+    unsigned perm;              /* BLK_PERM_*: what the parent needs of bs */
+    unsigned shared_perm;       /* BLK_PERM_*: what it lets other users of bs do */
+    bool no_perm;               /* a root handle that states no needs (see
+                                 * bdrv_attach_child): left out of them */
     int index;                  /* N for "children.N", else -1 */
     BdrvChild *next;            /* sibling in parent->children */
 
@@ -125,6 +152,21 @@ struct BlockDriver {
     int (*open)(BlockDriverState *bs, OptDict *options, int flags, Error **errp);
     void (*close)(BlockDriverState *bs);
     void (*refresh_limits)(BlockDriverState *bs, Error **errp);
+    /*
+     * Permissions.  child_perm says what bs needs of child c (role: c's
+     * role) and what it shares, given what bs's own users need (perm) and
+     * share (shared); without it bdrv_default_child_perm decides by role.
+     * check_perm is told bs's new cumulative permissions and may refuse
+     * (the file protocol takes its lock bytes there); then exactly one of
+     * set_perm (commit, cannot fail) or abort_perm_update follows.  A
+     * failed check_perm undoes itself.  Inside a reopen (see reopen_prepare)
+     * check_perm runs after prepare and before commit or abort.
+     */
+    void (*child_perm)(BlockDriverState *bs, BdrvChild *c, BdrvChildRole role,
+                       unsigned perm, unsigned shared, unsigned *nperm, unsigned *nshared);
+    int (*check_perm)(BlockDriverState *bs, unsigned perm, unsigned shared, Error **errp);
+    void (*set_perm)(BlockDriverState *bs, unsigned perm, unsigned shared);
+    void (*abort_perm_update)(BlockDriverState *bs);
 
     int coroutine_fn (*co_preadv)(BlockDriverState *bs, int64_t offset, int64_t bytes,
                                   IOVector *qiov, size_t qiov_offset, BdrvRequestFlags flags);
@@ -259,6 +301,10 @@ struct BlockDriverState {
     /* Graph bookkeeping (io/block.c). */
     OptDict *own_options;        /* this node's open options, children excluded */
     bool opened;                 /* drv->open succeeded: close must call drv->close */
+    /* Between reopen prepare and commit/abort: the flags being switched to
+     * (permissions are computed for them, bdrv_node_writable). */
+    bool reopen_pending;
+    int reopen_flags;
 };
 
 /* ---- driver registry ---- */
@@ -291,6 +337,14 @@ BdrvChild *bdrv_open_child(const char *filename, OptDict *options, const char *n
  */
 BdrvChild *bdrv_attach_child(BlockDriverState *parent, BlockDriverState *child_bs,
                              const char *name, BdrvChildRole role, Error **errp);
+/* A root edge (a user with no parent node) that needs perm of bs and lets
+ * others do shared; refused (reference dropped) on a conflict.  A
+ * BlockBackend needs what bs's mode allows and shares only
+ * BLK_PERM_EXCLUSIVE_SHARED.  A root edge from bdrv_attach_child(NULL, ...)
+ * is a handle that states no needs (a test's, a probe's): permissions leave
+ * it out, so a node with only such users is still held by its opener. */
+BdrvChild *bdrv_root_attach_child(BlockDriverState *bs, const char *name, BdrvChildRole role,
+                                  unsigned perm, unsigned shared, Error **errp);
 /* Detach and free the edge, dropping its reference (parent may be NULL). */
 void bdrv_unref_child(BlockDriverState *parent, BdrvChild *child);
 /*
@@ -312,6 +366,18 @@ int bdrv_open_backing(BlockDriverState *bs, OptDict *options, Error **errp);
 void bdrv_refresh_limits(BlockDriverState *bs, Error **errp);
 /* The child edge called name ("file", "backing", "children.0"...), or NULL. */
 BdrvChild *bdrv_find_child(BlockDriverState *bs, const char *name);
+
+/* ---- permissions (io/block-perm.c) ---- */
+void bdrv_get_cumulative_perm(const BlockDriverState *bs, unsigned *perm, unsigned *shared);
+/* QEMU's defaults by role, for drivers' child_perm to start from:
+ * FILTERED passes perm/shared through; COW needs at most consistent read and
+ * shares writing only if the parent's users do; METADATA needs read (and
+ * write+resize while bs is writable) and shares neither write nor resize;
+ * DATA shares no resize, and a writer may resize. */
+void bdrv_default_child_perm(BlockDriverState *bs, BdrvChild *c, BdrvChildRole role,
+                             unsigned perm, unsigned shared, unsigned *nperm, unsigned *nshared);
+/* bs is read-write, or becomes so in the reopen under way. */
+bool bdrv_node_writable(const BlockDriverState *bs);
 
 /* ---- size ---- */
 /*

@@ -148,6 +148,13 @@ static int open_common(BlockDriverState *bs, OptDict *options, int flags, Error 
             return ret;
         }
     }
+    /* Until a parent attaches it, the node is its opener's: take what its
+     * mode needs (the file protocol locks the image here). */
+    ret = bdrv_refresh_perms(bs, errp);
+    if (ret < 0) {
+        optdict_free(given);
+        return ret;
+    }
     char what[96];
     snprintf(what, sizeof(what), "Block %s '%s'",
              drv->is_format || drv->is_filter ? "format" : "protocol", drv->format_name);

@@ -284,8 +284,11 @@ void bdrv_unref(BlockDriverState *bs)
 
 /* ---- child edges ---- */
 
-BdrvChild *bdrv_attach_child(BlockDriverState *parent, BlockDriverState *child_bs,
-                             const char *name, BdrvChildRole role, Error **errp)
+static void unlink_edge(BlockDriverState *parent, BdrvChild *child);
+
+static BdrvChild *attach_child(BlockDriverState *parent, BlockDriverState *child_bs,
+                               const char *name, BdrvChildRole role, bool root_perm_given,
+                               unsigned perm, unsigned shared, Error **errp)
 {
     if (parent && bdrv_find_child(parent, name)) {
         error_setg(errp, "Node '%s' already has a child named '%s'", parent->node_name, name);
@@ -319,16 +322,50 @@ BdrvChild *bdrv_attach_child(BlockDriverState *parent, BlockDriverState *child_b
     }
     c->next_parent = child_bs->parents;
     child_bs->parents = c;
+
+    /* What the new edge needs, and whether the child (and what is below
+     * it) can give it: refused as a whole if not. */
+    BdrvPermTx *tx = bdrv_perm_tx_new();
+    if (parent) {
+        unsigned pp, ps;
+        bdrv_get_cumulative_perm(parent, &pp, &ps);
+        if (parent->drv && parent->drv->child_perm) {
+            parent->drv->child_perm(parent, c, role, pp, ps, &perm, &shared);
+        } else {
+            bdrv_default_child_perm(parent, c, role, pp, ps, &perm, &shared);
+        }
+    } else if (!root_perm_given) {
+        c->no_perm = true;
+        perm = 0;
+        shared = BLK_PERM_ALL;
+    }
+    bdrv_perm_tx_set_edge(tx, c, perm, shared);
+    bdrv_perm_tx_update(tx, child_bs);
+    if (bdrv_perm_tx_finish(tx, errp) < 0) {
+        unlink_edge(parent, c);
+        free(c->name);
+        free(c);
+        bdrv_unref(child_bs);
+        return NULL;
+    }
     bdrv_drain_edge_attached(c);
     return c;
 }
 
-void bdrv_unref_child(BlockDriverState *parent, BdrvChild *child)
+BdrvChild *bdrv_attach_child(BlockDriverState *parent, BlockDriverState *child_bs,
+                             const char *name, BdrvChildRole role, Error **errp)
 {
-    if (!child) {
-        return;
-    }
-    bdrv_drain_edge_detaching(child);
+    return attach_child(parent, child_bs, name, role, false, 0, 0, errp);
+}
+
+BdrvChild *bdrv_root_attach_child(BlockDriverState *bs, const char *name, BdrvChildRole role,
+                                  unsigned perm, unsigned shared, Error **errp)
+{
+    return attach_child(NULL, bs, name, role, true, perm, shared, errp);
+}
+
+static void unlink_edge(BlockDriverState *parent, BdrvChild *child)
+{
     for (BdrvChild **p = &child->bs->parents; *p; p = &(*p)->next_parent) {
         if (*p == child) {
             *p = child->next_parent;
@@ -349,7 +386,25 @@ void bdrv_unref_child(BlockDriverState *parent, BdrvChild *child)
             parent->backing = NULL;
         }
     }
+}
+
+void bdrv_unref_child(BlockDriverState *parent, BdrvChild *child)
+{
+    if (!child) {
+        return;
+    }
+    bdrv_drain_edge_detaching(child);
+    unlink_edge(parent, child);
     BlockDriverState *bs = child->bs;
+    /* What the edge needed is free again (lock bytes go), unless the node
+     * goes away with this reference anyway.  Fewer needs cannot conflict. */
+    if (__atomic_load_n(&bs->refcnt, __ATOMIC_ACQUIRE) > 1) {
+        Error *local = NULL;
+        if (bdrv_refresh_perms(bs, &local) < 0) {
+            warn_report("%s", error_get_pretty(local));
+            error_free(local);
+        }
+    }
     free(child->name);
     free(child);
     bdrv_unref(bs);
@@ -398,8 +453,7 @@ static void refresh_upward(BlockDriverState *bs)
 
 static bool edge_writes(const BdrvChild *c)
 {
-    return c->parent && !c->parent->read_only && (c->parent->open_flags & BDRV_O_RDWR) &&
-           !(c->role & BDRV_CHILD_COW);
+    return c->parent && (c->perm & BLK_PERM_WRITE);
 }
 
 int bdrv_replace_child_bs(BdrvChild *child, BlockDriverState *new_bs, Error **errp)
@@ -427,6 +481,18 @@ int bdrv_replace_child_bs(BdrvChild *child, BlockDriverState *new_bs, Error **er
     bdrv_drained_begin(old_bs);
     bdrv_drained_begin(new_bs);
     bdrv_drain_edge_replace(child, new_bs);
+    /* The edge's needs move with it: new_bs must grant them, old_bs's go. */
+    BdrvPermTx *tx = bdrv_perm_tx_new();
+    bdrv_perm_tx_update(tx, new_bs);
+    bdrv_perm_tx_update(tx, old_bs);
+    int ret = bdrv_perm_tx_finish(tx, errp);
+    if (ret < 0) {
+        bdrv_drain_edge_replace(child, old_bs);
+        bdrv_drained_end(new_bs);
+        bdrv_drained_end(old_bs);
+        bdrv_unref(new_bs);
+        return ret;
+    }
     if (child == parent->backing) {
         snprintf(parent->backing_file, sizeof(parent->backing_file), "%s", new_bs->filename);
         snprintf(parent->backing_format, sizeof(parent->backing_format), "%s",
@@ -526,6 +592,38 @@ int bdrv_reopen_set_read_only(BlockDriverState *bs, bool read_only, Error **errp
             if (ret < 0) {
                 break;
             }
+        }
+    }
+    /* Permissions for the new mode: root edges of the nodes follow it (their
+     * users reopen with them), the rest is derived; every node of the set is
+     * checked, so drivers move their locks to what they reopened. */
+    BdrvPermTx *tx = NULL;
+    if (ret == 0) {
+        for (int i = 0; i < set.n; i++) {
+            BlockDriverState *n = set.nodes[i];
+            n->reopen_flags = read_only ? n->open_flags & ~BDRV_O_RDWR
+                                        : n->open_flags | BDRV_O_RDWR;
+            n->reopen_pending = true;
+        }
+        tx = bdrv_perm_tx_new();
+        for (int i = set.n; i-- > 0;) {
+            for (BdrvChild *c = set.nodes[i]->parents; c; c = c->next_parent) {
+                if (!c->parent && !c->no_perm) {
+                    unsigned mode = read_only ? 0 : BLK_PERM_WRITE | BLK_PERM_RESIZE;
+                    bdrv_perm_tx_set_edge(tx, c, (c->perm & ~(BLK_PERM_WRITE | BLK_PERM_RESIZE)) |
+                                          mode, c->shared_perm);
+                }
+            }
+            bdrv_perm_tx_update(tx, set.nodes[i]);
+        }
+        ret = bdrv_perm_tx_check(tx, errp);
+        if (ret < 0) {
+            bdrv_perm_tx_abort(tx);
+        } else {
+            bdrv_perm_tx_commit(tx);
+        }
+        for (int i = 0; i < set.n; i++) {
+            set.nodes[i]->reopen_pending = false;
         }
     }
     if (ret < 0) {

@@ -87,7 +87,17 @@ static int64_t tl_getlength(BlockDriverState *bs)
     return 1 << 20;
 }
 
+/* Node c below is the file of both a and b, which QEMU's rules would not
+ * let both write: these nodes share everything, the graph is about threads. */
+static void tl_child_perm(BlockDriverState *bs, BdrvChild *c, BdrvChildRole role, unsigned perm,
+                          unsigned shared, unsigned *nperm, unsigned *nshared)
+{
+    bdrv_default_child_perm(bs, c, role, perm, shared, nperm, nshared);
+    *nshared = BLK_PERM_ALL;
+}
+
 static const BlockDriver bdrv_threadlog = {
+    .child_perm = tl_child_perm,
     .format_name = "threadlog",
     .instance_size = sizeof(ThreadLogState),
     .is_format = true,
