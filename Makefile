@@ -149,14 +149,17 @@ check-unit: $(UNIT_TESTS) check-layering
 
 # The users of the block layer (ublk/, tools/ and the headers they include)
 # see only the public API: block.h, block-backend.h.  The driver API and the
-# block layer's internals stay out of them.
+# block layer's internals stay out of them, and io/'s internals out of drivers/.
 LAYERING_PRIVATE := block-driver.h block-int.h block-req.h block-io-int.h meta-cache.h
 LAYERING_USERS := ublk tools include/block.h include/block-backend.h include/ublk.h
 check-layering:
 	@bad=$$(grep -rnE '^[[:space:]]*#[[:space:]]*include[[:space:]]*"($(subst .,\.,$(subst $(eval) ,|,$(LAYERING_PRIVATE))))"' \
 	    $(LAYERING_USERS)); \
 	if [ -n "$$bad" ]; then echo "check-layering: ublk/ and tools/ may use only block.h and block-backend.h:"; \
-	    echo "$$bad"; exit 1; fi; echo "layering: ublk/ and tools/ include no driver API header"
+	    echo "$$bad"; exit 1; fi; \
+	bad=$$(grep -rnE '^[[:space:]]*#[[:space:]]*include[[:space:]]*"(block-int|block-io-int)\.h"' drivers); \
+	if [ -n "$$bad" ]; then echo "check-layering: drivers/ use the driver API (block-driver.h), not io/ internals:"; \
+	    echo "$$bad"; exit 1; fi; echo "layering: ublk/ and tools/ include no driver API header, drivers/ no io/ internals"
 
 check-interop: $(BUILD)/ublkd
 	@UBLKD=$(abspath $(BUILD)/ublkd) tests/interop/run.sh
