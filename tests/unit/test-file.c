@@ -761,6 +761,49 @@ static void test_lock_bytes_follow_perms(void **state)
     assert_int_equal(held_bytes(p), 0);
 }
 
+/* Replacing a child moves what its edge needs: the new file takes the
+ * edge's bytes, the old one is its opener's again. */
+static void test_lock_bytes_follow_replace(void **state)
+{
+    (void)state;
+    const char *pa = test_path("repl-a.img"), *pb = test_path("repl-b.img");
+    make_file(pa, 64 * KiB, 1);
+    make_file(pb, 64 * KiB, 2);
+    BlockDriverState *a = open_file(pa, NULL, BDRV_O_RDWR), *b = open_file(pb, NULL, BDRV_O_RDWR);
+    if (!held_bytes(pa)) {
+        bdrv_unref(a);
+        bdrv_unref(b);
+        skip();
+    }
+    const unsigned opener = PERM_BYTES(BLK_PERM_CONSISTENT_READ | BLK_PERM_WRITE |
+                                       BLK_PERM_RESIZE, BLK_PERM_EXCLUSIVE_SHARED);
+    const unsigned reader = PERM_BYTES(BLK_PERM_CONSISTENT_READ, BLK_PERM_ALL);
+    /* a filter-like parent whose only user reads and shares everything */
+    BlockDriverState *top = mem_node_new(NULL);
+    BdrvChild *user = bdrv_root_attach_child(top, "user", BDRV_CHILD_FILTERED,
+                                             BLK_PERM_CONSISTENT_READ, BLK_PERM_ALL, NULL);
+    assert_non_null(user);
+    bdrv_ref(a);
+    BdrvChild *fc = bdrv_attach_child(top, a, "file", BDRV_CHILD_FILTERED | BDRV_CHILD_PRIMARY,
+                                      NULL);
+    assert_non_null(fc);
+    assert_int_equal(held_bytes(pa), reader);
+    assert_int_equal(held_bytes(pb), opener);
+
+    Error *err = NULL;
+    assert_int_equal(bdrv_replace_child_bs(fc, b, &err), 0);
+    assert_int_equal(held_bytes(pa), opener);
+    assert_int_equal(held_bytes(pb), reader);
+
+    bdrv_unref_child(NULL, user);   /* top is its opener's: it and b take more */
+    assert_int_equal(held_bytes(pb), opener);
+    bdrv_unref(top);
+    bdrv_unref(a);
+    bdrv_unref(b);
+    assert_int_equal(held_bytes(pa), 0);
+    assert_int_equal(held_bytes(pb), 0);
+}
+
 static void test_not_a_file(void **state)
 {
     (void)state;
@@ -817,6 +860,7 @@ int main(void)
         cmocka_unit_test(test_lock_released_at_close),
         cmocka_unit_test(test_lock_kept_after_forked_close),
         cmocka_unit_test(test_lock_bytes_follow_perms),
+        cmocka_unit_test(test_lock_bytes_follow_replace),
         cmocka_unit_test(test_not_a_file),
         cmocka_unit_test(test_create_rounds_to_sectors),
         cmocka_unit_test(test_block_device),
