@@ -250,8 +250,9 @@ static int check_node(BlockDriverState *bs, Error **errp)
         for (const BdrvChild *a = bs->parents; a; a = a->next_parent) {
             if (!a->no_perm && (a->perm & BLK_PERM_WRITE)) {
                 describe_user(a, user, sizeof(user));
-                error_setg(errp, "Node '%s' is read-only, but %s needs to write to it as '%s'",
-                           bs->node_name, user, a->name);
+                error_setg(errp, "Node '%s'%s%s%s is read-only, but %s needs to write to it "
+                           "as '%s'", bs->node_name, bs->filename[0] ? " ('" : "",
+                           bs->filename, bs->filename[0] ? "')" : "", user, a->name);
                 return -EPERM;
             }
         }

@@ -247,6 +247,29 @@ static void test_reopen_changes_root_perm(void **state)
     bdrv_unref(base);
 }
 
+/* A format that writes its metadata cannot sit on a read-only file. */
+static void test_writer_on_read_only_node_refused(void **state)
+{
+    (void)state;
+    BlockDriverState *fmt = format_node(), *ro = node(true);
+    Error *err = NULL;
+    bdrv_ref(ro);
+    assert_null(bdrv_attach_child(fmt, ro, "file", BDRV_CHILD_IMAGE | BDRV_CHILD_PRIMARY, &err));
+    char want[256];
+    snprintf(want, sizeof(want), "Node '%s' is read-only, but node '%s' needs to write to it as "
+             "'file'", bdrv_get_node_name(ro), bdrv_get_node_name(fmt));
+    assert_string_equal(error_get_pretty(err), want);
+    error_free(err);
+    assert_null(ro->parents);
+    /* read-only, the format only reads it */
+    assert_int_equal(bdrv_reopen_set_read_only(fmt, true, &err), 0);
+    bdrv_ref(ro);
+    assert_non_null(bdrv_attach_child(fmt, ro, "file", BDRV_CHILD_IMAGE | BDRV_CHILD_PRIMARY,
+                                      &err));
+    bdrv_unref(fmt);
+    bdrv_unref(ro);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -256,6 +279,7 @@ int main(void)
         cmocka_unit_test(test_two_formats_one_file),
         cmocka_unit_test(test_replace_refused_by_perm),
         cmocka_unit_test(test_reopen_changes_root_perm),
+        cmocka_unit_test(test_writer_on_read_only_node_refused),
     };
     test_loop_init();
     return cmocka_run_group_tests(tests, NULL, NULL);
