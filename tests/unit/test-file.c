@@ -751,6 +751,7 @@ static void test_lock_bytes_follow_perms(void **state)
     assert_null(bdrv_root_attach_child(bs, "excl", BDRV_CHILD_FILTERED, BLK_PERM_CONSISTENT_READ,
                                        BLK_PERM_CONSISTENT_READ, &err));
     assert_non_null(strstr(error_get_pretty(err), "Failed to get shared \"write\" lock"));
+    assert_int_equal(error_get_errno(err), EAGAIN);   /* what `recover` retries on */
     error_free(err);
     close(other);
     assert_int_equal(held_bytes(p), PERM_BYTES(BLK_PERM_CONSISTENT_READ, BLK_PERM_ALL));
