@@ -1,6 +1,8 @@
 /*
  * file-lock.c - image locks of the file protocol, as QEMU's file-posix takes
- * them, so that ublkd and QEMU processes see each other.
+ * them, so that ublkd and QEMU processes see each other.  Which permissions
+ * to lock for is file.c's business (the node's cumulative permissions);
+ * these functions take, test and drop the bytes of one fd.
  */
 #include <errno.h>
 #include <fcntl.h>

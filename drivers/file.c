@@ -13,8 +13,9 @@
  * once, so the request path falls back without a syscall per request.
  *
  * Image locking (locking=auto|on|off, as QEMU's file-posix) keeps two users
- * from writing one image, or one reading it while another writes: see
- * "image locking" below.
+ * from writing one image, or one reading it while another writes.  The
+ * bytes held stand for the node's cumulative permissions (check_perm and
+ * friends below); file-lock.c takes and tests them.
  */
 #include <errno.h>
 #include <fcntl.h>
