@@ -397,7 +397,10 @@ void bdrv_unref_child(BlockDriverState *parent, BdrvChild *child)
     unlink_edge(parent, child);
     BlockDriverState *bs = child->bs;
     /* What the edge needed is free again (lock bytes go), unless the node
-     * goes away with this reference anyway.  Fewer needs cannot conflict. */
+     * goes away with this reference anyway.  When its last user goes the
+     * node is its opener's again, which may need more than that user did
+     * (write on a read-write node); if someone else took it meanwhile, the
+     * node keeps what it held and says so. */
     if (__atomic_load_n(&bs->refcnt, __ATOMIC_ACQUIRE) > 1) {
         Error *local = NULL;
         if (bdrv_refresh_perms(bs, &local) < 0) {
