@@ -781,6 +781,7 @@ static void test_lock_bytes_follow_replace(void **state)
     const unsigned reader = PERM_BYTES(BLK_PERM_CONSISTENT_READ, BLK_PERM_ALL);
     /* a filter-like parent whose only user reads and shares everything */
     BlockDriverState *top = mem_node_new(NULL);
+    bdrv_ref(top);   /* the user edge's reference; we keep ours */
     BdrvChild *user = bdrv_root_attach_child(top, "user", BDRV_CHILD_FILTERED,
                                              BLK_PERM_CONSISTENT_READ, BLK_PERM_ALL, NULL);
     assert_non_null(user);
