@@ -1,14 +1,22 @@
 #!/bin/bash
 # Build every tests/fuzz/fuzz-*.c harness with clang's libFuzzer + ASan/UBSan
-# and run each for a short fixed time (FUZZ_TIME seconds, default 30) from
+# and run each for a short fixed time (FUZZ_TIME seconds, default 20) from
 # its seed corpus tests/fuzz/corpus/<name>/.  New inputs go to a scratch
-# copy, never into the repository.  Prints "fuzz: N passed, N failed" and
-# exits non-zero if any harness crashed or failed to build.
+# copy ($BUILD/fuzz-work/<name>), never into the repository.
+#   FUZZ_ONLY="options state"  run only these harnesses
+#   FUZZ_MERGE=1               afterwards merge what the run found, with the
+#                              seeds, into the minimal scratch corpus
+#                              $BUILD/fuzz-corpus/<name> (make fuzz-long)
+# Prints "fuzz: N passed, N failed" and exits non-zero if any harness
+# crashed, failed a property or failed to build; the crashing input is in
+# $BUILD/fuzz-artifacts/.
 set -u
 cd "$(dirname "$0")/../.."
 CLANG=${CLANG:-clang}
 BUILD=${FUZZ_BUILD:-build-fuzz}
-TIME=${FUZZ_TIME:-30}
+TIME=${FUZZ_TIME:-20}
+ONLY=${FUZZ_ONLY:-}
+MERGE=${FUZZ_MERGE:-0}
 SAN="-fsanitize=address,undefined -fno-sanitize-recover=undefined"
 
 command -v "$CLANG" >/dev/null || { echo "fuzz: clang not found"; echo "fuzz: 0 passed, 0 failed"; exit 4; }
@@ -26,6 +34,9 @@ pass=0 fail=0
 for src in tests/fuzz/fuzz-*.c; do
     name=$(basename "$src" .c)          # fuzz-vdi
     fmt=${name#fuzz-}                   # vdi
+    if [ -n "$ONLY" ] && ! [[ " $ONLY " == *" $fmt "* ]]; then
+        continue
+    fi
     bin="$BUILD/tests/$name"
     mkdir -p "$BUILD/tests" "$BUILD/fuzz-work/$fmt" "$BUILD/fuzz-artifacts/"
     if ! "$CLANG" -std=gnu11 -Wall -Wextra -Werror -D_GNU_SOURCE -D_FILE_OFFSET_BITS=64 \
@@ -39,7 +50,15 @@ for src in tests/fuzz/fuzz-*.c; do
     if ASAN_OPTIONS=detect_leaks=1 "$bin" -max_total_time="$TIME" -timeout=10 -rss_limit_mb=2048 \
             -max_len=65536 -artifact_prefix="$BUILD/fuzz-artifacts/$name-" \
             "$BUILD/fuzz-work/$fmt" $seeds 2>"$BUILD/fuzz-work/$name.log"; then
+        grep -E "^#[0-9]+[[:space:]]+DONE" "$BUILD/fuzz-work/$name.log" | sed "s/^/  /"
         tail -1 "$BUILD/fuzz-work/$name.log" | sed "s/^/  /"
+        if [ "$MERGE" = 1 ]; then
+            mkdir -p "$BUILD/fuzz-corpus/$fmt"
+            "$bin" -merge=1 -timeout=10 -rss_limit_mb=2048 -max_len=65536 \
+                "$BUILD/fuzz-corpus/$fmt" "$BUILD/fuzz-work/$fmt" $seeds \
+                2>"$BUILD/fuzz-work/$name.merge.log"
+            echo "  merged: $(ls "$BUILD/fuzz-corpus/$fmt" | wc -l) inputs in $BUILD/fuzz-corpus/$fmt"
+        fi
         echo "PASS $name"; pass=$((pass + 1))
     else
         grep -E "ERROR|SUMMARY|Test unit written" "$BUILD/fuzz-work/$name.log" | head -5
