@@ -156,11 +156,11 @@ check-fuzz:
 	@tests/fuzz/run.sh
 
 # Every harness for FUZZ_TIME seconds (default 600; FUZZ_ONLY="state ..." to
-# pick some) one after another; what each found is merged with its seeds
+# pick some) one after another (FUZZ_JOBS=2: two at a time); what each found is merged with its seeds
 # into the scratch corpus build-fuzz/fuzz-corpus/NAME, not the repository.
 FUZZ_TIME ?= 600
 fuzz-long:
-	@FUZZ_TIME=$(FUZZ_TIME) FUZZ_MERGE=1 tests/fuzz/run.sh
+	@FUZZ_TIME=$(FUZZ_TIME) FUZZ_JOBS=$${FUZZ_JOBS:-1} FUZZ_MERGE=1 tests/fuzz/run.sh
 
 test: all check-unit asan tsan check-interop check-hostile-quick check-fuzz check-vm
 
