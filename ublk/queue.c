@@ -183,7 +183,9 @@ static int coroutine_fn tag_handle_io(UblkTag *t)
     IOVector qiov;
     int ret;
 
-    ret = ublk_io_desc_to_request(&q->descs[t->tag], d->size, d->max_io_size, &req);
+    /* One copy of the shared descriptor: what is checked is what is used. */
+    struct ublksrv_io_desc iod = q->descs[t->tag];
+    ret = ublk_io_desc_to_request(&iod, d->size, d->max_io_size, &req);
     if (ret < 0) {
         return ret;
     }
