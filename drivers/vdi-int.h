@@ -15,7 +15,7 @@
 #include <endian.h>
 #include <limits.h>
 #include <string.h>
-#include "block.h"
+#include "block-driver.h"
 
 #define VDI_TEXT            "<<< QEMU VM Virtual Disk Image >>>\n"
 #define VDI_TEXT_LEN        64

@@ -236,7 +236,7 @@ static int vdi_open(BlockDriverState *bs, OptDict *options, int flags, Error **e
     int ret;
 
     /* Attaching a FILE child sets bs->file. */
-    if (!bdrv_open_child(NULL, options, "file", bs, BDRV_CHILD_FILE, false, errp)) {
+    if (!bdrv_open_child(NULL, options, "file", bs, BDRV_CHILD_IMAGE | BDRV_CHILD_PRIMARY, false, errp)) {
         return -EINVAL;
     }
 
@@ -334,7 +334,7 @@ static int vdi_open(BlockDriverState *bs, OptDict *options, int flags, Error **e
     co_mutex_init(&s->alloc_lock);
     co_queue_init(&s->alloc_wait);
     s->allocs = NULL;
-    bs->total_bytes = s->disk_size;
+    bdrv_set_total_bytes(bs, s->disk_size);
     return 0;
 
 fail:
