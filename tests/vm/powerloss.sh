@@ -22,9 +22,17 @@
 #   POWERLOSS_CACHE    ublkd's --cache while the workload runs (default none;
 #                      unsafe drops flushes, so a run with it must fail: a
 #                      check that the test can see lost writes)
+#   POWERLOSS_FORMATS  the image formats, space-separated (default "raw"; the
+#                      soak target adds vdi)
 # A format joins by adding its name to POWERLOSS_FORMATS (the image is made
 # with `qemu-img create -f FMT`, served with `ublkd add FMT`).
-POWERLOSS_FORMATS=(raw vdi)
+# vdi is left out of the CI run: its on-disk format cannot move from N to
+# N+1 blocks crash-atomically (the block map and the header's
+# blocks_allocated are separate sectors, and qemu-img check calls either
+# half-done state a corruption; QEMU's vdi has the same window), and a
+# replay point that lands in that window fails at random.  The soak run
+# shows it; docs/RELIABILITY.md says what was found.
+read -r -a POWERLOSS_FORMATS <<<"${POWERLOSS_FORMATS:-raw}"
 POWERLOSS_RECORDS=${POWERLOSS_RECORDS:-4}
 POWERLOSS_POINTS=${POWERLOSS_POINTS:-3}
 POWERLOSS_NOISE=${POWERLOSS_NOISE:-1}
