@@ -98,7 +98,7 @@ deps:
 	    $(SUDO) apt-get update -q && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -q $$missing; \
 	else echo "deps: all installed"; fi
 
-.PHONY: all clean install test check-unit check-interop check-vm check-fuzz asan tsan bench bench-vm tests check-hostile check-hostile-quick
+.PHONY: all clean install test check-unit check-interop check-vm soak check-fuzz asan tsan bench bench-vm tests check-hostile check-hostile-quick
 all: $(BUILD)/ublkd
 
 # ---- generated config ----
@@ -149,8 +149,34 @@ check-unit: $(UNIT_TESTS)
 check-interop: $(BUILD)/ublkd
 	@UBLKD=$(abspath $(BUILD)/ublkd) tests/interop/run.sh
 
-check-vm: $(BUILD)/ublkd
-	@UBLKD=$(abspath $(BUILD)/ublkd) tests/vm/run.sh
+# The VM suite's daemon: $(BUILD)/ublkd, or with SAN=asan (ASan+UBSan) or
+# SAN=tsan an instrumented one built in build-$(SAN)-daemon.  tests/vm/suite.sh
+# sends sanitizer reports to files and fails the test that caused one.
+SAN ?=
+SAN_OPT-asan := -O1 -g -fsanitize=address,undefined -fno-omit-frame-pointer -fno-sanitize-recover=undefined
+SAN_LD-asan  := -fsanitize=address,undefined
+SAN_OPT-tsan := -O1 -g -fsanitize=thread -fno-omit-frame-pointer
+SAN_LD-tsan  := -fsanitize=thread
+VM_UBLKD = $(if $(SAN),build-$(SAN)-daemon/ublkd,$(BUILD)/ublkd)
+
+# (Only in the top make: inside, $(BUILD)/ublkd is the same target.)
+ifeq ($(filter build-%-daemon,$(BUILD)),)
+build-asan-daemon/ublkd build-tsan-daemon/ublkd: build-%-daemon/ublkd: FORCE
+	$(MAKE) BUILD=build-$*-daemon OPT="$(SAN_OPT-$*)" LDFLAGS="$(SAN_LD-$*)" build-$*-daemon/ublkd
+endif
+
+check-vm: $(VM_UBLKD)
+	@UBLKD=$(abspath $(VM_UBLKD)) tests/vm/run.sh
+
+# kill -9 soak (tests/vm/test_kill9_soak.sh) with SOAK_CYCLES cycles per
+# format against a ThreadSanitizer daemon (SOAK_SAN=asan, or SOAK_SAN= for
+# the plain one); a sanitizer report fails it like any test failure.
+SOAK_CYCLES ?= 50
+SOAK_SAN ?= tsan
+SOAK_UBLKD = $(if $(SOAK_SAN),build-$(SOAK_SAN)-daemon/ublkd,$(BUILD)/ublkd)
+soak: $(SOAK_UBLKD)
+	@UBLKD=$(abspath $(SOAK_UBLKD)) KILL9_CYCLES=$(SOAK_CYCLES) TEST_TIMEOUT=$${TEST_TIMEOUT:-5400} \
+	    VM_TIMEOUT=$${VM_TIMEOUT:-6000} tests/vm/run.sh kill9_soak
 
 check-fuzz:
 	@tests/fuzz/run.sh
