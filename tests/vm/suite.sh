@@ -48,7 +48,9 @@ for t in "${tests[@]}"; do
   [ -f "$t" ] || { echo "FAIL $t (no such test)"; fail=$((fail + 1)); failed+=("$t"); continue; }
   log=$(mktemp /tmp/ublkd-vmtest.XXXXXX)
   s=$(date +%s)
-  timeout -k 10 "${TEST_TIMEOUT:-300}" bash "$t" >"$log" 2>&1
+  # A test that needs longer than 300 s says so in a "# vm-timeout: S" line.
+  tmo=$(sed -n 's/^# vm-timeout: *\([0-9][0-9]*\)$/\1/p' "$t" | head -1)
+  timeout -k 10 "${TEST_TIMEOUT:-${tmo:-300}}" bash "$t" >"$log" 2>&1
   rc=$?
   d=$(( $(date +%s) - s ))
   case $rc in
