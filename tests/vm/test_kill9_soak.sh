@@ -67,7 +67,7 @@ for fmt in $FORMATS; do
     under_io=$((under_io + running))
     wait_for quiesced || fail "$fmt cycle $c: device not QUIESCED after kill -9 (state $(ublk_state $ID))"
     if [ $mode = recover ]; then
-      "$UBLKD" recover -n $ID || fail "$fmt cycle $c: ublkd recover failed"
+      "$UBLKD" recover -n $ID >/dev/null || fail "$fmt cycle $c: ublkd recover failed"
       [ "$(ublk_state $ID)" = LIVE ] || fail "$fmt cycle $c: not LIVE after recover"
       wait $fpid || { cat "$T/w.out"; fail "$fmt cycle $c: fio saw errors across the recovery"; }
     else
