@@ -98,7 +98,7 @@ deps:
 	    $(SUDO) apt-get update -q && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -q $$missing; \
 	else echo "deps: all installed"; fi
 
-.PHONY: all clean install test check-unit check-interop check-vm soak check-fuzz asan tsan bench bench-vm tests check-hostile check-hostile-quick
+.PHONY: all clean install test check-unit check-interop check-vm check-vm-asan soak check-fuzz asan tsan bench bench-vm tests check-hostile check-hostile-quick
 all: $(BUILD)/ublkd
 
 # ---- generated config ----
@@ -181,7 +181,13 @@ soak: $(SOAK_UBLKD)
 check-fuzz:
 	@tests/fuzz/run.sh
 
-test: all check-unit asan tsan check-interop check-hostile-quick check-fuzz check-vm
+test: all check-unit asan tsan check-interop check-hostile-quick check-fuzz check-vm check-vm-asan
+
+# CI runs the VM suite twice: with the shipped -O2 daemon, and with the
+# ASan+UBSan one (a second guest boot), which finds what only the real
+# driver's load reaches.
+check-vm-asan:
+	$(MAKE) check-vm SAN=asan
 
 # The unit suites under a sanitizer, each in its own build tree, each with
 # its own total line (unit-asan: / unit-tsan:) in the check-unit format.
