@@ -29,7 +29,7 @@ REGION=40M REGION_STEP=64 REGIONS=8 RATE=8m
 fio_job() {
   local dev=$1 c=$2; shift 2
   (cd "$T/fio" && exec fio --name=k9 --filename="$dev" --direct=1 --ioengine=io_uring \
-     --rw=randwrite --bsrange=4k-32k --iodepth=16 --rate=$RATE \
+     --rw=randwrite --bsrange=4k-32k --iodepth=16 \
      --offset=$(( ((c - 1) % REGIONS) * REGION_STEP ))M --size=$REGION \
      --randseed=$((1000 + c)) --verify=crc32c "$@")
 }
@@ -55,7 +55,7 @@ for fmt in $FORMATS; do
     rm -f "$T"/fio/*.state
     w_before=$(ublk_stat $ID write ops)
     pid=$(ublk_pid $ID)
-    fio_job "$DEV" $c --do_verify=0 --verify_state_save=1 --output-format=terse \
+    fio_job "$DEV" $c --rate=$RATE --do_verify=0 --verify_state_save=1 --output-format=terse \
       >"$T/w.out" 2>&1 &
     fpid=$!
     # The counters are published once a second: writes seen means fio is past
