@@ -100,7 +100,7 @@ deps:
 	    $(SUDO) apt-get update -q && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -q $$missing; \
 	else echo "deps: all installed"; fi
 
-.PHONY: all clean install test check-layering check-unit check-interop check-vm check-fuzz fuzz-long asan tsan bench bench-vm tests check-hostile check-hostile-quick
+.PHONY: all clean install test check-layering check-unit check-interop check-vm check-vm-asan soak check-fuzz fuzz-long asan tsan bench bench-vm tests check-hostile check-hostile-quick
 all: $(BUILD)/ublkd
 
 # ---- generated config ----
@@ -171,8 +171,34 @@ check-layering:
 check-interop: $(BUILD)/ublkd
 	@UBLKD=$(abspath $(BUILD)/ublkd) tests/interop/run.sh
 
-check-vm: $(BUILD)/ublkd $(BUILD)/log-writes-replay
-	@UBLKD=$(abspath $(BUILD)/ublkd) tests/vm/run.sh
+# The VM suite's daemon: $(BUILD)/ublkd, or with SAN=asan (ASan+UBSan) or
+# SAN=tsan an instrumented one built in build-$(SAN)-daemon.  tests/vm/suite.sh
+# sends sanitizer reports to files and fails the test that caused one.
+SAN ?=
+SAN_OPT-asan := -O1 -g -fsanitize=address,undefined -fno-omit-frame-pointer -fno-sanitize-recover=undefined
+SAN_LD-asan  := -fsanitize=address,undefined
+SAN_OPT-tsan := -O1 -g -fsanitize=thread -fno-omit-frame-pointer
+SAN_LD-tsan  := -fsanitize=thread
+VM_UBLKD = $(if $(SAN),build-$(SAN)-daemon/ublkd,$(BUILD)/ublkd)
+
+# (Only in the top make: inside, $(BUILD)/ublkd is the same target.)
+ifeq ($(filter build-%-daemon,$(BUILD)),)
+build-asan-daemon/ublkd build-tsan-daemon/ublkd: build-%-daemon/ublkd: FORCE
+	$(MAKE) BUILD=build-$*-daemon OPT="$(SAN_OPT-$*)" LDFLAGS="$(SAN_LD-$*)" build-$*-daemon/ublkd
+endif
+
+check-vm: $(VM_UBLKD) $(BUILD)/log-writes-replay
+	@UBLKD=$(abspath $(VM_UBLKD)) LOG_WRITES_REPLAY=$(abspath $(BUILD)/log-writes-replay) tests/vm/run.sh
+
+# kill -9 soak (tests/vm/test_kill9_soak.sh) with SOAK_CYCLES cycles per
+# format against a ThreadSanitizer daemon (SOAK_SAN=asan, or SOAK_SAN= for
+# the plain one); a sanitizer report fails it like any test failure.
+SOAK_CYCLES ?= 50
+SOAK_SAN ?= tsan
+SOAK_UBLKD = $(if $(SOAK_SAN),build-$(SOAK_SAN)-daemon/ublkd,$(BUILD)/ublkd)
+soak: $(SOAK_UBLKD)
+	@UBLKD=$(abspath $(SOAK_UBLKD)) KILL9_CYCLES=$(SOAK_CYCLES) TEST_TIMEOUT=$${TEST_TIMEOUT:-5400} \
+	    VM_TIMEOUT=$${VM_TIMEOUT:-6000} tests/vm/run.sh kill9_soak
 
 check-fuzz:
 	@tests/fuzz/run.sh
@@ -185,6 +211,12 @@ fuzz-long:
 	@FUZZ_TIME=$(FUZZ_TIME) FUZZ_JOBS=$${FUZZ_JOBS:-1} FUZZ_MERGE=1 tests/fuzz/run.sh
 
 test: all check-unit asan tsan check-interop check-hostile-quick check-fuzz check-vm
+
+# The VM suite with the ASan+UBSan daemon (a second guest boot).  Meant to
+# join `make test` (after check-vm) once test_badargs passes with it: it times
+# out there today (the add of a 64M+512 image after the fail-io case).
+check-vm-asan:
+	$(MAKE) check-vm SAN=asan
 
 # The unit suites under a sanitizer, each in its own build tree, each with
 # its own total line (unit-asan: / unit-tsan:) in the check-unit format.

@@ -30,7 +30,8 @@ echo "vm: kernel ${VM_KERNEL:-6.12}"
 trap 'rm -rf "$work"' EXIT
 # The guest inherits no environment: these knobs are passed on when set.
 fwd=()
-for v in TEST_TIMEOUT POWERLOSS_RECORDS POWERLOSS_POINTS POWERLOSS_NOISE POWERLOSS_CACHE POWERLOSS_FORMATS; do
+for v in TEST_TIMEOUT POWERLOSS_RECORDS POWERLOSS_POINTS POWERLOSS_NOISE POWERLOSS_CACHE POWERLOSS_FORMATS \
+         LOG_WRITES_REPLAY KILL9_CYCLES KILL9_FORMATS; do
   [ -n "${!v:-}" ] && fwd+=("$v=${!v}")
 done
 out=$work/console.log

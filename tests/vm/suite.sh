@@ -18,13 +18,39 @@ if [ $# -gt 0 ]; then
 else
   tests=(test_*.sh)
 fi
+# Sanitizer reports of an instrumented $UBLKD (make check-vm SAN=asan, make
+# soak) go to files under $SAN_DIR, never to a test's stderr: a daemon's
+# stderr is /dev/null, and a report must fail the test even when the test
+# itself passed.  A plain build ignores these variables.
+SAN_DIR=${VM_RESULTS:-$(mktemp -d /tmp/ublkd-san.XXXXXX)}/sanitizer
+mkdir -p "$SAN_DIR"
+export ASAN_OPTIONS="log_path=$SAN_DIR/asan:halt_on_error=1:abort_on_error=0:detect_leaks=1${ASAN_OPTIONS:+:$ASAN_OPTIONS}"
+export UBSAN_OPTIONS="log_path=$SAN_DIR/ubsan:halt_on_error=1:print_stacktrace=1${UBSAN_OPTIONS:+:$UBSAN_OPTIONS}"
+export TSAN_OPTIONS="log_path=$SAN_DIR/tsan:halt_on_error=0:second_deadlock_stack=1${TSAN_OPTIONS:+:$TSAN_OPTIONS}"
+# san_reports: print the reports written since the last call and move them
+# aside (to $SAN_DIR/seen), so each one fails exactly the test it came from.
+san_reports() {
+  local f found=1
+  mkdir -p "$SAN_DIR/seen"
+  for f in "$SAN_DIR"/asan.* "$SAN_DIR"/ubsan.* "$SAN_DIR"/tsan.*; do
+    [ -f "$f" ] || continue
+    echo "    | sanitizer report $(basename "$f"):"
+    sed 's/^/    | /' "$f" | head -80
+    mv "$f" "$SAN_DIR/seen/"
+    found=0
+  done
+  return $found
+}
+san_total=0
 pass=0 fail=0 skip=0 failed=()
 suite_start=$(date +%s)
 for t in "${tests[@]}"; do
   [ -f "$t" ] || { echo "FAIL $t (no such test)"; fail=$((fail + 1)); failed+=("$t"); continue; }
   log=$(mktemp /tmp/ublkd-vmtest.XXXXXX)
   s=$(date +%s)
-  timeout -k 10 "${TEST_TIMEOUT:-300}" bash "$t" >"$log" 2>&1
+  # A test that needs longer than 300 s says so in a "# vm-timeout: S" line.
+  tmo=$(sed -n 's/^# vm-timeout: *\([0-9][0-9]*\)$/\1/p' "$t" | head -1)
+  timeout -k 10 "${TEST_TIMEOUT:-${tmo:-300}}" bash "$t" >"$log" 2>&1
   rc=$?
   d=$(( $(date +%s) - s ))
   case $rc in
@@ -35,7 +61,19 @@ for t in "${tests[@]}"; do
   esac
   rm -f "$log"
   "$UBLKD" del -a --force >/dev/null 2>&1 || "$UBLKD" del -a >/dev/null 2>&1 || true
+  # The del above stops the test's daemons, whose exit-time (leak) reports
+  # belong to this test too.
+  if san=$(san_reports); then
+    echo "FAIL $t: the sanitizer reported"
+    echo "$san"
+    san_total=$((san_total + 1))
+    if [ $rc = 0 ] || [ $rc = 4 ]; then
+      [ $rc = 0 ] && pass=$((pass - 1)) || skip=$((skip - 1))
+      fail=$((fail + 1)); failed+=("$t")
+    fi
+  fi
 done
+[ $san_total = 0 ] || echo "vm: sanitizer reports in $san_total test(s)"
 echo "vm: suite took $(( $(date +%s) - suite_start ))s"
 [ ${#failed[@]} -eq 0 ] || echo "vm: failed: ${failed[*]}"
 echo "vm: $pass passed, $fail failed, $skip skipped"

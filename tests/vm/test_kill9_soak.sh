@@ -1,0 +1,109 @@
+#!/bin/bash
+# kill -9 soak: per image format, KILL9_CYCLES times (5 in the suite, 50 in
+# `make soak`), the daemon is killed with SIGKILL at a random moment while
+# fio writes blocks carrying crc32c verify headers.  The cycles take turns:
+# odd ones bring the device back with `ublkd recover` (the kernel holds the
+# I/O and reissues it to the new daemon, so fio must finish without an
+# error), even ones with `del --force` + `add` (fio's I/O in flight fails).
+# Either way every write fio saw complete must read back: fio saves which
+# writes completed (verify_state_save) and a verify-only pass checks exactly
+# those.  After every del the image must pass `qemu-img check` (formats that
+# have one), and at the end the device must read what qemu-img reads.
+# Formats: KILL9_FORMATS; a new format is one more word in the default.
+# vm-timeout: 900
+. "$(dirname "$0")/lib.sh"
+need_cmd fio qemu-img jq sha256sum
+CYCLES=${KILL9_CYCLES:-5}
+FORMATS=${KILL9_FORMATS:-raw vdi}
+IMG_SIZE=512M
+# Each cycle writes REGION bytes at its own offset (8 regions 64 MiB apart,
+# then round again), so an allocating format allocates in every cycle of a
+# round while the image stays small enough for the guest's tmpfs.  The rate
+# cap makes the write last about 5 s whatever the machine's speed, so the
+# kill lands while fio writes.
+REGION=40M REGION_STEP=64 REGIONS=8 RATE=8m
+
+# fio_job DEV CYCLE ARGS...: the cycle's job; the write and the verify pass
+# must agree on everything but the phase options.  Run in $T/fio so the
+# verify state file (local-k9-0-verify.state) is found again.
+fio_job() {
+  local dev=$1 c=$2; shift 2
+  (cd "$T/fio" && exec fio --name=k9 --filename="$dev" --direct=1 --ioengine=io_uring \
+     --rw=randwrite --bsrange=4k-32k --iodepth=16 \
+     --offset=$(( ((c - 1) % REGIONS) * REGION_STEP ))M --size=$REGION \
+     --randseed=$((1000 + c)) --verify=crc32c "$@")
+}
+
+# image_check FMT IMG: qemu-img check; exit 63 means the format has no check.
+image_check() {
+  local rc=0
+  qemu-img check -q -f "$1" "$2" >"$T/check.out" 2>&1 || rc=$?
+  [ $rc = 0 ] || [ $rc = 63 ] || { cat "$T/check.out"; fail "$1 cycle $c: qemu-img check exit $rc"; }
+}
+
+quiesced() { [ "$(ublk_state $ID)" = QUIESCED ]; }
+writes_seen() { [ "$(ublk_stat $ID write ops)" -gt "$w_before" ]; }
+
+mkdir -p "$T/fio"
+for fmt in $FORMATS; do
+  img=$T/k9.$fmt
+  qemu-img create -q -f "$fmt" "$img" $IMG_SIZE || fail "qemu-img create -f $fmt"
+  ublk_add "$fmt" "$img" $CACHE_OPT -q 2 >/dev/null
+  under_io=0
+  for c in $(seq 1 "$CYCLES"); do
+    if [ $((c % 2)) = 1 ]; then mode=recover; else mode=readd; fi
+    rm -f "$T"/fio/*.state
+    w_before=$(ublk_stat $ID write ops)
+    pid=$(ublk_pid $ID)
+    fio_job "$DEV" $c --rate=$RATE --do_verify=0 --verify_state_save=1 --output-format=terse \
+      >"$T/w.out" 2>&1 &
+    fpid=$!
+    # The counters are published once a second: writes seen means fio is past
+    # its start-up; the kill then lands 0-2 s later.
+    wait_for writes_seen || { cat "$T/w.out"; fail "$fmt cycle $c: no writes reached the daemon"; }
+    sleep "$((RANDOM % 2)).$(printf %03d $((RANDOM % 1000)))"
+    running=0; kill -0 $fpid 2>/dev/null && running=1
+    kill -9 "$pid"
+    under_io=$((under_io + running))
+    wait_for quiesced || fail "$fmt cycle $c: device not QUIESCED after kill -9 (state $(ublk_state $ID))"
+    if [ $mode = recover ]; then
+      "$UBLKD" recover -n $ID >/dev/null || fail "$fmt cycle $c: ublkd recover failed"
+      [ "$(ublk_state $ID)" = LIVE ] || fail "$fmt cycle $c: not LIVE after recover"
+      wait $fpid || { cat "$T/w.out"; fail "$fmt cycle $c: fio saw errors across the recovery"; }
+    else
+      "$UBLKD" del --force -n $ID || fail "$fmt cycle $c: del of the dead daemon's device failed"
+      # fio's writes in flight fail now (or it had finished): either ends it.
+      wait $fpid || true
+      image_check "$fmt" "$img"
+      ublk_add "$fmt" "$img" $CACHE_OPT -q 2 >/dev/null
+    fi
+    ls "$T"/fio/*verify.state >/dev/null 2>&1 || { cat "$T/w.out"; fail "$fmt cycle $c: fio saved no verify state"; }
+    # fio's replay also checks the writes that failed (EIO after the del):
+    # a bad block is excused only if its write is one fio reported failed.
+    sed -n 's/.*io_u error on file .* write offset=\([0-9]*\),.*/\1/p' "$T/w.out" | sort -u >"$T/failed"
+    vrc=0
+    fio_job "$DEV" $c --verify_only=1 --verify_state_load=1 --verify_fatal=0 \
+      --continue_on_error=verify >"$T/v.out" 2>&1 || vrc=$?
+    sed -n 's/.*requested block: offset=\([0-9]*\),.*/\1/p' "$T/v.out" | sort -u >"$T/bad"
+    [ $vrc = 0 ] || [ -s "$T/bad" ] || { cat "$T/v.out"; fail "$fmt cycle $c: verify pass failed (exit $vrc)"; }
+    # continue_on_error=verify makes fio exit 0: a failure it reported in a
+    # form the line above did not parse must still fail the cycle.
+    ! grep -qiE 'verify failed|bad magic|bad header|verify: ' "$T/v.out" || [ -s "$T/bad" ] ||
+      { cat "$T/v.out"; fail "$fmt cycle $c: verify failures not understood"; }
+    lost=$(comm -23 "$T/bad" "$T/failed" | head -5)
+    [ -z "$lost" ] || { cat "$T/w.out" "$T/v.out"; fail "$fmt cycle $c ($mode): acknowledged writes at $lost do not read back"; }
+    log "$fmt cycle $c: killed $pid $( [ $running = 1 ] && echo under I/O || echo 'after fio ended'), $mode, verified ($(wc -l <"$T/failed") failed writes excused, $(wc -l <"$T/bad") unwritten)"
+  done
+  # The image as the daemon serves it and as qemu-img reads it must agree
+  # (for raw they are the same bytes).
+  [ "$fmt" = raw ] || want=$(sha256sum <"$DEV" | cut -d' ' -f1)
+  ublk_del $ID
+  image_check "$fmt" "$img"
+  if [ "$fmt" != raw ]; then
+    qemu-img convert -f "$fmt" -O raw "$img" "$T/k9.out.raw"
+    [ "$want" = "$(sha256sum <"$T/k9.out.raw" | cut -d' ' -f1)" ] || fail "$fmt: qemu-img reads other data than the device served"
+  fi
+  rm -f "$img" "$T/k9.out.raw"
+  log "$fmt: $CYCLES cycles survived, $under_io killed under I/O"
+  [ $under_io -gt 0 ] || fail "$fmt: no kill landed while fio was writing"
+done
