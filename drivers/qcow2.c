@@ -198,12 +198,6 @@ static int qcow2_open(BlockDriverState *bs, OptDict *options, int flags, Error *
         goto fail_locks;
     }
     const char *name = qcow2_image_name(bs);
-    if (flags & BDRV_O_RDWR) {
-        error_setg(errp, "qcow2: %s: writing qcow2 images is not supported yet; open it"
-                   " read-only", name);
-        ret = -ENOTSUP;
-        goto fail_locks;
-    }
     int64_t file_len = bdrv_getlength(bs->file->bs);
     if (file_len < 0) {
         error_setg_errno(errp, (int)-file_len, "qcow2: %s: cannot get file size", name);
@@ -212,6 +206,12 @@ static int qcow2_open(BlockDriverState *bs, OptDict *options, int flags, Error *
     }
     ret = qcow2_read_header(bs, file_len, flags, errp);
     if (ret < 0) {
+        goto fail;
+    }
+    if (flags & BDRV_O_RDWR) {
+        error_setg(errp, "qcow2: %s: writing qcow2 images is not supported yet; open it"
+                   " read-only", name);
+        ret = -ENOTSUP;
         goto fail;
     }
     ret = load_table(bs, s->h.l1_table_offset, s->h.l1_size, &s->l1_table);
