@@ -253,4 +253,8 @@ Qcow2Bounce *qcow2_bounce_get(BDRVQcow2State *s);
 void qcow2_bounce_put(BDRVQcow2State *s, Qcow2Bounce *b);
 void qcow2_bounce_free_all(BDRVQcow2State *s);
 
+/* qcow2-create.c */
+int coroutine_fn qcow2_co_create(const char *filename, OptDict *opts, Error **errp);
+extern const CreateOptDesc qcow2_create_opts[];
+
 #endif
