@@ -365,8 +365,10 @@ static const char *const feature_names[] = {
     "ZERO_COPY", "URING_CMD_COMP_IN_TASK", "NEED_GET_DATA", "USER_RECOVERY",
     "USER_RECOVERY_REISSUE", "UNPRIVILEGED_DEV", "CMD_IOCTL_ENCODE", "USER_COPY",
     "ZONED", "USER_RECOVERY_FAIL_IO", "UPDATE_SIZE", "AUTO_BUF_REG", "QUIESCE",
-    "PER_IO_DAEMON",
+    "PER_IO_DAEMON", "BUF_REG_OFF_DAEMON", "BATCH_IO", "INTEGRITY", "SAFE_STOP_DEV",
+    "NO_AUTO_PART_SCAN", "SHMEM_ZC", "IO_DESC_SIZE",
 };
+_Static_assert(ARRAY_SIZE(feature_names) == UBLK_F_LAST_BIT + 1, "a name for every feature bit");
 
 const char *ublk_feature_name(unsigned bit)
 {

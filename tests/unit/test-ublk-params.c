@@ -221,6 +221,16 @@ static void test_names(void **state)
     assert_string_equal(buf, "CMD_IOCTL_ENCODE,USER_COPY,0x10000000000");
     assert_string_equal(ublk_state_name(UBLK_S_DEV_QUIESCED), "QUIESCED");
     assert_string_equal(ublk_feature_name(9), "USER_RECOVERY_FAIL_IO");
+    /* Every bit a 7.3 kernel reports (0x1fffff) has its name. */
+    for (unsigned b = 0; b <= 20; b++) {
+        assert_non_null(ublk_feature_name(b));
+    }
+    assert_string_equal(ublk_feature_name(14), "BUF_REG_OFF_DAEMON");
+    assert_string_equal(ublk_feature_name(17), "SAFE_STOP_DEV");
+    assert_string_equal(ublk_feature_name(20), "IO_DESC_SIZE");
+    ublk_flags_to_string(0x1fffff, buf, sizeof(buf));
+    assert_null(strstr(buf, "0x"));
+    assert_null(ublk_feature_name(21));
     assert_null(ublk_feature_name(63));
 }
 

@@ -2,8 +2,9 @@
 # run.sh - run the VM integration suite (tests/vm/test_*.sh) against $UBLKD.
 #
 # On a machine with /dev/ublk-control the suite runs natively (as root).
-# Otherwise one throw-away 6.12 guest is booted with tests/vm/ublk-vm and the
-# whole suite runs inside it.  If the guest cannot boot this fails loudly,
+# Otherwise one throw-away guest is booted with tests/vm/ublk-vm and the
+# whole suite runs inside it: Linux 6.12 by default, VM_KERNEL=7.3 for
+# Debian trixie-backports' 7.3.  If the guest cannot boot this fails loudly,
 # unless SKIP_VM=1.  Arguments are test names (default: all).
 # The last line is always "vm: N passed, N failed, N skipped".
 set -u
@@ -19,6 +20,13 @@ fi
 
 start=$(date +%s)
 work=$(mktemp -d /tmp/ublkd-vm.XXXXXX)
+# The guest mounts a fresh tmpfs on /tmp and /run: a checkout or a daemon
+# binary under them is shared again, read-only, at the same path.
+ro=()
+for d in "$ROOT" "$(dirname "$(realpath "$UBLKD")")"; do
+  case $d/ in /tmp/*|/run/*) ro+=(-r "$d");; esac
+done
+echo "vm: kernel ${VM_KERNEL:-6.12}"
 trap 'rm -rf "$work"' EXIT
 out=$work/console.log
 # The guest sees the host's / read-only, so the repository and $UBLKD are
@@ -27,7 +35,7 @@ out=$work/console.log
 # TCG, seen about once in a few dozen boots) is booted once more; a guest
 # that booted and then failed is never retried.
 for attempt in 1 2; do
-  "$HERE/ublk-vm" -w "$work" -t "${VM_TIMEOUT:-1500}" -- \
+  "$HERE/ublk-vm" -w "$work" "${ro[@]}" -t "${VM_TIMEOUT:-1500}" -- \
       env UBLKD="$UBLKD" VM_RESULTS="$work" "$HERE/suite.sh" "$@" 2>&1 | tee "$out"
   rc=${PIPESTATUS[0]}
   [ "$rc" = 125 ] && [ "$attempt" = 1 ] && grep -q 'ublk-vm: the guest did not boot' "$out" || break
