@@ -47,7 +47,8 @@ DRIVERS-$(CONFIG_BLKDEBUG) += blkdebug
 # Extra files of a driver split by concern: DRIVER_SRCS-<name> := drivers/<name>-x.c
 DRIVER_SRCS-vdi := drivers/vdi-write.c drivers/vdi-create.c drivers/vdi-check.c
 DRIVER_SRCS-qcow2 := drivers/qcow2-header.c drivers/qcow2-cluster.c drivers/qcow2-refcount.c \
-                     drivers/qcow2-compress.c drivers/qcow2-create.c
+                     drivers/qcow2-compress.c drivers/qcow2-create.c \
+                     drivers/qcow2-alloc.c drivers/qcow2-write.c
 DRIVER_SRCS := $(foreach d,$(filter-out file,$(DRIVERS-y)),$(wildcard drivers/$(d).c) $(DRIVER_SRCS-$(d)))
 
 # ublk server: control plane, params, config/state, queue threads, daemon

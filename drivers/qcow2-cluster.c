@@ -82,7 +82,7 @@ static bool type_has_host_offset(Qcow2SubclusterType t)
  * -EINVAL on an invalid entry. */
 static int count_contiguous_subclusters(const BDRVQcow2State *s, const uint64_t *slice,
                                         uint32_t l2_index, uint32_t sc_index,
-                                        uint64_t nb_clusters)
+                                        uint64_t nb_clusters, bool same_copied)
 {
     uint64_t e = l2_entry(s, slice, l2_index);
     Qcow2SubclusterType expected = subcluster_type(s, e, l2_bitmap(s, slice, l2_index), sc_index);
@@ -94,6 +94,10 @@ static int count_contiguous_subclusters(const BDRVQcow2State *s, const uint64_t 
         e = l2_entry(s, slice, l2_index + i);
         uint64_t bitmap = l2_bitmap(s, slice, l2_index + i);
         if (check_offset && expected_offset != (e & QCOW2_L2E_OFFSET_MASK)) {
+            break;
+        }
+        if (same_copied && i &&
+            (e & QCOW2_OFLAG_COPIED) != (l2_entry(s, slice, l2_index) & QCOW2_OFLAG_COPIED)) {
             break;
         }
         for (uint32_t j = i == 0 ? sc_index : 0; j < s->subclusters_per_cluster; j++) {
@@ -115,8 +119,9 @@ static int count_contiguous_subclusters(const BDRVQcow2State *s, const uint64_t 
     return count;
 }
 
-int coroutine_fn qcow2_get_host_offset(BlockDriverState *bs, uint64_t offset, uint64_t *bytes,
-                                       uint64_t *host, Qcow2SubclusterType *type)
+static int coroutine_fn get_host_offset(BlockDriverState *bs, uint64_t offset, uint64_t *bytes,
+                                        uint64_t *host, Qcow2SubclusterType *type,
+                                        bool *copied)
 {
     BDRVQcow2State *s = bs->opaque;
     uint64_t offset_in_cluster = qcow2_offset_into_cluster(s, offset);
@@ -130,6 +135,9 @@ int coroutine_fn qcow2_get_host_offset(BlockDriverState *bs, uint64_t offset, ui
     int ret;
 
     *host = 0;
+    if (copied) {
+        *copied = false;
+    }
     if (l1_index >= s->l1_size) {
         *type = QCOW2_SC_UNALLOCATED_PLAIN;
         goto out;
@@ -153,6 +161,9 @@ int coroutine_fn qcow2_get_host_offset(BlockDriverState *bs, uint64_t offset, ui
     }
     uint64_t e = l2_entry(s, slice, in_slice);
     *type = subcluster_type(s, e, l2_bitmap(s, slice, in_slice), sc_index);
+    if (copied) {
+        *copied = e & QCOW2_OFLAG_COPIED;
+    }
 
     switch (*type) {
     case QCOW2_SC_COMPRESSED:
@@ -197,7 +208,7 @@ int coroutine_fn qcow2_get_host_offset(BlockDriverState *bs, uint64_t offset, ui
     }
 
     uint64_t nb_clusters = DIV_ROUND_UP(bytes_needed, (uint64_t)s->cluster_size);
-    ret = count_contiguous_subclusters(s, slice, in_slice, sc_index, nb_clusters);
+    ret = count_contiguous_subclusters(s, slice, in_slice, sc_index, nb_clusters, copied != NULL);
     if (ret < 0) {
         report_corruption(bs, "Invalid cluster entry found (L2 offset: %#" PRIx64
                           ", L2 index: %#" PRIx64 ")", l2_offset, l2_index);
@@ -215,4 +226,17 @@ out:
     bytes_needed = MIN(bytes_needed, bytes_available);
     *bytes = bytes_needed - offset_in_cluster;
     return 0;
+}
+
+int coroutine_fn qcow2_get_host_offset(BlockDriverState *bs, uint64_t offset, uint64_t *bytes,
+                                       uint64_t *host, Qcow2SubclusterType *type)
+{
+    return get_host_offset(bs, offset, bytes, host, type, NULL);
+}
+
+int coroutine_fn qcow2_get_host_offset_copied(BlockDriverState *bs, uint64_t offset,
+                                              uint64_t *bytes, uint64_t *host,
+                                              Qcow2SubclusterType *type, bool *copied)
+{
+    return get_host_offset(bs, offset, bytes, host, type, copied);
 }

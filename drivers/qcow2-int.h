@@ -121,6 +121,14 @@ typedef struct Qcow2Bounce {
     struct Qcow2Bounce *next;
 } Qcow2Bounce;
 
+/* Guest clusters [first, first + nb) being allocated by one request: their
+ * data is being written and their L2 entries are not set yet.  On that
+ * request's stack, linked under s->lock. */
+typedef struct Qcow2Alloc {
+    uint64_t first, nb;
+    struct Qcow2Alloc *next;
+} Qcow2Alloc;
+
 /* The parsed header (qcow2-header.c). */
 typedef struct Qcow2Header {
     uint32_t version;
@@ -181,7 +189,43 @@ typedef struct BDRVQcow2State {
 
     pthread_mutex_t bounce_lock;
     Qcow2Bounce *bounce_free;
+
+    /* Writing (qcow2-write.c, qcow2-alloc.c), under lock. */
+    bool writable;
+    uint64_t free_cluster_index;     /* where the search for free clusters starts */
+    Qcow2Alloc *allocs;              /* allocations in flight */
+    CoQueue alloc_wait;              /* writers waiting for one of them */
+    bool corrupt_reported;
 } BDRVQcow2State;
+
+/* Refcount i of a refcount block (or a slice of one), 2^order bits wide. */
+static inline uint64_t qcow2_rc_get(const uint8_t *b, uint64_t i, uint32_t order)
+{
+    switch (order) {
+    case 0: return (b[i / 8] >> (i % 8)) & 1;
+    case 1: return (b[i / 4] >> (2 * (i % 4))) & 3;
+    case 2: return (b[i / 2] >> (4 * (i % 2))) & 15;
+    case 3: return b[i];
+    case 4: { uint16_t v; memcpy(&v, b + i * 2, 2); return be16toh(v); }
+    case 5: { uint32_t v; memcpy(&v, b + i * 4, 4); return be32toh(v); }
+    default: { uint64_t v; memcpy(&v, b + i * 8, 8); return be64toh(v); }
+    }
+}
+
+static inline void qcow2_rc_set(uint8_t *b, uint64_t i, uint32_t order, uint64_t v)
+{
+    switch (order) {
+    case 0: b[i / 8] = (uint8_t)((b[i / 8] & ~(1 << (i % 8))) | (v << (i % 8))); break;
+    case 1: b[i / 4] = (uint8_t)((b[i / 4] & ~(3 << (2 * (i % 4)))) | (v << (2 * (i % 4))));
+        break;
+    case 2: b[i / 2] = (uint8_t)((b[i / 2] & ~(15 << (4 * (i % 2)))) | (v << (4 * (i % 2))));
+        break;
+    case 3: b[i] = (uint8_t)v; break;
+    case 4: { uint16_t x = htobe16((uint16_t)v); memcpy(b + i * 2, &x, 2); break; }
+    case 5: { uint32_t x = htobe32((uint32_t)v); memcpy(b + i * 4, &x, 4); break; }
+    default: { uint64_t x = htobe64(v); memcpy(b + i * 8, &x, 8); break; }
+    }
+}
 
 static inline uint32_t qcow2_ld32(const uint8_t *p, size_t off)
 {
@@ -239,6 +283,28 @@ void qcow2_free_header_state(BDRVQcow2State *s);
  * COMPRESSED.  -errno on I/O errors or corrupt entries. */
 int coroutine_fn qcow2_get_host_offset(BlockDriverState *bs, uint64_t offset, uint64_t *bytes,
                                        uint64_t *host, Qcow2SubclusterType *type);
+/* The same, also cutting the run where the COPIED flag changes; *copied is
+ * the first cluster's flag (in-place writes need it set). */
+int coroutine_fn qcow2_get_host_offset_copied(BlockDriverState *bs, uint64_t offset,
+                                              uint64_t *bytes, uint64_t *host,
+                                              Qcow2SubclusterType *type, bool *copied);
+
+/* qcow2-alloc.c, s->lock held: host clusters and their refcounts. */
+int64_t coroutine_fn qcow2_alloc_clusters(BlockDriverState *bs, uint64_t size);
+int coroutine_fn qcow2_update_refcount(BlockDriverState *bs, uint64_t offset, uint64_t length,
+                                       bool decrease);
+int coroutine_fn qcow2_l2_allocate(BlockDriverState *bs, uint64_t l1_index);
+/* Whether [offset, offset + len) of the image file holds metadata; if so the
+ * image is marked corrupt (QEMU's overlap check, for the tables in memory). */
+bool coroutine_fn qcow2_overlaps_metadata(BlockDriverState *bs, uint64_t offset, uint64_t len);
+int coroutine_fn qcow2_write_header_field(BlockDriverState *bs, size_t off, uint64_t v);
+
+/* qcow2-write.c */
+int coroutine_fn qcow2_co_pwritev(BlockDriverState *bs, int64_t offset, int64_t bytes,
+                                  IOVector *qiov, size_t qiov_offset, BdrvRequestFlags flags);
+int coroutine_fn qcow2_co_flush_to_os(BlockDriverState *bs);
+int coroutine_fn qcow2_co_preadv(BlockDriverState *bs, int64_t offset, int64_t bytes,
+                                 IOVector *qiov, size_t qiov_offset, BdrvRequestFlags flags);
 
 /* qcow2-refcount.c */
 int coroutine_fn qcow2_get_refcount(BlockDriverState *bs, uint64_t cluster_index,

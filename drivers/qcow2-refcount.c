@@ -10,20 +10,6 @@
 
 #define QCOW2_REFT_OFFSET_MASK 0xfffffffffffffe00ULL
 
-static uint64_t refcount_at(const void *block, uint64_t i, uint32_t order)
-{
-    const uint8_t *b = block;
-    switch (order) {
-    case 0: return (b[i / 8] >> (i % 8)) & 0x1;
-    case 1: return (b[i / 4] >> (2 * (i % 4))) & 0x3;
-    case 2: return (b[i / 2] >> (4 * (i % 2))) & 0xf;
-    case 3: return b[i];
-    case 4: return qcow2_ld16(b, i * 2);
-    case 5: return qcow2_ld32(b, i * 4);
-    default: return qcow2_ld64(b, i * 8);
-    }
-}
-
 int coroutine_fn qcow2_get_refcount(BlockDriverState *bs, uint64_t cluster_index,
                                     uint64_t *refcount)
 {
@@ -55,8 +41,8 @@ int coroutine_fn qcow2_get_refcount(BlockDriverState *bs, uint64_t cluster_index
     if (ret < 0) {
         return ret;
     }
-    *refcount = refcount_at(block, index - ((slice_start * 8) >> s->h.refcount_order),
-                            s->h.refcount_order);
+    *refcount = qcow2_rc_get(block, index - ((slice_start * 8) >> s->h.refcount_order),
+                             s->h.refcount_order);
     meta_cache_put(s->refcount_cache, block);
     return 0;
 }

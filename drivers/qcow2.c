@@ -132,6 +132,30 @@ static int open_data_file(BlockDriverState *bs, OptDict *options, Error **errp)
     return 0;
 }
 
+/* What writing needs that reading does not; the parts of writing that are
+ * not there yet refuse the open with a message. */
+static int check_writable(BlockDriverState *bs, int flags, Error **errp)
+{
+    BDRVQcow2State *s = bs->opaque;
+    const char *name = qcow2_image_name(bs);
+
+    if (!(flags & BDRV_O_RDWR)) {
+        return 0;
+    }
+    if (s->h.incompat & QCOW2_INCOMPAT_DIRTY) {
+        error_setg(errp, "qcow2: %s: the image was not closed cleanly (dirty bit set in"
+                   " incompatible_features 0x%" PRIx64 "); repair it with qemu-img check -r all"
+                   " or open it read-only", name, s->h.incompat);
+        return -EACCES;
+    }
+    if (qcow2_has_subclusters(s)) {
+        error_setg(errp, "qcow2: %s: writing images with extended L2 entries is not supported"
+                   " yet; open it read-only", name);
+        return -ENOTSUP;
+    }
+    return 0;
+}
+
 static int make_caches(BlockDriverState *bs, OptDict *options, Error **errp)
 {
     BDRVQcow2State *s = bs->opaque;
@@ -208,10 +232,8 @@ static int qcow2_open(BlockDriverState *bs, OptDict *options, int flags, Error *
     if (ret < 0) {
         goto fail;
     }
-    if (flags & BDRV_O_RDWR) {
-        error_setg(errp, "qcow2: %s: writing qcow2 images is not supported yet; open it"
-                   " read-only", name);
-        ret = -ENOTSUP;
+    ret = check_writable(bs, flags, errp);
+    if (ret < 0) {
         goto fail;
     }
     ret = load_table(bs, s->h.l1_table_offset, s->h.l1_size, &s->l1_table);
@@ -236,6 +258,22 @@ static int qcow2_open(BlockDriverState *bs, OptDict *options, int flags, Error *
     if (ret < 0) {
         goto fail;
     }
+    if (flags & BDRV_O_RDWR) {
+        /* Autoclear bits name what we do not keep up to date (bitmaps):
+         * clearing them tells every reader those parts are stale. */
+        uint64_t keep = s->h.autoclear & QCOW2_AUTOCLEAR_DATA_RAW;
+        if (s->h.version == 3 && s->h.autoclear != keep) {
+            s->h.autoclear = keep;
+            uint64_t be = htobe64(keep);
+            ret = bdrv_pwrite(bs->file, QH_AUTOCLEAR, 8, &be, 0);
+            if (ret < 0) {
+                error_setg_errno(errp, -ret, "qcow2: %s: cannot update the header", name);
+                goto fail;
+            }
+        }
+        s->writable = true;
+    }
+    co_queue_init(&s->alloc_wait);
     /* QEMU counts whole sectors: an odd size is rounded down. */
     bs->total_bytes = (int64_t)(s->h.size & ~(uint64_t)(BDRV_SECTOR_SIZE - 1));
     return 0;
@@ -248,9 +286,20 @@ fail_locks:
     return ret;
 }
 
+static void coroutine_fn close_flush_co(void *opaque)
+{
+    qcow2_co_flush_to_os(opaque);
+}
+
 static void qcow2_close(BlockDriverState *bs)
 {
     BDRVQcow2State *s = bs->opaque;
+
+    /* The core flushed before close; this catches a failed or skipped one. */
+    if (s->writable && aio_current() &&
+        (meta_cache_nr_dirty(s->l2_cache) || meta_cache_nr_dirty(s->refcount_cache))) {
+        aio_co_run_sync(close_flush_co, bs);
+    }
 
     qcow2_free_state(s);
     co_mutex_destroy(&s->lock);
@@ -305,7 +354,7 @@ static int coroutine_fn read_compressed(BlockDriverState *bs, uint64_t l2e, int6
     return ret;
 }
 
-static int coroutine_fn qcow2_co_preadv(BlockDriverState *bs, int64_t offset, int64_t bytes,
+int coroutine_fn qcow2_co_preadv(BlockDriverState *bs, int64_t offset, int64_t bytes,
                                         IOVector *qiov, size_t qiov_offset,
                                         BdrvRequestFlags flags)
 {
@@ -435,7 +484,8 @@ static int qcow2_has_zero_init(BlockDriverState *bs)
 
 static int qcow2_reopen_prepare(BlockDriverState *bs, int flags, Error **errp)
 {
-    if (flags & BDRV_O_RDWR) {
+    BDRVQcow2State *s = bs->opaque;
+    if ((flags & BDRV_O_RDWR) && !s->writable) {
         error_setg(errp, "qcow2: %s: writing qcow2 images is not supported yet",
                    qcow2_image_name(bs));
         return -ENOTSUP;
@@ -453,6 +503,8 @@ const BlockDriver bdrv_qcow2 = {
     .close = qcow2_close,
     .reopen_prepare = qcow2_reopen_prepare,
     .co_preadv = qcow2_co_preadv,
+    .co_pwritev = qcow2_co_pwritev,
+    .co_flush_to_os = qcow2_co_flush_to_os,
     .co_block_status = qcow2_co_block_status,
     .co_create = qcow2_co_create,
     .create_opts = qcow2_create_opts,

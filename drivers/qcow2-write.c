@@ -1,0 +1,259 @@
+/*
+ * qcow2-write.c - guest writes: in place into allocated clusters (no
+ * metadata I/O, no lock), or into newly allocated clusters with
+ * copy-on-write of the partial head and tail; flush of the metadata caches.
+ *
+ * An allocating write takes s->lock only to find its clusters (waiting
+ * while another request allocates any of the same guest clusters, then
+ * looking again: that one may have made them writable in place) and to
+ * publish its L2 entries; the data, with the head and tail read from what
+ * the clusters showed before (backing file, zeros, a compressed or shared
+ * cluster), is written without the lock.  L2 entries are published after
+ * the data is written, so a reader never follows one to data not yet there,
+ * and they reach the disk after the refcount blocks that count their
+ * clusters (cache dependency).
+ */
+#include <errno.h>
+#include <inttypes.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include "qcow2-int.h"
+
+static bool alloc_overlaps(BDRVQcow2State *s, uint64_t first, uint64_t nb)
+{
+    for (Qcow2Alloc *a = s->allocs; a; a = a->next) {
+        if (first < a->first + a->nb && a->first < first + nb) {
+            return true;
+        }
+    }
+    return false;
+}
+
+/* Store one L2 entry (s->lock held, slice referenced). */
+static void set_l2_entry(BDRVQcow2State *s, uint64_t *slice, uint32_t i, uint64_t e)
+{
+    __atomic_store_n(&slice[i * (s->l2_entry_size / 8)], htobe64(e), __ATOMIC_RELEASE);
+}
+
+/* Release host clusters an L2 entry held (it no longer points at them). */
+static int coroutine_fn free_old_entry(BlockDriverState *bs, uint64_t e)
+{
+    BDRVQcow2State *s = bs->opaque;
+
+    if (e & QCOW2_OFLAG_COMPRESSED) {
+        uint64_t coffset = e & s->cluster_offset_mask;
+        uint64_t nb_csectors = ((e >> s->csize_shift) & s->csize_mask) + 1;
+        return qcow2_update_refcount(bs, coffset & ~511ULL, nb_csectors * 512, true);
+    }
+    uint64_t host = e & QCOW2_L2E_OFFSET_MASK;
+    if (host && !qcow2_has_data_file(s)) {
+        return qcow2_update_refcount(bs, host, s->cluster_size, true);
+    }
+    return 0;
+}
+
+/*
+ * Write [offset, offset + *bytes) into new clusters, at most up to the end
+ * of the L2 slice; *bytes becomes what was written.  1 if the first cluster
+ * turned out writable in place (another request allocated it meanwhile):
+ * nothing was written.
+ */
+static int coroutine_fn write_allocating(BlockDriverState *bs, uint64_t offset, uint64_t *bytes,
+                                         IOVector *qiov, size_t qiov_offset)
+{
+    BDRVQcow2State *s = bs->opaque;
+    uint64_t first = offset >> s->cluster_bits;
+    uint64_t l1_index = offset >> (s->l2_bits + s->cluster_bits);
+    uint32_t slice_entries = s->l2_slice_entries;
+    uint32_t l2_index = (uint32_t)(first & ((1ULL << s->l2_bits) - 1));
+    uint32_t in_slice = l2_index & (slice_entries - 1);
+    uint64_t nb = DIV_ROUND_UP(qcow2_offset_into_cluster(s, offset) + *bytes,
+                               (uint64_t)s->cluster_size);
+    Qcow2Alloc alloc;
+    uint64_t *slice = NULL;
+    int64_t host;
+    int ret;
+
+    nb = MIN(nb, (uint64_t)(slice_entries - in_slice));
+    co_mutex_lock(&s->lock);
+    while (alloc_overlaps(s, first, nb)) {
+        co_queue_wait(&s->alloc_wait, &s->lock);
+    }
+    if (l1_index >= s->l1_size) {
+        ret = -EIO;
+        goto unlock;
+    }
+    if (!(s->l1_table[l1_index] & QCOW2_L1E_OFFSET_MASK)) {
+        ret = qcow2_l2_allocate(bs, l1_index);
+        if (ret < 0) {
+            goto unlock;
+        }
+    }
+    uint64_t l2_offset = s->l1_table[l1_index] & QCOW2_L1E_OFFSET_MASK;
+    int64_t slice_off = (int64_t)(l2_offset + (uint64_t)(l2_index - in_slice) * s->l2_entry_size);
+    ret = meta_cache_get(s->l2_cache, slice_off, (void **)&slice);
+    if (ret < 0) {
+        goto unlock;
+    }
+    /* Now under the lock: the clusters from the first that need new ones. */
+    for (uint64_t i = 0; i < nb; i++) {
+        uint64_t e = be64toh(slice[(in_slice + i) * (s->l2_entry_size / 8)]);
+        bool in_place = !(e & QCOW2_OFLAG_COMPRESSED) && !(e & QCOW2_OFLAG_ZERO) &&
+                        (e & QCOW2_OFLAG_COPIED) &&
+                        ((e & QCOW2_L2E_OFFSET_MASK) || qcow2_has_data_file(s));
+        if (in_place) {
+            if (i == 0) {
+                ret = 1;
+                goto put;
+            }
+            nb = i;
+            break;
+        }
+    }
+    if (qcow2_has_data_file(s)) {
+        host = (int64_t)(first << s->cluster_bits);       /* data at guest offsets */
+    } else {
+        host = qcow2_alloc_clusters(bs, nb << s->cluster_bits);
+        if (host < 0) {
+            ret = (int)host;
+            goto put;
+        }
+    }
+    alloc = (Qcow2Alloc){ .first = first, .nb = nb, .next = s->allocs };
+    s->allocs = &alloc;
+    co_mutex_unlock(&s->lock);
+
+    /* The data: head and tail as the clusters read before, then the caller's. */
+    uint64_t head = qcow2_offset_into_cluster(s, offset);
+    uint64_t span = nb << s->cluster_bits;
+    uint64_t len = MIN(*bytes, span - head);
+    uint64_t tail = span - head - len;
+    Qcow2Bounce *b = (head || tail) ? qcow2_bounce_get(s) : NULL;
+    if ((head || tail) && !b) {
+        ret = -ENOMEM;
+    } else {
+        IOVector v;
+        ret = 0;
+        if (head) {
+            IOVector h;
+            iov_init_buf(&h, b->in, head);
+            ret = qcow2_co_preadv(bs, (int64_t)(first << s->cluster_bits), (int64_t)head, &h, 0, 0);
+        }
+        if (ret == 0 && tail) {
+            IOVector t;
+            iov_init_buf(&t, b->out, tail);
+            ret = qcow2_co_preadv(bs, (int64_t)(offset + len), (int64_t)tail, &t, 0, 0);
+        }
+        if (ret == 0) {
+            iov_init(&v, 3);
+            if (head) {
+                iov_add(&v, b->in, head);
+            }
+            iov_concat(&v, qiov, qiov_offset, len);
+            if (tail) {
+                iov_add(&v, b->out, tail);
+            }
+            ret = bdrv_co_pwritev(s->data_file, host, (int64_t)span, &v, 0);
+            iov_destroy(&v);
+        }
+    }
+    if (b) {
+        qcow2_bounce_put(s, b);
+    }
+
+    co_mutex_lock(&s->lock);
+    for (Qcow2Alloc **p = &s->allocs; *p; p = &(*p)->next) {
+        if (*p == &alloc) {
+            *p = alloc.next;
+            break;
+        }
+    }
+    co_queue_restart_all(&s->alloc_wait);
+    if (ret < 0) {
+        if (!qcow2_has_data_file(s)) {
+            qcow2_update_refcount(bs, (uint64_t)host, span, true);
+        }
+        goto put;
+    }
+    /* Publish: L2 entries after the refcount blocks that count them. */
+    ret = meta_cache_set_dependency(s->l2_cache, s->refcount_cache);
+    if (ret < 0) {
+        goto put;
+    }
+    uint64_t old[QCOW2_L2_SLICE_BYTES / 8];   /* nb <= entries per slice */
+    uint64_t nb_old = 0;
+    bool need_free = false;
+    for (uint64_t i = 0; i < nb; i++) {
+        uint64_t e = be64toh(slice[(in_slice + i) * (s->l2_entry_size / 8)]);
+        set_l2_entry(s, slice, in_slice + (uint32_t)i,
+                     ((uint64_t)host + (i << s->cluster_bits)) | QCOW2_OFLAG_COPIED);
+        if ((e & (QCOW2_OFLAG_COMPRESSED | QCOW2_L2E_OFFSET_MASK)) && !qcow2_has_data_file(s)) {
+            need_free = true;
+            old[nb_old++] = e;
+        }
+    }
+    meta_cache_mark_dirty(s->l2_cache, slice);
+    if (need_free) {
+        /* Clusters given up are reused only once no L2 entry on disk
+         * points at them any more. */
+        ret = meta_cache_flush(s->l2_cache);
+        for (uint64_t i = 0; ret == 0 && i < nb_old; i++) {
+            ret = free_old_entry(bs, old[i]);
+        }
+    }
+    *bytes = len;
+put:
+    meta_cache_put(s->l2_cache, slice);
+unlock:
+    co_mutex_unlock(&s->lock);
+    return ret;
+}
+
+int coroutine_fn qcow2_co_pwritev(BlockDriverState *bs, int64_t offset, int64_t bytes,
+                                  IOVector *qiov, size_t qiov_offset, BdrvRequestFlags flags)
+{
+    BDRVQcow2State *s = bs->opaque;
+
+    (void)flags;
+    while (bytes > 0) {
+        uint64_t n = (uint64_t)bytes, host;
+        Qcow2SubclusterType type;
+        bool copied;
+        int ret = qcow2_get_host_offset_copied(bs, (uint64_t)offset, &n, &host, &type, &copied);
+        if (ret < 0) {
+            return ret;
+        }
+        if (type == QCOW2_SC_NORMAL && copied) {
+            ret = bdrv_co_pwritev_part(s->data_file, (int64_t)host, (int64_t)n, qiov,
+                                       qiov_offset, 0);
+        } else {
+            ret = write_allocating(bs, (uint64_t)offset, &n, qiov, qiov_offset);
+            if (ret == 1) {
+                continue;             /* allocated meanwhile: in place now */
+            }
+        }
+        if (ret < 0) {
+            return ret;
+        }
+        offset += (int64_t)n;
+        bytes -= (int64_t)n;
+        qiov_offset += n;
+    }
+    return 0;
+}
+
+int coroutine_fn qcow2_co_flush_to_os(BlockDriverState *bs)
+{
+    BDRVQcow2State *s = bs->opaque;
+
+    if (!s->writable) {
+        return 0;
+    }
+    co_mutex_lock(&s->lock);
+    int ret = meta_cache_write_back(s->l2_cache);
+    if (ret == 0) {
+        ret = meta_cache_write_back(s->refcount_cache);
+    }
+    co_mutex_unlock(&s->lock);
+    return ret;
+}
