@@ -257,3 +257,143 @@ int coroutine_fn qcow2_co_flush_to_os(BlockDriverState *bs)
     co_mutex_unlock(&s->lock);
     return ret;
 }
+
+/*
+ * Zero writes and discards of whole clusters (QEMU's zero_in_l2_slice and
+ * discard_in_l2_slice): L2 entries first, then the refcounts of clusters
+ * given up, once no L2 entry on disk points at them.  A freed cluster is
+ * discarded in the file too.
+ */
+typedef enum { Q2_ZERO, Q2_ZERO_UNMAP, Q2_DISCARD } Qcow2ClearMode;
+
+static int coroutine_fn clear_clusters(BlockDriverState *bs, uint64_t offset, uint64_t bytes,
+                                       Qcow2ClearMode mode)
+{
+    BDRVQcow2State *s = bs->opaque;
+    uint64_t old[QCOW2_L2_SLICE_BYTES / 8];
+    int ret = 0;
+
+    co_mutex_lock(&s->lock);
+    while (bytes && ret == 0) {
+        uint64_t first = offset >> s->cluster_bits;
+        uint64_t l1_index = offset >> (s->l2_bits + s->cluster_bits);
+        uint32_t l2_index = (uint32_t)(first & ((1ULL << s->l2_bits) - 1));
+        uint32_t in_slice = l2_index & (s->l2_slice_entries - 1);
+        uint64_t nb = MIN(bytes >> s->cluster_bits, (uint64_t)(s->l2_slice_entries - in_slice));
+        uint64_t nb_old = 0;
+        uint64_t *slice;
+
+        while (alloc_overlaps(s, first, nb)) {
+            co_queue_wait(&s->alloc_wait, &s->lock);
+        }
+        if (l1_index >= s->l1_size) {
+            ret = -EIO;
+            break;
+        }
+        uint64_t l2_offset = s->l1_table[l1_index] & QCOW2_L1E_OFFSET_MASK;
+        if (!l2_offset) {
+            if (mode == Q2_DISCARD && !bs->backing) {
+                goto next;                  /* unallocated reads as zeros already */
+            }
+            ret = qcow2_l2_allocate(bs, l1_index);
+            if (ret < 0) {
+                break;
+            }
+            l2_offset = s->l1_table[l1_index] & QCOW2_L1E_OFFSET_MASK;
+        }
+        ret = meta_cache_get(s->l2_cache, (int64_t)(l2_offset + (uint64_t)(l2_index - in_slice) *
+                                                                s->l2_entry_size),
+                             (void **)&slice);
+        if (ret < 0) {
+            break;
+        }
+        for (uint64_t i = 0; i < nb; i++) {
+            uint64_t e = be64toh(slice[(in_slice + i) * (s->l2_entry_size / 8)]);
+            bool compressed = e & QCOW2_OFLAG_COMPRESSED;
+            bool allocated = compressed || (e & QCOW2_L2E_OFFSET_MASK) ||
+                             (qcow2_has_data_file(s) && (e & QCOW2_OFLAG_COPIED));
+            uint64_t ne;
+            if (mode == Q2_DISCARD) {
+                /* reads as zeros, or falls through to nothing on v2 */
+                ne = (bs->backing || allocated) ? (s->h.version >= 3 ? QCOW2_OFLAG_ZERO : 0) : e;
+            } else {
+                bool unmap = compressed || (mode == Q2_ZERO_UNMAP && allocated);
+                ne = (unmap ? 0 : e) | QCOW2_OFLAG_ZERO;
+            }
+            if (ne == e) {
+                continue;
+            }
+            set_l2_entry(s, slice, in_slice + (uint32_t)i, ne);
+            if (allocated && !(ne & QCOW2_L2E_OFFSET_MASK)) {
+                old[nb_old++] = e;
+            }
+        }
+        meta_cache_mark_dirty(s->l2_cache, slice);
+        meta_cache_put(s->l2_cache, slice);
+        if (nb_old) {
+            ret = meta_cache_flush(s->l2_cache);
+            for (uint64_t i = 0; ret == 0 && i < nb_old; i++) {
+                ret = free_old_entry(bs, old[i]);
+                if (ret == 0 && !(old[i] & QCOW2_OFLAG_COMPRESSED) && !qcow2_has_data_file(s)) {
+                    uint64_t rc;
+                    uint64_t host = old[i] & QCOW2_L2E_OFFSET_MASK;
+                    if (qcow2_get_refcount(bs, host >> s->cluster_bits, &rc) == 0 && !rc) {
+                        bdrv_co_pdiscard(bs->file, (int64_t)host, s->cluster_size);
+                    }
+                }
+            }
+        }
+next:
+        offset += nb << s->cluster_bits;
+        bytes -= nb << s->cluster_bits;
+    }
+    co_mutex_unlock(&s->lock);
+    return ret;
+}
+
+int coroutine_fn qcow2_co_pwrite_zeroes(BlockDriverState *bs, int64_t offset, int64_t bytes,
+                                        BdrvRequestFlags flags)
+{
+    BDRVQcow2State *s = bs->opaque;
+
+    /* v2 has no zero flag, partial clusters need their other bytes, and a
+     * raw data file must hold the zeros itself: the request path writes
+     * zeros there instead. */
+    if (qcow2_data_file_is_raw(s)) {
+        return -ENOTSUP;
+    }
+    if (s->h.version < 3 || qcow2_offset_into_cluster(s, (uint64_t)(offset | bytes))) {
+        if (s->h.version >= 3 && offset + bytes == bdrv_getlength(bs) &&
+            !qcow2_offset_into_cluster(s, (uint64_t)offset)) {
+            /* the last, partial cluster of the image: all of it is ours */
+            bytes = (int64_t)ALIGN_UP((uint64_t)bytes, (uint64_t)s->cluster_size);
+        } else {
+            return -ENOTSUP;
+        }
+    }
+    return clear_clusters(bs, (uint64_t)offset, (uint64_t)bytes,
+                          (flags & BDRV_REQ_MAY_UNMAP) ? Q2_ZERO_UNMAP : Q2_ZERO);
+}
+
+int coroutine_fn qcow2_co_pdiscard(BlockDriverState *bs, int64_t offset, int64_t bytes)
+{
+    BDRVQcow2State *s = bs->opaque;
+
+    if (qcow2_data_file_is_raw(s)) {
+        return -ENOTSUP;               /* the data file must stay the raw image */
+    }
+    if (qcow2_offset_into_cluster(s, (uint64_t)(offset | bytes))) {
+        if (qcow2_offset_into_cluster(s, (uint64_t)offset) ||
+            offset + bytes != bdrv_getlength(bs)) {
+            return -ENOTSUP;            /* partial clusters are left alone */
+        }
+        bytes = (int64_t)ALIGN_UP((uint64_t)bytes, (uint64_t)s->cluster_size);
+    }
+    if (s->h.version < 3) {
+        /* no zero flag: only clusters that fall through to nothing */
+        if (bs->backing) {
+            return -ENOTSUP;
+        }
+    }
+    return clear_clusters(bs, (uint64_t)offset, (uint64_t)bytes, Q2_DISCARD);
+}

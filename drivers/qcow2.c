@@ -439,6 +439,16 @@ static int coroutine_fn qcow2_co_block_status(BlockDriverState *bs, bool want_ze
     return status;
 }
 
+/* Zero writes and discards act on whole clusters. */
+static void qcow2_refresh_limits(BlockDriverState *bs, Error **errp)
+{
+    BDRVQcow2State *s = bs->opaque;
+
+    (void)errp;
+    bs->bl.pwrite_zeroes_alignment = s->cluster_size;
+    bs->bl.pdiscard_alignment = s->cluster_size;
+}
+
 static int qcow2_get_info(BlockDriverState *bs, BlockDriverInfo *bdi)
 {
     BDRVQcow2State *s = bs->opaque;
@@ -505,6 +515,10 @@ const BlockDriver bdrv_qcow2 = {
     .co_preadv = qcow2_co_preadv,
     .co_pwritev = qcow2_co_pwritev,
     .co_flush_to_os = qcow2_co_flush_to_os,
+    .co_pwrite_zeroes = qcow2_co_pwrite_zeroes,
+    .co_pdiscard = qcow2_co_pdiscard,
+    .refresh_limits = qcow2_refresh_limits,
+    .supported_zero_flags = BDRV_REQ_MAY_UNMAP,
     .co_block_status = qcow2_co_block_status,
     .co_create = qcow2_co_create,
     .create_opts = qcow2_create_opts,
