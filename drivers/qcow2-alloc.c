@@ -113,6 +113,142 @@ retry:
     return (int64_t)((s->free_cluster_index - n) << s->cluster_bits);
 }
 
+/* QEMU's qcow2_refcount_metadata_size: refcount blocks that cover
+ * `clusters` clusters plus themselves and their table. */
+static uint64_t refblocks_needed(uint64_t clusters, uint64_t cs, uint32_t order, bool generous)
+{
+    uint64_t per_table = cs / 8, per_block = cs * 8 >> order;
+    uint64_t table = 0, blocks = 0, last, n = 0;
+    do {
+        last = n;
+        blocks = DIV_ROUND_UP(clusters + table + blocks, per_block);
+        table = DIV_ROUND_UP(blocks, per_table);
+        n = clusters + blocks + table;
+        if (n == last && generous) {
+            clusters += DIV_ROUND_UP(table, 2);
+            n = 0;
+            generous = false;
+        }
+    } while (n != last);
+    return blocks;
+}
+
+/*
+ * QEMU's qcow2_refcount_area: a new refcount table at start_offset, after
+ * the new refcount blocks it needs, all of them counted by themselves;
+ * then the header points at it and the old table is freed.  Returns the
+ * end of the new structures.
+ */
+static int64_t coroutine_fn refcount_area(BlockDriverState *bs, uint64_t start_offset,
+                                          uint64_t additional_clusters, bool exact_size,
+                                          uint64_t new_index, uint64_t new_offset)
+{
+    BDRVQcow2State *s = bs->opaque;
+    uint64_t cs = s->cluster_size, rb_size = 1ULL << s->refcount_block_bits;
+    uint64_t total = refblocks_needed(start_offset / cs + additional_clusters, cs,
+                                      s->h.refcount_order, !exact_size);
+    uint64_t area_index = (start_offset / cs) / rb_size;
+    uint64_t table_size = exact_size ? total : total + DIV_ROUND_UP(total, 2);
+    table_size = ALIGN_UP(table_size, cs / 8);
+    uint64_t table_clusters = table_size * 8 / cs;
+    int ret;
+
+    if (total > QCOW2_MAX_REFTABLE_BYTES || table_size * 8 > QCOW2_MAX_REFTABLE_BYTES) {
+        return -EFBIG;
+    }
+    uint64_t *t = calloc(table_size, 8);
+    if (!t) {
+        return -ENOMEM;
+    }
+    uint64_t max_index = 0;
+    for (uint64_t i = 0; i < s->refcount_table_size; i++) {
+        if (s->refcount_table[i]) {
+            max_index = i;
+        }
+    }
+    memcpy(t, s->refcount_table, MIN(table_size, max_index + 1) * 8);
+    if (new_offset) {
+        t[new_index] = new_offset;
+    }
+    uint64_t additional = 0;
+    for (uint64_t i = area_index; i < total; i++) {
+        additional += !t[i];
+    }
+    uint64_t table_offset = start_offset + additional * cs;
+    uint64_t end_offset = table_offset + table_clusters * cs;
+    uint64_t block_offset = start_offset;
+    uint64_t slice_bytes = meta_cache_entry_size(s->refcount_cache);
+    for (uint64_t i = area_index; i < total; i++) {
+        if (!t[i]) {
+            for (uint64_t o = 0; o < cs; o += slice_bytes) {
+                uint8_t *slice;
+                ret = meta_cache_get_empty(s->refcount_cache, (int64_t)(block_offset + o),
+                                           (void **)&slice);
+                if (ret < 0) {
+                    goto fail;
+                }
+                memset(slice, 0, slice_bytes);
+                meta_cache_mark_dirty(s->refcount_cache, slice);
+                meta_cache_put(s->refcount_cache, slice);
+            }
+            t[i] = block_offset;
+            block_offset += cs;
+        }
+        uint64_t first = i * rb_size * cs;
+        if (first < end_offset) {
+            uint64_t j = first < start_offset ? (start_offset - first) / cs : 0;
+            uint64_t end = MIN((end_offset - first) / cs, rb_size);
+            for (; j < end; j++) {
+                uint8_t *slice;
+                uint64_t k;
+                ret = rc_slice(bs, t[i] & QCOW2_REFT_OFFSET_MASK, j, false, &slice, &k);
+                if (ret < 0) {
+                    goto fail;
+                }
+                qcow2_rc_set(slice, k, s->h.refcount_order, 1);
+                meta_cache_mark_dirty(s->refcount_cache, slice);
+                meta_cache_put(s->refcount_cache, slice);
+            }
+        }
+    }
+    ret = meta_cache_flush(s->refcount_cache);
+    if (ret < 0) {
+        goto fail;
+    }
+    for (uint64_t i = 0; i < table_size; i++) {
+        t[i] = htobe64(t[i]);
+    }
+    ret = bdrv_pwrite(bs->file, (int64_t)table_offset, (int64_t)(table_size * 8), t, 0);
+    for (uint64_t i = 0; i < table_size; i++) {
+        t[i] = be64toh(t[i]);
+    }
+    if (ret < 0 || (ret = bdrv_co_flush(bs->file->bs)) < 0) {
+        goto fail;
+    }
+    uint8_t hdr[12];
+    uint64_t be64 = htobe64(table_offset);
+    uint32_t be32 = htobe32((uint32_t)table_clusters);
+    memcpy(hdr, &be64, 8);
+    memcpy(hdr + 8, &be32, 4);
+    ret = bdrv_pwrite(bs->file, QH_REFTABLE_OFFSET, sizeof(hdr), hdr, 0);
+    if (ret < 0 || (ret = bdrv_co_flush(bs->file->bs)) < 0) {
+        goto fail;
+    }
+    /* Lookups of refcounts run under s->lock, so the table can change here. */
+    uint64_t old_offset = s->h.refcount_table_offset, old_size = s->refcount_table_size;
+    free(s->refcount_table);
+    s->refcount_table = t;
+    s->refcount_table_size = (uint32_t)table_size;
+    s->h.refcount_table_offset = table_offset;
+    s->h.refcount_table_clusters = (uint32_t)table_clusters;
+    ret = qcow2_update_refcount(bs, old_offset, old_size * 8, true);
+    return ret < 0 ? ret : (int64_t)end_offset;
+
+fail:
+    free(t);
+    return ret;
+}
+
 /* 0 when cluster ci has a refcount block; -EAGAIN after making one. */
 static int coroutine_fn alloc_refcount_block(BlockDriverState *bs, uint64_t ci)
 {
@@ -123,12 +259,6 @@ static int coroutine_fn alloc_refcount_block(BlockDriverState *bs, uint64_t ci)
 
     if (ti < s->refcount_table_size && (s->refcount_table[ti] & QCOW2_REFT_OFFSET_MASK)) {
         return 0;
-    }
-    if (ti >= s->refcount_table_size) {
-        /* Growing the refcount table is not written yet. */
-        error_report("qcow2: %s: the refcount table is full (%" PRIu32 " entries); growing it"
-                     " is not supported yet", qcow2_image_name(bs), s->refcount_table_size);
-        return -ENOSPC;
     }
     int64_t new_block = alloc_clusters_noref(bs, s->cluster_size);
     if (new_block <= 0) {
@@ -170,6 +300,16 @@ static int coroutine_fn alloc_refcount_block(BlockDriverState *bs, uint64_t ci)
     ret = meta_cache_flush(s->refcount_cache);
     if (ret < 0) {
         return ret;
+    }
+    if (ti >= s->refcount_table_size) {
+        /* The table is full: a new one, and refcount blocks for it and for
+         * themselves, go after everything in use (QEMU's layout). */
+        uint64_t rb_size = 1ULL << s->refcount_block_bits;
+        uint64_t blocks_used = DIV_ROUND_UP(MAX(ci + 1, ((uint64_t)new_block >> s->cluster_bits) + 1),
+                                            rb_size);
+        int64_t end = refcount_area(bs, blocks_used * rb_size * s->cluster_size, 0, false, ti,
+                                    (uint64_t)new_block);
+        return end < 0 ? (int)end : -EAGAIN;
     }
     uint64_t be = htobe64((uint64_t)new_block);
     ret = bdrv_pwrite(bs->file, (int64_t)(s->h.refcount_table_offset + ti * 8), 8, &be, 0);

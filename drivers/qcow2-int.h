@@ -303,6 +303,7 @@ int coroutine_fn qcow2_write_header_field(BlockDriverState *bs, size_t off, uint
 int coroutine_fn qcow2_co_pwritev(BlockDriverState *bs, int64_t offset, int64_t bytes,
                                   IOVector *qiov, size_t qiov_offset, BdrvRequestFlags flags);
 int coroutine_fn qcow2_co_flush_to_os(BlockDriverState *bs);
+int coroutine_fn qcow2_mark_clean(BlockDriverState *bs);
 int coroutine_fn qcow2_co_pwrite_zeroes(BlockDriverState *bs, int64_t offset, int64_t bytes,
                                         BdrvRequestFlags flags);
 int coroutine_fn qcow2_co_pdiscard(BlockDriverState *bs, int64_t offset, int64_t bytes);

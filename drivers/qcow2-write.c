@@ -19,6 +19,36 @@
 #include <stdlib.h>
 #include "qcow2-int.h"
 
+/*
+ * lazy_refcounts: before the first metadata change the dirty bit goes into
+ * the header, and refcount blocks no longer have to reach the disk before
+ * the L2 entries that depend on them (a crash leaves the refcounts to
+ * repair: qemu-img check -r all).  s->lock held.
+ */
+static int coroutine_fn mark_dirty(BlockDriverState *bs)
+{
+    BDRVQcow2State *s = bs->opaque;
+
+    if (!(s->h.compat & QCOW2_COMPAT_LAZY_REFCOUNTS) || (s->h.incompat & QCOW2_INCOMPAT_DIRTY)) {
+        return 0;
+    }
+    int ret = qcow2_write_header_field(bs, QH_INCOMPAT, s->h.incompat | QCOW2_INCOMPAT_DIRTY);
+    if (ret == 0) {
+        s->h.incompat |= QCOW2_INCOMPAT_DIRTY;
+    }
+    return ret;
+}
+
+/* L2 entries that point at new clusters wait for the refcount blocks that
+ * count them, unless refcounts are lazy. */
+static int coroutine_fn l2_after_refcounts(BDRVQcow2State *s)
+{
+    if (s->h.incompat & QCOW2_INCOMPAT_DIRTY) {
+        return 0;
+    }
+    return meta_cache_set_dependency(s->l2_cache, s->refcount_cache);
+}
+
 static bool alloc_overlaps(BDRVQcow2State *s, uint64_t first, uint64_t nb)
 {
     for (Qcow2Alloc *a = s->allocs; a; a = a->next) {
@@ -78,6 +108,10 @@ static int coroutine_fn write_allocating(BlockDriverState *bs, uint64_t offset, 
     co_mutex_lock(&s->lock);
     while (alloc_overlaps(s, first, nb)) {
         co_queue_wait(&s->alloc_wait, &s->lock);
+    }
+    ret = mark_dirty(bs);
+    if (ret < 0) {
+        goto unlock;
     }
     if (l1_index >= s->l1_size) {
         ret = -EIO;
@@ -176,7 +210,7 @@ static int coroutine_fn write_allocating(BlockDriverState *bs, uint64_t offset, 
         goto put;
     }
     /* Publish: L2 entries after the refcount blocks that count them. */
-    ret = meta_cache_set_dependency(s->l2_cache, s->refcount_cache);
+    ret = l2_after_refcounts(s);
     if (ret < 0) {
         goto put;
     }
@@ -242,6 +276,29 @@ int coroutine_fn qcow2_co_pwritev(BlockDriverState *bs, int64_t offset, int64_t 
     return 0;
 }
 
+/* At a clean close: caches written and flushed, then the dirty bit goes. */
+int coroutine_fn qcow2_mark_clean(BlockDriverState *bs)
+{
+    BDRVQcow2State *s = bs->opaque;
+
+    if (!s->writable || !(s->h.incompat & QCOW2_INCOMPAT_DIRTY)) {
+        return 0;
+    }
+    co_mutex_lock(&s->lock);
+    int ret = meta_cache_flush(s->refcount_cache);
+    if (ret == 0) {
+        ret = meta_cache_flush(s->l2_cache);
+    }
+    if (ret == 0) {
+        ret = qcow2_write_header_field(bs, QH_INCOMPAT, s->h.incompat & ~QCOW2_INCOMPAT_DIRTY);
+    }
+    if (ret == 0) {
+        s->h.incompat &= ~QCOW2_INCOMPAT_DIRTY;
+    }
+    co_mutex_unlock(&s->lock);
+    return ret;
+}
+
 int coroutine_fn qcow2_co_flush_to_os(BlockDriverState *bs)
 {
     BDRVQcow2State *s = bs->opaque;
@@ -274,6 +331,7 @@ static int coroutine_fn clear_clusters(BlockDriverState *bs, uint64_t offset, ui
     int ret = 0;
 
     co_mutex_lock(&s->lock);
+    ret = mark_dirty(bs);
     while (bytes && ret == 0) {
         uint64_t first = offset >> s->cluster_bits;
         uint64_t l1_index = offset >> (s->l2_bits + s->cluster_bits);

@@ -288,7 +288,9 @@ fail_locks:
 
 static void coroutine_fn close_flush_co(void *opaque)
 {
-    qcow2_co_flush_to_os(opaque);
+    if (qcow2_co_flush_to_os(opaque) == 0) {
+        qcow2_mark_clean(opaque);
+    }
 }
 
 static void qcow2_close(BlockDriverState *bs)
@@ -297,7 +299,8 @@ static void qcow2_close(BlockDriverState *bs)
 
     /* The core flushed before close; this catches a failed or skipped one. */
     if (s->writable && aio_current() &&
-        (meta_cache_nr_dirty(s->l2_cache) || meta_cache_nr_dirty(s->refcount_cache))) {
+        (meta_cache_nr_dirty(s->l2_cache) || meta_cache_nr_dirty(s->refcount_cache) ||
+         (s->h.incompat & QCOW2_INCOMPAT_DIRTY))) {
         aio_co_run_sync(close_flush_co, bs);
     }
 
