@@ -391,8 +391,14 @@ static int coroutine_fn clear_clusters(BlockDriverState *bs, uint64_t offset, ui
         if (nb_old) {
             ret = meta_cache_flush(s->l2_cache);
             for (uint64_t i = 0; ret == 0 && i < nb_old; i++) {
+                if (qcow2_has_data_file(s)) {
+                    /* nothing counts data-file clusters: the data file forgets it */
+                    bdrv_co_pdiscard(s->data_file, (int64_t)(old[i] & QCOW2_L2E_OFFSET_MASK),
+                                     s->cluster_size);
+                    continue;
+                }
                 ret = free_old_entry(bs, old[i]);
-                if (ret == 0 && !(old[i] & QCOW2_OFLAG_COMPRESSED) && !qcow2_has_data_file(s)) {
+                if (ret == 0 && !(old[i] & QCOW2_OFLAG_COMPRESSED)) {
                     uint64_t rc;
                     uint64_t host = old[i] & QCOW2_L2E_OFFSET_MASK;
                     if (qcow2_get_refcount(bs, host >> s->cluster_bits, &rc) == 0 && !rc) {
@@ -437,9 +443,6 @@ int coroutine_fn qcow2_co_pdiscard(BlockDriverState *bs, int64_t offset, int64_t
 {
     BDRVQcow2State *s = bs->opaque;
 
-    if (qcow2_data_file_is_raw(s)) {
-        return -ENOTSUP;               /* the data file must stay the raw image */
-    }
     if (qcow2_offset_into_cluster(s, (uint64_t)(offset | bytes))) {
         if (qcow2_offset_into_cluster(s, (uint64_t)offset) ||
             offset + bytes != bdrv_getlength(bs)) {
