@@ -65,6 +65,21 @@ static void set_l2_entry(BDRVQcow2State *s, uint64_t *slice, uint32_t i, uint64_
     __atomic_store_n(&slice[i * (s->l2_entry_size / 8)], htobe64(e), __ATOMIC_RELEASE);
 }
 
+static uint64_t get_l2(BDRVQcow2State *s, const uint64_t *slice, uint32_t i, uint64_t *bitmap)
+{
+    if (bitmap) {
+        *bitmap = qcow2_has_subclusters(s) ? be64toh(slice[i * 2 + 1]) : 0;
+    }
+    return be64toh(slice[i * (s->l2_entry_size / 8)]);
+}
+
+static void set_l2_bitmap(BDRVQcow2State *s, uint64_t *slice, uint32_t i, uint64_t bitmap)
+{
+    if (qcow2_has_subclusters(s)) {
+        __atomic_store_n(&slice[i * 2 + 1], htobe64(bitmap), __ATOMIC_RELEASE);
+    }
+}
+
 /* Release host clusters an L2 entry held (it no longer points at them). */
 static int coroutine_fn free_old_entry(BlockDriverState *bs, uint64_t e)
 {
@@ -243,6 +258,181 @@ unlock:
     return ret;
 }
 
+/* Subclusters [a, b) of a bitmap's allocation half (b <= 32). */
+static uint64_t sc_range(uint32_t a, uint32_t b)
+{
+    return ((b >= 32 ? 0xffffffffULL : ((1ULL << b) - 1)) & ~((1ULL << a) - 1));
+}
+
+/*
+ * Extended L2: write [offset, offset + *bytes) within one cluster, allocating
+ * the subclusters it touches.  A cluster with a host cluster of its own
+ * keeps it (only partial subclusters that were not allocated are filled
+ * from what they showed); one without gets a new cluster with only the
+ * touched subclusters allocated; a compressed or shared one is copied whole
+ * into a new cluster.  *bytes becomes what was written.
+ */
+static int coroutine_fn write_subclusters(BlockDriverState *bs, uint64_t offset, uint64_t *bytes,
+                                          IOVector *qiov, size_t qiov_offset)
+{
+    BDRVQcow2State *s = bs->opaque;
+    uint64_t cluster = offset >> s->cluster_bits;
+    uint64_t l1_index = offset >> (s->l2_bits + s->cluster_bits);
+    uint32_t l2_index = (uint32_t)(cluster & ((1ULL << s->l2_bits) - 1));
+    uint32_t in_slice = l2_index & (s->l2_slice_entries - 1);
+    uint64_t start = qcow2_offset_into_cluster(s, offset);
+    uint64_t end = MIN(start + *bytes, (uint64_t)s->cluster_size);
+    uint32_t first_sc = (uint32_t)(start >> s->subcluster_bits);
+    uint32_t last_sc = (uint32_t)((end - 1) >> s->subcluster_bits);
+    uint64_t guest_base = cluster << s->cluster_bits;
+    Qcow2Alloc alloc = { .first = cluster, .nb = 1 };
+    uint64_t *slice = NULL, e, bitmap, host;
+    bool new_cluster, whole;
+    int ret;
+
+    co_mutex_lock(&s->lock);
+    while (alloc_overlaps(s, cluster, 1)) {
+        co_queue_wait(&s->alloc_wait, &s->lock);
+    }
+    ret = mark_dirty(bs);
+    if (ret < 0) {
+        goto unlock;
+    }
+    if (!(s->l1_table[l1_index] & QCOW2_L1E_OFFSET_MASK)) {
+        ret = qcow2_l2_allocate(bs, l1_index);
+        if (ret < 0) {
+            goto unlock;
+        }
+    }
+    uint64_t l2_offset = s->l1_table[l1_index] & QCOW2_L1E_OFFSET_MASK;
+    ret = meta_cache_get(s->l2_cache, (int64_t)(l2_offset + (uint64_t)(l2_index - in_slice) * 16),
+                         (void **)&slice);
+    if (ret < 0) {
+        goto unlock;
+    }
+    e = get_l2(s, slice, in_slice, &bitmap);
+    bool has_host = !(e & QCOW2_OFLAG_COMPRESSED) &&
+                    ((e & QCOW2_L2E_OFFSET_MASK) || qcow2_has_data_file(s)) &&
+                    (e & QCOW2_OFLAG_COPIED);
+    uint64_t touched = sc_range(first_sc, last_sc + 1);
+    if (has_host && (bitmap & touched) == touched && !((bitmap >> 32) & touched)) {
+        ret = 1;                    /* allocated meanwhile: in place */
+        goto put;
+    }
+    new_cluster = !has_host;
+    /* Compressed and shared clusters are copied whole: their allocated
+     * subclusters are data the new cluster must carry. */
+    whole = (e & QCOW2_OFLAG_COMPRESSED) ||
+            (!has_host && (e & QCOW2_L2E_OFFSET_MASK) && !qcow2_has_data_file(s));
+    if (!new_cluster) {
+        host = e & QCOW2_L2E_OFFSET_MASK;
+    } else if (qcow2_has_data_file(s)) {
+        host = guest_base;
+    } else {
+        int64_t h = qcow2_alloc_clusters(bs, s->cluster_size);
+        if (h < 0) {
+            ret = (int)h;
+            goto put;
+        }
+        host = (uint64_t)h;
+    }
+    alloc.next = s->allocs;
+    s->allocs = &alloc;
+    co_mutex_unlock(&s->lock);
+
+    /* What to fill from the old contents: the whole cluster, or the parts
+     * of partial subclusters that were not allocated. */
+    uint64_t from = start, to = end;
+    if (whole) {
+        from = 0;
+        to = s->cluster_size;
+    } else {
+        if (!(bitmap & (1ULL << first_sc)) || ((bitmap >> 32) & (1ULL << first_sc))) {
+            from = (uint64_t)first_sc << s->subcluster_bits;
+        }
+        if (!(bitmap & (1ULL << last_sc)) || ((bitmap >> 32) & (1ULL << last_sc))) {
+            to = (uint64_t)(last_sc + 1) << s->subcluster_bits;
+        }
+    }
+    uint64_t head = start - from, tail = to - end, len = end - start;
+    Qcow2Bounce *b = (head || tail) ? qcow2_bounce_get(s) : NULL;
+    if ((head || tail) && !b) {
+        ret = -ENOMEM;
+    } else {
+        IOVector v;
+        ret = 0;
+        if (head) {
+            IOVector h;
+            iov_init_buf(&h, b->in, head);
+            ret = qcow2_co_preadv(bs, (int64_t)(guest_base + from), (int64_t)head, &h, 0, 0);
+        }
+        if (ret == 0 && tail) {
+            IOVector t;
+            iov_init_buf(&t, b->out, tail);
+            ret = qcow2_co_preadv(bs, (int64_t)(guest_base + end), (int64_t)tail, &t, 0, 0);
+        }
+        if (ret == 0) {
+            iov_init(&v, 3);
+            if (head) {
+                iov_add(&v, b->in, head);
+            }
+            iov_concat(&v, qiov, qiov_offset, len);
+            if (tail) {
+                iov_add(&v, b->out, tail);
+            }
+            ret = bdrv_co_pwritev(s->data_file, (int64_t)(host + from), (int64_t)(to - from), &v, 0);
+            iov_destroy(&v);
+        }
+    }
+    if (b) {
+        qcow2_bounce_put(s, b);
+    }
+
+    co_mutex_lock(&s->lock);
+    for (Qcow2Alloc **p = &s->allocs; *p; p = &(*p)->next) {
+        if (*p == &alloc) {
+            *p = alloc.next;
+            break;
+        }
+    }
+    co_queue_restart_all(&s->alloc_wait);
+    if (ret < 0) {
+        if (new_cluster && !qcow2_has_data_file(s)) {
+            qcow2_update_refcount(bs, host, s->cluster_size, true);
+        }
+        goto put;
+    }
+    if (new_cluster) {
+        ret = l2_after_refcounts(s);
+        if (ret < 0) {
+            goto put;
+        }
+    }
+    uint64_t fill = sc_range((uint32_t)(from >> s->subcluster_bits),
+                             (uint32_t)DIV_ROUND_UP(to, (uint64_t)s->subcluster_size));
+    uint64_t nbitmap = whole ? QCOW2_L2_BITMAP_ALL_ALLOC
+                             : (((bitmap & QCOW2_L2_BITMAP_ALL_ALLOC) | fill) |
+                                ((bitmap >> 32) & ~fill) << 32);
+    if (new_cluster && !whole) {
+        nbitmap &= ~(QCOW2_L2_BITMAP_ALL_ALLOC & ~fill);   /* nothing else is in it */
+    }
+    set_l2_bitmap(s, slice, in_slice, nbitmap);
+    set_l2_entry(s, slice, in_slice, host | QCOW2_OFLAG_COPIED);
+    meta_cache_mark_dirty(s->l2_cache, slice);
+    if (whole && !qcow2_has_data_file(s)) {
+        ret = meta_cache_flush(s->l2_cache);
+        if (ret == 0) {
+            ret = free_old_entry(bs, e);
+        }
+    }
+    *bytes = len;
+put:
+    meta_cache_put(s->l2_cache, slice);
+unlock:
+    co_mutex_unlock(&s->lock);
+    return ret;
+}
+
 int coroutine_fn qcow2_co_pwritev(BlockDriverState *bs, int64_t offset, int64_t bytes,
                                   IOVector *qiov, size_t qiov_offset, BdrvRequestFlags flags)
 {
@@ -260,6 +450,12 @@ int coroutine_fn qcow2_co_pwritev(BlockDriverState *bs, int64_t offset, int64_t 
         if (type == QCOW2_SC_NORMAL && copied) {
             ret = bdrv_co_pwritev_part(s->data_file, (int64_t)host, (int64_t)n, qiov,
                                        qiov_offset, 0);
+        } else if (qcow2_has_subclusters(s)) {
+            n = (uint64_t)bytes;
+            ret = write_subclusters(bs, (uint64_t)offset, &n, qiov, qiov_offset);
+            if (ret == 1) {
+                continue;
+            }
         } else {
             ret = write_allocating(bs, (uint64_t)offset, &n, qiov, qiov_offset);
             if (ret == 1) {
@@ -370,7 +566,26 @@ static int coroutine_fn clear_clusters(BlockDriverState *bs, uint64_t offset, ui
             bool compressed = e & QCOW2_OFLAG_COMPRESSED;
             bool allocated = compressed || (e & QCOW2_L2E_OFFSET_MASK) ||
                              (qcow2_has_data_file(s) && (e & QCOW2_OFLAG_COPIED));
-            uint64_t ne;
+            uint64_t ne, obm = 0, nbm = 0;
+            if (qcow2_has_subclusters(s)) {
+                get_l2(s, slice, in_slice + (uint32_t)i, &obm);
+                bool unmap = mode == Q2_DISCARD || compressed ||
+                             (mode == Q2_ZERO_UNMAP && allocated);
+                if (mode == Q2_DISCARD && !bs->backing && !allocated) {
+                    continue;
+                }
+                ne = unmap ? 0 : e;
+                nbm = QCOW2_L2_BITMAP_ALL_ALLOC << 32;      /* every subcluster zero */
+                if (ne == e && nbm == obm) {
+                    continue;
+                }
+                set_l2_bitmap(s, slice, in_slice + (uint32_t)i, nbm);
+                set_l2_entry(s, slice, in_slice + (uint32_t)i, ne);
+                if (allocated && !(ne & QCOW2_L2E_OFFSET_MASK) && !(ne & QCOW2_OFLAG_COPIED)) {
+                    old[nb_old++] = e;
+                }
+                continue;
+            }
             if (mode == Q2_DISCARD) {
                 /* reads as zeros, or falls through to nothing on v2 */
                 ne = (bs->backing || allocated) ? (s->h.version >= 3 ? QCOW2_OFLAG_ZERO : 0) : e;

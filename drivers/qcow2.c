@@ -148,11 +148,6 @@ static int check_writable(BlockDriverState *bs, int flags, Error **errp)
                    " or open it read-only", name, s->h.incompat);
         return -EACCES;
     }
-    if (qcow2_has_subclusters(s)) {
-        error_setg(errp, "qcow2: %s: writing images with extended L2 entries is not supported"
-                   " yet; open it read-only", name);
-        return -ENOTSUP;
-    }
     return 0;
 }
 

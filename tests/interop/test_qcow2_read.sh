@@ -138,8 +138,5 @@ qemu-img rebase -u -b lb.qcow2 -F qcow2 la.qcow2
 expect_rc 1 timeout 60 "$UBLKD" img map la.qcow2
 expect_out "Backing file 'la.qcow2' of 'lb.qcow2' makes a loop in the backing chain"
 
-# Writing extended-L2 images is not there yet: a read-write open says so.
-expect_rc 1 "$UBLKD" img io -c "write 0 512" x.qcow2
-expect_out "writing images with extended L2 entries is not supported yet"
 
 echo "ok: $n_ok qcow2 images and infos match qemu-img"

@@ -34,7 +34,7 @@ same_ops() {
     n_ok=$((n_ok + 1))
 }
 
-ops=(-c "write -P 0x11 0 4k" -c "write -P 0x22 100k 200k" -c "write -P 0x33 65000 1000"
+ops=(-c "write -P 0x99 1M 700" -c "write -P 0x11 0 4k" -c "write -P 0x22 100k 200k" -c "write -P 0x33 65000 1000"
      -c "write -P 0x44 5M 3M" -c "write -P 0x55 8380416 8192" -c "write -P 0x66 4k 4k"
      -c "write -z 64k 128k" -c "write -z -u 256k 200k" -c "discard 512k 300k"
      -c "write -P 0x77 2M 100k" -c "discard 2M 64k" -c "write -z 3M 5000"
@@ -42,7 +42,8 @@ ops=(-c "write -P 0x11 0 4k" -c "write -P 0x22 100k 200k" -c "write -P 0x33 6500
 qemu-img create -q -f qcow2 base.qcow2 8M
 qemu-io -c "write -P 0xb0 0 8M" base.qcow2 > /dev/null
 for o in "" compat=0.10 cluster_size=512 cluster_size=4k cluster_size=2M refcount_bits=1 \
-         refcount_bits=64,cluster_size=512 lazy_refcounts=on; do
+         refcount_bits=64,cluster_size=512 lazy_refcounts=on extended_l2=on,cluster_size=16k \
+         extended_l2=on extended_l2=on,cluster_size=2M; do
     same_ops "plain $o" "$o"
     same_ops "backing $o" "$o" base.qcow2
 done
@@ -60,14 +61,16 @@ for o in "" cluster_size=512,refcount_bits=64 cluster_size=4k; do
 done
 
 # Overwriting compressed clusters frees their sectors.
-qemu-img convert -c -O qcow2 base.qcow2 z.qcow2
-cp z.qcow2 zq.qcow2
-zops=(-c "write -P 0x12 1000 3000" -c "write -P 0x23 70000 200000")
-"$UBLKD" img io "${zops[@]}" z.qcow2 > /dev/null || fail "compressed overwrite"
-qemu-io "${zops[@]}" zq.qcow2 > /dev/null
-qemu-img compare z.qcow2 zq.qcow2 > /dev/null || fail "compressed overwrite reads differently"
-clean z.qcow2
-n_ok=$((n_ok + 1))
+for o in "" extended_l2=on; do
+    qemu-img convert -c -O qcow2 ${o:+-o "$o"} base.qcow2 z.qcow2
+    cp z.qcow2 zq.qcow2
+    zops=(-c "write -P 0x12 1000 3000" -c "write -P 0x23 70000 200000" -c "discard 1M 64k")
+    "$UBLKD" img io -d unmap "${zops[@]}" z.qcow2 > /dev/null || fail "compressed overwrite $o"
+    qemu-io -d unmap "${zops[@]}" zq.qcow2 > /dev/null
+    qemu-img compare z.qcow2 zq.qcow2 > /dev/null || fail "compressed overwrite $o reads differently"
+    clean z.qcow2
+    n_ok=$((n_ok + 1))
+done
 
 # External data files, plain and raw.
 for raw in off on; do
@@ -86,7 +89,7 @@ done
 
 # Concurrent random writes from two threads: a clean image that reads the
 # same through both tools.
-for o in cluster_size=4k lazy_refcounts=on,cluster_size=64k; do
+for o in cluster_size=4k lazy_refcounts=on,cluster_size=64k extended_l2=on,cluster_size=32k; do
     rm -f r.qcow2
     qemu-img create -q -f qcow2 -o "$o" r.qcow2 64M
     "$UBLKD" img bench -w -f qcow2 -c 20000 -d 32 -s 4096 --random --threads=2 \
@@ -97,6 +100,8 @@ for o in cluster_size=4k lazy_refcounts=on,cluster_size=64k; do
     cmp rq.raw ru.raw || fail "bench $o: reads differ"
     n_ok=$((n_ok + 1))
 done
+qemu-img create -q -f qcow2 -o lazy_refcounts=on r.qcow2 8M
+"$UBLKD" img io -c "write -P 1 0 1M" r.qcow2 > /dev/null
 info=$(qemu-img info r.qcow2)
 case $info in *"cleanly shut down: no"*) fail "lazy refcounts: dirty bit left set" ;; esac
 
