@@ -35,7 +35,8 @@ static bool ranges_overlap(uint64_t a, uint64_t alen, uint64_t b, uint64_t blen)
     return a < b + blen && b < a + alen;
 }
 
-bool coroutine_fn qcow2_overlaps_metadata(BlockDriverState *bs, uint64_t offset, uint64_t len)
+bool coroutine_fn qcow2_overlaps_metadata(BlockDriverState *bs, uint64_t offset, uint64_t len,
+                                          uint64_t self)
 {
     BDRVQcow2State *s = bs->opaque;
     const char *what = NULL;
@@ -50,13 +51,13 @@ bool coroutine_fn qcow2_overlaps_metadata(BlockDriverState *bs, uint64_t offset,
     } else {
         for (uint32_t i = 0; i < s->refcount_table_size && !what; i++) {
             uint64_t rb = s->refcount_table[i] & QCOW2_REFT_OFFSET_MASK;
-            if (rb && ranges_overlap(offset, len, rb, s->cluster_size)) {
+            if (rb && rb != self && ranges_overlap(offset, len, rb, s->cluster_size)) {
                 what = "refcount block";
             }
         }
         for (uint32_t i = 0; i < s->l1_size && !what; i++) {
             uint64_t l2 = s->l1_table[i] & QCOW2_L1E_OFFSET_MASK;
-            if (l2 && ranges_overlap(offset, len, l2, s->cluster_size)) {
+            if (l2 && l2 != self && ranges_overlap(offset, len, l2, s->cluster_size)) {
                 what = "active L2 table";
             }
         }
@@ -264,7 +265,7 @@ static int coroutine_fn alloc_refcount_block(BlockDriverState *bs, uint64_t ci)
     if (new_block <= 0) {
         return new_block < 0 ? (int)new_block : -EIO;
     }
-    if (qcow2_overlaps_metadata(bs, (uint64_t)new_block, s->cluster_size)) {
+    if (qcow2_overlaps_metadata(bs, (uint64_t)new_block, s->cluster_size, 0)) {
         return -EIO;
     }
     bool self = ((uint64_t)new_block >> (s->cluster_bits + s->refcount_block_bits)) == ti;
@@ -332,7 +333,7 @@ int coroutine_fn qcow2_update_refcount(BlockDriverState *bs, uint64_t offset, ui
     uint64_t last = qcow2_start_of_cluster(s, offset + length - 1);
     uint64_t max = s->h.refcount_order == 6 ? UINT64_MAX
                                             : (UINT64_C(1) << (1U << s->h.refcount_order)) - 1;
-    uint64_t cluster_offset;
+    uint64_t cluster_offset, checked_rb = 0;
     int ret = 0;
 
     if (!length) {
@@ -355,6 +356,14 @@ int coroutine_fn qcow2_update_refcount(BlockDriverState *bs, uint64_t offset, ui
             break;
         }
         uint64_t rb = s->refcount_table[ci >> s->refcount_block_bits] & QCOW2_REFT_OFFSET_MASK;
+        if (rb != checked_rb) {
+            /* a refcount block the table points into other metadata */
+            if (qcow2_overlaps_metadata(bs, rb, s->cluster_size, rb)) {
+                ret = -EIO;
+                break;
+            }
+            checked_rb = rb;
+        }
         uint8_t *slice;
         uint64_t i;
         ret = rc_slice(bs, rb, ci & ((1ULL << s->refcount_block_bits) - 1), false, &slice, &i);
@@ -396,7 +405,7 @@ int64_t coroutine_fn qcow2_alloc_clusters(BlockDriverState *bs, uint64_t size)
     if (ret < 0) {
         return ret;
     }
-    if (qcow2_overlaps_metadata(bs, (uint64_t)offset, size)) {
+    if (qcow2_overlaps_metadata(bs, (uint64_t)offset, size, 0)) {
         return -EIO;
     }
     return offset;

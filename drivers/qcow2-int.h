@@ -294,9 +294,14 @@ int64_t coroutine_fn qcow2_alloc_clusters(BlockDriverState *bs, uint64_t size);
 int coroutine_fn qcow2_update_refcount(BlockDriverState *bs, uint64_t offset, uint64_t length,
                                        bool decrease);
 int coroutine_fn qcow2_l2_allocate(BlockDriverState *bs, uint64_t l1_index);
-/* Whether [offset, offset + len) of the image file holds metadata; if so the
- * image is marked corrupt (QEMU's overlap check, for the tables in memory). */
-bool coroutine_fn qcow2_overlaps_metadata(BlockDriverState *bs, uint64_t offset, uint64_t len);
+/* Whether [offset, offset + len) of the image file holds metadata other
+ * than the table at `self` (0: none); if so the image is marked corrupt
+ * and the caller fails its request (QEMU's overlap check, against the
+ * header, the L1 and refcount tables, and every refcount block and L2
+ * table they point at).  Before every write of data to new clusters and
+ * every change of an L2 table or refcount block. */
+bool coroutine_fn qcow2_overlaps_metadata(BlockDriverState *bs, uint64_t offset, uint64_t len,
+                                          uint64_t self);
 int coroutine_fn qcow2_write_header_field(BlockDriverState *bs, size_t off, uint64_t v);
 
 /* qcow2-write.c */

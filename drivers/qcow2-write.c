@@ -139,6 +139,10 @@ static int coroutine_fn write_allocating(BlockDriverState *bs, uint64_t offset, 
         }
     }
     uint64_t l2_offset = s->l1_table[l1_index] & QCOW2_L1E_OFFSET_MASK;
+    if (qcow2_overlaps_metadata(bs, l2_offset, s->cluster_size, l2_offset)) {
+        ret = -EIO;
+        goto unlock;
+    }
     int64_t slice_off = (int64_t)(l2_offset + (uint64_t)(l2_index - in_slice) * s->l2_entry_size);
     ret = meta_cache_get(s->l2_cache, slice_off, (void **)&slice);
     if (ret < 0) {
@@ -305,6 +309,10 @@ static int coroutine_fn write_subclusters(BlockDriverState *bs, uint64_t offset,
         }
     }
     uint64_t l2_offset = s->l1_table[l1_index] & QCOW2_L1E_OFFSET_MASK;
+    if (qcow2_overlaps_metadata(bs, l2_offset, s->cluster_size, l2_offset)) {
+        ret = -EIO;
+        goto unlock;
+    }
     ret = meta_cache_get(s->l2_cache, (int64_t)(l2_offset + (uint64_t)(l2_index - in_slice) * 16),
                          (void **)&slice);
     if (ret < 0) {
@@ -448,6 +456,19 @@ int coroutine_fn qcow2_co_pwritev(BlockDriverState *bs, int64_t offset, int64_t 
             return ret;
         }
         if (type == QCOW2_SC_NORMAL && copied) {
+            /* The tables at fixed places cost three compares to guard; the
+             * others are checked when clusters are handed out. */
+            if (!qcow2_has_data_file(s) &&
+                (host < s->cluster_size ||
+                 (host < s->h.l1_table_offset + (uint64_t)s->l1_size * 8 &&
+                  s->h.l1_table_offset < host + n) ||
+                 (host < s->h.refcount_table_offset + (uint64_t)s->refcount_table_size * 8 &&
+                  s->h.refcount_table_offset < host + n))) {
+                co_mutex_lock(&s->lock);
+                qcow2_overlaps_metadata(bs, host, n, 0);
+                co_mutex_unlock(&s->lock);
+                return -EIO;
+            }
             ret = bdrv_co_pwritev_part(s->data_file, (int64_t)host, (int64_t)n, qiov,
                                        qiov_offset, 0);
         } else if (qcow2_has_subclusters(s)) {
@@ -554,6 +575,10 @@ static int coroutine_fn clear_clusters(BlockDriverState *bs, uint64_t offset, ui
                 break;
             }
             l2_offset = s->l1_table[l1_index] & QCOW2_L1E_OFFSET_MASK;
+        }
+        if (qcow2_overlaps_metadata(bs, l2_offset, s->cluster_size, l2_offset)) {
+            ret = -EIO;
+            break;
         }
         ret = meta_cache_get(s->l2_cache, (int64_t)(l2_offset + (uint64_t)(l2_index - in_slice) *
                                                                 s->l2_entry_size),
