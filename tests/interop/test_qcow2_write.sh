@@ -105,4 +105,15 @@ qemu-img create -q -f qcow2 -o lazy_refcounts=on r.qcow2 8M
 info=$(qemu-img info r.qcow2)
 case $info in *"cleanly shut down: no"*) fail "lazy refcounts: dirty bit left set" ;; esac
 
+# img convert -O qcow2 writes the very file qemu-img convert writes.
+qemu-img create -q -f raw src.raw 6M
+qemu-io -f raw -c "write -P 0x21 0 1M" -c "write -P 0x22 3M 100k" -c "write -P 0 4M 64k" src.raw > /dev/null
+for o in "" cluster_size=4k extended_l2=on compat=0.10,cluster_size=512; do
+    rm -f cq.qcow2 cu.qcow2
+    qemu-img convert -O qcow2 ${o:+-o "$o"} src.raw cq.qcow2
+    "$UBLKD" img convert -O qcow2 ${o:+-o "$o"} src.raw cu.qcow2 || fail "convert -O qcow2 $o"
+    cmp cq.qcow2 cu.qcow2 || fail "convert -O qcow2 $o: files differ"
+    n_ok=$((n_ok + 1))
+done
+
 echo "ok: $n_ok qcow2 write scenarios match qemu-io and check clean"
