@@ -26,8 +26,8 @@ LDFLAGS   ?=
 
 # ---- sources, one subsystem per file ----
 IO_SRCS := io/error.c io/coroutine.c io/co-lock.c io/aio.c io/aio-signal.c io/iov.c io/iov-fixed.c
-# node graph, options, file protocol (graph helper)
-IO_SRCS += io/options.c io/block.c io/block-open.c io/file.c
+# node graph, options
+IO_SRCS += io/options.c io/block.c io/block-open.c io/block-perm.c
 # request path, throttling, export handle
 IO_SRCS += io/block-io.c io/block-io-fixed.c io/block-io-zero.c io/block-io-drain.c io/block-status.c
 IO_SRCS += io/throttle.c io/block-backend.c
@@ -37,7 +37,7 @@ IO_SRCS += io/thread-slot.c io/block-counters.c
 
 # Drivers: one line each.  The name must match `const BlockDriver bdrv_<name>`
 # in the driver's file; the registry is generated from this list.
-# `file` is the protocol driver in io/file.c and is always built.
+# `file` is the protocol driver in drivers/file*.c and is always built.
 DRIVERS-y := file
 DRIVERS-$(CONFIG_RAW)      += raw
 DRIVERS-$(CONFIG_NULL)     += null
@@ -45,11 +45,12 @@ DRIVERS-$(CONFIG_VDI)      += vdi
 DRIVERS-$(CONFIG_QCOW2)    += qcow2
 DRIVERS-$(CONFIG_BLKDEBUG) += blkdebug
 # Extra files of a driver split by concern: DRIVER_SRCS-<name> := drivers/<name>-x.c
+DRIVER_SRCS-file := drivers/file-io.c drivers/file-lock.c
 DRIVER_SRCS-vdi := drivers/vdi-write.c drivers/vdi-create.c drivers/vdi-check.c
 DRIVER_SRCS-qcow2 := drivers/qcow2-header.c drivers/qcow2-cluster.c drivers/qcow2-refcount.c \
                      drivers/qcow2-compress.c drivers/qcow2-create.c \
                      drivers/qcow2-alloc.c drivers/qcow2-write.c
-DRIVER_SRCS := $(foreach d,$(filter-out file,$(DRIVERS-y)),$(wildcard drivers/$(d).c) $(DRIVER_SRCS-$(d)))
+DRIVER_SRCS := $(foreach d,$(DRIVERS-y),$(wildcard drivers/$(d).c) $(DRIVER_SRCS-$(d)))
 
 # ublk server: control plane, params, config/state, queue threads, daemon
 UBLK_SRCS := ublk/ctrl.c ublk/params.c ublk/config.c ublk/queue.c ublk/server.c
@@ -103,7 +104,7 @@ deps:
 	    $(SUDO) apt-get update -q && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -q $$missing; \
 	else echo "deps: all installed"; fi
 
-.PHONY: all clean install test check-unit check-interop check-vm check-fuzz asan tsan bench bench-vm tests check-hostile check-hostile-quick
+.PHONY: all clean install test check-layering check-unit check-interop check-vm check-fuzz asan tsan bench bench-vm tests check-hostile check-hostile-quick
 all: $(BUILD)/ublkd
 
 # ---- generated config ----
@@ -148,8 +149,22 @@ tests: $(UNIT_TESTS) $(BUILD)/ublkd
 # ---- test entry points ----
 # check-unit prints cmocka's summary for every suite and a total line.
 UNIT_LABEL ?= unit
-check-unit: $(UNIT_TESTS)
+check-unit: $(UNIT_TESTS) check-layering
 	@UNIT_LABEL=$(UNIT_LABEL) tests/run-unit.sh $(UNIT_TESTS)
+
+# The users of the block layer (ublk/, tools/ and the headers they include)
+# see only the public API: block.h, block-backend.h.  The driver API and the
+# block layer's internals stay out of them, and io/'s internals out of drivers/.
+LAYERING_PRIVATE := block-driver.h block-int.h block-req.h block-io-int.h meta-cache.h
+LAYERING_USERS := ublk tools include/block.h include/block-backend.h include/ublk.h
+check-layering:
+	@bad=$$(grep -rnE '^[[:space:]]*#[[:space:]]*include[[:space:]]*"($(subst .,\.,$(subst $(eval) ,|,$(LAYERING_PRIVATE))))"' \
+	    $(LAYERING_USERS)); \
+	if [ -n "$$bad" ]; then echo "check-layering: ublk/ and tools/ may use only block.h and block-backend.h:"; \
+	    echo "$$bad"; exit 1; fi; \
+	bad=$$(grep -rnE '^[[:space:]]*#[[:space:]]*include[[:space:]]*"(block-int|block-io-int)\.h"' drivers); \
+	if [ -n "$$bad" ]; then echo "check-layering: drivers/ use the driver API (block-driver.h), not io/ internals:"; \
+	    echo "$$bad"; exit 1; fi; echo "layering: ublk/ and tools/ include no driver API header, drivers/ no io/ internals"
 
 check-interop: $(BUILD)/ublkd
 	@UBLKD=$(abspath $(BUILD)/ublkd) tests/interop/run.sh

@@ -16,7 +16,7 @@
 #include <inttypes.h>
 #include <stdio.h>
 #include <stdlib.h>
-#include "block.h"
+#include "block-driver.h"
 
 typedef enum {
     EV_READ, EV_WRITE, EV_FLUSH, EV_DISCARD, EV_WRITE_ZEROES, EV_BLOCK_STATUS,
@@ -120,7 +120,7 @@ static int blkdebug_open(BlockDriverState *bs, OptDict *options, int flags, Erro
         return -EINVAL;
     }
     const char *child = optdict_has_prefix(options, "image.") ? "image" : "file";
-    if (!bdrv_open_child(NULL, options, child, bs, BDRV_CHILD_FILE, false, errp)) {
+    if (!bdrv_open_child(NULL, options, child, bs, BDRV_CHILD_FILTERED | BDRV_CHILD_PRIMARY, false, errp)) {
         return -EINVAL;
     }
     /* A filter grows when its child does: otherwise a format on top (vdi

@@ -10,7 +10,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include "aio.h"
-#include "block.h"
+#include "block-driver.h"
 #include "iov-fixed.h"
 
 typedef struct NullState {
@@ -136,6 +136,7 @@ static void null_get_specific_info(BlockDriverState *bs, ImageSpecificInfo *info
 
 const BlockDriver bdrv_null = {
     .format_name = "null",
+    .protocol_names = { "null-co", "null" },
     .instance_size = sizeof(NullState),
     .is_format = false,
     .open = null_open,

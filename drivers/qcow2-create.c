@@ -830,28 +830,23 @@ static int open_new_file(const char *filename, PreallocMode prealloc, uint64_t s
                          BdrvChild **child, Error **errp)
 {
     static const char *const names[] = { "off", "metadata", "falloc", "full" };
-    const BlockDriver *file_drv = bdrv_find_format("file");
-    if (!file_drv) {
-        error_setg(errp, "qcow2: %s: no file protocol driver", filename);
-        return -ENOTSUP;
-    }
     OptDict *fo = optdict_new();
     optdict_set_int(fo, "size", (int64_t)size);
     if (prealloc == PREALLOC_MODE_FALLOC || prealloc == PREALLOC_MODE_FULL) {
         optdict_set(fo, "preallocation", names[prealloc]);
     }
-    int ret = bdrv_create(file_drv, filename, fo, errp);
+    int ret = bdrv_co_create_file(filename, fo, errp);
     optdict_free(fo);
     if (ret < 0) {
         return ret;
     }
-    fo = optdict_new();
-    optdict_set(fo, "driver", "file");
-    BlockDriverState *bs = bdrv_open(filename, fo, BDRV_O_RDWR | BDRV_O_PROTOCOL, errp);
+    BlockDriverState *bs = bdrv_open(filename, NULL, BDRV_O_RDWR | BDRV_O_PROTOCOL, errp);
     if (!bs) {
         return -EIO;
     }
-    *child = bdrv_attach_child(NULL, bs, "qcow2-create", BDRV_CHILD_FILE, errp);
+    *child = bdrv_root_attach_child(bs, "qcow2-create", BDRV_CHILD_IMAGE | BDRV_CHILD_PRIMARY,
+                                    BLK_PERM_CONSISTENT_READ | BLK_PERM_WRITE | BLK_PERM_RESIZE,
+                                    BLK_PERM_EXCLUSIVE_SHARED, errp);
     return *child ? 0 : -EIO;
 }
 

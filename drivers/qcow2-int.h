@@ -24,7 +24,7 @@
 #include <endian.h>
 #include <pthread.h>
 #include <string.h>
-#include "block.h"
+#include "block-driver.h"
 #include "meta-cache.h"
 
 #define QCOW2_MAGIC               0x514649fbU   /* "QFI\xfb" */

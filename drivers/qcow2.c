@@ -122,6 +122,10 @@ static int open_data_file(BlockDriverState *bs, OptDict *options, Error **errp)
     Error *local = NULL;
     s->data_file = bdrv_open_child(path, options, "data-file", bs, BDRV_CHILD_DATA, false,
                                    &local);
+    if (s->data_file) {
+        /* The guest's data is in the data file: "file" holds metadata only. */
+        bs->file->role = BDRV_CHILD_METADATA | BDRV_CHILD_PRIMARY;
+    }
     free(path);
     if (!s->data_file) {
         int err = error_get_errno(local);
@@ -212,7 +216,8 @@ static int qcow2_open(BlockDriverState *bs, OptDict *options, int flags, Error *
     co_mutex_init(&s->lock);
     pthread_mutex_init(&s->bounce_lock, NULL);
     s->metadata_prealloc = -1;
-    if (!bdrv_open_child(NULL, options, "file", bs, BDRV_CHILD_FILE, false, errp)) {
+    if (!bdrv_open_child(NULL, options, "file", bs, BDRV_CHILD_IMAGE | BDRV_CHILD_PRIMARY, false,
+                         errp)) {
         ret = -EINVAL;
         goto fail_locks;
     }
@@ -270,7 +275,7 @@ static int qcow2_open(BlockDriverState *bs, OptDict *options, int flags, Error *
     }
     co_queue_init(&s->alloc_wait);
     /* QEMU counts whole sectors: an odd size is rounded down. */
-    bs->total_bytes = (int64_t)(s->h.size & ~(uint64_t)(BDRV_SECTOR_SIZE - 1));
+    bdrv_set_total_bytes(bs, (int64_t)(s->h.size & ~(uint64_t)(BDRV_SECTOR_SIZE - 1)));
     return 0;
 
 fail:
@@ -306,7 +311,7 @@ static void qcow2_close(BlockDriverState *bs)
 
 static int64_t qcow2_getlength(BlockDriverState *bs)
 {
-    return bs->total_bytes;
+    return bdrv_get_total_bytes(bs);
 }
 
 /* Unallocated: the backing node's bytes up to its end, zeros after. */

@@ -13,7 +13,7 @@
 #include <inttypes.h>
 #include <stdlib.h>
 #include <string.h>
-#include "block.h"
+#include "block-driver.h"
 #include "iov-fixed.h"
 
 typedef struct RawState {
@@ -39,7 +39,10 @@ static int raw_open(BlockDriverState *bs, OptDict *options, int flags, Error **e
         optdict_take_size(options, "size", 0, &s->size, errp) < 0) {
         return -EINVAL;
     }
-    if (!bdrv_open_child(NULL, options, "file", bs, BDRV_CHILD_FILE, false, errp)) {
+    /* A window (offset/size) is not the child's data as it is (QEMU's rule). */
+    BdrvChildRole role = s->has_size || s->offset ? BDRV_CHILD_DATA | BDRV_CHILD_PRIMARY
+                                                  : BDRV_CHILD_FILTERED | BDRV_CHILD_PRIMARY;
+    if (!bdrv_open_child(NULL, options, "file", bs, role, false, errp)) {
         return -EINVAL;
     }
     int64_t real_size = bdrv_getlength(bs->file->bs);
@@ -208,9 +211,8 @@ static void raw_get_specific_info(BlockDriverState *bs, ImageSpecificInfo *info)
 
 static int coroutine_fn raw_co_create(const char *filename, OptDict *opts, Error **errp)
 {
-    /* A raw image is just a file of the right size. */
-    const BlockDriver *file = bdrv_find_format("file");
-    return file->co_create(filename, opts, errp);
+    /* A raw image is just a file (of its protocol) of the right size. */
+    return bdrv_co_create_file(filename, opts, errp);
 }
 
 static const CreateOptDesc raw_create_opts[] = {

@@ -8,12 +8,15 @@
  * What "right" means: QEMU's and VirtualBox's allocators both put the next
  * block at slot blocks_allocated, and qemu-img check wants blocks_allocated
  * to equal the number of in-range map entries.  Both hold only when the
- * slots in use are exactly 0..n-1.  If they are not (a slot given up by a
- * failed allocation, a crash), no count is right: the number of entries
+ * slots in use are exactly 0..n-1.  If they are not (a crash after a data
+ * write, a failed allocation whose free slot was not reused before the image
+ * was closed, another tool), no count is right: the number of entries
  * makes the next allocation overwrite a live slot, the highest slot + 1
- * keeps qemu-img check failing.  So with BDRV_FIX_ERRORS, on a map that is
- * otherwise sound, the blocks in the highest slots are moved down into the
- * holes (as VirtualBox's compaction does) and then the count is rewritten.
+ * keeps qemu-img check failing.  Our own allocator closes such holes by
+ * itself (vdi-write.c hands free slots out first); with BDRV_FIX_ERRORS, on
+ * a map that is otherwise sound, the blocks in the highest slots are moved
+ * down into the holes (as VirtualBox's compaction does) and then the count
+ * is rewritten.
  */
 #include <errno.h>
 #include <inttypes.h>
@@ -162,6 +165,7 @@ int coroutine_fn vdi_co_check(BlockDriverState *bs, BdrvCheckResult *res, BdrvCh
             /* Slots from counted on are free now; none is missing (the map
              * had no missing slot), so the next block can go there. */
             s->next_slot = counted;
+            vdi_free_slots_clear(s);
             res->corruptions_fixed += holes + mismatch;
         }
     } else {

@@ -76,7 +76,6 @@ static int vdi_write_bmap_init(BdrvChild *file, uint32_t *buf, uint32_t blocks, 
 
 int coroutine_fn vdi_co_create(const char *filename, OptDict *opts, Error **errp)
 {
-    const BlockDriver *file_drv = bdrv_find_format("file");
     uint64_t size = 0, bmap_bytes;
     uint32_t blocks, *bmap = NULL;
     uint8_t *header = NULL;
@@ -99,24 +98,20 @@ int coroutine_fn vdi_co_create(const char *filename, OptDict *opts, Error **errp
     blocks = DIV_ROUND_UP(size, VDI_BLOCK_SIZE);
     bmap_bytes = ALIGN_UP((uint64_t)blocks * 4, (uint64_t)VDI_SECTOR_SIZE);
 
-    if (!file_drv) {
-        error_setg(errp, "vdi: %s: no file protocol driver", filename);
-        return -ENOTSUP;
-    }
     file_opts = optdict_new();
     optdict_set_int(file_opts, "size", 0);
-    ret = bdrv_create(file_drv, filename, file_opts, errp);
+    ret = bdrv_co_create_file(filename, file_opts, errp);
     optdict_free(file_opts);
     if (ret < 0) {
         return ret;
     }
-    file_opts = optdict_new();
-    optdict_set(file_opts, "driver", "file");
-    file_bs = bdrv_open(filename, file_opts, BDRV_O_RDWR | BDRV_O_PROTOCOL, errp);
+    file_bs = bdrv_open(filename, NULL, BDRV_O_RDWR | BDRV_O_PROTOCOL, errp);
     if (!file_bs) {
         return -EIO;
     }
-    file = bdrv_attach_child(NULL, file_bs, "vdi-create", BDRV_CHILD_FILE, errp);
+    file = bdrv_root_attach_child(file_bs, "vdi-create", BDRV_CHILD_IMAGE | BDRV_CHILD_PRIMARY,
+                                  BLK_PERM_CONSISTENT_READ | BLK_PERM_WRITE | BLK_PERM_RESIZE,
+                                  BLK_PERM_EXCLUSIVE_SHARED, errp);
     if (!file) {
         return -EIO;
     }

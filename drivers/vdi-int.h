@@ -15,7 +15,7 @@
 #include <endian.h>
 #include <limits.h>
 #include <string.h>
-#include "block.h"
+#include "block-driver.h"
 
 #define VDI_TEXT            "<<< QEMU VM Virtual Disk Image >>>\n"
 #define VDI_TEXT_LEN        64
@@ -138,15 +138,29 @@ typedef struct BDRVVdiState {
     bool warned_missing, warned_shared;    /* atomic: log each once */
 
     /*
-     * Allocation state, under alloc_lock.  Slots are handed out in order
-     * from next_slot; blocks_allocated is the header's count (rewritten
-     * after each published allocation).
+     * Allocation state, under alloc_lock.  Slots are handed out from the
+     * free slots first, then in order from next_slot; blocks_allocated is
+     * the header's count (rewritten when a published slot goes past it).
      */
     CoMutex alloc_lock;
     CoQueue alloc_wait;        /* writers waiting for a block in allocs */
     VdiAllocation *allocs;
     uint32_t next_slot;
     uint32_t blocks_allocated;
+    /* Slots below next_slot that no block points at: one whose allocation
+     * failed while a later one was in flight, or a hole found at open.
+     * The next allocations take them (lowest first), so the hole closes
+     * and the count matches the map again.  Bitmap by slot, allocated when
+     * the first free slot appears; free_hint: no free slot below it. */
+    uint8_t *free_slots;
+    uint32_t free_count, free_hint;
+    /* Map entries [suspect_first, suspect_end) whose sector write failed:
+     * the disk may or may not name the slot there, so those sectors are
+     * rewritten from memory before any slot is handed out again. */
+    uint32_t suspect_first, suspect_end;
+    /* The last header write failed: rewritten by the next allocation that
+     * publishes and by flush, which reports the failure if it persists. */
+    bool header_dirty;
 } BDRVVdiState;
 
 static inline uint32_t vdi_entry(BDRVVdiState *s, uint32_t block)
@@ -227,6 +241,14 @@ int coroutine_fn vdi_co_pdiscard(BlockDriverState *bs, int64_t offset, int64_t b
 int coroutine_fn vdi_write_bmap(BlockDriverState *bs, uint32_t first, uint32_t count);
 /* Rewrite the header sector with blocks_allocated; alloc_lock held. */
 int coroutine_fn vdi_write_header(BlockDriverState *bs);
+/* Flush hook: rewrite a header whose last write failed. */
+int coroutine_fn vdi_co_flush_to_os(BlockDriverState *bs);
+/* Mark slot free (a hole below next_slot); alloc_lock held or the node not
+ * yet shared.  False if the bitmap cannot be allocated (the hole stays
+ * until check -r all). */
+bool vdi_free_slot_add(BDRVVdiState *s, uint32_t slot);
+/* Forget every free slot (check compacted the data area). */
+void vdi_free_slots_clear(BDRVVdiState *s);
 
 int coroutine_fn vdi_co_create(const char *filename, OptDict *opts, Error **errp);
 extern const CreateOptDesc vdi_create_opts[];

@@ -11,6 +11,18 @@
  * allocations written before it), then the map sectors, then the header's
  * blocks_allocated; a crash leaves at worst unreferenced slots, never an
  * entry pointing at unwritten data.  Only metadata I/O runs under the lock.
+ *
+ * A failed allocation leaves no hole.  If its data write or flush fails
+ * (EIO, ENOSPC on a full host file system) its slots go back: at the end
+ * of the data area next_slot moves back over them, below a later
+ * allocation they become free slots that the next allocations take first.
+ * A failed map write is tried once more (the data is already durable); if
+ * that fails too the disk may or may not name the slots, so the map
+ * sectors are rewritten from memory before any slot is handed out again.
+ * A failed header write is retried by the next allocation and by flush.
+ * So the count in the header is again the number of mapped blocks (what
+ * qemu-img check compares) as soon as the free slots are used up, and the
+ * last block of a full disk can always be written.
  */
 #include <errno.h>
 #include <inttypes.h>
@@ -68,6 +80,124 @@ int coroutine_fn vdi_write_header(BlockDriverState *bs)
     iov_init_buf(&q, s->header, VDI_HEADER_SECTOR);
     ret = bdrv_co_pwritev(bs->file, 0, VDI_HEADER_SECTOR, &q, 0);
     iov_destroy(&q);
+    __atomic_store_n(&s->header_dirty, ret < 0, __ATOMIC_RELAXED);
+    return ret;
+}
+
+/* The header count is only promised durable by a flush, so a header write
+ * that failed is retried here and its error, if it persists, is the
+ * flush's. */
+int coroutine_fn vdi_co_flush_to_os(BlockDriverState *bs)
+{
+    BDRVVdiState *s = bs->opaque;
+    int ret = 0;
+
+    if (!__atomic_load_n(&s->header_dirty, __ATOMIC_RELAXED)) {
+        return 0;
+    }
+    co_mutex_lock(&s->alloc_lock);
+    if (s->header_dirty) {
+        ret = vdi_write_header(bs);
+    }
+    co_mutex_unlock(&s->alloc_lock);
+    return ret;
+}
+
+static bool vdi_slot_is_free(BDRVVdiState *s, uint32_t slot)
+{
+    return s->free_slots && (s->free_slots[slot / 8] & (1U << (slot % 8)));
+}
+
+bool vdi_free_slot_add(BDRVVdiState *s, uint32_t slot)
+{
+    if (!s->free_slots) {
+        s->free_slots = calloc(1, DIV_ROUND_UP((size_t)s->blocks_in_image, 8));
+        if (!s->free_slots) {
+            return false;
+        }
+    }
+    if (!vdi_slot_is_free(s, slot)) {
+        if (!s->free_count || slot < s->free_hint) {
+            s->free_hint = slot;
+        }
+        s->free_slots[slot / 8] |= 1U << (slot % 8);
+        s->free_count++;
+    }
+    return true;
+}
+
+static void vdi_free_slot_take(BDRVVdiState *s, uint32_t slot)
+{
+    s->free_slots[slot / 8] &= ~(1U << (slot % 8));
+    s->free_count--;
+}
+
+void vdi_free_slots_clear(BDRVVdiState *s)
+{
+    if (s->free_slots) {
+        memset(s->free_slots, 0, DIV_ROUND_UP((size_t)s->blocks_in_image, 8));
+    }
+    s->free_count = 0;
+}
+
+/* The lowest free slot and the number of free slots from it on (at most
+ * max); free_count > 0. */
+static uint32_t vdi_free_run(BDRVVdiState *s, uint32_t max, uint32_t *first)
+{
+    uint32_t slot = s->free_hint, n = 0;
+
+    while (!vdi_slot_is_free(s, slot)) {
+        slot = s->free_slots[slot / 8] >> (slot % 8) ? slot + 1 : ALIGN_DOWN(slot, 8) + 8;
+    }
+    s->free_hint = slot;
+    while (n < max && slot + n < s->next_slot && vdi_slot_is_free(s, slot + n)) {
+        n++;
+    }
+    *first = slot;
+    return n;
+}
+
+/*
+ * Give back slots [slot, slot+count), which no block points at (their
+ * allocation failed).  At the end of the data area next_slot moves back
+ * over them and over free slots below; elsewhere they become free slots.
+ * alloc_lock held.
+ */
+static void vdi_release_slots(BlockDriverState *bs, uint32_t slot, uint32_t count)
+{
+    BDRVVdiState *s = bs->opaque;
+
+    if (slot + count == s->next_slot) {
+        s->next_slot = slot;
+        while (s->next_slot > 0 && vdi_slot_is_free(s, s->next_slot - 1)) {
+            vdi_free_slot_take(s, --s->next_slot);
+        }
+        return;
+    }
+    for (uint32_t i = 0; i < count; i++) {
+        if (!vdi_free_slot_add(s, slot + i)) {
+            error_report("vdi: %s: out of memory recording free data slot %" PRIu32
+                         ": it stays a hole until img check -r all", vdi_image_name(bs),
+                         slot + i);
+            return;
+        }
+    }
+}
+
+/* Rewrite the map sectors whose last write failed, so that the disk names
+ * no slot that memory does not; alloc_lock held. */
+static int coroutine_fn vdi_resync_map(BlockDriverState *bs)
+{
+    BDRVVdiState *s = bs->opaque;
+    int ret;
+
+    if (s->suspect_first >= s->suspect_end) {
+        return 0;
+    }
+    ret = vdi_write_bmap(bs, s->suspect_first, s->suspect_end - s->suspect_first);
+    if (ret >= 0) {
+        s->suspect_first = s->suspect_end = 0;
+    }
     return ret;
 }
 
@@ -76,17 +206,15 @@ int coroutine_fn vdi_write_header(BlockDriverState *bs)
  * [slot, slot+count) from a copy, so the in-memory map only changes once
  * the disk has it: a writer that saw the new entry could otherwise write in
  * place into a slot we then have to give up.  alloc_lock held (it guards
- * map_bounce too).  *written is how many entries reached the disk before a
- * failure (whole chunks only).
+ * map_bounce too).
  */
 static int coroutine_fn vdi_write_new_entries(BlockDriverState *bs, uint32_t block,
-                                              uint32_t count, uint32_t slot, uint32_t *written)
+                                              uint32_t count, uint32_t slot)
 {
     BDRVVdiState *s = bs->opaque;
     /* sector rounding can add up to a sector at each end */
     const uint32_t per_chunk = (VDI_MAP_BOUNCE - 2 * VDI_SECTOR_SIZE) / 4;
 
-    *written = 0;
     for (uint32_t done = 0; done < count;) {
         uint32_t n = MIN(count - done, per_chunk), first = block + done;
         uint64_t start = ALIGN_DOWN_POW2((uint64_t)first * 4, VDI_SECTOR_SIZE);
@@ -106,7 +234,6 @@ static int coroutine_fn vdi_write_new_entries(BlockDriverState *bs, uint32_t blo
             return ret;
         }
         done += n;
-        *written = done;
     }
     return 0;
 }
@@ -114,32 +241,41 @@ static int coroutine_fn vdi_write_new_entries(BlockDriverState *bs, uint32_t blo
 /*
  * Point blocks [block, block+count) at slots [slot, slot+count), whose data
  * is already on disk: map first, then the header count.  alloc_lock held.
- * On failure the blocks stay as they were in memory; *on_disk says whether
- * any map sector naming the slots was written (then they must never be
- * handed out again: a later map write of another sector would leave two
- * entries on disk pointing at them).
+ * The map write is tried twice: the data is durable, so a transient error
+ * need not cost the write.  If both fail the blocks stay as they were in
+ * memory and their map sectors are marked for rewriting (the disk may hold
+ * the new entries or the old).  A failed header write does not fail the
+ * request (the map already holds the blocks, and the count is only durable
+ * after a flush): it stays dirty for the next publish or flush.
  */
 static int coroutine_fn vdi_publish(BlockDriverState *bs, uint32_t block, uint32_t count,
-                                    uint32_t slot, bool *on_disk)
+                                    uint32_t slot)
 {
     BDRVVdiState *s = bs->opaque;
-    uint32_t written;
     int ret;
 
-    ret = vdi_write_new_entries(bs, block, count, slot, &written);
-    *on_disk = written > 0;
+    ret = vdi_write_new_entries(bs, block, count, slot);
     if (ret < 0) {
+        ret = vdi_write_new_entries(bs, block, count, slot);
+    }
+    if (ret < 0) {
+        if (s->suspect_first >= s->suspect_end) {
+            s->suspect_first = block;
+            s->suspect_end = block + count;
+        } else {
+            s->suspect_first = MIN(s->suspect_first, block);
+            s->suspect_end = MAX(s->suspect_end, block + count);
+        }
         return ret;
     }
-    *on_disk = true;
     for (uint32_t i = 0; i < count; i++) {
         vdi_set_entry(s, block + i, slot + i);
     }
-    if (slot + count > s->blocks_allocated) {
-        s->blocks_allocated = slot + count;
-        ret = vdi_write_header(bs);
+    if (slot + count > s->blocks_allocated || s->header_dirty) {
+        s->blocks_allocated = MAX(s->blocks_allocated, slot + count);
+        vdi_write_header(bs);
     }
-    return ret;
+    return 0;
 }
 
 /* Fill iov[] with at most max elements from [off, off+len) of src; returns
@@ -228,7 +364,6 @@ static int coroutine_fn vdi_co_allocating_write(BlockDriverState *bs, uint32_t b
     VdiAllocation alloc;
     uint32_t want, count, slot;
     uint64_t len, tail;
-    bool map_on_disk = false;
     int ret;
 
     *done = 0;
@@ -251,20 +386,33 @@ static int coroutine_fn vdi_co_allocating_write(BlockDriverState *bs, uint32_t b
         }
         co_queue_wait(&s->alloc_wait, &s->alloc_lock);
     }
-    if (s->next_slot >= s->blocks_in_image) {
-        /* Only a corrupt blocks_allocated gets here: the map is full. */
+    ret = vdi_resync_map(bs);
+    if (ret < 0) {
+        co_mutex_unlock(&s->alloc_lock);
+        return ret;
+    }
+    if (!s->free_count && s->next_slot >= s->blocks_in_image) {
+        /* Unreachable with a sound map: a block without a slot means a
+         * slot without a block, which open or a failure made free. */
         co_mutex_unlock(&s->alloc_lock);
         return -ENOSPC;
     }
     want = DIV_ROUND_UP(in_block + (uint64_t)bytes, VDI_BLOCK_SIZE);
-    want = MIN(want, s->blocks_in_image - s->next_slot);
     for (count = 1; count < want; count++) {
         if (vdi_is_allocated(vdi_entry(s, block + count)) || vdi_alloc_find(s, block + count)) {
             break;
         }
     }
-    slot = s->next_slot;
-    s->next_slot += count;
+    if (s->free_count) {
+        count = vdi_free_run(s, count, &slot);
+        for (uint32_t i = 0; i < count; i++) {
+            vdi_free_slot_take(s, slot + i);
+        }
+    } else {
+        count = MIN(count, s->blocks_in_image - s->next_slot);
+        slot = s->next_slot;
+        s->next_slot += count;
+    }
     alloc = (VdiAllocation){ .first_block = block, .nb_blocks = count, .next = s->allocs };
     s->allocs = &alloc;
     co_mutex_unlock(&s->alloc_lock);
@@ -278,14 +426,10 @@ static int coroutine_fn vdi_co_allocating_write(BlockDriverState *bs, uint32_t b
 
     co_mutex_lock(&s->alloc_lock);
     if (ret >= 0) {
-        ret = vdi_publish(bs, block, count, slot, &map_on_disk);
+        ret = vdi_publish(bs, block, count, slot);
     }
-    if (ret < 0 && !map_on_disk && s->next_slot == slot + count) {
-        /* Nothing names the slots: give them back, or the next allocation
-         * would leave a hole and a count that no longer matches the map.
-         * (With a later reservation in between they stay a hole, which
-         * check -r all compacts.) */
-        s->next_slot = slot;
+    if (ret < 0) {
+        vdi_release_slots(bs, slot, count);
     }
     vdi_alloc_remove(s, &alloc);
     co_queue_restart_all(&s->alloc_wait);

@@ -175,6 +175,8 @@ static void vdi_free_state(BDRVVdiState *s)
     free(s->header);
     free(s->map_bounce);
     free(s->shared_slots);
+    free(s->free_slots);
+    s->free_slots = NULL;
     s->bmap = NULL;
     s->header = NULL;
     s->map_bounce = NULL;
@@ -182,11 +184,13 @@ static void vdi_free_state(BDRVVdiState *s)
 }
 
 /*
- * One pass over the map: the end of the slots in use, and which slots more
- * than one block points at.  Two bits per slot of scratch, bounded by the
- * map (itself bounded by the file size); kept only if a slot is shared.
+ * One pass over the map: the end of the slots in use, which slots more
+ * than one block points at, and (*seen, for the caller to free) which
+ * slots any block points at.  Two bits per slot of scratch, bounded by the
+ * map (itself bounded by the file size); shared kept only if a slot is.
  */
-static int vdi_scan_bmap(BlockDriverState *bs, uint32_t *slot_end, uint32_t *shared_count)
+static int vdi_scan_bmap(BlockDriverState *bs, uint32_t *slot_end, uint32_t *shared_count,
+                         uint8_t **seen_out)
 {
     BDRVVdiState *s = bs->opaque;
     size_t bytes = DIV_ROUND_UP((size_t)s->blocks_in_image, 8);
@@ -214,7 +218,7 @@ static int vdi_scan_bmap(BlockDriverState *bs, uint32_t *slot_end, uint32_t *sha
         }
         seen[e / 8] |= bit;
     }
-    free(seen);
+    *seen_out = seen;
     if (*shared_count) {
         s->shared_slots = shared;
     } else {
@@ -228,10 +232,11 @@ static int vdi_open(BlockDriverState *bs, OptDict *options, int flags, Error **e
     BDRVVdiState *s = bs->opaque;
     int64_t file_len;
     uint32_t max_slot_end = 0, shared_count = 0, file_slots = 0;
+    uint8_t *seen = NULL;
     int ret;
 
     /* Attaching a FILE child sets bs->file. */
-    if (!bdrv_open_child(NULL, options, "file", bs, BDRV_CHILD_FILE, false, errp)) {
+    if (!bdrv_open_child(NULL, options, "file", bs, BDRV_CHILD_IMAGE | BDRV_CHILD_PRIMARY, false, errp)) {
         return -EINVAL;
     }
 
@@ -285,7 +290,7 @@ static int vdi_open(BlockDriverState *bs, OptDict *options, int flags, Error **e
         goto fail;
     }
 
-    ret = vdi_scan_bmap(bs, &max_slot_end, &shared_count);
+    ret = vdi_scan_bmap(bs, &max_slot_end, &shared_count, &seen);
     if (ret < 0) {
         error_setg(errp, "vdi: %s: cannot allocate the slot bitmap for %" PRIu32 " blocks",
                    vdi_image_name(bs), s->blocks_in_image);
@@ -309,14 +314,31 @@ static int vdi_open(BlockDriverState *bs, OptDict *options, int flags, Error **e
      * file the range is empty, and new blocks may go anywhere past it. */
     s->missing_start = file_slots;
     s->missing_end = max_slot_end > file_slots ? MAX(file_slots, s->next_slot) : file_slots;
+    /* Slots below next_slot that no block names (an allocation that failed
+     * while a later one was in flight, a crash, an overstated count) are
+     * handed out first, so the data area closes up again.  Not with slots
+     * missing: then nothing is allocated at all. */
+    if (s->missing_start >= s->missing_end) {
+        for (uint32_t slot = 0; slot < MIN(s->next_slot, s->blocks_in_image); slot++) {
+            if (!(seen[slot / 8] & (1U << (slot % 8))) && !vdi_free_slot_add(s, slot)) {
+                error_setg(errp, "vdi: %s: cannot allocate the free-slot bitmap for %" PRIu32
+                           " blocks", vdi_image_name(bs), s->blocks_in_image);
+                ret = -ENOMEM;
+                goto fail;
+            }
+        }
+    }
+    free(seen);
+    seen = NULL;
 
     co_mutex_init(&s->alloc_lock);
     co_queue_init(&s->alloc_wait);
     s->allocs = NULL;
-    bs->total_bytes = s->disk_size;
+    bdrv_set_total_bytes(bs, s->disk_size);
     return 0;
 
 fail:
+    free(seen);
     vdi_free_state(s);
     return ret;
 }
@@ -466,6 +488,7 @@ const BlockDriver bdrv_vdi = {
     .co_pwritev = vdi_co_pwritev,
     .co_pwrite_zeroes = vdi_co_pwrite_zeroes,
     .co_pdiscard = vdi_co_pdiscard,
+    .co_flush_to_os = vdi_co_flush_to_os,
     .co_block_status = vdi_co_block_status,
     .co_check = vdi_co_check,
     .co_create = vdi_co_create,

@@ -6,13 +6,28 @@
 #ifndef UBLKD_BLOCK_INT_H
 #define UBLKD_BLOCK_INT_H
 
-#include "block.h"
+#include "block-driver.h"
 #include "block-req.h"
 
 /* ---- graph internals (io/block.c, io/block-open.c) ---- */
 /* A new, registered, not yet opened node (refcnt 1); NULL on a bad or
  * duplicate node name. */
 BlockDriverState *bdrv_new_node(const BlockDriver *drv, const char *node_name, Error **errp);
+
+/* ---- permission transactions (io/block-perm.c) ----
+ * new, then update from each node where something changed (and set_edge
+ * for edges whose needs the caller decides: root edges), then finish
+ * (check + commit, or abort), or check and then commit or abort. */
+typedef struct BdrvPermTx BdrvPermTx;
+BdrvPermTx *bdrv_perm_tx_new(void);
+void bdrv_perm_tx_set_edge(BdrvPermTx *tx, BdrvChild *c, unsigned perm, unsigned shared);
+void bdrv_perm_tx_update(BdrvPermTx *tx, BlockDriverState *bs);
+int bdrv_perm_tx_check(BdrvPermTx *tx, Error **errp);
+void bdrv_perm_tx_commit(BdrvPermTx *tx);
+void bdrv_perm_tx_abort(BdrvPermTx *tx);
+int bdrv_perm_tx_finish(BdrvPermTx *tx, Error **errp);
+/* Recompute and apply the permissions of bs and everything below it. */
+int bdrv_refresh_perms(BlockDriverState *bs, Error **errp);
 
 /* ---- drain bookkeeping of edges (io/block-io-drain.c, for io/block.c) ----
  * An edge passes every drained section of its child on to its parent, and a

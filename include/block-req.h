@@ -13,7 +13,7 @@
 #ifndef UBLKD_BLOCK_REQ_H
 #define UBLKD_BLOCK_REQ_H
 
-#include "block.h"
+#include "block-driver.h"
 
 typedef enum {
     BDRV_TRACKED_READ,

@@ -34,7 +34,7 @@
 #define UBLKD_META_CACHE_H
 
 #include "aio.h"
-#include "block.h"
+#include "block-driver.h"
 #include "coroutine.h"
 #include "error.h"
 

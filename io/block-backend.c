@@ -64,7 +64,14 @@ BlockBackend *blk_new_with_bs(BlockDriverState *bs, Error **errp)
     }
     memset(blk, 0, sizeof(*blk));
     bdrv_ref(bs);   /* becomes the root edge's */
-    blk->root = bdrv_attach_child(NULL, bs, "root", BDRV_CHILD_FILE, errp);
+    /* An export needs what the node's mode allows and lets others only read
+     * (everything with force-share), like a QEMU guest device. */
+    unsigned perm = BLK_PERM_CONSISTENT_READ |
+                    (bs->read_only ? 0 : BLK_PERM_WRITE | BLK_PERM_RESIZE);
+    unsigned shared = (bs->open_flags & BDRV_O_FORCE_SHARE) ? BLK_PERM_ALL
+                                                            : BLK_PERM_EXCLUSIVE_SHARED;
+    blk->root = bdrv_root_attach_child(bs, "root", BDRV_CHILD_FILTERED | BDRV_CHILD_PRIMARY,
+                                       perm, shared, errp);
     if (!blk->root) {
         free(blk);
         return NULL;

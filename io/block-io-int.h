@@ -10,24 +10,9 @@
 #include <stdatomic.h>
 #include "block-req.h"
 
-/* Largest bounce buffer for write-zeroes fallbacks and copy-on-read chunks. */
-#define BDRV_MAX_BOUNCE_BUFFER (1 * MiB)
-
-/* ---- bounce buffers: a per-thread cache of power-of-two sized buffers, so
- * padding does not malloc per request in steady state ---- */
-typedef struct BounceBuf {
-    void *p;
-    size_t size;
-    int cls;        /* size class in the cache, -1 if allocated directly */
-} BounceBuf;
-/* NULL when memory runs out: the request fails with -ENOMEM. */
-void *bdrv_bounce_get(BlockDriverState *bs, size_t size, BounceBuf *b);
+/* ---- bounce buffers (the cache itself is declared in block-driver.h) ---- */
 /* Fault injection for tests: the next n bdrv_bounce_get calls fail. */
 extern atomic_int bdrv_bounce_fail_next;
-void bdrv_bounce_put(BounceBuf *b);
-/* A shared, never written buffer of zeros (BDRV_MAX_BOUNCE_BUFFER bytes,
- * 4 KiB aligned). */
-void *bdrv_zero_buffer(void);
 
 /* ---- head/tail padding to request_alignment ---- */
 #define BDRV_PAD_INLINE_IOV 16

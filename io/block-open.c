@@ -22,12 +22,11 @@ static int child_flags(const BlockDriverState *parent, BdrvChildRole role)
 {
     int f = parent->open_flags & (BDRV_O_RDWR | BDRV_O_NOCACHE | BDRV_O_NO_FLUSH | BDRV_O_UNMAP |
                                   BDRV_O_FORCE_SHARE);
-    if (role == BDRV_CHILD_BACKING) {
+    if (role & BDRV_CHILD_COW) {
         f &= ~BDRV_O_RDWR;
-    }
-    if (parent->drv->is_format && (role == BDRV_CHILD_FILE || role == BDRV_CHILD_DATA)) {
+    } else if (parent->drv->is_format) {
         f |= BDRV_O_PROTOCOL;
-    } else if (parent->drv->is_filter && role == BDRV_CHILD_FILE) {
+    } else if (parent->drv->is_filter && (role & BDRV_CHILD_FILTERED)) {
         /* A filter is transparent: what sits under it is whatever its parent
          * expected there.  Under a format that is a protocol (raw over
          * blkdebug over x.vdi reads x.vdi's bytes); at the top it is probed. */
@@ -150,6 +149,13 @@ static int open_common(BlockDriverState *bs, OptDict *options, int flags, Error 
             return ret;
         }
     }
+    /* Until a parent attaches it, the node is its opener's: take what its
+     * mode needs (the file protocol locks the image here). */
+    ret = bdrv_refresh_perms(bs, errp);
+    if (ret < 0) {
+        optdict_free(given);
+        return ret;
+    }
     char what[96];
     snprintf(what, sizeof(what), "Block %s '%s'",
              drv->is_format || drv->is_filter ? "format" : "protocol", drv->format_name);
@@ -172,7 +178,7 @@ static int open_common(BlockDriverState *bs, OptDict *options, int flags, Error 
     }
     int64_t len = bdrv_getlength(bs);
     if (len >= 0) {
-        bs->total_bytes = len;
+        bdrv_set_total_bytes(bs, len);
     }
     return 0;
 }
@@ -217,7 +223,8 @@ static const BlockDriver *probe_node(BlockDriverState *bs, const char *name, Err
     uint8_t *buf = aligned_alloc_or_die(4096, 4096);
     int n = (int)MIN(len, (int64_t)BLOCK_PROBE_BUF_SIZE);
     memset(buf, 0, BLOCK_PROBE_BUF_SIZE);
-    BdrvChild probe = { .bs = bs, .name = (char *)"probe", .role = BDRV_CHILD_FILE, .index = -1 };
+    BdrvChild probe = { .bs = bs, .name = (char *)"probe", .role = BDRV_CHILD_FILTERED | BDRV_CHILD_PRIMARY,
+                       .index = -1 };
     int ret = n ? bdrv_pread(&probe, 0, n, buf, 0) : 0;
     const BlockDriver *drv = NULL;
     if (ret < 0) {
@@ -232,14 +239,6 @@ static const BlockDriver *probe_node(BlockDriverState *bs, const char *name, Err
     }
     free(buf);
     return drv;
-}
-
-static const BlockDriver *protocol_for(const char *filename)
-{
-    if (filename && (!strncmp(filename, "null-co://", 10) || !strncmp(filename, "null://", 7))) {
-        return bdrv_find_format("null");
-    }
-    return bdrv_find_format("file");
 }
 
 BlockDriverState *bdrv_open(const char *filename, OptDict *options, int flags, Error **errp)
@@ -277,9 +276,8 @@ BlockDriverState *bdrv_open(const char *filename, OptDict *options, int flags, E
     }
 
     if (!drv && (flags & BDRV_O_PROTOCOL)) {
-        drv = protocol_for(fname ? fname : optdict_get(options, "filename"));
+        drv = bdrv_find_protocol(fname ? fname : optdict_get(options, "filename"), errp);
         if (!drv) {
-            error_setg(errp, "No protocol driver for '%s'", fname ? fname : "");
             goto out;
         }
     }
@@ -385,7 +383,7 @@ BdrvChild *bdrv_open_child(const char *filename, OptDict *options, const char *n
     free(ref);
     optdict_free(child_opts);
     BdrvChild *c = bdrv_attach_child(parent, child_bs, name, role, errp);
-    if (c && role == BDRV_CHILD_FILE && !parent->filename[0]) {
+    if (c && (role & BDRV_CHILD_PRIMARY) && !parent->filename[0]) {
         /* Formats name their file in messages while still opening. */
         snprintf(parent->filename, sizeof(parent->filename), "%s", child_bs->filename);
     }
@@ -456,7 +454,7 @@ static int open_backing_child(BlockDriverState *bs, const char *filename, OptDic
     if (have_me) {
         backing_opening = &me;
     }
-    *child = bdrv_open_child(filename, options, "backing", bs, BDRV_CHILD_BACKING, false, errp);
+    *child = bdrv_open_child(filename, options, "backing", bs, BDRV_CHILD_COW, false, errp);
     backing_opening = me.outer;
     return 0;
 }
@@ -556,6 +554,20 @@ int bdrv_create(const BlockDriver *drv, const char *filename, OptDict *opts, Err
         error_free(c.err);
     }
     return c.ret < 0 ? c.ret : 0;
+}
+
+int coroutine_fn bdrv_co_create_file(const char *filename, OptDict *opts, Error **errp)
+{
+    const BlockDriver *proto = bdrv_find_protocol(filename, errp);
+    if (!proto) {
+        return -ENOENT;
+    }
+    if (!proto->co_create) {
+        error_setg(errp, "Protocol '%s' does not support image creation ('%s')",
+                   proto->format_name, filename);
+        return -ENOTSUP;
+    }
+    return proto->co_create(filename, opts, errp);
 }
 
 typedef struct CheckCo {

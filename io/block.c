@@ -74,6 +74,35 @@ const BlockDriver *bdrv_find_format(const char *name)
     return NULL;
 }
 
+const BlockDriver *bdrv_find_protocol(const char *filename, Error **errp)
+{
+    const char *colon = filename ? strchr(filename, ':') : NULL;
+    const char *slash = filename ? strchr(filename, '/') : NULL;
+    if (colon && (!slash || colon < slash)) {
+        size_t n = (size_t)(colon - filename);
+        const BlockDriver *drv;
+        for (int i = 0; (drv = bdrv_driver_at(i)); i++) {
+            for (size_t k = 0; k < ARRAY_SIZE(drv->protocol_names) && drv->protocol_names[k]; k++) {
+                const char *p = drv->protocol_names[k];
+                if (strlen(p) == n && !strncmp(p, filename, n)) {
+                    return drv;
+                }
+            }
+        }
+        /* "a:b.img" stays a file name, as it always was; "x://" is a URL. */
+        if (!strncmp(colon, "://", 3)) {
+            error_setg(errp, "Unknown protocol '%.*s' in '%s'", (int)MIN(n, (size_t)64),
+                       filename, filename);
+            return NULL;
+        }
+    }
+    const BlockDriver *file = bdrv_find_format("file");
+    if (!file) {
+        error_setg(errp, "No protocol driver for '%s'", filename ? filename : "");
+    }
+    return file;
+}
+
 const BlockDriver *bdrv_probe_buf(const uint8_t *buf, int buf_size, const char *filename)
 {
     const BlockDriver *drv, *best = NULL;
@@ -255,8 +284,11 @@ void bdrv_unref(BlockDriverState *bs)
 
 /* ---- child edges ---- */
 
-BdrvChild *bdrv_attach_child(BlockDriverState *parent, BlockDriverState *child_bs,
-                             const char *name, BdrvChildRole role, Error **errp)
+static void unlink_edge(BlockDriverState *parent, BdrvChild *child);
+
+static BdrvChild *attach_child(BlockDriverState *parent, BlockDriverState *child_bs,
+                               const char *name, BdrvChildRole role, bool root_perm_given,
+                               unsigned perm, unsigned shared, Error **errp)
 {
     if (parent && bdrv_find_child(parent, name)) {
         error_setg(errp, "Node '%s' already has a child named '%s'", parent->node_name, name);
@@ -273,9 +305,8 @@ BdrvChild *bdrv_attach_child(BlockDriverState *parent, BlockDriverState *child_b
     c->role = role;
     c->index = -1;
     co_queue_init(&c->drain_queue);
-    if (role == BDRV_CHILD_NUMBERED) {
-        const char *dot = strrchr(name, '.');
-        c->index = atoi(dot ? dot + 1 : name);
+    if (!strncmp(name, "children.", 9) && name[9] >= '0' && name[9] <= '9') {
+        c->index = atoi(name + 9);
     }
     if (parent) {
         BdrvChild **tail = &parent->children;
@@ -283,24 +314,58 @@ BdrvChild *bdrv_attach_child(BlockDriverState *parent, BlockDriverState *child_b
             tail = &(*tail)->next;
         }
         *tail = c;
-        if (role == BDRV_CHILD_FILE && !parent->file) {
+        if ((role & BDRV_CHILD_PRIMARY) && !parent->file) {
             parent->file = c;
-        } else if (role == BDRV_CHILD_BACKING && !parent->backing) {
+        } else if ((role & BDRV_CHILD_COW) && !parent->backing) {
             parent->backing = c;
         }
     }
     c->next_parent = child_bs->parents;
     child_bs->parents = c;
+
+    /* What the new edge needs, and whether the child (and what is below
+     * it) can give it: refused as a whole if not. */
+    BdrvPermTx *tx = bdrv_perm_tx_new();
+    if (parent) {
+        unsigned pp, ps;
+        bdrv_get_cumulative_perm(parent, &pp, &ps);
+        if (parent->drv && parent->drv->child_perm) {
+            parent->drv->child_perm(parent, c, role, pp, ps, &perm, &shared);
+        } else {
+            bdrv_default_child_perm(parent, c, role, pp, ps, &perm, &shared);
+        }
+    } else if (!root_perm_given) {
+        c->no_perm = true;
+        perm = 0;
+        shared = BLK_PERM_ALL;
+    }
+    bdrv_perm_tx_set_edge(tx, c, perm, shared);
+    bdrv_perm_tx_update(tx, child_bs);
+    if (bdrv_perm_tx_finish(tx, errp) < 0) {
+        unlink_edge(parent, c);
+        free(c->name);
+        free(c);
+        bdrv_unref(child_bs);
+        return NULL;
+    }
     bdrv_drain_edge_attached(c);
     return c;
 }
 
-void bdrv_unref_child(BlockDriverState *parent, BdrvChild *child)
+BdrvChild *bdrv_attach_child(BlockDriverState *parent, BlockDriverState *child_bs,
+                             const char *name, BdrvChildRole role, Error **errp)
 {
-    if (!child) {
-        return;
-    }
-    bdrv_drain_edge_detaching(child);
+    return attach_child(parent, child_bs, name, role, false, 0, 0, errp);
+}
+
+BdrvChild *bdrv_root_attach_child(BlockDriverState *bs, const char *name, BdrvChildRole role,
+                                  unsigned perm, unsigned shared, Error **errp)
+{
+    return attach_child(NULL, bs, name, role, true, perm, shared, errp);
+}
+
+static void unlink_edge(BlockDriverState *parent, BdrvChild *child)
+{
     for (BdrvChild **p = &child->bs->parents; *p; p = &(*p)->next_parent) {
         if (*p == child) {
             *p = child->next_parent;
@@ -321,7 +386,28 @@ void bdrv_unref_child(BlockDriverState *parent, BdrvChild *child)
             parent->backing = NULL;
         }
     }
+}
+
+void bdrv_unref_child(BlockDriverState *parent, BdrvChild *child)
+{
+    if (!child) {
+        return;
+    }
+    bdrv_drain_edge_detaching(child);
+    unlink_edge(parent, child);
     BlockDriverState *bs = child->bs;
+    /* What the edge needed is free again (lock bytes go), unless the node
+     * goes away with this reference anyway.  When its last user goes the
+     * node is its opener's again, which may need more than that user did
+     * (write on a read-write node); if someone else took it meanwhile, the
+     * node keeps what it held and says so. */
+    if (__atomic_load_n(&bs->refcnt, __ATOMIC_ACQUIRE) > 1) {
+        Error *local = NULL;
+        if (bdrv_refresh_perms(bs, &local) < 0) {
+            warn_report("%s", error_get_pretty(local));
+            error_free(local);
+        }
+    }
     free(child->name);
     free(child);
     bdrv_unref(bs);
@@ -370,8 +456,7 @@ static void refresh_upward(BlockDriverState *bs)
 
 static bool edge_writes(const BdrvChild *c)
 {
-    return c->parent && !c->parent->read_only && (c->parent->open_flags & BDRV_O_RDWR) &&
-           c->role != BDRV_CHILD_BACKING;
+    return c->parent && (c->perm & BLK_PERM_WRITE);
 }
 
 int bdrv_replace_child_bs(BdrvChild *child, BlockDriverState *new_bs, Error **errp)
@@ -399,6 +484,18 @@ int bdrv_replace_child_bs(BdrvChild *child, BlockDriverState *new_bs, Error **er
     bdrv_drained_begin(old_bs);
     bdrv_drained_begin(new_bs);
     bdrv_drain_edge_replace(child, new_bs);
+    /* The edge's needs move with it: new_bs must grant them, old_bs's go. */
+    BdrvPermTx *tx = bdrv_perm_tx_new();
+    bdrv_perm_tx_update(tx, new_bs);
+    bdrv_perm_tx_update(tx, old_bs);
+    int ret = bdrv_perm_tx_finish(tx, errp);
+    if (ret < 0) {
+        bdrv_drain_edge_replace(child, old_bs);
+        bdrv_drained_end(new_bs);
+        bdrv_drained_end(old_bs);
+        bdrv_unref(new_bs);
+        return ret;
+    }
     if (child == parent->backing) {
         snprintf(parent->backing_file, sizeof(parent->backing_file), "%s", new_bs->filename);
         snprintf(parent->backing_format, sizeof(parent->backing_format), "%s",
@@ -436,7 +533,7 @@ static int reopen_set_add(ReopenSet *set, BlockDriverState *bs)
         return 0;
     }
     for (BdrvChild *c = bs->children; c; c = c->next) {
-        if (c->role != BDRV_CHILD_BACKING && reopen_set_add(set, c->bs) < 0) {
+        if (!(c->role & BDRV_CHILD_COW) && reopen_set_add(set, c->bs) < 0) {
             return -ENOMEM;
         }
     }
@@ -498,6 +595,38 @@ int bdrv_reopen_set_read_only(BlockDriverState *bs, bool read_only, Error **errp
             if (ret < 0) {
                 break;
             }
+        }
+    }
+    /* Permissions for the new mode: root edges of the nodes follow it (their
+     * users reopen with them), the rest is derived; every node of the set is
+     * checked, so drivers move their locks to what they reopened. */
+    BdrvPermTx *tx = NULL;
+    if (ret == 0) {
+        for (int i = 0; i < set.n; i++) {
+            BlockDriverState *n = set.nodes[i];
+            n->reopen_flags = read_only ? n->open_flags & ~BDRV_O_RDWR
+                                        : n->open_flags | BDRV_O_RDWR;
+            n->reopen_pending = true;
+        }
+        tx = bdrv_perm_tx_new();
+        for (int i = set.n; i-- > 0;) {
+            for (BdrvChild *c = set.nodes[i]->parents; c; c = c->next_parent) {
+                if (!c->parent && !c->no_perm) {
+                    unsigned mode = read_only ? 0 : BLK_PERM_WRITE | BLK_PERM_RESIZE;
+                    bdrv_perm_tx_set_edge(tx, c, (c->perm & ~(BLK_PERM_WRITE | BLK_PERM_RESIZE)) |
+                                          mode, c->shared_perm);
+                }
+            }
+            bdrv_perm_tx_update(tx, set.nodes[i]);
+        }
+        ret = bdrv_perm_tx_check(tx, errp);
+        if (ret < 0) {
+            bdrv_perm_tx_abort(tx);
+        } else {
+            bdrv_perm_tx_commit(tx);
+        }
+        for (int i = 0; i < set.n; i++) {
+            set.nodes[i]->reopen_pending = false;
         }
     }
     if (ret < 0) {
@@ -596,7 +725,7 @@ static uint64_t min_non_zero(uint64_t a, uint64_t b)
     return !a ? b : !b ? a : MIN(a, b);
 }
 
-static void merge_limits(BlockLimits *dst, const BlockLimits *src, bool data_child)
+static void merge_limits(BlockLimits *dst, const BlockLimits *src, BdrvChildRole role)
 {
     dst->request_alignment = MAX(dst->request_alignment, src->request_alignment);
     dst->max_transfer = min_non_zero(dst->max_transfer, src->max_transfer);
@@ -609,7 +738,7 @@ static void merge_limits(BlockLimits *dst, const BlockLimits *src, bool data_chi
     dst->min_mem_alignment = MAX(dst->min_mem_alignment, src->min_mem_alignment);
     dst->opt_mem_alignment = MAX(dst->opt_mem_alignment, src->opt_mem_alignment);
     dst->max_iov = (int)min_non_zero((uint64_t)dst->max_iov, (uint64_t)src->max_iov);
-    if (data_child) {
+    if (role & (BDRV_CHILD_DATA | BDRV_CHILD_FILTERED)) {
         dst->has_discard |= src->has_discard;
     }
 }
@@ -623,8 +752,11 @@ void bdrv_refresh_limits(BlockDriverState *bs, Error **errp)
     };
     for (BdrvChild *c = bs->children; c; c = c->next) {
         bdrv_refresh_limits(c->bs, NULL);
-        merge_limits(&bl, &c->bs->bl,
-                     c->role == BDRV_CHILD_FILE || c->role == BDRV_CHILD_DATA);
+        /* Only children a guest request can reach limit it: not a format's
+         * metadata-only file (qcow2 with a data-file). */
+        if (c->role & (BDRV_CHILD_DATA | BDRV_CHILD_FILTERED | BDRV_CHILD_COW)) {
+            merge_limits(&bl, &c->bs->bl, c->role);
+        }
     }
     bs->bl = bl;
     if (bs->drv && bs->drv->refresh_limits) {
@@ -646,6 +778,82 @@ void bdrv_refresh_limits(BlockDriverState *bs, Error **errp)
 }
 
 /* ---- queries ---- */
+
+const char *bdrv_driver_name(const BlockDriver *drv)
+{
+    return drv->format_name;
+}
+
+const CreateOptDesc *bdrv_driver_create_opts(const BlockDriver *drv)
+{
+    return drv->create_opts;
+}
+
+bool bdrv_driver_can_create(const BlockDriver *drv)
+{
+    return drv->co_create != NULL;
+}
+
+bool bdrv_driver_supports_backing(const BlockDriver *drv)
+{
+    return drv->supports_backing;
+}
+
+const char *bdrv_get_node_name(const BlockDriverState *bs)
+{
+    return bs->node_name;
+}
+
+const char *bdrv_get_filename(const BlockDriverState *bs)
+{
+    return bs->filename;
+}
+
+const char *bdrv_get_backing_filename(const BlockDriverState *bs)
+{
+    return bs->backing_file;
+}
+
+const char *bdrv_get_backing_format(const BlockDriverState *bs)
+{
+    return bs->backing_format;
+}
+
+const BlockLimits *bdrv_get_limits(const BlockDriverState *bs)
+{
+    return &bs->bl;
+}
+
+bool bdrv_is_read_only(const BlockDriverState *bs)
+{
+    return bs->read_only;
+}
+
+void bdrv_get_specific_info(BlockDriverState *bs, ImageSpecificInfo *info)
+{
+    if (bs->drv && bs->drv->get_specific_info) {
+        bs->drv->get_specific_info(bs, info);
+    }
+}
+
+void bdrv_set_total_bytes(BlockDriverState *bs, int64_t bytes)
+{
+    __atomic_store_n(&bs->total_bytes, bytes, __ATOMIC_RELEASE);
+}
+
+void bdrv_note_growth(BlockDriverState *bs, int64_t end)
+{
+    int64_t cur = __atomic_load_n(&bs->total_bytes, __ATOMIC_RELAXED);
+    while (end > cur &&
+           !__atomic_compare_exchange_n(&bs->total_bytes, &cur, end, true,
+                                        __ATOMIC_RELAXED, __ATOMIC_RELAXED)) {
+    }
+}
+
+int64_t bdrv_get_total_bytes(const BlockDriverState *bs)
+{
+    return __atomic_load_n(&bs->total_bytes, __ATOMIC_ACQUIRE);
+}
 
 const char *bdrv_get_format_name(const BlockDriverState *bs)
 {
@@ -676,8 +884,7 @@ int64_t bdrv_get_allocated_file_size(BlockDriverState *bs)
     int64_t sum = 0;
     bool any = false;
     for (BdrvChild *c = bs->children; c; c = c->next) {
-        if (c->role == BDRV_CHILD_FILE || c->role == BDRV_CHILD_DATA ||
-            c->role == BDRV_CHILD_NUMBERED) {
+        if (c->role & (BDRV_CHILD_DATA | BDRV_CHILD_METADATA | BDRV_CHILD_FILTERED)) {
             int64_t n = bdrv_get_allocated_file_size(c->bs);
             if (n < 0) {
                 return n;

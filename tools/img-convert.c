@@ -291,7 +291,7 @@ int img_convert(int argc, char **argv)
     }
     if (img_is_help_option(options)) {
         const BlockDriver *drv = bdrv_find_format(out_fmt ? out_fmt : "raw");
-        if (!drv || !drv->co_create) {
+        if (!drv || !bdrv_driver_can_create(drv)) {
             error_report("Unknown file format '%s'", out_fmt);
             return 1;
         }
@@ -332,7 +332,7 @@ int img_convert(int argc, char **argv)
             error_report("Unknown file format '%s'", out_fmt);
             return 1;
         }
-        if (!drv->co_create) {
+        if (!bdrv_driver_can_create(drv)) {
             error_report("Format driver '%s' does not support image creation", out_fmt);
             return 1;
         }

@@ -37,7 +37,7 @@ int img_print_create_help(const BlockDriver *drv)
     const CreateOptDesc *descs[64];
     int n = 0;
     bool have_size = false;
-    for (const CreateOptDesc *d = drv->create_opts; d && d->name && n < 63; d++) {
+    for (const CreateOptDesc *d = bdrv_driver_create_opts(drv); d && d->name && n < 63; d++) {
         descs[n++] = d;
         have_size |= !strcmp(d->name, "size");
     }
@@ -46,7 +46,7 @@ int img_print_create_help(const BlockDriver *drv)
         descs[n++] = &size_desc;
     }
     qsort(descs, n, sizeof(descs[0]), desc_cmp);
-    printf("Supported %s options:\n", drv->format_name);
+    printf("Supported %s options:\n", bdrv_driver_name(drv));
     for (int i = 0; i < n; i++) {
         char s[128];
         snprintf(s, sizeof(s), "%s=<%s>", descs[i]->name, type_name(descs[i]->type));
@@ -59,7 +59,7 @@ int img_print_create_help(const BlockDriver *drv)
 
 static const CreateOptDesc *find_desc(const BlockDriver *drv, const char *name)
 {
-    for (const CreateOptDesc *d = drv->create_opts; d && d->name; d++) {
+    for (const CreateOptDesc *d = bdrv_driver_create_opts(drv); d && d->name; d++) {
         if (!strcmp(d->name, name)) {
             return d;
         }
@@ -95,13 +95,13 @@ static const char *norm_value(const CreateOptDesc *d, const char *v)
 
 static void print_formatting(const char *filename, const BlockDriver *drv, const OptDict *opts)
 {
-    printf("Formatting '%s', fmt=%s", filename, drv->format_name);
+    printf("Formatting '%s', fmt=%s", filename, bdrv_driver_name(drv));
     bool size_done = false;
     if (!find_desc(drv, "size")) {
         printf(" size=%s", optdict_get(opts, "size"));
         size_done = true;
     }
-    for (const CreateOptDesc *d = drv->create_opts; d && d->name; d++) {
+    for (const CreateOptDesc *d = bdrv_driver_create_opts(drv); d && d->name; d++) {
         const char *v = optdict_get(opts, d->name);
         /* qemu declares no default for preallocation, so never prints one. */
         if (!v && strcmp(d->name, "preallocation")) {
@@ -131,7 +131,7 @@ int img_create_image(const char *filename, const char *fmt, const char *options,
 {
     const BlockDriver *drv = bdrv_find_format(fmt);
     const char *pfx = prefix_filename ? filename : NULL;
-    if (!drv || !drv->co_create) {
+    if (!drv || !bdrv_driver_can_create(drv)) {
         const char *msg = drv ? "Format driver '%s' does not support image creation"
                               : "Unknown file format '%s'";
         char *m = NULL;
@@ -159,7 +159,7 @@ int img_create_image(const char *filename, const char *fmt, const char *options,
         for (size_t i = 0; i < optdict_count(user); i++) {
             const char *k = optdict_key_at(user, i);
             if (strcmp(k, "size") && !find_desc(drv, k) &&
-                !(is_backing_key(k) && drv->supports_backing)) {
+                !(is_backing_key(k) && bdrv_driver_supports_backing(drv))) {
                 if (pfx) {
                     error_report("%s: Invalid parameter '%s'", pfx, k);
                 } else {
@@ -174,7 +174,7 @@ int img_create_image(const char *filename, const char *fmt, const char *options,
         optdict_free(user);
     }
     if (backing) {
-        if (!drv->supports_backing) {
+        if (!bdrv_driver_supports_backing(drv)) {
             error_report("Backing file not supported for file format '%s'", fmt);
             optdict_free(opts);
             return 1;
@@ -211,7 +211,7 @@ int img_create_image(const char *filename, const char *fmt, const char *options,
         }
         if (probed) {
             error_report("%s%sBacking file specified without backing format\n"
-                         "Detected format of %s.", pre, sep, probed->format_name);
+                         "Detected format of %s.", pre, sep, bdrv_driver_name(probed));
         } else {
             error_report("%s%sBacking file specified without backing format", pre, sep);
         }
@@ -312,7 +312,7 @@ int img_create(int argc, char **argv)
             error_report("Unknown file format '%s'", fmt);
             return 1;
         }
-        if (!drv->co_create) {
+        if (!bdrv_driver_can_create(drv)) {
             error_report("Format driver '%s' does not support image creation", fmt);
             return 1;
         }

@@ -49,7 +49,7 @@ static char *full_backing_name(const char *image, const char *backing)
 static void collect(BlockDriverState *bs, const char *name, ImageInfo *info)
 {
     memset(info, 0, sizeof(*info));
-    info->filename = name && *name ? name : bs->filename;
+    info->filename = name && *name ? name : bdrv_get_filename(bs);
     info->format = bdrv_get_format_name(bs);
     info->virtual_size = bdrv_getlength(bs);
     info->actual_size = bdrv_get_allocated_file_size(bs);
@@ -58,16 +58,15 @@ static void collect(BlockDriverState *bs, const char *name, ImageInfo *info)
         info->cluster_size = bdi.cluster_size;
         info->dirty = bdi.is_dirty;
     }
-    if (bs->backing_file[0]) {
-        info->backing = bs->backing_file;
-        info->full_backing = full_backing_name(info->filename, bs->backing_file);
-        if (bs->backing_format[0]) {
-            info->backing_fmt = bs->backing_format;
+    const char *backing = bdrv_get_backing_filename(bs);
+    if (backing[0]) {
+        info->backing = backing;
+        info->full_backing = full_backing_name(info->filename, backing);
+        if (bdrv_get_backing_format(bs)[0]) {
+            info->backing_fmt = bdrv_get_backing_format(bs);
         }
     }
-    if (bs->drv && bs->drv->get_specific_info) {
-        bs->drv->get_specific_info(bs, &info->spec);
-    }
+    bdrv_get_specific_info(bs, &info->spec);
 }
 
 static void dump_human(const ImageInfo *info)

@@ -47,7 +47,7 @@ static int get_block_status(BlockDriverState *bs, int64_t offset, int64_t bytes,
         .has_offset = has_offset,
         .depth = depth,
         .present = ret & BDRV_BLOCK_ALLOCATED,
-        .filename = file && has_offset ? file->filename : NULL,
+        .filename = file && has_offset ? bdrv_get_filename(file) : NULL,
     };
     return 0;
 }

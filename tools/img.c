@@ -71,7 +71,7 @@ static void help(void)
            "     discard, flush, map, length, truncate (-c help lists them)\n\n"
            "Supported formats:");
     for (int i = 0; bdrv_driver_at(i); i++) {
-        printf(" %s", bdrv_driver_at(i)->format_name);
+        printf(" %s", bdrv_driver_name(bdrv_driver_at(i)));
     }
     printf("\n");
 }

@@ -251,7 +251,8 @@ static int server_start(Server *s, bool recover, int ready_fd, Error **errp)
     if (size < 0) {
         BlockDriverState *bs = blk_bs(s->blk);
         error_setg_errno(errp, (int)-size, "cannot get the size of the image%s%s",
-                         bs && bs->filename[0] ? " " : "", bs ? bs->filename : "");
+                         bs && bdrv_get_filename(bs)[0] ? " " : "",
+                         bs ? bdrv_get_filename(bs) : "");
         return -1;
     }
     bool read_only = cfg->read_only || blk_is_read_only(s->blk);
@@ -310,7 +311,7 @@ static int server_start(Server *s, bool recover, int ready_fd, Error **errp)
         struct ublk_params p;
         BlockDriverState *root = blk_bs(s->blk);
         bool can_discard = true;
-        if (ublk_params_build(cfg, root ? &root->bl : NULL, size, flags, read_only,
+        if (ublk_params_build(cfg, root ? bdrv_get_limits(root) : NULL, size, flags, read_only,
                               can_discard, &p, errp) < 0) {
             return -1;
         }

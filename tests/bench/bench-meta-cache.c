@@ -15,7 +15,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include "aio.h"
-#include "block.h"
+#include "block-driver.h"
 #include "meta-cache.h"
 
 #define ENTRIES 1024
@@ -160,7 +160,7 @@ int main(int argc, char **argv)
         return 1;
     }
     bdrv_ref(bs);
-    BdrvChild *child = bdrv_attach_child(NULL, bs, "bench", BDRV_CHILD_FILE, &err);
+    BdrvChild *child = bdrv_attach_child(NULL, bs, "bench", BDRV_CHILD_FILTERED | BDRV_CHILD_PRIMARY, &err);
     if (!child) {
         fprintf(stderr, "bench-meta-cache: %s\n", error_get_pretty(err));
         return 1;

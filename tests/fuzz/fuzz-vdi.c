@@ -10,7 +10,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include "aio.h"
-#include "block.h"
+#include "block-driver.h"
 
 /* Writes may grow the file up to this, so allocations are exercised but a
  * crafted image cannot make the harness eat memory. */
@@ -22,7 +22,7 @@ static int ff_open(BlockDriverState *bs, OptDict *options, int flags, Error **er
 {
     (void)options; (void)flags; (void)errp;
     bs->growable = true;
-    bs->total_bytes = fuzz_file.size;
+    bdrv_set_total_bytes(bs, fuzz_file.size);
     return 0;
 }
 
@@ -51,7 +51,7 @@ static int coroutine_fn ff_pwritev(BlockDriverState *bs, int64_t offset, int64_t
         memset(p + fuzz_file.size, 0, offset + bytes - fuzz_file.size);
         fuzz_file.data = p;
         fuzz_file.size = offset + bytes;
-        bs->total_bytes = fuzz_file.size;
+        bdrv_set_total_bytes(bs, fuzz_file.size);
     }
     iov_to_buf(qiov, qiov_offset, fuzz_file.data + offset, bytes);
     return 0;
@@ -115,7 +115,7 @@ static void exercise(BlockDriverState *vdi)
     BdrvCheckResult res = { 0 };
 
     bdrv_ref(vdi);
-    child = bdrv_attach_child(NULL, vdi, "fuzz", BDRV_CHILD_FILE, &err);
+    child = bdrv_attach_child(NULL, vdi, "fuzz", BDRV_CHILD_FILTERED | BDRV_CHILD_PRIMARY, &err);
     if (!child) {
         error_free(err);
         return;

@@ -604,7 +604,7 @@ void mem_apply_config(BlockDriverState *bs)
     bs->supported_write_flags = s->cfg.write_flags;
     bs->supported_zero_flags = (s->cfg.callbacks & MEM_NO_ZEROES_CB) ? 0 : s->cfg.zero_flags;
     bs->growable = s->cfg.growable;
-    bs->total_bytes = mem_getlength(bs);
+    bdrv_set_total_bytes(bs, mem_getlength(bs));
     mem_refresh_limits(bs, NULL);
 }
 
@@ -613,7 +613,7 @@ void mem_set_backing(BlockDriverState *top, BlockDriverState *base)
     Error *err = NULL;
     assert_true(ms(top)->cfg.format);
     bdrv_ref(base);   /* the edge's reference; the caller keeps its own */
-    BdrvChild *c = bdrv_attach_child(top, base, "backing", BDRV_CHILD_BACKING, &err);
+    BdrvChild *c = bdrv_attach_child(top, base, "backing", BDRV_CHILD_COW, &err);
     if (!c) {
         fail_msg("mem_set_backing: %s", err ? error_get_pretty(err) : "failed");
     }
@@ -639,7 +639,7 @@ BdrvChild *test_child_new(BlockDriverState *bs)
 {
     Error *err = NULL;
     bdrv_ref(bs);   /* the edge's reference; the caller keeps its own */
-    BdrvChild *c = bdrv_attach_child(NULL, bs, "test", BDRV_CHILD_FILE, &err);
+    BdrvChild *c = bdrv_attach_child(NULL, bs, "test", BDRV_CHILD_FILTERED | BDRV_CHILD_PRIMARY, &err);
     if (!c) {
         fail_msg("test_child_new: %s", err ? error_get_pretty(err) : "failed");
     }

@@ -255,7 +255,7 @@ static void test_replace_refused(void **state)
     MemConfig tcfg = { .format = true };
     BlockDriverState *top = mem_node_new(&tcfg);
     bdrv_ref(file);
-    BdrvChild *fc = bdrv_attach_child(top, file, "file", BDRV_CHILD_FILE, NULL);
+    BdrvChild *fc = bdrv_attach_child(top, file, "file", BDRV_CHILD_IMAGE | BDRV_CHILD_PRIMARY, NULL);
     assert_non_null(fc);
     MemConfig rocfg = { .read_only = true };
     BlockDriverState *ro = mem_node_new(&rocfg);
@@ -322,7 +322,7 @@ static void test_reopen_backing_read_write(void **state)
     MemConfig wcfg = { .format = true };
     BlockDriverState *writer = mem_node_new(&wcfg);
     bdrv_ref(file);
-    assert_non_null(bdrv_attach_child(writer, file, "file", BDRV_CHILD_FILE, NULL));
+    assert_non_null(bdrv_attach_child(writer, file, "file", BDRV_CHILD_IMAGE | BDRV_CHILD_PRIMARY, NULL));
     assert_int_equal(bdrv_reopen_set_read_only(file, true, &err), -EPERM);
     assert_non_null(strstr(error_get_pretty(err), "writes to it"));
     error_free(err);

@@ -75,7 +75,7 @@ static void test_flush_no_flush_and_children(void **state)
     MemConfig top_cfg = { .format = true };
     BlockDriverState *top = mem_node_new(&top_cfg);
     bdrv_ref(child);
-    assert_non_null(bdrv_attach_child(top, child, "file", BDRV_CHILD_FILE, NULL));
+    assert_non_null(bdrv_attach_child(top, child, "file", BDRV_CHILD_IMAGE | BDRV_CHILD_PRIMARY, NULL));
     BdrvChild *cc = test_child_new(child);
     assert_int_equal(bdrv_pwrite(cc, 0, 512, b, 0), 0);
     assert_int_equal(bdrv_flush(top), 0);

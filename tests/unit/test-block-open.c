@@ -31,7 +31,7 @@ static int testfmt_open(BlockDriverState *bs, OptDict *options, int flags, Error
 {
     (void)flags;
     char hdr[512];
-    if (!bdrv_open_child(NULL, options, "file", bs, BDRV_CHILD_FILE, false, errp)) {
+    if (!bdrv_open_child(NULL, options, "file", bs, BDRV_CHILD_IMAGE | BDRV_CHILD_PRIMARY, false, errp)) {
         return -EINVAL;
     }
     int ret = bdrv_pread(bs->file, 0, sizeof(hdr), hdr, 0);
@@ -80,6 +80,24 @@ static const BlockDriver bdrv_testfmt = {
 /* A format with no children of its own, for limits merging. */
 static const BlockDriver bdrv_pair = { .format_name = "pair", .is_format = true };
 
+/* A protocol known only by its prefix, for bdrv_find_protocol. */
+static int proto_open(BlockDriverState *bs, OptDict *options, int flags, Error **errp)
+{
+    (void)flags; (void)errp;
+    char *fn = NULL;
+    optdict_take_str(options, "filename", NULL, &fn);
+    snprintf(bs->filename, sizeof(bs->filename), "%s", fn ? fn : "");
+    free(fn);
+    bdrv_set_total_bytes(bs, 4096);
+    return 0;
+}
+
+static const BlockDriver bdrv_testproto = {
+    .format_name = "testproto",
+    .protocol_names = { "tproto", "tproto-alias" },
+    .open = proto_open,
+};
+
 static int setup(void **state)
 {
     (void)state;
@@ -87,6 +105,7 @@ static int setup(void **state)
     test_loop_init();
     bdrv_register(&bdrv_testfmt);
     bdrv_register(&bdrv_pair);
+    bdrv_register(&bdrv_testproto);
     return 0;
 }
 
@@ -159,7 +178,7 @@ static void test_open_by_filename_probes(void **state)
     assert_true(bs->probed);
     assert_non_null(bs->file);
     assert_string_equal(bs->file->name, "file");
-    assert_int_equal(bs->file->role, BDRV_CHILD_FILE);
+    assert_int_equal(bs->file->role, BDRV_CHILD_FILTERED | BDRV_CHILD_PRIMARY);
     assert_ptr_equal(bs->file->parent, bs);
     assert_ptr_equal(bdrv_find_child(bs, "file"), bs->file);
     assert_string_equal(bdrv_get_format_name(bs->file->bs), "file");
@@ -342,7 +361,7 @@ static void test_backing(void **state)
     assert_non_null(bs->backing);
     BlockDriverState *base = bdrv_backing_bs(bs);
     assert_string_equal(bs->backing->name, "backing");
-    assert_int_equal(bs->backing->role, BDRV_CHILD_BACKING);
+    assert_int_equal(bs->backing->role, BDRV_CHILD_COW);
     assert_string_equal(bdrv_get_format_name(base), "raw");
     assert_false(base->probed);
     assert_true(base->read_only);
@@ -417,13 +436,13 @@ static void test_refcount_and_close_order(void **state)
     MemConfig cfg = { .size = 4096 };
     BlockDriverState *m = mem_node_new(&cfg);
     bdrv_ref(m);
-    BdrvChild *c = bdrv_attach_child(p, m, "children.0", BDRV_CHILD_NUMBERED, NULL);
+    BdrvChild *c = bdrv_attach_child(p, m, "children.0", BDRV_CHILD_DATA, NULL);
     assert_non_null(c);
     assert_int_equal(c->index, 0);
     assert_int_equal(m->refcnt, 2);
     Error *err = NULL;
     bdrv_ref(m);
-    assert_null(bdrv_attach_child(p, m, "children.0", BDRV_CHILD_NUMBERED, &err));
+    assert_null(bdrv_attach_child(p, m, "children.0", BDRV_CHILD_DATA, &err));
     assert_non_null(strstr(error_get_pretty(err), "already has a child named 'children.0'"));
     error_free(err);
     assert_int_equal(m->refcnt, 2);
@@ -445,11 +464,11 @@ static void test_limits_merge(void **state)
     MemConfig b = { .request_alignment = 4096, .max_transfer = 256 * KiB,
                     .min_mem_alignment = 8, .max_pdiscard = 64 * KiB };
     MemConfig z = { .request_alignment = 1, .max_transfer = 0 };
-    assert_non_null(bdrv_attach_child(p, mem_node_new(&a), "children.0", BDRV_CHILD_NUMBERED,
+    assert_non_null(bdrv_attach_child(p, mem_node_new(&a), "children.0", BDRV_CHILD_DATA,
                                       NULL));
-    assert_non_null(bdrv_attach_child(p, mem_node_new(&b), "children.1", BDRV_CHILD_NUMBERED,
+    assert_non_null(bdrv_attach_child(p, mem_node_new(&b), "children.1", BDRV_CHILD_DATA,
                                       NULL));
-    assert_non_null(bdrv_attach_child(p, mem_node_new(&z), "children.2", BDRV_CHILD_NUMBERED,
+    assert_non_null(bdrv_attach_child(p, mem_node_new(&z), "children.2", BDRV_CHILD_DATA,
                                       NULL));
     bdrv_refresh_limits(p, NULL);
     assert_int_equal(p->bl.request_alignment, 4096);       /* max of alignments */
@@ -475,6 +494,49 @@ static void test_limits_merge(void **state)
     assert_int_equal(img->bl.request_alignment, 1);
     assert_ptr_equal(bdrv_skip_filters(bs->file->bs), img);
     bdrv_unref(bs);
+}
+
+/* Roles decide which children limit a parent (QEMU's rules, include/block-driver.h). */
+static void test_limits_merge_by_role(void **state)
+{
+    (void)state;
+    BlockDriverState *p = bdrv_new_open_driver(&bdrv_pair, NULL, BDRV_O_RDWR, NULL, NULL);
+    MemConfig meta = { .request_alignment = 65536, .max_transfer = 4 * KiB };
+    MemConfig data = { .request_alignment = 512, .discard_enotsup = true };
+    MemConfig cow = { .request_alignment = 4096, .max_transfer = 1 * MiB };
+    BdrvChild *mc = bdrv_attach_child(p, mem_node_new(&meta), "file",
+                                      BDRV_CHILD_METADATA | BDRV_CHILD_PRIMARY, NULL);
+    BdrvChild *dc = bdrv_attach_child(p, mem_node_new(&data), "data-file", BDRV_CHILD_DATA, NULL);
+    assert_non_null(mc);
+    assert_non_null(dc);
+    assert_ptr_equal(p->file, mc);
+    bdrv_refresh_limits(p, NULL);
+    /* A metadata-only file does not limit guest requests; the data file does. */
+    assert_int_equal(p->bl.request_alignment, 512);
+    assert_int_equal(p->bl.max_transfer, 0);
+    /* Discard follows the data child: the metadata file could, the data cannot. */
+    assert_true(mc->bs->bl.has_discard);
+    assert_false(dc->bs->bl.has_discard);
+    assert_false(p->bl.has_discard);
+
+    /* A backing file limits reads through it, but gives no discard. */
+    BdrvChild *bc = bdrv_attach_child(p, mem_node_new(&cow), "backing", BDRV_CHILD_COW, NULL);
+    assert_ptr_equal(p->backing, bc);
+    bdrv_refresh_limits(p, NULL);
+    assert_int_equal(p->bl.request_alignment, 4096);
+    assert_int_equal(p->bl.max_transfer, 1 * MiB);
+    assert_false(p->bl.has_discard);
+    bdrv_unref(p);
+
+    /* A filtered child is the parent's data: its discard counts. */
+    p = bdrv_new_open_driver(&bdrv_pair, NULL, BDRV_O_RDWR, NULL, NULL);
+    MemConfig f = { .request_alignment = 2048 };
+    assert_non_null(bdrv_attach_child(p, mem_node_new(&f), "file",
+                                      BDRV_CHILD_FILTERED | BDRV_CHILD_PRIMARY, NULL));
+    bdrv_refresh_limits(p, NULL);
+    assert_int_equal(p->bl.request_alignment, 2048);
+    assert_true(p->bl.has_discard);
+    bdrv_unref(p);
 }
 
 static void test_registry(void **state)
@@ -564,6 +626,37 @@ static void test_filter_passes_protocol_down(void **state)
     bdrv_unref(bs);
 }
 
+/* A filename's prefix picks the protocol; adding one touches only its driver. */
+static void test_protocol_prefix(void **state)
+{
+    (void)state;
+    Error *err = NULL;
+    assert_ptr_equal(bdrv_find_protocol("tproto://x", NULL), &bdrv_testproto);
+    assert_ptr_equal(bdrv_find_protocol("tproto-alias:y", NULL), &bdrv_testproto);
+    assert_string_equal(bdrv_driver_name(bdrv_find_protocol("/a/tproto:b", NULL)), "file");
+    assert_string_equal(bdrv_driver_name(bdrv_find_protocol("a:b.img", NULL)), "file");
+    assert_string_equal(bdrv_driver_name(bdrv_find_protocol("file:/x", NULL)), "file");
+    assert_string_equal(bdrv_driver_name(bdrv_find_protocol("plain.img", NULL)), "file");
+    if (bdrv_find_format("null")) {
+        assert_string_equal(bdrv_driver_name(bdrv_find_protocol("null-co://", NULL)), "null");
+        assert_string_equal(bdrv_driver_name(bdrv_find_protocol("null://", NULL)), "null");
+    }
+    assert_null(bdrv_find_protocol("nosuch://host/x", &err));
+    assert_string_equal(error_get_pretty(err), "Unknown protocol 'nosuch' in 'nosuch://host/x'");
+    error_free(err);
+    err = NULL;
+
+    /* bdrv_open as a protocol, and under a format given by name */
+    BlockDriverState *bs = bdrv_open("tproto://node1", NULL, BDRV_O_PROTOCOL, &err);
+    assert_non_null(bs);
+    assert_string_equal(bdrv_get_format_name(bs), "testproto");
+    assert_string_equal(bdrv_get_filename(bs), "tproto://node1");
+    bdrv_unref(bs);
+    assert_null(bdrv_open("nosuch://x", NULL, BDRV_O_PROTOCOL, &err));
+    assert_string_equal(error_get_pretty(err), "Unknown protocol 'nosuch' in 'nosuch://x'");
+    error_free(err);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -575,7 +668,9 @@ int main(void)
         cmocka_unit_test(test_backing),
         cmocka_unit_test(test_refcount_and_close_order),
         cmocka_unit_test(test_limits_merge),
+        cmocka_unit_test(test_limits_merge_by_role),
         cmocka_unit_test(test_filter_passes_protocol_down),
+        cmocka_unit_test(test_protocol_prefix),
     };
     return cmocka_run_group_tests(tests, setup, test_tmpdir_teardown);
 }

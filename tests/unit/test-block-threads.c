@@ -87,7 +87,17 @@ static int64_t tl_getlength(BlockDriverState *bs)
     return 1 << 20;
 }
 
+/* Node c below is the file of both a and b, which QEMU's rules would not
+ * let both write: these nodes share everything, the graph is about threads. */
+static void tl_child_perm(BlockDriverState *bs, BdrvChild *c, BdrvChildRole role, unsigned perm,
+                          unsigned shared, unsigned *nperm, unsigned *nshared)
+{
+    bdrv_default_child_perm(bs, c, role, perm, shared, nperm, nshared);
+    *nshared = BLK_PERM_ALL;
+}
+
 static const BlockDriver bdrv_threadlog = {
+    .child_perm = tl_child_perm,
     .format_name = "threadlog",
     .instance_size = sizeof(ThreadLogState),
     .is_format = true,
@@ -138,11 +148,11 @@ static Graph graph_new(void)
     g.b = tl_node("b");
     g.c = tl_node("c");
     g.m = mem_node_new(NULL);
-    add_child(g.c, g.m, "file", BDRV_CHILD_FILE);
-    add_child(g.a, g.c, "file", BDRV_CHILD_FILE);
-    add_child(g.b, g.c, "file", BDRV_CHILD_FILE);
-    add_child(g.top, g.a, "file", BDRV_CHILD_FILE);
-    add_child(g.top, g.b, "backing", BDRV_CHILD_BACKING);
+    add_child(g.c, g.m, "file", BDRV_CHILD_IMAGE | BDRV_CHILD_PRIMARY);
+    add_child(g.a, g.c, "file", BDRV_CHILD_IMAGE | BDRV_CHILD_PRIMARY);
+    add_child(g.b, g.c, "file", BDRV_CHILD_IMAGE | BDRV_CHILD_PRIMARY);
+    add_child(g.top, g.a, "file", BDRV_CHILD_IMAGE | BDRV_CHILD_PRIMARY);
+    add_child(g.top, g.b, "backing", BDRV_CHILD_COW);
     /* The graph holds them now; top is the caller's. */
     bdrv_unref(g.a);
     bdrv_unref(g.b);

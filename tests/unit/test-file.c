@@ -679,6 +679,133 @@ static void test_locking(void **state)
                         "force-share=on can only be used with read-only images");
 }
 
+/* Which lock bytes of path someone holds: bit i for byte 100+i, bit 4+i for
+ * byte 200+i (a write lock from a fresh description would be refused). */
+static unsigned held_bytes(const char *path)
+{
+    int fd = open(path, O_RDONLY);
+    assert_true(fd >= 0);
+    unsigned held = 0;
+    for (int i = 0; i < 8; i++) {
+        struct flock fl = { .l_type = F_WRLCK, .l_whence = SEEK_SET,
+                            .l_start = (i < 4 ? 100 : 196) + i, .l_len = 1 };
+        assert_int_equal(fcntl(fd, F_OFD_GETLK, &fl), 0);
+        held |= fl.l_type != F_UNLCK ? 1u << i : 0;
+    }
+    close(fd);
+    return held;
+}
+
+#define PERM_BYTES(perm, shared) ((perm) | ((~(shared) & BLK_PERM_ALL) << 4))
+
+/*
+ * The lock bytes stand for the permissions the node's users need and
+ * share, not for its read-write flag: a read-write node that only a reader
+ * which shares everything uses holds just the read byte; when that user
+ * goes, the node is its opener's again (write and resize, sharing reads).
+ */
+static void test_lock_bytes_follow_perms(void **state)
+{
+    (void)state;
+    const char *p = test_path("perm.img");
+    make_file(p, 64 * KiB, 1);
+    BlockDriverState *bs = open_file(p, NULL, BDRV_O_RDWR);
+    if (!held_bytes(p)) {
+        bdrv_unref(bs);
+        skip();   /* no lock support here */
+    }
+    const unsigned opener = PERM_BYTES(BLK_PERM_CONSISTENT_READ | BLK_PERM_WRITE |
+                                       BLK_PERM_RESIZE, BLK_PERM_EXCLUSIVE_SHARED);
+    assert_int_equal(held_bytes(p), opener);
+
+    bdrv_ref(bs);
+    BdrvChild *r = bdrv_root_attach_child(bs, "reader", BDRV_CHILD_FILTERED,
+                                          BLK_PERM_CONSISTENT_READ, BLK_PERM_ALL, NULL);
+    assert_non_null(r);
+    assert_int_equal(held_bytes(p), PERM_BYTES(BLK_PERM_CONSISTENT_READ, BLK_PERM_ALL));
+    /* so another writer may come in now */
+    assert_string_equal(try_open(p, NULL, BDRV_O_RDWR), "");
+
+    /* A second user that writes and shares only reads: both sets. */
+    bdrv_ref(bs);
+    BdrvChild *w = bdrv_root_attach_child(bs, "writer", BDRV_CHILD_FILTERED,
+                                          BLK_PERM_CONSISTENT_READ | BLK_PERM_WRITE,
+                                          BLK_PERM_ALL & ~BLK_PERM_RESIZE, NULL);
+    assert_non_null(w);
+    assert_int_equal(held_bytes(p), PERM_BYTES(BLK_PERM_CONSISTENT_READ | BLK_PERM_WRITE,
+                                               BLK_PERM_ALL & ~BLK_PERM_RESIZE));
+    char want[700];
+    snprintf(want, sizeof(want),   /* the writer does not let others resize */
+             "Failed to get \"resize\" lock\nIs another process using the image [%s]?", p);
+    assert_string_equal(try_open(p, NULL, BDRV_O_RDWR), want);
+    bdrv_unref_child(NULL, w);
+    assert_int_equal(held_bytes(p), PERM_BYTES(BLK_PERM_CONSISTENT_READ, BLK_PERM_ALL));
+
+    /* A user that another process's lock refuses is not attached, and
+     * what the node held stays as it was. */
+    int other = open(p, O_RDWR);
+    struct flock fl = { .l_type = F_RDLCK, .l_whence = SEEK_SET, .l_start = 101, .l_len = 1 };
+    assert_int_equal(fcntl(other, F_OFD_SETLK, &fl), 0);   /* someone writes */
+    Error *err = NULL;
+    bdrv_ref(bs);
+    assert_null(bdrv_root_attach_child(bs, "excl", BDRV_CHILD_FILTERED, BLK_PERM_CONSISTENT_READ,
+                                       BLK_PERM_CONSISTENT_READ, &err));
+    assert_non_null(strstr(error_get_pretty(err), "Failed to get shared \"write\" lock"));
+    assert_int_equal(error_get_errno(err), EAGAIN);   /* what `recover` retries on */
+    error_free(err);
+    close(other);
+    assert_int_equal(held_bytes(p), PERM_BYTES(BLK_PERM_CONSISTENT_READ, BLK_PERM_ALL));
+
+    bdrv_unref_child(NULL, r);
+    assert_int_equal(held_bytes(p), opener);
+    bdrv_unref(bs);
+    assert_int_equal(held_bytes(p), 0);
+}
+
+/* Replacing a child moves what its edge needs: the new file takes the
+ * edge's bytes, the old one is its opener's again. */
+static void test_lock_bytes_follow_replace(void **state)
+{
+    (void)state;
+    const char *pa = test_path("repl-a.img"), *pb = test_path("repl-b.img");
+    make_file(pa, 64 * KiB, 1);
+    make_file(pb, 64 * KiB, 2);
+    BlockDriverState *a = open_file(pa, NULL, BDRV_O_RDWR), *b = open_file(pb, NULL, BDRV_O_RDWR);
+    if (!held_bytes(pa)) {
+        bdrv_unref(a);
+        bdrv_unref(b);
+        skip();
+    }
+    const unsigned opener = PERM_BYTES(BLK_PERM_CONSISTENT_READ | BLK_PERM_WRITE |
+                                       BLK_PERM_RESIZE, BLK_PERM_EXCLUSIVE_SHARED);
+    const unsigned reader = PERM_BYTES(BLK_PERM_CONSISTENT_READ, BLK_PERM_ALL);
+    /* a filter-like parent whose only user reads and shares everything */
+    BlockDriverState *top = mem_node_new(NULL);
+    bdrv_ref(top);   /* the user edge's reference; we keep ours */
+    BdrvChild *user = bdrv_root_attach_child(top, "user", BDRV_CHILD_FILTERED,
+                                             BLK_PERM_CONSISTENT_READ, BLK_PERM_ALL, NULL);
+    assert_non_null(user);
+    bdrv_ref(a);
+    BdrvChild *fc = bdrv_attach_child(top, a, "file", BDRV_CHILD_FILTERED | BDRV_CHILD_PRIMARY,
+                                      NULL);
+    assert_non_null(fc);
+    assert_int_equal(held_bytes(pa), reader);
+    assert_int_equal(held_bytes(pb), opener);
+
+    Error *err = NULL;
+    assert_int_equal(bdrv_replace_child_bs(fc, b, &err), 0);
+    assert_int_equal(held_bytes(pa), opener);
+    assert_int_equal(held_bytes(pb), reader);
+
+    bdrv_unref_child(NULL, user);   /* top is its opener's: it and b take more */
+    assert_int_equal(held_bytes(pb), opener);
+    bdrv_unref(top);
+    bdrv_unref(a);
+    bdrv_unref(b);
+    assert_int_equal(held_bytes(pa), 0);
+    assert_int_equal(held_bytes(pb), 0);
+}
+
 static void test_not_a_file(void **state)
 {
     (void)state;
@@ -734,6 +861,8 @@ int main(void)
         cmocka_unit_test(test_locking),
         cmocka_unit_test(test_lock_released_at_close),
         cmocka_unit_test(test_lock_kept_after_forked_close),
+        cmocka_unit_test(test_lock_bytes_follow_perms),
+        cmocka_unit_test(test_lock_bytes_follow_replace),
         cmocka_unit_test(test_not_a_file),
         cmocka_unit_test(test_create_rounds_to_sectors),
         cmocka_unit_test(test_block_device),

@@ -26,7 +26,7 @@
 #include <unistd.h>
 #include <cmocka.h>
 #include "aio.h"
-#include "block.h"
+#include "block-driver.h"
 
 /* Skip the calling test when a driver it needs is configured out
  * (make CONFIG_RAW=n ...): shared suites keep their other tests. */

@@ -197,13 +197,14 @@ static void test_flush_failure_keeps_map(void **state)
     vdi_test_close(&img);
 }
 
+/* The map write fails, and so does its one retry. */
 static void test_map_write_failure_reverts(void **state)
 {
     (void)state;
     VdiTestImage img = vdi_test_open(vdi_test_make_file(4 * MiB, false), BDRV_O_RDWR);
     uint8_t data[512], buf[512];
     memset(data, 0x6b, sizeof(data));
-    mem_inject_error(img.file, MEM_OP_WRITE, 512, 512, -EIO, 1);
+    mem_inject_error(img.file, MEM_OP_WRITE, 512, 512, -EIO, 2);
     assert_true(bdrv_pwrite(img.child, 0, sizeof(data), data, 0) < 0);
     assert_true(bdrv_pread(img.child, 0, sizeof(buf), buf, 0) >= 0);
     assert_true(test_buf_is(buf, sizeof(buf), 0));
@@ -608,14 +609,24 @@ static void test_shared_slot_refuses_writes(void **state)
     vdi_test_close(&img);
 }
 
-static void test_full_map_enospc(void **state)
+/* A count that claims both slots although no block names one: the slots are
+ * free, so the disk fills up (no ENOSPC) and the count matches in the end. */
+static void test_overstated_count_slots_are_free(void **state)
 {
     (void)state;
     BlockDriverState *f = vdi_test_make_file(2 * MiB, false);
     vdi_test_set_hdr32(f, VDI_OFF_BLOCKS_ALLOCATED, 2);   /* claims both slots taken */
     VdiTestImage img = vdi_test_open(f, BDRV_O_RDWR);
     uint8_t data[512] = { 9 };
-    assert_int_equal(bdrv_pwrite(img.child, 0, sizeof(data), data, 0), -ENOSPC);
+    assert_true(bdrv_pwrite(img.child, MiB, sizeof(data), data, 0) >= 0);
+    assert_int_equal(vdi_test_entry(f, 1), 0);
+    assert_true(bdrv_pwrite(img.child, 0, sizeof(data), data, 0) >= 0);
+    assert_int_equal(vdi_test_entry(f, 0), 1);
+    assert_int_equal(vdi_test_hdr32(f, VDI_OFF_BLOCKS_ALLOCATED), 2);
+    assert_int_equal(mem_size(f), img.offset_data + 2 * MiB);
+    BdrvCheckResult res = { 0 };
+    assert_int_equal(bdrv_check(img.bs, &res, 0), 0);
+    assert_int_equal(res.corruptions, 0);
     vdi_test_close(&img);
 }
 
@@ -789,7 +800,7 @@ int main(void)
         cmocka_unit_test(test_truncated_image_refuses_allocation),
         cmocka_unit_test(test_truncate_is_refused),
         cmocka_unit_test(test_shared_slot_refuses_writes),
-        cmocka_unit_test(test_full_map_enospc),
+        cmocka_unit_test(test_overstated_count_slots_are_free),
         cmocka_unit_test(test_check_clean),
         cmocka_unit_test(test_check_finds_corruptions),
         cmocka_unit_test(test_check_repairs_count),
