@@ -104,7 +104,7 @@ deps:
 	    $(SUDO) apt-get update -q && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -q $$missing; \
 	else echo "deps: all installed"; fi
 
-.PHONY: all clean install test check-layering check-unit check-interop check-vm check-fuzz asan tsan bench bench-vm tests check-hostile check-hostile-quick
+.PHONY: all clean install test check-layering check-unit check-interop check-vm check-fuzz fuzz-long asan tsan bench bench-vm tests check-hostile check-hostile-quick
 all: $(BUILD)/ublkd
 
 # ---- generated config ----
@@ -174,6 +174,13 @@ check-vm: $(BUILD)/ublkd
 
 check-fuzz:
 	@tests/fuzz/run.sh
+
+# Every harness for FUZZ_TIME seconds (default 600; FUZZ_ONLY="state ..." to
+# pick some) one after another (FUZZ_JOBS=2: two at a time); what each found is merged with its seeds
+# into the scratch corpus build-fuzz/fuzz-corpus/NAME, not the repository.
+FUZZ_TIME ?= 600
+fuzz-long:
+	@FUZZ_TIME=$(FUZZ_TIME) FUZZ_JOBS=$${FUZZ_JOBS:-1} FUZZ_MERGE=1 tests/fuzz/run.sh
 
 test: all check-unit asan tsan check-interop check-hostile-quick check-fuzz check-vm
 

@@ -233,6 +233,24 @@ int ublk_params_build(const UblkDevConfig *c, const BlockLimits *bl, int64_t siz
 
 typedef struct UblkQueue UblkQueue;
 
+/* One ublk I/O descriptor as the block layer request it stands for. */
+typedef struct UblkRequest {
+    unsigned op;               /* UBLK_IO_OP_READ, _WRITE, _FLUSH, _DISCARD, _WRITE_ZEROES */
+    int64_t offset, bytes;     /* bytes of the device; 0, 0 for a flush */
+    BdrvRequestFlags flags;    /* BDRV_REQ_FUA (write), BDRV_REQ_MAY_UNMAP (write zeroes) */
+} UblkRequest;
+
+/*
+ * Check the descriptor the kernel wrote for a tag and translate it (pure,
+ * fuzzed by tests/fuzz/fuzz-ublk-desc.c): 0 with *req filled, or the -errno
+ * to COMMIT: -EOPNOTSUPP for an op we do not serve, -EINVAL for a range
+ * that does not lie within the dev_size bytes of the device (overflow
+ * included) or a read/write larger than max_io_size (the tag's buffer).
+ * An accepted read/write/discard/write-zeroes lies within the device.
+ */
+int ublk_io_desc_to_request(const struct ublksrv_io_desc *iod, int64_t dev_size,
+                            uint32_t max_io_size, UblkRequest *req);
+
 /* What the queue threads share: read-only once started. */
 typedef struct UblkDev {
     uint32_t dev_id;
@@ -240,6 +258,7 @@ typedef struct UblkDev {
     BlockBackend *blk;
     unsigned nr_queues, depth;
     uint32_t max_io_size;
+    int64_t size;              /* bytes: requests beyond it are refused */
     uint64_t flags;            /* UBLK_F_* in effect */
     UblkAffinity affinity;
     UblkCtrl *ctrl;            /* for GET_QUEUE_AFFINITY (main thread only) */

@@ -306,6 +306,18 @@ char *optdict_to_string(const OptDict *d)
 /* ---- JSON form ---- */
 
 #ifdef CONFIG_JSON
+/* "prefix.name" into key (size bytes); a name cut short would be another
+ * option's, so that is an error. */
+static bool join_key(char *key, size_t size, const char *prefix, const char *name, Error **errp)
+{
+    if (snprintf(key, size, "%s%s%s", prefix, *prefix ? "." : "", name) >= (int)size) {
+        error_setg(errp, "Option name '%.40s...' in JSON is too long (at most %zu characters)",
+                   key, size - 1);
+        return false;
+    }
+    return true;
+}
+
 static int flatten_json(OptDict *d, const char *prefix, struct json_object *obj, Error **errp)
 {
     char key[1024];
@@ -316,7 +328,9 @@ static int flatten_json(OptDict *d, const char *prefix, struct json_object *obj,
         struct json_object_iterator end = json_object_iter_end(obj);
         for (; !json_object_iter_equal(&it, &end); json_object_iter_next(&it)) {
             const char *name = json_object_iter_peek_name(&it);
-            snprintf(key, sizeof(key), "%s%s%s", prefix, *prefix ? "." : "", name);
+            if (!join_key(key, sizeof(key), prefix, name, errp)) {
+                return -EINVAL;
+            }
             if (!key_is_valid(key)) {
                 error_setg(errp, "Invalid option name '%s' in JSON", key);
                 return -EINVAL;
@@ -330,7 +344,11 @@ static int flatten_json(OptDict *d, const char *prefix, struct json_object *obj,
     case json_type_array: {
         size_t n = json_object_array_length(obj);
         for (size_t i = 0; i < n; i++) {
-            snprintf(key, sizeof(key), "%s%s%zu", prefix, *prefix ? "." : "", i);
+            char idx[24];
+            snprintf(idx, sizeof(idx), "%zu", i);
+            if (!join_key(key, sizeof(key), prefix, idx, errp)) {
+                return -EINVAL;
+            }
             if (flatten_json(d, key, json_object_array_get_idx(obj, i), errp) < 0) {
                 return -EINVAL;
             }

@@ -345,6 +345,10 @@ int ublk_dev_config_parse(UblkDevConfig *c, int argc, char **argv, Error **errp)
 
 int ublk_dev_config_check(const UblkDevConfig *c, Error **errp)
 {
+    if (!c->blockdev && !c->type) {
+        error_setg(errp, "missing TYPE (raw, vdi, qcow2, null, ...) or --blockdev");
+        return -1;
+    }
     if (c->blockdev && (c->type || c->nfiles)) {
         error_setg(errp, "--blockdev replaces TYPE and FILE: give one or the other");
         return -1;
@@ -403,6 +407,11 @@ int ublk_dev_config_check(const UblkDevConfig *c, Error **errp)
                                    c->discard_granularity < 512)) {
         error_setg(errp, "--discard-granularity %u must be a power of two of at least 512",
                    c->discard_granularity);
+        return -1;
+    }
+    if (c->max_discard % 512 || c->max_discard > ((uint64_t)UINT32_MAX << 9)) {
+        error_setg(errp, "--max-discard %llu must be a multiple of 512 up to %llu bytes",
+                   (unsigned long long)c->max_discard, (unsigned long long)UINT32_MAX << 9);
         return -1;
     }
     if (c->user_copy && c->need_get_data) {
@@ -917,6 +926,7 @@ static void add_bool(json_object *o, const char *k, bool v)
 }
 
 static const char *const recovery_names[] = { "none", "fail", "reissue", "fail-io" };
+static const char *const affinity_names[] = { "none", "queue" };
 
 char *ublk_dev_state_to_json(const UblkDevState *s)
 {
@@ -963,7 +973,7 @@ char *ublk_dev_state_to_json(const UblkDevState *s)
     add_bool(co, "user_copy", c->user_copy);
     add_bool(co, "need_get_data", c->need_get_data);
     add_str(co, "recovery", recovery_names[c->recovery]);
-    add_str(co, "affinity", c->affinity == UBLK_AFFINITY_QUEUE ? "queue" : "none");
+    add_str(co, "affinity", affinity_names[c->affinity]);
     add_str(co, "log", c->log_file);
     json_object_object_add(o, "config", co);
 
@@ -973,23 +983,174 @@ char *ublk_dev_state_to_json(const UblkDevState *s)
     return out;
 }
 
-static const char *get_str(json_object *o, const char *k)
+/*
+ * Reading a state file: a field that is there must have the type and range
+ * its writer gives it.  Anything else (a hand edit, a truncated or foreign
+ * file) is refused naming the field, never reinterpreted: "queues": 2^32 + 1
+ * must not become 1, "read_only": "false" must not become true.
+ */
+static bool bad_field(const char *k, json_object *v, const char *want, Error **errp)
 {
-    json_object *v;
-    return json_object_object_get_ex(o, k, &v) && json_object_is_type(v, json_type_string)
-           ? json_object_get_string(v) : NULL;
+    error_setg(errp, "\"%s\": %.64s is not %s", k, json_object_to_json_string(v), want);
+    return false;
 }
 
-static int64_t get_int(json_object *o, const char *k, int64_t def)
+static bool get_int(json_object *o, const char *k, int64_t min, int64_t max, int64_t def,
+                    int64_t *out, Error **errp)
 {
     json_object *v;
-    return json_object_object_get_ex(o, k, &v) ? json_object_get_int64(v) : def;
+    if (!json_object_object_get_ex(o, k, &v)) {
+        *out = def;
+        return true;
+    }
+    int64_t n = json_object_get_int64(v);
+    /* json-c clamps an integer above INT64_MAX to INT64_MAX. */
+    bool clamped = n == INT64_MAX && json_object_get_uint64(v) != (uint64_t)INT64_MAX;
+    if (!json_object_is_type(v, json_type_int) || clamped || n < min || n > max) {
+        char want[96];
+        snprintf(want, sizeof(want), "an integer from %lld to %lld", (long long)min,
+                 (long long)max);
+        return bad_field(k, v, want, errp);
+    }
+    *out = n;
+    return true;
 }
 
-static bool get_bool(json_object *o, const char *k)
+static bool get_u32(json_object *o, const char *k, uint32_t def, uint32_t *out, Error **errp)
+{
+    int64_t n;
+    if (!get_int(o, k, 0, UINT32_MAX, def, &n, errp)) {
+        return false;
+    }
+    *out = (uint32_t)n;
+    return true;
+}
+
+/* Absent (or null): *out = NULL.  The string is copied. */
+static bool get_str(json_object *o, const char *k, char **out, Error **errp)
 {
     json_object *v;
-    return json_object_object_get_ex(o, k, &v) && json_object_get_boolean(v);
+    *out = NULL;
+    if (!json_object_object_get_ex(o, k, &v) || !v) {
+        return true;
+    }
+    if (!json_object_is_type(v, json_type_string)) {
+        return bad_field(k, v, "a string", errp);
+    }
+    *out = xstrdup(json_object_get_string(v));
+    return true;
+}
+
+static bool get_bool(json_object *o, const char *k, bool *out, Error **errp)
+{
+    json_object *v;
+    *out = false;
+    if (!json_object_object_get_ex(o, k, &v)) {
+        return true;
+    }
+    if (!json_object_is_type(v, json_type_boolean)) {
+        return bad_field(k, v, "true or false", errp);
+    }
+    *out = json_object_get_boolean(v);
+    return true;
+}
+
+static bool get_files(json_object *co, UblkDevConfig *c, Error **errp)
+{
+    json_object *fa;
+    if (!json_object_object_get_ex(co, "files", &fa)) {
+        return true;
+    }
+    if (!json_object_is_type(fa, json_type_array)) {
+        return bad_field("files", fa, "an array of file names", errp);
+    }
+    size_t n = json_object_array_length(fa);
+    for (size_t i = 0; i < n; i++) {
+        if (!json_object_is_type(json_object_array_get_idx(fa, i), json_type_string)) {
+            return bad_field("files", fa, "an array of file names", errp);
+        }
+    }
+    c->files = calloc(n ? n : 1, sizeof(char *));
+    if (!c->files) {
+        abort();
+    }
+    for (size_t i = 0; i < n; i++) {
+        c->files[c->nfiles++] = xstrdup(json_object_get_string(json_object_array_get_idx(fa, i)));
+    }
+    return true;
+}
+
+/* One of names (count of them) into *out; absent: *out untouched. */
+static bool get_choice(json_object *o, const char *k, const char *const *names, unsigned count,
+                       unsigned *out, Error **errp)
+{
+    json_object *v;
+    if (!json_object_object_get_ex(o, k, &v)) {
+        return true;
+    }
+    const char *str = json_object_is_type(v, json_type_string) ? json_object_get_string(v) : NULL;
+    for (unsigned i = 0; str && i < count; i++) {
+        if (!strcmp(str, names[i])) {
+            *out = i;
+            return true;
+        }
+    }
+    char want[96] = "one of";
+    for (unsigned i = 0; i < count; i++) {
+        snprintf(want + strlen(want), sizeof(want) - strlen(want), " %s", names[i]);
+    }
+    return bad_field(k, v, want, errp);
+}
+
+static bool state_fields_from_json(json_object *o, json_object *co, UblkDevState *s,
+                                   Error **errp)
+{
+    UblkDevConfig *c = &s->cfg;
+    int64_t n;
+    unsigned choice;
+    bool ok = get_int(o, "id", 0, UINT32_MAX, 0, &n, errp) && ((s->dev_id = n), true) &&
+              get_int(o, "pid", 0, INT32_MAX, 0, &n, errp) && ((s->pid = n), true) &&
+              get_int(o, "start_time", 0, INT64_MAX, 0, &n, errp) &&
+              ((s->start_time = n), true) &&
+              get_str(o, "bdev", &s->bdev, errp) &&
+              /* written as the int64 of the u64 */
+              get_int(o, "flags", INT64_MIN, INT64_MAX, 0, &n, errp) &&
+              ((s->flags = (uint64_t)n), true) &&
+              get_u32(o, "queues", 0, &s->nr_queues, errp) &&
+              get_u32(o, "depth", 0, &s->depth, errp) &&
+              get_str(o, "graph", &s->graph, errp);
+    if (!ok) {
+        return false;
+    }
+    choice = c->recovery;
+    ok = get_int(co, "dev_id", -1, INT32_MAX, -1, &n, errp) && ((c->dev_id = n), true) &&
+         get_str(co, "type", &c->type, errp) &&
+         get_files(co, c, errp) &&
+         get_str(co, "blockdev", &c->blockdev, errp) &&
+         get_str(co, "options", &c->extra_opts, errp) &&
+         get_int(co, "size", 0, BDRV_MAX_LENGTH, 0, &n, errp) && ((c->size = n), true) &&
+         get_str(co, "cache", &c->cache, errp) &&
+         get_str(co, "discard", &c->discard, errp) &&
+         get_u32(co, "queues", UBLK_DEFAULT_QUEUES, &c->nr_queues, errp) &&
+         get_u32(co, "depth", UBLK_DEFAULT_DEPTH, &c->depth, errp) &&
+         get_u32(co, "max_io_size", UBLK_DEFAULT_MAX_IO, &c->max_io_size, errp) &&
+         get_u32(co, "logical_block_size", 0, &c->logical_bs, errp) &&
+         get_u32(co, "physical_block_size", 0, &c->physical_bs, errp) &&
+         get_u32(co, "io_opt", 0, &c->io_opt, errp) &&
+         get_u32(co, "discard_granularity", 0, &c->discard_granularity, errp) &&
+         get_int(co, "max_discard", 0, INT64_MAX, 0, &n, errp) && ((c->max_discard = n), true) &&
+         get_bool(co, "read_only", &c->read_only, errp) &&
+         get_bool(co, "rotational", &c->rotational, errp) &&
+         get_bool(co, "no_discard", &c->no_discard, errp) &&
+         get_bool(co, "user_copy", &c->user_copy, errp) &&
+         get_bool(co, "need_get_data", &c->need_get_data, errp) &&
+         get_choice(co, "recovery", recovery_names, ARRAY_SIZE(recovery_names), &choice, errp) &&
+         ((c->recovery = choice), true) &&
+         ((choice = c->affinity), true) &&
+         get_choice(co, "affinity", affinity_names, ARRAY_SIZE(affinity_names), &choice, errp) &&
+         ((c->affinity = choice), true) &&
+         get_str(co, "log", &c->log_file, errp);
+    return ok;
 }
 
 int ublk_dev_state_from_json(const char *json, UblkDevState *s, Error **errp)
@@ -999,60 +1160,19 @@ int ublk_dev_state_from_json(const char *json, UblkDevState *s, Error **errp)
     json_object *o = json_tokener_parse(json);
     json_object *co;
     if (!o || !json_object_is_type(o, json_type_object) ||
-        !json_object_object_get_ex(o, "config", &co)) {
+        !json_object_object_get_ex(o, "config", &co) ||
+        !json_object_is_type(co, json_type_object)) {
         error_setg(errp, "not a ublkd state file (bad JSON or no \"config\")");
         json_object_put(o);
         return -1;
     }
-    s->dev_id = get_int(o, "id", 0);
-    s->pid = get_int(o, "pid", 0);
-    s->start_time = (uint64_t)get_int(o, "start_time", 0);
-    s->bdev = xstrdup(get_str(o, "bdev"));
-    s->flags = (uint64_t)get_int(o, "flags", 0);
-    s->nr_queues = get_int(o, "queues", 0);
-    s->depth = get_int(o, "depth", 0);
-    s->graph = xstrdup(get_str(o, "graph"));
-
-    UblkDevConfig *c = &s->cfg;
-    c->dev_id = get_int(co, "dev_id", -1);
-    c->type = xstrdup(get_str(co, "type"));
-    json_object *fa;
-    if (json_object_object_get_ex(co, "files", &fa) && json_object_is_type(fa, json_type_array)) {
-        size_t n = json_object_array_length(fa);
-        c->files = calloc(n ? n : 1, sizeof(char *));
-        for (size_t i = 0; i < n; i++) {
-            c->files[c->nfiles++] = xstrdup(json_object_get_string(json_object_array_get_idx(fa, i)));
-        }
-    }
-    c->blockdev = xstrdup(get_str(co, "blockdev"));
-    c->extra_opts = xstrdup(get_str(co, "options"));
-    c->size = get_int(co, "size", 0);
-    c->cache = xstrdup(get_str(co, "cache"));
-    c->discard = xstrdup(get_str(co, "discard"));
-    c->nr_queues = get_int(co, "queues", UBLK_DEFAULT_QUEUES);
-    c->depth = get_int(co, "depth", UBLK_DEFAULT_DEPTH);
-    c->max_io_size = get_int(co, "max_io_size", UBLK_DEFAULT_MAX_IO);
-    c->logical_bs = get_int(co, "logical_block_size", 0);
-    c->physical_bs = get_int(co, "physical_block_size", 0);
-    c->io_opt = get_int(co, "io_opt", 0);
-    c->discard_granularity = get_int(co, "discard_granularity", 0);
-    c->max_discard = get_int(co, "max_discard", 0);
-    c->read_only = get_bool(co, "read_only");
-    c->rotational = get_bool(co, "rotational");
-    c->no_discard = get_bool(co, "no_discard");
-    c->user_copy = get_bool(co, "user_copy");
-    c->need_get_data = get_bool(co, "need_get_data");
-    const char *r = get_str(co, "recovery");
-    for (unsigned i = 0; r && i < ARRAY_SIZE(recovery_names); i++) {
-        if (!strcmp(r, recovery_names[i])) {
-            c->recovery = i;
-        }
-    }
-    const char *a = get_str(co, "affinity");
-    c->affinity = a && !strcmp(a, "queue") ? UBLK_AFFINITY_QUEUE : UBLK_AFFINITY_NONE;
-    c->log_file = xstrdup(get_str(co, "log"));
+    bool ok = state_fields_from_json(o, co, s, errp);
     json_object_put(o);
-    if (ublk_dev_config_check(c, errp) < 0) {
+    if (!ok) {
+        ublk_dev_state_free(s);
+        return -1;
+    }
+    if (ublk_dev_config_check(&s->cfg, errp) < 0) {
         error_prepend(errp, "stored configuration: ");
         ublk_dev_state_free(s);
         return -1;
@@ -1084,6 +1204,13 @@ int ublk_stats_write(uint32_t dev_id, const BlockAcctStats *st)
     return ret;
 }
 
+/* Counters are only shown: a bad one reads as 0. */
+static uint64_t stat_int(json_object *o, const char *k)
+{
+    json_object *v;
+    return json_object_object_get_ex(o, k, &v) ? (uint64_t)json_object_get_int64(v) : 0;
+}
+
 int ublk_stats_read(uint32_t dev_id, BlockAcctStats *st)
 {
     char name[64];
@@ -1108,13 +1235,13 @@ int ublk_stats_read(uint32_t dev_id, BlockAcctStats *st)
     for (int i = 0; i < BLK_OP__MAX; i++) {
         json_object *op;
         if (json_object_object_get_ex(o, op_names[i], &op)) {
-            st->ops[i] = get_int(op, "ops", 0);
-            st->bytes[i] = get_int(op, "bytes", 0);
-            st->errors[i] = get_int(op, "errors", 0);
-            st->total_ns[i] = get_int(op, "total_ns", 0);
+            st->ops[i] = stat_int(op, "ops");
+            st->bytes[i] = stat_int(op, "bytes");
+            st->errors[i] = stat_int(op, "errors");
+            st->total_ns[i] = stat_int(op, "total_ns");
         }
     }
-    st->fua_writes = get_int(o, "fua_writes", 0);
+    st->fua_writes = stat_int(o, "fua_writes");
     json_object_put(o);
     return 0;
 }

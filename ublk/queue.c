@@ -137,52 +137,82 @@ static int coroutine_fn user_copy(UblkTag *t, size_t len, bool to_request)
     return 0;
 }
 
+int ublk_io_desc_to_request(const struct ublksrv_io_desc *iod, int64_t dev_size,
+                            uint32_t max_io_size, UblkRequest *req)
+{
+    unsigned op = ublksrv_get_op(iod);
+    uint64_t sectors = dev_size > 0 ? (uint64_t)dev_size >> 9 : 0;
+
+    memset(req, 0, sizeof(*req));
+    req->op = op;
+    switch (op) {
+    case UBLK_IO_OP_FLUSH:
+        return 0;
+    case UBLK_IO_OP_READ:
+    case UBLK_IO_OP_WRITE:
+    case UBLK_IO_OP_DISCARD:
+    case UBLK_IO_OP_WRITE_ZEROES:
+        break;
+    default:
+        return -EOPNOTSUPP;
+    }
+    /* In sectors, so nothing overflows: the device has at most 2^54. */
+    if (iod->start_sector > sectors || iod->nr_sectors > sectors - iod->start_sector) {
+        return -EINVAL;
+    }
+    req->offset = (int64_t)(iod->start_sector << 9);
+    req->bytes = (int64_t)iod->nr_sectors << 9;
+    if ((op == UBLK_IO_OP_READ || op == UBLK_IO_OP_WRITE) && req->bytes > (int64_t)max_io_size) {
+        return -EINVAL;
+    }
+    if (op == UBLK_IO_OP_WRITE && (iod->op_flags & UBLK_IO_F_FUA)) {
+        req->flags = BDRV_REQ_FUA;
+    }
+    if (op == UBLK_IO_OP_WRITE_ZEROES && !(iod->op_flags & UBLK_IO_F_NOUNMAP)) {
+        req->flags = BDRV_REQ_MAY_UNMAP;
+    }
+    return 0;
+}
+
 /* Handle one request; returns the COMMIT result (bytes or -errno). */
 static int coroutine_fn tag_handle_io(UblkTag *t)
 {
     UblkQueue *q = t->q;
     UblkDev *d = q->d;
-    const struct ublksrv_io_desc *iod = &q->descs[t->tag];
-    unsigned op = ublksrv_get_op(iod);
-    int64_t off = (int64_t)iod->start_sector << 9;
-    int64_t len = (int64_t)iod->nr_sectors << 9;
+    UblkRequest req;
     IOVector qiov;
     int ret;
 
-    switch (op) {
+    /* One copy of the shared descriptor: what is checked is what is used. */
+    struct ublksrv_io_desc iod = q->descs[t->tag];
+    ret = ublk_io_desc_to_request(&iod, d->size, d->max_io_size, &req);
+    if (ret < 0) {
+        return ret;
+    }
+    switch (req.op) {
     case UBLK_IO_OP_READ:
-        if (len > d->max_io_size) {
-            return -EINVAL;
-        }
-        iov_init_buf(&qiov, t->buf, len);
-        ret = blk_co_preadv(d->blk, off, len, &qiov, 0);
+        iov_init_buf(&qiov, t->buf, req.bytes);
+        ret = blk_co_preadv(d->blk, req.offset, req.bytes, &qiov, 0);
         if (ret >= 0 && (d->flags & UBLK_F_USER_COPY)) {
-            ret = user_copy(t, len, true);
+            ret = user_copy(t, req.bytes, true);
         }
-        return ret < 0 ? ret : (int)len;
+        return ret < 0 ? ret : (int)req.bytes;
     case UBLK_IO_OP_WRITE:
-        if (len > d->max_io_size) {
-            return -EINVAL;
-        }
         if (d->flags & UBLK_F_USER_COPY) {
-            ret = user_copy(t, len, false);
+            ret = user_copy(t, req.bytes, false);
             if (ret < 0) {
                 return ret;
             }
         }
-        iov_init_buf(&qiov, t->buf, len);
-        ret = blk_co_pwritev(d->blk, off, len, &qiov,
-                             (iod->op_flags & UBLK_IO_F_FUA) ? BDRV_REQ_FUA : 0);
-        return ret < 0 ? ret : (int)len;
+        iov_init_buf(&qiov, t->buf, req.bytes);
+        ret = blk_co_pwritev(d->blk, req.offset, req.bytes, &qiov, req.flags);
+        return ret < 0 ? ret : (int)req.bytes;
     case UBLK_IO_OP_FLUSH:
         return blk_co_flush(d->blk);
     case UBLK_IO_OP_DISCARD:
-        return blk_co_pdiscard(d->blk, off, len);
-    case UBLK_IO_OP_WRITE_ZEROES:
-        return blk_co_pwrite_zeroes(d->blk, off, len,
-                                    (iod->op_flags & UBLK_IO_F_NOUNMAP) ? 0 : BDRV_REQ_MAY_UNMAP);
-    default:
-        return -EOPNOTSUPP;
+        return blk_co_pdiscard(d->blk, req.offset, req.bytes);
+    default: /* UBLK_IO_OP_WRITE_ZEROES */
+        return blk_co_pwrite_zeroes(d->blk, req.offset, req.bytes, req.flags);
     }
 }
 

@@ -372,6 +372,7 @@ static int server_start(Server *s, bool recover, int ready_fd, Error **errp)
     d->nr_queues = info.nr_hw_queues;
     d->depth = info.queue_depth;
     d->max_io_size = MIN(info.max_io_buf_bytes, (uint32_t)cfg->max_io_size);
+    d->size = size;
     if (recover) {
         d->max_io_size = info.max_io_buf_bytes;
     }

@@ -1,14 +1,24 @@
 #!/bin/bash
 # Build every tests/fuzz/fuzz-*.c harness with clang's libFuzzer + ASan/UBSan
-# and run each for a short fixed time (FUZZ_TIME seconds, default 30) from
+# and run each for a short fixed time (FUZZ_TIME seconds, default 20) from
 # its seed corpus tests/fuzz/corpus/<name>/.  New inputs go to a scratch
-# copy, never into the repository.  Prints "fuzz: N passed, N failed" and
-# exits non-zero if any harness crashed or failed to build.
+# copy ($BUILD/fuzz-work/<name>), never into the repository.
+#   FUZZ_ONLY="options state"  run only these harnesses
+#   FUZZ_JOBS=N                run N harnesses at a time (default 2)
+#   FUZZ_MERGE=1               afterwards merge what the run found, with the
+#                              seeds, into the minimal scratch corpus
+#                              $BUILD/fuzz-corpus/<name> (make fuzz-long)
+# Prints "fuzz: N passed, N failed" and exits non-zero if any harness
+# crashed, failed a property or failed to build; the crashing input is in
+# $BUILD/fuzz-artifacts/.
 set -u
 cd "$(dirname "$0")/../.."
 CLANG=${CLANG:-clang}
 BUILD=${FUZZ_BUILD:-build-fuzz}
-TIME=${FUZZ_TIME:-30}
+TIME=${FUZZ_TIME:-20}
+ONLY=${FUZZ_ONLY:-}
+MERGE=${FUZZ_MERGE:-0}
+JOBS=${FUZZ_JOBS:-2}
 SAN="-fsanitize=address,undefined -fno-sanitize-recover=undefined"
 
 command -v "$CLANG" >/dev/null || { echo "fuzz: clang not found"; echo "fuzz: 0 passed, 0 failed"; exit 4; }
@@ -22,28 +32,74 @@ print-ldlibs: ; @echo $(LDLIBS)
 MK
 )
 
-pass=0 fail=0
+# Build every harness first, then run them FUZZ_JOBS (default 2) at a time;
+# each one's report is printed, in order, once all have finished.
+names=() fail=0 pass=0
 for src in tests/fuzz/fuzz-*.c; do
     name=$(basename "$src" .c)          # fuzz-vdi
     fmt=${name#fuzz-}                   # vdi
-    bin="$BUILD/tests/$name"
+    if [ -n "$ONLY" ] && ! [[ " $ONLY " == *" $fmt "* ]]; then
+        continue
+    fi
     mkdir -p "$BUILD/tests" "$BUILD/fuzz-work/$fmt" "$BUILD/fuzz-artifacts/"
+    rm -f "$BUILD/fuzz-work/$name.out"
     if ! "$CLANG" -std=gnu11 -Wall -Wextra -Werror -D_GNU_SOURCE -D_FILE_OFFSET_BITS=64 \
             -Iinclude -I"$BUILD" -include "$BUILD/config.h" -O1 -g -fno-omit-frame-pointer \
-            -fsanitize=fuzzer $SAN -o "$bin" "$src" "$BUILD/libublkd.a" $LIBS; then
+            -fsanitize=fuzzer $SAN -o "$BUILD/tests/$name" "$src" "$BUILD/libublkd.a" $LIBS; then
         echo "FAIL $name: build"; fail=$((fail + 1)); continue
     fi
-    seeds=tests/fuzz/corpus/$fmt
+    names+=("$name")
+done
+
+# Writes its report to $BUILD/fuzz-work/NAME.out, last line PASS or FAIL.
+run_one() {
+    local name=$1 fmt=${1#fuzz-} bin="$BUILD/tests/$1" seeds=tests/fuzz/corpus/${1#fuzz-}
+    local log="$BUILD/fuzz-work/$name.log"
     [ -d "$seeds" ] || seeds=
-    echo "== $name: ${TIME}s"
-    if ASAN_OPTIONS=detect_leaks=1 "$bin" -max_total_time="$TIME" -timeout=10 -rss_limit_mb=2048 \
-            -max_len=65536 -artifact_prefix="$BUILD/fuzz-artifacts/$name-" \
-            "$BUILD/fuzz-work/$fmt" $seeds 2>"$BUILD/fuzz-work/$name.log"; then
-        tail -1 "$BUILD/fuzz-work/$name.log" | sed "s/^/  /"
-        echo "PASS $name"; pass=$((pass + 1))
+    {
+        echo "== $name: ${TIME}s"
+        if ASAN_OPTIONS=detect_leaks=1 "$bin" -max_total_time="$TIME" -timeout=10 -rss_limit_mb=2048 \
+                -max_len=65536 -artifact_prefix="$BUILD/fuzz-artifacts/$name-" \
+                "$BUILD/fuzz-work/$fmt" $seeds 2>"$log"; then
+            grep -E "^#[0-9]+[[:space:]]+DONE" "$log" | sed "s/^/  /"
+            tail -1 "$log" | sed "s/^/  /"
+            if [ "$MERGE" = 1 ]; then
+                mkdir -p "$BUILD/fuzz-corpus/$fmt"
+                "$bin" -merge=1 -timeout=10 -rss_limit_mb=2048 -max_len=65536 \
+                    "$BUILD/fuzz-corpus/$fmt" "$BUILD/fuzz-work/$fmt" $seeds \
+                    2>"$BUILD/fuzz-work/$name.merge.log"
+                echo "  merged: $(ls "$BUILD/fuzz-corpus/$fmt" | wc -l) inputs in $BUILD/fuzz-corpus/$fmt"
+            fi
+            echo "PASS $name"
+        else
+            grep -E "ERROR|SUMMARY|Test unit written|property failed" "$log" | head -5
+            echo "FAIL $name (log: $log)"
+        fi
+    } > "$BUILD/fuzz-work/$name.out.tmp"
+    mv "$BUILD/fuzz-work/$name.out.tmp" "$BUILD/fuzz-work/$name.out"
+}
+
+running=0
+for name in "${names[@]}"; do
+    if [ "$running" -ge "$JOBS" ]; then
+        wait -n
+        running=$((running - 1))
+    fi
+    run_one "$name" &
+    running=$((running + 1))
+done
+wait
+for name in "${names[@]}"; do
+    out="$BUILD/fuzz-work/$name.out"
+    if [ -f "$out" ]; then
+        cat "$out"
     else
-        grep -E "ERROR|SUMMARY|Test unit written" "$BUILD/fuzz-work/$name.log" | head -5
-        echo "FAIL $name (log: $BUILD/fuzz-work/$name.log)"; fail=$((fail + 1))
+        echo "FAIL $name: no report"
+    fi
+    if [ -f "$out" ] && [ "$(tail -1 "$out" | cut -d' ' -f1)" = PASS ]; then
+        pass=$((pass + 1))
+    else
+        fail=$((fail + 1))
     fi
 done
 echo "fuzz: $pass passed, $fail failed"

@@ -4,6 +4,7 @@
 #include <stdarg.h>
 #include <stddef.h>
 #include <stdint.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <cmocka.h>
@@ -326,6 +327,40 @@ static void test_json(void **state)
 #endif
 }
 
+/* A JSON option name longer than the 1023 characters flattening takes used
+ * to be cut short without a word, so it named another option. */
+static void test_json_long_names(void **state)
+{
+    (void)state;
+#ifdef CONFIG_JSON
+    Error *err = NULL;
+    char name[1100], json[1300];
+    memset(name, 'x', sizeof(name) - 1);
+    name[sizeof(name) - 1] = '\0';
+    snprintf(json, sizeof(json), "{\"file\": {\"%s\": 1}}", name);
+    assert_null(optdict_parse_json(json, &err));
+    assert_error_contains(err, "too long (at most 1023 characters)");
+    error_free(err);
+    err = NULL;
+    /* the longest name that fits is kept whole */
+    name[1023 - 5] = '\0';
+    snprintf(json, sizeof(json), "{\"file\": {\"%s\": 1}}", name);
+    OptDict *d = optdict_parse_json(json, &err);
+    assert_null(err);
+    assert_int_equal(strlen(optdict_key_at(d, 0)), 1023);
+    optdict_free(d);
+    /* an array index that does not fit either */
+    memset(name, 'x', 1022);
+    name[1022] = '\0';
+    snprintf(json, sizeof(json), "{\"%s\": [1]}", name);
+    assert_null(optdict_parse_json(json, &err));
+    assert_error_contains(err, "too long");
+    error_free(err);
+#else
+    skip();
+#endif
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -339,6 +374,7 @@ int main(void)
         cmocka_unit_test(test_extract_and_check_empty),
         cmocka_unit_test(test_merge_clone),
         cmocka_unit_test(test_json),
+        cmocka_unit_test(test_json_long_names),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

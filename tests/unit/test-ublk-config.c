@@ -2,7 +2,8 @@
  * test-ublk-config.c - `ublkd add` argument parsing, the graph options it
  * builds, the UBLK_F_* flags it asks for, and the state file round trip;
  * hostile values for every add option, recovery modes the kernel lacks,
- * --log paths, throttling.group.
+ * --log paths, throttling.group; state files with fields of the wrong type
+ * or range.
  * None of this needs the ublk driver.
  */
 #include <setjmp.h>
@@ -625,6 +626,82 @@ static void test_throttling_group_refused(void **state)
     ublk_dev_config_free(&c);
 }
 
+/* Found reading the state file parser for the fuzz harness: fields of the
+ * wrong type or range were reinterpreted, and some of what was accepted
+ * crashed `recover` (a NULL file name or driver reached optdict_set). */
+static void expect_state_refused(const char *config, const char *needle)
+{
+#ifdef CONFIG_JSON
+    char json[512];
+    UblkDevState s;
+    Error *err = NULL;
+    snprintf(json, sizeof(json), "{\"id\": 3, \"config\": {%s}}", config);
+    if (ublk_dev_state_from_json(json, &s, &err) != -1 || !err) {
+        fail_msg("state %s was accepted", json);
+    }
+    if (!strstr(error_get_pretty(err), needle)) {
+        fail_msg("state %s: message '%s' lacks '%s'", json, error_get_pretty(err), needle);
+    }
+    error_free(err);
+#else
+    (void)config; (void)needle;
+#endif
+}
+
+static void test_state_malformed_fields(void **state)
+{
+    (void)state;
+#ifdef CONFIG_JSON
+    /* a file name that is not a string used to become NULL and crash the
+     * graph options `recover` builds */
+    expect_state_refused("\"type\": \"raw\", \"files\": [null]", "\"files\"");
+    expect_state_refused("\"type\": \"raw\", \"files\": [\"a\", {}]", "\"files\"");
+    expect_state_refused("\"type\": \"raw\", \"files\": \"a.img\"", "\"files\"");
+    /* neither TYPE nor --blockdev: the driver name used to be NULL */
+    expect_state_refused("\"files\": [\"a.img\"]", "missing TYPE");
+    expect_state_refused("\"type\": 5, \"files\": [\"a.img\"]", "\"type\": 5 is not a string");
+    /* 2^32 + 1 queues used to be read as 1 */
+    expect_state_refused("\"type\": \"raw\", \"files\": [\"a\"], \"queues\": 4294967297",
+                         "\"queues\": 4294967297 is not an integer from 0 to 4294967295");
+    expect_state_refused("\"type\": \"raw\", \"files\": [\"a\"], \"depth\": \"64\"", "\"depth\"");
+    expect_state_refused("\"type\": \"raw\", \"files\": [\"a\"], \"depth\": 64.5", "\"depth\"");
+    expect_state_refused("\"type\": \"null\", \"size\": -1", "\"size\"");
+    expect_state_refused("\"type\": \"null\", \"size\": 18446744073709551615", "\"size\"");
+    expect_state_refused("\"type\": \"raw\", \"files\": [\"a\"], \"dev_id\": -2", "\"dev_id\"");
+    /* "false" used to read as true */
+    expect_state_refused("\"type\": \"raw\", \"files\": [\"a\"], \"read_only\": \"false\"",
+                         "\"read_only\": \"false\" is not true or false");
+    /* an unknown mode used to become reissue, silently */
+    expect_state_refused("\"type\": \"raw\", \"files\": [\"a\"], \"recovery\": \"sometimes\"",
+                         "one of none fail reissue fail-io");
+    expect_state_refused("\"type\": \"raw\", \"files\": [\"a\"], \"affinity\": 1", "\"affinity\"");
+    expect_state_refused("\"type\": \"raw\", \"files\": [\"a\"], \"max_discard\": 1000",
+                         "--max-discard 1000 must be a multiple of 512");
+    UblkDevState s;
+    Error *err = NULL;
+    assert_int_equal(ublk_dev_state_from_json("{\"id\": 3, \"pid\": 4294967296, \"config\": "
+                                              "{\"type\": \"null\", \"size\": 4096}}", &s, &err), -1);
+    assert_non_null(strstr(error_get_pretty(err), "\"pid\""));
+    error_free(err);
+    err = NULL;
+    assert_int_equal(ublk_dev_state_from_json("{\"id\": 3, \"config\": []}", &s, &err), -1);
+    assert_non_null(strstr(error_get_pretty(err), "not a ublkd state file"));
+    error_free(err);
+    /* what is well formed still reads, null strings as absent */
+    assert_int_equal(ublk_dev_state_from_json("{\"id\": 3, \"bdev\": null, \"config\": "
+                                              "{\"type\": \"null\", \"size\": 4096, "
+                                              "\"read_only\": true, \"affinity\": \"queue\"}}",
+                                              &s, NULL), 0);
+    assert_null(s.bdev);
+    assert_true(s.cfg.read_only);
+    assert_int_equal(s.cfg.affinity, UBLK_AFFINITY_QUEUE);
+    assert_int_equal(s.cfg.size, 4096);
+    ublk_dev_state_free(&s);
+#else
+    skip();
+#endif
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -641,6 +718,7 @@ int main(void)
         cmocka_unit_test(test_throttling_group_refused),
         cmocka_unit_test(test_state_round_trip),
         cmocka_unit_test(test_state_files),
+        cmocka_unit_test(test_state_malformed_fields),
     };
     return cmocka_run_group_tests_name("ublk-config", tests, NULL, NULL);
 }

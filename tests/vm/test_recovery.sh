@@ -6,10 +6,12 @@ need_cmd fio
 mkimg $T/r.raw 64M
 ublk_add raw $T/r.raw $CACHE_OPT -q 2 >/dev/null
 pid=$(ublk_pid $ID)
-# Time-based, so it is certainly still writing when the daemon dies; the
-# verify pass below replays the same sequence (randrepeat) over the 16 MiB.
+# Time-based, so it is certainly still writing when the daemon dies (20 s:
+# on a loaded host fio's start-up and the first counter update took most of
+# an 8 s run, and fio finished before the kill); the verify pass below
+# replays the same sequence (randrepeat) over the 16 MiB.
 fio --name=w --filename="$DEV" --direct=1 --ioengine=io_uring --rw=randwrite --bs=4k --iodepth=16 \
-    --size=16M --time_based --runtime=8 --verify=crc32c --do_verify=0 --randrepeat=1 \
+    --size=16M --time_based --runtime=20 --verify=crc32c --do_verify=0 --randrepeat=1 \
     --verify_state_save=0 --output-format=terse >$T/fio.out 2>&1 &
 fpid=$!
 # fio's start-up under TCG on a busy host can take seconds: wait for the
