@@ -98,6 +98,64 @@ static int coroutine_fn free_old_entry(BlockDriverState *bs, uint64_t e)
 }
 
 /*
+ * Write [head bytes of hb][len bytes of qiov from qiov_offset][tail bytes of
+ * tb] at host in the data file: one write through a vector on the stack
+ * (nothing allocated per request), or three writes when the caller's
+ * vector has too many pieces for it.
+ */
+#define COW_VEC_MAX 16
+static int coroutine_fn write_with_cow(BDRVQcow2State *s, uint64_t host, uint8_t *hb,
+                                       uint64_t head, IOVector *qiov, size_t qiov_offset,
+                                       uint64_t len, uint8_t *tb, uint64_t tail)
+{
+    struct iovec vec[COW_VEC_MAX];
+    size_t skip = qiov_offset, left = len;
+    int n = 0;
+
+    if (head) {
+        vec[n++] = (struct iovec){ hb, head };
+    }
+    for (int i = 0; i < qiov->niov && left; i++) {
+        size_t l = qiov->iov[i].iov_len;
+        if (skip >= l) {
+            skip -= l;
+            continue;
+        }
+        if (n == COW_VEC_MAX - 1) {
+            goto split;
+        }
+        size_t take = MIN(l - skip, left);
+        /* base + n arithmetic is right for registered-buffer references too */
+        vec[n++] = (struct iovec){ (char *)qiov->iov[i].iov_base + skip, take };
+        skip = 0;
+        left -= take;
+    }
+    if (tail) {
+        vec[n++] = (struct iovec){ tb, tail };
+    }
+    IOVector v;
+    iov_init_external(&v, vec, n);
+    return bdrv_co_pwritev(s->data_file, (int64_t)host, (int64_t)(head + len + tail), &v, 0);
+
+split: ;
+    int ret = 0;
+    IOVector part;
+    if (head) {
+        iov_init_buf(&part, hb, head);
+        ret = bdrv_co_pwritev(s->data_file, (int64_t)host, (int64_t)head, &part, 0);
+    }
+    if (ret == 0) {
+        ret = bdrv_co_pwritev_part(s->data_file, (int64_t)(host + head), (int64_t)len, qiov,
+                                   qiov_offset, 0);
+    }
+    if (ret == 0 && tail) {
+        iov_init_buf(&part, tb, tail);
+        ret = bdrv_co_pwritev(s->data_file, (int64_t)(host + head + len), (int64_t)tail, &part, 0);
+    }
+    return ret;
+}
+
+/*
  * Write [offset, offset + *bytes) into new clusters, at most up to the end
  * of the L2 slice; *bytes becomes what was written.  1 if the first cluster
  * turned out writable in place (another request allocated it meanwhile):
@@ -185,7 +243,6 @@ static int coroutine_fn write_allocating(BlockDriverState *bs, uint64_t offset, 
     if ((head || tail) && !b) {
         ret = -ENOMEM;
     } else {
-        IOVector v;
         ret = 0;
         if (head) {
             IOVector h;
@@ -198,16 +255,8 @@ static int coroutine_fn write_allocating(BlockDriverState *bs, uint64_t offset, 
             ret = qcow2_co_preadv(bs, (int64_t)(offset + len), (int64_t)tail, &t, 0, 0);
         }
         if (ret == 0) {
-            iov_init(&v, 3);
-            if (head) {
-                iov_add(&v, b->in, head);
-            }
-            iov_concat(&v, qiov, qiov_offset, len);
-            if (tail) {
-                iov_add(&v, b->out, tail);
-            }
-            ret = bdrv_co_pwritev(s->data_file, host, (int64_t)span, &v, 0);
-            iov_destroy(&v);
+            ret = write_with_cow(s, (uint64_t)host, b ? b->in : NULL, head, qiov, qiov_offset,
+                                 len, b ? b->out : NULL, tail);
         }
     }
     if (b) {
@@ -367,7 +416,6 @@ static int coroutine_fn write_subclusters(BlockDriverState *bs, uint64_t offset,
     if ((head || tail) && !b) {
         ret = -ENOMEM;
     } else {
-        IOVector v;
         ret = 0;
         if (head) {
             IOVector h;
@@ -380,16 +428,8 @@ static int coroutine_fn write_subclusters(BlockDriverState *bs, uint64_t offset,
             ret = qcow2_co_preadv(bs, (int64_t)(guest_base + end), (int64_t)tail, &t, 0, 0);
         }
         if (ret == 0) {
-            iov_init(&v, 3);
-            if (head) {
-                iov_add(&v, b->in, head);
-            }
-            iov_concat(&v, qiov, qiov_offset, len);
-            if (tail) {
-                iov_add(&v, b->out, tail);
-            }
-            ret = bdrv_co_pwritev(s->data_file, (int64_t)(host + from), (int64_t)(to - from), &v, 0);
-            iov_destroy(&v);
+            ret = write_with_cow(s, host + from, b ? b->in : NULL, head, qiov, qiov_offset, len,
+                                 b ? b->out : NULL, tail);
         }
     }
     if (b) {
