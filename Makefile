@@ -93,7 +93,8 @@ BENCHES := $(BENCH_SRCS:tests/bench/%.c=$(BUILD)/tests/%)
 # installs whichever are missing (as root, or through sudo).
 DEB_PACKAGES := gcc clang make pkg-config liburing-dev libcmocka-dev libjson-c-dev \
     libzstd-dev uuid-dev zlib1g-dev libclang-rt-14-dev libtsan2 libasan8 libubsan1 qemu-utils fio e2fsprogs \
-    util-linux mount python3 time qemu-system-x86 busybox-static cpio kmod xz-utils jq
+    util-linux mount python3 time qemu-system-x86 busybox-static cpio kmod xz-utils jq \
+    dmsetup xfsprogs
 SUDO := $(if $(filter 0,$(shell id -u)),,sudo)
 
 .PHONY: deps
@@ -144,7 +145,13 @@ $(BENCHES): $(BUILD)/tests/bench-%: $(BUILD)/tests/bench/bench-%.o $(BUILD)/libu
 	@mkdir -p $(dir $@)
 	$(CC) $(ALL_CFLAGS) $(LDFLAGS) -o $@ $< $(BUILD)/libublkd.a $(LDLIBS)
 
-tests: $(UNIT_TESTS) $(BUILD)/ublkd
+# The VM suite's helper that rebuilds a dm-log-writes device at any point of
+# its log (tests/vm/test_powerloss*.sh): a test tool, not linked to libublkd.
+$(BUILD)/log-writes-replay: tests/vm/log-writes-replay.c
+	@mkdir -p $(dir $@)
+	$(CC) $(ALL_CFLAGS) $(LDFLAGS) -o $@ $<
+
+tests: $(UNIT_TESTS) $(BUILD)/ublkd $(BUILD)/log-writes-replay
 
 # ---- test entry points ----
 # check-unit prints cmocka's summary for every suite and a total line.
@@ -169,7 +176,7 @@ check-layering:
 check-interop: $(BUILD)/ublkd
 	@UBLKD=$(abspath $(BUILD)/ublkd) tests/interop/run.sh
 
-check-vm: $(BUILD)/ublkd
+check-vm: $(BUILD)/ublkd $(BUILD)/log-writes-replay
 	@UBLKD=$(abspath $(BUILD)/ublkd) tests/vm/run.sh
 
 check-fuzz:
@@ -213,6 +220,22 @@ check-hostile-quick:
 
 bench: $(BENCHES) $(BUILD)/ublkd
 	@UBLKD=$(abspath $(BUILD)/ublkd) BUILD=$(abspath $(BUILD)) tests/bench/run.sh
+
+# ---- soak: long runs, not part of `make test` ----
+# Each long run is a soak-* prerequisite of soak.
+.PHONY: soak soak-powerloss
+soak: soak-powerloss
+
+# Power loss (tests/vm/powerloss.sh): every mark, every flush and the entries
+# half-way between flushes replayed and checked, for each host fs and format.
+# Each record's three fsyncs put several flushes into the log, and a point
+# costs seconds under TCG: POWERLOSS_SOAK_RECORDS sets the length.
+POWERLOSS_SOAK_RECORDS ?= 10
+soak-powerloss: $(BUILD)/ublkd $(BUILD)/log-writes-replay
+	@UBLKD=$(abspath $(BUILD)/ublkd) POWERLOSS_RECORDS=$(POWERLOSS_SOAK_RECORDS) POWERLOSS_POINTS=all \
+	    POWERLOSS_FORMATS="$${POWERLOSS_FORMATS:-raw vdi}" \
+	    TEST_TIMEOUT=$${TEST_TIMEOUT:-14400} VM_TIMEOUT=$${VM_TIMEOUT:-30000} \
+	    tests/vm/run.sh test_powerloss_ext4 test_powerloss_xfs
 
 bench-vm: $(BUILD)/ublkd
 	@UBLKD=$(abspath $(BUILD)/ublkd) tests/vm/bench.sh

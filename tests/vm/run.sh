@@ -28,6 +28,11 @@ for d in "$ROOT" "$(dirname "$(realpath "$UBLKD")")"; do
 done
 echo "vm: kernel ${VM_KERNEL:-6.12}"
 trap 'rm -rf "$work"' EXIT
+# The guest inherits no environment: these knobs are passed on when set.
+fwd=()
+for v in TEST_TIMEOUT POWERLOSS_RECORDS POWERLOSS_POINTS POWERLOSS_NOISE POWERLOSS_CACHE POWERLOSS_FORMATS; do
+  [ -n "${!v:-}" ] && fwd+=("$v=${!v}")
+done
 out=$work/console.log
 # The guest sees the host's / read-only, so the repository and $UBLKD are
 # visible at the same paths; $work is the only writable share.
@@ -36,7 +41,7 @@ out=$work/console.log
 # that booted and then failed is never retried.
 for attempt in 1 2; do
   "$HERE/ublk-vm" -w "$work" "${ro[@]}" -t "${VM_TIMEOUT:-1500}" -- \
-      env UBLKD="$UBLKD" VM_RESULTS="$work" "$HERE/suite.sh" "$@" 2>&1 | tee "$out"
+      env UBLKD="$UBLKD" VM_RESULTS="$work" "${fwd[@]}" "$HERE/suite.sh" "$@" 2>&1 | tee "$out"
   rc=${PIPESTATUS[0]}
   [ "$rc" = 125 ] && [ "$attempt" = 1 ] && grep -q 'ublk-vm: the guest did not boot' "$out" || break
   echo "vm: the guest did not boot; booting it once more"
