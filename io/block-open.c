@@ -14,6 +14,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 #include "aio.h"
 #include "block-int.h"
 
@@ -408,6 +409,56 @@ static char *backing_path(const BlockDriverState *bs)
     return path;
 }
 
+/*
+ * The images whose backing files this thread is opening, innermost first.
+ * A backing file that is one of them (same device and inode) would make
+ * the chain a loop, and opening it would recurse until memory runs out
+ * (qemu-img 7.2 does): it is refused.
+ */
+typedef struct BackingOpening {
+    dev_t dev;
+    ino_t ino;
+    struct BackingOpening *outer;
+} BackingOpening;
+static __thread BackingOpening *backing_opening;
+
+static bool file_identity(const char *path, dev_t *dev, ino_t *ino)
+{
+    struct stat st;
+    if (!path || !*path || !strncmp(path, "json:", 5) || stat(path, &st) < 0) {
+        return false;
+    }
+    *dev = st.st_dev;
+    *ino = st.st_ino;
+    return true;
+}
+
+static int open_backing_child(BlockDriverState *bs, const char *filename, OptDict *options,
+                              BdrvChild **child, Error **errp)
+{
+    const char *own = bs->file ? bs->file->bs->filename : bs->filename;
+    BackingOpening me = { .outer = backing_opening };
+    bool have_me = file_identity(own, &me.dev, &me.ino);
+    dev_t dev;
+    ino_t ino;
+
+    if (filename && file_identity(filename, &dev, &ino)) {
+        for (BackingOpening *p = have_me ? &me : me.outer; p; p = p->outer) {
+            if (p->dev == dev && p->ino == ino) {
+                error_setg(errp, "Backing file '%s' of '%s' makes a loop in the backing chain",
+                           filename, own);
+                return -ELOOP;
+            }
+        }
+    }
+    if (have_me) {
+        backing_opening = &me;
+    }
+    *child = bdrv_open_child(filename, options, "backing", bs, BDRV_CHILD_COW, false, errp);
+    backing_opening = me.outer;
+    return 0;
+}
+
 int bdrv_open_backing(BlockDriverState *bs, OptDict *options, Error **errp)
 {
     const char *ref = optdict_get(options, "backing");
@@ -432,8 +483,8 @@ int bdrv_open_backing(BlockDriverState *bs, OptDict *options, Error **errp)
         optdict_set(options, "backing.driver", bs->backing_format);
     }
     Error *local = NULL;
-    BdrvChild *c = bdrv_open_child(filename, options, "backing", bs, BDRV_CHILD_COW,
-                                   false, &local);
+    BdrvChild *c = NULL;
+    open_backing_child(bs, filename, options, &c, &local);
     free(filename);
     if (!c) {
         int err = error_get_errno(local);

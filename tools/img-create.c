@@ -20,6 +20,9 @@ static const char *type_name(const char *type)
     if (!strcmp(type, "number")) {
         return "num";
     }
+    if (!strcmp(type, "bool")) {
+        return "bool (on/off)";
+    }
     return type;
 }
 
@@ -72,6 +75,13 @@ static bool is_backing_key(const char *k)
 /* Bool options print as on/off in the "Formatting" line, whatever was typed. */
 static const char *norm_value(const CreateOptDesc *d, const char *v)
 {
+    /* Sizes print as qemu-img parsed them: "2M" is 2097152. */
+    static char num[32];
+    uint64_t n;
+    if (d && !strcmp(d->type, "size") && parse_size(v, &n) == 0) {
+        snprintf(num, sizeof(num), "%" PRIu64, n);
+        return num;
+    }
     if (d && !strcmp(d->type, "bool")) {
         if (!strcmp(v, "on") || !strcmp(v, "true") || !strcmp(v, "yes")) {
             return "on";
@@ -173,6 +183,40 @@ int img_create_image(const char *filename, const char *fmt, const char *options,
         if (backing_fmt) {
             optdict_set(opts, "backing_fmt", backing_fmt);
         }
+    }
+    /* As qemu-img: a backing file's format must be named, never probed
+     * into the image (the probe result is offered as a hint). */
+    const char *bfile = optdict_get(opts, "backing_file");
+    if (bfile && !optdict_get(opts, "backing_fmt")) {
+        const char *pre = pfx ? pfx : "", *sep = pfx ? ": " : "";
+        const BlockDriver *probed = NULL;
+        if (!unsafe) {
+            const char *slash = strrchr(filename, '/');
+            char *path = NULL;
+            if (bfile[0] == '/' || !slash) {
+                path = strdup(bfile);
+            } else if (asprintf(&path, "%.*s%s", (int)(slash - filename + 1), filename,
+                                bfile) < 0) {
+                path = NULL;
+            }
+            Error *perr = NULL;
+            probed = path ? bdrv_probe_format(path, &perr) : NULL;
+            free(path);
+            if (!probed) {
+                error_prepend(&perr, "%s%sCould not open backing image: ", pre, sep);
+                error_report_err(perr);
+                optdict_free(opts);
+                return 1;
+            }
+        }
+        if (probed) {
+            error_report("%s%sBacking file specified without backing format\n"
+                         "Detected format of %s.", pre, sep, bdrv_driver_name(probed));
+        } else {
+            error_report("%s%sBacking file specified without backing format", pre, sep);
+        }
+        optdict_free(opts);
+        return 1;
     }
     if (size >= 0) {
         optdict_set_int(opts, "size", size);

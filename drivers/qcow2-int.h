@@ -1,0 +1,335 @@
+/*
+ * qcow2-int.h - the qcow2 format (QEMU's copy-on-write images): on-disk
+ * layout and the driver state shared by drivers/qcow2*.c.  Nothing outside
+ * drivers/qcow2*.c includes this.
+ *
+ * Layout (big-endian, docs/interop/qcow2.txt): a header in cluster 0 (72
+ * bytes for version 2, header_length for version 3) followed by header
+ * extensions; an L1 table of 8-byte entries, each naming an L2 table (one
+ * cluster) whose entries (8 bytes, or 16 with extended L2: entry + subcluster
+ * bitmap) map one guest cluster each to a host cluster, a compressed run of
+ * sectors, or nothing / zeros; a refcount table whose entries name refcount
+ * blocks (one cluster of 2^refcount_order-bit counters, one per host
+ * cluster).
+ *
+ * Files: qcow2.c (ops table, open/close, reads, block status, info),
+ * qcow2-header.c (header and extensions: parse and validate),
+ * qcow2-cluster.c (guest offset -> host offset through L1/L2),
+ * qcow2-refcount.c (refcount lookups), qcow2-compress.c (compressed
+ * clusters: zlib raw deflate and zstd).
+ */
+#ifndef UBLKD_DRIVERS_QCOW2_INT_H
+#define UBLKD_DRIVERS_QCOW2_INT_H
+
+#include <endian.h>
+#include <pthread.h>
+#include <string.h>
+#include "block-driver.h"
+#include "meta-cache.h"
+
+#define QCOW2_MAGIC               0x514649fbU   /* "QFI\xfb" */
+#define QCOW2_V2_HEADER_LENGTH    72
+#define QCOW2_V3_HEADER_LENGTH    104           /* without the compression type byte */
+#define QCOW2_MIN_CLUSTER_BITS    9
+#define QCOW2_MAX_CLUSTER_BITS    21
+/* QEMU 7.2's limits, so both tools open the same images. */
+#define QCOW2_MAX_L1_BYTES        (32 * 1024 * 1024)
+#define QCOW2_MAX_REFTABLE_BYTES  (8 * 1024 * 1024)
+#define QCOW2_MAX_SNAPSHOTS       65536
+#define QCOW2_SNAPSHOT_HEADER_MIN 40
+#define QCOW2_MAX_BACKING_NAME    1023
+#define QCOW2_MAX_BITMAPS         65535
+#define QCOW2_MAX_BITMAP_DIR_SIZE (64 * 1024 * 1024)
+
+/* Header field offsets. */
+enum {
+    QH_MAGIC = 0, QH_VERSION = 4, QH_BACKING_OFFSET = 8, QH_BACKING_SIZE = 16,
+    QH_CLUSTER_BITS = 20, QH_SIZE = 24, QH_CRYPT_METHOD = 32, QH_L1_SIZE = 36,
+    QH_L1_OFFSET = 40, QH_REFTABLE_OFFSET = 48, QH_REFTABLE_CLUSTERS = 56,
+    QH_NB_SNAPSHOTS = 60, QH_SNAPSHOTS_OFFSET = 64, QH_INCOMPAT = 72, QH_COMPAT = 80,
+    QH_AUTOCLEAR = 88, QH_REFCOUNT_ORDER = 96, QH_HEADER_LENGTH = 100,
+    QH_COMPRESSION_TYPE = 104,
+};
+
+/* Feature bits. */
+#define QCOW2_INCOMPAT_DIRTY        (1ULL << 0)
+#define QCOW2_INCOMPAT_CORRUPT      (1ULL << 1)
+#define QCOW2_INCOMPAT_DATA_FILE    (1ULL << 2)
+#define QCOW2_INCOMPAT_COMPRESSION  (1ULL << 3)
+#define QCOW2_INCOMPAT_EXTL2        (1ULL << 4)
+#define QCOW2_INCOMPAT_KNOWN        0x1fULL
+#define QCOW2_COMPAT_LAZY_REFCOUNTS (1ULL << 0)
+#define QCOW2_AUTOCLEAR_BITMAPS     (1ULL << 0)
+#define QCOW2_AUTOCLEAR_DATA_RAW    (1ULL << 1)
+
+#define QCOW2_COMPRESSION_ZLIB 0
+#define QCOW2_COMPRESSION_ZSTD 1
+
+#define QCOW2_CRYPT_NONE 0
+#define QCOW2_CRYPT_AES  1
+#define QCOW2_CRYPT_LUKS 2
+
+/* Header extension types. */
+#define QCOW2_EXT_END            0
+#define QCOW2_EXT_BACKING_FORMAT 0xe2792acaU
+#define QCOW2_EXT_FEATURE_TABLE  0x6803f857U
+#define QCOW2_EXT_CRYPTO         0x0537be77U
+#define QCOW2_EXT_BITMAPS        0x23852875U
+#define QCOW2_EXT_DATA_FILE      0x44415441U
+
+/* L1/L2 entries. */
+#define QCOW2_OFLAG_COPIED      (1ULL << 63)
+#define QCOW2_OFLAG_COMPRESSED  (1ULL << 62)
+#define QCOW2_OFLAG_ZERO        (1ULL << 0)
+#define QCOW2_L1E_OFFSET_MASK   0x00fffffffffffe00ULL
+#define QCOW2_L2E_OFFSET_MASK   0x00fffffffffffe00ULL
+#define QCOW2_EXTL2_SUBCLUSTERS 32
+#define QCOW2_L2_BITMAP_ALL_ALLOC 0xffffffffULL
+/* L2 tables are cached in slices of this many bytes (or a cluster). */
+#define QCOW2_L2_SLICE_BYTES    4096
+
+/* What a guest subcluster maps to (QEMU's QCow2SubclusterType). */
+typedef enum {
+    QCOW2_SC_NORMAL,            /* data at the host offset */
+    QCOW2_SC_COMPRESSED,        /* whole cluster, compressed */
+    QCOW2_SC_ZERO_PLAIN,        /* reads zeros, no host cluster */
+    QCOW2_SC_ZERO_ALLOC,        /* reads zeros, host cluster kept */
+    QCOW2_SC_UNALLOCATED_PLAIN, /* backing file or zeros */
+    QCOW2_SC_UNALLOCATED_ALLOC, /* ditto; the cluster has a host cluster */
+    QCOW2_SC_INVALID,           /* contradictory entry: -EIO */
+} Qcow2SubclusterType;
+
+/* A header extension we do not know, kept to be written back unchanged. */
+typedef struct Qcow2UnknownExt {
+    uint32_t type, len;
+    uint8_t *data;
+    struct Qcow2UnknownExt *next;
+} Qcow2UnknownExt;
+
+/* One entry of the feature-name table (for messages). */
+typedef struct Qcow2Feature {
+    uint8_t type, bit;
+    char name[47];
+} Qcow2Feature;
+enum { QCOW2_FEAT_INCOMPAT = 0, QCOW2_FEAT_COMPAT = 1, QCOW2_FEAT_AUTOCLEAR = 2 };
+
+/* A buffer pair and decompression contexts for compressed clusters: made
+ * on demand, kept in a free list, so reads allocate nothing once warm. */
+typedef struct Qcow2Bounce {
+    uint8_t *in, *out;          /* 2 clusters + 512 / 1 cluster */
+    void *zlib, *zstd;          /* z_stream *, ZSTD_DCtx * (lazily) */
+    struct Qcow2Bounce *next;
+} Qcow2Bounce;
+
+/* Guest clusters [first, first + nb) being allocated by one request: their
+ * data is being written and their L2 entries are not set yet.  On that
+ * request's stack, linked under s->lock. */
+typedef struct Qcow2Alloc {
+    uint64_t first, nb;
+    struct Qcow2Alloc *next;
+} Qcow2Alloc;
+
+/* The parsed header (qcow2-header.c). */
+typedef struct Qcow2Header {
+    uint32_t version;
+    uint64_t backing_file_offset;
+    uint32_t backing_file_size;
+    uint32_t cluster_bits;
+    uint64_t size;
+    uint32_t crypt_method;
+    uint32_t l1_size;
+    uint64_t l1_table_offset;
+    uint64_t refcount_table_offset;
+    uint32_t refcount_table_clusters;
+    uint32_t nb_snapshots;
+    uint64_t snapshots_offset;
+    uint64_t incompat, compat, autoclear;
+    uint32_t refcount_order;
+    uint32_t header_length;
+    uint8_t compression_type;
+} Qcow2Header;
+
+typedef struct BDRVQcow2State {
+    Qcow2Header h;
+    uint32_t cluster_bits, cluster_size;
+    uint32_t subcluster_bits, subcluster_size, subclusters_per_cluster;
+    uint32_t l2_bits;                /* log2 of entries per L2 table */
+    uint32_t l2_entry_size;          /* 8, 16 with extended L2 */
+    uint32_t l2_slice_entries;       /* entries per cached slice */
+    uint32_t refcount_block_bits;    /* log2 of refcounts per block */
+    /* Compressed L2 entries: offset in the low csize_shift bits, then the
+     * number of additional 512-byte sectors. */
+    uint32_t csize_shift;
+    uint64_t csize_mask, cluster_offset_mask;
+
+    uint64_t *l1_table;              /* host-endian copy of the active L1 */
+    uint32_t l1_size;
+    uint64_t *refcount_table;        /* host-endian */
+    uint32_t refcount_table_size;    /* entries */
+
+    MetaCache *l2_cache;             /* L2 slices */
+    MetaCache *refcount_cache;       /* refcount blocks */
+    CoMutex lock;                    /* metadata lock of both caches */
+
+    BdrvChild *data_file;            /* bs->file, or the external data file */
+    char *image_data_file;           /* name recorded in the header, or NULL */
+    Qcow2Feature *features;
+    int nb_features;
+    Qcow2UnknownExt *unknown_exts;
+    /* Bitmaps extension, when present. */
+    uint32_t nb_bitmaps;
+    uint64_t bitmap_directory_size, bitmap_directory_offset;
+    /* Crypto header extension, when present. */
+    uint64_t crypto_header_offset, crypto_header_length;
+
+    /* Metadata preallocation (QEMU's heuristic, asked once by block
+     * status): most clusters of the file have a refcount, so allocated
+     * clusters may be holes in the file that read as zeros. */
+    int metadata_prealloc;           /* -1 not checked yet, else 0/1; atomic */
+
+    pthread_mutex_t bounce_lock;
+    Qcow2Bounce *bounce_free;
+
+    /* Writing (qcow2-write.c, qcow2-alloc.c), under lock. */
+    bool writable;
+    uint64_t free_cluster_index;     /* where the search for free clusters starts */
+    Qcow2Alloc *allocs;              /* allocations in flight */
+    CoQueue alloc_wait;              /* writers waiting for one of them */
+    bool corrupt_reported;
+} BDRVQcow2State;
+
+/* Refcount i of a refcount block (or a slice of one), 2^order bits wide. */
+static inline uint64_t qcow2_rc_get(const uint8_t *b, uint64_t i, uint32_t order)
+{
+    switch (order) {
+    case 0: return (b[i / 8] >> (i % 8)) & 1;
+    case 1: return (b[i / 4] >> (2 * (i % 4))) & 3;
+    case 2: return (b[i / 2] >> (4 * (i % 2))) & 15;
+    case 3: return b[i];
+    case 4: { uint16_t v; memcpy(&v, b + i * 2, 2); return be16toh(v); }
+    case 5: { uint32_t v; memcpy(&v, b + i * 4, 4); return be32toh(v); }
+    default: { uint64_t v; memcpy(&v, b + i * 8, 8); return be64toh(v); }
+    }
+}
+
+static inline void qcow2_rc_set(uint8_t *b, uint64_t i, uint32_t order, uint64_t v)
+{
+    switch (order) {
+    case 0: b[i / 8] = (uint8_t)((b[i / 8] & ~(1 << (i % 8))) | (v << (i % 8))); break;
+    case 1: b[i / 4] = (uint8_t)((b[i / 4] & ~(3 << (2 * (i % 4)))) | (v << (2 * (i % 4))));
+        break;
+    case 2: b[i / 2] = (uint8_t)((b[i / 2] & ~(15 << (4 * (i % 2)))) | (v << (4 * (i % 2))));
+        break;
+    case 3: b[i] = (uint8_t)v; break;
+    case 4: { uint16_t x = htobe16((uint16_t)v); memcpy(b + i * 2, &x, 2); break; }
+    case 5: { uint32_t x = htobe32((uint32_t)v); memcpy(b + i * 4, &x, 4); break; }
+    default: { uint64_t x = htobe64(v); memcpy(b + i * 8, &x, 8); break; }
+    }
+}
+
+static inline uint32_t qcow2_ld32(const uint8_t *p, size_t off)
+{
+    uint32_t v;
+    memcpy(&v, p + off, 4);
+    return be32toh(v);
+}
+static inline uint64_t qcow2_ld64(const uint8_t *p, size_t off)
+{
+    uint64_t v;
+    memcpy(&v, p + off, 8);
+    return be64toh(v);
+}
+static inline uint16_t qcow2_ld16(const uint8_t *p, size_t off)
+{
+    uint16_t v;
+    memcpy(&v, p + off, 2);
+    return be16toh(v);
+}
+
+static inline bool qcow2_has_data_file(const BDRVQcow2State *s)
+{
+    return s->h.incompat & QCOW2_INCOMPAT_DATA_FILE;
+}
+static inline bool qcow2_data_file_is_raw(const BDRVQcow2State *s)
+{
+    return s->h.autoclear & QCOW2_AUTOCLEAR_DATA_RAW;
+}
+static inline bool qcow2_has_subclusters(const BDRVQcow2State *s)
+{
+    return s->h.incompat & QCOW2_INCOMPAT_EXTL2;
+}
+static inline uint64_t qcow2_offset_into_cluster(const BDRVQcow2State *s, uint64_t off)
+{
+    return off & (s->cluster_size - 1);
+}
+static inline uint64_t qcow2_start_of_cluster(const BDRVQcow2State *s, uint64_t off)
+{
+    return off & ~(uint64_t)(s->cluster_size - 1);
+}
+
+/* "qcow2: <file>" for messages: the image's file name. */
+const char *qcow2_image_name(BlockDriverState *bs);
+
+/* qcow2-header.c: read cluster 0's header and extensions into s, checking
+ * every field against QEMU 7.2's rules and the file's size.  Sets
+ * bs->backing_file/backing_format and s->image_data_file. */
+int qcow2_read_header(BlockDriverState *bs, int64_t file_len, int flags, Error **errp);
+void qcow2_free_header_state(BDRVQcow2State *s);
+
+/* qcow2-cluster.c: what [offset, offset + *bytes) maps to, up to the end of
+ * the L2 slice; shortens *bytes to the run of subclusters of the same type
+ * (and, for data, contiguous host offsets).  *host is the host offset for
+ * NORMAL, ZERO_ALLOC and UNALLOCATED_ALLOC, the compressed L2 entry for
+ * COMPRESSED.  -errno on I/O errors or corrupt entries. */
+int coroutine_fn qcow2_get_host_offset(BlockDriverState *bs, uint64_t offset, uint64_t *bytes,
+                                       uint64_t *host, Qcow2SubclusterType *type);
+/* The same, also cutting the run where the COPIED flag changes; *copied is
+ * the first cluster's flag (in-place writes need it set). */
+int coroutine_fn qcow2_get_host_offset_copied(BlockDriverState *bs, uint64_t offset,
+                                              uint64_t *bytes, uint64_t *host,
+                                              Qcow2SubclusterType *type, bool *copied);
+
+/* qcow2-alloc.c, s->lock held: host clusters and their refcounts. */
+int64_t coroutine_fn qcow2_alloc_clusters(BlockDriverState *bs, uint64_t size);
+int coroutine_fn qcow2_update_refcount(BlockDriverState *bs, uint64_t offset, uint64_t length,
+                                       bool decrease);
+int coroutine_fn qcow2_l2_allocate(BlockDriverState *bs, uint64_t l1_index);
+/* Whether [offset, offset + len) of the image file holds metadata other
+ * than the table at `self` (0: none); if so the image is marked corrupt
+ * and the caller fails its request (QEMU's overlap check, against the
+ * header, the L1 and refcount tables, and every refcount block and L2
+ * table they point at).  Before every write of data to new clusters and
+ * every change of an L2 table or refcount block. */
+bool coroutine_fn qcow2_overlaps_metadata(BlockDriverState *bs, uint64_t offset, uint64_t len,
+                                          uint64_t self);
+int coroutine_fn qcow2_write_header_field(BlockDriverState *bs, size_t off, uint64_t v);
+
+/* qcow2-write.c */
+int coroutine_fn qcow2_co_pwritev(BlockDriverState *bs, int64_t offset, int64_t bytes,
+                                  IOVector *qiov, size_t qiov_offset, BdrvRequestFlags flags);
+int coroutine_fn qcow2_co_flush_to_os(BlockDriverState *bs);
+int coroutine_fn qcow2_mark_clean(BlockDriverState *bs);
+int coroutine_fn qcow2_co_pwrite_zeroes(BlockDriverState *bs, int64_t offset, int64_t bytes,
+                                        BdrvRequestFlags flags);
+int coroutine_fn qcow2_co_pdiscard(BlockDriverState *bs, int64_t offset, int64_t bytes);
+int coroutine_fn qcow2_co_preadv(BlockDriverState *bs, int64_t offset, int64_t bytes,
+                                 IOVector *qiov, size_t qiov_offset, BdrvRequestFlags flags);
+
+/* qcow2-refcount.c */
+int coroutine_fn qcow2_get_refcount(BlockDriverState *bs, uint64_t cluster_index,
+                                    uint64_t *refcount);
+int coroutine_fn qcow2_detect_metadata_preallocation(BlockDriverState *bs);
+
+/* qcow2-compress.c: decompress the cluster named by compressed L2 entry l2e
+ * into b->out (cluster_size bytes).  Bounces come from qcow2_bounce_get
+ * (NULL: out of memory) and go back with qcow2_bounce_put. */
+int coroutine_fn qcow2_read_compressed(BlockDriverState *bs, uint64_t l2e, Qcow2Bounce *b);
+Qcow2Bounce *qcow2_bounce_get(BDRVQcow2State *s);
+void qcow2_bounce_put(BDRVQcow2State *s, Qcow2Bounce *b);
+void qcow2_bounce_free_all(BDRVQcow2State *s);
+
+/* qcow2-create.c */
+int coroutine_fn qcow2_co_create(const char *filename, OptDict *opts, Error **errp);
+extern const CreateOptDesc qcow2_create_opts[];
+
+#endif

@@ -1,0 +1,740 @@
+/*
+ * qcow2-write.c - guest writes: in place into allocated clusters (no
+ * metadata I/O, no lock), or into newly allocated clusters with
+ * copy-on-write of the partial head and tail; flush of the metadata caches.
+ *
+ * An allocating write takes s->lock only to find its clusters (waiting
+ * while another request allocates any of the same guest clusters, then
+ * looking again: that one may have made them writable in place) and to
+ * publish its L2 entries; the data, with the head and tail read from what
+ * the clusters showed before (backing file, zeros, a compressed or shared
+ * cluster), is written without the lock.  L2 entries are published after
+ * the data is written, so a reader never follows one to data not yet there,
+ * and they reach the disk after the refcount blocks that count their
+ * clusters (cache dependency).
+ */
+#include <errno.h>
+#include <inttypes.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include "qcow2-int.h"
+
+/*
+ * lazy_refcounts: before the first metadata change the dirty bit goes into
+ * the header, and refcount blocks no longer have to reach the disk before
+ * the L2 entries that depend on them (a crash leaves the refcounts to
+ * repair: qemu-img check -r all).  s->lock held.
+ */
+static int coroutine_fn mark_dirty(BlockDriverState *bs)
+{
+    BDRVQcow2State *s = bs->opaque;
+
+    if (!(s->h.compat & QCOW2_COMPAT_LAZY_REFCOUNTS) || (s->h.incompat & QCOW2_INCOMPAT_DIRTY)) {
+        return 0;
+    }
+    int ret = qcow2_write_header_field(bs, QH_INCOMPAT, s->h.incompat | QCOW2_INCOMPAT_DIRTY);
+    if (ret == 0) {
+        s->h.incompat |= QCOW2_INCOMPAT_DIRTY;
+    }
+    return ret;
+}
+
+/* L2 entries that point at new clusters wait for the refcount blocks that
+ * count them, unless refcounts are lazy. */
+static int coroutine_fn l2_after_refcounts(BDRVQcow2State *s)
+{
+    if (s->h.incompat & QCOW2_INCOMPAT_DIRTY) {
+        return 0;
+    }
+    return meta_cache_set_dependency(s->l2_cache, s->refcount_cache);
+}
+
+static bool alloc_overlaps(BDRVQcow2State *s, uint64_t first, uint64_t nb)
+{
+    for (Qcow2Alloc *a = s->allocs; a; a = a->next) {
+        if (first < a->first + a->nb && a->first < first + nb) {
+            return true;
+        }
+    }
+    return false;
+}
+
+/* Store one L2 entry (s->lock held, slice referenced). */
+static void set_l2_entry(BDRVQcow2State *s, uint64_t *slice, uint32_t i, uint64_t e)
+{
+    __atomic_store_n(&slice[i * (s->l2_entry_size / 8)], htobe64(e), __ATOMIC_RELEASE);
+}
+
+static uint64_t get_l2(BDRVQcow2State *s, const uint64_t *slice, uint32_t i, uint64_t *bitmap)
+{
+    if (bitmap) {
+        *bitmap = qcow2_has_subclusters(s) ? be64toh(slice[i * 2 + 1]) : 0;
+    }
+    return be64toh(slice[i * (s->l2_entry_size / 8)]);
+}
+
+static void set_l2_bitmap(BDRVQcow2State *s, uint64_t *slice, uint32_t i, uint64_t bitmap)
+{
+    if (qcow2_has_subclusters(s)) {
+        __atomic_store_n(&slice[i * 2 + 1], htobe64(bitmap), __ATOMIC_RELEASE);
+    }
+}
+
+/* Release host clusters an L2 entry held (it no longer points at them). */
+static int coroutine_fn free_old_entry(BlockDriverState *bs, uint64_t e)
+{
+    BDRVQcow2State *s = bs->opaque;
+
+    if (e & QCOW2_OFLAG_COMPRESSED) {
+        uint64_t coffset = e & s->cluster_offset_mask;
+        uint64_t nb_csectors = ((e >> s->csize_shift) & s->csize_mask) + 1;
+        return qcow2_update_refcount(bs, coffset & ~511ULL, nb_csectors * 512, true);
+    }
+    uint64_t host = e & QCOW2_L2E_OFFSET_MASK;
+    if (host && !qcow2_has_data_file(s)) {
+        return qcow2_update_refcount(bs, host, s->cluster_size, true);
+    }
+    return 0;
+}
+
+/*
+ * Write [head bytes of hb][len bytes of qiov from qiov_offset][tail bytes of
+ * tb] at host in the data file: one write through a vector on the stack
+ * (nothing allocated per request), or three writes when the caller's
+ * vector has too many pieces for it.
+ */
+#define COW_VEC_MAX 16
+static int coroutine_fn write_with_cow(BDRVQcow2State *s, uint64_t host, uint8_t *hb,
+                                       uint64_t head, IOVector *qiov, size_t qiov_offset,
+                                       uint64_t len, uint8_t *tb, uint64_t tail)
+{
+    struct iovec vec[COW_VEC_MAX];
+    size_t skip = qiov_offset, left = len;
+    int n = 0;
+
+    if (head) {
+        vec[n++] = (struct iovec){ hb, head };
+    }
+    for (int i = 0; i < qiov->niov && left; i++) {
+        size_t l = qiov->iov[i].iov_len;
+        if (skip >= l) {
+            skip -= l;
+            continue;
+        }
+        if (n == COW_VEC_MAX - 1) {
+            goto split;
+        }
+        size_t take = MIN(l - skip, left);
+        /* base + n arithmetic is right for registered-buffer references too */
+        vec[n++] = (struct iovec){ (char *)qiov->iov[i].iov_base + skip, take };
+        skip = 0;
+        left -= take;
+    }
+    if (tail) {
+        vec[n++] = (struct iovec){ tb, tail };
+    }
+    IOVector v;
+    iov_init_external(&v, vec, n);
+    return bdrv_co_pwritev(s->data_file, (int64_t)host, (int64_t)(head + len + tail), &v, 0);
+
+split: ;
+    int ret = 0;
+    IOVector part;
+    if (head) {
+        iov_init_buf(&part, hb, head);
+        ret = bdrv_co_pwritev(s->data_file, (int64_t)host, (int64_t)head, &part, 0);
+    }
+    if (ret == 0) {
+        ret = bdrv_co_pwritev_part(s->data_file, (int64_t)(host + head), (int64_t)len, qiov,
+                                   qiov_offset, 0);
+    }
+    if (ret == 0 && tail) {
+        iov_init_buf(&part, tb, tail);
+        ret = bdrv_co_pwritev(s->data_file, (int64_t)(host + head + len), (int64_t)tail, &part, 0);
+    }
+    return ret;
+}
+
+/*
+ * Write [offset, offset + *bytes) into new clusters, at most up to the end
+ * of the L2 slice; *bytes becomes what was written.  1 if the first cluster
+ * turned out writable in place (another request allocated it meanwhile):
+ * nothing was written.
+ */
+static int coroutine_fn write_allocating(BlockDriverState *bs, uint64_t offset, uint64_t *bytes,
+                                         IOVector *qiov, size_t qiov_offset)
+{
+    BDRVQcow2State *s = bs->opaque;
+    uint64_t first = offset >> s->cluster_bits;
+    uint64_t l1_index = offset >> (s->l2_bits + s->cluster_bits);
+    uint32_t slice_entries = s->l2_slice_entries;
+    uint32_t l2_index = (uint32_t)(first & ((1ULL << s->l2_bits) - 1));
+    uint32_t in_slice = l2_index & (slice_entries - 1);
+    uint64_t nb = DIV_ROUND_UP(qcow2_offset_into_cluster(s, offset) + *bytes,
+                               (uint64_t)s->cluster_size);
+    Qcow2Alloc alloc;
+    uint64_t *slice = NULL;
+    int64_t host;
+    int ret;
+
+    nb = MIN(nb, (uint64_t)(slice_entries - in_slice));
+    co_mutex_lock(&s->lock);
+    while (alloc_overlaps(s, first, nb)) {
+        co_queue_wait(&s->alloc_wait, &s->lock);
+    }
+    ret = mark_dirty(bs);
+    if (ret < 0) {
+        goto unlock;
+    }
+    if (l1_index >= s->l1_size) {
+        ret = -EIO;
+        goto unlock;
+    }
+    if (!(s->l1_table[l1_index] & QCOW2_L1E_OFFSET_MASK)) {
+        ret = qcow2_l2_allocate(bs, l1_index);
+        if (ret < 0) {
+            goto unlock;
+        }
+    }
+    uint64_t l2_offset = s->l1_table[l1_index] & QCOW2_L1E_OFFSET_MASK;
+    if (qcow2_overlaps_metadata(bs, l2_offset, s->cluster_size, l2_offset)) {
+        ret = -EIO;
+        goto unlock;
+    }
+    int64_t slice_off = (int64_t)(l2_offset + (uint64_t)(l2_index - in_slice) * s->l2_entry_size);
+    ret = meta_cache_get(s->l2_cache, slice_off, (void **)&slice);
+    if (ret < 0) {
+        goto unlock;
+    }
+    /* Now under the lock: the clusters from the first that need new ones. */
+    for (uint64_t i = 0; i < nb; i++) {
+        uint64_t e = be64toh(slice[(in_slice + i) * (s->l2_entry_size / 8)]);
+        bool in_place = !(e & QCOW2_OFLAG_COMPRESSED) && !(e & QCOW2_OFLAG_ZERO) &&
+                        (e & QCOW2_OFLAG_COPIED) &&
+                        ((e & QCOW2_L2E_OFFSET_MASK) || qcow2_has_data_file(s));
+        if (in_place) {
+            if (i == 0) {
+                ret = 1;
+                goto put;
+            }
+            nb = i;
+            break;
+        }
+    }
+    if (qcow2_has_data_file(s)) {
+        host = (int64_t)(first << s->cluster_bits);       /* data at guest offsets */
+    } else {
+        host = qcow2_alloc_clusters(bs, nb << s->cluster_bits);
+        if (host < 0) {
+            ret = (int)host;
+            goto put;
+        }
+    }
+    alloc = (Qcow2Alloc){ .first = first, .nb = nb, .next = s->allocs };
+    s->allocs = &alloc;
+    co_mutex_unlock(&s->lock);
+
+    /* The data: head and tail as the clusters read before, then the caller's. */
+    uint64_t head = qcow2_offset_into_cluster(s, offset);
+    uint64_t span = nb << s->cluster_bits;
+    uint64_t len = MIN(*bytes, span - head);
+    uint64_t tail = span - head - len;
+    Qcow2Bounce *b = (head || tail) ? qcow2_bounce_get(s) : NULL;
+    if ((head || tail) && !b) {
+        ret = -ENOMEM;
+    } else {
+        ret = 0;
+        if (head) {
+            IOVector h;
+            iov_init_buf(&h, b->in, head);
+            ret = qcow2_co_preadv(bs, (int64_t)(first << s->cluster_bits), (int64_t)head, &h, 0, 0);
+        }
+        if (ret == 0 && tail) {
+            IOVector t;
+            iov_init_buf(&t, b->out, tail);
+            ret = qcow2_co_preadv(bs, (int64_t)(offset + len), (int64_t)tail, &t, 0, 0);
+        }
+        if (ret == 0) {
+            ret = write_with_cow(s, (uint64_t)host, b ? b->in : NULL, head, qiov, qiov_offset,
+                                 len, b ? b->out : NULL, tail);
+        }
+    }
+    if (b) {
+        qcow2_bounce_put(s, b);
+    }
+
+    co_mutex_lock(&s->lock);
+    for (Qcow2Alloc **p = &s->allocs; *p; p = &(*p)->next) {
+        if (*p == &alloc) {
+            *p = alloc.next;
+            break;
+        }
+    }
+    co_queue_restart_all(&s->alloc_wait);
+    if (ret < 0) {
+        if (!qcow2_has_data_file(s)) {
+            qcow2_update_refcount(bs, (uint64_t)host, span, true);
+        }
+        goto put;
+    }
+    /* Publish: L2 entries after the refcount blocks that count them. */
+    ret = l2_after_refcounts(s);
+    if (ret < 0) {
+        goto put;
+    }
+    uint64_t old[QCOW2_L2_SLICE_BYTES / 8];   /* nb <= entries per slice */
+    uint64_t nb_old = 0;
+    bool need_free = false;
+    for (uint64_t i = 0; i < nb; i++) {
+        uint64_t e = be64toh(slice[(in_slice + i) * (s->l2_entry_size / 8)]);
+        set_l2_entry(s, slice, in_slice + (uint32_t)i,
+                     ((uint64_t)host + (i << s->cluster_bits)) | QCOW2_OFLAG_COPIED);
+        if ((e & (QCOW2_OFLAG_COMPRESSED | QCOW2_L2E_OFFSET_MASK)) && !qcow2_has_data_file(s)) {
+            need_free = true;
+            old[nb_old++] = e;
+        }
+    }
+    meta_cache_mark_dirty(s->l2_cache, slice);
+    if (need_free) {
+        /* Clusters given up are reused only once no L2 entry on disk
+         * points at them any more. */
+        ret = meta_cache_flush(s->l2_cache);
+        for (uint64_t i = 0; ret == 0 && i < nb_old; i++) {
+            ret = free_old_entry(bs, old[i]);
+        }
+    }
+    *bytes = len;
+put:
+    meta_cache_put(s->l2_cache, slice);
+unlock:
+    co_mutex_unlock(&s->lock);
+    return ret;
+}
+
+/* Subclusters [a, b) of a bitmap's allocation half (b <= 32). */
+static uint64_t sc_range(uint32_t a, uint32_t b)
+{
+    return ((b >= 32 ? 0xffffffffULL : ((1ULL << b) - 1)) & ~((1ULL << a) - 1));
+}
+
+/*
+ * Extended L2: write [offset, offset + *bytes) within one cluster, allocating
+ * the subclusters it touches.  A cluster with a host cluster of its own
+ * keeps it (only partial subclusters that were not allocated are filled
+ * from what they showed); one without gets a new cluster with only the
+ * touched subclusters allocated; a compressed or shared one is copied whole
+ * into a new cluster.  *bytes becomes what was written.
+ */
+static int coroutine_fn write_subclusters(BlockDriverState *bs, uint64_t offset, uint64_t *bytes,
+                                          IOVector *qiov, size_t qiov_offset)
+{
+    BDRVQcow2State *s = bs->opaque;
+    uint64_t cluster = offset >> s->cluster_bits;
+    uint64_t l1_index = offset >> (s->l2_bits + s->cluster_bits);
+    uint32_t l2_index = (uint32_t)(cluster & ((1ULL << s->l2_bits) - 1));
+    uint32_t in_slice = l2_index & (s->l2_slice_entries - 1);
+    uint64_t start = qcow2_offset_into_cluster(s, offset);
+    uint64_t end = MIN(start + *bytes, (uint64_t)s->cluster_size);
+    uint32_t first_sc = (uint32_t)(start >> s->subcluster_bits);
+    uint32_t last_sc = (uint32_t)((end - 1) >> s->subcluster_bits);
+    uint64_t guest_base = cluster << s->cluster_bits;
+    Qcow2Alloc alloc = { .first = cluster, .nb = 1 };
+    uint64_t *slice = NULL, e, bitmap, host;
+    bool new_cluster, whole;
+    int ret;
+
+    co_mutex_lock(&s->lock);
+    while (alloc_overlaps(s, cluster, 1)) {
+        co_queue_wait(&s->alloc_wait, &s->lock);
+    }
+    ret = mark_dirty(bs);
+    if (ret < 0) {
+        goto unlock;
+    }
+    if (!(s->l1_table[l1_index] & QCOW2_L1E_OFFSET_MASK)) {
+        ret = qcow2_l2_allocate(bs, l1_index);
+        if (ret < 0) {
+            goto unlock;
+        }
+    }
+    uint64_t l2_offset = s->l1_table[l1_index] & QCOW2_L1E_OFFSET_MASK;
+    if (qcow2_overlaps_metadata(bs, l2_offset, s->cluster_size, l2_offset)) {
+        ret = -EIO;
+        goto unlock;
+    }
+    ret = meta_cache_get(s->l2_cache, (int64_t)(l2_offset + (uint64_t)(l2_index - in_slice) * 16),
+                         (void **)&slice);
+    if (ret < 0) {
+        goto unlock;
+    }
+    e = get_l2(s, slice, in_slice, &bitmap);
+    bool has_host = !(e & QCOW2_OFLAG_COMPRESSED) &&
+                    ((e & QCOW2_L2E_OFFSET_MASK) || qcow2_has_data_file(s)) &&
+                    (e & QCOW2_OFLAG_COPIED);
+    uint64_t touched = sc_range(first_sc, last_sc + 1);
+    if (has_host && (bitmap & touched) == touched && !((bitmap >> 32) & touched)) {
+        ret = 1;                    /* allocated meanwhile: in place */
+        goto put;
+    }
+    new_cluster = !has_host;
+    /* Compressed and shared clusters are copied whole: their allocated
+     * subclusters are data the new cluster must carry. */
+    whole = (e & QCOW2_OFLAG_COMPRESSED) ||
+            (!has_host && (e & QCOW2_L2E_OFFSET_MASK) && !qcow2_has_data_file(s));
+    if (!new_cluster) {
+        host = e & QCOW2_L2E_OFFSET_MASK;
+    } else if (qcow2_has_data_file(s)) {
+        host = guest_base;
+    } else {
+        int64_t h = qcow2_alloc_clusters(bs, s->cluster_size);
+        if (h < 0) {
+            ret = (int)h;
+            goto put;
+        }
+        host = (uint64_t)h;
+    }
+    alloc.next = s->allocs;
+    s->allocs = &alloc;
+    co_mutex_unlock(&s->lock);
+
+    /* What to fill from the old contents: the whole cluster, or the parts
+     * of partial subclusters that were not allocated. */
+    uint64_t from = start, to = end;
+    if (whole) {
+        from = 0;
+        to = s->cluster_size;
+    } else {
+        if (!(bitmap & (1ULL << first_sc)) || ((bitmap >> 32) & (1ULL << first_sc))) {
+            from = (uint64_t)first_sc << s->subcluster_bits;
+        }
+        if (!(bitmap & (1ULL << last_sc)) || ((bitmap >> 32) & (1ULL << last_sc))) {
+            to = (uint64_t)(last_sc + 1) << s->subcluster_bits;
+        }
+    }
+    uint64_t head = start - from, tail = to - end, len = end - start;
+    Qcow2Bounce *b = (head || tail) ? qcow2_bounce_get(s) : NULL;
+    if ((head || tail) && !b) {
+        ret = -ENOMEM;
+    } else {
+        ret = 0;
+        if (head) {
+            IOVector h;
+            iov_init_buf(&h, b->in, head);
+            ret = qcow2_co_preadv(bs, (int64_t)(guest_base + from), (int64_t)head, &h, 0, 0);
+        }
+        if (ret == 0 && tail) {
+            IOVector t;
+            iov_init_buf(&t, b->out, tail);
+            ret = qcow2_co_preadv(bs, (int64_t)(guest_base + end), (int64_t)tail, &t, 0, 0);
+        }
+        if (ret == 0) {
+            ret = write_with_cow(s, host + from, b ? b->in : NULL, head, qiov, qiov_offset, len,
+                                 b ? b->out : NULL, tail);
+        }
+    }
+    if (b) {
+        qcow2_bounce_put(s, b);
+    }
+
+    co_mutex_lock(&s->lock);
+    for (Qcow2Alloc **p = &s->allocs; *p; p = &(*p)->next) {
+        if (*p == &alloc) {
+            *p = alloc.next;
+            break;
+        }
+    }
+    co_queue_restart_all(&s->alloc_wait);
+    if (ret < 0) {
+        if (new_cluster && !qcow2_has_data_file(s)) {
+            qcow2_update_refcount(bs, host, s->cluster_size, true);
+        }
+        goto put;
+    }
+    if (new_cluster) {
+        ret = l2_after_refcounts(s);
+        if (ret < 0) {
+            goto put;
+        }
+    }
+    uint64_t fill = sc_range((uint32_t)(from >> s->subcluster_bits),
+                             (uint32_t)DIV_ROUND_UP(to, (uint64_t)s->subcluster_size));
+    uint64_t nbitmap = whole ? QCOW2_L2_BITMAP_ALL_ALLOC
+                             : (((bitmap & QCOW2_L2_BITMAP_ALL_ALLOC) | fill) |
+                                ((bitmap >> 32) & ~fill) << 32);
+    if (new_cluster && !whole) {
+        nbitmap &= ~(QCOW2_L2_BITMAP_ALL_ALLOC & ~fill);   /* nothing else is in it */
+    }
+    set_l2_bitmap(s, slice, in_slice, nbitmap);
+    set_l2_entry(s, slice, in_slice, host | QCOW2_OFLAG_COPIED);
+    meta_cache_mark_dirty(s->l2_cache, slice);
+    if (whole && !qcow2_has_data_file(s)) {
+        ret = meta_cache_flush(s->l2_cache);
+        if (ret == 0) {
+            ret = free_old_entry(bs, e);
+        }
+    }
+    *bytes = len;
+put:
+    meta_cache_put(s->l2_cache, slice);
+unlock:
+    co_mutex_unlock(&s->lock);
+    return ret;
+}
+
+int coroutine_fn qcow2_co_pwritev(BlockDriverState *bs, int64_t offset, int64_t bytes,
+                                  IOVector *qiov, size_t qiov_offset, BdrvRequestFlags flags)
+{
+    BDRVQcow2State *s = bs->opaque;
+
+    (void)flags;
+    while (bytes > 0) {
+        uint64_t n = (uint64_t)bytes, host;
+        Qcow2SubclusterType type;
+        bool copied;
+        int ret = qcow2_get_host_offset_copied(bs, (uint64_t)offset, &n, &host, &type, &copied);
+        if (ret < 0) {
+            return ret;
+        }
+        if (type == QCOW2_SC_NORMAL && copied) {
+            /* The tables at fixed places cost three compares to guard; the
+             * others are checked when clusters are handed out. */
+            if (!qcow2_has_data_file(s) &&
+                (host < s->cluster_size ||
+                 (host < s->h.l1_table_offset + (uint64_t)s->l1_size * 8 &&
+                  s->h.l1_table_offset < host + n) ||
+                 (host < s->h.refcount_table_offset + (uint64_t)s->refcount_table_size * 8 &&
+                  s->h.refcount_table_offset < host + n))) {
+                co_mutex_lock(&s->lock);
+                qcow2_overlaps_metadata(bs, host, n, 0);
+                co_mutex_unlock(&s->lock);
+                return -EIO;
+            }
+            ret = bdrv_co_pwritev_part(s->data_file, (int64_t)host, (int64_t)n, qiov,
+                                       qiov_offset, 0);
+        } else if (qcow2_has_subclusters(s)) {
+            n = (uint64_t)bytes;
+            ret = write_subclusters(bs, (uint64_t)offset, &n, qiov, qiov_offset);
+            if (ret == 1) {
+                continue;
+            }
+        } else {
+            ret = write_allocating(bs, (uint64_t)offset, &n, qiov, qiov_offset);
+            if (ret == 1) {
+                continue;             /* allocated meanwhile: in place now */
+            }
+        }
+        if (ret < 0) {
+            return ret;
+        }
+        offset += (int64_t)n;
+        bytes -= (int64_t)n;
+        qiov_offset += n;
+    }
+    return 0;
+}
+
+/* At a clean close: caches written and flushed, then the dirty bit goes. */
+int coroutine_fn qcow2_mark_clean(BlockDriverState *bs)
+{
+    BDRVQcow2State *s = bs->opaque;
+
+    if (!s->writable || !(s->h.incompat & QCOW2_INCOMPAT_DIRTY)) {
+        return 0;
+    }
+    co_mutex_lock(&s->lock);
+    int ret = meta_cache_flush(s->refcount_cache);
+    if (ret == 0) {
+        ret = meta_cache_flush(s->l2_cache);
+    }
+    if (ret == 0) {
+        ret = qcow2_write_header_field(bs, QH_INCOMPAT, s->h.incompat & ~QCOW2_INCOMPAT_DIRTY);
+    }
+    if (ret == 0) {
+        s->h.incompat &= ~QCOW2_INCOMPAT_DIRTY;
+    }
+    co_mutex_unlock(&s->lock);
+    return ret;
+}
+
+int coroutine_fn qcow2_co_flush_to_os(BlockDriverState *bs)
+{
+    BDRVQcow2State *s = bs->opaque;
+
+    if (!s->writable) {
+        return 0;
+    }
+    co_mutex_lock(&s->lock);
+    int ret = meta_cache_write_back(s->l2_cache);
+    if (ret == 0) {
+        ret = meta_cache_write_back(s->refcount_cache);
+    }
+    co_mutex_unlock(&s->lock);
+    return ret;
+}
+
+/*
+ * Zero writes and discards of whole clusters (QEMU's zero_in_l2_slice and
+ * discard_in_l2_slice): L2 entries first, then the refcounts of clusters
+ * given up, once no L2 entry on disk points at them.  A freed cluster is
+ * discarded in the file too.
+ */
+typedef enum { Q2_ZERO, Q2_ZERO_UNMAP, Q2_DISCARD } Qcow2ClearMode;
+
+static int coroutine_fn clear_clusters(BlockDriverState *bs, uint64_t offset, uint64_t bytes,
+                                       Qcow2ClearMode mode)
+{
+    BDRVQcow2State *s = bs->opaque;
+    uint64_t old[QCOW2_L2_SLICE_BYTES / 8];
+    int ret = 0;
+
+    co_mutex_lock(&s->lock);
+    ret = mark_dirty(bs);
+    while (bytes && ret == 0) {
+        uint64_t first = offset >> s->cluster_bits;
+        uint64_t l1_index = offset >> (s->l2_bits + s->cluster_bits);
+        uint32_t l2_index = (uint32_t)(first & ((1ULL << s->l2_bits) - 1));
+        uint32_t in_slice = l2_index & (s->l2_slice_entries - 1);
+        uint64_t nb = MIN(bytes >> s->cluster_bits, (uint64_t)(s->l2_slice_entries - in_slice));
+        uint64_t nb_old = 0;
+        uint64_t *slice;
+
+        while (alloc_overlaps(s, first, nb)) {
+            co_queue_wait(&s->alloc_wait, &s->lock);
+        }
+        if (l1_index >= s->l1_size) {
+            ret = -EIO;
+            break;
+        }
+        uint64_t l2_offset = s->l1_table[l1_index] & QCOW2_L1E_OFFSET_MASK;
+        if (!l2_offset) {
+            if (mode == Q2_DISCARD && !bs->backing) {
+                goto next;                  /* unallocated reads as zeros already */
+            }
+            ret = qcow2_l2_allocate(bs, l1_index);
+            if (ret < 0) {
+                break;
+            }
+            l2_offset = s->l1_table[l1_index] & QCOW2_L1E_OFFSET_MASK;
+        }
+        if (qcow2_overlaps_metadata(bs, l2_offset, s->cluster_size, l2_offset)) {
+            ret = -EIO;
+            break;
+        }
+        ret = meta_cache_get(s->l2_cache, (int64_t)(l2_offset + (uint64_t)(l2_index - in_slice) *
+                                                                s->l2_entry_size),
+                             (void **)&slice);
+        if (ret < 0) {
+            break;
+        }
+        for (uint64_t i = 0; i < nb; i++) {
+            uint64_t e = be64toh(slice[(in_slice + i) * (s->l2_entry_size / 8)]);
+            bool compressed = e & QCOW2_OFLAG_COMPRESSED;
+            bool allocated = compressed || (e & QCOW2_L2E_OFFSET_MASK) ||
+                             (qcow2_has_data_file(s) && (e & QCOW2_OFLAG_COPIED));
+            uint64_t ne, obm = 0, nbm = 0;
+            if (qcow2_has_subclusters(s)) {
+                get_l2(s, slice, in_slice + (uint32_t)i, &obm);
+                bool unmap = mode == Q2_DISCARD || compressed ||
+                             (mode == Q2_ZERO_UNMAP && allocated);
+                if (mode == Q2_DISCARD && !bs->backing && !allocated) {
+                    continue;
+                }
+                ne = unmap ? 0 : e;
+                nbm = QCOW2_L2_BITMAP_ALL_ALLOC << 32;      /* every subcluster zero */
+                if (ne == e && nbm == obm) {
+                    continue;
+                }
+                set_l2_bitmap(s, slice, in_slice + (uint32_t)i, nbm);
+                set_l2_entry(s, slice, in_slice + (uint32_t)i, ne);
+                if (allocated && !(ne & QCOW2_L2E_OFFSET_MASK) && !(ne & QCOW2_OFLAG_COPIED)) {
+                    old[nb_old++] = e;
+                }
+                continue;
+            }
+            if (mode == Q2_DISCARD) {
+                /* reads as zeros, or falls through to nothing on v2 */
+                ne = (bs->backing || allocated) ? (s->h.version >= 3 ? QCOW2_OFLAG_ZERO : 0) : e;
+            } else {
+                bool unmap = compressed || (mode == Q2_ZERO_UNMAP && allocated);
+                ne = (unmap ? 0 : e) | QCOW2_OFLAG_ZERO;
+            }
+            if (ne == e) {
+                continue;
+            }
+            set_l2_entry(s, slice, in_slice + (uint32_t)i, ne);
+            if (allocated && !(ne & QCOW2_L2E_OFFSET_MASK)) {
+                old[nb_old++] = e;
+            }
+        }
+        meta_cache_mark_dirty(s->l2_cache, slice);
+        meta_cache_put(s->l2_cache, slice);
+        if (nb_old) {
+            ret = meta_cache_flush(s->l2_cache);
+            for (uint64_t i = 0; ret == 0 && i < nb_old; i++) {
+                if (qcow2_has_data_file(s)) {
+                    /* nothing counts data-file clusters: the data file forgets it */
+                    bdrv_co_pdiscard(s->data_file, (int64_t)(old[i] & QCOW2_L2E_OFFSET_MASK),
+                                     s->cluster_size);
+                    continue;
+                }
+                ret = free_old_entry(bs, old[i]);
+                if (ret == 0 && !(old[i] & QCOW2_OFLAG_COMPRESSED)) {
+                    uint64_t rc;
+                    uint64_t host = old[i] & QCOW2_L2E_OFFSET_MASK;
+                    if (qcow2_get_refcount(bs, host >> s->cluster_bits, &rc) == 0 && !rc) {
+                        bdrv_co_pdiscard(bs->file, (int64_t)host, s->cluster_size);
+                    }
+                }
+            }
+        }
+next:
+        offset += nb << s->cluster_bits;
+        bytes -= nb << s->cluster_bits;
+    }
+    co_mutex_unlock(&s->lock);
+    return ret;
+}
+
+int coroutine_fn qcow2_co_pwrite_zeroes(BlockDriverState *bs, int64_t offset, int64_t bytes,
+                                        BdrvRequestFlags flags)
+{
+    BDRVQcow2State *s = bs->opaque;
+
+    /* v2 has no zero flag, partial clusters need their other bytes, and a
+     * raw data file must hold the zeros itself: the request path writes
+     * zeros there instead. */
+    if (qcow2_data_file_is_raw(s)) {
+        return -ENOTSUP;
+    }
+    if (s->h.version < 3 || qcow2_offset_into_cluster(s, (uint64_t)(offset | bytes))) {
+        if (s->h.version >= 3 && offset + bytes == bdrv_getlength(bs) &&
+            !qcow2_offset_into_cluster(s, (uint64_t)offset)) {
+            /* the last, partial cluster of the image: all of it is ours */
+            bytes = (int64_t)ALIGN_UP((uint64_t)bytes, (uint64_t)s->cluster_size);
+        } else {
+            return -ENOTSUP;
+        }
+    }
+    return clear_clusters(bs, (uint64_t)offset, (uint64_t)bytes,
+                          (flags & BDRV_REQ_MAY_UNMAP) ? Q2_ZERO_UNMAP : Q2_ZERO);
+}
+
+int coroutine_fn qcow2_co_pdiscard(BlockDriverState *bs, int64_t offset, int64_t bytes)
+{
+    BDRVQcow2State *s = bs->opaque;
+
+    if (qcow2_offset_into_cluster(s, (uint64_t)(offset | bytes))) {
+        if (qcow2_offset_into_cluster(s, (uint64_t)offset) ||
+            offset + bytes != bdrv_getlength(bs)) {
+            return -ENOTSUP;            /* partial clusters are left alone */
+        }
+        bytes = (int64_t)ALIGN_UP((uint64_t)bytes, (uint64_t)s->cluster_size);
+    }
+    if (s->h.version < 3) {
+        /* no zero flag: only clusters that fall through to nothing */
+        if (bs->backing) {
+            return -ENOTSUP;
+        }
+    }
+    return clear_clusters(bs, (uint64_t)offset, (uint64_t)bytes, Q2_DISCARD);
+}

@@ -1,0 +1,532 @@
+/*
+ * qcow2.c - the qcow2 format driver: probe, open (children, tables,
+ * caches), reads, block status, info and the ops table.  The header is
+ * parsed in qcow2-header.c, L2 lookups are in qcow2-cluster.c, refcounts in
+ * qcow2-refcount.c, compressed clusters in qcow2-compress.c, the layout in
+ * qcow2-int.h.
+ *
+ * This version reads: images open read-only (a read-write open is refused
+ * with a message).  Queue threads read in parallel: the L1 and refcount
+ * tables are in memory, L2 slices and refcount blocks in meta-cache
+ * entries looked up without a lock, and data reads go to the file (or the
+ * external data file, or the backing node) straight into the caller's
+ * vector, references included.  Only compressed clusters are bounced.
+ */
+#include <errno.h>
+#include <inttypes.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include "iov-fixed.h"
+#include "qcow2-int.h"
+
+/* The L2 cache covers the whole image up to this size (QEMU's default). */
+#define QCOW2_DEFAULT_L2_CACHE_MAX   (32 * 1024 * 1024)
+#define QCOW2_DEFAULT_REFCOUNT_CACHE (256 * 1024)
+/* Entries each cache has at least: every request in flight holds one
+ * reference at a time, and many queues x depth can be in flight. */
+#define QCOW2_MIN_CACHE_ENTRIES      256
+#define QCOW2_CACHE_CLEAN_INTERVAL_NS (600LL * 1000 * 1000 * 1000)
+
+const char *qcow2_image_name(BlockDriverState *bs)
+{
+    BlockDriverState *named = bs->file ? bs->file->bs : bs;
+
+    if (named->filename[0] || !named->node_name) {
+        return named->filename;
+    }
+    return named->node_name;
+}
+
+static int qcow2_probe(const uint8_t *buf, int buf_size, const char *filename)
+{
+    (void)filename;
+    if (buf_size < QCOW2_V3_HEADER_LENGTH) {
+        return 0;
+    }
+    return qcow2_ld32(buf, QH_MAGIC) == QCOW2_MAGIC && qcow2_ld32(buf, QH_VERSION) >= 2 ? 100 : 0;
+}
+
+/* Read a big-endian table of n u64 entries at offset into host order. */
+static int load_table(BlockDriverState *bs, uint64_t offset, uint32_t n, uint64_t **out)
+{
+    size_t bytes = (size_t)n * 8;
+    uint64_t *t = NULL;
+
+    *out = NULL;
+    if (!n) {
+        return 0;
+    }
+    if (posix_memalign((void **)&t, 4096, ALIGN_UP(bytes, 4096))) {
+        return -ENOMEM;
+    }
+    for (size_t done = 0; done < bytes;) {
+        size_t chunk = MIN(bytes - done, (size_t)(64 * MiB));
+        int ret = bdrv_pread(bs->file, (int64_t)(offset + done), (int64_t)chunk,
+                             (uint8_t *)t + done, 0);
+        if (ret < 0) {
+            free(t);
+            return ret;
+        }
+        done += chunk;
+    }
+    for (uint32_t i = 0; i < n; i++) {
+        t[i] = be64toh(t[i]);
+    }
+    *out = t;
+    return 0;
+}
+
+/* The data file's name relative to the image's directory, as QEMU resolves it. */
+static char *data_file_path(BlockDriverState *bs, const char *name)
+{
+    const char *image = bs->file->bs->filename;
+    const char *slash = strrchr(image, '/');
+    char *path = NULL;
+
+    if (name[0] == '/' || !slash || !strncmp(image, "json:", 5) || !strncmp(name, "json:", 5)) {
+        return strdup(name);
+    }
+    if (asprintf(&path, "%.*s/%s", (int)(slash - image), image, name) < 0) {
+        return NULL;
+    }
+    return path;
+}
+
+static int open_data_file(BlockDriverState *bs, OptDict *options, Error **errp)
+{
+    BDRVQcow2State *s = bs->opaque;
+    const char *name = qcow2_image_name(bs);
+    bool given = optdict_has(options, "data-file") || optdict_has_prefix(options, "data-file.");
+
+    if (!qcow2_has_data_file(s)) {
+        if (given) {
+            error_setg(errp, "qcow2: %s: 'data-file' can only be set for images with an"
+                       " external data file", name);
+            return -EINVAL;
+        }
+        s->data_file = bs->file;
+        return 0;
+    }
+    char *path = NULL;
+    if (!given) {
+        if (!s->image_data_file) {
+            error_setg(errp, "qcow2: %s: 'data-file' is required for this image (it has an"
+                       " external data file and records no name)", name);
+            return -EINVAL;
+        }
+        path = data_file_path(bs, s->image_data_file);
+        if (!path) {
+            return -ENOMEM;
+        }
+    }
+    Error *local = NULL;
+    s->data_file = bdrv_open_child(path, options, "data-file", bs, BDRV_CHILD_DATA, false,
+                                   &local);
+    if (s->data_file) {
+        /* The guest's data is in the data file: "file" holds metadata only. */
+        bs->file->role = BDRV_CHILD_METADATA | BDRV_CHILD_PRIMARY;
+    }
+    free(path);
+    if (!s->data_file) {
+        int err = error_get_errno(local);
+        error_prepend(&local, "qcow2: %s: Could not open data file: ", name);
+        error_propagate(errp, local);
+        return -err;
+    }
+    return 0;
+}
+
+/* What writing needs that reading does not; the parts of writing that are
+ * not there yet refuse the open with a message. */
+static int check_writable(BlockDriverState *bs, int flags, Error **errp)
+{
+    BDRVQcow2State *s = bs->opaque;
+    const char *name = qcow2_image_name(bs);
+
+    if (!(flags & BDRV_O_RDWR)) {
+        return 0;
+    }
+    if (s->h.incompat & QCOW2_INCOMPAT_DIRTY) {
+        error_setg(errp, "qcow2: %s: the image was not closed cleanly (dirty bit set in"
+                   " incompatible_features 0x%" PRIx64 "); repair it with qemu-img check -r all"
+                   " or open it read-only", name, s->h.incompat);
+        return -EACCES;
+    }
+    return 0;
+}
+
+static int make_caches(BlockDriverState *bs, OptDict *options, Error **errp)
+{
+    BDRVQcow2State *s = bs->opaque;
+    uint64_t l2_needed = DIV_ROUND_UP(s->h.size, (uint64_t)s->cluster_size) * s->l2_entry_size;
+    uint64_t l2_bytes, rc_bytes;
+
+    if (optdict_take_size(options, "l2-cache-size", MIN(l2_needed, (uint64_t)QCOW2_DEFAULT_L2_CACHE_MAX),
+                          &l2_bytes, errp) < 0 ||
+        optdict_take_size(options, "refcount-cache-size", (uint64_t)QCOW2_DEFAULT_REFCOUNT_CACHE,
+                          &rc_bytes, errp) < 0) {
+        return -EINVAL;
+    }
+    size_t slice = MIN((size_t)QCOW2_L2_SLICE_BYTES, (size_t)s->cluster_size);
+    s->l2_slice_entries = (uint32_t)(slice / s->l2_entry_size);
+    MetaCacheConfig cfg = {
+        .child = bs->file,
+        .entry_size = slice,
+        .nr_entries = (unsigned)MIN(MAX(l2_bytes / slice, (uint64_t)QCOW2_MIN_CACHE_ENTRIES),
+                                    (uint64_t)UINT32_MAX / 2),
+        .lock = &s->lock,
+        .home = bdrv_get_home_context(bs),
+        .clean_interval_ns = QCOW2_CACHE_CLEAN_INTERVAL_NS,
+        .name = "l2",
+    };
+    s->l2_cache = meta_cache_new(&cfg, errp);
+    if (!s->l2_cache) {
+        return -ENOMEM;
+    }
+    cfg.nr_entries = (unsigned)MIN(MAX(rc_bytes / slice, (uint64_t)QCOW2_MIN_CACHE_ENTRIES),
+                                   (uint64_t)UINT32_MAX / 2);
+    cfg.name = "refcount";
+    s->refcount_cache = meta_cache_new(&cfg, errp);
+    return s->refcount_cache ? 0 : -ENOMEM;
+}
+
+static void qcow2_free_state(BDRVQcow2State *s)
+{
+    if (s->l2_cache) {
+        meta_cache_free(s->l2_cache);
+        s->l2_cache = NULL;
+    }
+    if (s->refcount_cache) {
+        meta_cache_free(s->refcount_cache);
+        s->refcount_cache = NULL;
+    }
+    free(s->l1_table);
+    s->l1_table = NULL;
+    free(s->refcount_table);
+    s->refcount_table = NULL;
+    qcow2_bounce_free_all(s);
+    qcow2_free_header_state(s);
+}
+
+static int qcow2_open(BlockDriverState *bs, OptDict *options, int flags, Error **errp)
+{
+    BDRVQcow2State *s = bs->opaque;
+    int ret;
+
+    co_mutex_init(&s->lock);
+    pthread_mutex_init(&s->bounce_lock, NULL);
+    s->metadata_prealloc = -1;
+    if (!bdrv_open_child(NULL, options, "file", bs, BDRV_CHILD_IMAGE | BDRV_CHILD_PRIMARY, false,
+                         errp)) {
+        ret = -EINVAL;
+        goto fail_locks;
+    }
+    const char *name = qcow2_image_name(bs);
+    int64_t file_len = bdrv_getlength(bs->file->bs);
+    if (file_len < 0) {
+        error_setg_errno(errp, (int)-file_len, "qcow2: %s: cannot get file size", name);
+        ret = (int)file_len;
+        goto fail_locks;
+    }
+    ret = qcow2_read_header(bs, file_len, flags, errp);
+    if (ret < 0) {
+        goto fail;
+    }
+    ret = check_writable(bs, flags, errp);
+    if (ret < 0) {
+        goto fail;
+    }
+    ret = load_table(bs, s->h.l1_table_offset, s->h.l1_size, &s->l1_table);
+    if (ret < 0) {
+        error_setg_errno(errp, -ret, "qcow2: %s: cannot read the L1 table (%" PRIu32
+                         " entries at 0x%" PRIx64 ")", name, s->h.l1_size, s->h.l1_table_offset);
+        goto fail;
+    }
+    s->l1_size = s->h.l1_size;
+    s->refcount_table_size = s->h.refcount_table_clusters << (s->cluster_bits - 3);
+    ret = load_table(bs, s->h.refcount_table_offset, s->refcount_table_size,
+                     &s->refcount_table);
+    if (ret < 0) {
+        error_setg_errno(errp, -ret, "qcow2: %s: cannot read the reference count table", name);
+        goto fail;
+    }
+    ret = make_caches(bs, options, errp);
+    if (ret < 0) {
+        goto fail;
+    }
+    ret = open_data_file(bs, options, errp);
+    if (ret < 0) {
+        goto fail;
+    }
+    if (flags & BDRV_O_RDWR) {
+        /* Autoclear bits name what we do not keep up to date (bitmaps):
+         * clearing them tells every reader those parts are stale. */
+        uint64_t keep = s->h.autoclear & QCOW2_AUTOCLEAR_DATA_RAW;
+        if (s->h.version == 3 && s->h.autoclear != keep) {
+            s->h.autoclear = keep;
+            uint64_t be = htobe64(keep);
+            ret = bdrv_pwrite(bs->file, QH_AUTOCLEAR, 8, &be, 0);
+            if (ret < 0) {
+                error_setg_errno(errp, -ret, "qcow2: %s: cannot update the header", name);
+                goto fail;
+            }
+        }
+        s->writable = true;
+    }
+    co_queue_init(&s->alloc_wait);
+    /* QEMU counts whole sectors: an odd size is rounded down. */
+    bdrv_set_total_bytes(bs, (int64_t)(s->h.size & ~(uint64_t)(BDRV_SECTOR_SIZE - 1)));
+    return 0;
+
+fail:
+    qcow2_free_state(s);
+fail_locks:
+    co_mutex_destroy(&s->lock);
+    pthread_mutex_destroy(&s->bounce_lock);
+    return ret;
+}
+
+static void coroutine_fn close_flush_co(void *opaque)
+{
+    if (qcow2_co_flush_to_os(opaque) == 0) {
+        qcow2_mark_clean(opaque);
+    }
+}
+
+static void qcow2_close(BlockDriverState *bs)
+{
+    BDRVQcow2State *s = bs->opaque;
+
+    /* The core flushed before close; this catches a failed or skipped one. */
+    if (s->writable && aio_current() &&
+        (meta_cache_nr_dirty(s->l2_cache) || meta_cache_nr_dirty(s->refcount_cache) ||
+         (s->h.incompat & QCOW2_INCOMPAT_DIRTY))) {
+        aio_co_run_sync(close_flush_co, bs);
+    }
+
+    qcow2_free_state(s);
+    co_mutex_destroy(&s->lock);
+    pthread_mutex_destroy(&s->bounce_lock);
+}
+
+static int64_t qcow2_getlength(BlockDriverState *bs)
+{
+    return bdrv_get_total_bytes(bs);
+}
+
+/* Unallocated: the backing node's bytes up to its end, zeros after. */
+static int coroutine_fn read_unallocated(BlockDriverState *bs, int64_t offset, int64_t bytes,
+                                         IOVector *qiov, size_t qiov_offset)
+{
+    int64_t from_backing = 0;
+
+    if (bs->backing) {
+        int64_t backing_len = bdrv_getlength(bs->backing->bs);
+        if (backing_len < 0) {
+            return (int)backing_len;
+        }
+        from_backing = offset < backing_len ? MIN(bytes, backing_len - offset) : 0;
+        if (from_backing) {
+            int ret = bdrv_co_preadv_part(bs->backing, offset, from_backing, qiov, qiov_offset, 0);
+            if (ret < 0) {
+                return ret;
+            }
+        }
+    }
+    if (bytes > from_backing) {
+        return iov_co_zero(qiov, qiov_offset + (size_t)from_backing,
+                           (size_t)(bytes - from_backing));
+    }
+    return 0;
+}
+
+static int coroutine_fn read_compressed(BlockDriverState *bs, uint64_t l2e, int64_t offset,
+                                        int64_t bytes, IOVector *qiov, size_t qiov_offset)
+{
+    BDRVQcow2State *s = bs->opaque;
+    Qcow2Bounce *b = qcow2_bounce_get(s);
+    if (!b) {
+        return -ENOMEM;
+    }
+    int ret = qcow2_read_compressed(bs, l2e, b);
+    if (ret == 0) {
+        ret = iov_co_from_buf(qiov, qiov_offset, b->out + qcow2_offset_into_cluster(s, offset),
+                              (size_t)bytes);
+    }
+    qcow2_bounce_put(s, b);
+    return ret;
+}
+
+int coroutine_fn qcow2_co_preadv(BlockDriverState *bs, int64_t offset, int64_t bytes,
+                                        IOVector *qiov, size_t qiov_offset,
+                                        BdrvRequestFlags flags)
+{
+    BDRVQcow2State *s = bs->opaque;
+
+    (void)flags;
+    while (bytes > 0) {
+        uint64_t n = (uint64_t)bytes, host;
+        Qcow2SubclusterType type;
+        int ret = qcow2_get_host_offset(bs, (uint64_t)offset, &n, &host, &type);
+        if (ret < 0) {
+            return ret;
+        }
+        switch (type) {
+        case QCOW2_SC_UNALLOCATED_PLAIN:
+        case QCOW2_SC_UNALLOCATED_ALLOC:
+            ret = read_unallocated(bs, offset, (int64_t)n, qiov, qiov_offset);
+            break;
+        case QCOW2_SC_ZERO_PLAIN:
+        case QCOW2_SC_ZERO_ALLOC:
+            ret = iov_co_zero(qiov, qiov_offset, n);
+            break;
+        case QCOW2_SC_NORMAL:
+            ret = bdrv_co_preadv_part(s->data_file, (int64_t)host, (int64_t)n, qiov,
+                                      qiov_offset, 0);
+            break;
+        case QCOW2_SC_COMPRESSED:
+            ret = read_compressed(bs, host, offset, (int64_t)n, qiov, qiov_offset);
+            break;
+        default:
+            ret = -EIO;
+        }
+        if (ret < 0) {
+            return ret;
+        }
+        offset += (int64_t)n;
+        bytes -= (int64_t)n;
+        qiov_offset += n;
+    }
+    return 0;
+}
+
+/* QEMU's qcow2_co_block_status. */
+static int coroutine_fn qcow2_co_block_status(BlockDriverState *bs, bool want_zero,
+                                              int64_t offset, int64_t bytes, int64_t *pnum,
+                                              int64_t *map, BlockDriverState **file)
+{
+    BDRVQcow2State *s = bs->opaque;
+    uint64_t n = (uint64_t)bytes, host;
+    Qcow2SubclusterType type;
+    int status = 0;
+
+    (void)want_zero;
+    if (__atomic_load_n(&s->metadata_prealloc, __ATOMIC_ACQUIRE) < 0) {
+        co_mutex_lock(&s->lock);
+        if (s->metadata_prealloc < 0) {
+            int r = qcow2_detect_metadata_preallocation(bs);
+            __atomic_store_n(&s->metadata_prealloc, r == 1, __ATOMIC_RELEASE);
+        }
+        co_mutex_unlock(&s->lock);
+    }
+    int ret = qcow2_get_host_offset(bs, (uint64_t)offset, &n, &host, &type);
+    if (ret < 0) {
+        return ret;
+    }
+    *pnum = (int64_t)n;
+    if (type == QCOW2_SC_NORMAL || type == QCOW2_SC_ZERO_ALLOC ||
+        type == QCOW2_SC_UNALLOCATED_ALLOC) {
+        *map = (int64_t)host;
+        *file = s->data_file->bs;
+        status |= BDRV_BLOCK_OFFSET_VALID;
+    }
+    if (type == QCOW2_SC_ZERO_PLAIN || type == QCOW2_SC_ZERO_ALLOC) {
+        status |= BDRV_BLOCK_ZERO;
+    } else if (type != QCOW2_SC_UNALLOCATED_PLAIN && type != QCOW2_SC_UNALLOCATED_ALLOC) {
+        status |= BDRV_BLOCK_DATA;
+    }
+    if (__atomic_load_n(&s->metadata_prealloc, __ATOMIC_ACQUIRE) == 1 &&
+        (status & BDRV_BLOCK_DATA) && (status & BDRV_BLOCK_OFFSET_VALID)) {
+        status |= BDRV_BLOCK_RECURSE;
+    }
+    return status;
+}
+
+/* Zero writes and discards act on whole clusters. */
+static void qcow2_refresh_limits(BlockDriverState *bs, Error **errp)
+{
+    BDRVQcow2State *s = bs->opaque;
+
+    (void)errp;
+    bs->bl.pwrite_zeroes_alignment = s->cluster_size;
+    bs->bl.pdiscard_alignment = s->cluster_size;
+}
+
+static int qcow2_get_info(BlockDriverState *bs, BlockDriverInfo *bdi)
+{
+    BDRVQcow2State *s = bs->opaque;
+
+    bdi->cluster_size = (int)s->cluster_size;
+    bdi->is_dirty = s->h.incompat & QCOW2_INCOMPAT_DIRTY;
+    bdi->vm_state_offset = (int64_t)s->h.size;   /* unused: snapshots are not read */
+    return 0;
+}
+
+/* What qemu-img info prints under "Format specific information", in its
+ * order (bitmaps are not listed: the list is nested, see the report). */
+static void qcow2_get_specific_info(BlockDriverState *bs, ImageSpecificInfo *info)
+{
+    BDRVQcow2State *s = bs->opaque;
+
+    image_info_add(info, "compat", "%s", s->h.version == 2 ? "0.10" : "1.1");
+    image_info_add(info, "compression-type", "%s",
+                   s->h.compression_type == QCOW2_COMPRESSION_ZSTD ? "zstd" : "zlib");
+    if (s->h.version == 2) {
+        image_info_add_int(info, "refcount-bits", 1LL << s->h.refcount_order);
+        return;
+    }
+    image_info_add_bool(info, "lazy-refcounts", s->h.compat & QCOW2_COMPAT_LAZY_REFCOUNTS);
+    image_info_add_int(info, "refcount-bits", 1LL << s->h.refcount_order);
+    if (s->image_data_file) {
+        image_info_add(info, "data-file", "%s", s->image_data_file);
+        image_info_add_bool(info, "data-file-raw", qcow2_data_file_is_raw(s));
+    }
+    image_info_add_bool(info, "corrupt", s->h.incompat & QCOW2_INCOMPAT_CORRUPT);
+    image_info_add_bool(info, "extended-l2", qcow2_has_subclusters(s));
+}
+
+/* QEMU: preallocated images (first L1 entry set) are as zero as their data
+ * file; others read as zeros until written. */
+static int qcow2_has_zero_init(BlockDriverState *bs)
+{
+    BDRVQcow2State *s = bs->opaque;
+    bool preallocated = s->l1_size > 0 && s->l1_table[0];
+
+    return preallocated ? bdrv_has_zero_init(s->data_file->bs) : 1;
+}
+
+static int qcow2_reopen_prepare(BlockDriverState *bs, int flags, Error **errp)
+{
+    BDRVQcow2State *s = bs->opaque;
+    if ((flags & BDRV_O_RDWR) && !s->writable) {
+        error_setg(errp, "qcow2: %s: writing qcow2 images is not supported yet",
+                   qcow2_image_name(bs));
+        return -ENOTSUP;
+    }
+    return 0;
+}
+
+const BlockDriver bdrv_qcow2 = {
+    .format_name = "qcow2",
+    .instance_size = sizeof(BDRVQcow2State),
+    .is_format = true,
+    .supports_backing = true,
+    .probe = qcow2_probe,
+    .open = qcow2_open,
+    .close = qcow2_close,
+    .reopen_prepare = qcow2_reopen_prepare,
+    .co_preadv = qcow2_co_preadv,
+    .co_pwritev = qcow2_co_pwritev,
+    .co_flush_to_os = qcow2_co_flush_to_os,
+    .co_pwrite_zeroes = qcow2_co_pwrite_zeroes,
+    .co_pdiscard = qcow2_co_pdiscard,
+    .refresh_limits = qcow2_refresh_limits,
+    .supported_zero_flags = BDRV_REQ_MAY_UNMAP,
+    .co_block_status = qcow2_co_block_status,
+    .co_create = qcow2_co_create,
+    .create_opts = qcow2_create_opts,
+    .getlength = qcow2_getlength,
+    .get_info = qcow2_get_info,
+    .get_specific_info = qcow2_get_specific_info,
+    .has_zero_init = qcow2_has_zero_init,
+};
