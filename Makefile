@@ -265,7 +265,7 @@ soak: soak-powerloss
 POWERLOSS_SOAK_RECORDS ?= 10
 soak-powerloss: $(BUILD)/ublkd $(BUILD)/log-writes-replay
 	@UBLKD=$(abspath $(BUILD)/ublkd) POWERLOSS_RECORDS=$(POWERLOSS_SOAK_RECORDS) POWERLOSS_POINTS=all \
-	    POWERLOSS_FORMATS="$${POWERLOSS_FORMATS:-raw vdi}" \
+	    POWERLOSS_FORMATS="$${POWERLOSS_FORMATS:-raw vdi qcow2}" \
 	    TEST_TIMEOUT=$${TEST_TIMEOUT:-14400} VM_TIMEOUT=$${VM_TIMEOUT:-30000} \
 	    tests/vm/run.sh test_powerloss_ext4 test_powerloss_xfs
 

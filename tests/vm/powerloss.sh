@@ -1,6 +1,6 @@
 # powerloss.sh - power-loss testing of the whole stack (source it after lib.sh).
 #
-#   loop(tmpfs file) --dm-log-writes--> host fs (ext4|xfs) --> image (raw|vdi)
+#   loop(tmpfs file) --dm-log-writes--> host fs (ext4|xfs) --> image (raw|vdi|qcow2)
 #     --ublkd--> /dev/ublkbN --> guest ext4 <-- appender that fsyncs
 #
 # powerloss_run HOSTFS FMT sets the stack up, runs the workload, takes it down
@@ -22,8 +22,8 @@
 #   POWERLOSS_CACHE    ublkd's --cache while the workload runs (default none;
 #                      unsafe drops flushes, so a run with it must fail: a
 #                      check that the test can see lost writes)
-#   POWERLOSS_FORMATS  the image formats, space-separated (default "raw"; the
-#                      soak target adds vdi)
+#   POWERLOSS_FORMATS  the image formats, space-separated (default "raw qcow2";
+#                      the soak target adds vdi)
 # A format joins by adding its name to POWERLOSS_FORMATS (the image is made
 # with `qemu-img create -f FMT`, served with `ublkd add FMT`).
 # vdi is left out of the CI run: its on-disk format cannot move from N to
@@ -32,7 +32,7 @@
 # half-done state a corruption; QEMU's vdi has the same window), and a
 # replay point that lands in that window fails at random.  The soak run
 # shows it; docs/RELIABILITY.md says what was found.
-read -r -a POWERLOSS_FORMATS <<<"${POWERLOSS_FORMATS:-raw}"
+read -r -a POWERLOSS_FORMATS <<<"${POWERLOSS_FORMATS:-raw qcow2}"
 POWERLOSS_RECORDS=${POWERLOSS_RECORDS:-4}
 POWERLOSS_POINTS=${POWERLOSS_POINTS:-3}
 POWERLOSS_NOISE=${POWERLOSS_NOISE:-1}
