@@ -39,23 +39,33 @@ bool coroutine_fn qcow2_overlaps_metadata(BlockDriverState *bs, uint64_t offset,
                                           uint64_t self)
 {
     BDRVQcow2State *s = bs->opaque;
+    unsigned ol = s->overlap_check;
     const char *what = NULL;
 
-    if (ranges_overlap(offset, len, 0, s->cluster_size)) {
+    /* Snapshots are not read yet, so their table and inactive L1/L2
+     * tables are not known here: those checks find nothing. */
+    if ((ol & QCOW2_OL_MAIN_HEADER) && ranges_overlap(offset, len, 0, s->cluster_size)) {
         what = "qcow2_header";
-    } else if (ranges_overlap(offset, len, s->h.l1_table_offset, (uint64_t)s->l1_size * 8)) {
+    } else if ((ol & QCOW2_OL_ACTIVE_L1) &&
+               ranges_overlap(offset, len, s->h.l1_table_offset, (uint64_t)s->l1_size * 8)) {
         what = "active L1 table";
-    } else if (ranges_overlap(offset, len, s->h.refcount_table_offset,
+    } else if ((ol & QCOW2_OL_REFCOUNT_TABLE) &&
+               ranges_overlap(offset, len, s->h.refcount_table_offset,
                               (uint64_t)s->refcount_table_size * 8)) {
         what = "refcount table";
+    } else if ((ol & QCOW2_OL_BITMAP_DIRECTORY) && s->bitmap_directory_size &&
+               ranges_overlap(offset, len, s->bitmap_directory_offset,
+                              s->bitmap_directory_size)) {
+        what = "bitmap directory";
     } else {
-        for (uint32_t i = 0; i < s->refcount_table_size && !what; i++) {
+        for (uint32_t i = 0; (ol & QCOW2_OL_REFCOUNT_BLOCK) && i < s->refcount_table_size && !what;
+             i++) {
             uint64_t rb = s->refcount_table[i] & QCOW2_REFT_OFFSET_MASK;
             if (rb && rb != self && ranges_overlap(offset, len, rb, s->cluster_size)) {
                 what = "refcount block";
             }
         }
-        for (uint32_t i = 0; i < s->l1_size && !what; i++) {
+        for (uint32_t i = 0; (ol & QCOW2_OL_ACTIVE_L2) && i < s->l1_size && !what; i++) {
             uint64_t l2 = s->l1_table[i] & QCOW2_L1E_OFFSET_MASK;
             if (l2 && l2 != self && ranges_overlap(offset, len, l2, s->cluster_size)) {
                 what = "active L2 table";
@@ -243,6 +253,12 @@ static int64_t coroutine_fn refcount_area(BlockDriverState *bs, uint64_t start_o
     s->h.refcount_table_offset = table_offset;
     s->h.refcount_table_clusters = (uint32_t)table_clusters;
     ret = qcow2_update_refcount(bs, old_offset, old_size * 8, true);
+    if (ret == 0 && s->discard_other) {
+        /* pass-discard-other: the old table's clusters go back to the file
+         * (their refcount is 0 now: the table was this image's only user) */
+        bdrv_co_pdiscard(bs->file, (int64_t)old_offset,
+                         (int64_t)ALIGN_UP(old_size * 8, (uint64_t)s->cluster_size));
+    }
     return ret < 0 ? ret : (int64_t)end_offset;
 
 fail:

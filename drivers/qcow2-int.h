@@ -88,6 +88,21 @@ enum {
 /* L2 tables are cached in slices of this many bytes (or a cluster). */
 #define QCOW2_L2_SLICE_BYTES    4096
 
+/* Metadata the overlap check guards (QEMU's QCow2MetadataOverlap bits and
+ * its overlap-check.* option names, in bit order). */
+enum {
+    QCOW2_OL_MAIN_HEADER = 1 << 0, QCOW2_OL_ACTIVE_L1 = 1 << 1, QCOW2_OL_ACTIVE_L2 = 1 << 2,
+    QCOW2_OL_REFCOUNT_TABLE = 1 << 3, QCOW2_OL_REFCOUNT_BLOCK = 1 << 4,
+    QCOW2_OL_SNAPSHOT_TABLE = 1 << 5, QCOW2_OL_INACTIVE_L1 = 1 << 6,
+    QCOW2_OL_INACTIVE_L2 = 1 << 7, QCOW2_OL_BITMAP_DIRECTORY = 1 << 8,
+    QCOW2_OL_MAX_BITNR = 9,
+    QCOW2_OL_CONSTANT = QCOW2_OL_MAIN_HEADER | QCOW2_OL_ACTIVE_L1 | QCOW2_OL_REFCOUNT_TABLE |
+                        QCOW2_OL_SNAPSHOT_TABLE,
+    QCOW2_OL_CACHED = QCOW2_OL_CONSTANT | QCOW2_OL_ACTIVE_L2 | QCOW2_OL_REFCOUNT_BLOCK |
+                      QCOW2_OL_BITMAP_DIRECTORY | QCOW2_OL_INACTIVE_L1,
+    QCOW2_OL_ALL = QCOW2_OL_CACHED | QCOW2_OL_INACTIVE_L2,
+};
+
 /* What a guest subcluster maps to (QEMU's QCow2SubclusterType). */
 typedef enum {
     QCOW2_SC_NORMAL,            /* data at the host offset */
@@ -196,6 +211,9 @@ typedef struct BDRVQcow2State {
     Qcow2Alloc *allocs;              /* allocations in flight */
     CoQueue alloc_wait;              /* writers waiting for one of them */
     bool corrupt_reported;
+    unsigned overlap_check;          /* QCOW2_OL_* bits: what qcow2_overlaps_metadata guards */
+    bool discard_passthrough;        /* pass-discard-request: freed clusters discarded in the file */
+    bool discard_other;              /* pass-discard-other: clusters freed by overwrites too */
 } BDRVQcow2State;
 
 /* Refcount i of a refcount block (or a slice of one), 2^order bits wide. */

@@ -499,15 +499,19 @@ int coroutine_fn qcow2_co_pwritev(BlockDriverState *bs, int64_t offset, int64_t 
             /* The tables at fixed places cost three compares to guard; the
              * others are checked when clusters are handed out. */
             if (!qcow2_has_data_file(s) &&
-                (host < s->cluster_size ||
-                 (host < s->h.l1_table_offset + (uint64_t)s->l1_size * 8 &&
+                (((s->overlap_check & QCOW2_OL_MAIN_HEADER) && host < s->cluster_size) ||
+                 ((s->overlap_check & QCOW2_OL_ACTIVE_L1) &&
+                  host < s->h.l1_table_offset + (uint64_t)s->l1_size * 8 &&
                   s->h.l1_table_offset < host + n) ||
-                 (host < s->h.refcount_table_offset + (uint64_t)s->refcount_table_size * 8 &&
+                 ((s->overlap_check & QCOW2_OL_REFCOUNT_TABLE) &&
+                  host < s->h.refcount_table_offset + (uint64_t)s->refcount_table_size * 8 &&
                   s->h.refcount_table_offset < host + n))) {
                 co_mutex_lock(&s->lock);
-                qcow2_overlaps_metadata(bs, host, n, 0);
+                bool hit = qcow2_overlaps_metadata(bs, host, n, 0);
                 co_mutex_unlock(&s->lock);
-                return -EIO;
+                if (hit) {
+                    return -EIO;
+                }
             }
             ret = bdrv_co_pwritev_part(s->data_file, (int64_t)host, (int64_t)n, qiov,
                                        qiov_offset, 0);
@@ -673,12 +677,15 @@ static int coroutine_fn clear_clusters(BlockDriverState *bs, uint64_t offset, ui
             for (uint64_t i = 0; ret == 0 && i < nb_old; i++) {
                 if (qcow2_has_data_file(s)) {
                     /* nothing counts data-file clusters: the data file forgets it */
-                    bdrv_co_pdiscard(s->data_file, (int64_t)(old[i] & QCOW2_L2E_OFFSET_MASK),
-                                     s->cluster_size);
+                    if (s->discard_passthrough) {
+                        bdrv_co_pdiscard(s->data_file,
+                                         (int64_t)(old[i] & QCOW2_L2E_OFFSET_MASK),
+                                         s->cluster_size);
+                    }
                     continue;
                 }
                 ret = free_old_entry(bs, old[i]);
-                if (ret == 0 && !(old[i] & QCOW2_OFLAG_COMPRESSED)) {
+                if (ret == 0 && s->discard_passthrough && !(old[i] & QCOW2_OFLAG_COMPRESSED)) {
                     uint64_t rc;
                     uint64_t host = old[i] & QCOW2_L2E_OFFSET_MASK;
                     if (qcow2_get_refcount(bs, host >> s->cluster_bits, &rc) == 0 && !rc) {

@@ -25,7 +25,7 @@
 /* Entries each cache has at least: every request in flight holds one
  * reference at a time, and many queues x depth can be in flight. */
 #define QCOW2_MIN_CACHE_ENTRIES      256
-#define QCOW2_CACHE_CLEAN_INTERVAL_NS (600LL * 1000 * 1000 * 1000)
+#define QCOW2_CACHE_CLEAN_INTERVAL_S 600
 
 const char *qcow2_image_name(BlockDriverState *bs)
 {
@@ -155,39 +155,166 @@ static int check_writable(BlockDriverState *bs, int flags, Error **errp)
     return 0;
 }
 
+/* QEMU's read_cache_sizes: cache-size splits between the two caches,
+ * l2-cache-size never exceeds what covers the whole image. */
+static int take_cache_sizes(BlockDriverState *bs, OptDict *options, uint64_t *l2_bytes,
+                            uint64_t *rc_bytes, Error **errp)
+{
+    BDRVQcow2State *s = bs->opaque;
+    const char *name = qcow2_image_name(bs);
+    uint64_t max_l2 = ALIGN_UP(DIV_ROUND_UP(s->h.size, (uint64_t)s->cluster_size) *
+                               s->l2_entry_size, (uint64_t)s->cluster_size);
+    bool combined_set = optdict_has(options, "cache-size");
+    bool l2_set = optdict_has(options, "l2-cache-size");
+    bool rc_set = optdict_has(options, "refcount-cache-size");
+    uint64_t combined, l2, rc;
+
+    if (optdict_take_size(options, "cache-size", 0, &combined, errp) < 0 ||
+        optdict_take_size(options, "l2-cache-size", QCOW2_DEFAULT_L2_CACHE_MAX, &l2, errp) < 0 ||
+        optdict_take_size(options, "refcount-cache-size", QCOW2_DEFAULT_REFCOUNT_CACHE, &rc,
+                          errp) < 0) {
+        return -EINVAL;
+    }
+    l2 = MIN(l2, max_l2);
+    if (combined_set) {
+        if (l2_set && rc_set) {
+            error_setg(errp, "qcow2: %s: cache-size, l2-cache-size and refcount-cache-size may"
+                       " not be set at the same time", name);
+            return -EINVAL;
+        }
+        if (l2_set && l2 > combined) {
+            error_setg(errp, "qcow2: %s: l2-cache-size may not exceed cache-size", name);
+            return -EINVAL;
+        }
+        if (rc_set && rc > combined) {
+            error_setg(errp, "qcow2: %s: refcount-cache-size may not exceed cache-size", name);
+            return -EINVAL;
+        }
+        if (l2_set) {
+            rc = combined - l2;
+        } else if (rc_set) {
+            l2 = MIN(combined - rc, max_l2);
+        } else {
+            uint64_t min_rc = 4ULL * s->cluster_size;
+            rc = combined >= max_l2 + min_rc ? combined - max_l2 : MIN(combined, min_rc);
+            l2 = MIN(combined - rc, max_l2);
+        }
+    }
+    *l2_bytes = l2;
+    *rc_bytes = rc;
+    return 0;
+}
+
 static int make_caches(BlockDriverState *bs, OptDict *options, Error **errp)
 {
     BDRVQcow2State *s = bs->opaque;
-    uint64_t l2_needed = DIV_ROUND_UP(s->h.size, (uint64_t)s->cluster_size) * s->l2_entry_size;
     uint64_t l2_bytes, rc_bytes;
+    int64_t clean_s;
 
-    if (optdict_take_size(options, "l2-cache-size", MIN(l2_needed, (uint64_t)QCOW2_DEFAULT_L2_CACHE_MAX),
-                          &l2_bytes, errp) < 0 ||
-        optdict_take_size(options, "refcount-cache-size", (uint64_t)QCOW2_DEFAULT_REFCOUNT_CACHE,
-                          &rc_bytes, errp) < 0) {
+    if (take_cache_sizes(bs, options, &l2_bytes, &rc_bytes, errp) < 0 ||
+        optdict_take_int(options, "cache-clean-interval", QCOW2_CACHE_CLEAN_INTERVAL_S, &clean_s,
+                         errp) < 0) {
+        return -EINVAL;
+    }
+    if (clean_s < 0 || clean_s > UINT32_MAX) {
+        error_setg(errp, "qcow2: %s: cache-clean-interval %" PRId64 " is out of range (0 to"
+                   " %" PRIu32 " seconds)", qcow2_image_name(bs), clean_s, UINT32_MAX);
         return -EINVAL;
     }
     size_t slice = MIN((size_t)QCOW2_L2_SLICE_BYTES, (size_t)s->cluster_size);
     s->l2_slice_entries = (uint32_t)(slice / s->l2_entry_size);
+    /* Sizes above what fits in memory fail in meta_cache_new with ENOMEM:
+     * the counts are capped only so they cannot wrap. */
     MetaCacheConfig cfg = {
         .child = bs->file,
         .entry_size = slice,
         .nr_entries = (unsigned)MIN(MAX(l2_bytes / slice, (uint64_t)QCOW2_MIN_CACHE_ENTRIES),
-                                    (uint64_t)UINT32_MAX / 2),
+                                    (uint64_t)INT32_MAX / 2),
         .lock = &s->lock,
         .home = bdrv_get_home_context(bs),
-        .clean_interval_ns = QCOW2_CACHE_CLEAN_INTERVAL_NS,
+        .clean_interval_ns = clean_s * 1000000000LL,
         .name = "l2",
     };
     s->l2_cache = meta_cache_new(&cfg, errp);
-    if (!s->l2_cache) {
+    if (s->l2_cache) {
+        cfg.nr_entries = (unsigned)MIN(MAX(rc_bytes / slice, (uint64_t)QCOW2_MIN_CACHE_ENTRIES),
+                                       (uint64_t)INT32_MAX / 2);
+        cfg.name = "refcount";
+        s->refcount_cache = meta_cache_new(&cfg, errp);
+    }
+    if (!s->refcount_cache) {
+        error_prepend(errp, "qcow2: %s: ", qcow2_image_name(bs));
         return -ENOMEM;
     }
-    cfg.nr_entries = (unsigned)MIN(MAX(rc_bytes / slice, (uint64_t)QCOW2_MIN_CACHE_ENTRIES),
-                                   (uint64_t)UINT32_MAX / 2);
-    cfg.name = "refcount";
-    s->refcount_cache = meta_cache_new(&cfg, errp);
-    return s->refcount_cache ? 0 : -ENOMEM;
+    return 0;
+}
+
+/* QEMU's overlap-check (a template: none, constant, cached, all; also as
+ * overlap-check.template) with each check on or off by its own
+ * overlap-check.NAME. */
+static int take_overlap_check(BlockDriverState *bs, OptDict *options, Error **errp)
+{
+    static const char *const templates[] = { "none", "constant", "cached", "all", NULL };
+    static const unsigned masks[] = { 0, QCOW2_OL_CONSTANT, QCOW2_OL_CACHED, QCOW2_OL_ALL };
+    static const char *const names[QCOW2_OL_MAX_BITNR] = {
+        "main-header", "active-l1", "active-l2", "refcount-table", "refcount-block",
+        "snapshot-table", "inactive-l1", "inactive-l2", "bitmap-directory",
+    };
+    BDRVQcow2State *s = bs->opaque;
+    const char *name = qcow2_image_name(bs);
+    char *mode = NULL, *tmpl = NULL;
+    int ret = -EINVAL;
+
+    optdict_take_str(options, "overlap-check", NULL, &mode);
+    optdict_take_str(options, "overlap-check.template", NULL, &tmpl);
+    if (mode && tmpl && strcmp(mode, tmpl)) {
+        error_setg(errp, "qcow2: %s: Conflicting values for qcow2 options 'overlap-check' ('%s')"
+                   " and 'overlap-check.template' ('%s')", name, mode, tmpl);
+        goto out;
+    }
+    const char *m = mode ? mode : tmpl ? tmpl : "cached";
+    int t = 0;
+    while (templates[t] && strcmp(templates[t], m)) {
+        t++;
+    }
+    if (!templates[t]) {
+        error_setg(errp, "qcow2: %s: Unsupported value '%s' for qcow2 option 'overlap-check'."
+                   " Allowed are any of the following: none, constant, cached, all", name, m);
+        goto out;
+    }
+    s->overlap_check = 0;
+    for (int i = 0; i < QCOW2_OL_MAX_BITNR; i++) {
+        char key[48];
+        bool on;
+        snprintf(key, sizeof(key), "overlap-check.%s", names[i]);
+        if (optdict_take_bool(options, key, masks[t] & (1U << i), &on, errp) < 0) {
+            goto out;
+        }
+        s->overlap_check |= on ? 1U << i : 0;
+    }
+    ret = 0;
+out:
+    free(mode);
+    free(tmpl);
+    return ret;
+}
+
+/* pass-discard-request (default: what discard= says), -snapshot, -other:
+ * whether clusters freed for that reason are discarded in the file too. */
+static int take_discard_options(BlockDriverState *bs, OptDict *options, int flags,
+                                Error **errp)
+{
+    BDRVQcow2State *s = bs->opaque;
+    bool snapshot;
+
+    if (optdict_take_bool(options, "pass-discard-request", flags & BDRV_O_UNMAP,
+                          &s->discard_passthrough, errp) < 0 ||
+        /* no snapshot is ever deleted here: accepted for QEMU's command lines */
+        optdict_take_bool(options, "pass-discard-snapshot", true, &snapshot, errp) < 0 ||
+        optdict_take_bool(options, "pass-discard-other", false, &s->discard_other, errp) < 0) {
+        return -EINVAL;
+    }
+    return 0;
 }
 
 static void qcow2_free_state(BDRVQcow2State *s)
@@ -251,6 +378,14 @@ static int qcow2_open(BlockDriverState *bs, OptDict *options, int flags, Error *
         goto fail;
     }
     ret = make_caches(bs, options, errp);
+    if (ret < 0) {
+        goto fail;
+    }
+    ret = take_overlap_check(bs, options, errp);
+    if (ret < 0) {
+        goto fail;
+    }
+    ret = take_discard_options(bs, options, flags, errp);
     if (ret < 0) {
         goto fail;
     }

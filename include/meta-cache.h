@@ -110,6 +110,7 @@ size_t meta_cache_entry_size(const MetaCache *c);
 bool meta_cache_contains(MetaCache *c, int64_t offset);   /* cached and loaded */
 unsigned meta_cache_nr_dirty(MetaCache *c);
 unsigned meta_cache_nr_cached(MetaCache *c);
+unsigned meta_cache_nr_entries(const MetaCache *c);        /* capacity */
 /* References to the entry hashed under offset (loading or loaded), or -1. */
 int meta_cache_refs(MetaCache *c, int64_t offset);
 

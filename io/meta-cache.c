@@ -836,6 +836,11 @@ unsigned meta_cache_nr_dirty(MetaCache *c)
     return n;
 }
 
+unsigned meta_cache_nr_entries(const MetaCache *c)
+{
+    return c->n;
+}
+
 unsigned meta_cache_nr_cached(MetaCache *c)
 {
     unsigned n = 0;

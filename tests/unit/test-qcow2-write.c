@@ -253,6 +253,135 @@ static void test_overlap_marks_corrupt(void **state)
     q2_expect_open_error(&img, BDRV_O_RDWR, "Image is corrupt");
 }
 
+
+/* Open with the options in `opts` ("k=v,k=v") on top of q2_open's. */
+static void q2_open_opts(Q2Image *img, int flags, const char *opts)
+{
+    OptDict *o = optdict_parse(opts, NULL, NULL);
+    assert_non_null(o);
+    optdict_set(o, "driver", "qcow2");
+    optdict_set(o, "file", img->file->node_name);
+    img->bs = bdrv_open(NULL, o, flags, &img->err);
+    if (img->bs) {
+        img->child = test_child_new(img->bs);
+    }
+}
+
+/* overlap-check=none turns the check off: the same write as above goes
+ * through (onto the refcount table, as asked) and nothing is marked. */
+static void test_overlap_check_none(void **state)
+{
+    (void)state;
+    Q2Image img = q2_make(12, MiB, false, 0);
+    q2_set_l2(&img, 0, Q2_C(&img) | QCOW2_OFLAG_COPIED, 0);
+    q2_open_opts(&img, BDRV_O_RDWR, "overlap-check=none");
+    assert_non_null(img.bs);
+    uint8_t buf[512] = { 0 };
+    assert_true(bdrv_pwrite(img.child, 0, sizeof(buf), buf, 0) >= 0);
+    assert_false(get64(img.file, QH_INCOMPAT) & QCOW2_INCOMPAT_CORRUPT);
+    assert_int_equal(get64(img.file, (int64_t)Q2_C(&img)), 0);   /* overwritten */
+    q2_free(&img);
+}
+
+/* The templates and the per-check flags: an allocation whose L2 table
+ * points into the L1 table is caught by "constant" (active-l1), not when
+ * overlap-check.active-l1=off takes that one check away. */
+static void test_overlap_check_flags(void **state)
+{
+    (void)state;
+    static const struct { const char *opts; bool caught; } cases[] = {
+        { "overlap-check=constant", true },
+        { "overlap-check.template=cached", true },
+        { "overlap-check=all,overlap-check.active-l1=off", false },
+        { "overlap-check=none,overlap-check.active-l1=on", true },
+    };
+    for (size_t c = 0; c < ARRAY_SIZE(cases); c++) {
+        Q2Image img = q2_make(12, MiB, false, 0);
+        q2_put64(img.file, 3 * (int64_t)Q2_C(&img), (3 * Q2_C(&img)) | QCOW2_OFLAG_COPIED);
+        q2_open_opts(&img, BDRV_O_RDWR, cases[c].opts);
+        assert_non_null(img.bs);
+        uint8_t buf[512] = { 0x77 };
+        int ret = bdrv_pwrite(img.child, 0, sizeof(buf), buf, 0);
+        if (cases[c].caught != (ret == -EIO)) {
+            fail_msg("%s: write returned %d", cases[c].opts, ret);
+        }
+        assert_int_equal(!!(get64(img.file, QH_INCOMPAT) & QCOW2_INCOMPAT_CORRUPT),
+                         cases[c].caught);
+        q2_free(&img);
+    }
+    Q2Image img = q2_make(12, MiB, false, 0);
+    q2_open_opts(&img, BDRV_O_RDWR, "overlap-check=sometimes");
+    assert_null(img.bs);
+    assert_non_null(strstr(error_get_pretty(img.err), "Unsupported value 'sometimes'"));
+    q2_close(&img);
+    q2_open_opts(&img, BDRV_O_RDWR, "overlap-check=none,overlap-check.template=all");
+    assert_null(img.bs);
+    assert_non_null(strstr(error_get_pretty(img.err), "Conflicting values"));
+    q2_free(&img);
+}
+
+/* l2-cache-size, refcount-cache-size and cache-size as QEMU reads them:
+ * the L2 cache never exceeds what covers the image (a huge value is not
+ * allocated), cache-size fills the L2 cache first. */
+static void test_cache_sizes(void **state)
+{
+    (void)state;
+    /* 4 KiB clusters, 1 GiB: 2 MiB of L2 tables = 512 slices */
+    static const struct { const char *opts; unsigned l2, rc; } cases[] = {
+        { "", 512, 256 },
+        { "l2-cache-size=1536k", 384, 256 },
+        { "l2-cache-size=1T", 512, 256 },
+        { "refcount-cache-size=2M", 512, 512 },
+        { "cache-size=3M", 512, 256 },
+        { "cache-size=4M,l2-cache-size=1M", 256, 768 },
+    };
+    for (size_t c = 0; c < ARRAY_SIZE(cases); c++) {
+        Q2Image img = q2_make(12, 1024 * MiB, false, 0);
+        q2_open_opts(&img, 0, cases[c].opts);
+        if (!img.bs) {
+            fail_msg("%s: %s", cases[c].opts, error_get_pretty(img.err));
+        }
+        BDRVQcow2State *s = img.bs->opaque;
+        if (meta_cache_nr_entries(s->l2_cache) != cases[c].l2 ||
+            meta_cache_nr_entries(s->refcount_cache) != cases[c].rc) {
+            fail_msg("%s: %u L2 and %u refcount entries, want %u and %u", cases[c].opts,
+                     meta_cache_nr_entries(s->l2_cache), meta_cache_nr_entries(s->refcount_cache),
+                     cases[c].l2, cases[c].rc);
+        }
+        q2_free(&img);
+    }
+    Q2Image img = q2_make(12, 1024 * MiB, false, 0);
+    q2_open_opts(&img, 0, "cache-size=1M,l2-cache-size=1M,refcount-cache-size=1M");
+    assert_null(img.bs);
+    assert_non_null(strstr(error_get_pretty(img.err), "may not be set at the same time"));
+    q2_close(&img);
+    q2_open_opts(&img, 0, "cache-clean-interval=-1");
+    assert_null(img.bs);
+    assert_non_null(strstr(error_get_pretty(img.err), "cache-clean-interval"));
+    q2_free(&img);
+}
+
+/* pass-discard-request follows discard= by default; off, a discarded
+ * cluster is freed in the image but the file keeps its bytes. */
+static void test_pass_discard_request(void **state)
+{
+    (void)state;
+    for (int pass = 0; pass < 2; pass++) {
+        Q2Image img = q2_make(12, MiB, false, 1);
+        q2_set_l2(&img, 0, Q2_DATA(&img, 0) | QCOW2_OFLAG_COPIED, 0);
+        img.file->open_flags |= BDRV_O_UNMAP;   /* the file takes discards when asked */
+        q2_open_opts(&img, BDRV_O_RDWR | BDRV_O_UNMAP,
+                     pass ? "discard=unmap" : "pass-discard-request=off");
+        assert_non_null(img.bs);
+        mem_log_clear(img.file);
+        assert_true(bdrv_pdiscard_sync_for_test(img.child, 0, 4096) >= 0);
+        assert_int_equal(bdrv_flush(img.bs), 0);
+        assert_int_equal(refcount_of(&img, 5), 0);
+        assert_int_equal(mem_calls(img.file, MEM_OP_DISCARD), pass);
+        q2_free(&img);
+    }
+}
+
 int main(void)
 {
     test_loop_init();
@@ -264,6 +393,10 @@ int main(void)
         cmocka_unit_test(test_zero_and_discard),
         cmocka_unit_test(test_lazy_refcounts_dirty_bit),
         cmocka_unit_test(test_overlap_marks_corrupt),
+        cmocka_unit_test(test_overlap_check_none),
+        cmocka_unit_test(test_overlap_check_flags),
+        cmocka_unit_test(test_cache_sizes),
+        cmocka_unit_test(test_pass_discard_request),
     };
     return cmocka_run_group_tests_name("qcow2-write", tests, NULL, NULL);
 }
