@@ -32,8 +32,11 @@
 #define VDI_BLOCK_SHIFT     20
 #define VDI_HEADER_SECTOR   512
 /* Map sectors being rewritten with new entries are staged here; one 1 GiB
- * request needs at most 1025 entries (under 5 KiB). */
-#define VDI_MAP_BOUNCE      (16 * 1024)
+ * request needs at most 1025 entries (under 5 KiB).  Where the map follows
+ * the header sector, the header and the map up to this many bytes (16384
+ * entries: the first 16 GiB of the disk) go out as one write, so the count
+ * and the entries it counts change together (vdi-write.c). */
+#define VDI_MAP_BOUNCE      (64 * 1024)
 /* header_size counts from offset 72 (after text, signature, version): 0x180
  * is VirtualBox's VDIHEADER1 (what qemu writes), 0x190 its VDIHEADER1PLUS.
  * Like QEMU we never use it: fields are read at fixed offsets of the first
@@ -105,6 +108,7 @@ static inline void vdi_st64(uint8_t *hdr, int off, uint64_t v)
  * before the block map points at them; lives on that request's stack. */
 typedef struct VdiAllocation {
     uint32_t first_block, nb_blocks;
+    uint32_t slot;             /* its first data slot: publishes go in slot order */
     struct VdiAllocation *next;
 } VdiAllocation;
 
@@ -144,6 +148,7 @@ typedef struct BDRVVdiState {
      */
     CoMutex alloc_lock;
     CoQueue alloc_wait;        /* writers waiting for a block in allocs */
+    CoQueue publish_wait;      /* allocations waiting for a lower slot's publish */
     VdiAllocation *allocs;
     uint32_t next_slot;
     uint32_t blocks_allocated;

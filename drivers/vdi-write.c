@@ -8,9 +8,13 @@
  * held.  Writers from any queue thread that meet a block in flight wait on
  * alloc_wait and then write in place, so each block is allocated once.
  * Crash ordering: data written, then flushed (one flush shared by the
- * allocations written before it), then the map sectors, then the header's
- * blocks_allocated; a crash leaves at worst unreferenced slots, never an
- * entry pointing at unwritten data.  Only metadata I/O runs under the lock.
+ * allocations written before it), then the map entries and the header's
+ * blocks_allocated together in one write, allocations in slot order, so a
+ * crash leaves the count equal to the entries on disk, never an entry
+ * pointing at unwritten data.  (qemu-img check calls any difference between
+ * count and map a corruption.)  For map entries beyond the first 64 KiB of
+ * the map, the count goes ahead instead, before the data flush (see
+ * vdi_count_ahead).  Only metadata I/O runs under the lock.
  *
  * A failed allocation leaves no hole.  If its data write or flush fails
  * (EIO, ENOSPC on a full host file system) its slots go back: at the end
@@ -238,25 +242,121 @@ static int coroutine_fn vdi_write_new_entries(BlockDriverState *bs, uint32_t blo
     return 0;
 }
 
+/* Whether the entries of blocks [block, block+count) can go out in one
+ * write together with the header: the map starts right after the header
+ * sector (as qemu-img and VirtualBox make it) and their sectors lie within
+ * VDI_MAP_BOUNCE of its start. */
+static bool vdi_publish_with_header(BDRVVdiState *s, uint32_t block, uint32_t count)
+{
+    uint64_t end = ALIGN_UP_POW2((uint64_t)(block + count) * 4, VDI_SECTOR_SIZE);
+    return s->offset_bmap == VDI_HEADER_SECTOR && end <= VDI_MAP_BOUNCE;
+}
+
+/* The header sector with blocks_allocated = new_count and the map from its
+ * start through the new entries' last sector, in one write from copies
+ * (memory changes only once the disk has it).  alloc_lock held. */
+static int coroutine_fn vdi_write_header_and_entries(BlockDriverState *bs, uint32_t block,
+                                                     uint32_t count, uint32_t slot,
+                                                     uint32_t new_count)
+{
+    BDRVVdiState *s = bs->opaque;
+    uint64_t end = ALIGN_UP_POW2((uint64_t)(block + count) * 4, VDI_SECTOR_SIZE);
+    uint32_t *entries = (uint32_t *)s->map_bounce;
+    struct iovec iov[2];
+    IOVector q;
+    int ret;
+
+    memcpy(s->map_bounce, s->bmap, end);
+    for (uint32_t i = 0; i < count; i++) {
+        entries[block + i] = htole32(slot + i);
+    }
+    vdi_st32(s->header, VDI_OFF_BLOCKS_ALLOCATED, new_count);
+    iov[0] = (struct iovec){ s->header, VDI_HEADER_SECTOR };
+    iov[1] = (struct iovec){ s->map_bounce, end };
+    iov_init_external(&q, iov, 2);
+    ret = bdrv_co_pwritev(bs->file, 0, VDI_HEADER_SECTOR + end, &q, 0);
+    iov_destroy(&q);
+    if (ret < 0) {
+        vdi_st32(s->header, VDI_OFF_BLOCKS_ALLOCATED, s->blocks_allocated);
+    }
+    return ret;
+}
+
+/*
+ * Where the entries cannot share a write with the header (a large image, or
+ * a map apart from the header), the count goes first: written before the
+ * data flush, which then makes it durable too, so it is on disk before any
+ * entry it counts.  A crash in between leaves the count ahead of the map:
+ * a slot nobody uses, which no allocator (ours or QEMU's, which appends at
+ * the count) hands out twice; qemu-img check reports it as a mismatch
+ * ("allocated blocks mismatch"), img check -r all repairs it.  alloc_lock
+ * held.  On failure the count in memory stays as it was and the header is
+ * left dirty, so no entry is published for these slots.
+ */
+static int coroutine_fn vdi_count_ahead(BlockDriverState *bs, uint32_t slot_end)
+{
+    BDRVVdiState *s = bs->opaque;
+    uint32_t old = s->blocks_allocated;
+    int ret;
+
+    if (slot_end <= old && !s->header_dirty) {
+        return 0;
+    }
+    __atomic_store_n(&s->blocks_allocated, MAX(old, slot_end), __ATOMIC_RELAXED);
+    ret = vdi_write_header(bs);
+    if (ret < 0) {
+        ret = vdi_write_header(bs);
+    }
+    if (ret < 0) {
+        __atomic_store_n(&s->blocks_allocated, old, __ATOMIC_RELAXED);
+        vdi_st32(s->header, VDI_OFF_BLOCKS_ALLOCATED, old);
+    }
+    return ret;
+}
+
+/* An allocation with a lower first slot is still in flight: publishing
+ * ours first would count our slots before its entry exists. */
+static bool vdi_lower_slot_in_flight(BDRVVdiState *s, const VdiAllocation *me)
+{
+    for (VdiAllocation *a = s->allocs; a; a = a->next) {
+        if (a != me && a->slot < me->slot) {
+            return true;
+        }
+    }
+    return false;
+}
+
 /*
  * Point blocks [block, block+count) at slots [slot, slot+count), whose data
- * is already on disk: map first, then the header count.  alloc_lock held.
- * The map write is tried twice: the data is durable, so a transient error
- * need not cost the write.  If both fail the blocks stay as they were in
- * memory and their map sectors are marked for rewriting (the disk may hold
- * the new entries or the old).  A failed header write does not fail the
- * request (the map already holds the blocks, and the count is only durable
- * after a flush): it stays dirty for the next publish or flush.
+ * is already durable.  alloc_lock held; allocations publish in slot order.
+ * Near the start of the map the header count and the entries go out in one
+ * write, so the disk never counts other than what the map holds, as far as
+ * that one request (at most 64.5 KiB; 1 KiB for images up to 64 MiB, 4 KiB
+ * up to 448 MiB) reaches the disk whole.  Further out the count went ahead before the data flush (vdi_count_ahead)
+ * and only the entries are written here.
+ * The write is tried twice: the data is durable, so a transient error need
+ * not cost the write.  If both fail the blocks stay as they were in memory
+ * and their map sectors are marked for rewriting (the disk may hold the new
+ * entries or the old), as is the header.
  */
 static int coroutine_fn vdi_publish(BlockDriverState *bs, uint32_t block, uint32_t count,
                                     uint32_t slot)
 {
     BDRVVdiState *s = bs->opaque;
+    uint32_t new_count = MAX(s->blocks_allocated, slot + count);
+    bool with_header = vdi_publish_with_header(s, block, count);
     int ret;
 
-    ret = vdi_write_new_entries(bs, block, count, slot);
-    if (ret < 0) {
+    if (with_header) {
+        ret = vdi_write_header_and_entries(bs, block, count, slot, new_count);
+        if (ret < 0) {
+            ret = vdi_write_header_and_entries(bs, block, count, slot, new_count);
+        }
+    } else {
         ret = vdi_write_new_entries(bs, block, count, slot);
+        if (ret < 0) {
+            ret = vdi_write_new_entries(bs, block, count, slot);
+        }
     }
     if (ret < 0) {
         if (s->suspect_first >= s->suspect_end) {
@@ -266,14 +366,19 @@ static int coroutine_fn vdi_publish(BlockDriverState *bs, uint32_t block, uint32
             s->suspect_first = MIN(s->suspect_first, block);
             s->suspect_end = MAX(s->suspect_end, block + count);
         }
+        if (with_header) {
+            __atomic_store_n(&s->header_dirty, true, __ATOMIC_RELAXED);
+        }
         return ret;
     }
     for (uint32_t i = 0; i < count; i++) {
         vdi_set_entry(s, block + i, slot + i);
     }
-    if (slot + count > s->blocks_allocated || s->header_dirty) {
-        s->blocks_allocated = MAX(s->blocks_allocated, slot + count);
-        vdi_write_header(bs);
+    if (with_header) {
+        __atomic_store_n(&s->blocks_allocated, new_count, __ATOMIC_RELAXED);
+        __atomic_store_n(&s->header_dirty, false, __ATOMIC_RELAXED);
+    } else if (s->header_dirty) {
+        vdi_write_header(bs);          /* a failure stays dirty for flush */
     }
     return 0;
 }
@@ -413,18 +518,27 @@ static int coroutine_fn vdi_co_allocating_write(BlockDriverState *bs, uint32_t b
         slot = s->next_slot;
         s->next_slot += count;
     }
-    alloc = (VdiAllocation){ .first_block = block, .nb_blocks = count, .next = s->allocs };
+    alloc = (VdiAllocation){ .first_block = block, .nb_blocks = count, .slot = slot,
+                             .next = s->allocs };
     s->allocs = &alloc;
     co_mutex_unlock(&s->alloc_lock);
 
     len = MIN((uint64_t)bytes, (uint64_t)count * VDI_BLOCK_SIZE - in_block);
     tail = (uint64_t)count * VDI_BLOCK_SIZE - in_block - len;
     ret = vdi_write_padded(bs, vdi_slot_offset(s, slot), in_block, qiov, qiov_offset, len, tail);
+    if (ret >= 0 && !vdi_publish_with_header(s, block, count)) {
+        co_mutex_lock(&s->alloc_lock);
+        ret = vdi_count_ahead(bs, slot + count);
+        co_mutex_unlock(&s->alloc_lock);
+    }
     if (ret >= 0) {
-        ret = vdi_flush_new_data(bs);
+        ret = vdi_flush_new_data(bs);     /* the data, and a count written ahead */
     }
 
     co_mutex_lock(&s->alloc_lock);
+    while (ret >= 0 && vdi_lower_slot_in_flight(s, &alloc)) {
+        co_queue_wait(&s->publish_wait, &s->alloc_lock);
+    }
     if (ret >= 0) {
         ret = vdi_publish(bs, block, count, slot);
     }
@@ -433,6 +547,7 @@ static int coroutine_fn vdi_co_allocating_write(BlockDriverState *bs, uint32_t b
     }
     vdi_alloc_remove(s, &alloc);
     co_queue_restart_all(&s->alloc_wait);
+    co_queue_restart_all(&s->publish_wait);
     co_mutex_unlock(&s->alloc_lock);
     *done = len;
     return ret < 0 ? ret : 0;

@@ -333,6 +333,7 @@ static int vdi_open(BlockDriverState *bs, OptDict *options, int flags, Error **e
 
     co_mutex_init(&s->alloc_lock);
     co_queue_init(&s->alloc_wait);
+    co_queue_init(&s->publish_wait);
     s->allocs = NULL;
     bdrv_set_total_bytes(bs, s->disk_size);
     return 0;

@@ -297,29 +297,91 @@ static void test_enospc_everywhere_rolls_back(void **state)
     vdi_test_close(&img);
 }
 
-/* The header write fails after the map took the block: the write succeeds
- * (data and map are on disk), flush rewrites the count, and reports the
- * failure if the header still cannot be written. */
+/* The write of header and map fails: once is retried at no cost; twice
+ * fails the request with nothing published (the slot goes back), flush
+ * rewrites the header from memory, and reports the failure if the header
+ * still cannot be written. */
 static void test_header_write_failure_retried_by_flush(void **state)
 {
     (void)state;
     VdiTestImage img = vdi_test_open(vdi_test_make_file(4 * MiB, false), BDRV_O_RDWR);
+    uint8_t data[4096];
 
     mem_inject_error(img.file, MEM_OP_WRITE, 0, 512, -EIO, 1);
     write_block(&img, 0);
     assert_int_equal(slot_of_block(&img, 0), 0);
-    assert_int_equal(vdi_test_hdr32(img.file, VDI_OFF_BLOCKS_ALLOCATED), 0);
-    assert_int_equal(bdrv_flush(img.bs), 0);
     assert_int_equal(vdi_test_hdr32(img.file, VDI_OFF_BLOCKS_ALLOCATED), 1);
 
     mem_inject_error(img.file, MEM_OP_WRITE, 0, 512, -EIO, 2);
-    write_block(&img, 1);
-    assert_int_equal(bdrv_flush(img.bs), -EIO);
+    memset(data, 2, sizeof(data));
+    assert_int_equal(bdrv_pwrite(img.child, MiB, sizeof(data), data, 0), -EIO);
+    assert_int_equal(vdi_test_entry(img.file, 1), VDI_UNALLOCATED);
     assert_int_equal(vdi_test_hdr32(img.file, VDI_OFF_BLOCKS_ALLOCATED), 1);
+    mem_inject_error(img.file, MEM_OP_WRITE, 0, 512, -EIO, 1);
+    assert_int_equal(bdrv_flush(img.bs), -EIO);
+    assert_int_equal(bdrv_flush(img.bs), 0);
+    write_block(&img, 1);
     write_block(&img, 2);
     assert_int_equal(vdi_test_hdr32(img.file, VDI_OFF_BLOCKS_ALLOCATED), 3);
     assert_int_equal(bdrv_flush(img.bs), 0);
     assert_blocks(&img, 3);
+    assert_int_equal(check_corruptions(&img), 0);
+    vdi_test_close(&img);
+}
+
+/* Allocations publish in slot order: slot 0's data goes out in eight
+ * writes (a 256-buffer vector) and finishes long after the others have
+ * theirs durable, yet no header+map write happens before its last one, so
+ * the disk never counts slots 1..3 while slot 0's entry is missing. */
+static void test_publish_in_slot_order(void **state)
+{
+    (void)state;
+    VdiTestImage img = vdi_test_open(vdi_test_make_file(4 * MiB, false), BDRV_O_RDWR);
+    enum { NV = 256, PIECE = 4096 };
+    static uint8_t long_data[NV * PIECE];
+    uint8_t small[3][4096];
+    struct iovec long_iov[NV], small_iov[3];
+    IOVector q[4];
+    Writer w[4];
+    int pending = 4;
+    const int blocks[4] = { 2, 0, 1, 3 };
+
+    memset(long_data, 3, sizeof(long_data));
+    for (int i = 0; i < NV; i++) {
+        long_iov[i] = (struct iovec){ long_data + i * PIECE, PIECE };
+    }
+    iov_init_external(&q[0], long_iov, NV);
+    for (int i = 0; i < 3; i++) {
+        memset(small[i], blocks[i + 1] + 1, sizeof(small[i]));
+        small_iov[i] = (struct iovec){ small[i], sizeof(small[i]) };
+        iov_init_external(&q[i + 1], &small_iov[i], 1);
+    }
+    mem_log_clear(img.file);
+    mem_set_yield(img.file, (1u << MEM_OP_WRITE) | (1u << MEM_OP_FLUSH));
+    for (int i = 0; i < 4; i++) {
+        w[i] = (Writer){ img.child, (int64_t)blocks[i] * MiB, &q[i], 1, &pending };
+        co_enter(co_create(writer_co, &w[i]));
+    }
+    run_until_done(&pending);
+    mem_set_yield(img.file, 0);
+    int last_slot0 = -1, first_meta = -1;
+    for (int i = 0; mem_log(img.file, MEM_OP_WRITE, i); i++) {
+        const MemLogEntry *e = mem_log(img.file, MEM_OP_WRITE, i);
+        if (e->offset == (int64_t)img.offset_data + 7 * 32 * PIECE) {
+            last_slot0 = i;
+        }
+        if (e->offset == 0 && first_meta < 0) {
+            first_meta = i;
+        }
+    }
+    for (int i = 0; i < 4; i++) {
+        assert_int_equal(w[i].ret, 0);
+        iov_destroy(&q[i]);
+    }
+    assert_true(last_slot0 >= 0);
+    assert_true(first_meta > last_slot0);
+    assert_int_equal(slot_of_block(&img, 2), 0);
+    assert_int_equal(vdi_test_hdr32(img.file, VDI_OFF_BLOCKS_ALLOCATED), 4);
     assert_int_equal(check_corruptions(&img), 0);
     vdi_test_close(&img);
 }
@@ -335,6 +397,7 @@ int main(void)
         cmocka_unit_test(test_unknown_map_sector_blocks_allocation),
         cmocka_unit_test(test_enospc_everywhere_rolls_back),
         cmocka_unit_test(test_header_write_failure_retried_by_flush),
+        cmocka_unit_test(test_publish_in_slot_order),
     };
     return cmocka_run_group_tests_name("vdi-alloc-fail", tests, NULL, NULL);
 }

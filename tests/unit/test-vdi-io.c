@@ -1,7 +1,7 @@
 /*
  * test-vdi-io.c - the vdi driver's request side over a mem node: merged
  * reads, allocating writes (one padded write per run of new blocks), crash
- * ordering (data, flush, map, header), concurrent allocating writers from two
+ * ordering (data, flush, then header and map in one write), concurrent allocating writers from two
  * threads, write-zeroes/discard marking, truncated images, and check on
  * corrupted block maps.
  */
@@ -132,7 +132,7 @@ static void test_write_multi_block_one_io(void **state)
     assert_true(bdrv_pwrite(img.child, MiB / 2, 3 * MiB, data, 0) >= 0);
     assert_int_equal(writes_of(img.file, 4 * MiB), 1);
     assert_int_equal(mem_calls(img.file, MEM_OP_FLUSH), 1);
-    assert_int_equal(mem_calls(img.file, MEM_OP_WRITE), 3);   /* data, map, header */
+    assert_int_equal(mem_calls(img.file, MEM_OP_WRITE), 2);   /* data, header + map */
     for (uint32_t b = 0; b < 4; b++) {
         assert_int_equal(vdi_test_entry(img.file, b), b);
     }
@@ -150,7 +150,10 @@ static void test_write_multi_block_one_io(void **state)
 }
 
 /* mem_log() entries point into one array in call order, so pointer order is
- * global order across ops. */
+ * global order across ops.  The data is durable before anything names it;
+ * then the header count and the map entry go out in ONE write (offset 0,
+ * header sector + map sector), so no crash leaves a count that differs
+ * from the map (qemu-img check calls either difference a corruption). */
 static void test_crash_ordering(void **state)
 {
     (void)state;
@@ -160,18 +163,48 @@ static void test_crash_ordering(void **state)
     assert_true(bdrv_pwrite(img.child, 2 * MiB, sizeof(data), data, 0) >= 0);
     const MemLogEntry *w_data = mem_log(img.file, MEM_OP_WRITE, 0);
     const MemLogEntry *flush = mem_log(img.file, MEM_OP_FLUSH, 0);
-    const MemLogEntry *w_map = mem_log(img.file, MEM_OP_WRITE, 1);
-    const MemLogEntry *w_hdr = mem_log(img.file, MEM_OP_WRITE, 2);
+    const MemLogEntry *w_meta = mem_log(img.file, MEM_OP_WRITE, 1);
     assert_non_null(w_data);
     assert_non_null(flush);
-    assert_non_null(w_map);
-    assert_non_null(w_hdr);
+    assert_non_null(w_meta);
+    assert_null(mem_log(img.file, MEM_OP_WRITE, 2));
     assert_int_equal(w_data->offset, img.offset_data);
-    assert_int_equal(w_map->offset, 512);
-    assert_int_equal(w_hdr->offset, 0);
+    assert_int_equal(w_meta->offset, 0);
+    assert_int_equal(w_meta->bytes, 1024);
     assert_true(w_data < flush);
+    assert_true(flush < w_meta);
+    assert_int_equal(vdi_test_entry(img.file, 2), 0);
+    assert_int_equal(vdi_test_hdr32(img.file, VDI_OFF_BLOCKS_ALLOCATED), 1);
+    vdi_test_close(&img);
+}
+
+/* A block whose map entry lies beyond the first 64 KiB of the map (here
+ * block 20000 of a 20 GiB disk): the count goes first, written before the
+ * data flush that makes it durable, and the map sector after that flush.
+ * A crash in between leaves a slot counted and unused, never an entry
+ * beyond the count. */
+static void test_crash_ordering_far_entry(void **state)
+{
+    (void)state;
+    VdiTestImage img = vdi_test_open(vdi_test_make_file(20ULL * 1024 * MiB, false),
+                                     BDRV_O_RDWR);
+    uint8_t data[512] = { 1 };
+    mem_log_clear(img.file);
+    assert_true(bdrv_pwrite(img.child, 20000 * MiB, sizeof(data), data, 0) >= 0);
+    const MemLogEntry *w_data = mem_log(img.file, MEM_OP_WRITE, 0);
+    const MemLogEntry *w_hdr = mem_log(img.file, MEM_OP_WRITE, 1);
+    const MemLogEntry *flush = mem_log(img.file, MEM_OP_FLUSH, 0);
+    const MemLogEntry *w_map = mem_log(img.file, MEM_OP_WRITE, 2);
+    assert_non_null(w_map);
+    assert_int_equal(w_data->offset, img.offset_data);
+    assert_int_equal(w_hdr->offset, 0);
+    assert_int_equal(w_hdr->bytes, 512);
+    assert_int_equal(w_map->offset, 512 + 20000 * 4 / 512 * 512);
+    assert_true(w_data < w_hdr);
+    assert_true(w_hdr < flush);
     assert_true(flush < w_map);
-    assert_true(w_map < w_hdr);
+    assert_int_equal(vdi_test_entry(img.file, 20000), 0);
+    assert_int_equal(vdi_test_hdr32(img.file, VDI_OFF_BLOCKS_ALLOCATED), 1);
     vdi_test_close(&img);
 }
 
@@ -391,10 +424,11 @@ static void test_allocations_share_flush(void **state)
     }
     assert_int_equal(writes_of(img.file, MiB), 8);
     assert_true(mem_calls(img.file, MEM_OP_FLUSH) <= 2);
-    /* the first map write still follows a flush that follows a data write */
+    /* the first map write (with the header, at 0) still follows a flush
+     * that follows a data write */
     const MemLogEntry *first_map = NULL, *flush_before = NULL;
     for (int i = 0; mem_log(img.file, MEM_OP_WRITE, i); i++) {
-        if (mem_log(img.file, MEM_OP_WRITE, i)->offset == 512) {
+        if (mem_log(img.file, MEM_OP_WRITE, i)->offset == 0) {
             first_map = mem_log(img.file, MEM_OP_WRITE, i);
             break;
         }
@@ -787,6 +821,7 @@ int main(void)
         cmocka_unit_test(test_write_allocates_whole_block),
         cmocka_unit_test(test_write_multi_block_one_io),
         cmocka_unit_test(test_crash_ordering),
+        cmocka_unit_test(test_crash_ordering_far_entry),
         cmocka_unit_test(test_flush_failure_keeps_map),
         cmocka_unit_test(test_map_write_failure_reverts),
         cmocka_unit_test(test_write_long_vector_split),
