@@ -211,6 +211,7 @@ typedef struct BDRVQcow2State {
     Qcow2Alloc *allocs;              /* allocations in flight */
     CoQueue alloc_wait;              /* writers waiting for one of them */
     bool corrupt_reported;
+    uint64_t publish_gen;            /* L2 entries published so far (each sets depends_on_flush) */
     unsigned overlap_check;          /* QCOW2_OL_* bits: what qcow2_overlaps_metadata guards */
     bool discard_passthrough;        /* pass-discard-request: freed clusters discarded in the file */
     bool discard_other;              /* pass-discard-other: clusters freed by overwrites too */

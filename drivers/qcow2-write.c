@@ -49,6 +49,15 @@ static int coroutine_fn l2_after_refcounts(BDRVQcow2State *s)
     return meta_cache_set_dependency(s->l2_cache, s->refcount_cache);
 }
 
+/* New L2 entries name data just written: no L2 slice goes to disk before
+ * the file is flushed (QEMU's perform_cow does the same), so an entry never
+ * names bytes, copy-on-write ones included, that power loss could take. */
+static void published(BDRVQcow2State *s)
+{
+    s->publish_gen++;
+    meta_cache_depends_on_flush(s->l2_cache);
+}
+
 static bool alloc_overlaps(BDRVQcow2State *s, uint64_t first, uint64_t nb)
 {
     for (Qcow2Alloc *a = s->allocs; a; a = a->next) {
@@ -295,6 +304,7 @@ static int coroutine_fn write_allocating(BlockDriverState *bs, uint64_t offset, 
         }
     }
     meta_cache_mark_dirty(s->l2_cache, slice);
+    published(s);
     if (need_free) {
         /* Clusters given up are reused only once no L2 entry on disk
          * points at them any more. */
@@ -467,6 +477,7 @@ static int coroutine_fn write_subclusters(BlockDriverState *bs, uint64_t offset,
     set_l2_bitmap(s, slice, in_slice, nbitmap);
     set_l2_entry(s, slice, in_slice, host | QCOW2_OFLAG_COPIED);
     meta_cache_mark_dirty(s->l2_cache, slice);
+    published(s);
     if (whole && !qcow2_has_data_file(s)) {
         ret = meta_cache_flush(s->l2_cache);
         if (ret == 0) {
@@ -481,10 +492,53 @@ unlock:
     return ret;
 }
 
+/*
+ * Before an allocating write completes, the metadata it changed goes into
+ * the image file: a completed write must read back even if the daemon is
+ * killed next (`ublkd recover` serves the image anew, from the file), as it
+ * does for raw and vdi.  Not durable - that is flush's job - but in the
+ * order a flush keeps: refcount blocks written, then the file flushed
+ * (with the request's data, copy-on-write bytes included; one flush shared
+ * by the requests in flight, taken without the lock), then the L2 slices.
+ * So an L2 entry never reaches the disk before the cluster it names is
+ * counted and written, whenever power fails.
+ */
+static int coroutine_fn write_through_metadata(BlockDriverState *bs)
+{
+    BDRVQcow2State *s = bs->opaque;
+    uint64_t seq, l2_seq, gen;
+    int ret;
+
+    co_mutex_lock(&s->lock);
+    ret = meta_cache_write_back(s->refcount_cache);
+    seq = meta_cache_write_seq(s->refcount_cache);
+    l2_seq = meta_cache_write_seq(s->l2_cache);
+    gen = s->publish_gen;
+    co_mutex_unlock(&s->lock);
+    if (ret == 0 && s->data_file != bs->file) {
+        ret = bdrv_co_flush(s->data_file->bs);
+    }
+    if (ret == 0) {
+        ret = bdrv_co_flush(bs->file->bs);
+    }
+    if (ret < 0) {
+        return ret;
+    }
+    co_mutex_lock(&s->lock);
+    meta_cache_flushed_since(s->refcount_cache, seq, false);
+    /* The data of every entry published before the flush began is durable:
+     * if none was published since, the L2 slices may go out at once. */
+    meta_cache_flushed_since(s->l2_cache, l2_seq, s->publish_gen == gen);
+    ret = meta_cache_write_back(s->l2_cache);
+    co_mutex_unlock(&s->lock);
+    return ret;
+}
+
 int coroutine_fn qcow2_co_pwritev(BlockDriverState *bs, int64_t offset, int64_t bytes,
                                   IOVector *qiov, size_t qiov_offset, BdrvRequestFlags flags)
 {
     BDRVQcow2State *s = bs->opaque;
+    bool allocated = false;
 
     (void)flags;
     while (bytes > 0) {
@@ -521,11 +575,13 @@ int coroutine_fn qcow2_co_pwritev(BlockDriverState *bs, int64_t offset, int64_t 
             if (ret == 1) {
                 continue;
             }
+            allocated = true;
         } else {
             ret = write_allocating(bs, (uint64_t)offset, &n, qiov, qiov_offset);
             if (ret == 1) {
                 continue;             /* allocated meanwhile: in place now */
             }
+            allocated = true;
         }
         if (ret < 0) {
             return ret;
@@ -534,7 +590,7 @@ int coroutine_fn qcow2_co_pwritev(BlockDriverState *bs, int64_t offset, int64_t 
         bytes -= (int64_t)n;
         qiov_offset += n;
     }
-    return 0;
+    return allocated ? write_through_metadata(bs) : 0;
 }
 
 /* At a clean close: caches written and flushed, then the dirty bit goes. */
@@ -697,6 +753,15 @@ static int coroutine_fn clear_clusters(BlockDriverState *bs, uint64_t offset, ui
 next:
         offset += nb << s->cluster_bits;
         bytes -= nb << s->cluster_bits;
+    }
+    if (ret == 0) {
+        /* into the file before completing, as for writes (write_through_metadata):
+         * zeroed L2 entries need no ordering, freed refcounts follow the L2
+         * tables that dropped them (their cache dependency) */
+        ret = meta_cache_write_back(s->l2_cache);
+    }
+    if (ret == 0) {
+        ret = meta_cache_write_back(s->refcount_cache);
     }
     co_mutex_unlock(&s->lock);
     return ret;

@@ -100,6 +100,16 @@ void meta_cache_depends_on_flush(MetaCache *c);
  * (write_back), then flush the child too (flush). */
 int coroutine_fn meta_cache_write_back(MetaCache *c);
 int coroutine_fn meta_cache_flush(MetaCache *c);
+/* The child flushed by the caller, without the metadata lock so others
+ * share the flush: take meta_cache_write_seq (lock held) after writing
+ * back and before the flush, then call meta_cache_flushed_since with it
+ * (lock held) after the flush succeeded.  If the cache wrote nothing in
+ * between, what it wrote counts as flushed and a dependency on it needs
+ * no flush of its own.  pending_covered: the caller knows every
+ * meta_cache_depends_on_flush on c was set before the flush began (the
+ * caller counts them), so that flush satisfied them. */
+uint64_t meta_cache_write_seq(MetaCache *c);
+void meta_cache_flushed_since(MetaCache *c, uint64_t seq, bool pending_covered);
 
 /* Drop every unreferenced clean entry now (what the timer does to unused
  * ones).  Any thread, in a coroutine or not; does not sleep. */

@@ -88,6 +88,7 @@ struct MetaCache {
     MetaCache *dep;
     bool depends_on_flush;
     bool unflushed;                  /* written since the child's last flush */
+    uint64_t write_seq;              /* entries written so far */
 };
 
 /* ---------------------------------------------------- per-thread ref rows */
@@ -569,6 +570,7 @@ static int coroutine_fn write_entry(MetaCache *c, unsigned i, int depth)
         return ret;
     }
     c->unflushed = true;
+    c->write_seq++;
     return 0;
 }
 
@@ -588,6 +590,23 @@ static int coroutine_fn write_back_all(MetaCache *c, int depth)
         }
     }
     return ret;
+}
+
+uint64_t meta_cache_write_seq(MetaCache *c)
+{
+    require_meta_lock(c, "write_seq");
+    return c->write_seq;
+}
+
+void meta_cache_flushed_since(MetaCache *c, uint64_t seq, bool pending_covered)
+{
+    require_meta_lock(c, "flushed_since");
+    if (c->write_seq == seq) {
+        c->unflushed = false;
+    }
+    if (pending_covered) {
+        c->depends_on_flush = false;
+    }
 }
 
 int coroutine_fn meta_cache_write_back(MetaCache *c)

@@ -254,6 +254,53 @@ static void test_overlap_marks_corrupt(void **state)
 }
 
 
+/* A completed allocating write has its metadata in the file, with no flush
+ * asked for: the daemon may be killed right after (recover reopens the
+ * image from the file).  In power-safe order: data and refcount, a flush,
+ * then the L2 entry.  Zero writes likewise. */
+static void test_metadata_in_file_on_completion(void **state)
+{
+    (void)state;
+    Q2Image img = q2_make(12, MiB, false, 0);
+    q2_open(&img, BDRV_O_RDWR, NULL, NULL);
+    assert_non_null(img.bs);
+    uint8_t buf[4096];
+    memset(buf, 0x42, sizeof(buf));
+    mem_log_clear(img.file);
+    assert_true(bdrv_pwrite(img.child, 7 * 4096 + 512, 512, buf, 0) >= 0);
+    assert_int_equal(get64(img.file, (int64_t)(4 * Q2_C(&img) + 7 * 8)),
+                     Q2_DATA(&img, 0) | QCOW2_OFLAG_COPIED);
+    assert_int_equal(refcount_of(&img, 5), 1);
+    const MemLogEntry *data = NULL, *rc = NULL, *l2 = NULL, *flush = NULL;
+    for (int i = 0; mem_log(img.file, MEM_OP_WRITE, i); i++) {
+        const MemLogEntry *e = mem_log(img.file, MEM_OP_WRITE, i);
+        if (e->offset == (int64_t)Q2_DATA(&img, 0)) {
+            data = e;
+        } else if (e->offset == 2 * (int64_t)Q2_C(&img)) {
+            rc = e;
+        } else if (e->offset == 4 * (int64_t)Q2_C(&img)) {
+            l2 = e;
+        }
+    }
+    for (int i = 0; mem_log(img.file, MEM_OP_FLUSH, i); i++) {
+        const MemLogEntry *f = mem_log(img.file, MEM_OP_FLUSH, i);
+        if (rc && f > rc && (!flush || f < flush)) {
+            flush = f;
+        }
+    }
+    assert_non_null(data);
+    assert_non_null(rc);
+    assert_non_null(flush);
+    assert_non_null(l2);
+    assert_true(data < flush);
+    assert_true(flush < l2);
+    /* a zero write of a whole cluster: the zero flag is in the file */
+    assert_true(bdrv_pwrite_zeroes(img.child, 7 * 4096, 4096, 0) >= 0);
+    assert_int_equal(get64(img.file, (int64_t)(4 * Q2_C(&img) + 7 * 8)),
+                     Q2_DATA(&img, 0) | QCOW2_OFLAG_COPIED | QCOW2_OFLAG_ZERO);
+    q2_free(&img);
+}
+
 /* Open with the options in `opts` ("k=v,k=v") on top of q2_open's. */
 static void q2_open_opts(Q2Image *img, int flags, const char *opts)
 {
@@ -393,6 +440,7 @@ int main(void)
         cmocka_unit_test(test_zero_and_discard),
         cmocka_unit_test(test_lazy_refcounts_dirty_bit),
         cmocka_unit_test(test_overlap_marks_corrupt),
+        cmocka_unit_test(test_metadata_in_file_on_completion),
         cmocka_unit_test(test_overlap_check_none),
         cmocka_unit_test(test_overlap_check_flags),
         cmocka_unit_test(test_cache_sizes),
