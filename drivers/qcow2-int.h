@@ -212,9 +212,17 @@ typedef struct BDRVQcow2State {
     CoQueue alloc_wait;              /* writers waiting for one of them */
     bool corrupt_reported;
     uint64_t publish_gen;            /* L2 entries published so far (each sets depends_on_flush) */
+    /* Metadata write-through rounds (qcow2-write.c), a group commit: one
+     * runs at a time; a round that began at publish_gen >= a request's
+     * publish covers it. */
+    bool sync_running;
+    uint64_t sync_done_gen;
+    int sync_done_ret;
+    CoQueue sync_wait;
     unsigned overlap_check;          /* QCOW2_OL_* bits: what qcow2_overlaps_metadata guards */
     bool discard_passthrough;        /* pass-discard-request: freed clusters discarded in the file */
-    bool discard_other;              /* pass-discard-other: clusters freed by overwrites too */
+    bool discard_other;              /* pass-discard-other: the old refcount table's clusters */
+    bool write_through;              /* metadata-write-through: see qcow2-write.c */
 } BDRVQcow2State;
 
 /* Refcount i of a refcount block (or a slice of one), 2^order bits wide. */

@@ -493,15 +493,20 @@ unlock:
 }
 
 /*
- * Before an allocating write completes, the metadata it changed goes into
- * the image file: a completed write must read back even if the daemon is
- * killed next (`ublkd recover` serves the image anew, from the file), as it
+ * With metadata-write-through (what `ublkd add` asks for), before an
+ * allocating write completes the metadata it changed goes into the image
+ * file: a completed write must read back even if the daemon is killed next (`ublkd recover` serves the image anew, from the file), as it
  * does for raw and vdi.  Not durable - that is flush's job - but in the
  * order a flush keeps: refcount blocks written, then the file flushed
- * (with the request's data, copy-on-write bytes included; one flush shared
- * by the requests in flight, taken without the lock), then the L2 slices.
- * So an L2 entry never reaches the disk before the cluster it names is
- * counted and written, whenever power fails.
+ * (with the request's data, copy-on-write bytes included), then the L2
+ * slices.  So an L2 entry never reaches the disk before the cluster it
+ * names is counted and written, whenever power fails.
+ *
+ * Rounds are a group commit: one runs at a time, without the lock across
+ * the flush; a request waits for the first round that began after its
+ * entries were published, so the requests in flight share the writes and
+ * the flush.  Entries published while a round flushes make its L2 write
+ * flush once more first (their data must be durable too).
  */
 static int coroutine_fn write_through_metadata(BlockDriverState *bs)
 {
@@ -510,10 +515,23 @@ static int coroutine_fn write_through_metadata(BlockDriverState *bs)
     int ret;
 
     co_mutex_lock(&s->lock);
+    uint64_t mine = s->publish_gen;
+    for (;;) {
+        if (s->sync_done_gen >= mine) {
+            ret = s->sync_done_ret;
+            co_mutex_unlock(&s->lock);
+            return ret;
+        }
+        if (!s->sync_running) {
+            break;
+        }
+        co_queue_wait(&s->sync_wait, &s->lock);
+    }
+    s->sync_running = true;
+    gen = s->publish_gen;
     ret = meta_cache_write_back(s->refcount_cache);
     seq = meta_cache_write_seq(s->refcount_cache);
     l2_seq = meta_cache_write_seq(s->l2_cache);
-    gen = s->publish_gen;
     co_mutex_unlock(&s->lock);
     if (ret == 0 && s->data_file != bs->file) {
         ret = bdrv_co_flush(s->data_file->bs);
@@ -521,15 +539,18 @@ static int coroutine_fn write_through_metadata(BlockDriverState *bs)
     if (ret == 0) {
         ret = bdrv_co_flush(bs->file->bs);
     }
-    if (ret < 0) {
-        return ret;
-    }
     co_mutex_lock(&s->lock);
-    meta_cache_flushed_since(s->refcount_cache, seq, false);
-    /* The data of every entry published before the flush began is durable:
-     * if none was published since, the L2 slices may go out at once. */
-    meta_cache_flushed_since(s->l2_cache, l2_seq, s->publish_gen == gen);
-    ret = meta_cache_write_back(s->l2_cache);
+    if (ret == 0) {
+        meta_cache_flushed_since(s->refcount_cache, seq, false);
+        /* The data of every entry published before the flush began is
+         * durable: if none was published since, no flush is needed first. */
+        meta_cache_flushed_since(s->l2_cache, l2_seq, s->publish_gen == gen);
+        ret = meta_cache_write_back(s->l2_cache);
+    }
+    s->sync_running = false;
+    s->sync_done_gen = gen;
+    s->sync_done_ret = ret;
+    co_queue_restart_all(&s->sync_wait);
     co_mutex_unlock(&s->lock);
     return ret;
 }
@@ -590,7 +611,7 @@ int coroutine_fn qcow2_co_pwritev(BlockDriverState *bs, int64_t offset, int64_t 
         bytes -= (int64_t)n;
         qiov_offset += n;
     }
-    return allocated ? write_through_metadata(bs) : 0;
+    return allocated && s->write_through ? write_through_metadata(bs) : 0;
 }
 
 /* At a clean close: caches written and flushed, then the dirty bit goes. */
@@ -754,14 +775,14 @@ next:
         offset += nb << s->cluster_bits;
         bytes -= nb << s->cluster_bits;
     }
-    if (ret == 0) {
+    if (ret == 0 && s->write_through) {
         /* into the file before completing, as for writes (write_through_metadata):
          * zeroed L2 entries need no ordering, freed refcounts follow the L2
          * tables that dropped them (their cache dependency) */
         ret = meta_cache_write_back(s->l2_cache);
-    }
-    if (ret == 0) {
-        ret = meta_cache_write_back(s->refcount_cache);
+        if (ret == 0) {
+            ret = meta_cache_write_back(s->refcount_cache);
+        }
     }
     co_mutex_unlock(&s->lock);
     return ret;

@@ -317,6 +317,18 @@ static int take_discard_options(BlockDriverState *bs, OptDict *options, int flag
     return 0;
 }
 
+/* metadata-write-through (ours, not QEMU's; off by default, as QEMU
+ * behaves): allocating writes, zero writes and discards put the metadata
+ * they changed into the file before they complete (qcow2-write.c), so a
+ * completed request survives the death of the process.  `ublkd add` turns
+ * it on: a device's daemon may be killed and recovered under I/O. */
+static int take_write_through(BlockDriverState *bs, OptDict *options, Error **errp)
+{
+    BDRVQcow2State *s = bs->opaque;
+    return optdict_take_bool(options, "metadata-write-through", false, &s->write_through,
+                             errp) < 0 ? -EINVAL : 0;
+}
+
 static void qcow2_free_state(BDRVQcow2State *s)
 {
     if (s->l2_cache) {
@@ -389,6 +401,10 @@ static int qcow2_open(BlockDriverState *bs, OptDict *options, int flags, Error *
     if (ret < 0) {
         goto fail;
     }
+    ret = take_write_through(bs, options, errp);
+    if (ret < 0) {
+        goto fail;
+    }
     ret = open_data_file(bs, options, errp);
     if (ret < 0) {
         goto fail;
@@ -409,6 +425,7 @@ static int qcow2_open(BlockDriverState *bs, OptDict *options, int flags, Error *
         s->writable = true;
     }
     co_queue_init(&s->alloc_wait);
+    co_queue_init(&s->sync_wait);
     /* QEMU counts whole sectors: an odd size is rounded down. */
     bdrv_set_total_bytes(bs, (int64_t)(s->h.size & ~(uint64_t)(BDRV_SECTOR_SIZE - 1)));
     return 0;

@@ -460,6 +460,13 @@ OptDict *ublk_dev_config_to_options(const UblkDevConfig *c, int *flags, Error **
         optdict_merge(d, x, true);
         optdict_free(x);
     }
+    /* A device's daemon may be killed and its device recovered under I/O:
+     * a qcow2 image then has to hold the metadata of every completed write
+     * (drivers/qcow2.c, metadata-write-through), as raw and vdi always do. */
+    const char *drv = optdict_get(d, "driver");
+    if (drv && !strcmp(drv, "qcow2") && !optdict_has(d, "metadata-write-through")) {
+        optdict_set(d, "metadata-write-through", "on");
+    }
     if (optdict_has(d, "throttling.group")) {
         /* The group registry lives in one process and every device is its
          * own daemon: a group would silently hold this one device only. */

@@ -194,6 +194,25 @@ static void test_graph_options(void **state)
     optdict_free(d);
     ublk_dev_config_free(&c);
 
+    /* qcow2 devices keep completed writes' metadata in the file (a daemon
+     * may be killed and recovered); the user can still say otherwise */
+    assert_int_equal(parse(&c, "add qcow2 /x/a.qcow2", NULL), 0);
+    d = ublk_dev_config_to_options(&c, &flags, NULL);
+    assert_string_equal(optdict_get(d, "metadata-write-through"), "on");
+    optdict_free(d);
+    ublk_dev_config_free(&c);
+    assert_int_equal(parse(&c, "add --blockdev driver=qcow2,file.filename=/x/a.qcow2,"
+                               "metadata-write-through=off", NULL), 0);
+    d = ublk_dev_config_to_options(&c, &flags, NULL);
+    assert_string_equal(optdict_get(d, "metadata-write-through"), "off");
+    optdict_free(d);
+    ublk_dev_config_free(&c);
+    assert_int_equal(parse(&c, "add raw /x/a.img", NULL), 0);
+    d = ublk_dev_config_to_options(&c, &flags, NULL);
+    assert_null(optdict_get(d, "metadata-write-through"));
+    optdict_free(d);
+    ublk_dev_config_free(&c);
+
     Error *err = NULL;
     assert_int_equal(parse(&c, "add raw a.img --cache bogus", NULL), 0);
     assert_null(ublk_dev_config_to_options(&c, &flags, &err));

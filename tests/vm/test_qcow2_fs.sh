@@ -73,7 +73,7 @@ for fs in ext4 xfs; do
   log "$fs: blkdiscard"
   id=$(ublk_add qcow2 "$img" -q 2 $CACHE_OPT)
   dev=$(bdev "$id")
-  blkdiscard "$dev" || fail "$fs: blkdiscard"
+  blkdiscard -f "$dev" || fail "$fs: blkdiscard"
   cmp -n $((8 << 20)) "$dev" /dev/zero || fail "$fs: discarded device does not read zeros"
   ublk_del "$id"
   check_clean "$img" "after blkdiscard"
