@@ -105,7 +105,7 @@ deps:
 	    $(SUDO) apt-get update -q && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -q $$missing; \
 	else echo "deps: all installed"; fi
 
-.PHONY: all clean install test check-layering check-unit check-interop check-vm check-vm-asan soak check-fuzz fuzz-long asan tsan bench bench-vm tests check-hostile check-hostile-quick
+.PHONY: all clean install test check-layering check-unit check-interop check-vm check-vm-asan soak check-fuzz fuzz-long asan tsan bench bench-qcow2 bench-vm tests check-hostile check-hostile-quick
 all: $(BUILD)/ublkd
 
 # ---- generated config ----
@@ -252,6 +252,10 @@ check-hostile-quick:
 
 bench: $(BENCHES) $(BUILD)/ublkd
 	@UBLKD=$(abspath $(BUILD)/ublkd) BUILD=$(abspath $(BUILD)) tests/bench/run.sh
+
+# qcow2 against qemu-img bench, thread scaling, allocating writes, qcow2 vs raw.
+bench-qcow2: $(BUILD)/ublkd
+	@UBLKD=$(abspath $(BUILD)/ublkd) tests/bench/bench_qcow2.sh
 
 # ---- soak: long runs, not part of `make test` ----
 # Each long run is a soak-* prerequisite of soak.
