@@ -311,6 +311,45 @@ static void test_metadata_in_file_on_completion(void **state)
     q2_free(&img);
 }
 
+/* metadata-write-through with eight allocating writes in flight: each
+ * completes with its L2 entry and refcount in the file, and the rounds
+ * share flushes (fewer than one per write). */
+static void test_write_through_rounds_share_flushes(void **state)
+{
+    (void)state;
+    Q2Image img = q2_make(12, MiB, false, 0);
+    q2_open(&img, BDRV_O_RDWR, "metadata-write-through", "on");
+    assert_non_null(img.bs);
+    AioContext *ctx = test_loop_init();
+    int pending = 8;
+    WriteCo w[8];
+    for (int i = 0; i < 8; i++) {
+        w[i] = (WriteCo){ img.child, (int64_t)(i * 2 + 1) * 4096, 4096, 0x30 + i, -1, &pending };
+    }
+    mem_log_clear(img.file);
+    mem_set_yield(img.file, (1u << MEM_OP_WRITE) | (1u << MEM_OP_FLUSH));
+    for (int i = 0; i < 8; i++) {
+        co_enter(co_create(write_co, &w[i]));
+    }
+    while (pending > 0) {
+        aio_poll(ctx, true);
+    }
+    mem_set_yield(img.file, 0);
+    for (int i = 0; i < 8; i++) {
+        assert_int_equal(w[i].ret, 0);
+        uint64_t e = get64(img.file, (int64_t)(4 * Q2_C(&img) + (uint64_t)(i * 2 + 1) * 8));
+        assert_true(e & QCOW2_OFLAG_COPIED);
+        assert_int_equal(refcount_of(&img, (e & QCOW2_L2E_OFFSET_MASK) >> 12), 1);
+    }
+    assert_true(mem_calls(img.file, MEM_OP_FLUSH) < 8);
+    uint8_t buf[4096];
+    for (int i = 0; i < 8; i++) {
+        assert_true(bdrv_pread(img.child, (int64_t)(i * 2 + 1) * 4096, 4096, buf, 0) >= 0);
+        assert_true(test_buf_is(buf, sizeof(buf), 0x30 + i));
+    }
+    q2_free(&img);
+}
+
 /* Open with the options in `opts` ("k=v,k=v") on top of q2_open's. */
 static void q2_open_opts(Q2Image *img, int flags, const char *opts)
 {
@@ -474,6 +513,7 @@ int main(void)
         cmocka_unit_test(test_overlap_marks_corrupt),
         cmocka_unit_test(test_l2_on_refcount_block),
         cmocka_unit_test(test_metadata_in_file_on_completion),
+        cmocka_unit_test(test_write_through_rounds_share_flushes),
         cmocka_unit_test(test_overlap_check_none),
         cmocka_unit_test(test_overlap_check_flags),
         cmocka_unit_test(test_cache_sizes),
