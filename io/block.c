@@ -919,6 +919,11 @@ int bdrv_has_zero_init(BlockDriverState *bs)
     return 0;
 }
 
+bool bdrv_supports_compressed_writes(BlockDriverState *bs)
+{
+    return bs->drv && bs->drv->co_pwritev_compressed;
+}
+
 BlockDriverState *bdrv_skip_filters(BlockDriverState *bs)
 {
     while (bs && bs->drv && bs->drv->is_filter && bs->file) {
