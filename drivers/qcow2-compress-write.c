@@ -210,6 +210,16 @@ int coroutine_fn qcow2_co_pwritev_compressed(BlockDriverState *bs, int64_t offse
     if (qcow2_has_data_file(s)) {
         return -ENOTSUP;
     }
+    if (bytes == 0) {
+        /* The end of a compressed output: the file ends on a sector, as
+         * QEMU leaves it (the last compressed bytes may end anywhere). */
+        int64_t len = bdrv_getlength(bs->file->bs);
+        if (len < 0 || len % BDRV_SECTOR_SIZE == 0) {
+            return len < 0 ? (int)len : 0;
+        }
+        return bdrv_co_truncate(bs->file, (int64_t)ALIGN_UP((uint64_t)len, BDRV_SECTOR_SIZE),
+                                false, PREALLOC_MODE_OFF, 0, NULL);
+    }
     if (qcow2_offset_into_cluster(s, (uint64_t)offset) ||
         (qcow2_offset_into_cluster(s, (uint64_t)bytes) && offset + bytes != bdrv_getlength(bs))) {
         return -EINVAL;

@@ -180,7 +180,8 @@ struct BlockDriver {
      * compressed where that saves space, plainly where it does not.  The
      * request is whole clusters (the last may end at the end of the image),
      * not split at max_transfer, on mapped memory, and serialised against
-     * every overlapping request of the node.
+     * every overlapping request of the node.  bytes == 0 says the caller's
+     * compressed output is complete (qemu-img convert -c ends with it).
      */
     int coroutine_fn (*co_pwritev_compressed)(BlockDriverState *bs, int64_t offset,
                                               int64_t bytes, IOVector *qiov,

@@ -145,6 +145,8 @@ const char *bdrv_driver_name(const BlockDriver *drv);
 const CreateOptDesc *bdrv_driver_create_opts(const BlockDriver *drv);
 bool bdrv_driver_can_create(const BlockDriver *drv);
 bool bdrv_driver_supports_backing(const BlockDriver *drv);
+/* The format can store compressed clusters (BDRV_REQ_WRITE_COMPRESSED). */
+bool bdrv_driver_supports_compression(const BlockDriver *drv);
 
 /* ---- graph ---- */
 /*

@@ -937,6 +937,14 @@ int coroutine_fn bdrv_co_pwritev_part(BdrvChild *child, int64_t offset, int64_t 
     } else if ((flags & BDRV_REQ_WRITE_COMPRESSED) && !bdrv_supports_compressed_writes(bs)) {
         return -ENOTSUP;
     }
+    if (bytes == 0 && (flags & BDRV_REQ_WRITE_COMPRESSED)) {
+        /* QEMU's "end of compressed output": the driver may tidy up (qcow2
+         * rounds its file up to a whole sector, as qemu-img leaves it). */
+        bdrv_co_enter_request(child);
+        ret = bs->drv->co_pwritev_compressed(bs, offset, 0, qiov, qiov_offset);
+        bdrv_co_leave_request(child);
+        return ret;
+    }
     if (bytes == 0) {
         return 0;
     }
