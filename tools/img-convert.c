@@ -266,7 +266,7 @@ int img_convert(int argc, char **argv)
     bool no_create = false, progress = false, quiet = false, unordered = false;
     bool compressed = false;
     bool target_image_opts = false;
-    char *target_base = NULL;          /* -o backing_file, without -B */
+    bool opt_backing = false;          /* -o backing_file */
     int64_t min_sparse = 4096;
     int nworkers = 8;
     static const struct option longopts[] = {
@@ -415,34 +415,28 @@ int img_convert(int argc, char **argv)
             optdict_free(o);
             return 1;
         }
-        if (!out_base) {
-            target_base = obase ? strdup(obase) : NULL;
-        }
+        opt_backing = obase != NULL;
         const char *prealloc = o ? optdict_get(o, "preallocation") : NULL;
         bool encrypt = o && (optdict_get(o, "encrypt.format") || optdict_get(o, "encryption") ||
                              optdict_get(o, "encrypt"));
         if (compressed && !bdrv_driver_supports_compression(out_drv)) {
             error_report("Compression not supported for this file format");
             optdict_free(o);
-            free(target_base);
             return 1;
         }
         if (compressed && encrypt) {
             error_report("Compression and encryption not supported at the same time");
             optdict_free(o);
-            free(target_base);
             return 1;
         }
         if (compressed && prealloc && strcmp(prealloc, "off")) {
             error_report("Compression and preallocation not supported at the same time");
             optdict_free(o);
-            free(target_base);
             return 1;
         }
         optdict_free(o);
     }
-    bool target_has_backing = out_base || target_base;
-    free(target_base);
+    bool target_has_backing = out_base || opt_backing;
     so.cache = src_cache;
     BlockBackend *src = img_open(src_name, &so);
     if (!src) {
