@@ -13,6 +13,7 @@
  * reference anywhere fails the test.
  */
 #include <errno.h>
+#include <pthread.h>
 #include "qcow2-image.h"
 
 #define CB 12                         /* 4 KiB clusters */
@@ -436,6 +437,73 @@ static void coroutine_fn driver_read_co(void *opaque)
     r->ret = qcow2_co_preadv(r->bs, r->offset, C, &q, 0, 0);
 }
 
+/* ---- two threads writing compressed clusters at once ---- */
+
+#define T_CLUSTERS 32
+typedef struct ThreadArg {
+    Q2Image *img;
+    pthread_barrier_t *barrier;
+    int id, failures;
+} ThreadArg;
+
+static void *compress_thread(void *opaque)
+{
+    ThreadArg *a = opaque;
+    uint8_t buf[C];
+    test_loop_init();
+    for (int i = a->id; i < T_CLUSTERS; i += 2) {
+        compressible(buf, C, i);
+        if (i % 5 == 4) {
+            test_pattern(buf, C, (uint64_t)i);       /* does not shrink: ordinary */
+        }
+        pthread_barrier_wait(a->barrier);
+        if (write_c(a->img, i * (int64_t)C, C, buf) < 0) {
+            a->failures++;
+        }
+    }
+    aio_context_free(aio_current());
+    aio_set_current(NULL);
+    return NULL;
+}
+
+/* Each thread's compressed clusters land in distinct bytes of shared host
+ * clusters, every reference is counted once, everything reads back. */
+static void test_two_threads(void **state)
+{
+    (void)state;
+    Q2Image img = q2_make(CB, MiB, false, 0);
+    q2_open(&img, BDRV_O_RDWR, NULL, NULL);
+    assert_non_null(img.bs);
+    pthread_barrier_t barrier;
+    pthread_t th[2];
+    ThreadArg args[2];
+    pthread_barrier_init(&barrier, NULL, 2);
+    mem_set_yield(img.file, (1u << MEM_OP_WRITE) | (1u << MEM_OP_READ));
+    for (int i = 0; i < 2; i++) {
+        args[i] = (ThreadArg){ .img = &img, .barrier = &barrier, .id = i };
+        pthread_create(&th[i], NULL, compress_thread, &args[i]);
+    }
+    for (int i = 0; i < 2; i++) {
+        pthread_join(th[i], NULL);
+        assert_int_equal(args[i].failures, 0);
+    }
+    pthread_barrier_destroy(&barrier);
+    mem_set_yield(img.file, 0);
+    assert_int_equal(bdrv_flush(img.bs), 0);
+    refcounts_match(&img, T_CLUSTERS);
+    uint8_t buf[C];
+    for (int i = 0; i < T_CLUSTERS; i++) {
+        bool plain = i % 5 == 4;
+        assert_int_equal(!!(l2e(&img, (uint32_t)i) & QCOW2_OFLAG_COMPRESSED), !plain);
+        compressible(buf, C, i);
+        if (plain) {
+            test_pattern(buf, C, (uint64_t)i);
+        }
+        read_back(&img, i * (int64_t)C, C, buf);
+    }
+    q2_free(&img);
+}
+
 /* While the compressed bytes are being written a reader sees the cluster as
  * it was (the backing file); and on disk the refcount block is written
  * before the L2 table that points into it. */
@@ -531,6 +599,7 @@ int main(void)
         cmocka_unit_test(test_partial_last_cluster),
         cmocka_unit_test(test_refused),
         cmocka_unit_test(test_concurrent_writers),
+        cmocka_unit_test(test_two_threads),
         cmocka_unit_test(test_order),
         cmocka_unit_test(test_refcount_bits_1),
     };
