@@ -35,8 +35,8 @@ log "1 queue, qcow2 backing"
 qemu-img create -q -f qcow2 -b base.qcow2 -F qcow2 d1.qcow2 96M
 id=$(ublk_add qcow2 "$T/d1.qcow2" -q 1 $CACHE_OPT)
 dev=$(bdev "$id")
-FIO_SIZE=128k fio_verify "$dev" --bs=512 --iodepth=1
-FIO_SIZE=6M fio_verify "$dev" --offset=8M --bsrange=512-1M --iodepth=8
+FIO_SIZE=64k fio_verify "$dev" --bs=512 --iodepth=1
+FIO_SIZE=4M fio_verify "$dev" --offset=8M --bsrange=512-1M --iodepth=8
 done_with "$id" d1.qcow2
 
 log "2 queues, raw backing, 4k clusters"
@@ -44,7 +44,7 @@ qemu-img create -q -f qcow2 -o cluster_size=4096 -b base.raw -F raw d2.qcow2 96M
 id=$(ublk_add qcow2 "$T/d2.qcow2" -q 2 $CACHE_OPT)
 dev=$(bdev "$id")
 # Each job owns its region (size <= offset_increment) so verify is exact.
-FIO_SIZE=3M fio_verify "$dev" --bsrange=512-128k --iodepth=32 --numjobs=2 --offset_increment=16M
+FIO_SIZE=2M fio_verify "$dev" --bsrange=512-128k --iodepth=32 --numjobs=2 --offset_increment=16M
 FIO_SIZE=4M fio_verify "$dev" --offset=40M --bs=1M --iodepth=4
 done_with "$id" d2.qcow2
 
@@ -54,11 +54,11 @@ bd="driver=qcow2,file.driver=file,file.filename=$T/d4.qcow2,l2-cache-size=1M,ref
 bd="$bd,overlap-check=all,backing.driver=qcow2,backing.file.driver=file,backing.file.filename=$T/base.qcow2"
 id=$(ublk_add --blockdev "$bd" -q 4 $CACHE_OPT)
 dev=$(bdev "$id")
-# 4k clusters over 1 GiB need 2 MiB of L2 slices (512): 384 writes spread
+# 4k clusters over 1 GiB need 2 MiB of L2 slices (512): 320 writes spread
 # over it touch more slices than the 1 MiB cache holds (256), so dirty ones
 # are evicted.  (A 2-CPU guest grants 2 of the 4 queues: the kernel makes
 # at most one per possible CPU.)
-fio_verify "$dev" --bs=4k --iodepth=128 --numjobs=4 --size=256M --io_size=384k --offset_increment=256M
-FIO_SIZE=3M fio_verify "$dev" --offset=16M --bsrange=512-1M --iodepth=64
+fio_verify "$dev" --bs=4k --iodepth=128 --numjobs=4 --size=256M --io_size=320k --offset_increment=256M
+FIO_SIZE=2M fio_verify "$dev" --offset=16M --bsrange=512-1M --iodepth=64
 done_with "$id" d4.qcow2
 log "ok"
