@@ -49,16 +49,17 @@ FIO_SIZE=4M fio_verify "$dev" --offset=40M --bs=1M --iodepth=4
 done_with "$id" d2.qcow2
 
 log "4 queues, --blockdev: small caches, overlap-check=all, explicit backing"
-qemu-img create -q -f qcow2 -o cluster_size=4096 -b base.qcow2 -F qcow2 d4.qcow2 1G
-bd="driver=qcow2,file.driver=file,file.filename=$T/d4.qcow2,l2-cache-size=1M,refcount-cache-size=64k"
+qemu-img create -q -f qcow2 -o cluster_size=512 -b base.qcow2 -F qcow2 d4.qcow2 96M
+bd="driver=qcow2,file.driver=file,file.filename=$T/d4.qcow2,l2-cache-size=64k,refcount-cache-size=64k"
 bd="$bd,overlap-check=all,backing.driver=qcow2,backing.file.driver=file,backing.file.filename=$T/base.qcow2"
 id=$(ublk_add --blockdev "$bd" -q 4 $CACHE_OPT)
 dev=$(bdev "$id")
-# 4k clusters over 1 GiB need 2 MiB of L2 slices (512): 320 writes spread
-# over it touch more slices than the 1 MiB cache holds (256), so dirty ones
-# are evicted.  (A 2-CPU guest grants 2 of the 4 queues: the kernel makes
-# at most one per possible CPU.)
-fio_verify "$dev" --bs=4k --iodepth=128 --numjobs=4 --size=256M --io_size=320k --offset_increment=256M
+# 512 B clusters: an L2 slice (one cluster) covers 32 KiB, so 320 writes
+# spread over 96 MiB touch more slices than the cache holds (256, its
+# minimum), and dirty ones are evicted; refcount blocks likewise.  (A 2-CPU
+# guest grants 2 of the 4 queues: the kernel makes at most one per possible
+# CPU.)
+fio_verify "$dev" --bs=4k --iodepth=128 --numjobs=4 --size=24M --io_size=320k --offset_increment=24M
 FIO_SIZE=2M fio_verify "$dev" --offset=16M --bsrange=512-1M --iodepth=64
 done_with "$id" d4.qcow2
 log "ok"
