@@ -387,7 +387,8 @@ static int check_features(BlockDriverState *bs, int flags, Error **errp)
         report_unsupported(s, name, unknown, errp);
         return -ENOTSUP;
     }
-    if ((h->incompat & QCOW2_INCOMPAT_CORRUPT) && (flags & BDRV_O_RDWR)) {
+    if ((h->incompat & QCOW2_INCOMPAT_CORRUPT) && (flags & BDRV_O_RDWR) &&
+        !(flags & BDRV_O_CHECK)) {
         error_setg(errp, "qcow2: %s: Image is corrupt; cannot be opened read/write"
                    " (incompatible_features 0x%" PRIx64 "; open read-only to read it)",
                    name, h->incompat);

@@ -328,6 +328,14 @@ Qcow2Bounce *qcow2_bounce_get(BDRVQcow2State *s);
 void qcow2_bounce_put(BDRVQcow2State *s, Qcow2Bounce *b);
 void qcow2_bounce_free_all(BDRVQcow2State *s);
 
+/* qcow2-check.c: `img check` (QEMU's qcow2_co_check); the _locked variant
+ * with s->lock held, for the repair of a dirty image at open. */
+int coroutine_fn qcow2_co_check(BlockDriverState *bs, BdrvCheckResult *res, BdrvCheckMode fix);
+int coroutine_fn qcow2_check_locked(BlockDriverState *bs, BdrvCheckResult *res,
+                                    BdrvCheckMode fix);
+/* qcow2-check-repair.c: clear the corrupt bit (after a clean repair). */
+int coroutine_fn qcow2_mark_consistent(BlockDriverState *bs);
+
 /* qcow2-create.c */
 int coroutine_fn qcow2_co_create(const char *filename, OptDict *opts, Error **errp);
 extern const CreateOptDesc qcow2_create_opts[];
