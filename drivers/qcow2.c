@@ -266,9 +266,10 @@ static int qcow2_open(BlockDriverState *bs, OptDict *options, int flags, Error *
     }
     if (flags & BDRV_O_RDWR) {
         /* Autoclear bits name what we do not keep up to date (bitmaps):
-         * clearing them tells every reader those parts are stale. */
+         * clearing them tells every reader those parts are stale.  A check
+         * changes no guest data, so the bitmaps stay valid (and counted). */
         uint64_t keep = s->h.autoclear & QCOW2_AUTOCLEAR_DATA_RAW;
-        if (s->h.version == 3 && s->h.autoclear != keep) {
+        if (s->h.version == 3 && s->h.autoclear != keep && !(flags & BDRV_O_CHECK)) {
             s->h.autoclear = keep;
             uint64_t be = htobe64(keep);
             ret = bdrv_pwrite(bs->file, QH_AUTOCLEAR, 8, &be, 0);
