@@ -67,15 +67,32 @@ bool coroutine_fn qcow2_overlaps_metadata(BlockDriverState *bs, uint64_t offset,
     }
     /* Writing there would destroy metadata: the refcounts are wrong.  Mark
      * the image corrupt, as QEMU does, so nobody writes it until checked. */
-    if (!s->corrupt_reported) {
-        s->corrupt_reported = true;
-        error_report("qcow2: %s: Marking image as corrupt: Preventing invalid write on"
-                     " metadata (overlaps with %s) at 0x%" PRIx64 ", %" PRIu64 " bytes",
-                     qcow2_image_name(bs), what, offset, len);
-        s->h.incompat |= QCOW2_INCOMPAT_CORRUPT;
-        qcow2_write_header_field(bs, QH_INCOMPAT, s->h.incompat);
-    }
+    char msg[160];
+    snprintf(msg, sizeof(msg), "Preventing invalid write on metadata (overlaps with %s) at 0x%"
+             PRIx64 ", %" PRIu64 " bytes", what, offset, len);
+    qcow2_signal_corruption(bs, msg);
     return true;
+}
+
+void coroutine_fn qcow2_signal_corruption(BlockDriverState *bs, const char *msg)
+{
+    BDRVQcow2State *s = bs->opaque;
+
+    if (__atomic_exchange_n(&s->corrupt_reported, true, __ATOMIC_ACQ_REL)) {
+        return;
+    }
+    if (!s->writable) {
+        error_report("qcow2: %s: Image is corrupt: %s; further non-fatal corruption events will"
+                     " be suppressed", qcow2_image_name(bs), msg);
+        return;
+    }
+    error_report("qcow2: %s: Marking image as corrupt: %s; further corruption events will be"
+                 " suppressed", qcow2_image_name(bs), msg);
+    /* A header write racing with this one (the dirty bit, under s->lock)
+     * writes the whole field from s->h.incompat, which has the bit by then. */
+    uint64_t incompat = __atomic_or_fetch(&s->h.incompat, QCOW2_INCOMPAT_CORRUPT,
+                                          __ATOMIC_ACQ_REL);
+    qcow2_write_header_field(bs, QH_INCOMPAT, incompat);
 }
 
 /* The slice of refcount block rb_offset holding refcount `index`. */

@@ -32,13 +32,23 @@
 #define BME_RESERVED_MASK    0xff000000000001feULL
 #define BME_ALL_ONES         1ULL
 
+/* The in-memory refcount table is not allowed past this: a refcount block
+ * far past the end of the file cannot make the check allocate without
+ * bound (1 GiB covers 32 TiB of 64 KiB clusters at 16 bits). */
+#define QCOW2_CHECK_MAX_IMRT (1ULL << 30)
+
 int qcow2_imrt_grow(Qcow2Check *c, int64_t n)
 {
     BDRVQcow2State *s = c->bs->opaque;
-    size_t old = c->rt ? qcow2_imrt_bytes(s, c->nb) : 0, want = qcow2_imrt_bytes(s, n);
-
     if (c->rt && n <= c->nb) {
         return 0;
+    }
+    if (n > INT32_MAX) {
+        return -EFBIG;
+    }
+    size_t old = c->rt ? qcow2_imrt_bytes(s, c->nb) : 0, want = qcow2_imrt_bytes(s, n);
+    if (want > QCOW2_CHECK_MAX_IMRT) {
+        return -EFBIG;
     }
     if (want != old) {
         uint8_t *t = realloc(c->rt, want);

@@ -303,6 +303,11 @@ int coroutine_fn qcow2_l2_allocate(BlockDriverState *bs, uint64_t l1_index);
 bool coroutine_fn qcow2_overlaps_metadata(BlockDriverState *bs, uint64_t offset, uint64_t len,
                                           uint64_t self);
 int coroutine_fn qcow2_write_header_field(BlockDriverState *bs, size_t off, uint64_t v);
+/* Metadata found corrupt (msg says what and where): logged once; on a
+ * writable image the corrupt bit is set in the header, as QEMU's
+ * qcow2_signal_corruption does, so no one writes the image until it is
+ * checked (img check -r all clears the bit). */
+void coroutine_fn qcow2_signal_corruption(BlockDriverState *bs, const char *msg);
 
 /* qcow2-write.c */
 int coroutine_fn qcow2_co_pwritev(BlockDriverState *bs, int64_t offset, int64_t bytes,
