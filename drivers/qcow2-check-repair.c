@@ -210,7 +210,7 @@ static int coroutine_fn write_refblocks(Qcow2Check *c, int64_t first, int64_t en
             first_free = MAX(first_free, block_start);
             block_offset = alloc_clusters_imrt(c, 1, &first_free);
             if (block_offset < 0) {
-                fprintf(stderr, "ERROR allocating refblock: %s\n", strerror((int)-block_offset));
+                error_report("ERROR allocating refblock: %s", strerror((int)-block_offset));
                 return (int)block_offset;
             }
             end = MAX(end, (block_offset >> s->cluster_bits) + 1);
@@ -218,7 +218,7 @@ static int coroutine_fn write_refblocks(Qcow2Check *c, int64_t first, int64_t en
                 uint64_t n = ALIGN_UP((index + 1) * 8, (uint64_t)s->cluster_size) / 8;
                 uint64_t *t = realloc(rt->t, n * 8);
                 if (!t) {
-                    fprintf(stderr, "ERROR allocating reftable memory\n");
+                    error_report("ERROR allocating reftable memory");
                     return -ENOMEM;
                 }
                 memset(t + rt->entries, 0, (n - rt->entries) * 8);
@@ -229,13 +229,13 @@ static int coroutine_fn write_refblocks(Qcow2Check *c, int64_t first, int64_t en
             rt->t[index] = (uint64_t)block_offset;
         }
         if (qcow2_overlaps_metadata(c->bs, (uint64_t)block_offset, s->cluster_size, 0)) {
-            fprintf(stderr, "ERROR writing refblock: %s\n", strerror(EIO));
+            error_report("ERROR writing refblock: %s", strerror(EIO));
             return -EIO;
         }
         int ret = bdrv_pwrite(c->bs->file, block_offset, s->cluster_size,
                               c->rt + index * s->cluster_size, 0);
         if (ret < 0) {
-            fprintf(stderr, "ERROR writing refblock: %s\n", strerror(-ret));
+            error_report("ERROR writing refblock: %s", strerror(-ret));
             return ret;
         }
         cluster = block_start + (int64_t)per_block - 1;
@@ -261,7 +261,7 @@ static int coroutine_fn rebuild_structures(Qcow2Check *c)
         table_clusters = DIV_ROUND_UP(rt.entries * 8, (uint64_t)s->cluster_size);
         table_offset = alloc_clusters_imrt(c, (int64_t)table_clusters, &first_free);
         if (table_offset < 0) {
-            fprintf(stderr, "ERROR allocating reftable: %s\n", strerror((int)-table_offset));
+            error_report("ERROR allocating reftable: %s", strerror((int)-table_offset));
             grown = (int)table_offset;
             break;
         }
@@ -285,7 +285,7 @@ static int coroutine_fn rebuild_structures(Qcow2Check *c)
         ret = bdrv_pwrite(c->bs->file, table_offset, (int64_t)bytes, rt.t, 0);
     }
     if (ret < 0) {
-        fprintf(stderr, "ERROR writing reftable: %s\n", strerror(-ret));
+        error_report("ERROR writing reftable: %s", strerror(-ret));
         free(rt.t);
         return ret;
     }
@@ -299,7 +299,7 @@ static int coroutine_fn rebuild_structures(Qcow2Check *c)
         ret = pwrite_sync(c->bs, QH_REFTABLE_OFFSET, sizeof(hdr), hdr);
     }
     if (ret < 0) {
-        fprintf(stderr, "ERROR setting reftable: %s\n", strerror(-ret));
+        error_report("ERROR setting reftable: %s", strerror(-ret));
         free(rt.t);
         return ret;
     }

@@ -30,6 +30,13 @@ same_check() {
         echo "ublkd (exit $u):" >&2; cat u.json u.err >&2
         fail "$tag: check $* differs"
     fi
+    # The findings on stderr are QEMU's lines, in QEMU's order (messages
+    # from the tools themselves and from the driver's logging aside).
+    local strip='/^qemu-img: \|^ublkd img: \|^qcow2: /d'
+    if [ "$(sed "$strip" q.err)" != "$(sed "$strip" u.err)" ]; then
+        diff <(sed "$strip" q.err) <(sed "$strip" u.err) >&2
+        fail "$tag: check $* prints other findings"
+    fi
     if [ $# -gt 0 ]; then
         qemu-img check --output=json q.qcow2 > q2.json 2> q2.err; q=$?
         qemu-img check --output=json u.qcow2 > u2.json 2> u2.err; u=$?
