@@ -176,10 +176,25 @@ every "xl2 unallocated bitmap" d.qcow2
 cp bx.qcow2 d.qcow2; $POKE d.qcow2 l2bitmap 0 0 $(( 0x1ffffffff ))
 every "xl2 alloc+zero" d.qcow2
 
-# Refcount widths other than 16 bits, and 512-byte clusters.
+# Refcount widths other than 16 bits, and 512-byte clusters: a refcount
+# lost (rebuild) and one too small.
 cp b512.qcow2 d.qcow2; $POKE d.qcow2 rc 3 0
 every "512/1 refcount 0" d.qcow2
 repairs_clean "512/1 refcount 0" d.qcow2
+for o in refcount_bits=2 refcount_bits=8 cluster_size=4k,refcount_bits=64 compat=0.10; do
+    base w.qcow2 -o "$o"
+    cb=$(( $($POKE w.qcow2 hdr32 20) ))
+    cp w.qcow2 d.qcow2
+    $POKE d.qcow2 rc $(( ($($POKE d.qcow2 l2 0 2) & 0x00fffffffffffe00) >> cb )) 0
+    every "$o refcount 0" d.qcow2
+    repairs_clean "$o refcount 0" d.qcow2
+    cp w.qcow2 d.qcow2; $POKE d.qcow2 l2 0 9 "$($POKE d.qcow2 l2 0 1)"
+    same_check "$o shared cluster" d.qcow2 -r all
+done
+# A 2 MiB-cluster image with 64-bit refcounts rebuilt.
+cp b2m.qcow2 d.qcow2; $POKE d.qcow2 rc 1 0
+every "2M/64 refcount 0" d.qcow2
+repairs_clean "2M/64 refcount 0" d.qcow2
 
 # Snapshot table: an unaligned snapshot L1 table.
 cp snap.qcow2 d.qcow2; so=$($POKE d.qcow2 hdr64 64)
