@@ -124,6 +124,11 @@ typedef enum {
     UBLK_RECOVERY_FAIL_IO,   /* USER_RECOVERY_FAIL_IO: all I/O fails until recovered */
 } UblkRecoveryMode;
 typedef enum { UBLK_AFFINITY_NONE, UBLK_AFFINITY_QUEUE } UblkAffinity;
+/* --zero-copy: AUTO picks AUTO_BUF_REG, else SUPPORT_ZERO_COPY, else copies;
+ * ON is the same but fails where the kernel cannot; REGISTER is ON with
+ * REGISTER_IO_BUF/UNREGISTER_IO_BUF per request even where AUTO_BUF_REG
+ * exists (the 6.15 path, testable on newer kernels). */
+typedef enum { UBLK_ZC_AUTO, UBLK_ZC_ON, UBLK_ZC_OFF, UBLK_ZC_REGISTER } UblkZeroCopy;
 
 #define UBLK_DEFAULT_QUEUES  1
 #define UBLK_DEFAULT_DEPTH   128
@@ -151,6 +156,7 @@ typedef struct UblkDevConfig {
     UblkRecoveryMode recovery;
     bool recovery_given;       /* --recovery/--reissue/-r: the kernel must honour it */
     UblkAffinity affinity;
+    UblkZeroCopy zero_copy;
     char *log_file;
 } UblkDevConfig;
 
@@ -170,6 +176,19 @@ int ublk_dev_config_check(const UblkDevConfig *c, Error **errp);
 OptDict *ublk_dev_config_to_options(const UblkDevConfig *c, int *flags, Error **errp);
 /* UBLK_F_* the config asks for, given what the kernel supports. */
 uint64_t ublk_dev_config_flags(const UblkDevConfig *c, uint64_t supported, bool unprivileged);
+/*
+ * The zero-copy flags (UBLK_F_AUTO_BUF_REG or UBLK_F_SUPPORT_ZERO_COPY, or 0
+ * for the copy path) --zero-copy asks for, given the kernel's features:
+ * -1 with errp set when on/register cannot be had (kernel without them, a
+ * graph whose every request would bounce: graph_needs_bytes).  Auto quietly
+ * copies then, and on unprivileged devices (which the kernel refuses zero
+ * copy; on/register ask it anyway and report its answer).
+ */
+int ublk_dev_config_zero_copy_flags(const UblkDevConfig *c, uint64_t supported,
+                                    bool unprivileged, bool graph_needs_bytes, uint64_t *flags,
+                                    Error **errp);
+/* "auto", "on", "off", "register" */
+const char *ublk_zero_copy_name(UblkZeroCopy zc);
 /* -1 with errp set when the kernel (features as GET_FEATURES reports them)
  * cannot honour what the user asked for: an explicit recovery mode it lacks
  * is an error, while the default (reissue) quietly falls back. */

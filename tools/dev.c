@@ -847,10 +847,14 @@ static int cmd_list(int argc, char **argv)
         bool have_stats = ublk_stats_read(id, &stats) == 0;
         char fl[512];
         ublk_flags_to_string(flags, fl, sizeof(fl));
+        /* How request data moves: what the kernel set up, not what was asked. */
+        const char *zc_mode = flags & UBLK_F_AUTO_BUF_REG ? "auto-buf-reg"
+                              : flags & UBLK_F_SUPPORT_ZERO_COPY ? "register"
+                              : "off";
         if (!json) {
             printf("dev %u: /dev/ublkb%u state %s queues %u depth %u pid %d%s\n", id, id, state,
                    queues, depth, (int)pid, pid && !alive ? " (dead)" : "");
-            printf("  flags: %s\n  graph: %s\n", fl[0] ? fl : "-", graph);
+            printf("  flags: %s\n  zero copy: %s\n  graph: %s\n", fl[0] ? fl : "-", zc_mode, graph);
             if (have_stats) {
                 for (int k = 0; k < BLK_OP__MAX; k++) {
                     printf("  %-12s ops %llu bytes %llu errors %llu\n", op_names[k],
@@ -858,6 +862,11 @@ static int cmd_list(int argc, char **argv)
                            (unsigned long long)stats.errors[k]);
                 }
                 printf("  fua writes   %llu\n", (unsigned long long)stats.fua_writes);
+                if (flags & (UBLK_F_AUTO_BUF_REG | UBLK_F_SUPPORT_ZERO_COPY)) {
+                    printf("  zero copy    bounced %llu ring copies %llu\n",
+                           (unsigned long long)stats.zc_bounced,
+                           (unsigned long long)stats.zc_ring_copies);
+                }
             }
         }
 #ifdef CONFIG_JSON
@@ -872,6 +881,7 @@ static int cmd_list(int argc, char **argv)
             json_object_object_add(o, "depth", json_object_new_int64(depth));
             json_object_object_add(o, "flags", json_object_new_int64((int64_t)flags));
             json_object_object_add(o, "flags_names", json_object_new_string(fl));
+            json_object_object_add(o, "zero_copy", json_object_new_string(zc_mode));
             json_object_object_add(o, "pid", json_object_new_int64(pid));
             if (in_kernel) {
                 json_object_object_add(o, "owner_uid", json_object_new_int64(info->owner_uid));
@@ -890,6 +900,10 @@ static int cmd_list(int argc, char **argv)
                 }
                 json_object_object_add(so, "fua_writes",
                                        json_object_new_int64(stats.fua_writes));
+                json_object_object_add(so, "zc_bounced",
+                                       json_object_new_int64((int64_t)stats.zc_bounced));
+                json_object_object_add(so, "zc_ring_copies",
+                                       json_object_new_int64((int64_t)stats.zc_ring_copies));
                 json_object_object_add(o, "stats", so);
             }
             json_object_array_add(arr, o);
