@@ -80,6 +80,8 @@ UblkCtrl *ublk_ctrl_new_fake(UblkCtrlSubmitFn fn, void *opaque, bool unprivilege
 
 /* Names for `features` and `list`: "USER_COPY", ... NULL for unknown bits. */
 const char *ublk_feature_name(unsigned bit);
+/* Why ublkd does not use a feature bit the kernel may offer, or NULL. */
+const char *ublk_feature_unsupported(unsigned bit);
 /* "LIVE", "QUIESCED", "DEAD", "FAIL_IO", "?" */
 const char *ublk_state_name(unsigned state);
 /* Comma-separated names of the set flags into buf (unknown bits as hex). */

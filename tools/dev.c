@@ -956,7 +956,10 @@ static int cmd_features(int argc, char **argv)
     for (unsigned b = 0; b < 64; b++) {
         if (f & (1ULL << b)) {
             const char *name = ublk_feature_name(b);
-            if (name) {
+            const char *why = ublk_feature_unsupported(b);
+            if (name && why) {
+                printf("  UBLK_F_%s (not supported by ublkd: %s)\n", name, why);
+            } else if (name) {
                 printf("  UBLK_F_%s\n", name);
             } else {
                 printf("  bit %u\n", b);

@@ -370,6 +370,21 @@ static const char *const feature_names[] = {
 };
 _Static_assert(ARRAY_SIZE(feature_names) == UBLK_F_LAST_BIT + 1, "a name for every feature bit");
 
+_Static_assert(UBLK_F_INTEGRITY == 1ULL << 16 && UBLK_F_SHMEM_ZC == 1ULL << 19 &&
+               UBLK_F_IO_DESC_SIZE == 1ULL << 20, "the bits ublk_feature_unsupported names");
+
+const char *ublk_feature_unsupported(unsigned bit)
+{
+    /* Decided in docs/ARCHITECTURE.md ("Kernel features ublkd leaves out"). */
+    switch (bit) {
+    case 16: return "no image format ublkd serves stores integrity metadata";
+    case 19: return "zero copy for clients that share their buffers only; "
+                    "--zero-copy covers every client";
+    case 20: return "ublkd's descriptors need no bytes beyond the 24 every kernel has";
+    default: return NULL;
+    }
+}
+
 const char *ublk_feature_name(unsigned bit)
 {
     return bit < ARRAY_SIZE(feature_names) ? feature_names[bit] : NULL;
