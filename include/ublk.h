@@ -54,6 +54,8 @@ int ublk_ctrl_add_dev(UblkCtrl *c, struct ublksrv_ctrl_dev_info *info);
 int ublk_ctrl_del_dev(UblkCtrl *c, uint32_t dev_id);
 int ublk_ctrl_start_dev(UblkCtrl *c, uint32_t dev_id, pid_t pid);
 int ublk_ctrl_stop_dev(UblkCtrl *c, uint32_t dev_id);
+/* SAFE_STOP_DEV: STOP_DEV unless the block device is open (-EBUSY then). */
+int ublk_ctrl_try_stop_dev(UblkCtrl *c, uint32_t dev_id);
 int ublk_ctrl_set_params(UblkCtrl *c, uint32_t dev_id, struct ublk_params *p);
 int ublk_ctrl_get_params(UblkCtrl *c, uint32_t dev_id, struct ublk_params *p);
 /* GET_DEV_INFO2, falling back to GET_DEV_INFO on kernels without it. */
@@ -154,6 +156,7 @@ typedef struct UblkDevConfig {
     uint64_t max_discard;                              /* bytes, 0 = derive */
     bool read_only, rotational, no_discard;
     bool user_copy, need_get_data;
+    bool no_part_scan;         /* --no-partition-scan: UBLK_F_NO_AUTO_PART_SCAN */
     bool foreground;
     UblkRecoveryMode recovery;
     bool recovery_given;       /* --recovery/--reissue/-r: the kernel must honour it */

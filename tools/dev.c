@@ -673,6 +673,29 @@ static int del_one(UblkCtrl *ctrl, uint32_t id, bool quiet_missing, bool force)
         struct timespec ts = { 0, 50 * 1000000L };
         nanosleep(&ts, NULL);
     }
+    /* What was checked above can change before the daemon stops the disk
+     * (an open in between).  A kernel with SAFE_STOP_DEV checks and stops
+     * in one step: stop it here, and a disk opened meanwhile is refused. */
+    uint64_t feats = 0;
+    if (!force && live && ctrl && ublk_ctrl_get_features(ctrl, &feats, NULL) == 0 &&
+        (feats & UBLK_F_SAFE_STOP_DEV)) {
+        int ret;
+        for (int tries = 0; (ret = ublk_ctrl_try_stop_dev(ctrl, id)) == -EBUSY && tries < 10;
+             tries++) {
+            struct timespec ts = { 0, 50 * 1000000L };
+            nanosleep(&ts, NULL);
+        }
+        if (ret == -EBUSY) {
+            error_report("del: /dev/ublkb%u is open (the kernel refused TRY_STOP_DEV: %s; "
+                         "--force takes it away anyway)", id, strerror(EBUSY));
+            dev_view_free(&v);
+            return 1;
+        }
+        if (ret < 0 && ret != -ENODEV) {
+            /* The daemon's STOP_DEV below still stops it. */
+            warn_report("del: TRY_STOP_DEV of device %u: %s", id, strerror(-ret));
+        }
+    }
     pid_t pid = v.pid;
     int pidfd = daemon_pidfd(id, pid, v.have_state ? &v.st : NULL);
     if (pidfd < 0 && v.have_state && v.st.pid != v.pid) {
@@ -739,7 +762,8 @@ static int cmd_del(int argc, char **argv)
         case 'h':
             printf("usage: ublkd del -n ID | -a [--force]\n"
                    "Stop a device: in-flight I/O completes, the image is flushed and closed.\n"
-                   "A device that is mounted, held or open is refused (EBUSY) unless --force.\n");
+                   "A device that is mounted, held or open is refused (EBUSY) unless --force;\n"
+                   "on kernels with UBLK_F_SAFE_STOP_DEV the kernel checks that as it stops it.\n");
             return 0;
         default:
             return 2;

@@ -72,6 +72,8 @@ void ublk_dev_config_usage(FILE *f)
         "      --discard-granularity N, --max-discard N\n"
         "  -u, --user-copy             copy data with pread/pwrite on /dev/ublkcN (UBLK_F_USER_COPY)\n"
         "  -g, --need-get-data         UBLK_F_NEED_GET_DATA for writes\n"
+        "      --no-partition-scan     the kernel does not scan the disk for partitions\n"
+        "                              (UBLK_F_NO_AUTO_PART_SCAN, Linux 7.x)\n"
         "      --zero-copy MODE        auto (default), on, off, register: let the kernel hand\n"
         "                              the request's pages to the backing I/O instead of copying\n"
         "                              (UBLK_F_AUTO_BUF_REG, else UBLK_F_SUPPORT_ZERO_COPY; Linux\n"
@@ -141,7 +143,7 @@ void ublk_getopt_error(int opt, char **argv, Error **errp)
 enum {
     OPT_SIZE = 256, OPT_CACHE, OPT_DISCARD, OPT_NO_DISCARD, OPT_ROT, OPT_LBS, OPT_PBS,
     OPT_IOOPT, OPT_MAXIO, OPT_DGRAN, OPT_DMAX, OPT_RECOVERY, OPT_REISSUE, OPT_AFFINITY,
-    OPT_LOG, OPT_BLOCKDEV, OPT_RO, OPT_ZC,
+    OPT_LOG, OPT_BLOCKDEV, OPT_RO, OPT_ZC, OPT_NO_PART_SCAN,
 };
 
 int ublk_dev_config_parse(UblkDevConfig *c, int argc, char **argv, Error **errp)
@@ -173,6 +175,7 @@ int ublk_dev_config_parse(UblkDevConfig *c, int argc, char **argv, Error **errp)
         { "log", required_argument, NULL, OPT_LOG },
         { "blockdev", required_argument, NULL, OPT_BLOCKDEV },
         { "zero-copy", required_argument, NULL, OPT_ZC },
+        { "no-partition-scan", no_argument, NULL, OPT_NO_PART_SCAN },
         { NULL, 0, NULL, 0 },
     };
     uint32_t v;
@@ -320,6 +323,7 @@ int ublk_dev_config_parse(UblkDevConfig *c, int argc, char **argv, Error **errp)
             c->log_file = xstrdup(optarg);
             break;
         case OPT_BLOCKDEV: free(c->blockdev); c->blockdev = xstrdup(optarg); break;
+        case OPT_NO_PART_SCAN: c->no_part_scan = true; break;
         case OPT_ZC: {
             unsigned i;
             for (i = 0; i <= UBLK_ZC_REGISTER && strcmp(optarg, ublk_zero_copy_name(i)); i++) {
@@ -578,6 +582,9 @@ uint64_t ublk_dev_config_flags(const UblkDevConfig *c, uint64_t supported, bool 
     if (c->need_get_data) {
         f |= UBLK_F_NEED_GET_DATA;
     }
+    if (c->no_part_scan) {
+        f |= UBLK_F_NO_AUTO_PART_SCAN;      /* ublk_dev_config_check_kernel: the kernel has it */
+    }
     if (unprivileged) {
         /* The kernel refuses recovery for unprivileged devices. */
         f |= UBLK_F_UNPRIVILEGED_DEV;
@@ -621,6 +628,14 @@ static const char *recovery_option(const UblkDevConfig *c)
 int ublk_dev_config_check_kernel(const UblkDevConfig *c, uint64_t supported, bool unprivileged,
                                  Error **errp)
 {
+    if (c->no_part_scan && !(supported & UBLK_F_NO_AUTO_PART_SCAN)) {
+        /* Older kernels scan every ublk disk (but unprivileged ones): the
+         * partitions would appear, which is what the user asked to avoid. */
+        error_setg(errp, "--no-partition-scan: the kernel's ublk driver lacks "
+                   "UBLK_F_NO_AUTO_PART_SCAN (Linux 7.x; features 0x%llx)",
+                   (unsigned long long)supported);
+        return -1;
+    }
     /* A mode that silently became another one changes what happens to the
      * device's I/O when the daemon dies (hanging in D state instead of
      * failing): what the user chose must be what the kernel does. */
@@ -1056,6 +1071,7 @@ char *ublk_dev_state_to_json(const UblkDevState *s)
     add_bool(co, "no_discard", c->no_discard);
     add_bool(co, "user_copy", c->user_copy);
     add_bool(co, "need_get_data", c->need_get_data);
+    add_bool(co, "no_partition_scan", c->no_part_scan);
     add_str(co, "recovery", recovery_names[c->recovery]);
     add_str(co, "affinity", affinity_names[c->affinity]);
     add_str(co, "zero_copy", ublk_zero_copy_name(c->zero_copy));
@@ -1229,6 +1245,7 @@ static bool state_fields_from_json(json_object *o, json_object *co, UblkDevState
          get_bool(co, "no_discard", &c->no_discard, errp) &&
          get_bool(co, "user_copy", &c->user_copy, errp) &&
          get_bool(co, "need_get_data", &c->need_get_data, errp) &&
+         get_bool(co, "no_partition_scan", &c->no_part_scan, errp) &&
          get_choice(co, "recovery", recovery_names, ARRAY_SIZE(recovery_names), &choice, errp) &&
          ((c->recovery = choice), true) &&
          ((choice = c->affinity), true) &&

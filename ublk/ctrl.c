@@ -132,6 +132,7 @@ static unsigned encoded_op(unsigned nr)
     case UBLK_CMD_END_USER_RECOVERY:   return UBLK_U_CMD_END_USER_RECOVERY;
     case UBLK_CMD_GET_DEV_INFO2:       return UBLK_U_CMD_GET_DEV_INFO2;
     case UBLK_CMD_GET_FEATURES:        return UBLK_U_CMD_GET_FEATURES;
+    case UBLK_CMD_TRY_STOP_DEV:        return UBLK_U_CMD_TRY_STOP_DEV;
     default:                           return 0;
     }
 }
@@ -313,6 +314,12 @@ int ublk_ctrl_start_dev(UblkCtrl *c, uint32_t dev_id, pid_t pid)
 int ublk_ctrl_stop_dev(UblkCtrl *c, uint32_t dev_id)
 {
     int ret = ctrl_cmd(c, UBLK_CMD_STOP_DEV, dev_id, (uint16_t)-1, NULL, 0, 0);
+    return ret < 0 ? ret : 0;
+}
+
+int ublk_ctrl_try_stop_dev(UblkCtrl *c, uint32_t dev_id)
+{
+    int ret = ctrl_cmd(c, UBLK_CMD_TRY_STOP_DEV, dev_id, (uint16_t)-1, NULL, 0, 0);
     return ret < 0 ? ret : 0;
 }
 

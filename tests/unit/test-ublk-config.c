@@ -685,6 +685,27 @@ static void test_zero_copy_modes(void **state)
 #endif
 }
 
+/* --no-partition-scan: asks for NO_AUTO_PART_SCAN, and only of a kernel that has it. */
+static void test_no_partition_scan(void **state)
+{
+    (void)state;
+    UblkDevConfig c;
+    Error *err = NULL;
+    assert_int_equal(parse(&c, "add raw a", NULL), 0);
+    assert_false(ublk_dev_config_flags(&c, 0x1fffff, false) & UBLK_F_NO_AUTO_PART_SCAN);
+    ublk_dev_config_free(&c);
+    assert_int_equal(parse(&c, "add --no-partition-scan raw a", NULL), 0);
+    assert_true(c.no_part_scan);
+    assert_true(ublk_dev_config_flags(&c, 0x1fffff, false) & UBLK_F_NO_AUTO_PART_SCAN);
+    assert_int_equal(ublk_dev_config_check_kernel(&c, 0x1fffff, false, NULL), 0);
+    assert_int_equal(ublk_dev_config_check_kernel(&c, 0x1fe, false, &err), -1);
+    assert_non_null(strstr(error_get_pretty(err), "NO_AUTO_PART_SCAN"));
+    error_free(err);
+    assert_int_equal(ublk_ctrl_opcode(UBLK_CMD_TRY_STOP_DEV, UBLK_F_CMD_IOCTL_ENCODE),
+                     UBLK_U_CMD_TRY_STOP_DEV);
+    ublk_dev_config_free(&c);
+}
+
 static void test_throttling_group_refused(void **state)
 {
     (void)state;
@@ -803,6 +824,7 @@ int main(void)
         cmocka_unit_test(test_log_must_be_writable),
         cmocka_unit_test(test_throttling_group_refused),
         cmocka_unit_test(test_zero_copy_modes),
+        cmocka_unit_test(test_no_partition_scan),
         cmocka_unit_test(test_state_round_trip),
         cmocka_unit_test(test_state_files),
         cmocka_unit_test(test_state_malformed_fields),
