@@ -376,6 +376,18 @@ static int server_start(Server *s, bool recover, int ready_fd, Error **errp)
         s->added = true;
         cfg->dev_id = info.dev_id;
         ublk_log_open(cfg, cfg->dev_id);
+        if (zc_flags && (info.flags & zc_flags) != zc_flags) {
+            /* The kernel writes back the flags it granted: one that dropped
+             * zero copy quietly must not leave on/register copying. */
+            if (cfg->zero_copy != UBLK_ZC_AUTO) {
+                error_setg(errp, "--zero-copy=%s: the kernel added the device without it "
+                           "(flags 0x%llx)", ublk_zero_copy_name(cfg->zero_copy),
+                           (unsigned long long)info.flags);
+                return -1;
+            }
+            ublk_log(LOG_NOTICE, "the kernel did not grant zero copy (flags 0x%llx): copying",
+                     (unsigned long long)info.flags);
+        }
         if (info.nr_hw_queues < cfg->nr_queues) {
             /* The kernel caps queues at the number of possible CPUs. */
             char msg[160];

@@ -88,14 +88,14 @@ ublk_add vdi a.vdi $CACHE_OPT --zero-copy=on >/dev/null
 cmp -n 4M "$DEV" /dev/zero || fail "vdi: a fresh image does not read as zeros"
 [ "$(zc_stat $ID zc_ring_copies)" -gt 0 ] || fail "vdi: reads of unallocated blocks were not zero-filled through the ring"
 log "vdi: fio verify"
-FIO_SIZE=32M fio_verify "$DEV" --iodepth=32 --bsrange=4k-256k
+FIO_SIZE=16M fio_verify "$DEV" --iodepth=32 --bsrange=4k-256k
 ublk_del $ID
 qemu-img check -q -f vdi a.vdi || fail "vdi: qemu-img check after fio"
 
 qemu-img create -q -f qcow2 a.qcow2 128M
 ublk_add qcow2 a.qcow2 $CACHE_OPT --zero-copy=on >/dev/null
 log "qcow2: fio verify"
-FIO_SIZE=32M fio_verify "$DEV" --iodepth=32 --bsrange=4k-256k
+FIO_SIZE=16M fio_verify "$DEV" --iodepth=32 --bsrange=4k-256k
 ublk_del $ID
 qemu-img check -q -f qcow2 a.qcow2 || fail "qcow2: qemu-img check after fio"
 
