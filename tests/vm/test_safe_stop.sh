@@ -5,11 +5,12 @@
 # --no-partition-scan keeps the kernel from scanning a disk that has a partition
 # table (7.x); on 6.12 it fails saying what it needs.
 . "$(dirname "$0")/lib.sh"
-need_cmd sfdisk
 feats=$("$UBLKD" features)
 mkimg $T/a.raw 32M
-echo 'label: dos
-start=2048, size=8192, type=83' | sfdisk -q $T/a.raw || fail "sfdisk on the image failed"
+# An MBR with one Linux partition (sectors 2048..10239), written by hand:
+# type 0x83 at 450, first LBA at 454, sector count at 458, signature at 510.
+mbr() { printf "$2" | dd of=$T/a.raw bs=1 seek=$1 conv=notrunc status=none; }
+mbr 450 '\x83'; mbr 454 '\x00\x08\x00\x00'; mbr 458 '\x00\x20\x00\x00'; mbr 510 '\x55\xaa'
 
 ublk_add raw $T/a.raw $CACHE_OPT >/dev/null
 wait_for test -b ${DEV}p1 || fail "without --no-partition-scan the kernel did not find ${DEV}p1"
