@@ -519,6 +519,7 @@ const BlockDriver bdrv_qcow2 = {
     .reopen_prepare = qcow2_reopen_prepare,
     .co_preadv = qcow2_co_preadv,
     .co_pwritev = qcow2_co_pwritev,
+    .co_pwritev_compressed = qcow2_co_pwritev_compressed,
     .co_flush_to_os = qcow2_co_flush_to_os,
     .co_pwrite_zeroes = qcow2_co_pwrite_zeroes,
     .co_pdiscard = qcow2_co_pdiscard,
