@@ -512,6 +512,7 @@ const BlockDriver bdrv_qcow2 = {
     .format_name = "qcow2",
     .instance_size = sizeof(BDRVQcow2State),
     .is_format = true,
+    .serialise_unmap = true,   /* in-place writes hold no lock: see qcow2-write.c */
     .supports_backing = true,
     .probe = qcow2_probe,
     .open = qcow2_open,

@@ -140,6 +140,15 @@ struct BlockDriver {
      * include/iov-fixed.h where they set or look at bytes.
      */
     bool needs_mapped_data;
+    /*
+     * Discards and zero writes may free storage that an in-place write in
+     * flight still targets (qcow2 overwrites allocated clusters without a
+     * lock): the block layer makes them serialising, at the node's cluster
+     * size, so they wait for overlapping requests and later ones wait for
+     * them.  A freed cluster is then never written by a request that looked
+     * it up before it was freed.
+     */
+    bool serialise_unmap;
 
     /* Score 0..100 that buf (first BLOCK_PROBE_BUF_SIZE bytes) is this format. */
     int (*probe)(const uint8_t *buf, int buf_size, const char *filename);

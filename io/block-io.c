@@ -875,6 +875,9 @@ int coroutine_fn bdrv_aligned_pwritev(BdrvChild *child, BdrvTrackedRequest *req,
         if (bs->detect_zeroes == BDRV_DETECT_ZEROES_UNMAP && (bs->open_flags & BDRV_O_UNMAP)) {
             flags |= BDRV_REQ_MAY_UNMAP;
         }
+        if (bs->drv->serialise_unmap) {
+            bdrv_make_request_serialising(req, bdrv_get_cluster_size(bs));
+        }
     }
     if (ret < 0) {
         /* nothing */
@@ -951,9 +954,11 @@ int coroutine_fn bdrv_co_pwritev_part(BdrvChild *child, int64_t offset, int64_t 
     if (bs->open_flags & BDRV_O_WRITETHROUGH) {
         flags |= BDRV_REQ_FUA;
     }
-    if (flags & BDRV_REQ_WRITE_COMPRESSED) {
-        /* The driver replaces whole clusters: nobody may write or read-modify-write
-         * the same clusters meanwhile (in-place writes take no driver lock). */
+    if ((flags & BDRV_REQ_WRITE_COMPRESSED) ||
+        ((flags & BDRV_REQ_ZERO_WRITE) && bs->drv->serialise_unmap)) {
+        /* The driver replaces or frees whole clusters: nobody may write or
+         * read-modify-write the same clusters meanwhile (in-place writes take
+         * no driver lock). */
         flags = (flags | BDRV_REQ_SERIALISING) & ~BDRV_REQ_NO_SERIALISING;
     }
     if (unlikely(bdrv_needs_mapped(bs, offset, bytes, qiov, qiov_offset, flags, true))) {
