@@ -1,0 +1,572 @@
+/*
+ * test-qcow2-crash.c - crash consistency of the qcow2 driver, simulated
+ * (crash-file.h): random I/O (allocating writes, overwrites, partial
+ * clusters over a backing file, zero writes with and without unmap,
+ * discards, flushes) from several coroutines at once through the block
+ * layer, on top of a protocol that freezes the disk at a chosen operation.
+ * For every seed the workload is run once to count the protocol operations,
+ * then again crashing at many of them; each crash leaves several images
+ * (the durable state plus random subsets of the writes not yet flushed,
+ * some torn).  Each must
+ *   (a) open (read-write; read-only when lazy refcounts left it dirty),
+ *   (b) read back every write acknowledged before the last completed
+ *       flush: every sector holds the last durable version or one written
+ *       after it,
+ *   (c) be consistent: no cluster used twice, no refcount below its
+ *       references (unless the dirty bit is set, with lazy refcounts), at
+ *       worst leaked clusters (qcow2-refcheck.h, and the driver's check
+ *       once it has one).
+ *
+ * CRASH_SEEDS=N runs N seeds (default: one per configuration).  With
+ * CRASH_DUMP_DIR set, some crash images are written there with what the
+ * driver read from them, for tests/interop/test_qcow2_crash.sh to give to
+ * qemu-img check and qemu-img convert.
+ */
+#include <errno.h>
+#include <inttypes.h>
+#include "crash-file.h"
+#include "qcow2-image.h"
+#include "qcow2-refcheck.h"
+
+typedef struct Cfg {
+    uint32_t cb;
+    bool extl2, lazy, backing;
+    uint64_t size;
+} Cfg;
+
+static const Cfg cfgs[] = {
+    { 12, false, false, true, 3 * MiB },
+    { 9, false, false, false, 160 * KiB },
+    { 12, false, true, true, 3 * MiB },
+    { 14, true, false, true, 2 * MiB },
+    { 9, false, false, true, 96 * KiB },
+    { 16, false, false, false, 4 * MiB },
+    { 14, true, true, false, 2 * MiB },
+    { 10, false, true, false, 256 * KiB },
+};
+#define NCFGS ((int)(sizeof(cfgs) / sizeof(cfgs[0])))
+
+typedef enum { OP_WRITE, OP_ZERO, OP_ZERO_UNMAP, OP_DISCARD, OP_FLUSH } OpKind;
+
+typedef struct GOp {
+    OpKind kind;
+    int64_t off, len;
+    int64_t done_seq;           /* completion order, 0 while running */
+    int64_t covers;             /* flush: ops with done_seq <= this are covered */
+    int ret;
+    bool durable;
+} GOp;
+
+typedef struct Run {
+    Cfg cfg;
+    uint64_t seed, rng;
+    int rounds;
+    BlockDriverState *file, *base;
+    Q2Image img;
+    GOp *ops;
+    int nops, cap;
+    int64_t done_counter;
+    int running;
+    /* The model: per 512-byte sector, the ops that wrote it (in time order)
+     * and the last durable one (-1: the initial contents). */
+    int64_t nsect;
+    int **hist;
+    int *nhist;
+    int *durable;
+    uint8_t *backing;
+    size_t backing_len;
+    uint8_t *scratch;           /* one write's data */
+} Run;
+
+static int dumped;
+
+static uint64_t rnd(Run *r)
+{
+    uint64_t z = (r->rng += 0x9E3779B97F4A7C15ULL);
+    z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ULL;
+    z = (z ^ (z >> 27)) * 0x94D049BB133111EBULL;
+    return z ^ (z >> 31);
+}
+
+static uint64_t rnd_below(Run *r, uint64_t n)
+{
+    return n ? rnd(r) % n : 0;
+}
+
+/* ---- the model ---- */
+
+static void model_add(Run *r, int id)
+{
+    GOp *op = &r->ops[id];
+    for (int64_t s = op->off / 512; s < (op->off + op->len) / 512; s++) {
+        r->hist[s] = realloc(r->hist[s], (size_t)(r->nhist[s] + 1) * sizeof(int));
+        assert_non_null(r->hist[s]);
+        r->hist[s][r->nhist[s]++] = id;
+    }
+}
+
+static void model_make_durable(Run *r, int id)
+{
+    GOp *op = &r->ops[id];
+    if (op->durable || op->kind == OP_FLUSH) {
+        return;
+    }
+    op->durable = true;
+    for (int64_t s = op->off / 512; s < (op->off + op->len) / 512; s++) {
+        if (id > r->durable[s]) {
+            r->durable[s] = id;
+        }
+    }
+}
+
+/* The data op id writes at guest offset off (a multiple of 8): a function
+ * of both, so any sector names the write it came from. */
+static void op_fill(Run *r, int id, int64_t off, int64_t len, uint8_t *out)
+{
+    for (int64_t i = 0; i < len; i += 8) {
+        uint64_t z = r->seed * 0x100000001B3ULL + (uint64_t)id * 0x9E3779B97F4A7C15ULL +
+                     (uint64_t)(off + i) / 8;
+        z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ULL;
+        z = (z ^ (z >> 27)) * 0x94D049BB133111EBULL;
+        z ^= z >> 31;
+        memcpy(out + i, &z, 8);
+    }
+}
+
+/* Sector s as version id left it (-1: the initial contents). */
+static void version_sector(Run *r, int id, int64_t s, uint8_t *out)
+{
+    if (id < 0) {
+        int64_t off = s * 512;
+        memset(out, 0, 512);
+        if (r->cfg.backing && off < (int64_t)r->backing_len) {
+            memcpy(out, r->backing + off, MIN((size_t)512, r->backing_len - (size_t)off));
+        }
+        return;
+    }
+    GOp *op = &r->ops[id];
+    if (op->kind != OP_WRITE) {
+        memset(out, 0, 512);
+        return;
+    }
+    op_fill(r, id, s * 512, 512, out);
+}
+
+/* ---- the workload ---- */
+
+typedef struct OpCo {
+    Run *r;
+    int id;
+} OpCo;
+
+static void coroutine_fn op_co(void *opaque)
+{
+    OpCo *oc = opaque;
+    Run *r = oc->r;
+    GOp *op = &r->ops[oc->id];
+    int ret = 0;
+
+    switch (op->kind) {
+    case OP_WRITE: {
+        uint8_t *buf = malloc((size_t)op->len);
+        assert_non_null(buf);
+        op_fill(r, oc->id, op->off, op->len, buf);
+        IOVector q;
+        iov_init_buf(&q, buf, (size_t)op->len);
+        ret = bdrv_co_pwritev(r->img.child, op->off, op->len, &q, 0);
+        free(buf);
+        break;
+    }
+    case OP_ZERO:
+    case OP_ZERO_UNMAP:
+        ret = bdrv_co_pwrite_zeroes(r->img.child, op->off, op->len,
+                                    op->kind == OP_ZERO_UNMAP ? BDRV_REQ_MAY_UNMAP : 0);
+        break;
+    case OP_DISCARD:
+        ret = bdrv_co_pdiscard(r->img.child, op->off, op->len);
+        break;
+    case OP_FLUSH:
+        op->covers = r->done_counter;
+        ret = bdrv_co_flush(r->img.bs);
+        /* acknowledged before the disk froze: what it covers is durable */
+        if (ret == 0 && !crash_file_crashed(r->file)) {
+            for (int i = 0; i < r->nops; i++) {
+                if (r->ops[i].done_seq && r->ops[i].done_seq <= op->covers) {
+                    model_make_durable(r, i);
+                }
+            }
+        }
+        break;
+    }
+    op->ret = ret;
+    if (ret == 0) {
+        op->done_seq = ++r->done_counter;
+    }
+    r->running--;
+    free(oc);
+}
+
+static bool sectors_free(Run *r, int first_of_round, int64_t off, int64_t len)
+{
+    for (int i = first_of_round; i < r->nops; i++) {
+        GOp *o = &r->ops[i];
+        if (o->kind != OP_FLUSH && off < o->off + o->len && o->off < off + len) {
+            return false;
+        }
+    }
+    return true;
+}
+
+/* The next round: 1 to 4 operations on distinct sectors. */
+static void gen_round(Run *r)
+{
+    int first = r->nops;
+    int k = 1 + (int)rnd_below(r, 4);
+    int64_t cs = (int64_t)1 << r->cfg.cb, size = (int64_t)r->cfg.size;
+    for (int n = 0; n < k; n++) {
+        GOp op = { 0 };
+        uint64_t p = rnd_below(r, 100);
+        op.kind = p < 55 ? OP_WRITE : p < 65 ? OP_ZERO : p < 73 ? OP_ZERO_UNMAP
+                : p < 83 ? OP_DISCARD : OP_FLUSH;
+        /* half the requests go to a hot eighth of the image: overwrites */
+        int64_t area = rnd_below(r, 2) ? size / 8 : size;
+        if (op.kind == OP_DISCARD) {
+            op.len = cs * (1 + (int64_t)rnd_below(r, 4));
+            op.len = MIN(op.len, area);
+            op.off = (int64_t)rnd_below(r, (uint64_t)((area - op.len) / cs + 1)) * cs;
+        } else if (op.kind != OP_FLUSH) {
+            int64_t max = MIN(3 * cs, (int64_t)(64 * KiB));
+            op.len = 512 * (1 + (int64_t)rnd_below(r, (uint64_t)(max / 512)));
+            op.len = MIN(op.len, area);
+            op.off = 512 * (int64_t)rnd_below(r, (uint64_t)((area - op.len) / 512 + 1));
+            if (rnd_below(r, 4) == 0) {
+                op.off = ALIGN_DOWN(op.off, cs);          /* whole clusters too */
+                op.len = ALIGN_UP(op.len, cs);
+                op.len = MIN(op.len, size - op.off);
+            }
+        }
+        if (op.kind != OP_FLUSH && !sectors_free(r, first, op.off, op.len)) {
+            continue;
+        }
+        if (r->nops == r->cap) {
+            r->cap = r->cap ? 2 * r->cap : 128;
+            r->ops = realloc(r->ops, (size_t)r->cap * sizeof(GOp));
+            assert_non_null(r->ops);
+        }
+        r->ops[r->nops++] = op;
+        if (op.kind != OP_FLUSH) {
+            model_add(r, r->nops - 1);
+        }
+    }
+}
+
+static void run_round(Run *r, int first)
+{
+    AioContext *ctx = test_loop_init();
+    r->running = r->nops - first;
+    for (int i = first; i < r->nops; i++) {
+        OpCo *oc = malloc(sizeof(*oc));
+        assert_non_null(oc);
+        *oc = (OpCo){ r, i };
+        co_enter(co_create(op_co, oc));
+    }
+    while (r->running > 0) {
+        aio_poll(ctx, true);
+    }
+    for (int i = first; i < r->nops; i++) {
+        if (r->ops[i].ret < 0) {
+            fail_msg("seed %" PRIu64 ": op %d (kind %d, %" PRId64 "+%" PRId64 ") failed: %s",
+                     r->seed, i, r->ops[i].kind, r->ops[i].off, r->ops[i].len,
+                     strerror(-r->ops[i].ret));
+        }
+    }
+}
+
+static uint8_t *initial_image(const Cfg *cfg, size_t *len)
+{
+    Q2Image img = q2_make(cfg->cb, cfg->size, cfg->extl2, 0);
+    if (cfg->lazy) {
+        q2_put64(img.file, QH_COMPAT, QCOW2_COMPAT_LAZY_REFCOUNTS);
+    }
+    *len = (size_t)mem_size(img.file);
+    uint8_t *buf = malloc(*len);
+    assert_non_null(buf);
+    mem_read_raw(img.file, 0, buf, (int64_t)*len);
+    q2_free(&img);
+    return buf;
+}
+
+static void open_image(Run *r, BlockDriverState *file, int flags)
+{
+    r->img = (Q2Image){ .file = file, .cb = r->cfg.cb, .extl2 = r->cfg.extl2 };
+    q2_open(&r->img, flags, r->cfg.backing ? "backing" : NULL,
+            r->cfg.backing ? r->base->node_name : NULL);
+}
+
+static void run_init(Run *r, int cfg_index, uint64_t seed)
+{
+    static int serial;
+    char name[48];
+    memset(r, 0, sizeof(*r));
+    r->cfg = cfgs[cfg_index];
+    r->seed = seed;
+    r->rng = seed;
+    r->rounds = 24 + (int)rnd_below(r, 16);
+    r->nsect = (int64_t)r->cfg.size / 512;
+    r->hist = calloc((size_t)r->nsect, sizeof(int *));
+    r->nhist = calloc((size_t)r->nsect, sizeof(int));
+    r->durable = malloc((size_t)r->nsect * sizeof(int));
+    assert_true(r->hist && r->nhist && r->durable);
+    for (int64_t s = 0; s < r->nsect; s++) {
+        r->durable[s] = -1;
+    }
+    if (r->cfg.backing) {
+        /* shorter than the image and not sector-aligned: reads past its end are zeros */
+        r->backing_len = r->cfg.size * 3 / 4 + 300;
+        MemConfig bcfg = { .size = (int64_t)r->backing_len };
+        snprintf(name, sizeof(name), "crashbase%d", serial);
+        bcfg.node_name = name;
+        r->base = mem_node_new(&bcfg);
+        r->backing = malloc(r->backing_len);
+        assert_non_null(r->backing);
+        test_pattern(r->backing, r->backing_len, seed ^ 0xba5e);
+        mem_write_raw(r->base, 0, r->backing, (int64_t)r->backing_len);
+    }
+    size_t len;
+    uint8_t *init = initial_image(&r->cfg, &len);
+    snprintf(name, sizeof(name), "crashfile%d", serial++);
+    r->file = crash_file_new(name, init, len);
+    free(init);
+    open_image(r, r->file, BDRV_O_RDWR | BDRV_O_UNMAP);
+    if (!r->img.bs) {
+        fail_msg("open: %s", error_get_pretty(r->img.err));
+    }
+}
+
+static void run_free(Run *r)
+{
+    q2_free(&r->img);                      /* also drops the crash file */
+    if (r->base) {
+        bdrv_unref(r->base);
+    }
+    for (int64_t s = 0; s < r->nsect; s++) {
+        free(r->hist[s]);
+    }
+    free(r->hist);
+    free(r->nhist);
+    free(r->durable);
+    free(r->backing);
+    free(r->ops);
+}
+
+/* Run the workload, crashing at protocol operation crash_at (0: never);
+ * returns the protocol operations it took.  Leaves the image closed. */
+static int64_t run_workload(Run *r, int64_t crash_at)
+{
+    int64_t ops0 = crash_file_ops(r->file);
+    crash_file_arm(r->file, crash_at);
+    for (int round = 0; round < r->rounds && !crash_file_crashed(r->file); round++) {
+        int first = r->nops;
+        gen_round(r);
+        run_round(r, first);
+    }
+    if (!crash_file_crashed(r->file)) {
+        /* a last flush: with no crash everything is durable */
+        int first = r->nops;
+        r->ops = realloc(r->ops, (size_t)(r->nops + 1) * sizeof(GOp));
+        r->cap = r->nops + 1;
+        r->ops[r->nops++] = (GOp){ .kind = OP_FLUSH };
+        run_round(r, first);
+    }
+    int64_t used = crash_file_ops(r->file) - ops0;
+    q2_close(&r->img);                      /* what a clean close writes may be lost too */
+    return used;
+}
+
+static void dump(Run *r, const char *tag, const uint8_t *img, size_t len, const uint8_t *data)
+{
+    const char *dir = getenv("CRASH_DUMP_DIR");
+    char path[512];
+    if (!dir || dumped >= 200) {
+        return;
+    }
+    dumped++;
+    snprintf(path, sizeof(path), "%s/%s.qcow2", dir, tag);
+    FILE *f = fopen(path, "w");
+    assert_non_null(f);
+    assert_int_equal(fwrite(img, 1, len, f), len);
+    fclose(f);
+    snprintf(path, sizeof(path), "%s/%s.raw", dir, tag);
+    f = fopen(path, "w");
+    assert_non_null(f);
+    assert_int_equal(fwrite(data, 1, r->cfg.size, f), r->cfg.size);
+    fclose(f);
+    if (r->cfg.backing) {
+        snprintf(path, sizeof(path), "%s/%s.base", dir, tag);
+        f = fopen(path, "w");
+        assert_non_null(f);
+        assert_int_equal(fwrite(r->backing, 1, r->backing_len, f), r->backing_len);
+        fclose(f);
+    }
+}
+
+static void expect_consistent(Run *r, const char *what, const uint8_t *img, size_t len,
+                              bool allow_dirty)
+{
+    Q2Check c = q2_refcheck(img, len);
+    if (c.errors || ((c.low || c.copied) && !(allow_dirty && r->cfg.lazy && c.dirty))) {
+        fail_msg("seed %" PRIu64 " %s: %d errors, %d refcounts too low, %d COPIED mismatches"
+                 " (dirty %d): %s", r->seed, what, c.errors, c.low, c.copied, c.dirty, c.first);
+    }
+}
+
+/* Check one image a crash left (see the top of the file). */
+static void verify_image(Run *r, const char *tag, uint8_t *img, size_t len)
+{
+    expect_consistent(r, tag, img, len, true);
+    Q2Check c = q2_refcheck(img, len);
+
+    char name[64];
+    static int serial;
+    snprintf(name, sizeof(name), "crashcheck%d", serial++);
+    BlockDriverState *file = crash_file_new(name, img, len);
+    Run v = *r;
+    open_image(&v, file, BDRV_O_RDWR);
+    bool rw = v.img.bs != NULL;
+    if (!rw) {
+        /* a dirty image (lazy refcounts) opens read-write only once repaired */
+        if (!c.dirty) {
+            fail_msg("seed %" PRIu64 " %s: open: %s", r->seed, tag,
+                     error_get_pretty(v.img.err));
+        }
+        error_free(v.img.err);
+        v.img.err = NULL;
+        open_image(&v, file, 0);
+        if (!v.img.bs) {
+            fail_msg("seed %" PRIu64 " %s: read-only open: %s", r->seed, tag,
+                     error_get_pretty(v.img.err));
+        }
+    }
+    bdrv_unref(file);                       /* the qcow2 node holds it */
+
+    uint8_t *data = malloc(r->cfg.size);
+    assert_non_null(data);
+    int ret = bdrv_pread(v.img.child, 0, (int64_t)r->cfg.size, data, 0);
+    if (ret < 0) {
+        fail_msg("seed %" PRIu64 " %s: read: %s", r->seed, tag, strerror(-ret));
+    }
+    uint8_t want[512];
+    for (int64_t s = 0; s < r->nsect; s++) {
+        bool ok = false;
+        if (r->durable[s] < 0) {
+            version_sector(r, -1, s, want);
+            ok = !memcmp(want, data + s * 512, 512);
+        }
+        for (int i = r->nhist[s] - 1; i >= 0 && !ok && r->hist[s][i] >= r->durable[s]; i--) {
+            version_sector(r, r->hist[s][i], s, want);
+            ok = !memcmp(want, data + s * 512, 512);
+        }
+        if (!ok) {
+            print_message("sector %" PRId64 ": %s; written by", s,
+                          test_buf_is(data + s * 512, 512, 0) ? "zeros" : "not zeros");
+            for (int i = 0; i < r->nhist[s]; i++) {
+                GOp *o = &r->ops[r->hist[s][i]];
+                print_message(" op %d (kind %d, %" PRId64 "+%" PRId64 ", done %" PRId64 ")",
+                              r->hist[s][i], o->kind, o->off, o->len, o->done_seq);
+            }
+            print_message("\n");
+            fail_msg("seed %" PRIu64 " %s: sector %" PRId64 " (0x%" PRIx64 ") holds none of the"
+                     " versions since the last durable one (op %d)", r->seed, tag, s,
+                     (uint64_t)s * 512, r->durable[s]);
+        }
+    }
+    dump(r, tag, img, len, data);
+    free(data);
+
+    if (rw) {
+        BdrvCheckResult res;
+        ret = bdrv_check(v.img.bs, &res, 0);
+        if (ret != -ENOTSUP) {
+            assert_int_equal(ret, 0);
+            if (res.corruptions || res.check_errors) {
+                fail_msg("seed %" PRIu64 " %s: check: %d corruptions, %d errors", r->seed, tag,
+                         res.corruptions, res.check_errors);
+            }
+        }
+    }
+    BlockDriverState *f = v.img.file;
+    bdrv_ref(f);
+    q2_close(&v.img);
+    if (rw) {
+        /* the driver's own clean close: consistent and not dirty */
+        size_t clen;
+        const uint8_t *after = crash_file_current(f, &clen);
+        expect_consistent(r, "after a read-write open and close", after, clen, false);
+        assert_false(q2_refcheck(after, clen).dirty);
+    }
+    bdrv_unref(f);
+}
+
+static int env_int(const char *name, int def)
+{
+    const char *v = getenv(name);
+    return v && *v ? atoi(v) : def;
+}
+
+static void crash_seed(uint64_t seed)
+{
+    int ci = (int)(seed % NCFGS);
+    Run r;
+    char tag[96];
+
+    /* no crash: count the operations; the end state is all durable */
+    run_init(&r, ci, seed);
+    int64_t total = run_workload(&r, 0);
+    size_t len;
+    uint8_t *img = crash_file_persisted(r.file, seed, 0, 0, &len);
+    snprintf(tag, sizeof(tag), "crash-s%" PRIu64 "-end", seed);
+    verify_image(&r, tag, img, len);
+    free(img);
+    run_free(&r);
+
+    int points = env_int("CRASH_POINTS", 10);
+    uint64_t prng = seed * 31 + 7;
+    for (int p = 0; p < points; p++) {
+        int64_t at = p == 0 ? 1 : p == points - 1 ? total
+                   : 1 + (int64_t)((uint64_t)(total * p / points) +
+                                   (prng = prng * 6364136223846793005ULL + 1) % (uint64_t)MAX(1, total / points));
+        at = MIN(at, total);
+        run_init(&r, ci, seed);
+        run_workload(&r, at);
+        assert_true(crash_file_crashed(r.file));
+        for (int k = 0; k < 4; k++) {
+            int keep = k == 0 ? 100 : k == 1 ? 0 : 10 + (int)((seed + (uint64_t)at * 13 + (uint64_t)k) % 80);
+            int torn = k < 2 ? 0 : 30;
+            img = crash_file_persisted(r.file, seed * 1000003 + (uint64_t)at * 101 + (uint64_t)k,
+                                       keep, torn, &len);
+            snprintf(tag, sizeof(tag), "crash-s%" PRIu64 "-at%" PRId64 "-k%d", seed, at, k);
+            verify_image(&r, tag, img, len);
+            free(img);
+        }
+        run_free(&r);
+    }
+}
+
+static void test_crash_random(void **state)
+{
+    (void)state;
+    int seeds = env_int("CRASH_SEEDS", NCFGS);
+    int first = env_int("CRASH_SEED_FIRST", 0);
+    for (int s = first; s < first + seeds; s++) {
+        crash_seed((uint64_t)s);
+    }
+}
+
+int main(void)
+{
+    test_loop_init();
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_crash_random),
+    };
+    return cmocka_run_group_tests_name("qcow2-crash", tests, NULL, NULL);
+}
