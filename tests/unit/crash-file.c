@@ -269,16 +269,37 @@ static uint64_t cf_rand(uint64_t *x)
     return z ^ (z >> 31);
 }
 
+static CfBuf durable_copy(CrashFileState *s)
+{
+    CfBuf out = { NULL, 0 };
+    buf_grow(&out, s->durable.len ? s->durable.len : 1);
+    out.len = s->durable.len;
+    memcpy(out.p, s->durable.p, s->durable.len);
+    return out;
+}
+
+uint8_t *crash_file_persisted_if(BlockDriverState *bs,
+                                 bool (*keep)(int64_t offset, int64_t bytes, void *opaque),
+                                 void *opaque, size_t *len)
+{
+    CrashFileState *s = cfs(bs);
+    CfBuf out = durable_copy(s);
+    for (int i = 0; i < s->npending; i++) {
+        if (keep(s->pending[i].offset, s->pending[i].bytes, opaque)) {
+            buf_apply(&out, &s->pending[i], 0, s->pending[i].bytes);
+        }
+    }
+    *len = out.len;
+    return out.p;
+}
+
 uint8_t *crash_file_persisted(BlockDriverState *bs, uint64_t seed, int keep_pct, int torn_pct,
                               size_t *len)
 {
     CrashFileState *s = cfs(bs);
-    CfBuf out = { NULL, 0 };
+    CfBuf out = durable_copy(s);
     uint64_t rng = seed;
 
-    buf_grow(&out, s->durable.len ? s->durable.len : 1);
-    out.len = s->durable.len;
-    memcpy(out.p, s->durable.p, s->durable.len);
     for (int i = 0; i < s->npending; i++) {
         const CfOp *op = &s->pending[i];
         if ((int)(cf_rand(&rng) % 100) >= keep_pct) {

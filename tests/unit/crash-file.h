@@ -46,6 +46,12 @@ int crash_file_pending(BlockDriverState *bs);
  */
 uint8_t *crash_file_persisted(BlockDriverState *bs, uint64_t seed, int keep_pct, int torn_pct,
                               size_t *len);
+/* The same with the choice made by keep(offset, bytes, opaque) for each
+ * pending operation (in order), none torn: for tests that need one
+ * particular bad subset. */
+uint8_t *crash_file_persisted_if(BlockDriverState *bs,
+                                 bool (*keep)(int64_t offset, int64_t bytes, void *opaque),
+                                 void *opaque, size_t *len);
 /* What reads see now (no copy; valid until the next request). */
 const uint8_t *crash_file_current(BlockDriverState *bs, size_t *len);
 

@@ -507,6 +507,165 @@ static void verify_image(Run *r, const char *tag, uint8_t *img, size_t len)
     bdrv_unref(f);
 }
 
+/* ---- regressions: one bad subset each, at every crash point ---- */
+
+typedef struct Range {
+    int64_t off, len;
+} Range;
+
+/* Everything pending reaches the disk except what touches the range. */
+static bool keep_but(int64_t offset, int64_t bytes, void *opaque)
+{
+    Range *r = opaque;
+    return offset + bytes <= r->off || offset >= r->off + r->len;
+}
+
+typedef struct DiscardCo {
+    BdrvChild *child;
+    int64_t offset, bytes;
+    int ret;
+} DiscardCo;
+
+static void coroutine_fn discard_co(void *opaque)
+{
+    DiscardCo *d = opaque;
+    d->ret = bdrv_co_pdiscard(d->child, d->offset, d->bytes);
+}
+
+/* The two steps of a scenario: before() runs with no crash, after() with
+ * the crash armed; then the image is checked by expect(). */
+typedef struct Scenario {
+    bool backing, lazy;
+    void (*before)(Q2Image *img);
+    void (*after)(Q2Image *img);
+    void (*expect)(const uint8_t *cluster0, const uint8_t *cluster1);
+} Scenario;
+
+static void run_scenario(const Scenario *sc)
+{
+    MemConfig bcfg = { .size = 64 * KiB, .node_name = "crashregbase" };
+    BlockDriverState *base = sc->backing ? mem_node_new(&bcfg) : NULL;
+    if (base) {
+        mem_fill(base, 0, 64 * KiB, 0xba);
+    }
+    Cfg cfg = { 12, false, sc->lazy, sc->backing, MiB };
+    size_t len;
+    uint8_t *init = initial_image(&cfg, &len);
+    int64_t total = 0;
+    for (int64_t at = 0; at <= total; at++) {
+        BlockDriverState *file = crash_file_new("crashreg", init, len);
+        Q2Image img = { .file = file, .cb = 12 };
+        q2_open(&img, BDRV_O_RDWR | BDRV_O_UNMAP, base ? "backing" : NULL,
+                base ? "crashregbase" : NULL);
+        assert_non_null(img.bs);
+        sc->before(&img);
+        int64_t ops0 = crash_file_ops(file);
+        crash_file_arm(file, at);
+        sc->after(&img);
+        if (at == 0) {
+            total = crash_file_ops(file) - ops0;      /* then crash at each of them */
+        }
+        q2_close(&img);
+        /* the new data cluster's write is what the crash lost */
+        Range lost = { (int64_t)Q2_DATA(&img, 0), 4096 };
+        size_t plen;
+        uint8_t *p = crash_file_persisted_if(file, keep_but, &lost, &plen);
+        q2_free(&img);
+
+        Q2Check c = q2_refcheck(p, plen);
+        if (c.errors || ((c.low || c.copied) && !(sc->lazy && c.dirty))) {
+            fail_msg("crash at %" PRId64 ": %s", at, c.first);
+        }
+        BlockDriverState *f2 = crash_file_new("crashreg2", p, plen);
+        free(p);
+        Q2Image v = { .file = f2, .cb = 12 };
+        q2_open(&v, 0, base ? "backing" : NULL, base ? "crashregbase" : NULL);
+        assert_non_null(v.bs);
+        uint8_t buf[8192];
+        assert_true(bdrv_pread(v.child, 0, sizeof(buf), buf, 0) >= 0);
+        sc->expect(buf, buf + 4096);
+        q2_free(&v);
+    }
+    free(init);
+    if (base) {
+        bdrv_unref(base);
+    }
+}
+
+static void nothing(Q2Image *img)
+{
+    (void)img;
+}
+
+/* A partial write to a cluster of the backing file copies the rest of the
+ * cluster into the new one. */
+static void cow_write(Q2Image *img)
+{
+    uint8_t buf[512];
+    memset(buf, 0x11, sizeof(buf));
+    assert_true(bdrv_pwrite(img->child, 512, sizeof(buf), buf, 0) >= 0);
+    assert_int_equal(bdrv_flush(img->bs), 0);
+}
+
+static void cow_expect(const uint8_t *c0, const uint8_t *c1)
+{
+    (void)c1;
+    assert_true(test_buf_is(c0, 512, 0xba));
+    assert_true(test_buf_is(c0 + 512, 512, 0xba) || test_buf_is(c0 + 512, 512, 0x11));
+    assert_true(test_buf_is(c0 + 1024, 4096 - 1024, 0xba));
+}
+
+/* Regression: the L2 entry of a copy-on-write allocation reached the disk
+ * before the copied data, so a crash made the backing file's data read as
+ * zeros in the untouched part of the cluster.  With lazy refcounts nothing
+ * else ordered them; without, only the refcount dependency's flush did,
+ * when the refcount block had not been flushed since. */
+static void test_cow_data_before_l2(void **state)
+{
+    (void)state;
+    run_scenario(&(Scenario){ true, true, nothing, cow_write, cow_expect });
+    run_scenario(&(Scenario){ true, false, nothing, cow_write, cow_expect });
+}
+
+/* Cluster 0 written and flushed, then discarded and flushed: its host
+ * cluster is free again. */
+static void write_then_discard(Q2Image *img)
+{
+    uint8_t buf[4096];
+    memset(buf, 0x22, sizeof(buf));
+    assert_true(bdrv_pwrite(img->child, 0, sizeof(buf), buf, 0) >= 0);
+    assert_int_equal(bdrv_flush(img->bs), 0);
+    DiscardCo d = { img->child, 0, 4096, -EINPROGRESS };
+    test_run_co(discard_co, &d);
+    assert_int_equal(d.ret, 0);
+    assert_int_equal(bdrv_flush(img->bs), 0);
+}
+
+/* Cluster 1 written whole: it takes the host cluster cluster 0 gave up. */
+static void reuse_write(Q2Image *img)
+{
+    uint8_t buf[4096];
+    memset(buf, 0x33, sizeof(buf));
+    assert_true(bdrv_pwrite(img->child, 4096, sizeof(buf), buf, 0) >= 0);
+    assert_int_equal(bdrv_flush(img->bs), 0);
+}
+
+static void reuse_expect(const uint8_t *c0, const uint8_t *c1)
+{
+    assert_true(test_buf_is(c0, 4096, 0));
+    assert_true(test_buf_is(c1, 4096, 0) || test_buf_is(c1, 4096, 0x33));
+}
+
+/* Regression: an allocating write into a reused host cluster published its
+ * L2 entry before its data was on disk, so after a crash the guest cluster
+ * showed what another guest cluster had held there. */
+static void test_reused_cluster_not_exposed(void **state)
+{
+    (void)state;
+    run_scenario(&(Scenario){ false, true, write_then_discard, reuse_write, reuse_expect });
+    run_scenario(&(Scenario){ false, false, write_then_discard, reuse_write, reuse_expect });
+}
+
 static int env_int(const char *name, int def)
 {
     const char *v = getenv(name);
@@ -566,6 +725,8 @@ int main(void)
 {
     test_loop_init();
     const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_cow_data_before_l2),
+        cmocka_unit_test(test_reused_cluster_not_exposed),
         cmocka_unit_test(test_crash_random),
     };
     return cmocka_run_group_tests_name("qcow2-crash", tests, NULL, NULL);
