@@ -24,6 +24,7 @@
  */
 #include <errno.h>
 #include <inttypes.h>
+#include <sys/stat.h>
 #include "crash-file.h"
 #include "qcow2-image.h"
 #include "qcow2-refcheck.h"
@@ -32,17 +33,25 @@ typedef struct Cfg {
     uint32_t cb;
     bool extl2, lazy, backing;
     uint64_t size;
+    const char *create;         /* made by the driver's create with these options */
+    int64_t max_op;             /* longest request (default: 3 clusters, at most 64 KiB) */
 } Cfg;
 
 static const Cfg cfgs[] = {
-    { 12, false, false, true, 3 * MiB },
-    { 9, false, false, false, 160 * KiB },
-    { 12, false, true, true, 3 * MiB },
-    { 14, true, false, true, 2 * MiB },
-    { 9, false, false, true, 96 * KiB },
-    { 16, false, false, false, 4 * MiB },
-    { 14, true, true, false, 2 * MiB },
-    { 10, false, true, false, 256 * KiB },
+    { 12, false, false, true, 3 * MiB, NULL, 0 },
+    { 9, false, false, false, 160 * KiB, NULL, 0 },
+    { 12, false, true, true, 3 * MiB, NULL, 0 },
+    { 14, true, false, true, 2 * MiB, NULL, 0 },
+    { 9, false, false, true, 96 * KiB, NULL, 0 },
+    { 16, false, false, false, 4 * MiB, NULL, 0 },
+    { 14, true, true, false, 2 * MiB, NULL, 0 },
+    { 10, false, true, false, 256 * KiB, NULL, 0 },
+    /* 64-bit refcounts in 512-byte clusters: the refcount table grows */
+    { 9, false, false, false, 4 * MiB, "cluster_size=512,refcount_bits=64", 256 * KiB },
+    { 12, false, false, true, 2 * MiB, "compat=0.10,cluster_size=4096", 0 },
+    { 12, false, false, false, 2 * MiB, "compat=0.10,cluster_size=4096", 0 },
+    { 12, false, false, true, 2 * MiB, "refcount_bits=1,cluster_size=4096", 0 },
+    { 11, false, true, true, MiB, "cluster_size=2048,lazy_refcounts=on,refcount_bits=8", 0 },
 };
 #define NCFGS ((int)(sizeof(cfgs) / sizeof(cfgs[0])))
 
@@ -55,6 +64,7 @@ typedef struct GOp {
     int64_t covers;             /* flush: ops with done_seq <= this are covered */
     int ret;
     bool durable;
+    bool unchanged;             /* leaves the data as it was (v2 discard over backing) */
 } GOp;
 
 typedef struct Run {
@@ -108,7 +118,7 @@ static void model_add(Run *r, int id)
 static void model_make_durable(Run *r, int id)
 {
     GOp *op = &r->ops[id];
-    if (op->durable || op->kind == OP_FLUSH) {
+    if (op->durable || op->kind == OP_FLUSH || op->unchanged) {
         return;
     }
     op->durable = true;
@@ -235,7 +245,7 @@ static void gen_round(Run *r)
             op.len = MIN(op.len, area);
             op.off = (int64_t)rnd_below(r, (uint64_t)((area - op.len) / cs + 1)) * cs;
         } else if (op.kind != OP_FLUSH) {
-            int64_t max = MIN(3 * cs, (int64_t)(64 * KiB));
+            int64_t max = r->cfg.max_op ? r->cfg.max_op : MIN(3 * cs, (int64_t)(64 * KiB));
             op.len = 512 * (1 + (int64_t)rnd_below(r, (uint64_t)(max / 512)));
             op.len = MIN(op.len, area);
             op.off = 512 * (int64_t)rnd_below(r, (uint64_t)((area - op.len) / 512 + 1));
@@ -248,13 +258,16 @@ static void gen_round(Run *r)
         if (op.kind != OP_FLUSH && !sectors_free(r, first, op.off, op.len)) {
             continue;
         }
+        /* v2 has no zero flag: a discard over a backing file does nothing */
+        op.unchanged = op.kind == OP_DISCARD && r->cfg.backing && r->cfg.create &&
+                       strstr(r->cfg.create, "compat=0.10");
         if (r->nops == r->cap) {
             r->cap = r->cap ? 2 * r->cap : 128;
             r->ops = realloc(r->ops, (size_t)r->cap * sizeof(GOp));
             assert_non_null(r->ops);
         }
         r->ops[r->nops++] = op;
-        if (op.kind != OP_FLUSH) {
+        if (op.kind != OP_FLUSH && !op.unchanged) {
             model_add(r, r->nops - 1);
         }
     }
@@ -284,6 +297,30 @@ static void run_round(Run *r, int first)
 
 static uint8_t *initial_image(const Cfg *cfg, size_t *len)
 {
+    if (cfg->create) {
+        char path[256], sz[32];
+        Error *err = NULL;
+        snprintf(path, sizeof(path), "%s/crash.qcow2", test_tmpdir());
+        OptDict *o = optdict_parse(cfg->create, NULL, NULL);
+        snprintf(sz, sizeof(sz), "%" PRIu64, cfg->size);
+        optdict_set(o, "size", sz);
+        int ret = bdrv_create(bdrv_find_format("qcow2"), path, o, &err);
+        optdict_free(o);
+        if (ret < 0) {
+            fail_msg("create %s: %s", cfg->create, err ? error_get_pretty(err) : strerror(-ret));
+        }
+        FILE *f = fopen(path, "r");
+        assert_non_null(f);
+        struct stat st;
+        assert_int_equal(fstat(fileno(f), &st), 0);
+        uint8_t *buf = malloc((size_t)st.st_size);
+        assert_non_null(buf);
+        assert_int_equal(fread(buf, 1, (size_t)st.st_size, f), (size_t)st.st_size);
+        fclose(f);
+        unlink(path);
+        *len = (size_t)st.st_size;
+        return buf;
+    }
     Q2Image img = q2_make(cfg->cb, cfg->size, cfg->extl2, 0);
     if (cfg->lazy) {
         q2_put64(img.file, QH_COMPAT, QCOW2_COMPAT_LAZY_REFCOUNTS);
@@ -549,7 +586,7 @@ static void run_scenario(const Scenario *sc)
     if (base) {
         mem_fill(base, 0, 64 * KiB, 0xba);
     }
-    Cfg cfg = { 12, false, sc->lazy, sc->backing, MiB };
+    Cfg cfg = { 12, false, sc->lazy, sc->backing, MiB, NULL, 0 };
     size_t len;
     uint8_t *init = initial_image(&cfg, &len);
     int64_t total = 0;
@@ -722,6 +759,13 @@ static void test_crash_random(void **state)
     }
 }
 
+static int setup(void **state)
+{
+    (void)state;
+    test_tmpdir_create("qcow2-crash");
+    return 0;
+}
+
 int main(void)
 {
     test_loop_init();
@@ -730,5 +774,5 @@ int main(void)
         cmocka_unit_test(test_reused_cluster_not_exposed),
         cmocka_unit_test(test_crash_random),
     };
-    return cmocka_run_group_tests_name("qcow2-crash", tests, NULL, NULL);
+    return cmocka_run_group_tests_name("qcow2-crash", tests, setup, test_tmpdir_teardown);
 }
