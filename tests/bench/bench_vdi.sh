@@ -25,9 +25,8 @@ best() {   # command...: prints the best "Run completed in X seconds" of RUNS ru
     done
     echo "$b"
 }
-# Arithmetic on the seconds qemu-img prints, in awk (bc is not installed by default).
+. "$(dirname "$0")/lib.sh"
 lt() { awk -v a="$1" -v b="$2" 'BEGIN { exit !(a < b) }'; }
-div() { awk -v a="$1" -v b="$2" -v f="$3" 'BEGIN { printf f, a / b }'; }
 iops() { div "$1" "$2" %d; }
 
 for mode in read write; do
