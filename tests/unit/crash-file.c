@@ -25,10 +25,15 @@ typedef struct CrashFileState {
     CfBuf cur, durable;
     CfOp *pending;
     int npending, cap;
+} CrashFileState;
+
+/* One simulated machine: every crashfile node counts its operations on one
+ * clock and freezes at the same crash (an image and its data file). */
+static struct {
     int64_t ops;                /* operations seen */
     int64_t crash_at;           /* op number that crashes; 0 none */
     bool crashed;
-} CrashFileState;
+} cf_machine;
 
 /* Handed from crash_file_new to open (nodes are opened on one thread). */
 static const CfBuf *cf_pending_init;
@@ -73,9 +78,10 @@ static void coroutine_fn cf_yield(void)
 /* Count an operation; the crash point freezes the durable image. */
 static int64_t cf_count(CrashFileState *s)
 {
-    int64_t n = ++s->ops;
-    if (s->crash_at && n == s->crash_at) {
-        s->crashed = true;
+    (void)s;
+    int64_t n = ++cf_machine.ops;
+    if (cf_machine.crash_at && n == cf_machine.crash_at) {
+        cf_machine.crashed = true;
     }
     return n;
 }
@@ -83,7 +89,8 @@ static int64_t cf_count(CrashFileState *s)
 /* Whether an operation numbered n may still reach the disk. */
 static bool cf_before_crash(CrashFileState *s, int64_t n)
 {
-    return !s->crash_at || n < s->crash_at;
+    (void)s;
+    return !cf_machine.crash_at || n < cf_machine.crash_at;
 }
 
 static int cf_open(BlockDriverState *bs, OptDict *options, int flags, Error **errp)
@@ -188,7 +195,7 @@ static int coroutine_fn cf_flush(BlockDriverState *bs)
     int covered = s->npending;
 
     cf_yield();
-    if (!cf_before_crash(s, n) || s->crashed) {
+    if (!cf_before_crash(s, n) || cf_machine.crashed) {
         return 0;
     }
     for (int i = 0; i < covered; i++) {
@@ -241,18 +248,21 @@ BlockDriverState *crash_file_new(const char *node_name, const void *data, size_t
 
 void crash_file_arm(BlockDriverState *bs, int64_t nth)
 {
-    CrashFileState *s = cfs(bs);
-    s->crash_at = nth ? s->ops + nth : 0;
+    (void)bs;
+    cf_machine.crash_at = nth ? cf_machine.ops + nth : 0;
+    cf_machine.crashed = false;
 }
 
 bool crash_file_crashed(BlockDriverState *bs)
 {
-    return cfs(bs)->crashed;
+    (void)bs;
+    return cf_machine.crashed;
 }
 
 int64_t crash_file_ops(BlockDriverState *bs)
 {
-    return cfs(bs)->ops;
+    (void)bs;
+    return cf_machine.ops;
 }
 
 int crash_file_pending(BlockDriverState *bs)

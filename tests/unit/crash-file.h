@@ -30,10 +30,13 @@
 
 /* A node holding len bytes of data, all durable. */
 BlockDriverState *crash_file_new(const char *node_name, const void *data, size_t len);
-/* Crash at the nth (1-based) write/zeroes/discard/flush from now; 0 never. */
+/* All crashfile nodes are one machine: they count operations on one clock
+ * and crash together (an image and its external data file); bs is any of
+ * them.  Crash at the nth (1-based) write/zeroes/discard/flush from now;
+ * 0 never.  Arming clears an earlier crash. */
 void crash_file_arm(BlockDriverState *bs, int64_t nth);
 bool crash_file_crashed(BlockDriverState *bs);
-/* Writes, zeroes, discards and flushes seen so far (since creation). */
+/* Writes, zeroes, discards and flushes seen so far (all nodes). */
 int64_t crash_file_ops(BlockDriverState *bs);
 /* Operations pending (not durable) right now, or at the crash. */
 int crash_file_pending(BlockDriverState *bs);

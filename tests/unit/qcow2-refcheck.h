@@ -132,6 +132,8 @@ static inline Q2Check q2_refcheck(const uint8_t *img, size_t len)
         q2c_note(&r, &r.errors, "the corrupt bit is set (incompat 0x%llx)", incompat, 0);
     }
     bool extl2 = incompat & QCOW2_INCOMPAT_EXTL2;
+    /* data clusters live in the external data file: nothing counts them */
+    bool datafile = incompat & QCOW2_INCOMPAT_DATA_FILE;
     uint32_t esize = extl2 ? 16 : 8;
     uint32_t l1_size = qcow2_ld32(img, QH_L1_SIZE);
     uint64_t l1_off = qcow2_ld64(img, QH_L1_OFFSET);
@@ -176,7 +178,7 @@ static inline Q2Check q2_refcheck(const uint8_t *img, size_t len)
                 continue;
             }
             uint64_t host = e & QCOW2_L2E_OFFSET_MASK;
-            if (host) {
+            if (host && !datafile) {
                 q2c_ref(&w, host, w.cs, false, false, "data cluster");
             }
         }
@@ -201,7 +203,7 @@ static inline Q2Check q2_refcheck(const uint8_t *img, size_t len)
         for (uint64_t j = 0; j < w.cs / esize; j++) {
             uint64_t e = qcow2_ld64(img, l2 + j * esize);
             uint64_t host = e & QCOW2_L2E_OFFSET_MASK;
-            if (!(e & QCOW2_OFLAG_COMPRESSED) && host) {
+            if (!(e & QCOW2_OFLAG_COMPRESSED) && host && !datafile) {
                 q2c_copied(&w, e, host, "data cluster");
             }
         }

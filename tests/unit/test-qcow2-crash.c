@@ -52,6 +52,8 @@ static const Cfg cfgs[] = {
     { 12, false, false, false, 2 * MiB, "compat=0.10,cluster_size=4096", 0 },
     { 12, false, false, true, 2 * MiB, "refcount_bits=1,cluster_size=4096", 0 },
     { 11, false, true, true, MiB, "cluster_size=2048,lazy_refcounts=on,refcount_bits=8", 0 },
+    /* an external data file ('@': its path), crashing with the image */
+    { 12, false, false, true, 2 * MiB, "cluster_size=4096,data_file=@", 0 },
 };
 #define NCFGS ((int)(sizeof(cfgs) / sizeof(cfgs[0])))
 
@@ -72,6 +74,7 @@ typedef struct Run {
     uint64_t seed, rng;
     int rounds;
     BlockDriverState *file, *base;
+    BlockDriverState *dfile;    /* the external data file, if the image has one */
     Q2Image img;
     GOp *ops;
     int nops, cap;
@@ -295,13 +298,46 @@ static void run_round(Run *r, int first)
     }
 }
 
-static uint8_t *initial_image(const Cfg *cfg, size_t *len)
+static bool has_data_file(const Cfg *cfg)
 {
+    return cfg->create && strstr(cfg->create, "data_file=");
+}
+
+static uint8_t *slurp(const char *path, size_t *len)
+{
+    FILE *f = fopen(path, "r");
+    assert_non_null(f);
+    struct stat st;
+    assert_int_equal(fstat(fileno(f), &st), 0);
+    uint8_t *buf = malloc((size_t)st.st_size + 1);
+    assert_non_null(buf);
+    assert_int_equal(fread(buf, 1, (size_t)st.st_size, f), (size_t)st.st_size);
+    fclose(f);
+    unlink(path);
+    *len = (size_t)st.st_size;
+    return buf;
+}
+
+/* The image's bytes (and its data file's in *data, if it has one). */
+static uint8_t *initial_image(const Cfg *cfg, size_t *len, uint8_t **data, size_t *dlen)
+{
+    if (data) {
+        *data = NULL;
+        *dlen = 0;
+    }
     if (cfg->create) {
-        char path[256], sz[32];
+        char path[256], dpath[256], sz[32], opts[512];
         Error *err = NULL;
         snprintf(path, sizeof(path), "%s/crash.qcow2", test_tmpdir());
-        OptDict *o = optdict_parse(cfg->create, NULL, NULL);
+        snprintf(dpath, sizeof(dpath), "%s/crash-data.raw", test_tmpdir());
+        const char *at = strchr(cfg->create, '@');
+        if (at) {
+            snprintf(opts, sizeof(opts), "%.*s%s%s", (int)(at - cfg->create), cfg->create, dpath,
+                     at + 1);
+        } else {
+            snprintf(opts, sizeof(opts), "%s", cfg->create);
+        }
+        OptDict *o = optdict_parse(opts, NULL, NULL);
         snprintf(sz, sizeof(sz), "%" PRIu64, cfg->size);
         optdict_set(o, "size", sz);
         int ret = bdrv_create(bdrv_find_format("qcow2"), path, o, &err);
@@ -309,17 +345,11 @@ static uint8_t *initial_image(const Cfg *cfg, size_t *len)
         if (ret < 0) {
             fail_msg("create %s: %s", cfg->create, err ? error_get_pretty(err) : strerror(-ret));
         }
-        FILE *f = fopen(path, "r");
-        assert_non_null(f);
-        struct stat st;
-        assert_int_equal(fstat(fileno(f), &st), 0);
-        uint8_t *buf = malloc((size_t)st.st_size);
-        assert_non_null(buf);
-        assert_int_equal(fread(buf, 1, (size_t)st.st_size, f), (size_t)st.st_size);
-        fclose(f);
-        unlink(path);
-        *len = (size_t)st.st_size;
-        return buf;
+        if (at) {
+            assert_non_null(data);
+            *data = slurp(dpath, dlen);
+        }
+        return slurp(path, len);
     }
     Q2Image img = q2_make(cfg->cb, cfg->size, cfg->extl2, 0);
     if (cfg->lazy) {
@@ -333,11 +363,22 @@ static uint8_t *initial_image(const Cfg *cfg, size_t *len)
     return buf;
 }
 
-static void open_image(Run *r, BlockDriverState *file, int flags)
+static void open_image(Run *r, BlockDriverState *file, BlockDriverState *dfile, int flags)
 {
     r->img = (Q2Image){ .file = file, .cb = r->cfg.cb, .extl2 = r->cfg.extl2 };
-    q2_open(&r->img, flags, r->cfg.backing ? "backing" : NULL,
-            r->cfg.backing ? r->base->node_name : NULL);
+    OptDict *opts = optdict_new();
+    optdict_set(opts, "driver", "qcow2");
+    optdict_set(opts, "file", file->node_name);
+    if (r->cfg.backing) {
+        optdict_set(opts, "backing", r->base->node_name);
+    }
+    if (dfile) {
+        optdict_set(opts, "data-file", dfile->node_name);
+    }
+    r->img.bs = bdrv_open(NULL, opts, flags, &r->img.err);
+    if (r->img.bs) {
+        r->img.child = test_child_new(r->img.bs);
+    }
 }
 
 static void run_init(Run *r, int cfg_index, uint64_t seed)
@@ -369,12 +410,19 @@ static void run_init(Run *r, int cfg_index, uint64_t seed)
         test_pattern(r->backing, r->backing_len, seed ^ 0xba5e);
         mem_write_raw(r->base, 0, r->backing, (int64_t)r->backing_len);
     }
-    size_t len;
-    uint8_t *init = initial_image(&r->cfg, &len);
+    size_t len, dlen;
+    uint8_t *dinit;
+    uint8_t *init = initial_image(&r->cfg, &len, &dinit, &dlen);
+    if (dinit) {
+        snprintf(name, sizeof(name), "crashdata%d", serial);
+        r->dfile = crash_file_new(name, dinit, dlen);
+        free(dinit);
+    }
     snprintf(name, sizeof(name), "crashfile%d", serial++);
     r->file = crash_file_new(name, init, len);
     free(init);
-    open_image(r, r->file, BDRV_O_RDWR | BDRV_O_UNMAP);
+    crash_file_arm(r->file, 0);             /* the last run's crash is over */
+    open_image(r, r->file, r->dfile, BDRV_O_RDWR | BDRV_O_UNMAP);
     if (!r->img.bs) {
         fail_msg("open: %s", error_get_pretty(r->img.err));
     }
@@ -383,6 +431,9 @@ static void run_init(Run *r, int cfg_index, uint64_t seed)
 static void run_free(Run *r)
 {
     q2_free(&r->img);                      /* also drops the crash file */
+    if (r->dfile) {
+        bdrv_unref(r->dfile);
+    }
     if (r->base) {
         bdrv_unref(r->base);
     }
@@ -425,7 +476,8 @@ static void dump(Run *r, const char *tag, const uint8_t *img, size_t len, const 
     const char *dir = getenv("CRASH_DUMP_DIR");
     char path[512];
     /* the random subsets (k2, k3) and the end states are the interesting ones */
-    if (!dir || dumped >= 200 || strstr(tag, "-k0") || strstr(tag, "-k1")) {
+    if (!dir || dumped >= 200 || strstr(tag, "-k0") || strstr(tag, "-k1") ||
+        has_data_file(&r->cfg)) {
         return;
     }
     dumped++;
@@ -459,7 +511,8 @@ static void expect_consistent(Run *r, const char *what, const uint8_t *img, size
 }
 
 /* Check one image a crash left (see the top of the file). */
-static void verify_image(Run *r, const char *tag, uint8_t *img, size_t len)
+static void verify_image(Run *r, const char *tag, uint8_t *img, size_t len, uint8_t *dimg,
+                         size_t dlen)
 {
     expect_consistent(r, tag, img, len, true);
     Q2Check c = q2_refcheck(img, len);
@@ -468,8 +521,13 @@ static void verify_image(Run *r, const char *tag, uint8_t *img, size_t len)
     static int serial;
     snprintf(name, sizeof(name), "crashcheck%d", serial++);
     BlockDriverState *file = crash_file_new(name, img, len);
+    BlockDriverState *dfile = NULL;
+    if (dimg) {
+        snprintf(name, sizeof(name), "crashcheckdata%d", serial);
+        dfile = crash_file_new(name, dimg, dlen);
+    }
     Run v = *r;
-    open_image(&v, file, BDRV_O_RDWR);
+    open_image(&v, file, dfile, BDRV_O_RDWR);
     bool rw = v.img.bs != NULL;
     if (!rw) {
         /* a dirty image (lazy refcounts) opens read-write only once repaired */
@@ -479,7 +537,7 @@ static void verify_image(Run *r, const char *tag, uint8_t *img, size_t len)
         }
         error_free(v.img.err);
         v.img.err = NULL;
-        open_image(&v, file, 0);
+        open_image(&v, file, dfile, 0);
         if (!v.img.bs) {
             fail_msg("seed %" PRIu64 " %s: read-only open: %s", r->seed, tag,
                      error_get_pretty(v.img.err));
@@ -557,7 +615,7 @@ static void verify_image(Run *r, const char *tag, uint8_t *img, size_t len)
         const uint8_t *after = crash_file_current(f, &clen);
         expect_consistent(r, "after a read-write open and close", after, clen, false);
         assert_false(q2_refcheck(after, clen).dirty);
-        open_image(&v, f, 0);
+        open_image(&v, f, dfile, 0);
         assert_non_null(v.img.bs);
         for (int i = 0; i < 3; i++) {
             test_pattern(wbuf, (size_t)wlen, (uint64_t)serial * 3 + (uint64_t)i);
@@ -583,6 +641,9 @@ static void verify_image(Run *r, const char *tag, uint8_t *img, size_t len)
     free(wbuf);
     free(rbuf);
     bdrv_unref(f);
+    if (dfile) {
+        bdrv_unref(dfile);
+    }
 }
 
 /* ---- regressions: one bad subset each, at every crash point ---- */
@@ -628,10 +689,11 @@ static void run_scenario(const Scenario *sc)
     }
     Cfg cfg = { 12, false, sc->lazy, sc->backing, MiB, NULL, 0 };
     size_t len;
-    uint8_t *init = initial_image(&cfg, &len);
+    uint8_t *init = initial_image(&cfg, &len, NULL, NULL);
     int64_t total = 0;
     for (int64_t at = 0; at <= total; at++) {
         BlockDriverState *file = crash_file_new("crashreg", init, len);
+        crash_file_arm(file, 0);                /* the last iteration's crash is over */
         Q2Image img = { .file = file, .cb = 12 };
         q2_open(&img, BDRV_O_RDWR | BDRV_O_UNMAP, base ? "backing" : NULL,
                 base ? "crashregbase" : NULL);
@@ -760,10 +822,13 @@ static void crash_seed(uint64_t seed)
     run_init(&r, ci, seed);
     int64_t total = run_workload(&r, 0);
     size_t len;
+    size_t dlen = 0;
     uint8_t *img = crash_file_persisted(r.file, seed, 0, 0, &len);
+    uint8_t *dimg = r.dfile ? crash_file_persisted(r.dfile, seed, 0, 0, &dlen) : NULL;
     snprintf(tag, sizeof(tag), "crash-s%" PRIu64 "-end", seed);
-    verify_image(&r, tag, img, len);
+    verify_image(&r, tag, img, len, dimg, dlen);
     free(img);
+    free(dimg);
     run_free(&r);
 
     int points = env_int("CRASH_POINTS", 10);
@@ -779,11 +844,13 @@ static void crash_seed(uint64_t seed)
         for (int k = 0; k < 4; k++) {
             int keep = k == 0 ? 100 : k == 1 ? 0 : 10 + (int)((seed + (uint64_t)at * 13 + (uint64_t)k) % 80);
             int torn = k < 2 ? 0 : 30;
-            img = crash_file_persisted(r.file, seed * 1000003 + (uint64_t)at * 101 + (uint64_t)k,
-                                       keep, torn, &len);
+            uint64_t sub = seed * 1000003 + (uint64_t)at * 101 + (uint64_t)k;
+            img = crash_file_persisted(r.file, sub, keep, torn, &len);
+            dimg = r.dfile ? crash_file_persisted(r.dfile, sub ^ 0xda7a, keep, torn, &dlen) : NULL;
             snprintf(tag, sizeof(tag), "crash-s%" PRIu64 "-at%" PRId64 "-k%d", seed, at, k);
-            verify_image(&r, tag, img, len);
+            verify_image(&r, tag, img, len, dimg, dlen);
             free(img);
+            free(dimg);
         }
         run_free(&r);
     }
