@@ -40,6 +40,9 @@ static const DCfg dcfgs[] = {
     { "extended_l2=on", false, 4 * MiB },
     { "cluster_size=1024,refcount_bits=8", false, 1 * MiB },
     { "cluster_size=2097152", true, 8 * MiB },
+    /* an external data file ('@': its path), plain and raw */
+    { "cluster_size=4096,data_file=@", true, 2 * MiB },
+    { "cluster_size=65536,data_file=@,data_file_raw=on", false, 2 * MiB },
 };
 #define NDCFGS ((int)(sizeof(dcfgs) / sizeof(dcfgs[0])))
 
@@ -57,7 +60,7 @@ typedef struct Diff {
     uint64_t seed, rng;
     uint32_t cs;
     bool v2;
-    BlockDriverState *file, *base;
+    BlockDriverState *file, *base, *dfile;
     BlockDriverState *bs;
     BdrvChild *child;
     uint8_t *model, *backing;
@@ -143,6 +146,9 @@ static void diff_open(Diff *d, const char *filename)
     OptDict *o = optdict_new();
     optdict_set(o, "driver", "qcow2");
     optdict_set(o, "file", d->file->node_name);
+    if (d->dfile) {
+        optdict_set(o, "data-file", d->dfile->node_name);
+    }
     if (d->cfg->backing) {
         optdict_set(o, "backing", d->base->node_name);
     }
@@ -255,6 +261,20 @@ static void diff_batch(Diff *d)
     }
 }
 
+/* A file's bytes (then the file goes). */
+static uint8_t *slurp(const char *path, struct stat *st)
+{
+    FILE *f = fopen(path, "r");
+    assert_non_null(f);
+    assert_int_equal(fstat(fileno(f), st), 0);
+    uint8_t *buf = malloc((size_t)st->st_size + 1);
+    assert_non_null(buf);
+    assert_int_equal(fread(buf, 1, (size_t)st->st_size, f), (size_t)st->st_size);
+    fclose(f);
+    unlink(path);
+    return buf;
+}
+
 static void diff_seed(uint64_t seed)
 {
     Diff d = { .cfg = &dcfgs[seed % NDCFGS], .seed = seed, .rng = seed * 977 + 1 };
@@ -263,8 +283,17 @@ static void diff_seed(uint64_t seed)
     Error *err = NULL;
 
     /* the driver's create, into a file; then the bytes into memory */
+    char dpath[256], opts[512];
     snprintf(path, sizeof(path), "%s/diff%d.qcow2", test_tmpdir(), serial);
-    OptDict *o = optdict_parse(d.cfg->opts, NULL, NULL);
+    snprintf(dpath, sizeof(dpath), "%s/diff%d.raw", test_tmpdir(), serial);
+    const char *at = strchr(d.cfg->opts, '@');
+    if (at) {
+        snprintf(opts, sizeof(opts), "%.*s%s%s", (int)(at - d.cfg->opts), d.cfg->opts, dpath,
+                 at + 1);
+    } else {
+        snprintf(opts, sizeof(opts), "%s", d.cfg->opts);
+    }
+    OptDict *o = optdict_parse(opts, NULL, NULL);
     char sz[32];
     snprintf(sz, sizeof(sz), "%" PRIu64, d.cfg->size);
     optdict_set(o, "size", sz);
@@ -273,15 +302,15 @@ static void diff_seed(uint64_t seed)
     if (ret < 0) {
         fail_msg("create %s: %s", d.cfg->opts, err ? error_get_pretty(err) : strerror(-ret));
     }
-    FILE *f = fopen(path, "r");
-    assert_non_null(f);
     struct stat st;
-    assert_int_equal(fstat(fileno(f), &st), 0);
-    uint8_t *init = malloc((size_t)st.st_size);
-    assert_non_null(init);
-    assert_int_equal(fread(init, 1, (size_t)st.st_size, f), (size_t)st.st_size);
-    fclose(f);
-    unlink(path);
+    uint8_t *init = slurp(path, &st);
+    if (at) {
+        struct stat dst;
+        uint8_t *dinit = slurp(dpath, &dst);
+        snprintf(name, sizeof(name), "diffdata%d", serial);
+        d.dfile = crash_file_new(name, dinit, (size_t)dst.st_size);
+        free(dinit);
+    }
     d.cs = 1u << qcow2_ld32(init, QH_CLUSTER_BITS);
     d.v2 = qcow2_ld32(init, QH_VERSION) == 2;
     snprintf(name, sizeof(name), "difffile%d", serial);
@@ -321,6 +350,9 @@ static void diff_seed(uint64_t seed)
     diff_close(&d);
 
     bdrv_unref(d.file);
+    if (d.dfile) {
+        bdrv_unref(d.dfile);
+    }
     if (d.base) {
         bdrv_unref(d.base);
     }
