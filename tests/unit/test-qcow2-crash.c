@@ -35,25 +35,29 @@ typedef struct Cfg {
     uint64_t size;
     const char *create;         /* made by the driver's create with these options */
     int64_t max_op;             /* longest request (default: 3 clusters, at most 64 KiB) */
+    bool small_cache;           /* the smallest L2 and refcount caches */
 } Cfg;
 
 static const Cfg cfgs[] = {
-    { 12, false, false, true, 3 * MiB, NULL, 0 },
-    { 9, false, false, false, 160 * KiB, NULL, 0 },
-    { 12, false, true, true, 3 * MiB, NULL, 0 },
-    { 14, true, false, true, 2 * MiB, NULL, 0 },
-    { 9, false, false, true, 96 * KiB, NULL, 0 },
-    { 16, false, false, false, 4 * MiB, NULL, 0 },
-    { 14, true, true, false, 2 * MiB, NULL, 0 },
-    { 10, false, true, false, 256 * KiB, NULL, 0 },
+    { 12, false, false, true, 3 * MiB, NULL, 0, false },
+    { 9, false, false, false, 160 * KiB, NULL, 0, false },
+    { 12, false, true, true, 3 * MiB, NULL, 0, false },
+    { 14, true, false, true, 2 * MiB, NULL, 0, false },
+    { 9, false, false, true, 96 * KiB, NULL, 0, false },
+    { 16, false, false, false, 4 * MiB, NULL, 0, false },
+    { 14, true, true, false, 2 * MiB, NULL, 0, false },
+    { 10, false, true, false, 256 * KiB, NULL, 0, false },
     /* 64-bit refcounts in 512-byte clusters: the refcount table grows */
-    { 9, false, false, false, 4 * MiB, "cluster_size=512,refcount_bits=64", 256 * KiB },
-    { 12, false, false, true, 2 * MiB, "compat=0.10,cluster_size=4096", 0 },
-    { 12, false, false, false, 2 * MiB, "compat=0.10,cluster_size=4096", 0 },
-    { 12, false, false, true, 2 * MiB, "refcount_bits=1,cluster_size=4096", 0 },
-    { 11, false, true, true, MiB, "cluster_size=2048,lazy_refcounts=on,refcount_bits=8", 0 },
+    { 9, false, false, false, 4 * MiB, "cluster_size=512,refcount_bits=64", 256 * KiB, false },
+    /* more L2 tables than the smallest cache holds: entries are evicted and
+     * loaded again (dirty ones rarely: a new L2 table flushes the cache) */
+    { 9, false, false, true, 6 * MiB, "cluster_size=512", 256 * KiB, true },
+    { 12, false, false, true, 2 * MiB, "compat=0.10,cluster_size=4096", 0, false },
+    { 12, false, false, false, 2 * MiB, "compat=0.10,cluster_size=4096", 0, false },
+    { 12, false, false, true, 2 * MiB, "refcount_bits=1,cluster_size=4096", 0, false },
+    { 11, false, true, true, MiB, "cluster_size=2048,lazy_refcounts=on,refcount_bits=8", 0, false },
     /* an external data file ('@': its path), crashing with the image */
-    { 12, false, false, true, 2 * MiB, "cluster_size=4096,data_file=@", 0 },
+    { 12, false, false, true, 2 * MiB, "cluster_size=4096,data_file=@", 0, false },
 };
 #define NCFGS ((int)(sizeof(cfgs) / sizeof(cfgs[0])))
 
@@ -375,6 +379,10 @@ static void open_image(Run *r, BlockDriverState *file, BlockDriverState *dfile, 
     if (dfile) {
         optdict_set(opts, "data-file", dfile->node_name);
     }
+    if (r->cfg.small_cache) {
+        optdict_set(opts, "l2-cache-size", "1");
+        optdict_set(opts, "refcount-cache-size", "1");
+    }
     r->img.bs = bdrv_open(NULL, opts, flags, &r->img.err);
     if (r->img.bs) {
         r->img.child = test_child_new(r->img.bs);
@@ -687,7 +695,7 @@ static void run_scenario(const Scenario *sc)
     if (base) {
         mem_fill(base, 0, 64 * KiB, 0xba);
     }
-    Cfg cfg = { 12, false, sc->lazy, sc->backing, MiB, NULL, 0 };
+    Cfg cfg = { 12, false, sc->lazy, sc->backing, MiB, NULL, 0, false };
     size_t len;
     uint8_t *init = initial_image(&cfg, &len, NULL, NULL);
     int64_t total = 0;
