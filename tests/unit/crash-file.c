@@ -18,7 +18,7 @@ typedef struct CfOp {
 
 typedef struct CfBuf {
     uint8_t *p;
-    size_t len;
+    size_t len, cap;
 } CfBuf;
 
 typedef struct CrashFileState {
@@ -48,8 +48,12 @@ static void buf_grow(CfBuf *b, size_t len)
     if (len <= b->len) {
         return;
     }
-    b->p = realloc(b->p, len);
-    assert_non_null(b->p);
+    if (len > b->cap) {
+        /* geometric: a file that grows by appends is not copied each time */
+        b->cap = MAX(len, b->cap + b->cap / 2);
+        b->p = realloc(b->p, b->cap);
+        assert_non_null(b->p);
+    }
     memset(b->p + b->len, 0, len - b->len);
     b->len = len;
 }
@@ -233,7 +237,7 @@ BlockDriverState *crash_file_new(const char *node_name, const void *data, size_t
         bdrv_register(&crash_file_drv);
         registered = true;
     }
-    CfBuf init = { (uint8_t *)data, len };
+    CfBuf init = { (uint8_t *)data, len, len };
     cf_pending_init = &init;
     BlockDriverState *bs = bdrv_new_open_driver(&crash_file_drv, node_name, BDRV_O_RDWR, NULL,
                                                 &err);
@@ -281,7 +285,7 @@ static uint64_t cf_rand(uint64_t *x)
 
 static CfBuf durable_copy(CrashFileState *s)
 {
-    CfBuf out = { NULL, 0 };
+    CfBuf out = { NULL, 0, 0 };
     buf_grow(&out, s->durable.len ? s->durable.len : 1);
     out.len = s->durable.len;
     memcpy(out.p, s->durable.p, s->durable.len);
