@@ -1,7 +1,8 @@
 /*
  * test-qcow2-diff.c - differential random-operation test of the qcow2
  * driver: the same random writes (any byte range), zero writes (with and
- * without unmap) and discards go through the driver, several at a time
+ * without unmap), discards and compressed writes (whole clusters) go
+ * through the driver, several at a time
  * from coroutines, and into a model (a byte array).  After each batch the
  * whole image is read and compared with the model, and the image file is
  * checked (qcow2-refcheck.h: no errors, no refcount below its references,
@@ -59,7 +60,7 @@ static const DCfg dcfgs[] = {
 };
 #define NDCFGS ((int)(sizeof(dcfgs) / sizeof(dcfgs[0])))
 
-typedef enum { D_WRITE, D_ZERO, D_ZERO_UNMAP, D_DISCARD } DKind;
+typedef enum { D_WRITE, D_ZERO, D_ZERO_UNMAP, D_DISCARD, D_COMPRESSED } DKind;
 
 typedef struct DOp {
     DKind kind;
@@ -77,6 +78,7 @@ typedef struct Diff {
     BlockDriverState *bs;
     BdrvChild *child;
     uint8_t *model, *backing;
+    bool compress;              /* the image takes compressed writes */
     size_t backing_len;
     int running;
 } Diff;
@@ -99,12 +101,32 @@ typedef struct DCo {
     DOp *op;
 } DCo;
 
+/* Compressible data for a compressed write: a few random bytes per sector
+ * on a constant fill. */
+static void compressible(uint8_t *buf, int64_t len, uint64_t pattern)
+{
+    memset(buf, (int)(pattern & 0xff), (size_t)len);
+    for (int64_t i = 0; i < len; i += 512) {
+        test_pattern(buf + i, 16, pattern + (uint64_t)i);
+    }
+}
+
 static void coroutine_fn dop_co(void *opaque)
 {
     DCo *c = opaque;
     DOp *op = c->op;
     Diff *d = c->d;
     switch (op->kind) {
+    case D_COMPRESSED: {
+        uint8_t *buf = malloc((size_t)op->len);
+        assert_non_null(buf);
+        compressible(buf, op->len, op->pattern);
+        IOVector q;
+        iov_init_buf(&q, buf, (size_t)op->len);
+        op->ret = bdrv_co_pwritev(d->child, op->off, op->len, &q, BDRV_REQ_WRITE_COMPRESSED);
+        free(buf);
+        break;
+    }
     case D_WRITE: {
         uint8_t *buf = malloc((size_t)op->len);
         assert_non_null(buf);
@@ -132,6 +154,9 @@ static void coroutine_fn dop_co(void *opaque)
 static void model_apply(Diff *d, const DOp *op)
 {
     switch (op->kind) {
+    case D_COMPRESSED:
+        compressible(d->model + op->off, op->len, op->pattern);
+        break;
     case D_WRITE:
         test_pattern(d->model + op->off, (size_t)op->len, op->pattern);
         break;
@@ -172,6 +197,8 @@ static void diff_open(Diff *d, const char *filename)
         fail_msg("seed %" PRIu64 " (%s): open: %s", d->seed, d->cfg->opts, error_get_pretty(err));
     }
     d->child = test_child_new(d->bs);
+    /* an external data file takes no compressed clusters (-ENOTSUP, as QEMU) */
+    d->compress = bdrv_supports_compressed_writes(d->bs) && !d->dfile;
 }
 
 static void diff_close(Diff *d)
@@ -237,6 +264,12 @@ static void diff_batch(Diff *d)
         op.off = (int64_t)dbelow(d, (uint64_t)(area - op.len + 1));
         if (dbelow(d, 3) == 0) {
             op.off = ALIGN_DOWN(op.off, cs);
+        }
+        /* compressed writes: whole clusters, where the image takes them */
+        if (op.kind == D_WRITE && d->compress && dbelow(d, 4) == 0) {
+            op.kind = D_COMPRESSED;
+            op.off = ALIGN_DOWN(op.off, cs);
+            op.len = MIN(ALIGN_UP(op.len, cs), size - op.off);
         }
         /* disjoint bytes, so the outcome does not depend on the order */
         bool clash = false;
