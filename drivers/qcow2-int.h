@@ -202,6 +202,10 @@ typedef struct BDRVQcow2State {
     Qcow2Alloc *allocs;              /* allocations in flight */
     CoQueue alloc_wait;              /* writers waiting for one of them */
     bool corrupt_reported;
+    /* An L2 entry names external data-file clusters written since that file's
+     * last flush (qcow2_l2_after_data): flush it before the next table
+     * write-back. */
+    bool data_file_unflushed;
 } BDRVQcow2State;
 
 /* Refcount i of a refcount block (or a slice of one), 2^order bits wide. */

@@ -54,12 +54,17 @@ int coroutine_fn qcow2_l2_after_refcounts(BDRVQcow2State *s)
  * copy-on-write; we do it for every allocation, so that after a crash an
  * entry never shows the old contents of a reused cluster, or zeros where
  * the backing file's data was copied).  An external data file is not the
- * cache's child: the writer flushes it itself, where copied data would be
- * lost.  s->lock held, before the entries change.
+ * cache's child: the caches' write check flushes it first
+ * (qcow2_cache_check_write), or an entry that stops reading as zeros or
+ * as the backing file would show what the data file held at that offset
+ * before.  s->lock held, before the entries change.
  */
 void qcow2_l2_after_data(BDRVQcow2State *s)
 {
     meta_cache_depends_on_flush(s->l2_cache);
+    if (qcow2_has_data_file(s)) {
+        s->data_file_unflushed = true;
+    }
 }
 
 bool qcow2_alloc_overlaps(BDRVQcow2State *s, uint64_t first, uint64_t nb)
@@ -276,9 +281,6 @@ static int coroutine_fn write_allocating(BlockDriverState *bs, uint64_t offset, 
             ret = write_with_cow(s, (uint64_t)host, b ? b->in : NULL, head, qiov, qiov_offset,
                                  len, b ? b->out : NULL, tail);
         }
-        if (ret == 0 && (head || tail) && qcow2_has_data_file(s)) {
-            ret = bdrv_co_flush(s->data_file->bs);        /* see qcow2_l2_after_data */
-        }
     }
     if (b) {
         qcow2_bounce_put(s, b);
@@ -431,9 +433,6 @@ static int coroutine_fn write_subclusters(BlockDriverState *bs, uint64_t offset,
         if (ret == 0) {
             ret = write_with_cow(s, host + from, b ? b->in : NULL, head, qiov, qiov_offset, len,
                                  b ? b->out : NULL, tail);
-        }
-        if (ret == 0 && (head || tail) && qcow2_has_data_file(s)) {
-            ret = bdrv_co_flush(s->data_file->bs);        /* see qcow2_l2_after_data */
         }
     }
     if (b) {

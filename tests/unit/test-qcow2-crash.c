@@ -907,7 +907,7 @@ static int env_int(const char *name, int def)
     return v && *v ? atoi(v) : def;
 }
 
-static void crash_seed(uint64_t seed)
+static void crash_seed(uint64_t seed, int points)
 {
     int ci = (int)(seed % NCFGS);
     Run r;
@@ -926,7 +926,6 @@ static void crash_seed(uint64_t seed)
     free(dimg);
     run_free(&r);
 
-    int points = env_int("CRASH_POINTS", SANITIZED_BUILD ? 3 : 10);
     uint64_t prng = seed * 31 + 7;
     for (int p = 0; p < points; p++) {
         int64_t at = p == 0 ? 1 : p == points - 1 ? total
@@ -957,8 +956,21 @@ static void test_crash_random(void **state)
     int seeds = env_int("CRASH_SEEDS", NCFGS);
     int first = env_int("CRASH_SEED_FIRST", 0);
     for (int s = first; s < first + seeds; s++) {
-        crash_seed((uint64_t)s);
+        crash_seed((uint64_t)s, env_int("CRASH_POINTS", SANITIZED_BUILD ? 3 : 10));
     }
+}
+
+/* Regression (seed 7019, an external data file): a durable zero write, then
+ * a whole-cluster write at the same place; the L2 entry without the zero
+ * flag reached the disk, the data file's write did not (only a
+ * copy-on-write flushed that file), and the cluster showed what the data
+ * file held there before the zeros. */
+static void test_data_file_flushed_before_l2(void **state)
+{
+    (void)state;
+    assert_int_equal(7019 % NCFGS, 14);
+    assert_non_null(strstr(cfgs[14].create, "data_file"));
+    crash_seed(7019, 20);
 }
 
 static int setup(void **state)
@@ -975,6 +987,7 @@ int main(void)
         cmocka_unit_test(test_cow_data_before_l2),
         cmocka_unit_test(test_reused_cluster_not_exposed),
         cmocka_unit_test(test_compressed_data_before_l2),
+        cmocka_unit_test(test_data_file_flushed_before_l2),
         cmocka_unit_test(test_crash_random),
     };
     return cmocka_run_group_tests_name("qcow2-crash", tests, setup, test_tmpdir_teardown);
