@@ -107,13 +107,25 @@ void coroutine_fn qcow2_signal_corruption(BlockDriverState *bs, const char *msg)
 
 /* The caches' write-back check (MetaCacheConfig.check_write): a table entry that a
  * corrupted pointer put over other metadata never reaches the disk, and marks the image
- * corrupt.  The table's own cluster is not an overlap. */
+ * corrupt.  The table's own cluster is not an overlap.  Runs in the write-back's
+ * coroutine under s->lock: an external data file with data that new L2 entries name
+ * is flushed first (qcow2_l2_after_data). */
 int qcow2_cache_check_write(void *opaque, int64_t offset, size_t len)
 {
     BlockDriverState *bs = opaque;
     BDRVQcow2State *s = bs->opaque;
     uint64_t self = (uint64_t)offset & ~((uint64_t)s->cluster_size - 1);
-    return qcow2_overlaps_metadata(bs, (uint64_t)offset, len, self) ? -EIO : 0;
+    if (qcow2_overlaps_metadata(bs, (uint64_t)offset, len, self)) {
+        return -EIO;
+    }
+    if (s->data_file_unflushed) {
+        int ret = bdrv_co_flush(s->data_file->bs);
+        if (ret < 0) {
+            return ret;
+        }
+        s->data_file_unflushed = false;
+    }
+    return 0;
 }
 
 /* The slice of refcount block rb_offset holding refcount `index`. */

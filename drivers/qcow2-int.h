@@ -202,6 +202,10 @@ typedef struct BDRVQcow2State {
     Qcow2Alloc *allocs;              /* allocations in flight */
     CoQueue alloc_wait;              /* writers waiting for one of them */
     bool corrupt_reported;
+    /* An L2 entry names external data-file clusters written since that file's
+     * last flush (qcow2_l2_after_data): flush it before the next table
+     * write-back. */
+    bool data_file_unflushed;
 } BDRVQcow2State;
 
 /* Refcount i of a refcount block (or a slice of one), 2^order bits wide. */
@@ -338,10 +342,12 @@ static inline void qcow2_set_l2_bitmap(BDRVQcow2State *s, uint64_t *slice, uint3
  * wait while qcow2_alloc_overlaps, qcow2_mark_dirty, get the slice
  * (qcow2_l2_slice_for_write), allocate, link a Qcow2Alloc into s->allocs,
  * drop the lock for the data, take it again, qcow2_alloc_end, then
- * qcow2_l2_after_refcounts before the new entries, and qcow2_free_old_entry
- * for what they replaced once the L2 cache is flushed. */
+ * qcow2_l2_after_refcounts and qcow2_l2_after_data before the new entries,
+ * and qcow2_free_old_entry for what they replaced once the L2 cache is
+ * flushed. */
 int coroutine_fn qcow2_mark_dirty(BlockDriverState *bs);
 int coroutine_fn qcow2_l2_after_refcounts(BDRVQcow2State *s);
+void qcow2_l2_after_data(BDRVQcow2State *s);
 bool qcow2_alloc_overlaps(BDRVQcow2State *s, uint64_t first, uint64_t nb);
 void qcow2_alloc_end(BDRVQcow2State *s, Qcow2Alloc *alloc);
 /* The L2 slice (referenced; meta_cache_put it) holding the entry of the
