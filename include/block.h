@@ -51,6 +51,9 @@ enum {
     BDRV_O_WRITETHROUGH  = 1 << 8,   /* every write is FUA (cache=writethrough/directsync) */
     BDRV_O_CREAT_TEMP    = 1 << 9,
     BDRV_O_FORCE_SHARE   = 1 << 10,  /* force-share=on: read-only, take no image locks */
+    BDRV_O_SHARE_WRITE   = 1 << 11,  /* others may write and resize the image meanwhile
+                                      * (qemu-img's readers; a format still unshares
+                                      * writes to its metadata) */
 };
 /* "none" (default for devices), "writeback", "writethrough", "directsync", "unsafe". */
 int bdrv_parse_cache_mode(const char *mode, int *flags, Error **errp);

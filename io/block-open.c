@@ -21,7 +21,7 @@
 static int child_flags(const BlockDriverState *parent, BdrvChildRole role)
 {
     int f = parent->open_flags & (BDRV_O_RDWR | BDRV_O_NOCACHE | BDRV_O_NO_FLUSH | BDRV_O_UNMAP |
-                                  BDRV_O_FORCE_SHARE);
+                                  BDRV_O_FORCE_SHARE | BDRV_O_SHARE_WRITE);
     if (role & BDRV_CHILD_COW) {
         f &= ~BDRV_O_RDWR;
     } else if (parent->drv->is_format) {
@@ -298,7 +298,8 @@ BlockDriverState *bdrv_open(const char *filename, OptDict *options, int flags, E
                 optdict_set(file_opts, "filename", child_fname);
             }
             int pflags = (flags & (BDRV_O_RDWR | BDRV_O_NOCACHE | BDRV_O_NO_FLUSH |
-                                   BDRV_O_UNMAP | BDRV_O_FORCE_SHARE)) | BDRV_O_PROTOCOL;
+                                   BDRV_O_UNMAP | BDRV_O_FORCE_SHARE | BDRV_O_SHARE_WRITE)) |
+                         BDRV_O_PROTOCOL;
             probed_file = bdrv_open(NULL, file_opts, pflags, errp);
             free(ref_name);
             if (!probed_file) {

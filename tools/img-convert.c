@@ -338,6 +338,7 @@ int img_convert(int argc, char **argv)
         }
     }
     so.cache = src_cache;
+    so.no_share = true;
     BlockBackend *src = img_open(src_name, &so);
     if (!src) {
         return 1;

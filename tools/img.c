@@ -193,6 +193,13 @@ BlockBackend *img_open(const char *filename, const ImgOpenOpts *o)
     if (o->force_share) {
         flags |= BDRV_O_FORCE_SHARE;
     }
+    if (!o->writable && !o->force_share && !o->no_share) {
+        /* qemu-img info/map/check/compare/bench next to a running writer
+         * work (a format still refuses one that writes its metadata).
+         * Writers stay exclusive: a second writer of a raw image is
+         * refused where qemu-img lets it in (docs/QEMU-IMG.md). */
+        flags |= BDRV_O_SHARE_WRITE;
+    }
     if (o->no_backing) {
         flags |= BDRV_O_NO_BACKING;
     }

@@ -39,6 +39,9 @@ typedef struct ImgOpenOpts {
     bool writable;
     bool force_share;       /* -U: read-only and no image locks (force-share=on) */
     bool no_backing;
+    bool no_share;          /* read-only and nobody may write it meanwhile (convert's
+                             * source, qemu's BDRV_O_NO_SHARE); other read-only opens
+                             * let writers in, as qemu-img's do */
     int extra_flags;        /* more BDRV_O_* (img io: BDRV_O_UNMAP) */
 } ImgOpenOpts;
 /* Open an image, printing qemu-img's "Could not open 'X': ..." on failure. */
