@@ -144,6 +144,10 @@ const char *bdrv_driver_name(const BlockDriver *drv);
 /* Options of `img create -f FMT -o ...` (NULL-name terminated), or NULL. */
 const CreateOptDesc *bdrv_driver_create_opts(const BlockDriver *drv);
 bool bdrv_driver_can_create(const BlockDriver *drv);
+/* Create options of the protocol that would hold `filename` (the file
+ * protocol's preallocation, ...), which `img create` of any format also
+ * takes, as qemu-img does; NULL if none. */
+const CreateOptDesc *bdrv_protocol_create_opts(const char *filename);
 bool bdrv_driver_supports_backing(const BlockDriver *drv);
 
 /* ---- graph ---- */

@@ -530,11 +530,17 @@ int bdrv_create(const BlockDriver *drv, const char *filename, OptDict *opts, Err
         error_setg(errp, "Format '%s' does not support image creation", drv->format_name);
         return -ENOTSUP;
     }
-    /* Check every option before touching the file, so a typo creates nothing. */
+    /* Check every option before touching the file, so a typo creates nothing.
+     * The protocol's options go to the format's co_create, which hands them
+     * on when it creates its file. */
+    const CreateOptDesc *proto_opts = bdrv_protocol_create_opts(filename);
     for (size_t i = 0; i < optdict_count(opts); i++) {
         const char *key = optdict_key_at(opts, i);
         bool known = !strcmp(key, "size");
         for (const CreateOptDesc *d = drv->create_opts; d && d->name && !known; d++) {
+            known = !strcmp(d->name, key);
+        }
+        for (const CreateOptDesc *d = proto_opts; d && d->name && !known; d++) {
             known = !strcmp(d->name, key);
         }
         if (!known) {
@@ -555,6 +561,12 @@ int bdrv_create(const BlockDriver *drv, const char *filename, OptDict *opts, Err
         error_free(c.err);
     }
     return c.ret < 0 ? c.ret : 0;
+}
+
+const CreateOptDesc *bdrv_protocol_create_opts(const char *filename)
+{
+    const BlockDriver *proto = filename ? bdrv_find_protocol(filename, NULL) : NULL;
+    return proto && proto->co_create ? proto->create_opts : NULL;
 }
 
 int coroutine_fn bdrv_co_create_file(const char *filename, OptDict *opts, Error **errp)

@@ -56,3 +56,26 @@ for img in r.img d.vdi; do
     kill $qio; wait $qio 2>/dev/null
 done
 exit 0
+
+# --- create: the size given twice, qemu's bool spellings (as typed in the
+# "Formatting" line), the protocol's preallocation under vdi
+both create -f raw -o size=2M c1.img 1M
+[ -e c1.img ] && fail "create with the size given twice made c1.img"
+for o in static=1 static=0 static=On static= static=yes static=y static=n static=true static=no \
+         preallocation=full preallocation=falloc preallocation=off preallocation=metadata \
+         static=on,preallocation=full; do
+    "$QEMU_IMG" create -f vdi -o "$o" q.vdi 3M >q.out 2>&1; qrc=$?
+    uimg create -f vdi -o "$o" u.vdi 3M >u.out 2>&1; urc=$?
+    sed -i 's/q\.vdi/u.vdi/g' q.out
+    [ $urc = $qrc ] || { cat u.out q.out >&2; fail "create -o $o: ublkd exit $urc, qemu-img $qrc"; }
+    same_output "create -f vdi -o $o" u.out q.out
+    if [ $qrc = 0 ]; then
+        [ "$(stat -c %s u.vdi)" = "$(stat -c %s q.vdi)" ] || fail "create -o $o: file sizes differ"
+        "$QEMU_IMG" check -q u.vdi || fail "create -o $o: qemu-img check of ublkd's image"
+    fi
+    rm -f q.vdi u.vdi
+done
+for o in preallocation=bogus preallocation=metadata; do
+    both create -f raw -o "$o" p.img 1M
+    rm -f p.img
+done
