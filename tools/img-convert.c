@@ -84,11 +84,27 @@ out:
     return n;
 }
 
+/* -S 0's source of zero data, IO_BUF_SIZE bytes (allocated only then). */
+static uint8_t *zero_data;
+
 static int coroutine_fn write_zeroes(ConvertState *s, int64_t offset, int64_t bytes)
 {
     if (s->min_sparse == 0) {
-        /* -S 0: the output is to be fully allocated. */
-        return blk_co_pwrite_zeroes(s->dst, offset, bytes, 0);
+        /* -S 0: the output is to be fully allocated, so zeroes go out as
+         * data, as qemu-img writes them: a format that keeps zero blocks
+         * unallocated (vdi) allocates them too. */
+        while (bytes > 0) {
+            int64_t n = MIN(bytes, (int64_t)IO_BUF_SIZE);
+            IOVector q;
+            iov_init_buf(&q, zero_data, n);
+            int ret = blk_co_pwritev(s->dst, offset, n, &q, 0);
+            if (ret < 0) {
+                return ret;
+            }
+            offset += n;
+            bytes -= n;
+        }
+        return 0;
     }
     if (s->has_zero_init) {
         return 0;
@@ -212,7 +228,9 @@ static int do_copy(ConvertState *s)
 
 int img_convert(int argc, char **argv)
 {
-    ImgOpenOpts so = { 0 }, to = { .writable = true };
+    /* The target's zero ranges may be holes (write-zeroes with MAY_UNMAP),
+     * as qemu-img's: -n into a sparse file keeps it sparse. */
+    ImgOpenOpts so = { 0 }, to = { .writable = true, .extra_flags = BDRV_O_UNMAP };
     const char *out_fmt = NULL, *options = NULL;
     const char *src_cache = "writeback", *dst_cache = "unsafe";
     bool no_create = false, progress = false, quiet = false, unordered = false;
@@ -246,6 +264,10 @@ int img_convert(int argc, char **argv)
                 return 1;
             }
             min_sparse = v;
+            if (!min_sparse && !zero_data) {
+                zero_data = aligned_alloc_or_die(4096, IO_BUF_SIZE);
+                memset(zero_data, 0, IO_BUF_SIZE);
+            }
             break;
         }
         case 'p': progress = true; break;
@@ -272,7 +294,8 @@ int img_convert(int argc, char **argv)
             error_report("Compression is not supported by ublkd img convert");
             return 1;
         case 'B': case 'C': case 'l': case 'r': case 'X': case 'Y': case 'Z':
-            error_report("convert option '%s' is not supported by ublkd img", argv[optind - 1]);
+            error_report("convert option '%s' is not supported by ublkd img",
+                         img_opt_text(argv));
             return 1;
         case 'h':
             printf("usage: ublkd img convert [--image-opts] [--target-image-opts] [-U] [-p] [-q]"

@@ -95,6 +95,22 @@ int img_opt_error(int c, char **argv)
     return img_usage_error("unrecognized option '%s'", argv[optind - 1]);
 }
 
+const char *img_opt_text(char **argv)
+{
+    static char buf[64];
+    /* With its argument in the next word, the option is the word before. */
+    const char *tok = optarg && optind >= 2 && optarg == argv[optind - 1] ? argv[optind - 2]
+                                                                         : argv[optind - 1];
+    if (!strncmp(tok, "--", 2)) {
+        snprintf(buf, sizeof(buf), "%.*s", (int)strcspn(tok, "="), tok);
+    } else {
+        /* "-Bfile" or a group of flags: getopt has just read the character
+         * before where it stands; the first one is all a message needs. */
+        snprintf(buf, sizeof(buf), "%.2s", tok);
+    }
+    return buf;
+}
+
 int img_image_opt(int c, char **argv, ImgOpenOpts *oo, OutputFormat *ofmt)
 {
     switch (c) {

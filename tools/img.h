@@ -54,6 +54,9 @@ int img_usage_error(const char *fmt, ...) PRINTF_FMT(1, 2);
 /* The usage error for what getopt_long returned on a bad option (the
  * subcommands' optstrings start with ':', so a missing argument is ':'). */
 int img_opt_error(int c, char **argv);
+/* The option getopt_long just returned as typed ("-B", "--object"), for
+ * messages: never its argument. */
+const char *img_opt_text(char **argv);
 
 /*
  * info, check and map read one image the same way, so they share -f,

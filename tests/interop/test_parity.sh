@@ -79,3 +79,26 @@ for o in preallocation=bogus preallocation=metadata; do
     both create -f raw -o "$o" p.img 1M
     rm -f p.img
 done
+
+# --- convert: -S 0 allocates everything (vdi too); -n into an existing
+# sparse file keeps it sparse
+make_sparse_raw src.raw 16M
+for t in q u; do
+    tool="$QEMU_IMG"; [ $t = u ] && tool="$UBLKD img"
+    $tool convert -S 0 -f raw -O vdi src.raw $t.S0.vdi || fail "$t: convert -S 0 -O vdi"
+    "$QEMU_IMG" create -q -f raw $t.n.raw 16M
+    $tool convert -n -f raw -O raw src.raw $t.n.raw || fail "$t: convert -n"
+    "$QEMU_IMG" map --output=json -f vdi $t.S0.vdi | sed "s/$t\.S0/X/g" >$t.S0.map
+done
+same_output "map of convert -S 0 -O vdi" u.S0.map q.S0.map
+[ "$(alloc_bytes u.S0.vdi)" = "$(alloc_bytes q.S0.vdi)" ] ||
+    fail "convert -S 0 -O vdi allocates $(alloc_bytes u.S0.vdi), qemu-img $(alloc_bytes q.S0.vdi)"
+[ "$(alloc_bytes u.n.raw)" = "$(alloc_bytes q.n.raw)" ] ||
+    fail "convert -n allocates $(alloc_bytes u.n.raw), qemu-img $(alloc_bytes q.n.raw)"
+cmp u.n.raw src.raw || fail "convert -n: target differs from source"
+
+# --- an unsupported option is named, not its argument
+for o in "-l snap" "--object secret,id=x" "-r 1M"; do
+    uimg convert $o -f raw -O raw src.raw x.raw >u.out 2>&1 && fail "convert $o succeeded"
+    grep -qF "convert option '${o%% *}' is not supported" u.out || { cat u.out >&2; fail "convert $o: message"; }
+done
