@@ -200,7 +200,7 @@ BlockBackend *img_open(const char *filename, const ImgOpenOpts *o)
 
     const char *cache = o->cache ? o->cache : "writeback";
     if (bdrv_parse_cache_mode(cache, &flags, NULL) < 0) {
-        error_report("Invalid cache option: %s", cache);
+        error_report("Invalid %scache option: %s", o->source_cache ? "source " : "", cache);
         return NULL;
     }
     if (o->writable) {

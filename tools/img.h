@@ -36,6 +36,7 @@ typedef struct ImgOpenOpts {
     const char *fmt;        /* -f, NULL = probe */
     bool image_opts;        /* --image-opts: filename is "driver=...,file.filename=..." */
     const char *cache;      /* -t / -T, NULL = caller's default */
+    bool source_cache;      /* a bad cache is "Invalid source cache option" (-T) */
     bool writable;
     bool force_share;       /* -U: read-only and no image locks (force-share=on) */
     bool no_backing;

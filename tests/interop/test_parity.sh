@@ -102,3 +102,13 @@ for o in "-l snap" "--object secret,id=x" "-r 1M"; do
     uimg convert $o -f raw -O raw src.raw x.raw >u.out 2>&1 && fail "convert $o succeeded"
     grep -qF "convert option '${o%% *}' is not supported" u.out || { cat u.out >&2; fail "convert $o: message"; }
 done
+
+# --- usage errors exit 1 (compare too); a bad -T is a "source cache option"
+both compare r.img
+both compare a b c
+both compare --bogus
+both compare
+both compare -T bogus r.img r.img
+both check -T bogus r.img
+both bench -t bogus r.img
+both bench -t bogus
