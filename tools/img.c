@@ -41,6 +41,9 @@ static const struct {
     { "create", img_create,
       "create [--object objectdef] [-q] [-f fmt] [-b backing_file [-F backing_fmt]] [-u]"
       " [-o options] filename [size]" },
+    { "dd", img_dd,
+      "dd [--image-opts] [-U] [-f fmt] [-O output_fmt] [bs=block_size] [count=blocks]"
+      " [skip=blocks] if=input of=output" },
     { "info", img_info,
       "info [--image-opts] [-f fmt] [--output=ofmt] [--backing-chain] [-U] filename" },
     { "io", img_io,
@@ -90,7 +93,7 @@ int img_usage_error(const char *fmt, ...)
 int img_opt_error(int c, char **argv)
 {
     if (c == ':') {
-        return img_usage_error("option '%s' needs an argument", argv[optind - 1]);
+        return img_usage_error("missing argument for option '%s'", argv[optind - 1]);
     }
     return img_usage_error("unrecognized option '%s'", argv[optind - 1]);
 }
@@ -286,6 +289,15 @@ int img_main(int argc, char **argv)
             }
             /* Subcommands parse with getopt from argv[0] == their name. */
             return commands[i].fn(argc - 1, argv + 1);
+        }
+    }
+    /* qemu-img's commands that ublkd does not have yet: not a typo. */
+    static const char *const later[] = { "amend", "bitmap", "commit", "measure", "rebase",
+                                         "resize", "snapshot", NULL };
+    for (int i = 0; later[i]; i++) {
+        if (!strcmp(cmd, later[i])) {
+            error_report("Command '%s' is not supported yet", cmd);
+            return 1;
         }
     }
     error_report("Command not found: %s", cmd);

@@ -26,6 +26,7 @@ int img_compare(int argc, char **argv);
 int img_map(int argc, char **argv);
 int img_bench(int argc, char **argv);
 int img_io(int argc, char **argv);
+int img_dd(int argc, char **argv);
 
 /* ---- common (img.c) ---- */
 typedef enum { OFORMAT_HUMAN, OFORMAT_JSON } OutputFormat;

@@ -55,7 +55,6 @@ for img in r.img d.vdi; do
     both_rc bench -c 1 "$img"
     kill $qio; wait $qio 2>/dev/null
 done
-exit 0
 
 # --- create: the size given twice, qemu's bool spellings (as typed in the
 # "Formatting" line), the protocol's preallocation under vdi
@@ -82,11 +81,11 @@ done
 
 # --- convert: -S 0 allocates everything (vdi too); -n into an existing
 # sparse file keeps it sparse
-make_sparse_raw src.raw 16M
+make_sparse_raw src.raw 32M
 for t in q u; do
     tool="$QEMU_IMG"; [ $t = u ] && tool="$UBLKD img"
     $tool convert -S 0 -f raw -O vdi src.raw $t.S0.vdi || fail "$t: convert -S 0 -O vdi"
-    "$QEMU_IMG" create -q -f raw $t.n.raw 16M
+    "$QEMU_IMG" create -q -f raw $t.n.raw 32M
     $tool convert -n -f raw -O raw src.raw $t.n.raw || fail "$t: convert -n"
     "$QEMU_IMG" map --output=json -f vdi $t.S0.vdi | sed "s/$t\.S0/X/g" >$t.S0.map
 done
@@ -112,3 +111,44 @@ both compare -T bogus r.img r.img
 both check -T bogus r.img
 both bench -t bogus r.img
 both bench -t bogus
+
+# --- dd as qemu-img 7.2's: the output files and the messages
+head -c 6M src.raw >src6.raw   # 512-byte blocks: keep it small
+"$QEMU_IMG" convert -f raw -O vdi src6.raw src.vdi
+dd_both() {   # dd_both OPERANDS...: of= is added, one output per tool
+    rm -f q.dd u.dd
+    "$QEMU_IMG" dd "$@" of=q.dd >q.out 2>&1; local qrc=$?
+    uimg dd "$@" of=u.dd >u.out 2>&1; local urc=$?
+    sed -i 's/q\.dd/u.dd/g' q.out
+    [ $urc = $qrc ] || { cat u.out q.out >&2; fail "dd $*: ublkd exit $urc, qemu-img $qrc"; }
+    same_output "dd $*" u.out q.out
+    if [ -e q.dd ]; then
+        [ -e u.dd ] || fail "dd $*: no output from ublkd"
+        "$QEMU_IMG" compare -q u.dd q.dd || fail "dd $*: outputs differ"
+        [ "$(stat -c %s u.dd)" = "$(stat -c %s q.dd)" ] || fail "dd $*: output sizes differ"
+    fi
+}
+dd_both if=src6.raw
+dd_both -f raw if=src6.raw bs=1M count=3
+dd_both if=src6.raw bs=64k skip=20 count=100
+dd_both if=src6.raw bs=4k skip=100000
+dd_both -f vdi -O vdi if=src.vdi bs=1M count=2 skip=1
+dd_both if=src6.raw bs=1000 count=7
+dd_both if=src6.raw bs=0
+dd_both if=src6.raw bs=1x
+dd_both if=src6.raw count=-1
+dd_both if=src6.raw bogus=1
+dd_both if=src6.raw nonsense
+dd_both -O nosuchfmt if=src6.raw
+dd_both if=nonexist.raw
+both dd if=src6.raw
+both dd --bogus if=src6.raw of=x
+both dd -f
+# qemu-img's commands ublkd lacks are "not supported yet", a typo is not found
+for cmd in resize amend snapshot rebase commit measure bitmap; do
+    uimg $cmd x.img >u.out 2>&1 && fail "$cmd succeeded"
+    grep -q "Command '$cmd' is not supported yet" u.out || { cat u.out >&2; fail "$cmd: message"; }
+done
+both resizz x.img
+for cmd in info map check compare convert create bench; do both $cmd -f; done
+exit 0
