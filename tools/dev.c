@@ -261,15 +261,17 @@ static int spawn_daemon(UblkDevConfig *cfg, bool recover)
     }
     close(pfd[0]);
     buf[n] = 0;
-    /* "WARN <message>" lines may come before the verdict. */
+    /* "WARN <message>" lines may come before the verdict; the verdict is
+     * the rest, lines and all (a lock conflict's hint is a second line). */
     char *line = buf, *nl;
-    while ((nl = strchr(line, '\n'))) {
+    while (!strncmp(line, "WARN ", 5) && (nl = strchr(line, '\n'))) {
         *nl = 0;
-        if (strncmp(line, "WARN ", 5)) {
-            break;
-        }
         warn_report("%s", line + 5);
         line = nl + 1;
+    }
+    size_t len = strlen(line);
+    while (len && line[len - 1] == '\n') {
+        line[--len] = 0;
     }
     if (!strncmp(line, "OK ", 3)) {
         printf("%s\n", line + 3);

@@ -151,4 +151,17 @@ for cmd in resize amend snapshot rebase commit measure bitmap; do
 done
 both resizz x.img
 for cmd in info map check compare convert create bench; do both $cmd -f; done
+
+# --- ublksrv habits that need no kernel: help for every verb, add --help
+# names exactly this build's drivers
+for v in img add del list recover features; do
+    "$UBLKD" help $v >h.out 2>&1 || { cat h.out >&2; fail "ublkd help $v failed"; }
+    grep -qi "usage\|version" h.out || fail "ublkd help $v prints no usage"
+done
+"$UBLKD" help nosuchverb >/dev/null 2>&1 && fail "ublkd help nosuchverb succeeded"
+if "$UBLKD" add --help >h.out 2>&1; then
+    want=$(uimg --help | sed -n 's/^Supported formats: //p')
+    grep -qF "TYPE is a block driver of this build: $want." h.out ||
+        { cat h.out >&2; fail "add --help does not list this build's drivers ($want)"; }
+fi
 exit 0
