@@ -176,6 +176,11 @@ check-layering:
 check-interop: $(BUILD)/ublkd
 	@UBLKD=$(abspath $(BUILD)/ublkd) tests/interop/run.sh
 
+# The interop suite with every qemu-img also run as ublkd img: counts the
+# invocations whose output and exit code match byte for byte.
+check-interop-parity: $(BUILD)/ublkd
+	@UBLKD=$(abspath $(BUILD)/ublkd) tests/interop/run.sh --parity
+
 # The VM suite's daemon: $(BUILD)/ublkd, or with SAN=asan (ASan+UBSan) or
 # SAN=tsan an instrumented one built in build-$(SAN)-daemon.  tests/vm/suite.sh
 # sends sanitizer reports to files and fails the test that caused one.
