@@ -105,7 +105,7 @@ deps:
 	    $(SUDO) apt-get update -q && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -q $$missing; \
 	else echo "deps: all installed"; fi
 
-.PHONY: all clean install test check-layering check-unit check-interop check-vm check-vm-asan soak check-fuzz fuzz-long asan tsan bench bench-qcow2 bench-vm tests check-hostile check-hostile-quick
+.PHONY: all clean install test check-layering check-unit check-interop check-interop-parity check-vm check-vm-asan soak check-fuzz fuzz-long asan tsan bench bench-qcow2 bench-vm tests check-hostile check-hostile-quick
 all: $(BUILD)/ublkd
 
 # ---- generated config ----
