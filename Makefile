@@ -94,7 +94,7 @@ BENCHES := $(BENCH_SRCS:tests/bench/%.c=$(BUILD)/tests/%)
 DEB_PACKAGES := gcc clang make pkg-config liburing-dev libcmocka-dev libjson-c-dev \
     libzstd-dev uuid-dev zlib1g-dev libclang-rt-14-dev libtsan2 libasan8 libubsan1 qemu-utils fio e2fsprogs \
     util-linux mount python3 time qemu-system-x86 busybox-static cpio kmod xz-utils jq \
-    dmsetup xfsprogs
+    dmsetup xfsprogs systemd groff-base man-db
 SUDO := $(if $(filter 0,$(shell id -u)),,sudo)
 
 .PHONY: deps
@@ -105,7 +105,7 @@ deps:
 	    $(SUDO) apt-get update -q && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -q $$missing; \
 	else echo "deps: all installed"; fi
 
-.PHONY: all clean install test check-layering check-unit check-interop check-interop-parity check-vm check-vm-asan soak check-fuzz fuzz-long asan tsan bench bench-qcow2 bench-vm tests check-hostile check-hostile-quick
+.PHONY: all clean install uninstall check-install test check-layering check-unit check-interop check-interop-parity check-vm check-vm-asan soak check-fuzz fuzz-long asan tsan bench bench-qcow2 bench-vm tests check-hostile check-hostile-quick
 all: $(BUILD)/ublkd
 
 # ---- generated config ----
@@ -220,7 +220,7 @@ FUZZ_TIME ?= 600
 fuzz-long:
 	@FUZZ_TIME=$(FUZZ_TIME) FUZZ_JOBS=$${FUZZ_JOBS:-1} FUZZ_MERGE=1 tests/fuzz/run.sh
 
-test: all check-unit asan tsan check-interop check-hostile-quick check-fuzz check-vm
+test: all check-unit check-install asan tsan check-interop check-hostile-quick check-fuzz check-vm
 
 # The VM suite with the ASan+UBSan daemon (a second guest boot).  Meant to
 # join `make test` (after check-vm) once test_badargs passes with it: it times
@@ -281,9 +281,53 @@ soak-powerloss: $(BUILD)/ublkd $(BUILD)/log-writes-replay
 bench-vm: $(BUILD)/ublkd
 	@UBLKD=$(abspath $(BUILD)/ublkd) tests/vm/bench.sh
 
+# ---- install: the binary, the udev helper and rule, the systemd unit and its worker,
+# man pages, bash completion, examples.  Every directory can be overridden.  udev reads
+# no rules under /usr/local, so a /usr/local install puts its rule (and the device
+# configuration) under /etc; any other PREFIX keeps everything under it.
+BINDIR         ?= $(PREFIX)/bin
+LIBEXECDIR     ?= $(PREFIX)/lib/ublkd
+MANDIR         ?= $(PREFIX)/share/man
+DOCDIR         ?= $(PREFIX)/share/doc/ublkd
+BASHCOMPDIR    ?= $(PREFIX)/share/bash-completion/completions
+SYSTEMDUNITDIR ?= $(PREFIX)/lib/systemd/system
+ifneq ($(filter /usr /usr/local,$(PREFIX)),)
+SYSCONFDIR     ?= /etc
+UDEVRULESDIR   ?= $(if $(filter /usr,$(PREFIX)),/usr/lib/udev/rules.d,/etc/udev/rules.d)
+else
+SYSCONFDIR     ?= $(PREFIX)/etc
+UDEVRULESDIR   ?= $(PREFIX)/lib/udev/rules.d
+endif
+SUBST = sed -e 's|@BINDIR@|$(BINDIR)|g' -e 's|@LIBEXECDIR@|$(LIBEXECDIR)|g' \
+            -e 's|@SYSCONFDIR@|$(SYSCONFDIR)|g'
+
 install: $(BUILD)/ublkd
-	install -d $(DESTDIR)$(PREFIX)/bin
-	install -m 0755 $(BUILD)/ublkd $(DESTDIR)$(PREFIX)/bin/ublkd
+	install -d $(DESTDIR)$(BINDIR) $(DESTDIR)$(LIBEXECDIR) $(DESTDIR)$(MANDIR)/man1 \
+	    $(DESTDIR)$(MANDIR)/man8 $(DESTDIR)$(DOCDIR)/examples/devices.d $(DESTDIR)$(BASHCOMPDIR) \
+	    $(DESTDIR)$(SYSTEMDUNITDIR) $(DESTDIR)$(UDEVRULESDIR) $(DESTDIR)$(SYSCONFDIR)/ublkd/devices.d
+	install -m 0755 $(BUILD)/ublkd $(DESTDIR)$(BINDIR)/ublkd
+	$(SUBST) dist/ublk-chown.in > $(DESTDIR)$(LIBEXECDIR)/ublk-chown
+	$(SUBST) dist/ublkd-service.in > $(DESTDIR)$(LIBEXECDIR)/ublkd-service
+	chmod 0755 $(DESTDIR)$(LIBEXECDIR)/ublk-chown $(DESTDIR)$(LIBEXECDIR)/ublkd-service
+	$(SUBST) dist/udev/90-ublk.rules.in > $(DESTDIR)$(UDEVRULESDIR)/90-ublk.rules
+	$(SUBST) dist/systemd/ublkd@.service.in > $(DESTDIR)$(SYSTEMDUNITDIR)/ublkd@.service
+	install -m 0644 docs/man/ublkd.8 $(DESTDIR)$(MANDIR)/man8/ublkd.8
+	install -m 0644 docs/man/ublkd-img.1 $(DESTDIR)$(MANDIR)/man1/ublkd-img.1
+	install -m 0644 dist/bash-completion/ublkd $(DESTDIR)$(BASHCOMPDIR)/ublkd
+	install -m 0644 examples/README.md examples/*.fio $(DESTDIR)$(DOCDIR)/examples/
+	install -m 0644 examples/devices.d/example.conf $(DESTDIR)$(DOCDIR)/examples/devices.d/
+
+uninstall:
+	rm -f $(DESTDIR)$(BINDIR)/ublkd $(DESTDIR)$(LIBEXECDIR)/ublk-chown \
+	    $(DESTDIR)$(LIBEXECDIR)/ublkd-service $(DESTDIR)$(UDEVRULESDIR)/90-ublk.rules \
+	    $(DESTDIR)$(SYSTEMDUNITDIR)/ublkd@.service $(DESTDIR)$(MANDIR)/man8/ublkd.8 \
+	    $(DESTDIR)$(MANDIR)/man1/ublkd-img.1 $(DESTDIR)$(BASHCOMPDIR)/ublkd
+	rm -rf $(DESTDIR)$(DOCDIR)/examples
+	-rmdir $(DESTDIR)$(LIBEXECDIR) $(DESTDIR)$(DOCDIR) 2>/dev/null
+
+# Installs into a scratch prefix and checks every installed file (tests/install).
+check-install: $(BUILD)/ublkd
+	@tests/install/test_install.sh
 
 clean:
 	rm -rf $(BUILD) build-asan build-tsan build-*

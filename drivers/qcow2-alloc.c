@@ -49,14 +49,22 @@ bool coroutine_fn qcow2_overlaps_metadata(BlockDriverState *bs, uint64_t offset,
                               (uint64_t)s->refcount_table_size * 8)) {
         what = "refcount table";
     } else {
+        /* self is the table being written: not an overlap with itself, but one
+         * cluster that is both a refcount block and an L2 table is. */
+        bool self_rb = false, self_l2 = false;
         for (uint32_t i = 0; i < s->refcount_table_size && !what; i++) {
             uint64_t rb = s->refcount_table[i] & QCOW2_REFT_OFFSET_MASK;
+            self_rb |= self && rb == self;
             if (rb && rb != self && ranges_overlap(offset, len, rb, s->cluster_size)) {
                 what = "refcount block";
             }
         }
         for (uint32_t i = 0; i < s->l1_size && !what; i++) {
             uint64_t l2 = s->l1_table[i] & QCOW2_L1E_OFFSET_MASK;
+            self_l2 |= self && l2 == self;
+            if (self_rb && self_l2) {
+                what = "refcount block";
+            }
             if (l2 && l2 != self && ranges_overlap(offset, len, l2, s->cluster_size)) {
                 what = "active L2 table";
             }
@@ -76,6 +84,17 @@ bool coroutine_fn qcow2_overlaps_metadata(BlockDriverState *bs, uint64_t offset,
         qcow2_write_header_field(bs, QH_INCOMPAT, s->h.incompat);
     }
     return true;
+}
+
+/* The caches' write-back check (MetaCacheConfig.check_write): a table entry that a
+ * corrupted pointer put over other metadata never reaches the disk, and marks the image
+ * corrupt.  The table's own cluster is not an overlap. */
+int qcow2_cache_check_write(void *opaque, int64_t offset, size_t len)
+{
+    BlockDriverState *bs = opaque;
+    BDRVQcow2State *s = bs->opaque;
+    uint64_t self = (uint64_t)offset & ~((uint64_t)s->cluster_size - 1);
+    return qcow2_overlaps_metadata(bs, (uint64_t)offset, len, self) ? -EIO : 0;
 }
 
 /* The slice of refcount block rb_offset holding refcount `index`. */

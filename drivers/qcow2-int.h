@@ -302,6 +302,7 @@ int coroutine_fn qcow2_l2_allocate(BlockDriverState *bs, uint64_t l1_index);
  * every change of an L2 table or refcount block. */
 bool coroutine_fn qcow2_overlaps_metadata(BlockDriverState *bs, uint64_t offset, uint64_t len,
                                           uint64_t self);
+int qcow2_cache_check_write(void *opaque, int64_t offset, size_t len);
 int coroutine_fn qcow2_write_header_field(BlockDriverState *bs, size_t off, uint64_t v);
 
 /* qcow2-write.c */

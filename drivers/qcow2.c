@@ -178,6 +178,8 @@ static int make_caches(BlockDriverState *bs, OptDict *options, Error **errp)
         .home = bdrv_get_home_context(bs),
         .clean_interval_ns = QCOW2_CACHE_CLEAN_INTERVAL_NS,
         .name = "l2",
+        .check_write = qcow2_cache_check_write,
+        .opaque = bs,
     };
     s->l2_cache = meta_cache_new(&cfg, errp);
     if (!s->l2_cache) {

@@ -48,6 +48,12 @@ typedef struct MetaCacheConfig {
     AioContext *home;          /* runs the clean timer (NULL: no timer) */
     int64_t clean_interval_ns; /* drop entries unused for this long (0: never) */
     const char *name;          /* for messages: "l2", "refcount" */
+    /* Asked before every write-back, under the metadata lock, with the entry's offset
+     * and size: a negative -errno refuses the write (the entry stays dirty and the
+     * error goes to whoever wrote it back).  qcow2's overlap check: a corrupted
+     * table must not write over other metadata.  NULL: no check. */
+    int (*check_write)(void *opaque, int64_t offset, size_t len);
+    void *opaque;
 } MetaCacheConfig;
 
 /*

@@ -71,6 +71,8 @@ struct MetaCache {
     unsigned bucket_bits;
     CoMutex *lock;
     const char *name;
+    int (*check_write)(void *opaque, int64_t offset, size_t len);
+    void *opaque;
     uint8_t *buf;
     MetaEntry *entries;
     int32_t *refs;                   /* MC_THREAD_SLOTS rows of ref_stride */
@@ -557,6 +559,13 @@ static int coroutine_fn write_entry(MetaCache *c, unsigned i, int depth)
             return ret;
         }
     }
+    if (c->check_write) {
+        ret = c->check_write(c->opaque, atomic_load_explicit(&e->key, memory_order_relaxed),
+                             c->entry_size);
+        if (ret < 0) {
+            return ret;
+        }
+    }
     /* Cleared before the write: our lock excludes writers, and a failed
      * write sets it again so the entry is not evicted. */
     atomic_store_explicit(&e->dirty, false, memory_order_relaxed);
@@ -718,6 +727,8 @@ MetaCache *meta_cache_new(const MetaCacheConfig *cfg, Error **errp)
     c->n = cfg->nr_entries;
     c->lock = cfg->lock;
     c->name = name;
+    c->check_write = cfg->check_write;
+    c->opaque = cfg->opaque;
     c->home = cfg->home;
     c->clean_interval_ns = cfg->clean_interval_ns;
     c->bucket_bits = 4;

@@ -583,6 +583,56 @@ static void test_flush(void **state)
     test_run_co(flush_co, NULL);
 }
 
+/* ---- the write-back check (qcow2's overlap check) ---- */
+
+static int64_t refused_offset = -1;
+static int check_calls;
+static int refuse_one(void *opaque, int64_t offset, size_t len)
+{
+    assert_ptr_equal(opaque, &refused_offset);
+    assert_int_equal(len, ES);
+    check_calls++;
+    return offset == refused_offset ? -EIO : 0;
+}
+
+static void coroutine_fn check_write_co(void *opaque)
+{
+    (void)opaque;
+    MetaCacheConfig cfg = { .child = child, .entry_size = ES, .nr_entries = 4,
+                            .lock = &meta_lock, .name = "checked",
+                            .check_write = refuse_one, .opaque = &refused_offset };
+    Error *err = NULL;
+    MetaCache *c = meta_cache_new(&cfg, &err);
+    assert_non_null(c);
+    check_calls = 0;
+    refused_offset = 2 * ES;
+    co_mutex_lock(&meta_lock);
+    dirty_entry(c, 1 * ES, 0x11, NULL);
+    dirty_entry(c, 2 * ES, 0x22, NULL);
+    /* The refused entry fails the flush; nothing is written over it. */
+    assert_int_equal(meta_cache_flush(c), -EIO);
+    assert_true(check_calls >= 1);
+    uint8_t b[ES];
+    mem_read_raw(bs, 2 * ES, b, ES);
+    assert_true(holds_pattern(b, 2 * ES));
+    /* It stays dirty: once allowed, the next flush writes it. */
+    refused_offset = -1;
+    assert_int_equal(meta_cache_flush(c), 0);
+    co_mutex_unlock(&meta_lock);
+    mem_read_raw(bs, 1 * ES, b, ES);
+    assert_int_equal(b[0], 0x11);
+    mem_read_raw(bs, 2 * ES, b, ES);
+    assert_int_equal(b[0], 0x22);
+    assert_int_equal(b[ES - 1], 0x22);
+    meta_cache_free(c);
+}
+
+static void test_check_write(void **state)
+{
+    (void)state;
+    test_run_co(check_write_co, NULL);
+}
+
 /* ---- the clean timer ---- */
 
 static int64_t vclock_ns;
@@ -839,6 +889,7 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_eviction_dependency_order, setup, teardown),
         cmocka_unit_test_setup_teardown(test_depends_on_flush, setup, teardown),
         cmocka_unit_test_setup_teardown(test_flush, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_check_write, setup, teardown),
         cmocka_unit_test_setup_teardown(test_clean_timer, setup, teardown),
         cmocka_unit_test_setup_teardown(test_two_threads_stress, setup, teardown),
         cmocka_unit_test_setup_teardown(test_more_threads_than_rows, setup, teardown),

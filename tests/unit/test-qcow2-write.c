@@ -253,6 +253,28 @@ static void test_overlap_marks_corrupt(void **state)
     q2_expect_open_error(&img, BDRV_O_RDWR, "Image is corrupt");
 }
 
+/* An L1 entry that points at the refcount block: the cluster is "its own"
+ * table to the write path, yet two tables at once - refused before any L2
+ * entry lands in the refcount block, and the image is marked corrupt. */
+static void test_l2_on_refcount_block(void **state)
+{
+    (void)state;
+    Q2Image img = q2_make(12, MiB, false, 0);
+    uint64_t before[512];
+    mem_read_raw(img.file, (int64_t)(2 * Q2_C(&img)), before, sizeof(before));
+    q2_put64(img.file, (int64_t)(3 * Q2_C(&img)), 2 * Q2_C(&img) | QCOW2_OFLAG_COPIED);
+    q2_open(&img, BDRV_O_RDWR, NULL, NULL);
+    assert_non_null(img.bs);
+    uint8_t buf[512];
+    memset(buf, 0x6b, sizeof(buf));
+    assert_int_equal(bdrv_pwrite(img.child, 0, sizeof(buf), buf, 0), -EIO);
+    assert_true(get64(img.file, QH_INCOMPAT) & QCOW2_INCOMPAT_CORRUPT);
+    uint64_t after[512];
+    mem_read_raw(img.file, (int64_t)(2 * Q2_C(&img)), after, sizeof(after));
+    assert_memory_equal(before, after, sizeof(before));
+    q2_free(&img);
+}
+
 int main(void)
 {
     test_loop_init();
@@ -264,6 +286,7 @@ int main(void)
         cmocka_unit_test(test_zero_and_discard),
         cmocka_unit_test(test_lazy_refcounts_dirty_bit),
         cmocka_unit_test(test_overlap_marks_corrupt),
+        cmocka_unit_test(test_l2_on_refcount_block),
     };
     return cmocka_run_group_tests_name("qcow2-write", tests, NULL, NULL);
 }

@@ -6,15 +6,18 @@ need_cmd setpriv fio
 "$UBLKD" features | grep -q UNPRIVILEGED_DEV || skip "kernel lacks UBLK_F_UNPRIVILEGED_DEV"
 U=65534
 chmod 0666 /dev/ublk-control
-# Stand-in for the udev rule: hand each new ublk node to the device's owner.
+# Stand-in for udev: run the installed rule's helper (dist/ublk-chown.in) on each
+# new ublk node, which hands it to the device's owner as the kernel records it.
 # Without set -e: a node deleted between the check and the chown must not end
 # the loop (every later add would then wait for a node that stays root's).
+CHOWN_HELPER=$(cd "$(dirname "$0")/../.." && pwd)/dist/ublk-chown.in
 ( set +e
   while :; do
     for c in /sys/class/ublk-char/ublkc*; do
       [ -e "$c" ] || continue; n=${c##*/ublkc}
-      for d in /dev/ublkc$n /dev/ublkb$n; do
-        [ -e $d ] && [ "$(stat -c %u $d)" != $U ] && chown $U:$U $d 2>/dev/null
+      for d in ublkc$n ublkb$n; do
+        [ -e /dev/$d ] && [ "$(stat -c %u /dev/$d)" != $U ] &&
+          UBLKD="$UBLKD" sh "$CHOWN_HELPER" $d 2>/dev/null
       done
     done
     sleep 0.05
