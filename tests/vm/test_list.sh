@@ -67,6 +67,16 @@ fi
 ublk_add -t null >/dev/null
 [ "$(blockdev --getsize64 "$DEV")" = $((250 << 30)) ] || fail "null default size"
 
+# a lock conflict names the image and gives img's hint (both lines reach the user)
+mkimg $T/busy.raw 1M
+qemu-io -f raw -c 'sleep 20000' $T/busy.raw >/dev/null 2>&1 &
+qio=$!
+sleep 1
+out=$("$UBLKD" add raw $T/busy.raw $CACHE_OPT 2>&1) && fail "add of an image qemu-io writes succeeded"
+kill $qio; wait $qio 2>/dev/null || true
+grep -q "Could not open '$T/busy.raw': Failed to get shared \"write\" lock" <<<"$out" || fail "lock message: $out"
+grep -q "Is another process using the image \[$T/busy.raw\]?" <<<"$out" || fail "lock hint: $out"
+
 # recover says why a device added with --recovery=none cannot come back
 ublk_add raw $T/l.raw $CACHE_OPT --recovery=none >/dev/null
 nid=$ID
