@@ -206,7 +206,6 @@ static int coroutine_fn raw_co_create(const char *filename, OptDict *opts, Error
 
 static const CreateOptDesc raw_create_opts[] = {
     { "size", "size", "Virtual disk size", NULL },
-    { "preallocation", "string", "Preallocation mode (off, falloc, full)", "off" },
     { NULL, NULL, NULL, NULL },
 };
 
