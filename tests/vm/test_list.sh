@@ -52,15 +52,17 @@ grep -q "  write        ops [0-9]* bytes [0-9]* errors 0" <<<"$t" || fail "text 
 [ -f /run/ublkd/$ID.json ] || fail "no state file"
 
 # a read-only qcow2 over a backing file: the chain, read-only and -o cache
-if "$UBLKD" img create -q -f qcow2 -b $T/l.raw -F raw $T/top.qcow2 2>/dev/null; then
+# (its own backing file: l.raw is written by the first device, which lets no reader in)
+mkimg $T/b.raw 16M
+if "$UBLKD" img create -q -f qcow2 -b $T/b.raw -F raw $T/top.qcow2 2>/dev/null; then
     ublk_add -t qcow2 -f $T/top.qcow2 --read-only --cache=writethrough --recovery=fail >/dev/null
     j=$("$UBLKD" list -n $ID --json)
     [ "$(jq -r '.[0].image[0].format' <<<"$j")" = qcow2 ] || fail "qcow2 chain: top format"
-    [ "$(jq -r '.[0].image[1].file' <<<"$j")" = "$T/l.raw" ] || { echo "$j"; fail "qcow2 chain: backing file"; }
+    [ "$(jq -r '.[0].image[1].file' <<<"$j")" = "$T/b.raw" ] || { echo "$j"; fail "qcow2 chain: backing file"; }
     [ "$(jq -r '.[0].read_only' <<<"$j")" = true ] || fail "read_only of a --read-only device"
     [ "$(jq -r '.[0].cache' <<<"$j")" = writethrough ] || fail "cache writethrough"
     [ "$(jq -r '.[0].recovery' <<<"$j")" = fail ] || fail "recovery fail"
-    "$UBLKD" list -n $ID | grep -q "  backing: raw $T/l.raw" || fail "text backing line"
+    "$UBLKD" list -n $ID | grep -q "  backing: raw $T/b.raw" || fail "text backing line"
 fi
 
 # null without --size is 250 GiB, as ublksrv's null target
