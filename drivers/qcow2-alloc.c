@@ -2,7 +2,9 @@
  * qcow2-alloc.c - host cluster allocation on a live image: refcount
  * updates through the refcount-block cache, new refcount blocks, new L2
  * tables, the overlap check.  Everything here runs with s->lock held (the
- * metadata lock of both caches).
+ * metadata lock of both caches).  Compressed clusters get bytes, not
+ * clusters (qcow2_alloc_bytes): packed one after another, each adding a
+ * reference to every host cluster it touches.
  *
  * The rules are QEMU's (qcow2-refcount.c), so an image we grow looks like
  * one QEMU grew: first fit from free_cluster_index, a new refcount block
@@ -399,6 +401,10 @@ int coroutine_fn qcow2_update_refcount(BlockDriverState *bs, uint64_t offset, ui
         if (rc == 0 && ci < s->free_cluster_index) {
             s->free_cluster_index = ci;
         }
+        if (rc == 0 && s->free_byte_offset && ci == s->free_byte_offset >> s->cluster_bits) {
+            /* free now, and maybe soon another cluster's: pack no more into it */
+            s->free_byte_offset = 0;
+        }
         qcow2_rc_set(slice, i, s->h.refcount_order, rc);
         meta_cache_mark_dirty(s->refcount_cache, slice);
         meta_cache_put(s->refcount_cache, slice);
@@ -428,6 +434,69 @@ int64_t coroutine_fn qcow2_alloc_clusters(BlockDriverState *bs, uint64_t size)
         return -EIO;
     }
     return offset;
+}
+
+int64_t coroutine_fn qcow2_alloc_bytes(BlockDriverState *bs, uint64_t size)
+{
+    BDRVQcow2State *s = bs->opaque;
+    uint64_t cs = s->cluster_size;
+    uint64_t max = s->h.refcount_order == 6 ? UINT64_MAX
+                                            : (UINT64_C(1) << (1U << s->h.refcount_order)) - 1;
+    uint64_t offset = s->free_byte_offset, free_in_cluster;
+    int ret;
+
+    if (!size || size > cs) {
+        return -EINVAL;
+    }
+    if (offset) {
+        uint64_t refcount;
+        ret = qcow2_get_refcount(bs, offset >> s->cluster_bits, &refcount);
+        if (ret < 0) {
+            return ret;
+        }
+        /* one more reference would not fit (1-bit refcounts: every time) */
+        if (refcount == max || refcount == 0) {
+            offset = 0;
+        }
+    }
+    free_in_cluster = cs - qcow2_offset_into_cluster(s, offset);
+    do {
+        if (!offset || free_in_cluster < size) {
+            int64_t new_cluster = alloc_clusters_noref(bs, cs);
+            if (new_cluster < 0) {
+                return new_cluster;
+            }
+            if (new_cluster == 0) {
+                qcow2_overlaps_metadata(bs, 0, cs, 0);     /* marks the image corrupt */
+                return -EIO;
+            }
+            /* A cluster right after the one we are filling continues it: the
+             * bytes may cross into it (the reader takes sectors as they come). */
+            if (!offset || ALIGN_UP(offset, cs) != (uint64_t)new_cluster) {
+                offset = (uint64_t)new_cluster;
+                free_in_cluster = cs;
+            } else {
+                free_in_cluster += cs;
+            }
+        }
+        ret = qcow2_update_refcount(bs, offset, size, false);
+        if (ret < 0) {
+            offset = 0;     /* after -EAGAIN (a new refcount block) look again */
+        }
+    } while (ret == -EAGAIN);
+    if (ret < 0) {
+        return ret;
+    }
+    if (offset + size - 1 > s->cluster_offset_mask) {
+        /* past what a compressed L2 entry can name */
+        qcow2_update_refcount(bs, offset, size, true);
+        return -EFBIG;
+    }
+    if (qcow2_overlaps_metadata(bs, offset, size, 0)) {
+        return -EIO;
+    }
+    s->free_byte_offset = qcow2_offset_into_cluster(s, offset + size) ? offset + size : 0;
+    return (int64_t)offset;
 }
 
 int coroutine_fn qcow2_l2_allocate(BlockDriverState *bs, uint64_t l1_index)

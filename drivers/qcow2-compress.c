@@ -62,6 +62,7 @@ void qcow2_bounce_free_all(BDRVQcow2State *s)
 #ifdef CONFIG_ZSTD
         ZSTD_freeDCtx(b->zstd);
 #endif
+        qcow2_bounce_free_compressors(b);
         free(b->in);
         free(b->out);
         free(b);

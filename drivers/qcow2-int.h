@@ -16,7 +16,9 @@
  * qcow2-header.c (header and extensions: parse and validate),
  * qcow2-cluster.c (guest offset -> host offset through L1/L2),
  * qcow2-refcount.c (refcount lookups), qcow2-compress.c (compressed
- * clusters: zlib raw deflate and zstd).
+ * clusters: zlib raw deflate and zstd), qcow2-write.c (guest writes),
+ * qcow2-alloc.c (host clusters and refcounts), qcow2-compress-write.c
+ * (compressed writes).
  */
 #ifndef UBLKD_DRIVERS_QCOW2_INT_H
 #define UBLKD_DRIVERS_QCOW2_INT_H
@@ -118,6 +120,7 @@ enum { QCOW2_FEAT_INCOMPAT = 0, QCOW2_FEAT_COMPAT = 1, QCOW2_FEAT_AUTOCLEAR = 2 
 typedef struct Qcow2Bounce {
     uint8_t *in, *out;          /* 2 clusters + 512 / 1 cluster */
     void *zlib, *zstd;          /* z_stream *, ZSTD_DCtx * (lazily) */
+    void *deflate, *zstd_c;     /* z_stream *, ZSTD_CCtx * for writes (lazily) */
     struct Qcow2Bounce *next;
 } Qcow2Bounce;
 
@@ -193,6 +196,9 @@ typedef struct BDRVQcow2State {
     /* Writing (qcow2-write.c, qcow2-alloc.c), under lock. */
     bool writable;
     uint64_t free_cluster_index;     /* where the search for free clusters starts */
+    /* Where the next compressed cluster's bytes go (QEMU's free_byte_offset):
+     * inside the host cluster the last one ended in, 0 for a fresh cluster. */
+    uint64_t free_byte_offset;
     Qcow2Alloc *allocs;              /* allocations in flight */
     CoQueue alloc_wait;              /* writers waiting for one of them */
     bool corrupt_reported;
@@ -294,6 +300,10 @@ int64_t coroutine_fn qcow2_alloc_clusters(BlockDriverState *bs, uint64_t size);
 int coroutine_fn qcow2_update_refcount(BlockDriverState *bs, uint64_t offset, uint64_t length,
                                        bool decrease);
 int coroutine_fn qcow2_l2_allocate(BlockDriverState *bs, uint64_t l1_index);
+/* size (1 .. cluster_size) bytes for a compressed cluster, packed after the
+ * previous one (QEMU's qcow2_alloc_bytes): every host cluster they touch
+ * gains a reference.  The host offset, or -errno. */
+int64_t coroutine_fn qcow2_alloc_bytes(BlockDriverState *bs, uint64_t size);
 /* Whether [offset, offset + len) of the image file holds metadata other
  * than the table at `self` (0: none); if so the image is marked corrupt
  * and the caller fails its request (QEMU's overlap check, against the
@@ -305,7 +315,37 @@ bool coroutine_fn qcow2_overlaps_metadata(BlockDriverState *bs, uint64_t offset,
 int qcow2_cache_check_write(void *opaque, int64_t offset, size_t len);
 int coroutine_fn qcow2_write_header_field(BlockDriverState *bs, size_t off, uint64_t v);
 
-/* qcow2-write.c */
+/* Store L2 entry i of a slice (s->lock held, slice referenced): atomic,
+ * for the readers that look entries up without the lock. */
+static inline void qcow2_set_l2_entry(BDRVQcow2State *s, uint64_t *slice, uint32_t i, uint64_t e)
+{
+    __atomic_store_n(&slice[i * (s->l2_entry_size / 8)], htobe64(e), __ATOMIC_RELEASE);
+}
+static inline void qcow2_set_l2_bitmap(BDRVQcow2State *s, uint64_t *slice, uint32_t i,
+                                       uint64_t bitmap)
+{
+    if (qcow2_has_subclusters(s)) {
+        __atomic_store_n(&slice[i * 2 + 1], htobe64(bitmap), __ATOMIC_RELEASE);
+    }
+}
+
+/* qcow2-write.c; the helpers run with s->lock held.  An allocating write:
+ * wait while qcow2_alloc_overlaps, qcow2_mark_dirty, get the slice
+ * (qcow2_l2_slice_for_write), allocate, link a Qcow2Alloc into s->allocs,
+ * drop the lock for the data, take it again, qcow2_alloc_end, then
+ * qcow2_l2_after_refcounts before the new entries, and qcow2_free_old_entry
+ * for what they replaced once the L2 cache is flushed. */
+int coroutine_fn qcow2_mark_dirty(BlockDriverState *bs);
+int coroutine_fn qcow2_l2_after_refcounts(BDRVQcow2State *s);
+bool qcow2_alloc_overlaps(BDRVQcow2State *s, uint64_t first, uint64_t nb);
+void qcow2_alloc_end(BDRVQcow2State *s, Qcow2Alloc *alloc);
+/* The L2 slice (referenced; meta_cache_put it) holding the entry of the
+ * cluster at guest offset, its L2 table made if there was none; *in_slice
+ * is the entry's index in it. */
+int coroutine_fn qcow2_l2_slice_for_write(BlockDriverState *bs, uint64_t offset,
+                                          uint64_t **slice, uint32_t *in_slice);
+/* Drop the references L2 entry e held (its cluster, or its compressed sectors). */
+int coroutine_fn qcow2_free_old_entry(BlockDriverState *bs, uint64_t e);
 int coroutine_fn qcow2_co_pwritev(BlockDriverState *bs, int64_t offset, int64_t bytes,
                                   IOVector *qiov, size_t qiov_offset, BdrvRequestFlags flags);
 int coroutine_fn qcow2_co_flush_to_os(BlockDriverState *bs);
@@ -328,6 +368,12 @@ int coroutine_fn qcow2_read_compressed(BlockDriverState *bs, uint64_t l2e, Qcow2
 Qcow2Bounce *qcow2_bounce_get(BDRVQcow2State *s);
 void qcow2_bounce_put(BDRVQcow2State *s, Qcow2Bounce *b);
 void qcow2_bounce_free_all(BDRVQcow2State *s);
+
+/* qcow2-compress-write.c: the co_pwritev_compressed op; compression
+ * contexts of a bounce are freed with qcow2_bounce_free_compressors. */
+int coroutine_fn qcow2_co_pwritev_compressed(BlockDriverState *bs, int64_t offset, int64_t bytes,
+                                             IOVector *qiov, size_t qiov_offset);
+void qcow2_bounce_free_compressors(Qcow2Bounce *b);
 
 /* qcow2-create.c */
 int coroutine_fn qcow2_co_create(const char *filename, OptDict *opts, Error **errp);

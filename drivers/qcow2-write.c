@@ -25,7 +25,7 @@
  * the L2 entries that depend on them (a crash leaves the refcounts to
  * repair: qemu-img check -r all).  s->lock held.
  */
-static int coroutine_fn mark_dirty(BlockDriverState *bs)
+int coroutine_fn qcow2_mark_dirty(BlockDriverState *bs)
 {
     BDRVQcow2State *s = bs->opaque;
 
@@ -39,9 +39,7 @@ static int coroutine_fn mark_dirty(BlockDriverState *bs)
     return ret;
 }
 
-/* L2 entries that point at new clusters wait for the refcount blocks that
- * count them, unless refcounts are lazy. */
-static int coroutine_fn l2_after_refcounts(BDRVQcow2State *s)
+int coroutine_fn qcow2_l2_after_refcounts(BDRVQcow2State *s)
 {
     if (s->h.incompat & QCOW2_INCOMPAT_DIRTY) {
         return 0;
@@ -49,7 +47,7 @@ static int coroutine_fn l2_after_refcounts(BDRVQcow2State *s)
     return meta_cache_set_dependency(s->l2_cache, s->refcount_cache);
 }
 
-static bool alloc_overlaps(BDRVQcow2State *s, uint64_t first, uint64_t nb)
+bool qcow2_alloc_overlaps(BDRVQcow2State *s, uint64_t first, uint64_t nb)
 {
     for (Qcow2Alloc *a = s->allocs; a; a = a->next) {
         if (first < a->first + a->nb && a->first < first + nb) {
@@ -59,10 +57,42 @@ static bool alloc_overlaps(BDRVQcow2State *s, uint64_t first, uint64_t nb)
     return false;
 }
 
-/* Store one L2 entry (s->lock held, slice referenced). */
-static void set_l2_entry(BDRVQcow2State *s, uint64_t *slice, uint32_t i, uint64_t e)
+void qcow2_alloc_end(BDRVQcow2State *s, Qcow2Alloc *alloc)
 {
-    __atomic_store_n(&slice[i * (s->l2_entry_size / 8)], htobe64(e), __ATOMIC_RELEASE);
+    for (Qcow2Alloc **p = &s->allocs; *p; p = &(*p)->next) {
+        if (*p == alloc) {
+            *p = alloc->next;
+            break;
+        }
+    }
+    co_queue_restart_all(&s->alloc_wait);
+}
+
+int coroutine_fn qcow2_l2_slice_for_write(BlockDriverState *bs, uint64_t offset,
+                                          uint64_t **slice, uint32_t *in_slice)
+{
+    BDRVQcow2State *s = bs->opaque;
+    uint64_t l1_index = offset >> (s->l2_bits + s->cluster_bits);
+    uint32_t l2_index = (uint32_t)((offset >> s->cluster_bits) & ((1ULL << s->l2_bits) - 1));
+    int ret;
+
+    *in_slice = l2_index & (s->l2_slice_entries - 1);
+    if (l1_index >= s->l1_size) {
+        return -EIO;
+    }
+    if (!(s->l1_table[l1_index] & QCOW2_L1E_OFFSET_MASK)) {
+        ret = qcow2_l2_allocate(bs, l1_index);
+        if (ret < 0) {
+            return ret;
+        }
+    }
+    uint64_t l2_offset = s->l1_table[l1_index] & QCOW2_L1E_OFFSET_MASK;
+    if (qcow2_overlaps_metadata(bs, l2_offset, s->cluster_size, l2_offset)) {
+        return -EIO;
+    }
+    return meta_cache_get(s->l2_cache, (int64_t)(l2_offset + (uint64_t)(l2_index - *in_slice) *
+                                                              s->l2_entry_size),
+                          (void **)slice);
 }
 
 static uint64_t get_l2(BDRVQcow2State *s, const uint64_t *slice, uint32_t i, uint64_t *bitmap)
@@ -73,15 +103,7 @@ static uint64_t get_l2(BDRVQcow2State *s, const uint64_t *slice, uint32_t i, uin
     return be64toh(slice[i * (s->l2_entry_size / 8)]);
 }
 
-static void set_l2_bitmap(BDRVQcow2State *s, uint64_t *slice, uint32_t i, uint64_t bitmap)
-{
-    if (qcow2_has_subclusters(s)) {
-        __atomic_store_n(&slice[i * 2 + 1], htobe64(bitmap), __ATOMIC_RELEASE);
-    }
-}
-
-/* Release host clusters an L2 entry held (it no longer points at them). */
-static int coroutine_fn free_old_entry(BlockDriverState *bs, uint64_t e)
+int coroutine_fn qcow2_free_old_entry(BlockDriverState *bs, uint64_t e)
 {
     BDRVQcow2State *s = bs->opaque;
 
@@ -166,10 +188,8 @@ static int coroutine_fn write_allocating(BlockDriverState *bs, uint64_t offset, 
 {
     BDRVQcow2State *s = bs->opaque;
     uint64_t first = offset >> s->cluster_bits;
-    uint64_t l1_index = offset >> (s->l2_bits + s->cluster_bits);
     uint32_t slice_entries = s->l2_slice_entries;
-    uint32_t l2_index = (uint32_t)(first & ((1ULL << s->l2_bits) - 1));
-    uint32_t in_slice = l2_index & (slice_entries - 1);
+    uint32_t in_slice = (uint32_t)(first & ((1ULL << s->l2_bits) - 1)) & (slice_entries - 1);
     uint64_t nb = DIV_ROUND_UP(qcow2_offset_into_cluster(s, offset) + *bytes,
                                (uint64_t)s->cluster_size);
     Qcow2Alloc alloc;
@@ -179,30 +199,13 @@ static int coroutine_fn write_allocating(BlockDriverState *bs, uint64_t offset, 
 
     nb = MIN(nb, (uint64_t)(slice_entries - in_slice));
     co_mutex_lock(&s->lock);
-    while (alloc_overlaps(s, first, nb)) {
+    while (qcow2_alloc_overlaps(s, first, nb)) {
         co_queue_wait(&s->alloc_wait, &s->lock);
     }
-    ret = mark_dirty(bs);
-    if (ret < 0) {
-        goto unlock;
+    ret = qcow2_mark_dirty(bs);
+    if (ret == 0) {
+        ret = qcow2_l2_slice_for_write(bs, offset, &slice, &in_slice);
     }
-    if (l1_index >= s->l1_size) {
-        ret = -EIO;
-        goto unlock;
-    }
-    if (!(s->l1_table[l1_index] & QCOW2_L1E_OFFSET_MASK)) {
-        ret = qcow2_l2_allocate(bs, l1_index);
-        if (ret < 0) {
-            goto unlock;
-        }
-    }
-    uint64_t l2_offset = s->l1_table[l1_index] & QCOW2_L1E_OFFSET_MASK;
-    if (qcow2_overlaps_metadata(bs, l2_offset, s->cluster_size, l2_offset)) {
-        ret = -EIO;
-        goto unlock;
-    }
-    int64_t slice_off = (int64_t)(l2_offset + (uint64_t)(l2_index - in_slice) * s->l2_entry_size);
-    ret = meta_cache_get(s->l2_cache, slice_off, (void **)&slice);
     if (ret < 0) {
         goto unlock;
     }
@@ -264,13 +267,7 @@ static int coroutine_fn write_allocating(BlockDriverState *bs, uint64_t offset, 
     }
 
     co_mutex_lock(&s->lock);
-    for (Qcow2Alloc **p = &s->allocs; *p; p = &(*p)->next) {
-        if (*p == &alloc) {
-            *p = alloc.next;
-            break;
-        }
-    }
-    co_queue_restart_all(&s->alloc_wait);
+    qcow2_alloc_end(s, &alloc);
     if (ret < 0) {
         if (!qcow2_has_data_file(s)) {
             qcow2_update_refcount(bs, (uint64_t)host, span, true);
@@ -278,7 +275,7 @@ static int coroutine_fn write_allocating(BlockDriverState *bs, uint64_t offset, 
         goto put;
     }
     /* Publish: L2 entries after the refcount blocks that count them. */
-    ret = l2_after_refcounts(s);
+    ret = qcow2_l2_after_refcounts(s);
     if (ret < 0) {
         goto put;
     }
@@ -287,7 +284,7 @@ static int coroutine_fn write_allocating(BlockDriverState *bs, uint64_t offset, 
     bool need_free = false;
     for (uint64_t i = 0; i < nb; i++) {
         uint64_t e = be64toh(slice[(in_slice + i) * (s->l2_entry_size / 8)]);
-        set_l2_entry(s, slice, in_slice + (uint32_t)i,
+        qcow2_set_l2_entry(s, slice, in_slice + (uint32_t)i,
                      ((uint64_t)host + (i << s->cluster_bits)) | QCOW2_OFLAG_COPIED);
         if ((e & (QCOW2_OFLAG_COMPRESSED | QCOW2_L2E_OFFSET_MASK)) && !qcow2_has_data_file(s)) {
             need_free = true;
@@ -300,7 +297,7 @@ static int coroutine_fn write_allocating(BlockDriverState *bs, uint64_t offset, 
          * points at them any more. */
         ret = meta_cache_flush(s->l2_cache);
         for (uint64_t i = 0; ret == 0 && i < nb_old; i++) {
-            ret = free_old_entry(bs, old[i]);
+            ret = qcow2_free_old_entry(bs, old[i]);
         }
     }
     *bytes = len;
@@ -330,9 +327,7 @@ static int coroutine_fn write_subclusters(BlockDriverState *bs, uint64_t offset,
 {
     BDRVQcow2State *s = bs->opaque;
     uint64_t cluster = offset >> s->cluster_bits;
-    uint64_t l1_index = offset >> (s->l2_bits + s->cluster_bits);
-    uint32_t l2_index = (uint32_t)(cluster & ((1ULL << s->l2_bits) - 1));
-    uint32_t in_slice = l2_index & (s->l2_slice_entries - 1);
+    uint32_t in_slice;
     uint64_t start = qcow2_offset_into_cluster(s, offset);
     uint64_t end = MIN(start + *bytes, (uint64_t)s->cluster_size);
     uint32_t first_sc = (uint32_t)(start >> s->subcluster_bits);
@@ -344,26 +339,13 @@ static int coroutine_fn write_subclusters(BlockDriverState *bs, uint64_t offset,
     int ret;
 
     co_mutex_lock(&s->lock);
-    while (alloc_overlaps(s, cluster, 1)) {
+    while (qcow2_alloc_overlaps(s, cluster, 1)) {
         co_queue_wait(&s->alloc_wait, &s->lock);
     }
-    ret = mark_dirty(bs);
-    if (ret < 0) {
-        goto unlock;
+    ret = qcow2_mark_dirty(bs);
+    if (ret == 0) {
+        ret = qcow2_l2_slice_for_write(bs, offset, &slice, &in_slice);
     }
-    if (!(s->l1_table[l1_index] & QCOW2_L1E_OFFSET_MASK)) {
-        ret = qcow2_l2_allocate(bs, l1_index);
-        if (ret < 0) {
-            goto unlock;
-        }
-    }
-    uint64_t l2_offset = s->l1_table[l1_index] & QCOW2_L1E_OFFSET_MASK;
-    if (qcow2_overlaps_metadata(bs, l2_offset, s->cluster_size, l2_offset)) {
-        ret = -EIO;
-        goto unlock;
-    }
-    ret = meta_cache_get(s->l2_cache, (int64_t)(l2_offset + (uint64_t)(l2_index - in_slice) * 16),
-                         (void **)&slice);
     if (ret < 0) {
         goto unlock;
     }
@@ -437,13 +419,7 @@ static int coroutine_fn write_subclusters(BlockDriverState *bs, uint64_t offset,
     }
 
     co_mutex_lock(&s->lock);
-    for (Qcow2Alloc **p = &s->allocs; *p; p = &(*p)->next) {
-        if (*p == &alloc) {
-            *p = alloc.next;
-            break;
-        }
-    }
-    co_queue_restart_all(&s->alloc_wait);
+    qcow2_alloc_end(s, &alloc);
     if (ret < 0) {
         if (new_cluster && !qcow2_has_data_file(s)) {
             qcow2_update_refcount(bs, host, s->cluster_size, true);
@@ -451,7 +427,7 @@ static int coroutine_fn write_subclusters(BlockDriverState *bs, uint64_t offset,
         goto put;
     }
     if (new_cluster) {
-        ret = l2_after_refcounts(s);
+        ret = qcow2_l2_after_refcounts(s);
         if (ret < 0) {
             goto put;
         }
@@ -464,13 +440,13 @@ static int coroutine_fn write_subclusters(BlockDriverState *bs, uint64_t offset,
     if (new_cluster && !whole) {
         nbitmap &= ~(QCOW2_L2_BITMAP_ALL_ALLOC & ~fill);   /* nothing else is in it */
     }
-    set_l2_bitmap(s, slice, in_slice, nbitmap);
-    set_l2_entry(s, slice, in_slice, host | QCOW2_OFLAG_COPIED);
+    qcow2_set_l2_bitmap(s, slice, in_slice, nbitmap);
+    qcow2_set_l2_entry(s, slice, in_slice, host | QCOW2_OFLAG_COPIED);
     meta_cache_mark_dirty(s->l2_cache, slice);
     if (whole && !qcow2_has_data_file(s)) {
         ret = meta_cache_flush(s->l2_cache);
         if (ret == 0) {
-            ret = free_old_entry(bs, e);
+            ret = qcow2_free_old_entry(bs, e);
         }
     }
     *bytes = len;
@@ -588,7 +564,7 @@ static int coroutine_fn clear_clusters(BlockDriverState *bs, uint64_t offset, ui
     int ret = 0;
 
     co_mutex_lock(&s->lock);
-    ret = mark_dirty(bs);
+    ret = qcow2_mark_dirty(bs);
     while (bytes && ret == 0) {
         uint64_t first = offset >> s->cluster_bits;
         uint64_t l1_index = offset >> (s->l2_bits + s->cluster_bits);
@@ -598,7 +574,7 @@ static int coroutine_fn clear_clusters(BlockDriverState *bs, uint64_t offset, ui
         uint64_t nb_old = 0;
         uint64_t *slice;
 
-        while (alloc_overlaps(s, first, nb)) {
+        while (qcow2_alloc_overlaps(s, first, nb)) {
             co_queue_wait(&s->alloc_wait, &s->lock);
         }
         if (l1_index >= s->l1_size) {
@@ -644,8 +620,8 @@ static int coroutine_fn clear_clusters(BlockDriverState *bs, uint64_t offset, ui
                 if (ne == e && nbm == obm) {
                     continue;
                 }
-                set_l2_bitmap(s, slice, in_slice + (uint32_t)i, nbm);
-                set_l2_entry(s, slice, in_slice + (uint32_t)i, ne);
+                qcow2_set_l2_bitmap(s, slice, in_slice + (uint32_t)i, nbm);
+                qcow2_set_l2_entry(s, slice, in_slice + (uint32_t)i, ne);
                 if (allocated && !(ne & QCOW2_L2E_OFFSET_MASK) && !(ne & QCOW2_OFLAG_COPIED)) {
                     old[nb_old++] = e;
                 }
@@ -661,7 +637,7 @@ static int coroutine_fn clear_clusters(BlockDriverState *bs, uint64_t offset, ui
             if (ne == e) {
                 continue;
             }
-            set_l2_entry(s, slice, in_slice + (uint32_t)i, ne);
+            qcow2_set_l2_entry(s, slice, in_slice + (uint32_t)i, ne);
             if (allocated && !(ne & QCOW2_L2E_OFFSET_MASK)) {
                 old[nb_old++] = e;
             }
@@ -677,7 +653,7 @@ static int coroutine_fn clear_clusters(BlockDriverState *bs, uint64_t offset, ui
                                      s->cluster_size);
                     continue;
                 }
-                ret = free_old_entry(bs, old[i]);
+                ret = qcow2_free_old_entry(bs, old[i]);
                 if (ret == 0 && !(old[i] & QCOW2_OFLAG_COMPRESSED)) {
                     uint64_t rc;
                     uint64_t host = old[i] & QCOW2_L2E_OFFSET_MASK;

@@ -140,6 +140,15 @@ struct BlockDriver {
      * include/iov-fixed.h where they set or look at bytes.
      */
     bool needs_mapped_data;
+    /*
+     * Discards and zero writes may free storage that an in-place write in
+     * flight still targets (qcow2 overwrites allocated clusters without a
+     * lock): the block layer makes them serialising, at the node's cluster
+     * size, so they wait for overlapping requests and later ones wait for
+     * them.  A freed cluster is then never written by a request that looked
+     * it up before it was freed.
+     */
+    bool serialise_unmap;
 
     /* Score 0..100 that buf (first BLOCK_PROBE_BUF_SIZE bytes) is this format. */
     int (*probe)(const uint8_t *buf, int buf_size, const char *filename);
@@ -174,6 +183,18 @@ struct BlockDriver {
                                    IOVector *qiov, size_t qiov_offset, BdrvRequestFlags flags);
     int coroutine_fn (*co_pwrite_zeroes)(BlockDriverState *bs, int64_t offset, int64_t bytes,
                                          BdrvRequestFlags flags);
+    /*
+     * A write with BDRV_REQ_WRITE_COMPRESSED (QEMU's
+     * bdrv_co_pwritev_compressed_part): the driver stores the data
+     * compressed where that saves space, plainly where it does not.  The
+     * request is whole clusters (the last may end at the end of the image),
+     * not split at max_transfer, on mapped memory, and serialised against
+     * every overlapping request of the node.  bytes == 0 says the caller's
+     * compressed output is complete (qemu-img convert -c ends with it).
+     */
+    int coroutine_fn (*co_pwritev_compressed)(BlockDriverState *bs, int64_t offset,
+                                              int64_t bytes, IOVector *qiov,
+                                              size_t qiov_offset);
     int coroutine_fn (*co_pdiscard)(BlockDriverState *bs, int64_t offset, int64_t bytes);
     int coroutine_fn (*co_flush_to_os)(BlockDriverState *bs);
     int coroutine_fn (*co_flush_to_disk)(BlockDriverState *bs);

@@ -68,6 +68,9 @@ typedef enum {
     BDRV_REQ_SERIALISING    = 1 << 6,
     BDRV_REQ_PREFETCH       = 1 << 7,   /* copy-on-read only, no data to caller */
     BDRV_REQ_NO_SERIALISING = 1 << 8,
+    /* pwritev: store the data compressed (whole clusters of a format that
+     * can, as qcow2; -ENOTSUP elsewhere).  A zero write ignores it. */
+    BDRV_REQ_WRITE_COMPRESSED = 1 << 9,
 } BdrvRequestFlags;
 
 /* ---- block status bits (QEMU's values) ---- */
@@ -149,6 +152,8 @@ bool bdrv_driver_can_create(const BlockDriver *drv);
  * takes, as qemu-img does; NULL if none. */
 const CreateOptDesc *bdrv_protocol_create_opts(const char *filename);
 bool bdrv_driver_supports_backing(const BlockDriver *drv);
+/* The format can store compressed clusters (BDRV_REQ_WRITE_COMPRESSED). */
+bool bdrv_driver_supports_compression(const BlockDriver *drv);
 
 /* ---- graph ---- */
 /*
@@ -193,6 +198,9 @@ int bdrv_get_info(BlockDriverState *bs, BlockDriverInfo *bdi);
  * none.  Free with image_info_free. */
 void bdrv_get_specific_info(BlockDriverState *bs, ImageSpecificInfo *info);
 int bdrv_has_zero_init(BlockDriverState *bs);
+/* Whether writes with BDRV_REQ_WRITE_COMPRESSED can succeed on bs (its
+ * format stores compressed clusters; filters do not pass them on). */
+bool bdrv_supports_compressed_writes(BlockDriverState *bs);
 /* The node a filter chain forwards to (bs itself if not a filter). */
 BlockDriverState *bdrv_skip_filters(BlockDriverState *bs);
 BlockDriverState *bdrv_backing_bs(BlockDriverState *bs);  /* NULL if none */

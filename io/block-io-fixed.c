@@ -30,7 +30,8 @@ bool bdrv_layer_needs_bytes(BlockDriverState *bs, int64_t offset, int64_t bytes,
                             BdrvRequestFlags flags, bool is_write)
 {
     uint32_t align = bs->bl.request_alignment ? bs->bl.request_alignment : 1;
-    if (bs->drv->needs_mapped_data || offset % align || bytes % align) {
+    if (bs->drv->needs_mapped_data || offset % align || bytes % align ||
+        (flags & BDRV_REQ_WRITE_COMPRESSED)) {
         return true;
     }
     if (is_write) {

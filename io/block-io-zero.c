@@ -188,7 +188,11 @@ int coroutine_fn bdrv_co_pdiscard(BdrvChild *child, int64_t offset, int64_t byte
 
     bdrv_co_enter_request(child);
     tracked_request_begin(&req, bs, offset, bytes, BDRV_TRACKED_DISCARD);
-    bdrv_wait_serialising_requests(&req);
+    if (bs->drv->serialise_unmap) {
+        bdrv_make_request_serialising(&req, bdrv_get_cluster_size(bs));
+    } else {
+        bdrv_wait_serialising_requests(&req);
+    }
     ret = 0;
     for (int64_t pos = start; pos < end; ) {
         int64_t num = MIN(end - pos, max_pdiscard);

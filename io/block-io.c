@@ -630,6 +630,19 @@ int coroutine_fn bdrv_driver_pwritev(BlockDriverState *bs, int64_t offset, int64
     return ret;
 }
 
+/* Compressed writes go to the driver whole (its clusters), never split. */
+static int coroutine_fn bdrv_driver_pwritev_compressed(BlockDriverState *bs, int64_t offset,
+                                                       int64_t bytes, IOVector *qiov,
+                                                       size_t qiov_offset, BdrvRequestFlags flags)
+{
+    int ret = bs->drv->co_pwritev_compressed(bs, offset, bytes, qiov, qiov_offset);
+    bdrv_write_gen_bump(bs);
+    if (ret == 0 && (flags & BDRV_REQ_FUA)) {
+        ret = bdrv_co_flush(bs);
+    }
+    return ret;
+}
+
 /* ------------------------------------------------------------------ reads */
 
 /*
@@ -856,17 +869,22 @@ int coroutine_fn bdrv_aligned_pwritev(BdrvChild *child, BdrvTrackedRequest *req,
 
     ret = bdrv_co_write_req_prepare(child, req, flags);
     if (ret == 0 && bs->detect_zeroes != BDRV_DETECT_ZEROES_OFF &&
-        !(flags & BDRV_REQ_ZERO_WRITE) && bs->drv->co_pwrite_zeroes &&
+        !(flags & (BDRV_REQ_ZERO_WRITE | BDRV_REQ_WRITE_COMPRESSED)) && bs->drv->co_pwrite_zeroes &&
         iov_is_zero(qiov, qiov_offset, bytes)) {
         flags |= BDRV_REQ_ZERO_WRITE;
         if (bs->detect_zeroes == BDRV_DETECT_ZEROES_UNMAP && (bs->open_flags & BDRV_O_UNMAP)) {
             flags |= BDRV_REQ_MAY_UNMAP;
+        }
+        if (bs->drv->serialise_unmap) {
+            bdrv_make_request_serialising(req, bdrv_get_cluster_size(bs));
         }
     }
     if (ret < 0) {
         /* nothing */
     } else if (flags & BDRV_REQ_ZERO_WRITE) {
         ret = bdrv_co_do_pwrite_zeroes(bs, offset, bytes, flags);
+    } else if (flags & BDRV_REQ_WRITE_COMPRESSED) {
+        ret = bdrv_driver_pwritev_compressed(bs, offset, bytes, qiov, qiov_offset, flags);
     } else if (bytes <= max_transfer) {
         ret = bdrv_driver_pwritev(bs, offset, bytes, qiov, qiov_offset, flags);
     } else {
@@ -917,11 +935,31 @@ int coroutine_fn bdrv_co_pwritev_part(BdrvChild *child, int64_t offset, int64_t 
     if ((flags & BDRV_REQ_NO_FALLBACK) && !IS_ALIGNED(offset | bytes, align)) {
         return -ENOTSUP;
     }
+    if (flags & BDRV_REQ_ZERO_WRITE) {
+        flags &= ~BDRV_REQ_WRITE_COMPRESSED;      /* zeroes stay zeroes, as in QEMU */
+    } else if ((flags & BDRV_REQ_WRITE_COMPRESSED) && !bdrv_supports_compressed_writes(bs)) {
+        return -ENOTSUP;
+    }
+    if (bytes == 0 && (flags & BDRV_REQ_WRITE_COMPRESSED)) {
+        /* QEMU's "end of compressed output": the driver may tidy up (qcow2
+         * rounds its file up to a whole sector, as qemu-img leaves it). */
+        bdrv_co_enter_request(child);
+        ret = bs->drv->co_pwritev_compressed(bs, offset, 0, qiov, qiov_offset);
+        bdrv_co_leave_request(child);
+        return ret;
+    }
     if (bytes == 0) {
         return 0;
     }
     if (bs->open_flags & BDRV_O_WRITETHROUGH) {
         flags |= BDRV_REQ_FUA;
+    }
+    if ((flags & BDRV_REQ_WRITE_COMPRESSED) ||
+        ((flags & BDRV_REQ_ZERO_WRITE) && bs->drv->serialise_unmap)) {
+        /* The driver replaces or frees whole clusters: nobody may write or
+         * read-modify-write the same clusters meanwhile (in-place writes take
+         * no driver lock). */
+        flags = (flags | BDRV_REQ_SERIALISING) & ~BDRV_REQ_NO_SERIALISING;
     }
     if (unlikely(bdrv_needs_mapped(bs, offset, bytes, qiov, qiov_offset, flags, true))) {
         return bdrv_co_rw_mapped(child, offset, bytes, qiov, qiov_offset, flags, true);

@@ -799,6 +799,11 @@ bool bdrv_driver_supports_backing(const BlockDriver *drv)
     return drv->supports_backing;
 }
 
+bool bdrv_driver_supports_compression(const BlockDriver *drv)
+{
+    return drv->co_pwritev_compressed;
+}
+
 const char *bdrv_get_node_name(const BlockDriverState *bs)
 {
     return bs->node_name;
@@ -917,6 +922,11 @@ int bdrv_has_zero_init(BlockDriverState *bs)
         return bdrv_has_zero_init(bs->file->bs);
     }
     return 0;
+}
+
+bool bdrv_supports_compressed_writes(BlockDriverState *bs)
+{
+    return bs->drv && bdrv_driver_supports_compression(bs->drv);
 }
 
 BlockDriverState *bdrv_skip_filters(BlockDriverState *bs)

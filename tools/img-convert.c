@@ -11,6 +11,12 @@
  * the writes are issued in claim order so the target is laid out
  * sequentially.  Any error makes the exit code 1; partial output is left as
  * qemu-img leaves it, never reported as a success.
+ *
+ * -c writes every cluster compressed (one cluster per request, as qemu-img;
+ * clusters of zeros are left out like any zero range).  With a backing file
+ * for the target (-B, or -o backing_file) only what the source itself
+ * allocates above its own backing file is written; the rest is left to the
+ * target's backing file, as are zeros past its end.
  */
 #include <errno.h>
 #include <getopt.h>
@@ -26,13 +32,19 @@
 #define MAX_COROUTINES  16
 #define MAX_BUF_SECTORS 32768
 
-enum { BLK_ZERO, BLK_DATA };
+/* BLK_BACKING: left unallocated, the target's backing file shows through. */
+enum { BLK_ZERO, BLK_DATA, BLK_BACKING };
 
 typedef struct ConvertState {
     BlockBackend *src, *dst;
     int64_t total;
     size_t min_sparse;
     bool has_zero_init, unordered;
+    bool compressed;
+    int64_t cluster_size;        /* of the target, with -c */
+    bool target_has_backing;
+    BlockDriverState *src_base;  /* with a target backing: the source's own backing */
+    int64_t target_backing_len;  /* a new target's backing file's length, or -1 */
     int nworkers, running;
     int ret;                     /* first error (-errno), stops all workers */
 
@@ -56,10 +68,19 @@ static int64_t coroutine_fn claim(ConvertState *s, int64_t *offset, int *kind, u
     }
     *offset = s->next_offset;
     if (*offset >= s->status_end) {
-        int64_t pnum = 0, map;
+        int64_t pnum = 0, map, want = s->total - *offset;
         BlockDriverState *file;
         int depth;
-        int ret = bdrv_co_block_status_above(blk_bs(s->src), NULL, *offset, s->total - *offset,
+        /* A new target reads zeros past its backing file's end by itself. */
+        bool post_backing_zero = false;
+        if (s->target_backing_len >= 0) {
+            if (*offset >= s->target_backing_len) {
+                post_backing_zero = true;
+            } else {
+                want = MIN(want, s->target_backing_len - *offset);
+            }
+        }
+        int ret = bdrv_co_block_status_above(blk_bs(s->src), s->src_base, *offset, want,
                                              &pnum, &map, &file, &depth);
         if (ret < 0) {
             error_report("error while reading block status at offset %" PRId64 ": %s",
@@ -68,15 +89,39 @@ static int64_t coroutine_fn claim(ConvertState *s, int64_t *offset, int *kind, u
             goto out;
         }
         if (pnum <= 0) {
-            pnum = MIN(s->total - *offset, (int64_t)IO_BUF_SIZE);
+            pnum = MIN(want, (int64_t)IO_BUF_SIZE);
             ret = BDRV_BLOCK_DATA;
         }
-        /* Unallocated everywhere reads as zeroes; let the scan find them. */
-        s->status = (ret & BDRV_BLOCK_ZERO) ? BLK_ZERO : BLK_DATA;
+        if (ret & BDRV_BLOCK_ZERO) {
+            s->status = post_backing_zero ? BLK_BACKING : BLK_ZERO;
+        } else if (ret & BDRV_BLOCK_DATA) {
+            s->status = BLK_DATA;
+        } else {
+            /* Unallocated everywhere reads as zeroes; let the scan find them. */
+            s->status = s->target_has_backing ? BLK_BACKING : BLK_DATA;
+        }
+        /* -S 0: the output is to be fully allocated, zeros too */
+        if (s->status == BLK_ZERO && s->min_sparse == 0) {
+            s->status = BLK_DATA;
+        }
         s->status_end = *offset + pnum;
     }
     *kind = s->status;
     n = MIN(s->status_end - *offset, (int64_t)IO_BUF_SIZE);
+    if (s->compressed) {
+        /* One cluster at a time (each is kept or left out whole); a shorter
+         * range is written as data, with what follows it up to the
+         * cluster's end. */
+        if (*kind == BLK_DATA) {
+            n = MIN(n, s->cluster_size);
+        }
+        if (n < s->cluster_size) {
+            n = MIN(s->cluster_size, s->total - *offset);
+            *kind = s->status = BLK_DATA;
+        } else {
+            n = ALIGN_DOWN(n, s->cluster_size);
+        }
+    }
     s->next_offset += n;
     *seq = s->claim_seq++;
 out:
@@ -84,28 +129,8 @@ out:
     return n;
 }
 
-/* -S 0's source of zero data, IO_BUF_SIZE bytes (allocated only then). */
-static uint8_t *zero_data;
-
 static int coroutine_fn write_zeroes(ConvertState *s, int64_t offset, int64_t bytes)
 {
-    if (s->min_sparse == 0) {
-        /* -S 0: the output is to be fully allocated, so zeroes go out as
-         * data, as qemu-img writes them: a format that keeps zero blocks
-         * unallocated (vdi) allocates them too. */
-        while (bytes > 0) {
-            int64_t n = MIN(bytes, (int64_t)IO_BUF_SIZE);
-            IOVector q;
-            iov_init_buf(&q, zero_data, n);
-            int ret = blk_co_pwritev(s->dst, offset, n, &q, 0);
-            if (ret < 0) {
-                return ret;
-            }
-            offset += n;
-            bytes -= n;
-        }
-        return 0;
-    }
     if (s->has_zero_init) {
         return 0;
     }
@@ -115,13 +140,20 @@ static int coroutine_fn write_zeroes(ConvertState *s, int64_t offset, int64_t by
 static int coroutine_fn write_data(ConvertState *s, int64_t offset, uint8_t *buf, int64_t n)
 {
     while (n > 0) {
-        bool is_data;
-        size_t run = img_sparse_run(buf, n, offset, s->min_sparse, &is_data);
+        bool is_data = true;
+        size_t run = (size_t)n;
         int ret;
+        if (s->min_sparse && s->compressed) {
+            /* a compressed cluster is written whole, or not at all if all zeros */
+            is_data = !buffer_is_zero(buf, run);
+        } else if (s->min_sparse) {
+            run = img_sparse_run(buf, n, offset, s->min_sparse, &is_data);
+        }
         if (is_data) {
             IOVector q;
             iov_init_buf(&q, buf, run);
-            ret = blk_co_pwritev(s->dst, offset, run, &q, 0);
+            ret = blk_co_pwritev(s->dst, offset, run, &q,
+                                 s->compressed ? BDRV_REQ_WRITE_COMPRESSED : 0);
         } else {
             ret = write_zeroes(s, offset, run);
         }
@@ -188,7 +220,7 @@ static void coroutine_fn convert_worker(void *opaque)
             }
         }
         wait_turn(s, w->slot, seq);
-        if (ret == 0 && !s->ret) {
+        if (ret == 0 && !s->ret && kind != BLK_BACKING) {
             ret = kind == BLK_DATA ? write_data(s, offset, buf, n) : write_zeroes(s, offset, n);
             if (ret < 0 && kind == BLK_ZERO) {
                 error_report("error while writing at byte %" PRId64 ": %s", offset,
@@ -231,10 +263,12 @@ int img_convert(int argc, char **argv)
     /* The target's zero ranges may be holes (write-zeroes with MAY_UNMAP),
      * as qemu-img's: -n into a sparse file keeps it sparse. */
     ImgOpenOpts so = { 0 }, to = { .writable = true, .extra_flags = BDRV_O_UNMAP };
-    const char *out_fmt = NULL, *options = NULL;
+    const char *out_fmt = NULL, *options = NULL, *out_base = NULL, *base_fmt = NULL;
     const char *src_cache = "writeback", *dst_cache = "unsafe";
     bool no_create = false, progress = false, quiet = false, unordered = false;
+    bool compressed = false;
     bool target_image_opts = false;
+    bool opt_backing = false;          /* -o backing_file */
     int64_t min_sparse = 4096;
     int nworkers = 8;
     static const struct option longopts[] = {
@@ -250,7 +284,7 @@ int img_convert(int argc, char **argv)
     };
     int c;
     optind = 0;
-    while ((c = getopt_long(argc, argv, ":hf:O:B:Cco:l:S:pt:T:qnm:WrU", longopts, NULL)) != -1) {
+    while ((c = getopt_long(argc, argv, ":hf:O:B:F:Cco:l:S:pt:T:qnm:WrU", longopts, NULL)) != -1) {
         switch (c) {
         case 'f': so.fmt = optarg; break;
         case 'O': out_fmt = optarg; break;
@@ -264,10 +298,6 @@ int img_convert(int argc, char **argv)
                 return 1;
             }
             min_sparse = v;
-            if (!min_sparse && !zero_data) {
-                zero_data = aligned_alloc_or_die(4096, IO_BUF_SIZE);
-                memset(zero_data, 0, IO_BUF_SIZE);
-            }
             break;
         }
         case 'p': progress = true; break;
@@ -290,16 +320,17 @@ int img_convert(int argc, char **argv)
         case 'U': so.force_share = true; break;
         case 'I': so.image_opts = true; break;
         case 'J': target_image_opts = true; break;
-        case 'c':
-            error_report("Compression is not supported by ublkd img convert");
-            return 1;
-        case 'B': case 'C': case 'l': case 'r': case 'X': case 'Y': case 'Z':
+        case 'c': compressed = true; break;
+        case 'B': out_base = optarg; break;
+        case 'F': base_fmt = optarg; break;
+        case 'C': case 'l': case 'r': case 'X': case 'Y': case 'Z':
             error_report("convert option '%s' is not supported by ublkd img",
                          img_opt_text(argv));
             return 1;
         case 'h':
-            printf("usage: ublkd img convert [--image-opts] [--target-image-opts] [-U] [-p] [-q]"
-                   " [-n] [-f fmt] [-t cache] [-T src_cache] [-O output_fmt] [-o options]"
+            printf("usage: ublkd img convert [--image-opts] [--target-image-opts] [-U] [-c] [-p] [-q]"
+                   " [-n] [-f fmt] [-t cache] [-T src_cache] [-O output_fmt]"
+                   " [-B backing_file [-F backing_fmt]] [-o options]"
                    " [-S sparse_size] [-m num_coroutines] [-W] filename output_filename\n");
             return 0;
         default:
@@ -360,6 +391,55 @@ int img_convert(int argc, char **argv)
             return 1;
         }
     }
+    /* What qemu-img checks before it creates anything, in its order. */
+    const BlockDriver *out_drv = out_fmt ? bdrv_find_format(out_fmt) : NULL;
+    if (!no_create) {
+        OptDict *o = NULL;
+        if (options) {
+            Error *err = NULL;
+            o = optdict_parse(options, NULL, &err);
+            if (!o) {
+                error_prepend(&err, "Invalid options for file format '%s': ", out_fmt);
+                error_report_err(err);
+                return 1;
+            }
+        }
+        if ((out_base || base_fmt) && !bdrv_driver_supports_backing(out_drv)) {
+            error_report("%s not supported for file format '%s'",
+                         out_base ? "Backing file" : "Backing file format", out_fmt);
+            optdict_free(o);
+            return 1;
+        }
+        /* -B wins over -o backing_file, -F over -o backing_fmt */
+        const char *obase = o ? optdict_get(o, "backing_file") : NULL;
+        const char *ofmt = o ? optdict_get(o, "backing_fmt") : NULL;
+        if ((out_base || obase) && !base_fmt && !ofmt) {
+            error_report("Use of backing file requires explicit backing format");
+            optdict_free(o);
+            return 1;
+        }
+        opt_backing = obase != NULL;
+        const char *prealloc = o ? optdict_get(o, "preallocation") : NULL;
+        bool encrypt = o && (optdict_get(o, "encrypt.format") || optdict_get(o, "encryption") ||
+                             optdict_get(o, "encrypt"));
+        if (compressed && !bdrv_driver_supports_compression(out_drv)) {
+            error_report("Compression not supported for this file format");
+            optdict_free(o);
+            return 1;
+        }
+        if (compressed && encrypt) {
+            error_report("Compression and encryption not supported at the same time");
+            optdict_free(o);
+            return 1;
+        }
+        if (compressed && prealloc && strcmp(prealloc, "off")) {
+            error_report("Compression and preallocation not supported at the same time");
+            optdict_free(o);
+            return 1;
+        }
+        optdict_free(o);
+    }
+    bool target_has_backing = out_base || opt_backing;
     so.cache = src_cache;
     so.no_share = true;
     BlockBackend *src = img_open(src_name, &so);
@@ -373,8 +453,8 @@ int img_convert(int argc, char **argv)
         return 1;
     }
     if (!no_create) {
-        int r = img_create_image(dst_name, out_fmt, options, NULL, NULL, total, false, true,
-                                 false, true);
+        int r = img_create_image(dst_name, out_fmt, options, out_base, base_fmt, total, false,
+                                 true, false, true);
         if (r) {
             blk_unref(src);
             return 1;
@@ -397,12 +477,52 @@ int img_convert(int argc, char **argv)
     }
     ConvertState s = {
         .src = src, .dst = dst, .total = total, .min_sparse = (size_t)min_sparse,
-        .has_zero_init = !no_create && bdrv_has_zero_init(blk_bs(dst)) > 0,
+        .has_zero_init = !no_create && !target_has_backing && bdrv_has_zero_init(blk_bs(dst)) > 0,
         .unordered = unordered, .nworkers = nworkers,
+        .compressed = compressed, .target_has_backing = target_has_backing,
+        .target_backing_len = -1,
     };
+    if (target_has_backing) {
+        s.src_base = bdrv_backing_bs(bdrv_skip_filters(blk_bs(src)));
+        BlockDriverState *tb = bdrv_backing_bs(bdrv_skip_filters(blk_bs(dst)));
+        if (!no_create && tb) {
+            /* unknown (an error) only costs the zeros past its end */
+            s.target_backing_len = bdrv_getlength(tb);
+        }
+    }
+    if (compressed) {
+        BlockDriverInfo bdi = { 0 };
+        if (!bdrv_supports_compressed_writes(blk_bs(dst))) {
+            error_report("Compression not supported for this file format");
+            blk_unref(dst);
+            blk_unref(src);
+            return 1;
+        }
+        if (bdrv_get_info(blk_bs(dst), &bdi) < 0) {
+            error_report("could not get block driver info");
+            blk_unref(dst);
+            blk_unref(src);
+            return 1;
+        }
+        if (bdi.cluster_size <= 0 || (int64_t)bdi.cluster_size > (int64_t)IO_BUF_SIZE) {
+            error_report("invalid cluster size");
+            blk_unref(dst);
+            blk_unref(src);
+            return 1;
+        }
+        s.cluster_size = bdi.cluster_size;
+    }
     progress_init(progress, 1.0);
     progress_print(0, 100);
     int ret = do_copy(&s);
+    if (ret == 0 && compressed) {
+        /* the end of the compressed output, as qemu-img says it */
+        static uint8_t none[1];
+        ret = blk_pwrite(dst, 0, 0, none, BDRV_REQ_WRITE_COMPRESSED);
+        if (ret < 0) {
+            error_report("error while writing at byte 0: %s", strerror(-ret));
+        }
+    }
     if (ret == 0) {
         ret = blk_flush(dst);
         if (ret < 0) {

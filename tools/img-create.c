@@ -209,17 +209,24 @@ int img_create_image(const char *filename, const char *fmt, const char *options,
         optdict_merge(opts, user, true);
         optdict_free(user);
     }
+    if ((backing || backing_fmt) && !bdrv_driver_supports_backing(drv)) {
+        const char *what = backing ? "Backing file" : "Backing file format";
+        if (pfx) {
+            error_report("%s: %s not supported for file format '%s'", pfx, what, fmt);
+        } else {
+            error_report("%s not supported for file format '%s'", what, fmt);
+        }
+        optdict_free(opts);
+        optdict_free(typed);
+        return 1;
+    }
     if (backing) {
-        if (!bdrv_driver_supports_backing(drv)) {
-            error_report("Backing file not supported for file format '%s'", fmt);
-            optdict_free(opts);
-            optdict_free(typed);
-            return 1;
-        }
         optdict_set(opts, "backing_file", backing);
-        if (backing_fmt) {
-            optdict_set(opts, "backing_fmt", backing_fmt);
-        }
+    }
+    if (backing_fmt) {
+        /* alone, the format driver refuses it (qcow2: "cannot be used
+         * without backing file") */
+        optdict_set(opts, "backing_fmt", backing_fmt);
     }
     /* As qemu-img: a backing file's format must be named, never probed
      * into the image (the probe result is offered as a hint). */

@@ -140,6 +140,7 @@ typedef struct IoOpts {
     bool dump;                   /* -v: hex dump of what was read */
     bool fua;                    /* -f */
     bool zeroes, unmap, no_fallback;   /* -z, -u, -n */
+    bool compressed;             /* -c */
     bool pattern_given;
     int pattern;                 /* -P, or the command's default */
     int64_t poff, plen;          /* -s, -l: the part of a read -P checks */
@@ -182,9 +183,7 @@ static int io_getopt(int argc, char **argv, const char *optstring, IoOpts *o)
         case 'u': o->unmap = true; break;
         case 'n': o->no_fallback = true; break;
         case 'C': case 'p': break;   /* qemu-io's, accepted without effect */
-        case 'c':
-            printf("compressed writes are not supported by ublkd img io\n");
-            return -ENOTSUP;
+        case 'c': o->compressed = true; break;
         default:                     /* -b too: qemu-io's vmstate access is not served */
             return usage_error(argv);
         }
@@ -351,6 +350,10 @@ static int write_f(BlockBackend *blk, int argc, char **argv)
     if (optind != argc - 2) {
         return usage_error(argv);
     }
+    if (o.fua && o.compressed) {
+        printf("-f and -b or -c cannot be specified at the same time\n");
+        return -EINVAL;
+    }
     if (o.zeroes && o.pattern_given) {
         printf("-z and -P cannot be specified at the same time\n");
         return -EINVAL;
@@ -369,7 +372,9 @@ static int write_f(BlockBackend *blk, int argc, char **argv)
     if (!o.zeroes && check_len(count) < 0) {
         return -EINVAL;
     }
-    BdrvRequestFlags flags = (o.fua ? BDRV_REQ_FUA : 0);
+    /* with -z, -c is dropped on the way (zeroes are not compressed), as in qemu-io */
+    BdrvRequestFlags flags = (o.fua ? BDRV_REQ_FUA : 0) |
+                             (o.compressed ? BDRV_REQ_WRITE_COMPRESSED : 0);
     double secs;
     if (o.zeroes) {
         flags |= (o.unmap ? BDRV_REQ_MAY_UNMAP : 0) | (o.no_fallback ? BDRV_REQ_NO_FALLBACK : 0);
@@ -568,7 +573,7 @@ static const IoCmd cmds[] = {
       "reads a number of bytes at a specified offset" },
     { "readv", NULL, readv_f, 2, -1, false, "[-qv] [-P pattern] off len [len..]",
       "reads a number of bytes at a specified offset into several buffers" },
-    { "write", "w", write_f, 2, -1, true, "[-fnquz] [-P pattern] off len",
+    { "write", "w", write_f, 2, -1, true, "[-cfnquz] [-P pattern] off len",
       "writes a number of bytes at a specified offset" },
     { "writev", NULL, writev_f, 2, -1, true, "[-fq] [-P pattern] off len [len..]",
       "writes a number of bytes at a specified offset from several buffers" },

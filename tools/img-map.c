@@ -65,7 +65,7 @@ int img_map(int argc, char **argv)
     };
     int c;
     optind = 0;
-    while ((c = getopt_long(argc, argv, ":f:hU", longopts, NULL)) != -1) {
+    while ((c = getopt_long(argc, argv, ":f:s:l:hU", longopts, NULL)) != -1) {
         switch (c) {
         case 's':
             start_offset = img_cvtnum_full("start offset", optarg, 0, INT64_MAX);

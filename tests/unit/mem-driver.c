@@ -34,6 +34,7 @@ typedef struct MemState {
     uint32_t gran;
     unsigned yield_mask;
     unsigned gate_mask;         /* ops that park before returning */
+    int64_t gate_before_off, gate_before_len;   /* writes here park before storing */
     int gate_parked;
     CoQueue gate_queue;
     MemInject inject[MEM_MAX_INJECT];
@@ -173,6 +174,20 @@ static void coroutine_fn mem_gate(BlockDriverState *bs, MemOp op)
     MemState *s = bs->opaque;
     pthread_mutex_lock(&s->lock);
     while (s->gate_mask & (1u << op)) {
+        s->gate_parked++;
+        co_queue_wait_mutex(&s->gate_queue, &s->lock);
+        s->gate_parked--;
+    }
+    pthread_mutex_unlock(&s->lock);
+}
+
+/* Park a write overlapping the before-gate's range before it stores anything. */
+static void coroutine_fn mem_gate_before(BlockDriverState *bs, int64_t offset, int64_t bytes)
+{
+    MemState *s = bs->opaque;
+    pthread_mutex_lock(&s->lock);
+    while (s->gate_before_len && offset < s->gate_before_off + s->gate_before_len &&
+           s->gate_before_off < offset + bytes) {
         s->gate_parked++;
         co_queue_wait_mutex(&s->gate_queue, &s->lock);
         s->gate_parked--;
@@ -339,6 +354,7 @@ static int coroutine_fn mem_co_pwritev(BlockDriverState *bs, int64_t offset, int
     if (ret) {
         return mem_leave(bs, li, ret);
     }
+    mem_gate_before(bs, offset, bytes);
     /* Copy in two halves with a yield between: an unserialised overlapping
      * write can then interleave and leave a torn result. */
     int64_t half = mem_should_yield(bs, MEM_OP_WRITE) ? bytes / 2 : bytes;
@@ -716,6 +732,15 @@ void mem_gate_close(BlockDriverState *bs, unsigned op_mask)
     pthread_mutex_unlock(&s->lock);
 }
 
+void mem_gate_close_before(BlockDriverState *bs, int64_t offset, int64_t bytes)
+{
+    MemState *s = ms(bs);
+    pthread_mutex_lock(&s->lock);
+    s->gate_before_off = offset;
+    s->gate_before_len = bytes;
+    pthread_mutex_unlock(&s->lock);
+}
+
 int mem_gate_parked(BlockDriverState *bs)
 {
     MemState *s = ms(bs);
@@ -731,6 +756,7 @@ void mem_gate_open(BlockDriverState *bs)
     CoQueue parked;
     pthread_mutex_lock(&s->lock);
     s->gate_mask = 0;
+    s->gate_before_len = 0;
     parked = s->gate_queue;
     co_queue_init(&s->gate_queue);
     pthread_mutex_unlock(&s->lock);

@@ -253,6 +253,74 @@ static void test_overlap_marks_corrupt(void **state)
     q2_expect_open_error(&img, BDRV_O_RDWR, "Image is corrupt");
 }
 
+typedef struct ZeroCo {
+    BdrvChild *child;
+    int64_t offset, bytes;
+    bool discard;
+    int ret;
+    bool done;
+} ZeroCo;
+
+static void coroutine_fn unmap_co(void *opaque)
+{
+    ZeroCo *z = opaque;
+    z->ret = z->discard ? bdrv_co_pdiscard(z->child, z->offset, z->bytes)
+                        : bdrv_co_pwrite_zeroes(z->child, z->offset, z->bytes, BDRV_REQ_MAY_UNMAP);
+    z->done = true;
+}
+
+/* An in-place write is parked before its data reaches the cluster when a
+ * discard (or an unmapping zero write) of the same cluster comes: the
+ * discard waits for it, so the cluster is freed only after the write landed,
+ * and an allocation after that, which may reuse the cluster, keeps its own
+ * data.  Without the wait the late write would land in the reused cluster. */
+static void unmap_waits_for_in_place_write(bool discard)
+{
+    Q2Image img = q2_make(12, MiB, false, 1);
+    q2_set_l2(&img, 0, Q2_DATA(&img, 0) | QCOW2_OFLAG_COPIED, 0);
+    q2_open(&img, BDRV_O_RDWR, "discard", "unmap");
+    assert_non_null(img.bs);
+    AioContext *ctx = test_loop_init();
+    int pending = 1;
+    WriteCo w = { img.child, 0, 4096, 0x41, 0, &pending };
+    mem_gate_close_before(img.file, (int64_t)Q2_DATA(&img, 0), 4096);
+    co_enter(co_create(write_co, &w));
+    WAIT_FOR((aio_poll(ctx, false), mem_gate_parked(img.file) > 0), "the in-place write");
+    ZeroCo z = { img.child, 0, 4096, discard, -EINPROGRESS, false };
+    co_enter(co_create(unmap_co, &z));
+    for (int i = 0; i < 50; i++) {
+        aio_poll(ctx, false);
+    }
+    assert_false(z.done);                       /* waits for the write in flight */
+    mem_gate_open(img.file);
+    while (pending > 0 || !z.done) {
+        aio_poll(ctx, true);
+    }
+    assert_int_equal(w.ret, 0);
+    assert_int_equal(z.ret, 0);
+    /* A new allocation (guest cluster 1) may now take the freed cluster. */
+    uint8_t buf[4096];
+    memset(buf, 0x42, sizeof(buf));
+    assert_true(bdrv_pwrite(img.child, 4096, sizeof(buf), buf, 0) >= 0);
+    assert_true(bdrv_pread(img.child, 4096, sizeof(buf), buf, 0) >= 0);
+    assert_true(test_buf_is(buf, sizeof(buf), 0x42));
+    assert_true(bdrv_pread(img.child, 0, sizeof(buf), buf, 0) >= 0);
+    assert_true(test_buf_is(buf, sizeof(buf), 0));
+    q2_free(&img);
+}
+
+static void test_discard_waits_for_in_place_write(void **state)
+{
+    (void)state;
+    unmap_waits_for_in_place_write(true);
+}
+
+static void test_unmap_zero_waits_for_in_place_write(void **state)
+{
+    (void)state;
+    unmap_waits_for_in_place_write(false);
+}
+
 /* An L1 entry that points at the refcount block: the cluster is "its own"
  * table to the write path, yet two tables at once - refused before any L2
  * entry lands in the refcount block, and the image is marked corrupt. */
@@ -287,6 +355,8 @@ int main(void)
         cmocka_unit_test(test_lazy_refcounts_dirty_bit),
         cmocka_unit_test(test_overlap_marks_corrupt),
         cmocka_unit_test(test_l2_on_refcount_block),
+        cmocka_unit_test(test_discard_waits_for_in_place_write),
+        cmocka_unit_test(test_unmap_zero_waits_for_in_place_write),
     };
     return cmocka_run_group_tests_name("qcow2-write", tests, NULL, NULL);
 }

@@ -137,6 +137,9 @@ void mem_set_yield(BlockDriverState *bs, unsigned op_mask);
  * every parked callback on its own AioContext.
  */
 void mem_gate_close(BlockDriverState *bs, unsigned op_mask);
+/* Writes overlapping [offset, offset+bytes) park before they store anything
+ * (an I/O still in flight), until mem_gate_open(). */
+void mem_gate_close_before(BlockDriverState *bs, int64_t offset, int64_t bytes);
 int mem_gate_parked(BlockDriverState *bs);
 void mem_gate_open(BlockDriverState *bs);
 /* Fail calls of op overlapping [offset, offset+bytes) with err, count times
