@@ -73,7 +73,9 @@ ublk_add -t null >/dev/null
 mkimg $T/busy.raw 1M
 qemu-io -f raw -c 'sleep 20000' $T/busy.raw >/dev/null 2>&1 &
 qio=$!
-sleep 1
+# qemu-io starts slowly under TCG: wait for its lock on the image's inode
+ino=$(stat -c %i $T/busy.raw)
+wait_for grep -q ":$ino " /proc/locks || fail "qemu-io took no lock on busy.raw"
 out=$("$UBLKD" add raw $T/busy.raw $CACHE_OPT 2>&1) && fail "add of an image qemu-io writes succeeded"
 kill $qio; wait $qio 2>/dev/null || true
 grep -q "Could not open '$T/busy.raw': Failed to get shared \"write\" lock" <<<"$out" || fail "lock message: $out"
