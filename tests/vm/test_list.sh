@@ -82,7 +82,8 @@ grep -q "Could not open '$T/busy.raw': Failed to get shared \"write\" lock" <<<"
 grep -q "Is another process using the image \[$T/busy.raw\]?" <<<"$out" || fail "lock hint: $out"
 
 # recover says why a device added with --recovery=none cannot come back
-ublk_add raw $T/l.raw $CACHE_OPT --recovery=none >/dev/null
+mkimg $T/n.raw 1M
+ublk_add raw $T/n.raw $CACHE_OPT --recovery=none >/dev/null
 nid=$ID
 pid=$("$UBLKD" list -n $nid --json | jq -r '.[0].pid')
 kill -9 "$pid"
