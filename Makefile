@@ -49,7 +49,8 @@ DRIVER_SRCS-file := drivers/file-io.c drivers/file-lock.c
 DRIVER_SRCS-vdi := drivers/vdi-write.c drivers/vdi-create.c drivers/vdi-check.c
 DRIVER_SRCS-qcow2 := drivers/qcow2-header.c drivers/qcow2-cluster.c drivers/qcow2-refcount.c \
                      drivers/qcow2-compress.c drivers/qcow2-create.c drivers/qcow2-create-layout.c \
-                     drivers/qcow2-alloc.c drivers/qcow2-write.c drivers/qcow2-compress-write.c
+                     drivers/qcow2-alloc.c drivers/qcow2-write.c drivers/qcow2-compress-write.c \
+                     drivers/qcow2-check.c drivers/qcow2-check-repair.c
 DRIVER_SRCS := $(foreach d,$(DRIVERS-y),$(wildcard drivers/$(d).c) $(DRIVER_SRCS-$(d)))
 
 # ublk server: control plane, params, config/state, queue threads, daemon
@@ -173,7 +174,8 @@ check-layering:
 	if [ -n "$$bad" ]; then echo "check-layering: drivers/ use the driver API (block-driver.h), not io/ internals:"; \
 	    echo "$$bad"; exit 1; fi; echo "layering: ublk/ and tools/ include no driver API header, drivers/ no io/ internals"
 
-check-interop: $(BUILD)/ublkd
+# test_qcow2_crash.sh judges the images the unit crash simulator leaves
+check-interop: $(BUILD)/ublkd $(filter %/test-qcow2-crash,$(UNIT_TESTS))
 	@UBLKD=$(abspath $(BUILD)/ublkd) tests/interop/run.sh
 
 # The interop suite with every qemu-img also run as ublkd img: counts the

@@ -77,26 +77,55 @@ bool coroutine_fn qcow2_overlaps_metadata(BlockDriverState *bs, uint64_t offset,
     }
     /* Writing there would destroy metadata: the refcounts are wrong.  Mark
      * the image corrupt, as QEMU does, so nobody writes it until checked. */
-    if (!s->corrupt_reported) {
-        s->corrupt_reported = true;
-        error_report("qcow2: %s: Marking image as corrupt: Preventing invalid write on"
-                     " metadata (overlaps with %s) at 0x%" PRIx64 ", %" PRIu64 " bytes",
-                     qcow2_image_name(bs), what, offset, len);
-        s->h.incompat |= QCOW2_INCOMPAT_CORRUPT;
-        qcow2_write_header_field(bs, QH_INCOMPAT, s->h.incompat);
-    }
+    char msg[160];
+    snprintf(msg, sizeof(msg), "Preventing invalid write on metadata (overlaps with %s) at 0x%"
+             PRIx64 ", %" PRIu64 " bytes", what, offset, len);
+    qcow2_signal_corruption(bs, msg);
     return true;
+}
+
+void coroutine_fn qcow2_signal_corruption(BlockDriverState *bs, const char *msg)
+{
+    BDRVQcow2State *s = bs->opaque;
+
+    if (__atomic_exchange_n(&s->corrupt_reported, true, __ATOMIC_ACQ_REL)) {
+        return;
+    }
+    if (!s->writable) {
+        error_report("qcow2: %s: Image is corrupt: %s; further non-fatal corruption events will"
+                     " be suppressed", qcow2_image_name(bs), msg);
+        return;
+    }
+    error_report("qcow2: %s: Marking image as corrupt: %s; further corruption events will be"
+                 " suppressed", qcow2_image_name(bs), msg);
+    /* A header write racing with this one (the dirty bit, under s->lock)
+     * writes the whole field from s->h.incompat, which has the bit by then. */
+    uint64_t incompat = __atomic_or_fetch(&s->h.incompat, QCOW2_INCOMPAT_CORRUPT,
+                                          __ATOMIC_ACQ_REL);
+    qcow2_write_header_field(bs, QH_INCOMPAT, incompat);
 }
 
 /* The caches' write-back check (MetaCacheConfig.check_write): a table entry that a
  * corrupted pointer put over other metadata never reaches the disk, and marks the image
- * corrupt.  The table's own cluster is not an overlap. */
+ * corrupt.  The table's own cluster is not an overlap.  Runs in the write-back's
+ * coroutine under s->lock: an external data file with data that new L2 entries name
+ * is flushed first (qcow2_l2_after_data). */
 int qcow2_cache_check_write(void *opaque, int64_t offset, size_t len)
 {
     BlockDriverState *bs = opaque;
     BDRVQcow2State *s = bs->opaque;
     uint64_t self = (uint64_t)offset & ~((uint64_t)s->cluster_size - 1);
-    return qcow2_overlaps_metadata(bs, (uint64_t)offset, len, self) ? -EIO : 0;
+    if (qcow2_overlaps_metadata(bs, (uint64_t)offset, len, self)) {
+        return -EIO;
+    }
+    if (s->data_file_unflushed) {
+        int ret = bdrv_co_flush(s->data_file->bs);
+        if (ret < 0) {
+            return ret;
+        }
+        s->data_file_unflushed = false;
+    }
+    return 0;
 }
 
 /* The slice of refcount block rb_offset holding refcount `index`. */

@@ -12,17 +12,14 @@
 #include <stdio.h>
 #include "qcow2-int.h"
 
-/* Corrupt metadata: log the first time, fail the request with -EIO.  The
- * image is not marked corrupt: this driver does not write. */
-static void report_corruption(BlockDriverState *bs, const char *fmt, uint64_t a, uint64_t b)
+/* Corrupt metadata: the request fails with -EIO; the image is marked
+ * corrupt if it is writable (qcow2_signal_corruption). */
+static void coroutine_fn report_corruption(BlockDriverState *bs, const char *fmt, uint64_t a,
+                                           uint64_t b)
 {
-    static bool reported;
-    if (!__atomic_exchange_n(&reported, true, __ATOMIC_RELAXED)) {
-        char msg[256];
-        snprintf(msg, sizeof(msg), fmt, a, b);
-        error_report("qcow2: %s: Image is corrupt: %s; further corruption events will be"
-                     " suppressed", qcow2_image_name(bs), msg);
-    }
+    char msg[256];
+    snprintf(msg, sizeof(msg), fmt, a, b);
+    qcow2_signal_corruption(bs, msg);
 }
 
 static inline uint64_t l2_entry(const BDRVQcow2State *s, const uint64_t *slice, uint32_t i)

@@ -12,7 +12,8 @@
  * The order is an allocating write's (qcow2-write.c): under s->lock the
  * guest cluster is claimed (writers of it wait) and the bytes allocated
  * (refcounts up); the data goes out without the lock; under the lock again
- * the L2 entry is published, after the refcount blocks that count it, and
+ * the L2 entry is published, after the refcount blocks that count it and
+ * after the compressed bytes (the file is flushed before the L2 write), and
  * what it pointed at before loses its references only once the L2 table
  * that dropped them is on disk.  Unlike QEMU (which fails with -EIO), an
  * allocated cluster may be overwritten compressed.  The request path
@@ -147,6 +148,10 @@ static int coroutine_fn store_compressed(BlockDriverState *bs, uint64_t cluster,
         qcow2_update_refcount(bs, (uint64_t)host, zlen, true);
         goto put;
     }
+    /* the compressed bytes reach the disk before the entry that names them:
+     * without, a crash can leave an entry over sectors never written, and
+     * the cluster reads -EIO */
+    qcow2_l2_after_data(s);
     /* Additional 512-byte sectors after the first, as the entry counts them. */
     uint64_t nb_csectors = ((uint64_t)host + zlen - 1) / 512 - (uint64_t)host / 512;
     uint64_t old = be64toh(slice[in_slice * (s->l2_entry_size / 8)]);

@@ -256,7 +256,7 @@ static int read_extensions(BlockDriverState *bs, const uint8_t *buf, uint64_t st
     return 0;
 }
 
-static int validate_header(BlockDriverState *bs, int64_t file_len, Error **errp)
+static int validate_header(BlockDriverState *bs, int64_t file_len, int flags, Error **errp)
 {
     BDRVQcow2State *s = bs->opaque;
     Qcow2Header *h = &s->h;
@@ -341,7 +341,11 @@ static int validate_header(BlockDriverState *bs, int64_t file_len, Error **errp)
                    " needs %" PRIu64 ")", name, h->l1_size, h->size, l1_needed);
         return -EINVAL;
     }
-    ret = check_table(s, name, "L1 table", h->l1_table_offset, h->l1_size, 8, file_len, errp);
+    /* img check opens truncated images (as qemu-img does) to report what
+     * is missing: the tables are read as zeros past the end, and their caps
+     * (32 MiB, 8 MiB) still bound what is allocated for them. */
+    int64_t table_end = (flags & BDRV_O_CHECK) ? INT64_MAX : file_len;
+    ret = check_table(s, name, "L1 table", h->l1_table_offset, h->l1_size, 8, table_end, errp);
     if (ret < 0) {
         return ret;
     }
@@ -356,7 +360,7 @@ static int validate_header(BlockDriverState *bs, int64_t file_len, Error **errp)
         return -EINVAL;
     }
     ret = check_table(s, name, "reference count table", h->refcount_table_offset,
-                      h->refcount_table_clusters, s->cluster_size, file_len, errp);
+                      h->refcount_table_clusters, s->cluster_size, table_end, errp);
     if (ret < 0) {
         return ret;
     }
@@ -387,7 +391,8 @@ static int check_features(BlockDriverState *bs, int flags, Error **errp)
         report_unsupported(s, name, unknown, errp);
         return -ENOTSUP;
     }
-    if ((h->incompat & QCOW2_INCOMPAT_CORRUPT) && (flags & BDRV_O_RDWR)) {
+    if ((h->incompat & QCOW2_INCOMPAT_CORRUPT) && (flags & BDRV_O_RDWR) &&
+        !(flags & BDRV_O_CHECK)) {
         error_setg(errp, "qcow2: %s: Image is corrupt; cannot be opened read/write"
                    " (incompatible_features 0x%" PRIx64 "; open read-only to read it)",
                    name, h->incompat);
@@ -456,7 +461,7 @@ int qcow2_read_header(BlockDriverState *bs, int64_t file_len, int flags, Error *
     s->csize_mask = (1ULL << (s->cluster_bits - 8)) - 1;
     s->cluster_offset_mask = (1ULL << s->csize_shift) - 1;
 
-    ret = validate_header(bs, file_len, errp);
+    ret = validate_header(bs, file_len, flags, errp);
     if (ret < 0) {
         return ret;
     }

@@ -202,6 +202,10 @@ typedef struct BDRVQcow2State {
     Qcow2Alloc *allocs;              /* allocations in flight */
     CoQueue alloc_wait;              /* writers waiting for one of them */
     bool corrupt_reported;
+    /* An L2 entry names external data-file clusters written since that file's
+     * last flush (qcow2_l2_after_data): flush it before the next table
+     * write-back. */
+    bool data_file_unflushed;
 } BDRVQcow2State;
 
 /* Refcount i of a refcount block (or a slice of one), 2^order bits wide. */
@@ -314,6 +318,11 @@ bool coroutine_fn qcow2_overlaps_metadata(BlockDriverState *bs, uint64_t offset,
                                           uint64_t self);
 int qcow2_cache_check_write(void *opaque, int64_t offset, size_t len);
 int coroutine_fn qcow2_write_header_field(BlockDriverState *bs, size_t off, uint64_t v);
+/* Metadata found corrupt (msg says what and where): logged once; on a
+ * writable image the corrupt bit is set in the header, as QEMU's
+ * qcow2_signal_corruption does, so no one writes the image until it is
+ * checked (img check -r all clears the bit). */
+void coroutine_fn qcow2_signal_corruption(BlockDriverState *bs, const char *msg);
 
 /* Store L2 entry i of a slice (s->lock held, slice referenced): atomic,
  * for the readers that look entries up without the lock. */
@@ -333,10 +342,12 @@ static inline void qcow2_set_l2_bitmap(BDRVQcow2State *s, uint64_t *slice, uint3
  * wait while qcow2_alloc_overlaps, qcow2_mark_dirty, get the slice
  * (qcow2_l2_slice_for_write), allocate, link a Qcow2Alloc into s->allocs,
  * drop the lock for the data, take it again, qcow2_alloc_end, then
- * qcow2_l2_after_refcounts before the new entries, and qcow2_free_old_entry
- * for what they replaced once the L2 cache is flushed. */
+ * qcow2_l2_after_refcounts and qcow2_l2_after_data before the new entries,
+ * and qcow2_free_old_entry for what they replaced once the L2 cache is
+ * flushed. */
 int coroutine_fn qcow2_mark_dirty(BlockDriverState *bs);
 int coroutine_fn qcow2_l2_after_refcounts(BDRVQcow2State *s);
+void qcow2_l2_after_data(BDRVQcow2State *s);
 bool qcow2_alloc_overlaps(BDRVQcow2State *s, uint64_t first, uint64_t nb);
 void qcow2_alloc_end(BDRVQcow2State *s, Qcow2Alloc *alloc);
 /* The L2 slice (referenced; meta_cache_put it) holding the entry of the
@@ -368,6 +379,14 @@ int coroutine_fn qcow2_read_compressed(BlockDriverState *bs, uint64_t l2e, Qcow2
 Qcow2Bounce *qcow2_bounce_get(BDRVQcow2State *s);
 void qcow2_bounce_put(BDRVQcow2State *s, Qcow2Bounce *b);
 void qcow2_bounce_free_all(BDRVQcow2State *s);
+
+/* qcow2-check.c: `img check` (QEMU's qcow2_co_check); the _locked variant
+ * with s->lock held, for the repair of a dirty image at open. */
+int coroutine_fn qcow2_co_check(BlockDriverState *bs, BdrvCheckResult *res, BdrvCheckMode fix);
+int coroutine_fn qcow2_check_locked(BlockDriverState *bs, BdrvCheckResult *res,
+                                    BdrvCheckMode fix);
+/* qcow2-check-repair.c: clear the corrupt bit (after a clean repair). */
+int coroutine_fn qcow2_mark_consistent(BlockDriverState *bs);
 
 /* qcow2-compress-write.c: the co_pwritev_compressed op; compression
  * contexts of a bounce are freed with qcow2_bounce_free_compressors. */

@@ -47,6 +47,26 @@ int coroutine_fn qcow2_l2_after_refcounts(BDRVQcow2State *s)
     return meta_cache_set_dependency(s->l2_cache, s->refcount_cache);
 }
 
+/*
+ * An L2 entry that points at a newly written cluster (or newly allocated
+ * subclusters) reaches the disk only after that data: the image file is
+ * flushed before the L2 table's next write (QEMU does this after
+ * copy-on-write; we do it for every allocation, so that after a crash an
+ * entry never shows the old contents of a reused cluster, or zeros where
+ * the backing file's data was copied).  An external data file is not the
+ * cache's child: the caches' write check flushes it first
+ * (qcow2_cache_check_write), or an entry that stops reading as zeros or
+ * as the backing file would show what the data file held at that offset
+ * before.  s->lock held, before the entries change.
+ */
+void qcow2_l2_after_data(BDRVQcow2State *s)
+{
+    meta_cache_depends_on_flush(s->l2_cache);
+    if (qcow2_has_data_file(s)) {
+        s->data_file_unflushed = true;
+    }
+}
+
 bool qcow2_alloc_overlaps(BDRVQcow2State *s, uint64_t first, uint64_t nb)
 {
     for (Qcow2Alloc *a = s->allocs; a; a = a->next) {
@@ -279,6 +299,7 @@ static int coroutine_fn write_allocating(BlockDriverState *bs, uint64_t offset, 
     if (ret < 0) {
         goto put;
     }
+    qcow2_l2_after_data(s);
     uint64_t old[QCOW2_L2_SLICE_BYTES / 8];   /* nb <= entries per slice */
     uint64_t nb_old = 0;
     bool need_free = false;
@@ -432,6 +453,7 @@ static int coroutine_fn write_subclusters(BlockDriverState *bs, uint64_t offset,
             goto put;
         }
     }
+    qcow2_l2_after_data(s);
     uint64_t fill = sc_range((uint32_t)(from >> s->subcluster_bits),
                              (uint32_t)DIV_ROUND_UP(to, (uint64_t)s->subcluster_size));
     uint64_t nbitmap = whole ? QCOW2_L2_BITMAP_ALL_ALLOC

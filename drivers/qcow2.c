@@ -136,21 +136,31 @@ static int open_data_file(BlockDriverState *bs, OptDict *options, Error **errp)
     return 0;
 }
 
-/* What writing needs that reading does not; the parts of writing that are
- * not there yet refuse the open with a message. */
-static int check_writable(BlockDriverState *bs, int flags, Error **errp)
+/* A dirty image (lazy refcounts, not closed cleanly) opened read-write is
+ * repaired first, as QEMU does: check -r all, which clears the bit. */
+typedef struct RepairDirty {
+    BlockDriverState *bs;
+    BdrvCheckResult res;
+    int ret;
+} RepairDirty;
+
+static void coroutine_fn repair_dirty_co(void *opaque)
+{
+    RepairDirty *r = opaque;
+    r->ret = qcow2_co_check(r->bs, &r->res, BDRV_FIX_LEAKS | BDRV_FIX_ERRORS);
+}
+
+static int repair_dirty(BlockDriverState *bs, Error **errp)
 {
     BDRVQcow2State *s = bs->opaque;
-    const char *name = qcow2_image_name(bs);
+    RepairDirty r = { .bs = bs };
 
-    if (!(flags & BDRV_O_RDWR)) {
-        return 0;
-    }
-    if (s->h.incompat & QCOW2_INCOMPAT_DIRTY) {
-        error_setg(errp, "qcow2: %s: the image was not closed cleanly (dirty bit set in"
-                   " incompatible_features 0x%" PRIx64 "); repair it with qemu-img check -r all"
-                   " or open it read-only", name, s->h.incompat);
-        return -EACCES;
+    aio_co_run_sync(repair_dirty_co, &r);
+    if (r.ret < 0 || r.res.check_errors) {
+        int err = r.ret < 0 ? -r.ret : EIO;
+        error_setg_errno(errp, err, "qcow2: %s: Could not repair dirty image (incompatible_features"
+                         " 0x%" PRIx64 ")", qcow2_image_name(bs), s->h.incompat);
+        return -err;
     }
     return 0;
 }
@@ -234,10 +244,6 @@ static int qcow2_open(BlockDriverState *bs, OptDict *options, int flags, Error *
     if (ret < 0) {
         goto fail;
     }
-    ret = check_writable(bs, flags, errp);
-    if (ret < 0) {
-        goto fail;
-    }
     ret = load_table(bs, s->h.l1_table_offset, s->h.l1_size, &s->l1_table);
     if (ret < 0) {
         error_setg_errno(errp, -ret, "qcow2: %s: cannot read the L1 table (%" PRIu32
@@ -262,9 +268,10 @@ static int qcow2_open(BlockDriverState *bs, OptDict *options, int flags, Error *
     }
     if (flags & BDRV_O_RDWR) {
         /* Autoclear bits name what we do not keep up to date (bitmaps):
-         * clearing them tells every reader those parts are stale. */
+         * clearing them tells every reader those parts are stale.  A check
+         * changes no guest data, so the bitmaps stay valid (and counted). */
         uint64_t keep = s->h.autoclear & QCOW2_AUTOCLEAR_DATA_RAW;
-        if (s->h.version == 3 && s->h.autoclear != keep) {
+        if (s->h.version == 3 && s->h.autoclear != keep && !(flags & BDRV_O_CHECK)) {
             s->h.autoclear = keep;
             uint64_t be = htobe64(keep);
             ret = bdrv_pwrite(bs->file, QH_AUTOCLEAR, 8, &be, 0);
@@ -278,6 +285,12 @@ static int qcow2_open(BlockDriverState *bs, OptDict *options, int flags, Error *
     co_queue_init(&s->alloc_wait);
     /* QEMU counts whole sectors: an odd size is rounded down. */
     bdrv_set_total_bytes(bs, (int64_t)(s->h.size & ~(uint64_t)(BDRV_SECTOR_SIZE - 1)));
+    if (s->writable && (s->h.incompat & QCOW2_INCOMPAT_DIRTY) && !(flags & BDRV_O_CHECK)) {
+        ret = repair_dirty(bs, errp);
+        if (ret < 0) {
+            goto fail;
+        }
+    }
     return 0;
 
 fail:
@@ -527,6 +540,7 @@ const BlockDriver bdrv_qcow2 = {
     .refresh_limits = qcow2_refresh_limits,
     .supported_zero_flags = BDRV_REQ_MAY_UNMAP,
     .co_block_status = qcow2_co_block_status,
+    .co_check = qcow2_co_check,
     .co_create = qcow2_co_create,
     .create_opts = qcow2_create_opts,
     .getlength = qcow2_getlength,

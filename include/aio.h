@@ -134,6 +134,19 @@ size_t aio_buffer_slot_registered(AioContext *ctx, unsigned slot);
 unsigned aio_ring_id(AioContext *ctx);
 int aio_fixed_buffer_add(AioContext *ctx, void *base, size_t len);
 int aio_fixed_buffer_remove(AioContext *ctx, unsigned index);
+/*
+ * Buffers the kernel registers itself (ublk zero copy puts a request's
+ * pages at an index of the ring that fetched it).  aio_kernel_buffers_init
+ * makes the ring's table: n empty indexes, for the kernel only (not with
+ * aio_register_buffer_slots or aio_fixed_buffer_add; 0 or -errno).  While
+ * the kernel holds len bytes at index i, aio_kernel_buffer_set lets
+ * references to it go out (addressed from 0, as io_uring does for kernel
+ * buffers); aio_kernel_buffer_clear stops them (-ENOENT) before the index
+ * goes back to the kernel.  Owner thread only.
+ */
+int aio_kernel_buffers_init(AioContext *ctx, unsigned n);
+void aio_kernel_buffer_set(AioContext *ctx, unsigned i, size_t len);
+void aio_kernel_buffer_clear(AioContext *ctx, unsigned i);
 
 /* ---- bottom halves ---- */
 typedef struct AioBH AioBH;

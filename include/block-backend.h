@@ -25,6 +25,13 @@ typedef struct BlockAcctStats {
                                        * loop's per-iteration clock (aio_loop_now_ns):
                                        * a request done within one iteration adds 0 */
     uint64_t fua_writes;       /* successful writes that asked for FUA */
+    /* Zero copy, filled in by the ublk server (not blk_get_stats) from the
+     * process-wide counters, as a daemon serves one device: requests that
+     * bounced through a mapped buffer (bdrv_mapped_bounce_count) and copies
+     * through the ring into or out of the request's pages
+     * (iov_fixed_copy_count: zero fills of holes, bounces, probing). */
+    uint64_t zc_bounced;
+    uint64_t zc_ring_copies;
 } BlockAcctStats;
 
 /* Open a graph; options consumed.  Recognises top-level "throttling.*". */

@@ -51,7 +51,9 @@ enum {
     BDRV_O_WRITETHROUGH  = 1 << 8,   /* every write is FUA (cache=writethrough/directsync) */
     BDRV_O_CREAT_TEMP    = 1 << 9,
     BDRV_O_FORCE_SHARE   = 1 << 10,  /* force-share=on: read-only, take no image locks */
-    BDRV_O_SHARE_WRITE   = 1 << 11,  /* others may write and resize the image meanwhile
+    BDRV_O_CHECK         = 1 << 11,  /* opened by img check: no repair on open, a corrupt
+                                        image opens read-write to be repaired */
+    BDRV_O_SHARE_WRITE   = 1 << 12,  /* others may write and resize the image meanwhile
                                       * (qemu-img's readers; a format still unshares
                                       * writes to its metadata) */
 };
@@ -206,6 +208,13 @@ BlockDriverState *bdrv_skip_filters(BlockDriverState *bs);
 BlockDriverState *bdrv_backing_bs(BlockDriverState *bs);  /* NULL if none */
 /* Describe the graph as "driver=...,file.driver=..." dotted options. */
 char *bdrv_graph_to_string(BlockDriverState *bs);
+/* Zero copy (io/block-io-fixed.c).  Does a node of bs's graph declare that it
+ * must see the bytes of every request (needs_mapped_data)?  Then registered
+ * buffers would bounce on every request, and asking for them is a loss. */
+bool bdrv_graph_needs_mapped_data(BlockDriverState *bs);
+/* Requests that held registered-buffer references and went through a mapped
+ * bounce because a layer had to see their bytes (all threads, ever). */
+uint64_t bdrv_mapped_bounce_count(void);
 
 /* ---- block status (coroutine or not) ---- */
 /* Status as seen from bs through its backing chain down to (excluding) base;

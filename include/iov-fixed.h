@@ -21,6 +21,10 @@
 #include "coroutine.h"
 #include "iov.h"
 
+/* Copies between mapped memory and references done so far (one per
+ * reference element touched; all threads): the zero-copy statistics. */
+uint64_t iov_fixed_copy_count(void);
+
 int coroutine_fn iov_co_to_buf_slow(const IOVector *q, size_t offset, void *buf, size_t len);
 int coroutine_fn iov_co_from_buf_slow(const IOVector *q, size_t offset, const void *buf,
                                       size_t len);

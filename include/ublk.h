@@ -54,6 +54,8 @@ int ublk_ctrl_add_dev(UblkCtrl *c, struct ublksrv_ctrl_dev_info *info);
 int ublk_ctrl_del_dev(UblkCtrl *c, uint32_t dev_id);
 int ublk_ctrl_start_dev(UblkCtrl *c, uint32_t dev_id, pid_t pid);
 int ublk_ctrl_stop_dev(UblkCtrl *c, uint32_t dev_id);
+/* SAFE_STOP_DEV: STOP_DEV unless the block device is open (-EBUSY then). */
+int ublk_ctrl_try_stop_dev(UblkCtrl *c, uint32_t dev_id);
 int ublk_ctrl_set_params(UblkCtrl *c, uint32_t dev_id, struct ublk_params *p);
 int ublk_ctrl_get_params(UblkCtrl *c, uint32_t dev_id, struct ublk_params *p);
 /* GET_DEV_INFO2, falling back to GET_DEV_INFO on kernels without it. */
@@ -80,6 +82,8 @@ UblkCtrl *ublk_ctrl_new_fake(UblkCtrlSubmitFn fn, void *opaque, bool unprivilege
 
 /* Names for `features` and `list`: "USER_COPY", ... NULL for unknown bits. */
 const char *ublk_feature_name(unsigned bit);
+/* Why ublkd does not use a feature bit the kernel may offer, or NULL. */
+const char *ublk_feature_unsupported(unsigned bit);
 /* "LIVE", "QUIESCED", "DEAD", "FAIL_IO", "?" */
 const char *ublk_state_name(unsigned state);
 /* Comma-separated names of the set flags into buf (unknown bits as hex). */
@@ -124,6 +128,11 @@ typedef enum {
     UBLK_RECOVERY_FAIL_IO,   /* USER_RECOVERY_FAIL_IO: all I/O fails until recovered */
 } UblkRecoveryMode;
 typedef enum { UBLK_AFFINITY_NONE, UBLK_AFFINITY_QUEUE } UblkAffinity;
+/* --zero-copy: AUTO picks AUTO_BUF_REG, else SUPPORT_ZERO_COPY, else copies;
+ * ON is the same but fails where the kernel cannot; REGISTER is ON with
+ * REGISTER_IO_BUF/UNREGISTER_IO_BUF per request even where AUTO_BUF_REG
+ * exists (the 6.15 path, testable on newer kernels). */
+typedef enum { UBLK_ZC_AUTO, UBLK_ZC_ON, UBLK_ZC_OFF, UBLK_ZC_REGISTER } UblkZeroCopy;
 
 #define UBLK_DEFAULT_QUEUES  1
 #define UBLK_DEFAULT_DEPTH   128
@@ -147,10 +156,12 @@ typedef struct UblkDevConfig {
     uint64_t max_discard;                              /* bytes, 0 = derive */
     bool read_only, rotational, no_discard;
     bool user_copy, need_get_data;
+    bool no_part_scan;         /* --no-partition-scan: UBLK_F_NO_AUTO_PART_SCAN */
     bool foreground;
     UblkRecoveryMode recovery;
     bool recovery_given;       /* --recovery/--reissue/-r: the kernel must honour it */
     UblkAffinity affinity;
+    UblkZeroCopy zero_copy;
     char *log_file;
 } UblkDevConfig;
 
@@ -170,6 +181,19 @@ int ublk_dev_config_check(const UblkDevConfig *c, Error **errp);
 OptDict *ublk_dev_config_to_options(const UblkDevConfig *c, int *flags, Error **errp);
 /* UBLK_F_* the config asks for, given what the kernel supports. */
 uint64_t ublk_dev_config_flags(const UblkDevConfig *c, uint64_t supported, bool unprivileged);
+/*
+ * The zero-copy flags (UBLK_F_AUTO_BUF_REG or UBLK_F_SUPPORT_ZERO_COPY, or 0
+ * for the copy path) --zero-copy asks for, given the kernel's features:
+ * -1 with errp set when on/register cannot be had (kernel without them, a
+ * graph whose every request would bounce: graph_needs_bytes).  Auto quietly
+ * copies then, and on unprivileged devices (which the kernel refuses zero
+ * copy; on/register ask it anyway and report its answer).
+ */
+int ublk_dev_config_zero_copy_flags(const UblkDevConfig *c, uint64_t supported,
+                                    bool unprivileged, bool graph_needs_bytes, uint64_t *flags,
+                                    Error **errp);
+/* "auto", "on", "off", "register" */
+const char *ublk_zero_copy_name(UblkZeroCopy zc);
 /* -1 with errp set when the kernel (features as GET_FEATURES reports them)
  * cannot honour what the user asked for: an explicit recovery mode it lacks
  * is an error, while the default (reissue) quietly falls back. */

@@ -14,6 +14,7 @@
  * first thread that uses them, so SINGLE_ISSUER names the thread that really
  * submits even when the context was created on another one.
  */
+#include <assert.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <poll.h>
@@ -78,6 +79,7 @@ struct AioContext {
     unsigned ring_id;            /* in every reference to this ring's buffers */
     AioFixedRef *refs;
     unsigned nrefs;
+    bool kernel_refs;            /* refs is aio_kernel_buffers_init's table */
 };
 
 static __thread AioContext *current_ctx;
@@ -886,8 +888,8 @@ unsigned aio_ring_id(AioContext *ctx)
 
 int aio_fixed_buffer_add(AioContext *ctx, void *base, size_t len)
 {
-    if (ctx->fixed_len) {
-        return -EBUSY;       /* the table is the tag slots' */
+    if (ctx->fixed_len || ctx->kernel_refs) {
+        return -EBUSY;       /* the table is the tag slots' or the kernel's */
     }
     if (!len || len > UINT32_MAX) {
         return -EINVAL;
@@ -924,6 +926,9 @@ int aio_fixed_buffer_add(AioContext *ctx, void *base, size_t len)
 int aio_fixed_buffer_remove(AioContext *ctx, unsigned index)
 {
     aio_bind(ctx, "aio_fixed_buffer_remove");
+    if (ctx->kernel_refs) {
+        return -EBUSY;
+    }
     if (index >= ctx->nrefs || !ctx->refs[index].len) {
         return -ENOENT;
     }
@@ -936,6 +941,42 @@ int aio_fixed_buffer_remove(AioContext *ctx, unsigned index)
     }
     ctx->refs[index].len = 0;
     return 0;
+}
+
+int aio_kernel_buffers_init(AioContext *ctx, unsigned n)
+{
+    if (ctx->fixed_len || ctx->refs) {
+        return -EBUSY;
+    }
+    if (!n || n > IOV_REG_INDEX_MAX) {
+        return -EINVAL;
+    }
+    AioFixedRef *refs = calloc(n, sizeof(*refs));
+    if (!refs) {
+        return -ENOMEM;
+    }
+    aio_bind(ctx, "aio_kernel_buffers_init");
+    int ret = io_uring_register_buffers_sparse(&ctx->ring, n);
+    if (ret < 0) {
+        free(refs);
+        return ret;
+    }
+    ctx->refs = refs;
+    ctx->nrefs = n;
+    ctx->kernel_refs = true;
+    return 0;
+}
+
+void aio_kernel_buffer_set(AioContext *ctx, unsigned i, size_t len)
+{
+    assert(ctx->kernel_refs && i < ctx->nrefs);
+    ctx->refs[i] = (AioFixedRef){ 0, len };
+}
+
+void aio_kernel_buffer_clear(AioContext *ctx, unsigned i)
+{
+    assert(ctx->kernel_refs && i < ctx->nrefs);
+    ctx->refs[i].len = 0;
 }
 
 /* Grow slot's registration to cover its first `end` bytes.  Sizes double

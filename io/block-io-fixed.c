@@ -25,6 +25,22 @@ uint64_t bdrv_mapped_bounce_count(void)
     return __atomic_load_n(&mapped_bounces, __ATOMIC_RELAXED);
 }
 
+bool bdrv_graph_needs_mapped_data(BlockDriverState *bs)
+{
+    if (!bs || !bs->drv) {
+        return false;
+    }
+    if (bs->drv->needs_mapped_data) {
+        return true;
+    }
+    for (BdrvChild *c = bs->children; c; c = c->next) {
+        if (bdrv_graph_needs_mapped_data(c->bs)) {
+            return true;
+        }
+    }
+    return false;
+}
+
 /* qiov holds references: must a layer of bs see the bytes? */
 bool bdrv_layer_needs_bytes(BlockDriverState *bs, int64_t offset, int64_t bytes,
                             BdrvRequestFlags flags, bool is_write)

@@ -97,8 +97,6 @@ static inline bool bdrv_needs_mapped(BlockDriverState *bs, int64_t offset, int64
 int coroutine_fn bdrv_co_rw_mapped(BdrvChild *child, int64_t offset, int64_t bytes,
                                    IOVector *qiov, size_t qiov_offset, BdrvRequestFlags flags,
                                    bool is_write);
-/* Requests that took that path so far (all threads), for tests. */
-uint64_t bdrv_mapped_bounce_count(void);
 
 /* block-io-zero.c */
 int coroutine_fn bdrv_co_do_pwrite_zeroes(BlockDriverState *bs, int64_t offset, int64_t bytes,

@@ -36,6 +36,12 @@ typedef struct Stage {
 } Stage;
 
 static __thread Stage *stage_tls;
+static uint64_t ref_copies;
+
+uint64_t iov_fixed_copy_count(void)
+{
+    return __atomic_load_n(&ref_copies, __ATOMIC_RELAXED);
+}
 static pthread_key_t stage_key;
 static pthread_once_t stage_once = PTHREAD_ONCE_INIT;
 
@@ -164,6 +170,8 @@ static int coroutine_fn iov_co_copy(CopyDir dir, const IOVector *q, size_t offse
         char *piece = (char *)q->iov[i].iov_base + offset;
         size_t n = MIN(l - offset, len);
         if (iov_base_is_reg(piece)) {
+            /* A shared line, but this is the slow path: a ring op or two. */
+            __atomic_fetch_add(&ref_copies, 1, __ATOMIC_RELAXED);
             int ret = ref_copy(dir, piece, buf, n);
             if (ret < 0) {
                 return ret;

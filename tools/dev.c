@@ -710,6 +710,29 @@ static int del_one(UblkCtrl *ctrl, uint32_t id, bool quiet_missing, bool force)
         struct timespec ts = { 0, 50 * 1000000L };
         nanosleep(&ts, NULL);
     }
+    /* What was checked above can change before the daemon stops the disk
+     * (an open in between).  A kernel with SAFE_STOP_DEV checks and stops
+     * in one step: stop it here, and a disk opened meanwhile is refused. */
+    uint64_t feats = 0;
+    if (!force && live && ctrl && ublk_ctrl_get_features(ctrl, &feats, NULL) == 0 &&
+        (feats & UBLK_F_SAFE_STOP_DEV)) {
+        int ret;
+        for (int tries = 0; (ret = ublk_ctrl_try_stop_dev(ctrl, id)) == -EBUSY && tries < 10;
+             tries++) {
+            struct timespec ts = { 0, 50 * 1000000L };
+            nanosleep(&ts, NULL);
+        }
+        if (ret == -EBUSY) {
+            error_report("del: /dev/ublkb%u is open (the kernel refused TRY_STOP_DEV: %s; "
+                         "--force takes it away anyway)", id, strerror(EBUSY));
+            dev_view_free(&v);
+            return 1;
+        }
+        if (ret < 0 && ret != -ENODEV) {
+            /* The daemon's STOP_DEV below still stops it. */
+            warn_report("del: TRY_STOP_DEV of device %u: %s", id, strerror(-ret));
+        }
+    }
     pid_t pid = v.pid;
     int pidfd = daemon_pidfd(id, pid, v.have_state ? &v.st : NULL);
     if (pidfd < 0 && v.have_state && v.st.pid != v.pid) {
@@ -776,7 +799,8 @@ static int cmd_del(int argc, char **argv)
         case 'h':
             printf("usage: ublkd del -n ID | -a [--force]\n"
                    "Stop a device: in-flight I/O completes, the image is flushed and closed.\n"
-                   "A device that is mounted, held or open is refused (EBUSY) unless --force.\n");
+                   "A device that is mounted, held or open is refused (EBUSY) unless --force;\n"
+                   "on kernels with UBLK_F_SAFE_STOP_DEV the kernel checks that as it stops it.\n");
             return 0;
         default:
             return 2;
@@ -1004,7 +1028,10 @@ static int cmd_list(int argc, char **argv)
         cpu_set_t cpus[LIST_MAX_QUEUES], kcpus;
         queue_threads(alive ? pid : 0, id, nq, tids, cpus);
         const char *cache = v.have_state ? (st->cfg.cache ? st->cfg.cache : "none") : "-";
-        bool zero_copy = flags & (UBLK_F_SUPPORT_ZERO_COPY | UBLK_F_AUTO_BUF_REG);
+        /* How request data moves: what the kernel set up, not what was asked. */
+        const char *zc_mode = flags & UBLK_F_AUTO_BUF_REG ? "auto-buf-reg"
+                              : flags & UBLK_F_SUPPORT_ZERO_COPY ? "register"
+                              : "off";
         bool user_copy = flags & UBLK_F_USER_COPY;
         OptDict *gd = v.have_state && st->graph ? optdict_parse(st->graph, NULL, NULL) : NULL;
         ImageLayer chain[16];
@@ -1019,7 +1046,7 @@ static int cmd_list(int argc, char **argv)
                        b->max_sectors << 9, (b->attrs & UBLK_ATTR_READ_ONLY) ? "yes" : "no");
             }
             printf("  cache %s, recovery %s, zero-copy %s, user-copy %s\n", cache,
-                   recovery_name(flags), zero_copy ? "on" : "off", user_copy ? "on" : "off");
+                   recovery_name(flags), zc_mode, user_copy ? "on" : "off");
             for (unsigned q = 0; q < nq; q++) {
                 char c1[256] = "-", c2[256] = "-";
                 if (tids[q]) {
@@ -1043,6 +1070,11 @@ static int cmd_list(int argc, char **argv)
                            (unsigned long long)stats.errors[k]);
                 }
                 printf("  fua writes   %llu\n", (unsigned long long)stats.fua_writes);
+                if (flags & (UBLK_F_AUTO_BUF_REG | UBLK_F_SUPPORT_ZERO_COPY)) {
+                    printf("  zero copy    bounced %llu ring copies %llu\n",
+                           (unsigned long long)stats.zc_bounced,
+                           (unsigned long long)stats.zc_ring_copies);
+                }
             }
         }
 #ifdef CONFIG_JSON
@@ -1057,6 +1089,7 @@ static int cmd_list(int argc, char **argv)
             json_object_object_add(o, "depth", json_object_new_int64(depth));
             json_object_object_add(o, "flags", json_object_new_int64((int64_t)flags));
             json_object_object_add(o, "flags_names", json_object_new_string(fl));
+            json_object_object_add(o, "zero_copy", json_object_new_string(zc_mode));
             json_object_object_add(o, "pid", json_object_new_int64(pid));
             if (in_kernel) {
                 json_object_object_add(o, "owner_uid", json_object_new_int64(info->owner_uid));
@@ -1077,7 +1110,6 @@ static int cmd_list(int argc, char **argv)
             }
             json_object_object_add(o, "cache", json_object_new_string(cache));
             json_object_object_add(o, "recovery", json_object_new_string(recovery_name(flags)));
-            json_object_object_add(o, "zero_copy", json_object_new_boolean(zero_copy));
             json_object_object_add(o, "user_copy", json_object_new_boolean(user_copy));
             json_object *fa = json_object_new_array();
             char fcopy[512], *save = NULL;
@@ -1125,6 +1157,10 @@ static int cmd_list(int argc, char **argv)
                 }
                 json_object_object_add(so, "fua_writes",
                                        json_object_new_int64(stats.fua_writes));
+                json_object_object_add(so, "zc_bounced",
+                                       json_object_new_int64((int64_t)stats.zc_bounced));
+                json_object_object_add(so, "zc_ring_copies",
+                                       json_object_new_int64((int64_t)stats.zc_ring_copies));
                 json_object_object_add(o, "stats", so);
             }
             json_object_array_add(arr, o);
@@ -1178,7 +1214,10 @@ static int cmd_features(int argc, char **argv)
     for (unsigned b = 0; b < 64; b++) {
         if (f & (1ULL << b)) {
             const char *name = ublk_feature_name(b);
-            if (name) {
+            const char *why = ublk_feature_unsupported(b);
+            if (name && why) {
+                printf("  UBLK_F_%s (not supported by ublkd: %s)\n", name, why);
+            } else if (name) {
                 printf("  UBLK_F_%s\n", name);
             } else {
                 printf("  bit %u\n", b);

@@ -114,6 +114,7 @@ int img_check(int argc, char **argv)
         }
     }
     oo.writable = fix != 0;
+    oo.extra_flags |= BDRV_O_CHECK;   /* no repair at open: the check reports it */
     BlockBackend *blk = img_open_arg(argc, argv, &oo);
     if (!blk) {
         return 1;

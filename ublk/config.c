@@ -79,6 +79,13 @@ void ublk_dev_config_usage(FILE *f)
         "      --discard-granularity N, --max-discard N\n"
         "  -u, --user-copy             copy data with pread/pwrite on /dev/ublkcN (UBLK_F_USER_COPY)\n"
         "  -g, --need-get-data         UBLK_F_NEED_GET_DATA for writes\n"
+        "      --no-partition-scan     the kernel does not scan the disk for partitions\n"
+        "                              (UBLK_F_NO_AUTO_PART_SCAN, Linux 7.x)\n"
+        "      --zero-copy MODE        auto (default), on, off, register: let the kernel hand\n"
+        "                              the request's pages to the backing I/O instead of copying\n"
+        "                              (UBLK_F_AUTO_BUF_REG, else UBLK_F_SUPPORT_ZERO_COPY; Linux\n"
+        "                              6.15+, root only); on fails where that is impossible,\n"
+        "                              register uses per-request buffer commands (the 6.15 way)\n"
         "      --recovery MODE         none, fail, reissue (default), fail-io: what happens to I/O\n"
         "                              while the daemon is dead (see ublkd recover)\n"
         "      --reissue               same as --recovery=reissue\n"
@@ -143,7 +150,7 @@ void ublk_getopt_error(int opt, char **argv, Error **errp)
 enum {
     OPT_SIZE = 256, OPT_CACHE, OPT_DISCARD, OPT_NO_DISCARD, OPT_ROT, OPT_LBS, OPT_PBS,
     OPT_IOOPT, OPT_MAXIO, OPT_DGRAN, OPT_DMAX, OPT_RECOVERY, OPT_REISSUE, OPT_AFFINITY,
-    OPT_LOG, OPT_BLOCKDEV, OPT_RO, OPT_FOREGROUND,
+    OPT_LOG, OPT_BLOCKDEV, OPT_RO, OPT_FOREGROUND, OPT_ZC, OPT_NO_PART_SCAN,
 };
 
 int ublk_dev_config_parse(UblkDevConfig *c, int argc, char **argv, Error **errp)
@@ -176,6 +183,8 @@ int ublk_dev_config_parse(UblkDevConfig *c, int argc, char **argv, Error **errp)
         { "affinity", required_argument, NULL, OPT_AFFINITY },
         { "log", required_argument, NULL, OPT_LOG },
         { "blockdev", required_argument, NULL, OPT_BLOCKDEV },
+        { "zero-copy", required_argument, NULL, OPT_ZC },
+        { "no-partition-scan", no_argument, NULL, OPT_NO_PART_SCAN },
         { NULL, 0, NULL, 0 },
     };
     uint32_t v;
@@ -331,6 +340,19 @@ int ublk_dev_config_parse(UblkDevConfig *c, int argc, char **argv, Error **errp)
             c->log_file = xstrdup(optarg);
             break;
         case OPT_BLOCKDEV: free(c->blockdev); c->blockdev = xstrdup(optarg); break;
+        case OPT_NO_PART_SCAN: c->no_part_scan = true; break;
+        case OPT_ZC: {
+            unsigned i;
+            for (i = 0; i <= UBLK_ZC_REGISTER && strcmp(optarg, ublk_zero_copy_name(i)); i++) {
+            }
+            if (i > UBLK_ZC_REGISTER) {
+                error_setg(errp, "invalid value for --zero-copy: '%s' (auto, on, off, register)",
+                           optarg);
+                return -1;
+            }
+            c->zero_copy = (UblkZeroCopy)i;
+            break;
+        }
         case ':':
         case '?':
         default:
@@ -432,6 +454,71 @@ int ublk_dev_config_check(const UblkDevConfig *c, Error **errp)
         error_setg(errp, "--user-copy and --need-get-data exclude each other");
         return -1;
     }
+    if ((c->user_copy || c->need_get_data) &&
+        (c->zero_copy == UBLK_ZC_ON || c->zero_copy == UBLK_ZC_REGISTER)) {
+        error_setg(errp, "--zero-copy=%s and %s exclude each other: they are other ways of "
+                   "moving the data", ublk_zero_copy_name(c->zero_copy),
+                   c->user_copy ? "--user-copy" : "--need-get-data");
+        return -1;
+    }
+    return 0;
+}
+
+const char *ublk_zero_copy_name(UblkZeroCopy zc)
+{
+    switch (zc) {
+    case UBLK_ZC_AUTO:     return "auto";
+    case UBLK_ZC_ON:       return "on";
+    case UBLK_ZC_OFF:      return "off";
+    case UBLK_ZC_REGISTER: return "register";
+    }
+    return "?";
+}
+
+int ublk_dev_config_zero_copy_flags(const UblkDevConfig *c, uint64_t supported,
+                                    bool unprivileged, bool graph_needs_bytes, uint64_t *flags,
+                                    Error **errp)
+{
+    bool must = c->zero_copy == UBLK_ZC_ON || c->zero_copy == UBLK_ZC_REGISTER;
+    const char *opt = must && c->zero_copy == UBLK_ZC_REGISTER ? "--zero-copy=register"
+                                                               : "--zero-copy=on";
+    *flags = 0;
+    if (c->zero_copy == UBLK_ZC_OFF || c->user_copy || c->need_get_data) {
+        return 0;     /* parse refused these with on/register */
+    }
+    if (unprivileged && !must) {
+        /* Every kernel through 7.3 refuses USER_COPY, SUPPORT_ZERO_COPY and
+         * AUTO_BUF_REG to unprivileged devices (ADD_DEV: -EINVAL): the
+         * server decides what a READ leaves in the kernel's pages, so it
+         * must be trusted.  on/register ask anyway, and the refusal is
+         * their error (ublk/server.c), should a kernel ever allow it. */
+        return 0;
+    }
+    if (graph_needs_bytes) {
+        /* Every request would bounce through the copy path and pay more
+         * than the plain copy does. */
+        if (must) {
+            error_setg(errp, "%s: a driver of this graph must see the data of every request "
+                       "(needs_mapped_data), so nothing could pass through without a copy "
+                       "(use --zero-copy=off or auto)", opt);
+            return -1;
+        }
+        return 0;
+    }
+    if (c->zero_copy != UBLK_ZC_REGISTER && (supported & UBLK_F_AUTO_BUF_REG)) {
+        *flags = UBLK_F_AUTO_BUF_REG;
+        return 0;
+    }
+    if (supported & UBLK_F_SUPPORT_ZERO_COPY) {
+        *flags = UBLK_F_SUPPORT_ZERO_COPY;
+        return 0;
+    }
+    if (must) {
+        error_setg(errp, "%s: the kernel's ublk driver lacks zero copy (UBLK_F_SUPPORT_ZERO_COPY "
+                   "needs Linux 6.15, UBLK_F_AUTO_BUF_REG 6.16; features 0x%llx); use "
+                   "--zero-copy=off or auto, which copies", opt, (unsigned long long)supported);
+        return -1;
+    }
     return 0;
 }
 
@@ -508,6 +595,9 @@ uint64_t ublk_dev_config_flags(const UblkDevConfig *c, uint64_t supported, bool 
     if (c->need_get_data) {
         f |= UBLK_F_NEED_GET_DATA;
     }
+    if (c->no_part_scan) {
+        f |= UBLK_F_NO_AUTO_PART_SCAN;      /* ublk_dev_config_check_kernel: the kernel has it */
+    }
     if (unprivileged) {
         /* The kernel refuses recovery for unprivileged devices. */
         f |= UBLK_F_UNPRIVILEGED_DEV;
@@ -551,6 +641,14 @@ static const char *recovery_option(const UblkDevConfig *c)
 int ublk_dev_config_check_kernel(const UblkDevConfig *c, uint64_t supported, bool unprivileged,
                                  Error **errp)
 {
+    if (c->no_part_scan && !(supported & UBLK_F_NO_AUTO_PART_SCAN)) {
+        /* Older kernels scan every ublk disk (but unprivileged ones): the
+         * partitions would appear, which is what the user asked to avoid. */
+        error_setg(errp, "--no-partition-scan: the kernel's ublk driver lacks "
+                   "UBLK_F_NO_AUTO_PART_SCAN (Linux 7.x; features 0x%llx)",
+                   (unsigned long long)supported);
+        return -1;
+    }
     /* A mode that silently became another one changes what happens to the
      * device's I/O when the daemon dies (hanging in D state instead of
      * failing): what the user chose must be what the kernel does. */
@@ -940,6 +1038,7 @@ static void add_bool(json_object *o, const char *k, bool v)
 
 static const char *const recovery_names[] = { "none", "fail", "reissue", "fail-io" };
 static const char *const affinity_names[] = { "none", "queue" };
+static const char *const zero_copy_names[] = { "auto", "on", "off", "register" };
 
 char *ublk_dev_state_to_json(const UblkDevState *s)
 {
@@ -985,8 +1084,10 @@ char *ublk_dev_state_to_json(const UblkDevState *s)
     add_bool(co, "no_discard", c->no_discard);
     add_bool(co, "user_copy", c->user_copy);
     add_bool(co, "need_get_data", c->need_get_data);
+    add_bool(co, "no_partition_scan", c->no_part_scan);
     add_str(co, "recovery", recovery_names[c->recovery]);
     add_str(co, "affinity", affinity_names[c->affinity]);
+    add_str(co, "zero_copy", ublk_zero_copy_name(c->zero_copy));
     add_str(co, "log", c->log_file);
     json_object_object_add(o, "config", co);
 
@@ -1157,11 +1258,16 @@ static bool state_fields_from_json(json_object *o, json_object *co, UblkDevState
          get_bool(co, "no_discard", &c->no_discard, errp) &&
          get_bool(co, "user_copy", &c->user_copy, errp) &&
          get_bool(co, "need_get_data", &c->need_get_data, errp) &&
+         get_bool(co, "no_partition_scan", &c->no_part_scan, errp) &&
          get_choice(co, "recovery", recovery_names, ARRAY_SIZE(recovery_names), &choice, errp) &&
          ((c->recovery = choice), true) &&
          ((choice = c->affinity), true) &&
          get_choice(co, "affinity", affinity_names, ARRAY_SIZE(affinity_names), &choice, errp) &&
          ((c->affinity = choice), true) &&
+         ((choice = c->zero_copy), true) &&
+         get_choice(co, "zero_copy", zero_copy_names, ARRAY_SIZE(zero_copy_names), &choice,
+                    errp) &&
+         ((c->zero_copy = choice), true) &&
          get_str(co, "log", &c->log_file, errp);
     return ok;
 }
@@ -1205,6 +1311,8 @@ int ublk_stats_write(uint32_t dev_id, const BlockAcctStats *st)
         json_object_object_add(o, op_names[i], op);
     }
     add_int(o, "fua_writes", st->fua_writes);
+    add_int(o, "zc_bounced", st->zc_bounced);
+    add_int(o, "zc_ring_copies", st->zc_ring_copies);
     char name[64];
     state_name(dev_id, ".stats.json", name, sizeof(name));
     int dirfd = ublk_run_dir_open(false, NULL);
@@ -1255,6 +1363,8 @@ int ublk_stats_read(uint32_t dev_id, BlockAcctStats *st)
         }
     }
     st->fua_writes = stat_int(o, "fua_writes");
+    st->zc_bounced = stat_int(o, "zc_bounced");
+    st->zc_ring_copies = stat_int(o, "zc_ring_copies");
     json_object_put(o);
     return 0;
 }

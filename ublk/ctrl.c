@@ -132,6 +132,7 @@ static unsigned encoded_op(unsigned nr)
     case UBLK_CMD_END_USER_RECOVERY:   return UBLK_U_CMD_END_USER_RECOVERY;
     case UBLK_CMD_GET_DEV_INFO2:       return UBLK_U_CMD_GET_DEV_INFO2;
     case UBLK_CMD_GET_FEATURES:        return UBLK_U_CMD_GET_FEATURES;
+    case UBLK_CMD_TRY_STOP_DEV:        return UBLK_U_CMD_TRY_STOP_DEV;
     default:                           return 0;
     }
 }
@@ -316,6 +317,12 @@ int ublk_ctrl_stop_dev(UblkCtrl *c, uint32_t dev_id)
     return ret < 0 ? ret : 0;
 }
 
+int ublk_ctrl_try_stop_dev(UblkCtrl *c, uint32_t dev_id)
+{
+    int ret = ctrl_cmd(c, UBLK_CMD_TRY_STOP_DEV, dev_id, (uint16_t)-1, NULL, 0, 0);
+    return ret < 0 ? ret : 0;
+}
+
 int ublk_ctrl_set_params(UblkCtrl *c, uint32_t dev_id, struct ublk_params *p)
 {
     p->len = sizeof(*p);
@@ -369,6 +376,21 @@ static const char *const feature_names[] = {
     "NO_AUTO_PART_SCAN", "SHMEM_ZC", "IO_DESC_SIZE",
 };
 _Static_assert(ARRAY_SIZE(feature_names) == UBLK_F_LAST_BIT + 1, "a name for every feature bit");
+
+_Static_assert(UBLK_F_INTEGRITY == 1ULL << 16 && UBLK_F_SHMEM_ZC == 1ULL << 19 &&
+               UBLK_F_IO_DESC_SIZE == 1ULL << 20, "the bits ublk_feature_unsupported names");
+
+const char *ublk_feature_unsupported(unsigned bit)
+{
+    /* Decided in docs/ARCHITECTURE.md ("Kernel features ublkd leaves out"). */
+    switch (bit) {
+    case 16: return "no image format ublkd serves stores integrity metadata";
+    case 19: return "zero copy for clients that share their buffers only; "
+                    "--zero-copy covers every client";
+    case 20: return "ublkd's descriptors need no bytes beyond the 24 every kernel has";
+    default: return NULL;
+    }
+}
 
 const char *ublk_feature_name(unsigned bit)
 {

@@ -22,6 +22,17 @@
  * With UBLK_F_USER_COPY the kernel does not copy data to/from the tag
  * buffer: the tag reads/writes /dev/ublkcN at ublk_user_copy_pos(), also as
  * SQEs on this ring.
+ *
+ * Zero copy: there are no tag buffers.  The request's own pages sit at
+ * index `tag` of this ring's buffer table while the daemon handles it, and
+ * go down the graph as one registered-buffer reference (include/iov.h);
+ * layers that must see the bytes bounce (io/block-io-fixed.c).  With
+ * UBLK_F_AUTO_BUF_REG the kernel registers them before it completes the
+ * FETCH/COMMIT_AND_FETCH that named the index in sqe->addr, and unregisters
+ * them when the commit arrives.  With UBLK_F_SUPPORT_ZERO_COPY alone (6.15)
+ * the tag queues REGISTER_IO_BUF before its first data SQE and
+ * UNREGISTER_IO_BUF before its commit; the ring issues SQEs in order and
+ * both commands complete inline, so neither needs a wait of its own.
  */
 #include <errno.h>
 #include <pthread.h>
@@ -47,7 +58,10 @@ typedef struct UblkTag {
     UblkQueue *q;
     unsigned tag;
     int res;
-    void *buf;
+    void *buf;                 /* NULL with zero copy */
+    AioCompletion reg_comp;    /* SUPPORT_ZERO_COPY: REGISTER_IO_BUF */
+    AioCompletion unreg_comp;  /* and UNREGISTER_IO_BUF, neither waited for */
+    int reg_res;               /* REGISTER_IO_BUF's result; 1 until it arrives */
 } UblkTag;
 
 struct UblkQueue {
@@ -65,6 +79,9 @@ struct UblkQueue {
     unsigned busy;             /* tags between a request's arrival and its commit */
     bool pin;
     bool cdev_fixed;           /* /dev/ublkcN is fixed file 0 of the ring */
+    bool zc_auto;              /* UBLK_F_AUTO_BUF_REG */
+    bool zc_register;          /* UBLK_F_SUPPORT_ZERO_COPY without AUTO_BUF_REG */
+    bool need_reg_logged;
     cpu_set_t cpus;
     sem_t ready;
     Error *err;                /* set if setup failed */
@@ -81,17 +98,23 @@ static void tag_cmd_done(AioCompletion *c, int res, unsigned flags)
     aio_co_wake(t->co);
 }
 
-static void tag_queue_cmd(UblkTag *t, unsigned nr, int result)
+static struct io_uring_sqe *queue_uring_cmd(UblkQueue *q)
 {
-    UblkQueue *q = t->q;
-    UblkDev *d = q->d;
     struct io_uring_sqe *sqe = aio_get_sqe(q->ctx);
     if (q->cdev_fixed) {
         io_uring_prep_rw(IORING_OP_URING_CMD, sqe, 0, NULL, 0, 0);
         sqe->flags |= IOSQE_FIXED_FILE;
     } else {
-        io_uring_prep_rw(IORING_OP_URING_CMD, sqe, d->cdev_fd, NULL, 0, 0);
+        io_uring_prep_rw(IORING_OP_URING_CMD, sqe, q->d->cdev_fd, NULL, 0, 0);
     }
+    return sqe;
+}
+
+static void tag_queue_cmd(UblkTag *t, unsigned nr, int result)
+{
+    UblkQueue *q = t->q;
+    UblkDev *d = q->d;
+    struct io_uring_sqe *sqe = queue_uring_cmd(q);
     if (d->flags & UBLK_F_CMD_IOCTL_ENCODE) {
         sqe->cmd_op = nr == UBLK_IO_FETCH_REQ ? UBLK_U_IO_FETCH_REQ
                     : nr == UBLK_IO_COMMIT_AND_FETCH_REQ ? UBLK_U_IO_COMMIT_AND_FETCH_REQ
@@ -103,8 +126,98 @@ static void tag_queue_cmd(UblkTag *t, unsigned nr, int result)
     cmd->q_id = q->q_id;
     cmd->tag = t->tag;
     cmd->result = result;
+    /* 0 with USER_COPY, and with zero copy (t->buf is NULL then) */
     cmd->addr = (d->flags & UBLK_F_USER_COPY) ? 0 : (uintptr_t)t->buf;
+    if (q->zc_auto) {
+        /* The next request's pages go to index `tag`.  FALLBACK: should
+         * the kernel fail to register them, it still delivers the request
+         * (flagged NEED_REG_BUF) instead of failing it unseen. */
+        struct ublk_auto_buf_reg reg = { .index = (__u16)t->tag,
+                                         .flags = UBLK_AUTO_BUF_REG_FALLBACK };
+        sqe->addr = ublk_auto_buf_reg_to_sqe_addr(&reg);
+    }
     aio_sqe_set_completion(sqe, &t->comp);
+}
+
+static void tag_reg_done(AioCompletion *c, int res, unsigned flags)
+{
+    (void)flags;
+    UblkTag *t = container_of(c, UblkTag, reg_comp);
+    t->reg_res = res;
+    if (res < 0) {
+        ublk_log(3, "/dev/ublkc%u queue %u tag %u: REGISTER_IO_BUF failed: %s",
+                 t->q->d->dev_id, t->q->q_id, t->tag, strerror(-res));
+    }
+}
+
+static void tag_unreg_done(AioCompletion *c, int res, unsigned flags)
+{
+    (void)flags;
+    UblkTag *t = container_of(c, UblkTag, unreg_comp);
+    if (res < 0) {
+        ublk_log(3, "/dev/ublkc%u queue %u tag %u: UNREGISTER_IO_BUF failed: %s",
+                 t->q->d->dev_id, t->q->q_id, t->tag, strerror(-res));
+    }
+}
+
+/* SUPPORT_ZERO_COPY: put the request's pages at (or take them from) index
+ * `tag`.  Not waited for: SQEs queued after this one are issued after it. */
+static void tag_queue_buf_cmd(UblkTag *t, bool reg)
+{
+    UblkQueue *q = t->q;
+    struct io_uring_sqe *sqe = queue_uring_cmd(q);
+    sqe->cmd_op = reg ? UBLK_U_IO_REGISTER_IO_BUF : UBLK_U_IO_UNREGISTER_IO_BUF;
+    struct ublksrv_io_cmd *cmd = (struct ublksrv_io_cmd *)sqe->cmd;
+    cmd->q_id = q->q_id;
+    cmd->tag = t->tag;
+    cmd->result = 0;
+    cmd->addr = t->tag;        /* the buffer index */
+    if (reg) {
+        t->reg_res = 1;
+    }
+    aio_sqe_set_completion(sqe, reg ? &t->reg_comp : &t->unreg_comp);
+}
+
+/* A read or write whose data stays in the request's pages. */
+static int coroutine_fn tag_rw_zero_copy(UblkTag *t, const UblkRequest *req, uint32_t op_flags)
+{
+    UblkQueue *q = t->q;
+    UblkDev *d = q->d;
+    IOVector qiov;
+    int ret;
+
+    if (q->zc_auto && (op_flags & UBLK_IO_F_NEED_REG_BUF)) {
+        /* The kernel could not register the pages (-ENOMEM: the index is
+         * ours alone): without SUPPORT_ZERO_COPY or USER_COPY there is no
+         * other way to the data. */
+        if (!q->need_reg_logged) {
+            q->need_reg_logged = true;
+            ublk_log(3, "/dev/ublkc%u queue %u: the kernel could not register a request's "
+                     "buffer (UBLK_IO_F_NEED_REG_BUF); failing such requests with EIO",
+                     d->dev_id, q->q_id);
+        }
+        return -EIO;
+    }
+    if (q->zc_register) {
+        tag_queue_buf_cmd(t, true);
+    }
+    aio_kernel_buffer_set(q->ctx, t->tag, (size_t)req->bytes);
+    iov_init_buf(&qiov, iov_reg_cookie(aio_ring_id(q->ctx), t->tag, 0), (size_t)req->bytes);
+    if (req->op == UBLK_IO_OP_READ) {
+        ret = blk_co_preadv(d->blk, req->offset, req->bytes, &qiov, 0);
+    } else {
+        ret = blk_co_pwritev(d->blk, req->offset, req->bytes, &qiov, req->flags);
+    }
+    aio_kernel_buffer_clear(q->ctx, t->tag);
+    if (q->zc_register) {
+        /* Its error, once it arrived, is the one to report: the I/O's
+         * (-EFAULT, -ENOENT...) only follows from it. */
+        if (t->reg_res < 0) {
+            ret = t->reg_res;
+        }
+        tag_queue_buf_cmd(t, false);
+    }
+    return ret < 0 ? ret : (int)req->bytes;
 }
 
 /* USER_COPY: move len bytes between the tag buffer and the request.
@@ -189,6 +302,10 @@ static int coroutine_fn tag_handle_io(UblkTag *t)
     if (ret < 0) {
         return ret;
     }
+    if ((q->zc_auto || q->zc_register) &&
+        (req.op == UBLK_IO_OP_READ || req.op == UBLK_IO_OP_WRITE)) {
+        return tag_rw_zero_copy(t, &req, iod.op_flags);
+    }
     switch (req.op) {
     case UBLK_IO_OP_READ:
         iov_init_buf(&qiov, t->buf, req.bytes);
@@ -257,6 +374,8 @@ static void coroutine_fn tag_main(void *opaque)
 
 /* ---- the thread ---- */
 
+static int queue_start_tags(UblkQueue *q);
+
 static int queue_setup(UblkQueue *q)
 {
     UblkDev *d = q->d;
@@ -283,6 +402,18 @@ static int queue_setup(UblkQueue *q)
     }
     q->descs = m;
 
+    q->zc_auto = d->flags & UBLK_F_AUTO_BUF_REG;
+    q->zc_register = !q->zc_auto && (d->flags & UBLK_F_SUPPORT_ZERO_COPY);
+    if (q->zc_auto || q->zc_register) {
+        /* The kernel fills index `tag` with each request's pages. */
+        int ret = aio_kernel_buffers_init(q->ctx, d->depth);
+        if (ret < 0) {
+            error_setg_errno(&q->err, -ret, "queue %u of /dev/ublkc%u: cannot make the ring's "
+                             "table of %u buffers for zero copy", q->q_id, d->dev_id, d->depth);
+            return -1;
+        }
+        return queue_start_tags(q);
+    }
     q->bufs_size = (size_t)d->depth * d->max_io_size;
     m = mmap(NULL, q->bufs_size, PROT_READ | PROT_WRITE,
              MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
@@ -301,6 +432,12 @@ static int queue_setup(UblkQueue *q)
      * pages per request.  Without it (old kernel, memlock limit) nothing
      * changes; USER_COPY's char device I/O never uses it (user_copy). */
     aio_register_buffer_slots(q->ctx, q->bufs, d->max_io_size, d->depth);
+    return queue_start_tags(q);
+}
+
+static int queue_start_tags(UblkQueue *q)
+{
+    UblkDev *d = q->d;
     q->tags = calloc(d->depth, sizeof(UblkTag));
     if (!q->tags) {
         error_setg(&q->err, "queue %u of /dev/ublkc%u: out of memory for %u tags",
@@ -310,9 +447,11 @@ static int queue_setup(UblkQueue *q)
     for (unsigned i = 0; i < d->depth; i++) {
         UblkTag *t = &q->tags[i];
         t->comp.cb = tag_cmd_done;
+        t->reg_comp.cb = tag_reg_done;
+        t->unreg_comp.cb = tag_unreg_done;
         t->q = q;
         t->tag = i;
-        t->buf = q->bufs + (size_t)i * d->max_io_size;
+        t->buf = q->bufs ? q->bufs + (size_t)i * d->max_io_size : NULL;
         t->co = co_create(tag_main, t);
         q->live_tags++;
         co_enter(t->co);       /* queues FETCH and yields */

@@ -32,6 +32,7 @@
 #include <time.h>
 #include <unistd.h>
 #include "aio.h"
+#include "iov-fixed.h"
 #include "ublk.h"
 
 #ifndef PR_SET_IO_FLUSHER
@@ -289,6 +290,12 @@ static int server_start(Server *s, bool recover, int ready_fd, Error **errp)
     if (!recover && ublk_dev_config_check_kernel(cfg, features, unpriv, errp) < 0) {
         return -1;
     }
+    uint64_t zc_flags = 0;
+    if (!recover && ublk_dev_config_zero_copy_flags(cfg, features, unpriv,
+                                                    bdrv_graph_needs_mapped_data(blk_bs(s->blk)),
+                                                    &zc_flags, errp) < 0) {
+        return -1;
+    }
 
     struct ublksrv_ctrl_dev_info info;
     if (recover) {
@@ -321,17 +328,48 @@ static int server_start(Server *s, bool recover, int ready_fd, Error **errp)
                               can_discard, &p, errp) < 0) {
             return -1;
         }
+        if (zc_flags && root) {
+            /* The request's own pages go to O_DIRECT backing I/O: each
+             * segment must meet the backing's memory alignment (the kernel
+             * default is 512), which the kernel takes at most page-sized. */
+            size_t align = bdrv_get_limits(root)->min_mem_alignment;
+            if (align > 512) {
+                p.types |= UBLK_PARAM_TYPE_DMA_ALIGN;
+                p.dma.alignment = (uint32_t)MIN(align, (size_t)4096) - 1;
+            }
+        }
         memset(&info, 0, sizeof(info));
         info.nr_hw_queues = cfg->nr_queues;
         info.queue_depth = cfg->depth;
         info.max_io_buf_bytes = cfg->max_io_size;
         info.dev_id = cfg->dev_id < 0 ? (uint32_t)-1 : (uint32_t)cfg->dev_id;
         info.ublksrv_pid = getpid();
-        info.flags = ublk_dev_config_flags(cfg, features, unpriv);
+        info.flags = ublk_dev_config_flags(cfg, features, unpriv) | zc_flags;
         ret = ublk_ctrl_add_dev(s->ctrl, &info);
         if (ret == -EEXIST) {
             error_setg(errp, "device id %d is already in use", cfg->dev_id);
             return -1;
+        }
+        if (ret < 0 && zc_flags) {
+            char fl[128];
+            ublk_flags_to_string(zc_flags, fl, sizeof(fl));
+            if (cfg->zero_copy != UBLK_ZC_AUTO) {
+                error_setg_errno(errp, -ret, "--zero-copy=%s: the kernel refused %s to %s "
+                                 "(ADD_DEV flags 0x%llx)%s", ublk_zero_copy_name(cfg->zero_copy),
+                                 fl, unpriv ? "an unprivileged device" : "this device",
+                                 (unsigned long long)info.flags,
+                                 unpriv ? "; zero copy needs a device added with CAP_SYS_ADMIN "
+                                          "(use --zero-copy=off or auto)" : "");
+                return -1;
+            }
+            /* auto: a kernel that advertises zero copy but refuses it here
+             * gets the copy path, and the log says why. */
+            ublk_log(LOG_NOTICE, "ADD_DEV with %s failed (%s): copying instead", fl,
+                     strerror(-ret));
+            info.flags &= ~zc_flags;
+            info.dev_id = cfg->dev_id < 0 ? (uint32_t)-1 : (uint32_t)cfg->dev_id;
+            p.types &= ~UBLK_PARAM_TYPE_DMA_ALIGN;
+            ret = ublk_ctrl_add_dev(s->ctrl, &info);
         }
         if (ret < 0) {
             error_setg_errno(errp, -ret, "ADD_DEV (queues %u, depth %u, flags 0x%llx) failed",
@@ -344,6 +382,18 @@ static int server_start(Server *s, bool recover, int ready_fd, Error **errp)
         s->added = true;
         cfg->dev_id = info.dev_id;
         ublk_log_open(cfg, cfg->dev_id);
+        if (zc_flags && (info.flags & zc_flags) != zc_flags) {
+            /* The kernel writes back the flags it granted: one that dropped
+             * zero copy quietly must not leave on/register copying. */
+            if (cfg->zero_copy != UBLK_ZC_AUTO) {
+                error_setg(errp, "--zero-copy=%s: the kernel added the device without it "
+                           "(flags 0x%llx)", ublk_zero_copy_name(cfg->zero_copy),
+                           (unsigned long long)info.flags);
+                return -1;
+            }
+            ublk_log(LOG_NOTICE, "the kernel did not grant zero copy (flags 0x%llx): copying",
+                     (unsigned long long)info.flags);
+        }
         if (info.nr_hw_queues < cfg->nr_queues) {
             /* The kernel caps queues at the number of possible CPUs. */
             char msg[160];
@@ -424,6 +474,14 @@ static int server_start(Server *s, bool recover, int ready_fd, Error **errp)
     return ret;
 }
 
+/* The daemon serves one device, so the process-wide zero-copy counters are its. */
+static void server_get_stats(Server *s, BlockAcctStats *st)
+{
+    blk_get_stats(s->blk, st);
+    st->zc_bounced = bdrv_mapped_bounce_count();
+    st->zc_ring_copies = iov_fixed_copy_count();
+}
+
 /* Returns the id of a device that stays in the kernel (DEL_DEV refused), or -1. */
 static int server_stop(Server *s)
 {
@@ -442,7 +500,7 @@ static int server_stop(Server *s)
     }
     if (s->blk) {
         BlockAcctStats st;
-        blk_get_stats(s->blk, &st);
+        server_get_stats(s, &st);
         if (s->started) {
             ublk_stats_write(d->dev_id, &st);
         }
@@ -513,7 +571,7 @@ static void serve_stats(void *opaque)
 {
     ServeLoop *l = opaque;
     BlockAcctStats st;
-    blk_get_stats(l->s->blk, &st);
+    server_get_stats(l->s, &st);
     ublk_stats_write(l->s->dev.dev_id, &st);
     serve_check_queues(l);
     aio_timer_mod(&l->stats_timer, aio_now_ns(l->stats_timer.ctx) + STATS_INTERVAL_NS);

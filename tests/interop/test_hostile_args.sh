@@ -206,7 +206,7 @@ for o in "${ADD_NUM_OPTS[@]}"; do
 done
 # Not -f: a daemon's errors go to its --log file, the adding process's to
 # stderr, which is what this checks.
-for o in --recovery --affinity --discard --cache --log --blockdev -o; do
+for o in --recovery --affinity --discard --cache --log --blockdev -o --zero-copy; do
     sweep "" NAMES add null --size 1M "$o" H
 done
 rm_created

@@ -238,6 +238,43 @@ static void test_other_ring_refused(void **state)
     bdrv_unref(bs);
 }
 
+/* A table of buffers the kernel registers (ublk zero copy): nothing of ours
+ * may take an index, a reference goes out only while its index is marked
+ * held (else -ENOENT, nothing submitted), and what the ring then finds
+ * there is the kernel's business (here: nothing, so the op fails). */
+static void test_kernel_buffer_table(void **state)
+{
+    (void)state;
+    const char *p = test_path("ktable.img");
+    make_file(p, 64 * KiB, 5);
+    int fd = open(p, O_RDWR);
+    AioContext *mine = test_loop_init();
+    Error *err = NULL;
+    AioContext *k = aio_context_new(0, &err);
+    assert_non_null(k);
+    aio_set_current(k);
+    assert_int_equal(aio_kernel_buffers_init(k, 8), 0);
+    assert_int_equal(aio_kernel_buffers_init(k, 8), -EBUSY);
+    assert_int_equal(aio_fixed_buffer_add(k, regbuf, 4096), -EBUSY);
+    assert_int_equal(aio_fixed_buffer_remove(k, 3), -EBUSY);
+    unsigned kr = aio_ring_id(k);
+    struct iovec ref = { iov_reg_cookie(kr, 3, 0), 4096 };
+    assert_int_equal(raw_op(fd, false, &ref, 1, 0), -ENOENT);
+    aio_kernel_buffer_set(k, 3, 4096);
+    ssize_t ret = raw_op(fd, false, &ref, 1, 0);
+    assert_true(ret < 0 && ret != -ENOENT);          /* reached the ring: an empty slot */
+    ref.iov_len = 4097;
+    assert_int_equal(raw_op(fd, false, &ref, 1, 0), -EINVAL);   /* past what is held */
+    ref = (struct iovec){ iov_reg_cookie(kr, 8, 0), 512 };
+    assert_int_equal(raw_op(fd, false, &ref, 1, 0), -ENOENT);   /* past the table */
+    aio_kernel_buffer_clear(k, 3);
+    ref = (struct iovec){ iov_reg_cookie(kr, 3, 0), 4096 };
+    assert_int_equal(raw_op(fd, false, &ref, 1, 0), -ENOENT);
+    aio_set_current(mine);
+    aio_context_free(k);
+    close(fd);
+}
+
 /* ------------------------------------------------------ copies via the ring */
 
 typedef struct CopyCo {
@@ -629,6 +666,8 @@ static void test_needs_mapped_driver(void **state)
     ref_vec(&q, 100, 3000);
     test_pattern(regbuf + 100, 3000, 51);
     uint64_t before = bdrv_mapped_bounce_count();
+    uint64_t copies = iov_fixed_copy_count();
+    assert_true(bdrv_graph_needs_mapped_data(bs));
     assert_int_equal(do_rw(c, true, 777, 3000, &q, 0, 0), 0);
     uint8_t got[3000];
     mem_read_raw(bs, 777, got, sizeof(got));
@@ -637,7 +676,9 @@ static void test_needs_mapped_driver(void **state)
     assert_int_equal(do_rw(c, false, 777, 3000, &q, 0, 0), 0);
     assert_memory_equal(regbuf + 100, got, 3000);
     assert_int_equal(bdrv_mapped_bounce_count(), before + 2);
+    assert_int_equal(iov_fixed_copy_count(), copies + 2);    /* one out, one in */
     drv->needs_mapped_data = false;
+    assert_false(bdrv_graph_needs_mapped_data(bs));
     iov_destroy(&q);
     test_child_free(c);
     bdrv_unref(bs);
@@ -696,6 +737,7 @@ int main(void)
         cmocka_unit_test(test_representation),
         cmocka_unit_test(test_ring_op_and_misuse),
         cmocka_unit_test(test_other_ring_refused),
+        cmocka_unit_test(test_kernel_buffer_table),
         cmocka_unit_test(test_copy_through_ring),
         cmocka_unit_test(test_file_buffered_sweep),
         cmocka_unit_test(test_file_direct_sweep),

@@ -620,6 +620,113 @@ static void test_log_must_be_writable(void **state)
 }
 
 /* Groups live in one process and each device is its own daemon. */
+/* --zero-copy: what each mode asks the kernel for, and where on/register
+ * must fail instead of quietly copying. */
+static uint64_t zc_flags(const char *line, uint64_t supported, bool unpriv, bool needs_bytes,
+                         const char *want_err)
+{
+    UblkDevConfig c;
+    Error *err = NULL;
+    uint64_t f = 0xdead;
+    assert_int_equal(parse(&c, line, NULL), 0);
+    int ret = ublk_dev_config_zero_copy_flags(&c, supported, unpriv, needs_bytes, &f, &err);
+    if (want_err) {
+        assert_int_equal(ret, -1);
+        assert_non_null(err);
+        if (!strstr(error_get_pretty(err), want_err)) {
+            fail_msg("'%s': message '%s' lacks '%s'", line, error_get_pretty(err), want_err);
+        }
+        error_free(err);
+    } else {
+        assert_int_equal(ret, 0);
+        assert_null(err);
+    }
+    ublk_dev_config_free(&c);
+    return f;
+}
+
+static void test_zero_copy_modes(void **state)
+{
+    (void)state;
+    const uint64_t k612 = 0x1fe, k615 = k612 | UBLK_F_SUPPORT_ZERO_COPY,
+                   k73 = 0x1fffff;
+    UblkDevConfig c;
+    assert_int_equal(parse(&c, "add raw a", NULL), 0);
+    assert_int_equal(c.zero_copy, UBLK_ZC_AUTO);
+    ublk_dev_config_free(&c);
+    for (int m = UBLK_ZC_AUTO; m <= UBLK_ZC_REGISTER; m++) {
+        char line[64];
+        snprintf(line, sizeof(line), "add --zero-copy=%s raw a", ublk_zero_copy_name(m));
+        assert_int_equal(parse(&c, line, NULL), 0);
+        assert_int_equal(c.zero_copy, m);
+        ublk_dev_config_free(&c);
+    }
+    expect_error("add --zero-copy=yes raw a", "auto, on, off, register");
+    expect_error("add --zero-copy=on -u raw a", "--user-copy");
+    expect_error("add --zero-copy=register -g raw a", "--need-get-data");
+
+    /* auto: the best the kernel has, else the copy path */
+    assert_true(zc_flags("add raw a", k73, false, false, NULL) == UBLK_F_AUTO_BUF_REG);
+    assert_true(zc_flags("add raw a", k615, false, false, NULL) == UBLK_F_SUPPORT_ZERO_COPY);
+    assert_true(zc_flags("add raw a", k612, false, false, NULL) == 0);
+    assert_true(zc_flags("add raw a", k73, true, false, NULL) == 0);      /* unprivileged */
+    assert_true(zc_flags("add raw a", k73, false, true, NULL) == 0);      /* all would bounce */
+    assert_true(zc_flags("add -u raw a", k73, false, false, NULL) == 0);
+    assert_true(zc_flags("add --zero-copy=off raw a", k73, false, false, NULL) == 0);
+    /* on / register: what they ask for, or an error saying why not */
+    assert_true(zc_flags("add --zero-copy=on raw a", k73, false, false, NULL) == UBLK_F_AUTO_BUF_REG);
+    assert_true(zc_flags("add --zero-copy=register raw a", k73, false, false, NULL) ==
+                UBLK_F_SUPPORT_ZERO_COPY);
+    assert_true(zc_flags("add --zero-copy=on raw a", k615, false, false, NULL) ==
+                UBLK_F_SUPPORT_ZERO_COPY);
+    zc_flags("add --zero-copy=on raw a", k612, false, false, "lacks zero copy");
+    zc_flags("add --zero-copy=register raw a", k612, false, false, "needs Linux 6.15");
+    zc_flags("add --zero-copy=on raw a", k73, false, true, "needs_mapped_data");
+    /* unprivileged on/register ask the kernel (which refuses: ublk/server.c says so) */
+    assert_true(zc_flags("add --zero-copy=on raw a", k73, true, false, NULL) == UBLK_F_AUTO_BUF_REG);
+
+#ifdef CONFIG_JSON
+    UblkDevState s = { 0 }, r;
+    assert_int_equal(parse(&s.cfg, "add --zero-copy=register raw a", NULL), 0);
+    s.dev_id = 1;
+    s.graph = strdup("driver=raw");
+    s.bdev = strdup("/dev/ublkb1");
+    char *json = ublk_dev_state_to_json(&s);
+    assert_non_null(strstr(json, "\"zero_copy\":\"register\""));
+    assert_int_equal(ublk_dev_state_from_json(json, &r, NULL), 0);
+    assert_int_equal(r.cfg.zero_copy, UBLK_ZC_REGISTER);
+    free(json);
+    ublk_dev_state_free(&r);
+    ublk_dev_state_free(&s);
+    Error *err = NULL;
+    assert_int_equal(ublk_dev_state_from_json("{\"config\": {\"type\": \"raw\", \"files\": [\"a\"],"
+                                              " \"zero_copy\": \"maybe\"}}", &r, &err), -1);
+    assert_non_null(strstr(error_get_pretty(err), "zero_copy"));
+    error_free(err);
+#endif
+}
+
+/* --no-partition-scan: asks for NO_AUTO_PART_SCAN, and only of a kernel that has it. */
+static void test_no_partition_scan(void **state)
+{
+    (void)state;
+    UblkDevConfig c;
+    Error *err = NULL;
+    assert_int_equal(parse(&c, "add raw a", NULL), 0);
+    assert_false(ublk_dev_config_flags(&c, 0x1fffff, false) & UBLK_F_NO_AUTO_PART_SCAN);
+    ublk_dev_config_free(&c);
+    assert_int_equal(parse(&c, "add --no-partition-scan raw a", NULL), 0);
+    assert_true(c.no_part_scan);
+    assert_true(ublk_dev_config_flags(&c, 0x1fffff, false) & UBLK_F_NO_AUTO_PART_SCAN);
+    assert_int_equal(ublk_dev_config_check_kernel(&c, 0x1fffff, false, NULL), 0);
+    assert_int_equal(ublk_dev_config_check_kernel(&c, 0x1fe, false, &err), -1);
+    assert_non_null(strstr(error_get_pretty(err), "NO_AUTO_PART_SCAN"));
+    error_free(err);
+    assert_int_equal(ublk_ctrl_opcode(UBLK_CMD_TRY_STOP_DEV, UBLK_F_CMD_IOCTL_ENCODE),
+                     UBLK_U_CMD_TRY_STOP_DEV);
+    ublk_dev_config_free(&c);
+}
+
 static void test_throttling_group_refused(void **state)
 {
     (void)state;
@@ -737,6 +844,8 @@ int main(void)
         cmocka_unit_test(test_kernel_must_honour_recovery),
         cmocka_unit_test(test_log_must_be_writable),
         cmocka_unit_test(test_throttling_group_refused),
+        cmocka_unit_test(test_zero_copy_modes),
+        cmocka_unit_test(test_no_partition_scan),
         cmocka_unit_test(test_state_round_trip),
         cmocka_unit_test(test_state_files),
         cmocka_unit_test(test_state_malformed_fields),

@@ -232,6 +232,13 @@ static void test_names(void **state)
     assert_null(strstr(buf, "0x"));
     assert_null(ublk_feature_name(21));
     assert_null(ublk_feature_name(63));
+    /* The bits ublkd decided against say why; the ones it uses say nothing. */
+    assert_non_null(strstr(ublk_feature_unsupported(16), "integrity"));
+    assert_non_null(ublk_feature_unsupported(19));
+    assert_non_null(ublk_feature_unsupported(20));
+    assert_null(ublk_feature_unsupported(0));
+    assert_null(ublk_feature_unsupported(11));
+    assert_null(ublk_feature_unsupported(7));
 }
 
 int main(void)

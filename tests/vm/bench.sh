@@ -11,6 +11,12 @@
 # and 4k randread QD32 with 2 jobs; ublkd with 1 and 2 queues, 2 queues also
 # with --affinity=queue.  For ublkd the daemon's CPU time per I/O is shown.
 # Prints a markdown table.  BENCH_RUNTIME (s, default 4) per job.
+#
+# BENCH_SET=qcow2 runs the qcow2 rows instead: a fully allocated 1 GiB qcow2 (on the
+# same ext4) as a ublkd device with 1 and 2 queues against `qemu-nbd -c /dev/nbd0` on the
+# same image (both cache=none, io_uring), 4k random read/write QD32 and 512k sequential
+# read QD8; then the daemon's RSS over a 100 GiB sparse qcow2 after 1 GiB of random 64k
+# writes, with the default cache sizes and with l2-cache-size=1M.
 set -u
 HERE=$(cd "$(dirname "$0")" && pwd)
 ROOT=$(cd "$HERE/../.." && pwd)
@@ -20,7 +26,9 @@ RT=${BENCH_RUNTIME:-4}
 if [ "${BENCH_IN_GUEST:-0}" != 1 ]; then
   if [ -e /dev/ublk-control ]; then exec env BENCH_IN_GUEST=1 "$HERE/bench.sh" "$@"; fi
   work=$(mktemp -d /tmp/ublkd-bench.XXXXXX); trap 'rm -rf "$work"' EXIT
-  exec "$HERE/ublk-vm" -w "$work" -t 1500 -- env BENCH_IN_GUEST=1 UBLKD="$UBLKD" BENCH_RUNTIME="$RT" "$HERE/bench.sh" "$@"
+  mem=2048; [ "${BENCH_SET:-}" = qcow2 ] && mem=4096   # raw + qcow2 copy on a memory-backed store
+  exec "$HERE/ublk-vm" -w "$work" -m $mem -t 1500 -- env BENCH_IN_GUEST=1 UBLKD="$UBLKD" BENCH_RUNTIME="$RT" \
+      BENCH_SET="${BENCH_SET:-}" "$HERE/bench.sh" "$@"
 fi
 
 export PATH=$PATH:/usr/sbin:/sbin
@@ -44,7 +52,8 @@ nbdev() {
 }
 [ -d $CFG ] || { echo "bench: null_blk configfs missing"; exit 1; }
 # Backing store for the raw/loop comparison.
-nullb store 1 2 1400
+store_mb=1400; [ "${BENCH_SET:-}" = qcow2 ] && store_mb=2600
+nullb store 1 2 $store_mb
 store=$(nbdev store)
 mkfs.ext4 -q -F $store >/dev/null
 mkdir $T/fs; mount $store $T/fs
@@ -63,6 +72,10 @@ declare -A JOBS=(
   [rr32x2]="--rw=randread --bs=4k --iodepth=32 --numjobs=2"
 )
 ORDER="rr1 rr32 rw1 rw32 sr sw rr32x2"
+if [ "${BENCH_SET:-}" = qcow2 ]; then
+  JOBS[sr512]="--rw=read --bs=512k --iodepth=8 --numjobs=1"
+  ORDER="rr32 rw32 sr512"
+fi
 echo "| device | $(for j in $ORDER; do printf '%s | ' $j; done)"
 echo "|---|$(for j in $ORDER; do printf -- '---|'; done)"
 run_dev() {  # run_dev LABEL DEV PID
@@ -93,6 +106,39 @@ ublk() {  # ublk LABEL ADD-ARGS...
   run_dev "$label" "$dev" "$pid"
   "$UBLKD" del -n $id
 }
+if [ "${BENCH_SET:-}" = qcow2 ]; then
+  export PATH=$PATH:/usr/bin
+  qemu-img convert -f raw -O qcow2 $T/fs/img.raw $T/fs/img.qcow2
+  rm -f $T/fs/img.raw
+  modprobe nbd 2>/dev/null || true
+  qemu-nbd -c /dev/nbd0 -f qcow2 --cache=none --aio=io_uring $T/fs/img.qcow2
+  for _ in $(seq 50); do [ "$(cat /sys/block/nbd0/size)" != 0 ] && break; sleep 0.1; done
+  run_dev "qemu-nbd -c (cache=none, io_uring)" /dev/nbd0 "$(pgrep -f 'qemu-nbd -c /dev/nbd0' | head -1)"
+  qemu-nbd -d /dev/nbd0 >/dev/null
+  ublk "ublkd qcow2 -q 1 (cache=none)" qcow2 $T/fs/img.qcow2 -q 1
+  ublk "ublkd qcow2 -q 2 (cache=none)" qcow2 $T/fs/img.qcow2 -q 2
+  qemu-img check -q $T/fs/img.qcow2 || echo "bench: qemu-img check failed on the benchmarked image" >&2
+  rm -f $T/fs/img.qcow2
+  echo
+  echo "| 100 GiB sparse qcow2, 1 GiB of random 64k writes | daemon VmRSS | VmHWM |"
+  echo "|---|---|---|"
+  for opt in "" "-o l2-cache-size=1M"; do
+    qemu-img create -q -f qcow2 $T/fs/big.qcow2 100G
+    dev=$("$UBLKD" add qcow2 $T/fs/big.qcow2 $opt) || { echo "| $opt | add failed | |"; continue; }
+    id=${dev#/dev/ublkb}; pid=$("$UBLKD" list -n $id --json | jq -r '.[0].pid')
+    fio --name=m --filename=$dev --direct=1 --ioengine=io_uring --rw=randwrite --bs=64k --iodepth=16 \
+        --io_size=1G --randrepeat=1 --norandommap >/dev/null 2>&1 || echo "bench: fio failed" >&2
+    rss=$(awk '/^VmRSS/ { print $2 " " $3 }' /proc/$pid/status)
+    hwm=$(awk '/^VmHWM/ { print $2 " " $3 }' /proc/$pid/status)
+    echo "| ${opt:-default caches} | $rss | $hwm |"
+    "$UBLKD" del -n $id
+    qemu-img check -q $T/fs/big.qcow2 || echo "bench: qemu-img check failed on the 100G image" >&2
+    rm -f $T/fs/big.qcow2
+  done
+  umount $T/fs
+  echo 0 > $CFG/store/power; rmdir $CFG/store
+  exit 0
+fi
 nullb nb1 0 1 4096; run_dev "null_blk (1 queue)" $(nbdev nb1); echo 0 > $CFG/nb1/power; rmdir $CFG/nb1
 nullb nb2 0 2 4096; run_dev "null_blk (2 queues)" $(nbdev nb2); echo 0 > $CFG/nb2/power; rmdir $CFG/nb2
 ublk "ublkd null -q 1" null --size 4G -q 1

@@ -27,7 +27,7 @@ pid=$(jq -r '.[0].pid' <<<"$j"); kill -0 "$pid" || fail "pid $pid not alive"
 [ "$(jq -r '.[0].read_only' <<<"$j")" = false ] || fail "read_only"
 [ "$(jq -r '.[0].cache' <<<"$j")" = writeback ] || fail "cache"
 [ "$(jq -r '.[0].recovery' <<<"$j")" = reissue ] || fail "recovery"
-[ "$(jq -r '.[0].zero_copy' <<<"$j")" = false ] || fail "zero_copy"
+[ "$(jq -r '.[0].zero_copy' <<<"$j")" = off ] || fail "zero_copy"
 [ "$(jq -r '.[0].user_copy' <<<"$j")" = false ] || fail "user_copy"
 jq -e '.[0].flag_list | index("USER_RECOVERY")' <<<"$j" >/dev/null || fail "flag_list lacks USER_RECOVERY"
 # each queue's thread is a thread of the daemon, named for its queue, with its CPUs

@@ -66,3 +66,19 @@ kill -9 $pid3
 wait_for sh -c "! kill -0 $pid3 2>/dev/null"
 "$UBLKD" del -n $id3 || fail "root could not delete device $id3, whose unprivileged daemon died"
 [ ! -e /sys/class/ublk-char/ublkc$id3 ] || fail "device $id3 still exists"
+# Zero copy: the kernel refuses SUPPORT_ZERO_COPY and AUTO_BUF_REG (as USER_COPY) to
+# unprivileged devices.  --zero-copy=on/register ask it and must fail saying so (on a
+# kernel without zero copy: saying that); the default (auto) copies.
+for m in on register; do
+  if out4=$(as_user "$UUBLKD" add raw $T/u/img.raw $CACHE_OPT --zero-copy=$m 2>&1); then
+    fail "unprivileged --zero-copy=$m gave a device: $out4"
+  fi
+  log "unprivileged --zero-copy=$m: $out4"
+  if "$UBLKD" features | grep -qw 'UBLK_F_ZERO_COPY\|UBLK_F_AUTO_BUF_REG'; then
+    grep -q "the kernel refused .* to an unprivileged device.*CAP_SYS_ADMIN" <<<"$out4" ||
+      fail "unprivileged --zero-copy=$m: the error does not say the kernel refused it: $out4"
+  else
+    grep -q "lacks zero copy" <<<"$out4" || fail "unprivileged --zero-copy=$m: unclear error: $out4"
+  fi
+done
+[ -z "$(ublk_ids)" ] || fail "a refused --zero-copy add left devices: $(ublk_ids)"
