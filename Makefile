@@ -62,7 +62,7 @@ TOOL_SRCS += $(if $(filter y,$(CONFIG_UBLK)),tools/dev.c)
 IMG_SRCS := tools/img.c tools/img-util.c tools/img-json.c tools/progress.c \
             tools/img-create.c tools/img-info.c tools/img-check.c tools/img-convert.c \
             tools/img-compare.c tools/img-map.c tools/img-bench.c tools/img-io.c \
-            tools/img-io-cmds.c
+            tools/img-io-cmds.c tools/img-dd.c
 TOOL_SRCS += $(IMG_SRCS)
 
 ifeq ($(CONFIG_JSON),y)
@@ -106,7 +106,7 @@ deps:
 	    $(SUDO) apt-get update -q && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -q $$missing; \
 	else echo "deps: all installed"; fi
 
-.PHONY: all clean install uninstall check-install test check-layering check-unit check-interop check-vm check-vm-asan soak check-fuzz fuzz-long asan tsan bench bench-qcow2 bench-vm tests check-hostile check-hostile-quick
+.PHONY: all clean install uninstall check-install test check-layering check-unit check-interop check-interop-parity check-vm check-vm-asan soak check-fuzz fuzz-long asan tsan bench bench-qcow2 bench-vm tests check-hostile check-hostile-quick
 all: $(BUILD)/ublkd
 
 # ---- generated config ----
@@ -177,6 +177,11 @@ check-layering:
 # test_qcow2_crash.sh judges the images the unit crash simulator leaves
 check-interop: $(BUILD)/ublkd $(filter %/test-qcow2-crash,$(UNIT_TESTS))
 	@UBLKD=$(abspath $(BUILD)/ublkd) tests/interop/run.sh
+
+# The interop suite with every qemu-img also run as ublkd img: counts the
+# invocations whose output and exit code match byte for byte.
+check-interop-parity: $(BUILD)/ublkd
+	@UBLKD=$(abspath $(BUILD)/ublkd) tests/interop/run.sh --parity
 
 # The VM suite's daemon: $(BUILD)/ublkd, or with SAN=asan (ASan+UBSan) or
 # SAN=tsan an instrumented one built in build-$(SAN)-daemon.  tests/vm/suite.sh

@@ -459,10 +459,23 @@ static int coroutine_fn file_co_create(const char *filename, OptDict *opts, Erro
     if (optdict_take_size(opts, "size", 0, &size, errp) < 0) {
         return -EINVAL;
     }
-    int prealloc = optdict_take_enum(opts, "preallocation", prealloc_names,
-                                     PREALLOC_MODE_OFF, errp);
-    if (prealloc < 0) {
-        return -EINVAL;
+    /* qemu-img's words for a bad or unsupported mode, before any file is touched. */
+    char *mode = NULL;
+    int prealloc = PREALLOC_MODE_OFF;
+    optdict_take_str(opts, "preallocation", NULL, &mode);
+    if (mode) {
+        for (prealloc = 0; prealloc_names[prealloc] && strcmp(prealloc_names[prealloc], mode);
+             prealloc++) {
+        }
+        if (!prealloc_names[prealloc]) {
+            error_setg(errp, "invalid parameter value: %s", mode);
+        } else if (prealloc == PREALLOC_MODE_METADATA) {
+            error_setg(errp, "Unsupported preallocation mode: %s", mode);
+        }
+        free(mode);
+        if (!prealloc_names[prealloc] || prealloc == PREALLOC_MODE_METADATA) {
+            return -EINVAL;
+        }
     }
     int locking = file_locking_mode(opts, errp);
     if (locking < 0) {

@@ -198,17 +198,6 @@ static int raw_has_zero_init(BlockDriverState *bs)
     return bdrv_has_zero_init(bs->file->bs);
 }
 
-static void raw_get_specific_info(BlockDriverState *bs, ImageSpecificInfo *info)
-{
-    RawState *s = bs->opaque;
-    if (s->offset) {
-        image_info_add_int(info, "offset", (int64_t)s->offset);
-    }
-    if (s->has_size) {
-        image_info_add_int(info, "size", (int64_t)s->size);
-    }
-}
-
 static int coroutine_fn raw_co_create(const char *filename, OptDict *opts, Error **errp)
 {
     /* A raw image is just a file (of its protocol) of the right size. */
@@ -217,7 +206,6 @@ static int coroutine_fn raw_co_create(const char *filename, OptDict *opts, Error
 
 static const CreateOptDesc raw_create_opts[] = {
     { "size", "size", "Virtual disk size", NULL },
-    { "preallocation", "string", "Preallocation mode (off, falloc, full)", "off" },
     { NULL, NULL, NULL, NULL },
 };
 
@@ -238,7 +226,6 @@ const BlockDriver bdrv_raw = {
     .create_opts = raw_create_opts,
     .getlength = raw_getlength,
     .get_info = raw_get_info,
-    .get_specific_info = raw_get_specific_info,
     .has_zero_init = raw_has_zero_init,
     .supported_write_flags = BDRV_REQ_FUA,
     .supported_zero_flags = BDRV_REQ_FUA | BDRV_REQ_MAY_UNMAP | BDRV_REQ_NO_FALLBACK,

@@ -98,7 +98,9 @@ int coroutine_fn vdi_co_create(const char *filename, OptDict *opts, Error **errp
     blocks = DIV_ROUND_UP(size, VDI_BLOCK_SIZE);
     bmap_bytes = ALIGN_UP((uint64_t)blocks * 4, (uint64_t)VDI_SECTOR_SIZE);
 
-    file_opts = optdict_new();
+    /* What is left is the protocol's (preallocation=...), as in qemu: it
+     * applies to the empty file the image is written into. */
+    file_opts = optdict_clone(opts);
     optdict_set_int(file_opts, "size", 0);
     ret = bdrv_co_create_file(filename, file_opts, errp);
     optdict_free(file_opts);

@@ -232,8 +232,6 @@ static inline int64_t vdi_unallocated_run(BDRVVdiState *s, uint32_t block, uint3
 
 /* "vdi: <file>" for messages. */
 const char *vdi_image_name(BlockDriverState *bs);
-/* Format a 16-byte UUID in IPRT order (first three fields LE) as text. */
-void vdi_uuid_unparse(const uint8_t *raw, char out[37]);
 
 /* The write side (vdi-write.c). */
 int coroutine_fn vdi_co_pwritev(BlockDriverState *bs, int64_t offset, int64_t bytes,

@@ -26,14 +26,6 @@ const char *vdi_image_name(BlockDriverState *bs)
     return named->node_name;         /* e.g. an in-memory node */
 }
 
-void vdi_uuid_unparse(const uint8_t *u, char out[37])
-{
-    snprintf(out, 37,
-             "%02x%02x%02x%02x-%02x%02x-%02x%02x-%02x%02x-%02x%02x%02x%02x%02x%02x",
-             u[3], u[2], u[1], u[0], u[5], u[4], u[7], u[6],
-             u[8], u[9], u[10], u[11], u[12], u[13], u[14], u[15]);
-}
-
 static int vdi_probe(const uint8_t *buf, int buf_size, const char *filename)
 {
     (void)filename;
@@ -438,21 +430,6 @@ static int vdi_get_info(BlockDriverState *bs, BlockDriverInfo *bdi)
     return 0;
 }
 
-static void vdi_get_specific_info(BlockDriverState *bs, ImageSpecificInfo *info)
-{
-    BDRVVdiState *s = bs->opaque;
-    char uuid[37];
-
-    image_info_add(info, "type", "%s", s->image_type == VDI_TYPE_STATIC ? "static" : "dynamic");
-    vdi_uuid_unparse(s->header + VDI_OFF_UUID_IMAGE, uuid);
-    image_info_add(info, "uuid", "%s", uuid);
-    vdi_uuid_unparse(s->header + VDI_OFF_UUID_LAST_SNAP, uuid);
-    image_info_add(info, "last-snapshot-uuid", "%s", uuid);
-    image_info_add_int(info, "allocated-blocks", __atomic_load_n(&s->blocks_allocated,
-                                                                 __ATOMIC_RELAXED));
-    image_info_add_int(info, "disk-size", (int64_t)vdi_ld64(s->header, VDI_OFF_DISK_SIZE));
-}
-
 static int vdi_has_zero_init(BlockDriverState *bs)
 {
     BDRVVdiState *s = bs->opaque;
@@ -496,6 +473,5 @@ const BlockDriver bdrv_vdi = {
     .create_opts = vdi_create_opts,
     .getlength = vdi_getlength,
     .get_info = vdi_get_info,
-    .get_specific_info = vdi_get_specific_info,
     .has_zero_init = vdi_has_zero_init,
 };

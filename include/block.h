@@ -53,6 +53,9 @@ enum {
     BDRV_O_FORCE_SHARE   = 1 << 10,  /* force-share=on: read-only, take no image locks */
     BDRV_O_CHECK         = 1 << 11,  /* opened by img check: no repair on open, a corrupt
                                         image opens read-write to be repaired */
+    BDRV_O_SHARE_WRITE   = 1 << 12,  /* others may write and resize the image meanwhile
+                                      * (qemu-img's readers; a format still unshares
+                                      * writes to its metadata) */
 };
 /* "none" (default for devices), "writeback", "writethrough", "directsync", "unsafe". */
 int bdrv_parse_cache_mode(const char *mode, int *flags, Error **errp);
@@ -146,6 +149,10 @@ const char *bdrv_driver_name(const BlockDriver *drv);
 /* Options of `img create -f FMT -o ...` (NULL-name terminated), or NULL. */
 const CreateOptDesc *bdrv_driver_create_opts(const BlockDriver *drv);
 bool bdrv_driver_can_create(const BlockDriver *drv);
+/* Create options of the protocol that would hold `filename` (the file
+ * protocol's preallocation, ...), which `img create` of any format also
+ * takes, as qemu-img does; NULL if none. */
+const CreateOptDesc *bdrv_protocol_create_opts(const char *filename);
 bool bdrv_driver_supports_backing(const BlockDriver *drv);
 /* The format can store compressed clusters (BDRV_REQ_WRITE_COMPRESSED). */
 bool bdrv_driver_supports_compression(const BlockDriver *drv);

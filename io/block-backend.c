@@ -64,12 +64,13 @@ BlockBackend *blk_new_with_bs(BlockDriverState *bs, Error **errp)
     }
     memset(blk, 0, sizeof(*blk));
     bdrv_ref(bs);   /* becomes the root edge's */
-    /* An export needs what the node's mode allows and lets others only read
-     * (everything with force-share), like a QEMU guest device. */
+    /* An export needs what the node's mode allows and lets others only read,
+     * like a QEMU guest device; everything with force-share, or with
+     * BDRV_O_SHARE_WRITE as qemu-img's blk_new_open without NO_SHARE. */
     unsigned perm = BLK_PERM_CONSISTENT_READ |
                     (bs->read_only ? 0 : BLK_PERM_WRITE | BLK_PERM_RESIZE);
-    unsigned shared = (bs->open_flags & BDRV_O_FORCE_SHARE) ? BLK_PERM_ALL
-                                                            : BLK_PERM_EXCLUSIVE_SHARED;
+    unsigned shared = (bs->open_flags & (BDRV_O_FORCE_SHARE | BDRV_O_SHARE_WRITE))
+                      ? BLK_PERM_ALL : BLK_PERM_EXCLUSIVE_SHARED;
     blk->root = bdrv_root_attach_child(bs, "root", BDRV_CHILD_FILTERED | BDRV_CHILD_PRIMARY,
                                        perm, shared, errp);
     if (!blk->root) {

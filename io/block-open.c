@@ -21,7 +21,7 @@
 static int child_flags(const BlockDriverState *parent, BdrvChildRole role)
 {
     int f = parent->open_flags & (BDRV_O_RDWR | BDRV_O_NOCACHE | BDRV_O_NO_FLUSH | BDRV_O_UNMAP |
-                                  BDRV_O_FORCE_SHARE);
+                                  BDRV_O_FORCE_SHARE | BDRV_O_SHARE_WRITE);
     if (role & BDRV_CHILD_COW) {
         f &= ~BDRV_O_RDWR;
     } else if (parent->drv->is_format) {
@@ -298,7 +298,8 @@ BlockDriverState *bdrv_open(const char *filename, OptDict *options, int flags, E
                 optdict_set(file_opts, "filename", child_fname);
             }
             int pflags = (flags & (BDRV_O_RDWR | BDRV_O_NOCACHE | BDRV_O_NO_FLUSH |
-                                   BDRV_O_UNMAP | BDRV_O_FORCE_SHARE)) | BDRV_O_PROTOCOL;
+                                   BDRV_O_UNMAP | BDRV_O_FORCE_SHARE | BDRV_O_SHARE_WRITE)) |
+                         BDRV_O_PROTOCOL;
             probed_file = bdrv_open(NULL, file_opts, pflags, errp);
             free(ref_name);
             if (!probed_file) {
@@ -529,11 +530,17 @@ int bdrv_create(const BlockDriver *drv, const char *filename, OptDict *opts, Err
         error_setg(errp, "Format '%s' does not support image creation", drv->format_name);
         return -ENOTSUP;
     }
-    /* Check every option before touching the file, so a typo creates nothing. */
+    /* Check every option before touching the file, so a typo creates nothing.
+     * The protocol's options go to the format's co_create, which hands them
+     * on when it creates its file. */
+    const CreateOptDesc *proto_opts = bdrv_protocol_create_opts(filename);
     for (size_t i = 0; i < optdict_count(opts); i++) {
         const char *key = optdict_key_at(opts, i);
         bool known = !strcmp(key, "size");
         for (const CreateOptDesc *d = drv->create_opts; d && d->name && !known; d++) {
+            known = !strcmp(d->name, key);
+        }
+        for (const CreateOptDesc *d = proto_opts; d && d->name && !known; d++) {
             known = !strcmp(d->name, key);
         }
         if (!known) {
@@ -554,6 +561,12 @@ int bdrv_create(const BlockDriver *drv, const char *filename, OptDict *opts, Err
         error_free(c.err);
     }
     return c.ret < 0 ? c.ret : 0;
+}
+
+const CreateOptDesc *bdrv_protocol_create_opts(const char *filename)
+{
+    const BlockDriver *proto = filename ? bdrv_find_protocol(filename, NULL) : NULL;
+    return proto && proto->co_create ? proto->create_opts : NULL;
 }
 
 int coroutine_fn bdrv_co_create_file(const char *filename, OptDict *opts, Error **errp)

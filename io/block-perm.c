@@ -66,7 +66,8 @@ void bdrv_get_cumulative_perm(const BlockDriverState *bs, unsigned *perm, unsign
     }
     if (!used) {
         p = mode_perm(bs);
-        s = (bs->open_flags & BDRV_O_FORCE_SHARE) ? BLK_PERM_ALL : BLK_PERM_EXCLUSIVE_SHARED;
+        s = (bs->open_flags & (BDRV_O_FORCE_SHARE | BDRV_O_SHARE_WRITE)) ? BLK_PERM_ALL
+                                                                       : BLK_PERM_EXCLUSIVE_SHARED;
     }
     *perm = p;
     *shared = s;

@@ -12,6 +12,7 @@
  * state and counter files.
  */
 #include <dirent.h>
+#include <sched.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <getopt.h>
@@ -261,15 +262,17 @@ static int spawn_daemon(UblkDevConfig *cfg, bool recover)
     }
     close(pfd[0]);
     buf[n] = 0;
-    /* "WARN <message>" lines may come before the verdict. */
+    /* "WARN <message>" lines may come before the verdict; the verdict is
+     * the rest, lines and all (a lock conflict's hint is a second line). */
     char *line = buf, *nl;
-    while ((nl = strchr(line, '\n'))) {
+    while (!strncmp(line, "WARN ", 5) && (nl = strchr(line, '\n'))) {
         *nl = 0;
-        if (strncmp(line, "WARN ", 5)) {
-            break;
-        }
         warn_report("%s", line + 5);
         line = nl + 1;
+    }
+    size_t len = strlen(line);
+    while (len && line[len - 1] == '\n') {
+        line[--len] = 0;
     }
     if (!strncmp(line, "OK ", 3)) {
         printf("%s\n", line + 3);
@@ -434,6 +437,40 @@ static int cmd_recover(int argc, char **argv)
     }
     if (daemon_alive(id, st.pid, &st)) {
         error_report("recover: device %u is still served by pid %d", id, (int)st.pid);
+        ublk_dev_state_free(&st);
+        return 1;
+    }
+    /* Say why a device cannot be recovered before a daemon tries (its
+     * START_USER_RECOVERY would only give an errno). */
+    if (!(st.flags & UBLK_F_USER_RECOVERY)) {
+        error_report("recover: device %u was added with --recovery=none: the kernel removes "
+                     "such a device when its daemon dies; add it again", id);
+        ublk_dev_state_free(&st);
+        return 1;
+    }
+    UblkCtrl *ctrl = ublk_ctrl_open(NULL);
+    struct ublksrv_ctrl_dev_info info;
+    int kret = ctrl ? ublk_ctrl_get_info(ctrl, id, &info) : 0;
+    ublk_ctrl_close(ctrl);
+    const char *why = NULL;
+    char buf[256];
+    if (kret == -ENODEV) {
+        why = "the kernel no longer has it (deleted, or it did not survive); add it again";
+    } else if (kret == -EACCES || kret == -EPERM) {
+        snprintf(buf, sizeof(buf), "%s: an unprivileged device can be recovered only by the "
+                 "user who added it (whose char device /dev/ublkc%u must be theirs) or root",
+                 strerror(-kret), id);
+        why = buf;
+    } else if (kret == 0 && info.state == UBLK_S_DEV_DEAD) {
+        why = "the kernel has it stopped (DEAD), not waiting for a new daemon; del and add it";
+    } else if (kret == 0 && (info.flags & UBLK_F_UNPRIVILEGED_DEV) && geteuid() != 0 &&
+               info.owner_uid != geteuid()) {
+        snprintf(buf, sizeof(buf), "it is an unprivileged device of uid %u; only that user or "
+                 "root can recover it", info.owner_uid);
+        why = buf;
+    }
+    if (why) {
+        error_report("recover: device %u cannot be recovered: %s", id, why);
         ublk_dev_state_free(&st);
         return 1;
     }
@@ -800,6 +837,115 @@ static const char *const op_names[BLK_OP__MAX] = {
     "read", "write", "flush", "discard", "write_zeroes",
 };
 
+/* "0-3,6": a CPU set as taskset -c prints it (ranges of three or more); "-"
+ * when empty. */
+static void cpus_to_string(const cpu_set_t *set, char *buf, size_t len)
+{
+    size_t n = 0;
+    buf[0] = 0;
+    for (int c = 0; c < CPU_SETSIZE && n < len; c++) {
+        if (!CPU_ISSET(c, set)) {
+            continue;
+        }
+        int e = c;
+        while (e + 1 < CPU_SETSIZE && CPU_ISSET(e + 1, set)) {
+            e++;
+        }
+        if (e - c < 2) {
+            e = c;
+        }
+        n += (size_t)snprintf(buf + n, len - n, e > c ? "%s%d-%d" : "%s%d", n ? "," : "", c, e);
+        c = e;
+    }
+    if (!buf[0]) {
+        snprintf(buf, len, "-");
+    }
+}
+
+#define LIST_MAX_QUEUES 64
+
+/* The daemon's queue threads (named "ublkID-qN" by ublk/queue.c), by queue:
+ * their tids (0 if not found) and the CPUs each may run on. */
+static void queue_threads(pid_t pid, uint32_t id, unsigned nq, pid_t *tids, cpu_set_t *cpus)
+{
+    char path[64];
+    memset(tids, 0, nq * sizeof(*tids));
+    snprintf(path, sizeof(path), "/proc/%d/task", (int)pid);
+    DIR *dir = pid > 0 ? opendir(path) : NULL;
+    struct dirent *de;
+    while (dir && (de = readdir(dir))) {
+        char comm_path[128], comm[32] = "";
+        long tid = strtol(de->d_name, NULL, 10);
+        if (tid <= 0) {
+            continue;
+        }
+        snprintf(comm_path, sizeof(comm_path), "%s/%ld/comm", path, tid);
+        FILE *f = fopen(comm_path, "r");
+        unsigned did, q;
+        char end;
+        if (f && fgets(comm, sizeof(comm), f) &&
+            sscanf(comm, "ublk%u-q%u%c", &did, &q, &end) == 3 && end == '\n' && did == id &&
+            q < nq) {
+            tids[q] = (pid_t)tid;
+            CPU_ZERO(&cpus[q]);
+            sched_getaffinity((pid_t)tid, sizeof(cpus[q]), &cpus[q]);
+        }
+        if (f) {
+            fclose(f);
+        }
+    }
+    if (dir) {
+        closedir(dir);
+    }
+}
+
+static const char *recovery_name(uint64_t flags)
+{
+    if (!(flags & UBLK_F_USER_RECOVERY)) {
+        return "none";
+    }
+    if (flags & UBLK_F_USER_RECOVERY_FAIL_IO) {
+        return "fail-io";
+    }
+    return (flags & UBLK_F_USER_RECOVERY_REISSUE) ? "reissue" : "fail";
+}
+
+/* A layer of the image chain in a graph string (bdrv_graph_to_string): its
+ * format and the file under it, through filters ("file.file.filename"). */
+typedef struct ImageLayer {
+    const char *format, *file;
+} ImageLayer;
+
+static int image_chain(const OptDict *g, ImageLayer *out, int max)
+{
+    char prefix[256] = "", key[300];
+    int n = 0;
+    while (n < max) {
+        snprintf(key, sizeof(key), "%sdriver", prefix);
+        const char *drv = optdict_get(g, key);
+        if (!drv) {
+            break;
+        }
+        out[n].format = drv;
+        out[n].file = NULL;
+        char fp[256];
+        snprintf(fp, sizeof(fp), "%s", prefix);
+        for (int depth = 0; depth < 8 && !out[n].file; depth++) {
+            snprintf(key, sizeof(key), "%sfilename", fp);
+            out[n].file = optdict_get(g, key);
+            size_t l = strlen(fp);
+            snprintf(fp + l, sizeof(fp) - l, "file.");
+        }
+        n++;
+        size_t l = strlen(prefix);
+        if (l + 9 >= sizeof(prefix)) {
+            break;
+        }
+        snprintf(prefix + l, sizeof(prefix) - l, "backing.");
+    }
+    return n;
+}
+
 static int cmd_list(int argc, char **argv)
 {
     static const struct option lo[] = {
@@ -871,14 +1017,52 @@ static int cmd_list(int argc, char **argv)
         bool have_stats = ublk_stats_read(id, &stats) == 0;
         char fl[512];
         ublk_flags_to_string(flags, fl, sizeof(fl));
+        /* What the kernel was told (GET_PARAMS), the daemon's queue threads,
+         * the image chain from the graph, the mode the state file kept. */
+        struct ublk_params prm;
+        memset(&prm, 0, sizeof(prm));
+        bool have_params = in_kernel && ublk_ctrl_get_params(ctrl, id, &prm) == 0;
+        const struct ublk_param_basic *b = &prm.basic;
+        unsigned nq = MIN(queues, (unsigned)LIST_MAX_QUEUES);
+        pid_t tids[LIST_MAX_QUEUES];
+        cpu_set_t cpus[LIST_MAX_QUEUES], kcpus;
+        queue_threads(alive ? pid : 0, id, nq, tids, cpus);
+        const char *cache = v.have_state ? (st->cfg.cache ? st->cfg.cache : "none") : "-";
         /* How request data moves: what the kernel set up, not what was asked. */
         const char *zc_mode = flags & UBLK_F_AUTO_BUF_REG ? "auto-buf-reg"
                               : flags & UBLK_F_SUPPORT_ZERO_COPY ? "register"
                               : "off";
+        bool user_copy = flags & UBLK_F_USER_COPY;
+        OptDict *gd = v.have_state && st->graph ? optdict_parse(st->graph, NULL, NULL) : NULL;
+        ImageLayer chain[16];
+        int nchain = gd ? image_chain(gd, chain, 16) : 0;
         if (!json) {
             printf("dev %u: /dev/ublkb%u state %s queues %u depth %u pid %d%s\n", id, id, state,
                    queues, depth, (int)pid, pid && !alive ? " (dead)" : "");
-            printf("  flags: %s\n  zero copy: %s\n  graph: %s\n", fl[0] ? fl : "-", zc_mode, graph);
+            if (have_params) {
+                printf("  size %llu bytes, logical block %u, physical block %u, max I/O %u, "
+                       "read-only %s\n", (unsigned long long)b->dev_sectors << 9,
+                       1u << b->logical_bs_shift, 1u << b->physical_bs_shift,
+                       b->max_sectors << 9, (b->attrs & UBLK_ATTR_READ_ONLY) ? "yes" : "no");
+            }
+            printf("  cache %s, recovery %s, zero-copy %s, user-copy %s\n", cache,
+                   recovery_name(flags), zc_mode, user_copy ? "on" : "off");
+            for (unsigned q = 0; q < nq; q++) {
+                char c1[256] = "-", c2[256] = "-";
+                if (tids[q]) {
+                    cpus_to_string(&cpus[q], c1, sizeof(c1));
+                }
+                if (in_kernel && ublk_ctrl_get_queue_affinity(ctrl, id, q, &kcpus) == 0) {
+                    cpus_to_string(&kcpus, c2, sizeof(c2));
+                }
+                printf("  queue %u: tid %d cpus %s (kernel's affinity %s)\n", q, (int)tids[q],
+                       c1, c2);
+            }
+            for (int k = 0; k < nchain; k++) {
+                printf("  %s: %s %s\n", k ? "backing" : "image", chain[k].format,
+                       chain[k].file ? chain[k].file : "-");
+            }
+            printf("  flags: %s\n  graph: %s\n", fl[0] ? fl : "-", graph);
             if (have_stats) {
                 for (int k = 0; k < BLK_OP__MAX; k++) {
                     printf("  %-12s ops %llu bytes %llu errors %llu\n", op_names[k],
@@ -912,6 +1096,55 @@ static int cmd_list(int argc, char **argv)
                 json_object_object_add(o, "owner_gid", json_object_new_int64(info->owner_gid));
             }
             json_object_object_add(o, "daemon_alive", json_object_new_boolean(alive));
+            if (have_params) {
+                json_object_object_add(o, "size", json_object_new_int64(
+                                           (int64_t)(b->dev_sectors << 9)));
+                json_object_object_add(o, "logical_block_size",
+                                       json_object_new_int64(1 << b->logical_bs_shift));
+                json_object_object_add(o, "physical_block_size",
+                                       json_object_new_int64(1 << b->physical_bs_shift));
+                json_object_object_add(o, "max_io_size",
+                                       json_object_new_int64((int64_t)b->max_sectors << 9));
+                json_object_object_add(o, "read_only", json_object_new_boolean(
+                                           b->attrs & UBLK_ATTR_READ_ONLY));
+            }
+            json_object_object_add(o, "cache", json_object_new_string(cache));
+            json_object_object_add(o, "recovery", json_object_new_string(recovery_name(flags)));
+            json_object_object_add(o, "user_copy", json_object_new_boolean(user_copy));
+            json_object *fa = json_object_new_array();
+            char fcopy[512], *save = NULL;
+            snprintf(fcopy, sizeof(fcopy), "%s", fl);
+            for (char *t = strtok_r(fcopy, " ,|", &save); t; t = strtok_r(NULL, " ,|", &save)) {
+                json_object_array_add(fa, json_object_new_string(t));
+            }
+            json_object_object_add(o, "flag_list", fa);
+            json_object *qa = json_object_new_array();
+            for (unsigned q = 0; q < nq; q++) {
+                json_object *qo = json_object_new_object();
+                char c1[256] = "", c2[256] = "";
+                json_object_object_add(qo, "queue", json_object_new_int64(q));
+                json_object_object_add(qo, "tid", json_object_new_int64(tids[q]));
+                if (tids[q]) {
+                    cpus_to_string(&cpus[q], c1, sizeof(c1));
+                    json_object_object_add(qo, "cpus", json_object_new_string(c1));
+                }
+                if (in_kernel && ublk_ctrl_get_queue_affinity(ctrl, id, q, &kcpus) == 0) {
+                    cpus_to_string(&kcpus, c2, sizeof(c2));
+                    json_object_object_add(qo, "kernel_affinity", json_object_new_string(c2));
+                }
+                json_object_array_add(qa, qo);
+            }
+            json_object_object_add(o, "queue_threads", qa);
+            json_object *ia = json_object_new_array();
+            for (int k = 0; k < nchain; k++) {
+                json_object *io = json_object_new_object();
+                json_object_object_add(io, "format", json_object_new_string(chain[k].format));
+                if (chain[k].file) {
+                    json_object_object_add(io, "file", json_object_new_string(chain[k].file));
+                }
+                json_object_array_add(ia, io);
+            }
+            json_object_object_add(o, "image", ia);
             json_object_object_add(o, "graph", json_object_new_string(graph));
             if (have_stats) {
                 json_object *so = json_object_new_object();
@@ -933,6 +1166,7 @@ static int cmd_list(int argc, char **argv)
             json_object_array_add(arr, o);
         }
 #endif
+        optdict_free(gd);
         dev_view_free(&v);
     }
 #ifdef CONFIG_JSON

@@ -345,7 +345,15 @@ int img_bench(int argc, char **argv)
                 return 1;
             }
             break;
-        case 't': oo.cache = optarg; break;
+        case 't': {
+            int cache_flags;
+            if (bdrv_parse_cache_mode(optarg, &cache_flags, NULL) < 0) {
+                error_report("Invalid cache mode");   /* qemu-img bench's words */
+                return 1;
+            }
+            oo.cache = optarg;
+            break;
+        }
         case 'w': b.write = true; break;
         case 'U': oo.force_share = true; break;
         case 'I': oo.image_opts = true; break;

@@ -101,7 +101,7 @@ int img_check(int argc, char **argv)
                                        "(expecting 'leaks' or 'all'): %s", optarg);
             }
             break;
-        case 'T': oo.cache = optarg; break;
+        case 'T': oo.cache = optarg; oo.source_cache = true; break;
         case 'q': quiet = true; break;
         case 'h':
             printf("usage: ublkd img check [--image-opts] [-q] [-f fmt] [--output=ofmt]"

@@ -189,8 +189,7 @@ int img_compare(int argc, char **argv)
                    " [-p] [-q] [-s] [-U] filename1 filename2\n");
             return 0;
         default:
-            img_opt_error(c, argv);
-            return 2;
+            return img_opt_error(c, argv);   /* 1, as qemu-img's usage errors */
         }
     }
     /* Progress is for humans; -q wins, as in qemu-img. */
@@ -198,10 +197,14 @@ int img_compare(int argc, char **argv)
         progress = false;
     }
     if (optind != argc - 2) {
-        img_usage_error("Expecting two image file names");
-        return 2;
+        return img_usage_error("Expecting two image file names");
     }
     const char *f1 = argv[optind], *f2 = argv[optind + 1];
+    int cache_flags;
+    if (cache && bdrv_parse_cache_mode(cache, &cache_flags, NULL) < 0) {
+        error_report("Invalid source cache option: %s", cache);
+        return 2;
+    }
     o1.cache = o2.cache = cache;
     BlockBackend *blk1 = img_open(f1, &o1);
     if (!blk1) {

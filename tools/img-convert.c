@@ -260,7 +260,9 @@ static int do_copy(ConvertState *s)
 
 int img_convert(int argc, char **argv)
 {
-    ImgOpenOpts so = { 0 }, to = { .writable = true };
+    /* The target's zero ranges may be holes (write-zeroes with MAY_UNMAP),
+     * as qemu-img's: -n into a sparse file keeps it sparse. */
+    ImgOpenOpts so = { 0 }, to = { .writable = true, .extra_flags = BDRV_O_UNMAP };
     const char *out_fmt = NULL, *options = NULL, *out_base = NULL, *base_fmt = NULL;
     const char *src_cache = "writeback", *dst_cache = "unsafe";
     bool no_create = false, progress = false, quiet = false, unordered = false;
@@ -322,7 +324,8 @@ int img_convert(int argc, char **argv)
         case 'B': out_base = optarg; break;
         case 'F': base_fmt = optarg; break;
         case 'C': case 'l': case 'r': case 'X': case 'Y': case 'Z':
-            error_report("convert option '%s' is not supported by ublkd img", argv[optind - 1]);
+            error_report("convert option '%s' is not supported by ublkd img",
+                         img_opt_text(argv));
             return 1;
         case 'h':
             printf("usage: ublkd img convert [--image-opts] [--target-image-opts] [-U] [-c] [-p] [-q]"
@@ -438,6 +441,7 @@ int img_convert(int argc, char **argv)
     }
     bool target_has_backing = out_base || opt_backing;
     so.cache = src_cache;
+    so.no_share = true;
     BlockBackend *src = img_open(src_name, &so);
     if (!src) {
         return 1;

@@ -57,9 +57,9 @@ int img_print_create_help(const BlockDriver *drv)
     return 0;
 }
 
-static const CreateOptDesc *find_desc(const BlockDriver *drv, const char *name)
+static const CreateOptDesc *find_in(const CreateOptDesc *d, const char *name)
 {
-    for (const CreateOptDesc *d = bdrv_driver_create_opts(drv); d && d->name; d++) {
+    for (; d && d->name; d++) {
         if (!strcmp(d->name, name)) {
             return d;
         }
@@ -67,33 +67,45 @@ static const CreateOptDesc *find_desc(const BlockDriver *drv, const char *name)
     return NULL;
 }
 
+static const CreateOptDesc *find_desc(const BlockDriver *drv, const char *name)
+{
+    return find_in(bdrv_driver_create_opts(drv), name);
+}
+
+/* qemu's qapi_bool_parse: the spellings a bool option takes; -1 if none. */
+static int parse_bool(const char *v)
+{
+    if (!strcmp(v, "on") || !strcmp(v, "yes") || !strcmp(v, "true") || !strcmp(v, "y")) {
+        return 1;
+    }
+    if (!strcmp(v, "off") || !strcmp(v, "no") || !strcmp(v, "false") || !strcmp(v, "n")) {
+        return 0;
+    }
+    return -1;
+}
+
 static bool is_backing_key(const char *k)
 {
     return !strcmp(k, "backing_file") || !strcmp(k, "backing_fmt");
 }
 
-/* Bool options print as on/off in the "Formatting" line, whatever was typed. */
+/* Sizes print as qemu-img parsed them ("2M" is 2097152); everything else,
+ * bools included ("static=yes"), as typed. */
 static const char *norm_value(const CreateOptDesc *d, const char *v)
 {
-    /* Sizes print as qemu-img parsed them: "2M" is 2097152. */
     static char num[32];
     uint64_t n;
     if (d && !strcmp(d->type, "size") && parse_size(v, &n) == 0) {
         snprintf(num, sizeof(num), "%" PRIu64, n);
         return num;
     }
-    if (d && !strcmp(d->type, "bool")) {
-        if (!strcmp(v, "on") || !strcmp(v, "true") || !strcmp(v, "yes")) {
-            return "on";
-        }
-        if (!strcmp(v, "off") || !strcmp(v, "false") || !strcmp(v, "no")) {
-            return "off";
-        }
-    }
     return v;
 }
 
-static void print_formatting(const char *filename, const BlockDriver *drv, const OptDict *opts)
+/* The format's options, then the protocol's it does not have (qemu-img
+ * appends the protocol's list), then the backing keys. */
+static void print_formatting(const char *filename, const BlockDriver *drv, const OptDict *opts,
+                             const OptDict *typed)
 {
     printf("Formatting '%s', fmt=%s", filename, bdrv_driver_name(drv));
     bool size_done = false;
@@ -111,10 +123,17 @@ static void print_formatting(const char *filename, const BlockDriver *drv, const
             size_done = true;
         }
         if (v) {
-            printf(" %s=%s", d->name, norm_value(d, v));
+            const char *as_typed = optdict_get(typed, d->name);
+            printf(" %s=%s", d->name, norm_value(d, as_typed ? as_typed : v));
         }
     }
     (void)size_done;
+    for (const CreateOptDesc *d = bdrv_protocol_create_opts(filename); d && d->name; d++) {
+        const char *v = optdict_get(typed, d->name);
+        if (v && !find_desc(drv, d->name)) {
+            printf(" %s=%s", d->name, norm_value(d, v));
+        }
+    }
     for (size_t i = 0; i < optdict_count(opts); i++) {
         const char *k = optdict_key_at(opts, i);
         if (is_backing_key(k) && !find_desc(drv, k)) {
@@ -148,26 +167,43 @@ int img_create_image(const char *filename, const char *fmt, const char *options,
     }
     Error *err = NULL;
     OptDict *opts = optdict_new();
+    OptDict *typed = optdict_new();   /* the values as given, for "Formatting" */
+    const CreateOptDesc *proto_opts = bdrv_protocol_create_opts(filename);
+    const char *pre = pfx ? pfx : "", *sep = pfx ? ": " : "";
     if (options) {
         OptDict *user = optdict_parse(options, NULL, &err);
         if (!user) {
             error_prepend(&err, "Invalid options for file format '%s': ", fmt);
             error_report_err(err);
             optdict_free(opts);
+            optdict_free(typed);
             return 1;
         }
         for (size_t i = 0; i < optdict_count(user); i++) {
-            const char *k = optdict_key_at(user, i);
-            if (strcmp(k, "size") && !find_desc(drv, k) &&
+            const char *k = optdict_key_at(user, i), *v = optdict_value_at(user, i);
+            const CreateOptDesc *d = find_desc(drv, k);
+            if (!d) {
+                d = find_in(proto_opts, k);
+            }
+            if (strcmp(k, "size") && !d &&
                 !(is_backing_key(k) && bdrv_driver_supports_backing(drv))) {
-                if (pfx) {
-                    error_report("%s: Invalid parameter '%s'", pfx, k);
-                } else {
-                    error_report("Invalid parameter '%s'", k);
-                }
+                error_report("%s%sInvalid parameter '%s'", pre, sep, k);
                 optdict_free(user);
                 optdict_free(opts);
+                optdict_free(typed);
                 return 1;
+            }
+            optdict_set(typed, k, v);
+            if (d && !strcmp(d->type, "bool")) {
+                int b = parse_bool(v);
+                if (b < 0) {
+                    error_report("%s%sParameter '%s' expects 'on' or 'off'", pre, sep, k);
+                    optdict_free(user);
+                    optdict_free(opts);
+                    optdict_free(typed);
+                    return 1;
+                }
+                optdict_set(user, k, b ? "on" : "off");
             }
         }
         optdict_merge(opts, user, true);
@@ -181,6 +217,7 @@ int img_create_image(const char *filename, const char *fmt, const char *options,
             error_report("%s not supported for file format '%s'", what, fmt);
         }
         optdict_free(opts);
+        optdict_free(typed);
         return 1;
     }
     if (backing) {
@@ -195,7 +232,6 @@ int img_create_image(const char *filename, const char *fmt, const char *options,
      * into the image (the probe result is offered as a hint). */
     const char *bfile = optdict_get(opts, "backing_file");
     if (bfile && !optdict_get(opts, "backing_fmt")) {
-        const char *pre = pfx ? pfx : "", *sep = pfx ? ": " : "";
         const BlockDriver *probed = NULL;
         if (!unsafe) {
             const char *slash = strrchr(filename, '/');
@@ -213,6 +249,7 @@ int img_create_image(const char *filename, const char *fmt, const char *options,
                 error_prepend(&perr, "%s%sCould not open backing image: ", pre, sep);
                 error_report_err(perr);
                 optdict_free(opts);
+                optdict_free(typed);
                 return 1;
             }
         }
@@ -223,6 +260,7 @@ int img_create_image(const char *filename, const char *fmt, const char *options,
             error_report("%s%sBacking file specified without backing format", pre, sep);
         }
         optdict_free(opts);
+        optdict_free(typed);
         return 1;
     }
     if (size >= 0) {
@@ -234,6 +272,7 @@ int img_create_image(const char *filename, const char *fmt, const char *options,
                          "Optional suffix k, M, G, T, P or E means kilo-, mega-, giga-, "
                          "tera-, peta-\nand exabytes, respectively.");
             optdict_free(opts);
+            optdict_free(typed);
             return 1;
         }
         optdict_set_int(opts, "size", (int64_t)v);
@@ -243,6 +282,7 @@ int img_create_image(const char *filename, const char *fmt, const char *options,
         BlockBackend *bb = img_open(backing, &bo);
         if (!bb) {
             optdict_free(opts);
+            optdict_free(typed);
             return 1;
         }
         optdict_set_int(opts, "size", blk_getlength(bb));
@@ -254,11 +294,13 @@ int img_create_image(const char *filename, const char *fmt, const char *options,
             error_report("Image creation needs a size parameter");
         }
         optdict_free(opts);
+        optdict_free(typed);
         return 1;
     }
     if (!quiet) {
-        print_formatting(filename, drv, opts);
+        print_formatting(filename, drv, opts, typed);
     }
+    optdict_free(typed);
     if (!strncmp(filename, "json:", 5)) {
         /* Options, not a file name: creating a file called "json:{..."
          * would be a silent surprise (qemu-img's words). */
@@ -338,6 +380,15 @@ int img_create(int argc, char **argv)
     }
     if (optind != argc) {
         return img_usage_error("Unexpected argument: %s", argv[optind]);
+    }
+    if (size >= 0 && options) {
+        OptDict *user = optdict_parse(options, NULL, NULL);
+        bool twice = user && optdict_has(user, "size");
+        optdict_free(user);
+        if (twice) {
+            error_report("%s: The image size must be specified only once", filename);
+            return 1;
+        }
     }
     return img_create_image(filename, fmt, options, backing, backing_fmt, size, unsafe, quiet,
                             true, false);

@@ -41,6 +41,9 @@ static const struct {
     { "create", img_create,
       "create [--object objectdef] [-q] [-f fmt] [-b backing_file [-F backing_fmt]] [-u]"
       " [-o options] filename [size]" },
+    { "dd", img_dd,
+      "dd [--image-opts] [-U] [-f fmt] [-O output_fmt] [bs=block_size] [count=blocks]"
+      " [skip=blocks] if=input of=output" },
     { "info", img_info,
       "info [--image-opts] [-f fmt] [--output=ofmt] [--backing-chain] [-U] filename" },
     { "io", img_io,
@@ -90,9 +93,25 @@ int img_usage_error(const char *fmt, ...)
 int img_opt_error(int c, char **argv)
 {
     if (c == ':') {
-        return img_usage_error("option '%s' needs an argument", argv[optind - 1]);
+        return img_usage_error("missing argument for option '%s'", argv[optind - 1]);
     }
     return img_usage_error("unrecognized option '%s'", argv[optind - 1]);
+}
+
+const char *img_opt_text(char **argv)
+{
+    static char buf[64];
+    /* With its argument in the next word, the option is the word before. */
+    const char *tok = optarg && optind >= 2 && optarg == argv[optind - 1] ? argv[optind - 2]
+                                                                         : argv[optind - 1];
+    if (!strncmp(tok, "--", 2)) {
+        snprintf(buf, sizeof(buf), "%.*s", (int)strcspn(tok, "="), tok);
+    } else {
+        /* "-Bfile" or a group of flags: getopt has just read the character
+         * before where it stands; the first one is all a message needs. */
+        snprintf(buf, sizeof(buf), "%.2s", tok);
+    }
+    return buf;
 }
 
 int img_image_opt(int c, char **argv, ImgOpenOpts *oo, OutputFormat *ofmt)
@@ -184,7 +203,7 @@ BlockBackend *img_open(const char *filename, const ImgOpenOpts *o)
 
     const char *cache = o->cache ? o->cache : "writeback";
     if (bdrv_parse_cache_mode(cache, &flags, NULL) < 0) {
-        error_report("Invalid cache option: %s", cache);
+        error_report("Invalid %scache option: %s", o->source_cache ? "source " : "", cache);
         return NULL;
     }
     if (o->writable) {
@@ -192,6 +211,13 @@ BlockBackend *img_open(const char *filename, const ImgOpenOpts *o)
     }
     if (o->force_share) {
         flags |= BDRV_O_FORCE_SHARE;
+    }
+    if (!o->writable && !o->force_share && !o->no_share) {
+        /* qemu-img info/map/check/compare/bench next to a running writer
+         * work (a format still refuses one that writes its metadata).
+         * Writers stay exclusive: a second writer of a raw image is
+         * refused where qemu-img lets it in (docs/QEMU-IMG.md). */
+        flags |= BDRV_O_SHARE_WRITE;
     }
     if (o->no_backing) {
         flags |= BDRV_O_NO_BACKING;
@@ -263,6 +289,15 @@ int img_main(int argc, char **argv)
             }
             /* Subcommands parse with getopt from argv[0] == their name. */
             return commands[i].fn(argc - 1, argv + 1);
+        }
+    }
+    /* qemu-img's commands that ublkd does not have yet: not a typo. */
+    static const char *const later[] = { "amend", "bitmap", "commit", "measure", "rebase",
+                                         "resize", "snapshot", NULL };
+    for (int i = 0; later[i]; i++) {
+        if (!strcmp(cmd, later[i])) {
+            error_report("Command '%s' is not supported yet", cmd);
+            return 1;
         }
     }
     error_report("Command not found: %s", cmd);

@@ -26,6 +26,7 @@ int img_compare(int argc, char **argv);
 int img_map(int argc, char **argv);
 int img_bench(int argc, char **argv);
 int img_io(int argc, char **argv);
+int img_dd(int argc, char **argv);
 
 /* ---- common (img.c) ---- */
 typedef enum { OFORMAT_HUMAN, OFORMAT_JSON } OutputFormat;
@@ -36,9 +37,13 @@ typedef struct ImgOpenOpts {
     const char *fmt;        /* -f, NULL = probe */
     bool image_opts;        /* --image-opts: filename is "driver=...,file.filename=..." */
     const char *cache;      /* -t / -T, NULL = caller's default */
+    bool source_cache;      /* a bad cache is "Invalid source cache option" (-T) */
     bool writable;
     bool force_share;       /* -U: read-only and no image locks (force-share=on) */
     bool no_backing;
+    bool no_share;          /* read-only and nobody may write it meanwhile (convert's
+                             * source, qemu's BDRV_O_NO_SHARE); other read-only opens
+                             * let writers in, as qemu-img's do */
     int extra_flags;        /* more BDRV_O_* (img io: BDRV_O_UNMAP) */
 } ImgOpenOpts;
 /* Open an image, printing qemu-img's "Could not open 'X': ..." on failure. */
@@ -51,6 +56,9 @@ int img_usage_error(const char *fmt, ...) PRINTF_FMT(1, 2);
 /* The usage error for what getopt_long returned on a bad option (the
  * subcommands' optstrings start with ':', so a missing argument is ':'). */
 int img_opt_error(int c, char **argv);
+/* The option getopt_long just returned as typed ("-B", "--object"), for
+ * messages: never its argument. */
+const char *img_opt_text(char **argv);
 
 /*
  * info, check and map read one image the same way, so they share -f,

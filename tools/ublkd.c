@@ -17,11 +17,12 @@ static void usage(FILE *f)
         "usage: ublkd COMMAND [options]\n"
         "\n"
         "Image tool (no ublk driver needed):\n"
-        "  ublkd img create|info|check|convert|compare|map|bench|io ...   (ublkd img --help)\n"
+        "  ublkd img create|info|check|convert|compare|map|bench|io|dd ...   (ublkd img --help)\n"
 #ifdef CONFIG_UBLK
         "\n"
         "Block devices (needs ublk_drv and /dev/ublk-control):\n"
         "  ublkd add TYPE FILE [options]        expose an image as /dev/ublkbN\n"
+        "  ublkd add -t TYPE -f FILE [options]  the same, as ublksrv and rublk spell it\n"
         "  ublkd add --blockdev 'driver=...'    expose any block graph\n"
         "  ublkd del -n ID | -a                 remove devices\n"
         "  ublkd list [-n ID] [--json]          show devices\n"
@@ -42,10 +43,24 @@ int main(int argc, char **argv)
     const char *cmd = argv[1];
     if (!strcmp(cmd, "--help") || !strcmp(cmd, "-h") || !strcmp(cmd, "help")) {
         if (argc > 2 && strcmp(cmd, "help") == 0) {
+            /* `ublkd help VERB` is `ublkd VERB --help`, for every verb. */
+            if (!strcmp(argv[2], "img")) {
+                char *args[] = { "img", "--help", NULL };
+                error_set_progname("ublkd img");
+                return img_main(2, args);
+            }
 #ifdef CONFIG_UBLK
-            char *args[] = { argv[2], "--help", NULL };
-            return dev_main(2, args);
+            static const char *const dev_verbs[] = { "add", "del", "list", "recover",
+                                                     "features", NULL };
+            for (int i = 0; dev_verbs[i]; i++) {
+                if (!strcmp(argv[2], dev_verbs[i])) {
+                    char *args[] = { argv[2], "--help", NULL };
+                    return dev_main(2, args);
+                }
+            }
 #endif
+            error_report("unknown command '%s' (try 'ublkd --help')", argv[2]);
+            return 2;
         }
         usage(stdout);
         return 0;

@@ -52,14 +52,21 @@ void ublk_dev_config_usage(FILE *f)
 {
     fprintf(f,
         "usage: ublkd add TYPE FILE... [options]\n"
-        "       ublkd add null --size SIZE [options]\n"
+        "       ublkd add -t TYPE -f FILE [-f FILE...] [options]   (as ublksrv and rublk)\n"
+        "       ublkd add null [--size SIZE] [options]\n"
         "       ublkd add --blockdev 'driver=...,file.filename=...' [options]\n"
-        "TYPE is a block driver name (raw, vdi, qcow2, quorum, null, ...).\n"
+        "TYPE is a block driver of this build:");
+    for (int i = 0; bdrv_driver_at(i); i++) {
+        fprintf(f, " %s", bdrv_driver_name(bdrv_driver_at(i)));
+    }
+    fprintf(f, ".\n"
+        "  -t, --type TYPE             the driver, as the first word would be\n"
+        "  -f, --file FILE             an image, as the words after TYPE would be\n"
         "  -n, --id ID                 device id (default: the kernel picks)\n"
         "  -q, --queues N              hardware queues, one thread each (default 1)\n"
         "  -d, --depth D               queue depth, 1..4096 (default 128)\n"
         "  -o, --option K=V[,K=V]      extra options for the root node\n"
-        "      --size SIZE             size of a null device\n"
+        "      --size SIZE             size of a null device (default 250G, as ublksrv's)\n"
         "      --cache MODE            none (default), writeback, writethrough, directsync, unsafe\n"
         "      --discard unmap|ignore  what discards do (default unmap)\n"
         "      --no-discard            do not advertise discard at all\n"
@@ -85,7 +92,7 @@ void ublk_dev_config_usage(FILE *f)
         "  -r                          same as --recovery=fail (UBLK_F_USER_RECOVERY alone,\n"
         "                              what -r means to ublksrv and rublk)\n"
         "      --affinity queue|none   pin each queue thread to the kernel's CPUs for it (default none)\n"
-        "  -f, --foreground            do not daemonize; log to stderr\n"
+        "      --foreground            do not daemonize; log to stderr\n"
         "      --log FILE              log to FILE instead of syslog\n");
 }
 
@@ -143,7 +150,7 @@ void ublk_getopt_error(int opt, char **argv, Error **errp)
 enum {
     OPT_SIZE = 256, OPT_CACHE, OPT_DISCARD, OPT_NO_DISCARD, OPT_ROT, OPT_LBS, OPT_PBS,
     OPT_IOOPT, OPT_MAXIO, OPT_DGRAN, OPT_DMAX, OPT_RECOVERY, OPT_REISSUE, OPT_AFFINITY,
-    OPT_LOG, OPT_BLOCKDEV, OPT_RO, OPT_ZC, OPT_NO_PART_SCAN,
+    OPT_LOG, OPT_BLOCKDEV, OPT_RO, OPT_FOREGROUND, OPT_ZC, OPT_NO_PART_SCAN,
 };
 
 int ublk_dev_config_parse(UblkDevConfig *c, int argc, char **argv, Error **errp)
@@ -156,7 +163,9 @@ int ublk_dev_config_parse(UblkDevConfig *c, int argc, char **argv, Error **errp)
         { "read-only", no_argument, NULL, OPT_RO },
         { "user-copy", no_argument, NULL, 'u' },
         { "need-get-data", no_argument, NULL, 'g' },
-        { "foreground", no_argument, NULL, 'f' },
+        { "foreground", no_argument, NULL, OPT_FOREGROUND },
+        { "type", required_argument, NULL, 't' },
+        { "file", required_argument, NULL, 'f' },
         { "help", no_argument, NULL, 'h' },
         { "size", required_argument, NULL, OPT_SIZE },
         { "cache", required_argument, NULL, OPT_CACHE },
@@ -182,7 +191,7 @@ int ublk_dev_config_parse(UblkDevConfig *c, int argc, char **argv, Error **errp)
     int opt;
     optind = 0;           /* full re-initialisation: parse may run twice */
     opterr = 0;
-    while ((opt = getopt_long(argc, argv, ":n:q:d:o:rugfh", longopts, NULL)) != -1) {
+    while ((opt = getopt_long(argc, argv, ":n:q:d:o:rugt:f:h", longopts, NULL)) != -1) {
         switch (opt) {
         case 'n':
             if (parse_u32("--id", optarg, (1U << 20) - 1, false, &v, errp) < 0) {
@@ -217,7 +226,15 @@ int ublk_dev_config_parse(UblkDevConfig *c, int argc, char **argv, Error **errp)
         case 'r': c->recovery = UBLK_RECOVERY_FAIL; c->recovery_given = true; break;
         case 'u': c->user_copy = true; break;
         case 'g': c->need_get_data = true; break;
-        case 'f': c->foreground = true; break;
+        case OPT_FOREGROUND: c->foreground = true; break;
+        case 't': free(c->type); c->type = xstrdup(optarg); break;
+        case 'f':
+            c->files = realloc(c->files, (c->nfiles + 1) * sizeof(char *));
+            if (!c->files) {
+                abort();
+            }
+            c->files[c->nfiles++] = xstrdup(optarg);
+            break;
         case 'h':
             ublk_dev_config_usage(stdout);
             return 1;
@@ -344,7 +361,7 @@ int ublk_dev_config_parse(UblkDevConfig *c, int argc, char **argv, Error **errp)
         }
     }
     int pos = optind;
-    if (!c->blockdev) {
+    if (!c->blockdev && !c->type) {
         if (pos >= argc) {
             error_setg(errp, "missing TYPE (raw, vdi, qcow2, null, ...) or --blockdev");
             return -1;
@@ -380,10 +397,7 @@ int ublk_dev_config_check(const UblkDevConfig *c, Error **errp)
             error_setg(errp, "a null device has no file (use --size)");
             return -1;
         }
-        if (!c->size && !(c->extra_opts && strstr(c->extra_opts, "size="))) {
-            error_setg(errp, "a null device needs --size");
-            return -1;
-        }
+
     } else if (c->type && !c->nfiles) {
         error_setg(errp, "missing FILE for a %s device", c->type);
         return -1;
@@ -522,9 +536,8 @@ OptDict *ublk_dev_config_to_options(const UblkDevConfig *c, int *flags, Error **
         d = optdict_new();
         optdict_set(d, "driver", c->type);
         if (!strcmp(c->type, "null")) {
-            if (c->size) {
-                optdict_set_int(d, "size", c->size);
-            }
+            /* ublksrv's null target is 250 GiB unless told (-o size= wins too). */
+            optdict_set_int(d, "size", c->size ? (int64_t)c->size : 250LL << 30);
         } else if (!strcmp(c->type, "quorum")) {
             char key[64];
             for (int i = 0; i < c->nfiles; i++) {

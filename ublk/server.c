@@ -246,6 +246,12 @@ static int server_start(Server *s, bool recover, int ready_fd, Error **errp)
         usleep(100 * 1000);
     }
     if (!s->blk) {
+        /* As `ublkd img` says it: which image, and for a lock conflict the
+         * hint on the line after. */
+        const char *what = cfg->nfiles == 1 ? cfg->files[0] : NULL;
+        if (what && errp && *errp && !strstr(error_get_pretty(*errp), "Could not open")) {
+            error_prepend(errp, "Could not open '%s': ", what);
+        }
         return -1;
     }
     int64_t size = blk_getlength(s->blk);

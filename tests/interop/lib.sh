@@ -76,7 +76,8 @@ expect_out() {
 }
 
 # Same text from both tools, modulo the program name in messages.
-norm() { sed -e 's/^qemu-img: /PROG: /' -e 's/^ublkd img: /PROG: /' -e 's/^qemu-io: /PROG: /'; }
+norm() { sed -e 's/^qemu-img: /PROG: /' -e 's/^ublkd img: /PROG: /' -e 's/^qemu-io: /PROG: /' \
+             -e "s/^Try '\(qemu-img\|ublkd img\) --help'/Try 'PROG --help'/"; }
 
 # same_output LABEL FILE_A FILE_B: byte-identical after norm, else show diff.
 same_output() {

@@ -6,7 +6,24 @@
 #     interop: N passed, N failed, N skipped
 # A test exits 0 (pass), 4 (skip) or anything else (fail); a failing test's
 # output is shown.  Exits 1 if any test failed.  Needs $UBLKD.
+#
+# --parity (first argument): every qemu-img the tests run is also run as
+# `ublkd img` on a copy of its directory (tests/interop/parity/qemu-img),
+# and a closing line counts those whose stdout, stderr and exit code match:
+#     parity: M of N qemu-img invocations match ublkd img byte for byte (S not compared)
+# The per-invocation verdicts are kept in $UBLKD_PARITY_LOG (default
+# /tmp/ublkd-parity.log).
 set -u
+parity=0
+if [ "${1:-}" = --parity ]; then
+    parity=1
+    shift
+    export UBLKD_PARITY_REAL=$(command -v "${QEMU_IMG:-qemu-img}")
+    export UBLKD_PARITY_LOG=${UBLKD_PARITY_LOG:-/tmp/ublkd-parity.log}
+    : >"$UBLKD_PARITY_LOG"
+    export PATH="$(cd "$(dirname "$0")" && pwd)/parity:$PATH"
+    export QEMU_IMG=qemu-img
+fi
 here=$(cd "$(dirname "$0")" && pwd)
 : "${UBLKD:?set UBLKD to the ublkd binary (make check-interop does)}"
 [ -x "$UBLKD" ] || { echo "interop: $UBLKD is not executable" >&2; exit 2; }
@@ -22,6 +39,7 @@ for t in "${tests[@]}"; do
     [ -f "$t" ] || t="$here/$t"
     name=$(basename "$t" .sh)
     start=$(date +%s%N)
+    export UBLKD_PARITY_TEST=$name
     out=$(bash "$t" 2>&1)
     rc=$?
     ms=$(( ($(date +%s%N) - start) / 1000000 ))
@@ -34,4 +52,9 @@ for t in "${tests[@]}"; do
     esac
 done
 echo "interop: $pass passed, $fail failed, $skip skipped"
+if [ $parity = 1 ]; then
+    m=$(grep -c '^MATCH' "$UBLKD_PARITY_LOG") d=$(grep -c '^DIFF' "$UBLKD_PARITY_LOG")
+    s=$(grep -c '^SKIP' "$UBLKD_PARITY_LOG")
+    echo "parity: $m of $((m + d)) qemu-img invocations match ublkd img byte for byte ($s not compared; verdicts in $UBLKD_PARITY_LOG)"
+fi
 [ $fail -eq 0 ] || { echo "failed: ${failed[*]}"; exit 1; }

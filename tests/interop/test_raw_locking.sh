@@ -58,7 +58,14 @@ expect_in 'Failed to get "write" lock' q.out
 
 uimg bench -f raw -w -c 1 s.raw >u.out 2>&1 && fail "a second ublkd writer got in"
 expect_in 'Failed to get "write" lock' u.out
-uimg info -f raw s.raw >u.out 2>&1 && fail "ublkd info read an image ublkd is writing"
+# readers share writes as qemu-img's do: info, map, compare work beside a
+# writer; convert's source does not let writes in and is refused
+for cmd in "info -f raw s.raw" "map -f raw s.raw" "compare -f raw -F raw s.raw s.raw"; do
+    "$QEMU_IMG" $cmd >q.out 2>&1; qrc=$?
+    uimg $cmd >u.out 2>&1; urc=$?
+    [ $qrc = 0 ] && [ $urc = 0 ] || { cat q.out u.out >&2; fail "$cmd beside a ublkd writer: qemu-img $qrc, ublkd $urc"; }
+done
+uimg convert -f raw -O raw s.raw c.raw >u.out 2>&1 && fail "ublkd convert read an image ublkd is writing"
 expect_in "Could not open 's.raw': Failed to get shared \"write\" lock" u.out
 expect_in 'Is another process using the image [s.raw]?' u.out
 uimg create -f raw s.raw 1M >u.out 2>&1 && fail "ublkd create over an image ublkd is writing"

@@ -72,7 +72,7 @@ static void test_options(void **state)
     assert_int_equal(parse(&c, "add -n 5 -q 2 -d 4096 --logical-block-size 4k "
                                "--physical-block-size 8k --io-opt 64k --max-io-size 1M "
                                "--read-only --rotational -u --affinity=queue --recovery fail "
-                               "--cache writeback -f --log /tmp/x.log vdi a.vdi", &err), 0);
+                               "--cache writeback --foreground --log /tmp/x.log vdi a.vdi", &err), 0);
     assert_null(err);
     assert_int_equal(c.dev_id, 5);
     assert_int_equal(c.nr_queues, 2);
@@ -91,6 +91,27 @@ static void test_options(void **state)
 
     assert_int_equal(parse(&c, "add null --size 1G", NULL), 0);
     assert_int_equal(c.size, 1ULL << 30);
+    ublk_dev_config_free(&c);
+
+    /* ublksrv's and rublk's spelling: -t TYPE -f FILE; -f is not --foreground */
+    assert_int_equal(parse(&c, "add -t vdi -f a.vdi -q 2 -d 64 -n 3", NULL), 0);
+    assert_string_equal(c.type, "vdi");
+    assert_int_equal(c.nfiles, 1);
+    assert_string_equal(c.files[0], "a.vdi");
+    assert_int_equal(c.nr_queues, 2);
+    assert_false(c.foreground);
+    ublk_dev_config_free(&c);
+    assert_int_equal(parse(&c, "add -t quorum -f a.img -f b.img -f c.img", NULL), 0);
+    assert_int_equal(c.nfiles, 3);
+    ublk_dev_config_free(&c);
+
+    /* null without --size: 250 GiB, as ublksrv's null target */
+    assert_int_equal(parse(&c, "add -t null", NULL), 0);
+    int flags = 0;
+    OptDict *o = ublk_dev_config_to_options(&c, &flags, NULL);
+    assert_non_null(o);
+    assert_string_equal(optdict_get(o, "size"), "268435456000");
+    optdict_free(o);
     ublk_dev_config_free(&c);
 
     /* -r is recovery, as for ublksrv and rublk; read-only is --read-only. */
@@ -117,7 +138,7 @@ static void test_bad_arguments(void **state)
     expect_error("add raw a.img -d x", "expected a number");
     expect_error("add raw", "missing FILE");
     expect_error("add", "missing TYPE");
-    expect_error("add null", "needs --size");
+    expect_error("add -f a.img", "missing TYPE");
     expect_error("add null --size 0", "greater than 0");
     expect_error("add raw a.img --logical-block-size 1000", "power of two");
     expect_error("add raw a.img --logical-block-size 8192", "512 to 4096");

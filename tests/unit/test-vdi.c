@@ -162,29 +162,6 @@ static void test_bad_file_too_small(void **state)
     vdi_test_expect_open_error(mem_node_new(&cfg), "file too small for a VDI header");
 }
 
-static void test_specific_info(void **state)
-{
-    (void)state;
-    VdiTestImage img = vdi_test_open(vdi_test_make_file(3 * MiB, true), BDRV_O_RDWR);
-    ImageSpecificInfo info = { 0 };
-    assert_non_null(img.bs);
-    bdrv_vdi.get_specific_info(img.bs, &info);
-    bool type = false, uuid = false, alloc = false, size = false, snap = false;
-    for (int i = 0; i < info.n; i++) {
-        const char *k = info.entries[i].key, *v = info.entries[i].value;
-        if (!strcmp(k, "type")) { type = !strcmp(v, "static"); }
-        if (!strcmp(k, "uuid")) { uuid = !strcmp(v, "00000011-0000-0000-0000-000000000000"); }
-        if (!strcmp(k, "last-snapshot-uuid")) {
-            snap = !strcmp(v, "00000022-0000-0000-0000-000000000000");
-        }
-        if (!strcmp(k, "allocated-blocks")) { alloc = !strcmp(v, "3"); }
-        if (!strcmp(k, "disk-size")) { size = !strcmp(v, "3145728"); }
-    }
-    assert_true(type && uuid && snap && alloc && size);
-    image_info_free(&info);
-    vdi_test_close(&img);
-}
-
 static void test_block_status(void **state)
 {
     (void)state;
@@ -267,7 +244,6 @@ int main(void)
         cmocka_unit_test(test_bad_disk_size_max),
         cmocka_unit_test(test_bad_bmap_beyond_eof),
         cmocka_unit_test(test_bad_file_too_small),
-        cmocka_unit_test(test_specific_info),
         cmocka_unit_test(test_block_status),
         cmocka_unit_test(test_block_status_missing_slot),
     };

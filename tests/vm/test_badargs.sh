@@ -44,7 +44,7 @@ expect_fail "max-discard" raw $T/ok.raw $CACHE_OPT --discard-granularity 1M --ma
 expect_fail "queues" raw $T/ok.raw -q 0
 expect_fail "depth" raw $T/ok.raw -d 5000
 expect_fail "unknown device type" nosuchfmt $T/ok.raw
-expect_fail "size" null
+expect_fail "has no file" null $T/ok.raw   # null without --size is 250G (test_list)
 expect_fail "block-size" raw $T/ok.raw --logical-block-size 1000
 expect_fail "already in use" null --size 16M -n 0
 # A failure after START_DEV (the state file cannot be written) unwinds the
