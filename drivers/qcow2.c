@@ -5,12 +5,14 @@
  * qcow2-refcount.c, compressed clusters in qcow2-compress.c, the layout in
  * qcow2-int.h.
  *
- * This version reads: images open read-only (a read-write open is refused
- * with a message).  Queue threads read in parallel: the L1 and refcount
- * tables are in memory, L2 slices and refcount blocks in meta-cache
- * entries looked up without a lock, and data reads go to the file (or the
- * external data file, or the backing node) straight into the caller's
- * vector, references included.  Only compressed clusters are bounced.
+ * Writes are in qcow2-write.c (allocation in qcow2-alloc.c, compressed
+ * writes in qcow2-compress-write.c), check and repair in qcow2-check*.c; a
+ * dirty image opened read-write is repaired here first.  Queue threads read
+ * in parallel: the L1 and refcount tables are in memory, L2 slices and
+ * refcount blocks in meta-cache entries looked up without a lock, and data
+ * reads go to the file (or the external data file, or the backing node)
+ * straight into the caller's vector, references included.  Only compressed
+ * clusters are bounced.
  */
 #include <errno.h>
 #include <inttypes.h>
@@ -666,8 +668,10 @@ static int qcow2_reopen_prepare(BlockDriverState *bs, int flags, Error **errp)
 {
     BDRVQcow2State *s = bs->opaque;
     if ((flags & BDRV_O_RDWR) && !s->writable) {
-        error_setg(errp, "qcow2: %s: writing qcow2 images is not supported yet",
-                   qcow2_image_name(bs));
+        /* The tables, caches and the dirty-image repair are set up by a
+         * read-write open only. */
+        error_setg(errp, "qcow2: %s: an image opened read-only cannot be reopened read-write;"
+                   " open it read-write", qcow2_image_name(bs));
         return -ENOTSUP;
     }
     return 0;
