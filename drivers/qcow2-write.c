@@ -206,6 +206,20 @@ split: ;
     return ret;
 }
 
+/* Whether a cluster with L2 entry e (not extended L2) reads as zeros: a
+ * zero flag, or nothing there and no backing file to fall through to. */
+static bool reads_as_zeros(BlockDriverState *bs, uint64_t e)
+{
+    if (e & QCOW2_OFLAG_COMPRESSED) {
+        return false;
+    }
+    if (e & QCOW2_OFLAG_ZERO) {
+        return true;
+    }
+    return !(e & QCOW2_L2E_OFFSET_MASK) && !bs->backing &&
+           !qcow2_has_data_file((BDRVQcow2State *)bs->opaque);
+}
+
 /*
  * Write [offset, offset + *bytes) into new clusters, at most up to the end
  * of the L2 slice; *bytes becomes what was written.  1 if the first cluster
@@ -239,8 +253,13 @@ static int coroutine_fn write_allocating(BlockDriverState *bs, uint64_t offset, 
         goto unlock;
     }
     /* Now under the lock: the clusters from the first that need new ones. */
+    uint64_t e_first = 0, e_last = 0;
     for (uint64_t i = 0; i < nb; i++) {
         uint64_t e = be64toh(slice[(in_slice + i) * (s->l2_entry_size / 8)]);
+        if (i == 0) {
+            e_first = e;
+        }
+        e_last = e;
         bool in_place = !(e & QCOW2_OFLAG_COMPRESSED) && !(e & QCOW2_OFLAG_ZERO) &&
                         (e & QCOW2_OFLAG_COPIED) &&
                         ((e & QCOW2_L2E_OFFSET_MASK) || qcow2_has_data_file(s));
@@ -271,6 +290,22 @@ static int coroutine_fn write_allocating(BlockDriverState *bs, uint64_t offset, 
     uint64_t span = nb << s->cluster_bits;
     uint64_t len = MIN(*bytes, span - head);
     uint64_t tail = span - head - len;
+    if ((head || tail) && (!head || reads_as_zeros(bs, e_first)) &&
+        (!tail || reads_as_zeros(bs, e_last))) {
+        /* QEMU's zero COW: a 4k write into a new 64k cluster costs a
+         * fallocate and 4k of data, not 64k of data of which 60k is zeros.
+         * The zeroing goes first: the data lies inside its range. */
+        ret = bdrv_co_pwrite_zeroes(s->data_file, (int64_t)host, (int64_t)span,
+                                    BDRV_REQ_NO_FALLBACK);
+        if (ret == 0) {
+            ret = bdrv_co_pwritev_part(s->data_file, (int64_t)(host + head), (int64_t)len,
+                                       qiov, qiov_offset, 0);
+            goto written;
+        }
+        if (ret != -ENOTSUP) {
+            goto written;
+        }
+    }
     Qcow2Bounce *b = (head || tail) ? qcow2_bounce_get(s) : NULL;
     if ((head || tail) && !b) {
         ret = -ENOMEM;
@@ -295,6 +330,7 @@ static int coroutine_fn write_allocating(BlockDriverState *bs, uint64_t offset, 
         qcow2_bounce_put(s, b);
     }
 
+written:
     co_mutex_lock(&s->lock);
     qcow2_alloc_end(s, &alloc);
     if (ret < 0) {

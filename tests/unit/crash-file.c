@@ -246,7 +246,7 @@ BlockDriverState *crash_file_new(const char *node_name, const void *data, size_t
         fail_msg("crash_file_new: %s", err ? error_get_pretty(err) : "failed");
     }
     bs->growable = true;
-    bs->supported_zero_flags = BDRV_REQ_MAY_UNMAP;
+    bs->supported_zero_flags = BDRV_REQ_MAY_UNMAP | BDRV_REQ_NO_FALLBACK;
     return bs;
 }
 

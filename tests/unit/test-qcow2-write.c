@@ -62,6 +62,88 @@ static void test_write_allocates(void **state)
     q2_free(&img);
 }
 
+/*
+ * Zero COW: a 4k write into a new cluster of a file that zeroes natively
+ * zeroes the cluster and writes only the 4k (QEMU's handle_alloc_space),
+ * and the rest of a reused cluster that held old data reads as zeros.
+ * With a backing file the head must come from it: the full write stays.
+ */
+static void test_write_allocating_zeroes_cow(void **state)
+{
+    (void)state;
+    for (int backed = 0; backed < 2; backed++) {
+        Q2Image img = q2_make(16, MiB, false, 1);
+        uint64_t c = Q2_C(&img);
+        mem_fill(img.file, (int64_t)Q2_DATA(&img, 0), (int64_t)c, 0xaa);  /* old data */
+        uint16_t zero = 0;
+        mem_write_raw(img.file, (int64_t)(2 * c + 5 * 2), &zero, 2);      /* cluster 5 free */
+        mem_config(img.file)->zero_flags = BDRV_REQ_MAY_UNMAP | BDRV_REQ_NO_FALLBACK;
+        mem_apply_config(img.file);
+        BlockDriverState *base = NULL;
+        if (backed) {
+            MemConfig bcfg = { .size = MiB, .node_name = "q2zcbase" };
+            base = mem_node_new(&bcfg);
+            mem_fill(base, 0, MiB, 0x11);
+            q2_open(&img, BDRV_O_RDWR, "backing", "q2zcbase");
+        } else {
+            q2_open(&img, BDRV_O_RDWR, NULL, NULL);
+        }
+        assert_non_null(img.bs);
+        uint8_t *buf = malloc(c);
+        memset(buf, 0x5e, 4096);
+        mem_log_clear(img.file);
+        assert_true(bdrv_pwrite(img.child, 2 * 4096, 4096, buf, 0) >= 0);
+        if (!backed) {
+            assert_int_equal(mem_calls(img.file, MEM_OP_ZEROES), 1);
+            assert_int_equal(mem_log(img.file, MEM_OP_ZEROES, 0)->offset, Q2_DATA(&img, 0));
+            assert_int_equal(mem_log(img.file, MEM_OP_ZEROES, 0)->bytes, c);
+            /* data: only the 4k went out as a data write at the cluster */
+            bool found = false;
+            for (int i = 0; i < mem_calls(img.file, MEM_OP_WRITE); i++) {
+                const MemLogEntry *w = mem_log(img.file, MEM_OP_WRITE, i);
+                if (w->offset >= (int64_t)Q2_DATA(&img, 0) &&
+                    w->offset < (int64_t)(Q2_DATA(&img, 0) + c)) {
+                    assert_int_equal(w->offset, Q2_DATA(&img, 0) + 2 * 4096);
+                    assert_int_equal(w->bytes, 4096);
+                    found = true;
+                }
+            }
+            assert_true(found);
+        } else {
+            assert_int_equal(mem_calls(img.file, MEM_OP_ZEROES), 0);
+        }
+        assert_true(bdrv_pread(img.child, 0, (int64_t)c, buf, 0) >= 0);
+        int before = backed ? 0x11 : 0;
+        assert_true(test_buf_is(buf, 2 * 4096, before));
+        assert_true(test_buf_is(buf + 2 * 4096, 4096, 0x5e));
+        assert_true(test_buf_is(buf + 3 * 4096, (size_t)c - 3 * 4096, before));
+        free(buf);
+        q2_free(&img);
+        if (base) {
+            bdrv_unref(base);
+        }
+    }
+}
+
+/* The zeroing failing fails the write and frees the cluster again. */
+static void test_write_allocating_zeroes_error(void **state)
+{
+    (void)state;
+    Q2Image img = q2_make(16, MiB, false, 0);
+    mem_config(img.file)->zero_flags = BDRV_REQ_MAY_UNMAP | BDRV_REQ_NO_FALLBACK;
+    mem_apply_config(img.file);
+    q2_open(&img, BDRV_O_RDWR, NULL, NULL);
+    assert_non_null(img.bs);
+    mem_inject_error(img.file, MEM_OP_ZEROES, 0, 0, -EIO, 1);
+    uint8_t buf[4096];
+    memset(buf, 0x5e, sizeof(buf));
+    assert_int_equal(bdrv_pwrite(img.child, 0, 4096, buf, 0), -EIO);
+    assert_int_equal(get64(img.file, (int64_t)(4 * Q2_C(&img))), 0);   /* nothing mapped */
+    assert_int_equal(bdrv_flush(img.bs), 0);
+    assert_int_equal(refcount_of(&img, 5), 0);
+    q2_free(&img);
+}
+
 typedef struct WriteCo {
     BdrvChild *child;
     int64_t offset, bytes;
@@ -574,6 +656,8 @@ int main(void)
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_write_in_place),
         cmocka_unit_test(test_write_allocates),
+        cmocka_unit_test(test_write_allocating_zeroes_cow),
+        cmocka_unit_test(test_write_allocating_zeroes_error),
         cmocka_unit_test(test_concurrent_allocation_one_cluster),
         cmocka_unit_test(test_reader_never_sees_unwritten_data),
         cmocka_unit_test(test_zero_and_discard),
