@@ -198,7 +198,7 @@ struct ublk_batch_io {
 #define UBLK_F_CMD_IOCTL_ENCODE         (1ULL << 6)
 #define UBLK_F_USER_COPY                (1ULL << 7)
 #define UBLK_F_ZONED                    (1ULL << 8)
-#define UBLK_F_USER_RECOVERY_FAIL_IO    (1ULL << 9)   /* 6.11 */
+#define UBLK_F_USER_RECOVERY_FAIL_IO    (1ULL << 9)   /* 6.13: Debian 6.12 lacks it */
 #define UBLK_F_UPDATE_SIZE              (1ULL << 10)  /* 6.14 */
 #define UBLK_F_AUTO_BUF_REG             (1ULL << 11)
 #define UBLK_F_QUIESCE                  (1ULL << 12)
