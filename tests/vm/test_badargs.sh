@@ -12,9 +12,9 @@ printf 'not a vdi image' > $T/junk.vdi; truncate -s 1M $T/junk.vdi
 ublk_add null --size 64M -n 0 >/dev/null
 [ "$ID" = 0 ] || fail "-n 0 gave device $ID"
 survivor=$ID survivor_pid=$(ublk_pid $ID)
-# Counter lines change when anything reads the device; the rest must not.
+# Counter lines change when anything (udev, blkid) reads the device; the rest must not.
 snapshot() {
-  "$UBLKD" list | grep -Ev '^ +(read|write|flush|discard|write_zeroes) +ops '
+  "$UBLKD" list | grep -Ev '^ +(read|write|flush|discard|write_zeroes) +ops |^ +(fua writes|zero copy) '
   echo "ids: $(ublk_ids | tr '\n' ' ')"
   echo "nodes: $(ls /dev | grep '^ublk' | tr '\n' ' ')"
   echo "run: $(ls /run/ublkd 2>/dev/null | grep -v '\.tmp' | tr '\n' ' ')"

@@ -27,7 +27,13 @@ pid=$(jq -r '.[0].pid' <<<"$j"); kill -0 "$pid" || fail "pid $pid not alive"
 [ "$(jq -r '.[0].read_only' <<<"$j")" = false ] || fail "read_only"
 [ "$(jq -r '.[0].cache' <<<"$j")" = writeback ] || fail "cache"
 [ "$(jq -r '.[0].recovery' <<<"$j")" = reissue ] || fail "recovery"
-[ "$(jq -r '.[0].zero_copy' <<<"$j")" = off ] || fail "zero_copy"
+# --zero-copy=auto: AUTO_BUF_REG where the kernel has it (7.x), else off (6.12).
+zc_want=off
+"$UBLKD" features | grep -q "UBLK_F_AUTO_BUF_REG$" && zc_want=auto-buf-reg
+[ "$(jq -r '.[0].zero_copy' <<<"$j")" = "$zc_want" ] || fail "zero_copy $(jq -r '.[0].zero_copy' <<<"$j"), want $zc_want"
+if [ $zc_want = auto-buf-reg ]; then
+  jq -e '.[0].flag_list | index("AUTO_BUF_REG")' <<<"$j" >/dev/null || fail "flag_list lacks AUTO_BUF_REG"
+fi
 [ "$(jq -r '.[0].user_copy' <<<"$j")" = false ] || fail "user_copy"
 jq -e '.[0].flag_list | index("USER_RECOVERY")' <<<"$j" >/dev/null || fail "flag_list lacks USER_RECOVERY"
 # each queue's thread is a thread of the daemon, named for its queue, with its CPUs
@@ -45,7 +51,7 @@ t=$("$UBLKD" list)
 echo "$t"
 grep -q "dev $ID: /dev/ublkb$ID state LIVE queues 2 depth 64" <<<"$t" || fail "text list"
 grep -q "  size 16777216 bytes, logical block [0-9]*, physical block [0-9]*, max I/O 524288, read-only no" <<<"$t" || fail "text size line"
-grep -q "  cache writeback, recovery reissue, zero-copy off, user-copy off" <<<"$t" || fail "text mode line"
+grep -q "  cache writeback, recovery reissue, zero-copy $zc_want, user-copy off" <<<"$t" || fail "text mode line"
 grep -q "  queue 1: tid [1-9][0-9]* cpus " <<<"$t" || fail "text queue line"
 grep -q "  image: raw $T/l.raw" <<<"$t" || fail "text image line"
 grep -q "  write        ops [0-9]* bytes [0-9]* errors 0" <<<"$t" || fail "text counters"
