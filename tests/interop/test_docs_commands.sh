@@ -93,7 +93,7 @@ make_n() {
 # tiny_bench TOOL WORD...: run a documented bench with -c 64 and its placeholders
 # filled in, on a 64M image named as the doc names it (made here); must exit 0.
 tiny_bench() {
-    local tool=$1 w prev= args=() f; shift
+    local tool=$1 w prev='' args=() f; shift
     for w in "$@"; do
         case $w in \[-*\]) w=${w#[}; w=${w%]} ;; esac
         case $prev in
