@@ -27,7 +27,7 @@ static const struct {
     { "bench", img_bench,
       "bench [-c count] [-d depth] [-f fmt] [--flush-interval=flush_interval] [-i aio] [-n]"
       " [--no-drain] [-o offset] [--pattern=pattern] [-q] [-s buffer_size] [-S step_size]"
-      " [-t cache] [-w] [-U] [--random] [--seed=N] filename" },
+      " [-t cache] [-w] [-U] [--random] [--seed=N] [--threads=N] filename" },
     { "check", img_check,
       "check [--image-opts] [-q] [-f fmt] [--output=ofmt] [-r [leaks | all]] [-T src_cache]"
       " [-U] filename" },
