@@ -528,19 +528,10 @@ static int coroutine_fn server_resize(Server *s, uint64_t new_size, bool shrink,
         error_setg_code(errp, ESHUTDOWN, "device %u is being removed", id);
         return -1;
     }
-    uint64_t features;
-    int ret = ublk_ctrl_get_features(s->ctrl, &features, NULL);
-    if (ret < 0) {
-        error_setg_errno(errp, -ret, "device %u: GET_FEATURES failed", id);
-        return -1;
-    }
-    if (!(features & UBLK_F_UPDATE_SIZE)) {
-        error_setg_code(errp, EOPNOTSUPP, "device %u: resizing a device in use needs Linux >= "
-                        "6.14; this kernel's ublk driver lacks UPDATE_SIZE (nothing changed)", id);
-        return -1;
-    }
+    /* What the request itself gets wrong first, then what this image and
+     * this kernel cannot do: nothing is changed before all have passed. */
     struct ublk_params p;
-    ret = ublk_ctrl_get_params(s->ctrl, id, &p);
+    int ret = ublk_ctrl_get_params(s->ctrl, id, &p);
     if (ret < 0) {
         error_setg_errno(errp, -ret, "device %u: GET_PARAMS failed", id);
         return -1;
@@ -566,6 +557,17 @@ static int coroutine_fn server_resize(Server *s, uint64_t new_size, bool shrink,
                         "driver yet (nothing changed)", id,
                         which && bdrv_get_filename(which)[0] ? bdrv_get_filename(which) : "image",
                         fmt);
+        return -1;
+    }
+    uint64_t features;
+    ret = ublk_ctrl_get_features(s->ctrl, &features, NULL);
+    if (ret < 0) {
+        error_setg_errno(errp, -ret, "device %u: GET_FEATURES failed", id);
+        return -1;
+    }
+    if (!(features & UBLK_F_UPDATE_SIZE)) {
+        error_setg_code(errp, EOPNOTSUPP, "device %u: resizing a device in use needs Linux >= "
+                        "6.14; this kernel's ublk driver lacks UPDATE_SIZE (nothing changed)", id);
         return -1;
     }
     uint64_t sectors = new_size >> 9;
