@@ -43,16 +43,22 @@ expect_refused "SIZE is required" -n $A
 "$UBLKD" resize -n $A 64M | grep -q "already $((64 * M)) bytes" || fail "same size: not 'already'"
 
 # The daemon serves root and its own uid only.  The run directory keeps
-# everyone else away; opened up for a moment, the daemon's own check is
-# what refuses uid 65534.
-chmod 711 $RUN; chmod 666 "$sock"
+# everyone else away (and the daemon closes it again within a second if it
+# is opened up), so the socket is reached through a hard link elsewhere,
+# made writable for a moment: then the daemon's own check must refuse uid
+# 65534.
+mkdir -p /run/ublkd-resize-test
+on_exit "rm -rf /run/ublkd-resize-test"
+ln "$sock" /run/ublkd-resize-test/s.sock
+chmod 666 /run/ublkd-resize-test/s.sock
 reply=$(setpriv --reuid=65534 --regid=65534 --clear-groups python3 -c '
 import socket, sys
 s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
 s.connect(sys.argv[1])
 s.sendall(b"{\"ublkd-ctl\": 1, \"op\": \"resize\", \"size\": 268435456}\n")
-print(s.recv(4096).decode())' "$sock" 2>&1) || true
-chmod 700 $RUN; chmod 600 "$sock"
+print(s.recv(4096).decode())' /run/ublkd-resize-test/s.sock 2>&1) || true
+chmod 600 "$sock"
+rm -rf /run/ublkd-resize-test
 grep -q '"ok":false' <<<"$reply" && grep -q 'uid 65534 is neither root nor' <<<"$reply" ||
   fail "uid 65534 was not refused by the daemon: $reply"
 log "ok: uid 65534 refused: $reply"
