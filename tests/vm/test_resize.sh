@@ -83,7 +83,7 @@ ublk_del $ID
 "$UBLKD" img create -f qcow2 $T/q.qcow2 32M >/dev/null
 ublk_add qcow2 $T/q.qcow2 $CACHE_OPT >/dev/null
 expect_refused "resize not supported by the qcow2 driver" -n $ID 64M
-[ "$("$UBLKD" img info --output=json $T/q.qcow2 | jq '."virtual-size"')" = $((32 * M)) ] ||
+[ "$("$UBLKD" img info -U --output=json $T/q.qcow2 | jq '."virtual-size"')" = $((32 * M)) ] ||
   fail "a refused qcow2 resize changed the image"
 ublk_del $ID
 
