@@ -235,7 +235,8 @@ static void handler(void *opaque, const UblkCtlRequest *req, UblkCtlReply *rep)
     rep->size = req->size;
 }
 
-/* A raw client: send text, return what comes back (caller frees). */
+/* A raw client: send text, return what comes back (caller frees).  With
+ * text "" it sends nothing and keeps its side open: a silent peer. */
 static void *raw_thread(void *opaque)
 {
     char **io = opaque;   /* [0] path, [1] text in, [2] reply out */
@@ -245,9 +246,11 @@ static void *raw_thread(void *opaque)
     char *buf = calloc(1, 8192);
     if (fd >= 0 && connect(fd, (struct sockaddr *)&a, sizeof(a)) == 0) {
         size_t len = strlen(io[1]);
-        ssize_t w = send(fd, io[1], len, MSG_NOSIGNAL);
-        (void)w;
-        shutdown(fd, SHUT_WR);
+        if (len) {
+            ssize_t w = send(fd, io[1], len, MSG_NOSIGNAL);
+            (void)w;
+            shutdown(fd, SHUT_WR);
+        }
         size_t n = 0;
         ssize_t r;
         while (n < 8191 && (r = recv(fd, buf + n, 8191 - n, 0)) > 0) {
@@ -261,7 +264,16 @@ static void *raw_thread(void *opaque)
     return NULL;
 }
 
-static char *raw_call(AioContext *ctx, const char *path, const char *text)
+static int64_t vclock_ns;
+static int64_t vclock(void *opaque)
+{
+    (void)opaque;
+    return vclock_ns;
+}
+
+/* tick_ns: how far the (virtual) clock moves per poll, 0 = not at all. */
+static char *raw_call_ticking(AioContext *ctx, const char *path, const char *text,
+                              int64_t tick_ns)
 {
     char *io[3] = { (char *)path, (char *)text, NULL };
     pthread_t t;
@@ -269,9 +281,15 @@ static char *raw_call(AioContext *ctx, const char *path, const char *text)
     while (!__atomic_load_n(&io[2], __ATOMIC_ACQUIRE)) {
         aio_poll(ctx, false);
         usleep(1000);
+        vclock_ns += tick_ns;
     }
     pthread_join(t, NULL);
     return io[2];
+}
+
+static char *raw_call(AioContext *ctx, const char *path, const char *text)
+{
+    return raw_call_ticking(ctx, path, text, 0);
 }
 
 static void test_socket_end_to_end(void **state)
@@ -365,6 +383,23 @@ static void test_socket_end_to_end(void **state)
     free(r);
     assert_int_equal(h.calls, 3);
     assert_int_equal(ublk_ctl_server_refused(s), 0);
+    /* A peer that connects and sends nothing is cut off (5 s on the
+     * loop's clock, here a virtual one), so it cannot hold the socket. */
+    vclock_ns = 1000000000LL;
+    aio_context_set_clock(ctx, vclock, NULL);
+    int64_t t0 = vclock_ns;
+    r = raw_call_ticking(ctx, path, "", 10000000LL);   /* 10 ms per poll */
+    assert_string_equal(r, "");
+    free(r);
+    assert_true(vclock_ns - t0 >= 5000000000LL);
+    aio_context_set_clock(ctx, NULL, NULL);
+    assert_false(ublk_ctl_server_busy(s));
+    assert_int_equal(h.calls, 3);
+    c = (Call){ .id = 5, .pid = getpid(), .req = { .op = UBLK_CTL_RESIZE, .size = 2 * M } };
+    run_call(ctx, &c);                  /* and the socket serves the next one */
+    assert_int_equal(c.ret, 0);
+    assert_true(c.rep.ok && c.rep.size == 2 * M);
+    assert_int_equal(h.calls, 4);
 
     ublk_ctl_server_free(s);
     assert_int_equal(lstat(path, &st), -1);   /* its name goes with it */
