@@ -181,3 +181,44 @@ cmp $T/pat <(dd if=$ADEV bs=1M skip=62 count=2 iflag=direct status=none) ||
 ublk_del $A
 [ ! -e "$sock" ] || fail "del left $sock"
 log "UPDATE_SIZE: grew mounted ext4 under fio, shrank and regrew the unmounted device"
+
+# ---- an unprivileged device: its owner's daemon may send UPDATE_SIZE ----
+# (the kernel checks read and write access to /dev/ublkcN, as for SET_PARAMS)
+if "$UBLKD" features | grep -q UNPRIVILEGED_DEV; then
+  U=65534
+  chmod 0666 /dev/ublk-control
+  # Stand-in for udev (as test_unpriv): the installed rule's helper hands
+  # each new node to the device's owner.
+  CHOWN_HELPER=$(cd "$(dirname "$0")/../.." && pwd)/dist/ublk-chown.in
+  ( set +e
+    while :; do
+      for c in /sys/class/ublk-char/ublkc*; do
+        [ -e "$c" ] || continue; n=${c##*/ublkc}
+        for d in ublkc$n ublkb$n; do
+          [ -e /dev/$d ] && [ "$(stat -c %u /dev/$d)" != $U ] &&
+            UBLKD="$UBLKD" sh "$CHOWN_HELPER" $d 2>/dev/null
+        done
+      done
+      sleep 0.05
+    done ) &
+  chowner=$!
+  on_exit "kill $chowner 2>/dev/null; chmod 0600 /dev/ublk-control"
+  mkdir -p $T/u && chown $U $T/u && chmod 755 $T
+  as_user() { setpriv --reuid=$U --regid=$U --clear-groups env UBLKD_RUN_DIR=$T/u/run "$@"; }
+  install -m 755 "$UBLKD" $T/u/ublkd
+  as_user truncate -s 32M $T/u/img.raw
+  out=$(as_user $T/u/ublkd add raw $T/u/img.raw $CACHE_OPT 2>&1) || fail "unprivileged add failed: $out"
+  uid_dev=${out#/dev/ublkb}; _lib_devs+=("$uid_dev"); echo "$uid_dev" >> "$T/.devs"
+  as_user $T/u/ublkd resize -n $uid_dev 48M || fail "the owner could not resize its unprivileged device"
+  [ "$(dev_size $out)" = $((48 * M)) ] || fail "unprivileged device is $(dev_size $out) bytes"
+  [ "$(file_size $T/u/img.raw)" = $((48 * M)) ] || fail "user image is $(file_size $T/u/img.raw) bytes"
+  # Root's ublkd does not take another user's state (or socket) as its own.
+  if out2=$(UBLKD_RUN_DIR=$T/u/run "$UBLKD" resize -n $uid_dev 64M 2>&1); then
+    fail "root resized through the user's run directory: $out2"
+  fi
+  log "ok: root with the user's run directory: $out2"
+  as_user $T/u/ublkd del -n $uid_dev || fail "unprivileged del failed"
+  log "UPDATE_SIZE from an unprivileged device's own daemon works"
+else
+  echo "kernel lacks UNPRIVILEGED_DEV: the unprivileged resize was not checked"
+fi
