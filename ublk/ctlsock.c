@@ -37,6 +37,7 @@
 #include "ublk.h"
 
 #define CTL_READ_TIMEOUT_NS (5 * 1000000000LL)
+#define CTL_RETRY_NS        (100 * 1000000LL)
 
 void ublk_ctl_socket_name(uint32_t dev_id, char *buf, size_t len)
 {
@@ -300,7 +301,8 @@ struct UblkCtlServer {
     bool armed, closing, busy;
     unsigned refused;
     int conn;
-    AioTimer timer;
+    AioTimer timer;            /* a connection's read deadline */
+    AioTimer retry;            /* re-arming after a failed accept */
 };
 
 static void listen_arm(UblkCtlServer *s);
@@ -430,7 +432,14 @@ static void listen_ready(AioCompletion *c, int res, unsigned flags)
     }
     int fd = accept4(s->fd, NULL, NULL, SOCK_NONBLOCK | SOCK_CLOEXEC);
     if (fd < 0) {
-        listen_arm(s);
+        if (errno == EAGAIN || errno == EINTR || errno == ECONNABORTED) {
+            listen_arm(s);
+        } else {
+            /* EMFILE, ENOBUFS...: the connection stays queued and the poll
+             * would fire at once again; look again a little later. */
+            ublk_log(LOG_WARNING, "control socket: accept: %s", strerror(errno));
+            aio_timer_mod(&s->retry, aio_now_ns(s->ctx) + CTL_RETRY_NS);
+        }
         return;
     }
     struct ucred cred;
@@ -453,6 +462,14 @@ static void listen_ready(AioCompletion *c, int res, unsigned flags)
     s->conn = fd;
     s->busy = true;
     co_enter(co_create(conn_entry, s));
+}
+
+static void listen_retry(void *opaque)
+{
+    UblkCtlServer *s = opaque;
+    if (!s->closing) {
+        listen_arm(s);
+    }
 }
 
 static void listen_arm(UblkCtlServer *s)
@@ -517,6 +534,7 @@ UblkCtlServer *ublk_ctl_server_new(AioContext *ctx, uint32_t dev_id, UblkCtlHand
         goto fail;
     }
     aio_timer_init(&s->timer, ctx, conn_timeout, s);
+    aio_timer_init(&s->retry, ctx, listen_retry, s);
     listen_arm(s);
     return s;
 fail:
@@ -549,6 +567,7 @@ void ublk_ctl_server_free(UblkCtlServer *s)
         return;
     }
     s->closing = true;
+    aio_timer_del(&s->retry);
     /* A request in progress finishes first (its reply is owed). */
     AIO_WAIT_WHILE(s->ctx, s->busy);
     if (s->armed) {
