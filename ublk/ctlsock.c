@@ -663,6 +663,9 @@ int ublk_ctl_call(uint32_t dev_id, pid_t daemon_pid, const UblkCtlRequest *req,
         if (n < 0 && errno == EINTR) {
             continue;
         }
+        if (n < 0 && (errno == EPIPE || errno == ECONNRESET)) {
+            break;       /* the daemon refused us before reading: its reason follows */
+        }
         if (n <= 0) {
             error_setg_errno(errp, n < 0 ? errno : EIO, "cannot send the request to %s", path);
             goto out;
@@ -680,6 +683,9 @@ int ublk_ctl_call(uint32_t dev_id, pid_t daemon_pid, const UblkCtlRequest *req,
             error_setg(errp, "device %u's daemon did not answer within %d ms (%s)", dev_id,
                        timeout_ms, path);
             goto out;
+        }
+        if (r < 0 && errno == ECONNRESET && n) {
+            break;       /* the reply came, then the reset of a refusal */
         }
         if (r < 0) {
             error_setg_errno(errp, errno, "cannot read the reply from %s", path);
