@@ -20,6 +20,7 @@
 #include <sys/socket.h>
 #include <sys/stat.h>
 #include <sys/un.h>
+#include <sys/wait.h>
 #include <unistd.h>
 #include <cmocka.h>
 #ifdef CONFIG_UBLK
@@ -400,6 +401,66 @@ static void test_socket_end_to_end(void **state)
     assert_int_equal(c.ret, 0);
     assert_true(c.rep.ok && c.rep.size == 2 * M);
     assert_int_equal(h.calls, 4);
+
+    /* Another uid is refused by the daemon itself (needs root to become
+     * one; the run directory keeps it out, so it comes through a link). */
+    if (geteuid() == 0) {
+        char link_dir[400], lpath[450];
+        snprintf(link_dir, sizeof(link_dir), "%s/open", dir);
+        snprintf(lpath, sizeof(lpath), "%s/s.sock", link_dir);
+        assert_int_equal(mkdir(link_dir, 0755), 0);
+        assert_int_equal(chmod(dir, 0755), 0);
+        assert_int_equal(link(path, lpath), 0);
+        assert_int_equal(chmod(lpath, 0666), 0);
+        int pfd[2];
+        assert_int_equal(pipe(pfd), 0);
+        pid_t child = fork();
+        assert_true(child >= 0);
+        if (child == 0) {
+            close(pfd[0]);
+            char out[4096] = "";
+            if (setresgid(65534, 65534, 65534) == 0 && setresuid(65534, 65534, 65534) == 0) {
+                int fd = socket(AF_UNIX, SOCK_STREAM, 0);
+                struct sockaddr_un la = { .sun_family = AF_UNIX };
+                memcpy(la.sun_path, lpath, strlen(lpath) + 1);
+                if (connect(fd, (struct sockaddr *)&la, sizeof(la)) == 0) {
+                    const char *req = "{\"ublkd-ctl\":1,\"op\":\"resize\",\"size\":4096}\n";
+                    ssize_t w = send(fd, req, strlen(req), MSG_NOSIGNAL);
+                    (void)w;
+                    ssize_t n = recv(fd, out, sizeof(out) - 1, 0);
+                    out[n > 0 ? n : 0] = 0;
+                } else {
+                    snprintf(out, sizeof(out), "connect: %s", strerror(errno));
+                }
+            } else {
+                snprintf(out, sizeof(out), "setresuid: %s", strerror(errno));
+            }
+            ssize_t w = write(pfd[1], out, strlen(out) + 1);
+            (void)w;
+            _exit(0);
+        }
+        close(pfd[1]);
+        fcntl(pfd[0], F_SETFL, O_NONBLOCK);
+        char got[4096];
+        ssize_t n;
+        while ((n = read(pfd[0], got, sizeof(got) - 1)) < 0 && errno == EAGAIN) {
+            aio_poll(ctx, false);
+            usleep(1000);
+        }
+        close(pfd[0]);
+        waitpid(child, NULL, 0);
+        got[n > 0 ? n : 0] = 0;
+        if (!strstr(got, "uid 65534 is neither root nor the daemon's user (uid 0)") ||
+            !strstr(got, "\"ok\":false")) {
+            fail_msg("uid 65534 was not refused: '%s'", got);
+        }
+        assert_int_equal(ublk_ctl_server_refused(s), 1);
+        assert_int_equal(h.calls, 4);          /* never handled */
+        unlink(lpath);
+        rmdir(link_dir);
+    } else {
+        print_message("not root: another uid's refusal is left to tests/vm/test_resize.sh\n");
+    }
 
     ublk_ctl_server_free(s);
     assert_int_equal(lstat(path, &st), -1);   /* its name goes with it */
