@@ -194,6 +194,12 @@ const char *bdrv_get_backing_format(const BlockDriverState *bs);
 const BlockLimits *bdrv_get_limits(const BlockDriverState *bs);
 bool bdrv_is_read_only(const BlockDriverState *bs);
 int64_t bdrv_getlength(BlockDriverState *bs);
+/* Whether a truncate of bs can reach a driver that resizes: bs's own, or
+ * through filters the one below.  False names the node whose format has no
+ * resize (*which, may be NULL), so a caller can refuse before it changes
+ * anything else.  A driver may still refuse a particular resize (raw with
+ * a fixed size=). */
+bool bdrv_can_truncate(BlockDriverState *bs, BlockDriverState **which);
 int64_t bdrv_get_allocated_file_size(BlockDriverState *bs);
 int bdrv_get_info(BlockDriverState *bs, BlockDriverInfo *bdi);
 /* Format-specific lines for `img info`; info stays empty if the driver has

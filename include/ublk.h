@@ -13,9 +13,13 @@
  *   queue.c   one thread per hardware queue, each on its own AioContext:
  *             a pre-allocated coroutine and buffer per tag turns ublk I/O
  *             commands into blk_co_* calls on the BlockBackend.
+ *   ctlsock.c the daemon's control socket (RUNDIR/ID.sock): versioned JSON
+ *             requests from `ublkd` verbs that need the daemon (resize),
+ *             the peer's credentials checked; the client side too.
  *   server.c  the daemon: open the graph, add/recover the device, start the
- *             queues, publish state and counters, stop cleanly on SIGTERM.
- * The `ublkd add|del|list|recover|features` verbs live in tools/dev*.c.
+ *             queues, publish state and counters, serve control requests,
+ *             stop cleanly on SIGTERM.
+ * The `ublkd add|del|list|recover|resize|features` verbs live in tools/dev*.c.
  */
 #ifndef UBLKD_UBLK_H
 #define UBLKD_UBLK_H
@@ -62,6 +66,11 @@ int ublk_ctrl_get_params(UblkCtrl *c, uint32_t dev_id, struct ublk_params *p);
 int ublk_ctrl_get_info(UblkCtrl *c, uint32_t dev_id, struct ublksrv_ctrl_dev_info *info);
 int ublk_ctrl_get_queue_affinity(UblkCtrl *c, uint32_t dev_id, unsigned q, cpu_set_t *set);
 int ublk_ctrl_start_recovery(UblkCtrl *c, uint32_t dev_id);
+/* UPDATE_SIZE (UBLK_F_UPDATE_SIZE, 6.14+): the disk's capacity becomes
+ * sectors (512-byte).  The kernel checks nothing but that the disk exists
+ * (-ENODEV before START_DEV and after STOP_DEV, from 7.0 on); the caller
+ * checks the size.  Older kernels: -EOPNOTSUPP. */
+int ublk_ctrl_update_size(UblkCtrl *c, uint32_t dev_id, uint64_t sectors);
 int ublk_ctrl_end_recovery(UblkCtrl *c, uint32_t dev_id, pid_t pid);
 
 /* The kernel-internal ENOTSUPP: ublk_drv's answer to an opcode it does not know. */
@@ -214,6 +223,8 @@ typedef struct UblkDevState {
     unsigned nr_queues, depth; /* as the kernel granted */
     char *graph;               /* bdrv_graph_to_string of the root */
     char *bdev;                /* /dev/ublkbN */
+    int64_t size;              /* device size in bytes as last set (add, resize,
+                                  recover); 0 = not recorded (older ublkd) */
 } UblkDevState;
 
 void ublk_dev_state_free(UblkDevState *s);
@@ -236,6 +247,7 @@ int ublk_state_write(const UblkDevState *s, Error **errp);
  * malformed, for another id, or the run directory is refused (errp says
  * which; the caller warns and ignores it). */
 int ublk_state_read(uint32_t dev_id, UblkDevState *s, Error **errp);
+/* Removes the state, counters and control socket names of dev_id. */
 void ublk_state_remove(uint32_t dev_id);
 /* Start time of a process (field 22 of /proc/PID/stat, clock ticks since
  * boot); 0 if it has none (gone).  A pid and its start time name one process
@@ -275,14 +287,16 @@ typedef struct UblkRequest {
 int ublk_io_desc_to_request(const struct ublksrv_io_desc *iod, int64_t dev_size,
                             uint32_t max_io_size, UblkRequest *req);
 
-/* What the queue threads share: read-only once started. */
+/* What the queue threads share: read-only once started (but size). */
 typedef struct UblkDev {
     uint32_t dev_id;
     int cdev_fd;
     BlockBackend *blk;
     unsigned nr_queues, depth;
     uint32_t max_io_size;
-    int64_t size;              /* bytes: requests beyond it are refused */
+    int64_t size;              /* bytes: requests beyond it are refused; the
+                                  one field that changes while the queues run
+                                  (resize): atomic loads and stores */
     uint64_t flags;            /* UBLK_F_* in effect */
     UblkAffinity affinity;
     UblkCtrl *ctrl;            /* for GET_QUEUE_AFFINITY (main thread only) */
@@ -298,6 +312,87 @@ void ublk_queues_stop(UblkDev *d);
 /* Number of queue threads still running (a queue exits when the kernel
  * aborts all its commands, e.g. the device was deleted behind our back). */
 unsigned ublk_queues_running(UblkDev *d);
+
+/* ---------------- the control socket (ublk/ctlsock.c) ---------------- */
+
+/*
+ * Each daemon listens on RUNDIR/ID.sock (in the checked run directory, so
+ * only its owner and root reach it) for requests that must run inside the
+ * daemon, because it owns the image: one request per connection, one line
+ * of JSON each way, at most UBLK_CTL_MAX_MSG bytes:
+ *   -> {"ublkd-ctl": 1, "op": "resize", "size": BYTES, "shrink": false}
+ *   <- {"ublkd-ctl": 1, "ok": true, "size": BYTES, "old_size": BYTES}
+ *   <- {"ublkd-ctl": 1, "ok": false, "errno": N, "error": "message"}
+ * A request of another version is answered with an error naming both; a
+ * new verb is a new "op" (and fields), the version changes only when an
+ * old field changes meaning.
+ */
+#define UBLK_CTL_VERSION 1
+#define UBLK_CTL_MAX_MSG 4096
+
+typedef enum { UBLK_CTL_RESIZE = 1 } UblkCtlOp;
+
+typedef struct UblkCtlRequest {
+    UblkCtlOp op;
+    uint64_t size;             /* resize: the new size in bytes */
+    bool shrink;               /* resize: a smaller size is meant */
+} UblkCtlRequest;
+
+typedef struct UblkCtlReply {
+    bool ok;
+    int err;                   /* errno when !ok */
+    char *message;             /* the error (what and where) when !ok; malloc'ed */
+    uint64_t size, old_size;   /* resize: the device's size after and before */
+} UblkCtlReply;
+
+/* Pure, unit-tested.  The texts are one line, no newline; NULL without
+ * CONFIG_JSON.  Parsers refuse (naming the field) anything but the types
+ * and ranges above, unknown ops and other versions. */
+char *ublk_ctl_request_to_json(const UblkCtlRequest *r);
+int ublk_ctl_request_parse(const char *text, UblkCtlRequest *r, Error **errp);
+char *ublk_ctl_reply_to_json(const UblkCtlReply *r);
+int ublk_ctl_reply_parse(const char *text, UblkCtlReply *r, Error **errp);
+void ublk_ctl_reply_free(UblkCtlReply *r);
+/* Who may use a daemon's socket: root, or the daemon's own user. */
+bool ublk_ctl_peer_allowed(uid_t peer_uid, uid_t daemon_uid);
+/*
+ * Whether a device of cur bytes (logical block logical_bs) may become
+ * new_size bytes: 0 yes, 1 it already is (nothing to do), -1 with errp
+ * set: zero, not a multiple of the logical block size, beyond the largest
+ * image, or smaller without shrink (the data past new_size would go).
+ */
+int ublk_resize_check(int64_t cur, uint64_t new_size, bool shrink, uint32_t logical_bs,
+                      Error **errp);
+/* "ID.sock" */
+void ublk_ctl_socket_name(uint32_t dev_id, char *buf, size_t len);
+
+/* The daemon's side.  The handler runs in a coroutine on ctx (it may yield:
+ * truncate, drain) and fills the reply; one request at a time, and the
+ * listening socket is not watched meanwhile (others wait in its backlog). */
+typedef struct UblkCtlServer UblkCtlServer;
+typedef void UblkCtlHandler(void *opaque, const UblkCtlRequest *req, UblkCtlReply *reply);
+struct AioContext;
+/* Binds RUNDIR/ID.sock (replacing a dead daemon's) and starts watching it. */
+UblkCtlServer *ublk_ctl_server_new(struct AioContext *ctx, uint32_t dev_id, UblkCtlHandler *fn,
+                                   void *opaque, Error **errp);
+/* A request is being read or handled: the loop must run until it is done. */
+bool ublk_ctl_server_busy(const UblkCtlServer *s);
+/* Stops watching, closes and unlinks the socket (if it is still ours). */
+void ublk_ctl_server_free(UblkCtlServer *s);
+/* Requests refused for the peer's credentials so far (tests, logs). */
+unsigned ublk_ctl_server_refused(const UblkCtlServer *s);
+
+/*
+ * The client's side (blocking, for the verbs): send req to the daemon of
+ * dev_id and wait up to timeout_ms for its reply.  The socket must be
+ * served by daemon_pid (when > 0; SO_PEERCRED) under root or our uid, so a
+ * socket left by a dead daemon, or a process that took over its name,
+ * is never believed.  -1 with errp set when no reply came (no socket,
+ * nobody listening, refused, timeout); 0 with *reply filled otherwise
+ * (which may be an error the daemon sent).
+ */
+int ublk_ctl_call(uint32_t dev_id, pid_t daemon_pid, const UblkCtlRequest *req,
+                  UblkCtlReply *reply, int timeout_ms, Error **errp);
 
 /* ---------------- the daemon (ublk/server.c) ---------------- */
 

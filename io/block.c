@@ -804,6 +804,25 @@ bool bdrv_driver_supports_compression(const BlockDriver *drv)
     return drv->co_pwritev_compressed;
 }
 
+bool bdrv_can_truncate(BlockDriverState *bs, BlockDriverState **which)
+{
+    /* bdrv_co_truncate's own fallback chain: the driver's, else a filter's child. */
+    while (bs && bs->drv && !bs->drv->co_truncate) {
+        BlockDriverState *below = bdrv_filter_bs(bs);
+        if (!below) {
+            break;
+        }
+        bs = below;
+    }
+    if (bs && bs->drv && bs->drv->co_truncate) {
+        return true;
+    }
+    if (which) {
+        *which = bs;
+    }
+    return false;
+}
+
 const char *bdrv_get_node_name(const BlockDriverState *bs)
 {
     return bs->node_name;

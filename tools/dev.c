@@ -1,5 +1,6 @@
 /*
- * dev.c - the device verbs of `ublkd`: add, del, list, recover, features.
+ * dev.c - the device verbs of `ublkd`: add, del, list, recover, resize,
+ * features.
  *
  * `add` and `recover` fork a daemon (ublk/server.c) and wait on a pipe until
  * it says the block device is usable ("OK /dev/ublkbN") or why it is not
@@ -10,6 +11,9 @@
  * dead daemon's pid may belong to anyone by now.
  * `list` merges what the kernel knows (GET_DEV_INFO) with the daemons'
  * state and counter files.
+ * `resize` asks the device's daemon, which owns the image, through its
+ * control socket (ublk/ctlsock.c): the daemon resizes the image and the
+ * kernel's device and answers with what it did.
  */
 #include <dirent.h>
 #include <sched.h>
@@ -483,6 +487,127 @@ static int cmd_recover(int argc, char **argv)
     st.cfg.dev_id = id;
     st.cfg.foreground = fg;
     int ret = spawn_daemon(&st.cfg, true);
+    ublk_dev_state_free(&st);
+    return ret;
+}
+
+static void resize_usage(FILE *f)
+{
+    fprintf(f,
+        "usage: ublkd resize -n ID [--shrink] SIZE\n"
+        "Grow (or with --shrink, shrink) device ID and its image to SIZE bytes while it\n"
+        "is in use (suffixes k, M, G, T; +SIZE grows by SIZE).  The device's daemon\n"
+        "resizes the image, then the kernel's device (growing; the other way round\n"
+        "shrinking, after the requests in flight).  Grow the file system after it\n"
+        "(resize2fs, xfs_growfs); shrink a file system before the device.\n"
+        "SIZE must be a multiple of the device's logical block size.  Needs a kernel\n"
+        "with UBLK_F_UPDATE_SIZE (Linux 6.14+) and an image format that can resize\n"
+        "(raw; not vdi or qcow2 yet).\n"
+        "  -n, --id ID    the device\n"
+        "  --shrink       allow a size below the current one (the data past it is lost)\n");
+}
+
+static int cmd_resize(int argc, char **argv)
+{
+    static const struct option lo[] = {
+        { "id", required_argument, NULL, 'n' },
+        { "shrink", no_argument, NULL, 's' },
+        { "help", no_argument, NULL, 'h' },
+        { NULL, 0, NULL, 0 },
+    };
+    uint32_t id = 0;
+    bool have_id = false, shrink = false;
+    int opt;
+    optind = 0;
+    while ((opt = verb_getopt(argc, argv, ":n:h", lo, &id, &have_id)) != -1) {
+        switch (opt) {
+        case 's': shrink = true; break;
+        case 'h':
+            resize_usage(stdout);
+            return 0;
+        default:
+            return 2;
+        }
+    }
+    if (!have_id) {
+        error_report("resize: -n ID is required (try 'ublkd resize --help')");
+        return 2;
+    }
+    if (optind != argc - 1) {
+        error_report("resize: %s (try 'ublkd resize --help')",
+                     optind >= argc ? "SIZE is required" : "one SIZE only");
+        return 2;
+    }
+    const char *arg = argv[optind];
+    bool relative = arg[0] == '+';
+    uint64_t size;
+    int pr = parse_size(arg + relative, &size);
+    if (pr < 0 || (relative && !size)) {
+        error_report("resize: invalid size '%s'%s", arg,
+                     pr == -ERANGE ? " (too large)" : " (a number of bytes, with an optional "
+                     "suffix k, M, G, T; or +SIZE)");
+        return 2;
+    }
+    UblkDevState st;
+    Error *err = NULL;
+    int sr = ublk_state_read(id, &st, &err);
+    if (sr < 0) {
+        /* Say whether the kernel has it at all: "no such device" and
+         * "not one of your ublkd devices" need different actions. */
+        UblkCtrl *ctrl = ublk_ctrl_open(NULL);
+        struct ublksrv_ctrl_dev_info info;
+        int kret = ctrl ? ublk_ctrl_get_info(ctrl, id, &info) : -ENODEV;
+        ublk_ctrl_close(ctrl);
+        if (sr == -1 && kret == -ENODEV) {
+            error_report("resize: no device %u", id);
+        } else {
+            error_prepend(&err, "resize: device %u: ", id);
+            error_report_err(err);
+            err = NULL;
+        }
+        error_free(err);
+        return 1;
+    }
+    int ret = 1;
+    if (!daemon_alive(id, st.pid, &st)) {
+        error_report("resize: device %u's daemon (pid %d) is not running%s", id, (int)st.pid,
+                     (st.flags & UBLK_F_USER_RECOVERY) ? "; 'ublkd recover -n ID' first" : "");
+        goto out;
+    }
+    UblkCtlRequest req = { .op = UBLK_CTL_RESIZE, .size = size, .shrink = shrink };
+    if (relative) {
+        /* From the size the daemon recorded last; it checks again. */
+        if (st.size <= 0) {
+            error_report("resize: device %u's state records no size (a daemon from an older "
+                         "ublkd): give SIZE without '+'", id);
+            goto out;
+        }
+        if (size > (uint64_t)INT64_MAX - (uint64_t)st.size) {
+            error_report("resize: invalid size '%s' (too large)", arg);
+            goto out;
+        }
+        req.size = (uint64_t)st.size + size;
+    }
+    UblkCtlReply rep;
+    /* Generous: a resize may wait for requests in flight and a truncate. */
+    if (ublk_ctl_call(id, st.pid, &req, &rep, 120000, &err) < 0) {
+        error_prepend(&err, "resize: ");
+        error_report_err(err);
+        goto out;
+    }
+    if (!rep.ok) {
+        error_report("resize: %s", rep.message);
+    } else if (rep.size == rep.old_size) {
+        printf("%s: already %llu bytes\n", st.bdev ? st.bdev : "device",
+               (unsigned long long)rep.size);
+        ret = 0;
+    } else {
+        printf("%s: %llu bytes (was %llu)\n", st.bdev ? st.bdev : "device",
+               (unsigned long long)rep.size, (unsigned long long)rep.old_size);
+        ret = 0;
+    }
+    ublk_ctl_reply_free(&rep);
+out:
     ublk_dev_state_free(&st);
     return ret;
 }
@@ -1245,6 +1370,9 @@ int dev_main(int argc, char **argv)
     }
     if (!strcmp(verb, "features")) {
         return cmd_features(argc, argv);
+    }
+    if (!strcmp(verb, "resize")) {
+        return cmd_resize(argc, argv);
     }
     error_report("unknown device command '%s'", verb);
     return 2;

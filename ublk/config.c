@@ -1018,6 +1018,9 @@ void ublk_state_remove(uint32_t dev_id)
     unlinkat(dirfd, name, 0);
     state_name(dev_id, ".stats.json", name, sizeof(name));
     unlinkat(dirfd, name, 0);
+    /* A daemon removes its own socket; one killed with -9 leaves it. */
+    ublk_ctl_socket_name(dev_id, name, sizeof(name));
+    unlinkat(dirfd, name, 0);
     close(dirfd);
 }
 
@@ -1061,6 +1064,9 @@ char *ublk_dev_state_to_json(const UblkDevState *s)
     add_str(o, "flags_names", flags);
     add_int(o, "queues", s->nr_queues);
     add_int(o, "depth", s->depth);
+    if (s->size) {
+        add_int(o, "size", s->size);
+    }
     add_str(o, "graph", s->graph);
 
     json_object *co = json_object_new_object();
@@ -1239,6 +1245,7 @@ static bool state_fields_from_json(json_object *o, json_object *co, UblkDevState
               ((s->flags = (uint64_t)n), true) &&
               get_u32(o, "queues", 0, &s->nr_queues, errp) &&
               get_u32(o, "depth", 0, &s->depth, errp) &&
+              get_int(o, "size", 0, BDRV_MAX_LENGTH, 0, &n, errp) && ((s->size = n), true) &&
               get_str(o, "graph", &s->graph, errp);
     if (!ok) {
         return false;

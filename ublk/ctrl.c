@@ -133,6 +133,7 @@ static unsigned encoded_op(unsigned nr)
     case UBLK_CMD_GET_DEV_INFO2:       return UBLK_U_CMD_GET_DEV_INFO2;
     case UBLK_CMD_GET_FEATURES:        return UBLK_U_CMD_GET_FEATURES;
     case UBLK_CMD_TRY_STOP_DEV:        return UBLK_U_CMD_TRY_STOP_DEV;
+    case UBLK_CMD_UPDATE_SIZE:         return UBLK_U_CMD_UPDATE_SIZE;
     default:                           return 0;
     }
 }
@@ -353,6 +354,12 @@ int ublk_ctrl_get_queue_affinity(UblkCtrl *c, uint32_t dev_id, unsigned q, cpu_s
 {
     CPU_ZERO(set);
     int ret = ctrl_cmd(c, UBLK_CMD_GET_QUEUE_AFFINITY, dev_id, q, set, sizeof(*set), q);
+    return ret < 0 ? ret : 0;
+}
+
+int ublk_ctrl_update_size(UblkCtrl *c, uint32_t dev_id, uint64_t sectors)
+{
+    int ret = ctrl_cmd(c, UBLK_CMD_UPDATE_SIZE, dev_id, (uint16_t)-1, NULL, 0, sectors);
     return ret < 0 ? ret : 0;
 }
 

@@ -298,7 +298,8 @@ static int coroutine_fn tag_handle_io(UblkTag *t)
 
     /* One copy of the shared descriptor: what is checked is what is used. */
     struct ublksrv_io_desc iod = q->descs[t->tag];
-    ret = ublk_io_desc_to_request(&iod, d->size, d->max_io_size, &req);
+    ret = ublk_io_desc_to_request(&iod, __atomic_load_n(&d->size, __ATOMIC_ACQUIRE),
+                                  d->max_io_size, &req);
     if (ret < 0) {
         return ret;
     }

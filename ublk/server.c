@@ -7,10 +7,10 @@
  *   ADD_DEV + SET_PARAMS       (or START_USER_RECOVERY when recovering)
  *   open /dev/ublkcN, start the queue threads, each queues its FETCHes
  *   START_DEV(pid)             (or END_USER_RECOVERY(pid)); waits for the FETCHes
- *   state file, "OK" to whoever is waiting for us
+ *   control socket, state file, "OK" to whoever is waiting for us
  *   ... serve: the main thread runs its AioContext (signals, the stats
- *   timer, the graph's background work) until SIGTERM/SIGINT/SIGHUP, or
- *   until the queues die ...
+ *   timer, control requests such as resize, the graph's background work)
+ *   until SIGTERM/SIGINT/SIGHUP, or until the queues die ...
  *   STOP_DEV (the kernel drains in-flight I/O while the queues still run)
  *   join the queues, close the char device, drain + flush + close the graph
  *   DEL_DEV (returns once the char device is released), remove the state
@@ -180,9 +180,28 @@ typedef struct Server {
     UblkCtrl *ctrl;
     UblkDev dev;
     BlockBackend *blk;
+    UblkCtlServer *ctl;
     bool added, started;
+    bool stopping;             /* the serve loop is ending: no new resize */
     char bdev[64];
 } Server;
+
+static int server_write_state(Server *s, Error **errp)
+{
+    UblkDev *d = &s->dev;
+    UblkDevState st = {
+        .cfg = *s->cfg, .dev_id = d->dev_id, .pid = getpid(),
+        .start_time = ublk_proc_start_time(getpid()), .flags = d->flags,
+        .nr_queues = d->nr_queues, .depth = d->depth, .bdev = s->bdev,
+        .size = __atomic_load_n(&d->size, __ATOMIC_ACQUIRE),
+    };
+    st.graph = blk_bs(s->blk) ? bdrv_graph_to_string(blk_bs(s->blk)) : NULL;
+    int ret = ublk_state_write(&st, errp);
+    free(st.graph);
+    return ret;
+}
+
+static void server_ctl(void *opaque, const UblkCtlRequest *req, UblkCtlReply *rep);
 
 static int wait_quiesced(Server *s, struct ublksrv_ctrl_dev_info *info, Error **errp)
 {
@@ -317,6 +336,22 @@ static int server_start(Server *s, bool recover, int ready_fd, Error **errp)
         if (ret < 0) {
             error_setg_errno(errp, -ret, "device %d: START_USER_RECOVERY failed", cfg->dev_id);
             return -1;
+        }
+        /* The kernel keeps the size a resize gave it; the image has its own.
+         * A resize orders its steps so that a daemon killed between them
+         * leaves the image the larger (harmless: the kernel sends nothing
+         * past its size); the other way round someone changed the image. */
+        struct ublk_params kp;
+        if (ublk_ctrl_get_params(s->ctrl, cfg->dev_id, &kp) == 0 &&
+            (int64_t)(kp.basic.dev_sectors << 9) != size) {
+            char msg[256];
+            snprintf(msg, sizeof(msg), "device %d is %llu bytes in the kernel, its image %lld "
+                     "bytes%s", cfg->dev_id, (unsigned long long)kp.basic.dev_sectors << 9,
+                     (long long)size, (int64_t)(kp.basic.dev_sectors << 9) > size
+                     ? ": requests past the image's end will fail (was the image truncated?)"
+                     : " (a resize was interrupted: run it again)");
+            ublk_log(LOG_WARNING, "%s", msg);
+            warn_parent(ready_fd, msg);
         }
     } else {
         /* Everything that can be refused without the kernel is refused
@@ -463,15 +498,159 @@ static int server_start(Server *s, bool recover, int ready_fd, Error **errp)
         return -1;
     }
 
-    UblkDevState st = {
-        .cfg = *cfg, .dev_id = d->dev_id, .pid = getpid(),
-        .start_time = ublk_proc_start_time(getpid()), .flags = d->flags,
-        .nr_queues = d->nr_queues, .depth = d->depth, .bdev = s->bdev,
-    };
-    st.graph = blk_bs(s->blk) ? bdrv_graph_to_string(blk_bs(s->blk)) : NULL;
-    ret = ublk_state_write(&st, errp);
-    free(st.graph);
-    return ret;
+    /* Before the state file: a verb that finds the state may talk to us. */
+    s->ctl = ublk_ctl_server_new(aio_current(), d->dev_id, server_ctl, s, errp);
+    if (!s->ctl) {
+        return -1;
+    }
+    return server_write_state(s, errp);
+}
+
+/* ---- resize (a control request, in a coroutine on the main thread) ---- */
+
+/*
+ * The image and the kernel's idea of the device must never disagree in the
+ * direction that loses data: the kernel may send a request only for bytes
+ * the image has.  So growing truncates the image first and then tells the
+ * kernel (UPDATE_SIZE); shrinking tells the kernel first (it sends nothing
+ * past the new end from then on), lowers the queues' bound, drains what was
+ * already in flight, and only then truncates.  A failed second step undoes
+ * the first where it can, and the error says what was undone.
+ */
+static int coroutine_fn server_resize(Server *s, uint64_t new_size, bool shrink,
+                                      UblkCtlReply *rep, Error **errp)
+{
+    UblkDev *d = &s->dev;
+    uint32_t id = d->dev_id;
+    int64_t old = __atomic_load_n(&d->size, __ATOMIC_ACQUIRE);
+    rep->old_size = rep->size = (uint64_t)old;
+    if (s->stopping) {
+        error_setg_code(errp, ESHUTDOWN, "device %u is being removed", id);
+        return -1;
+    }
+    /* What the request itself gets wrong first, then what this image and
+     * this kernel cannot do: nothing is changed before all have passed. */
+    struct ublk_params p;
+    int ret = ublk_ctrl_get_params(s->ctrl, id, &p);
+    if (ret < 0) {
+        error_setg_errno(errp, -ret, "device %u: GET_PARAMS failed", id);
+        return -1;
+    }
+    if (s->cfg->read_only || blk_is_read_only(s->blk) || (p.basic.attrs & UBLK_ATTR_READ_ONLY)) {
+        error_setg_code(errp, EROFS, "device %u is read-only: its image cannot be resized", id);
+        return -1;
+    }
+    Error *local = NULL;
+    ret = ublk_resize_check(old, new_size, shrink, 1U << p.basic.logical_bs_shift, &local);
+    if (ret != 0) {
+        if (ret < 0) {
+            error_propagate(errp, local);
+            error_prepend(errp, "device %u: ", id);
+            return -1;
+        }
+        return 0;                /* already that size */
+    }
+    BlockDriverState *bs = blk_bs(s->blk), *which = NULL;
+    if (!bdrv_can_truncate(bs, &which)) {
+        const char *fmt = which ? bdrv_get_format_name(which) : "?";
+        error_setg_code(errp, EOPNOTSUPP, "device %u: %s: resize not supported by the %s "
+                        "driver yet (nothing changed)", id,
+                        which && bdrv_get_filename(which)[0] ? bdrv_get_filename(which) : "image",
+                        fmt);
+        return -1;
+    }
+    uint64_t features;
+    ret = ublk_ctrl_get_features(s->ctrl, &features, NULL);
+    if (ret < 0) {
+        error_setg_errno(errp, -ret, "device %u: GET_FEATURES failed", id);
+        return -1;
+    }
+    if (!(features & UBLK_F_UPDATE_SIZE)) {
+        error_setg_code(errp, EOPNOTSUPP, "device %u: resizing a device in use needs Linux >= "
+                        "6.14; this kernel's ublk driver lacks UPDATE_SIZE (nothing changed)", id);
+        return -1;
+    }
+    uint64_t sectors = new_size >> 9;
+    if ((int64_t)new_size > old) {
+        if (blk_truncate(s->blk, (int64_t)new_size, true, PREALLOC_MODE_OFF, &local) < 0) {
+            error_propagate(errp, local);
+            error_prepend(errp, "device %u: growing the image to %llu bytes failed (nothing "
+                          "changed): ", id, (unsigned long long)new_size);
+            return -1;
+        }
+        __atomic_store_n(&d->size, (int64_t)new_size, __ATOMIC_RELEASE);
+        ret = ublk_ctrl_update_size(s->ctrl, id, sectors);
+        if (ret < 0) {
+            __atomic_store_n(&d->size, old, __ATOMIC_RELEASE);
+            int u = blk_truncate(s->blk, old, true, PREALLOC_MODE_OFF, &local);
+            error_setg_errno(errp, -ret, "device %u: UPDATE_SIZE to %llu sectors failed; %s%s%s",
+                             id, (unsigned long long)sectors,
+                             u == 0 ? "the image was truncated back to its old size" :
+                                      "truncating the image back to its old size failed too (",
+                             u == 0 ? "" : error_get_pretty(local), u == 0 ? "" : ")");
+            error_free(local);
+            return -1;
+        }
+    } else {
+        ret = ublk_ctrl_update_size(s->ctrl, id, sectors);
+        if (ret < 0) {
+            error_setg_errno(errp, -ret, "device %u: UPDATE_SIZE to %llu sectors failed "
+                             "(nothing changed)", id, (unsigned long long)sectors);
+            return -1;
+        }
+        /* The kernel sends nothing past the new end now; what it sent
+         * before either passed this bound already (and is drained) or is
+         * refused by it. */
+        __atomic_store_n(&d->size, (int64_t)new_size, __ATOMIC_RELEASE);
+        blk_drain(s->blk);
+        if (blk_truncate(s->blk, (int64_t)new_size, true, PREALLOC_MODE_OFF, &local) < 0) {
+            int u = ublk_ctrl_update_size(s->ctrl, id, (uint64_t)old >> 9);
+            if (u == 0) {
+                __atomic_store_n(&d->size, old, __ATOMIC_RELEASE);
+            }
+            error_propagate(errp, local);
+            error_prepend(errp, "device %u: shrinking the image to %llu bytes failed; %s: ", id,
+                          (unsigned long long)new_size,
+                          u == 0 ? "the device has its old size again"
+                                 : "the device stays at the new size (UPDATE_SIZE back failed)");
+            return -1;
+        }
+    }
+    rep->size = new_size;
+    if (s->cfg->size) {
+        s->cfg->size = new_size;   /* a device sized by --size (null) is that big now */
+    }
+    if (server_write_state(s, &local) < 0) {
+        /* The resize happened: say so, with what could not be recorded. */
+        ublk_log(LOG_WARNING, "resized to %llu bytes, but %s: recover would use the image's "
+                 "size", (unsigned long long)new_size, error_get_pretty(local));
+        error_free(local);
+    }
+    ublk_log(LOG_INFO, "%s resized from %lld to %llu bytes", s->bdev, (long long)old,
+             (unsigned long long)new_size);
+    return 0;
+}
+
+static void coroutine_fn server_ctl(void *opaque, const UblkCtlRequest *req, UblkCtlReply *rep)
+{
+    Server *s = opaque;
+    Error *err = NULL;
+    int ret = -1;
+    switch (req->op) {
+    case UBLK_CTL_RESIZE:
+        ret = server_resize(s, req->size, req->shrink, rep, &err);
+        break;
+    default:
+        error_setg(&err, "unknown request %d", (int)req->op);
+        break;
+    }
+    rep->ok = ret == 0;
+    if (!rep->ok) {
+        rep->err = error_get_errno(err);
+        rep->message = strdup(err ? error_get_pretty(err) : "failed");
+        ublk_log(LOG_WARNING, "%s", rep->message ? rep->message : "control request failed");
+    }
+    error_free(err);
 }
 
 /* The daemon serves one device, so the process-wide zero-copy counters are its. */
@@ -487,6 +666,8 @@ static int server_stop(Server *s)
 {
     UblkDev *d = &s->dev;
     int left = -1;
+    ublk_ctl_server_free(s->ctl);   /* before the device goes: no resize then */
+    s->ctl = NULL;
     if (s->started) {
         int ret = ublk_ctrl_stop_dev(s->ctrl, d->dev_id);
         if (ret < 0) {
@@ -590,8 +771,11 @@ static void serve(Server *s, const sigset_t *set)
     }
     aio_timer_init(&l.stats_timer, ctx, serve_stats, &l);
     serve_stats(&l);             /* the first one now, as `list` may look at once */
-    while (!l.stop) {
+    /* A control request in progress (a resize) ends before the device
+     * stops: it may have changed the kernel's size and not the image's yet. */
+    while (!l.stop || ublk_ctl_server_busy(s->ctl)) {
         aio_poll(ctx, true);
+        s->stopping = l.stop;
     }
     aio_timer_del(&l.stats_timer);
     aio_signal_watch_free(w);

@@ -50,7 +50,9 @@ complete_words() {   # complete_words WORD...: the completions for the last word
 }
 check "completion registers" bash -c ". '$P/share/bash-completion/completions/ublkd'; complete -p ublkd | grep -q _ublkd"
 got=$(complete_words ublkd re | tr '\n' ' ')
-[ "$got" = "recover " ] && ok || bad "complete 'ublkd re' gave: $got"
+[ "$got" = "recover resize " ] && ok || bad "complete 'ublkd re' gave: $got"
+got=$(complete_words ublkd resize -n 3 --s | tr '\n' ' ')
+[ "$got" = "--shrink " ] && ok || bad "complete 'ublkd resize -n 3 --s' gave: $got"
 got=$(complete_words ublkd img c | tr '\n' ' ')
 [ "$got" = "check compare convert create " ] && ok || bad "complete 'ublkd img c' gave: $got"
 got=$(complete_words ublkd add raw f.img --re | tr '\n' ' ')

@@ -154,11 +154,30 @@ for cmd in info map check compare convert create bench; do both $cmd -f; done
 
 # --- ublksrv habits that need no kernel: help for every verb, add --help
 # names exactly this build's drivers
-for v in img add del list recover features; do
+for v in img add del list recover resize features; do
     "$UBLKD" help $v >h.out 2>&1 || { cat h.out >&2; fail "ublkd help $v failed"; }
     grep -qi "usage\|version" h.out || fail "ublkd help $v prints no usage"
 done
 "$UBLKD" help nosuchverb >/dev/null 2>&1 && fail "ublkd help nosuchverb succeeded"
+# resize: its usage, and the argument errors it gives before it looks for a device.
+"$UBLKD" resize --help >h.out 2>&1 || { cat h.out >&2; fail "ublkd resize --help failed"; }
+grep -q "usage: ublkd resize -n ID \[--shrink\] SIZE" h.out || { cat h.out >&2; fail "resize --help: usage"; }
+grep -q "UBLK_F_UPDATE_SIZE (Linux 6.14+)" h.out || { cat h.out >&2; fail "resize --help: kernel"; }
+resize_fails() {  # resize_fails STATUS PATTERN ARGS...
+    local want=$1 pat=$2 rc=0; shift 2
+    "$UBLKD" resize "$@" >r.out 2>&1 || rc=$?
+    [ "$rc" = "$want" ] || { cat r.out >&2; fail "ublkd resize $*: exit $rc, not $want"; }
+    grep -q -- "$pat" r.out || { cat r.out >&2; fail "ublkd resize $*: no '$pat'"; }
+}
+resize_fails 2 "-n ID is required" 1G
+resize_fails 2 "SIZE is required" -n 1
+resize_fails 2 "one SIZE only" -n 1 1G 2G
+resize_fails 2 "invalid size '12parsecs'" -n 1 12parsecs
+resize_fails 2 "invalid size '+0'" -n 1 +0
+resize_fails 2 "invalid size '99999E' (too large)" -n 1 99999E
+resize_fails 2 "invalid device id 'x'" -n x 1G
+resize_fails 2 "unknown option '--grow'" -n 1 --grow 1G
+resize_fails 1 "no device 1048575" -n 1048575 1G
 if "$UBLKD" add --help >h.out 2>&1; then
     want=$(uimg --help | sed -n 's/^Supported formats: //p')
     grep -qF "TYPE is a block driver of this build: $want." h.out ||

@@ -263,6 +263,7 @@ static void test_state_round_trip(void **state)
     s.depth = 64;
     s.graph = strdup("driver=raw,file.driver=file,file.filename=/img/a,,b.raw");
     s.bdev = strdup("/dev/ublkb3");
+    s.size = (1LL << 40) + 4096;   /* what a resize recorded */
     char *json = ublk_dev_state_to_json(&s);
     assert_non_null(json);
     assert_int_equal(ublk_dev_state_from_json(json, &r, &err), 0);
@@ -275,6 +276,7 @@ static void test_state_round_trip(void **state)
     assert_int_equal(r.depth, 64);
     assert_string_equal(r.graph, s.graph);
     assert_string_equal(r.bdev, "/dev/ublkb3");
+    assert_true(r.size == (1LL << 40) + 4096);
     assert_int_equal(r.cfg.dev_id, 3);
     assert_string_equal(r.cfg.type, "raw");
     assert_int_equal(r.cfg.nfiles, 1);
@@ -826,6 +828,16 @@ static void test_state_malformed_fields(void **state)
                          "--max-discard 1000 must be a multiple of 512");
     UblkDevState s;
     Error *err = NULL;
+    /* The device size a resize recorded: an integer in an image's range. */
+    assert_int_equal(ublk_dev_state_from_json("{\"id\": 3, \"size\": -512, \"config\": "
+                                              "{\"type\": \"null\", \"size\": 4096}}", &s, &err), -1);
+    assert_non_null(strstr(error_get_pretty(err), "\"size\": -512 is not an integer"));
+    error_free(err);
+    err = NULL;
+    assert_int_equal(ublk_dev_state_from_json("{\"id\": 3, \"size\": \"1G\", \"config\": "
+                                              "{\"type\": \"null\", \"size\": 4096}}", &s, &err), -1);
+    error_free(err);
+    err = NULL;
     assert_int_equal(ublk_dev_state_from_json("{\"id\": 3, \"pid\": 4294967296, \"config\": "
                                               "{\"type\": \"null\", \"size\": 4096}}", &s, &err), -1);
     assert_non_null(strstr(error_get_pretty(err), "\"pid\""));
