@@ -9,7 +9,7 @@
 # Substitutions, so the documented text can run here:
 #   - root commands: "sudo " is dropped (the suite runs as root); they run in a scratch
 #     directory where build/ublkd links to $UBLKD, so the rest is run as written;
-#   - the files they name are made first: disk.img and x.img (64M, sparse), disk.vdi
+#   - the files they name are made first: disk.img and x.img (64M, sparse), vm.img (128M), disk.vdi
 #     (64M, `ublkd img create -f vdi`); README makes its own disk.vdi later, in Images;
 #   - an id given with -n (5) is used as is if free, else another free id everywhere;
 #   - an add without -n: its device is deleted right after the checks, so the next
@@ -34,6 +34,7 @@ log "${#devcmds[@]} device commands in the docs"
 cd "$T"
 mkdir -p build && ln -s "$UBLKD" build/ublkd
 truncate -s 64M disk.img x.img
+truncate -s 128M vm.img
 "$UBLKD" img create -q -f vdi disk.vdi 64M
 
 # Ids the docs pass with -n: kept if free, else mapped to a free one.
@@ -167,6 +168,29 @@ for r in "${devcmds[@]}"; do
     [ "$(ublk_state "$id")" = LIVE ] || fail "$where: device $id is $(ublk_state "$id") after recover"
     dd if=/dev/ublkb$id of=/dev/null bs=4k count=16 iflag=direct status=none ||
       fail "$where: reading device $id after recover failed" ;;
+  resize)
+    # README: "+SIZE" grows by SIZE, "--shrink SIZE" sets it; 6.12 has no UPDATE_SIZE
+    # and must refuse, naming it, with the device unchanged.
+    [[ $cmd =~ -n\ ([0-9]+) ]] || fail "$where: a resize without -n ID: teach this test"
+    id=${BASH_REMATCH[1]}
+    before=$(blockdev --getsize64 /dev/ublkb$id)
+    if ! "$UBLKD" features | grep -q "UBLK_F_UPDATE_SIZE$"; then
+      rc=0; bash -c "$cmd" >"$T/out" 2>&1 || rc=$?
+      [ $rc != 0 ] && grep -q UPDATE_SIZE "$T/out" ||
+        fail "$where: on a kernel without UPDATE_SIZE resize did not refuse naming it: $(cat "$T/out")"
+      [ "$(blockdev --getsize64 /dev/ublkb$id)" = "$before" ] || fail "$where: a refused resize changed the size"
+      log "$where: refused as documented for kernels without UPDATE_SIZE"
+    else
+      run_doc "$class" "$cmd"
+      read -ra words <<<"${cmd%%#*}"
+      size=${words[${#words[@]}-1]}
+      case $size in
+        +*) want=$(( before + $(numfmt --from=iec "${size#+}") ));;
+        *)  want=$(numfmt --from=iec "$size");;
+      esac
+      [ "$(blockdev --getsize64 /dev/ublkb$id)" = "$want" ] ||
+        fail "$where: device $id is $(blockdev --getsize64 /dev/ublkb$id) bytes after resize, want $want"
+    fi ;;
   features)
     run_doc "$class" "$cmd"
     grep -q 'UBLK_F_' "$T/out" || fail "$where: features listed no UBLK_F_ flag" ;;
