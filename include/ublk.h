@@ -71,6 +71,12 @@ int ublk_ctrl_start_recovery(UblkCtrl *c, uint32_t dev_id);
  * (-ENODEV before START_DEV and after STOP_DEV, from 7.0 on); the caller
  * checks the size.  Older kernels: -EOPNOTSUPP. */
 int ublk_ctrl_update_size(UblkCtrl *c, uint32_t dev_id, uint64_t sectors);
+/* QUIESCE_DEV (UBLK_F_QUIESCE, given at ADD_DEV with USER_RECOVERY): the
+ * kernel stops dispatching, waits up to timeout_ms (0: for ever) for each
+ * queue to have an idle tag (-EBUSY after), then aborts the daemon's
+ * pending FETCHes; the device turns QUIESCED when the daemon closes its
+ * char device.  -EOPNOTSUPP when the device lacks the flag. */
+int ublk_ctrl_quiesce(UblkCtrl *c, uint32_t dev_id, uint64_t timeout_ms);
 int ublk_ctrl_end_recovery(UblkCtrl *c, uint32_t dev_id, pid_t pid);
 
 /* The kernel-internal ENOTSUPP: ublk_drv's answer to an opcode it does not know. */
@@ -190,6 +196,10 @@ int ublk_dev_config_check(const UblkDevConfig *c, Error **errp);
 OptDict *ublk_dev_config_to_options(const UblkDevConfig *c, int *flags, Error **errp);
 /* UBLK_F_* the config asks for, given what the kernel supports. */
 uint64_t ublk_dev_config_flags(const UblkDevConfig *c, uint64_t supported, bool unprivileged);
+/* Whether the open file fd (name: for messages) may be exec'ed as the new
+ * daemon by uid: a regular executable file owned by root or uid and
+ * writable by neither group nor others. */
+int ublk_exec_check(int fd, const char *name, uid_t uid, Error **errp);
 /*
  * The zero-copy flags (UBLK_F_AUTO_BUF_REG or UBLK_F_SUPPORT_ZERO_COPY, or 0
  * for the copy path) --zero-copy asks for, given the kernel's features:
@@ -323,6 +333,10 @@ unsigned ublk_queues_running(UblkDev *d);
  *   -> {"ublkd-ctl": 1, "op": "resize", "size": BYTES, "shrink": false}
  *   <- {"ublkd-ctl": 1, "ok": true, "size": BYTES, "old_size": BYTES}
  *   <- {"ublkd-ctl": 1, "ok": false, "errno": N, "error": "message"}
+ *   -> {"ublkd-ctl": 1, "op": "upgrade", "cancel": false}  (for the next
+ *      60 s the daemon hands the device over when its queues end or on
+ *      SIGTERM, instead of deleting it; "cancel": true undoes that after a
+ *      failed QUIESCE_DEV: see cmd_upgrade)
  * A request of another version is answered with an error naming both; a
  * new verb is a new "op" (and fields), the version changes only when an
  * old field changes meaning.
@@ -330,12 +344,13 @@ unsigned ublk_queues_running(UblkDev *d);
 #define UBLK_CTL_VERSION 1
 #define UBLK_CTL_MAX_MSG 4096
 
-typedef enum { UBLK_CTL_RESIZE = 1 } UblkCtlOp;
+typedef enum { UBLK_CTL_RESIZE = 1, UBLK_CTL_UPGRADE } UblkCtlOp;
 
 typedef struct UblkCtlRequest {
     UblkCtlOp op;
     uint64_t size;             /* resize: the new size in bytes */
     bool shrink;               /* resize: a smaller size is meant */
+    bool cancel;               /* upgrade: the QUIESCE_DEV failed, serve on */
 } UblkCtlRequest;
 
 typedef struct UblkCtlReply {

@@ -39,7 +39,7 @@ cd "$ROOT" || exit 2
 RULES=$(cat <<'EOF'
 quickstart	README.md	^S=.*apt-get install .* && make deps && make && 	apt-get and `make deps` install Debian packages as root; the rest (make, img create, the img info fallback) runs in a scratch copy of the tree
 check	README.md	^make deps && make test$	`make deps` installs packages as root and `make test` is the whole CI run (an hour, the VM suite included): only `make -n` of both targets here
-dev	README.md	^sudo build/ublkd (add|list|del|recover|resize) 	
+dev	README.md	^sudo build/ublkd (add|list|del|recover|resize|upgrade) 	
 dev	README.md	^build/ublkd features$	
 run	README.md	^build/ublkd img 	
 dev-user	docs/UNPRIVILEGED.md	^ublkd (add|list|del) 	

@@ -612,6 +612,240 @@ out:
     return ret;
 }
 
+static void upgrade_usage(FILE *f)
+{
+    fprintf(f,
+        "usage: ublkd upgrade -n ID [--binary PATH]\n"
+        "Replace the daemon of live device ID with a new one running PATH (default: this\n"
+        "ublkd binary), keeping the device and its I/O: the kernel holds new requests\n"
+        "while the old daemon finishes those it has, flushes the image and exits; the\n"
+        "new daemon takes over the device as 'ublkd recover' does, with the same options.\n"
+        "The device must have been added with recovery (--recovery=reissue, the default\n"
+        "for root, or fail).  With a kernel lacking UBLK_F_QUIESCE, or a device added\n"
+        "without it, the old daemon is killed instead and the requests it held are\n"
+        "reissued (--recovery=reissue only).  PATH must be a regular executable owned by\n"
+        "root or you and writable by no one else.\n"
+        "  -n, --id ID        the device\n"
+        "  --binary PATH      the ublkd binary of the new daemon\n");
+}
+
+/* Wait (up to timeout_ms) for the kernel to report device id in state want. */
+static bool wait_dev_state(uint32_t id, uint16_t want, int timeout_ms, uint16_t *last)
+{
+    UblkCtrl *ctrl = ublk_ctrl_open(NULL);
+    bool ok = false;
+    for (int waited = 0; ctrl; waited += 50) {
+        struct ublksrv_ctrl_dev_info info;
+        if (ublk_ctrl_get_info(ctrl, id, &info) == 0) {
+            *last = info.state;
+            if (info.state == want) {
+                ok = true;
+                break;
+            }
+        }
+        if (waited >= timeout_ms) {
+            break;
+        }
+        usleep(50000);
+    }
+    ublk_ctrl_close(ctrl);
+    return ok;
+}
+
+static const char *dev_state_name(uint16_t st)
+{
+    switch (st) {
+    case UBLK_S_DEV_DEAD: return "DEAD";
+    case UBLK_S_DEV_LIVE: return "LIVE";
+    case UBLK_S_DEV_QUIESCED: return "QUIESCED";
+    case UBLK_S_DEV_FAIL_IO: return "FAIL_IO";
+    default: return "unknown";
+    }
+}
+
+static int cmd_upgrade(int argc, char **argv)
+{
+    static const struct option lo[] = {
+        { "id", required_argument, NULL, 'n' },
+        { "binary", required_argument, NULL, 'b' },
+        { "help", no_argument, NULL, 'h' },
+        { NULL, 0, NULL, 0 },
+    };
+    uint32_t id = 0;
+    bool have_id = false;
+    const char *binary = NULL;
+    int opt;
+    optind = 0;
+    while ((opt = verb_getopt(argc, argv, ":n:h", lo, &id, &have_id)) != -1) {
+        switch (opt) {
+        case 'b': binary = optarg; break;
+        case 'h':
+            upgrade_usage(stdout);
+            return 0;
+        default:
+            return 2;
+        }
+    }
+    if (!have_id) {
+        error_report("upgrade: -n ID is required (try 'ublkd upgrade --help')");
+        return 2;
+    }
+    if (optind != argc) {
+        error_report("upgrade: unexpected argument '%s' (try 'ublkd upgrade --help')",
+                     argv[optind]);
+        return 2;
+    }
+    /* Opened now and exec'ed through the descriptor: the file checked is
+     * the file run, whatever happens to its name meanwhile. */
+    const char *bin_name = binary ? binary : "/proc/self/exe";
+    int bfd = open(bin_name, O_RDONLY | O_CLOEXEC);
+    Error *err = NULL;
+    if (bfd < 0) {
+        error_report("upgrade: --binary %s: %s", bin_name, strerror(errno));
+        return 1;
+    }
+    if (ublk_exec_check(bfd, bin_name, geteuid(), &err) < 0) {
+        error_prepend(&err, "upgrade: --binary: ");
+        error_report_err(err);
+        close(bfd);
+        return 1;
+    }
+    UblkDevState st;
+    if (ublk_state_read(id, &st, &err) < 0) {
+        error_prepend(&err, "upgrade: device %u: ", id);
+        error_report_err(err);
+        close(bfd);
+        return 1;
+    }
+    int ret = 1, pidfd = -1;
+    UblkCtrl *ctrl = NULL;
+    if (!(st.flags & UBLK_F_USER_RECOVERY)) {
+        error_report("upgrade: device %u was added with --recovery=none: the kernel would "
+                     "remove it with its daemon; upgrade needs --recovery=reissue (del and add "
+                     "it again)", id);
+        goto out;
+    }
+    pidfd = daemon_pidfd(id, st.pid, &st);
+    if (pidfd < 0 || pidfd_exited(pidfd, 0)) {
+        error_report("upgrade: device %u's daemon (pid %d) is not running; 'ublkd recover -n "
+                     "%u' starts one", id, (int)st.pid, id);
+        goto out;
+    }
+    ctrl = ublk_ctrl_open(&err);
+    if (!ctrl) {
+        error_prepend(&err, "upgrade: ");
+        error_report_err(err);
+        goto out;
+    }
+    struct ublksrv_ctrl_dev_info info;
+    uint64_t features = 0;
+    int kret = ublk_ctrl_get_info(ctrl, id, &info);
+    if (kret < 0) {
+        error_report("upgrade: device %u: GET_DEV_INFO: %s", id, strerror(-kret));
+        goto out;
+    }
+    if (info.state != UBLK_S_DEV_LIVE) {
+        error_report("upgrade: device %u is %s, not LIVE", id, dev_state_name(info.state));
+        goto out;
+    }
+    bool probed;
+    ublk_ctrl_get_features(ctrl, &features, &probed);
+    bool reissue = false;
+    if (info.flags & UBLK_F_QUIESCE) {
+        UblkCtlRequest req = { .op = UBLK_CTL_UPGRADE };
+        UblkCtlReply rep;
+        if (ublk_ctl_call(id, st.pid, &req, &rep, 10000, &err) < 0) {
+            error_prepend(&err, "upgrade: ");
+            error_report_err(err);
+            goto out;
+        }
+        if (!rep.ok) {
+            error_report("upgrade: device %u's daemon (pid %d) refused: %s", id, (int)st.pid,
+                         rep.message);
+            ublk_ctl_reply_free(&rep);
+            goto out;
+        }
+        ublk_ctl_reply_free(&rep);
+        /* The requests the daemon holds finish; new ones wait in the kernel. */
+        kret = ublk_ctrl_quiesce(ctrl, id, 30000);
+        if (kret < 0) {
+            UblkCtlRequest cancel = { .op = UBLK_CTL_UPGRADE, .cancel = true };
+            if (ublk_ctl_call(id, st.pid, &cancel, &rep, 10000, NULL) == 0) {
+                ublk_ctl_reply_free(&rep);
+            }
+            error_report("upgrade: QUIESCE_DEV of device %u failed: %s%s", id, strerror(-kret),
+                         kret == -EBUSY ? " (its requests did not finish within 30 s); the "
+                         "old daemon keeps serving it" : "");
+            goto out;
+        }
+        /* Its queues end by themselves unless one held only busy tags. */
+        sys_pidfd_send_signal(pidfd, SIGTERM);
+    } else {
+        printf("upgrade: %s; killing the daemon and recovering with reissue instead\n",
+               (features & UBLK_F_QUIESCE)
+                   ? "the device was added without UBLK_F_QUIESCE (by an older ublkd)"
+                   : "the kernel lacks UBLK_F_QUIESCE");
+        fflush(stdout);
+        if (!(info.flags & UBLK_F_USER_RECOVERY_REISSUE)) {
+            error_report("upgrade: device %u was added with --recovery=fail: killing its daemon "
+                         "would fail the requests it holds; upgrade without QUIESCE needs "
+                         "--recovery=reissue", id);
+            goto out;
+        }
+        if (sys_pidfd_send_signal(pidfd, SIGKILL) < 0) {
+            error_report("upgrade: cannot kill device %u's daemon (pid %d): %s", id,
+                         (int)st.pid, strerror(errno));
+            goto out;
+        }
+        reissue = true;
+    }
+    if (!pidfd_exited(pidfd, 60000)) {
+        error_report("upgrade: device %u's old daemon (pid %d) did not exit within 60 s", id,
+                     (int)st.pid);
+        goto out;
+    }
+    uint16_t state = 0;
+    if (!wait_dev_state(id, UBLK_S_DEV_QUIESCED, 10000, &state)) {
+        error_report("upgrade: device %u is %s after its daemon exited, not QUIESCED", id,
+                     dev_state_name(state));
+        goto out;
+    }
+    char idbuf[16];
+    snprintf(idbuf, sizeof(idbuf), "%u", id);
+    char *args[] = { (char *)bin_name, "recover", "-n", idbuf, reissue ? "--reissue" : NULL,
+                     NULL };
+    fflush(NULL);
+    pid_t child = fork();
+    if (child < 0) {
+        error_report("upgrade: fork: %s", strerror(errno));
+    } else if (child == 0) {
+        extern char **environ;
+        fexecve(bfd, args, environ);
+        fprintf(stderr, "ublkd: upgrade: cannot run %s: %s\n", bin_name, strerror(errno));
+        _exit(127);
+    } else {
+        int status = 0;
+        while (waitpid(child, &status, 0) < 0 && errno == EINTR) {
+        }
+        if (WIFEXITED(status) && WEXITSTATUS(status) == 0) {
+            ret = 0;
+        }
+    }
+    if (ret != 0) {
+        error_report("upgrade: the new daemon (%s) did not take device %u over; it stays "
+                     "QUIESCED, its I/O waiting: 'ublkd recover -n %u' retries", bin_name, id,
+                     id);
+    }
+out:
+    if (pidfd >= 0) {
+        close(pidfd);
+    }
+    ublk_ctrl_close(ctrl);
+    ublk_dev_state_free(&st);
+    close(bfd);
+    return ret;
+}
+
 /* Ids of devices the kernel has, plus those with a state file.  False if
  * the run directory is there but refused (said why). */
 static bool collect_ids(uint32_t *ids, int max, int *count)
@@ -1373,6 +1607,9 @@ int dev_main(int argc, char **argv)
     }
     if (!strcmp(verb, "resize")) {
         return cmd_resize(argc, argv);
+    }
+    if (!strcmp(verb, "upgrade")) {
+        return cmd_upgrade(argc, argv);
     }
     error_report("unknown device command '%s'", verb);
     return 2;

@@ -28,6 +28,7 @@ static void usage(FILE *f)
         "  ublkd list [-n ID] [--json]          show devices\n"
         "  ublkd recover -n ID [--reissue]      restart the server of a quiesced device\n"
         "  ublkd resize -n ID [--shrink] SIZE   grow (or shrink) a device and its image\n"
+        "  ublkd upgrade -n ID [--binary PATH]  replace a live device's daemon\n"
         "  ublkd features                       list what the kernel's ublk driver supports\n"
         "  (ublkd help VERB for a verb's options)\n"
 #endif
@@ -52,7 +53,7 @@ int main(int argc, char **argv)
             }
 #ifdef CONFIG_UBLK
             static const char *const dev_verbs[] = { "add", "del", "list", "recover",
-                                                     "resize", "features", NULL };
+                                                     "resize", "upgrade", "features", NULL };
             for (int i = 0; dev_verbs[i]; i++) {
                 if (!strcmp(argv[2], dev_verbs[i])) {
                     char *args[] = { argv[2], "--help", NULL };
@@ -75,8 +76,8 @@ int main(int argc, char **argv)
         return img_main(argc - 1, argv + 1);
     }
 #ifdef CONFIG_UBLK
-    static const char *const verbs[] = { "add", "del", "list", "recover", "resize", "features",
-                                         NULL };
+    static const char *const verbs[] = { "add", "del", "list", "recover", "resize", "upgrade",
+                                         "features", NULL };
     for (int i = 0; verbs[i]; i++) {
         if (!strcmp(cmd, verbs[i])) {
             return dev_main(argc - 1, argv + 1);

@@ -631,6 +631,12 @@ uint64_t ublk_dev_config_flags(const UblkDevConfig *c, uint64_t supported, bool 
         if (!(supported & UBLK_F_USER_RECOVERY)) {
             f &= ~(UBLK_F_USER_RECOVERY | UBLK_F_USER_RECOVERY_REISSUE);
         }
+        /* QUIESCE_DEV works only on a device added with this flag, and
+         * ADD_DEV refuses it without USER_RECOVERY (-EINVAL): `upgrade`
+         * needs it, nothing else changes. */
+        if ((f & UBLK_F_USER_RECOVERY) && (supported & UBLK_F_QUIESCE)) {
+            f |= UBLK_F_QUIESCE;
+        }
     }
     return f;
 }
@@ -1410,3 +1416,34 @@ int ublk_stats_read(uint32_t dev_id, BlockAcctStats *st)
     return -ENOTSUP;
 }
 #endif
+
+int ublk_exec_check(int fd, const char *name, uid_t uid, Error **errp)
+{
+    struct stat st;
+    if (fstat(fd, &st) < 0) {
+        error_setg_errno(errp, errno, "%s", name);
+        return -1;
+    }
+    if (!S_ISREG(st.st_mode)) {
+        error_setg(errp, "%s is not a regular file", name);
+        return -1;
+    }
+    if (!(st.st_mode & S_IXUSR)) {
+        error_setg(errp, "%s is not executable", name);
+        return -1;
+    }
+    /* The daemon of root's device runs as root: a binary someone else
+     * could have written would run their code as root. */
+    if (st.st_uid != 0 && st.st_uid != uid) {
+        error_setg(errp, "%s is owned by uid %u, neither root nor uid %u", name,
+                   (unsigned)st.st_uid, (unsigned)uid);
+        return -1;
+    }
+    if (st.st_mode & (S_IWGRP | S_IWOTH)) {
+        error_setg(errp, "%s is writable by %s (mode %04o)", name,
+                   (st.st_mode & S_IWOTH) ? "others" : "its group",
+                   (unsigned)(st.st_mode & 07777));
+        return -1;
+    }
+    return 0;
+}

@@ -1,7 +1,7 @@
 /*
  * ctlsock.c - the daemon's control socket (see include/ublk.h).
  *
- * Why a socket: some verbs (resize now, upgrade later) must run inside the
+ * Why a socket: some verbs (resize, upgrade) must run inside the
  * daemon, which owns the image and the queues; a signal carries no
  * argument and no answer.  Why here and so: the socket lives in the run
  * directory, which ublk_run_dir_open has checked (ours, 0700, no symlink),
@@ -94,7 +94,8 @@ static char *json_line(json_object *o)
     return out;
 }
 
-static const char *const op_names[] = { [UBLK_CTL_RESIZE] = "resize" };
+static const char *const op_names[] = { [UBLK_CTL_RESIZE] = "resize",
+                                         [UBLK_CTL_UPGRADE] = "upgrade" };
 
 char *ublk_ctl_request_to_json(const UblkCtlRequest *r)
 {
@@ -104,6 +105,8 @@ char *ublk_ctl_request_to_json(const UblkCtlRequest *r)
     if (r->op == UBLK_CTL_RESIZE) {
         json_object_object_add(o, "size", json_object_new_uint64(r->size));
         json_object_object_add(o, "shrink", json_object_new_boolean(r->shrink));
+    } else if (r->op == UBLK_CTL_UPGRADE) {
+        json_object_object_add(o, "cancel", json_object_new_boolean(r->cancel));
     }
     return json_line(o);
 }
@@ -193,8 +196,15 @@ int ublk_ctl_request_parse(const char *text, UblkCtlRequest *r, Error **errp)
         } else {
             error_prepend(errp, "resize request: ");
         }
+    } else if (!strcmp(op, "upgrade")) {
+        r->op = UBLK_CTL_UPGRADE;
+        if (get_flag(o, "cancel", &r->cancel, errp)) {
+            ret = 0;
+        } else {
+            error_prepend(errp, "upgrade request: ");
+        }
     } else {
-        error_setg(errp, "unknown request \"%.64s\" (this daemon knows: resize)", op);
+        error_setg(errp, "unknown request \"%.64s\" (this daemon knows: resize, upgrade)", op);
     }
     json_object_put(o);
     return ret;

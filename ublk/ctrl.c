@@ -134,6 +134,7 @@ static unsigned encoded_op(unsigned nr)
     case UBLK_CMD_GET_FEATURES:        return UBLK_U_CMD_GET_FEATURES;
     case UBLK_CMD_TRY_STOP_DEV:        return UBLK_U_CMD_TRY_STOP_DEV;
     case UBLK_CMD_UPDATE_SIZE:         return UBLK_U_CMD_UPDATE_SIZE;
+    case UBLK_CMD_QUIESCE_DEV:         return UBLK_U_CMD_QUIESCE_DEV;
     default:                           return 0;
     }
 }
@@ -360,6 +361,12 @@ int ublk_ctrl_get_queue_affinity(UblkCtrl *c, uint32_t dev_id, unsigned q, cpu_s
 int ublk_ctrl_update_size(UblkCtrl *c, uint32_t dev_id, uint64_t sectors)
 {
     int ret = ctrl_cmd(c, UBLK_CMD_UPDATE_SIZE, dev_id, (uint16_t)-1, NULL, 0, sectors);
+    return ret < 0 ? ret : 0;
+}
+
+int ublk_ctrl_quiesce(UblkCtrl *c, uint32_t dev_id, uint64_t timeout_ms)
+{
+    int ret = ctrl_cmd(c, UBLK_CMD_QUIESCE_DEV, dev_id, (uint16_t)-1, NULL, 0, timeout_ms);
     return ret < 0 ? ret : 0;
 }
 

@@ -183,6 +183,9 @@ typedef struct Server {
     UblkCtlServer *ctl;
     bool added, started;
     bool stopping;             /* the serve loop is ending: no new resize */
+    int64_t upgrade_until;     /* `upgrade` asked: QUIESCE_DEV will end the queues
+                                  before this (CLOCK_MONOTONIC ns) */
+    bool handover;             /* ...and it did: leave the device to the next daemon */
     char bdev[64];
 } Server;
 
@@ -202,6 +205,18 @@ static int server_write_state(Server *s, Error **errp)
 }
 
 static void server_ctl(void *opaque, const UblkCtlRequest *req, UblkCtlReply *rep);
+
+static int64_t server_now_ns(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return ts.tv_sec * 1000000000LL + ts.tv_nsec;
+}
+
+static bool server_upgrading(const Server *s)
+{
+    return s->upgrade_until && server_now_ns() < s->upgrade_until;
+}
 
 static int wait_quiesced(Server *s, struct ublksrv_ctrl_dev_info *info, Error **errp)
 {
@@ -640,6 +655,28 @@ static void coroutine_fn server_ctl(void *opaque, const UblkCtlRequest *req, Ubl
     case UBLK_CTL_RESIZE:
         ret = server_resize(s, req->size, req->shrink, rep, &err);
         break;
+    case UBLK_CTL_UPGRADE:
+        /* Only a mark: the client sends QUIESCE_DEV, the kernel aborts our
+         * FETCHes, and the queue threads end after the requests they hold;
+         * serve_check_queues then sees why. */
+        if (req->cancel) {
+            s->upgrade_until = 0;
+            ublk_log(LOG_INFO, "upgrade of %s cancelled: serving on", s->bdev);
+            ret = 0;
+        } else if (!(s->dev.flags & UBLK_F_QUIESCE)) {
+            error_setg_errno(&err, EOPNOTSUPP, "device %u was added without UBLK_F_QUIESCE",
+                             s->dev.dev_id);
+        } else if (s->stopping) {
+            error_setg_errno(&err, ESHUTDOWN, "device %u's daemon is stopping", s->dev.dev_id);
+        } else {
+            /* Bounded: a client that dies before QUIESCE_DEV (or before
+             * "cancel") must not leave a later `del` keeping the device. */
+            s->upgrade_until = server_now_ns() + 60 * 1000000000LL;
+            ublk_log(LOG_INFO, "upgrade: waiting for QUIESCE_DEV to end the queues of %s",
+                     s->bdev);
+            ret = 0;
+        }
+        break;
     default:
         error_setg(&err, "unknown request %d", (int)req->op);
         break;
@@ -661,13 +698,19 @@ static void server_get_stats(Server *s, BlockAcctStats *st)
     st->zc_ring_copies = iov_fixed_copy_count();
 }
 
-/* Returns the id of a device that stays in the kernel (DEL_DEV refused), or -1. */
+/* Returns the id of a device that stays in the kernel (DEL_DEV refused), or -1.
+ * A handover (upgrade) keeps the device and its state file: the queues end,
+ * the image is flushed and closed (its locks go), and closing the char
+ * device turns the device QUIESCED for the next daemon's recovery. */
 static int server_stop(Server *s)
 {
     UblkDev *d = &s->dev;
     int left = -1;
     ublk_ctl_server_free(s->ctl);   /* before the device goes: no resize then */
     s->ctl = NULL;
+    if (s->handover) {
+        s->added = s->started = false;
+    }
     if (s->started) {
         int ret = ublk_ctrl_stop_dev(s->ctrl, d->dev_id);
         if (ret < 0) {
@@ -728,8 +771,14 @@ typedef struct ServeLoop {
 static void serve_check_queues(ServeLoop *l)
 {
     if (!l->stop && ublk_queues_running(&l->s->dev) < l->s->dev.nr_queues) {
-        ublk_log(LOG_WARNING, "a queue of %s ended: the device was stopped or deleted "
-                 "outside ublkd; exiting", l->s->bdev);
+        if (server_upgrading(l->s)) {
+            /* Every queue ends: QUIESCE_DEV aborted all FETCHes. */
+            ublk_log(LOG_INFO, "upgrade: %s quiesced; handing it over", l->s->bdev);
+            l->s->handover = true;
+        } else {
+            ublk_log(LOG_WARNING, "a queue of %s ended: the device was stopped or deleted "
+                     "outside ublkd; exiting", l->s->bdev);
+        }
         l->stop = true;
     }
 }
@@ -738,7 +787,13 @@ static void serve_signal(void *opaque, const struct signalfd_siginfo *si)
 {
     ServeLoop *l = opaque;
     int sig = (int)si->ssi_signo;
-    if (sig == SIGTERM || sig == SIGINT || sig == SIGHUP) {
+    if (sig == SIGTERM && server_upgrading(l->s) && !l->stop) {
+        /* From `upgrade` once QUIESCE_DEV succeeded: a queue whose every tag
+         * is busy when the FETCHes are aborted does not end by itself. */
+        ublk_log(LOG_INFO, "upgrade: %s quiesced; handing it over", l->s->bdev);
+        l->s->handover = true;
+        l->stop = true;
+    } else if (sig == SIGTERM || sig == SIGINT || sig == SIGHUP) {
         if (!l->stop) {
             ublk_log(LOG_INFO, "signal %d: stopping %s", sig, l->s->bdev);
         }
@@ -832,7 +887,9 @@ int ublk_server_run(UblkDevConfig *cfg, bool recover, int ready_fd)
     }
 
     serve(&s, &set);
+    bool handover = s.handover;
     server_stop(&s);
-    ublk_log(LOG_INFO, "device %u removed", s.dev.dev_id);
+    ublk_log(LOG_INFO, handover ? "device %u handed over (QUIESCED)" : "device %u removed",
+             s.dev.dev_id);
     return 0;
 }

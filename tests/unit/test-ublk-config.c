@@ -13,6 +13,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <errno.h>
+#include <fcntl.h>
 #include <sys/stat.h>
 #include <unistd.h>
 #include <cmocka.h>
@@ -180,7 +181,20 @@ static void test_flags(void **state)
                      UBLK_F_CMD_IOCTL_ENCODE | UBLK_F_USER_RECOVERY | UBLK_F_USER_RECOVERY_FAIL_IO);
     assert_int_equal(ublk_dev_config_flags(&c, all & ~UBLK_F_USER_RECOVERY_FAIL_IO, false),
                      UBLK_F_CMD_IOCTL_ENCODE | UBLK_F_USER_RECOVERY);
+    /* QUIESCE (for upgrade) with any recovery mode the kernel takes, never
+     * without USER_RECOVERY (ADD_DEV would refuse it) or unprivileged. */
+    c.recovery = UBLK_RECOVERY_REISSUE;
+    assert_int_equal(ublk_dev_config_flags(&c, all | UBLK_F_QUIESCE, false),
+                     UBLK_F_CMD_IOCTL_ENCODE | UBLK_F_USER_RECOVERY |
+                     UBLK_F_USER_RECOVERY_REISSUE | UBLK_F_QUIESCE);
+    assert_int_equal(ublk_dev_config_flags(&c, all | UBLK_F_QUIESCE, true),
+                     UBLK_F_CMD_IOCTL_ENCODE | UBLK_F_UNPRIVILEGED_DEV);
+    c.recovery = UBLK_RECOVERY_FAIL;
+    assert_int_equal(ublk_dev_config_flags(&c, all | UBLK_F_QUIESCE, false),
+                     UBLK_F_CMD_IOCTL_ENCODE | UBLK_F_USER_RECOVERY | UBLK_F_QUIESCE);
     c.recovery = UBLK_RECOVERY_NONE;
+    assert_int_equal(ublk_dev_config_flags(&c, all | UBLK_F_QUIESCE, false),
+                     UBLK_F_CMD_IOCTL_ENCODE);
     c.user_copy = true;
     assert_int_equal(ublk_dev_config_flags(&c, all, false),
                      UBLK_F_CMD_IOCTL_ENCODE | UBLK_F_USER_COPY);
@@ -861,9 +875,71 @@ static void test_state_malformed_fields(void **state)
 #endif
 }
 
+/* ublk_exec_check: what `upgrade --binary` may run as the device's daemon. */
+static void test_exec_check(void **state)
+{
+    (void)state;
+    char dir[] = "/var/tmp/ublkd-test-exec-XXXXXX";
+    assert_non_null(mkdtemp(dir));
+    char path[256];
+    snprintf(path, sizeof(path), "%s/bin", dir);
+    int fd = open(path, O_WRONLY | O_CREAT | O_EXCL, 0700);
+    assert_true(fd >= 0);
+    close(fd);
+    Error *err = NULL;
+    uid_t me = geteuid();
+    fd = open(path, O_RDONLY);
+    assert_true(fd >= 0);
+    assert_int_equal(ublk_exec_check(fd, path, me, NULL), 0);
+    /* Owned by neither root nor the caller (the caller is another uid). */
+    if (me == 0) {
+        assert_int_equal(ublk_exec_check(fd, path, 12345, NULL), 0);   /* root's own */
+        assert_int_equal(fchown(fd, 54321, (gid_t)-1), 0);
+        assert_int_equal(fchmod(fd, 0700), 0);    /* chown cleared nothing we need */
+        assert_int_equal(ublk_exec_check(fd, path, 12345, &err), -1);
+        assert_non_null(strstr(error_get_pretty(err), "owned by uid 54321, neither root nor uid 12345"));
+        error_free(err);
+        err = NULL;
+        assert_int_equal(ublk_exec_check(fd, path, 54321, NULL), 0);   /* the caller's own */
+        assert_int_equal(fchown(fd, 0, (gid_t)-1), 0);
+    } else {
+        assert_int_equal(ublk_exec_check(fd, path, me + 1, &err), -1);
+        assert_non_null(strstr(error_get_pretty(err), "neither root nor uid"));
+        error_free(err);
+        err = NULL;
+    }
+    assert_int_equal(fchmod(fd, 0600), 0);
+    assert_int_equal(ublk_exec_check(fd, path, me, &err), -1);
+    assert_non_null(strstr(error_get_pretty(err), "is not executable"));
+    error_free(err);
+    err = NULL;
+    assert_int_equal(fchmod(fd, 0757), 0);
+    assert_int_equal(ublk_exec_check(fd, path, me, &err), -1);
+    assert_non_null(strstr(error_get_pretty(err), "writable by others"));
+    error_free(err);
+    err = NULL;
+    assert_int_equal(fchmod(fd, 0775), 0);
+    assert_int_equal(ublk_exec_check(fd, path, me, &err), -1);
+    assert_non_null(strstr(error_get_pretty(err), "writable by its group"));
+    error_free(err);
+    err = NULL;
+    assert_int_equal(fchmod(fd, 0755), 0);
+    assert_int_equal(ublk_exec_check(fd, path, me, NULL), 0);
+    close(fd);
+    int dfd = open(dir, O_RDONLY | O_DIRECTORY);
+    assert_true(dfd >= 0);
+    assert_int_equal(ublk_exec_check(dfd, dir, me, &err), -1);
+    assert_non_null(strstr(error_get_pretty(err), "not a regular file"));
+    error_free(err);
+    close(dfd);
+    unlink(path);
+    rmdir(dir);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_exec_check),
         cmocka_unit_test(test_proc_start_time),
         cmocka_unit_test(test_run_dir_trust),
         cmocka_unit_test(test_defaults),

@@ -66,6 +66,22 @@ static void test_request_round_trip(void **state)
                                             &out, NULL), 0);
     assert_false(out.shrink);
     assert_true(out.size == 4096);
+    /* upgrade: no fields. */
+    UblkCtlRequest up = { .op = UBLK_CTL_UPGRADE };
+    text = ublk_ctl_request_to_json(&up);
+    assert_non_null(text);
+    assert_non_null(strstr(text, "\"op\":\"upgrade\""));
+    assert_int_equal(ublk_ctl_request_parse(text, &out, NULL), 0);
+    assert_int_equal(out.op, UBLK_CTL_UPGRADE);
+    assert_false(out.cancel);
+    free(text);
+    up.cancel = true;
+    text = ublk_ctl_request_to_json(&up);
+    assert_int_equal(ublk_ctl_request_parse(text, &out, NULL), 0);
+    assert_true(out.cancel);
+    free(text);
+    assert_request_refused("{\"ublkd-ctl\":1,\"op\":\"upgrade\",\"cancel\":1}",
+                           "upgrade request: \"cancel\": 1 is not true or false");
 #else
     skip();
 #endif
@@ -84,7 +100,8 @@ static void test_request_refusals(void **state)
                            "version 2; this ublkd speaks version 1");
     assert_request_refused("{\"ublkd-ctl\":0,\"op\":\"resize\",\"size\":1}", "version 0");
     assert_request_refused("{\"ublkd-ctl\":1,\"size\":1}", "no \"op\"");
-    assert_request_refused("{\"ublkd-ctl\":1,\"op\":\"upgrade\"}", "unknown request \"upgrade\"");
+    assert_request_refused("{\"ublkd-ctl\":1,\"op\":\"snapshot\"}",
+                           "unknown request \"snapshot\" (this daemon knows: resize, upgrade)");
     assert_request_refused("{\"ublkd-ctl\":1,\"op\":\"resize\"}", "resize request: no \"size\"");
     assert_request_refused("{\"ublkd-ctl\":1,\"op\":\"resize\",\"size\":-4096}", "negative");
     assert_request_refused("{\"ublkd-ctl\":1,\"op\":\"resize\",\"size\":\"1G\"}",

@@ -191,6 +191,20 @@ for r in "${devcmds[@]}"; do
       [ "$(blockdev --getsize64 /dev/ublkb$id)" = "$want" ] ||
         fail "$where: device $id is $(blockdev --getsize64 /dev/ublkb$id) bytes after resize, want $want"
     fi ;;
+  upgrade)
+    # README: a new daemon takes the live device over (with or without QUIESCE).
+    [[ $cmd =~ -n\ ([0-9]+) ]] || fail "$where: an upgrade without -n ID: teach this test"
+    id=${BASH_REMATCH[1]}
+    [ -n "${add_for[$id]:-}" ] || fail "$where: no documented add of device $id before its upgrade"
+    if gone "$id"; then
+      bash -c "${add_for[$id]}" >"$T/out" 2>&1 || { cat "$T/out" >&2; fail "$where: re-adding device $id for the upgrade"; }
+    fi
+    pid=$(ublk_pid "$id")
+    run_doc "$class" "$cmd"
+    [ "$(ublk_state "$id")" = LIVE ] || fail "$where: device $id is $(ublk_state "$id") after upgrade"
+    [ "$(ublk_pid "$id")" != "$pid" ] || fail "$where: device $id's daemon did not change"
+    dd if=/dev/ublkb$id of=/dev/null bs=4k count=16 iflag=direct status=none ||
+      fail "$where: reading device $id after upgrade failed" ;;
   features)
     run_doc "$class" "$cmd"
     grep -q 'UBLK_F_' "$T/out" || fail "$where: features listed no UBLK_F_ flag" ;;
