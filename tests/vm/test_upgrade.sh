@@ -24,11 +24,27 @@ out=$("$UBLKD" upgrade -n $N --binary $T/ublkd-ww 2>&1) && fail "upgrade to a wo
 grep -q 'is writable by others' <<<"$out" || fail "unexpected refusal: $out"
 log "refusals checked"
 
+# ---- a new daemon that fails: the device stays QUIESCED, recover retries ----
+mkimg $T/f.raw 16M
+F=$(ublk_add raw $T/f.raw $CACHE_OPT)
+cp /bin/false $T/false
+chmod 0755 $T/false
+echo upgrade-me | dd of=/dev/ublkb$F bs=4k count=1 conv=sync oflag=direct status=none
+out=$("$UBLKD" upgrade -n $F --binary $T/false 2>&1) && fail "upgrade to /bin/false succeeded"
+grep -q "stays QUIESCED, its I/O waiting: 'ublkd recover -n $F' retries" <<<"$out" \
+  || fail "a failed new daemon was not reported as asked: $out"
+[ "$(ublk_state $F)" = QUIESCED ] || fail "device $F is $(ublk_state $F) after a failed upgrade, not QUIESCED"
+"$UBLKD" recover -n $F >/dev/null || fail "recover after a failed upgrade failed"
+[ "$(ublk_state $F)" = LIVE ] || fail "device $F not LIVE after recover"
+dd if=/dev/ublkb$F of=$T/f.out bs=4k count=1 iflag=direct status=none
+grep -q upgrade-me $T/f.out || fail "device $F lost its data across the failed upgrade and recover"
+log "failed new daemon: QUIESCED, recovered"
+
 # ---- the upgrade under I/O ----
 cp "$UBLKD" $T/ublkd-new
 chmod 0755 $T/ublkd-new
 mkimg $T/r.raw 64M
-ublk_add raw $T/r.raw $CACHE_OPT -q 2 >/dev/null
+ublk_add raw $T/r.raw $CACHE_OPT -q 2 --log $T/d.log >/dev/null
 pid=$(ublk_pid $ID)
 if has_quiesce; then
   "$UBLKD" list -n $ID --json | jq -r '.[0].flag_list[]' | grep -qx QUIESCE \
@@ -48,6 +64,9 @@ log "upgrading daemon $pid under I/O ($w0 writes so far)"
 cat $T/up.out
 if has_quiesce; then
   grep -q 'lacks UBLK_F_QUIESCE' $T/up.out && fail "upgrade fell back on a kernel with QUIESCE"
+  # The old daemon drained and left the device rather than being killed.
+  grep -q "ublkd/$ID\[$pid\]: device $ID handed over (QUIESCED)" $T/d.log \
+    || { cat $T/d.log; fail "the old daemon did not log its handover"; }
 else
   grep -q 'the kernel lacks UBLK_F_QUIESCE; killing the daemon and recovering with reissue' $T/up.out \
     || fail "upgrade did not say it fell back to kill and recover"
