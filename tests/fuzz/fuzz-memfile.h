@@ -102,14 +102,21 @@ static int ff_grow(BlockDriverState *bs, int64_t end)
     return 0;
 }
 
+/* A read of [offset, offset+bytes) from the size bytes at data: zeros past them. */
+static inline void fuzz_buf_read(const uint8_t *data, size_t size, int64_t offset, int64_t bytes,
+                                 IOVector *qiov, size_t qiov_offset)
+{
+    size_t have = offset < (int64_t)size ? MIN((size_t)bytes, size - offset) : 0;
+    iov_from_buf(qiov, qiov_offset, data + (have ? offset : 0), have);
+    iov_memset(qiov, qiov_offset + have, 0, bytes - have);
+}
+
 static int coroutine_fn ff_preadv(BlockDriverState *bs, int64_t offset, int64_t bytes,
                                   IOVector *qiov, size_t qiov_offset, BdrvRequestFlags flags)
 {
     (void)bs; (void)flags;
     ff_maybe_yield();
-    size_t have = offset < (int64_t)fuzz_file.size ? MIN((size_t)bytes, fuzz_file.size - offset) : 0;
-    iov_from_buf(qiov, qiov_offset, fuzz_file.data + (have ? offset : 0), have);
-    iov_memset(qiov, qiov_offset + have, 0, bytes - have);
+    fuzz_buf_read(fuzz_file.data, fuzz_file.size, offset, bytes, qiov, qiov_offset);
     return 0;
 }
 

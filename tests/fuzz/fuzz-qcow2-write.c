@@ -26,16 +26,15 @@
  * offset down to a cluster, bit 4 the length up, bit 6 allows lengths up to
  * 16 clusters (else 2).
  *
- * Concurrency.  The block layer orders two requests only when one of them
- * is serialising (write zeroes, discard and compressed writes are, at
- * cluster granularity: serialise_unmap, io/block-io.c) and they overlap:
- * the later one waits for the earlier (tracked requests begin before the
- * first yield, so issue order is the order).  With a third overlapping
- * request that waits too, a later one may go first, so a batch keeps an op
- * only if it conflicts (overlaps with a serialising side) with at most one
- * other op, which itself conflicts with nothing else; such pairs are
- * modelled in issue order.  Plain writes never wait for each other: a byte
- * that several of them write reads as one of their values.
+ * Concurrency.  The ops of a batch start one after the other from
+ * coroutines and may overlap.  The block layer keeps a serialising request
+ * (write zeroes, discard and compressed writes are, at cluster granularity:
+ * serialise_unmap, io/block-io.c) from running beside an overlapping one,
+ * but does not keep the order they were issued in (a request waiting for
+ * unlisted ones can be overtaken by a later one), and plain writes never
+ * wait for each other.  So each byte that several ops of a batch touch
+ * may hold the value of any of them: the model adds each op's value as a
+ * possibility there.  Bytes only one op touches hold its value.
  *
  * The model holds per byte one value, two possible values, or "unknown"
  * (three or more).  A failed op (-ENOSPC from the cap) leaves each byte of
@@ -98,9 +97,7 @@ static int coroutine_fn fb_preadv(BlockDriverState *bs, int64_t offset, int64_t 
                                   IOVector *qiov, size_t qiov_offset, BdrvRequestFlags flags)
 {
     (void)bs; (void)flags;
-    size_t have = offset < (int64_t)fuzz_back.size ? MIN((size_t)bytes, fuzz_back.size - offset) : 0;
-    iov_from_buf(qiov, qiov_offset, fuzz_back.data + (have ? offset : 0), have);
-    iov_memset(qiov, qiov_offset + have, 0, bytes - have);
+    fuzz_buf_read(fuzz_back.data, fuzz_back.size, offset, bytes, qiov, qiov_offset);
     return 0;
 }
 
@@ -137,7 +134,7 @@ typedef struct Op {
 enum { M_EXACT, M_EITHER, M_ANY };
 static uint8_t m_cur[MAX_SIZE], m_alt[MAX_SIZE], m_st[MAX_SIZE];
 static uint8_t m_dirty[MAX_SIZE];       /* written since the last successful flush */
-static uint8_t m_plain[MAX_SIZE];       /* written by a plain write of this batch */
+static uint8_t m_batch[MAX_SIZE];       /* touched by an earlier op of this batch */
 static uint8_t readbuf[MAX_SIZE];
 static uint8_t opbuf[MAX_BATCH][MAX_OP_LEN];
 
@@ -150,6 +147,7 @@ static struct {
     int running;
     uint64_t yield_rng;
     unsigned yield_pct;
+    bool trace;                 /* FUZZ_TRACE=1: print each op and its result */
 } F;
 
 NOCOV static void model_set(int64_t p, uint8_t v)
@@ -195,33 +193,6 @@ NOCOV static uint8_t pattern(unsigned idx, int64_t p, bool compressible)
     return compressible ? v : v ^ (uint8_t)(p * 0x9e + (p >> 8));
 }
 
-static bool op_serialises(const Op *op)
-{
-    return op->kind == K_ZERO || op->kind == K_DISCARD || op->kind == K_COMPRESSED;
-}
-
-/* The range the block layer tracks the op over. */
-static void op_range(const Op *op, int64_t *lo, int64_t *hi)
-{
-    *lo = op->off;
-    *hi = op->off + op->len;
-    if (op_serialises(op)) {
-        *lo = ALIGN_DOWN(*lo, F.g.cs);
-        *hi = ALIGN_UP(*hi, F.g.cs);
-    }
-}
-
-static bool ops_conflict(const Op *a, const Op *b)
-{
-    if (a->kind == K_FLUSH || b->kind == K_FLUSH || (!op_serialises(a) && !op_serialises(b))) {
-        return false;
-    }
-    int64_t alo, ahi, blo, bhi;
-    op_range(a, &alo, &ahi);
-    op_range(b, &blo, &bhi);
-    return alo < bhi && blo < ahi;
-}
-
 typedef struct OpCo {
     Op *op;
     uint8_t *buf;
@@ -253,6 +224,9 @@ NOCOV static void coroutine_fn op_co(void *opaque)
         op->ret = bdrv_co_flush(F.bs);
         break;
     }
+    if (F.trace) {
+        fprintf(stderr, "op %u done\n", op->idx);
+    }
     F.running--;
 }
 
@@ -262,45 +236,45 @@ NOCOV static void model_apply(const Op *op, bool solo)
     bool ok = op->ret == 0;
     int64_t cs = F.g.cs;
 
+    F.errors |= !ok;
+    if (F.trace) {
+        static const char *const names[] = { "write", "write", "zeroes", "discard", "compressed",
+                                             "flush", "batch", "reopen" };
+        fprintf(stderr, "op %u: %s%s %" PRId64 "+%" PRId64 "%s: %s\n", op->idx, names[op->kind],
+                op->kind == K_ZERO && op->unmap ? " (unmap)" : "", op->off, op->len,
+                solo ? "" : " (batch)", op->ret ? strerror(-op->ret) : "ok");
+    }
+
+    int64_t lo = op->off, hi = op->off + op->len;
     switch (op->kind) {
     case K_WRITE:
     case K_COMPRESSED:
-        for (int64_t i = 0; i < op->len; i++) {
-            int64_t p = op->off + i;
-            uint8_t v = pattern(op->idx, p, op->kind == K_COMPRESSED && !op->incompressible);
-            if (ok && !m_plain[p]) {
-                model_set(p, v);
-            } else {
-                model_add(p, v);
-            }
-            if (op->kind == K_WRITE) {
-                m_plain[p] = 1;
-            }
-        }
-        break;
     case K_ZERO:
-        for (int64_t p = op->off; p < op->off + op->len; p++) {
-            ok ? model_set(p, 0) : model_add(p, 0);
-        }
         break;
-    case K_DISCARD: {
+    case K_DISCARD:
         if (F.g.v2 && F.g.backing) {
-            break;                  /* nothing falls through to zeros: declined */
+            return;                 /* nothing falls through to zeros: declined */
         }
-        int64_t a = ALIGN_UP(op->off, cs), b = ALIGN_DOWN(op->off + op->len, cs);
-        for (int64_t p = a; p < b; p++) {
-            ok ? model_set(p, 0) : model_add(p, 0);
-        }
+        lo = ALIGN_UP(lo, cs);
+        hi = ALIGN_DOWN(hi, cs);
         break;
-    }
     default:
         if (ok && solo) {
             memset(m_dirty, 0, (size_t)F.g.size);
         }
-        break;
+        return;
     }
-    if (!ok) {
-        F.errors = true;
+    for (int64_t p = lo; p < hi; p++) {
+        uint8_t v = 0;
+        if (op->kind == K_WRITE || op->kind == K_COMPRESSED) {
+            v = pattern(op->idx, p, op->kind == K_COMPRESSED && !op->incompressible);
+        }
+        if (ok && !m_batch[p]) {
+            model_set(p, v);
+        } else {
+            model_add(p, v);
+        }
+        m_batch[p] = 1;
     }
 }
 
@@ -344,7 +318,7 @@ static void run_batch(Op *ops, int n)
     }
     for (int i = 0; i < n; i++) {
         if (ops[i].kind != K_FLUSH) {
-            memset(m_plain + ops[i].off, 0, (size_t)ops[i].len);
+            memset(m_batch + ops[i].off, 0, (size_t)ops[i].len);
             int64_t lo = ALIGN_DOWN(ops[i].off, F.g.cs);
             int64_t hi = MIN(ALIGN_UP(ops[i].off + ops[i].len, F.g.cs), F.g.size);
             compare(lo, hi - lo, "after a batch");
@@ -503,26 +477,11 @@ static void run_script(const uint8_t *data, size_t size)
         int n = 0;
         if (kind == K_BATCH) {
             int want = 2 + (b[0] >> 3) % 3;
-            int partners[MAX_BATCH] = { 0 };
             for (int j = 0; j < want && i + 1 < nops; j++) {
                 i++;
                 Op op = parse_op(data + i * OP_LEN, (unsigned)i);
                 if (op.kind == K_BATCH || op.kind == K_REOPEN) {
                     op.kind = K_FLUSH;
-                }
-                int conflicts = 0, with = -1;
-                for (int k = 0; k < n; k++) {
-                    if (ops_conflict(&ops[k], &op)) {
-                        conflicts++;
-                        with = k;
-                    }
-                }
-                if (conflicts > 1 || (conflicts == 1 && partners[with])) {
-                    continue;           /* the layer would not order it */
-                }
-                if (conflicts == 1) {
-                    partners[with]++;
-                    partners[n]++;
                 }
                 ops[n++] = op;
             }
@@ -575,7 +534,19 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
         return 0;
     }
     memset(&F, 0, sizeof(F));
+    F.trace = getenv("FUZZ_TRACE") != NULL;
     parse_geometry(data);
+    if (F.trace) {
+        const Geo *g = &F.g;
+        fprintf(stderr, "geometry: cluster %" PRId64 ", size %" PRId64 ", refcount_bits %u%s%s%s%s%s"
+                "%s%s%s%s, yields %u%%, cap %s\n", g->cs, g->size, g->refcount_bits,
+                g->extl2 ? ", extended_l2" : "", g->lazy ? ", lazy_refcounts" : "",
+                g->zstd ? ", zstd" : "", g->v2 ? ", v2" : "", g->backing ? ", backing" : "",
+                g->prealloc ? ", preallocation=metadata" : "", g->small_cache ? ", small caches" : "",
+                g->write_through ? ", metadata-write-through" : "",
+                g->overlap_all ? ", overlap-check=all" : "", F.yield_pct,
+                data[5] >= 192 ? "yes" : "no");
+    }
     fuzz_file.cap = 0;
     if (!create_image()) {
         return 0;
@@ -590,7 +561,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     memset(m_cur, 0, (size_t)F.g.size);
     memset(m_st, 0, (size_t)F.g.size);
     memset(m_dirty, 0, (size_t)F.g.size);
-    memset(m_plain, 0, (size_t)F.g.size);
+    memset(m_batch, 0, (size_t)F.g.size);
     if (F.g.backing) {
         fuzz_back.size = (size_t)(F.g.size * (data[6] + 1) / 256 + (data[6] % 7) * 111);
         for (size_t i = 0; i < fuzz_back.size; i++) {
