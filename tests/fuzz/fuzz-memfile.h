@@ -5,7 +5,9 @@
  * initialisation that registers it.  It is also the protocol "fuzzfile:",
  * so a format's create can make an image in it (create empties the file).
  * fuzz_file.yield, when set, is asked before each read and write whether
- * the request should let other coroutines run first (as real I/O would).
+ * the request should let other coroutines run first (as real I/O would);
+ * fuzz_file.refuse_growth before each write past the end whether it fails
+ * with -ENOSPC this time.
  * Included by one harness per binary (tests/fuzz/fuzz-vdi.c, fuzz-qcow2.c,
  * fuzz-qcow2-write.c).
  */
@@ -27,6 +29,7 @@ static struct {
     size_t size, alloc;         /* alloc: bytes allocated at data */
     int64_t cap;                /* 0: FUZZ_FILE_CAP */
     bool (*yield)(void);        /* NULL: never yield */
+    bool (*refuse_growth)(void);    /* NULL: growth within the cap succeeds */
 } fuzz_file;
 
 static inline void fuzz_file_reset(void)
@@ -82,6 +85,9 @@ static int ff_grow(BlockDriverState *bs, int64_t end)
 {
     if (end > ff_cap()) {
         return -ENOSPC;
+    }
+    if ((size_t)end > fuzz_file.size && fuzz_file.refuse_growth && fuzz_file.refuse_growth()) {
+        return -ENOSPC;             /* a full file system that may have room later */
     }
     if ((size_t)end > fuzz_file.size) {
         /* geometric, or a file grown a cluster at a time copies quadratically */

@@ -14,8 +14,10 @@
  *   2  refcount_bits 1 << (b % 7); bits 3-4 how often an I/O of the file
  *      yields first (never, 1/4, 1/2, 3/4); bit 5 overlap-check=all
  *   3-4 virtual size in sectors: 1 + (b3b4 % 8192)
- *   5  the file's cap: < 192 none (64 MiB), else the created file's size
- *      plus (b - 192) clusters: writes past it fail -ENOSPC
+ *   5  the file's space: < 128 64 MiB; 128-191 64 MiB, but a write that
+ *      grows the file fails -ENOSPC with a chance of (b - 127) / 128 (a file
+ *      system that is full for now); >= 192 the created file's size plus
+ *      (b - 192) clusters, writes past that fail -ENOSPC
  *   6  backing length, a fraction of the virtual size plus an odd tail
  *   7  seed of the yield choices
  * Ops (5 bytes each, at most MAX_OPS): kind byte, 16-bit offset (a
@@ -24,7 +26,7 @@
  * bit 5: incompressible data), 5 flush, 6 the next 2-4 ops run at once
  * from coroutines, 7 flush, close and reopen read-write.  Bit 3 aligns the
  * offset down to a cluster, bit 4 the length up, bit 6 allows lengths up to
- * 16 clusters (else 2).
+ * 16 clusters or 256 KiB, whichever is more, at most 1 MiB (else 2 clusters).
  *
  * Concurrency.  The ops of a batch start one after the other from
  * coroutines and may overlap.  The block layer keeps a serialising request
@@ -37,7 +39,7 @@
  * possibility there.  Bytes only one op touches hold its value.
  *
  * The model holds per byte one value, two possible values, or "unknown"
- * (three or more).  A failed op (-ENOSPC from the cap) leaves each byte of
+ * (three or more).  A failed op (-ENOSPC) leaves each byte of
  * its range old or new; a failed flush before a close leaves every byte
  * written since the last successful flush unknown.  Discard: clusters it
  * covers whole read as zeros (v3, or v2 without a backing file: v2 over a
@@ -145,8 +147,8 @@ static struct {
     bool compress;              /* the image takes compressed writes */
     bool errors;                /* an op, flush or close failed */
     int running;
-    uint64_t yield_rng;
-    unsigned yield_pct;
+    uint64_t rng;               /* yields and refused growth */
+    unsigned yield_pct, refuse_growth;
     bool trace;                 /* FUZZ_TRACE=1: print each op and its result */
 } F;
 
@@ -174,15 +176,22 @@ NOCOV static bool model_allows(int64_t p, uint8_t v)
     return m_st[p] == M_ANY || m_cur[p] == v || (m_st[p] == M_EITHER && m_alt[p] == v);
 }
 
-static bool fw_yield(void)
+static uint64_t fw_rand(void)
 {
-    if (!F.yield_pct) {
-        return false;
-    }
-    uint64_t z = (F.yield_rng += 0x9E3779B97F4A7C15ULL);
+    uint64_t z = (F.rng += 0x9E3779B97F4A7C15ULL);
     z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ULL;
     z = (z ^ (z >> 27)) * 0x94D049BB133111EBULL;
-    return (z ^ (z >> 31)) % 100 < F.yield_pct;
+    return z ^ (z >> 31);
+}
+
+static bool fw_yield(void)
+{
+    return F.yield_pct && fw_rand() % 100 < F.yield_pct;
+}
+
+static bool fw_refuse_growth(void)
+{
+    return fw_rand() % 128 < F.refuse_growth;
 }
 
 /* The data of write idx at disk offset p: constant per sector when
@@ -358,17 +367,22 @@ static bool open_image(int flags)
     return true;
 }
 
+NOCOV static void model_forget_dirty(void)
+{
+    for (int64_t p = 0; p < F.g.size; p++) {
+        if (m_dirty[p]) {
+            m_st[p] = M_ANY;
+        }
+    }
+}
+
 /* Flush and close; a failed flush leaves what was written since the last
  * good one unknown. */
 static void close_image(void)
 {
     if (bdrv_flush(F.bs) < 0) {
         F.errors = true;
-        for (int64_t p = 0; p < F.g.size; p++) {
-            if (m_dirty[p]) {
-                m_st[p] = M_ANY;
-            }
-        }
+        model_forget_dirty();
     }
     memset(m_dirty, 0, (size_t)F.g.size);
     bdrv_unref_child(NULL, F.child);
@@ -423,7 +437,8 @@ static void parse_geometry(const uint8_t *h)
     g->overlap_all = h[2] & 32;
     g->size = (int64_t)(1 + ((h[3] << 8 | h[4]) % 8192)) * 512;
     F.yield_pct = ((h[2] >> 3) & 3) * 25;
-    F.yield_rng = h[7];
+    F.rng = h[7];
+    F.refuse_growth = h[5] >= 128 && h[5] < 192 ? h[5] - 127 : 0;
 }
 
 /* The op at script position idx from its 5 bytes. */
@@ -437,7 +452,7 @@ static Op parse_op(const uint8_t *b, unsigned idx)
     op.unmap = b[0] & 32;
     op.incompressible = b[0] & 32;
     op.off = (int64_t)(((uint64_t)(b[1] << 8 | b[2]) * (uint64_t)size) >> 16);
-    int64_t max = MIN(((b[0] & 64) ? 16 : 2) * cs, MAX_OP_LEN);
+    int64_t max = (b[0] & 64) ? MIN(MAX(16 * cs, (int64_t)256 * KiB), MAX_OP_LEN) : 2 * cs;
     op.len = 1 + (int64_t)(((uint64_t)(b[3] << 8 | b[4]) * (uint64_t)max) >> 16);
     if (b[0] & 8) {
         op.off = ALIGN_DOWN(op.off, cs);
@@ -503,6 +518,7 @@ static void final_checks(void)
     CHECK(!(incompat & QCOW2_INCOMPAT_CORRUPT));
     CHECK(F.errors || !(incompat & QCOW2_INCOMPAT_DIRTY));
     fuzz_file.cap = BIG_CAP;
+    fuzz_file.refuse_growth = NULL;
     if (incompat & QCOW2_INCOMPAT_DIRTY) {
         /* lazy refcounts after a failed close: a read-write open repairs */
         CHECK(F.g.lazy);
@@ -528,6 +544,9 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 
     if (!registered) {
         bdrv_register(&fuzz_back_drv);
+        for (size_t i = 0; i < sizeof(fuzz_back.data); i++) {
+            fuzz_back.data[i] = (uint8_t)(0xb0 ^ (i >> 9) ^ (i * 7));
+        }
         registered = true;
     }
     if (size < HDR_LEN) {
@@ -545,7 +564,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
                 g->prealloc ? ", preallocation=metadata" : "", g->small_cache ? ", small caches" : "",
                 g->write_through ? ", metadata-write-through" : "",
                 g->overlap_all ? ", overlap-check=all" : "", F.yield_pct,
-                data[5] >= 192 ? "yes" : "no");
+                data[5] >= 192 ? "fixed" : data[5] >= 128 ? "growth refused at times" : "no");
     }
     fuzz_file.cap = 0;
     if (!create_image()) {
@@ -557,6 +576,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
         fuzz_file.cap = BIG_CAP;
     }
     fuzz_file.yield = fw_yield;
+    fuzz_file.refuse_growth = fw_refuse_growth;
 
     memset(m_cur, 0, (size_t)F.g.size);
     memset(m_st, 0, (size_t)F.g.size);
@@ -564,9 +584,6 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     memset(m_batch, 0, (size_t)F.g.size);
     if (F.g.backing) {
         fuzz_back.size = (size_t)(F.g.size * (data[6] + 1) / 256 + (data[6] % 7) * 111);
-        for (size_t i = 0; i < fuzz_back.size; i++) {
-            fuzz_back.data[i] = (uint8_t)(0xb0 ^ (i >> 9) ^ (i * 7));
-        }
         /* preallocated clusters read as zeros, but with extended L2 their
          * subclusters are not allocated (QEMU's rule): the backing shows */
         if (!F.g.prealloc || F.g.extl2) {
@@ -591,6 +608,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     }
 
     fuzz_file.yield = NULL;
+    fuzz_file.refuse_growth = NULL;
     bdrv_unref(F.file);
     if (F.back) {
         bdrv_unref(F.back);

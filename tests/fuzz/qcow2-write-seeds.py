@@ -25,7 +25,7 @@ CS = 65536                                    # the cluster size of the seed bei
 def op(kind, off, length, flags=0):
     # off: a fraction of the disk (0..1); length in bytes, as a fraction of
     # the longest the op may have (2 clusters, 16 with BIG, at most 1 MiB)
-    longest = min((16 if flags & BIG else 2) * CS, 1 << 20)
+    longest = min(max(16 * CS, 256 << 10), 1 << 20) if flags & BIG else 2 * CS
     frac = min(max(length - 1, 0) * 65536 // longest, 65535)
     return bytes([kind | flags]) + struct.pack(">HH", min(int(off * 65536), 65535), frac)
 
@@ -61,6 +61,18 @@ seeds = {
                       [op(W, i / 20, 600) for i in range(20)] + [op(F, 0, 1)],
     "enospc": hdr(cb=12, cap=200) + [op(W, i / 12, 9000, BIG) for i in range(12)] +
               [op(D, 0, 65535, BIG), op(W, 0.5, 4096)],
+    "rc64-c512-growth": hdr(cb=9, rc=64, sectors=8192) + [op(W, i / 16, 262144, BIG) for i in range(16)] +
+                        [op(C, 0.5, 1024), op(D, 0.25, 262144, BIG)],
+    "rc64-c512-growth-enospc": hdr(cb=9, rc=64, sectors=8192, cap=255) +
+                               [op(W, i / 16, 262144, BIG) for i in range(16)] + [op(F, 0, 1)],
+    "lazy-enospc": hdr(cb=12, lazy=True, cap=196) + [op(W, i / 8, 9000, BIG) for i in range(8)] +
+                   [op(R, 0, 1), op(W, 0.9, 100)],
+    "flaky-growth": hdr(cb=9, rc=64, sectors=8192, cap=160, seed=3) +
+                    [op(W, i / 24, 65536, BIG) for i in range(24)] + [op(F, 0, 1), op(C, 0.5, 4096),
+                                                                      op(D, 0.5, 65536, BIG)],
+    "flaky-lazy-batch": hdr(cb=12, lazy=True, cap=170, yields=2, seed=5) +
+                        [op(B, 0, 1, 16), op(W, 0.1, 9000), op(W, 0.5, 9000), op(Z, 0.3, 8192, AOFF),
+                         op(C, 0.7, 4096)] + [op(W, i / 8, 5000) for i in range(8)] + [op(R, 0, 1)],
     "batch-overlap": hdr(cb=12, yields=2, seed=7) + [op(B, 0, 1, 16)] +
                      [op(W, 0.25, 1000), op(W, 0.25, 3000), op(Z, 0.6, 4096), op(D, 0.6, 8192, AOFF)] +
                      [op(B, 0, 1, 8), op(W, 0.5, 100), op(C, 0.5, 4096), op(W, 0.52, 200)],
