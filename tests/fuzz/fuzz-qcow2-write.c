@@ -452,7 +452,7 @@ static Op parse_op(const uint8_t *b, unsigned idx)
     op.unmap = b[0] & 32;
     op.incompressible = b[0] & 32;
     op.off = (int64_t)(((uint64_t)(b[1] << 8 | b[2]) * (uint64_t)size) >> 16);
-    int64_t max = (b[0] & 64) ? MIN(MAX(16 * cs, (int64_t)256 * KiB), MAX_OP_LEN) : 2 * cs;
+    int64_t max = (b[0] & 64) ? MIN(MAX(16 * cs, (int64_t)(256 * KiB)), MAX_OP_LEN) : 2 * cs;
     op.len = 1 + (int64_t)(((uint64_t)(b[3] << 8 | b[4]) * (uint64_t)max) >> 16);
     if (b[0] & 8) {
         op.off = ALIGN_DOWN(op.off, cs);
