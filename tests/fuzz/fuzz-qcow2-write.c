@@ -21,10 +21,11 @@
  *   6  backing length, a fraction of the virtual size plus an odd tail
  *   7  seed of the yield choices
  * Ops (5 bytes each, at most MAX_OPS): kind byte, 16-bit offset (a
- * fraction of the size), 16-bit length (a fraction of the longest).  Kind % 8: 0-1 write, 2 write
- * zeroes (bit 5: MAY_UNMAP), 3 discard, 4 compressed write (whole clusters;
- * bit 5: incompressible data), 5 flush, 6 the next 2-4 ops run at once
- * from coroutines, 7 flush, close and reopen read-write.  Bit 3 aligns the
+ * fraction of the size), 16-bit length (a fraction of the longest).
+ * Kind % 8: 0 write, 1 read, 2 write zeroes (bit 5: MAY_UNMAP), 3 discard,
+ * 4 compressed write (whole clusters; bit 5: incompressible data), 5 flush,
+ * 6 the next 2-4 ops run at once from coroutines, 7 flush, close and
+ * reopen read-write.  Bit 3 aligns the
  * offset down to a cluster, bit 4 the length up, bit 6 allows lengths up to
  * 16 clusters or 256 KiB, whichever is more, at most 1 MiB (else 2 clusters).
  *
@@ -46,7 +47,9 @@
  * backing file cannot discard, the driver declines); the partial clusters
  * at its ends are left as they were.  Write zeroes: zeros.
  *
- * Checked: after each batch the ops' ranges read as the model; at a reopen
+ * Checked: a read op that ran beside others saw each byte as the model
+ * had it before its batch or has it after; after each batch the ops'
+ * ranges read as the model; at a reopen
  * and at the end the whole disk does.  At the end the image is closed and
  * reopened read-only: no corrupt bit; the disk reads as the model; the
  * driver's check finds no corruption and no check error, and, if no op,
@@ -83,7 +86,7 @@
 #define NOCOV
 #endif
 
-enum { K_WRITE, K_WRITE2, K_ZERO, K_DISCARD, K_COMPRESSED, K_FLUSH, K_BATCH, K_REOPEN };
+enum { K_WRITE, K_READ, K_ZERO, K_DISCARD, K_COMPRESSED, K_FLUSH, K_BATCH, K_REOPEN };
 
 /* The backing node: read-only pattern bytes. */
 static struct { uint8_t data[MAX_SIZE + 1024]; size_t size; } fuzz_back;
@@ -150,6 +153,7 @@ static struct {
     uint64_t rng;               /* yields and refused growth */
     unsigned yield_pct, refuse_growth;
     bool trace;                 /* FUZZ_TRACE=1: print each op and its result */
+    bool growth_fails;          /* the file is capped or refuses growth */
 } F;
 
 NOCOV static void model_set(int64_t p, uint8_t v)
@@ -223,6 +227,10 @@ NOCOV static void coroutine_fn op_co(void *opaque)
         op->ret = bdrv_co_pwritev(F.child, op->off, op->len, &q,
                                   op->kind == K_COMPRESSED ? BDRV_REQ_WRITE_COMPRESSED : 0);
         break;
+    case K_READ:
+        iov_init_buf(&q, c->buf, (size_t)op->len);
+        op->ret = bdrv_co_preadv(F.child, op->off, op->len, &q, 0);
+        break;
     case K_ZERO:
         op->ret = bdrv_co_pwrite_zeroes(F.child, op->off, op->len, op->unmap ? BDRV_REQ_MAY_UNMAP : 0);
         break;
@@ -247,7 +255,7 @@ NOCOV static void model_apply(const Op *op, bool solo)
 
     F.errors |= !ok;
     if (F.trace) {
-        static const char *const names[] = { "write", "write", "zeroes", "discard", "compressed",
+        static const char *const names[] = { "write", "read", "zeroes", "discard", "compressed",
                                              "flush", "batch", "reopen" };
         fprintf(stderr, "op %u: %s%s %" PRId64 "+%" PRId64 "%s: %s\n", op->idx, names[op->kind],
                 op->kind == K_ZERO && op->unmap ? " (unmap)" : "", op->off, op->len,
@@ -267,6 +275,11 @@ NOCOV static void model_apply(const Op *op, bool solo)
         lo = ALIGN_UP(lo, cs);
         hi = ALIGN_DOWN(hi, cs);
         break;
+    case K_READ:
+        /* reads change nothing; one fails only when evicting a dirty
+         * table hits the full file */
+        CHECK(ok || F.growth_fails);
+        return;
     default:
         if (ok && solo) {
             memset(m_dirty, 0, (size_t)F.g.size);
@@ -309,11 +322,41 @@ NOCOV static void compare(int64_t off, int64_t len, const char *when)
     }
 }
 
+/* The model over a read's range before its batch ran. */
+static uint8_t pre_cur[MAX_BATCH][MAX_OP_LEN], pre_alt[MAX_BATCH][MAX_OP_LEN];
+static uint8_t pre_st[MAX_BATCH][MAX_OP_LEN];
+
+/* A read that ran beside the other ops of its batch saw, per byte, the
+ * disk before them or after them. */
+NOCOV static void check_read(const Op *op, int slot)
+{
+    const uint8_t *buf = opbuf[slot];
+    for (int64_t i = 0; i < op->len; i++) {
+        int64_t p = op->off + i;
+        uint8_t v = buf[i];
+        bool before = pre_st[slot][i] == M_ANY || pre_cur[slot][i] == v ||
+                      (pre_st[slot][i] == M_EITHER && pre_alt[slot][i] == v);
+        if (!before && !model_allows(p, v)) {
+            fprintf(stderr, "read %u: byte 0x%" PRIx64 " (cluster %" PRId64 ") read 0x%02x; before"
+                    " the batch the model had 0x%02x, after it 0x%02x\n", op->idx, p, p / F.g.cs,
+                    v, pre_cur[slot][i], m_cur[p]);
+            CHECK(!"a read sees the disk before or after the ops beside it");
+        }
+    }
+}
+
 static void run_batch(Op *ops, int n)
 {
     OpCo cos[MAX_BATCH];
     AioContext *ctx = aio_current();
 
+    for (int i = 0; i < n; i++) {
+        if (ops[i].kind == K_READ) {
+            memcpy(pre_cur[i], m_cur + ops[i].off, (size_t)ops[i].len);
+            memcpy(pre_alt[i], m_alt + ops[i].off, (size_t)ops[i].len);
+            memcpy(pre_st[i], m_st + ops[i].off, (size_t)ops[i].len);
+        }
+    }
     F.running = n;
     for (int i = 0; i < n; i++) {
         cos[i] = (OpCo){ &ops[i], opbuf[i] };
@@ -326,7 +369,12 @@ static void run_batch(Op *ops, int n)
         model_apply(&ops[i], n == 1);
     }
     for (int i = 0; i < n; i++) {
-        if (ops[i].kind != K_FLUSH) {
+        if (ops[i].kind == K_READ && ops[i].ret == 0) {
+            check_read(&ops[i], i);
+        }
+    }
+    for (int i = 0; i < n; i++) {
+        if (ops[i].kind != K_FLUSH && ops[i].kind != K_READ) {
             memset(m_batch + ops[i].off, 0, (size_t)ops[i].len);
             int64_t lo = ALIGN_DOWN(ops[i].off, F.g.cs);
             int64_t hi = MIN(ALIGN_UP(ops[i].off + ops[i].len, F.g.cs), F.g.size);
@@ -439,6 +487,7 @@ static void parse_geometry(const uint8_t *h)
     F.yield_pct = ((h[2] >> 3) & 3) * 25;
     F.rng = h[7];
     F.refuse_growth = h[5] >= 128 && h[5] < 192 ? h[5] - 127 : 0;
+    F.growth_fails = h[5] >= 128;
 }
 
 /* The op at script position idx from its 5 bytes. */
@@ -446,9 +495,6 @@ static Op parse_op(const uint8_t *b, unsigned idx)
 {
     Op op = { .kind = b[0] % 8, .idx = idx };
     int64_t size = F.g.size, cs = F.g.cs;
-    if (op.kind == K_WRITE2) {
-        op.kind = K_WRITE;
-    }
     op.unmap = b[0] & 32;
     op.incompressible = b[0] & 32;
     op.off = (int64_t)(((uint64_t)(b[1] << 8 | b[2]) * (uint64_t)size) >> 16);

@@ -4,7 +4,7 @@
 import os
 import struct
 
-W, Z, D, C, F, B, R = 0, 2, 3, 4, 5, 6, 7     # write, zeroes, discard, compressed, flush, batch, reopen
+W, RD, Z, D, C, F, B, R = 0, 1, 2, 3, 4, 5, 6, 7  # write, read, zeroes, discard, compressed, flush, batch, reopen
 AOFF, ALEN, UNMAP, BIG = 8, 16, 32, 64
 
 
@@ -73,6 +73,10 @@ seeds = {
     "flaky-lazy-batch": hdr(cb=12, lazy=True, cap=170, yields=2, seed=5) +
                         [op(B, 0, 1, 16), op(W, 0.1, 9000), op(W, 0.5, 9000), op(Z, 0.3, 8192, AOFF),
                          op(C, 0.7, 4096)] + [op(W, i / 8, 5000) for i in range(8)] + [op(R, 0, 1)],
+    "batch-read": hdr(cb=14, extl2=True, backing=True, yields=3, seed=9) +
+                  [op(W, 0.3, 20000)] + [op(B, 0, 1, 16), op(RD, 0.3, 32768, AOFF), op(W, 0.31, 5000),
+                                          op(D, 0.3, 16384, AOFF | ALEN), op(RD, 0.3, 32768)] +
+                  [op(B, 0, 1, 8), op(W, 0.6, 3000), op(RD, 0.6, 4000), op(C, 0.6, 16384)],
     "batch-overlap": hdr(cb=12, yields=2, seed=7) + [op(B, 0, 1, 16)] +
                      [op(W, 0.25, 1000), op(W, 0.25, 3000), op(Z, 0.6, 4096), op(D, 0.6, 8192, AOFF)] +
                      [op(B, 0, 1, 8), op(W, 0.5, 100), op(C, 0.5, 4096), op(W, 0.52, 200)],
