@@ -7,7 +7,8 @@
  * fuzz_file.yield, when set, is asked before each read and write whether
  * the request should let other coroutines run first (as real I/O would);
  * fuzz_file.refuse_growth before each write past the end whether it fails
- * with -ENOSPC this time.
+ * with -ENOSPC this time.  native_zeroes and discard_scribbles choose how
+ * the file zeroes and discards (see there).
  * Included by one harness per binary (tests/fuzz/fuzz-vdi.c, fuzz-qcow2.c,
  * fuzz-qcow2-write.c).
  */
@@ -30,6 +31,8 @@ static struct {
     int64_t cap;                /* 0: FUZZ_FILE_CAP */
     bool (*yield)(void);        /* NULL: never yield */
     bool (*refuse_growth)(void);    /* NULL: growth within the cap succeeds */
+    bool native_zeroes;         /* open: zeroes with MAY_UNMAP and NO_FALLBACK */
+    bool discard_scribbles;     /* a discard leaves 0xdd, not the old bytes */
 } fuzz_file;
 
 static inline void fuzz_file_reset(void)
@@ -58,6 +61,7 @@ static int ff_open(BlockDriverState *bs, OptDict *options, int flags, Error **er
     optdict_take_str(options, "filename", NULL, &filename);     /* "fuzzfile:..." */
     free(filename);
     bs->growable = true;
+    bs->supported_zero_flags = fuzz_file.native_zeroes ? BDRV_REQ_MAY_UNMAP | BDRV_REQ_NO_FALLBACK : 0;
     bdrv_set_total_bytes(bs, fuzz_file.size);
     return 0;
 }
@@ -139,6 +143,35 @@ static int coroutine_fn ff_pwritev(BlockDriverState *bs, int64_t offset, int64_t
     return 0;
 }
 
+/* Zeroes grow the file as writes do (fallocate without KEEP_SIZE). */
+static int coroutine_fn ff_pwrite_zeroes(BlockDriverState *bs, int64_t offset, int64_t bytes,
+                                         BdrvRequestFlags flags)
+{
+    (void)flags;
+    ff_maybe_yield();
+    size_t old = fuzz_file.size;
+    int ret = ff_grow(bs, offset + bytes);
+    if (ret < 0) {
+        return ret;
+    }
+    if ((size_t)offset < old) {
+        memset(fuzz_file.data + offset, 0, MIN((size_t)bytes, old - offset));
+    }
+    return 0;
+}
+
+/* What a discarded range reads as is not promised: with discard_scribbles
+ * it is garbage, so nothing can depend on it. */
+static int coroutine_fn ff_pdiscard(BlockDriverState *bs, int64_t offset, int64_t bytes)
+{
+    (void)bs;
+    ff_maybe_yield();
+    if (fuzz_file.discard_scribbles && (size_t)offset < fuzz_file.size) {
+        memset(fuzz_file.data + offset, 0xdd, MIN((size_t)bytes, fuzz_file.size - offset));
+    }
+    return 0;
+}
+
 /* Only growth (metadata preallocation); the cap holds as for writes. */
 static int coroutine_fn ff_truncate(BlockDriverState *bs, int64_t offset, bool exact,
                                     PreallocMode prealloc, BdrvRequestFlags flags, Error **errp)
@@ -179,6 +212,8 @@ static const BlockDriver fuzz_file_drv = {
     .open = ff_open,
     .co_preadv = ff_preadv,
     .co_pwritev = ff_pwritev,
+    .co_pwrite_zeroes = ff_pwrite_zeroes,
+    .co_pdiscard = ff_pdiscard,
     .co_flush_to_disk = ff_flush,
     .co_truncate = ff_truncate,
     .co_create = ff_create,

@@ -12,22 +12,24 @@
  *      backing node with pattern data, 5 preallocation=metadata, 6 smallest
  *      caches, 7 metadata-write-through
  *   2  refcount_bits 1 << (b % 7); bits 3-4 how often an I/O of the file
- *      yields first (never, 1/4, 1/2, 3/4); bit 5 overlap-check=all
+ *      yields first (never, 1/4, 1/2, 3/4); bit 5 overlap-check=all; bit 6
+ *      the file zeroes natively (NO_FALLBACK: qcow2's zero copy-on-write)
+ *      (the file's discards always leave garbage: nothing may rely on them)
  *   3-4 virtual size in sectors: 1 + (b3b4 % 8192)
  *   5  the file's space: < 128 64 MiB; 128-191 64 MiB, but a write that
  *      grows the file fails -ENOSPC with a chance of (b - 127) / 128 (a file
  *      system that is full for now); >= 192 the created file's size plus
  *      (b - 192) clusters, writes past that fail -ENOSPC
  *   6  backing length, a fraction of the virtual size plus an odd tail
- *   7  seed of the yield choices
+ *   7  seed of the yield and growth choices
  * Ops (5 bytes each, at most MAX_OPS): kind byte, 16-bit offset (a
  * fraction of the size), 16-bit length (a fraction of the longest).
  * Kind % 8: 0 write, 1 read, 2 write zeroes (bit 5: MAY_UNMAP), 3 discard,
  * 4 compressed write (whole clusters; bit 5: incompressible data), 5 flush,
  * 6 the next 2-4 ops run at once from coroutines, 7 flush, close and
- * reopen read-write.  Bit 3 aligns the
- * offset down to a cluster, bit 4 the length up, bit 6 allows lengths up to
- * 16 clusters or 256 KiB, whichever is more, at most 1 MiB (else 2 clusters).
+ * reopen read-write.  Bit 3 aligns the offset down to a cluster, bit 4 the
+ * length up, bit 6 allows lengths up to 16 clusters or 256 KiB, whichever
+ * is more, at most 1 MiB (else 2 clusters).
  *
  * Concurrency.  The ops of a batch start one after the other from
  * coroutines and may overlap.  The block layer keeps a serialising request
@@ -40,23 +42,22 @@
  * possibility there.  Bytes only one op touches hold its value.
  *
  * The model holds per byte one value, two possible values, or "unknown"
- * (three or more).  A failed op (-ENOSPC) leaves each byte of
- * its range old or new; a failed flush before a close leaves every byte
- * written since the last successful flush unknown.  Discard: clusters it
- * covers whole read as zeros (v3, or v2 without a backing file: v2 over a
- * backing file cannot discard, the driver declines); the partial clusters
- * at its ends are left as they were.  Write zeroes: zeros.
+ * (three or more).  A failed op (-ENOSPC) leaves each byte of its range
+ * old or new; a failed flush before a close leaves every byte written
+ * since the last successful flush unknown.  Discard: clusters it covers
+ * whole read as zeros (v3, or v2 without a backing file: v2 over a backing
+ * file cannot discard, the driver declines); the partial clusters at its
+ * ends are left as they were.  Write zeroes: zeros.
  *
- * Checked: a read op that ran beside others saw each byte as the model
- * had it before its batch or has it after; after each batch the ops'
- * ranges read as the model; at a reopen
- * and at the end the whole disk does.  At the end the image is closed and
- * reopened read-only: no corrupt bit; the disk reads as the model; the
- * driver's check finds no corruption and no check error, and, if no op,
- * flush or close failed, no leak and no dirty bit either.  After errors,
- * leaks are allowed (QEMU leaks clusters on a failed allocation too), and
- * a lazy-refcounts image left dirty is opened read-write (which repairs
- * it, as QEMU does) before the check.
+ * Checked: a read op that ran beside others saw each byte as the model had
+ * it before its batch or has it after; after each batch the ops' ranges
+ * read as the model; at a reopen and at the end the whole disk does.  At
+ * the end the image is closed and reopened read-only: no corrupt bit; the
+ * disk reads as the model; the driver's check finds no corruption and no
+ * check error, and, if no op, flush or close failed, no leak and no dirty
+ * bit either.  After errors, leaks are allowed (QEMU leaks clusters on a
+ * failed allocation too), and a lazy-refcounts image left dirty is opened
+ * read-write (which repairs it, as QEMU does) before the check.
  */
 #include <errno.h>
 #include <inttypes.h>
@@ -124,6 +125,7 @@ typedef struct Geo {
     uint32_t cb;
     int64_t cs, size;
     bool extl2, lazy, zstd, v2, backing, prealloc, small_cache, write_through, overlap_all;
+    bool native_zeroes;
     unsigned refcount_bits;
 } Geo;
 
@@ -483,6 +485,7 @@ static void parse_geometry(const uint8_t *h)
     g->write_through = h[1] & 128;
     g->refcount_bits = g->v2 ? 16 : 1u << (h[2] % 7);
     g->overlap_all = h[2] & 32;
+    g->native_zeroes = h[2] & 64;
     g->size = (int64_t)(1 + ((h[3] << 8 | h[4]) % 8192)) * 512;
     F.yield_pct = ((h[2] >> 3) & 3) * 25;
     F.rng = h[7];
@@ -604,12 +607,13 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     if (F.trace) {
         const Geo *g = &F.g;
         fprintf(stderr, "geometry: cluster %" PRId64 ", size %" PRId64 ", refcount_bits %u%s%s%s%s%s"
-                "%s%s%s%s, yields %u%%, cap %s\n", g->cs, g->size, g->refcount_bits,
+                "%s%s%s%s%s, yields %u%%, cap %s\n", g->cs, g->size, g->refcount_bits,
                 g->extl2 ? ", extended_l2" : "", g->lazy ? ", lazy_refcounts" : "",
                 g->zstd ? ", zstd" : "", g->v2 ? ", v2" : "", g->backing ? ", backing" : "",
                 g->prealloc ? ", preallocation=metadata" : "", g->small_cache ? ", small caches" : "",
                 g->write_through ? ", metadata-write-through" : "",
-                g->overlap_all ? ", overlap-check=all" : "", F.yield_pct,
+                g->overlap_all ? ", overlap-check=all" : "",
+                g->native_zeroes ? ", native zeroes" : "", F.yield_pct,
                 data[5] >= 192 ? "fixed" : data[5] >= 128 ? "growth refused at times" : "no");
     }
     fuzz_file.cap = 0;
@@ -638,6 +642,8 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
         F.back = bdrv_new_open_driver(&fuzz_back_drv, "fuzzback", 0, NULL, &err);
         CHECK(F.back);
     }
+    fuzz_file.native_zeroes = F.g.native_zeroes;
+    fuzz_file.discard_scribbles = true;
     F.file = bdrv_new_open_driver(&fuzz_file_drv, "fuzzfile", BDRV_O_RDWR, NULL, &err);
     CHECK(F.file);
 
@@ -655,6 +661,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 
     fuzz_file.yield = NULL;
     fuzz_file.refuse_growth = NULL;
+    fuzz_file.native_zeroes = fuzz_file.discard_scribbles = false;
     bdrv_unref(F.file);
     if (F.back) {
         bdrv_unref(F.back);

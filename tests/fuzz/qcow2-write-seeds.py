@@ -9,13 +9,13 @@ AOFF, ALEN, UNMAP, BIG = 8, 16, 32, 64
 
 
 def hdr(cb=16, extl2=False, lazy=False, zstd=False, v2=False, backing=False, prealloc=False,
-        small=False, wt=False, rc=16, yields=0, overlap=False, sectors=2048, cap=0, blen=200,
-        seed=1):
+        small=False, wt=False, rc=16, yields=0, overlap=False, native=False, sectors=2048, cap=0,
+        blen=200, seed=1):
     global CS
     CS = 1 << cb
     h1 = (extl2 << 0) | (lazy << 1) | (zstd << 2) | (v2 << 3) | (backing << 4) | \
          (prealloc << 5) | (small << 6) | (wt << 7)
-    h2 = rc.bit_length() - 1 | (yields << 3) | (overlap << 5)
+    h2 = rc.bit_length() - 1 | (yields << 3) | (overlap << 5) | (native << 6)
     return [bytes([cb - 9, h1, h2]) + struct.pack(">H", sectors - 1) + bytes([cap, blen, seed])]
 
 
@@ -77,6 +77,13 @@ seeds = {
                   [op(W, 0.3, 20000)] + [op(B, 0, 1, 16), op(RD, 0.3, 32768, AOFF), op(W, 0.31, 5000),
                                           op(D, 0.3, 16384, AOFF | ALEN), op(RD, 0.3, 32768)] +
                   [op(B, 0, 1, 8), op(W, 0.6, 3000), op(RD, 0.6, 4000), op(C, 0.6, 16384)],
+    "zero-cow-native": hdr(native=True, yields=1) + [op(W, 0.1, 4096), op(W, 0.2, 100),
+                                                     op(D, 0.1, 131072, AOFF | ALEN | BIG),
+                                                     op(W, 0.15, 5000), op(Z, 0.3, 65536, AOFF | UNMAP),
+                                                     op(W, 0.3, 3000), op(RD, 0, 65536, BIG)],
+    "extl2-native-backing": hdr(cb=16, extl2=True, native=True, backing=True) +
+                            [op(W, 0.1, 3000), op(W, 0.12, 100), op(D, 0.1, 65536, AOFF | ALEN),
+                             op(W, 0.1, 2048, AOFF), op(C, 0.4, 65536)],
     "batch-overlap": hdr(cb=12, yields=2, seed=7) + [op(B, 0, 1, 16)] +
                      [op(W, 0.25, 1000), op(W, 0.25, 3000), op(Z, 0.6, 4096), op(D, 0.6, 8192, AOFF)] +
                      [op(B, 0, 1, 8), op(W, 0.5, 100), op(C, 0.5, 4096), op(W, 0.52, 200)],
