@@ -102,9 +102,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     BlockDriverState *file, *bs;
     OptDict *opts;
 
-    fuzz_file.data = malloc(size ? size : 1);
-    memcpy(fuzz_file.data, data, size);
-    fuzz_file.size = size;
+    fuzz_file_load(data, size);
 
     file = bdrv_new_open_driver(&fuzz_file_drv, "fuzzfile", BDRV_O_RDWR, NULL, &err);
     if (!file) {
@@ -123,7 +121,6 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     }
     check_and_repair();
     bdrv_unref(file);
-    free(fuzz_file.data);
-    fuzz_file.data = NULL;
+    fuzz_file_reset();
     return 0;
 }

@@ -2,7 +2,10 @@
 # Build every tests/fuzz/fuzz-*.c harness with clang's libFuzzer + ASan/UBSan
 # and run each for a short fixed time (FUZZ_TIME seconds, default 20) from
 # its seed corpus tests/fuzz/corpus/<name>/.  New inputs go to a scratch
-# copy ($BUILD/fuzz-work/<name>), never into the repository.
+# copy ($BUILD/fuzz-work/<name>), never into the repository; without
+# FUZZ_MERGE that copy starts empty each run, since libFuzzer runs every input
+# it is given before the clock starts (a slow harness's grown corpus would
+# stretch a 20 s run to minutes).
 #   FUZZ_ONLY="options state"  run only these harnesses
 #   FUZZ_JOBS=N                run N harnesses at a time (default 2)
 #   FUZZ_MERGE=1               afterwards merge what the run found, with the
@@ -41,6 +44,7 @@ for src in tests/fuzz/fuzz-*.c; do
     if [ -n "$ONLY" ] && ! [[ " $ONLY " == *" $fmt "* ]]; then
         continue
     fi
+    [ "$MERGE" = 1 ] || rm -rf "$BUILD/fuzz-work/$fmt"
     mkdir -p "$BUILD/tests" "$BUILD/fuzz-work/$fmt" "$BUILD/fuzz-artifacts/"
     rm -f "$BUILD/fuzz-work/$name.out"
     if ! "$CLANG" -std=gnu11 -Wall -Wextra -Werror -D_GNU_SOURCE -D_FILE_OFFSET_BITS=64 \
