@@ -84,6 +84,23 @@ static int parse_bool(const char *v)
     return -1;
 }
 
+/* The file a backing name refers to: a relative name is relative to the directory of
+ * the image that names it (QEMU's path_combine), not to the current directory; names
+ * with a protocol prefix ("nbd:", "json:") are taken as they are. NULL on ENOMEM. */
+static char *backing_path(const char *image, const char *backing)
+{
+    const char *slash = strrchr(image, '/');
+    const char *colon = strchr(backing, ':');
+    char *path = NULL;
+    if (backing[0] == '/' || !slash || (colon && !memchr(backing, '/', colon - backing))) {
+        return strdup(backing);
+    }
+    if (asprintf(&path, "%.*s%s", (int)(slash - image + 1), image, backing) < 0) {
+        return NULL;
+    }
+    return path;
+}
+
 static bool is_backing_key(const char *k)
 {
     return !strcmp(k, "backing_file") || !strcmp(k, "backing_fmt");
@@ -234,14 +251,7 @@ int img_create_image(const char *filename, const char *fmt, const char *options,
     if (bfile && !optdict_get(opts, "backing_fmt")) {
         const BlockDriver *probed = NULL;
         if (!unsafe) {
-            const char *slash = strrchr(filename, '/');
-            char *path = NULL;
-            if (bfile[0] == '/' || !slash) {
-                path = strdup(bfile);
-            } else if (asprintf(&path, "%.*s%s", (int)(slash - filename + 1), filename,
-                                bfile) < 0) {
-                path = NULL;
-            }
+            char *path = backing_path(filename, bfile);
             Error *perr = NULL;
             probed = path ? bdrv_probe_format(path, &perr) : NULL;
             free(path);
@@ -279,7 +289,9 @@ int img_create_image(const char *filename, const char *fmt, const char *options,
     } else if (backing && !unsafe) {
         /* Like qemu-img: the size defaults to the backing file's. */
         ImgOpenOpts bo = { .fmt = backing_fmt, .force_share = true };
-        BlockBackend *bb = img_open(backing, &bo);
+        char *path = backing_path(filename, backing);
+        BlockBackend *bb = path ? img_open(path, &bo) : NULL;
+        free(path);
         if (!bb) {
             optdict_free(opts);
             optdict_free(typed);

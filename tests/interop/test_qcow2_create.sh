@@ -119,4 +119,16 @@ expect_rc 1 "$UBLKD" img create -q -f qcow2 -b base.qcow2 e.qcow2
 expect_out "Backing file specified without backing format"
 expect_out "Detected format of qcow2."
 
+# A relative backing name is relative to the new image's directory, for the size it
+# takes as well (qemu-img: 2M from sub/rel.qcow2, not 1M from ./rel.qcow2).
+mkdir -p sub
+"$QEMU_IMG" create -q -f qcow2 rel.qcow2 1M
+"$QEMU_IMG" create -q -f qcow2 sub/rel.qcow2 2M
+"$QEMU_IMG" create -q -f qcow2 -b rel.qcow2 -F qcow2 sub/q-top.qcow2
+"$UBLKD" img create -q -f qcow2 -b rel.qcow2 -F qcow2 sub/u-top.qcow2 || fail "create -b rel.qcow2 sub/u-top.qcow2"
+qs=$("$QEMU_IMG" info --output=json sub/q-top.qcow2 | jq '."virtual-size"')
+us=$("$QEMU_IMG" info --output=json sub/u-top.qcow2 | jq '."virtual-size"')
+[ "$qs" = 2097152 ] && [ "$us" = "$qs" ] || fail "backing relative to the image: size $us, qemu-img $qs"
+cmp sub/q-top.qcow2 sub/u-top.qcow2 || fail "create -b rel.qcow2 in a subdirectory differs from qemu-img's"
+
 echo "ok: $n_ok qcow2 creations match qemu-img"
