@@ -113,8 +113,12 @@ if [ "${BENCH_SET:-}" = qcow2 ]; then
   modprobe nbd 2>/dev/null || true
   qemu-nbd -c /dev/nbd0 -f qcow2 --cache=none --aio=io_uring $T/fs/img.qcow2
   for _ in $(seq 50); do [ "$(cat /sys/block/nbd0/size)" != 0 ] && break; sleep 0.1; done
-  run_dev "qemu-nbd -c (cache=none, io_uring)" /dev/nbd0 "$(pgrep -f 'qemu-nbd -c /dev/nbd0' | head -1)"
+  nbd_pid=$(pgrep -f 'qemu-nbd -c /dev/nbd0' | head -1)
+  run_dev "qemu-nbd -c (cache=none, io_uring)" /dev/nbd0 "$nbd_pid"
   qemu-nbd -d /dev/nbd0 >/dev/null
+  # The server exits after the disconnect, not with it: until it has, it holds the
+  # image's write lock and ublkd's add is refused.
+  for _ in $(seq 100); do kill -0 "$nbd_pid" 2>/dev/null || break; sleep 0.1; done
   ublk "ublkd qcow2 -q 1 (cache=none)" qcow2 $T/fs/img.qcow2 -q 1
   ublk "ublkd qcow2 -q 2 (cache=none)" qcow2 $T/fs/img.qcow2 -q 2
   qemu-img check -q $T/fs/img.qcow2 || echo "bench: qemu-img check failed on the benchmarked image" >&2
