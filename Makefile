@@ -34,6 +34,8 @@ IO_SRCS += io/throttle.c io/block-backend.c
 # metadata cache for format drivers (qcow2 L2/refcount tables)
 IO_SRCS += io/meta-cache.c
 IO_SRCS += io/thread-slot.c io/block-counters.c
+# events drivers report (quorum votes lost, rewrites)
+IO_SRCS += io/block-events.c
 
 # Drivers: one line each.  The name must match `const BlockDriver bdrv_<name>`
 # in the driver's file; the registry is generated from this list.

@@ -485,4 +485,17 @@ int bdrv_pwrite_zeroes(BdrvChild *child, int64_t offset, int64_t bytes, BdrvRequ
 int bdrv_truncate(BdrvChild *child, int64_t offset, bool exact, PreallocMode prealloc,
                   BdrvRequestFlags flags, Error **errp);
 
+/* ---- events (include/block.h; io/block-events.c) ---- */
+/*
+ * Report an event about bs (node: bs's node name, or its filename if it has
+ * none) over [offset, offset + bytes); err is -errno or 0.  extra_json, if
+ * not NULL, is appended inside the object (',"child":"c2"' style, already
+ * escaped: build it with bdrv_json_escape).  Rate-limited; safe from any
+ * thread; never blocks on I/O beyond the sink's own write.
+ */
+void bdrv_event(BlockDriverState *bs, const char *type, int64_t offset, int64_t bytes, int err,
+                const char *extra_json);
+/* s as a JSON string body (no quotes) into buf; truncates; returns buf. */
+char *bdrv_json_escape(const char *s, char *buf, size_t len);
+
 #endif

@@ -246,4 +246,27 @@ void bdrv_drained_end(BlockDriverState *bs);
 void bdrv_drain(BlockDriverState *bs);          /* begin + end */
 int bdrv_flush(BlockDriverState *bs);
 
+/* ---- events (io/block-events.c) ---- */
+/*
+ * Things a driver finds that the user must hear about although no request
+ * fails with them (quorum's QUORUM_REPORT_BAD: a child returned wrong data
+ * and was outvoted).  Each event is one JSON object on one line:
+ *   {"type":"QUORUM_REPORT_BAD","node":"c1","offset":4096,"length":512,
+ *    "error":"Input/output error","errno":5}
+ * (error/errno only when there is one; extra fields per type).  The daemon
+ * sends them to its device log; other programs get them on stderr unless they
+ * set a sink.  Floods are cut to BDRV_EVENTS_PER_SEC per type and second;
+ * the next event let through is preceded by
+ *   {"type":"EVENTS_SUPPRESSED","event":"QUORUM_REPORT_BAD","count":N}.
+ * The sink is called from any thread (queue threads), one line at a time.
+ */
+#define BDRV_EVENTS_PER_SEC 20
+typedef void BdrvEventSink(const char *json_line, void *opaque);
+void bdrv_set_event_sink(BdrvEventSink *sink, void *opaque);
+/* Report the counts cut so far now (at exit, or from a timer: a flood that
+ * stops would otherwise report its count only with the next event). */
+void bdrv_event_flush(void);
+/* Events of every type emitted and suppressed since start (for `list`). */
+void bdrv_event_totals(uint64_t *emitted, uint64_t *suppressed);
+
 #endif

@@ -803,9 +803,18 @@ static void serve_signal(void *opaque, const struct signalfd_siginfo *si)
     }
 }
 
+/* Block-layer events (a quorum child outvoted, ...) as log lines whose text
+ * after "event " is one JSON object. */
+static void server_event_line(const char *json_line, void *opaque)
+{
+    (void)opaque;
+    ublk_log(LOG_WARNING, "event %s", json_line);
+}
+
 static void serve_stats(void *opaque)
 {
     ServeLoop *l = opaque;
+    bdrv_event_flush();          /* a flood that ended reports its count */
     BlockAcctStats st;
     server_get_stats(l->s, &st);
     ublk_stats_write(l->s->dev.dev_id, &st);
@@ -854,6 +863,7 @@ int ublk_server_run(UblkDevConfig *cfg, bool recover, int ready_fd)
     signal(SIGPIPE, SIG_IGN);
 
     ublk_log_open(cfg, cfg->dev_id);
+    bdrv_set_event_sink(server_event_line, NULL);
     if (server_start(&s, recover, ready_fd, &err) < 0) {
         /* Unwind first, so that the verdict can say what could not be. */
         int left = server_stop(&s);
