@@ -17,6 +17,7 @@ typedef struct BlockBackend BlockBackend;
 
 typedef enum { BLK_OP_READ, BLK_OP_WRITE, BLK_OP_FLUSH, BLK_OP_DISCARD, BLK_OP_WRITE_ZEROES,
                BLK_OP__MAX } BlockAcctOp;
+#define BLK_NODE_COUNTERS_MAX 96
 typedef struct BlockAcctStats {
     uint64_t ops[BLK_OP__MAX];
     uint64_t bytes[BLK_OP__MAX];
@@ -32,6 +33,15 @@ typedef struct BlockAcctStats {
      * (iov_fixed_copy_count: zero fills of holes, bounces, probing). */
     uint64_t zc_bounced;
     uint64_t zc_ring_copies;
+    /* Filled in by the ublk server too: the graph's run-time counters
+     * (bdrv_get_counters: a quorum's per-child reads, errors, corruptions,
+     * rewrites) and the block-layer events reported and cut (block.h). */
+    struct {
+        char key[64];
+        uint64_t value;
+    } node_counters[BLK_NODE_COUNTERS_MAX];
+    int n_node_counters;
+    uint64_t events, events_suppressed;
 } BlockAcctStats;
 
 /* Open a graph; options consumed.  Recognises top-level "throttling.*". */

@@ -213,6 +213,13 @@ struct BlockDriver {
     int64_t (*get_allocated_file_size)(BlockDriverState *bs);
     int (*get_info)(BlockDriverState *bs, BlockDriverInfo *bdi);
     void (*get_specific_info)(BlockDriverState *bs, ImageSpecificInfo *info);
+    /*
+     * Counters the driver keeps while it serves (quorum: per child reads,
+     * errors, corruptions found, rewrites), as integer entries whose keys
+     * say what they count ("children.0.reads").  `ublkd list` shows them.
+     * Called on the main thread while queue threads run: read atomics.
+     */
+    void (*get_counters)(BlockDriverState *bs, ImageSpecificInfo *out);
     /* 1 if a freshly created image of this driver reads as zeros. */
     int (*has_zero_init)(BlockDriverState *bs);
     /*

@@ -205,6 +205,10 @@ int bdrv_get_info(BlockDriverState *bs, BlockDriverInfo *bdi);
 /* Format-specific lines for `img info`; info stays empty if the driver has
  * none.  Free with image_info_free. */
 void bdrv_get_specific_info(BlockDriverState *bs, ImageSpecificInfo *info);
+/* Every node's run-time counters in the graph under bs (see get_counters in
+ * block-driver.h), keys prefixed with the path of child edges from bs
+ * ("file/children.1.errors"; none for bs's own).  Free with image_info_free. */
+void bdrv_get_counters(BlockDriverState *bs, ImageSpecificInfo *info);
 int bdrv_has_zero_init(BlockDriverState *bs);
 /* Whether writes with BDRV_REQ_WRITE_COMPRESSED can succeed on bs (its
  * format stores compressed clusters; filters do not pass them on). */

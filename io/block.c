@@ -860,6 +860,35 @@ void bdrv_get_specific_info(BlockDriverState *bs, ImageSpecificInfo *info)
     }
 }
 
+static void get_counters_under(BlockDriverState *bs, const char *path, ImageSpecificInfo *info,
+                               int depth)
+{
+    if (depth > 16) {
+        return;
+    }
+    if (bs->drv && bs->drv->get_counters) {
+        ImageSpecificInfo own = { 0 };
+        bs->drv->get_counters(bs, &own);
+        for (int i = 0; i < own.n; i++) {
+            char key[320];
+            snprintf(key, sizeof(key), "%s%s", path, own.entries[i].key);
+            image_info_add(info, key, "%s", own.entries[i].value);
+            info->entries[info->n - 1].is_number = own.entries[i].is_number;
+        }
+        image_info_free(&own);
+    }
+    for (BdrvChild *c = bs->children; c; c = c->next) {
+        char sub[256];
+        snprintf(sub, sizeof(sub), "%s%s/", path, c->name);
+        get_counters_under(c->bs, sub, info, depth + 1);
+    }
+}
+
+void bdrv_get_counters(BlockDriverState *bs, ImageSpecificInfo *info)
+{
+    get_counters_under(bs, "", info, 0);
+}
+
 void bdrv_set_total_bytes(BlockDriverState *bs, int64_t bytes)
 {
     __atomic_store_n(&bs->total_bytes, bytes, __ATOMIC_RELEASE);

@@ -1258,6 +1258,30 @@ static void queue_threads(pid_t pid, uint32_t id, unsigned nq, pid_t *tids, cpu_
     }
 }
 
+/* Node counters grouped by what they count: "children.0.reads 5" and
+ * "children.0.errors 1" print as one line "children.0  reads 5 errors 1". */
+static void print_node_counters(const BlockAcctStats *st)
+{
+    for (int i = 0; i < st->n_node_counters;) {
+        const char *k = st->node_counters[i].key;
+        const char *dot = strrchr(k, '.');
+        int plen = dot ? (int)(dot - k) : 0;
+        printf("  %-12.*s", plen ? plen : 8, plen ? k : "counters");
+        int j = i;
+        for (; j < st->n_node_counters; j++) {
+            const char *kj = st->node_counters[j].key;
+            const char *dj = strrchr(kj, '.');
+            int pj = dj ? (int)(dj - kj) : 0;
+            if (pj != plen || strncmp(kj, k, (size_t)plen)) {
+                break;
+            }
+            printf(" %s %llu", pj ? dj + 1 : kj, (unsigned long long)st->node_counters[j].value);
+        }
+        printf("\n");
+        i = j;
+    }
+}
+
 static const char *recovery_name(uint64_t flags)
 {
     if (!(flags & UBLK_F_USER_RECOVERY)) {
@@ -1434,6 +1458,12 @@ static int cmd_list(int argc, char **argv)
                            (unsigned long long)stats.zc_bounced,
                            (unsigned long long)stats.zc_ring_copies);
                 }
+                if (stats.events || stats.events_suppressed) {
+                    printf("  events       reported %llu suppressed %llu (in the device log)\n",
+                           (unsigned long long)stats.events,
+                           (unsigned long long)stats.events_suppressed);
+                }
+                print_node_counters(&stats);
             }
         }
 #ifdef CONFIG_JSON
@@ -1520,6 +1550,16 @@ static int cmd_list(int argc, char **argv)
                                        json_object_new_int64((int64_t)stats.zc_bounced));
                 json_object_object_add(so, "zc_ring_copies",
                                        json_object_new_int64((int64_t)stats.zc_ring_copies));
+                json_object_object_add(so, "events", json_object_new_int64((int64_t)stats.events));
+                json_object_object_add(so, "events_suppressed",
+                                       json_object_new_int64((int64_t)stats.events_suppressed));
+                json_object *nc = json_object_new_object();
+                for (int k = 0; k < stats.n_node_counters; k++) {
+                    json_object_object_add(nc, stats.node_counters[k].key,
+                                           json_object_new_int64(
+                                               (int64_t)stats.node_counters[k].value));
+                }
+                json_object_object_add(so, "node_counters", nc);
                 json_object_object_add(o, "stats", so);
             }
             json_object_array_add(arr, o);

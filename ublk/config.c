@@ -1333,6 +1333,15 @@ int ublk_stats_write(uint32_t dev_id, const BlockAcctStats *st)
     add_int(o, "fua_writes", st->fua_writes);
     add_int(o, "zc_bounced", st->zc_bounced);
     add_int(o, "zc_ring_copies", st->zc_ring_copies);
+    add_int(o, "events", st->events);
+    add_int(o, "events_suppressed", st->events_suppressed);
+    if (st->n_node_counters) {
+        json_object *nc = json_object_new_object();
+        for (int i = 0; i < st->n_node_counters && i < BLK_NODE_COUNTERS_MAX; i++) {
+            add_int(nc, st->node_counters[i].key, st->node_counters[i].value);
+        }
+        json_object_object_add(o, "node_counters", nc);
+    }
     char name[64];
     state_name(dev_id, ".stats.json", name, sizeof(name));
     int dirfd = ublk_run_dir_open(false, NULL);
@@ -1385,6 +1394,20 @@ int ublk_stats_read(uint32_t dev_id, BlockAcctStats *st)
     st->fua_writes = stat_int(o, "fua_writes");
     st->zc_bounced = stat_int(o, "zc_bounced");
     st->zc_ring_copies = stat_int(o, "zc_ring_copies");
+    st->events = stat_int(o, "events");
+    st->events_suppressed = stat_int(o, "events_suppressed");
+    json_object *nc;
+    if (json_object_object_get_ex(o, "node_counters", &nc) &&
+        json_object_is_type(nc, json_type_object)) {
+        json_object_object_foreach(nc, k, v) {
+            if (st->n_node_counters == BLK_NODE_COUNTERS_MAX) {
+                break;
+            }
+            snprintf(st->node_counters[st->n_node_counters].key,
+                     sizeof(st->node_counters[0].key), "%s", k);
+            st->node_counters[st->n_node_counters++].value = (uint64_t)json_object_get_int64(v);
+        }
+    }
     json_object_put(o);
     return 0;
 }

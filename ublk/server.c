@@ -696,6 +696,17 @@ static void server_get_stats(Server *s, BlockAcctStats *st)
     blk_get_stats(s->blk, st);
     st->zc_bounced = bdrv_mapped_bounce_count();
     st->zc_ring_copies = iov_fixed_copy_count();
+    ImageSpecificInfo c = { 0 };
+    bdrv_get_counters(blk_bs(s->blk), &c);
+    st->n_node_counters = 0;
+    for (int i = 0; i < c.n && i < BLK_NODE_COUNTERS_MAX; i++) {
+        snprintf(st->node_counters[i].key, sizeof(st->node_counters[i].key), "%s",
+                 c.entries[i].key);
+        st->node_counters[i].value = strtoull(c.entries[i].value, NULL, 10);
+        st->n_node_counters++;
+    }
+    image_info_free(&c);
+    bdrv_event_totals(&st->events, &st->events_suppressed);
 }
 
 /* Returns the id of a device that stays in the kernel (DEL_DEV refused), or -1.

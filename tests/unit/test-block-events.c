@@ -163,6 +163,66 @@ static void test_suppressed_count_precedes_next(void **state)
     bdrv_set_event_sink(NULL, NULL);
 }
 
+/* ---- run-time counters of a graph (bdrv_get_counters) ---- */
+
+static int ctr_open(BlockDriverState *bs, OptDict *options, int flags, Error **errp)
+{
+    (void)bs; (void)options; (void)flags; (void)errp;
+    return 0;
+}
+
+static int64_t ctr_getlength(BlockDriverState *bs)
+{
+    (void)bs;
+    return 1 << 20;
+}
+
+static void ctr_get_counters(BlockDriverState *bs, ImageSpecificInfo *out)
+{
+    (void)bs;
+    image_info_add_int(out, "children.0.reads", 7);
+    image_info_add_int(out, "children.0.errors", 1);
+}
+
+static const BlockDriver ctr_driver = {
+    .format_name = "ctr-test",
+    .open = ctr_open,
+    .getlength = ctr_getlength,
+    .get_counters = ctr_get_counters,
+};
+
+static void test_counters_prefixed_by_path(void **state)
+{
+    (void)state;
+    test_loop_init();
+    static bool registered;
+    if (!registered) {
+        bdrv_register(&ctr_driver);
+        registered = true;
+    }
+    require_driver("raw");
+    Error *err = NULL;
+    BlockDriverState *bs = bdrv_open(NULL, optdict_parse("driver=raw,file.driver=ctr-test",
+                                                         NULL, NULL), 0, &err);
+    assert_non_null(bs);
+    ImageSpecificInfo info = { 0 };
+    bdrv_get_counters(bs, &info);
+    assert_int_equal(info.n, 2);
+    assert_string_equal(info.entries[0].key, "file/children.0.reads");
+    assert_string_equal(info.entries[0].value, "7");
+    assert_true(info.entries[0].is_number);
+    assert_string_equal(info.entries[1].key, "file/children.0.errors");
+    image_info_free(&info);
+    bdrv_unref(bs);
+    /* A node with no counters anywhere below gives none. */
+    bs = open_null("quiet");
+    assert_non_null(bs);
+    bdrv_get_counters(bs, &info);
+    assert_int_equal(info.n, 0);
+    image_info_free(&info);
+    bdrv_unref(bs);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -170,6 +230,7 @@ int main(void)
         cmocka_unit_test(test_json_escape),
         cmocka_unit_test(test_flood_cut_and_counted),
         cmocka_unit_test(test_suppressed_count_precedes_next),
+        cmocka_unit_test(test_counters_prefixed_by_path),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

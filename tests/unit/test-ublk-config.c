@@ -346,6 +346,13 @@ static void test_state_files(void **state)
     st.errors[BLK_OP_FLUSH] = 2;
     st.fua_writes = 3;
     st.total_ns[BLK_OP_READ] = 123456789012345ULL;   /* > 2^32: no truncation */
+    st.events = 4;
+    st.events_suppressed = 9;
+    snprintf(st.node_counters[0].key, sizeof(st.node_counters[0].key), "children.0.reads");
+    st.node_counters[0].value = 7;
+    snprintf(st.node_counters[1].key, sizeof(st.node_counters[1].key), "file/children.1.errors");
+    st.node_counters[1].value = 1ULL << 33;
+    st.n_node_counters = 2;
     assert_int_equal(ublk_stats_write(12, &st), 0);
     assert_int_equal(ublk_stats_read(12, &st2), 0);
     assert_memory_equal(&st, &st2, sizeof(st));
