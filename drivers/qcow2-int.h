@@ -423,6 +423,10 @@ void qcow2_bounce_free_compressors(Qcow2Bounce *b);
 
 /* qcow2-create.c */
 int coroutine_fn qcow2_co_create(const char *filename, OptDict *opts, Error **errp);
+/* qcow2-measure.c: `img measure -O qcow2` (qemu-img's figures) and the room
+ * this image's persistent bitmaps would take in another. */
+int qcow2_measure(OptDict *opts, BlockDriverState *in_bs, BlockMeasureInfo *info, Error **errp);
+int qcow2_bitmaps_size(BlockDriverState *bs, uint64_t cluster_size, uint64_t *size);
 extern const CreateOptDesc qcow2_create_opts[];
 
 #endif

@@ -204,6 +204,27 @@ static int coroutine_fn raw_co_create(const char *filename, OptDict *opts, Error
     return bdrv_co_create_file(filename, opts, errp);
 }
 
+/* QEMU's raw_measure: a raw image is as big as its data, holes included. */
+static int raw_measure(OptDict *opts, BlockDriverState *in_bs, BlockMeasureInfo *info,
+                       Error **errp)
+{
+    uint64_t size = 0;
+    if (in_bs) {
+        int64_t len = bdrv_getlength(in_bs);
+        if (len < 0) {
+            error_setg_errno(errp, (int)-len, "Unable to get image size");
+            return (int)len;
+        }
+        size = (uint64_t)len;
+    } else if (optdict_take_size(opts, "size", 0, &size, errp) < 0) {
+        return -EINVAL;
+    } else {
+        size = ALIGN_UP(size, (uint64_t)BDRV_SECTOR_SIZE);
+    }
+    info->required = info->fully_allocated = size;
+    return 0;
+}
+
 static const CreateOptDesc raw_create_opts[] = {
     { "size", "size", "Virtual disk size", NULL },
     { NULL, NULL, NULL, NULL },
@@ -224,6 +245,7 @@ const BlockDriver bdrv_raw = {
     .co_truncate = raw_co_truncate,
     .co_create = raw_co_create,
     .create_opts = raw_create_opts,
+    .measure = raw_measure,
     .getlength = raw_getlength,
     .get_info = raw_get_info,
     .has_zero_init = raw_has_zero_init,

@@ -205,6 +205,16 @@ struct BlockDriver {
     int coroutine_fn (*co_truncate)(BlockDriverState *bs, int64_t offset, bool exact,
                                     PreallocMode prealloc, BdrvRequestFlags flags, Error **errp);
     int coroutine_fn (*co_check)(BlockDriverState *bs, BdrvCheckResult *res, BdrvCheckMode fix);
+    /* bdrv_measure (block.h); opts as for co_create, the driver takes what it reads. */
+    int (*measure)(OptDict *opts, BlockDriverState *in_bs, BlockMeasureInfo *info,
+                   Error **errp);
+    /*
+     * The room bs's persistent dirty bitmaps would take in an image of
+     * cluster_size (bitmap data, tables and directory, as QEMU's
+     * qcow2_get_persistent_dirty_bitmap_size counts them): 0, or -ENOTSUP
+     * when the format (or this image's version) has no persistent bitmaps.
+     */
+    int (*bitmaps_size)(BlockDriverState *bs, uint64_t cluster_size, uint64_t *size);
     /* Create an image; opts hold "size" and the format's -o options. */
     int coroutine_fn (*co_create)(const char *filename, OptDict *opts, Error **errp);
     const CreateOptDesc *create_opts;
@@ -387,6 +397,8 @@ int bdrv_replace_child_bs(BdrvChild *child, BlockDriverState *new_bs, Error **er
 /* For a format's co_create: create the protocol-level image filename names
  * (bdrv_find_protocol) with opts ("size", "preallocation", ...). */
 int coroutine_fn bdrv_co_create_file(const char *filename, OptDict *opts, Error **errp);
+/* bs's bitmaps_size (-ENOTSUP without one). */
+int bdrv_bitmaps_size(BlockDriverState *bs, uint64_t cluster_size, uint64_t *size);
 /* Open bs's backing file (bs->backing_file, or "backing.*" options). */
 int bdrv_open_backing(BlockDriverState *bs, OptDict *options, Error **errp);
 /* Recompute bs->bl from the driver and children (merge: max of alignments,

@@ -180,6 +180,20 @@ const BlockDriver *bdrv_probe_format(const char *filename, Error **errp);
 /* The node called node_name (user-given or "#blockN"), or NULL. */
 BlockDriverState *bdrv_find_node(const char *node_name);
 int bdrv_create(const BlockDriver *drv, const char *filename, OptDict *opts, Error **errp);
+/*
+ * qemu-img measure: the file size an image of format drv, made with opts
+ * ("size" and drv's create options, checked by the caller), needs to hold
+ * in_bs's data (NULL: an empty image of opts' size).  required counts the
+ * clusters in_bs has data in, fully_allocated every cluster; bitmaps (with
+ * has_bitmaps) what in_bs's persistent bitmaps would take in it.
+ */
+typedef struct BlockMeasureInfo {
+    uint64_t required, fully_allocated;
+    bool has_bitmaps;
+    uint64_t bitmaps;
+} BlockMeasureInfo;
+int bdrv_measure(const BlockDriver *drv, OptDict *opts, BlockDriverState *in_bs,
+                 BlockMeasureInfo *info, Error **errp);
 int bdrv_check(BlockDriverState *bs, BdrvCheckResult *res, BdrvCheckMode fix);
 
 /* ---- what a node says about itself ---- */

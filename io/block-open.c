@@ -524,6 +524,25 @@ static void coroutine_fn create_entry(void *opaque)
     c->ret = c->drv->co_create(c->filename, c->opts, &c->err);
 }
 
+int bdrv_measure(const BlockDriver *drv, OptDict *opts, BlockDriverState *in_bs,
+                 BlockMeasureInfo *info, Error **errp)
+{
+    memset(info, 0, sizeof(*info));
+    if (!drv->measure) {
+        error_setg(errp, "Block driver '%s' does not support size measurement",
+                   drv->format_name);
+        return -ENOTSUP;
+    }
+    return drv->measure(opts, in_bs, info, errp);
+}
+
+int bdrv_bitmaps_size(BlockDriverState *bs, uint64_t cluster_size, uint64_t *size)
+{
+    *size = 0;
+    return bs->drv && bs->drv->bitmaps_size ? bs->drv->bitmaps_size(bs, cluster_size, size)
+                                            : -ENOTSUP;
+}
+
 int bdrv_create(const BlockDriver *drv, const char *filename, OptDict *opts, Error **errp)
 {
     if (!drv->co_create) {

@@ -73,7 +73,7 @@ static const CreateOptDesc *find_desc(const BlockDriver *drv, const char *name)
 }
 
 /* qemu's qapi_bool_parse: the spellings a bool option takes; -1 if none. */
-static int parse_bool(const char *v)
+int img_parse_bool(const char *v)
 {
     if (!strcmp(v, "on") || !strcmp(v, "yes") || !strcmp(v, "true") || !strcmp(v, "y")) {
         return 1;
@@ -212,7 +212,7 @@ int img_create_image(const char *filename, const char *fmt, const char *options,
             }
             optdict_set(typed, k, v);
             if (d && !strcmp(d->type, "bool")) {
-                int b = parse_bool(v);
+                int b = img_parse_bool(v);
                 if (b < 0) {
                     error_report("%s%sParameter '%s' expects 'on' or 'off'", pre, sep, k);
                     optdict_free(user);

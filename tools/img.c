@@ -48,6 +48,9 @@ static const struct {
       "info [--image-opts] [-f fmt] [--output=ofmt] [--backing-chain] [-U] filename" },
     { "io", img_io,
       "io [-f fmt] [--image-opts] [-n] [-t cache] [-r] [-q] [-U] [-c command]... filename" },
+    { "measure", img_measure,
+      "measure [--output=ofmt] [-O output_fmt] [-o options] [--size N | [--image-opts] [-f fmt]"
+      " [-U] filename]" },
     { "map", img_map,
       "map [--image-opts] [-f fmt] [--start-offset=offset] [--max-length=len]"
       " [--output=ofmt] [-U] filename" },
@@ -292,7 +295,7 @@ int img_main(int argc, char **argv)
         }
     }
     /* qemu-img's commands that ublkd does not have yet: not a typo. */
-    static const char *const later[] = { "amend", "bitmap", "commit", "measure", "rebase",
+    static const char *const later[] = { "amend", "bitmap", "commit", "rebase",
                                          "resize", "snapshot", NULL };
     for (int i = 0; later[i]; i++) {
         if (!strcmp(cmd, later[i])) {

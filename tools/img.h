@@ -27,6 +27,7 @@ int img_map(int argc, char **argv);
 int img_bench(int argc, char **argv);
 int img_io(int argc, char **argv);
 int img_dd(int argc, char **argv);
+int img_measure(int argc, char **argv);
 
 /* ---- common (img.c) ---- */
 typedef enum { OFORMAT_HUMAN, OFORMAT_JSON } OutputFormat;
@@ -89,6 +90,8 @@ int img_create_image(const char *filename, const char *fmt, const char *options,
                      bool unsafe, bool quiet, bool prefix_filename, bool converting);
 struct BlockDriver;
 int img_print_create_help(const struct BlockDriver *drv);
+/* qemu's bool option values: on/yes/true/y 1, off/no/false/n 0, else -1. */
+int img_parse_bool(const char *v);
 /* Parse qemu-img's -o list ("k=v,k2=v2"; "help" / "?" handled by caller). */
 bool img_is_help_option(const char *opts);
 
