@@ -102,13 +102,15 @@ static int parse_rule(OptDict *d, const char *family, int n, uint64_t seed, Blkd
     bool has_every = optdict_has(d, "every");
     int ev = optdict_take_enum(d, "event", event_names, 0, errp);
     int act = ev < 0 ? -1 : fault ? optdict_take_enum(d, "action", action_names, 0, errp) : 0;
-    int64_t err, offset, sector, length, endv, every, delay_ms;
+    /* Byte values take size suffixes (offset=1M); sector is a number. */
+    int64_t err, sector, every, delay_ms;
+    uint64_t uoffset, ulength, uend;
     if (ev < 0 || act < 0 ||
         optdict_take_int(d, "errno", EIO, &err, errp) < 0 ||
-        optdict_take_int(d, "offset", 0, &offset, errp) < 0 ||
+        optdict_take_size(d, "offset", 0, &uoffset, errp) < 0 ||
         optdict_take_int(d, "sector", 0, &sector, errp) < 0 ||
-        optdict_take_int(d, "length", 0, &length, errp) < 0 ||
-        optdict_take_int(d, "end", 0, &endv, errp) < 0 ||
+        optdict_take_size(d, "length", 0, &ulength, errp) < 0 ||
+        optdict_take_size(d, "end", 0, &uend, errp) < 0 ||
         optdict_take_int(d, "every", 1, &every, errp) < 0 ||
         optdict_take_int(d, "delay-ms", 0, &delay_ms, errp) < 0 ||
         optdict_take_bool(d, "once", false, &r->once, errp) < 0) {
@@ -177,12 +179,17 @@ static int parse_rule(OptDict *d, const char *family, int n, uint64_t seed, Blkd
                    "offset or sector", family, n);
         return -EINVAL;
     }
-    if (offset < 0 || sector < 0 || sector > INT64_MAX / (int64_t)BDRV_SECTOR_SIZE) {
-        error_setg(errp, "blkdebug: %s.%d.%s must not be negative or beyond 2^63 bytes, got %"
-                   PRId64, family, n, has_sector ? "sector" : "offset",
-                   has_sector ? sector : offset);
+    if (sector < 0 || sector > INT64_MAX / (int64_t)BDRV_SECTOR_SIZE) {
+        error_setg(errp, "blkdebug: %s.%d.sector must be from 0 to 2^54-1, got %" PRId64,
+                   family, n, sector);
         return -EINVAL;
     }
+    if (uoffset > INT64_MAX || ulength > INT64_MAX || uend > INT64_MAX) {
+        error_setg(errp, "blkdebug: %s.%d.%s must be below 2^63", family, n,
+                   uoffset > INT64_MAX ? "offset" : ulength > INT64_MAX ? "length" : "end");
+        return -EINVAL;
+    }
+    int64_t offset = (int64_t)uoffset, length = (int64_t)ulength, endv = (int64_t)uend;
     if (has_length && length <= 0) {
         error_setg(errp, "blkdebug: %s.%d.length must be positive, got %" PRId64,
                    family, n, length);
