@@ -1,7 +1,8 @@
 /*
  * blkdebug-int.h - the fault-injection filter's rules, shared by
- * drivers/blkdebug.c (the driver: open, requests, actions) and
- * drivers/blkdebug-rules.c (parsing, matching, the control file).
+ * drivers/blkdebug.c (the driver: open, requests, actions),
+ * drivers/blkdebug-rules.c (parsing, matching) and
+ * drivers/blkdebug-control.c (the control file).
  * See drivers/blkdebug.c for the option syntax.
  */
 #ifndef UBLKD_BLKDEBUG_INT_H

@@ -44,8 +44,8 @@
  * apply after the option rules; each reload starts them afresh (counters,
  * once).  A missing or empty file is no rules; a bad one keeps the rules
  * in force and is reported on stderr (at open it fails the open).  See
- * drivers/blkdebug-rules.c for how a swap is safe against queue threads
- * and how the file is opened.
+ * drivers/blkdebug-rules.c for how a swap is safe against queue threads,
+ * drivers/blkdebug-control.c for how the file is opened.
  *
  * align= and max-transfer= impose limits so tests can exercise the request
  * path's padding and splitting over any child.
