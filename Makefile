@@ -48,6 +48,7 @@ DRIVERS-$(CONFIG_QCOW2)    += qcow2
 DRIVERS-$(CONFIG_BLKDEBUG) += blkdebug
 # Extra files of a driver split by concern: DRIVER_SRCS-<name> := drivers/<name>-x.c
 DRIVER_SRCS-file := drivers/file-io.c drivers/file-lock.c
+DRIVER_SRCS-blkdebug := drivers/blkdebug-rules.c drivers/blkdebug-control.c
 DRIVER_SRCS-vdi := drivers/vdi-write.c drivers/vdi-create.c drivers/vdi-check.c
 DRIVER_SRCS-qcow2 := drivers/qcow2-header.c drivers/qcow2-cluster.c drivers/qcow2-refcount.c \
                      drivers/qcow2-compress.c drivers/qcow2-create.c drivers/qcow2-create-layout.c \
