@@ -180,6 +180,12 @@ static void quorum_buf_put(QuorumBuf *b)
     b->p = NULL;
 }
 
+/* How messages name a child: its file, or its node name if it has none. */
+static const char *child_label(const BlockDriverState *c)
+{
+    return c->filename[0] ? c->filename : bdrv_get_node_name(c);
+}
+
 /* ---- events ---- */
 
 /* A child's event: node and file name the child (the disk the user must
@@ -688,7 +694,7 @@ static void quorum_set_filename(BlockDriverState *bs)
                           "%d, \"children\": [", s->threshold);
     for (int i = 0; i < s->n && o < cap; i++) {
         char esc[1024];
-        bdrv_json_escape(s->children[i]->bs->filename, esc, sizeof(esc));
+        bdrv_json_escape(child_label(s->children[i]->bs), esc, sizeof(esc));
         o += (size_t)snprintf(bs->filename + o, cap - o, "%s\"%s\"", i ? ", " : "", esc);
     }
     if (o < cap) {
@@ -733,7 +739,7 @@ static int quorum_open(BlockDriverState *bs, OptDict *options, int flags, Error 
         int64_t len = bdrv_getlength(c);
         if (len < 0) {
             error_setg_errno(errp, (int)-len, "quorum: could not get the size of children.%d "
-                             "('%s')", i, c->filename);
+                             "('%s')", i, child_label(c));
             return (int)len;
         }
         if (i == 0) {
@@ -741,7 +747,7 @@ static int quorum_open(BlockDriverState *bs, OptDict *options, int flags, Error 
         } else if (len != size0) {
             error_setg(errp, "quorum: children.%d ('%s') is %" PRId64 " bytes but children.0 "
                        "('%s') is %" PRId64 ": all children must have the same size", i,
-                       c->filename, len, s->children[0]->bs->filename, size0);
+                       child_label(c), len, child_label(s->children[0]->bs), size0);
             return -EINVAL;
         }
     }
@@ -822,7 +828,7 @@ const BlockDriver bdrv_quorum = {
     .co_pwritev = quorum_co_pwritev,
     .co_pwrite_zeroes = quorum_co_pwrite_zeroes,
     .co_pdiscard = quorum_co_pdiscard,
-    .co_flush_to_disk = quorum_co_flush,
+    .co_flush = quorum_co_flush,
     .co_block_status = quorum_co_block_status,
     .getlength = quorum_getlength,
     .has_zero_init = quorum_has_zero_init,
