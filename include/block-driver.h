@@ -198,6 +198,11 @@ struct BlockDriver {
     int coroutine_fn (*co_pdiscard)(BlockDriverState *bs, int64_t offset, int64_t bytes);
     int coroutine_fn (*co_flush_to_os)(BlockDriverState *bs);
     int coroutine_fn (*co_flush_to_disk)(BlockDriverState *bs);
+    /* The whole flush of the node and everything below it (QEMU's
+     * bdrv_co_flush callback): the core then neither calls the two above
+     * nor flushes the children itself.  For a driver whose flush succeeds
+     * without every child's (quorum's vote). */
+    int coroutine_fn (*co_flush)(BlockDriverState *bs);
     /* Return BDRV_BLOCK_* for [offset, offset+*pnum); *pnum <= bytes, > 0. */
     int coroutine_fn (*co_block_status)(BlockDriverState *bs, bool want_zero, int64_t offset,
                                         int64_t bytes, int64_t *pnum, int64_t *map,

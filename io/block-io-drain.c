@@ -428,6 +428,12 @@ int coroutine_fn bdrv_co_flush(BlockDriverState *bs)
     uint64_t current_gen = bdrv_write_gen(bs);
     pthread_mutex_unlock(&bs->flush_mutex);
 
+    if (bs->drv->co_flush) {
+        /* The driver flushes what lies below itself (quorum: every child
+         * at once, succeeding by vote), so no child's error is added here. */
+        ret = bs->drv->co_flush(bs);
+        goto out;
+    }
     /* Hand cached data to the OS even with cache=unsafe. */
     if (bs->drv->co_flush_to_os) {
         ret = bs->drv->co_flush_to_os(bs);

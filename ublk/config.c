@@ -560,6 +560,14 @@ OptDict *ublk_dev_config_to_options(const UblkDevConfig *c, int *flags, Error **
         optdict_merge(d, x, true);
         optdict_free(x);
     }
+    /* The driver's own message names the option, not how `add` takes it. */
+    if (!c->blockdev && !strcmp(c->type, "quorum") && !optdict_has(d, "vote-threshold")) {
+        error_setg(errp, "a quorum device needs -o vote-threshold=K: how many of its %d files "
+                   "must agree (1..%d; %d is a majority)", c->nfiles, c->nfiles,
+                   c->nfiles / 2 + 1);
+        optdict_free(d);
+        return NULL;
+    }
     /* A device's daemon may be killed and its device recovered under I/O:
      * a qcow2 image then has to hold the metadata of every completed write
      * (drivers/qcow2.c, metadata-write-through), as raw and vdi always do. */

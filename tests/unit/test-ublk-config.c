@@ -104,6 +104,23 @@ static void test_options(void **state)
     ublk_dev_config_free(&c);
     assert_int_equal(parse(&c, "add -t quorum -f a.img -f b.img -f c.img", NULL), 0);
     assert_int_equal(c.nfiles, 3);
+    /* Without a threshold the add fails before any device exists, saying
+     * how to give one. */
+    Error *qerr = NULL;
+    int qflags = 0;
+    assert_null(ublk_dev_config_to_options(&c, &qflags, &qerr));
+    assert_non_null(qerr);
+    assert_non_null(strstr(error_get_pretty(qerr), "needs -o vote-threshold=K"));
+    assert_non_null(strstr(error_get_pretty(qerr), "(1..3; 2 is a majority)"));
+    error_free(qerr);
+    ublk_dev_config_free(&c);
+    assert_int_equal(parse(&c, "add -t quorum -f a.img -f b.img -f c.img -o vote-threshold=2",
+                           NULL), 0);
+    OptDict *qo = ublk_dev_config_to_options(&c, &qflags, NULL);
+    assert_non_null(qo);
+    assert_string_equal(optdict_get(qo, "children.2.file.filename"), "c.img");
+    assert_string_equal(optdict_get(qo, "vote-threshold"), "2");
+    optdict_free(qo);
     ublk_dev_config_free(&c);
 
     /* null without --size: 250 GiB, as ublksrv's null target */
