@@ -811,9 +811,19 @@ static void quorum_get_specific_info(BlockDriverState *bs, ImageSpecificInfo *in
         image_info_add(info, key, "%s", bdrv_get_format_name(c));
         snprintf(key, sizeof(key), "children.%d.node", i);
         image_info_add(info, key, "%s", bdrv_get_node_name(c));
+    }
+}
+
+/* Per child, for `ublkd list`: what the child has served and what the vote
+ * found wrong with it. */
+static void quorum_get_counters(BlockDriverState *bs, ImageSpecificInfo *out)
+{
+    QuorumState *s = bs->opaque;
+    for (int i = 0; i < s->n; i++) {
         for (int k = 0; k < QC__MAX; k++) {
+            char key[64];
             snprintf(key, sizeof(key), "children.%d.%s", i, qc_names[k]);
-            image_info_add_int(info, key, (int64_t)quorum_stat(s, i, k));
+            image_info_add_int(out, key, (int64_t)quorum_stat(s, i, k));
         }
     }
 }
@@ -833,6 +843,7 @@ const BlockDriver bdrv_quorum = {
     .getlength = quorum_getlength,
     .has_zero_init = quorum_has_zero_init,
     .get_specific_info = quorum_get_specific_info,
+    .get_counters = quorum_get_counters,
     .supported_write_flags = BDRV_REQ_FUA,
     .supported_zero_flags = BDRV_REQ_FUA | BDRV_REQ_MAY_UNMAP,
 };

@@ -191,8 +191,10 @@ static void corrupt(int i, int64_t offset, int64_t len, int byte)
 
 static int64_t info_int(BlockDriverState *bs, const char *key)
 {
+    /* Settings from the info, run-time counters from the counters. */
     ImageSpecificInfo info = { 0 };
     bdrv_get_specific_info(bs, &info);
+    bdrv_get_counters(bs, &info);
     int64_t v = -1;
     for (int i = 0; i < info.n; i++) {
         if (!strcmp(info.entries[i].key, key)) {
