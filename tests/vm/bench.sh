@@ -17,6 +17,11 @@
 # same image (both cache=none, io_uring), 4k random read/write QD32 and 512k sequential
 # read QD8; then the daemon's RSS over a 100 GiB sparse qcow2 after 1 GiB of random 64k
 # writes, with the default cache sizes and with l2-cache-size=1M.
+#
+# BENCH_SET=quorum: a 3-way quorum (vote-threshold 2) of raw files against one of the
+# raw files alone (the same ext4, cache=none), read-pattern quorum and fifo, 1 and 2
+# queues: 4k random read/write QD32 and 128k sequential read/write QD8.  The cpu/io
+# difference between the quorum and the raw rows is the vote's (and the fan-out's) cost.
 set -u
 HERE=$(cd "$(dirname "$0")" && pwd)
 ROOT=$(cd "$HERE/../.." && pwd)
@@ -57,8 +62,14 @@ nullb store 1 2 $store_mb
 store=$(nbdev store)
 mkfs.ext4 -q -F $store >/dev/null
 mkdir $T/fs; mount $store $T/fs
-fallocate -l 1G $T/fs/img.raw
-dd if=/dev/urandom of=$T/fs/img.raw bs=1M count=1024 conv=notrunc oflag=direct status=none
+if [ "${BENCH_SET:-}" = quorum ]; then
+  # Three equal replicas: the vote finds agreement everywhere, as in normal service.
+  dd if=/dev/urandom of=$T/fs/q0.raw bs=1M count=384 oflag=direct status=none
+  cp $T/fs/q0.raw $T/fs/q1.raw; cp $T/fs/q0.raw $T/fs/q2.raw
+else
+  fallocate -l 1G $T/fs/img.raw
+  dd if=/dev/urandom of=$T/fs/img.raw bs=1M count=1024 conv=notrunc oflag=direct status=none
+fi
 
 cpu_ticks() { [ -n "$1" ] && awk '{print $14 + $15}' /proc/$1/stat 2>/dev/null || echo 0; }
 HZ=$(getconf CLK_TCK)
@@ -72,6 +83,9 @@ declare -A JOBS=(
   [rr32x2]="--rw=randread --bs=4k --iodepth=32 --numjobs=2"
 )
 ORDER="rr1 rr32 rw1 rw32 sr sw rr32x2"
+if [ "${BENCH_SET:-}" = quorum ]; then
+  ORDER="rr32 rw32 sr sw"
+fi
 if [ "${BENCH_SET:-}" = qcow2 ]; then
   JOBS[sr512]="--rw=read --bs=512k --iodepth=8 --numjobs=1"
   ORDER="rr32 rw32 sr512"
@@ -83,7 +97,7 @@ run_dev() {  # run_dev LABEL DEV PID
   for j in $ORDER; do
     local c0 c1 out iops bw ios
     c0=$(cpu_ticks "$pid")
-    out=$(fio --name=b --filename="$dev" --direct=1 --ioengine=io_uring ${JOBS[$j]} --size=512M \
+    out=$(fio --name=b --filename="$dev" --direct=1 --ioengine=io_uring --size=512M ${JOBS[$j]} \
           --time_based --runtime=$RT --ramp_time=1 --group_reporting --output-format=json 2>/dev/null) || { line+=" err |"; continue; }
     c1=$(cpu_ticks "$pid")
     read -r iops ios bw < <(jq -r '[(.jobs[0].read.iops + .jobs[0].write.iops),
@@ -106,6 +120,23 @@ ublk() {  # ublk LABEL ADD-ARGS...
   run_dev "$label" "$dev" "$pid"
   "$UBLKD" del -n $id
 }
+if [ "${BENCH_SET:-}" = quorum ]; then
+  # --size=300M in the jobs keeps every row inside the 384 MiB replicas.
+  for j in $ORDER; do JOBS[$j]+=" --size=300M"; done
+  q="driver=quorum,vote-threshold=2"
+  for i in 0 1 2; do q+=",children.$i.driver=raw,children.$i.file.filename=$T/fs/q$i.raw"; done
+  ublk "ublkd raw -q 1 (one replica)" raw $T/fs/q0.raw -q 1
+  ublk "ublkd quorum x3 -q 1" --blockdev "$q" -q 1
+  ublk "ublkd quorum x3 fifo -q 1" --blockdev "$q,read-pattern=fifo" -q 1
+  ublk "ublkd raw -q 2 (one replica)" raw $T/fs/q0.raw -q 2
+  ublk "ublkd quorum x3 -q 2" --blockdev "$q" -q 2
+  ublk "ublkd quorum x3 fifo -q 2" --blockdev "$q,read-pattern=fifo" -q 2
+  cmp $T/fs/q0.raw $T/fs/q1.raw && cmp $T/fs/q0.raw $T/fs/q2.raw \
+    || echo "bench: the replicas differ after the quorum rows" >&2
+  umount $T/fs
+  echo 0 > $CFG/store/power; rmdir $CFG/store
+  exit 0
+fi
 if [ "${BENCH_SET:-}" = qcow2 ]; then
   export PATH=$PATH:/usr/bin
   qemu-img convert -f raw -O qcow2 $T/fs/img.raw $T/fs/img.qcow2
