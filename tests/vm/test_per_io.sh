@@ -44,6 +44,10 @@ run_verify() {
   pid=$(ublk_pid $ID)
   for ((i = 0; i < nt; i++)); do want+="ublk$ID-t$i "; done
   [ "$(threads $pid $ID)" = "$want" ] || fail "-q $nq --per-io-threads=$nt: threads '$(threads $pid $ID)', want '$want'"
+  "$UBLKD" list -n $ID | grep -q "I/O thread $((nt - 1)): tid [1-9]" \
+    || fail "list does not show I/O thread $((nt - 1)): $("$UBLKD" list -n $ID)"
+  [ "$("$UBLKD" list -n $ID --json | jq '.[0].io_threads | map(select(.tid > 0)) | length')" = $nt ] \
+    || fail "list --json: io_threads is not $nt threads with tids"
   fio_verify "$DEV" --bs=4k --iodepth=32
   local cpu=
   for ((i = 0; i < nt; i++)); do cpu+="t$i $(cpu_ticks $pid ublk$ID-t$i) "; done
