@@ -177,11 +177,36 @@ typedef struct UblkDevConfig {
     bool recovery_given;       /* --recovery/--reissue/-r: the kernel must honour it */
     UblkAffinity affinity;
     UblkZeroCopy zero_copy;
+    unsigned per_io_threads;   /* --per-io-threads: 0 = one thread per queue */
     char *log_file;
 } UblkDevConfig;
 
 void ublk_dev_config_init(UblkDevConfig *c);
 void ublk_dev_config_free(UblkDevConfig *c);
+/* Most --per-io-threads: more would only add rings that sit idle. */
+#define UBLK_MAX_PER_IO_THREADS 256
+
+/*
+ * --per-io-threads (UBLK_F_PER_IO_DAEMON): every (queue, tag) pair of the
+ * device, queue first, is dealt out round robin, so thread idx of n serves
+ * pairs idx, idx + n, ... and every queue is spread over as many threads as
+ * it has tags for (pure, unit-tested).  How many pairs thread idx serves:
+ */
+static inline unsigned ublk_per_io_thread_ntags(unsigned nr_queues, unsigned depth,
+                                                unsigned nthreads, unsigned idx)
+{
+    unsigned total = nr_queues * depth;
+    return idx < total ? (total - idx + nthreads - 1) / nthreads : 0;
+}
+/* And its k-th pair (k < ublk_per_io_thread_ntags). */
+static inline void ublk_per_io_thread_pair(unsigned depth, unsigned nthreads, unsigned idx,
+                                           unsigned k, unsigned *q, unsigned *tag)
+{
+    unsigned i = idx + k * nthreads;
+    *q = i / depth;
+    *tag = i % depth;
+}
+
 /* Parse `add` arguments (argv[0] is the verb).  Returns 0, 1 if --help was
  * printed, -1 with errp set on bad arguments. */
 int ublk_dev_config_parse(UblkDevConfig *c, int argc, char **argv, Error **errp);
@@ -277,6 +302,8 @@ int ublk_params_build(const UblkDevConfig *c, const BlockLimits *bl, int64_t siz
 
 /* ---------------- queues (ublk/queue.c) ---------------- */
 
+/* A server thread: its own ring and AioContext, serving one hardware queue,
+ * or with per-I/O threads its share of every queue's tags. */
 typedef struct UblkQueue UblkQueue;
 
 /* One ublk I/O descriptor as the block layer request it stands for. */
@@ -310,16 +337,20 @@ typedef struct UblkDev {
     uint64_t flags;            /* UBLK_F_* in effect */
     UblkAffinity affinity;
     UblkCtrl *ctrl;            /* for GET_QUEUE_AFFINITY (main thread only) */
-    UblkQueue **queues;
+    unsigned per_io_threads;   /* 0: thread i serves queue i; else UBLK_F_PER_IO_DAEMON
+                                  and this many threads share all pairs */
+    unsigned nr_threads;       /* set by ublk_queues_start */
+    UblkQueue **queues;        /* the threads, nr_threads of them */
     volatile int stopping;     /* set by the main thread after STOP_DEV */
 } UblkDev;
 
-/* Start nr_queues threads; returns once every queue has queued its FETCH
- * commands (so START_DEV / END_USER_RECOVERY can complete). */
+/* Start the server threads (nr_queues, or per_io_threads capped at the
+ * number of tags); returns once every thread has queued its FETCH commands
+ * (so START_DEV / END_USER_RECOVERY can complete). */
 int ublk_queues_start(UblkDev *d, Error **errp);
 /* Tell the queues the device is going away and wait for the threads. */
 void ublk_queues_stop(UblkDev *d);
-/* Number of queue threads still running (a queue exits when the kernel
+/* Number of server threads still running (a queue exits when the kernel
  * aborts all its commands, e.g. the device was deleted behind our back). */
 unsigned ublk_queues_running(UblkDev *d);
 

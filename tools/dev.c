@@ -1223,9 +1223,11 @@ static void cpus_to_string(const cpu_set_t *set, char *buf, size_t len)
 
 #define LIST_MAX_QUEUES 64
 
-/* The daemon's queue threads (named "ublkID-qN" by ublk/queue.c), by queue:
- * their tids (0 if not found) and the CPUs each may run on. */
-static void queue_threads(pid_t pid, uint32_t id, unsigned nq, pid_t *tids, cpu_set_t *cpus)
+/* The daemon's queue threads (named "ublkID-qN" by ublk/queue.c; kind 't':
+ * its per-I/O threads, "ublkID-tN"), by number: their tids (0 if not found)
+ * and the CPUs each may run on. */
+static void queue_threads(pid_t pid, uint32_t id, char kind, unsigned nq, pid_t *tids,
+                          cpu_set_t *cpus)
 {
     char path[64];
     memset(tids, 0, nq * sizeof(*tids));
@@ -1241,10 +1243,10 @@ static void queue_threads(pid_t pid, uint32_t id, unsigned nq, pid_t *tids, cpu_
         snprintf(comm_path, sizeof(comm_path), "%s/%ld/comm", path, tid);
         FILE *f = fopen(comm_path, "r");
         unsigned did, q;
-        char end;
+        char k, end;
         if (f && fgets(comm, sizeof(comm), f) &&
-            sscanf(comm, "ublk%u-q%u%c", &did, &q, &end) == 3 && end == '\n' && did == id &&
-            q < nq) {
+            sscanf(comm, "ublk%u-%c%u%c", &did, &k, &q, &end) == 4 && k == kind &&
+            end == '\n' && did == id && q < nq) {
             tids[q] = (pid_t)tid;
             CPU_ZERO(&cpus[q]);
             sched_getaffinity((pid_t)tid, sizeof(cpus[q]), &cpus[q]);
@@ -1409,7 +1411,13 @@ static int cmd_list(int argc, char **argv)
         unsigned nq = MIN(queues, (unsigned)LIST_MAX_QUEUES);
         pid_t tids[LIST_MAX_QUEUES];
         cpu_set_t cpus[LIST_MAX_QUEUES], kcpus;
-        queue_threads(alive ? pid : 0, id, nq, tids, cpus);
+        queue_threads(alive ? pid : 0, id, 'q', nq, tids, cpus);
+        /* --per-io-threads: the threads share every queue's tags */
+        unsigned nt = (flags & UBLK_F_PER_IO_DAEMON) && v.have_state
+                      ? MIN(st->cfg.per_io_threads, (unsigned)LIST_MAX_QUEUES) : 0;
+        pid_t ttids[LIST_MAX_QUEUES];
+        cpu_set_t tcpus[LIST_MAX_QUEUES];
+        queue_threads(alive && nt ? pid : 0, id, 't', nt, ttids, tcpus);
         const char *cache = v.have_state ? (st->cfg.cache ? st->cfg.cache : "none") : "-";
         /* How request data moves: what the kernel set up, not what was asked. */
         const char *zc_mode = flags & UBLK_F_AUTO_BUF_REG ? "auto-buf-reg"
@@ -1438,8 +1446,20 @@ static int cmd_list(int argc, char **argv)
                 if (in_kernel && ublk_ctrl_get_queue_affinity(ctrl, id, q, &kcpus) == 0) {
                     cpus_to_string(&kcpus, c2, sizeof(c2));
                 }
-                printf("  queue %u: tid %d cpus %s (kernel's affinity %s)\n", q, (int)tids[q],
-                       c1, c2);
+                if (nt) {
+                    printf("  queue %u: served by the I/O threads (kernel's affinity %s)\n", q, c2);
+                } else {
+                    printf("  queue %u: tid %d cpus %s (kernel's affinity %s)\n", q,
+                           (int)tids[q], c1, c2);
+                }
+            }
+            for (unsigned k = 0; k < nt; k++) {
+                char c1[256] = "-";
+                if (ttids[k]) {
+                    cpus_to_string(&tcpus[k], c1, sizeof(c1));
+                }
+                printf("  I/O thread %u: tid %d cpus %s (one in %u of all queues' tags)\n", k,
+                       (int)ttids[k], c1, nt);
             }
             for (int k = 0; k < nchain; k++) {
                 printf("  %s: %s %s\n", k ? "backing" : "image", chain[k].format,
@@ -1524,6 +1544,19 @@ static int cmd_list(int argc, char **argv)
                 json_object_array_add(qa, qo);
             }
             json_object_object_add(o, "queue_threads", qa);
+            json_object *ta = json_object_new_array();
+            for (unsigned k = 0; k < nt; k++) {
+                json_object *to = json_object_new_object();
+                char c1[256] = "";
+                json_object_object_add(to, "thread", json_object_new_int64(k));
+                json_object_object_add(to, "tid", json_object_new_int64(ttids[k]));
+                if (ttids[k]) {
+                    cpus_to_string(&tcpus[k], c1, sizeof(c1));
+                    json_object_object_add(to, "cpus", json_object_new_string(c1));
+                }
+                json_object_array_add(ta, to);
+            }
+            json_object_object_add(o, "io_threads", ta);
             json_object *ia = json_object_new_array();
             for (int k = 0; k < nchain; k++) {
                 json_object *io = json_object_new_object();

@@ -64,6 +64,8 @@ void ublk_dev_config_usage(FILE *f)
         "  -f, --file FILE             an image, as the words after TYPE would be\n"
         "  -n, --id ID                 device id (default: the kernel picks)\n"
         "  -q, --queues N              hardware queues, one thread each (default 1)\n"
+        "      --per-io-threads N      N threads share the tags of all queues instead\n"
+        "                              (UBLK_F_PER_IO_DAEMON, Linux 6.16+; default off)\n"
         "  -d, --depth D               queue depth, 1..4096 (default 128)\n"
         "  -o, --option K=V[,K=V]      extra options for the root node\n"
         "      --size SIZE             size of a null device (default 250G, as ublksrv's)\n"
@@ -150,7 +152,7 @@ void ublk_getopt_error(int opt, char **argv, Error **errp)
 enum {
     OPT_SIZE = 256, OPT_CACHE, OPT_DISCARD, OPT_NO_DISCARD, OPT_ROT, OPT_LBS, OPT_PBS,
     OPT_IOOPT, OPT_MAXIO, OPT_DGRAN, OPT_DMAX, OPT_RECOVERY, OPT_REISSUE, OPT_AFFINITY,
-    OPT_LOG, OPT_BLOCKDEV, OPT_RO, OPT_FOREGROUND, OPT_ZC, OPT_NO_PART_SCAN,
+    OPT_LOG, OPT_BLOCKDEV, OPT_RO, OPT_FOREGROUND, OPT_ZC, OPT_NO_PART_SCAN, OPT_PER_IO,
 };
 
 int ublk_dev_config_parse(UblkDevConfig *c, int argc, char **argv, Error **errp)
@@ -185,6 +187,7 @@ int ublk_dev_config_parse(UblkDevConfig *c, int argc, char **argv, Error **errp)
         { "blockdev", required_argument, NULL, OPT_BLOCKDEV },
         { "zero-copy", required_argument, NULL, OPT_ZC },
         { "no-partition-scan", no_argument, NULL, OPT_NO_PART_SCAN },
+        { "per-io-threads", required_argument, NULL, OPT_PER_IO },
         { NULL, 0, NULL, 0 },
     };
     uint32_t v;
@@ -341,6 +344,17 @@ int ublk_dev_config_parse(UblkDevConfig *c, int argc, char **argv, Error **errp)
             break;
         case OPT_BLOCKDEV: free(c->blockdev); c->blockdev = xstrdup(optarg); break;
         case OPT_NO_PART_SCAN: c->no_part_scan = true; break;
+        case OPT_PER_IO:
+            if (parse_u32("--per-io-threads", optarg, UINT32_MAX, false, &c->per_io_threads,
+                          errp) < 0) {
+                return -1;
+            }
+            if (c->per_io_threads == 0) {
+                error_setg(errp, "--per-io-threads 0: give at least 1 (or leave it out for "
+                           "one thread per queue)");
+                return -1;
+            }
+            break;
         case OPT_ZC: {
             unsigned i;
             for (i = 0; i <= UBLK_ZC_REGISTER && strcmp(optarg, ublk_zero_copy_name(i)); i++) {
@@ -448,6 +462,24 @@ int ublk_dev_config_check(const UblkDevConfig *c, Error **errp)
     if (c->max_discard % 512 || c->max_discard > ((uint64_t)UINT32_MAX << 9)) {
         error_setg(errp, "--max-discard %llu must be a multiple of 512 up to %llu bytes",
                    (unsigned long long)c->max_discard, (unsigned long long)UINT32_MAX << 9);
+        return -1;
+    }
+    if (c->per_io_threads > UBLK_MAX_PER_IO_THREADS) {
+        error_setg(errp, "--per-io-threads %u is out of range (1..%u)", c->per_io_threads,
+                   UBLK_MAX_PER_IO_THREADS);
+        return -1;
+    }
+    if (c->per_io_threads > c->nr_queues * c->depth) {
+        error_setg(errp, "--per-io-threads %u: more threads than the %u tags of --queues %u "
+                   "--depth %u (some would serve nothing)", c->per_io_threads,
+                   c->nr_queues * c->depth, c->nr_queues, c->depth);
+        return -1;
+    }
+    if (c->per_io_threads && c->affinity == UBLK_AFFINITY_QUEUE) {
+        /* Each thread serves tags of every queue: there is no one queue's
+         * CPU set to pin it to. */
+        error_setg(errp, "--affinity=queue and --per-io-threads exclude each other: a per-I/O "
+                   "thread serves tags of every queue");
         return -1;
     }
     if (c->user_copy && c->need_get_data) {
@@ -613,6 +645,9 @@ uint64_t ublk_dev_config_flags(const UblkDevConfig *c, uint64_t supported, bool 
     if (c->no_part_scan) {
         f |= UBLK_F_NO_AUTO_PART_SCAN;      /* ublk_dev_config_check_kernel: the kernel has it */
     }
+    if (c->per_io_threads) {
+        f |= UBLK_F_PER_IO_DAEMON;          /* likewise */
+    }
     if (unprivileged) {
         /* The kernel refuses recovery for unprivileged devices. */
         f |= UBLK_F_UNPRIVILEGED_DEV;
@@ -667,6 +702,14 @@ int ublk_dev_config_check_kernel(const UblkDevConfig *c, uint64_t supported, boo
          * partitions would appear, which is what the user asked to avoid. */
         error_setg(errp, "--no-partition-scan: the kernel's ublk driver lacks "
                    "UBLK_F_NO_AUTO_PART_SCAN (Linux 7.x; features 0x%llx)",
+                   (unsigned long long)supported);
+        return -1;
+    }
+    if (c->per_io_threads && !(supported & UBLK_F_PER_IO_DAEMON)) {
+        /* Without the flag the kernel takes every command of a queue from
+         * the one task that fetched its first tag, and fails the others. */
+        error_setg(errp, "--per-io-threads: the kernel's ublk driver lacks "
+                   "UBLK_F_PER_IO_DAEMON (Linux 6.16+; features 0x%llx)",
                    (unsigned long long)supported);
         return -1;
     }
@@ -1115,6 +1158,7 @@ char *ublk_dev_state_to_json(const UblkDevState *s)
     add_str(co, "recovery", recovery_names[c->recovery]);
     add_str(co, "affinity", affinity_names[c->affinity]);
     add_str(co, "zero_copy", ublk_zero_copy_name(c->zero_copy));
+    add_int(co, "per_io_threads", c->per_io_threads);
     add_str(co, "log", c->log_file);
     json_object_object_add(o, "config", co);
 
@@ -1296,6 +1340,7 @@ static bool state_fields_from_json(json_object *o, json_object *co, UblkDevState
          get_choice(co, "zero_copy", zero_copy_names, ARRAY_SIZE(zero_copy_names), &choice,
                     errp) &&
          ((c->zero_copy = choice), true) &&
+         get_u32(co, "per_io_threads", 0, &c->per_io_threads, errp) &&
          get_str(co, "log", &c->log_file, errp);
     return ok;
 }

@@ -485,6 +485,19 @@ static int server_start(Server *s, bool recover, int ready_fd, Error **errp)
     d->flags = info.flags;
     d->affinity = cfg->affinity;
     d->ctrl = s->ctrl;
+    /* The flag, given at ADD_DEV, is what lets a tag be served by any one
+     * task; a recovering daemon takes the layout its state recorded. */
+    d->per_io_threads = (info.flags & UBLK_F_PER_IO_DAEMON) ? cfg->per_io_threads : 0;
+    if (cfg->per_io_threads && !d->per_io_threads) {
+        if (!recover) {
+            error_setg(errp, "--per-io-threads: the kernel added device %u without "
+                       "UBLK_F_PER_IO_DAEMON (flags 0x%llx)", d->dev_id,
+                       (unsigned long long)info.flags);
+            return -1;
+        }
+        ublk_log(LOG_NOTICE, "device %u was added without UBLK_F_PER_IO_DAEMON: one thread "
+                 "per queue instead of --per-io-threads %u", d->dev_id, cfg->per_io_threads);
+    }
     char cdev[64];
     ublk_cdev_path(d->dev_id, cdev, sizeof(cdev));
     if (d->cdev_fd < 0 && open_cdev(d, d->dev_id, unpriv, errp) < 0) {
@@ -781,7 +794,7 @@ typedef struct ServeLoop {
  * (it says so with SIGUSR2); the timer looks too, in case that got lost. */
 static void serve_check_queues(ServeLoop *l)
 {
-    if (!l->stop && ublk_queues_running(&l->s->dev) < l->s->dev.nr_queues) {
+    if (!l->stop && ublk_queues_running(&l->s->dev) < l->s->dev.nr_threads) {
         if (server_upgrading(l->s)) {
             /* Every queue ends: QUIESCE_DEV aborted all FETCHes. */
             ublk_log(LOG_INFO, "upgrade: %s quiesced; handing it over", l->s->bdev);
@@ -899,8 +912,10 @@ int ublk_server_run(UblkDevConfig *cfg, bool recover, int ready_fd)
         error_free(err);
         return 1;
     }
-    ublk_log(LOG_INFO, "%s %s: %u queue(s), depth %u, pid %d", recover ? "recovered" : "started",
-             s.bdev, s.dev.nr_queues, s.dev.depth, (int)getpid());
+    ublk_log(LOG_INFO, "%s %s: %u queue(s), depth %u, %u thread(s)%s, pid %d",
+             recover ? "recovered" : "started", s.bdev, s.dev.nr_queues, s.dev.depth,
+             s.dev.nr_threads, s.dev.per_io_threads ? " sharing all tags (PER_IO_DAEMON)" : "",
+             (int)getpid());
     report(&ready_fd, "OK", s.bdev);
     if (cfg->foreground) {
         printf("%s\n", s.bdev);

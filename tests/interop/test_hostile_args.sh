@@ -200,7 +200,7 @@ if [ -e /dev/ublk-control ]; then
     exit 0
 fi
 ADD_NUM_OPTS=(--id --queues --depth --size --logical-block-size --physical-block-size --io-opt
-              --max-io-size --discard-granularity --max-discard)
+              --max-io-size --discard-granularity --max-discard --per-io-threads)
 for o in "${ADD_NUM_OPTS[@]}"; do
     sweep "" NUMS add -f null --size 1M "$o" H
 done

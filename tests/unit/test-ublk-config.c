@@ -320,6 +320,7 @@ static void test_state_round_trip(void **state)
     assert_true(r.cfg.need_get_data);
     assert_int_equal(r.cfg.nr_queues, 2);
     assert_int_equal(r.cfg.depth, 64);
+    assert_int_equal(r.cfg.per_io_threads, 0);
     free(json);
     ublk_dev_state_free(&r);
     ublk_dev_state_free(&s);
@@ -547,7 +548,7 @@ static void test_hostile_values(void **state)
     static const char *const opts[] = {
         "--id", "--queues", "--depth", "--size", "--logical-block-size",
         "--physical-block-size", "--io-opt", "--max-io-size", "--discard-granularity",
-        "--max-discard", "--recovery", "--affinity", "--discard",
+        "--max-discard", "--recovery", "--affinity", "--discard", "--per-io-threads",
     };
     static const char *const values[] = {
         "9223372036854775807", "9223372036854775808", "18446744073709551615",
@@ -786,6 +787,114 @@ static void test_no_partition_scan(void **state)
     ublk_dev_config_free(&c);
 }
 
+/* --per-io-threads: parsing, the limits, the flag and the kernel check. */
+static void test_per_io_threads(void **state)
+{
+    (void)state;
+    UblkDevConfig c;
+    Error *err = NULL;
+    assert_int_equal(parse(&c, "add raw a", NULL), 0);
+    assert_int_equal(c.per_io_threads, 0);
+    assert_false(ublk_dev_config_flags(&c, 0x1fffff, false) & UBLK_F_PER_IO_DAEMON);
+    assert_int_equal(ublk_dev_config_check_kernel(&c, 0x1fe, false, NULL), 0);
+    ublk_dev_config_free(&c);
+
+    assert_int_equal(parse(&c, "add -q 2 --per-io-threads=3 raw a", NULL), 0);
+    assert_int_equal(c.per_io_threads, 3);
+    assert_true(ublk_dev_config_flags(&c, 0x1fffff, false) & UBLK_F_PER_IO_DAEMON);
+    assert_true(ublk_dev_config_flags(&c, 0x1fffff, true) & UBLK_F_PER_IO_DAEMON);
+    assert_int_equal(ublk_dev_config_check_kernel(&c, 0x1fffff, false, NULL), 0);
+    /* 6.12's set: refused, naming the flag and the kernel that has it */
+    assert_int_equal(ublk_dev_config_check_kernel(&c, 0x1ff, false, &err), -1);
+    assert_non_null(strstr(error_get_pretty(err), "lacks UBLK_F_PER_IO_DAEMON (Linux 6.16+"));
+    error_free(err);
+    ublk_dev_config_free(&c);
+
+    assert_int_equal(parse(&c, "add --per-io-threads 1 -d 1 raw a", NULL), 0);
+    assert_int_equal(c.per_io_threads, 1);
+    ublk_dev_config_free(&c);
+
+    expect_error("add --per-io-threads=0 raw a", "--per-io-threads 0");
+    expect_error("add --per-io-threads=x raw a", "expected a number");
+    expect_error("add --per-io-threads=-2 raw a", "expected a number");
+    expect_error("add --per-io-threads=257 raw a", "--per-io-threads 257 is out of range (1..256)");
+    expect_error("add --per-io-threads=99999999999 raw a", "too large");
+    expect_error("add --per-io-threads raw a", "invalid value for --per-io-threads: 'raw'");
+    expect_error("add raw a --per-io-threads", "option '--per-io-threads' needs a value");
+    expect_error("add -q 1 -d 2 --per-io-threads=3 raw a", "more threads than the 2 tags");
+    expect_error("add --per-io-threads=2 --affinity=queue raw a", "exclude each other");
+
+#ifdef CONFIG_JSON
+    /* kept in the state file, for `recover` */
+    UblkDevState s = { 0 }, r;
+    assert_int_equal(parse(&s.cfg, "add -q 2 --per-io-threads=3 raw a", NULL), 0);
+    s.graph = strdup("driver=raw");
+    s.bdev = strdup("/dev/ublkb0");
+    char *json = ublk_dev_state_to_json(&s);
+    assert_int_equal(ublk_dev_state_from_json(json, &r, NULL), 0);
+    assert_int_equal(r.cfg.per_io_threads, 3);
+    free(json);
+    ublk_dev_state_free(&r);
+    ublk_dev_state_free(&s);
+    Error *e2 = NULL;
+    assert_int_equal(ublk_dev_state_from_json("{\"config\": {\"type\": \"raw\", \"files\": "
+                                              "[\"a\"], \"per_io_threads\": 300}}", &r, &e2), -1);
+    assert_non_null(strstr(error_get_pretty(e2), "--per-io-threads 300"));
+    error_free(e2);
+#endif
+}
+
+/* The (queue, tag) pairs dealt out to per-I/O threads: each pair exactly
+ * once, shares that differ by at most one, and one queue spread over all. */
+static void test_per_io_split(void **state)
+{
+    (void)state;
+    static const unsigned cases[][3] = {   /* queues, depth, threads */
+        { 1, 128, 2 }, { 2, 128, 3 }, { 1, 1, 1 }, { 3, 5, 15 }, { 4, 64, 7 }, { 2, 1, 2 },
+        { 1, 4096, 256 },
+    };
+    for (size_t c = 0; c < sizeof(cases) / sizeof(cases[0]); c++) {
+        unsigned nq = cases[c][0], depth = cases[c][1], nt = cases[c][2];
+        unsigned char *seen = calloc(nq * depth, 1);
+        unsigned min = ~0u, max = 0, total = 0;
+        for (unsigned t = 0; t < nt; t++) {
+            unsigned n = ublk_per_io_thread_ntags(nq, depth, nt, t);
+            min = n < min ? n : min;
+            max = n > max ? n : max;
+            total += n;
+            for (unsigned k = 0; k < n; k++) {
+                unsigned q, tag;
+                ublk_per_io_thread_pair(depth, nt, t, k, &q, &tag);
+                assert_true(q < nq);
+                assert_true(tag < depth);
+                assert_int_equal(seen[q * depth + tag], 0);
+                seen[q * depth + tag] = 1;
+            }
+        }
+        assert_int_equal(total, nq * depth);
+        assert_true(max - min <= 1);
+        assert_true(min >= 1);
+        free(seen);
+    }
+    /* -q 1 over two threads: tags alternate, so a queue's first tags (the
+     * ones a light load uses) reach both */
+    unsigned q, tag;
+    assert_int_equal(ublk_per_io_thread_ntags(1, 128, 2, 0), 64);
+    ublk_per_io_thread_pair(128, 2, 0, 1, &q, &tag);
+    assert_int_equal(q, 0);
+    assert_int_equal(tag, 2);
+    ublk_per_io_thread_pair(128, 2, 1, 0, &q, &tag);
+    assert_int_equal(tag, 1);
+    /* -q 2 over three threads: queue 1 starts where queue 0 left off */
+    assert_int_equal(ublk_per_io_thread_ntags(2, 128, 3, 0), 86);
+    assert_int_equal(ublk_per_io_thread_ntags(2, 128, 3, 2), 85);
+    ublk_per_io_thread_pair(128, 3, 2, 42, &q, &tag);
+    assert_int_equal(q, 1);
+    assert_int_equal(tag, 0);
+    /* more threads than tags: the extra ones get none */
+    assert_int_equal(ublk_per_io_thread_ntags(1, 2, 3, 2), 0);
+}
+
 static void test_throttling_group_refused(void **state)
 {
     (void)state;
@@ -977,6 +1086,8 @@ int main(void)
         cmocka_unit_test(test_throttling_group_refused),
         cmocka_unit_test(test_zero_copy_modes),
         cmocka_unit_test(test_no_partition_scan),
+        cmocka_unit_test(test_per_io_threads),
+        cmocka_unit_test(test_per_io_split),
         cmocka_unit_test(test_state_round_trip),
         cmocka_unit_test(test_state_files),
         cmocka_unit_test(test_state_malformed_fields),

@@ -22,6 +22,11 @@
 # raw files alone (the same ext4, cache=none), read-pattern quorum and fifo, 1 and 2
 # queues: 4k random read/write QD32 and 128k sequential read/write QD8.  The cpu/io
 # difference between the quorum and the raw rows is the vote's (and the fan-out's) cost.
+#
+# BENCH_SET=perio (needs Linux 6.16+: VM_KERNEL=7.3) compares one queue, one queue served
+# by two per-I/O threads (--per-io-threads=2) and two queues, for ublkd null and ublkd raw
+# on a null_blk (memory_backed=0), 4k randread QD32 with 1 and 2 jobs; BENCH_ROUNDS rounds
+# (default 2) of every row, one after the other.
 set -u
 HERE=$(cd "$(dirname "$0")" && pwd)
 ROOT=$(cd "$HERE/../.." && pwd)
@@ -33,7 +38,7 @@ if [ "${BENCH_IN_GUEST:-0}" != 1 ]; then
   work=$(mktemp -d /tmp/ublkd-bench.XXXXXX); trap 'rm -rf "$work"' EXIT
   mem=2048; [ "${BENCH_SET:-}" = qcow2 ] && mem=4096   # raw + qcow2 copy on a memory-backed store
   exec "$HERE/ublk-vm" -w "$work" -m $mem -t 1500 -- env BENCH_IN_GUEST=1 UBLKD="$UBLKD" BENCH_RUNTIME="$RT" \
-      BENCH_SET="${BENCH_SET:-}" "$HERE/bench.sh" "$@"
+      BENCH_SET="${BENCH_SET:-}" BENCH_ROUNDS="${BENCH_ROUNDS:-2}" "$HERE/bench.sh" "$@"
 fi
 
 export PATH=$PATH:/usr/sbin:/sbin
@@ -57,16 +62,18 @@ nbdev() {
 }
 [ -d $CFG ] || { echo "bench: null_blk configfs missing"; exit 1; }
 # Backing store for the raw/loop comparison.
-store_mb=1400; [ "${BENCH_SET:-}" = qcow2 ] && store_mb=2600
-nullb store 1 2 $store_mb
-store=$(nbdev store)
-mkfs.ext4 -q -F $store >/dev/null
-mkdir $T/fs; mount $store $T/fs
+if [ "${BENCH_SET:-}" != perio ]; then
+  store_mb=1400; [ "${BENCH_SET:-}" = qcow2 ] && store_mb=2600
+  nullb store 1 2 $store_mb
+  store=$(nbdev store)
+  mkfs.ext4 -q -F $store >/dev/null
+  mkdir $T/fs; mount $store $T/fs
+fi
 if [ "${BENCH_SET:-}" = quorum ]; then
   # Three equal replicas: the vote finds agreement everywhere, as in normal service.
   dd if=/dev/urandom of=$T/fs/q0.raw bs=1M count=384 oflag=direct status=none
   cp $T/fs/q0.raw $T/fs/q1.raw; cp $T/fs/q0.raw $T/fs/q2.raw
-else
+elif [ "${BENCH_SET:-}" != perio ]; then
   fallocate -l 1G $T/fs/img.raw
   dd if=/dev/urandom of=$T/fs/img.raw bs=1M count=1024 conv=notrunc oflag=direct status=none
 fi
@@ -85,6 +92,9 @@ declare -A JOBS=(
 ORDER="rr1 rr32 rw1 rw32 sr sw rr32x2"
 if [ "${BENCH_SET:-}" = quorum ]; then
   ORDER="rr32 rw32 sr sw"
+fi
+if [ "${BENCH_SET:-}" = perio ]; then
+  ORDER="rr32 rr32x2"
 fi
 if [ "${BENCH_SET:-}" = qcow2 ]; then
   JOBS[sr512]="--rw=read --bs=512k --iodepth=8 --numjobs=1"
@@ -135,6 +145,20 @@ if [ "${BENCH_SET:-}" = quorum ]; then
     || echo "bench: the replicas differ after the quorum rows" >&2
   umount $T/fs
   echo 0 > $CFG/store/power; rmdir $CFG/store
+  exit 0
+fi
+if [ "${BENCH_SET:-}" = perio ]; then
+  echo "# kernel $(uname -r), $(nproc) CPUs, ublkd features: $("$UBLKD" features | grep -c PER_IO_DAEMON) PER_IO_DAEMON" >&2
+  nullb bare 0 2 4096; bare=$(nbdev bare)
+  for r in $(seq "${BENCH_ROUNDS:-2}"); do
+    ublk "ublkd null -q 1 (round $r)" null --size 4G -q 1
+    ublk "ublkd null -q 1 --per-io-threads=2 (round $r)" null --size 4G -q 1 --per-io-threads=2
+    ublk "ublkd null -q 2 (round $r)" null --size 4G -q 2
+    ublk "ublkd raw -q 1 on null_blk (round $r)" raw $bare -q 1
+    ublk "ublkd raw -q 1 --per-io-threads=2 on null_blk (round $r)" raw $bare -q 1 --per-io-threads=2
+    ublk "ublkd raw -q 2 on null_blk (round $r)" raw $bare -q 2
+  done
+  echo 0 > $CFG/bare/power; rmdir $CFG/bare
   exit 0
 fi
 if [ "${BENCH_SET:-}" = qcow2 ]; then
