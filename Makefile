@@ -66,7 +66,8 @@ TOOL_SRCS += $(if $(filter y,$(CONFIG_UBLK)),tools/dev.c)
 IMG_SRCS := tools/img.c tools/img-util.c tools/img-json.c tools/progress.c \
             tools/img-create.c tools/img-info.c tools/img-check.c tools/img-convert.c \
             tools/img-compare.c tools/img-map.c tools/img-bench.c tools/img-io.c \
-            tools/img-io-cmds.c tools/img-dd.c tools/img-measure.c
+            tools/img-io-cmds.c tools/img-dd.c tools/img-measure.c tools/img-rebase.c \
+            tools/img-commit.c
 TOOL_SRCS += $(IMG_SRCS)
 
 ifeq ($(CONFIG_JSON),y)
