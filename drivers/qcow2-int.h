@@ -233,6 +233,11 @@ typedef struct BDRVQcow2State {
      * last flush (qcow2_l2_after_data): flush it before the next table
      * write-back. */
     bool data_file_unflushed;
+    /* Persistent bitmaps this writable open marked in use (bit i: bitmap
+     * i), and whether the guest-visible content changed since (atomic):
+     * qcow2-header-write.c. */
+    uint64_t bitmaps_marked;
+    bool guest_changed;
 } BDRVQcow2State;
 
 /* Refcount i of a refcount block (or a slice of one), 2^order bits wide. */
@@ -313,6 +318,26 @@ const char *qcow2_image_name(BlockDriverState *bs);
 int qcow2_read_header(BlockDriverState *bs, int64_t file_len, int flags, Error **errp);
 void qcow2_free_header_state(BDRVQcow2State *s);
 
+/* qcow2-header-write.c: rewrite cluster 0 as QEMU's qcow2_update_header
+ * does (one write, then a flush; -ENOSPC, nothing written, if it does not
+ * fit), keeping the recorded backing or (change) recording file/fmt; the
+ * change_backing_file and make_empty ops; persistent bitmaps marked in use
+ * by a writable open and unmarked at close if the guest changed nothing. */
+int coroutine_fn qcow2_update_header(BlockDriverState *bs);
+int coroutine_fn qcow2_update_header_locked(BlockDriverState *bs, bool change,
+                                            const char *file, const char *fmt);
+int coroutine_fn qcow2_co_change_backing_file(BlockDriverState *bs, const char *file,
+                                              const char *fmt);
+int coroutine_fn qcow2_co_make_empty(BlockDriverState *bs);
+int qcow2_bitmaps_open_writable(BlockDriverState *bs);
+void qcow2_bitmaps_close_writable(BlockDriverState *bs);
+static inline void qcow2_note_guest_change(BDRVQcow2State *s)
+{
+    if (!__atomic_load_n(&s->guest_changed, __ATOMIC_RELAXED)) {
+        __atomic_store_n(&s->guest_changed, true, __ATOMIC_RELEASE);
+    }
+}
+
 /* qcow2-cluster.c: what [offset, offset + *bytes) maps to, up to the end of
  * the L2 slice; shortens *bytes to the run of subclusters of the same type
  * (and, for data, contiguous host offsets).  *host is the host offset for
@@ -391,6 +416,9 @@ int coroutine_fn qcow2_mark_clean(BlockDriverState *bs);
 int coroutine_fn qcow2_co_pwrite_zeroes(BlockDriverState *bs, int64_t offset, int64_t bytes,
                                         BdrvRequestFlags flags);
 int coroutine_fn qcow2_co_pdiscard(BlockDriverState *bs, int64_t offset, int64_t bytes);
+/* Whole clusters become unallocated (they read from the backing file),
+ * whatever the version and backing (QEMU's full_discard, for make_empty). */
+int coroutine_fn qcow2_discard_full(BlockDriverState *bs, uint64_t offset, uint64_t bytes);
 int coroutine_fn qcow2_co_preadv(BlockDriverState *bs, int64_t offset, int64_t bytes,
                                  IOVector *qiov, size_t qiov_offset, BdrvRequestFlags flags);
 

@@ -596,6 +596,7 @@ int coroutine_fn qcow2_co_pwritev(BlockDriverState *bs, int64_t offset, int64_t 
     bool allocated = false;
 
     (void)flags;
+    qcow2_note_guest_change(s);
     while (bytes > 0) {
         uint64_t n = (uint64_t)bytes, host;
         Qcow2SubclusterType type;
@@ -693,7 +694,7 @@ int coroutine_fn qcow2_co_flush_to_os(BlockDriverState *bs)
  * given up, once no L2 entry on disk points at them.  A freed cluster is
  * discarded in the file too.
  */
-typedef enum { Q2_ZERO, Q2_ZERO_UNMAP, Q2_DISCARD } Qcow2ClearMode;
+typedef enum { Q2_ZERO, Q2_ZERO_UNMAP, Q2_DISCARD, Q2_DISCARD_FULL } Qcow2ClearMode;
 
 static int coroutine_fn clear_clusters(BlockDriverState *bs, uint64_t offset, uint64_t bytes,
                                        Qcow2ClearMode mode)
@@ -702,6 +703,7 @@ static int coroutine_fn clear_clusters(BlockDriverState *bs, uint64_t offset, ui
     uint64_t old[QCOW2_L2_SLICE_BYTES / 8];
     int ret = 0;
 
+    qcow2_note_guest_change(s);
     co_mutex_lock(&s->lock);
     ret = qcow2_mark_dirty(bs);
     while (bytes && ret == 0) {
@@ -722,8 +724,8 @@ static int coroutine_fn clear_clusters(BlockDriverState *bs, uint64_t offset, ui
         }
         uint64_t l2_offset = s->l1_table[l1_index] & QCOW2_L1E_OFFSET_MASK;
         if (!l2_offset) {
-            if (mode == Q2_DISCARD && !bs->backing) {
-                goto next;                  /* unallocated reads as zeros already */
+            if ((mode == Q2_DISCARD && !bs->backing) || mode == Q2_DISCARD_FULL) {
+                goto next;                  /* unallocated already */
             }
             ret = qcow2_l2_allocate(bs, l1_index);
             if (ret < 0) {
@@ -749,6 +751,17 @@ static int coroutine_fn clear_clusters(BlockDriverState *bs, uint64_t offset, ui
             uint64_t ne, obm = 0, nbm = 0;
             if (qcow2_has_subclusters(s)) {
                 get_l2(s, slice, in_slice + (uint32_t)i, &obm);
+                if (mode == Q2_DISCARD_FULL) {
+                    if (!e && !obm) {
+                        continue;
+                    }
+                    qcow2_set_l2_bitmap(s, slice, in_slice + (uint32_t)i, 0);
+                    qcow2_set_l2_entry(s, slice, in_slice + (uint32_t)i, 0);
+                    if (allocated) {
+                        old[nb_old++] = e;
+                    }
+                    continue;
+                }
                 bool unmap = mode == Q2_DISCARD || compressed ||
                              (mode == Q2_ZERO_UNMAP && allocated);
                 if (mode == Q2_DISCARD && !bs->backing && !allocated) {
@@ -766,7 +779,9 @@ static int coroutine_fn clear_clusters(BlockDriverState *bs, uint64_t offset, ui
                 }
                 continue;
             }
-            if (mode == Q2_DISCARD) {
+            if (mode == Q2_DISCARD_FULL) {
+                ne = 0;                     /* falls through to the backing file */
+            } else if (mode == Q2_DISCARD) {
                 /* reads as zeros, or falls through to nothing on v2 */
                 ne = (bs->backing || allocated) ? (s->h.version >= 3 ? QCOW2_OFLAG_ZERO : 0) : e;
             } else {
@@ -864,4 +879,11 @@ int coroutine_fn qcow2_co_pdiscard(BlockDriverState *bs, int64_t offset, int64_t
         }
     }
     return clear_clusters(bs, (uint64_t)offset, (uint64_t)bytes, Q2_DISCARD);
+}
+
+int coroutine_fn qcow2_discard_full(BlockDriverState *bs, uint64_t offset, uint64_t bytes)
+{
+    BDRVQcow2State *s = bs->opaque;
+    return clear_clusters(bs, offset, ALIGN_UP(bytes, (uint64_t)s->cluster_size),
+                          Q2_DISCARD_FULL);
 }

@@ -420,16 +420,24 @@ static int qcow2_open(BlockDriverState *bs, OptDict *options, int flags, Error *
         goto fail;
     }
     if (flags & BDRV_O_RDWR) {
-        /* Autoclear bits name what we do not keep up to date (bitmaps):
-         * clearing them tells every reader those parts are stale.  A check
+        /* Unknown autoclear bits name what we do not keep up to date:
+         * clearing them tells every reader those parts are stale.  Bitmaps
+         * are marked in use instead (qcow2-header-write.c).  A check
          * changes no guest data, so the bitmaps stay valid (and counted). */
-        uint64_t keep = s->h.autoclear & QCOW2_AUTOCLEAR_DATA_RAW;
+        uint64_t keep = s->h.autoclear & (QCOW2_AUTOCLEAR_DATA_RAW | QCOW2_AUTOCLEAR_BITMAPS);
         if (s->h.version == 3 && s->h.autoclear != keep && !(flags & BDRV_O_CHECK)) {
             s->h.autoclear = keep;
             uint64_t be = htobe64(keep);
             ret = bdrv_pwrite(bs->file, QH_AUTOCLEAR, 8, &be, 0);
             if (ret < 0) {
                 error_setg_errno(errp, -ret, "qcow2: %s: cannot update the header", name);
+                goto fail;
+            }
+        }
+        if (!(flags & BDRV_O_CHECK)) {
+            ret = qcow2_bitmaps_open_writable(bs);
+            if (ret < 0) {
+                error_setg_errno(errp, -ret, "qcow2: %s: cannot mark the bitmaps in use", name);
                 goto fail;
             }
         }
@@ -471,6 +479,9 @@ static void qcow2_close(BlockDriverState *bs)
         (meta_cache_nr_dirty(s->l2_cache) || meta_cache_nr_dirty(s->refcount_cache) ||
          (s->h.incompat & QCOW2_INCOMPAT_DIRTY))) {
         aio_co_run_sync(close_flush_co, bs);
+    }
+    if (s->writable) {
+        qcow2_bitmaps_close_writable(bs);
     }
 
     qcow2_free_state(s);
@@ -700,6 +711,8 @@ const BlockDriver bdrv_qcow2 = {
     .co_create = qcow2_co_create,
     .measure = qcow2_measure,
     .bitmaps_size = qcow2_bitmaps_size,
+    .co_change_backing_file = qcow2_co_change_backing_file,
+    .co_make_empty = qcow2_co_make_empty,
     .create_opts = qcow2_create_opts,
     .getlength = qcow2_getlength,
     .get_info = qcow2_get_info,

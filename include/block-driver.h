@@ -220,6 +220,26 @@ struct BlockDriver {
      * when the format (or this image's version) has no persistent bitmaps.
      */
     int (*bitmaps_size)(BlockDriverState *bs, uint64_t cluster_size, uint64_t *size);
+    /*
+     * Record another backing file in the image's metadata (QEMU's
+     * .bdrv_change_backing_file): file as it is to be stored (NULL: no
+     * backing file), fmt the backing format to record (NULL: none).  Only
+     * the metadata changes: no data is copied and the open backing child
+     * stays as it is (img rebase copies what differs first).  What the
+     * image already holds is made durable before the new name is, and the
+     * change reaches the disk in one write.  -ENOSPC when the header has no
+     * room for it, -EINVAL for a name the format cannot store; the caller
+     * (bdrv_change_backing_file) drains bs around it.  Formats without
+     * backing files leave it out: -ENOTSUP.
+     */
+    int coroutine_fn (*co_change_backing_file)(BlockDriverState *bs, const char *file,
+                                               const char *fmt);
+    /*
+     * Drop everything the image allocates so that it reads as its backing
+     * file (QEMU's .bdrv_make_empty, for img commit without -d); bs is
+     * drained.  -ENOTSUP without it.
+     */
+    int coroutine_fn (*co_make_empty)(BlockDriverState *bs);
     /* Create an image; opts hold "size" and the format's -o options. */
     int coroutine_fn (*co_create)(const char *filename, OptDict *opts, Error **errp);
     const CreateOptDesc *create_opts;

@@ -195,6 +195,18 @@ typedef struct BlockMeasureInfo {
 int bdrv_measure(const BlockDriver *drv, OptDict *opts, BlockDriverState *in_bs,
                  BlockMeasureInfo *info, Error **errp);
 int bdrv_check(BlockDriverState *bs, BdrvCheckResult *res, BdrvCheckMode fix);
+/*
+ * Record file (NULL: none) and fmt as bs's backing file in its metadata
+ * (QEMU's bdrv_change_backing_file), bs drained meanwhile; the open backing
+ * child is not replaced.  require: a file needs a fmt (-EINVAL without).
+ * -ENOTSUP for formats without backing files, -ENOSPC when the header has
+ * no room.  On success bdrv_get_backing_filename/format say the new ones.
+ */
+int bdrv_change_backing_file(BlockDriverState *bs, const char *file, const char *fmt,
+                             bool require);
+/* Empty bs so it reads as its backing file (QEMU's bdrv_make_empty), bs
+ * drained meanwhile; -ENOTSUP if its format cannot. */
+int bdrv_make_empty(BlockDriverState *bs);
 
 /* ---- what a node says about itself ---- */
 const char *bdrv_get_format_name(const BlockDriverState *bs);

@@ -625,3 +625,55 @@ int bdrv_check(BlockDriverState *bs, BdrvCheckResult *res, BdrvCheckMode fix)
     aio_co_run_sync(check_entry, &c);
     return c.ret;
 }
+
+/* ---- metadata changes: backing file, make_empty ---- */
+
+typedef struct MetaCo {
+    BlockDriverState *bs;
+    const char *file, *fmt;
+    int ret;
+} MetaCo;
+
+static void coroutine_fn change_backing_entry(void *opaque)
+{
+    MetaCo *m = opaque;
+    m->ret = m->bs->drv->co_change_backing_file(m->bs, m->file, m->fmt);
+}
+
+int bdrv_change_backing_file(BlockDriverState *bs, const char *file, const char *fmt,
+                             bool require)
+{
+    if ((fmt && !file) || (require && file && !fmt)) {
+        return -EINVAL;
+    }
+    if (!bs->drv->co_change_backing_file) {
+        return -ENOTSUP;
+    }
+    MetaCo m = { .bs = bs, .file = file, .fmt = fmt };
+    bdrv_drained_begin(bs);
+    aio_co_run_sync(change_backing_entry, &m);
+    bdrv_drained_end(bs);
+    if (m.ret == 0) {
+        snprintf(bs->backing_file, sizeof(bs->backing_file), "%s", file ? file : "");
+        snprintf(bs->backing_format, sizeof(bs->backing_format), "%s", fmt ? fmt : "");
+    }
+    return m.ret;
+}
+
+static void coroutine_fn make_empty_entry(void *opaque)
+{
+    MetaCo *m = opaque;
+    m->ret = m->bs->drv->co_make_empty(m->bs);
+}
+
+int bdrv_make_empty(BlockDriverState *bs)
+{
+    if (!bs->drv->co_make_empty) {
+        return -ENOTSUP;
+    }
+    MetaCo m = { .bs = bs };
+    bdrv_drained_begin(bs);
+    aio_co_run_sync(make_empty_entry, &m);
+    bdrv_drained_end(bs);
+    return m.ret;
+}

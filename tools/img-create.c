@@ -87,7 +87,7 @@ int img_parse_bool(const char *v)
 /* The file a backing name refers to: a relative name is relative to the directory of
  * the image that names it (QEMU's path_combine), not to the current directory; names
  * with a protocol prefix ("nbd:", "json:") are taken as they are. NULL on ENOMEM. */
-static char *backing_path(const char *image, const char *backing)
+char *img_backing_path(const char *image, const char *backing)
 {
     const char *slash = strrchr(image, '/');
     const char *colon = strchr(backing, ':');
@@ -251,7 +251,7 @@ int img_create_image(const char *filename, const char *fmt, const char *options,
     if (bfile && !optdict_get(opts, "backing_fmt")) {
         const BlockDriver *probed = NULL;
         if (!unsafe) {
-            char *path = backing_path(filename, bfile);
+            char *path = img_backing_path(filename, bfile);
             Error *perr = NULL;
             probed = path ? bdrv_probe_format(path, &perr) : NULL;
             free(path);
@@ -289,7 +289,7 @@ int img_create_image(const char *filename, const char *fmt, const char *options,
     } else if (backing && !unsafe) {
         /* Like qemu-img: the size defaults to the backing file's. */
         ImgOpenOpts bo = { .fmt = backing_fmt, .force_share = true };
-        char *path = backing_path(filename, backing);
+        char *path = img_backing_path(filename, backing);
         BlockBackend *bb = path ? img_open(path, &bo) : NULL;
         free(path);
         if (!bb) {

@@ -34,6 +34,9 @@ static const struct {
     { "compare", img_compare,
       "compare [--image-opts] [-f fmt] [-F fmt] [-T src_cache] [-p] [-q] [-s] [-U]"
       " filename1 filename2" },
+    { "commit", img_commit,
+      "commit [--object objectdef] [--image-opts] [-q] [-f fmt] [-t cache] [-b base] [-r rate_limit]"
+      " [-d] [-p] filename" },
     { "convert", img_convert,
       "convert [--image-opts] [--target-image-opts] [-U] [-C] [-c] [-p] [-q] [-n] [-f fmt]"
       " [-t cache] [-T src_cache] [-O output_fmt] [-o options] [-S sparse_size] [-m num_coroutines]"
@@ -51,6 +54,9 @@ static const struct {
     { "measure", img_measure,
       "measure [--output=ofmt] [-O output_fmt] [-o options] [--size N | [--image-opts] [-f fmt]"
       " [-U] filename]" },
+    { "rebase", img_rebase,
+      "rebase [--object objectdef] [--image-opts] [-U] [-q] [-f fmt] [-t cache] [-T src_cache]"
+      " [-p] [-u] -b backing_file [-F backing_fmt] filename" },
     { "map", img_map,
       "map [--image-opts] [-f fmt] [--start-offset=offset] [--max-length=len]"
       " [--output=ofmt] [-U] filename" },
@@ -246,6 +252,18 @@ BlockBackend *img_open(const char *filename, const ImgOpenOpts *o)
             optdict_set(opts, "driver", o->fmt);
         }
     }
+    if (o->extra_options) {
+        OptDict *extra = optdict_parse(o->extra_options, NULL, &err);
+        if (!extra) {
+            error_report_err(err);
+            optdict_free(opts);
+            return NULL;
+        }
+        for (size_t i = 0; i < optdict_count(extra); i++) {
+            optdict_set(opts, optdict_key_at(extra, i), optdict_value_at(extra, i));
+        }
+        optdict_free(extra);
+    }
     BlockBackend *blk = blk_new_open(o->image_opts ? NULL : filename, opts, flags, &err);
     if (!blk) {
         const char *name = filename ? filename : "";
@@ -295,8 +313,7 @@ int img_main(int argc, char **argv)
         }
     }
     /* qemu-img's commands that ublkd does not have yet: not a typo. */
-    static const char *const later[] = { "amend", "bitmap", "commit", "rebase",
-                                         "resize", "snapshot", NULL };
+    static const char *const later[] = { "amend", "bitmap", "resize", "snapshot", NULL };
     for (int i = 0; later[i]; i++) {
         if (!strcmp(cmd, later[i])) {
             error_report("Command '%s' is not supported yet", cmd);

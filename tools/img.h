@@ -28,6 +28,8 @@ int img_bench(int argc, char **argv);
 int img_io(int argc, char **argv);
 int img_dd(int argc, char **argv);
 int img_measure(int argc, char **argv);
+int img_rebase(int argc, char **argv);
+int img_commit(int argc, char **argv);
 
 /* ---- common (img.c) ---- */
 typedef enum { OFORMAT_HUMAN, OFORMAT_JSON } OutputFormat;
@@ -46,6 +48,8 @@ typedef struct ImgOpenOpts {
                              * source, qemu's BDRV_O_NO_SHARE); other read-only opens
                              * let writers in, as qemu-img's do */
     int extra_flags;        /* more BDRV_O_* (img io: BDRV_O_UNMAP) */
+    const char *extra_options;  /* more "key=value,..." for the graph (commit:
+                                 * backing.read-only=off), or NULL */
 } ImgOpenOpts;
 /* Open an image, printing qemu-img's "Could not open 'X': ..." on failure. */
 BlockBackend *img_open(const char *filename, const ImgOpenOpts *o);
@@ -88,6 +92,14 @@ int64_t img_cvtnum_full(const char *name, const char *value, int64_t min, int64_
 int img_create_image(const char *filename, const char *fmt, const char *options,
                      const char *backing, const char *backing_fmt, int64_t size,
                      bool unsafe, bool quiet, bool prefix_filename, bool converting);
+/* The file a backing name refers to, as QEMU resolves it: relative to the
+ * directory of image (the image that records it); protocol names as they
+ * are.  NULL on ENOMEM. */
+char *img_backing_path(const char *image, const char *backing);
+/* QEMU's bdrv_find_backing_image (img-rebase.c): the node of bs's backing
+ * chain that name refers to, relative to each layer's directory; NULL. */
+struct BlockDriverState;
+struct BlockDriverState *img_find_backing_image(struct BlockDriverState *bs, const char *name);
 struct BlockDriver;
 int img_print_create_help(const struct BlockDriver *drv);
 /* qemu's bool option values: on/yes/true/y 1, off/no/false/n 0, else -1. */
