@@ -9,9 +9,12 @@
 #      the corruptions are found (QUORUM_REPORT_BAD) and rewritten;
 #   4. child 2 dies (every read, write and flush fails): fio verify passes;
 #   5. child 2 comes back stale: one read pass over the device outvotes and
-#      rewrites its stale blocks, and afterwards the three files are equal.
+#      rewrites its stale blocks, and afterwards the three files are equal;
+#   6. three qcow2 children, the filter above child 2 corrupting 10% of the
+#      data it returns: fio verify passes, each image passes qemu-img check and
+#      they compare equal.
 . "$(dirname "$0")/lib.sh"
-need_cmd fio cmp jq
+need_cmd fio cmp jq qemu-img
 SIZE=32M
 for i in 0 1 2; do mkimg $T/c$i.raw $SIZE; done
 rules=$T/child2.rules
@@ -52,7 +55,7 @@ sleep 1.2
 c=$(counter corruptions); [ "$c" -gt 0 ] || fail "no corruption found on child 2"
 r=$(counter rewrites); [ "$r" -gt 0 ] || fail "no rewrite of child 2"
 [ "$(events QUORUM_REPORT_BAD)" -gt 0 ] || fail "no QUORUM_REPORT_BAD event in the log"
-grep 'QUORUM_REPORT_BAD' $T/daemon.log | head -1 | sed 's/^.*event //' | jq -e '.offset >= 0 and .length > 0' >/dev/null \
+grep '"type":"QUORUM_REPORT_BAD"' $T/daemon.log | head -1 | sed 's/^.*event //' | jq -e '.offset >= 0 and .length > 0' >/dev/null \
   || fail "QUORUM_REPORT_BAD is not JSON with offset and length"
 log "child 2 corruptions $c, rewrites $r"
 
@@ -72,3 +75,18 @@ cmp $T/c0.raw $T/c1.raw || fail "children 0 and 1 differ"
 cmp $T/c0.raw $T/c2.raw || fail "child 2 was not repaired by rewrite-corrupted"
 log "events: $(events QUORUM_REPORT_BAD) QUORUM_REPORT_BAD, $(events QUORUM_FAILURE) QUORUM_FAILURE"
 [ "$(events QUORUM_FAILURE)" = 0 ] || fail "a read failed the vote"
+
+log "6: qcow2 children, child 2 corrupting reads"
+for i in 0 1 2; do qemu-img create -q -f qcow2 $T/q$i.qcow2 $SIZE; done
+set_rules "inject-fault.0.event=read,inject-fault.0.action=corrupt,inject-fault.0.probability=0.1"
+q="driver=quorum,vote-threshold=2,rewrite-corrupted=on"
+q+=",children.0.driver=qcow2,children.0.file.filename=$T/q0.qcow2"
+q+=",children.1.driver=qcow2,children.1.file.filename=$T/q1.qcow2"
+q+=",children.2.driver=blkdebug,children.2.control=$rules"
+q+=",children.2.image.driver=qcow2,children.2.image.file.filename=$T/q2.qcow2"
+ublk_add --blockdev "$q" $CACHE_OPT -q 2 >/dev/null
+fio_verify "$DEV" --iodepth=16 --bsrange=4k-64k
+ublk_del $ID
+for i in 0 1 2; do qemu-img check -q $T/q$i.qcow2 || fail "qemu-img check q$i.qcow2"; done
+qemu-img compare -q $T/q0.qcow2 $T/q1.qcow2 || fail "qcow2 children 0 and 1 differ"
+qemu-img compare -q $T/q0.qcow2 $T/q2.qcow2 || fail "qcow2 child 2 differs"
