@@ -9,7 +9,7 @@
 # Substitutions, so the documented text can run here:
 #   - root commands: "sudo " is dropped (the suite runs as root); they run in a scratch
 #     directory where build/ublkd links to $UBLKD, so the rest is run as written;
-#   - the files they name are made first: disk.img and x.img (64M, sparse), vm.img (128M), disk.vdi
+#   - the files they name are made first: disk.img, x.img, a.img, b.img, c.img (64M, sparse), vm.img (128M), disk.vdi
 #     (64M, `ublkd img create -f vdi`); README makes its own disk.vdi later, in Images;
 #   - an id given with -n (5) is used as is if free, else another free id everywhere;
 #   - an add without -n: its device is deleted right after the checks, so the next
@@ -33,7 +33,7 @@ log "${#devcmds[@]} device commands in the docs"
 
 cd "$T"
 mkdir -p build && ln -s "$UBLKD" build/ublkd
-truncate -s 64M disk.img x.img
+truncate -s 64M disk.img x.img a.img b.img c.img
 truncate -s 128M vm.img
 "$UBLKD" img create -q -f vdi disk.vdi 64M
 
