@@ -693,7 +693,9 @@ int coroutine_fn qcow2_co_flush_to_os(BlockDriverState *bs)
  * given up, once no L2 entry on disk points at them.  A freed cluster is
  * discarded in the file too.
  */
-typedef enum { Q2_ZERO, Q2_ZERO_UNMAP, Q2_DISCARD } Qcow2ClearMode;
+/* Q2_DISCARD_FULL: entries become 0 whatever was there (QEMU's
+ * full_discard, for clusters past the end after a shrink). */
+typedef enum { Q2_ZERO, Q2_ZERO_UNMAP, Q2_DISCARD, Q2_DISCARD_FULL } Qcow2ClearMode;
 
 static int coroutine_fn clear_clusters(BlockDriverState *bs, uint64_t offset, uint64_t bytes,
                                        Qcow2ClearMode mode)
@@ -722,7 +724,7 @@ static int coroutine_fn clear_clusters(BlockDriverState *bs, uint64_t offset, ui
         }
         uint64_t l2_offset = s->l1_table[l1_index] & QCOW2_L1E_OFFSET_MASK;
         if (!l2_offset) {
-            if (mode == Q2_DISCARD && !bs->backing) {
+            if ((mode == Q2_DISCARD && !bs->backing) || mode == Q2_DISCARD_FULL) {
                 goto next;                  /* unallocated reads as zeros already */
             }
             ret = qcow2_l2_allocate(bs, l1_index);
@@ -754,8 +756,9 @@ static int coroutine_fn clear_clusters(BlockDriverState *bs, uint64_t offset, ui
                 if (mode == Q2_DISCARD && !bs->backing && !allocated) {
                     continue;
                 }
-                ne = unmap ? 0 : e;
-                nbm = QCOW2_L2_BITMAP_ALL_ALLOC << 32;      /* every subcluster zero */
+                ne = unmap || mode == Q2_DISCARD_FULL ? 0 : e;
+                /* every subcluster zero (full discard: nothing at all) */
+                nbm = mode == Q2_DISCARD_FULL ? 0 : QCOW2_L2_BITMAP_ALL_ALLOC << 32;
                 if (ne == e && nbm == obm) {
                     continue;
                 }
@@ -766,7 +769,9 @@ static int coroutine_fn clear_clusters(BlockDriverState *bs, uint64_t offset, ui
                 }
                 continue;
             }
-            if (mode == Q2_DISCARD) {
+            if (mode == Q2_DISCARD_FULL) {
+                ne = 0;
+            } else if (mode == Q2_DISCARD) {
                 /* reads as zeros, or falls through to nothing on v2 */
                 ne = (bs->backing || allocated) ? (s->h.version >= 3 ? QCOW2_OFLAG_ZERO : 0) : e;
             } else {
@@ -864,4 +869,15 @@ int coroutine_fn qcow2_co_pdiscard(BlockDriverState *bs, int64_t offset, int64_t
         }
     }
     return clear_clusters(bs, (uint64_t)offset, (uint64_t)bytes, Q2_DISCARD);
+}
+
+int coroutine_fn qcow2_zero_clusters(BlockDriverState *bs, uint64_t offset, uint64_t bytes,
+                                     bool unmap)
+{
+    return clear_clusters(bs, offset, bytes, unmap ? Q2_ZERO_UNMAP : Q2_ZERO);
+}
+
+int coroutine_fn qcow2_discard_clusters(BlockDriverState *bs, uint64_t offset, uint64_t bytes)
+{
+    return clear_clusters(bs, offset, bytes, Q2_DISCARD_FULL);
 }

@@ -27,6 +27,7 @@ int img_map(int argc, char **argv);
 int img_bench(int argc, char **argv);
 int img_io(int argc, char **argv);
 int img_dd(int argc, char **argv);
+int img_resize(int argc, char **argv);
 
 /* ---- common (img.c) ---- */
 typedef enum { OFORMAT_HUMAN, OFORMAT_JSON } OutputFormat;
