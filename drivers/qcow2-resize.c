@@ -5,11 +5,13 @@
  *
  * Shrinking departs from QEMU on purpose.  QEMU discards whatever lies past
  * the new end; here a shrink is refused when any guest byte at or past the
- * new end holds data of this image (a normal or compressed (sub)cluster),
- * naming the first such offset, so a mistyped size cannot destroy data
- * (issue 13: "shrink only when the tail is free, or report what is in the
- * way").  Zero and unallocated clusters are not in the way: they are
- * discarded as QEMU does.  An image whose tail L2 tables are shared with an
+ * new end holds data of this image, naming the first such offset, so a
+ * mistyped size cannot destroy data (issue 13: "shrink only when the tail
+ * is free, or report what is in the way").  Data is a compressed cluster,
+ * or a normal one whose host range the file reports as data (never-written
+ * preallocated clusters are holes: not data); in the cluster the new end
+ * falls in, which stays, only non-zero bytes past the end count.  Zero and
+ * unallocated clusters are not in the way: they are discarded as QEMU does.  An image whose tail L2 tables are shared with an
  * internal snapshot (not COPIED) is refused too: dropping them would need
  * the snapshot's references rewritten, which this driver does not do.
  *
@@ -128,6 +130,37 @@ static int coroutine_fn find_tail_data(BlockDriverState *bs, uint64_t from, uint
 
     *data_at = to;
     *shared_at = to;
+    uint64_t head_end = MIN(ALIGN_UP(from, (uint64_t)s->cluster_size), to);
+    if (head_end > from) {
+        /* The cluster the new end falls in stays: what counts there is
+         * whether the bytes past the end are zeros, not the allocation. */
+        uint64_t n = head_end - from, host;
+        Qcow2SubclusterType type;
+        int ret = qcow2_get_host_offset(bs, from, &n, &host, &type);
+        if (ret < 0) {
+            return ret;
+        }
+        if (type == QCOW2_SC_NORMAL || type == QCOW2_SC_COMPRESSED) {
+            uint8_t *buf = malloc(head_end - from);
+            IOVector v;
+            if (!buf) {
+                return -ENOMEM;
+            }
+            iov_init_buf(&v, buf, head_end - from);
+            ret = qcow2_co_preadv(bs, (int64_t)from, (int64_t)(head_end - from), &v, 0, 0);
+            for (uint64_t i = 0; ret == 0 && i < head_end - from; i++) {
+                if (buf[i]) {
+                    *data_at = from + i;
+                    break;
+                }
+            }
+            free(buf);
+            if (ret < 0 || *data_at < to) {
+                return ret;
+            }
+        }
+        from = head_end;
+    }
     for (uint64_t off = from; off < to;) {
         uint64_t l1_index = off / l1_span;
         uint64_t l1e = l1_index < s->l1_size ? s->l1_table[l1_index] : 0;

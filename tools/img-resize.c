@@ -79,7 +79,12 @@ int img_resize(int argc, char **argv)
     /* qemu's QEMU_OPT_SIZE: anything below 2^64; what does not fit an
      * int64 ends up negative below, as in qemu-img. */
     uint64_t n;
-    if (img_parse_size(size, 'B', &n) < 0) {
+    int perr = img_parse_size(size, 'B', &n);
+    if (perr == -ERANGE) {
+        error_report("Value '%s' is out of range for parameter 'size'", size);
+        return 1;
+    }
+    if (perr < 0) {
         error_report("Parameter 'size' expects a non-negative number below 2^64\n"
                      "Optional suffix k, M, G, T, P or E means kilo-, mega-, giga-, "
                      "tera-, peta-\nand exabytes, respectively.");
