@@ -77,7 +77,9 @@ for o in "" compat=0.10 cluster_size=512 cluster_size=2M refcount_bits=1 refcoun
     rm -f l.qcow2
     "$QEMU_IMG" create -q -f qcow2 ${o:+-o "$o"} l.qcow2 1M
     "$QEMU_IO" -c 'write -P 0x44 0 100k' -c 'write -z 512k 64k' l.qcow2 >/dev/null
-    for size in 5M 700M 3G; do
+    sizes="5M 700M 3G"
+    [ "$o" = cluster_size=512 ] && sizes="5M 40M"     # millions of clusters otherwise
+    for size in $sizes; do
         resize_both l.qcow2 "$size"
         $same_bytes || fail "grow -o $o to $size: the files differ from qemu-img's"
         resize_both l.qcow2 --preallocation=metadata "$size"
