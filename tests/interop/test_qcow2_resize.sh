@@ -84,16 +84,16 @@ for o in "" compat=0.10 cluster_size=512 cluster_size=2M refcount_bits=1 refcoun
         $same_bytes || fail "grow -o $o to $size: the files differ from qemu-img's"
         resize_both l.qcow2 --preallocation=metadata "$size"
         # a refcount block needed in the middle lands elsewhere than QEMU's
-        # (docs/ARCHITECTURE.md): identical bytes only below that
-        [ "$size" = 3G ] || $same_bytes ||
+        # (docs/ARCHITECTURE.md): identical bytes only while none is (5M)
+        [ "$size" != 5M ] || $same_bytes ||
             fail "grow -o $o to $size (metadata): the files differ from qemu-img's"
         [ "$size" = 5M ] || continue     # full writes every byte: keep it small
         for p in falloc full; do
             resize_both l.qcow2 --preallocation=$p 70M
             # our data area lies beside its L2 tables, QEMU's after them: the
             # layout differs; what counts is that it is allocated
-            [ "$(alloc_bytes u.qcow2)" -ge $(( $(vsize u.qcow2) - 1048576 )) ] ||
-                fail "grow -o $o to $size ($p): only $(alloc_bytes u.qcow2) bytes allocated"
+            [ "$(alloc_bytes u.qcow2)" -ge $(( (70 - 5) * 1048576 )) ] ||
+                fail "grow -o $o to 70M ($p): only $(alloc_bytes u.qcow2) bytes allocated"
         done
     done
 done
@@ -178,7 +178,7 @@ for delay in 0.05 0.3 0.6 1.0 1.5 2.0 3.0; do
     rm -f k.qcow2
     "$QEMU_IMG" create -q -f qcow2 -o cluster_size=512 k.qcow2 1M
     "$QEMU_IO" -c 'write -P 0x5a 0 1M' k.qcow2 >/dev/null
-    uimg resize k.qcow2 100G >/dev/null 2>&1 &
+    "$UBLKD" img resize k.qcow2 100G >/dev/null 2>&1 &   # not uimg: its subshell would take the kill
     pid=$!
     sleep "$delay"
     kill -9 $pid 2>/dev/null
