@@ -380,8 +380,8 @@ static int coroutine_fn regular_truncate(int fd, bool direct, int64_t offset,
     int ret = 0;
 
     if (prealloc == PREALLOC_MODE_METADATA) {
-        error_setg(errp, "Preallocation mode 'metadata' is not supported by the file "
-                   "protocol ('%s')", name);
+        /* qemu's words (file-posix handle_aiocb_truncate) */
+        error_setg(errp, "Unsupported preallocation mode: metadata");
         return -ENOTSUP;
     }
     if (offset > cur && prealloc == PREALLOC_MODE_FALLOC) {

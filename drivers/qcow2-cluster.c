@@ -135,11 +135,14 @@ static int coroutine_fn get_host_offset(BlockDriverState *bs, uint64_t offset, u
     if (copied) {
         *copied = false;
     }
-    if (l1_index >= s->l1_size) {
+    /* A resize may replace the L1 table meanwhile (qcow2-resize.c): the size
+     * is published after the table, and an old table stays readable. */
+    if (l1_index >= __atomic_load_n(&s->l1_size, __ATOMIC_ACQUIRE)) {
         *type = QCOW2_SC_UNALLOCATED_PLAIN;
         goto out;
     }
-    uint64_t l2_offset = __atomic_load_n(&s->l1_table[l1_index], __ATOMIC_ACQUIRE) &
+    const uint64_t *l1 = __atomic_load_n(&s->l1_table, __ATOMIC_ACQUIRE);
+    uint64_t l2_offset = __atomic_load_n(&l1[l1_index], __ATOMIC_ACQUIRE) &
                          QCOW2_L1E_OFFSET_MASK;
     if (!l2_offset) {
         *type = QCOW2_SC_UNALLOCATED_PLAIN;

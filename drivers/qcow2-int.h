@@ -147,6 +147,14 @@ typedef struct Qcow2Alloc {
     struct Qcow2Alloc *next;
 } Qcow2Alloc;
 
+/* An L1 table a resize replaced: lock-free readers may still hold it, so
+ * it is freed at close (a grow happens a handful of times in an image's
+ * life). */
+typedef struct Qcow2RetiredL1 {
+    uint64_t *table;
+    struct Qcow2RetiredL1 *next;
+} Qcow2RetiredL1;
+
 /* The parsed header (qcow2-header.c). */
 typedef struct Qcow2Header {
     uint32_t version;
@@ -180,8 +188,11 @@ typedef struct BDRVQcow2State {
     uint32_t csize_shift;
     uint64_t csize_mask, cluster_offset_mask;
 
-    uint64_t *l1_table;              /* host-endian copy of the active L1 */
+    /* Host-endian copy of the active L1.  Lock-free readers load the size
+     * (acquire) before the table; a resize stores the table before the size. */
+    uint64_t *l1_table;
     uint32_t l1_size;
+    Qcow2RetiredL1 *retired_l1;
     uint64_t *refcount_table;        /* host-endian */
     uint32_t refcount_table_size;    /* entries */
 
@@ -421,6 +432,17 @@ int coroutine_fn qcow2_co_pdiscard(BlockDriverState *bs, int64_t offset, int64_t
 int coroutine_fn qcow2_discard_full(BlockDriverState *bs, uint64_t offset, uint64_t bytes);
 int coroutine_fn qcow2_co_preadv(BlockDriverState *bs, int64_t offset, int64_t bytes,
                                  IOVector *qiov, size_t qiov_offset, BdrvRequestFlags flags);
+
+/* Zero whole clusters [offset, offset + bytes) (unmap: give up their host
+ * clusters too); takes s->lock.  For a resize, where the range may lie past
+ * the size (qcow2_discard_full frees clusters past a shrink's new end). */
+int coroutine_fn qcow2_zero_clusters(BlockDriverState *bs, uint64_t offset, uint64_t bytes,
+                                     bool unmap);
+
+/* qcow2-resize.c: the co_truncate op (QEMU 7.2's qcow2_co_truncate, except
+ * that a shrink refuses to drop data: see there). */
+int coroutine_fn qcow2_co_truncate(BlockDriverState *bs, int64_t offset, bool exact,
+                                   PreallocMode prealloc, BdrvRequestFlags flags, Error **errp);
 
 /* qcow2-refcount.c */
 int coroutine_fn qcow2_get_refcount(BlockDriverState *bs, uint64_t cluster_index,

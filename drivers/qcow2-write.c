@@ -694,6 +694,8 @@ int coroutine_fn qcow2_co_flush_to_os(BlockDriverState *bs)
  * given up, once no L2 entry on disk points at them.  A freed cluster is
  * discarded in the file too.
  */
+/* Q2_DISCARD_FULL: entries become 0 whatever was there (QEMU's
+ * full_discard, for clusters past the end after a shrink). */
 typedef enum { Q2_ZERO, Q2_ZERO_UNMAP, Q2_DISCARD, Q2_DISCARD_FULL } Qcow2ClearMode;
 
 static int coroutine_fn clear_clusters(BlockDriverState *bs, uint64_t offset, uint64_t bytes,
@@ -767,8 +769,9 @@ static int coroutine_fn clear_clusters(BlockDriverState *bs, uint64_t offset, ui
                 if (mode == Q2_DISCARD && !bs->backing && !allocated) {
                     continue;
                 }
-                ne = unmap ? 0 : e;
-                nbm = QCOW2_L2_BITMAP_ALL_ALLOC << 32;      /* every subcluster zero */
+                ne = unmap || mode == Q2_DISCARD_FULL ? 0 : e;
+                /* every subcluster zero (full discard: nothing at all) */
+                nbm = mode == Q2_DISCARD_FULL ? 0 : QCOW2_L2_BITMAP_ALL_ALLOC << 32;
                 if (ne == e && nbm == obm) {
                     continue;
                 }
@@ -886,4 +889,10 @@ int coroutine_fn qcow2_discard_full(BlockDriverState *bs, uint64_t offset, uint6
     BDRVQcow2State *s = bs->opaque;
     return clear_clusters(bs, offset, ALIGN_UP(bytes, (uint64_t)s->cluster_size),
                           Q2_DISCARD_FULL);
+}
+
+int coroutine_fn qcow2_zero_clusters(BlockDriverState *bs, uint64_t offset, uint64_t bytes,
+                                     bool unmap)
+{
+    return clear_clusters(bs, offset, bytes, unmap ? Q2_ZERO_UNMAP : Q2_ZERO);
 }

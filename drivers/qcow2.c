@@ -355,6 +355,12 @@ static void qcow2_free_state(BDRVQcow2State *s)
     }
     free(s->l1_table);
     s->l1_table = NULL;
+    while (s->retired_l1) {
+        Qcow2RetiredL1 *r = s->retired_l1;
+        s->retired_l1 = r->next;
+        free(r->table);
+        free(r);
+    }
     free(s->refcount_table);
     s->refcount_table = NULL;
     qcow2_bounce_free_all(s);
@@ -704,6 +710,7 @@ const BlockDriver bdrv_qcow2 = {
     .co_flush_to_os = qcow2_co_flush_to_os,
     .co_pwrite_zeroes = qcow2_co_pwrite_zeroes,
     .co_pdiscard = qcow2_co_pdiscard,
+    .co_truncate = qcow2_co_truncate,
     .refresh_limits = qcow2_refresh_limits,
     .supported_zero_flags = BDRV_REQ_MAY_UNMAP,
     .co_block_status = qcow2_co_block_status,

@@ -11,6 +11,7 @@
  */
 #include <errno.h>
 #include <inttypes.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include "block-driver.h"
@@ -72,10 +73,14 @@ static int raw_open(BlockDriverState *bs, OptDict *options, int flags, Error **e
     bs->supported_zero_flags = (BDRV_REQ_FUA | BDRV_REQ_MAY_UNMAP | BDRV_REQ_NO_FALLBACK) &
                                bs->file->bs->supported_zero_flags;
     if (bs->probed && !bs->read_only) {
-        warn_report("Image format was not specified for '%s' and probing guessed raw. "
-                    "Automatically detecting the format is dangerous for raw images, write "
-                    "operations on block 0 will be restricted. Specify the 'raw' format "
-                    "explicitly to remove the restrictions.", bs->file->bs->filename);
+        /* qemu's words and layout, no program name (img resize's output
+         * matches qemu-img's byte for byte) */
+        fprintf(stderr, "WARNING: Image format was not specified for '%s' and probing guessed "
+                "raw.\n"
+                "         Automatically detecting the format is dangerous for raw images, "
+                "write operations on block 0 will be restricted.\n"
+                "         Specify the 'raw' format explicitly to remove the restrictions.\n",
+                bs->file->bs->filename);
     }
     return 0;
 }

@@ -502,7 +502,7 @@ static void resize_usage(FILE *f)
         "(resize2fs, xfs_growfs); shrink a file system before the device.\n"
         "SIZE must be a multiple of the device's logical block size.  Needs a kernel\n"
         "with UBLK_F_UPDATE_SIZE (Linux 6.14+) and an image format that can resize\n"
-        "(raw; not vdi or qcow2 yet).\n"
+        "(raw, qcow2; not vdi yet).  A qcow2 shrink over data is refused.\n"
         "  -n, --id ID    the device\n"
         "  --shrink       allow a size below the current one (the data past it is lost)\n");
 }

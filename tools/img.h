@@ -30,6 +30,7 @@ int img_dd(int argc, char **argv);
 int img_measure(int argc, char **argv);
 int img_rebase(int argc, char **argv);
 int img_commit(int argc, char **argv);
+int img_resize(int argc, char **argv);
 
 /* ---- common (img.c) ---- */
 typedef enum { OFORMAT_HUMAN, OFORMAT_JSON } OutputFormat;

@@ -4,13 +4,13 @@
 # does not divide, an unknown device, a dead daemon, formats without resize,
 # a peer of another uid on the control socket), each leaving the device and
 # the image as they were.  With UPDATE_SIZE (7.3 guest): a mounted ext4 on a
-# raw image grows under fio verify, resize2fs fills the new space, a file
+# raw image, and one on a qcow2 image (its L1 table grown), grows under fio verify, resize2fs fills the new space, a file
 # larger than the old fs verifies, e2fsck is clean; the size survives a kill
 # -9 and recover; --shrink on an unmounted device keeps the data below the
 # new end and a regrow reads zeros past it.  Without it (6.12): the refusal
 # names the kernel and nothing changes.
 . "$(dirname "$0")/lib.sh"
-need_cmd fio mkfs.ext4 resize2fs e2fsck blockdev jq python3 stat
+need_cmd fio mkfs.ext4 resize2fs e2fsck blockdev jq python3 stat qemu-img
 M=1048576
 RUN=/run/ublkd
 # wait_long CMD...: retry for up to 60 s (fio rounds under TCG take seconds).
@@ -83,12 +83,22 @@ expect_refused "resize not supported by the vdi driver" -n $ID 64M
 [ "$(file_size $T/v.vdi)" = "$vsz" ] && [ "$(dev_size $DEV)" = $((32 * M)) ] ||
   fail "a refused vdi resize changed something"
 ublk_del $ID
+# qcow2 resizes (drivers/qcow2-resize.c).  With UPDATE_SIZE a shrink over
+# data is refused naming the offset (the device gets its old size back);
+# without it the kernel is the refusal.  Either way nothing changes.
 "$UBLKD" img create -f qcow2 $T/q.qcow2 32M >/dev/null
 ublk_add qcow2 $T/q.qcow2 $CACHE_OPT >/dev/null
-expect_refused "resize not supported by the qcow2 driver" -n $ID 64M
-[ "$("$UBLKD" img info -U --output=json $T/q.qcow2 | jq '."virtual-size"')" = $((32 * M)) ] ||
-  fail "a refused qcow2 resize changed the image"
+dd if=/dev/urandom of=$DEV bs=1M seek=20 count=1 oflag=direct conv=fsync status=none
+if has_update_size; then
+  expect_refused "guest offset 20971520 (0x1400000) past the new end holds data" -n $ID --shrink 16M
+else
+  expect_refused "needs Linux >= 6.14" -n $ID 64M
+fi
+[ "$(dev_size $DEV)" = $((32 * M)) ] || fail "a refused qcow2 resize changed the device"
 ublk_del $ID
+[ "$(qemu-img info -U --output=json $T/q.qcow2 | jq '."virtual-size"')" = $((32 * M)) ] ||
+  fail "a refused qcow2 resize changed the image"
+qemu-img check -q $T/q.qcow2 || fail "qemu-img check after a refused qcow2 resize"
 
 # A dead daemon: said before anything is tried.
 ublk_add null --size 16M >/dev/null
@@ -184,6 +194,40 @@ cmp $T/pat <(dd if=$ADEV bs=1M skip=62 count=2 iflag=direct status=none) ||
 ublk_del $A
 [ ! -e "$sock" ] || fail "del left $sock"
 log "UPDATE_SIZE: grew mounted ext4 under fio, shrank and regrew the unmounted device"
+
+# ---- qcow2: a mounted ext4 grows under I/O, the L1 table with it ----
+# 64 MiB with 4 KiB clusters is 32 L1 entries; 192 MiB needs a new L1 table.
+"$UBLKD" img create -f qcow2 -o cluster_size=4096 $T/g.qcow2 64M >/dev/null
+ublk_add qcow2 $T/g.qcow2 $CACHE_OPT >/dev/null
+G=$ID GDEV=$DEV
+mkfs.ext4 -q -F $GDEV
+mount $GDEV $T/mnt
+rm -f $T/stop $T/load.rounds $T/load.fail
+( n=0
+  while [ ! -e $T/stop ]; do
+    fio --name=load --filename=$T/mnt/load --size=8M --direct=1 --ioengine=io_uring \
+        --rw=randwrite --bs=4k --iodepth=8 --verify=crc32c --do_verify=1 --verify_fatal=1 \
+        --randrepeat=0 --output-format=terse >$T/load.out 2>&1 || { echo fail > $T/load.fail; exit 1; }
+    n=$((n + 1)); echo $n > $T/load.rounds
+  done ) &
+lpid=$!
+wait_long test -s $T/load.rounds || fail "the qcow2 load never finished a round"
+"$UBLKD" resize -n $G 192M || fail "ublkd resize -n $G 192M (qcow2) failed"
+[ "$(dev_size $GDEV)" = $((192 * M)) ] || fail "qcow2 device is $(dev_size $GDEV) bytes after growing"
+resize2fs $GDEV >$T/r2fs.out 2>&1 || { cat $T/r2fs.out; fail "resize2fs on qcow2 failed"; }
+r0=$(cat $T/load.rounds)
+wait_long sh -c "[ \$(cat $T/load.rounds) -gt $r0 ]" || fail "the qcow2 load stopped after the resize"
+touch $T/stop
+wait $lpid || { cat $T/load.out; fail "fio verify failed across the qcow2 resize"; }
+[ ! -e $T/load.fail ] || { cat $T/load.out; fail "fio verify failed across the qcow2 resize"; }
+FIO_SIZE=120M fio_verify $T/mnt/big --bs=1M --iodepth=4
+umount $T/mnt
+e2fsck -fn $GDEV >$T/fsck.out 2>&1 || { cat $T/fsck.out; fail "e2fsck after the qcow2 grow found errors"; }
+ublk_del $G
+qemu-img check $T/g.qcow2 >$T/qchk.out 2>&1 || { cat $T/qchk.out; fail "qemu-img check after the qcow2 grow"; }
+[ "$(qemu-img info --output=json $T/g.qcow2 | jq '."virtual-size"')" = $((192 * M)) ] ||
+  fail "the qcow2 image did not record the new size"
+log "UPDATE_SIZE: grew a mounted ext4 on qcow2 under fio (L1 table grown), qemu-img check clean"
 
 # ---- an unprivileged device: its owner's daemon may send UPDATE_SIZE ----
 # (the kernel checks read and write access to /dev/ublkcN, as for SET_PARAMS)
