@@ -38,39 +38,30 @@
 #include "block-driver.h"
 #include "quorum-int.h"
 
-typedef enum { QUORUM_READ_QUORUM, QUORUM_READ_FIFO } QuorumReadPattern;
 static const char *const read_patterns[] = { "quorum", "fifo", NULL };
 
 /* Per-child counters, striped per thread slot (thread-slot.h): every read
  * counts on every child, from every queue thread. */
-enum { QC_READS, QC_WRITES, QC_ERRORS, QC_CORRUPTIONS, QC_REWRITES, QC_REWRITE_FAILURES, QC__MAX };
 static const char *const qc_names[QC__MAX] = {
     "reads", "writes", "errors", "corruptions", "rewrites", "rewrite-failures",
 };
 
-typedef struct QuorumState {
-    int n;
-    int threshold;
-    QuorumReadPattern read_pattern;
-    bool rewrite_corrupted;
-    bool blkverify;
-    BdrvChild *children[QUORUM_MAX_CHILDREN];
-    uint64_t *stats;            /* THREAD_SLOTS * stats_stride counters */
-    size_t stats_stride;        /* counters per slot: n * QC__MAX, whole cache lines */
-} QuorumState;
-
-static void quorum_count(QuorumState *s, int child, int which)
+static uint64_t *quorum_stat_ptr(QuorumState *s, unsigned slot, int child, int which)
 {
-    unsigned slot = thread_slot();
-    thread_slot_add(&s->stats[slot * s->stats_stride + (size_t)child * QC__MAX + which], 1, slot);
+    return &s->stats[(size_t)slot * QUORUM_STATS_STRIDE + (size_t)child * QC__MAX + which];
 }
 
-static uint64_t quorum_stat(const QuorumState *s, int child, int which)
+void quorum_count(QuorumState *s, int child, int which)
+{
+    unsigned slot = thread_slot();
+    thread_slot_add(quorum_stat_ptr(s, slot, child, which), 1, slot);
+}
+
+static uint64_t quorum_stat(QuorumState *s, int child, int which)
 {
     uint64_t sum = 0;
     for (unsigned slot = 0; slot < THREAD_SLOTS; slot++) {
-        sum += __atomic_load_n(&s->stats[slot * s->stats_stride + (size_t)child * QC__MAX + which],
-                               __ATOMIC_RELAXED);
+        sum += __atomic_load_n(quorum_stat_ptr(s, slot, child, which), __ATOMIC_RELAXED);
     }
     return sum;
 }
@@ -191,9 +182,8 @@ static const char *child_label(const BlockDriverState *c)
 /* A child's event: node and file name the child (the disk the user must
  * look at, as QEMU's QUORUM_REPORT_BAD names the child's node); extra names
  * the quorum node, the edge and the operation. */
-static void quorum_child_event(BlockDriverState *bs, int child, const char *type,
-                               const char *op, int64_t offset, int64_t bytes, int err,
-                               const char *more)
+void quorum_child_event(BlockDriverState *bs, int child, const char *type, const char *op,
+                        int64_t offset, int64_t bytes, int err, const char *more)
 {
     QuorumState *s = bs->opaque;
     BlockDriverState *cbs = s->children[child]->bs;
@@ -229,6 +219,7 @@ struct QuorumReq {
     size_t qiov_offset;
     BdrvRequestFlags flags;
     Coroutine *co;      /* the request, sleeping in quorum_run */
+    uint32_t mask;      /* the children it goes to */
     int pending;
     bool waiting;
     QuorumChildReq child[QUORUM_MAX_CHILDREN];
@@ -266,16 +257,20 @@ static void coroutine_fn quorum_child_entry(void *opaque)
     }
 }
 
-/* Run r->op on every child at once and wait for all of them. */
+/* Run r->op on the children in r->mask at once and wait for all of them;
+ * the others get QUORUM_NO_VOTE. */
 static void coroutine_fn quorum_run(QuorumReq *r)
 {
     r->co = co_self();
-    r->pending = r->s->n;
+    r->pending = __builtin_popcount(r->mask);
     r->waiting = false;
     for (int i = 0; i < r->s->n; i++) {
         r->child[i].req = r;
         r->child[i].idx = i;
-        co_enter(co_create(quorum_child_entry, &r->child[i]));
+        r->child[i].ret = QUORUM_NO_VOTE;
+        if (r->mask & (1u << i)) {
+            co_enter(co_create(quorum_child_entry, &r->child[i]));
+        }
     }
     while (r->pending) {
         r->waiting = true;
@@ -296,6 +291,7 @@ static void quorum_req_init(QuorumReq *r, BlockDriverState *bs, QuorumOp op, int
     r->qiov = qiov;
     r->qiov_offset = qiov_offset;
     r->flags = flags;
+    r->mask = r->s->n == 32 ? UINT32_MAX : (1u << r->s->n) - 1;
 }
 
 /* ---- reads ---- */
@@ -352,20 +348,21 @@ static void coroutine_fn quorum_bad_range(BlockDriverState *bs, int i, int64_t o
  * winner into the caller's buffer, report (and rewrite) the runs of blocks
  * each child lost.  direct: child 0 read straight into the caller's buffer. */
 static int coroutine_fn quorum_vote_read(BlockDriverState *bs, const QuorumVoteIn *in,
-                                         int64_t offset, int64_t bytes, IOVector *qiov,
-                                         size_t qiov_offset, bool direct)
+                                         int64_t offset, int64_t bytes, int64_t from,
+                                         int64_t to, IOVector *qiov, size_t qiov_offset,
+                                         bool direct)
 {
     QuorumState *s = bs->opaque;
     uint32_t block = MAX(bs->bl.request_alignment, (uint32_t)BDRV_SECTOR_SIZE);
     int64_t run[QUORUM_MAX_CHILDREN];
     int ret = 0;
-    int64_t pos = 0;
+    int64_t pos = from;
 
     for (int i = 0; i < s->n; i++) {
         run[i] = -1;
     }
-    while (pos < bytes) {
-        size_t len = quorum_block_len(offset, bytes, block, pos);
+    while (pos < to) {
+        size_t len = MIN(quorum_block_len(offset, bytes, block, pos), (size_t)(to - pos));
         QuorumBlockVote v;
         quorum_vote_block(in, (size_t)pos, len, &v);
         if (v.winner < 0) {
@@ -413,6 +410,53 @@ static int coroutine_fn quorum_vote_read(BlockDriverState *bs, const QuorumVoteI
     return ret;
 }
 
+/* The most common real error among errs (QUORUM_NO_VOTE is none), or -EIO
+ * when the only "errors" were children that do not vote there. */
+static int quorum_real_error(const int *errs, int n)
+{
+    int real[QUORUM_MAX_CHILDREN];
+    for (int i = 0; i < n; i++) {
+        real[i] = errs[i] == QUORUM_NO_VOTE ? 0 : errs[i];
+    }
+    int ret = quorum_most_common_error(real, n);
+    return ret ? ret : -EIO;
+}
+
+/* Settle [from, to) of a read whose children returned bufs/errs. */
+static int coroutine_fn quorum_vote_segment(BlockDriverState *bs, const uint8_t *const *bufs,
+                                            const int *errs, int64_t offset, int64_t bytes,
+                                            int64_t from, int64_t to, IOVector *qiov,
+                                            size_t qiov_offset, bool direct)
+{
+    QuorumState *s = bs->opaque;
+    QuorumVoteIn in = { .n = s->n, .bufs = bufs, .errs = errs, .threshold = s->threshold };
+    size_t len = (size_t)(to - from);
+    if (quorum_successes(errs, s->n) < s->threshold) {
+        int ret = quorum_real_error(errs, s->n);
+        quorum_failure_event(bs, QOP_READ, offset + from, (int64_t)len, ret, NULL);
+        return ret;
+    }
+    if (quorum_all_agree(&in, (size_t)from, len)) {
+        int first = 0;
+        while (errs[first]) {
+            first++;
+        }
+        if (!(direct && first == 0)) {
+            iov_from_buf(qiov, qiov_offset + (size_t)from, bufs[first] + from, len);
+        }
+        return 0;
+    }
+    return quorum_vote_read(bs, &in, offset, bytes, from, to, qiov, qiov_offset, direct);
+}
+
+int64_t quorum_vote_limit(QuorumState *s, int i)
+{
+    if (!(__atomic_load_n(&s->incomplete, __ATOMIC_ACQUIRE) & (1u << i))) {
+        return INT64_MAX;
+    }
+    return __atomic_load_n(&s->rb[i].done, __ATOMIC_ACQUIRE);
+}
+
 static int coroutine_fn quorum_read_quorum(BlockDriverState *bs, int64_t offset, int64_t bytes,
                                            IOVector *qiov, size_t qiov_offset)
 {
@@ -420,6 +464,12 @@ static int coroutine_fn quorum_read_quorum(BlockDriverState *bs, int64_t offset,
     QuorumReq r;
     const uint8_t *bufs[QUORUM_MAX_CHILDREN];
     int errs[QUORUM_MAX_CHILDREN];
+    /* Request bytes [0, lim[i]) are where child i votes: all of it, but for
+     * a child being rebuilt only what was rebuilt before its read was
+     * issued (taken now: a block rebuilt later may have been read before
+     * the copy reached it).  Beyond that the child has not answered. */
+    int64_t lim[QUORUM_MAX_CHILDREN];
+    uint32_t incomplete = __atomic_load_n(&s->incomplete, __ATOMIC_ACQUIRE);
     /* Child 0 reads straight into the caller's buffer when it is one piece
      * (every ublk request): when it agrees, nothing is copied. */
     uint8_t *direct = qiov_contiguous(qiov, qiov_offset, (size_t)bytes);
@@ -435,35 +485,70 @@ static int coroutine_fn quorum_read_quorum(BlockDriverState *bs, int64_t offset,
         uint8_t *b = i == 0 && direct ? direct : area + stride * (size_t)k++;
         bufs[i] = b;
         iov_init_buf(&r.child[i].qiov, b, (size_t)bytes);
+        lim[i] = bytes;
+        if (incomplete & (1u << i)) {
+            int64_t l = quorum_vote_limit(s, i);
+            lim[i] = l <= offset ? 0 : MIN(l - offset, bytes);
+            if (!lim[i]) {
+                r.mask &= ~(1u << i);   /* nothing it could say counts */
+            }
+        }
     }
     quorum_run(&r);
 
     for (int i = 0; i < s->n; i++) {
         errs[i] = r.child[i].ret < 0 ? r.child[i].ret : 0;
+        if (!(r.mask & (1u << i))) {
+            continue;
+        }
         quorum_count(s, i, QC_READS);
         if (errs[i]) {
             quorum_count(s, i, QC_ERRORS);
             quorum_child_event(bs, i, "QUORUM_REPORT_BAD", "read", offset, bytes, errs[i], NULL);
         }
     }
-    QuorumVoteIn in = { .n = s->n, .bufs = bufs, .errs = errs, .threshold = s->threshold };
     int ret = 0;
-    if (quorum_successes(errs, s->n) < s->threshold) {
-        ret = quorum_most_common_error(errs, s->n);
-        quorum_failure_event(bs, QOP_READ, offset, bytes, ret, NULL);
-    } else if (quorum_all_agree(&in, 0, (size_t)bytes)) {
-        int first = 0;
-        while (errs[first]) {
-            first++;
-        }
-        if (!(direct && first == 0)) {
-            iov_from_buf(qiov, qiov_offset, bufs[first], (size_t)bytes);
-        }
+    if (!incomplete) {
+        ret = quorum_vote_segment(bs, bufs, errs, offset, bytes, 0, bytes, qiov, qiov_offset,
+                                  direct != NULL);
     } else {
-        ret = quorum_vote_read(bs, &in, offset, bytes, qiov, qiov_offset, direct != NULL);
+        /* Segments between the limits, each voted by the children whose
+         * data counts throughout it. */
+        for (int64_t pos = 0; pos < bytes && ret == 0;) {
+            int64_t end = bytes;
+            int seg[QUORUM_MAX_CHILDREN];
+            for (int i = 0; i < s->n; i++) {
+                if (lim[i] > pos && lim[i] < end) {
+                    end = lim[i];
+                }
+                seg[i] = lim[i] > pos ? errs[i] : QUORUM_NO_VOTE;
+            }
+            ret = quorum_vote_segment(bs, bufs, seg, offset, bytes, pos, end, qiov, qiov_offset,
+                                      direct != NULL);
+            pos = end;
+        }
     }
     quorum_buf_put(&qb);
     return ret;
+}
+
+/* For the rebuild (quorum-rebuild.c): no counters, no events, no vote. */
+void coroutine_fn quorum_read_children(BlockDriverState *bs, uint32_t mask, int64_t offset,
+                                       int64_t bytes, uint8_t *const *bufs, int *errs)
+{
+    QuorumState *s = bs->opaque;
+    QuorumReq r;
+    quorum_req_init(&r, bs, QOP_READ, offset, bytes, NULL, 0, 0);
+    r.mask &= mask;
+    for (int i = 0; i < s->n; i++) {
+        if (r.mask & (1u << i)) {
+            iov_init_buf(&r.child[i].qiov, bufs[i], (size_t)bytes);
+        }
+    }
+    quorum_run(&r);
+    for (int i = 0; i < s->n; i++) {
+        errs[i] = r.child[i].ret < 0 ? r.child[i].ret : 0;
+    }
 }
 
 static int coroutine_fn quorum_read_fifo(BlockDriverState *bs, int64_t offset, int64_t bytes,
@@ -472,6 +557,9 @@ static int coroutine_fn quorum_read_fifo(BlockDriverState *bs, int64_t offset, i
     QuorumState *s = bs->opaque;
     int ret = -EIO;
     for (int i = 0; i < s->n; i++) {
+        if (offset + bytes > quorum_vote_limit(s, i)) {
+            continue;           /* being rebuilt, not that far yet */
+        }
         quorum_count(s, i, QC_READS);
         ret = bdrv_co_preadv_part(s->children[i], offset, bytes, qiov, qiov_offset, 0);
         if (ret >= 0) {
@@ -504,9 +592,15 @@ static int coroutine_fn quorum_multi(BlockDriverState *bs, QuorumOp op, int64_t 
 {
     QuorumState *s = bs->opaque;
     QuorumReq r;
+    QuorumWriteReg w;
     int errs[QUORUM_MAX_CHILDREN];
     quorum_req_init(&r, bs, op, offset, bytes, qiov, qiov_offset, flags);
+    /* Data-changing requests and a rebuild's copy: see quorum-rebuild.c. */
+    bool reg = op != QOP_FLUSH && quorum_write_begin(s, &w, offset, bytes);
     quorum_run(&r);
+    if (reg) {
+        quorum_write_end(s, &w);
+    }
 
     bool enotsup = false;
     for (int i = 0; i < s->n; i++) {
@@ -708,15 +802,41 @@ static void quorum_free(QuorumState *s)
     s->stats = NULL;
 }
 
+/* A flag is native only if every child has it natively. */
+static void quorum_refresh_flags(BlockDriverState *bs)
+{
+    QuorumState *s = bs->opaque;
+    BdrvRequestFlags wf = BDRV_REQ_FUA, zf = BDRV_REQ_FUA | BDRV_REQ_MAY_UNMAP;
+    for (int i = 0; i < s->n; i++) {
+        wf &= s->children[i]->bs->supported_write_flags;
+        zf &= s->children[i]->bs->supported_zero_flags;
+    }
+    bs->supported_write_flags = wf;
+    bs->supported_zero_flags = zf;
+}
+
 static int quorum_open(BlockDriverState *bs, OptDict *options, int flags, Error **errp)
 {
     QuorumState *s = bs->opaque;
+    quorum_rebuild_init(s);
     int ret = quorum_parse(s, options, flags, errp);
     if (ret < 0) {
         return ret;
     }
+    uint32_t rebuild = 0;
     for (int i = 0; i < s->n; i++) {
         char name[32];
+        /* children.N.rebuild=on: the child's data is not complete (the
+         * daemon records it for a child replaced or added and not yet
+         * rebuilt, so a recovered daemon rebuilds it again from 0 instead
+         * of letting it vote). */
+        bool rb = false;
+        snprintf(name, sizeof(name), "children.%d.rebuild", i);
+        if (optdict_take_bool(options, name, false, &rb, errp) < 0) {
+            error_prepend(errp, "quorum: ");
+            return -EINVAL;
+        }
+        rebuild |= rb ? 1u << i : 0;
         snprintf(name, sizeof(name), "children.%d", i);
         s->children[i] = bdrv_open_child(NULL, options, name, bs, BDRV_CHILD_DATA, false, errp);
         if (!s->children[i]) {
@@ -751,30 +871,255 @@ static int quorum_open(BlockDriverState *bs, OptDict *options, int flags, Error 
             return -EINVAL;
         }
     }
-    /* A flag is native only if every child has it natively. */
-    BdrvRequestFlags wf = BDRV_REQ_FUA, zf = BDRV_REQ_FUA | BDRV_REQ_MAY_UNMAP;
-    for (int i = 0; i < s->n; i++) {
-        wf &= s->children[i]->bs->supported_write_flags;
-        zf &= s->children[i]->bs->supported_zero_flags;
-    }
-    bs->supported_write_flags = wf;
-    bs->supported_zero_flags = zf;
+    quorum_refresh_flags(bs);
 
-    s->stats_stride = ALIGN_UP((size_t)s->n * QC__MAX, CACHE_LINE / sizeof(uint64_t));
-    size_t sz = THREAD_SLOTS * s->stats_stride * sizeof(uint64_t);
-    s->stats = aligned_alloc(CACHE_LINE, sz);
+    size_t sz = THREAD_SLOTS * QUORUM_STATS_STRIDE * sizeof(uint64_t);
+    s->stats = aligned_alloc(CACHE_LINE, ALIGN_UP(sz, CACHE_LINE));
     if (!s->stats) {
         error_setg(errp, "quorum: out of memory for the child counters");
         return -ENOMEM;
     }
     memset(s->stats, 0, sz);
     quorum_set_filename(bs);
+    for (int i = 0; i < s->n; i++) {
+        if (rebuild & (1u << i)) {
+            quorum_rebuild_mark(bs, i);
+        }
+    }
     return 0;
 }
 
 static void quorum_close(BlockDriverState *bs)
 {
+    quorum_rebuild_cleanup(bs);
     quorum_free(bs->opaque);
+}
+
+/* ---- children replaced, added and removed on a live device ---- */
+
+static int quorum_complete_children(QuorumState *s)
+{
+    return s->n - __builtin_popcount(__atomic_load_n(&s->incomplete, __ATOMIC_ACQUIRE));
+}
+
+static void quorum_zero_stats(QuorumState *s, int child)
+{
+    for (unsigned slot = 0; slot < THREAD_SLOTS; slot++) {
+        for (int k = 0; k < QC__MAX; k++) {
+            __atomic_store_n(quorum_stat_ptr(s, slot, child, k), 0, __ATOMIC_RELAXED);
+        }
+    }
+}
+
+static void quorum_after_change(BlockDriverState *bs)
+{
+    quorum_refresh_flags(bs);
+    quorum_set_filename(bs);
+}
+
+/* Why a change is refused, before anything changes. */
+static int quorum_change_check(BlockDriverState *bs, BdrvChildChange op, int index,
+                               BlockDriverState *new_bs, Error **errp)
+{
+    QuorumState *s = bs->opaque;
+    const char *q = bdrv_get_node_name(bs);
+    bool complete = index >= 0 && index < s->n && !(s->incomplete & (1u << index));
+    int after = quorum_complete_children(s) - (complete ? 1 : 0);
+    if (s->blkverify) {
+        error_setg(errp, "quorum '%s': blkverify=on compares exactly 2 children: they cannot be "
+                   "replaced, added or removed", q);
+        return -ENOTSUP;
+    }
+    if (bs->read_only || !(bs->open_flags & BDRV_O_RDWR)) {
+        error_setg(errp, "quorum '%s' is read-only: a new child could not be written, nor "
+                   "rebuilt", q);
+        return -EROFS;
+    }
+    if (op != BDRV_CHILD_ADD && (index < 0 || index >= s->n)) {
+        error_setg(errp, "quorum '%s' has no children.%d (its children are 0..%d)", q, index,
+                   s->n - 1);
+        return -EINVAL;
+    }
+    switch (op) {
+    case BDRV_CHILD_REPLACE:
+        if (complete && after < s->threshold) {
+            error_setg(errp, "quorum '%s': replacing children.%d would leave %d complete "
+                       "children, fewer than vote-threshold=%d: until the new one is rebuilt "
+                       "no read could reach the threshold, and the rebuild could not read a "
+                       "majority to copy", q, index, after, s->threshold);
+            return -EINVAL;
+        }
+        break;
+    case BDRV_CHILD_ADD:
+        if (index != s->n) {
+            error_setg(errp, "quorum '%s': children are numbered without gaps: a new one is "
+                       "children.%d, not children.%d", q, s->n, index);
+            return -EINVAL;
+        }
+        if (s->n == QUORUM_MAX_CHILDREN) {
+            error_setg(errp, "quorum '%s' has %d children, the most it can have", q, s->n);
+            return -EINVAL;
+        }
+        break;
+    case BDRV_CHILD_REMOVE:
+        if (s->n - 1 < s->threshold) {
+            error_setg(errp, "quorum '%s': removing children.%d would leave %d children, fewer "
+                       "than vote-threshold=%d: no read or write could reach it", q, index,
+                       s->n - 1, s->threshold);
+            return -EINVAL;
+        }
+        if (complete && after < s->threshold) {
+            error_setg(errp, "quorum '%s': removing children.%d would leave %d complete "
+                       "children (the others are not rebuilt yet), fewer than "
+                       "vote-threshold=%d", q, index, after, s->threshold);
+            return -EINVAL;
+        }
+        break;
+    }
+    if (new_bs) {
+        int64_t len = bdrv_getlength(new_bs), want = bdrv_getlength(s->children[0]->bs);
+        if (len < 0) {
+            error_setg_errno(errp, (int)-len, "quorum '%s': could not get the size of the new "
+                             "child ('%s')", q, child_label(new_bs));
+            return (int)len;
+        }
+        if (len != want) {
+            error_setg(errp, "quorum '%s': the new child ('%s') is %" PRId64 " bytes but the "
+                       "children are %" PRId64 ": all children must have the same size", q,
+                       child_label(new_bs), len, want);
+            return -EINVAL;
+        }
+        if (new_bs->read_only || !(new_bs->open_flags & BDRV_O_RDWR)) {
+            error_setg(errp, "quorum '%s': the new child ('%s') is read-only", q,
+                       child_label(new_bs));
+            return -EROFS;
+        }
+    }
+    return 0;
+}
+
+/*
+ * Only the child that goes or comes is drained: a drained section of it
+ * quiesces the quorum and the users above (new requests wait at the root,
+ * those in flight finish), which is what changing s->children needs, while
+ * the other children are neither drained nor told (their background work
+ * goes on) and the slow parts (opening the new node before, the rebuild
+ * after) run while the device serves.  The pause is one round of requests
+ * in flight.
+ */
+static int quorum_change_child(BlockDriverState *bs, BdrvChildChange op, int index,
+                               BlockDriverState *new_bs, Error **errp)
+{
+    QuorumState *s = bs->opaque;
+    if (op == BDRV_CHILD_ADD && index < 0) {
+        index = s->n;
+    }
+    int ret = quorum_change_check(bs, op, index, new_bs, errp);
+    if (ret < 0) {
+        return ret;
+    }
+    char name[32];
+    snprintf(name, sizeof(name), "children.%d", index);
+
+    if (op == BDRV_CHILD_REPLACE) {
+        BdrvChild *c = s->children[index];
+        BlockDriverState *old = c->bs;
+        bdrv_ref(old);
+        bdrv_drained_begin(old);
+        quorum_rebuild_wait_idle(bs);
+        /* The new node's own section keeps the quorum quiesced after the
+         * swap moves the old one's away, until the state below is set. */
+        bdrv_drained_begin(new_bs);
+        QuorumRebuild saved = s->rb[index];
+        uint32_t saved_inc = s->incomplete;
+        /* Marked before the swap: no request runs now, and none may see
+         * the new child without its mark. */
+        quorum_rebuild_mark(bs, index);
+        ret = bdrv_replace_child_bs(c, new_bs, errp);
+        if (ret < 0) {
+            s->rb[index] = saved;
+            __atomic_store_n(&s->incomplete, saved_inc, __ATOMIC_RELEASE);
+        } else {
+            quorum_zero_stats(s, index);
+            quorum_after_change(bs);
+        }
+        bdrv_drained_end(new_bs);
+        bdrv_drained_end(old);
+        bdrv_unref(old);
+        return ret < 0 ? ret : index;
+    }
+
+    if (op == BDRV_CHILD_ADD) {
+        bdrv_ref(new_bs);
+        BdrvChild *c = bdrv_attach_child(bs, new_bs, name, BDRV_CHILD_DATA, errp);
+        if (!c) {
+            error_prepend(errp, "quorum '%s': %s: ", bdrv_get_node_name(bs), name);
+            return -EINVAL;
+        }
+        /* The edge is there but no request uses it (s->n is unchanged):
+         * now wait for those in flight. */
+        bdrv_drained_begin(new_bs);
+        quorum_rebuild_wait_idle(bs);
+        quorum_zero_stats(s, index);
+        s->children[index] = c;
+        s->rb[index] = (QuorumRebuild){ 0 };
+        quorum_rebuild_mark(bs, index);
+        s->n++;
+        quorum_after_change(bs);
+        bdrv_refresh_limits_upward(bs);
+        bdrv_drained_end(new_bs);
+        return index;
+    }
+
+    /* Remove.  The limits stay what they were: they held for the child
+     * that goes too, so they are stricter than needed, never wrong. */
+    BdrvChild *c = s->children[index];
+    BlockDriverState *old = c->bs;
+    bdrv_ref(old);
+    bdrv_drained_begin(old);
+    quorum_rebuild_wait_idle(bs);
+    for (unsigned slot = 0; slot < THREAD_SLOTS; slot++) {
+        for (int j = index; j < s->n - 1; j++) {
+            for (int k = 0; k < QC__MAX; k++) {
+                *quorum_stat_ptr(s, slot, j, k) = *quorum_stat_ptr(s, slot, j + 1, k);
+            }
+        }
+    }
+    quorum_zero_stats(s, s->n - 1);
+    uint32_t inc = s->incomplete, low = (1u << index) - 1;
+    for (int j = index; j < s->n - 1; j++) {
+        BdrvChild *e = s->children[j + 1];
+        s->children[j] = e;
+        s->rb[j] = s->rb[j + 1];
+        char *nn = NULL;
+        if (asprintf(&nn, "children.%d", j) < 0) {
+            abort();
+        }
+        free(e->name);
+        e->name = nn;
+        e->index = j;
+    }
+    s->rb[s->n - 1] = (QuorumRebuild){ 0 };
+    __atomic_store_n(&s->incomplete, (inc & low) | ((inc >> 1) & ~low), __ATOMIC_RELEASE);
+    if (s->job_child == index) {
+        s->job_child = -1;
+    } else if (s->job_child > index) {
+        s->job_child--;
+    }
+    s->n--;
+    quorum_after_change(bs);
+    /* Detaching ends what old's section passed up: requests go on from
+     * here, over the children that stay. */
+    bdrv_unref_child(bs, c);
+    bdrv_drained_end(old);
+    bdrv_unref(old);
+    return index;
+}
+
+static uint32_t quorum_incomplete_children(BlockDriverState *bs)
+{
+    QuorumState *s = bs->opaque;
+    return __atomic_load_n(&s->incomplete, __ATOMIC_ACQUIRE);
 }
 
 static int64_t quorum_getlength(BlockDriverState *bs)
@@ -826,6 +1171,7 @@ static void quorum_get_counters(BlockDriverState *bs, ImageSpecificInfo *out)
             image_info_add_int(out, key, (int64_t)quorum_stat(s, i, k));
         }
     }
+    quorum_rebuild_counters(bs, out);
 }
 
 const BlockDriver bdrv_quorum = {
@@ -844,6 +1190,10 @@ const BlockDriver bdrv_quorum = {
     .has_zero_init = quorum_has_zero_init,
     .get_specific_info = quorum_get_specific_info,
     .get_counters = quorum_get_counters,
+    .change_child = quorum_change_child,
+    .incomplete_children = quorum_incomplete_children,
+    .drain_begin = quorum_drain_begin,
+    .drain_end = quorum_drain_end,
     .supported_write_flags = BDRV_REQ_FUA,
     .supported_zero_flags = BDRV_REQ_FUA | BDRV_REQ_MAY_UNMAP,
 };

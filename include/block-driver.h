@@ -286,6 +286,18 @@ struct BlockDriver {
     void (*reopen_commit)(BlockDriverState *bs);
     void (*reopen_abort)(BlockDriverState *bs);
 
+    /*
+     * Numbered children on a live graph (bdrv_change_child, block.h): new_bs
+     * is opened (NULL for a remove) and not consumed.  The driver does the
+     * graph change itself, inside drained sections it picks (quorum: of the
+     * child that goes or comes only), and refuses what it cannot do with a
+     * message saying why.  Returns the index changed or -errno.
+     */
+    int (*change_child)(BlockDriverState *bs, BdrvChildChange op, int index,
+                        BlockDriverState *new_bs, Error **errp);
+    /* bdrv_incomplete_children (block.h); main thread. */
+    uint32_t (*incomplete_children)(BlockDriverState *bs);
+
     /* Copied to bs->supported_* before open; open may narrow them (e.g. raw
      * keeps FUA only if its child has it). */
     BdrvRequestFlags supported_write_flags;   /* FUA handled natively */
@@ -419,6 +431,15 @@ void bdrv_unref_child(BlockDriverState *parent, BdrvChild *child);
  * read-only, or if new_bs is the parent or below it.
  */
 int bdrv_replace_child_bs(BdrvChild *child, BlockDriverState *new_bs, Error **errp);
+/* bdrv_change_child with a node already opened (tests; new_bs not consumed).
+ * Refused for a new_bs whose graph has a driver with per-thread state
+ * (attach_thread): queue threads that already run could not set it up. */
+int bdrv_change_child_bs(BlockDriverState *bs, BdrvChildChange op, int index,
+                         BlockDriverState *new_bs, Error **errp);
+/* Open a node from options (consumed) as parent's child of role would be
+ * opened (the flags it inherits), without attaching it. */
+BlockDriverState *bdrv_open_for_child(BlockDriverState *parent, BdrvChildRole role,
+                                      OptDict *options, Error **errp);
 /* For a format's co_create: create the protocol-level image filename names
  * (bdrv_find_protocol) with opts ("size", "preallocation", ...). */
 int coroutine_fn bdrv_co_create_file(const char *filename, OptDict *opts, Error **errp);
@@ -429,6 +450,9 @@ int bdrv_open_backing(BlockDriverState *bs, OptDict *options, Error **errp);
 /* Recompute bs->bl from the driver and children (merge: max of alignments,
  * min of non-zero transfer limits). */
 void bdrv_refresh_limits(BlockDriverState *bs, Error **errp);
+/* Recompute the limits of bs and of every node above it, after its children
+ * changed (inside a drained section that covers bs). */
+void bdrv_refresh_limits_upward(BlockDriverState *bs);
 /* The child edge called name ("file", "backing", "children.0"...), or NULL. */
 BdrvChild *bdrv_find_child(BlockDriverState *bs, const char *name);
 

@@ -208,6 +208,36 @@ int bdrv_change_backing_file(BlockDriverState *bs, const char *file, const char 
  * drained meanwhile; -ENOTSUP if its format cannot. */
 int bdrv_make_empty(BlockDriverState *bs);
 
+/* ---- numbered children of a live graph (quorum's children.N) ---- */
+typedef enum {
+    BDRV_CHILD_REPLACE,     /* child index gets a new node */
+    BDRV_CHILD_ADD,         /* a new child, numbered after the last (index -1 or the count) */
+    BDRV_CHILD_REMOVE,      /* child index goes; the ones after it move down by one */
+} BdrvChildChange;
+/*
+ * The topmost node under root (root included, pre-order) whose driver can
+ * change its numbered children while requests run, and in prefix the
+ * option key prefix that leads to it from root ("" for root, "file." for a
+ * raw over it).  NULL if there is none.
+ */
+BlockDriverState *bdrv_find_child_changer(BlockDriverState *root, char *prefix, size_t len);
+/*
+ * Replace, add or remove a numbered child of bs on a live graph, on the main
+ * thread (in a coroutine or not).  options (consumed; NULL for remove) open
+ * the new node as bs's children.N.* would at open, with the flags bs gives
+ * its children: relative file names are the calling process's.  The driver
+ * decides what the change means (quorum: checks the threshold against the
+ * new count, rebuilds the new child from the others in the background).
+ * Returns the index of the child changed, or -errno with errp set (nothing
+ * changed).
+ */
+int bdrv_change_child(BlockDriverState *bs, BdrvChildChange op, int index, OptDict *options,
+                      Error **errp);
+/* Bit i set: child i's data is not complete yet (rebuilding, waiting to be,
+ * or a rebuild failed), so it does not vote everywhere.  0 for drivers
+ * without numbered children. */
+uint32_t bdrv_incomplete_children(BlockDriverState *bs);
+
 /* ---- what a node says about itself ---- */
 const char *bdrv_get_format_name(const BlockDriverState *bs);
 const char *bdrv_get_node_name(const BlockDriverState *bs);

@@ -219,6 +219,20 @@ void ublk_getopt_error(int opt, char **argv, Error **errp);
 int ublk_dev_config_check(const UblkDevConfig *c, Error **errp);
 /* The graph to open: options (caller frees) and BDRV_O_* flags. */
 OptDict *ublk_dev_config_to_options(const UblkDevConfig *c, int *flags, Error **errp);
+/*
+ * After `ublkd quorum` changed child index of the quorum node at option
+ * prefix ("" for the root), make c open the new graph (so `recover` does):
+ * c becomes its --blockdev form with children.N.* of that node dropped
+ * (replace, remove), the ones after it renumbered (remove), and the new
+ * child's options (dotted or json:) put in its place, with
+ * children.N.rebuild=on if rebuild (the new child is not complete until
+ * rebuilt: a recovered daemon rebuilds it again from 0).
+ */
+int ublk_dev_config_change_child(UblkDevConfig *c, const char *prefix, BdrvChildChange op,
+                                 int index, const char *child_options, bool rebuild,
+                                 Error **errp);
+/* Drop children.index.rebuild: the child is complete.  1 if it was there. */
+int ublk_dev_config_clear_rebuild(UblkDevConfig *c, const char *prefix, int index);
 /* UBLK_F_* the config asks for, given what the kernel supports. */
 uint64_t ublk_dev_config_flags(const UblkDevConfig *c, uint64_t supported, bool unprivileged);
 /* Whether the open file fd (name: for messages) may be exec'ed as the new
@@ -368,6 +382,10 @@ unsigned ublk_queues_running(UblkDev *d);
  *      60 s the daemon hands the device over when its queues end or on
  *      SIGTERM, instead of deleting it; "cancel": true undoes that after a
  *      failed QUIESCE_DEV: see cmd_upgrade)
+ *   -> {"ublkd-ctl": 1, "op": "quorum", "change": "replace"|"add"|"remove",
+ *       "index": N, "options": "driver=raw,file.filename=/abs/path"}
+ *      (the device's topmost quorum node; add takes index -1; remove has no
+ *      options)  <- ok replies add "index": the child changed
  * A request of another version is answered with an error naming both; a
  * new verb is a new "op" (and fields), the version changes only when an
  * old field changes meaning.
@@ -375,13 +393,16 @@ unsigned ublk_queues_running(UblkDev *d);
 #define UBLK_CTL_VERSION 1
 #define UBLK_CTL_MAX_MSG 4096
 
-typedef enum { UBLK_CTL_RESIZE = 1, UBLK_CTL_UPGRADE } UblkCtlOp;
+typedef enum { UBLK_CTL_RESIZE = 1, UBLK_CTL_UPGRADE, UBLK_CTL_QUORUM } UblkCtlOp;
 
 typedef struct UblkCtlRequest {
     UblkCtlOp op;
     uint64_t size;             /* resize: the new size in bytes */
     bool shrink;               /* resize: a smaller size is meant */
     bool cancel;               /* upgrade: the QUIESCE_DEV failed, serve on */
+    BdrvChildChange change;    /* quorum: "replace", "add" or "remove" */
+    int index;                 /* quorum: the child (add: -1, the next) */
+    char options[UBLK_CTL_MAX_MSG]; /* quorum: the new child's options (replace, add) */
 } UblkCtlRequest;
 
 typedef struct UblkCtlReply {
@@ -389,6 +410,7 @@ typedef struct UblkCtlReply {
     int err;                   /* errno when !ok */
     char *message;             /* the error (what and where) when !ok; malloc'ed */
     uint64_t size, old_size;   /* resize: the device's size after and before */
+    int index;                 /* quorum: the child changed (-1: not a quorum reply) */
 } UblkCtlReply;
 
 /* Pure, unit-tested.  The texts are one line, no newline; NULL without

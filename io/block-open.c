@@ -396,6 +396,12 @@ fail:
     return NULL;
 }
 
+BlockDriverState *bdrv_open_for_child(BlockDriverState *parent, BdrvChildRole role,
+                                      OptDict *options, Error **errp)
+{
+    return bdrv_open(NULL, options, child_flags(parent, role), errp);
+}
+
 /* backing_file relative to the image that names it, as QEMU resolves it. */
 static char *backing_path(const BlockDriverState *bs)
 {

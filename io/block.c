@@ -454,6 +454,11 @@ static void refresh_upward(BlockDriverState *bs)
     }
 }
 
+void bdrv_refresh_limits_upward(BlockDriverState *bs)
+{
+    refresh_upward(bs);
+}
+
 static bool edge_writes(const BdrvChild *c)
 {
     return c->parent && (c->perm & BLK_PERM_WRITE);
@@ -506,6 +511,107 @@ int bdrv_replace_child_bs(BdrvChild *child, BlockDriverState *new_bs, Error **er
     bdrv_drained_end(old_bs);
     bdrv_unref(old_bs);
     return 0;
+}
+
+/* ---- numbered children of a live graph ---- */
+
+static bool graph_has_thread_state(BlockDriverState *bs)
+{
+    if (bs->drv->attach_thread || bs->drv->detach_thread) {
+        return true;
+    }
+    for (BdrvChild *c = bs->children; c; c = c->next) {
+        if (graph_has_thread_state(c->bs)) {
+            return true;
+        }
+    }
+    return false;
+}
+
+int bdrv_change_child_bs(BlockDriverState *bs, BdrvChildChange op, int index,
+                         BlockDriverState *new_bs, Error **errp)
+{
+    if (!bs->drv->change_child) {
+        error_setg(errp, "Node '%s' (%s) cannot change its children while in use",
+                   bs->node_name, bs->drv->format_name);
+        return -ENOTSUP;
+    }
+    /* Threads attach to a graph once, when they start (bdrv_attach_thread);
+     * a node that joins later is never attached by the queue threads that
+     * already serve.  No driver keeps per-thread state today (the file
+     * protocol submits on the calling thread's ring, whatever the thread),
+     * so this refuses nothing yet; it keeps a future one from being half
+     * set up. */
+    if (new_bs && graph_has_thread_state(new_bs)) {
+        error_setg(errp, "Node '%s' keeps per-thread state, which the threads already serving "
+                   "'%s' cannot set up: it cannot join a graph in use", new_bs->node_name,
+                   bs->node_name);
+        return -ENOTSUP;
+    }
+    return bs->drv->change_child(bs, op, index, new_bs, errp);
+}
+
+int bdrv_change_child(BlockDriverState *bs, BdrvChildChange op, int index, OptDict *options,
+                      Error **errp)
+{
+    BlockDriverState *new_bs = NULL;
+    if (!bs->drv->change_child) {
+        optdict_free(options);
+        error_setg(errp, "Node '%s' (%s) cannot change its children while in use",
+                   bs->node_name, bs->drv->format_name);
+        return -ENOTSUP;
+    }
+    if (op != BDRV_CHILD_REMOVE) {
+        new_bs = bdrv_open_for_child(bs, BDRV_CHILD_DATA, options, errp);
+        if (!new_bs) {
+            return -EINVAL;
+        }
+    } else {
+        optdict_free(options);
+    }
+    int ret = bdrv_change_child_bs(bs, op, index, new_bs, errp);
+    bdrv_unref(new_bs);
+    return ret;
+}
+
+uint32_t bdrv_incomplete_children(BlockDriverState *bs)
+{
+    return bs && bs->drv->incomplete_children ? bs->drv->incomplete_children(bs) : 0;
+}
+
+static BlockDriverState *find_changer(BlockDriverState *bs, char *prefix, size_t len,
+                                      size_t used)
+{
+    if (bs->drv->change_child) {
+        prefix[used] = 0;
+        return bs;
+    }
+    for (BdrvChild *c = bs->children; c; c = c->next) {
+        size_t n = strlen(c->name);
+        if (used + n + 2 > len) {
+            continue;
+        }
+        memcpy(prefix + used, c->name, n);
+        prefix[used + n] = '.';
+        BlockDriverState *found = find_changer(c->bs, prefix, len, used + n + 1);
+        if (found) {
+            return found;
+        }
+    }
+    return NULL;
+}
+
+BlockDriverState *bdrv_find_child_changer(BlockDriverState *root, char *prefix, size_t len)
+{
+    if (!root || len == 0) {
+        return NULL;
+    }
+    prefix[0] = 0;
+    BlockDriverState *bs = find_changer(root, prefix, len, 0);
+    if (!bs) {
+        prefix[0] = 0;
+    }
+    return bs;
 }
 
 /* ---- read-only / read-write ---- */

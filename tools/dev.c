@@ -152,14 +152,13 @@ static char *absolute_path(const char *p)
     return r;
 }
 
-/* --blockdev's "filename" keys, at any depth, made absolute. */
-static int absolutize_blockdev(UblkDevConfig *c, Error **errp)
+/* The "filename" keys of an options string, at any depth, made absolute
+ * (*s replaced if any was relative). */
+static int absolutize_options(char **s, Error **errp)
 {
-    bool is_json = !strncmp(c->blockdev, "json:", 5);
-    OptDict *d = is_json ? optdict_parse_json(c->blockdev + 5, errp)
-                         : optdict_parse(c->blockdev, NULL, errp);
+    bool is_json = !strncmp(*s, "json:", 5);
+    OptDict *d = is_json ? optdict_parse_json(*s + 5, errp) : optdict_parse(*s, NULL, errp);
     if (!d) {
-        error_prepend(errp, "--blockdev: ");
         return -1;
     }
     bool changed = false;
@@ -179,10 +178,20 @@ static int absolutize_blockdev(UblkDevConfig *c, Error **errp)
         }
     }
     if (changed) {
-        free(c->blockdev);
-        c->blockdev = optdict_to_string(d);
+        free(*s);
+        *s = optdict_to_string(d);
     }
     optdict_free(d);
+    return 0;
+}
+
+/* --blockdev's "filename" keys, at any depth, made absolute. */
+static int absolutize_blockdev(UblkDevConfig *c, Error **errp)
+{
+    if (absolutize_options(&c->blockdev, errp) < 0) {
+        error_prepend(errp, "--blockdev: ");
+        return -1;
+    }
     return 0;
 }
 
@@ -1659,6 +1668,153 @@ static int cmd_features(int argc, char **argv)
     return 0;
 }
 
+static void quorum_usage(FILE *f)
+{
+    fprintf(f,
+        "usage: ublkd quorum -n ID --replace N --with 'driver=...'\n"
+        "       ublkd quorum -n ID --add 'driver=...'\n"
+        "       ublkd quorum -n ID --remove N\n"
+        "Change the children of device ID's quorum (its topmost quorum node) while it\n"
+        "serves.  --replace swaps child N for a node opened from the options (as\n"
+        "--blockdev takes them: dotted or json:; relative file names are made absolute\n"
+        "here, so they mean what they mean in this directory); --add adds one as the\n"
+        "last child; --remove takes child N out (the ones after it move down by one).\n"
+        "A new child must have the quorum's size; it is rebuilt from the others in\n"
+        "the background (progress in 'ublkd list': children.N.rebuild-done/-total/\n"
+        "-eta-s) while the device serves: writes reach it at once, and it votes only\n"
+        "where it is rebuilt.  Refused when the change would leave fewer complete\n"
+        "children than vote-threshold, and for blkverify quorums.  The device's state\n"
+        "records the new graph, so 'ublkd recover' reopens it (and rebuilds a child\n"
+        "that was not complete again from the start).\n"
+        "  -n, --id ID       the device\n"
+        "  --replace N       the child to replace (with --with OPTIONS)\n"
+        "  --add OPTIONS     a new child\n"
+        "  --remove N        the child to remove\n");
+}
+
+static int parse_child_index(const char *arg, int *out)
+{
+    char *end;
+    errno = 0;
+    long v = strtol(arg, &end, 10);
+    if (errno || end == arg || *end || v < 0 || v > 1000) {
+        return -1;
+    }
+    *out = (int)v;
+    return 0;
+}
+
+static int cmd_quorum(int argc, char **argv)
+{
+    enum { OPT_REPLACE = 256, OPT_WITH, OPT_ADD, OPT_REMOVE };
+    static const struct option lo[] = {
+        { "id", required_argument, NULL, 'n' },
+        { "replace", required_argument, NULL, OPT_REPLACE },
+        { "with", required_argument, NULL, OPT_WITH },
+        { "add", required_argument, NULL, OPT_ADD },
+        { "remove", required_argument, NULL, OPT_REMOVE },
+        { "help", no_argument, NULL, 'h' },
+        { NULL, 0, NULL, 0 },
+    };
+    uint32_t id = 0;
+    bool have_id = false;
+    int opt, nops = 0;
+    UblkCtlRequest req = { .op = UBLK_CTL_QUORUM, .index = -1 };
+    const char *with = NULL, *idx_arg = NULL;
+    optind = 0;
+    while ((opt = verb_getopt(argc, argv, ":n:h", lo, &id, &have_id)) != -1) {
+        switch (opt) {
+        case OPT_REPLACE: req.change = BDRV_CHILD_REPLACE; idx_arg = optarg; nops++; break;
+        case OPT_REMOVE: req.change = BDRV_CHILD_REMOVE; idx_arg = optarg; nops++; break;
+        case OPT_ADD: req.change = BDRV_CHILD_ADD; with = optarg; nops++; break;
+        case OPT_WITH: with = optarg; break;
+        case 'h':
+            quorum_usage(stdout);
+            return 0;
+        default:
+            return 2;
+        }
+    }
+    if (!have_id) {
+        error_report("quorum: -n ID is required (try 'ublkd quorum --help')");
+        return 2;
+    }
+    if (nops != 1) {
+        error_report("quorum: give one of --replace N, --add OPTIONS, --remove N (try "
+                     "'ublkd quorum --help')");
+        return 2;
+    }
+    if (optind != argc) {
+        error_report("quorum: unexpected argument '%s'", argv[optind]);
+        return 2;
+    }
+    if (idx_arg && parse_child_index(idx_arg, &req.index) < 0) {
+        error_report("quorum: invalid child number '%s' (0, 1, 2, ...)", idx_arg);
+        return 2;
+    }
+    if (req.change == BDRV_CHILD_REPLACE && !with) {
+        error_report("quorum: --replace N needs --with OPTIONS (the new child, e.g. "
+                     "'driver=raw,file.filename=/path')");
+        return 2;
+    }
+    if (req.change == BDRV_CHILD_REMOVE && with) {
+        error_report("quorum: --with belongs to --replace; --remove takes none");
+        return 2;
+    }
+    if (with) {
+        char *abs = strdup(with);
+        Error *err = NULL;
+        if (!abs || absolutize_options(&abs, &err) < 0) {
+            error_prepend(&err, "quorum: the new child's options: ");
+            error_report_err(err);
+            free(abs);
+            return 2;
+        }
+        if (strlen(abs) >= sizeof(req.options)) {
+            error_report("quorum: the new child's options are longer than %zu bytes",
+                         sizeof(req.options) - 1);
+            free(abs);
+            return 2;
+        }
+        snprintf(req.options, sizeof(req.options), "%s", abs);
+        free(abs);
+    }
+    UblkDevState st;
+    Error *err = NULL;
+    if (ublk_state_read(id, &st, &err) < 0) {
+        error_prepend(&err, "quorum: device %u: ", id);
+        error_report_err(err);
+        return 1;
+    }
+    int ret = 1;
+    if (!daemon_alive(id, st.pid, &st)) {
+        error_report("quorum: device %u's daemon (pid %d) is not running%s", id, (int)st.pid,
+                     (st.flags & UBLK_F_USER_RECOVERY) ? "; 'ublkd recover -n ID' first" : "");
+        goto out;
+    }
+    UblkCtlReply rep;
+    /* Generous: the change waits for the requests in flight and opens a node. */
+    if (ublk_ctl_call(id, st.pid, &req, &rep, 120000, &err) < 0) {
+        error_prepend(&err, "quorum: ");
+        error_report_err(err);
+        goto out;
+    }
+    if (!rep.ok) {
+        error_report("quorum: %s", rep.message);
+    } else {
+        static const char *const what[] = { [BDRV_CHILD_REPLACE] = "replaced; rebuilding",
+                                            [BDRV_CHILD_ADD] = "added; rebuilding",
+                                            [BDRV_CHILD_REMOVE] = "removed" };
+        printf("%s: children.%d %s\n", st.bdev ? st.bdev : "device", rep.index,
+               what[req.change]);
+        ret = 0;
+    }
+    ublk_ctl_reply_free(&rep);
+out:
+    ublk_dev_state_free(&st);
+    return ret;
+}
+
 int dev_main(int argc, char **argv)
 {
     const char *verb = argv[0];
@@ -1683,6 +1839,9 @@ int dev_main(int argc, char **argv)
     }
     if (!strcmp(verb, "upgrade")) {
         return cmd_upgrade(argc, argv);
+    }
+    if (!strcmp(verb, "quorum")) {
+        return cmd_quorum(argc, argv);
     }
     error_report("unknown device command '%s'", verb);
     return 2;

@@ -29,6 +29,8 @@ static void usage(FILE *f)
         "  ublkd recover -n ID [--reissue]      restart the server of a quiesced device\n"
         "  ublkd resize -n ID [--shrink] SIZE   grow (or shrink) a device and its image\n"
         "  ublkd upgrade -n ID [--binary PATH]  replace a live device's daemon\n"
+        "  ublkd quorum -n ID --replace N --with OPTS | --add OPTS | --remove N\n"
+        "                                       change a live quorum's children\n"
         "  ublkd features                       list what the kernel's ublk driver supports\n"
         "  (ublkd help VERB for a verb's options)\n"
 #endif
@@ -53,7 +55,7 @@ int main(int argc, char **argv)
             }
 #ifdef CONFIG_UBLK
             static const char *const dev_verbs[] = { "add", "del", "list", "recover",
-                                                     "resize", "upgrade", "features", NULL };
+                                                     "resize", "upgrade", "quorum", "features", NULL };
             for (int i = 0; dev_verbs[i]; i++) {
                 if (!strcmp(argv[2], dev_verbs[i])) {
                     char *args[] = { argv[2], "--help", NULL };
@@ -77,7 +79,7 @@ int main(int argc, char **argv)
     }
 #ifdef CONFIG_UBLK
     static const char *const verbs[] = { "add", "del", "list", "recover", "resize", "upgrade",
-                                         "features", NULL };
+                                         "quorum", "features", NULL };
     for (int i = 0; verbs[i]; i++) {
         if (!strcmp(cmd, verbs[i])) {
             return dev_main(argc - 1, argv + 1);

@@ -633,6 +633,107 @@ OptDict *ublk_dev_config_to_options(const UblkDevConfig *c, int *flags, Error **
     return d;
 }
 
+/* The child number of key under P ("<prefix>children.") and what follows
+ * it ("" or ".rest"); -1 if key is not a child key. */
+static int child_key(const char *key, const char *p, const char **rest)
+{
+    size_t n = strlen(p);
+    if (strncmp(key, p, n) || key[n] < '0' || key[n] > '9') {
+        return -1;
+    }
+    char *end;
+    long v = strtol(key + n, &end, 10);
+    if ((*end && *end != '.') || v > 1000) {
+        return -1;
+    }
+    *rest = end;
+    return (int)v;
+}
+
+/* c in its --blockdev form, from d. */
+static void config_set_graph(UblkDevConfig *c, OptDict *d)
+{
+    free(c->blockdev);
+    c->blockdev = optdict_to_string(d);
+    free(c->type);
+    c->type = NULL;
+    for (int i = 0; i < c->nfiles; i++) {
+        free(c->files[i]);
+    }
+    free(c->files);
+    c->files = NULL;
+    c->nfiles = 0;
+    free(c->extra_opts);
+    c->extra_opts = NULL;
+}
+
+int ublk_dev_config_change_child(UblkDevConfig *c, const char *prefix, BdrvChildChange op,
+                                 int index, const char *child_options, bool rebuild,
+                                 Error **errp)
+{
+    int flags;
+    OptDict *d = ublk_dev_config_to_options(c, &flags, errp);
+    if (!d) {
+        return -1;
+    }
+    OptDict *child = NULL;
+    if (op != BDRV_CHILD_REMOVE) {
+        child = !strncmp(child_options, "json:", 5) ? optdict_parse_json(child_options + 5, errp)
+                                                    : optdict_parse(child_options, NULL, errp);
+        if (!child) {
+            error_prepend(errp, "the new child's options: ");
+            optdict_free(d);
+            return -1;
+        }
+    }
+    char p[512], key[600];
+    snprintf(p, sizeof(p), "%schildren.", prefix);
+    OptDict *out = optdict_new();
+    for (size_t i = 0; i < optdict_count(d); i++) {
+        const char *k = optdict_key_at(d, i), *v = optdict_value_at(d, i), *rest;
+        int m = child_key(k, p, &rest);
+        if (m < 0) {
+            optdict_set(out, k, v);
+        } else if (m == index && op != BDRV_CHILD_ADD) {
+            continue;                          /* the old child goes */
+        } else if (op == BDRV_CHILD_REMOVE && m > index) {
+            snprintf(key, sizeof(key), "%s%d%s", p, m - 1, rest);
+            optdict_set(out, key, v);
+        } else {
+            optdict_set(out, k, v);
+        }
+    }
+    for (size_t i = 0; child && i < optdict_count(child); i++) {
+        snprintf(key, sizeof(key), "%s%d.%s", p, index, optdict_key_at(child, i));
+        optdict_set(out, key, optdict_value_at(child, i));
+    }
+    if (child && rebuild) {
+        snprintf(key, sizeof(key), "%s%d.rebuild", p, index);
+        optdict_set(out, key, "on");
+    }
+    config_set_graph(c, out);
+    optdict_free(out);
+    optdict_free(child);
+    optdict_free(d);
+    return 0;
+}
+
+int ublk_dev_config_clear_rebuild(UblkDevConfig *c, const char *prefix, int index)
+{
+    char key[600];
+    snprintf(key, sizeof(key), "%schildren.%d.rebuild", prefix, index);
+    int flags;
+    OptDict *d = ublk_dev_config_to_options(c, &flags, NULL);
+    if (!d || !optdict_has(d, key)) {
+        optdict_free(d);
+        return 0;
+    }
+    optdict_del(d, key);
+    config_set_graph(c, d);
+    optdict_free(d);
+    return 1;
+}
+
 uint64_t ublk_dev_config_flags(const UblkDevConfig *c, uint64_t supported, bool unprivileged)
 {
     uint64_t f = supported & UBLK_F_CMD_IOCTL_ENCODE;

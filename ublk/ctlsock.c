@@ -95,7 +95,11 @@ static char *json_line(json_object *o)
 }
 
 static const char *const op_names[] = { [UBLK_CTL_RESIZE] = "resize",
-                                         [UBLK_CTL_UPGRADE] = "upgrade" };
+                                         [UBLK_CTL_UPGRADE] = "upgrade",
+                                         [UBLK_CTL_QUORUM] = "quorum" };
+static const char *const change_names[] = { [BDRV_CHILD_REPLACE] = "replace",
+                                            [BDRV_CHILD_ADD] = "add",
+                                            [BDRV_CHILD_REMOVE] = "remove" };
 
 char *ublk_ctl_request_to_json(const UblkCtlRequest *r)
 {
@@ -107,6 +111,12 @@ char *ublk_ctl_request_to_json(const UblkCtlRequest *r)
         json_object_object_add(o, "shrink", json_object_new_boolean(r->shrink));
     } else if (r->op == UBLK_CTL_UPGRADE) {
         json_object_object_add(o, "cancel", json_object_new_boolean(r->cancel));
+    } else if (r->op == UBLK_CTL_QUORUM) {
+        json_object_object_add(o, "change", json_object_new_string(change_names[r->change]));
+        json_object_object_add(o, "index", json_object_new_int(r->index));
+        if (r->change != BDRV_CHILD_REMOVE) {
+            json_object_object_add(o, "options", json_object_new_string(r->options));
+        }
     }
     return json_line(o);
 }
@@ -177,6 +187,52 @@ static bool get_flag(json_object *o, const char *k, bool *out, Error **errp)
     return true;
 }
 
+static int parse_quorum(json_object *o, UblkCtlRequest *r, Error **errp)
+{
+    json_object *v;
+    const char *ch = json_object_object_get_ex(o, "change", &v) &&
+                     json_object_is_type(v, json_type_string) ? json_object_get_string(v) : NULL;
+    if (!ch) {
+        error_setg(errp, "no \"change\" string (replace, add or remove)");
+        return -1;
+    }
+    int c = -1;
+    for (int i = 0; i < (int)ARRAY_SIZE(change_names); i++) {
+        if (!strcmp(ch, change_names[i])) {
+            c = i;
+        }
+    }
+    if (c < 0) {
+        error_setg(errp, "\"change\": \"%.64s\" is not replace, add or remove", ch);
+        return -1;
+    }
+    r->change = (BdrvChildChange)c;
+    if (!json_object_object_get_ex(o, "index", &v) || !json_object_is_type(v, json_type_int)) {
+        error_setg(errp, "no integer \"index\"");
+        return -1;
+    }
+    int64_t idx = json_object_get_int64(v);
+    if (idx < (r->change == BDRV_CHILD_ADD ? -1 : 0) || idx > 1000) {
+        error_setg(errp, "\"index\": %lld is out of range", (long long)idx);
+        return -1;
+    }
+    r->index = (int)idx;
+    bool has = json_object_object_get_ex(o, "options", &v);
+    if (r->change == BDRV_CHILD_REMOVE) {
+        if (has) {
+            error_setg(errp, "\"options\" given for a remove");
+            return -1;
+        }
+        return 0;
+    }
+    if (!has || !json_object_is_type(v, json_type_string) || !json_object_get_string(v)[0]) {
+        error_setg(errp, "no \"options\" string for the new child");
+        return -1;
+    }
+    snprintf(r->options, sizeof(r->options), "%s", json_object_get_string(v));
+    return 0;
+}
+
 int ublk_ctl_request_parse(const char *text, UblkCtlRequest *r, Error **errp)
 {
     memset(r, 0, sizeof(*r));
@@ -203,8 +259,16 @@ int ublk_ctl_request_parse(const char *text, UblkCtlRequest *r, Error **errp)
         } else {
             error_prepend(errp, "upgrade request: ");
         }
+    } else if (!strcmp(op, "quorum")) {
+        r->op = UBLK_CTL_QUORUM;
+        if (parse_quorum(o, r, errp) == 0) {
+            ret = 0;
+        } else {
+            error_prepend(errp, "quorum request: ");
+        }
     } else {
-        error_setg(errp, "unknown request \"%.64s\" (this daemon knows: resize, upgrade)", op);
+        error_setg(errp, "unknown request \"%.64s\" (this daemon knows: resize, upgrade, "
+                   "quorum)", op);
     }
     json_object_put(o);
     return ret;
@@ -218,6 +282,9 @@ char *ublk_ctl_reply_to_json(const UblkCtlReply *r)
     if (r->ok) {
         json_object_object_add(o, "size", json_object_new_uint64(r->size));
         json_object_object_add(o, "old_size", json_object_new_uint64(r->old_size));
+        if (r->index >= 0) {
+            json_object_object_add(o, "index", json_object_new_int(r->index));
+        }
     } else {
         json_object_object_add(o, "errno", json_object_new_int(r->err > 0 ? r->err : EIO));
         json_object_object_add(o, "error", json_object_new_string(r->message ? r->message
@@ -229,6 +296,7 @@ char *ublk_ctl_reply_to_json(const UblkCtlReply *r)
 int ublk_ctl_reply_parse(const char *text, UblkCtlReply *r, Error **errp)
 {
     memset(r, 0, sizeof(*r));
+    r->index = -1;
     json_object *o = parse_message(text, "the daemon's reply", errp), *v;
     if (!o) {
         return -1;
@@ -236,6 +304,11 @@ int ublk_ctl_reply_parse(const char *text, UblkCtlReply *r, Error **errp)
     bool ok = get_flag(o, "ok", &r->ok, errp);
     if (ok && r->ok) {
         ok = get_u64(o, "size", &r->size, errp) && get_u64(o, "old_size", &r->old_size, errp);
+        uint64_t idx;
+        if (ok && json_object_object_get_ex(o, "index", &v)) {
+            ok = get_u64(o, "index", &idx, errp);
+            r->index = ok && idx <= 1000 ? (int)idx : -1;
+        }
     } else if (ok) {
         uint64_t e = EIO;
         ok = get_u64(o, "errno", &e, errp);
@@ -354,7 +427,7 @@ static void coroutine_fn conn_entry(void *opaque)
     size_t n = 0;
     Error *err = NULL;
     UblkCtlRequest req;
-    UblkCtlReply rep = { 0 };
+    UblkCtlReply rep = { .index = -1 };
     bool complete = false;
 
     aio_timer_mod(&s->timer, aio_now_ns(s->ctx) + CTL_READ_TIMEOUT_NS);
@@ -415,7 +488,7 @@ static void coroutine_fn conn_entry(void *opaque)
 /* A refused peer gets its reason before the connection closes. */
 static void conn_refuse(UblkCtlServer *s, int fd, const char *msg)
 {
-    UblkCtlReply rep = { .ok = false, .err = EACCES, .message = (char *)msg };
+    UblkCtlReply rep = { .ok = false, .err = EACCES, .message = (char *)msg, .index = -1 };
     char *text = ublk_ctl_reply_to_json(&rep);
     if (text) {
         /* Small, into an empty socket buffer: one non-blocking try. */

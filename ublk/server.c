@@ -187,6 +187,10 @@ typedef struct Server {
                                   before this (CLOCK_MONOTONIC ns) */
     bool handover;             /* ...and it did: leave the device to the next daemon */
     char bdev[64];
+    /* Quorum children the state file marks children.N.rebuild=on (of the
+     * node at quorum_prefix): cleared there once the child is complete. */
+    uint32_t rebuild_marked;
+    char quorum_prefix[256];
 } Server;
 
 static int server_write_state(Server *s, Error **errp)
@@ -531,6 +535,10 @@ static int server_start(Server *s, bool recover, int ready_fd, Error **errp)
     if (!s->ctl) {
         return -1;
     }
+    /* A recovered graph may hold children.N.rebuild=on: their rebuild has
+     * begun again; the mark goes when they are complete. */
+    s->rebuild_marked = bdrv_incomplete_children(
+        bdrv_find_child_changer(blk_bs(s->blk), s->quorum_prefix, sizeof(s->quorum_prefix)));
     return server_write_state(s, errp);
 }
 
@@ -659,6 +667,101 @@ static int coroutine_fn server_resize(Server *s, uint64_t new_size, bool shrink,
     return 0;
 }
 
+/* ---- quorum children (a control request, in a coroutine on the main thread) ---- */
+
+static const char *const change_verbs[] = { [BDRV_CHILD_REPLACE] = "replaced",
+                                            [BDRV_CHILD_ADD] = "added",
+                                            [BDRV_CHILD_REMOVE] = "removed" };
+
+/*
+ * The graph changes first; then the configuration the state file keeps is
+ * rewritten to open the new graph, so that `recover` reopens what now
+ * serves.  A new child is marked children.N.rebuild=on there until it is
+ * complete (server_rebuild_check): a daemon recovered meanwhile rebuilds it
+ * again from 0 instead of letting a half-copied child vote.
+ */
+static int coroutine_fn server_quorum(Server *s, const UblkCtlRequest *req, UblkCtlReply *rep,
+                                      Error **errp)
+{
+    uint32_t id = s->dev.dev_id;
+    rep->old_size = rep->size = (uint64_t)__atomic_load_n(&s->dev.size, __ATOMIC_ACQUIRE);
+    if (s->stopping) {
+        error_setg_code(errp, ESHUTDOWN, "device %u is being removed", id);
+        return -1;
+    }
+    char prefix[256];
+    BlockDriverState *q = bdrv_find_child_changer(blk_bs(s->blk), prefix, sizeof(prefix));
+    if (!q) {
+        error_setg_code(errp, EOPNOTSUPP, "device %u has no quorum node: nothing in its graph "
+                        "has children to replace, add or remove", id);
+        return -1;
+    }
+    OptDict *opts = NULL;
+    if (req->change != BDRV_CHILD_REMOVE) {
+        Error *local = NULL;
+        opts = !strncmp(req->options, "json:", 5) ? optdict_parse_json(req->options + 5, &local)
+                                                  : optdict_parse(req->options, NULL, &local);
+        if (!opts) {
+            error_propagate(errp, local);
+            error_prepend(errp, "device %u: the new child's options: ", id);
+            return -1;
+        }
+    }
+    int index = bdrv_change_child(q, req->change, req->index, opts, errp);
+    if (index < 0) {
+        error_prepend(errp, "device %u: ", id);
+        return -1;
+    }
+    rep->index = index;
+    if (req->change == BDRV_CHILD_REMOVE) {
+        uint32_t m = s->rebuild_marked, low = (1u << index) - 1;
+        s->rebuild_marked = (m & low) | ((m >> 1) & ~low);
+    } else {
+        s->rebuild_marked |= 1u << index;
+    }
+    snprintf(s->quorum_prefix, sizeof(s->quorum_prefix), "%s", prefix);
+    Error *local = NULL;
+    if (ublk_dev_config_change_child(s->cfg, prefix, req->change, index, req->options,
+                                     req->change != BDRV_CHILD_REMOVE, &local) < 0 ||
+        server_write_state(s, &local) < 0) {
+        ublk_log(LOG_WARNING, "children.%d of %s %s, but the state could not record it (%s): "
+                 "recover would open the old graph", index, s->bdev,
+                 change_verbs[req->change], error_get_pretty(local));
+        error_free(local);
+    }
+    ublk_log(LOG_INFO, "%s: quorum child children.%d %s%s%s", s->bdev, index,
+             change_verbs[req->change], req->change == BDRV_CHILD_REMOVE ? "" : ": ",
+             req->change == BDRV_CHILD_REMOVE ? "" : req->options);
+    return 0;
+}
+
+/* Children marked for rebuild in the state that are complete now lose the
+ * mark (from the stats timer, each second). */
+static void server_rebuild_check(Server *s)
+{
+    if (!s->rebuild_marked || !s->blk) {
+        return;
+    }
+    char prefix[256];
+    BlockDriverState *q = bdrv_find_child_changer(blk_bs(s->blk), prefix, sizeof(prefix));
+    uint32_t done = s->rebuild_marked & ~bdrv_incomplete_children(q);
+    if (!done) {
+        return;
+    }
+    for (int i = 0; i < 32; i++) {
+        if (done & (1u << i)) {
+            ublk_dev_config_clear_rebuild(s->cfg, prefix, i);
+        }
+    }
+    s->rebuild_marked &= ~done;
+    Error *local = NULL;
+    if (server_write_state(s, &local) < 0) {
+        ublk_log(LOG_WARNING, "a rebuilt quorum child is complete, but the state could not "
+                 "record it (%s): recover would rebuild it again", error_get_pretty(local));
+        error_free(local);
+    }
+}
+
 static void coroutine_fn server_ctl(void *opaque, const UblkCtlRequest *req, UblkCtlReply *rep)
 {
     Server *s = opaque;
@@ -667,6 +770,9 @@ static void coroutine_fn server_ctl(void *opaque, const UblkCtlRequest *req, Ubl
     switch (req->op) {
     case UBLK_CTL_RESIZE:
         ret = server_resize(s, req->size, req->shrink, rep, &err);
+        break;
+    case UBLK_CTL_QUORUM:
+        ret = server_quorum(s, req, rep, &err);
         break;
     case UBLK_CTL_UPGRADE:
         /* Only a mark: the client sends QUIESCE_DEV, the kernel aborts our
@@ -842,6 +948,7 @@ static void serve_stats(void *opaque)
     BlockAcctStats st;
     server_get_stats(l->s, &st);
     ublk_stats_write(l->s->dev.dev_id, &st);
+    server_rebuild_check(l->s);
     serve_check_queues(l);
     aio_timer_mod(&l->stats_timer, aio_now_ns(l->stats_timer.ctx) + STATS_INTERVAL_NS);
 }

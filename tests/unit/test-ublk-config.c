@@ -1069,6 +1069,60 @@ static void test_exec_check(void **state)
     rmdir(dir);
 }
 
+/* After a live quorum change the config opens the new graph (recover). */
+static void test_change_child(void **state)
+{
+    (void)state;
+    UblkDevConfig c;
+    assert_int_equal(parse(&c, "add -t quorum -o vote-threshold=2 /a /b /c", NULL), 0);
+    assert_int_equal(ublk_dev_config_change_child(&c, "", BDRV_CHILD_REPLACE, 1,
+                                                  "driver=raw,file.filename=/n", true, NULL), 0);
+    assert_null(c.type);
+    assert_int_equal(c.nfiles, 0);
+    assert_null(c.extra_opts);
+    int flags;
+    OptDict *d = ublk_dev_config_to_options(&c, &flags, NULL);
+    assert_non_null(d);
+    assert_string_equal(optdict_get(d, "driver"), "quorum");
+    assert_string_equal(optdict_get(d, "vote-threshold"), "2");
+    assert_string_equal(optdict_get(d, "children.0.file.filename"), "/a");
+    assert_string_equal(optdict_get(d, "children.1.file.filename"), "/n");
+    assert_string_equal(optdict_get(d, "children.1.driver"), "raw");
+    assert_string_equal(optdict_get(d, "children.1.rebuild"), "on");
+    assert_string_equal(optdict_get(d, "children.2.file.filename"), "/c");
+    optdict_free(d);
+    /* Remove child 0: the others move down, the mark with its child. */
+    assert_int_equal(ublk_dev_config_change_child(&c, "", BDRV_CHILD_REMOVE, 0, NULL, false,
+                                                  NULL), 0);
+    d = ublk_dev_config_to_options(&c, &flags, NULL);
+    assert_string_equal(optdict_get(d, "children.0.file.filename"), "/n");
+    assert_string_equal(optdict_get(d, "children.0.rebuild"), "on");
+    assert_string_equal(optdict_get(d, "children.1.file.filename"), "/c");
+    assert_false(optdict_has_prefix(d, "children.2"));
+    optdict_free(d);
+    assert_int_equal(ublk_dev_config_clear_rebuild(&c, "", 0), 1);
+    assert_int_equal(ublk_dev_config_clear_rebuild(&c, "", 0), 0);
+    /* Add, under a prefix (a raw over the quorum), from json:. */
+    ublk_dev_config_free(&c);
+    assert_int_equal(parse(&c, "add --blockdev driver=raw,file.driver=quorum,"
+                           "file.vote-threshold=1,file.children.0.file.filename=/a", NULL), 0);
+    assert_int_equal(ublk_dev_config_change_child(&c, "file.", BDRV_CHILD_ADD, 1,
+                                                  "json:{\"driver\":\"file\",\"filename\":"
+                                                  "\"/x,y\"}", true, NULL), 0);
+    d = ublk_dev_config_to_options(&c, &flags, NULL);
+    assert_string_equal(optdict_get(d, "file.children.1.filename"), "/x,y");
+    assert_string_equal(optdict_get(d, "file.children.1.rebuild"), "on");
+    assert_string_equal(optdict_get(d, "file.children.0.file.filename"), "/a");
+    optdict_free(d);
+    Error *err = NULL;
+    assert_int_equal(ublk_dev_config_change_child(&c, "file.", BDRV_CHILD_ADD, 2, "json:{",
+                                                  true, &err), -1);
+    assert_non_null(err);
+    assert_non_null(strstr(error_get_pretty(err), "the new child's options"));
+    error_free(err);
+    ublk_dev_config_free(&c);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -1089,6 +1143,7 @@ int main(void)
         cmocka_unit_test(test_per_io_threads),
         cmocka_unit_test(test_per_io_split),
         cmocka_unit_test(test_state_round_trip),
+        cmocka_unit_test(test_change_child),
         cmocka_unit_test(test_state_files),
         cmocka_unit_test(test_state_malformed_fields),
     };

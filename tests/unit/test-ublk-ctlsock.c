@@ -101,7 +101,8 @@ static void test_request_refusals(void **state)
     assert_request_refused("{\"ublkd-ctl\":0,\"op\":\"resize\",\"size\":1}", "version 0");
     assert_request_refused("{\"ublkd-ctl\":1,\"size\":1}", "no \"op\"");
     assert_request_refused("{\"ublkd-ctl\":1,\"op\":\"snapshot\"}",
-                           "unknown request \"snapshot\" (this daemon knows: resize, upgrade)");
+                           "unknown request \"snapshot\" (this daemon knows: resize, upgrade, "
+                           "quorum)");
     assert_request_refused("{\"ublkd-ctl\":1,\"op\":\"resize\"}", "resize request: no \"size\"");
     assert_request_refused("{\"ublkd-ctl\":1,\"op\":\"resize\",\"size\":-4096}", "negative");
     assert_request_refused("{\"ublkd-ctl\":1,\"op\":\"resize\",\"size\":\"1G\"}",
@@ -147,6 +148,64 @@ static void test_reply_round_trip(void **state)
     err = NULL;
     assert_int_equal(ublk_ctl_reply_parse("{\"ublkd-ctl\":1,\"ok\":true}", &out, &err), -1);
     assert_error_says(err, "no \"size\"");
+#else
+    skip();
+#endif
+}
+
+static void test_quorum_request(void **state)
+{
+    (void)state;
+#ifdef CONFIG_JSON
+    UblkCtlRequest in = { .op = UBLK_CTL_QUORUM, .change = BDRV_CHILD_REPLACE, .index = 1 }, out;
+    snprintf(in.options, sizeof(in.options), "driver=raw,file.filename=/a \"b\",,c");
+    char *text = ublk_ctl_request_to_json(&in);
+    assert_non_null(text);
+    assert_null(strchr(text, '\n'));
+    assert_int_equal(ublk_ctl_request_parse(text, &out, NULL), 0);
+    free(text);
+    assert_int_equal(out.op, UBLK_CTL_QUORUM);
+    assert_int_equal(out.change, BDRV_CHILD_REPLACE);
+    assert_int_equal(out.index, 1);
+    assert_string_equal(out.options, in.options);
+    UblkCtlRequest rm = { .op = UBLK_CTL_QUORUM, .change = BDRV_CHILD_REMOVE, .index = 0 };
+    text = ublk_ctl_request_to_json(&rm);
+    assert_null(strstr(text, "options"));
+    assert_int_equal(ublk_ctl_request_parse(text, &out, NULL), 0);
+    free(text);
+    assert_int_equal(out.change, BDRV_CHILD_REMOVE);
+    assert_int_equal(out.index, 0);
+    assert_int_equal(ublk_ctl_request_parse("{\"ublkd-ctl\":1,\"op\":\"quorum\",\"change\":"
+                                            "\"add\",\"index\":-1,\"options\":\"a=b\"}",
+                                            &out, NULL), 0);
+    assert_int_equal(out.change, BDRV_CHILD_ADD);
+    assert_int_equal(out.index, -1);
+    assert_request_refused("{\"ublkd-ctl\":1,\"op\":\"quorum\",\"index\":1}",
+                           "quorum request: no \"change\" string");
+    assert_request_refused("{\"ublkd-ctl\":1,\"op\":\"quorum\",\"change\":\"swap\","
+                           "\"index\":1}", "\"change\": \"swap\" is not replace, add or remove");
+    assert_request_refused("{\"ublkd-ctl\":1,\"op\":\"quorum\",\"change\":\"remove\"}",
+                           "no integer \"index\"");
+    assert_request_refused("{\"ublkd-ctl\":1,\"op\":\"quorum\",\"change\":\"remove\","
+                           "\"index\":-1}", "\"index\": -1 is out of range");
+    assert_request_refused("{\"ublkd-ctl\":1,\"op\":\"quorum\",\"change\":\"replace\","
+                           "\"index\":1}", "no \"options\" string for the new child");
+    assert_request_refused("{\"ublkd-ctl\":1,\"op\":\"quorum\",\"change\":\"replace\","
+                           "\"index\":1,\"options\":\"\"}", "no \"options\" string");
+    assert_request_refused("{\"ublkd-ctl\":1,\"op\":\"quorum\",\"change\":\"remove\","
+                           "\"index\":1,\"options\":\"x\"}", "\"options\" given for a remove");
+    /* The reply says which child; other replies carry no index. */
+    UblkCtlReply ok = { .ok = true, .size = 4096, .old_size = 4096, .index = 3 }, r;
+    text = ublk_ctl_reply_to_json(&ok);
+    assert_int_equal(ublk_ctl_reply_parse(text, &r, NULL), 0);
+    free(text);
+    assert_int_equal(r.index, 3);
+    ok.index = -1;
+    text = ublk_ctl_reply_to_json(&ok);
+    assert_null(strstr(text, "index"));
+    assert_int_equal(ublk_ctl_reply_parse(text, &r, NULL), 0);
+    free(text);
+    assert_int_equal(r.index, -1);
 #else
     skip();
 #endif
@@ -508,6 +567,7 @@ int main(void)
         cmocka_unit_test(test_request_round_trip),
         cmocka_unit_test(test_request_refusals),
         cmocka_unit_test(test_reply_round_trip),
+        cmocka_unit_test(test_quorum_request),
         cmocka_unit_test(test_peer_allowed),
         cmocka_unit_test(test_resize_check),
         cmocka_unit_test(test_socket_end_to_end),
