@@ -175,8 +175,10 @@ retry:
 }
 
 /* QEMU's qcow2_refcount_metadata_size: refcount blocks that cover
- * `clusters` clusters plus themselves and their table. */
-static uint64_t refblocks_needed(uint64_t clusters, uint64_t cs, uint32_t order, bool generous)
+ * `clusters` clusters plus themselves and their table (*table: the table's
+ * clusters, if asked). */
+uint64_t qcow2_refblocks_needed(uint64_t clusters, uint64_t cs, uint32_t order, bool generous,
+                                uint64_t *table_out)
 {
     uint64_t per_table = cs / 8, per_block = cs * 8 >> order;
     uint64_t table = 0, blocks = 0, last, n = 0;
@@ -191,6 +193,9 @@ static uint64_t refblocks_needed(uint64_t clusters, uint64_t cs, uint32_t order,
             generous = false;
         }
     } while (n != last);
+    if (table_out) {
+        *table_out = table;
+    }
     return blocks;
 }
 
@@ -206,8 +211,8 @@ static int64_t coroutine_fn refcount_area(BlockDriverState *bs, uint64_t start_o
 {
     BDRVQcow2State *s = bs->opaque;
     uint64_t cs = s->cluster_size, rb_size = 1ULL << s->refcount_block_bits;
-    uint64_t total = refblocks_needed(start_offset / cs + additional_clusters, cs,
-                                      s->h.refcount_order, !exact_size);
+    uint64_t total = qcow2_refblocks_needed(start_offset / cs + additional_clusters, cs,
+                                      s->h.refcount_order, !exact_size, NULL);
     uint64_t area_index = (start_offset / cs) / rb_size;
     uint64_t table_size = exact_size ? total : total + DIV_ROUND_UP(total, 2);
     table_size = ALIGN_UP(table_size, cs / 8);

@@ -208,25 +208,6 @@ static int64_t alloc_clusters_at(Q2Sim *s, uint64_t offset, uint64_t nb)
     return ret < 0 ? ret : (int64_t)i;
 }
 
-/* QEMU's qcow2_refcount_metadata_size (refcount blocks needed). */
-static uint64_t refblocks_needed(uint64_t clusters, uint64_t cs, uint32_t order, bool generous)
-{
-    uint64_t per_table = cs / 8, per_block = cs * 8 >> order;
-    uint64_t table = 0, blocks = 0, last, n = 0;
-    do {
-        last = n;
-        blocks = DIV_ROUND_UP(clusters + table + blocks, per_block);
-        table = DIV_ROUND_UP(blocks, per_table);
-        n = clusters + blocks + table;
-        if (n == last && generous) {
-            clusters += DIV_ROUND_UP(table, 2);
-            n = 0;
-            generous = false;
-        }
-    } while (n != last);
-    return blocks;
-}
-
 /* Write a big-endian copy of a host-order u64 table. */
 int q2sim_write_table(Q2Sim *s, uint64_t offset, const uint64_t *t, uint64_t n, uint64_t bytes)
 {
@@ -250,8 +231,8 @@ static int64_t refcount_area(Q2Sim *s, uint64_t start_offset, uint64_t additiona
                              bool exact_size, uint64_t new_refblock_index,
                              uint64_t new_refblock_offset)
 {
-    uint64_t total = refblocks_needed(start_offset / s->cs + additional_clusters, s->cs,
-                                      s->order, !exact_size);
+    uint64_t total = qcow2_refblocks_needed(start_offset / s->cs + additional_clusters, s->cs,
+                                      s->order, !exact_size, NULL);
     if (total > QCOW2_MAX_REFTABLE_BYTES) {
         return -EFBIG;
     }

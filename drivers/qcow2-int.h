@@ -362,6 +362,12 @@ int coroutine_fn qcow2_get_host_offset_copied(BlockDriverState *bs, uint64_t off
                                               uint64_t *bytes, uint64_t *host,
                                               Qcow2SubclusterType *type, bool *copied);
 
+/* qcow2-alloc.c: QEMU's qcow2_refcount_metadata_size - refcount blocks (and in
+ * *table, if not NULL, refcount table clusters) that cover `clusters` clusters
+ * and themselves; generous adds room as QEMU's refcount growth does. */
+uint64_t qcow2_refblocks_needed(uint64_t clusters, uint64_t cs, uint32_t order, bool generous,
+                                uint64_t *table);
+
 /* qcow2-alloc.c, s->lock held: host clusters and their refcounts. */
 int64_t coroutine_fn qcow2_alloc_clusters(BlockDriverState *bs, uint64_t size);
 int coroutine_fn qcow2_update_refcount(BlockDriverState *bs, uint64_t offset, uint64_t length,

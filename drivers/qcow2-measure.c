@@ -15,21 +15,6 @@
 #include <string.h>
 #include "qcow2-int.h"
 
-/* QEMU's qcow2_refcount_metadata_size, exact (no generous growth): bytes of
- * refcount blocks and table that cover `clusters` clusters and themselves. */
-static uint64_t refcount_metadata_size(uint64_t clusters, uint64_t cs, uint32_t order)
-{
-    uint64_t per_table = cs / 8, per_block = cs * 8 >> order;
-    uint64_t table = 0, blocks = 0, last, n = 0;
-    do {
-        last = n;
-        blocks = DIV_ROUND_UP(clusters + table + blocks, per_block);
-        table = DIV_ROUND_UP(blocks, per_table);
-        n = clusters + blocks + table;
-    } while (n != last);
-    return (blocks + table) * cs;
-}
-
 /* QEMU's qcow2_calc_prealloc_size: header, L2 tables, L1, refcounts, data. */
 static uint64_t prealloc_size(uint64_t total, uint64_t cs, uint32_t order, bool extl2)
 {
@@ -39,7 +24,9 @@ static uint64_t prealloc_size(uint64_t total, uint64_t cs, uint32_t order, bool 
     meta += nl2e * l2e;
     uint64_t nl1e = ALIGN_UP(nl2e * l2e / cs, cs / 8);
     meta += nl1e * 8;
-    meta += refcount_metadata_size((meta + aligned) / cs, cs, order);
+    uint64_t table;
+    uint64_t blocks = qcow2_refblocks_needed((meta + aligned) / cs, cs, order, false, &table);
+    meta += (blocks + table) * cs;
     return meta + aligned;
 }
 
