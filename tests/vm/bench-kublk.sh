@@ -141,7 +141,16 @@ up() {
        local id; id=$(awk -F'[ :]' '/dev id/ {print $3; exit}' <<<"$out")
        [ -n "$id" ] || { ERR=$(tr -s '\n' ' ' <<<"$out" | cut -c1-160); return 1; }
        DEV=/dev/ublkb$id PID=$(sed -n 's/.*daemon pid \([0-9]*\).*/\1/p' <<<"$out" | head -1)
-       DOWN="$KUBLK del -n $id";;
+       DOWN="$KUBLK del -n $id"
+       # kublk does not check the kernel's features, and a kernel drops the flags it
+       # does not know (6.12 takes -z, --auto_zc and -b and runs plain): the flags the
+       # device got must hold the one asked for, as the selftests' own gate checks.
+       local got want=0 f; got=$(sed -n 's/.* flags \(0x[0-9a-f]*\).*/\1/p' <<<"$out" | head -1)
+       for f in $args; do case $f in -z) want=$((want | 0x1));; --auto_zc) want=$((want | 0x800));;
+         -b) want=$((want | 0x8000));; esac; done
+       if [ $(( ${got:-0} & want )) != $want ]; then
+         $DOWN >/dev/null 2>&1; ERR="the kernel dropped the flag (asked $(printf 0x%x $want), got ${got:-?})"; return 1
+       fi;;
     D) # shellcheck disable=SC2086
        DEV=$("$UBLKD" add $args 2>$T/err) || { ERR=$(tr -s '\n' ' ' < $T/err | cut -c1-160); return 1; }
        PID=$("$UBLKD" list -n ${DEV#/dev/ublkb} --json | jq -r '.[0].pid')
