@@ -114,7 +114,7 @@ deps:
 	    $(SUDO) apt-get update -q && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -q $$missing; \
 	else echo "deps: all installed"; fi
 
-.PHONY: all clean install uninstall check-install test check-layering check-unit check-interop check-interop-parity check-vm check-vm-7.3 check-vm-asan soak check-fuzz fuzz-long asan tsan bench bench-qcow2 bench-vm tests check-hostile check-hostile-quick
+.PHONY: all clean install uninstall check-install test check-layering check-unit check-interop check-interop-parity check-vm check-vm-7.3 check-vm-asan soak check-fuzz fuzz-long asan tsan bench bench-qcow2 bench-vm bench-kublk tests check-hostile check-hostile-quick
 all: $(BUILD)/ublkd
 
 # ---- generated config ----
@@ -304,6 +304,11 @@ soak-powerloss: $(BUILD)/ublkd $(BUILD)/log-writes-replay
 
 bench-vm: $(BUILD)/ublkd
 	@UBLKD=$(abspath $(BUILD)/ublkd) tests/vm/bench.sh
+
+# ublkd against the kernel's kublk (built by tests/vm/build-kublk.sh), null_blk and
+# loop, in one VM boot (VM_KERNEL=7.3 for the 7.3 guest; see docs/PERFORMANCE.md).
+bench-kublk: $(BUILD)/ublkd
+	@UBLKD=$(abspath $(BUILD)/ublkd) tests/vm/bench-kublk.sh
 
 # ---- install: the binary, the udev helper and rule, the systemd unit and its worker,
 # man pages, bash completion, examples.  Every directory can be overridden.  udev reads
