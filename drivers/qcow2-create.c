@@ -119,23 +119,9 @@ static int build_header(const Q2Sim *s, const Q2CreateOpts *o, uint64_t size, ui
     /* The table is informational; QEMU leaves it out of clusters of 4 KiB
      * and less to keep room for a backing file name. */
     if (o->version == 3 && s->cs > 4096) {
-        static const struct { uint8_t type, bit; const char *name; } feats[] = {
-            { QCOW2_FEAT_INCOMPAT, 0, "dirty bit" },
-            { QCOW2_FEAT_INCOMPAT, 1, "corrupt bit" },
-            { QCOW2_FEAT_INCOMPAT, 2, "external data file" },
-            { QCOW2_FEAT_INCOMPAT, 3, "compression type" },
-            { QCOW2_FEAT_INCOMPAT, 4, "extended L2 entries" },
-            { QCOW2_FEAT_COMPAT, 0, "lazy refcounts" },
-            { QCOW2_FEAT_AUTOCLEAR, 0, "bitmaps" },
-            { QCOW2_FEAT_AUTOCLEAR, 1, "raw external data" },
-        };
-        uint8_t table[8 * 48] = { 0 };
-        for (size_t i = 0; i < 8; i++) {
-            table[i * 48] = feats[i].type;
-            table[i * 48 + 1] = feats[i].bit;
-            memcpy(table + i * 48 + 2, feats[i].name, strlen(feats[i].name));
-        }
-        pos += header_ext(buf + pos, QCOW2_EXT_FEATURE_TABLE, table, sizeof(table));
+        uint8_t table[QCOW2_FEATURE_TABLE_BYTES];
+        size_t tlen = qcow2_feature_table(table);
+        pos += header_ext(buf + pos, QCOW2_EXT_FEATURE_TABLE, table, (uint32_t)tlen);
     }
     pos += header_ext(buf + pos, QCOW2_EXT_END, NULL, 0);
     if (o->backing_file) {

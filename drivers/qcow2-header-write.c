@@ -86,8 +86,9 @@ static void put64(uint8_t *b, size_t off, uint64_t v)
     memcpy(b + off, &v, 8);
 }
 
-/* QEMU 7.2's feature name table, as every header it writes carries it. */
-static size_t feature_table(uint8_t *out)
+/* QEMU 7.2's feature name table, as every header it writes carries it
+ * (create too); out holds QCOW2_FEATURE_TABLE_BYTES. */
+size_t qcow2_feature_table(uint8_t *out)
 {
     static const struct { uint8_t type, bit; const char *name; } f[] = {
         { QCOW2_FEAT_INCOMPAT, 0, "dirty bit" },
@@ -177,8 +178,8 @@ static int build_header(BlockDriverState *bs, const uint8_t *old, uint8_t *buf,
     if (s->h.version >= 3 && s->cluster_size > 4096) {
         /* QEMU leaves it out of small clusters: it would crowd out the
          * backing file name. */
-        uint8_t t[8 * 48];
-        ret = ext_add(buf, &pos, cap, QCOW2_EXT_FEATURE_TABLE, t, feature_table(t));
+        uint8_t t[QCOW2_FEATURE_TABLE_BYTES];
+        ret = ext_add(buf, &pos, cap, QCOW2_EXT_FEATURE_TABLE, t, qcow2_feature_table(t));
         if (ret < 0) {
             return ret;
         }

@@ -477,6 +477,11 @@ int coroutine_fn qcow2_co_pwritev_compressed(BlockDriverState *bs, int64_t offse
                                              IOVector *qiov, size_t qiov_offset);
 void qcow2_bounce_free_compressors(Qcow2Bounce *b);
 
+/* qcow2-header-write.c: QEMU 7.2's feature name table extension (8 entries
+ * of 48 bytes), the same in every header it writes. */
+#define QCOW2_FEATURE_TABLE_BYTES (8 * 48)
+size_t qcow2_feature_table(uint8_t *out);
+
 /* qcow2-create.c */
 int coroutine_fn qcow2_co_create(const char *filename, OptDict *opts, Error **errp);
 /* qcow2-measure.c: `img measure -O qcow2` (qemu-img's figures) and the room

@@ -106,40 +106,48 @@ static EventWindow *window_for(const char *type)
     return NULL;
 }
 
-void bdrv_event(BlockDriverState *bs, const char *type, int64_t offset, int64_t bytes, int err,
-                const char *extra_json)
+/* The event's JSON line into line (1024 bytes). */
+static void format_event(char *line, size_t size, BlockDriverState *bs, const char *type,
+                         int64_t offset, int64_t bytes, int err, const char *extra_json)
 {
-    char node[96], file[512], errtext[160], line[1024];
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-
+    char node[96], file[512], errtext[160];
     bdrv_json_escape(bs && bs->node_name ? bs->node_name : "", node, sizeof(node));
     bdrv_json_escape(bs ? bs->filename : "", file, sizeof(file));
-    int n = snprintf(line, sizeof(line), "{\"type\":\"%s\",\"node\":\"%s\"", type, node);
-    if (file[0] && n < (int)sizeof(line)) {
-        n += snprintf(line + n, sizeof(line) - (size_t)n, ",\"file\":\"%s\"", file);
+    int n = snprintf(line, size, "{\"type\":\"%s\",\"node\":\"%s\"", type, node);
+    if (file[0] && n < (int)size) {
+        n += snprintf(line + n, size - (size_t)n, ",\"file\":\"%s\"", file);
     }
-    if (n < (int)sizeof(line)) {
-        n += snprintf(line + n, sizeof(line) - (size_t)n,
+    if (n < (int)size) {
+        n += snprintf(line + n, size - (size_t)n,
                       ",\"offset\":%" PRId64 ",\"length\":%" PRId64, offset, bytes);
     }
-    if (err && n < (int)sizeof(line)) {
+    if (err && n < (int)size) {
         bdrv_json_escape(strerror(-err), errtext, sizeof(errtext));
-        n += snprintf(line + n, sizeof(line) - (size_t)n, ",\"error\":\"%s\",\"errno\":%d",
+        n += snprintf(line + n, size - (size_t)n, ",\"error\":\"%s\",\"errno\":%d",
                       errtext, -err);
     }
-    if (extra_json && n < (int)sizeof(line)) {
-        n += snprintf(line + n, sizeof(line) - (size_t)n, "%s", extra_json);
+    if (extra_json && n < (int)size) {
+        n += snprintf(line + n, size - (size_t)n, "%s", extra_json);
     }
-    if (n >= (int)sizeof(line) - 1) {
+    if (n >= (int)size - 1) {
         /* Too long to be valid JSON once cut: say so in a line that is. */
-        snprintf(line, sizeof(line), "{\"type\":\"%s\",\"node\":\"%s\",\"offset\":%" PRId64
+        snprintf(line, size, "{\"type\":\"%s\",\"node\":\"%s\",\"offset\":%" PRId64
                  ",\"length\":%" PRId64 ",\"truncated\":true}", type, node, offset, bytes);
     } else {
         line[n++] = '}';
         line[n] = '\0';
     }
+}
 
+void bdrv_event(BlockDriverState *bs, const char *type, int64_t offset, int64_t bytes, int err,
+                const char *extra_json)
+{
+    char line[1024];
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+
+    /* The limit first: in a flood (a dead child fails every read) the cut
+     * events cost a lock and a counter, not the formatting. */
     pthread_mutex_lock(&event_lock);
     EventWindow *w = window_for(type);
     if (w) {
@@ -156,6 +164,7 @@ void bdrv_event(BlockDriverState *bs, const char *type, int64_t offset, int64_t 
         w->in_window++;
         emit_suppressed_locked(w);
     }
+    format_event(line, sizeof(line), bs, type, offset, bytes, err, extra_json);
     total_emitted++;
     emit_locked(line);
     pthread_mutex_unlock(&event_lock);
