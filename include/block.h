@@ -233,6 +233,8 @@ BlockDriverState *bdrv_find_child_changer(BlockDriverState *root, char *prefix, 
  */
 int bdrv_change_child(BlockDriverState *bs, BdrvChildChange op, int index, OptDict *options,
                       Error **errp);
+/* How many numbered children (children.N) bs has. */
+int bdrv_numbered_children(BlockDriverState *bs);
 /* Bit i set: child i's data is not complete yet (rebuilding, waiting to be,
  * or a rebuild failed), so it does not vote everywhere.  0 for drivers
  * without numbered children. */

@@ -231,6 +231,17 @@ OptDict *ublk_dev_config_to_options(const UblkDevConfig *c, int *flags, Error **
 int ublk_dev_config_change_child(UblkDevConfig *c, const char *prefix, BdrvChildChange op,
                                  int index, const char *child_options, bool rebuild,
                                  Error **errp);
+/* The fields that say which graph c opens, kept aside so that a change
+ * recorded before it is made can be taken back if it then fails. */
+typedef struct UblkGraphSave {
+    char *type, *blockdev, *extra_opts;
+    char **files;
+    int nfiles;
+} UblkGraphSave;
+void ublk_dev_config_graph_save(const UblkDevConfig *c, UblkGraphSave *g);
+/* Put g back into c (g is emptied). */
+void ublk_dev_config_graph_restore(UblkDevConfig *c, UblkGraphSave *g);
+void ublk_dev_config_graph_free(UblkGraphSave *g);
 /* Drop children.index.rebuild: the child is complete.  1 if it was there. */
 int ublk_dev_config_clear_rebuild(UblkDevConfig *c, const char *prefix, int index);
 /* UBLK_F_* the config asks for, given what the kernel supports. */

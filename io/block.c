@@ -551,6 +551,15 @@ int bdrv_change_child_bs(BlockDriverState *bs, BdrvChildChange op, int index,
     return bs->drv->change_child(bs, op, index, new_bs, errp);
 }
 
+int bdrv_numbered_children(BlockDriverState *bs)
+{
+    int n = 0;
+    for (BdrvChild *c = bs->children; c; c = c->next) {
+        n += c->index >= 0;
+    }
+    return n;
+}
+
 int bdrv_change_child(BlockDriverState *bs, BdrvChildChange op, int index, OptDict *options,
                       Error **errp)
 {

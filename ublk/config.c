@@ -718,6 +718,52 @@ int ublk_dev_config_change_child(UblkDevConfig *c, const char *prefix, BdrvChild
     return 0;
 }
 
+static char *dup_or_null(const char *s)
+{
+    return s ? xstrdup(s) : NULL;
+}
+
+void ublk_dev_config_graph_save(const UblkDevConfig *c, UblkGraphSave *g)
+{
+    g->type = dup_or_null(c->type);
+    g->blockdev = dup_or_null(c->blockdev);
+    g->extra_opts = dup_or_null(c->extra_opts);
+    g->nfiles = c->nfiles;
+    g->files = c->nfiles ? calloc((size_t)c->nfiles, sizeof(char *)) : NULL;
+    if (c->nfiles && !g->files) {
+        abort();
+    }
+    for (int i = 0; i < c->nfiles; i++) {
+        g->files[i] = xstrdup(c->files[i]);
+    }
+}
+
+void ublk_dev_config_graph_free(UblkGraphSave *g)
+{
+    free(g->type);
+    free(g->blockdev);
+    free(g->extra_opts);
+    for (int i = 0; i < g->nfiles; i++) {
+        free(g->files[i]);
+    }
+    free(g->files);
+    memset(g, 0, sizeof(*g));
+}
+
+void ublk_dev_config_graph_restore(UblkDevConfig *c, UblkGraphSave *g)
+{
+    OptDict *none = optdict_new();
+    config_set_graph(c, none);          /* frees c's graph fields */
+    optdict_free(none);
+    free(c->blockdev);
+    c->type = g->type;
+    c->blockdev = g->blockdev;
+    c->extra_opts = g->extra_opts;
+    c->files = g->files;
+    c->nfiles = g->nfiles;
+    memset(g, 0, sizeof(*g));
+}
+
 int ublk_dev_config_clear_rebuild(UblkDevConfig *c, const char *prefix, int index)
 {
     char key[600];

@@ -674,11 +674,15 @@ static const char *const change_verbs[] = { [BDRV_CHILD_REPLACE] = "replaced",
                                             [BDRV_CHILD_REMOVE] = "removed" };
 
 /*
- * The graph changes first; then the configuration the state file keeps is
- * rewritten to open the new graph, so that `recover` reopens what now
- * serves.  A new child is marked children.N.rebuild=on there until it is
- * complete (server_rebuild_check): a daemon recovered meanwhile rebuilds it
- * again from 0 instead of letting a half-copied child vote.
+ * The configuration the state file keeps is rewritten first, to open the
+ * new graph, and only then does the graph change: had it changed first, a
+ * crash before the state was written would leave a `recover` reopening the
+ * old graph, whose replaced child missed every write since and would vote
+ * as if complete.  Recorded first, a crash before the change leaves a state
+ * naming the new child marked children.N.rebuild=on (server_rebuild_check
+ * clears it once complete): the recovered daemon rebuilds it from 0.  A
+ * change that cannot be recorded is not made; one that fails after being
+ * recorded is taken back out of the state.
  */
 static int coroutine_fn server_quorum(Server *s, const UblkCtlRequest *req, UblkCtlReply *rep,
                                       Error **errp)
@@ -707,11 +711,36 @@ static int coroutine_fn server_quorum(Server *s, const UblkCtlRequest *req, Ublk
             return -1;
         }
     }
-    int index = bdrv_change_child(q, req->change, req->index, opts, errp);
-    if (index < 0) {
+    /* An added child is numbered after the last (the driver refuses any
+     * other number, after this records it: then it is taken back). */
+    int index = req->change == BDRV_CHILD_ADD && req->index < 0 ? bdrv_numbered_children(q)
+                                                                : req->index;
+    UblkGraphSave saved;
+    ublk_dev_config_graph_save(s->cfg, &saved);
+    Error *local = NULL;
+    if (ublk_dev_config_change_child(s->cfg, prefix, req->change, index, req->options,
+                                     req->change != BDRV_CHILD_REMOVE, &local) < 0 ||
+        server_write_state(s, &local) < 0) {
+        ublk_dev_config_graph_restore(s->cfg, &saved);
+        optdict_free(opts);
+        error_propagate(errp, local);
+        error_prepend(errp, "device %u: children.%d not %s: the state file could not record "
+                      "it, and recover would open the old graph: ", id, index,
+                      change_verbs[req->change]);
+        return -1;
+    }
+    int ret = bdrv_change_child(q, req->change, index, opts, errp);
+    if (ret < 0) {
+        ublk_dev_config_graph_restore(s->cfg, &saved);
+        if (server_write_state(s, &local) < 0) {
+            ublk_log(LOG_WARNING, "%s: the state still names the refused change of children.%d"
+                     " (%s): recover would open it", s->bdev, index, error_get_pretty(local));
+            error_free(local);
+        }
         error_prepend(errp, "device %u: ", id);
         return -1;
     }
+    ublk_dev_config_graph_free(&saved);
     rep->index = index;
     if (req->change == BDRV_CHILD_REMOVE) {
         uint32_t m = s->rebuild_marked, low = (1u << index) - 1;
@@ -720,15 +749,6 @@ static int coroutine_fn server_quorum(Server *s, const UblkCtlRequest *req, Ublk
         s->rebuild_marked |= 1u << index;
     }
     snprintf(s->quorum_prefix, sizeof(s->quorum_prefix), "%s", prefix);
-    Error *local = NULL;
-    if (ublk_dev_config_change_child(s->cfg, prefix, req->change, index, req->options,
-                                     req->change != BDRV_CHILD_REMOVE, &local) < 0 ||
-        server_write_state(s, &local) < 0) {
-        ublk_log(LOG_WARNING, "children.%d of %s %s, but the state could not record it (%s): "
-                 "recover would open the old graph", index, s->bdev,
-                 change_verbs[req->change], error_get_pretty(local));
-        error_free(local);
-    }
     ublk_log(LOG_INFO, "%s: quorum child children.%d %s%s%s", s->bdev, index,
              change_verbs[req->change], req->change == BDRV_CHILD_REMOVE ? "" : ": ",
              req->change == BDRV_CHILD_REMOVE ? "" : req->options);

@@ -1123,6 +1123,40 @@ static void test_change_child(void **state)
     ublk_dev_config_free(&c);
 }
 
+/* A change recorded before it is made is taken back when it then fails:
+ * the config opens exactly the graph it opened before. */
+static void test_change_child_taken_back(void **state)
+{
+    (void)state;
+    UblkDevConfig c;
+    assert_int_equal(parse(&c, "add -t quorum -o vote-threshold=2 /a /b /c", NULL), 0);
+    int flags;
+    OptDict *before = ublk_dev_config_to_options(&c, &flags, NULL);
+    char *want = optdict_to_string(before);
+    UblkGraphSave g;
+    ublk_dev_config_graph_save(&c, &g);
+    assert_int_equal(ublk_dev_config_change_child(&c, "", BDRV_CHILD_REPLACE, 1,
+                                                  "driver=raw,file.filename=/n", true, NULL), 0);
+    assert_null(c.type);
+    ublk_dev_config_graph_restore(&c, &g);
+    assert_string_equal(c.type, "quorum");
+    assert_int_equal(c.nfiles, 3);
+    assert_string_equal(c.files[1], "/b");
+    assert_null(g.type);
+    OptDict *after = ublk_dev_config_to_options(&c, &flags, NULL);
+    char *got = optdict_to_string(after);
+    assert_string_equal(got, want);
+    free(got);
+    free(want);
+    optdict_free(before);
+    optdict_free(after);
+    /* Saved and not needed: freed without touching c. */
+    ublk_dev_config_graph_save(&c, &g);
+    ublk_dev_config_graph_free(&g);
+    assert_string_equal(c.files[2], "/c");
+    ublk_dev_config_free(&c);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -1144,6 +1178,7 @@ int main(void)
         cmocka_unit_test(test_per_io_split),
         cmocka_unit_test(test_state_round_trip),
         cmocka_unit_test(test_change_child),
+        cmocka_unit_test(test_change_child_taken_back),
         cmocka_unit_test(test_state_files),
         cmocka_unit_test(test_state_malformed_fields),
     };
