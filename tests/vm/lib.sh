@@ -84,6 +84,7 @@ fio_verify() {
   local dev=$1; shift
   fio --name=v --filename="$dev" --direct=1 --ioengine=io_uring --rw=randwrite \
       --verify=crc32c --verify_fatal=1 --do_verify=1 --randrepeat=0 \
+      --verify_state_save=0 \
       --size="${FIO_SIZE:-8M}" "$@" --output-format=terse >/dev/null \
     || fail "fio verify on $dev ($*) failed"
 }
