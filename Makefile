@@ -183,8 +183,11 @@ check-layering:
 	    echo "$$bad"; exit 1; fi; echo "layering: ublk/ and tools/ include no driver API header, drivers/ no io/ internals"
 
 # test_qcow2_crash.sh judges the images the unit crash simulator leaves
+# Two tests at a time: most of their time is qemu-img, fsync and kill -9
+# points, not CPU (INTEROP_JOBS=1 for one at a time).
+INTEROP_JOBS ?= 2
 check-interop: $(BUILD)/ublkd $(filter %/test-qcow2-crash,$(UNIT_TESTS))
-	@UBLKD=$(abspath $(BUILD)/ublkd) tests/interop/run.sh
+	@INTEROP_JOBS=$(INTEROP_JOBS) UBLKD=$(abspath $(BUILD)/ublkd) tests/interop/run.sh
 
 # The interop suite with every qemu-img also run as ublkd img: counts the
 # invocations whose output and exit code match byte for byte.

@@ -34,22 +34,63 @@ if [ $# -gt 0 ]; then
 else
     tests=("$here"/test_*.sh)
 fi
-pass=0 fail=0 skip=0 failed=()
-for t in "${tests[@]}"; do
-    [ -f "$t" ] || t="$here/$t"
-    name=$(basename "$t" .sh)
+# INTEROP_JOBS=N runs N tests at once (each has its own directory; most
+# wait on qemu-img, fsync or kill -9 points more than on the CPU).  Output
+# stays one block per test; --parity runs one at a time (one shared log).
+jobs=${INTEROP_JOBS:-1}
+[ $parity = 1 ] && jobs=1
+case $jobs in ''|*[!0-9]*|0) echo "interop: INTEROP_JOBS must be a positive number" >&2; exit 2 ;; esac
+results=$(mktemp -d /tmp/ublkd-interop-run.XXXXXX)
+trap 'rm -rf "$results"' EXIT
+
+run_one() {   # run_one TEST INDEX: result into $results/INDEX.{rc,ms,out}
+    local t=$1 i=$2 start rc
     start=$(date +%s%N)
-    export UBLKD_PARITY_TEST=$name
-    out=$(bash "$t" 2>&1)
+    UBLKD_PARITY_TEST=$(basename "$t" .sh) bash "$t" >"$results/$i.out" 2>&1
     rc=$?
-    ms=$(( ($(date +%s%N) - start) / 1000000 ))
+    echo $(( ($(date +%s%N) - start) / 1000000 )) >"$results/$i.ms"
+    echo $rc >"$results/$i.rc.new" && mv "$results/$i.rc.new" "$results/$i.rc"
+}
+
+report() {    # report TEST INDEX: the test's line (and output if it failed)
+    local name rc ms secs out
+    name=$(basename "$1" .sh)
+    rc=$(cat "$results/$2.rc") ms=$(cat "$results/$2.ms")
     secs=$((ms / 1000)).$(( (ms % 1000) / 100 ))
+    out=$(cat "$results/$2.out")
     case $rc in
     0) pass=$((pass + 1)); echo "PASS $name (${secs}s)" ;;
     4) skip=$((skip + 1)); echo "SKIP $name: $(printf '%s\n' "$out" | grep -m1 SKIP | sed 's/^SKIP: //')" ;;
     *) fail=$((fail + 1)); failed+=("$name"); echo "FAIL $name (exit $rc)"
        printf '%s\n' "$out" | tail -40 | sed 's/^/    /' ;;
     esac
+}
+
+pass=0 fail=0 skip=0 failed=()
+paths=()
+for t in "${tests[@]}"; do
+    [ -f "$t" ] || t="$here/$t"
+    paths+=("$t")
+done
+# Start tests in order, at most $jobs at a time; report them in order as
+# they finish, so the log reads the same whatever the timing.
+next_report=0 running=0
+for i in "${!paths[@]}"; do
+    while [ $running -ge $jobs ]; do
+        wait -n 2>/dev/null
+        running=$(jobs -rp | wc -l)
+    done
+    run_one "${paths[$i]}" $i &
+    running=$((running + 1))
+    while [ $next_report -lt $i ] && [ -f "$results/$next_report.rc" ]; do
+        report "${paths[$next_report]}" $next_report
+        next_report=$((next_report + 1))
+    done
+done
+wait
+while [ $next_report -lt ${#paths[@]} ]; do
+    report "${paths[$next_report]}" $next_report
+    next_report=$((next_report + 1))
 done
 echo "interop: $pass passed, $fail failed, $skip skipped"
 if [ $parity = 1 ]; then
