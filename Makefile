@@ -114,7 +114,7 @@ deps:
 	    $(SUDO) apt-get update -q && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -q $$missing; \
 	else echo "deps: all installed"; fi
 
-.PHONY: all clean install uninstall check-install test check-layering check-unit check-interop check-interop-parity check-vm check-vm-7.3 check-vm-asan soak check-fuzz fuzz-long asan tsan bench bench-qcow2 bench-vm bench-kublk tests check-hostile check-hostile-quick
+.PHONY: test-builds all clean install uninstall check-install test check-layering check-unit check-interop check-interop-parity check-vm check-vm-7.3 check-vm-asan soak check-fuzz fuzz-long asan tsan bench bench-qcow2 bench-vm bench-kublk tests check-hostile check-hostile-quick
 all: $(BUILD)/ublkd
 
 # ---- generated config ----
@@ -125,8 +125,8 @@ $(BUILD)/config.h: FORCE
 	  $(foreach v,$(CONFIG_VARS),$(if $(filter y,$(CONFIG_$(v))),echo "#define CONFIG_$(v) 1";,echo "/* CONFIG_$(v) is not set */";)) \
 	  echo "#define BLOCK_DRIVER_LIST(X) \\"; \
 	  $(foreach d,$(DRIVERS-y),echo "    X($(d)) \\";) \
-	  echo ""; } > $@.tmp
-	@cmp -s $@.tmp $@ || mv $@.tmp $@; rm -f $@.tmp
+	  echo ""; } > $@.tmp.$$$$; \
+	cmp -s $@.tmp.$$$$ $@ || mv $@.tmp.$$$$ $@; rm -f $@.tmp.$$$$
 FORCE:
 
 $(BUILD)/%.o: %.c $(BUILD)/config.h
@@ -247,7 +247,17 @@ FUZZ_TIME ?= 600
 fuzz-long:
 	@FUZZ_TIME=$(FUZZ_TIME) FUZZ_JOBS=$${FUZZ_JOBS:-1} FUZZ_MERGE=1 tests/fuzz/run.sh
 
-test: all check-unit check-install asan tsan check-interop check-hostile-quick check-fuzz check-vm check-vm-7.3
+# Builds first (both cores compile), then the host suites and the VM guests
+# side by side (tests/run-lanes.sh; LANES=1 runs them one after the other).
+test: test-builds
+	@BUILD=$(BUILD) tests/run-lanes.sh
+
+# -j: CI calls plain `make test`; the compilers get every core.
+NPROC := $(shell nproc 2>/dev/null || echo 2)
+test-builds:
+	$(MAKE) -j$(NPROC) all tests
+	$(MAKE) -j$(NPROC) $(ASAN_VARS) tests
+	$(MAKE) -j$(NPROC) $(TSAN_VARS) tests
 
 # The VM suite with the ASan+UBSan daemon (a second guest boot).  Meant to
 # join `make test` (after check-vm) once test_badargs passes with it: it times
@@ -257,29 +267,28 @@ check-vm-asan:
 
 # The unit suites under a sanitizer, each in its own build tree, each with
 # its own total line (unit-asan: / unit-tsan:) in the check-unit format.
+ASAN_VARS = BUILD=build-asan OPT="-O1 -g -fsanitize=address,undefined -fno-omit-frame-pointer -fno-sanitize-recover=undefined" \
+	    LDFLAGS="-fsanitize=address,undefined"
+TSAN_VARS = BUILD=build-tsan OPT="-O1 -g -fsanitize=thread -fno-omit-frame-pointer" LDFLAGS="-fsanitize=thread"
 asan:
-	$(MAKE) BUILD=build-asan OPT="-O1 -g -fsanitize=address,undefined -fno-omit-frame-pointer -fno-sanitize-recover=undefined" \
-	    LDFLAGS="-fsanitize=address,undefined" UNIT_LABEL=unit-asan check-unit
+	$(MAKE) $(ASAN_VARS) UNIT_LABEL=unit-asan check-unit
 
 # ThreadSanitizer: io/coroutine.c announces every coroutine switch through
 # TSan's fiber API.  A report makes the suite exit non-zero (exitcode 66),
 # so check-unit fails; no suppression file.
 tsan:
 	TSAN_OPTIONS="$(TSAN_OPTIONS) second_deadlock_stack=1" \
-	$(MAKE) BUILD=build-tsan OPT="-O1 -g -fsanitize=thread -fno-omit-frame-pointer" \
-	    LDFLAGS="-fsanitize=thread" UNIT_LABEL=unit-tsan check-unit
+	$(MAKE) $(TSAN_VARS) UNIT_LABEL=unit-tsan check-unit
 
 # Every img subcommand and add option with hostile values, run against an
 # ASan+UBSan ublkd (tests/interop/test_hostile_args.sh; check-interop skips it).
 check-hostile:
-	$(MAKE) BUILD=build-asan OPT="-O1 -g -fsanitize=address,undefined -fno-omit-frame-pointer -fno-sanitize-recover=undefined" \
-	    LDFLAGS="-fsanitize=address,undefined" build-asan/ublkd
+	$(MAKE) $(ASAN_VARS) build-asan/ublkd
 	@UBLKD_HOSTILE=1 UBLKD=$(abspath build-asan/ublkd) tests/interop/run.sh test_hostile_args.sh
 
 # The same templates with a handful of values each, for `make test` (CI).
 check-hostile-quick:
-	$(MAKE) BUILD=build-asan OPT="-O1 -g -fsanitize=address,undefined -fno-omit-frame-pointer -fno-sanitize-recover=undefined" \
-	    LDFLAGS="-fsanitize=address,undefined" build-asan/ublkd
+	$(MAKE) $(ASAN_VARS) build-asan/ublkd
 	@UBLKD_HOSTILE=quick UBLKD=$(abspath build-asan/ublkd) tests/interop/run.sh test_hostile_args.sh
 
 bench: $(BENCHES) $(BUILD)/ublkd
