@@ -54,6 +54,13 @@ typedef struct MetaCacheConfig {
      * table must not write over other metadata.  NULL: no check. */
     int (*check_write)(void *opaque, int64_t offset, size_t len);
     void *opaque;
+    /* A miss that finds every entry in use waits for one; -ENOSPC only after
+     * this long with no entry released meanwhile (0: 2 s).  Requests keep
+     * their L2 slice across their data I/O, so a deep queue on a small cache
+     * waits as long as writes take, which under load is far longer than a
+     * fixed few milliseconds; only a cache whose holders all wait for it
+     * (too small for its load) ends in -ENOSPC. */
+    int64_t room_wait_ns;
 } MetaCacheConfig;
 
 /*

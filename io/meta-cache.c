@@ -41,7 +41,7 @@
 #define MC_SHARDS 16                 /* power of two */
 #define MC_DEP_DEPTH 8               /* deeper dependency chains are a bug */
 #define MC_FAST_STEPS 8              /* chain steps before the fast path gives up */
-#define MC_ROOM_WAIT_NS (10 * 1000 * 1000)   /* a miss waits this long for a free entry */
+#define MC_ROOM_WAIT_NS (2000LL * 1000 * 1000)  /* default room_wait_ns */
 
 enum { ENTRY_FREE, ENTRY_RESERVED, ENTRY_LOADING, ENTRY_VALID, ENTRY_FAILED };
 
@@ -85,6 +85,13 @@ struct MetaCache {
     MetaShard shards[MC_SHARDS];
     pthread_mutex_t evict_lock __attribute__((aligned(64)));
     unsigned clock_hand;             /* evict_lock */
+
+    /* Misses waiting for room, and the puts seen while any waits: a waiter
+     * gives up only after room_wait_ns without one.  Own line: a put reads
+     * room_waiters (relaxed, almost always 0) and writes nothing else here. */
+    _Atomic unsigned room_waiters __attribute__((aligned(64)));
+    _Atomic uint64_t room_puts;
+    int64_t room_wait_ns;
 
     /* metadata lock */
     MetaCache *dep;
@@ -301,14 +308,28 @@ static int coroutine_fn write_entry(MetaCache *c, unsigned i, int depth);
  * first, in clock order (a lookup sets the bit, the hand clears it and
  * passes over once); if only dirty ones are left, one is written back
  * (under the metadata lock) and the search starts again.  When every entry
- * is referenced, loading or reserved, other requests are let run for up to
- * MC_ROOM_WAIT_NS (a burst of misses on a small cache passes); after that
- * the cache is too small for its load: -ENOSPC, not a deadlock between
- * requests that each hold an entry and want another.
+ * is referenced, loading or reserved, other requests are let run while
+ * entries keep being released (a deep queue on a small cache: each holder's
+ * data write ends, however long it takes); after room_wait_ns with no
+ * release at all the cache is too small for its load: -ENOSPC, not a
+ * deadlock between requests that each hold an entry and want another.
  */
+static int coroutine_fn reserve_victim_waiting(MetaCache *c, bool *waiting);
+
 static int coroutine_fn reserve_victim(MetaCache *c)
 {
+    bool waiting = false;
+    int ret = reserve_victim_waiting(c, &waiting);
+    if (waiting) {
+        atomic_fetch_sub_explicit(&c->room_waiters, 1, memory_order_relaxed);
+    }
+    return ret;
+}
+
+static int coroutine_fn reserve_victim_waiting(MetaCache *c, bool *waiting)
+{
     int64_t give_up = 0;
+    uint64_t puts_seen = 0;
     unsigned writes = 0;
     for (;;) {
         int found = -1, dirty = -1;
@@ -340,11 +361,20 @@ static int coroutine_fn reserve_victim(MetaCache *c)
             return found;
         }
         if (dirty < 0) {
-            int64_t now = clock_monotonic_ns();
-            if (!give_up) {
-                give_up = now + MC_ROOM_WAIT_NS;
+            if (!aio_current()) {
+                return -ENOSPC;
             }
-            if (now > give_up || !aio_current()) {
+            int64_t now = clock_monotonic_ns();
+            if (!*waiting) {
+                *waiting = true;
+                atomic_fetch_add_explicit(&c->room_waiters, 1, memory_order_seq_cst);
+            }
+            uint64_t puts = atomic_load_explicit(&c->room_puts, memory_order_relaxed);
+            if (!give_up || puts != puts_seen) {
+                puts_seen = puts;
+                give_up = now + c->room_wait_ns;
+            }
+            if (now > give_up) {
                 return -ENOSPC;
             }
             aio_co_schedule(aio_current(), co_self());
@@ -470,6 +500,11 @@ int coroutine_fn meta_cache_get_empty(MetaCache *c, int64_t offset, void **table
 void meta_cache_put(MetaCache *c, void *table)
 {
     ref_dec(c, (unsigned)entry_index(c, table));
+    /* Seq-cst, like the waiter's increment: either it sees this put's count
+     * or this sees it waiting.  Almost always 0: one load of a quiet line. */
+    if (unlikely(atomic_load_explicit(&c->room_waiters, memory_order_seq_cst))) {
+        atomic_fetch_add_explicit(&c->room_puts, 1, memory_order_relaxed);
+    }
 }
 
 void meta_cache_mark_dirty(MetaCache *c, void *table)
@@ -750,6 +785,7 @@ MetaCache *meta_cache_new(const MetaCacheConfig *cfg, Error **errp)
     c->opaque = cfg->opaque;
     c->home = cfg->home;
     c->clean_interval_ns = cfg->clean_interval_ns;
+    c->room_wait_ns = cfg->room_wait_ns > 0 ? cfg->room_wait_ns : MC_ROOM_WAIT_NS;
     c->bucket_bits = 4;
     while ((1u << c->bucket_bits) < 2 * c->n) {
         c->bucket_bits++;

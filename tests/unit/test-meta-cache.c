@@ -47,16 +47,21 @@ static int teardown(void **state)
     return 0;
 }
 
-static MetaCache *new_cache(unsigned n, const char *name)
+static MetaCache *new_cache_wait(unsigned n, const char *name, int64_t room_wait_ns)
 {
     MetaCacheConfig cfg = { .child = child, .entry_size = ES, .nr_entries = n,
-                            .lock = &meta_lock, .name = name };
+                            .lock = &meta_lock, .name = name, .room_wait_ns = room_wait_ns };
     Error *err = NULL;
     MetaCache *c = meta_cache_new(&cfg, &err);
     if (!c) {
         fail_msg("meta_cache_new: %s", error_get_pretty(err));
     }
     return c;
+}
+
+static MetaCache *new_cache(unsigned n, const char *name)
+{
+    return new_cache_wait(n, name, 0);
 }
 
 /* The table holds what setup wrote at off (or was written there since). */
@@ -319,6 +324,111 @@ static void test_miss_waits_for_room(void **state)
     assert_int_equal(w.ret, 0);
     assert_true(meta_cache_contains(c, 7 * ES));
     meta_cache_free(c);
+}
+
+/* Holds entry 0 for hold_ns, as a request keeps its L2 slice across a
+ * data write that takes that long. */
+typedef struct SlowHolder {
+    MetaCache *c;
+    int64_t hold_ns;
+    bool done;
+} SlowHolder;
+
+static void coroutine_fn hold_slow_co(void *opaque)
+{
+    SlowHolder *h = opaque;
+    void *t;
+    assert_int_equal(meta_cache_get(h->c, 0, &t), 0);
+    aio_co_sleep_ns(h->hold_ns);
+    meta_cache_put(h->c, t);
+    h->done = true;
+}
+
+/* A slow holder is not a full cache: the miss waits as long as it takes
+ * (it gave up after 10 ms once, and a 4-queue qcow2 device in a TCG guest
+ * failed writes with ENOSPC). */
+static void test_miss_outwaits_slow_holder(void **state)
+{
+    (void)state;
+    AioContext *ctx = test_loop_init();
+    MetaCache *c = new_cache_wait(1, "slow", 500LL * 1000 * 1000);
+    SlowHolder h = { .c = c, .hold_ns = 100LL * 1000 * 1000 };
+    RoomWaiter w = { .c = c, .ret = 1 };
+    co_enter(co_create(hold_slow_co, &h));
+    co_enter(co_create(room_waiter_co, &w));
+    AIO_WAIT_WHILE(ctx, !w.done);
+    assert_int_equal(w.ret, 0);
+    meta_cache_free(c);
+}
+
+/* Entries released now and then by others keep a waiter waiting past
+ * room_wait_ns; with none released for that long it gives up: the cache is
+ * too small for its load, which is -ENOSPC, not a hang. */
+static void coroutine_fn churn_co(void *opaque)
+{
+    MetaCache *c = opaque;
+    for (int i = 0; i < 12; i++) {
+        void *t;
+        assert_int_equal(meta_cache_get(c, (int64_t)(20 + i) * ES, &t), 0);
+        aio_co_sleep_ns(20LL * 1000 * 1000);
+        meta_cache_put(c, t);
+        /* Take the next one before the waiter can: it sees puts, not room. */
+    }
+}
+
+typedef struct HoldTwo {
+    MetaCache *c;
+    bool *done;
+} HoldTwo;
+
+static void coroutine_fn hold_two_co(void *opaque)
+{
+    HoldTwo *ht = opaque;
+    MetaCache *c = ht->c;
+    void *a, *b;
+    assert_int_equal(meta_cache_get(c, 0, &a), 0);
+    assert_int_equal(meta_cache_get(c, ES, &b), 0);
+    aio_co_sleep_ns(400LL * 1000 * 1000);
+    meta_cache_put(c, a);
+    meta_cache_put(c, b);
+    *ht->done = true;
+}
+
+static void test_miss_waits_while_entries_move(void **state)
+{
+    (void)state;
+    AioContext *ctx = test_loop_init();
+    /* 3 entries: two held for 400 ms, one churned every 20 ms for 240 ms. */
+    MetaCache *c = new_cache_wait(3, "churn", 60LL * 1000 * 1000);
+    RoomWaiter w = { .c = c, .ret = 1 };
+    bool held = false;
+    HoldTwo ht = { .c = c, .done = &held };
+    co_enter(co_create(hold_two_co, &ht));
+    co_enter(co_create(churn_co, c));
+    int64_t t0 = clock_monotonic_ns();
+    co_enter(co_create(room_waiter_co, &w));
+    AIO_WAIT_WHILE(ctx, !w.done);
+    int64_t waited = clock_monotonic_ns() - t0;
+    assert_int_equal(w.ret, 0);
+    /* The churn reserves its next entry before it yields, so the waiter
+     * saw only puts until the churn ended (~240 ms, four room_waits). */
+    assert_true(waited >= 200LL * 1000 * 1000);
+
+    /* Nobody lets go for 60 ms: give up. */
+    AIO_WAIT_WHILE(ctx, !held);
+    MetaCache *c2 = new_cache_wait(1, "full", 60LL * 1000 * 1000);
+    SlowHolder h = { .c = c2, .hold_ns = 1000LL * 1000 * 1000 };
+    RoomWaiter w2 = { .c = c2, .ret = 1 };
+    co_enter(co_create(hold_slow_co, &h));
+    t0 = clock_monotonic_ns();
+    co_enter(co_create(room_waiter_co, &w2));
+    AIO_WAIT_WHILE(ctx, !w2.done);
+    waited = clock_monotonic_ns() - t0;
+    assert_int_equal(w2.ret, -ENOSPC);
+    assert_true(waited >= 60LL * 1000 * 1000 && waited < 1000LL * 1000 * 1000);
+    AIO_WAIT_WHILE(ctx, !h.done);
+    meta_cache_free(c);
+    meta_cache_free(c2);
 }
 
 static void coroutine_fn evict_dirty_co(void *opaque)
@@ -881,6 +991,8 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_load_error_to_all_waiters, setup, teardown),
         cmocka_unit_test_setup_teardown(test_in_use_not_evicted, setup, teardown),
         cmocka_unit_test_setup_teardown(test_miss_waits_for_room, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_miss_outwaits_slow_holder, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_miss_waits_while_entries_move, setup, teardown),
         cmocka_unit_test_setup_teardown(test_eviction_writes_back_dirty, setup, teardown),
         cmocka_unit_test_setup_teardown(test_eviction_under_meta_lock, setup, teardown),
         cmocka_unit_test_setup_teardown(test_eviction_write_error, setup, teardown),

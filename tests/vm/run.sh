@@ -5,7 +5,8 @@
 # Otherwise one throw-away guest is booted with tests/vm/ublk-vm and the
 # whole suite runs inside it: Linux 6.12 by default, VM_KERNEL=7.3 for
 # Debian trixie-backports' 7.3.  If the guest cannot boot this fails loudly,
-# unless SKIP_VM=1.  Arguments are test names (default: all).
+# unless SKIP_VM=1.  VM_CPUS sets the guest's CPUs (default 2).  Arguments
+# are test names (default: all).
 # The last line is always "vm: N passed, N failed, N skipped".
 set -u
 HERE=$(cd "$(dirname "$0")" && pwd)
@@ -41,7 +42,7 @@ out=$work/console.log
 # TCG, seen about once in a few dozen boots) is booted once more; a guest
 # that booted and then failed is never retried.
 for attempt in 1 2; do
-  "$HERE/ublk-vm" -w "$work" "${ro[@]}" -t "${VM_TIMEOUT:-1500}" -- \
+  "$HERE/ublk-vm" -w "$work" "${ro[@]}" -c "${VM_CPUS:-2}" -t "${VM_TIMEOUT:-1500}" -- \
       env UBLKD="$UBLKD" VM_RESULTS="$work" "${fwd[@]}" "$HERE/suite.sh" "$@" 2>&1 | tee "$out"
   rc=${PIPESTATUS[0]}
   [ "$rc" = 125 ] && [ "$attempt" = 1 ] && grep -q 'ublk-vm: the guest did not boot' "$out" || break
