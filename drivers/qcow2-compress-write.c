@@ -133,6 +133,10 @@ static int coroutine_fn store_compressed(BlockDriverState *bs, uint64_t cluster,
     }
     alloc.next = s->allocs;
     s->allocs = &alloc;
+    /* No cache entry is held across data I/O (release_slice_for_data in
+     * qcow2-write.c says why); looked up again to publish. */
+    meta_cache_put(s->l2_cache, slice);
+    slice = NULL;
     co_mutex_unlock(&s->lock);
 
     IOVector v;
@@ -141,6 +145,9 @@ static int coroutine_fn store_compressed(BlockDriverState *bs, uint64_t cluster,
 
     co_mutex_lock(&s->lock);
     qcow2_alloc_end(s, &alloc);
+    if (ret == 0) {
+        ret = qcow2_l2_slice_for_write(bs, cluster << s->cluster_bits, &slice, &in_slice);
+    }
     if (ret == 0) {
         ret = qcow2_l2_after_refcounts(s);
     }
@@ -167,7 +174,9 @@ static int coroutine_fn store_compressed(BlockDriverState *bs, uint64_t cluster,
         }
     }
 put:
-    meta_cache_put(s->l2_cache, slice);
+    if (slice) {
+        meta_cache_put(s->l2_cache, slice);
+    }
 unlock:
     co_mutex_unlock(&s->lock);
     return ret;

@@ -124,6 +124,22 @@ int coroutine_fn qcow2_l2_slice_for_write(BlockDriverState *bs, uint64_t offset,
                           (void **)slice);
 }
 
+/*
+ * An allocating write lets go of its L2 slice for its data write and looks
+ * it up again (a hit, almost always) to publish: a request holds cache
+ * entries only while it holds s->lock.  Held across the data write, a deep
+ * queue of allocating writes filled a small cache, and a miss under the
+ * lock then waited for entries whose holders were waiting for the lock
+ * (a 4-queue device failed writes with ENOSPC).  What the entries said is
+ * kept in the caller's locals; the clusters themselves are the request's
+ * (s->allocs) until it publishes.
+ */
+static void release_slice_for_data(BDRVQcow2State *s, uint64_t **slice)
+{
+    meta_cache_put(s->l2_cache, *slice);
+    *slice = NULL;
+}
+
 static uint64_t get_l2(BDRVQcow2State *s, const uint64_t *slice, uint32_t i, uint64_t *bitmap)
 {
     if (bitmap) {
@@ -283,6 +299,7 @@ static int coroutine_fn write_allocating(BlockDriverState *bs, uint64_t offset, 
     }
     alloc = (Qcow2Alloc){ .first = first, .nb = nb, .next = s->allocs };
     s->allocs = &alloc;
+    release_slice_for_data(s, &slice);
     co_mutex_unlock(&s->lock);
 
     /* The data: head and tail as the clusters read before, then the caller's. */
@@ -333,6 +350,9 @@ static int coroutine_fn write_allocating(BlockDriverState *bs, uint64_t offset, 
 written:
     co_mutex_lock(&s->lock);
     qcow2_alloc_end(s, &alloc);
+    if (ret == 0) {
+        ret = qcow2_l2_slice_for_write(bs, offset, &slice, &in_slice);
+    }
     if (ret < 0) {
         if (!qcow2_has_data_file(s)) {
             qcow2_update_refcount(bs, (uint64_t)host, span, true);
@@ -369,7 +389,9 @@ written:
     }
     *bytes = len;
 put:
-    meta_cache_put(s->l2_cache, slice);
+    if (slice) {
+        meta_cache_put(s->l2_cache, slice);
+    }
 unlock:
     co_mutex_unlock(&s->lock);
     return ret;
@@ -444,6 +466,7 @@ static int coroutine_fn write_subclusters(BlockDriverState *bs, uint64_t offset,
     }
     alloc.next = s->allocs;
     s->allocs = &alloc;
+    release_slice_for_data(s, &slice);
     co_mutex_unlock(&s->lock);
 
     /* What to fill from the old contents: the whole cluster, or the parts
@@ -487,6 +510,9 @@ static int coroutine_fn write_subclusters(BlockDriverState *bs, uint64_t offset,
 
     co_mutex_lock(&s->lock);
     qcow2_alloc_end(s, &alloc);
+    if (ret == 0) {
+        ret = qcow2_l2_slice_for_write(bs, offset, &slice, &in_slice);
+    }
     if (ret < 0) {
         if (new_cluster && !qcow2_has_data_file(s)) {
             qcow2_update_refcount(bs, host, s->cluster_size, true);
@@ -520,7 +546,9 @@ static int coroutine_fn write_subclusters(BlockDriverState *bs, uint64_t offset,
     }
     *bytes = len;
 put:
-    meta_cache_put(s->l2_cache, slice);
+    if (slice) {
+        meta_cache_put(s->l2_cache, slice);
+    }
 unlock:
     co_mutex_unlock(&s->lock);
     return ret;

@@ -195,6 +195,56 @@ static void test_concurrent_allocation_one_cluster(void **state)
     q2_free(&img);
 }
 
+/* More allocating writes in flight, each in its own L2 slice, than the L2
+ * cache has entries: a request holds its slice only under s->lock, so the
+ * one that misses under the lock finds room.  (Held across the data write,
+ * the holders waited for the lock that the missing request held while it
+ * waited for room: -ENOSPC for every write past the cache's size.) */
+static void q2_open_opts(Q2Image *img, int flags, const char *opts);
+
+static void test_allocating_writes_beyond_l2_cache(void **state)
+{
+    (void)state;
+    /* 4 KiB clusters: a slice is one L2 table, 512 entries = 2 MiB; the
+     * cache at its minimum, 256 slices. */
+    Q2Image img = q2_make(12, 1024 * MiB, false, 0);
+    q2_open_opts(&img, BDRV_O_RDWR, "l2-cache-size=1M");
+    if (!img.bs) {
+        fail_msg("%s", error_get_pretty(img.err));
+    }
+    BDRVQcow2State *s = img.bs->opaque;
+    unsigned n = meta_cache_nr_entries(s->l2_cache) + 16;
+    assert_true((uint64_t)n * 2 * MiB <= 1024 * MiB);
+    AioContext *ctx = test_loop_init();
+    WriteCo *w = calloc(n, sizeof(*w));
+    assert_non_null(w);
+    int pending = (int)n;
+    for (unsigned i = 0; i < n; i++) {
+        w[i] = (WriteCo){ img.child, (int64_t)i * 2 * MiB, 512, 1 + (int)(i % 250), -1,
+                          &pending };
+    }
+    mem_set_yield(img.file, (1u << MEM_OP_WRITE) | (1u << MEM_OP_READ));
+    for (unsigned i = 0; i < n; i++) {
+        co_enter(co_create(write_co, &w[i]));
+    }
+    while (pending > 0) {
+        aio_poll(ctx, true);
+    }
+    mem_set_yield(img.file, 0);
+    for (unsigned i = 0; i < n; i++) {
+        if (w[i].ret != 0) {
+            fail_msg("write %u of %u at %" PRId64 ": %s", i, n, w[i].offset, strerror(-w[i].ret));
+        }
+    }
+    uint8_t buf[512];
+    for (unsigned i = 0; i < n; i++) {
+        assert_true(bdrv_pread(img.child, w[i].offset, 512, buf, 0) >= 0);
+        assert_true(test_buf_is(buf, 512, w[i].byte));
+    }
+    free(w);
+    q2_free(&img);
+}
+
 typedef struct ReadCo {
     BdrvChild *child;
     uint8_t buf[4096];
@@ -659,6 +709,7 @@ int main(void)
         cmocka_unit_test(test_write_allocating_zeroes_cow),
         cmocka_unit_test(test_write_allocating_zeroes_error),
         cmocka_unit_test(test_concurrent_allocation_one_cluster),
+        cmocka_unit_test(test_allocating_writes_beyond_l2_cache),
         cmocka_unit_test(test_reader_never_sees_unwritten_data),
         cmocka_unit_test(test_zero_and_discard),
         cmocka_unit_test(test_lazy_refcounts_dirty_bit),
