@@ -323,7 +323,12 @@ int img_convert(int argc, char **argv)
         case 'c': compressed = true; break;
         case 'B': out_base = optarg; break;
         case 'F': base_fmt = optarg; break;
-        case 'C': case 'l': case 'r': case 'X': case 'Y': case 'Z':
+        case 'X':
+            if (img_object_add(optarg)) {
+                return 1;
+            }
+            break;
+        case 'C': case 'l': case 'r': case 'Y': case 'Z':
             error_report("convert option '%s' is not supported by ublkd img",
                          img_opt_text(argv));
             return 1;
