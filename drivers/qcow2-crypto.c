@@ -388,3 +388,94 @@ void qcow2_crypto_info(BDRVQcow2State *s, ImageSpecificInfo *info)
 }
 
 #endif
+
+/* ---- create ---- */
+
+#ifdef CONFIG_CRYPTO
+int qcow2_crypto_create_area(OptDict *opts, uint8_t **area, size_t *len, Error **errp)
+{
+    char *fmt = NULL, *id = NULL, *alg = NULL, *mode = NULL, *ivgen = NULL, *ivhash = NULL;
+    char *hash = NULL;
+    bool legacy = false;
+    uint64_t iter_time = 2000;
+    int ret = -EINVAL;
+
+    *area = NULL;
+    if (optdict_take_bool(opts, "encryption", false, &legacy, errp) < 0 ||
+        optdict_take_size(opts, "encrypt.iter-time", 2000, &iter_time, errp) < 0) {
+        return -EINVAL;
+    }
+    optdict_take_str(opts, "encrypt.format", NULL, &fmt);
+    optdict_take_str(opts, "encrypt.key-secret", NULL, &id);
+    optdict_take_str(opts, "encrypt.cipher-alg", NULL, &alg);
+    optdict_take_str(opts, "encrypt.cipher-mode", NULL, &mode);
+    optdict_take_str(opts, "encrypt.ivgen-alg", NULL, &ivgen);
+    optdict_take_str(opts, "encrypt.ivgen-hash-alg", NULL, &ivhash);
+    optdict_take_str(opts, "encrypt.hash-alg", NULL, &hash);
+    if (legacy && fmt) {
+        error_setg(errp, "Options \"encrypt.format\" and \"encryption\" are mutually exclusive");
+        goto out;
+    }
+    if (legacy || (fmt && !strcmp(fmt, "aes"))) {
+        error_setg(errp, "Creating AES-encrypted (crypt_method 1) images is not supported:"
+                   " QEMU no longer runs them; use encrypt.format=luks");
+        ret = -ENOTSUP;
+        goto out;
+    }
+    if (!fmt) {
+        if (id || alg || mode || ivgen || ivhash || hash) {
+            error_setg(errp, "encrypt.* options given without encrypt.format=luks");
+            goto out;
+        }
+        ret = 0;
+        goto out;
+    }
+    if (strcmp(fmt, "luks")) {
+        error_setg(errp, "Parameter 'encrypt.format' does not accept value '%s'", fmt);
+        goto out;
+    }
+    if (!id) {
+        error_setg(errp, "Parameter 'encrypt.key-secret' is required for cipher");
+        goto out;
+    }
+    if (iter_time == 0 || iter_time > 3600 * 1000) {
+        error_setg(errp, "Parameter 'encrypt.iter-time' must be 1 to 3600000 ms (got %" PRIu64
+                   ")", iter_time);
+        goto out;
+    }
+    size_t pwlen;
+    const uint8_t *pw = secret_lookup(id, &pwlen, errp);
+    if (!pw) {
+        ret = -ENOKEY;
+        goto out;
+    }
+    LuksCreateOpts lo = { .cipher_alg = alg, .cipher_mode = mode, .ivgen_alg = ivgen,
+                          .ivgen_hash_alg = ivhash, .hash_alg = hash, .iter_time = iter_time };
+    ret = luks_create(&lo, pw, pwlen, area, len, errp);
+out:
+    free(fmt);
+    free(id);
+    free(alg);
+    free(mode);
+    free(ivgen);
+    free(ivhash);
+    free(hash);
+    return ret;
+}
+#else
+int qcow2_crypto_create_area(OptDict *opts, uint8_t **area, size_t *len, Error **errp)
+{
+    char *fmt = NULL;
+    bool legacy = false;
+    (void)len;
+    *area = NULL;
+    optdict_take_bool(opts, "encryption", false, &legacy, NULL);
+    optdict_take_str(opts, "encrypt.format", NULL, &fmt);
+    if (fmt || legacy) {
+        free(fmt);
+        error_setg(errp, "Encrypted images are not supported (built without CONFIG_CRYPTO)");
+        return -ENOTSUP;
+    }
+    return 0;
+}
+#endif
