@@ -37,7 +37,7 @@ typedef struct CryptoCipher CryptoCipher;
  * A sector cipher: alg "aes" (key of 16, 24 or 32 bytes; twice that for
  * xts), mode "ecb", "cbc", "xts" or "ctr", ivgen "plain", "plain64" or
  * "essiv" (then ivhash names the hash, e.g. "sha256"; NULL otherwise; no
- * ivgen for ecb).  Algorithms OpenSSL lacks (serpent, twofish) and cast5
+ * ivgen is ignored for ecb, as QEMU does).  Algorithms OpenSSL lacks (serpent, twofish) and cast5
  * (OpenSSL's legacy provider) are refused naming them.
  */
 CryptoCipher *crypto_cipher_new(const char *alg, const char *mode, const char *ivgen,

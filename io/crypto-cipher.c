@@ -202,10 +202,7 @@ CryptoCipher *crypto_cipher_new(const char *alg, const char *mode, const char *i
     }
     int iv = IVGEN_NONE;
     if (!strcmp(mode, "ecb")) {
-        if (ivgen && *ivgen) {
-            error_setg(errp, "Cipher mode ecb takes no IV generator (got '%s')", ivgen);
-            return NULL;
-        }
+        /* QEMU writes "ecb-plain64" and ignores the IV generator */
     } else if (ivgen && !strcmp(ivgen, "plain")) {
         iv = IVGEN_PLAIN;
     } else if (ivgen && !strcmp(ivgen, "plain64")) {
