@@ -155,7 +155,20 @@ static json_object *to_json(const ImageInfo *info)
             } else {
                 v = json_object_new_string(e->value);
             }
-            json_object_object_add(data, e->key, v);
+            /* "encrypt.format" goes into an "encrypt" object, as qemu-img nests it */
+            const char *dot = strchr(e->key, '.');
+            if (dot) {
+                char *group = strndup(e->key, (size_t)(dot - e->key));
+                json_object *sub;
+                if (!json_object_object_get_ex(data, group, &sub)) {
+                    sub = json_object_new_object();
+                    json_object_object_add(data, group, sub);
+                }
+                json_object_object_add(sub, dot + 1, v);
+                free(group);
+            } else {
+                json_object_object_add(data, e->key, v);
+            }
         }
         json_object_object_add(fs, "data", data);
         json_object_object_add(o, "format-specific", fs);

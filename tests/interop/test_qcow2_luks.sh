@@ -146,6 +146,25 @@ expect_out "encrypted: yes"
 expect_out "cipher alg: aes-256"
 n_ok=$((n_ok + 8))
 
+# ---- measure: the LUKS area as qemu-img counts it; info --output=json nests "encrypt"
+for o in "" ",encrypt.cipher-alg=aes-128,encrypt.cipher-mode=cbc,cluster_size=4k" \
+         ",encrypt.cipher-alg=aes-128"; do
+    "$QEMU_IMG" measure "${OBJ[@]}" -O qcow2 -o "encrypt.format=luks,encrypt.key-secret=s0$o" \
+        --size 1G >q.out 2>&1
+    uimg measure "${OBJ[@]}" -O qcow2 -o "encrypt.format=luks,encrypt.key-secret=s0$o" \
+        --size 1G >u.out 2>&1
+    same_output "measure $o" u.out q.out
+done
+if command -v jq >/dev/null; then
+    for key in format cipher-alg cipher-mode ivgen-alg hash-alg uuid payload-offset master-key-iters; do
+        a=$("$QEMU_IMG" info --output=json q0.qcow2 | jq -c ".\"format-specific\".data.encrypt.\"$key\"")
+        b=$(uimg info --output=json q0.qcow2 | jq -c ".\"format-specific\".data.encrypt.\"$key\"")
+        [ "$a" = "$b" ] && [ "$a" != null ] || fail "info --output=json encrypt.$key: ublkd $b, qemu-img $a"
+    done
+    [ "$(uimg info --output=json q0.qcow2 | jq .encrypted)" = true ] || fail "info json: encrypted"
+fi
+n_ok=$((n_ok + 4))
+
 # ---- legacy AES: read, writes refused
 "$QEMU_IMG" create -q -f qcow2 "${OBJ[@]}" -o encrypt.format=aes,encrypt.key-secret=s0 aes.qcow2 4M
 qio aes.qcow2 "write -P 0x5c 4k 64k" "write -P 0x5d 2M 512"
