@@ -167,7 +167,7 @@ int secret_object_add(const char *def, Error **errp)
     }
     if (!!data == !!file) {
         error_setg(errp, "%s", data ? "'data' and 'file' are mutually exclusive"
-                   : "Either 'data' or 'file' must be provided");
+                   : "Either 'file' or 'data' must be provided");
         goto out;
     }
     if (format && strcmp(format, "raw") && strcmp(format, "base64")) {

@@ -300,7 +300,7 @@ static void test_secrets(void **state)
     static const struct { const char *def, *msg; } bad[] = {
         { "secret,id=a,data=x", "duplicate" },
         { "secret,data=x", "Parameter 'id' is missing" },
-        { "secret,id=d", "Either 'data' or 'file' must be provided" },
+        { "secret,id=d", "Either 'file' or 'data' must be provided" },
         { "secret,id=d,data=x,file=y", "mutually exclusive" },
         { "secret,id=d,data=***,format=base64", "invalid base64" },
         { "secret,id=d,data=x,format=hex", "Parameter 'format'" },
