@@ -21,23 +21,24 @@
 #include "qcow2-create.h"
 
 const CreateOptDesc qcow2_create_opts[] = {
+    /* qemu-img prints given encrypt.* options first in its Formatting line */
+    { "encryption", "bool", "Encrypt the image with format 'aes'. (Deprecated in favor of"
+      " encrypt.format=aes)", NULL },
+    { "encrypt.format", "string", "Encrypt the image, format choices: 'aes', 'luks'", NULL },
+    { "encrypt.key-secret", "string", "ID of secret providing qcow AES key or LUKS passphrase",
+      NULL },
+    { "encrypt.cipher-alg", "string", "Name of encryption cipher algorithm", NULL },
+    { "encrypt.cipher-mode", "string", "Name of encryption cipher mode", NULL },
+    { "encrypt.ivgen-alg", "string", "Name of IV generator algorithm", NULL },
+    { "encrypt.ivgen-hash-alg", "string", "Name of IV generator hash algorithm", NULL },
+    { "encrypt.hash-alg", "string", "Name of encryption hash algorithm", NULL },
+    { "encrypt.iter-time", "number", "Time to spend in PBKDF in milliseconds", NULL },
     { "cluster_size", "size", "qcow2 cluster size", "65536" },
     { "extended_l2", "bool", "Extended L2 tables", "off" },
     { "preallocation", "string", "Preallocation mode (allowed values: off, metadata, falloc,"
       " full)", NULL },
     { "compression_type", "string", "Compression method used for image cluster compression",
       "zlib" },
-    { "encrypt.cipher-alg", "string", "Name of encryption cipher algorithm", NULL },
-    { "encrypt.cipher-mode", "string", "Name of encryption cipher mode", NULL },
-    { "encrypt.format", "string", "Encrypt the image, format choices: 'aes', 'luks'", NULL },
-    { "encrypt.hash-alg", "string", "Name of encryption hash algorithm", NULL },
-    { "encrypt.iter-time", "number", "Time to spend in PBKDF in milliseconds", NULL },
-    { "encrypt.ivgen-alg", "string", "Name of IV generator algorithm", NULL },
-    { "encrypt.ivgen-hash-alg", "string", "Name of IV generator hash algorithm", NULL },
-    { "encrypt.key-secret", "string", "ID of secret providing qcow AES key or LUKS passphrase",
-      NULL },
-    { "encryption", "bool", "Encrypt the image with format 'aes'. (Deprecated in favor of"
-      " encrypt.format=aes)", NULL },
     { "size", "size", "Virtual disk size", NULL },
     { "compat", "string", "Compatibility level (v2 [0.10] or v3 [1.1])", NULL },
     { "backing_file", "string", "File name of a base image", NULL },
