@@ -153,7 +153,12 @@ uimg create -q -f qcow2 "${OBJ[@]}" -b src.raw -F raw \
 uio ov.qcow2 "write -P 0x99 66k 2k"
 qio ov.qcow2 "read -P 0x42 64k 2k" "read -P 0x99 66k 2k" "read -P 0x42 68k 60k"
 checks_clean ov.qcow2
-n_ok=$((n_ok + 2))
+# resize: growth reads zeros; preallocation refused (the clusters would read as garbage)
+uimg resize "${OBJ[@]}" --image-opts "$(opts ov.qcow2)" 4M >/dev/null || fail "resize LUKS"
+qio ov.qcow2 "read -P 0 2M 2M" "read -P 0x99 66k 2k"
+expect_rc 1 uimg resize "${OBJ[@]}" --image-opts --preallocation=full "$(opts ov.qcow2)" 5M
+expect_out "preallocation is not supported with encryption"
+n_ok=$((n_ok + 3))
 
 # ---- secrets: from a file, base64, a wrong one, none
 uimg convert --object secret,id=s0,file=pw.txt --image-opts -O raw "$(opts q0.qcow2)" f.raw ||
