@@ -21,6 +21,18 @@
 #include "qcow2-create.h"
 
 const CreateOptDesc qcow2_create_opts[] = {
+    /* qemu-img prints given encrypt.* options first in its Formatting line */
+    { "encryption", "bool", "Encrypt the image with format 'aes'. (Deprecated in favor of"
+      " encrypt.format=aes)", NULL },
+    { "encrypt.format", "string", "Encrypt the image, format choices: 'aes', 'luks'", NULL },
+    { "encrypt.key-secret", "string", "ID of secret providing qcow AES key or LUKS passphrase",
+      NULL },
+    { "encrypt.cipher-alg", "string", "Name of encryption cipher algorithm", NULL },
+    { "encrypt.cipher-mode", "string", "Name of encryption cipher mode", NULL },
+    { "encrypt.ivgen-alg", "string", "Name of IV generator algorithm", NULL },
+    { "encrypt.ivgen-hash-alg", "string", "Name of IV generator hash algorithm", NULL },
+    { "encrypt.hash-alg", "string", "Name of encryption hash algorithm", NULL },
+    { "encrypt.iter-time", "number", "Time to spend in PBKDF in milliseconds", NULL },
     { "cluster_size", "size", "qcow2 cluster size", "65536" },
     { "extended_l2", "bool", "Extended L2 tables", "off" },
     { "preallocation", "string", "Preallocation mode (allowed values: off, metadata, falloc,"
@@ -65,6 +77,7 @@ static int build_header(const Q2Sim *s, const Q2CreateOpts *o, uint64_t size, ui
                         Error **errp, const char *filename)
 {
     size_t hl = o->version == 3 ? 112 : QCOW2_V2_HEADER_LENGTH;
+    uint32_t crypt = s->crypto_len ? QCOW2_CRYPT_LUKS : QCOW2_CRYPT_NONE;
     uint64_t incompat = 0, compat = 0, autoclear = 0;
 
     memset(buf, 0, s->cs);
@@ -85,7 +98,7 @@ static int build_header(const Q2Sim *s, const Q2CreateOpts *o, uint64_t size, ui
     }
     struct { size_t off; uint64_t v; int w; } f[] = {
         { QH_MAGIC, QCOW2_MAGIC, 4 }, { QH_VERSION, (uint64_t)o->version, 4 },
-        { QH_CLUSTER_BITS, s->cb, 4 }, { QH_SIZE, size, 8 },
+        { QH_CLUSTER_BITS, s->cb, 4 }, { QH_SIZE, size, 8 }, { QH_CRYPT_METHOD, crypt, 4 },
         { QH_L1_SIZE, s->l1_size, 4 }, { QH_L1_OFFSET, s->l1_offset, 8 },
         { QH_REFTABLE_OFFSET, s->reftable_offset, 8 },
         { QH_REFTABLE_CLUSTERS, s->reftable_size * 8 / s->cs, 4 },
@@ -115,6 +128,10 @@ static int build_header(const Q2Sim *s, const Q2CreateOpts *o, uint64_t size, ui
     if (o->data_file) {
         pos += header_ext(buf + pos, QCOW2_EXT_DATA_FILE, o->data_file,
                           (uint32_t)strlen(o->data_file));
+    }
+    if (s->crypto_len) {
+        uint64_t ext[2] = { htobe64(s->crypto_offset), htobe64(s->crypto_len) };
+        pos += header_ext(buf + pos, QCOW2_EXT_CRYPTO, ext, sizeof(ext));
     }
     /* The table is informational; QEMU leaves it out of clusters of 4 KiB
      * and less to keep room for a backing file name. */
@@ -313,8 +330,21 @@ int coroutine_fn qcow2_co_create(const char *filename, OptDict *opts, Error **er
     BdrvChild *data = NULL;
     uint8_t *hdr = NULL;
     uint64_t end = 0;
+    uint8_t *luks = NULL;
+    size_t luks_len = 0;
     int ret = parse_opts(opts, &o, errp);
     if (ret < 0) {
+        goto out_opts;
+    }
+    /* The LUKS area first: a bad option or secret fails before any file exists. */
+    ret = qcow2_crypto_create_area(opts, &luks, &luks_len, errp);
+    if (ret < 0) {
+        goto out_opts;
+    }
+    if (luks && o.prealloc != PREALLOC_MODE_OFF) {
+        error_setg(errp, "Preallocation is not supported with encryption (preallocated clusters"
+                   " would read as garbage through the cipher)");
+        ret = -ENOTSUP;
         goto out_opts;
     }
     s.cb = (uint32_t)__builtin_ctzll(o.cluster_size);
@@ -360,6 +390,30 @@ int coroutine_fn qcow2_co_create(const char *filename, OptDict *opts, Error **er
     ret = q2sim_grow_l1(&s, q2sim_size_to_l1(&s, o.size));
     if (ret < 0) {
         goto io_fail;
+    }
+    if (luks) {
+        /* QEMU's qcow2_crypto_hdr_init_func: whole clusters after the L1
+         * table, zeroed, the LUKS area at their start. */
+        uint64_t clen = ALIGN_UP((uint64_t)luks_len, s.cs);
+        int64_t off = q2sim_alloc_clusters(&s, clen);
+        if (off < 0) {
+            ret = (int)off;
+            goto io_fail;
+        }
+        uint8_t *buf = calloc(1, clen);
+        if (!buf) {
+            ret = -ENOMEM;
+            goto nomem;
+        }
+        memcpy(buf, luks, luks_len);
+        ret = bdrv_pwrite(s.file, off, (int64_t)clen, buf, 0);
+        free(buf);
+        if (ret < 0) {
+            goto io_fail;
+        }
+        q2sim_note_write(&s, (uint64_t)off, clen);
+        s.crypto_offset = (uint64_t)off;
+        s.crypto_len = luks_len;
     }
     if (o.prealloc == PREALLOC_MODE_METADATA ||
         (o.data_file && o.prealloc != PREALLOC_MODE_OFF)) {
@@ -441,6 +495,7 @@ out:
         bdrv_unref_child(NULL, data);
     }
 out_opts:
+    free(luks);
     free(o.backing_file);
     free(o.backing_fmt);
     free(o.data_file);

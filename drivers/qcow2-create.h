@@ -26,6 +26,7 @@ typedef struct Q2Sim {
     uint8_t **l2;                    /* by L1 index; written out and freed when full */
     uint64_t free_cluster_index;
     uint64_t file_len;               /* what bdrv_getlength would say */
+    uint64_t crypto_offset, crypto_len;  /* the LUKS area (encrypt.format=luks) */
 } Q2Sim;
 
 /* bdrv_getlength of the file grows with what QEMU would have written. */

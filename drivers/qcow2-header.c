@@ -219,6 +219,12 @@ static int read_extensions(BlockDriverState *bs, const uint8_t *buf, uint64_t st
                            PRIu32 " (must be 16)", name, len);
                 return -EINVAL;
             }
+            if (s->h.crypt_method != QCOW2_CRYPT_LUKS) {
+                error_setg(errp, "qcow2: %s: CRYPTO header extension only expected with LUKS"
+                           " encryption method (crypt_method %" PRIu32 ")", name,
+                           s->h.crypt_method);
+                return -EINVAL;
+            }
             s->crypto_header_offset = qcow2_ld64(d, 0);
             s->crypto_header_length = qcow2_ld64(d, 8);
             break;
@@ -283,15 +289,10 @@ static int validate_header(BlockDriverState *bs, int64_t file_len, int flags, Er
                    " 64 bits (refcount_order %" PRIu32 ")", name, h->refcount_order);
         return -EINVAL;
     }
-    if (h->crypt_method != QCOW2_CRYPT_NONE) {
-        if (h->crypt_method > QCOW2_CRYPT_LUKS) {
-            error_setg(errp, "qcow2: %s: Unsupported encryption method: %" PRIu32, name,
-                       h->crypt_method);
-        } else {
-            error_setg(errp, "qcow2: %s: encrypted images are not supported (crypt_method %"
-                       PRIu32 ", %s)", name, h->crypt_method,
-                       h->crypt_method == QCOW2_CRYPT_AES ? "AES" : "LUKS");
-        }
+    /* Encrypted images are opened by qcow2-crypto.c. */
+    if (h->crypt_method > QCOW2_CRYPT_LUKS) {
+        error_setg(errp, "qcow2: %s: Unsupported encryption method: %" PRIu32, name,
+                   h->crypt_method);
         return -ENOTSUP;
     }
     switch (h->compression_type) {

@@ -155,6 +155,9 @@ typedef struct Qcow2RetiredL1 {
     struct Qcow2RetiredL1 *next;
 } Qcow2RetiredL1;
 
+/* Encryption state (qcow2-crypto.c), NULL for a plain image. */
+typedef struct Qcow2Crypto Qcow2Crypto;
+
 /* The parsed header (qcow2-header.c). */
 typedef struct Qcow2Header {
     uint32_t version;
@@ -210,6 +213,7 @@ typedef struct BDRVQcow2State {
     uint64_t bitmap_directory_size, bitmap_directory_offset;
     /* Crypto header extension, when present. */
     uint64_t crypto_header_offset, crypto_header_length;
+    Qcow2Crypto *crypto;             /* crypt_method 1 or 2: the cipher (qcow2-crypto.c) */
 
     /* Metadata preallocation (QEMU's heuristic, asked once by block
      * status): most clusters of the file have a refcount, so allocated
@@ -481,6 +485,26 @@ void qcow2_bounce_free_compressors(Qcow2Bounce *b);
  * of 48 bytes), the same in every header it writes. */
 #define QCOW2_FEATURE_TABLE_BYTES (8 * 48)
 size_t qcow2_feature_table(uint8_t *out);
+
+/* qcow2-crypto.c: open the encryption of an image whose crypt_method is
+ * set (encrypt.key-secret from options; with BDRV_O_NO_IO the key may be
+ * missing, and I/O then fails -ENOKEY); 0 for a plain image.  Data is
+ * decrypted in place after a read of `bytes` at host (guest: the guest
+ * offset, for legacy AES's IVs); writes go through qcow2_crypto_pwritev
+ * (a bounce: the caller's buffer is not changed) or, for the driver's own
+ * buffers, qcow2_crypto_encrypt_buf in place. */
+int qcow2_crypto_open(BlockDriverState *bs, OptDict *options, int flags, Error **errp);
+void qcow2_crypto_close(BDRVQcow2State *s);
+int qcow2_crypto_decrypt(BDRVQcow2State *s, uint64_t host, uint64_t guest, IOVector *qiov,
+                         size_t qiov_offset, uint64_t bytes);
+int qcow2_crypto_encrypt_buf(BDRVQcow2State *s, uint64_t host, uint64_t guest, uint8_t *buf,
+                             uint64_t bytes);
+int coroutine_fn qcow2_crypto_pwritev(BlockDriverState *bs, uint64_t host, uint64_t guest,
+                                      uint64_t bytes, IOVector *qiov, size_t qiov_offset);
+void qcow2_crypto_info(BDRVQcow2State *s, ImageSpecificInfo *info);
+/* qcow2-crypto.c: the LUKS area for a new image (create), from the
+ * encrypt.* options; *area NULL when no encryption was asked for. */
+int qcow2_crypto_create_area(OptDict *opts, uint8_t **area, size_t *len, Error **errp);
 
 /* qcow2-create.c */
 int coroutine_fn qcow2_co_create(const char *filename, OptDict *opts, Error **errp);

@@ -11,6 +11,7 @@
  */
 #include <errno.h>
 #include <inttypes.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include "qcow2-int.h"
@@ -33,6 +34,7 @@ static uint64_t prealloc_size(uint64_t total, uint64_t cs, uint32_t order, bool 
 /* Options as qcow2_measure reads them, with its messages: cluster size,
  * version and refcount width differ in wording from create's. */
 typedef struct MeasureOpts {
+    uint64_t luks_bytes;            /* the LUKS area (encrypt.format=luks), 0 without */
     bool extl2, has_backing;
     uint64_t cluster_size, refcount_bits, size;
     int version;
@@ -105,9 +107,24 @@ static int measure_opts(OptDict *opts, MeasureOpts *m, Error **errp)
     optdict_take_str(opts, "encrypt.format", NULL, &encrypt);
     bool luks = encrypt && !strcmp(encrypt, "luks");
     free(encrypt);
+    m->luks_bytes = 0;
     if (luks) {
-        error_setg(errp, "Parameter 'encrypt.format': LUKS encryption is not supported yet");
-        return -ENOTSUP;
+        /* QEMU's qcrypto_block_calculate_payload_offset: 4 KiB of header, 8
+         * slots of key material (key bytes x 4000 stripes, 4 KiB aligned) */
+        char *alg = NULL, *mode = NULL;
+        unsigned bits = 256;
+        optdict_take_str(opts, "encrypt.cipher-alg", NULL, &alg);
+        optdict_take_str(opts, "encrypt.cipher-mode", NULL, &mode);
+        if (alg && sscanf(alg, "%*[a-z0-9]-%u", &bits) != 1) {
+            error_setg(errp, "Parameter 'encrypt.cipher-alg' does not accept value '%s'", alg);
+            free(alg);
+            free(mode);
+            return -EINVAL;
+        }
+        uint64_t key = bits / 8 * (mode && strcmp(mode, "xts") ? 1 : 2);
+        m->luks_bytes = 4096 + 8 * ALIGN_UP(key * 4000, (uint64_t)4096);
+        free(alg);
+        free(mode);
     }
     return optdict_take_size(opts, "size", 0, &m->size, errp) < 0 ? -EINVAL : 0;
 }
@@ -178,6 +195,8 @@ int qcow2_measure(OptDict *opts, BlockDriverState *in_bs, BlockMeasureInfo *info
     info->fully_allocated = prealloc_size(vsize, cs, order, m.extl2);
     /* Clusters the data does not need come off; their metadata stays. */
     info->required = info->fully_allocated - vsize + required;
+    info->fully_allocated += ALIGN_UP(m.luks_bytes, cs);
+    info->required += ALIGN_UP(m.luks_bytes, cs);
     if (m.version >= 3 && in_bs && bdrv_bitmaps_size(in_bs, cs, &info->bitmaps) == 0) {
         info->has_bitmaps = true;
     }

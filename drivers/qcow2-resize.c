@@ -548,6 +548,12 @@ int coroutine_fn qcow2_co_truncate(BlockDriverState *bs, int64_t offset, bool ex
         error_setg(errp, "qcow2: %s: image is read-only", qcow2_image_name(bs));
         return -EACCES;
     }
+    if (s->crypto && prealloc != PREALLOC_MODE_OFF) {
+        /* preallocated clusters hold no ciphertext: they would read as garbage */
+        error_setg(errp, "qcow2: %s: preallocation is not supported with encryption",
+                   qcow2_image_name(bs));
+        return -ENOTSUP;
+    }
     /* Even though the snapshot table has each snapshot's size, v2 did not
      * require it: QEMU refuses, and so do we. */
     if (s->h.nb_snapshots && s->h.version < 3) {

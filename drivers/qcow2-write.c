@@ -171,10 +171,33 @@ int coroutine_fn qcow2_free_old_entry(BlockDriverState *bs, uint64_t e)
  * vector has too many pieces for it.
  */
 #define COW_VEC_MAX 16
-static int coroutine_fn write_with_cow(BDRVQcow2State *s, uint64_t host, uint8_t *hb,
+static int coroutine_fn write_with_cow(BlockDriverState *bs, uint64_t host, uint8_t *hb,
                                        uint64_t head, IOVector *qiov, size_t qiov_offset,
                                        uint64_t len, uint8_t *tb, uint64_t tail)
 {
+    BDRVQcow2State *s = bs->opaque;
+    if (s->crypto) {
+        /* Encrypted (LUKS: IVs from host offsets): head and tail are our
+         * bounces, encrypted in place; the caller's data through the
+         * crypto bounce.  Writable encrypted images are LUKS only. */
+        int ret = 0;
+        IOVector part;
+        if (head) {
+            ret = qcow2_crypto_encrypt_buf(s, host, 0, hb, head);
+            iov_init_buf(&part, hb, head);
+            ret = ret ? ret : bdrv_co_pwritev(s->data_file, (int64_t)host, (int64_t)head, &part, 0);
+        }
+        if (ret == 0) {
+            ret = qcow2_crypto_pwritev(bs, host + head, 0, len, qiov, qiov_offset);
+        }
+        if (ret == 0 && tail) {
+            ret = qcow2_crypto_encrypt_buf(s, host + head + len, 0, tb, tail);
+            iov_init_buf(&part, tb, tail);
+            ret = ret ? ret : bdrv_co_pwritev(s->data_file, (int64_t)(host + head + len),
+                                              (int64_t)tail, &part, 0);
+        }
+        return ret;
+    }
     struct iovec vec[COW_VEC_MAX];
     size_t skip = qiov_offset, left = len;
     int n = 0;
@@ -307,7 +330,8 @@ static int coroutine_fn write_allocating(BlockDriverState *bs, uint64_t offset, 
     uint64_t span = nb << s->cluster_bits;
     uint64_t len = MIN(*bytes, span - head);
     uint64_t tail = span - head - len;
-    if ((head || tail) && (!head || reads_as_zeros(bs, e_first)) &&
+    /* (not when encrypted: zeros in the file are not zeros to the guest) */
+    if ((head || tail) && !s->crypto && (!head || reads_as_zeros(bs, e_first)) &&
         (!tail || reads_as_zeros(bs, e_last))) {
         /* QEMU's zero COW: a 4k write into a new 64k cluster costs a
          * fallocate and 4k of data, not 64k of data of which 60k is zeros.
@@ -339,7 +363,7 @@ static int coroutine_fn write_allocating(BlockDriverState *bs, uint64_t offset, 
             ret = qcow2_co_preadv(bs, (int64_t)(offset + len), (int64_t)tail, &t, 0, 0);
         }
         if (ret == 0) {
-            ret = write_with_cow(s, (uint64_t)host, b ? b->in : NULL, head, qiov, qiov_offset,
+            ret = write_with_cow(bs, (uint64_t)host, b ? b->in : NULL, head, qiov, qiov_offset,
                                  len, b ? b->out : NULL, tail);
         }
     }
@@ -500,7 +524,7 @@ static int coroutine_fn write_subclusters(BlockDriverState *bs, uint64_t offset,
             ret = qcow2_co_preadv(bs, (int64_t)(guest_base + end), (int64_t)tail, &t, 0, 0);
         }
         if (ret == 0) {
-            ret = write_with_cow(s, host + from, b ? b->in : NULL, head, qiov, qiov_offset, len,
+            ret = write_with_cow(bs, host + from, b ? b->in : NULL, head, qiov, qiov_offset, len,
                                  b ? b->out : NULL, tail);
         }
     }
@@ -651,8 +675,10 @@ int coroutine_fn qcow2_co_pwritev(BlockDriverState *bs, int64_t offset, int64_t 
                     return -EIO;
                 }
             }
-            ret = bdrv_co_pwritev_part(s->data_file, (int64_t)host, (int64_t)n, qiov,
-                                       qiov_offset, 0);
+            ret = s->crypto ? qcow2_crypto_pwritev(bs, host, (uint64_t)offset, n, qiov,
+                                                   qiov_offset)
+                            : bdrv_co_pwritev_part(s->data_file, (int64_t)host, (int64_t)n,
+                                                   qiov, qiov_offset, 0);
         } else if (qcow2_has_subclusters(s)) {
             n = (uint64_t)bytes;
             ret = write_subclusters(bs, (uint64_t)offset, &n, qiov, qiov_offset);

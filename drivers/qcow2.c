@@ -363,6 +363,7 @@ static void qcow2_free_state(BDRVQcow2State *s)
     }
     free(s->refcount_table);
     s->refcount_table = NULL;
+    qcow2_crypto_close(s);
     qcow2_bounce_free_all(s);
     qcow2_free_header_state(s);
 }
@@ -388,6 +389,10 @@ static int qcow2_open(BlockDriverState *bs, OptDict *options, int flags, Error *
         goto fail_locks;
     }
     ret = qcow2_read_header(bs, file_len, flags, errp);
+    if (ret < 0) {
+        goto fail;
+    }
+    ret = qcow2_crypto_open(bs, options, flags, errp);
     if (ret < 0) {
         goto fail;
     }
@@ -569,6 +574,9 @@ int coroutine_fn qcow2_co_preadv(BlockDriverState *bs, int64_t offset, int64_t b
         case QCOW2_SC_NORMAL:
             ret = bdrv_co_preadv_part(s->data_file, (int64_t)host, (int64_t)n, qiov,
                                       qiov_offset, 0);
+            if (ret == 0 && s->crypto) {
+                ret = qcow2_crypto_decrypt(s, host, (uint64_t)offset, qiov, qiov_offset, n);
+            }
             break;
         case QCOW2_SC_COMPRESSED:
             ret = read_compressed(bs, host, offset, (int64_t)n, qiov, qiov_offset);
@@ -610,8 +618,9 @@ static int coroutine_fn qcow2_co_block_status(BlockDriverState *bs, bool want_ze
         return ret;
     }
     *pnum = (int64_t)n;
-    if (type == QCOW2_SC_NORMAL || type == QCOW2_SC_ZERO_ALLOC ||
-        type == QCOW2_SC_UNALLOCATED_ALLOC) {
+    /* QEMU: encrypted data has no offset a reader could use as it is */
+    if ((type == QCOW2_SC_NORMAL || type == QCOW2_SC_ZERO_ALLOC ||
+         type == QCOW2_SC_UNALLOCATED_ALLOC) && !s->crypto) {
         *map = (int64_t)host;
         *file = s->data_file->bs;
         status |= BDRV_BLOCK_OFFSET_VALID;
@@ -636,6 +645,10 @@ static void qcow2_refresh_limits(BlockDriverState *bs, Error **errp)
     (void)errp;
     bs->bl.pwrite_zeroes_alignment = s->cluster_size;
     bs->bl.pdiscard_alignment = s->cluster_size;
+    if (s->crypto) {
+        /* data is encrypted per 512-byte sector */
+        bs->bl.request_alignment = MAX(bs->bl.request_alignment, (uint32_t)BDRV_SECTOR_SIZE);
+    }
 }
 
 static int qcow2_get_info(BlockDriverState *bs, BlockDriverInfo *bdi)
@@ -644,6 +657,7 @@ static int qcow2_get_info(BlockDriverState *bs, BlockDriverInfo *bdi)
 
     bdi->cluster_size = (int)s->cluster_size;
     bdi->is_dirty = s->h.incompat & QCOW2_INCOMPAT_DIRTY;
+    bdi->encrypted = s->h.crypt_method != QCOW2_CRYPT_NONE;
     bdi->vm_state_offset = (int64_t)s->h.size;   /* unused: snapshots are not read */
     return 0;
 }
@@ -667,6 +681,7 @@ static void qcow2_get_specific_info(BlockDriverState *bs, ImageSpecificInfo *inf
         image_info_add(info, "data-file", "%s", s->image_data_file);
         image_info_add_bool(info, "data-file-raw", qcow2_data_file_is_raw(s));
     }
+    qcow2_crypto_info(s, info);
     image_info_add_bool(info, "corrupt", s->h.incompat & QCOW2_INCOMPAT_CORRUPT);
     image_info_add_bool(info, "extended-l2", qcow2_has_subclusters(s));
 }

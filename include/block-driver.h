@@ -335,6 +335,8 @@ struct BlockDriverState {
     BdrvDetectZeroes detect_zeroes;
     unsigned copy_on_read;       /* >0: reads copy backing data up (atomic) */
     bool growable;               /* protocol: writes past EOF extend it */
+    bool needs_mapped_data;      /* this node must see the bytes (drv->needs_mapped_data
+                                  * for one node: an encrypted qcow2) */
     int64_t total_bytes;         /* cached size, updated by truncate/grow */
 
     /* Request tracking: serialisation and drain.  reqs_lock is held only to

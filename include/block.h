@@ -56,6 +56,8 @@ enum {
     BDRV_O_SHARE_WRITE   = 1 << 12,  /* others may write and resize the image meanwhile
                                       * (qemu-img's readers; a format still unshares
                                       * writes to its metadata) */
+    BDRV_O_NO_IO         = 1 << 13,  /* img info: no guest data is read or written, so an
+                                      * encrypted image opens without its key */
 };
 /* "none" (default for devices), "writeback", "writethrough", "directsync", "unsafe". */
 int bdrv_parse_cache_mode(const char *mode, int *flags, Error **errp);
@@ -121,6 +123,7 @@ void image_info_free(ImageSpecificInfo *info);
 typedef struct BlockDriverInfo {
     int cluster_size;              /* 0 if not applicable */
     bool is_dirty;
+    bool encrypted;                /* img info's "encrypted: yes" */
     int64_t vm_state_offset;
 } BlockDriverInfo;
 

@@ -179,6 +179,8 @@ typedef struct UblkDevConfig {
     UblkZeroCopy zero_copy;
     unsigned per_io_threads;   /* --per-io-threads: 0 = one thread per queue */
     char *log_file;
+    char *key_file;            /* --key-file: passphrase of an encrypted image (its path
+                                * is recorded, never the key) */
 } UblkDevConfig;
 
 void ublk_dev_config_init(UblkDevConfig *c);

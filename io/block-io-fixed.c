@@ -30,7 +30,7 @@ bool bdrv_graph_needs_mapped_data(BlockDriverState *bs)
     if (!bs || !bs->drv) {
         return false;
     }
-    if (bs->drv->needs_mapped_data) {
+    if (bs->drv->needs_mapped_data || bs->needs_mapped_data) {
         return true;
     }
     for (BdrvChild *c = bs->children; c; c = c->next) {
@@ -46,7 +46,7 @@ bool bdrv_layer_needs_bytes(BlockDriverState *bs, int64_t offset, int64_t bytes,
                             BdrvRequestFlags flags, bool is_write)
 {
     uint32_t align = bs->bl.request_alignment ? bs->bl.request_alignment : 1;
-    if (bs->drv->needs_mapped_data || offset % align || bytes % align ||
+    if (bs->drv->needs_mapped_data || bs->needs_mapped_data || offset % align || bytes % align ||
         (flags & BDRV_REQ_WRITE_COMPRESSED)) {
         return true;
     }

@@ -205,6 +205,13 @@ static void absolutize(UblkDevConfig *c)
             c->files[i] = r;
         }
     }
+    if (c->key_file && c->key_file[0] != '/') {
+        char *r = realpath(c->key_file, NULL);
+        if (r) {
+            free(c->key_file);
+            c->key_file = r;
+        }
+    }
     if (c->log_file && c->log_file[0] != '/') {
         char cwd[PATH_MAX], *abs;
         if (getcwd(cwd, sizeof(cwd)) && asprintf(&abs, "%s/%s", cwd, c->log_file) > 0) {

@@ -294,6 +294,7 @@ int img_bench(int argc, char **argv)
         { "pattern", required_argument, NULL, 'P' },
         { "no-drain", no_argument, NULL, 'D' },
         { "force-share", no_argument, NULL, 'U' },
+        { "object", required_argument, NULL, 'X' },
         { "random", no_argument, NULL, 'R' },
         { "seed", required_argument, NULL, 'e' },
         { "threads", required_argument, NULL, 'T' },
@@ -355,6 +356,11 @@ int img_bench(int argc, char **argv)
             break;
         }
         case 'w': b.write = true; break;
+        case 'X':
+            if (img_object_add(optarg)) {
+                return 1;
+            }
+            break;
         case 'U': oo.force_share = true; break;
         case 'I': oo.image_opts = true; break;
         case 'F':

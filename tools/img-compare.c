@@ -170,6 +170,7 @@ int img_compare(int argc, char **argv)
         { "help", no_argument, NULL, 'h' },
         { "image-opts", no_argument, NULL, 'I' },
         { "force-share", no_argument, NULL, 'U' },
+        { "object", required_argument, NULL, 'X' },
         { NULL, 0, NULL, 0 },
     };
     int c;
@@ -182,6 +183,11 @@ int img_compare(int argc, char **argv)
         case 'p': progress = true; break;
         case 'q': quiet = true; break;
         case 's': strict = true; break;
+        case 'X':
+            if (img_object_add(optarg)) {
+                return 1;
+            }
+            break;
         case 'U': o1.force_share = o2.force_share = true; break;
         case 'I': o1.image_opts = o2.image_opts = true; break;
         case 'h':

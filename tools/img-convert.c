@@ -323,7 +323,12 @@ int img_convert(int argc, char **argv)
         case 'c': compressed = true; break;
         case 'B': out_base = optarg; break;
         case 'F': base_fmt = optarg; break;
-        case 'C': case 'l': case 'r': case 'X': case 'Y': case 'Z':
+        case 'X':
+            if (img_object_add(optarg)) {
+                return 1;
+            }
+            break;
+        case 'C': case 'l': case 'r': case 'Y': case 'Z':
             error_report("convert option '%s' is not supported by ublkd img",
                          img_opt_text(argv));
             return 1;
@@ -463,7 +468,27 @@ int img_convert(int argc, char **argv)
     to.fmt = out_fmt;
     to.cache = dst_cache;
     to.image_opts = target_image_opts;
+    /* qemu-img's img_add_key_secrets: the new image opens with the secret
+     * it was encrypted with */
+    char *secrets = NULL;
+    OptDict *co = options ? optdict_parse(options, NULL, NULL) : NULL;
+    for (size_t i = 0; co && i < optdict_count(co); i++) {
+        const char *k = optdict_key_at(co, i);
+        size_t kl = strlen(k);
+        if (kl >= 10 && !strcmp(k + kl - 10, "key-secret")) {
+            char *n = NULL;
+            if (asprintf(&n, "%s%s%s=%s", secrets ? secrets : "", secrets ? "," : "", k,
+                         optdict_value_at(co, i)) < 0) {
+                abort();
+            }
+            free(secrets);
+            secrets = n;
+        }
+    }
+    optdict_free(co);
+    to.extra_options = secrets;
     BlockBackend *dst = img_open(dst_name, &to);
+    free(secrets);
     if (!dst) {
         blk_unref(src);
         return 1;

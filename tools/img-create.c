@@ -357,8 +357,10 @@ int img_create(int argc, char **argv)
         case 'q': quiet = true; break;
         case 'u': unsafe = true; break;
         case 'O':
-            error_report("--object is not supported by ublkd img");
-            return 1;
+            if (img_object_add(optarg)) {
+                return 1;
+            }
+            break;
         case 'h':
             printf("usage: ublkd img create [-q] [-f fmt] [-b backing_file [-F backing_fmt]] [-u]"
                    " [-o options] filename [size]\n");

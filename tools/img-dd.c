@@ -78,8 +78,10 @@ int img_dd(int argc, char **argv)
         case 'U': io.force_share = true; break;
         case 'I': io.image_opts = true; break;
         case 'X':
-            error_report("--object is not supported by ublkd img");
-            return 1;
+            if (img_object_add(optarg)) {
+                return 1;
+            }
+            break;
         case 'h':
             printf("usage: ublkd img dd [--image-opts] [-U] [-f fmt] [-O output_fmt]"
                    " [bs=block_size] [count=blocks] [skip=blocks] if=input of=output\n");

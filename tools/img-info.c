@@ -23,7 +23,7 @@ typedef struct ImageInfo {
     const char *format;
     int64_t virtual_size, actual_size;   /* actual < 0: unavailable */
     int cluster_size;
-    bool dirty;
+    bool dirty, encrypted;
     const char *backing;                 /* NULL if none */
     char *full_backing;
     const char *backing_fmt;             /* NULL if none */
@@ -57,6 +57,7 @@ static void collect(BlockDriverState *bs, const char *name, ImageInfo *info)
     if (bdrv_get_info(bs, &bdi) >= 0) {
         info->cluster_size = bdi.cluster_size;
         info->dirty = bdi.is_dirty;
+        info->encrypted = bdi.encrypted;
     }
     const char *backing = bdrv_get_backing_filename(bs);
     if (backing[0]) {
@@ -78,6 +79,9 @@ static void dump_human(const ImageInfo *info)
            info->filename, info->format, vsize, info->virtual_size, dsize);
     free(vsize);
     free(dsize);
+    if (info->encrypted) {
+        printf("encrypted: yes\n");
+    }
     if (info->cluster_size) {
         printf("cluster_size: %d\n", info->cluster_size);
     }
@@ -96,6 +100,8 @@ static void dump_human(const ImageInfo *info)
     }
     if (info->spec.n) {
         printf("Format specific information:\n");
+        const char *group = NULL;
+        size_t glen = 0;
         for (int i = 0; i < info->spec.n; i++) {
             char *key = strdup(info->spec.entries[i].key);
             for (char *p = key; *p; p++) {
@@ -103,7 +109,21 @@ static void dump_human(const ImageInfo *info)
                     *p = ' ';
                 }
             }
-            printf("    %s: %s\n", key, info->spec.entries[i].value);
+            /* "encrypt.format" is "format" nested under "encrypt:", as qemu-img
+             * prints its nested dictionaries */
+            const char *dot = strchr(info->spec.entries[i].key, '.');
+            if (dot) {
+                size_t l = (size_t)(dot - info->spec.entries[i].key);
+                if (!group || glen != l || strncmp(group, info->spec.entries[i].key, l)) {
+                    group = info->spec.entries[i].key;
+                    glen = l;
+                    printf("    %.*s:\n", (int)l, group);
+                }
+                printf("        %s: %s\n", key + l + 1, info->spec.entries[i].value);
+            } else {
+                group = NULL;
+                printf("    %s: %s\n", key, info->spec.entries[i].value);
+            }
             free(key);
         }
     }
@@ -135,7 +155,20 @@ static json_object *to_json(const ImageInfo *info)
             } else {
                 v = json_object_new_string(e->value);
             }
-            json_object_object_add(data, e->key, v);
+            /* "encrypt.format" goes into an "encrypt" object, as qemu-img nests it */
+            const char *dot = strchr(e->key, '.');
+            if (dot) {
+                char *group = strndup(e->key, (size_t)(dot - e->key));
+                json_object *sub;
+                if (!json_object_object_get_ex(data, group, &sub)) {
+                    sub = json_object_new_object();
+                    json_object_object_add(data, group, sub);
+                }
+                json_object_object_add(sub, dot + 1, v);
+                free(group);
+            } else {
+                json_object_object_add(data, e->key, v);
+            }
         }
         json_object_object_add(fs, "data", data);
         json_object_object_add(o, "format-specific", fs);
@@ -148,6 +181,9 @@ static json_object *to_json(const ImageInfo *info)
             json_object_object_add(o, "backing-filename-format",
                                    json_object_new_string(info->backing_fmt));
         }
+    }
+    if (info->encrypted) {
+        json_object_object_add(o, "encrypted", json_object_new_boolean(true));
     }
     json_object_object_add(o, "dirty-flag", json_object_new_boolean(info->dirty));
     return o;
@@ -180,6 +216,7 @@ int img_info(int argc, char **argv)
         }
     }
     oo.no_backing = !chain;
+    oo.extra_flags |= BDRV_O_NO_IO;     /* an encrypted image needs no key for info */
     BlockBackend *blk = img_open_arg(argc, argv, &oo);
     if (!blk) {
         return 1;

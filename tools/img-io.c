@@ -31,6 +31,7 @@ int img_io(int argc, char **argv)
         { "discard", required_argument, NULL, 'd' },
         { "image-opts", no_argument, NULL, 'I' },
         { "force-share", no_argument, NULL, 'U' },
+        { "object", required_argument, NULL, 'X' },
         { NULL, 0, NULL, 0 },
     };
     int c, ret = 0;
@@ -53,6 +54,11 @@ int img_io(int argc, char **argv)
         case 'n': nocache = true; break;
         case 'r': oo.writable = false; break;
         case 't': oo.cache = optarg; break;
+        case 'X':
+            if (img_object_add(optarg)) {
+                return 1;
+            }
+            break;
         case 'U': oo.force_share = true; break;
         case 'I': oo.image_opts = true; break;
         case 'h':

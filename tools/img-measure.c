@@ -148,7 +148,11 @@ int img_measure(int argc, char **argv)
         case 'l': snapshot = optarg; break;
         case 'U': oo.force_share = true; break;
         case OPT_IMAGE_OPTS: oo.image_opts = true; break;
-        case OPT_OBJECT: break;    /* secrets: only LUKS uses them, refused below */
+        case OPT_OBJECT:
+            if (img_object_add(optarg)) {
+                return 1;
+            }
+            break;
         case OPT_OUTPUT:
             if (img_parse_output_format(optarg, &ofmt) < 0) {
                 return 1;

@@ -208,8 +208,10 @@ int img_rebase(int argc, char **argv)
         case 'I': oo.image_opts = true; break;
         case 'U': force_share = true; break;
         case 'O':
-            error_report("--object is not supported by ublkd img");
-            return 1;
+            if (img_object_add(optarg)) {
+                return 1;
+            }
+            break;
         default:
             return img_opt_error(c, argv);
         }

@@ -56,8 +56,10 @@ int img_resize(int argc, char **argv)
             break;
         }
         case 'O':
-            error_report("--object is not supported by ublkd img");
-            return 1;
+            if (img_object_add(optarg)) {
+                return 1;
+            }
+            break;
         case 'h':
             printf("usage: ublkd img resize [--image-opts] [-f fmt] [--preallocation=prealloc]"
                    " [-q] [--shrink] filename [+ | -]size\n");

@@ -17,6 +17,9 @@
 #include "aio.h"
 #include "block-backend.h"
 #include "img.h"
+#ifdef CONFIG_CRYPTO
+#include "crypto.h"
+#endif
 #include "tools.h"
 
 static const struct {
@@ -133,9 +136,26 @@ int img_image_opt(int c, char **argv, ImgOpenOpts *oo, OutputFormat *ofmt)
     case 'O': return img_parse_output_format(optarg, ofmt) < 0 ? 1 : 0;
     case 'I': oo->image_opts = true; break;
     case 'U': oo->force_share = true; break;
+    case 'X': return img_object_add(optarg);
     default: return img_opt_error(c, argv);
     }
     return 0;
+}
+
+int img_object_add(const char *def)
+{
+#ifdef CONFIG_CRYPTO
+    Error *err = NULL;
+    if (secret_object_add(def, &err) < 0) {
+        error_report_err(err);
+        return 1;
+    }
+    return 0;
+#else
+    (void)def;
+    error_report("--object is not supported by ublkd img (built without CONFIG_CRYPTO)");
+    return 1;
+#endif
 }
 
 void img_add_options(const char **options, const char *arg)

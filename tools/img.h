@@ -79,8 +79,13 @@ const char *img_opt_text(char **argv);
     { "format", required_argument, NULL, 'f' }, \
     { "output", required_argument, NULL, 'O' }, \
     { "image-opts", no_argument, NULL, 'I' }, \
-    { "force-share", no_argument, NULL, 'U' }
+    { "force-share", no_argument, NULL, 'U' }, \
+    { "object", required_argument, NULL, 'X' }
 int img_image_opt(int c, char **argv, ImgOpenOpts *oo, OutputFormat *ofmt);
+
+/* --object as qemu-img takes it (secret objects only, include/crypto.h):
+ * 0, or 1 (the exit code) after printing why not. */
+int img_object_add(const char *def);
 
 /* -o as qemu-img takes it: a repeated -o adds to the list, after a comma. */
 void img_add_options(const char **options, const char *arg);

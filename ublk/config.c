@@ -20,6 +20,10 @@
 #include <json-c/json.h>
 #endif
 #include "ublk.h"
+#ifdef CONFIG_CRYPTO
+#include "crypto.h"
+#endif
+#define UBLK_KEY_FILE_SECRET "ublkd-key-file"
 
 void ublk_dev_config_init(UblkDevConfig *c)
 {
@@ -43,6 +47,7 @@ void ublk_dev_config_free(UblkDevConfig *c)
     free(c->cache);
     free(c->discard);
     free(c->log_file);
+    free(c->key_file);
     free(c->extra_opts);
     memset(c, 0, sizeof(*c));
     c->dev_id = -1;
@@ -68,6 +73,7 @@ void ublk_dev_config_usage(FILE *f)
         "                              (UBLK_F_PER_IO_DAEMON, Linux 6.16+; default off)\n"
         "  -d, --depth D               queue depth, 1..4096 (default 128)\n"
         "  -o, --option K=V[,K=V]      extra options for the root node\n"
+        "      --key-file PATH         passphrase of an encrypted qcow2 (LUKS): the whole file\n"
         "      --size SIZE             size of a null device (default 250G, as ublksrv's)\n"
         "      --cache MODE            none (default), writeback, writethrough, directsync, unsafe\n"
         "      --discard unmap|ignore  what discards do (default unmap)\n"
@@ -153,6 +159,7 @@ enum {
     OPT_SIZE = 256, OPT_CACHE, OPT_DISCARD, OPT_NO_DISCARD, OPT_ROT, OPT_LBS, OPT_PBS,
     OPT_IOOPT, OPT_MAXIO, OPT_DGRAN, OPT_DMAX, OPT_RECOVERY, OPT_REISSUE, OPT_AFFINITY,
     OPT_LOG, OPT_BLOCKDEV, OPT_RO, OPT_FOREGROUND, OPT_ZC, OPT_NO_PART_SCAN, OPT_PER_IO,
+    OPT_KEY_FILE,
 };
 
 int ublk_dev_config_parse(UblkDevConfig *c, int argc, char **argv, Error **errp)
@@ -188,6 +195,7 @@ int ublk_dev_config_parse(UblkDevConfig *c, int argc, char **argv, Error **errp)
         { "zero-copy", required_argument, NULL, OPT_ZC },
         { "no-partition-scan", no_argument, NULL, OPT_NO_PART_SCAN },
         { "per-io-threads", required_argument, NULL, OPT_PER_IO },
+        { "key-file", required_argument, NULL, OPT_KEY_FILE },
         { NULL, 0, NULL, 0 },
     };
     uint32_t v;
@@ -258,6 +266,7 @@ int ublk_dev_config_parse(UblkDevConfig *c, int argc, char **argv, Error **errp)
             }
             break;
         case OPT_CACHE: free(c->cache); c->cache = xstrdup(optarg); break;
+        case OPT_KEY_FILE: free(c->key_file); c->key_file = xstrdup(optarg); break;
         case OPT_DISCARD:
             if (strcmp(optarg, "unmap") && strcmp(optarg, "ignore")) {
                 error_setg(errp, "invalid value for --discard: '%s' (unmap or ignore)", optarg);
@@ -591,6 +600,29 @@ OptDict *ublk_dev_config_to_options(const UblkDevConfig *c, int *flags, Error **
         }
         optdict_merge(d, x, true);
         optdict_free(x);
+    }
+    if (c->key_file) {
+#ifdef CONFIG_CRYPTO
+        /* The passphrase as a secret of this process; the image's
+         * encrypt.key-secret names it unless -o named another. */
+        size_t len;
+        Error *local = NULL;
+        if (!secret_lookup(UBLK_KEY_FILE_SECRET, &len, &local)) {
+            error_free(local);
+            if (secret_add_file(UBLK_KEY_FILE_SECRET, c->key_file, errp) < 0) {
+                error_prepend(errp, "--key-file: ");
+                optdict_free(d);
+                return NULL;
+            }
+        }
+        if (!optdict_has(d, "encrypt.key-secret")) {
+            optdict_set(d, "encrypt.key-secret", UBLK_KEY_FILE_SECRET);
+        }
+#else
+        error_setg(errp, "--key-file: encrypted images need CONFIG_CRYPTO");
+        optdict_free(d);
+        return NULL;
+#endif
     }
     /* The driver's own message names the option, not how `add` takes it. */
     if (!c->blockdev && !strcmp(c->type, "quorum") && !optdict_has(d, "vote-threshold")) {
@@ -1307,6 +1339,7 @@ char *ublk_dev_state_to_json(const UblkDevState *s)
     add_str(co, "zero_copy", ublk_zero_copy_name(c->zero_copy));
     add_int(co, "per_io_threads", c->per_io_threads);
     add_str(co, "log", c->log_file);
+    add_str(co, "key_file", c->key_file);
     json_object_object_add(o, "config", co);
 
     char *out = xstrdup(json_object_to_json_string_ext(o, JSON_C_TO_STRING_PRETTY |
@@ -1488,7 +1521,8 @@ static bool state_fields_from_json(json_object *o, json_object *co, UblkDevState
                     errp) &&
          ((c->zero_copy = choice), true) &&
          get_u32(co, "per_io_threads", 0, &c->per_io_threads, errp) &&
-         get_str(co, "log", &c->log_file, errp);
+         get_str(co, "log", &c->log_file, errp) &&
+         get_str(co, "key_file", &c->key_file, errp);
     return ok;
 }
 

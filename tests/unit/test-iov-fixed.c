@@ -18,6 +18,9 @@
 #include "test-util.h"
 #include "iov-fixed.h"
 #include "../../io/block-io-int.h"
+#ifdef CONFIG_CRYPTO
+#include "crypto.h"
+#endif
 
 #define REGBUF_SIZE (1 * MiB)
 #define FILE_SIZE   (1 * MiB)
@@ -554,6 +557,68 @@ static void test_vdi(void **state)
     }
 }
 
+/* An encrypted qcow2 (LUKS) node must see the bytes: requests made of
+ * references run on a mapped bounce, the ciphertext goes to the file, and
+ * the bytes read back are the guest's. */
+static void test_encrypted_qcow2(void **state)
+{
+    (void)state;
+#ifdef CONFIG_CRYPTO
+    require_driver("qcow2");
+    const char *p = test_path("zc-luks.qcow2");
+    Error *err = NULL;
+    unlink(p);
+    size_t len;
+    if (!secret_lookup("zc-key", &len, NULL)) {
+        assert_int_equal(secret_object_add("secret,id=zc-key,data=zc-pass", &err), 0);
+    }
+    OptDict *co = optdict_parse("size=4M,encrypt.format=luks,encrypt.key-secret=zc-key,"
+                                "encrypt.iter-time=1", NULL, NULL);
+    if (bdrv_create(bdrv_find_format("qcow2"), p, co, &err) < 0) {
+        fail_msg("create: %s", error_get_pretty(err));
+    }
+    optdict_free(co);
+    char opts[700];
+    snprintf(opts, sizeof(opts), "driver=qcow2,file.filename=%s,encrypt.key-secret=zc-key", p);
+    BlockDriverState *bs = open_opts(opts, BDRV_O_RDWR);
+    assert_true(bdrv_graph_needs_mapped_data(bs));
+    BdrvChild *c = test_child_new(bs);
+    int64_t size = 4 * MiB;
+    uint8_t *model = calloc(1, (size_t)size);
+    uint64_t before = bdrv_mapped_bounce_count();
+    static const int64_t offs[] = { 0, 4096, 1 * MiB - 4096, 2 * MiB + 65536 + 512 };
+    static const int64_t lens[] = { 4096, 12288, 200 * KiB };
+    static const size_t regoffs[] = { 0, 8192 };
+    sweep(c, model, size, NULL, 0, offs, ARRAY_SIZE(offs), lens, ARRAY_SIZE(lens), regoffs,
+          ARRAY_SIZE(regoffs));
+    assert_true(bdrv_mapped_bounce_count() > before);
+    test_child_free(c);
+    bdrv_unref(bs);
+    /* Reopened, the image holds what the model says; the file holds none of
+     * it in the clear (the sweep's data is a pattern that never repeats). */
+    bs = open_opts(opts, 0);
+    c = test_child_new(bs);
+    uint8_t *got = malloc((size_t)size);
+    assert_int_equal(bdrv_pread(c, 0, size, got, 0), 0);
+    assert_memory_equal(got, model, (size_t)size);
+    test_child_free(c);
+    bdrv_unref(bs);
+    int fd = open(p, O_RDONLY);
+    assert_true(fd >= 0);
+    struct stat st;
+    assert_int_equal(fstat(fd, &st), 0);
+    uint8_t *file = malloc((size_t)st.st_size);
+    assert_int_equal(pread(fd, file, (size_t)st.st_size, 0), st.st_size);
+    close(fd);
+    assert_null(memmem(file, (size_t)st.st_size, model + 4096, 64));
+    free(file);
+    free(got);
+    free(model);
+#else
+    skip();
+#endif
+}
+
 /* A probed raw image looks at sector 0 of a write to refuse another format's
  * header: through the ring when that sector is a reference. */
 static void test_probed_raw_header_check(void **state)
@@ -748,6 +813,7 @@ int main(void)
         cmocka_unit_test(test_detect_zeroes_bounces),
         cmocka_unit_test(test_copy_on_read_bounces),
         cmocka_unit_test(test_needs_mapped_driver),
+        cmocka_unit_test(test_encrypted_qcow2),
         cmocka_unit_test(test_mixed_vector_split),
     };
     return cmocka_run_group_tests(tests, setup, teardown);
