@@ -57,7 +57,8 @@ DRIVER_SRCS-qcow2 := drivers/qcow2-header.c drivers/qcow2-cluster.c drivers/qcow
                      drivers/qcow2-compress.c drivers/qcow2-create.c drivers/qcow2-create-layout.c \
                      drivers/qcow2-alloc.c drivers/qcow2-write.c drivers/qcow2-compress-write.c \
                      drivers/qcow2-check.c drivers/qcow2-check-repair.c drivers/qcow2-measure.c \
-                     drivers/qcow2-header-write.c drivers/qcow2-resize.c
+                     drivers/qcow2-header-write.c drivers/qcow2-resize.c \
+                     drivers/qcow2-snapshot.c
 DRIVER_SRCS := $(foreach d,$(DRIVERS-y),$(wildcard drivers/$(d).c) $(DRIVER_SRCS-$(d)))
 
 # ublk server: control plane, params, config/state, queue threads, daemon

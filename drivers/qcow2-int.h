@@ -18,7 +18,7 @@
  * qcow2-refcount.c (refcount lookups), qcow2-compress.c (compressed
  * clusters: zlib raw deflate and zstd), qcow2-write.c (guest writes),
  * qcow2-alloc.c (host clusters and refcounts), qcow2-compress-write.c
- * (compressed writes).
+ * (compressed writes), qcow2-snapshot.c (internal snapshots).
  */
 #ifndef UBLKD_DRIVERS_QCOW2_INT_H
 #define UBLKD_DRIVERS_QCOW2_INT_H
@@ -449,6 +449,10 @@ int coroutine_fn qcow2_zero_clusters(BlockDriverState *bs, uint64_t offset, uint
  * that a shrink refuses to drop data: see there). */
 int coroutine_fn qcow2_co_truncate(BlockDriverState *bs, int64_t offset, bool exact,
                                    PreallocMode prealloc, BdrvRequestFlags flags, Error **errp);
+
+/* qcow2-snapshot.c: copy the active L2 table of l1_index if a snapshot
+ * shares it (its L1 entry lacks COPIED), before changing it; s->lock held. */
+int coroutine_fn qcow2_l2_cow(BlockDriverState *bs, uint64_t l1_index);
 
 /* qcow2-refcount.c */
 int coroutine_fn qcow2_get_refcount(BlockDriverState *bs, uint64_t cluster_index,
