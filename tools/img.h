@@ -31,6 +31,11 @@ int img_measure(int argc, char **argv);
 int img_rebase(int argc, char **argv);
 int img_commit(int argc, char **argv);
 int img_resize(int argc, char **argv);
+int img_snapshot(int argc, char **argv);
+/* img-snapshot.c: qemu-img's snapshot list (info and snapshot -l). */
+struct BdrvSnapshotInfo;
+void img_snapshot_dump(FILE *f, const struct BdrvSnapshotInfo *sn);
+void img_dump_snapshots(FILE *f, const struct BdrvSnapshotInfo *sns, int n);
 
 /* ---- common (img.c) ---- */
 typedef enum { OFORMAT_HUMAN, OFORMAT_JSON } OutputFormat;
