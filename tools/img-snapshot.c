@@ -174,3 +174,91 @@ int img_snapshot(int argc, char **argv)
     blk_unref(blk);
     return ret ? 1 : 0;
 }
+
+/*
+ * convert -l: "snapshot.id=ID,snapshot.name=NAME" (either or both) or a
+ * plain ID_OR_NAME (by id first, then by name), as qemu-img parses it.
+ * 0, or 1 after printing qemu-img's message.
+ */
+int img_parse_snapshot_param(const char *arg, ImgSnapshotParam *p)
+{
+    *p = (ImgSnapshotParam){ 0 };
+    p->given = true;
+    if (strlen(arg) >= sizeof(p->buf)) {
+        error_report("Failed in parsing snapshot param '%s': too long", arg);
+        return 1;
+    }
+    memcpy(p->buf, arg, strlen(arg) + 1);
+    if (strncmp(arg, "snapshot.", 9)) {
+        p->by_id_or_name = true;
+        p->name = p->buf;
+        return 0;
+    }
+    char *save = NULL;
+    for (char *kv = strtok_r(p->buf, ",", &save); kv; kv = strtok_r(NULL, ",", &save)) {
+        char *eq = strchr(kv, '=');
+        if (eq) {
+            *eq = 0;
+        }
+        const char **dst = !strcmp(kv, "snapshot.id") ? &p->id
+                           : !strcmp(kv, "snapshot.name") ? &p->name : NULL;
+        if (!dst || !eq) {
+            error_report("Invalid parameter '%s'", kv);
+            error_report("Failed in parsing snapshot param '%s'", arg);
+            return 1;
+        }
+        *dst = eq + 1;
+    }
+    return 0;
+}
+
+/* Open filename showing the snapshot (read-only, qcow2's load-snapshot-id);
+ * qemu-img's "Failed to load snapshot: ..." when there is none such. */
+BlockBackend *img_open_snapshot(const char *filename, const ImgOpenOpts *o, const char *id,
+                                const char *name, bool by_id_or_name)
+{
+    BlockBackend *blk = img_open(filename, o);
+    if (!blk) {
+        return NULL;
+    }
+    BlockDriverState *bs = blk_bs(blk);
+    BdrvSnapshotInfo *sns;
+    int n = bdrv_snapshot_list(bs, &sns), found = -1;
+    if (n == -ENOTSUP) {
+        error_report("Failed to load snapshot: Block format '%s' used by device '' does not"
+                     " support temporarily loading internal snapshots",
+                     bdrv_get_format_name(bs));
+        blk_unref(blk);
+        return NULL;
+    }
+    for (int pass = 0; pass < 2 && found < 0; pass++) {
+        for (int i = 0; i < n && found < 0; i++) {
+            bool ok;
+            if (by_id_or_name) {
+                ok = !strcmp(pass ? sns[i].name : sns[i].id_str, name);
+            } else {
+                ok = pass == 0 && (!id || !strcmp(sns[i].id_str, id)) &&
+                     (!name || !strcmp(sns[i].name, name)) && (id || name);
+            }
+            if (ok) {
+                found = i;
+            }
+        }
+    }
+    blk_unref(blk);
+    if (found < 0) {
+        error_report("Failed to load snapshot: Can't find snapshot");
+        free(sns);
+        return NULL;
+    }
+    char opt[200];
+    snprintf(opt, sizeof(opt), "load-snapshot-id=%s", sns[found].id_str);
+    free(sns);
+    if (strchr(opt, ',')) {
+        error_report("Failed to load snapshot: snapshot id with a comma");
+        return NULL;
+    }
+    ImgOpenOpts so = *o;
+    so.extra_options = opt;
+    return img_open(filename, &so);
+}
