@@ -43,8 +43,8 @@ static void coroutine_fn snap_entry(void *opaque)
 static int snap_run(SnapCo *c, bool supported)
 {
     if (!supported) {
-        error_setg(c->errp, "Block format '%s' used by device '%s' does not support internal"
-                   " snapshots", c->bs->drv->format_name, c->bs->filename);
+        /* QEMU's words for apply; create reports only the errno */
+        error_setg(c->errp, "Block driver does not support snapshots");
         return -ENOTSUP;
     }
     bdrv_drained_begin(c->bs);

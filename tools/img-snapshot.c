@@ -109,7 +109,8 @@ int img_snapshot(int argc, char **argv)
         return img_usage_error("Expecting one image file name");
     }
     if (oo.force_share && oo.writable) {
-        error_report("force-share=on can only be used with read-only images");
+        error_report("Could not open '%s': force-share=on can only be used with read-only"
+                     " images", argv[optind]);
         return 1;
     }
     BlockBackend *blk = img_open(argv[optind], &oo);
@@ -137,7 +138,7 @@ int img_snapshot(int argc, char **argv)
         ret = bdrv_snapshot_create(bs, &sn, &err);
         if (ret) {
             error_free(err);
-            error_report("Could not create snapshot '%s': %s", name, strerror(-ret));
+            error_report("Could not create snapshot '%s': %d (%s)", name, ret, strerror(-ret));
         }
         break;
     }
