@@ -324,7 +324,8 @@ static int coroutine_fn write_snapshots(BlockDriverState *bs, Qcow2Snapshot *sns
             return (int)off;
         }
     }
-    ret = meta_cache_flush(s->refcount_cache);
+    /* the flush after the table makes the refcounts durable before the header */
+    ret = meta_cache_write_back(s->refcount_cache);
     if (ret == 0 && size) {
         ret = qcow2_overlaps_metadata(bs, (uint64_t)off, size, 0) ? -EIO :
               bdrv_pwrite(bs->file, off, (int64_t)size, buf, 0);
@@ -375,9 +376,16 @@ static int coroutine_fn rc_get(BlockDriverState *bs, uint64_t off, uint64_t *rc)
     return qcow2_get_refcount(bs, off >> s->cluster_bits, rc);
 }
 
+/* An L2 table offset from an L1 table (a snapshot's comes from the file
+ * unchecked): aligned, and not over the header, the L1 or refcount tables
+ * or a refcount block (the overlap check marks the image corrupt). */
 static int l2_offset_bad(BlockDriverState *bs, uint64_t l2, uint64_t i)
 {
     BDRVQcow2State *s = bs->opaque;
+    if (!qcow2_offset_into_cluster(s, l2) &&
+        qcow2_overlaps_metadata(bs, l2, s->cluster_size, l2)) {
+        return -EIO;
+    }
     if (qcow2_offset_into_cluster(s, l2)) {
         char msg[120];
         snprintf(msg, sizeof(msg), "L2 table offset 0x%" PRIx64 " of L1 entry %" PRIu64
@@ -451,8 +459,9 @@ static int coroutine_fn tree_refcount(BlockDriverState *bs, const uint64_t *l1, 
     return 0;
 }
 
-/* Write the active L1 table (n entries of t) in place and flush. */
-static int coroutine_fn write_active_l1(BlockDriverState *bs, const uint64_t *t, uint32_t n)
+/* Write the active L1 table (n entries of t) in place; flush if asked. */
+static int coroutine_fn write_active_l1(BlockDriverState *bs, const uint64_t *t, uint32_t n,
+                                        bool flush)
 {
     BDRVQcow2State *s = bs->opaque;
     if (!n) {
@@ -467,7 +476,7 @@ static int coroutine_fn write_active_l1(BlockDriverState *bs, const uint64_t *t,
     }
     int ret = bdrv_pwrite(bs->file, (int64_t)s->h.l1_table_offset, (int64_t)n * 8, be, 0);
     free(be);
-    return ret < 0 ? ret : bdrv_co_flush(bs->file->bs);
+    return ret < 0 || !flush ? ret : bdrv_co_flush(bs->file->bs);
 }
 
 /*
@@ -538,7 +547,7 @@ static int coroutine_fn fix_active_copied(BlockDriverState *bs)
         ret = meta_cache_flush(s->l2_cache);
     }
     if (ret == 0 && l1_changed) {
-        ret = write_active_l1(bs, l1, s->l1_size);
+        ret = write_active_l1(bs, l1, s->l1_size, true);
         for (uint32_t i = 0; ret == 0 && i < s->l1_size; i++) {
             __atomic_store_n(&s->l1_table[i], l1[i], __ATOMIC_RELEASE);
         }
@@ -722,10 +731,9 @@ int coroutine_fn qcow2_co_snapshot_create(BlockDriverState *bs, BdrvSnapshotInfo
         }
     }
     snprintf(info->id_str, sizeof(info->id_str), "%s", sn.id_str);
-    ret = flush_caches(s);
-    if (ret < 0) {
-        goto fail;
-    }
+    /* Flushes are few (each costs a disk cache flush): the L1 copy and the
+     * refcounts reach the disk with the L2 tables' flush below, the active
+     * L1 with the table's, all before the header names the snapshot. */
     /* The copy keeps the entries as they are (COPIED too, as QEMU's). */
     if (s->l1_size) {
         int64_t off = qcow2_alloc_clusters(bs, (uint64_t)s->l1_size * 8);
@@ -742,11 +750,8 @@ int coroutine_fn qcow2_co_snapshot_create(BlockDriverState *bs, BdrvSnapshotInfo
         for (uint32_t i = 0; i < s->l1_size; i++) {
             be[i] = htobe64(s->l1_table[i]);
         }
-        ret = meta_cache_flush(s->refcount_cache);
-        if (ret == 0) {
-            ret = qcow2_overlaps_metadata(bs, (uint64_t)off, (uint64_t)s->l1_size * 8, 0) ? -EIO
-                  : bdrv_pwrite(bs->file, off, (int64_t)s->l1_size * 8, be, 0);
-        }
+        ret = qcow2_overlaps_metadata(bs, (uint64_t)off, (uint64_t)s->l1_size * 8, 0) ? -EIO
+              : bdrv_pwrite(bs->file, off, (int64_t)s->l1_size * 8, be, 0);
         free(be);
         if (ret < 0) {
             goto fail;
@@ -754,7 +759,11 @@ int coroutine_fn qcow2_co_snapshot_create(BlockDriverState *bs, BdrvSnapshotInfo
     }
     ret = tree_refcount(bs, s->l1_table, s->l1_size, false, true);
     if (ret == 0) {
-        ret = flush_caches(s);
+        /* refcounts written, flushed, then the L2 tables without COPIED, flushed */
+        ret = meta_cache_write_back(s->refcount_cache);
+    }
+    if (ret == 0) {
+        ret = meta_cache_flush(s->l2_cache);
     }
     if (ret == 0) {
         /* no active L2 table is exclusive any more */
@@ -766,7 +775,7 @@ int coroutine_fn qcow2_co_snapshot_create(BlockDriverState *bs, BdrvSnapshotInfo
         for (uint32_t i = 0; i < s->l1_size; i++) {
             l1[i] = s->l1_table[i] & ~QCOW2_OFLAG_COPIED;
         }
-        ret = write_active_l1(bs, l1, s->l1_size);
+        ret = write_active_l1(bs, l1, s->l1_size, false);
         for (uint32_t i = 0; ret == 0 && i < s->l1_size; i++) {
             __atomic_store_n(&s->l1_table[i], l1[i], __ATOMIC_RELEASE);
         }
@@ -838,11 +847,8 @@ int coroutine_fn qcow2_co_snapshot_delete(BlockDriverState *bs, const char *id, 
     }
     memcpy(sns, s->snapshots, (size_t)idx * sizeof(*sns));
     memcpy(sns + idx, s->snapshots + idx + 1, (n - (uint32_t)idx - 1) * sizeof(*sns));
-    ret = flush_caches(s);
     Qcow2Snapshot *old = s->snapshots;
-    if (ret == 0) {
-        ret = write_snapshots(bs, sns, n - 1);
-    }
+    ret = write_snapshots(bs, sns, n - 1);
     if (ret < 0) {
         free(sns);
         error_setg_errno(errp, -ret, "Failed to remove snapshot from snapshot list");
@@ -856,7 +862,9 @@ int coroutine_fn qcow2_co_snapshot_delete(BlockDriverState *bs, const char *id, 
         ret = rc_change(bs, sn.l1_table_offset, (uint64_t)sn.l1_size * 8, true);
     }
     if (ret == 0) {
-        ret = flush_caches(s);
+        /* the lower refcounts go out before COPIED comes back (fix_active_copied
+         * flushes); a crash between leaves leaks or COPIED missing, no more */
+        ret = meta_cache_write_back(s->refcount_cache);
     }
     if (ret == 0) {
         ret = fix_active_copied(bs);

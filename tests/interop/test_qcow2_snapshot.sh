@@ -254,6 +254,19 @@ for c in "36 00100000" "0 00000000deadbe00" "8 7fffffff" "12 ffff" "0 0000000000
         rm -f o.raw
     done
 done
+# a snapshot L1 entry naming the refcount table as an L2 table: delete stops
+# there (the image marked corrupt), no refcount of the table's cluster changes
+cp m.qcow2 bad.qcow2
+python3 - bad.qcow2 <<'PY'
+import struct, sys
+f = open(sys.argv[1], "r+b")
+f.seek(48); rt = struct.unpack(">Q", f.read(8))[0]
+f.seek(64); off = struct.unpack(">Q", f.read(8))[0]
+f.seek(off); l1 = struct.unpack(">Q", f.read(8))[0]
+f.seek(l1); f.write(struct.pack(">Q", rt))
+PY
+expect_rc 1 uimg snapshot -d s1 bad.qcow2
+expect_out "overlaps with refcount table"
 n_ok=$((n_ok + 1))
 
 # ---- kill -9 during create and delete: 512-byte clusters and 24 MiB of data

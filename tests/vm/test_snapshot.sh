@@ -56,7 +56,6 @@ qemu-img check -q $T/s.qcow2 || fail "qemu-img check after live snapshots"
 qemu-img snapshot -l $T/s.qcow2 | grep -q " live2 " || fail "live2 not listed"
 qemu-img convert -l snapshot.name=live1 -O raw $T/s.qcow2 $T/live1.raw
 cmp -n $((8 * M)) $T/a.bin $T/live1.raw || fail "live1 does not hold region A as before"
-cmp -n $((8 * M)) $T/b.bin $T/s.qcow2 2>/dev/null; true
 
 # the snapshot mapped read-only reads the old data
 out=$("$UBLKD" add qcow2 $T/s.qcow2 --snapshot live1 $CACHE_OPT) || fail "add --snapshot: $out"
