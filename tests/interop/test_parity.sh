@@ -97,7 +97,7 @@ same_output "map of convert -S 0 -O vdi" u.S0.map q.S0.map
 cmp u.n.raw src.raw || fail "convert -n: target differs from source"
 
 # --- an unsupported option is named, not its argument
-for o in "-l snap" "--object secret,id=x" "-r 1M"; do
+for o in "--object secret,id=x" "-r 1M"; do
     uimg convert $o -f raw -O raw src.raw x.raw >u.out 2>&1 && fail "convert $o succeeded"
     grep -qF "convert option '${o%% *}' is not supported" u.out || { cat u.out >&2; fail "convert $o: message"; }
 done
