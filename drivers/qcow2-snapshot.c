@@ -429,39 +429,53 @@ static int coroutine_fn tree_refcount(BlockDriverState *bs, const uint64_t *l1, 
             if (ret < 0) {
                 break;
             }
-            bool dirty = false;
-            /* runs of contiguous data clusters change in one call: each call
-             * costs an overlap check of its refcount block */
+            /* Runs of contiguous data clusters change in one call (each call
+             * costs an overlap check of its refcount block).  `counted`:
+             * entries [0, counted) have their new reference; only those lose
+             * COPIED, so a failure leaves flags that match the refcounts. */
+            uint32_t nent = (uint32_t)(slice_bytes / s->l2_entry_size), counted = 0;
             uint64_t run = 0, run_len = 0;
-            for (uint32_t j = 0; ret == 0 && j < slice_bytes / s->l2_entry_size; j++) {
-                uint64_t e = be64toh(slice[j * step]);
+            for (uint32_t j = 0; j <= nent; j++) {
+                uint64_t e = j < nent ? be64toh(slice[j * step]) : 0;
                 uint64_t host = e & QCOW2_L2E_OFFSET_MASK;
-                if (!(e & QCOW2_OFLAG_COMPRESSED) && host && run_len && host == run + run_len) {
+                bool compressed = e & QCOW2_OFLAG_COMPRESSED;
+                if (j < nent && !compressed && host && run_len && host == run + run_len) {
                     run_len += s->cluster_size;
-                } else {
-                    if (run_len) {
-                        ret = rc_change(bs, run, run_len, dec);
-                        run_len = 0;
-                    }
+                    continue;
+                }
+                if (run_len) {
+                    ret = rc_change(bs, run, run_len, dec);
                     if (ret < 0) {
                         break;
                     }
-                    if (e & QCOW2_OFLAG_COMPRESSED) {
-                        uint64_t coff = e & s->cluster_offset_mask;
-                        uint64_t nb = ((e >> s->csize_shift) & s->csize_mask) + 1;
-                        ret = rc_change(bs, coff & ~511ULL, nb * 512, dec);
-                    } else if (host) {
-                        run = host;
-                        run_len = s->cluster_size;
-                    }
+                    counted = j;
+                    run_len = 0;
                 }
-                if (ret == 0 && clear_copied && (e & QCOW2_OFLAG_COPIED)) {
+                if (j == nent) {
+                    break;
+                }
+                if (compressed) {
+                    uint64_t coff = e & s->cluster_offset_mask;
+                    uint64_t nb = ((e >> s->csize_shift) & s->csize_mask) + 1;
+                    ret = rc_change(bs, coff & ~511ULL, nb * 512, dec);
+                    if (ret < 0) {
+                        break;
+                    }
+                    counted = j + 1;
+                } else if (host) {
+                    run = host;
+                    run_len = s->cluster_size;
+                } else {
+                    counted = j + 1;
+                }
+            }
+            bool dirty = false;
+            for (uint32_t j = 0; clear_copied && j < counted; j++) {
+                uint64_t e = be64toh(slice[j * step]);
+                if (e & QCOW2_OFLAG_COPIED) {
                     qcow2_set_l2_entry(s, slice, j, e & ~QCOW2_OFLAG_COPIED);
                     dirty = true;
                 }
-            }
-            if (ret == 0 && run_len) {
-                ret = rc_change(bs, run, run_len, dec);
             }
             if (dirty) {
                 meta_cache_mark_dirty(s->l2_cache, slice);
