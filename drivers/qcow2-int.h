@@ -465,6 +465,9 @@ int coroutine_fn qcow2_l2_cow(BlockDriverState *bs, uint64_t l1_index);
 int qcow2_read_snapshots(BlockDriverState *bs, Error **errp);
 int qcow2_load_snapshot_opts(BlockDriverState *bs, OptDict *options, int flags, Error **errp);
 void qcow2_free_snapshots(BDRVQcow2State *s);
+/* What of the snapshot table and the snapshots' L1 tables (ol: QCOW2_OL_*
+ * bits) [offset, offset + len) overlaps, or NULL (qcow2_overlaps_metadata). */
+const char *qcow2_snapshot_overlap(BDRVQcow2State *s, unsigned ol, uint64_t offset, uint64_t len);
 struct BdrvSnapshotInfo;
 int qcow2_snapshot_list(BlockDriverState *bs, struct BdrvSnapshotInfo **list);
 int coroutine_fn qcow2_co_snapshot_create(BlockDriverState *bs, struct BdrvSnapshotInfo *sn,

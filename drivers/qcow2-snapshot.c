@@ -1047,6 +1047,28 @@ int coroutine_fn qcow2_co_snapshot_goto(BlockDriverState *bs, const char *id_or_
     return ret;
 }
 
+/* ---- the overlap check's part ---- */
+
+static bool overlaps(uint64_t a, uint64_t alen, uint64_t b, uint64_t blen)
+{
+    return a < b + blen && b < a + alen;
+}
+
+const char *qcow2_snapshot_overlap(BDRVQcow2State *s, unsigned ol, uint64_t offset, uint64_t len)
+{
+    if ((ol & QCOW2_OL_SNAPSHOT_TABLE) && s->snapshots_size &&
+        overlaps(offset, len, s->h.snapshots_offset, s->snapshots_size)) {
+        return "snapshot table";
+    }
+    for (uint32_t i = 0; (ol & QCOW2_OL_INACTIVE_L1) && i < nb_snapshots(s); i++) {
+        const Qcow2Snapshot *sn = &s->snapshots[i];
+        if (sn->l1_size && overlaps(offset, len, sn->l1_table_offset, (uint64_t)sn->l1_size * 8)) {
+            return "inactive L1 table";
+        }
+    }
+    return NULL;
+}
+
 /* ---- reading a snapshot (read-only open) ---- */
 
 int qcow2_load_snapshot_opts(BlockDriverState *bs, OptDict *options, int flags, Error **errp)
