@@ -267,6 +267,17 @@ f.seek(l1); f.write(struct.pack(">Q", rt))
 PY
 expect_rc 1 uimg snapshot -d s1 bad.qcow2
 expect_out "overlaps with refcount table"
+# an active L2 table over the snapshot table: the write is refused, the table kept
+cp m.qcow2 bad.qcow2
+python3 - bad.qcow2 <<'PY'
+import struct, sys
+f = open(sys.argv[1], "r+b")
+f.seek(64); off = struct.unpack(">Q", f.read(8))[0]
+f.seek(40); l1 = struct.unpack(">Q", f.read(8))[0]
+f.seek(l1); f.write(struct.pack(">Q", (off & ~0xffff) | (1 << 63)))
+PY
+expect_rc 1 uimg io -c 'write -P 1 0 4k' bad.qcow2
+expect_out "overlaps with snapshot table"
 n_ok=$((n_ok + 1))
 
 # ---- kill -9 during create and delete: 512-byte clusters and 24 MiB of data
