@@ -29,7 +29,7 @@ LDFLAGS   ?=
 # ---- sources, one subsystem per file ----
 IO_SRCS := io/error.c io/coroutine.c io/co-lock.c io/aio.c io/aio-signal.c io/iov.c io/iov-fixed.c
 # node graph, options
-IO_SRCS += io/options.c io/block.c io/block-open.c io/block-perm.c
+IO_SRCS += io/options.c io/block.c io/block-open.c io/block-snapshot.c io/block-perm.c
 # request path, throttling, export handle
 IO_SRCS += io/block-io.c io/block-io-fixed.c io/block-io-zero.c io/block-io-drain.c io/block-status.c
 IO_SRCS += io/throttle.c io/block-backend.c
@@ -60,7 +60,8 @@ DRIVER_SRCS-qcow2 := drivers/qcow2-header.c drivers/qcow2-cluster.c drivers/qcow
                      drivers/qcow2-compress.c drivers/qcow2-create.c drivers/qcow2-create-layout.c \
                      drivers/qcow2-alloc.c drivers/qcow2-write.c drivers/qcow2-compress-write.c \
                      drivers/qcow2-check.c drivers/qcow2-check-repair.c drivers/qcow2-measure.c \
-                     drivers/qcow2-header-write.c drivers/qcow2-resize.c drivers/qcow2-crypto.c
+                     drivers/qcow2-header-write.c drivers/qcow2-resize.c drivers/qcow2-crypto.c \
+                     drivers/qcow2-snapshot.c
 DRIVER_SRCS := $(foreach d,$(DRIVERS-y),$(wildcard drivers/$(d).c) $(DRIVER_SRCS-$(d)))
 
 # ublk server: control plane, params, config/state, queue threads, daemon
@@ -73,7 +74,7 @@ IMG_SRCS := tools/img.c tools/img-util.c tools/img-json.c tools/progress.c \
             tools/img-create.c tools/img-info.c tools/img-check.c tools/img-convert.c \
             tools/img-compare.c tools/img-map.c tools/img-bench.c tools/img-io.c \
             tools/img-io-cmds.c tools/img-dd.c tools/img-measure.c tools/img-rebase.c \
-            tools/img-commit.c tools/img-resize.c
+            tools/img-commit.c tools/img-resize.c tools/img-snapshot.c
 TOOL_SRCS += $(IMG_SRCS)
 
 ifeq ($(CONFIG_JSON),y)

@@ -44,10 +44,11 @@ bool coroutine_fn qcow2_overlaps_metadata(BlockDriverState *bs, uint64_t offset,
     unsigned ol = s->overlap_check;
     const char *what = NULL;
 
-    /* Snapshots are not read yet, so their table and inactive L1/L2
-     * tables are not known here: those checks find nothing. */
+    /* The snapshots' L2 tables (inactive-l2) are not compared. */
     if ((ol & QCOW2_OL_MAIN_HEADER) && ranges_overlap(offset, len, 0, s->cluster_size)) {
         what = "qcow2_header";
+    } else if ((what = qcow2_snapshot_overlap(s, ol, offset, len))) {
+        /* the snapshot table or a snapshot's L1 table */
     } else if ((ol & QCOW2_OL_ACTIVE_L1) &&
                ranges_overlap(offset, len, s->h.l1_table_offset, (uint64_t)s->l1_size * 8)) {
         what = "active L1 table";

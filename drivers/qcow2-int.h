@@ -18,7 +18,7 @@
  * qcow2-refcount.c (refcount lookups), qcow2-compress.c (compressed
  * clusters: zlib raw deflate and zstd), qcow2-write.c (guest writes),
  * qcow2-alloc.c (host clusters and refcounts), qcow2-compress-write.c
- * (compressed writes).
+ * (compressed writes), qcow2-snapshot.c (internal snapshots).
  */
 #ifndef UBLKD_DRIVERS_QCOW2_INT_H
 #define UBLKD_DRIVERS_QCOW2_INT_H
@@ -253,6 +253,12 @@ typedef struct BDRVQcow2State {
      * qcow2-header-write.c. */
     uint64_t bitmaps_marked;
     bool guest_changed;
+    /* Internal snapshots (qcow2-snapshot.c): the table as read at open,
+     * h.nb_snapshots entries; its size in the file.  snapshot_loaded: a
+     * read-only open shows a snapshot (its L1 table is s->l1_table). */
+    struct Qcow2Snapshot *snapshots;
+    uint64_t snapshots_size;
+    bool snapshot_loaded;
 } BDRVQcow2State;
 
 /* Refcount i of a refcount block (or a slice of one), 2^order bits wide. */
@@ -453,6 +459,27 @@ int coroutine_fn qcow2_zero_clusters(BlockDriverState *bs, uint64_t offset, uint
  * that a shrink refuses to drop data: see there). */
 int coroutine_fn qcow2_co_truncate(BlockDriverState *bs, int64_t offset, bool exact,
                                    PreallocMode prealloc, BdrvRequestFlags flags, Error **errp);
+
+/* qcow2-snapshot.c: copy the active L2 table of l1_index if a snapshot
+ * shares it (its L1 entry lacks COPIED), before changing it; s->lock held. */
+int coroutine_fn qcow2_l2_cow(BlockDriverState *bs, uint64_t l1_index);
+/* The snapshot table, at open (QEMU's limits and messages); freed at close.
+ * Then, with options load-snapshot-id / -name (read-only), that snapshot
+ * replaces the active L1 table and size. */
+int qcow2_read_snapshots(BlockDriverState *bs, Error **errp);
+int qcow2_load_snapshot_opts(BlockDriverState *bs, OptDict *options, int flags, Error **errp);
+void qcow2_free_snapshots(BDRVQcow2State *s);
+/* What of the snapshot table and the snapshots' L1 tables (ol: QCOW2_OL_*
+ * bits) [offset, offset + len) overlaps, or NULL (qcow2_overlaps_metadata). */
+const char *qcow2_snapshot_overlap(BDRVQcow2State *s, unsigned ol, uint64_t offset, uint64_t len);
+struct BdrvSnapshotInfo;
+int qcow2_snapshot_list(BlockDriverState *bs, struct BdrvSnapshotInfo **list);
+int coroutine_fn qcow2_co_snapshot_create(BlockDriverState *bs, struct BdrvSnapshotInfo *sn,
+                                          Error **errp);
+int coroutine_fn qcow2_co_snapshot_goto(BlockDriverState *bs, const char *id_or_name,
+                                        Error **errp);
+int coroutine_fn qcow2_co_snapshot_delete(BlockDriverState *bs, const char *id,
+                                          const char *name, Error **errp);
 
 /* qcow2-refcount.c */
 int coroutine_fn qcow2_get_refcount(BlockDriverState *bs, uint64_t cluster_index,

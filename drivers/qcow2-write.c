@@ -114,6 +114,11 @@ int coroutine_fn qcow2_l2_slice_for_write(BlockDriverState *bs, uint64_t offset,
         if (ret < 0) {
             return ret;
         }
+    } else if (!(s->l1_table[l1_index] & QCOW2_OFLAG_COPIED)) {
+        ret = qcow2_l2_cow(bs, l1_index);      /* shared with a snapshot */
+        if (ret < 0) {
+            return ret;
+        }
     }
     uint64_t l2_offset = s->l1_table[l1_index] & QCOW2_L1E_OFFSET_MASK;
     if (qcow2_overlaps_metadata(bs, l2_offset, s->cluster_size, l2_offset)) {
@@ -784,6 +789,12 @@ static int coroutine_fn clear_clusters(BlockDriverState *bs, uint64_t offset, ui
                 goto next;                  /* unallocated already */
             }
             ret = qcow2_l2_allocate(bs, l1_index);
+            if (ret < 0) {
+                break;
+            }
+            l2_offset = s->l1_table[l1_index] & QCOW2_L1E_OFFSET_MASK;
+        } else if (!(s->l1_table[l1_index] & QCOW2_OFLAG_COPIED)) {
+            ret = qcow2_l2_cow(bs, l1_index);  /* shared with a snapshot */
             if (ret < 0) {
                 break;
             }

@@ -365,6 +365,7 @@ static void qcow2_free_state(BDRVQcow2State *s)
     s->refcount_table = NULL;
     qcow2_crypto_close(s);
     qcow2_bounce_free_all(s);
+    qcow2_free_snapshots(s);
     qcow2_free_header_state(s);
 }
 
@@ -427,6 +428,20 @@ static int qcow2_open(BlockDriverState *bs, OptDict *options, int flags, Error *
         goto fail;
     }
     ret = open_data_file(bs, options, errp);
+    if (ret < 0) {
+        goto fail;
+    }
+    {
+        /* a check reads and reports the table itself */
+        Error *snap_err = NULL;
+        ret = qcow2_read_snapshots(bs, &snap_err);
+        if (ret < 0 && !(flags & BDRV_O_CHECK)) {
+            error_propagate(errp, snap_err);
+            goto fail;
+        }
+        error_free(snap_err);
+    }
+    ret = qcow2_load_snapshot_opts(bs, options, flags, errp);
     if (ret < 0) {
         goto fail;
     }
@@ -735,6 +750,10 @@ const BlockDriver bdrv_qcow2 = {
     .bitmaps_size = qcow2_bitmaps_size,
     .co_change_backing_file = qcow2_co_change_backing_file,
     .co_make_empty = qcow2_co_make_empty,
+    .snapshot_list = qcow2_snapshot_list,
+    .co_snapshot_create = qcow2_co_snapshot_create,
+    .co_snapshot_goto = qcow2_co_snapshot_goto,
+    .co_snapshot_delete = qcow2_co_snapshot_delete,
     .create_opts = qcow2_create_opts,
     .getlength = qcow2_getlength,
     .get_info = qcow2_get_info,

@@ -118,6 +118,8 @@ typedef struct BdrvRootOps {
     void (*drained_end)(BdrvChild *root);
 } BdrvRootOps;
 
+struct BdrvSnapshotInfo;
+
 struct BlockDriver {
     const char *format_name;
     /*
@@ -240,6 +242,19 @@ struct BlockDriver {
      * drained.  -ENOTSUP without it.
      */
     int coroutine_fn (*co_make_empty)(BlockDriverState *bs);
+    /*
+     * Internal snapshots (qcow2; include/block-snapshot.h): the list (a
+     * malloc'd array the caller frees; the count or -errno), and create,
+     * apply (goto: by id, then by name) and delete (by id and/or name) on
+     * a drained, writable bs.  -errno with errp set.
+     */
+    int (*snapshot_list)(BlockDriverState *bs, struct BdrvSnapshotInfo **list);
+    int coroutine_fn (*co_snapshot_create)(BlockDriverState *bs, struct BdrvSnapshotInfo *sn,
+                                           Error **errp);
+    int coroutine_fn (*co_snapshot_goto)(BlockDriverState *bs, const char *id_or_name,
+                                         Error **errp);
+    int coroutine_fn (*co_snapshot_delete)(BlockDriverState *bs, const char *id,
+                                           const char *name, Error **errp);
     /* Create an image; opts hold "size" and the format's -o options. */
     int coroutine_fn (*co_create)(const char *filename, OptDict *opts, Error **errp);
     const CreateOptDesc *create_opts;

@@ -399,6 +399,9 @@ unsigned ublk_queues_running(UblkDev *d);
  *       "index": N, "options": "driver=raw,file.filename=/abs/path"}
  *      (the device's topmost quorum node; add takes index -1; remove has no
  *      options)  <- ok replies add "index": the child changed
+ *   -> {"ublkd-ctl": 1, "op": "snapshot", "name": "NAME"}  (an internal
+ *      snapshot of the image, I/O drained meanwhile)  <- ok replies add
+ *      "snapshot_id": "ID" and "pause_ns": how long I/O was held
  * A request of another version is answered with an error naming both; a
  * new verb is a new "op" (and fields), the version changes only when an
  * old field changes meaning.
@@ -406,7 +409,7 @@ unsigned ublk_queues_running(UblkDev *d);
 #define UBLK_CTL_VERSION 1
 #define UBLK_CTL_MAX_MSG 4096
 
-typedef enum { UBLK_CTL_RESIZE = 1, UBLK_CTL_UPGRADE, UBLK_CTL_QUORUM } UblkCtlOp;
+typedef enum { UBLK_CTL_RESIZE = 1, UBLK_CTL_UPGRADE, UBLK_CTL_QUORUM, UBLK_CTL_SNAPSHOT } UblkCtlOp;
 
 typedef struct UblkCtlRequest {
     UblkCtlOp op;
@@ -415,7 +418,8 @@ typedef struct UblkCtlRequest {
     bool cancel;               /* upgrade: the QUIESCE_DEV failed, serve on */
     BdrvChildChange change;    /* quorum: "replace", "add" or "remove" */
     int index;                 /* quorum: the child (add: -1, the next) */
-    char options[UBLK_CTL_MAX_MSG]; /* quorum: the new child's options (replace, add) */
+    char options[UBLK_CTL_MAX_MSG]; /* quorum: the new child's options (replace, add);
+                                     * snapshot: its name */
 } UblkCtlRequest;
 
 typedef struct UblkCtlReply {
@@ -424,6 +428,8 @@ typedef struct UblkCtlReply {
     char *message;             /* the error (what and where) when !ok; malloc'ed */
     uint64_t size, old_size;   /* resize: the device's size after and before */
     int index;                 /* quorum: the child changed (-1: not a quorum reply) */
+    char snapshot_id[128];     /* snapshot: the new snapshot's id ("": not a snapshot reply) */
+    uint64_t pause_ns;         /* snapshot: how long I/O was held */
 } UblkCtlReply;
 
 /* Pure, unit-tested.  The texts are one line, no newline; NULL without

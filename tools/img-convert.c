@@ -271,6 +271,7 @@ int img_convert(int argc, char **argv)
     bool opt_backing = false;          /* -o backing_file */
     int64_t min_sparse = 4096;
     int nworkers = 8;
+    ImgSnapshotParam snap = { 0 };     /* -l */
     static const struct option longopts[] = {
         { "help", no_argument, NULL, 'h' },
         { "image-opts", no_argument, NULL, 'I' },
@@ -328,7 +329,12 @@ int img_convert(int argc, char **argv)
                 return 1;
             }
             break;
-        case 'C': case 'l': case 'r': case 'Y': case 'Z':
+        case 'l':
+            if (img_parse_snapshot_param(optarg, &snap)) {
+                return 1;
+            }
+            break;
+        case 'C': case 'r': case 'Y': case 'Z':
             error_report("convert option '%s' is not supported by ublkd img",
                          img_opt_text(argv));
             return 1;
@@ -447,7 +453,9 @@ int img_convert(int argc, char **argv)
     bool target_has_backing = out_base || opt_backing;
     so.cache = src_cache;
     so.no_share = true;
-    BlockBackend *src = img_open(src_name, &so);
+    BlockBackend *src = snap.given ? img_open_snapshot(src_name, &so, snap.id, snap.name,
+                                                       snap.by_id_or_name)
+                                   : img_open(src_name, &so);
     if (!src) {
         return 1;
     }

@@ -16,6 +16,7 @@
 #include <json-c/json.h>
 #endif
 #include "block-backend.h"
+#include "block-snapshot.h"
 #include "img.h"
 
 typedef struct ImageInfo {
@@ -28,6 +29,8 @@ typedef struct ImageInfo {
     char *full_backing;
     const char *backing_fmt;             /* NULL if none */
     ImageSpecificInfo spec;
+    BdrvSnapshotInfo *sns;               /* internal snapshots, nsns of them */
+    int nsns;
 } ImageInfo;
 
 static char *full_backing_name(const char *image, const char *backing)
@@ -68,6 +71,7 @@ static void collect(BlockDriverState *bs, const char *name, ImageInfo *info)
         }
     }
     bdrv_get_specific_info(bs, &info->spec);
+    info->nsns = bdrv_snapshot_list(bs, &info->sns);
 }
 
 static void dump_human(const ImageInfo *info)
@@ -98,6 +102,8 @@ static void dump_human(const ImageInfo *info)
             printf("backing file format: %s\n", info->backing_fmt);
         }
     }
+    fflush(stdout);
+    img_dump_snapshots(stdout, info->sns, info->nsns);
     if (info->spec.n) {
         printf("Format specific information:\n");
         const char *group = NULL;
@@ -185,6 +191,30 @@ static json_object *to_json(const ImageInfo *info)
     if (info->encrypted) {
         json_object_object_add(o, "encrypted", json_object_new_boolean(true));
     }
+    if (info->nsns > 0) {
+        json_object *a = json_object_new_array();
+        for (int i = 0; i < info->nsns; i++) {
+            const BdrvSnapshotInfo *sn = &info->sns[i];
+            json_object *j = json_object_new_object();
+            if (sn->icount != UINT64_MAX) {
+                json_object_object_add(j, "icount", json_object_new_int64((int64_t)sn->icount));
+            }
+            json_object_object_add(j, "vm-clock-nsec",
+                                   json_object_new_int64((int64_t)(sn->vm_clock_nsec %
+                                                                   1000000000ULL)));
+            json_object_object_add(j, "name", json_object_new_string(sn->name));
+            json_object_object_add(j, "date-sec", json_object_new_int64(sn->date_sec));
+            json_object_object_add(j, "date-nsec", json_object_new_int64(sn->date_nsec));
+            json_object_object_add(j, "vm-clock-sec",
+                                   json_object_new_int64((int64_t)(sn->vm_clock_nsec /
+                                                                   1000000000ULL)));
+            json_object_object_add(j, "id", json_object_new_string(sn->id_str));
+            json_object_object_add(j, "vm-state-size",
+                                   json_object_new_int64((int64_t)sn->vm_state_size));
+            json_object_array_add(a, j);
+        }
+        json_object_object_add(o, "snapshots", a);
+    }
     json_object_object_add(o, "dirty-flag", json_object_new_boolean(info->dirty));
     return o;
 }
@@ -256,6 +286,7 @@ int img_info(int argc, char **argv)
 #endif
     for (int i = 0; i < n; i++) {
         free(infos[i].full_backing);
+        free(infos[i].sns);
         image_info_free(&infos[i].spec);
     }
     blk_unref(blk);

@@ -63,6 +63,9 @@ static const struct {
     { "map", img_map,
       "map [--image-opts] [-f fmt] [--start-offset=offset] [--max-length=len]"
       " [--output=ofmt] [-U] filename" },
+    { "snapshot", img_snapshot,
+      "snapshot [--image-opts] [-U] [-q] [-l | -a snapshot | -c snapshot | -d snapshot]"
+      " filename" },
     { "resize", img_resize,
       "resize [--image-opts] [-f fmt] [--preallocation=prealloc] [-q] [--shrink]"
       " filename [+ | -]size" },
@@ -336,7 +339,7 @@ int img_main(int argc, char **argv)
         }
     }
     /* qemu-img's commands that ublkd does not have yet: not a typo. */
-    static const char *const later[] = { "amend", "bitmap", "snapshot", NULL };
+    static const char *const later[] = { "amend", "bitmap", NULL };
     for (int i = 0; later[i]; i++) {
         if (!strcmp(cmd, later[i])) {
             error_report("Command '%s' is not supported yet", cmd);

@@ -31,6 +31,17 @@ int img_measure(int argc, char **argv);
 int img_rebase(int argc, char **argv);
 int img_commit(int argc, char **argv);
 int img_resize(int argc, char **argv);
+int img_snapshot(int argc, char **argv);
+/* img-snapshot.c: qemu-img's snapshot list (info and snapshot -l). */
+struct BdrvSnapshotInfo;
+void img_snapshot_dump(FILE *f, const struct BdrvSnapshotInfo *sn);
+void img_dump_snapshots(FILE *f, const struct BdrvSnapshotInfo *sns, int n);
+typedef struct ImgSnapshotParam {
+    bool given, by_id_or_name;    /* by_id_or_name: a plain argument, in name */
+    const char *id, *name;        /* into buf, or NULL */
+    char buf[4096];
+} ImgSnapshotParam;
+int img_parse_snapshot_param(const char *arg, ImgSnapshotParam *p);
 
 /* ---- common (img.c) ---- */
 typedef enum { OFORMAT_HUMAN, OFORMAT_JSON } OutputFormat;
@@ -57,6 +68,9 @@ BlockBackend *img_open(const char *filename, const ImgOpenOpts *o);
 /* img_open of the one file name left after the options (argv[optind]); if
  * there is not exactly one, NULL after a usage error. */
 BlockBackend *img_open_arg(int argc, char **argv, const ImgOpenOpts *o);
+/* img-snapshot.c: open showing an internal snapshot (convert -l). */
+BlockBackend *img_open_snapshot(const char *filename, const ImgOpenOpts *o, const char *id,
+                                const char *name, bool by_id_or_name);
 /* Print "Try 'ublkd img --help' ..." after a usage error; returns 1. */
 int img_usage_error(const char *fmt, ...) PRINTF_FMT(1, 2);
 /* The usage error for what getopt_long returned on a bad option (the

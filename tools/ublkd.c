@@ -29,6 +29,7 @@ static void usage(FILE *f)
         "  ublkd recover -n ID [--reissue]      restart the server of a quiesced device\n"
         "  ublkd resize -n ID [--shrink] SIZE   grow (or shrink) a device and its image\n"
         "  ublkd upgrade -n ID [--binary PATH]  replace a live device's daemon\n"
+        "  ublkd snapshot -n ID -c NAME         take an internal snapshot (qcow2) of a live device\n"
         "  ublkd quorum -n ID --replace N --with OPTS | --add OPTS | --remove N\n"
         "                                       change a live quorum's children\n"
         "  ublkd features                       list what the kernel's ublk driver supports\n"
@@ -55,7 +56,8 @@ int main(int argc, char **argv)
             }
 #ifdef CONFIG_UBLK
             static const char *const dev_verbs[] = { "add", "del", "list", "recover",
-                                                     "resize", "upgrade", "quorum", "features", NULL };
+                                                     "resize", "upgrade", "quorum", "snapshot", "features",
+                                                     NULL };
             for (int i = 0; dev_verbs[i]; i++) {
                 if (!strcmp(argv[2], dev_verbs[i])) {
                     char *args[] = { argv[2], "--help", NULL };
@@ -79,7 +81,7 @@ int main(int argc, char **argv)
     }
 #ifdef CONFIG_UBLK
     static const char *const verbs[] = { "add", "del", "list", "recover", "resize", "upgrade",
-                                         "quorum", "features", NULL };
+                                         "quorum", "snapshot", "features", NULL };
     for (int i = 0; verbs[i]; i++) {
         if (!strcmp(cmd, verbs[i])) {
             return dev_main(argc - 1, argv + 1);

@@ -79,6 +79,7 @@ void ublk_dev_config_usage(FILE *f)
         "      --discard unmap|ignore  what discards do (default unmap)\n"
         "      --no-discard            do not advertise discard at all\n"
         "      --read-only             export read-only\n"
+        "      --snapshot NAME         export qcow2 internal snapshot NAME, read-only\n"
         "      --rotational            advertise a rotational disk\n"
         "      --logical-block-size N  512..4096 (default: from the image, at least 512)\n"
         "      --physical-block-size N (default: the logical block size)\n"
@@ -160,6 +161,7 @@ enum {
     OPT_IOOPT, OPT_MAXIO, OPT_DGRAN, OPT_DMAX, OPT_RECOVERY, OPT_REISSUE, OPT_AFFINITY,
     OPT_LOG, OPT_BLOCKDEV, OPT_RO, OPT_FOREGROUND, OPT_ZC, OPT_NO_PART_SCAN, OPT_PER_IO,
     OPT_KEY_FILE,
+    OPT_SNAPSHOT,
 };
 
 int ublk_dev_config_parse(UblkDevConfig *c, int argc, char **argv, Error **errp)
@@ -196,6 +198,7 @@ int ublk_dev_config_parse(UblkDevConfig *c, int argc, char **argv, Error **errp)
         { "no-partition-scan", no_argument, NULL, OPT_NO_PART_SCAN },
         { "per-io-threads", required_argument, NULL, OPT_PER_IO },
         { "key-file", required_argument, NULL, OPT_KEY_FILE },
+        { "snapshot", required_argument, NULL, OPT_SNAPSHOT },
         { NULL, 0, NULL, 0 },
     };
     uint32_t v;
@@ -234,6 +237,32 @@ int ublk_dev_config_parse(UblkDevConfig *c, int argc, char **argv, Error **errp)
             break;
         }
         case OPT_RO: c->read_only = true; break;
+        case OPT_SNAPSHOT: {
+            /* a qcow2 internal snapshot, read-only: -o load-snapshot-name=NAME
+             * with the name's commas doubled, as options escape them */
+            size_t old = c->extra_opts ? strlen(c->extra_opts) : 0, extra = 0;
+            for (const char *p = optarg; *p; p++) {
+                extra += *p == ',';
+            }
+            char *n = realloc(c->extra_opts, old + strlen(optarg) + extra + 24);
+            if (!n) {
+                abort();
+            }
+            if (old) {
+                n[old++] = ',';
+            }
+            old += (size_t)sprintf(n + old, "load-snapshot-name=");
+            for (const char *p = optarg; *p; p++) {
+                n[old++] = *p;
+                if (*p == ',') {
+                    n[old++] = ',';
+                }
+            }
+            n[old] = 0;
+            c->extra_opts = n;
+            c->read_only = true;
+            break;
+        }
         case 'r': c->recovery = UBLK_RECOVERY_FAIL; c->recovery_given = true; break;
         case 'u': c->user_copy = true; break;
         case 'g': c->need_get_data = true; break;

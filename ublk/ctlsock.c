@@ -96,7 +96,8 @@ static char *json_line(json_object *o)
 
 static const char *const op_names[] = { [UBLK_CTL_RESIZE] = "resize",
                                          [UBLK_CTL_UPGRADE] = "upgrade",
-                                         [UBLK_CTL_QUORUM] = "quorum" };
+                                         [UBLK_CTL_QUORUM] = "quorum",
+                                         [UBLK_CTL_SNAPSHOT] = "snapshot" };
 static const char *const change_names[] = { [BDRV_CHILD_REPLACE] = "replace",
                                             [BDRV_CHILD_ADD] = "add",
                                             [BDRV_CHILD_REMOVE] = "remove" };
@@ -117,6 +118,8 @@ char *ublk_ctl_request_to_json(const UblkCtlRequest *r)
         if (r->change != BDRV_CHILD_REMOVE) {
             json_object_object_add(o, "options", json_object_new_string(r->options));
         }
+    } else if (r->op == UBLK_CTL_SNAPSHOT) {
+        json_object_object_add(o, "name", json_object_new_string(r->options));
     }
     return json_line(o);
 }
@@ -266,9 +269,23 @@ int ublk_ctl_request_parse(const char *text, UblkCtlRequest *r, Error **errp)
         } else {
             error_prepend(errp, "quorum request: ");
         }
+    } else if (!strcmp(op, "snapshot")) {
+        r->op = UBLK_CTL_SNAPSHOT;
+        const char *name = json_object_object_get_ex(o, "name", &v) &&
+                           json_object_is_type(v, json_type_string) ? json_object_get_string(v)
+                                                                    : NULL;
+        if (!name) {
+            error_setg(errp, "snapshot request: no \"name\" string");
+        } else if (strlen(name) > 255) {
+            error_setg(errp, "snapshot request: a name of %zu bytes: at most 255",
+                       strlen(name));
+        } else {
+            snprintf(r->options, sizeof(r->options), "%s", name);
+            ret = 0;
+        }
     } else {
         error_setg(errp, "unknown request \"%.64s\" (this daemon knows: resize, upgrade, "
-                   "quorum)", op);
+                   "quorum, snapshot)", op);
     }
     json_object_put(o);
     return ret;
@@ -284,6 +301,10 @@ char *ublk_ctl_reply_to_json(const UblkCtlReply *r)
         json_object_object_add(o, "old_size", json_object_new_uint64(r->old_size));
         if (r->index >= 0) {
             json_object_object_add(o, "index", json_object_new_int(r->index));
+        }
+        if (r->snapshot_id[0]) {
+            json_object_object_add(o, "snapshot_id", json_object_new_string(r->snapshot_id));
+            json_object_object_add(o, "pause_ns", json_object_new_uint64(r->pause_ns));
         }
     } else {
         json_object_object_add(o, "errno", json_object_new_int(r->err > 0 ? r->err : EIO));
@@ -308,6 +329,15 @@ int ublk_ctl_reply_parse(const char *text, UblkCtlReply *r, Error **errp)
         if (ok && json_object_object_get_ex(o, "index", &v)) {
             ok = get_u64(o, "index", &idx, errp);
             r->index = ok && idx <= 1000 ? (int)idx : -1;
+        }
+        if (ok && json_object_object_get_ex(o, "snapshot_id", &v)) {
+            if (!json_object_is_type(v, json_type_string)) {
+                error_setg(errp, "\"snapshot_id\" is not a string");
+                ok = false;
+            } else {
+                snprintf(r->snapshot_id, sizeof(r->snapshot_id), "%s", json_object_get_string(v));
+                ok = get_u64(o, "pause_ns", &r->pause_ns, errp);
+            }
         }
     } else if (ok) {
         uint64_t e = EIO;

@@ -33,6 +33,7 @@
 #include <unistd.h>
 #include "aio.h"
 #include "iov-fixed.h"
+#include "block-snapshot.h"
 #include "ublk.h"
 
 #ifndef PR_SET_IO_FLUSHER
@@ -755,6 +756,46 @@ static int coroutine_fn server_quorum(Server *s, const UblkCtlRequest *req, Ublk
     return 0;
 }
 
+/* ---- internal snapshot of the image (a control request, main thread coroutine) ---- */
+
+/*
+ * I/O is drained (requests in flight complete, new ones wait at the root
+ * edge), the format takes the snapshot (metadata flushed, refcounts, the
+ * table; qcow2-snapshot.c), and I/O resumes: the snapshot holds every write
+ * completed before the drain and none after.  The pause is measured from
+ * the drain's start to its end and returned.
+ */
+static int coroutine_fn server_snapshot(Server *s, const UblkCtlRequest *req, UblkCtlReply *rep,
+                                        Error **errp)
+{
+    uint32_t id = s->dev.dev_id;
+    rep->old_size = rep->size = (uint64_t)__atomic_load_n(&s->dev.size, __ATOMIC_ACQUIRE);
+    if (s->stopping) {
+        error_setg_code(errp, ESHUTDOWN, "device %u is being removed", id);
+        return -1;
+    }
+    BlockDriverState *bs = blk_bs(s->blk);
+    BdrvSnapshotInfo sn = { 0 };
+    struct timespec now;
+    clock_gettime(CLOCK_REALTIME, &now);
+    snprintf(sn.name, sizeof(sn.name), "%.255s", req->options);   /* the parser checked */
+    sn.date_sec = (uint32_t)now.tv_sec;
+    sn.date_nsec = (uint32_t)now.tv_nsec;
+    int64_t t0 = server_now_ns();
+    bdrv_drained_begin(bs);
+    int ret = bdrv_co_snapshot_create(bs, &sn, errp);
+    bdrv_drained_end(bs);
+    rep->pause_ns = (uint64_t)(server_now_ns() - t0);
+    if (ret < 0) {
+        error_prepend(errp, "device %u: snapshot '%s' not taken: ", id, req->options);
+        return -1;
+    }
+    snprintf(rep->snapshot_id, sizeof(rep->snapshot_id), "%s", sn.id_str[0] ? sn.id_str : "?");
+    ublk_log(LOG_INFO, "%s: internal snapshot '%s' (id %s) taken; I/O paused %.3f ms", s->bdev,
+             req->options, rep->snapshot_id, rep->pause_ns / 1e6);
+    return 0;
+}
+
 /* Children marked for rebuild in the state that are complete now lose the
  * mark (from the stats timer, each second). */
 static void server_rebuild_check(Server *s)
@@ -793,6 +834,9 @@ static void coroutine_fn server_ctl(void *opaque, const UblkCtlRequest *req, Ubl
         break;
     case UBLK_CTL_QUORUM:
         ret = server_quorum(s, req, rep, &err);
+        break;
+    case UBLK_CTL_SNAPSHOT:
+        ret = server_snapshot(s, req, rep, &err);
         break;
     case UBLK_CTL_UPGRADE:
         /* Only a mark: the client sends QUIESCE_DEV, the kernel aborts our

@@ -100,9 +100,9 @@ static void test_request_refusals(void **state)
                            "version 2; this ublkd speaks version 1");
     assert_request_refused("{\"ublkd-ctl\":0,\"op\":\"resize\",\"size\":1}", "version 0");
     assert_request_refused("{\"ublkd-ctl\":1,\"size\":1}", "no \"op\"");
-    assert_request_refused("{\"ublkd-ctl\":1,\"op\":\"snapshot\"}",
-                           "unknown request \"snapshot\" (this daemon knows: resize, upgrade, "
-                           "quorum)");
+    assert_request_refused("{\"ublkd-ctl\":1,\"op\":\"backup\"}",
+                           "unknown request \"backup\" (this daemon knows: resize, upgrade, "
+                           "quorum, snapshot)");
     assert_request_refused("{\"ublkd-ctl\":1,\"op\":\"resize\"}", "resize request: no \"size\"");
     assert_request_refused("{\"ublkd-ctl\":1,\"op\":\"resize\",\"size\":-4096}", "negative");
     assert_request_refused("{\"ublkd-ctl\":1,\"op\":\"resize\",\"size\":\"1G\"}",
@@ -148,6 +148,44 @@ static void test_reply_round_trip(void **state)
     err = NULL;
     assert_int_equal(ublk_ctl_reply_parse("{\"ublkd-ctl\":1,\"ok\":true}", &out, &err), -1);
     assert_error_says(err, "no \"size\"");
+#else
+    skip();
+#endif
+}
+
+static void test_snapshot_request(void **state)
+{
+    (void)state;
+#ifdef CONFIG_JSON
+    UblkCtlRequest in = { .op = UBLK_CTL_SNAPSHOT }, out;
+    snprintf(in.options, sizeof(in.options), "before \"upgrade\", 2026");
+    char *text = ublk_ctl_request_to_json(&in);
+    assert_non_null(text);
+    assert_int_equal(ublk_ctl_request_parse(text, &out, NULL), 0);
+    free(text);
+    assert_int_equal(out.op, UBLK_CTL_SNAPSHOT);
+    assert_string_equal(out.options, in.options);
+    assert_request_refused("{\"ublkd-ctl\":1,\"op\":\"snapshot\"}",
+                           "snapshot request: no \"name\" string");
+    assert_request_refused("{\"ublkd-ctl\":1,\"op\":\"snapshot\",\"name\":7}",
+                           "snapshot request: no \"name\" string");
+    char big[400];
+    memset(big, 'x', sizeof(big));
+    snprintf(big, sizeof(big), "{\"ublkd-ctl\":1,\"op\":\"snapshot\",\"name\":\"%0300d\"}", 0);
+    assert_request_refused(big, "a name of 300 bytes: at most 255");
+    /* The reply carries the id and the pause; others carry none. */
+    UblkCtlReply ok = { .ok = true, .size = 4096, .old_size = 4096, .index = -1,
+                        .snapshot_id = "12", .pause_ns = 1234567 }, r;
+    text = ublk_ctl_reply_to_json(&ok);
+    assert_int_equal(ublk_ctl_reply_parse(text, &r, NULL), 0);
+    free(text);
+    assert_string_equal(r.snapshot_id, "12");
+    assert_true(r.pause_ns == 1234567);
+    Error *err = NULL;
+    assert_int_equal(ublk_ctl_reply_parse("{\"ublkd-ctl\":1,\"ok\":true,\"size\":1,"
+                                          "\"old_size\":1,\"snapshot_id\":\"1\"}", &r, &err),
+                     -1);
+    assert_error_says(err, "no \"pause_ns\"");
 #else
     skip();
 #endif
@@ -568,6 +606,7 @@ int main(void)
         cmocka_unit_test(test_request_refusals),
         cmocka_unit_test(test_reply_round_trip),
         cmocka_unit_test(test_quorum_request),
+        cmocka_unit_test(test_snapshot_request),
         cmocka_unit_test(test_peer_allowed),
         cmocka_unit_test(test_resize_check),
         cmocka_unit_test(test_socket_end_to_end),
