@@ -597,6 +597,7 @@ int coroutine_fn qcow2_co_pwritev(BlockDriverState *bs, int64_t offset, int64_t 
 
     (void)flags;
     qcow2_note_guest_change(s);
+    qcow2_bitmaps_note(s, offset, bytes);
     while (bytes > 0) {
         uint64_t n = (uint64_t)bytes, host;
         Qcow2SubclusterType type;
@@ -845,6 +846,7 @@ int coroutine_fn qcow2_co_pwrite_zeroes(BlockDriverState *bs, int64_t offset, in
 {
     BDRVQcow2State *s = bs->opaque;
 
+    qcow2_bitmaps_note(s, offset, bytes);
     /* v2 has no zero flag, partial clusters need their other bytes, and a
      * raw data file must hold the zeros itself: the request path writes
      * zeros there instead. */
@@ -867,6 +869,8 @@ int coroutine_fn qcow2_co_pwrite_zeroes(BlockDriverState *bs, int64_t offset, in
 int coroutine_fn qcow2_co_pdiscard(BlockDriverState *bs, int64_t offset, int64_t bytes)
 {
     BDRVQcow2State *s = bs->opaque;
+
+    qcow2_bitmaps_note(s, offset, bytes);
 
     if (qcow2_offset_into_cluster(s, (uint64_t)(offset | bytes))) {
         if (qcow2_offset_into_cluster(s, (uint64_t)offset) ||

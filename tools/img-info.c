@@ -103,7 +103,11 @@ static void dump_human(const ImageInfo *info)
                     *p = ' ';
                 }
             }
-            printf("    %s: %s\n", key, info->spec.entries[i].value);
+            if (info->spec.entries[i].human) {
+                printf("    %s:\n%s\n", key, info->spec.entries[i].human);
+            } else {
+                printf("    %s: %s\n", key, info->spec.entries[i].value);
+            }
             free(key);
         }
     }
@@ -128,7 +132,9 @@ static json_object *to_json(const ImageInfo *info)
         for (int i = 0; i < info->spec.n; i++) {
             const ImageInfoEntry *e = &info->spec.entries[i];
             json_object *v;
-            if (e->is_number) {
+            if (e->human) {
+                v = json_tokener_parse(e->value);
+            } else if (e->is_number) {
                 v = json_object_new_int64(strtoll(e->value, NULL, 0));
             } else if (e->is_bool) {
                 v = json_object_new_boolean(!strcmp(e->value, "true") || !strcmp(e->value, "on"));
