@@ -169,6 +169,11 @@ void qcow2_bitmaps_record(BDRVQcow2State *s, uint64_t offset, uint64_t bytes)
     }
 }
 
+void qcow2_note_discard(BlockDriverState *bs, int64_t offset, int64_t bytes)
+{
+    qcow2_bitmaps_note(bs->opaque, offset, bytes);
+}
+
 static void bm_free_one(Qcow2Bitmap *bm)
 {
     free(bm->name);
@@ -1079,16 +1084,17 @@ static int bm_merge(BlockDriverState *bs, Qcow2Bitmap *dst, const BdrvBitmapOp *
     Qcow2Bitmap *src;
     Qcow2BitmapMem *tmp;
     uint64_t ssize, dsize = (uint64_t)bdrv_get_total_bytes(bs);
-    int ret = merge_source(bs, op, &src, &tmp, &ssize, errp);
+    int ret = bm_usable(dst, errp);
 
+    if (ret == 0) {
+        ret = merge_source(bs, op, &src, &tmp, &ssize, errp);
+    }
     if (ret < 0) {
         return ret;
     }
     if (ssize != dsize) {
         error_setg(errp, "Bitmaps are of different sizes (destination size is %" PRIu64
                    ", source size is %" PRIu64 ") and can't be merged", dsize, ssize);
-        ret = -EINVAL;
-    } else if (bm_usable(dst, errp) < 0) {
         ret = -EINVAL;
     } else {
         Qcow2BitmapMem *sm = tmp ? tmp : src->mem, *dm = dst->mem;

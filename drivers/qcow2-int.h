@@ -361,6 +361,8 @@ static inline void qcow2_bitmaps_note(BDRVQcow2State *s, int64_t offset, int64_t
         qcow2_bitmaps_record(s, (uint64_t)offset, (uint64_t)bytes);
     }
 }
+/* The note_discard op: qcow2_bitmaps_note of a discard request. */
+void qcow2_note_discard(BlockDriverState *bs, int64_t offset, int64_t bytes);
 int qcow2_bitmaps_truncate_check(BlockDriverState *bs, Error **errp);
 int qcow2_bitmaps_truncate(BlockDriverState *bs, uint64_t size);
 void qcow2_bitmaps_info(BlockDriverState *bs, ImageSpecificInfo *info);

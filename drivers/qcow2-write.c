@@ -870,8 +870,6 @@ int coroutine_fn qcow2_co_pdiscard(BlockDriverState *bs, int64_t offset, int64_t
 {
     BDRVQcow2State *s = bs->opaque;
 
-    qcow2_bitmaps_note(s, offset, bytes);
-
     if (qcow2_offset_into_cluster(s, (uint64_t)(offset | bytes))) {
         if (qcow2_offset_into_cluster(s, (uint64_t)offset) ||
             offset + bytes != bdrv_getlength(bs)) {

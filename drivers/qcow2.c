@@ -717,6 +717,7 @@ const BlockDriver bdrv_qcow2 = {
     .measure = qcow2_measure,
     .bitmaps_size = qcow2_bitmaps_size,
     .bitmap_op = qcow2_bitmap_op,
+    .note_discard = qcow2_note_discard,
     .co_change_backing_file = qcow2_co_change_backing_file,
     .co_make_empty = qcow2_co_make_empty,
     .create_opts = qcow2_create_opts,

@@ -134,8 +134,8 @@ typedef struct BdrvBitmapOp {
     struct BlockDriverState *src;  /* MERGE: the source's image (may be bs) */
     const char *src_name;
 } BdrvBitmapOp;
-/* bs's driver's bitmap_op; without one, "Dirty bitmap 'NAME' not found"
- * (what qemu-img says of a format without persistent bitmaps). */
+/* bs's driver's bitmap_op; without one, qemu-img's messages for a format
+ * without persistent bitmaps. */
 int bdrv_bitmap_op(struct BlockDriverState *bs, const BdrvBitmapOp *op, Error **errp);
 
 typedef struct BlockDriverInfo {
