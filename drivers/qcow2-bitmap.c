@@ -1123,15 +1123,15 @@ int qcow2_bitmap_op(BlockDriverState *bs, const BdrvBitmapOp *op, Error **errp)
         error_setg(errp, "qcow2: %s: the image is not open read-write", qcow2_image_name(bs));
         return -EACCES;
     }
-    if (op->type == BDRV_BITMAP_ADD) {
-        return bm_add(bs, op, errp);
-    }
-    bm = bm_lookup(s->bitmaps, op->name, errp);
-    if (!bm) {
+    int ret = 0;
+    bm = op->type == BDRV_BITMAP_ADD ? NULL : bm_lookup(s->bitmaps, op->name, errp);
+    if (op->type != BDRV_BITMAP_ADD && !bm) {
         return -ENOENT;
     }
-    int ret = 0;
     switch (op->type) {
+    case BDRV_BITMAP_ADD:
+        ret = bm_add(bs, op, errp);
+        break;
     case BDRV_BITMAP_REMOVE:
         ret = bm_remove(bs, bm, errp);
         break;
@@ -1149,15 +1149,20 @@ int qcow2_bitmap_op(BlockDriverState *bs, const BdrvBitmapOp *op, Error **errp)
         }
         break;
     case BDRV_BITMAP_MERGE:
-        ret = bm_lookup(s->bitmaps, op->name, errp) ? bm_merge(bs, bm, op, errp) : -ENOENT;
+        ret = bm_merge(bs, bm, op, errp);
         break;
     default:
         ret = -EINVAL;
         break;
     }
-    if (ret == 0 && rebuild_rec(s->bitmaps) < 0) {
-        error_setg(errp, "out of memory");
-        return -ENOMEM;
+    /* Always: an add or a remove may have moved the bitmaps in memory. */
+    if (rebuild_rec(s->bitmaps) < 0) {
+        if (ret == 0) {
+            error_setg(errp, "out of memory");
+        }
+        /* Record nothing rather than into freed memory. */
+        s->bitmaps->nb_rec = 0;
+        return ret ? ret : -ENOMEM;
     }
     return ret;
 }

@@ -239,17 +239,19 @@ static void test_add_record_store(void **state)
     q2_free(&img);
 }
 
-/* Several threads recording at once (the ublk queues): every bit set. */
-typedef struct { BDRVQcow2State *s; int id, n; } RecArg;
+/* Several threads recording at once (the ublk queues): every bit set.
+ * They start together (a barrier) and set interleaved granules, so the
+ * words they share are first written by several at once: a plain
+ * read-modify-write would lose bits.  Several rounds, each on a cleared
+ * bitmap, stored and read back. */
+#define REC_GRANULES (1024 * 2048)
+typedef struct { BDRVQcow2State *s; pthread_barrier_t *go; int id, n; } RecArg;
 static void *rec_thread(void *opaque)
 {
     RecArg *a = opaque;
-    /* interleaved single granules: neighbours share words with the other
-     * threads, so a plain read-modify-write would lose bits */
-    for (int round = 0; round < 50; round++) {
-        for (uint64_t g = (uint64_t)a->id; g < 8192; g += (uint64_t)a->n) {
-            qcow2_bitmaps_record(a->s, g * 512, 1);
-        }
+    pthread_barrier_wait(a->go);
+    for (uint64_t g = (uint64_t)a->id; g < REC_GRANULES; g += (uint64_t)a->n) {
+        qcow2_bitmaps_record(a->s, g * 512, 1);
     }
     return NULL;
 }
@@ -257,31 +259,37 @@ static void *rec_thread(void *opaque)
 static void test_record_threads(void **state)
 {
     (void)state;
-    Q2Image img = q2_make(16, 4 * MiB, false, 0);
+    Q2Image img = q2_make(16, 1024 * MiB, false, 0);
     q2_open(&img, BDRV_O_RDWR, NULL, NULL);
     add_bitmap(&img, "t", 512, 0);
     q2_close(&img);
-    q2_open(&img, BDRV_O_RDWR, NULL, NULL);
-    assert_non_null(img.bs);
     enum { N = 4 };
-    pthread_t th[N];
-    RecArg args[N];
-    for (int i = 0; i < N; i++) {
-        args[i] = (RecArg){ img.bs->opaque, i, N + 1 };   /* every 5th granule stays clear */
-        assert_int_equal(pthread_create(&th[i], NULL, rec_thread, &args[i]), 0);
-    }
-    for (int i = 0; i < N; i++) {
-        pthread_join(th[i], NULL);
-    }
-    q2_close(&img);
-    DiskBitmap d[1];
-    assert_int_equal(read_disk_bitmaps(&img, d, 1), 1);
-    for (uint64_t g = 0; g < 8192; g++) {
-        if (bit(&d[0], g) != (g % (N + 1) != N)) {
-            fail_msg("granule %" PRIu64 ": %d", g, bit(&d[0], g));
+    for (int round = 0; round < 8; round++) {
+        q2_open(&img, BDRV_O_RDWR, NULL, NULL);
+        assert_non_null(img.bs);
+        op_bitmap(&img, BDRV_BITMAP_CLEAR, "t");
+        pthread_t th[N];
+        RecArg args[N];
+        pthread_barrier_t go;
+        pthread_barrier_init(&go, NULL, N);
+        for (int i = 0; i < N; i++) {
+            args[i] = (RecArg){ img.bs->opaque, &go, i, N + 1 };  /* every 5th stays clear */
+            assert_int_equal(pthread_create(&th[i], NULL, rec_thread, &args[i]), 0);
         }
+        for (int i = 0; i < N; i++) {
+            pthread_join(th[i], NULL);
+        }
+        pthread_barrier_destroy(&go);
+        q2_close(&img);
+        DiskBitmap d[1];
+        assert_int_equal(read_disk_bitmaps(&img, d, 1), 1);
+        for (uint64_t g = 0; g < REC_GRANULES; g++) {
+            if (bit(&d[0], g) != (g % (N + 1) != N)) {
+                fail_msg("round %d, granule %" PRIu64 ": %d", round, g, bit(&d[0], g));
+            }
+        }
+        free_disk_bitmaps(d, 1);
     }
-    free_disk_bitmaps(d, 1);
     check_clean(&img);
     q2_free(&img);
 }
