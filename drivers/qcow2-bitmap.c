@@ -711,7 +711,7 @@ static int coroutine_fn store_all(BlockDriverState *bs)
     }
     if (ret == 0) {
         /* The old clusters are no one's now. */
-        if (old_dir_size) {
+        if (old_dir_size && !qcow2_overlaps_metadata(bs, old_dir_off, old_dir_size, 0)) {
             qcow2_update_refcount(bs, old_dir_off, old_dir_size, true);
         }
         for (uint32_t i = 0; i < b->nb; i++) {
