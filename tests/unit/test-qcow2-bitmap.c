@@ -11,6 +11,7 @@
  */
 #include <errno.h>
 #include <pthread.h>
+#include "crash-file.h"
 #include "qcow2-image.h"
 
 #define DIR_OFF(img)   Q2_DATA(img, 0)
@@ -492,6 +493,85 @@ static void test_resize(void **state)
     q2_free(&img);
 }
 
+/* A crash at every write and flush of a writable session's close (the
+ * bitmap stored: data, table, directory, header, old clusters freed):
+ * every image a crash can leave opens, checks without corruption (leaks
+ * at worst) and holds the old bitmap (in use, as loaded) or the new one
+ * (not in use, the write recorded). */
+static void test_store_crash(void **state)
+{
+    (void)state;
+    Q2Image src = make_bitmap_image();
+    size_t len = (size_t)mem_size(src.file);
+    uint8_t *init = malloc(len);
+    mem_read_raw(src.file, 0, init, (int64_t)len);
+    q2_free(&src);
+    int64_t total = 0;
+    int n_old = 0, n_new = 0;
+    for (int64_t at = 0; at == 0 || at <= total + 1; at++) {
+        static int serial;
+        char name[32];
+        snprintf(name, sizeof(name), "bmcrash%d", serial++);
+        Q2Image img = { .file = crash_file_new(name, init, len), .cb = 16 };
+        crash_file_arm(img.file, 0);      /* the last round's crash is over */
+        q2_open(&img, BDRV_O_RDWR, NULL, NULL);
+        assert_non_null(img.bs);
+        uint8_t buf[512] = { 1 };
+        assert_true(bdrv_pwrite(img.child, 2 * MiB, 512, buf, 0) >= 0);     /* granule 32 */
+        assert_int_equal(bdrv_flush(img.bs), 0);
+        int64_t ops0 = crash_file_ops(img.file);
+        crash_file_arm(img.file, at);
+        q2_close(&img);
+        if (at == 0) {
+            total = crash_file_ops(img.file) - ops0;
+            assert_true(total >= 4);
+        }
+        for (uint64_t seed = 0; seed < 6; seed++) {
+            size_t plen;
+            uint8_t *p = crash_file_persisted(img.file, seed, 50, 0, &plen);
+            MemConfig cfg = { .size = (int64_t)plen, .growable = true };
+            snprintf(name, sizeof(name), "bmcheck%d", serial++);
+            cfg.node_name = name;
+            Q2Image chk = { .file = mem_node_new(&cfg), .cb = 16 };
+            mem_write_raw(chk.file, 0, p, (int64_t)plen);
+            free(p);
+            BdrvCheckResult r;
+            q2_open(&chk, BDRV_O_CHECK, NULL, NULL);
+            if (!chk.bs) {
+                fail_msg("crash at %" PRId64 " seed %" PRIu64 ": %s", at, seed,
+                         error_get_pretty(chk.err));
+            }
+            assert_int_equal(bdrv_check(chk.bs, &r, 0), 0);
+            if (r.corruptions || r.check_errors) {
+                fail_msg("crash at %" PRId64 " seed %" PRIu64 ": %d corruptions", at, seed,
+                         r.corruptions);
+            }
+            q2_close(&chk);
+            q2_open(&chk, 0, NULL, NULL);
+            if (!chk.bs) {
+                fail_msg("crash at %" PRId64 " seed %" PRIu64 ": %s", at, seed,
+                         error_get_pretty(chk.err));
+            }
+            q2_close(&chk);
+            DiskBitmap d[1];
+            assert_int_equal(read_disk_bitmaps(&chk, d, 1), 1);
+            bool old = d[0].flags == 3 && d[0].bits[0] == 0x81 && !bit(&d[0], 32);
+            bool new = d[0].flags == 2 && d[0].bits[0] == 0x81 && bit(&d[0], 32);
+            if (!old && !new) {
+                fail_msg("crash at %" PRId64 " seed %" PRIu64 ": flags %u bits %02x", at, seed,
+                         d[0].flags, d[0].bits[0]);
+            }
+            n_old += old;
+            n_new += new;
+            free_disk_bitmaps(d, 1);
+            q2_free(&chk);
+        }
+        q2_free(&img);
+    }
+    assert_true(n_old > 0 && n_new > 0);
+    free(init);
+}
+
 int main(void)
 {
     test_loop_init();
@@ -503,6 +583,7 @@ int main(void)
         cmocka_unit_test(test_in_use_kept),
         cmocka_unit_test(test_table_names_metadata),
         cmocka_unit_test(test_resize),
+        cmocka_unit_test(test_store_crash),
     };
     return cmocka_run_group_tests_name("qcow2-bitmap", tests, NULL, NULL);
 }
