@@ -215,6 +215,7 @@ for t in q u; do
     "$QEMU_IO" -c 'write -P 5 1M 64k' top$t.qcow2 >/dev/null
 done
 "$QEMU_IMG" create -q -f qcow2 nb.qcow2 10M
+"$QEMU_IMG" bitmap --add -g 4k nb.qcow2 nbb
 cp nb.qcow2 nbq.qcow2; cp nb.qcow2 nbu.qcow2
 "$QEMU_IMG" rebase -b nbq.qcow2 -F qcow2 topq.qcow2
 uimg rebase -b nbu.qcow2 -F qcow2 topu.qcow2
@@ -222,7 +223,8 @@ maps_same topu.qcow2 topq.qcow2 tb
 info_same topu.qcow2
 checks_clean topu.qcow2 rebase
 "$QEMU_IMG" commit -q topq.qcow2; uimg commit -q topu.qcow2
-maps_same nbu.qcow2 nbq.qcow2
+maps_same nbu.qcow2 nbq.qcow2 nbb
+bitmap_map nbu.qcow2 nbb | grep -q dirty || fail "commit: the base's bitmap recorded nothing"
 maps_same topu.qcow2 topq.qcow2 tb
 checks_clean topu.qcow2 commit; checks_clean nbu.qcow2 commit
 "$QEMU_IMG" convert --bitmaps -O qcow2 ru.qcow2 conv.qcow2
