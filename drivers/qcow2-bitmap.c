@@ -591,6 +591,18 @@ static int coroutine_fn store_one(BlockDriverState *bs, Qcow2Bitmap *bm, uint8_t
     if (!t) {
         return -ENOMEM;
     }
+    /* A writer that loaded the array a resize replaced may have set bits
+     * in it after the copy: no one writes now, so fold them in. */
+    uint64_t keep = m->nb_bits;       /* what every resize since kept */
+    for (Qcow2BitmapMem *o = m->older; o; o = o->older) {
+        keep = MIN(keep, o->nb_bits);
+        for (uint64_t w = 0; w < keep / 64; w++) {
+            m->words[w] |= o->words[w];
+        }
+        if (keep % 64) {
+            m->words[keep / 64] |= o->words[keep / 64] & ((1ULL << (keep % 64)) - 1);
+        }
+    }
     for (uint64_t i = 0; i < tsize; i++) {
         uint64_t start = i * s->cluster_size, n = MIN((uint64_t)s->cluster_size, bytes - start);
         bool any = false;
@@ -1139,6 +1151,8 @@ int qcow2_bitmap_op(BlockDriverState *bs, const BdrvBitmapOp *op, Error **errp)
         ret = bm_usable(bm, errp);
         if (ret == 0) {
             memset(bm->mem->words, 0, DIV_ROUND_UP(bm->mem->nb_bits, 64) * 8);
+            bm_mem_free(bm->mem->older);     /* no writer holds them now */
+            bm->mem->older = NULL;
         }
         break;
     case BDRV_BITMAP_ENABLE:

@@ -493,6 +493,31 @@ static void test_resize(void **state)
     q2_free(&img);
 }
 
+/* Bits a shrink dropped stay dropped after a regrow in the same session
+ * (the arrays a resize replaced are folded in at store only up to the
+ * smallest size since). */
+static void test_shrink_regrow(void **state)
+{
+    (void)state;
+    Q2Image img = make_bitmap_image();
+    Error *err = NULL;
+    q2_open(&img, BDRV_O_RDWR, NULL, NULL);
+    assert_non_null(img.bs);
+    qcow2_bitmaps_record(img.bs->opaque, 40 * 65536, 1);
+    assert_int_equal(bdrv_truncate(img.child, 1 * MiB, false, PREALLOC_MODE_OFF, 0, &err), 0);
+    assert_int_equal(bdrv_truncate(img.child, 4 * MiB, false, PREALLOC_MODE_OFF, 0, &err), 0);
+    qcow2_bitmaps_record(img.bs->opaque, 50 * 65536, 1);
+    q2_close(&img);
+    DiskBitmap d[1];
+    assert_int_equal(read_disk_bitmaps(&img, d, 1), 1);
+    for (uint64_t i = 0; i < 64; i++) {
+        assert_int_equal(bit(&d[0], i), i == 0 || i == 7 || i == 50);
+    }
+    free_disk_bitmaps(d, 1);
+    check_clean(&img);
+    q2_free(&img);
+}
+
 /* A crash at every write and flush of a writable session's close (the
  * bitmap stored: data, table, directory, header, old clusters freed):
  * every image a crash can leave opens, checks without corruption (leaks
@@ -583,6 +608,7 @@ int main(void)
         cmocka_unit_test(test_in_use_kept),
         cmocka_unit_test(test_table_names_metadata),
         cmocka_unit_test(test_resize),
+        cmocka_unit_test(test_shrink_regrow),
         cmocka_unit_test(test_store_crash),
     };
     return cmocka_run_group_tests_name("qcow2-bitmap", tests, NULL, NULL);
