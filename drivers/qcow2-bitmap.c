@@ -1093,9 +1093,9 @@ static int merge_source(BlockDriverState *bs, const BdrvBitmapOp *op, Qcow2Bitma
 static int bm_merge(BlockDriverState *bs, Qcow2Bitmap *dst, const BdrvBitmapOp *op,
                     Error **errp)
 {
-    Qcow2Bitmap *src;
-    Qcow2BitmapMem *tmp;
-    uint64_t ssize, dsize = (uint64_t)bdrv_get_total_bytes(bs);
+    Qcow2Bitmap *src = NULL;
+    Qcow2BitmapMem *tmp = NULL;
+    uint64_t ssize = 0, dsize = (uint64_t)bdrv_get_total_bytes(bs);
     int ret = bm_usable(dst, errp);
 
     if (ret == 0) {
