@@ -475,6 +475,15 @@ static int coroutine_fn dir_write_in_place(BlockDriverState *bs, struct Qcow2Bit
     if (size != s->bitmap_directory_size) {
         return -EINVAL;
     }
+    /* A crafted directory may lie on other metadata: QEMU's overlap check
+     * of an in-place store (the directory itself excepted). */
+    unsigned ol = s->overlap_check;
+    s->overlap_check &= ~(unsigned)QCOW2_OL_BITMAP_DIRECTORY;
+    bool bad = qcow2_overlaps_metadata(bs, s->bitmap_directory_offset, size, 0);
+    s->overlap_check = ol;
+    if (bad) {
+        return -EIO;
+    }
     uint8_t *dir = dir_build(b, size);
     if (!dir) {
         return -ENOMEM;

@@ -459,6 +459,25 @@ static void test_table_names_metadata(void **state)
     q2_free(&img);
 }
 
+/* A directory lying on the active L2 table: the writable open refuses to
+ * mark it in use there (QEMU's overlap check of the in-place store), and
+ * the L2 table is not written. */
+static void test_dir_on_l2_table(void **state)
+{
+    (void)state;
+    Q2Image img = make_bitmap_image();
+    uint8_t entry[32];
+    mem_read_raw(img.file, (int64_t)DIR_OFF(&img), entry, sizeof(entry));
+    mem_write_raw(img.file, (int64_t)(4 * Q2_C(&img)), entry, sizeof(entry));
+    q2_put64(img.file, 112 + 8 + 16, 4 * Q2_C(&img));          /* directory offset */
+    q2_open(&img, BDRV_O_RDWR, NULL, NULL);
+    assert_null(img.bs);
+    assert_non_null(strstr(error_get_pretty(img.err), "cannot mark the bitmaps in use"));
+    q2_close(&img);
+    assert_int_equal(get32(img.file, (int64_t)(4 * Q2_C(&img)) + 12), 2);   /* untouched */
+    q2_free(&img);
+}
+
 /* Resize: the bitmaps take the new size, bits past a shrink are gone and
  * a grow adds clear bits. */
 static void test_resize(void **state)
@@ -609,6 +628,7 @@ int main(void)
         cmocka_unit_test(test_table_names_metadata),
         cmocka_unit_test(test_resize),
         cmocka_unit_test(test_shrink_regrow),
+        cmocka_unit_test(test_dir_on_l2_table),
         cmocka_unit_test(test_store_crash),
     };
     return cmocka_run_group_tests_name("qcow2-bitmap", tests, NULL, NULL);
