@@ -221,6 +221,7 @@ int coroutine_fn qcow2_co_pwritev_compressed(BlockDriverState *bs, int64_t offse
     BDRVQcow2State *s = bs->opaque;
 
     qcow2_note_guest_change(s);
+    qcow2_bitmaps_note(s, offset, bytes);
     /* An external data file holds clusters at their guest offsets;
      * compressed clusters are never encrypted (QEMU refuses both). */
     if (qcow2_has_data_file(s) || s->crypto) {

@@ -1,7 +1,7 @@
 /*
  * qcow2-header-write.c - rewriting the header cluster (QEMU's
  * qcow2_update_header), the change_backing_file and make_empty ops built
- * on it, and what a writable open does to persistent bitmaps.
+ * on it.
  *
  * The rewrite builds the whole of cluster 0 in memory, in QEMU 7.2's
  * layout and order: the header fields (version 3: 112 bytes plus any
@@ -447,87 +447,4 @@ int coroutine_fn qcow2_co_make_empty(BlockDriverState *bs)
         }
     }
     return 0;
-}
-
-/* ---- persistent bitmaps on a writable open ---- */
-
-/*
- * Bitmaps are not kept up to date by writes here.  QEMU marks each bitmap
- * in use (flag bit 0 of its directory entry) while it holds the image
- * writable, and clears the flag when it stores the bitmap at close; a crash
- * leaves them in use, i.e. inconsistent, never silently wrong.  We do the
- * same, and clear the flags again at close only if nothing the guest sees
- * changed (s->guest_changed).  The directory is rewritten in place.
- */
-#define BME_FLAG_IN_USE 1U
-
-static int set_bitmap_in_use(BlockDriverState *bs, uint8_t *dir, bool in_use, bool only_ours)
-{
-    BDRVQcow2State *s = bs->opaque;
-    uint64_t pos = 0;
-
-    for (uint32_t i = 0; i < s->nb_bitmaps; i++) {
-        if (pos + 24 > s->bitmap_directory_size) {
-            return -EINVAL;
-        }
-        uint32_t flags = qcow2_ld32(dir, pos + 12);
-        uint16_t name_len = qcow2_ld16(dir, pos + 18);
-        uint32_t extra = qcow2_ld32(dir, pos + 20);
-        bool ours = i < 64 && (s->bitmaps_marked & (1ULL << i));
-        if (in_use && !(flags & BME_FLAG_IN_USE)) {
-            put32(dir, pos + 12, flags | BME_FLAG_IN_USE);
-            if (i < 64) {
-                s->bitmaps_marked |= 1ULL << i;
-            }
-        } else if (!in_use && (!only_ours || ours)) {
-            put32(dir, pos + 12, flags & ~BME_FLAG_IN_USE);
-        }
-        pos += ALIGN_UP(24 + (uint64_t)extra + name_len, 8);
-    }
-    return 0;
-}
-
-static int rewrite_bitmap_flags(BlockDriverState *bs, bool in_use)
-{
-    BDRVQcow2State *s = bs->opaque;
-    uint8_t *dir = malloc(s->bitmap_directory_size ? s->bitmap_directory_size : 1);
-    int ret;
-
-    if (!dir) {
-        return -ENOMEM;
-    }
-    ret = bdrv_pread(bs->file, (int64_t)s->bitmap_directory_offset,
-                     (int64_t)s->bitmap_directory_size, dir, 0);
-    if (ret == 0) {
-        ret = set_bitmap_in_use(bs, dir, in_use, true);
-    }
-    if (ret == 0) {
-        ret = bdrv_pwrite(bs->file, (int64_t)s->bitmap_directory_offset,
-                          (int64_t)s->bitmap_directory_size, dir, 0);
-    }
-    if (ret == 0) {
-        ret = bdrv_flush(bs->file->bs);
-    }
-    free(dir);
-    return ret;
-}
-
-int qcow2_bitmaps_open_writable(BlockDriverState *bs)
-{
-    BDRVQcow2State *s = bs->opaque;
-
-    if (!s->nb_bitmaps || !(s->h.autoclear & QCOW2_AUTOCLEAR_BITMAPS)) {
-        return 0;
-    }
-    return rewrite_bitmap_flags(bs, true);
-}
-
-void qcow2_bitmaps_close_writable(BlockDriverState *bs)
-{
-    BDRVQcow2State *s = bs->opaque;
-
-    if (s->bitmaps_marked && !__atomic_load_n(&s->guest_changed, __ATOMIC_ACQUIRE)) {
-        rewrite_bitmap_flags(bs, false);
-    }
-    s->bitmaps_marked = 0;
 }

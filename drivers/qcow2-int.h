@@ -248,10 +248,7 @@ typedef struct BDRVQcow2State {
      * last flush (qcow2_l2_after_data): flush it before the next table
      * write-back. */
     bool data_file_unflushed;
-    /* Persistent bitmaps this writable open marked in use (bit i: bitmap
-     * i), and whether the guest-visible content changed since (atomic):
-     * qcow2-header-write.c. */
-    uint64_t bitmaps_marked;
+    /* Whether the guest-visible content changed since open (atomic). */
     bool guest_changed;
     /* Internal snapshots (qcow2-snapshot.c): the table as read at open,
      * h.nb_snapshots entries; its size in the file.  snapshot_loaded: a
@@ -259,6 +256,10 @@ typedef struct BDRVQcow2State {
     struct Qcow2Snapshot *snapshots;
     uint64_t snapshots_size;
     bool snapshot_loaded;
+    /* Persistent bitmaps (qcow2-bitmap.c): the directory as loaded, and on
+     * a writable open their data, recording writes. */
+    struct Qcow2Bitmaps *bitmaps;
+    bool bitmaps_writable;
 } BDRVQcow2State;
 
 /* Refcount i of a refcount block (or a slice of one), 2^order bits wide. */
@@ -342,22 +343,40 @@ void qcow2_free_header_state(BDRVQcow2State *s);
 /* qcow2-header-write.c: rewrite cluster 0 as QEMU's qcow2_update_header
  * does (one write, then a flush; -ENOSPC, nothing written, if it does not
  * fit), keeping the recorded backing or (change) recording file/fmt; the
- * change_backing_file and make_empty ops; persistent bitmaps marked in use
- * by a writable open and unmarked at close if the guest changed nothing. */
+ * change_backing_file and make_empty ops. */
 int coroutine_fn qcow2_update_header(BlockDriverState *bs);
 int coroutine_fn qcow2_update_header_locked(BlockDriverState *bs, bool change,
                                             const char *file, const char *fmt);
 int coroutine_fn qcow2_co_change_backing_file(BlockDriverState *bs, const char *file,
                                               const char *fmt);
 int coroutine_fn qcow2_co_make_empty(BlockDriverState *bs);
-int qcow2_bitmaps_open_writable(BlockDriverState *bs);
-void qcow2_bitmaps_close_writable(BlockDriverState *bs);
 static inline void qcow2_note_guest_change(BDRVQcow2State *s)
 {
     if (!__atomic_load_n(&s->guest_changed, __ATOMIC_RELAXED)) {
         __atomic_store_n(&s->guest_changed, true, __ATOMIC_RELEASE);
     }
 }
+
+/* qcow2-bitmap.c: persistent dirty bitmaps.  qcow2_bitmaps_open checks the
+ * directory (every open but a check's) and, writable, loads the bitmaps
+ * and marks them in use; qcow2_bitmaps_close stores them (clearing in_use)
+ * and frees the state.  qcow2_bitmaps_note records a guest write, zero
+ * write or discard in the enabled bitmaps: lock-free, no allocation. */
+int qcow2_bitmaps_open(BlockDriverState *bs, int flags, Error **errp);
+void qcow2_bitmaps_close(BlockDriverState *bs);
+void qcow2_bitmaps_record(BDRVQcow2State *s, uint64_t offset, uint64_t bytes);
+static inline void qcow2_bitmaps_note(BDRVQcow2State *s, int64_t offset, int64_t bytes)
+{
+    if (s->bitmaps_writable && bytes > 0) {
+        qcow2_bitmaps_record(s, (uint64_t)offset, (uint64_t)bytes);
+    }
+}
+/* The note_discard op: qcow2_bitmaps_note of a discard request. */
+void qcow2_note_discard(BlockDriverState *bs, int64_t offset, int64_t bytes);
+int qcow2_bitmaps_truncate_check(BlockDriverState *bs, Error **errp);
+int qcow2_bitmaps_truncate(BlockDriverState *bs, uint64_t size);
+void qcow2_bitmaps_info(BlockDriverState *bs, ImageSpecificInfo *info);
+int coroutine_fn qcow2_bitmap_op(BlockDriverState *bs, const BdrvBitmapOp *op, Error **errp);
 
 /* qcow2-cluster.c: what [offset, offset + *bytes) maps to, up to the end of
  * the L2 slice; shortens *bytes to the run of subclusters of the same type

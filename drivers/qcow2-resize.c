@@ -527,6 +527,16 @@ static int coroutine_fn zero_new_area(BlockDriverState *bs, uint64_t old_length,
     return ret;
 }
 
+static int bitmaps_follow(BlockDriverState *bs, uint64_t size, Error **errp)
+{
+    int ret = qcow2_bitmaps_truncate(bs, size);
+    if (ret < 0) {
+        error_setg_errno(errp, -ret, "qcow2: %s: cannot resize the bitmaps",
+                         qcow2_image_name(bs));
+    }
+    return ret;
+}
+
 int coroutine_fn qcow2_co_truncate(BlockDriverState *bs, int64_t offset, bool exact,
                                    PreallocMode prealloc, BdrvRequestFlags flags, Error **errp)
 {
@@ -560,6 +570,11 @@ int coroutine_fn qcow2_co_truncate(BlockDriverState *bs, int64_t offset, bool ex
         error_setg(errp, "Can't resize a v2 image which has snapshots");
         return -ENOTSUP;
     }
+    /* Bitmaps in use cannot follow the size: QEMU refuses. */
+    ret = qcow2_bitmaps_truncate_check(bs, errp);
+    if (ret < 0) {
+        return ret;
+    }
     if ((uint64_t)offset < old_length) {
         if (prealloc != PREALLOC_MODE_OFF) {
             error_setg(errp, "Preallocation can't be used for shrinking an image");
@@ -569,7 +584,7 @@ int coroutine_fn qcow2_co_truncate(BlockDriverState *bs, int64_t offset, bool ex
         if (ret == 0 && qcow2_has_data_file(s)) {
             ret = bdrv_co_truncate(s->data_file, offset, exact, PREALLOC_MODE_OFF, 0, errp);
         }
-        return ret;
+        return ret == 0 ? bitmaps_follow(bs, (uint64_t)offset, errp) : ret;
     }
 
     /* A backing file longer than the image would show through (QEMU's
@@ -619,5 +634,5 @@ int coroutine_fn qcow2_co_truncate(BlockDriverState *bs, int64_t offset, bool ex
     }
 out:
     co_mutex_unlock(&s->lock);
-    return ret;
+    return ret == 0 ? bitmaps_follow(bs, (uint64_t)offset, errp) : ret;
 }

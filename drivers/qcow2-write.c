@@ -654,6 +654,7 @@ int coroutine_fn qcow2_co_pwritev(BlockDriverState *bs, int64_t offset, int64_t 
 
     (void)flags;
     qcow2_note_guest_change(s);
+    qcow2_bitmaps_note(s, offset, bytes);
     while (bytes > 0) {
         uint64_t n = (uint64_t)bytes, host;
         Qcow2SubclusterType type;
@@ -910,6 +911,7 @@ int coroutine_fn qcow2_co_pwrite_zeroes(BlockDriverState *bs, int64_t offset, in
 {
     BDRVQcow2State *s = bs->opaque;
 
+    qcow2_bitmaps_note(s, offset, bytes);
     /* v2 has no zero flag, partial clusters need their other bytes, and a
      * raw data file must hold the zeros itself: the request path writes
      * zeros there instead. */

@@ -460,13 +460,6 @@ static int qcow2_open(BlockDriverState *bs, OptDict *options, int flags, Error *
                 goto fail;
             }
         }
-        if (!(flags & BDRV_O_CHECK)) {
-            ret = qcow2_bitmaps_open_writable(bs);
-            if (ret < 0) {
-                error_setg_errno(errp, -ret, "qcow2: %s: cannot mark the bitmaps in use", name);
-                goto fail;
-            }
-        }
         s->writable = true;
     }
     co_queue_init(&s->alloc_wait);
@@ -478,6 +471,11 @@ static int qcow2_open(BlockDriverState *bs, OptDict *options, int flags, Error *
         if (ret < 0) {
             goto fail;
         }
+    }
+    /* Bitmaps last: a writable open marks them in use on disk. */
+    ret = qcow2_bitmaps_open(bs, flags, errp);
+    if (ret < 0) {
+        goto fail;
     }
     return 0;
 
@@ -500,14 +498,13 @@ static void qcow2_close(BlockDriverState *bs)
 {
     BDRVQcow2State *s = bs->opaque;
 
+    /* The bitmaps are stored (and in_use cleared) before the final flush. */
+    qcow2_bitmaps_close(bs);
     /* The core flushed before close; this catches a failed or skipped one. */
     if (s->writable && aio_current() &&
         (meta_cache_nr_dirty(s->l2_cache) || meta_cache_nr_dirty(s->refcount_cache) ||
          (s->h.incompat & QCOW2_INCOMPAT_DIRTY))) {
         aio_co_run_sync(close_flush_co, bs);
-    }
-    if (s->writable) {
-        qcow2_bitmaps_close_writable(bs);
     }
 
     qcow2_free_state(s);
@@ -678,7 +675,7 @@ static int qcow2_get_info(BlockDriverState *bs, BlockDriverInfo *bdi)
 }
 
 /* What qemu-img info prints under "Format specific information", in its
- * order (bitmaps are not listed: the list is nested, see the report). */
+ * order. */
 static void qcow2_get_specific_info(BlockDriverState *bs, ImageSpecificInfo *info)
 {
     BDRVQcow2State *s = bs->opaque;
@@ -691,6 +688,7 @@ static void qcow2_get_specific_info(BlockDriverState *bs, ImageSpecificInfo *inf
         return;
     }
     image_info_add_bool(info, "lazy-refcounts", s->h.compat & QCOW2_COMPAT_LAZY_REFCOUNTS);
+    qcow2_bitmaps_info(bs, info);
     image_info_add_int(info, "refcount-bits", 1LL << s->h.refcount_order);
     if (s->image_data_file) {
         image_info_add(info, "data-file", "%s", s->image_data_file);
@@ -748,6 +746,8 @@ const BlockDriver bdrv_qcow2 = {
     .co_create = qcow2_co_create,
     .measure = qcow2_measure,
     .bitmaps_size = qcow2_bitmaps_size,
+    .bitmap_op = qcow2_bitmap_op,
+    .note_discard = qcow2_note_discard,
     .co_change_backing_file = qcow2_co_change_backing_file,
     .co_make_empty = qcow2_co_make_empty,
     .snapshot_list = qcow2_snapshot_list,

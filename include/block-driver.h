@@ -222,6 +222,14 @@ struct BlockDriver {
      * when the format (or this image's version) has no persistent bitmaps.
      */
     int (*bitmaps_size)(BlockDriverState *bs, uint64_t cluster_size, uint64_t *size);
+    /* One `img bitmap` action on bs's persistent bitmaps (qemu-img 7.2's
+     * semantics and messages); bs is open read-write, the change reaches
+     * the image when it is closed. */
+    int (*bitmap_op)(BlockDriverState *bs, const BdrvBitmapOp *op, Error **errp);
+    /* A discard request as the caller made it, before it is cut to whole
+     * aligned blocks (and maybe dropped): for dirty tracking.  Any thread,
+     * lock-free. */
+    void (*note_discard)(BlockDriverState *bs, int64_t offset, int64_t bytes);
     /*
      * Record another backing file in the image's metadata (QEMU's
      * .bdrv_change_backing_file): file as it is to be stored (NULL: no

@@ -110,6 +110,7 @@ typedef struct ImageInfoEntry {
     char *value;
     bool is_number;                /* JSON output as a number, not a string */
     bool is_bool;
+    char *human;                   /* set: value is JSON text, human the lines after "key:" */
 } ImageInfoEntry;
 typedef struct ImageSpecificInfo {
     ImageInfoEntry *entries;
@@ -118,7 +119,26 @@ typedef struct ImageSpecificInfo {
 void image_info_add(ImageSpecificInfo *info, const char *key, const char *fmt, ...) PRINTF_FMT(3, 4);
 void image_info_add_int(ImageSpecificInfo *info, const char *key, int64_t value);
 void image_info_add_bool(ImageSpecificInfo *info, const char *key, bool value);
+void image_info_add_json(ImageSpecificInfo *info, const char *key, const char *json,
+                         const char *human);
 void image_info_free(ImageSpecificInfo *info);
+
+/* An `img bitmap` action (bdrv_bitmap_op). */
+typedef enum {
+    BDRV_BITMAP_ADD, BDRV_BITMAP_REMOVE, BDRV_BITMAP_CLEAR, BDRV_BITMAP_ENABLE,
+    BDRV_BITMAP_DISABLE, BDRV_BITMAP_MERGE,
+} BdrvBitmapOpType;
+typedef struct BdrvBitmapOp {
+    BdrvBitmapOpType type;
+    const char *name;
+    bool has_granularity;          /* ADD */
+    uint64_t granularity;
+    struct BlockDriverState *src;  /* MERGE: the source's image (may be bs) */
+    const char *src_name;
+} BdrvBitmapOp;
+/* bs's driver's bitmap_op; without one, qemu-img's messages for a format
+ * without persistent bitmaps. */
+int bdrv_bitmap_op(struct BlockDriverState *bs, const BdrvBitmapOp *op, Error **errp);
 
 typedef struct BlockDriverInfo {
     int cluster_size;              /* 0 if not applicable */

@@ -173,6 +173,11 @@ int coroutine_fn bdrv_co_pdiscard(BdrvChild *child, int64_t offset, int64_t byte
     if (!(bs->open_flags & BDRV_O_UNMAP) || !bs->drv->co_pdiscard) {
         return 0;
     }
+    /* Dirty tracking sees the request as made, unaligned edges too (QEMU
+     * sets the dirty bits of the whole discard request). */
+    if (bs->drv->note_discard) {
+        bs->drv->note_discard(bs, offset, bytes);
+    }
 
     int64_t request_alignment = bs->bl.request_alignment ? bs->bl.request_alignment : 1;
     int64_t align = MAX((int64_t)bs->bl.pdiscard_alignment, request_alignment);

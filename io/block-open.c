@@ -549,6 +549,20 @@ int bdrv_bitmaps_size(BlockDriverState *bs, uint64_t cluster_size, uint64_t *siz
                                             : -ENOTSUP;
 }
 
+int bdrv_bitmap_op(BlockDriverState *bs, const BdrvBitmapOp *op, Error **errp)
+{
+    if (!bs->drv || !bs->drv->bitmap_op) {
+        if (op->type == BDRV_BITMAP_ADD) {
+            error_setg_errno(errp, ENOTSUP, "Can't store persistent bitmaps to %s",
+                             bdrv_get_node_name(bs));
+            return -ENOTSUP;
+        }
+        error_setg(errp, "Dirty bitmap '%s' not found", op->name);
+        return -ENOENT;
+    }
+    return bs->drv->bitmap_op(bs, op, errp);
+}
+
 int bdrv_create(const BlockDriver *drv, const char *filename, OptDict *opts, Error **errp)
 {
     if (!drv->co_create) {

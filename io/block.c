@@ -1203,11 +1203,23 @@ void image_info_add_bool(ImageSpecificInfo *info, const char *key, bool value)
     e->is_bool = true;
 }
 
+void image_info_add_json(ImageSpecificInfo *info, const char *key, const char *json,
+                         const char *human)
+{
+    ImageInfoEntry *e = info_new_entry(info, key);
+    e->value = strdup(json);
+    e->human = strdup(human);
+    if (!e->value || !e->human) {
+        abort();
+    }
+}
+
 void image_info_free(ImageSpecificInfo *info)
 {
     for (int i = 0; i < info->n; i++) {
         free(info->entries[i].key);
         free(info->entries[i].value);
+        free(info->entries[i].human);
     }
     free(info->entries);
     memset(info, 0, sizeof(*info));

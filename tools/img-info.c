@@ -118,7 +118,10 @@ static void dump_human(const ImageInfo *info)
             /* "encrypt.format" is "format" nested under "encrypt:", as qemu-img
              * prints its nested dictionaries */
             const char *dot = strchr(info->spec.entries[i].key, '.');
-            if (dot) {
+            if (info->spec.entries[i].human) {
+                group = NULL;
+                printf("    %s:\n%s\n", key, info->spec.entries[i].human);
+            } else if (dot) {
                 size_t l = (size_t)(dot - info->spec.entries[i].key);
                 if (!group || glen != l || strncmp(group, info->spec.entries[i].key, l)) {
                     group = info->spec.entries[i].key;
@@ -154,7 +157,9 @@ static json_object *to_json(const ImageInfo *info)
         for (int i = 0; i < info->spec.n; i++) {
             const ImageInfoEntry *e = &info->spec.entries[i];
             json_object *v;
-            if (e->is_number) {
+            if (e->human) {
+                v = json_tokener_parse(e->value);
+            } else if (e->is_number) {
                 v = json_object_new_int64(strtoll(e->value, NULL, 0));
             } else if (e->is_bool) {
                 v = json_object_new_boolean(!strcmp(e->value, "true") || !strcmp(e->value, "on"));

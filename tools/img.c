@@ -31,6 +31,10 @@ static const struct {
       "bench [-c count] [-d depth] [-f fmt] [--flush-interval=flush_interval] [-i aio] [-n]"
       " [--no-drain] [-o offset] [--pattern=pattern] [-q] [-s buffer_size] [-S step_size]"
       " [-t cache] [-w] [-U] [--random] [--seed=N] [--threads=N] filename" },
+    { "bitmap", img_bitmap,
+      "bitmap (--merge SOURCE | --add | --remove | --clear | --enable | --disable)..."
+      " [-b source_file [-F source_fmt]] [-g granularity] [--object objectdef]"
+      " [--image-opts | -f fmt] filename bitmap" },
     { "check", img_check,
       "check [--image-opts] [-q] [-f fmt] [--output=ofmt] [-r [leaks | all]] [-T src_cache]"
       " [-U] filename" },
@@ -339,7 +343,7 @@ int img_main(int argc, char **argv)
         }
     }
     /* qemu-img's commands that ublkd does not have yet: not a typo. */
-    static const char *const later[] = { "amend", "bitmap", NULL };
+    static const char *const later[] = { "amend", NULL };
     for (int i = 0; later[i]; i++) {
         if (!strcmp(cmd, later[i])) {
             error_report("Command '%s' is not supported yet", cmd);

@@ -42,6 +42,7 @@ typedef struct ImgSnapshotParam {
     char buf[4096];
 } ImgSnapshotParam;
 int img_parse_snapshot_param(const char *arg, ImgSnapshotParam *p);
+int img_bitmap(int argc, char **argv);
 
 /* ---- common (img.c) ---- */
 typedef enum { OFORMAT_HUMAN, OFORMAT_JSON } OutputFormat;

@@ -2,8 +2,10 @@
  * fuzz-qcow2.c - libFuzzer harness for the qcow2 driver: the input is the
  * image file, held by a tiny in-memory protocol driver; the harness opens it
  * read-only as qcow2 (no backing file), reads the start and the end of the
- * disk and walks block status; then runs `img check` on it, and `check -r
- * all` on the in-memory copy followed by a second check.  Any crash,
+ * disk and walks block status; opens it read-write and closes it (the
+ * persistent bitmaps loaded, marked in use and stored again); then runs
+ * `img check` on it, and `check -r all` on the in-memory copy followed by a
+ * second check.  Any crash,
  * sanitizer report or hang is a bug; errors are fine.  One property: two
  * checks in a row, on the image as it came and after the repair, say the
  * same (a check changes nothing, caches included).  "Clean after -r all"
@@ -118,6 +120,13 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
         bdrv_unref(bs);
     } else {
         error_free(err);
+    }
+    /* A writable open loads the persistent bitmaps (tables and data), marks
+     * them in use, and its close stores them again: crafted directories and
+     * tables through the whole bitmap path, then the checks below. */
+    bs = open_qcow2(BDRV_O_NO_BACKING | BDRV_O_RDWR);
+    if (bs) {
+        bdrv_unref(bs);
     }
     check_and_repair();
     bdrv_unref(file);
