@@ -411,6 +411,9 @@ int ublk_batch_start(UblkBatchQueue *b, Error **errp);
  * false when the device went away (the tag's loop ends). */
 bool ublk_batch_tag_ready(UblkBatchQueue *b, unsigned tag, bool commit, int result);
 void ublk_batch_flush(UblkBatchQueue *b);
+/* Before the thread ends: the last commits reach the kernel (tags that
+ * finished after the FETCH ended leave their loops with them pending). */
+void ublk_batch_drain(UblkBatchQueue *b);
 bool ublk_batch_dead(const UblkBatchQueue *b);
 /* After the ring is freed. */
 void ublk_batch_free(UblkBatchQueue *b);

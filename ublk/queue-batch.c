@@ -267,6 +267,18 @@ void ublk_batch_flush(UblkBatchQueue *b)
     b->filling = next;
 }
 
+void ublk_batch_drain(UblkBatchQueue *b)
+{
+    for (;;) {
+        ublk_batch_flush(b);
+        if (!b->commit[b->filling].n) {
+            break;
+        }
+        aio_poll(b->ctx, true);     /* every buffer in flight: wait for one */
+    }
+    aio_submit(b->ctx);
+}
+
 bool ublk_batch_dead(const UblkBatchQueue *b)
 {
     return b->dead;

@@ -657,6 +657,9 @@ static void *queue_thread(void *opaque)
     }
     /* No request of this thread is in flight: the loop ends only when no
      * tag is busy. */
+    if (q->batch) {
+        ublk_batch_drain(q->batch);
+    }
     if (d->blk) {
         blk_detach_thread(d->blk);
     }
