@@ -43,7 +43,7 @@ run() {
   "$UBLKD" list -n $ID | grep -q "batch on" || fail "$name: list text lacks 'batch on'"
   "$UBLKD" list -n $ID | grep -q "BATCH_IO" || fail "$name: flags lack BATCH_IO"
   fio_verify "$DEV" --bs=4k --iodepth=32
-  fio_verify "$DEV" --bsrange=512-128k --iodepth=8 --numjobs=2
+  fio_verify "$DEV" --bsrange=512-128k --iodepth=8 --numjobs=2 --offset_increment=8M
   local zc
   zc=$("$UBLKD" list -n $ID --json | jq -r '.[0].zero_copy')
   ublk_del $ID
@@ -77,7 +77,7 @@ for zc in on off; do
   ublk_add raw $T/r.raw $CACHE_OPT -q 2 --batch --zero-copy=$zc >/dev/null
   pid=$(ublk_pid $ID)
   fio --name=w --filename="$DEV" --direct=1 --ioengine=io_uring --rw=randwrite --bs=4k \
-      --iodepth=16 --numjobs=2 --size=16M --time_based --runtime=8 --verify=crc32c \
+      --iodepth=16 --numjobs=2 --size=8M --offset_increment=8M --time_based --runtime=8 --verify=crc32c \
       --do_verify=0 --randrepeat=1 --verify_state_save=0 --output-format=terse >$T/fio.out 2>&1 &
   fpid=$!
   writes_seen() { [ "$(ublk_stat $ID write ops)" -gt 0 ]; }
@@ -93,7 +93,7 @@ for zc in on off; do
   [ "$(batch_of $ID)" = true ] || fail "recovered device is not batched"
   wait $fpid || { cat $T/fio.out; fail "zero copy $zc: fio saw errors across the recovery"; }
   fio --name=w --filename="$DEV" --direct=1 --ioengine=io_uring --rw=randwrite --bs=4k \
-      --iodepth=16 --numjobs=2 --size=16M --verify=crc32c --verify_only --randrepeat=1 \
+      --iodepth=16 --numjobs=2 --size=8M --offset_increment=8M --verify=crc32c --verify_only --randrepeat=1 \
       --verify_fatal=1 >$T/v.out 2>&1 || { cat $T/v.out; fail "verify after recovery failed"; }
   if [ $zc = on ]; then
     # upgrade: the new daemon takes the device over, still batched
@@ -105,7 +105,7 @@ for zc in on off; do
       || fail "device not LIVE after upgrade"
     [ "$(batch_of $ID)" = true ] || fail "upgraded device is not batched"
     fio --name=w --filename="$DEV" --direct=1 --ioengine=io_uring --rw=randwrite --bs=4k \
-        --iodepth=16 --numjobs=2 --size=16M --verify=crc32c --verify_only --randrepeat=1 \
+        --iodepth=16 --numjobs=2 --size=8M --offset_increment=8M --verify=crc32c --verify_only --randrepeat=1 \
         --verify_fatal=1 >$T/v.out 2>&1 || { cat $T/v.out; fail "verify after upgrade failed"; }
   fi
   ublk_del $ID
