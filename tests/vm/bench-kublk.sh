@@ -244,6 +244,10 @@ for j in $JOBLIST; do
   ratio "ublkd raw zc=off / kublk loop, $j" "ublkd raw -q 1 zc=off" "kublk loop" $j
   ratio "ublkd raw zc=register / kublk loop -z, $j" "ublkd raw -q 1 zc=register" "kublk loop -z" $j
   ratio "ublkd raw zc=on / kublk loop --auto_zc, $j" "ublkd raw -q 1 zc=on" "kublk loop --auto_zc" $j
+  ratio "kublk null -b / kublk null, $j" "kublk null -b" "kublk null" $j
+  for t in null raw; do for q in 1 2; do for z in off on; do
+    ratio "ublkd $t -q $q zc=$z --batch / without, $j" "ublkd $t -q $q zc=$z batch" "ublkd $t -q $q zc=$z" $j
+  done; done; done
 done
 mountpoint -q $T/fs && umount $T/fs
 for b in store nb; do [ -d $CFG/$b ] && { echo 0 > $CFG/$b/power; rmdir $CFG/$b; }; done
