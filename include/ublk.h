@@ -414,7 +414,6 @@ void ublk_batch_flush(UblkBatchQueue *b);
 /* Before the thread ends: the last commits reach the kernel (tags that
  * finished after the FETCH ended leave their loops with them pending). */
 void ublk_batch_drain(UblkBatchQueue *b);
-bool ublk_batch_dead(const UblkBatchQueue *b);
 /* After the ring is freed. */
 void ublk_batch_free(UblkBatchQueue *b);
 /* Requests whose pages the kernel could not register (UBLK_IO_F_NEED_REG_BUF)

@@ -279,11 +279,6 @@ void ublk_batch_drain(UblkBatchQueue *b)
     aio_submit(b->ctx);
 }
 
-bool ublk_batch_dead(const UblkBatchQueue *b)
-{
-    return b->dead;
-}
-
 /* ---- setup ---- */
 
 static void batch_prep_done(AioCompletion *c, int res, unsigned flags)
