@@ -65,7 +65,7 @@ DRIVER_SRCS-qcow2 := drivers/qcow2-header.c drivers/qcow2-cluster.c drivers/qcow
 DRIVER_SRCS := $(foreach d,$(DRIVERS-y),$(wildcard drivers/$(d).c) $(DRIVER_SRCS-$(d)))
 
 # ublk server: control plane, params, config/state, queue threads, daemon
-UBLK_SRCS := ublk/ctrl.c ublk/params.c ublk/config.c ublk/queue.c ublk/ctlsock.c ublk/server.c
+UBLK_SRCS := ublk/ctrl.c ublk/params.c ublk/config.c ublk/queue.c ublk/queue-batch.c ublk/ctlsock.c ublk/server.c
 TOOL_SRCS := tools/ublkd.c
 # device verbs (add/del/list/recover/features)
 TOOL_SRCS += $(if $(filter y,$(CONFIG_UBLK)),tools/dev.c)
@@ -229,7 +229,7 @@ check-vm: $(VM_UBLKD) $(BUILD)/log-writes-replay
 # ~15 min under TCG, which the CI budget cannot hold next to 6.12's; run it with
 # `VM_KERNEL=7.3 make check-vm`, or `make check-vm-7.3 VM_73_TESTS=` for all of it.
 VM_73_TESTS ?= features list lifecycle safe_stop recovery recovery_modes unpriv zerocopy \
-	raw_verify del_pid teardown resize upgrade per_io
+	raw_verify del_pid teardown resize upgrade per_io batch
 check-vm-7.3: $(VM_UBLKD) $(BUILD)/log-writes-replay
 	@VM_KERNEL=7.3 UBLKD=$(abspath $(VM_UBLKD)) LOG_WRITES_REPLAY=$(abspath $(BUILD)/log-writes-replay) \
 	    KILL9_CYCLES=$${KILL9_CYCLES:-2} tests/vm/run.sh $(VM_73_TESTS)

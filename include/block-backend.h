@@ -33,6 +33,8 @@ typedef struct BlockAcctStats {
      * (iov_fixed_copy_count: zero fills of holes, bounces, probing). */
     uint64_t zc_bounced;
     uint64_t zc_ring_copies;
+    uint64_t zc_reg_fallbacks;   /* AUTO_BUF_REG failed, registered by hand
+                                    (ublk_zc_reg_fallback_count) */
     /* Filled in by the ublk server too: the graph's run-time counters
      * (bdrv_get_counters: a quorum's per-child reads, errors, corruptions,
      * rewrites) and the block-layer events reported and cut (block.h). */

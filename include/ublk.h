@@ -148,6 +148,12 @@ typedef enum { UBLK_AFFINITY_NONE, UBLK_AFFINITY_QUEUE } UblkAffinity;
  * REGISTER_IO_BUF/UNREGISTER_IO_BUF per request even where AUTO_BUF_REG
  * exists (the 6.15 path, testable on newer kernels). */
 typedef enum { UBLK_ZC_AUTO, UBLK_ZC_ON, UBLK_ZC_OFF, UBLK_ZC_REGISTER } UblkZeroCopy;
+/* --batch: UBLK_F_BATCH_IO (Linux 7.3).  AUTO asks for it where the kernel
+ * has it and nothing excludes it (per-I/O threads, NEED_GET_DATA); ON fails
+ * there instead.  The default is UBLK_BATCH_DEFAULT (docs/PERFORMANCE.md,
+ * "Batched commands", has the measurement that chose it). */
+typedef enum { UBLK_BATCH_OFF, UBLK_BATCH_AUTO, UBLK_BATCH_ON } UblkBatch;
+#define UBLK_BATCH_DEFAULT UBLK_BATCH_OFF
 
 #define UBLK_DEFAULT_QUEUES  1
 #define UBLK_DEFAULT_DEPTH   128
@@ -178,6 +184,7 @@ typedef struct UblkDevConfig {
     UblkAffinity affinity;
     UblkZeroCopy zero_copy;
     unsigned per_io_threads;   /* --per-io-threads: 0 = one thread per queue */
+    UblkBatch batch;           /* --batch */
     char *log_file;
     char *key_file;            /* --key-file: passphrase of an encrypted image (its path
                                 * is recorded, never the key) */
@@ -265,6 +272,14 @@ int ublk_dev_config_zero_copy_flags(const UblkDevConfig *c, uint64_t supported,
                                     Error **errp);
 /* "auto", "on", "off", "register" */
 const char *ublk_zero_copy_name(UblkZeroCopy zc);
+/* "off", "auto", "on" */
+const char *ublk_batch_name(UblkBatch b);
+/* UBLK_F_BATCH_IO if --batch asks for it and the kernel (supported, from
+ * GET_FEATURES) has it, else 0; -1 with errp set when --batch=on cannot be
+ * had (kernel without it, or --per-io-threads, which the kernel does not
+ * grant a BATCH_IO device). */
+int ublk_dev_config_batch_flag(const UblkDevConfig *c, uint64_t supported, uint64_t *flag,
+                               Error **errp);
 /* -1 with errp set when the kernel (features as GET_FEATURES reports them)
  * cannot honour what the user asked for: an explicit recovery mode it lacks
  * is an error, while the default (reissue) quietly falls back. */
@@ -370,6 +385,42 @@ typedef struct UblkDev {
     UblkQueue **queues;        /* the threads, nr_threads of them */
     volatile int stopping;     /* set by the main thread after STOP_DEV */
 } UblkDev;
+
+/*
+ * Batched commands (UBLK_F_BATCH_IO) for one queue thread (ublk/queue-batch.c):
+ * PREP_IO_CMDS for all tags at start, one multishot FETCH_IO_CMDS that wakes
+ * the tags of new requests (wake(opaque, tag, UBLK_IO_RES_OK), or
+ * UBLK_IO_RES_ABORT when the device goes away), and one COMMIT_IO_CMDS per
+ * loop iteration (ublk_batch_flush) for the tags that finished in it.
+ */
+typedef struct UblkBatchQueue UblkBatchQueue;
+typedef void UblkBatchWakeFn(void *opaque, unsigned tag, int res);
+typedef struct UblkBatchSetup {
+    AioContext *ctx;           /* the queue thread's; /dev/ublkcN is fixed file 0 if cdev_fixed */
+    UblkDev *d;
+    unsigned q_id, ntags;
+    bool cdev_fixed;
+    char *bufs;                /* tag buffers (the kernel copies), else NULL */
+    size_t buf_stride;
+    uint16_t buf_index_base;   /* AUTO_BUF_REG: tag t's pages go to index base + t */
+    UblkBatchWakeFn *wake;
+    void *opaque;
+} UblkBatchSetup;
+UblkBatchQueue *ublk_batch_new(const UblkBatchSetup *s, Error **errp);
+/* After every tag called ublk_batch_tag_ready(commit = false). */
+int ublk_batch_start(UblkBatchQueue *b, Error **errp);
+/* A tag waits for its next request, first committing result if commit:
+ * false when the device went away (the tag's loop ends). */
+bool ublk_batch_tag_ready(UblkBatchQueue *b, unsigned tag, bool commit, int result);
+void ublk_batch_flush(UblkBatchQueue *b);
+/* Before the thread ends: the last commits reach the kernel (tags that
+ * finished after the FETCH ended leave their loops with them pending). */
+void ublk_batch_drain(UblkBatchQueue *b);
+/* After the ring is freed. */
+void ublk_batch_free(UblkBatchQueue *b);
+/* Requests whose pages the kernel could not register (UBLK_IO_F_NEED_REG_BUF)
+ * that the daemon registered itself. */
+uint64_t ublk_zc_reg_fallback_count(void);
 
 /* Start the server threads (nr_queues, or per_io_threads capped at the
  * number of tags); returns once every thread has queued its FETCH commands

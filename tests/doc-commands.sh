@@ -51,7 +51,7 @@ exclude	docs/PERFORMANCE.md	^A=[^ ]+ B=[^ ]+( |$)	shell variables for the next c
 check	docs/PERFORMANCE.md	^tests/vm/ublk-vm .*tests/vm/bench-ab\.sh$	A/B benchmark in a QEMU TCG guest (a boot and minutes of fio); here: the scripts exist, read the variables and options given, and ublkd add takes the options in CONFIGS
 check	docs/PERFORMANCE.md	^[A-Z_=0-9 ]*tests/bench/bench-threads\.sh 	benchmark (rounds of 300000-request runs against two binaries); here: the script exists and reads the variables given
 check	docs/PERFORMANCE.md	^(VM_KERNEL=[0-9.]+ )?make bench-kublk( |$)	boots a guest for minutes of fio and fetches kublk's sources (170 MB): here `make -n` of the target
-check	docs/PERFORMANCE.md	^VM_KERNEL=[0-9.]+ ([A-Z_]+='[^']*' )?tests/vm/bench-kublk\.sh$	boots a guest for minutes of fio (BENCH_ROWS picks rows by label); here: the script exists and reads the variables given
+check	docs/PERFORMANCE.md	^VM_KERNEL=[0-9.]+ ([A-Z_]+=('[^']*'|[a-z0-9]+) )*tests/vm/bench-kublk\.sh$	boots a guest for minutes of fio (BENCH_ROWS picks rows by label); here: the script exists and reads the variables given
 check	docs/PERFORMANCE.md	^VM_KERNEL=7\.3 [A-Za-z_=0-9 ]*tests/vm/bench(-zc)?\.sh	boots the 7.3 guest for minutes of fio; here: the script exists and reads the variables given
 EOF
 )

@@ -1532,8 +1532,9 @@ static int cmd_list(int argc, char **argv)
                        1u << b->logical_bs_shift, 1u << b->physical_bs_shift,
                        b->max_sectors << 9, (b->attrs & UBLK_ATTR_READ_ONLY) ? "yes" : "no");
             }
-            printf("  cache %s, recovery %s, zero-copy %s, user-copy %s\n", cache,
-                   recovery_name(flags), zc_mode, user_copy ? "on" : "off");
+            printf("  cache %s, recovery %s, zero-copy %s, user-copy %s, batch %s\n", cache,
+                   recovery_name(flags), zc_mode, user_copy ? "on" : "off",
+                   (flags & UBLK_F_BATCH_IO) ? "on" : "off");
             for (unsigned q = 0; q < nq; q++) {
                 char c1[256] = "-", c2[256] = "-";
                 if (tids[q]) {
@@ -1570,9 +1571,10 @@ static int cmd_list(int argc, char **argv)
                 }
                 printf("  fua writes   %llu\n", (unsigned long long)stats.fua_writes);
                 if (flags & (UBLK_F_AUTO_BUF_REG | UBLK_F_SUPPORT_ZERO_COPY)) {
-                    printf("  zero copy    bounced %llu ring copies %llu\n",
-                           (unsigned long long)stats.zc_bounced,
-                           (unsigned long long)stats.zc_ring_copies);
+                    printf("  zero copy    bounced %llu ring copies %llu registered by "
+                           "hand %llu\n", (unsigned long long)stats.zc_bounced,
+                           (unsigned long long)stats.zc_ring_copies,
+                           (unsigned long long)stats.zc_reg_fallbacks);
                 }
                 if (stats.events || stats.events_suppressed) {
                     printf("  events       reported %llu suppressed %llu (in the device log)\n",
@@ -1595,6 +1597,7 @@ static int cmd_list(int argc, char **argv)
             json_object_object_add(o, "flags", json_object_new_int64((int64_t)flags));
             json_object_object_add(o, "flags_names", json_object_new_string(fl));
             json_object_object_add(o, "zero_copy", json_object_new_string(zc_mode));
+            json_object_object_add(o, "batch", json_object_new_boolean(flags & UBLK_F_BATCH_IO));
             json_object_object_add(o, "pid", json_object_new_int64(pid));
             if (in_kernel) {
                 json_object_object_add(o, "owner_uid", json_object_new_int64(info->owner_uid));
@@ -1679,6 +1682,8 @@ static int cmd_list(int argc, char **argv)
                                        json_object_new_int64((int64_t)stats.zc_bounced));
                 json_object_object_add(so, "zc_ring_copies",
                                        json_object_new_int64((int64_t)stats.zc_ring_copies));
+                json_object_object_add(so, "zc_reg_fallbacks",
+                                       json_object_new_int64((int64_t)stats.zc_reg_fallbacks));
                 json_object_object_add(so, "events", json_object_new_int64((int64_t)stats.events));
                 json_object_object_add(so, "events_suppressed",
                                        json_object_new_int64((int64_t)stats.events_suppressed));

@@ -34,6 +34,7 @@ void ublk_dev_config_init(UblkDevConfig *c)
     c->max_io_size = UBLK_DEFAULT_MAX_IO;
     c->recovery = UBLK_RECOVERY_REISSUE;
     c->affinity = UBLK_AFFINITY_NONE;
+    c->batch = UBLK_BATCH_DEFAULT;
 }
 
 void ublk_dev_config_free(UblkDevConfig *c)
@@ -71,6 +72,9 @@ void ublk_dev_config_usage(FILE *f)
         "  -q, --queues N              hardware queues, one thread each (default 1)\n"
         "      --per-io-threads N      N threads share the tags of all queues instead\n"
         "                              (UBLK_F_PER_IO_DAEMON, Linux 6.16+; default off)\n"
+        "      --batch[=MODE]          off (default), auto, on (--batch alone): prepare, fetch\n"
+        "                              and commit many tags per command (UBLK_F_BATCH_IO,\n"
+        "                              Linux 7.3); on fails where the kernel lacks it\n"
         "  -d, --depth D               queue depth, 1..4096 (default 128)\n"
         "  -o, --option K=V[,K=V]      extra options for the root node\n"
         "      --key-file PATH         passphrase of an encrypted qcow2 (LUKS): the whole file\n"
@@ -162,6 +166,7 @@ enum {
     OPT_LOG, OPT_BLOCKDEV, OPT_RO, OPT_FOREGROUND, OPT_ZC, OPT_NO_PART_SCAN, OPT_PER_IO,
     OPT_KEY_FILE,
     OPT_SNAPSHOT,
+    OPT_BATCH,
 };
 
 int ublk_dev_config_parse(UblkDevConfig *c, int argc, char **argv, Error **errp)
@@ -199,6 +204,7 @@ int ublk_dev_config_parse(UblkDevConfig *c, int argc, char **argv, Error **errp)
         { "per-io-threads", required_argument, NULL, OPT_PER_IO },
         { "key-file", required_argument, NULL, OPT_KEY_FILE },
         { "snapshot", required_argument, NULL, OPT_SNAPSHOT },
+        { "batch", optional_argument, NULL, OPT_BATCH },
         { NULL, 0, NULL, 0 },
     };
     uint32_t v;
@@ -405,6 +411,19 @@ int ublk_dev_config_parse(UblkDevConfig *c, int argc, char **argv, Error **errp)
             c->zero_copy = (UblkZeroCopy)i;
             break;
         }
+        case OPT_BATCH: {
+            unsigned i = UBLK_BATCH_ON;
+            if (optarg) {
+                for (i = 0; i <= UBLK_BATCH_ON && strcmp(optarg, ublk_batch_name(i)); i++) {
+                }
+            }
+            if (i > UBLK_BATCH_ON) {
+                error_setg(errp, "invalid value for --batch: '%s' (off, auto, on)", optarg);
+                return -1;
+            }
+            c->batch = (UblkBatch)i;
+            break;
+        }
         case ':':
         case '?':
         default:
@@ -520,6 +539,17 @@ int ublk_dev_config_check(const UblkDevConfig *c, Error **errp)
                    "thread serves tags of every queue");
         return -1;
     }
+    if (c->batch == UBLK_BATCH_ON && c->per_io_threads) {
+        /* ADD_DEV drops UBLK_F_PER_IO_DAEMON from a BATCH_IO device. */
+        error_setg(errp, "--batch=on and --per-io-threads exclude each other: the kernel does "
+                   "not give UBLK_F_PER_IO_DAEMON to a UBLK_F_BATCH_IO device");
+        return -1;
+    }
+    if (c->batch == UBLK_BATCH_ON && c->need_get_data) {
+        error_setg(errp, "--batch=on and --need-get-data exclude each other: the kernel drops "
+                   "UBLK_F_NEED_GET_DATA from a UBLK_F_BATCH_IO device");
+        return -1;
+    }
     if (c->user_copy && c->need_get_data) {
         error_setg(errp, "--user-copy and --need-get-data exclude each other");
         return -1;
@@ -543,6 +573,36 @@ const char *ublk_zero_copy_name(UblkZeroCopy zc)
     case UBLK_ZC_REGISTER: return "register";
     }
     return "?";
+}
+
+const char *ublk_batch_name(UblkBatch b)
+{
+    switch (b) {
+    case UBLK_BATCH_OFF:  return "off";
+    case UBLK_BATCH_AUTO: return "auto";
+    case UBLK_BATCH_ON:   return "on";
+    }
+    return "?";
+}
+
+int ublk_dev_config_batch_flag(const UblkDevConfig *c, uint64_t supported, uint64_t *flag,
+                               Error **errp)
+{
+    *flag = 0;
+    if (c->batch == UBLK_BATCH_OFF || c->per_io_threads || c->need_get_data) {
+        return 0;     /* parse refused these with on */
+    }
+    if (!(supported & UBLK_F_BATCH_IO)) {
+        if (c->batch == UBLK_BATCH_ON) {
+            error_setg(errp, "--batch=on: the kernel's ublk driver lacks UBLK_F_BATCH_IO "
+                       "(Linux 7.3+; features 0x%llx); use --batch=off or auto",
+                       (unsigned long long)supported);
+            return -1;
+        }
+        return 0;
+    }
+    *flag = UBLK_F_BATCH_IO;
+    return 0;
 }
 
 int ublk_dev_config_zero_copy_flags(const UblkDevConfig *c, uint64_t supported,
@@ -576,7 +636,10 @@ int ublk_dev_config_zero_copy_flags(const UblkDevConfig *c, uint64_t supported,
         return 0;
     }
     if (c->zero_copy != UBLK_ZC_REGISTER && (supported & UBLK_F_AUTO_BUF_REG)) {
-        *flags = UBLK_F_AUTO_BUF_REG;
+        /* SUPPORT_ZERO_COPY beside it is the fallback: a request whose
+         * pages the kernel could not register (UBLK_IO_F_NEED_REG_BUF) is
+         * registered by hand with REGISTER_IO_BUF (ublk/queue.c). */
+        *flags = UBLK_F_AUTO_BUF_REG | (supported & UBLK_F_SUPPORT_ZERO_COPY);
         return 0;
     }
     if (supported & UBLK_F_SUPPORT_ZERO_COPY) {
@@ -1314,6 +1377,7 @@ static void add_bool(json_object *o, const char *k, bool v)
 static const char *const recovery_names[] = { "none", "fail", "reissue", "fail-io" };
 static const char *const affinity_names[] = { "none", "queue" };
 static const char *const zero_copy_names[] = { "auto", "on", "off", "register" };
+static const char *const batch_names[] = { "off", "auto", "on" };
 
 char *ublk_dev_state_to_json(const UblkDevState *s)
 {
@@ -1367,6 +1431,7 @@ char *ublk_dev_state_to_json(const UblkDevState *s)
     add_str(co, "affinity", affinity_names[c->affinity]);
     add_str(co, "zero_copy", ublk_zero_copy_name(c->zero_copy));
     add_int(co, "per_io_threads", c->per_io_threads);
+    add_str(co, "batch", ublk_batch_name(c->batch));
     add_str(co, "log", c->log_file);
     add_str(co, "key_file", c->key_file);
     json_object_object_add(o, "config", co);
@@ -1550,6 +1615,9 @@ static bool state_fields_from_json(json_object *o, json_object *co, UblkDevState
                     errp) &&
          ((c->zero_copy = choice), true) &&
          get_u32(co, "per_io_threads", 0, &c->per_io_threads, errp) &&
+         ((choice = c->batch), true) &&
+         get_choice(co, "batch", batch_names, ARRAY_SIZE(batch_names), &choice, errp) &&
+         ((c->batch = choice), true) &&
          get_str(co, "log", &c->log_file, errp) &&
          get_str(co, "key_file", &c->key_file, errp);
     return ok;
@@ -1596,6 +1664,7 @@ int ublk_stats_write(uint32_t dev_id, const BlockAcctStats *st)
     add_int(o, "fua_writes", st->fua_writes);
     add_int(o, "zc_bounced", st->zc_bounced);
     add_int(o, "zc_ring_copies", st->zc_ring_copies);
+    add_int(o, "zc_reg_fallbacks", st->zc_reg_fallbacks);
     add_int(o, "events", st->events);
     add_int(o, "events_suppressed", st->events_suppressed);
     if (st->n_node_counters) {
@@ -1657,6 +1726,7 @@ int ublk_stats_read(uint32_t dev_id, BlockAcctStats *st)
     st->fua_writes = stat_int(o, "fua_writes");
     st->zc_bounced = stat_int(o, "zc_bounced");
     st->zc_ring_copies = stat_int(o, "zc_ring_copies");
+    st->zc_reg_fallbacks = stat_int(o, "zc_reg_fallbacks");
     st->events = stat_int(o, "events");
     st->events_suppressed = stat_int(o, "events_suppressed");
     json_object *nc;

@@ -45,6 +45,15 @@
  * the tag queues REGISTER_IO_BUF before its first data SQE and
  * UNREGISTER_IO_BUF before its commit; the ring issues SQEs in order and
  * both commands complete inline, so neither needs a wait of its own.
+ * With UBLK_AUTO_BUF_REG_FALLBACK a request whose pages the kernel could not
+ * register arrives flagged UBLK_IO_F_NEED_REG_BUF; the device has
+ * SUPPORT_ZERO_COPY too (ublk_dev_config_zero_copy_flags), so the tag
+ * registers them itself as on 6.15.
+ *
+ * Batched commands (UBLK_F_BATCH_IO, ublk/queue-batch.c): the tags keep
+ * their loop, but a tag's command is an element of the queue's PREP/COMMIT
+ * and its wake-up comes from the queue's multishot FETCH; the thread loop
+ * sends the commits of each iteration as one command.
  */
 #include <errno.h>
 #include <pthread.h>
@@ -100,6 +109,9 @@ struct UblkQueue {
     bool zc_auto;              /* UBLK_F_AUTO_BUF_REG */
     bool zc_register;          /* UBLK_F_SUPPORT_ZERO_COPY without AUTO_BUF_REG */
     bool need_reg_logged;
+    uint16_t auto_reg_base;    /* AUTO_BUF_REG index of slot 0: 0, or past the
+                                  table when UBLKD_TEST_AUTO_BUF_REG_FAIL is set */
+    UblkBatchQueue *batch;     /* UBLK_F_BATCH_IO */
     cpu_set_t cpus;
     sem_t ready;
     Error *err;                /* set if setup failed */
@@ -150,7 +162,7 @@ static void tag_queue_cmd(UblkTag *t, unsigned nr, int result)
         /* The next request's pages go to index `slot`.  FALLBACK: should
          * the kernel fail to register them, it still delivers the request
          * (flagged NEED_REG_BUF) instead of failing it unseen. */
-        struct ublk_auto_buf_reg reg = { .index = (__u16)t->slot,
+        struct ublk_auto_buf_reg reg = { .index = (__u16)(q->auto_reg_base + t->slot),
                                          .flags = UBLK_AUTO_BUF_REG_FALLBACK };
         sqe->addr = ublk_auto_buf_reg_to_sqe_addr(&reg);
     }
@@ -196,6 +208,15 @@ static void tag_queue_buf_cmd(UblkTag *t, bool reg)
     aio_sqe_set_completion(sqe, reg ? &t->reg_comp : &t->unreg_comp);
 }
 
+/* Requests served through UBLK_IO_F_NEED_REG_BUF (process-wide: a daemon
+ * serves one device). */
+static uint64_t zc_reg_fallbacks;
+
+uint64_t ublk_zc_reg_fallback_count(void)
+{
+    return __atomic_load_n(&zc_reg_fallbacks, __ATOMIC_RELAXED);
+}
+
 /* A read or write whose data stays in the request's pages. */
 static int coroutine_fn tag_rw_zero_copy(UblkTag *t, const UblkRequest *req, uint32_t op_flags)
 {
@@ -204,10 +225,16 @@ static int coroutine_fn tag_rw_zero_copy(UblkTag *t, const UblkRequest *req, uin
     IOVector qiov;
     int ret;
 
-    if (q->zc_auto && (op_flags & UBLK_IO_F_NEED_REG_BUF)) {
-        /* The kernel could not register the pages (-ENOMEM: the index is
-         * ours alone): without SUPPORT_ZERO_COPY or USER_COPY there is no
-         * other way to the data. */
+    bool reg = q->zc_register;
+    if (q->zc_auto && (op_flags & UBLK_IO_F_NEED_REG_BUF) &&
+        (d->flags & UBLK_F_SUPPORT_ZERO_COPY)) {
+        /* The kernel could not register the pages (out of memory, or an
+         * index it refused): register them by hand, at the tag's slot. */
+        reg = true;
+        __atomic_fetch_add(&zc_reg_fallbacks, 1, __ATOMIC_RELAXED);
+    } else if (q->zc_auto && (op_flags & UBLK_IO_F_NEED_REG_BUF)) {
+        /* A device added before the fallback asked for SUPPORT_ZERO_COPY
+         * (recovered from an older ublkd): no other way to the data. */
         if (!q->need_reg_logged) {
             q->need_reg_logged = true;
             ublk_log(3, "/dev/ublkc%u queue %u: the kernel could not register a request's "
@@ -216,7 +243,7 @@ static int coroutine_fn tag_rw_zero_copy(UblkTag *t, const UblkRequest *req, uin
         }
         return -EIO;
     }
-    if (q->zc_register) {
+    if (reg) {
         tag_queue_buf_cmd(t, true);
     }
     aio_kernel_buffer_set(q->ctx, t->slot, (size_t)req->bytes);
@@ -227,7 +254,7 @@ static int coroutine_fn tag_rw_zero_copy(UblkTag *t, const UblkRequest *req, uin
         ret = blk_co_pwritev(d->blk, req->offset, req->bytes, &qiov, req->flags);
     }
     aio_kernel_buffer_clear(q->ctx, t->slot);
-    if (q->zc_register) {
+    if (reg) {
         /* Its error, once it arrived, is the one to report: the I/O's
          * (-EFAULT, -ENOENT...) only follows from it. */
         if (t->reg_res < 0) {
@@ -360,8 +387,14 @@ static void coroutine_fn tag_main(void *opaque)
     int result = 0;
 
     for (;;) {
-        tag_queue_cmd(t, cmd, result);
-        co_yield();
+        if (!q->batch) {
+            tag_queue_cmd(t, cmd, result);
+            co_yield();
+        } else if (ublk_batch_tag_ready(q->batch, t->tag, cmd != UBLK_IO_FETCH_REQ, result)) {
+            co_yield();          /* tag_batch_wake sets t->res */
+        } else {
+            t->res = UBLK_IO_RES_ABORT;
+        }
         if (t->res == UBLK_IO_RES_ABORT) {
             break;
         }
@@ -390,6 +423,14 @@ static void coroutine_fn tag_main(void *opaque)
         cmd = UBLK_IO_COMMIT_AND_FETCH_REQ;
     }
     q->live_tags--;
+}
+
+static void tag_batch_wake(void *opaque, unsigned tag, int res)
+{
+    UblkQueue *q = opaque;
+    UblkTag *t = &q->tags[tag];     /* slot = tag: BATCH_IO has no per-I/O threads */
+    t->res = res;
+    aio_co_wake(t->co);
 }
 
 /* ---- the thread ---- */
@@ -468,6 +509,12 @@ static int queue_setup(UblkQueue *q)
     }
 
     q->zc_auto = d->flags & UBLK_F_AUTO_BUF_REG;
+    /* Test hook: an index past the table makes every registration fail,
+     * so every request takes the NEED_REG_BUF path (kublk's null target
+     * does the same with --auto_zc_fallback). */
+    if (q->zc_auto && getenv("UBLKD_TEST_AUTO_BUF_REG_FAIL")) {
+        q->auto_reg_base = (uint16_t)(UINT16_MAX - q->ntags + 1);
+    }
     q->zc_register = !q->zc_auto && (d->flags & UBLK_F_SUPPORT_ZERO_COPY);
     if (q->zc_auto || q->zc_register) {
         /* The kernel fills index `slot` with each request's pages. */
@@ -522,7 +569,23 @@ static int queue_start_tags(UblkQueue *q)
         t->buf = q->bufs ? q->bufs + (size_t)i * d->max_io_size : NULL;
         t->co = co_create(tag_main, t);
         q->live_tags++;
-        co_enter(t->co);       /* queues FETCH and yields */
+    }
+    if (d->flags & UBLK_F_BATCH_IO) {
+        UblkBatchSetup bs = {
+            .ctx = q->ctx, .d = d, .q_id = q->q_id, .ntags = q->ntags,
+            .cdev_fixed = q->cdev_fixed, .bufs = q->bufs, .buf_stride = d->max_io_size,
+            .buf_index_base = q->auto_reg_base, .wake = tag_batch_wake, .opaque = q,
+        };
+        q->batch = ublk_batch_new(&bs, &q->err);
+        if (!q->batch) {
+            return -1;
+        }
+    }
+    for (unsigned i = 0; i < q->ntags; i++) {
+        co_enter(q->tags[i].co);   /* queues FETCH (or waits for the batch's) and yields */
+    }
+    if (q->batch) {
+        return ublk_batch_start(q->batch, &q->err);
     }
     /* The kernel must see every FETCH before START_DEV can complete. */
     int ret = aio_submit(q->ctx);
@@ -583,6 +646,9 @@ static void *queue_thread(void *opaque)
     sem_post(&q->ready);
 
     while (q->live_tags > 0) {
+        if (q->batch) {
+            ublk_batch_flush(q->batch);   /* this iteration's commits, one command */
+        }
         if (__atomic_load_n(&d->stopping, __ATOMIC_ACQUIRE) && q->busy == 0) {
             aio_submit(q->ctx);      /* commits queued in this iteration */
             break;
@@ -591,6 +657,9 @@ static void *queue_thread(void *opaque)
     }
     /* No request of this thread is in flight: the loop ends only when no
      * tag is busy. */
+    if (q->batch) {
+        ublk_batch_drain(q->batch);
+    }
     if (d->blk) {
         blk_detach_thread(d->blk);
     }
@@ -674,6 +743,7 @@ void ublk_queues_stop(UblkDev *d)
                      (unsigned long long)q->served);
         }
         aio_context_free(q->ctx);
+        ublk_batch_free(q->batch);
         sem_destroy(&q->ready);
         error_free(q->err);
         free(q->tags);

@@ -335,6 +335,10 @@ static int server_start(Server *s, bool recover, int ready_fd, Error **errp)
                                                     &zc_flags, errp) < 0) {
         return -1;
     }
+    uint64_t batch_flag = 0;
+    if (!recover && ublk_dev_config_batch_flag(cfg, features, &batch_flag, errp) < 0) {
+        return -1;
+    }
 
     struct ublksrv_ctrl_dev_info info;
     if (recover) {
@@ -399,7 +403,7 @@ static int server_start(Server *s, bool recover, int ready_fd, Error **errp)
         info.max_io_buf_bytes = cfg->max_io_size;
         info.dev_id = cfg->dev_id < 0 ? (uint32_t)-1 : (uint32_t)cfg->dev_id;
         info.ublksrv_pid = getpid();
-        info.flags = ublk_dev_config_flags(cfg, features, unpriv) | zc_flags;
+        info.flags = ublk_dev_config_flags(cfg, features, unpriv) | zc_flags | batch_flag;
         ret = ublk_ctrl_add_dev(s->ctrl, &info);
         if (ret == -EEXIST) {
             error_setg(errp, "device id %d is already in use", cfg->dev_id);
@@ -448,6 +452,15 @@ static int server_start(Server *s, bool recover, int ready_fd, Error **errp)
             }
             ublk_log(LOG_NOTICE, "the kernel did not grant zero copy (flags 0x%llx): copying",
                      (unsigned long long)info.flags);
+        }
+        if (batch_flag && !(info.flags & batch_flag)) {
+            if (cfg->batch == UBLK_BATCH_ON) {
+                error_setg(errp, "--batch=on: the kernel added the device without "
+                           "UBLK_F_BATCH_IO (flags 0x%llx)", (unsigned long long)info.flags);
+                return -1;
+            }
+            ublk_log(LOG_NOTICE, "the kernel did not grant UBLK_F_BATCH_IO (flags 0x%llx): "
+                     "one command per request", (unsigned long long)info.flags);
         }
         if (info.nr_hw_queues < cfg->nr_queues) {
             /* The kernel caps queues at the number of possible CPUs. */
@@ -879,6 +892,7 @@ static void server_get_stats(Server *s, BlockAcctStats *st)
     blk_get_stats(s->blk, st);
     st->zc_bounced = bdrv_mapped_bounce_count();
     st->zc_ring_copies = iov_fixed_copy_count();
+    st->zc_reg_fallbacks = ublk_zc_reg_fallback_count();
     ImageSpecificInfo c = { 0 };
     bdrv_get_counters(blk_bs(s->blk), &c);
     st->n_node_counters = 0;

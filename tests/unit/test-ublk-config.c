@@ -725,8 +725,11 @@ static void test_zero_copy_modes(void **state)
     expect_error("add --zero-copy=on -u raw a", "--user-copy");
     expect_error("add --zero-copy=register -g raw a", "--need-get-data");
 
-    /* auto: the best the kernel has, else the copy path */
-    assert_true(zc_flags("add raw a", k73, false, false, NULL) == UBLK_F_AUTO_BUF_REG);
+    /* auto: the best the kernel has, else the copy path; AUTO_BUF_REG comes
+     * with SUPPORT_ZERO_COPY, the NEED_REG_BUF fallback, where there is one */
+    assert_true(zc_flags("add raw a", k612 | UBLK_F_AUTO_BUF_REG, false, false, NULL) ==
+                UBLK_F_AUTO_BUF_REG);
+    assert_true(zc_flags("add raw a", k73, false, false, NULL) == (UBLK_F_AUTO_BUF_REG | UBLK_F_SUPPORT_ZERO_COPY));
     assert_true(zc_flags("add raw a", k615, false, false, NULL) == UBLK_F_SUPPORT_ZERO_COPY);
     assert_true(zc_flags("add raw a", k612, false, false, NULL) == 0);
     assert_true(zc_flags("add raw a", k73, true, false, NULL) == 0);      /* unprivileged */
@@ -734,7 +737,8 @@ static void test_zero_copy_modes(void **state)
     assert_true(zc_flags("add -u raw a", k73, false, false, NULL) == 0);
     assert_true(zc_flags("add --zero-copy=off raw a", k73, false, false, NULL) == 0);
     /* on / register: what they ask for, or an error saying why not */
-    assert_true(zc_flags("add --zero-copy=on raw a", k73, false, false, NULL) == UBLK_F_AUTO_BUF_REG);
+    assert_true(zc_flags("add --zero-copy=on raw a", k73, false, false, NULL) ==
+                (UBLK_F_AUTO_BUF_REG | UBLK_F_SUPPORT_ZERO_COPY));
     assert_true(zc_flags("add --zero-copy=register raw a", k73, false, false, NULL) ==
                 UBLK_F_SUPPORT_ZERO_COPY);
     assert_true(zc_flags("add --zero-copy=on raw a", k615, false, false, NULL) ==
@@ -743,7 +747,8 @@ static void test_zero_copy_modes(void **state)
     zc_flags("add --zero-copy=register raw a", k612, false, false, "needs Linux 6.15");
     zc_flags("add --zero-copy=on raw a", k73, false, true, "needs_mapped_data");
     /* unprivileged on/register ask the kernel (which refuses: ublk/server.c says so) */
-    assert_true(zc_flags("add --zero-copy=on raw a", k73, true, false, NULL) == UBLK_F_AUTO_BUF_REG);
+    assert_true(zc_flags("add --zero-copy=on raw a", k73, true, false, NULL) ==
+                (UBLK_F_AUTO_BUF_REG | UBLK_F_SUPPORT_ZERO_COPY));
 
 #ifdef CONFIG_JSON
     UblkDevState s = { 0 }, r;
@@ -785,6 +790,83 @@ static void test_no_partition_scan(void **state)
     assert_int_equal(ublk_ctrl_opcode(UBLK_CMD_TRY_STOP_DEV, UBLK_F_CMD_IOCTL_ENCODE),
                      UBLK_U_CMD_TRY_STOP_DEV);
     ublk_dev_config_free(&c);
+}
+
+static uint64_t batch_flag(const char *line, uint64_t supported, const char *want_err)
+{
+    UblkDevConfig c;
+    Error *err = NULL;
+    uint64_t f = 0xdead;
+    assert_int_equal(parse(&c, line, NULL), 0);
+    int ret = ublk_dev_config_batch_flag(&c, supported, &f, &err);
+    if (want_err) {
+        assert_int_equal(ret, -1);
+        if (!err || !strstr(error_get_pretty(err), want_err)) {
+            fail_msg("'%s': message '%s' lacks '%s'", line, err ? error_get_pretty(err) : "",
+                     want_err);
+        }
+        error_free(err);
+    } else {
+        assert_int_equal(ret, 0);
+        assert_null(err);
+    }
+    ublk_dev_config_free(&c);
+    return f;
+}
+
+/* --batch: parsing, what each mode asks of which kernel, the exclusions,
+ * the state file. */
+static void test_batch_modes(void **state)
+{
+    (void)state;
+    const uint64_t k612 = 0x1fe, k73 = 0x1fffff;
+    UblkDevConfig c;
+    assert_int_equal(parse(&c, "add raw a", NULL), 0);
+    assert_int_equal(c.batch, UBLK_BATCH_DEFAULT);
+    ublk_dev_config_free(&c);
+    assert_int_equal(parse(&c, "add --batch raw a", NULL), 0);
+    assert_int_equal(c.batch, UBLK_BATCH_ON);
+    ublk_dev_config_free(&c);
+    for (int m = UBLK_BATCH_OFF; m <= UBLK_BATCH_ON; m++) {
+        char line[64];
+        snprintf(line, sizeof(line), "add --batch=%s raw a", ublk_batch_name(m));
+        assert_int_equal(parse(&c, line, NULL), 0);
+        assert_int_equal(c.batch, m);
+        ublk_dev_config_free(&c);
+    }
+    expect_error("add --batch=yes raw a", "off, auto, on");
+    expect_error("add --batch --per-io-threads=2 raw a", "PER_IO_DAEMON");
+    expect_error("add --batch=on -g raw a", "NEED_GET_DATA");
+
+    assert_true(batch_flag("add --batch raw a", k73, NULL) == UBLK_F_BATCH_IO);
+    assert_true(batch_flag("add --batch=auto raw a", k73, NULL) == UBLK_F_BATCH_IO);
+    assert_true(batch_flag("add --batch=auto raw a", k612, NULL) == 0);
+    assert_true(batch_flag("add --batch=off raw a", k73, NULL) == 0);
+    /* auto steps aside for what excludes it */
+    assert_true(batch_flag("add --batch=auto --per-io-threads=2 raw a", k73, NULL) == 0);
+    assert_true(batch_flag("add --batch=auto -g raw a", k73, NULL) == 0);
+    assert_true(batch_flag("add --batch raw a", k612, "Linux 7.3") == 0);
+    assert_true(batch_flag("add --batch raw a", k612 | UBLK_F_AUTO_BUF_REG, "UBLK_F_BATCH_IO") == 0);
+
+#ifdef CONFIG_JSON
+    UblkDevState s = { 0 }, r;
+    assert_int_equal(parse(&s.cfg, "add --batch=auto raw a", NULL), 0);
+    s.dev_id = 1;
+    s.graph = strdup("driver=raw");
+    s.bdev = strdup("/dev/ublkb1");
+    char *json = ublk_dev_state_to_json(&s);
+    assert_non_null(strstr(json, "\"batch\":\"auto\""));
+    assert_int_equal(ublk_dev_state_from_json(json, &r, NULL), 0);
+    assert_int_equal(r.cfg.batch, UBLK_BATCH_AUTO);
+    free(json);
+    ublk_dev_state_free(&r);
+    ublk_dev_state_free(&s);
+    Error *err = NULL;
+    assert_int_equal(ublk_dev_state_from_json("{\"config\": {\"type\": \"raw\", \"files\": [\"a\"],"
+                                              " \"batch\": \"maybe\"}}", &r, &err), -1);
+    assert_non_null(strstr(error_get_pretty(err), "batch"));
+    error_free(err);
+#endif
 }
 
 /* --per-io-threads: parsing, the limits, the flag and the kernel check. */
@@ -1173,6 +1255,7 @@ int main(void)
         cmocka_unit_test(test_log_must_be_writable),
         cmocka_unit_test(test_throttling_group_refused),
         cmocka_unit_test(test_zero_copy_modes),
+        cmocka_unit_test(test_batch_modes),
         cmocka_unit_test(test_no_partition_scan),
         cmocka_unit_test(test_per_io_threads),
         cmocka_unit_test(test_per_io_split),

@@ -8,7 +8,8 @@
 # starting one row further on, so host drift hits every row alike):
 #   null_blk (memory_backed=0, 1 queue); loop --direct-io=on on IMG;
 #   kublk null and loop (on IMG), 1 queue: plain, -z, --auto_zc, -b;
-#   ublkd null and raw (IMG), --zero-copy=off|on with 1 and 2 queues,
+#   ublkd null and raw (IMG), --zero-copy=off|on with 1 and 2 queues, each
+#   also with --batch (UBLK_F_BATCH_IO, 7.3; refused on 6.12),
 #   --zero-copy=register (what kublk -z does) with 1, and null with
 #   read-zeroes=off (reads leave the buffer as it is, as kublk's null does).
 # IMG is one 1 GiB file of random data on ext4 on a memory-backed null_blk, the
@@ -93,6 +94,14 @@ ROWS=(
   "ublkd raw -q 1 zc=register|D|raw $IMG -q 1 --zero-copy=register"
   "ublkd raw -q 2 zc=off|D|raw $IMG -q 2 --zero-copy=off"
   "ublkd raw -q 2 zc=on|D|raw $IMG -q 2 --zero-copy=on"
+  "ublkd null -q 1 zc=off batch|D|null --size 4G -q 1 --zero-copy=off --batch"
+  "ublkd null -q 1 zc=on batch|D|null --size 4G -q 1 --zero-copy=on --batch"
+  "ublkd null -q 2 zc=off batch|D|null --size 4G -q 2 --zero-copy=off --batch"
+  "ublkd null -q 2 zc=on batch|D|null --size 4G -q 2 --zero-copy=on --batch"
+  "ublkd raw -q 1 zc=off batch|D|raw $IMG -q 1 --zero-copy=off --batch"
+  "ublkd raw -q 1 zc=on batch|D|raw $IMG -q 1 --zero-copy=on --batch"
+  "ublkd raw -q 2 zc=off batch|D|raw $IMG -q 2 --zero-copy=off --batch"
+  "ublkd raw -q 2 zc=on batch|D|raw $IMG -q 2 --zero-copy=on --batch"
 )
 if [ -n "${BENCH_ROWS:-}" ]; then
   sel=(); for r in "${ROWS[@]}"; do [[ ${r%%|*} =~ $BENCH_ROWS ]] && sel+=("$r"); done; ROWS=("${sel[@]}")
@@ -235,6 +244,10 @@ for j in $JOBLIST; do
   ratio "ublkd raw zc=off / kublk loop, $j" "ublkd raw -q 1 zc=off" "kublk loop" $j
   ratio "ublkd raw zc=register / kublk loop -z, $j" "ublkd raw -q 1 zc=register" "kublk loop -z" $j
   ratio "ublkd raw zc=on / kublk loop --auto_zc, $j" "ublkd raw -q 1 zc=on" "kublk loop --auto_zc" $j
+  ratio "kublk null -b / kublk null, $j" "kublk null -b" "kublk null" $j
+  for t in null raw; do for q in 1 2; do for z in off on; do
+    ratio "ublkd $t -q $q zc=$z --batch / without, $j" "ublkd $t -q $q zc=$z batch" "ublkd $t -q $q zc=$z" $j
+  done; done; done
 done
 mountpoint -q $T/fs && umount $T/fs
 for b in store nb; do [ -d $CFG/$b ] && { echo 0 > $CFG/$b/power; rmdir $CFG/$b; }; done
