@@ -482,6 +482,11 @@ void qcow2_bounce_free_compressors(Qcow2Bounce *b);
 #define QCOW2_FEATURE_TABLE_BYTES (8 * 48)
 size_t qcow2_feature_table(uint8_t *out);
 
+/* qcow2-amend.c: the co_amend op (QEMU 7.2's qcow2_amend_options). */
+int coroutine_fn qcow2_co_amend(BlockDriverState *bs, OptDict *opts, BdrvAmendStatusCB *cb,
+                                void *opaque, bool force, Error **errp);
+extern const CreateOptDesc qcow2_amend_opts[];
+
 /* qcow2-create.c */
 int coroutine_fn qcow2_co_create(const char *filename, OptDict *opts, Error **errp);
 /* qcow2-measure.c: `img measure -O qcow2` (qemu-img's figures) and the room

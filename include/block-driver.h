@@ -240,6 +240,15 @@ struct BlockDriver {
      * drained.  -ENOTSUP without it.
      */
     int coroutine_fn (*co_make_empty)(BlockDriverState *bs);
+    /*
+     * img amend -o (QEMU's .bdrv_amend_options): opts hold the options the
+     * user gave, each checked against amend_opts for its type; "size" is
+     * not passed (the caller resizes after).  cb reports progress (may be
+     * NULL).  bs is drained.  -errno with errp set.
+     */
+    int coroutine_fn (*co_amend)(BlockDriverState *bs, OptDict *opts, BdrvAmendStatusCB *cb,
+                                 void *opaque, bool force, Error **errp);
+    const CreateOptDesc *amend_opts;
     /* Create an image; opts hold "size" and the format's -o options. */
     int coroutine_fn (*co_create)(const char *filename, OptDict *opts, Error **errp);
     const CreateOptDesc *create_opts;

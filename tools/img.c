@@ -24,6 +24,9 @@ static const struct {
     int (*fn)(int argc, char **argv);
     const char *synopsis;
 } commands[] = {
+    { "amend", img_amend,
+      "amend [--object objectdef] [--image-opts] [-p] [-q] [-f fmt] [-t cache] [--force]"
+      " -o options filename" },
     { "bench", img_bench,
       "bench [-c count] [-d depth] [-f fmt] [--flush-interval=flush_interval] [-i aio] [-n]"
       " [--no-drain] [-o offset] [--pattern=pattern] [-q] [-s buffer_size] [-S step_size]"
@@ -316,7 +319,7 @@ int img_main(int argc, char **argv)
         }
     }
     /* qemu-img's commands that ublkd does not have yet: not a typo. */
-    static const char *const later[] = { "amend", "bitmap", "snapshot", NULL };
+    static const char *const later[] = { "bitmap", "snapshot", NULL };
     for (int i = 0; later[i]; i++) {
         if (!strcmp(cmd, later[i])) {
             error_report("Command '%s' is not supported yet", cmd);

@@ -31,6 +31,7 @@ int img_measure(int argc, char **argv);
 int img_rebase(int argc, char **argv);
 int img_commit(int argc, char **argv);
 int img_resize(int argc, char **argv);
+int img_amend(int argc, char **argv);
 
 /* ---- common (img.c) ---- */
 typedef enum { OFORMAT_HUMAN, OFORMAT_JSON } OutputFormat;

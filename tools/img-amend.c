@@ -1,0 +1,274 @@
+/*
+ * img-amend.c - `ublkd img amend`: change a qcow2 image's format options in
+ * place (compat, lazy_refcounts, refcount_bits, data_file, data_file_raw,
+ * size; backing_file/backing_fmt only as recorded), with qemu-img 7.2's
+ * syntax, option checks, messages, progress bar and exit codes.  The work
+ * is the format driver's co_amend (drivers/qcow2-amend.c); a size is a
+ * resize after it.
+ *
+ * As in qemu-img, the -o list is checked against the driver's amend
+ * options after the image is open (a create-only option gets qemu-img's
+ * hint), every value for its type before anything changes.
+ */
+#include <errno.h>
+#include <getopt.h>
+#include <inttypes.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include "block-backend.h"
+#include "img.h"
+
+static const char *type_name(const char *type)
+{
+    if (!strcmp(type, "string")) {
+        return "str";
+    }
+    if (!strcmp(type, "number")) {
+        return "num";
+    }
+    if (!strcmp(type, "bool")) {
+        return "bool (on/off)";
+    }
+    return type;
+}
+
+static int desc_cmp(const void *a, const void *b)
+{
+    return strcmp((*(const CreateOptDesc *const *)a)->name,
+                  (*(const CreateOptDesc *const *)b)->name);
+}
+
+/* qemu-img's print_amend_option_help. */
+static int print_amend_help(const char *fmt)
+{
+    const BlockDriver *drv = bdrv_find_format(fmt);
+    const CreateOptDesc *opts = drv ? bdrv_driver_amend_opts(drv) : NULL;
+    const CreateOptDesc *descs[64];
+    int n = 0;
+
+    if (!drv) {
+        error_report("Unknown file format '%s'", fmt);
+        return 1;
+    }
+    if (!opts) {
+        error_report("Format driver '%s' does not support option amendment", fmt);
+        return 1;
+    }
+    for (const CreateOptDesc *d = opts; d->name && n < 64; d++) {
+        descs[n++] = d;
+    }
+    qsort(descs, (size_t)n, sizeof(descs[0]), desc_cmp);
+    printf("Amend options for '%s':\n", fmt);
+    for (int i = 0; i < n; i++) {
+        char s[128];
+        snprintf(s, sizeof(s), "%s=<%s>", descs[i]->name, type_name(descs[i]->type));
+        printf("  %-22s - %s\n", s, descs[i]->help ? descs[i]->help : "");
+    }
+    return 0;
+}
+
+static const CreateOptDesc *find_desc(const CreateOptDesc *d, const char *name)
+{
+    for (; d && d->name; d++) {
+        if (!strcmp(d->name, name)) {
+            return d;
+        }
+    }
+    return NULL;
+}
+
+/*
+ * qemu_opts_do_parse of the -o list against the amend options: the first
+ * unknown name or badly typed value (in the order given) is reported.
+ * *opts gets the options for the driver (the last value of a repeated
+ * one), *size the size option (0: none, as QEMU ignores size=0).
+ */
+static int parse_amend_options(const BlockDriver *drv, const char *list, OptDict **opts,
+                               uint64_t *size)
+{
+    const CreateOptDesc *amend = bdrv_driver_amend_opts(drv);
+    Error *err = NULL;
+    OptDict *user = optdict_parse(list, NULL, &err);
+
+    *opts = NULL;
+    *size = 0;
+    if (!user) {
+        error_report_err(err);
+        return -1;
+    }
+    OptDict *out = optdict_new();
+    for (size_t i = 0; i < optdict_count(user); i++) {
+        const char *k = optdict_key_at(user, i), *v = optdict_value_at(user, i);
+        const CreateOptDesc *d = find_desc(amend, k);
+        if (!d) {
+            if (find_desc(bdrv_driver_create_opts(drv), k)) {
+                error_report("Invalid parameter '%s'\n"
+                             "This option is only supported for image creation", k);
+            } else {
+                error_report("Invalid parameter '%s'", k);
+            }
+            goto fail;
+        }
+        if (!strcmp(d->type, "bool") && img_parse_bool(v) < 0) {
+            error_report("Parameter '%s' expects 'on' or 'off'", k);
+            goto fail;
+        }
+        if (!strcmp(d->type, "number")) {
+            char *end;
+            errno = 0;
+            unsigned long long n = strtoull(v, &end, 0);
+            (void)n;
+            if (!*v || *end || errno || v[strspn(v, " \t")] == '-') {
+                error_report("Parameter '%s' expects a number", k);
+                goto fail;
+            }
+        }
+        if (!strcmp(d->type, "size")) {
+            uint64_t n;
+            int perr = img_parse_size(v, 'B', &n);
+            if (perr == -ERANGE) {
+                error_report("Value '%s' is out of range for parameter '%s'", v, k);
+                goto fail;
+            }
+            if (perr < 0) {
+                error_report("Parameter '%s' expects a non-negative number below 2^64\n"
+                             "Optional suffix k, M, G, T, P or E means kilo-, mega-, giga-, "
+                             "tera-, peta-\nand exabytes, respectively.", k);
+                goto fail;
+            }
+            if (!strcmp(k, "size")) {
+                *size = n;
+                continue;
+            }
+        }
+        optdict_set(out, k, v);
+    }
+    optdict_free(user);
+    *opts = out;
+    return 0;
+fail:
+    optdict_free(user);
+    optdict_free(out);
+    return -1;
+}
+
+/* qemu-img's amend_status_cb; progress_print adds what it is given. */
+static float amend_progress_last;
+static void amend_status_cb(BlockDriverState *bs, int64_t offset, int64_t total, void *opaque)
+{
+    (void)bs;
+    (void)opaque;
+    if (total <= 0) {
+        return;
+    }
+    float now = 100.f * (float)offset / (float)total;
+    progress_print(now - amend_progress_last, 0);
+    amend_progress_last = now;
+}
+
+int img_amend(int argc, char **argv)
+{
+    ImgOpenOpts oo = { .writable = true, .cache = "writeback" };
+    const char *options = NULL;
+    bool quiet = false, progress = false, force = false;
+    static const struct option longopts[] = {
+        { "help", no_argument, NULL, 'h' },
+        { "object", required_argument, NULL, 'O' },
+        { "image-opts", no_argument, NULL, 'I' },
+        { "force", no_argument, NULL, 'F' },
+        { NULL, 0, NULL, 0 },
+    };
+    int c;
+
+    optind = 0;
+    while ((c = getopt_long(argc, argv, ":ho:f:t:pq", longopts, NULL)) != -1) {
+        switch (c) {
+        case 'h':
+            printf("usage: ublkd img amend [--object objectdef] [--image-opts] [-p] [-q] [-f fmt]"
+                   " [-t cache] [--force] -o options filename\n");
+            return 0;
+        case 'o': img_add_options(&options, optarg); break;
+        case 'f': oo.fmt = optarg; break;
+        case 't': oo.cache = optarg; break;
+        case 'p': progress = true; break;
+        case 'q': quiet = true; break;
+        case 'I': oo.image_opts = true; break;
+        case 'F': force = true; break;
+        case 'O':
+            error_report("--object is not supported by ublkd img");
+            return 1;
+        default:
+            return img_opt_error(c, argv);
+        }
+    }
+    if (!options) {
+        return img_usage_error("Must specify options (-o)");
+    }
+    if (quiet) {
+        progress = false;
+    }
+    progress_init(progress, 1.0);
+
+    int ret = 1;
+    BlockBackend *blk = NULL;
+    OptDict *opts = NULL;
+    if (oo.fmt && img_is_help_option(options)) {
+        ret = print_amend_help(oo.fmt);
+        goto out;
+    }
+    if (optind != argc - 1) {
+        error_report("Expecting one image file name");
+        goto out;
+    }
+    int flags;
+    if (bdrv_parse_cache_mode(oo.cache, &flags, NULL) < 0) {
+        error_report("Invalid cache option: %s", oo.cache);
+        goto out;
+    }
+    blk = img_open(argv[optind], &oo);
+    if (!blk) {
+        goto out;
+    }
+    BlockDriverState *bs = blk_bs(blk);
+    const char *fmt = bdrv_get_format_name(bs);
+    const BlockDriver *drv = bdrv_find_format(fmt);
+    if (img_is_help_option(options)) {
+        ret = print_amend_help(fmt);
+        goto out;
+    }
+    if (!drv || !bdrv_driver_amend_opts(drv)) {
+        error_report("Format driver '%s' does not support option amendment", fmt);
+        goto out;
+    }
+    uint64_t size;
+    if (parse_amend_options(drv, options, &opts, &size) < 0) {
+        goto out;
+    }
+
+    Error *err = NULL;
+    amend_progress_last = 0;
+    progress_print(0, 0);
+    int r = bdrv_amend_options(bs, opts, amend_status_cb, NULL, force, &err);
+    if (r == 0 && size) {
+        /* QEMU resizes inside the driver (exact, as amend means "this
+         * size"), before a downgrade; the result is the same after it. */
+        r = blk_truncate(blk, (int64_t)MIN(size, (uint64_t)INT64_MAX), true, PREALLOC_MODE_OFF,
+                         &err);
+    }
+    progress_print(100, 0);
+    if (r < 0) {
+        if (err) {
+            error_report_err(err);
+        } else {
+            error_report("%s", strerror(-r));
+        }
+        goto out;
+    }
+    ret = 0;
+out:
+    progress_end();
+    optdict_free(opts);
+    blk_unref(blk);
+    return ret;
+}
