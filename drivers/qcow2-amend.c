@@ -8,7 +8,7 @@
  * The steps run in QEMU's order, with its messages: upgrade, refcount
  * width, data file fields and a header rewrite, the backing check, lazy
  * refcounts, downgrade last (so an error there leaves a valid v3 image).
- * The size option is the caller's (a resize after this op).
+ * A size is a resize (qcow2-resize.c) before the downgrade.
  *
  * A refcount width change is made crash safe by never touching the old
  * structures: the refcounts as the old blocks hold them are copied into an
@@ -748,6 +748,7 @@ int coroutine_fn qcow2_co_amend(BlockDriverState *bs, OptDict *opts, BdrvAmendSt
     bool lazy = s->h.compat & QCOW2_COMPAT_LAZY_REFCOUNTS;
     bool data_file_raw = qcow2_data_file_is_raw(s);
     uint32_t refcount_bits = 1U << s->h.refcount_order;
+    uint64_t new_size = 0;
     int ret;
 
     (void)force;
@@ -769,6 +770,9 @@ int coroutine_fn qcow2_co_amend(BlockDriverState *bs, OptDict *opts, BdrvAmendSt
             error_setg(errp, "Amending LUKS encryption options is not supported");
             return -ENOTSUP;
         }
+    }
+    if ((v = optdict_get(opts, "size"))) {
+        new_size = strtoull(v, NULL, 10);
     }
     if ((v = optdict_get(opts, "compat"))) {
         if (!strcmp(v, "0.10") || !strcmp(v, "v2")) {
@@ -891,6 +895,16 @@ int coroutine_fn qcow2_co_amend(BlockDriverState *bs, OptDict *opts, BdrvAmendSt
                 return ret;
             }
         }
+    }
+
+    if (new_size) {
+        /* exact: amend means "this size" */
+        ret = qcow2_co_truncate(bs, (int64_t)MIN(new_size, (uint64_t)INT64_MAX), true,
+                                PREALLOC_MODE_OFF, 0, errp);
+        if (ret < 0) {
+            return ret;
+        }
+        bdrv_set_total_bytes(bs, (int64_t)new_size);
     }
 
     if (new_version < old_version) {

@@ -242,9 +242,9 @@ struct BlockDriver {
     int coroutine_fn (*co_make_empty)(BlockDriverState *bs);
     /*
      * img amend -o (QEMU's .bdrv_amend_options): opts hold the options the
-     * user gave, each checked against amend_opts for its type; "size" is
-     * not passed (the caller resizes after).  cb reports progress (may be
-     * NULL).  bs is drained.  -errno with errp set.
+     * user gave, each checked against amend_opts for its type (a "size"
+     * in bytes, 0 for none); cb reports progress (may be NULL).  bs is
+     * drained.  -errno with errp set.
      */
     int coroutine_fn (*co_amend)(BlockDriverState *bs, OptDict *opts, BdrvAmendStatusCB *cb,
                                  void *opaque, bool force, Error **errp);

@@ -3,12 +3,12 @@
  * place (compat, lazy_refcounts, refcount_bits, data_file, data_file_raw,
  * size; backing_file/backing_fmt only as recorded), with qemu-img 7.2's
  * syntax, option checks, messages, progress bar and exit codes.  The work
- * is the format driver's co_amend (drivers/qcow2-amend.c); a size is a
- * resize after it.
+ * is the format driver's co_amend (drivers/qcow2-amend.c).
  *
  * As in qemu-img, the -o list is checked against the driver's amend
  * options after the image is open (a create-only option gets qemu-img's
- * hint), every value for its type before anything changes.
+ * hint), every value for its type before anything changes.  The driver
+ * resizes too (a size is in its order of steps: before a downgrade).
  */
 #include <errno.h>
 #include <getopt.h>
@@ -82,17 +82,15 @@ static const CreateOptDesc *find_desc(const CreateOptDesc *d, const char *name)
  * qemu_opts_do_parse of the -o list against the amend options: the first
  * unknown name or badly typed value (in the order given) is reported.
  * *opts gets the options for the driver (the last value of a repeated
- * one), *size the size option (0: none, as QEMU ignores size=0).
+ * one; a size in bytes).
  */
-static int parse_amend_options(const BlockDriver *drv, const char *list, OptDict **opts,
-                               uint64_t *size)
+static int parse_amend_options(const BlockDriver *drv, const char *list, OptDict **opts)
 {
     const CreateOptDesc *amend = bdrv_driver_amend_opts(drv);
     Error *err = NULL;
     OptDict *user = optdict_parse(list, NULL, &err);
 
     *opts = NULL;
-    *size = 0;
     if (!user) {
         error_report_err(err);
         return -1;
@@ -119,7 +117,7 @@ static int parse_amend_options(const BlockDriver *drv, const char *list, OptDict
             errno = 0;
             unsigned long long n = strtoull(v, &end, 0);
             (void)n;
-            if (!*v || *end || errno || v[strspn(v, " \t")] == '-') {
+            if (!*v || *end || errno) {
                 error_report("Parameter '%s' expects a number", k);
                 goto fail;
             }
@@ -137,10 +135,10 @@ static int parse_amend_options(const BlockDriver *drv, const char *list, OptDict
                              "tera-, peta-\nand exabytes, respectively.", k);
                 goto fail;
             }
-            if (!strcmp(k, "size")) {
-                *size = n;
-                continue;
-            }
+            char num[24];
+            snprintf(num, sizeof(num), "%" PRIu64, n);
+            optdict_set(out, k, num);
+            continue;
         }
         optdict_set(out, k, v);
     }
@@ -151,6 +149,27 @@ fail:
     optdict_free(user);
     optdict_free(out);
     return -1;
+}
+
+/* qemu's has_help_option: "help" or "?" as an element of the list (",,"
+ * is a comma inside a value). */
+static bool has_help_option(const char *list)
+{
+    const char *p = list;
+    while (*p) {
+        size_t n = 0;
+        while (p[n] && (p[n] != ',' || p[n + 1] == ',')) {
+            n += p[n] == ',' ? 2 : 1;
+        }
+        if ((n == 4 && !strncmp(p, "help", 4)) || (n == 1 && *p == '?')) {
+            return true;
+        }
+        p += n;
+        if (*p == ',') {
+            p++;
+        }
+    }
+    return false;
 }
 
 /* qemu-img's amend_status_cb; progress_print adds what it is given. */
@@ -213,7 +232,7 @@ int img_amend(int argc, char **argv)
     int ret = 1;
     BlockBackend *blk = NULL;
     OptDict *opts = NULL;
-    if (oo.fmt && img_is_help_option(options)) {
+    if (oo.fmt && has_help_option(options)) {
         ret = print_amend_help(oo.fmt);
         goto out;
     }
@@ -233,7 +252,7 @@ int img_amend(int argc, char **argv)
     BlockDriverState *bs = blk_bs(blk);
     const char *fmt = bdrv_get_format_name(bs);
     const BlockDriver *drv = bdrv_find_format(fmt);
-    if (img_is_help_option(options)) {
+    if (has_help_option(options)) {
         ret = print_amend_help(fmt);
         goto out;
     }
@@ -241,8 +260,7 @@ int img_amend(int argc, char **argv)
         error_report("Format driver '%s' does not support option amendment", fmt);
         goto out;
     }
-    uint64_t size;
-    if (parse_amend_options(drv, options, &opts, &size) < 0) {
+    if (parse_amend_options(drv, options, &opts) < 0) {
         goto out;
     }
 
@@ -250,12 +268,6 @@ int img_amend(int argc, char **argv)
     amend_progress_last = 0;
     progress_print(0, 0);
     int r = bdrv_amend_options(bs, opts, amend_status_cb, NULL, force, &err);
-    if (r == 0 && size) {
-        /* QEMU resizes inside the driver (exact, as amend means "this
-         * size"), before a downgrade; the result is the same after it. */
-        r = blk_truncate(blk, (int64_t)MIN(size, (uint64_t)INT64_MAX), true, PREALLOC_MODE_OFF,
-                         &err);
-    }
     progress_print(100, 0);
     if (r < 0) {
         if (err) {
