@@ -198,6 +198,41 @@ static uint64_t old_refblock(BDRVQcow2State *s, uint64_t i, int64_t file_len)
     return off;
 }
 
+static int cmp_u64(const void *a, const void *b)
+{
+    uint64_t x = *(const uint64_t *)a, y = *(const uint64_t *)b;
+    return x < y ? -1 : x > y;
+}
+
+static int check_refblocks_distinct(BDRVQcow2State *s, int64_t file_len, Error **errp)
+{
+    uint64_t *offs = malloc(((size_t)s->refcount_table_size + 1) * sizeof(*offs));
+    size_t n = 0;
+    int ret = 0;
+
+    if (!offs) {
+        error_setg_errno(errp, ENOMEM, "Failed to change the refcount width");
+        return -ENOMEM;
+    }
+    for (uint64_t i = 0; i < s->refcount_table_size; i++) {
+        uint64_t off = old_refblock(s, i, file_len);
+        if (off) {
+            offs[n++] = off;
+        }
+    }
+    qsort(offs, n, sizeof(*offs), cmp_u64);
+    for (size_t i = 1; i < n; i++) {
+        if (offs[i] == offs[i - 1]) {
+            error_setg(errp, "Refcount block at %#" PRIx64 " is named more than once in the"
+                       " refcount table; repair the image first (check -r all)", offs[i]);
+            ret = -EIO;
+            break;
+        }
+    }
+    free(offs);
+    return ret;
+}
+
 static int coroutine_fn change_refcount_order(BlockDriverState *bs, uint32_t order,
                                               AmendProgress *p, Error **errp)
 {
@@ -233,6 +268,15 @@ static int coroutine_fn change_refcount_order(BlockDriverState *bs, uint32_t ord
     if (posix_memalign((void **)&block, 4096, cs)) {
         error_setg_errno(errp, ENOMEM, "Failed to change the refcount width");
         return -ENOMEM;
+    }
+
+    /* A refcount block named twice (never in a sound image) would have us
+     * scan it again for every name: a crafted table of a million names of
+     * one 2 MiB block is days of work.  Distinct blocks inside the file
+     * bound the scans by the file's size. */
+    ret = check_refblocks_distinct(s, file_len, errp);
+    if (ret < 0) {
+        goto out;
     }
 
     /* Pass 1: how many clusters have a refcount (the highest one + 1), and

@@ -110,18 +110,18 @@ all_opts="compat=0.10 compat=v2 compat=1.1 compat=v3 lazy_refcounts=on lazy_refc
           compat=v2,refcount_bits=16 refcount_bits=64,compat=v2 compat=v2,lazy_refcounts=off
           compat=v2,lazy_refcounts=on data_file_raw=off size=16M size=0 compat=v2,size=12M"
 some_opts="compat=v2 compat=v3 lazy_refcounts=on refcount_bits=1 refcount_bits=64
-           compat=v3,refcount_bits=8,lazy_refcounts=on compat=v2,size=12M"
+           compat=v3,refcount_bits=8,lazy_refcounts=on compat=v2,size=12M
+           compat=v3,lazy_refcounts=off"
 for img in v3.qcow2 v2.qcow2 back.qcow2 back2.qcow2 small.qcow2 snap.qcow2 snapnb.qcow2 \
            ours.qcow2 ours2.qcow2; do
-    case $img in v3.qcow2|v2.qcow2|snap.qcow2) opts=$all_opts ;; *) opts=$some_opts ;; esac
+    case $img in v3.qcow2|snap.qcow2) opts=$all_opts ;; *) opts=$some_opts ;; esac
     for o in $opts; do
         case $img,$o in snap*,compat=0.10*|snap*,compat=v2*) qemu_corrupts=1 ;; *) qemu_corrupts= ;; esac
         amend_both $img -o $o
-        case $img in v3.qcow2|snap.qcow2) amend_both $img -p -o $o ;; esac
+        case $img in snap.qcow2) amend_both $img -p -o $o ;; esac
     done
 done
 
-echo "$SECONDS s: round trips" >&2
 # ---- round trips: each tool amends what the other amended
 for img in v3.qcow2 back.qcow2 back2.qcow2; do
     cp $img a.qcow2; cp $img b.qcow2
@@ -157,7 +157,6 @@ uimg check -q lose.qcow2 || fail "lose.qcow2: ublkd check after the downgrade"
 "$QEMU_IO" -c 'read -P 0x11 0 128k' lose.qcow2 | grep -q '^read 131072' ||
     fail "lose.qcow2: the snapshot lost its data"
 
-echo "$SECONDS s: refusals" >&2
 # ---- refusals and command-line errors: same text and exit code
 for a in "-o compat=v2 el2.qcow2" "-o compat=v2 df.qcow2" "-o compat=v2 zstdc.qcow2" \
          "-o compat=v2 r8.qcow2" "-o compat=v2 snapsz.qcow2" "-o lazy_refcounts=on,compat=v2 x" \
@@ -213,7 +212,6 @@ for a in "-o compat=v3 raw.img" "-o compat=v3 -f raw raw.img" "-o compat=v3 nosu
     same_output "amend $a" u2.out q2.out
 done
 
-echo "$SECONDS s: the progress bar" >&2
 # ---- the progress bar: qemu-img's line, from 0 to 100
 uimg amend -p -o compat=v2 "$(cp snap.qcow2 p.qcow2; echo p.qcow2)" >p.out 2>&1 || fail "amend -p"
 tr '\r' '\n' <p.out | grep -qx '    (0.00/100%)' || fail "amend -p: no 0% line"
@@ -231,7 +229,7 @@ echo "$SECONDS s: kill -9" >&2
     >/dev/null
 "$QEMU_IMG" convert -O raw big.qcow2 big.raw
 kills=0 old=0 new=0
-for pct in 3 15 30 45 60 75 90 97 99; do
+for pct in 3 20 50 80 97 99; do
     for target in 1 64; do
         cp big.qcow2 k.qcow2
         mkfifo fifo
@@ -267,7 +265,7 @@ for pct in 3 15 30 45 60 75 90 97 99; do
         "$QEMU_IMG" check -q k.qcow2 || fail "check after the amend after kill at $pct%"
     done
 done
-[ $kills -ge 10 ] || fail "only $kills amends were killed (the image is too small?)"
+[ $kills -ge 8 ] || fail "only $kills amends were killed (the image is too small?)"
 [ $old -ge 1 ] || fail "no kill left the old refcount structures"
 [ $qemu_bugs -ge 1 ] || fail "QEMU's downgrade of a shared zero cluster no longer shows (update the test)"
 echo "amend: $n_ok comparisons with qemu-img ($qemu_bugs where QEMU's own image is corrupt);" \

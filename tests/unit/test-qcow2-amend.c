@@ -280,6 +280,33 @@ static void expect_refusal(const char *key, const char *value, const char *want)
     bdrv_unref(file);
 }
 
+/* A crafted refcount table naming one block twice is refused before any
+ * scan (each name would be scanned again). */
+static void test_refblock_named_twice(void **state)
+{
+    (void)state;
+    static uint8_t pat[DATA];
+    size_t len;
+    uint8_t *init = make_image(pat, &len);
+    uint64_t rt = qcow2_ld64(init, QH_REFTABLE_OFFSET);
+    memcpy(init + rt + 8, init + rt, 8);
+    BlockDriverState *file = crash_file_new("amd", init, len);
+    Q2Image img = { .file = file, .cb = CB };
+    q2_open(&img, BDRV_O_RDWR, NULL, NULL);
+    assert_non_null(img.bs);
+    Error *err = NULL;
+    assert_true(amend(img.bs, "refcount_bits", "1", &err) < 0);
+    assert_non_null(strstr(error_get_pretty(err), "is named more than once"));
+    error_free(err);
+    q2_close(&img);
+    size_t flen;
+    const uint8_t *now = crash_file_current(file, &flen);
+    assert_int_equal(flen, len);
+    assert_memory_equal(now, init, len);
+    free(init);
+    bdrv_unref(file);
+}
+
 static void test_refusals(void **state)
 {
     (void)state;
@@ -301,6 +328,7 @@ int main(void)
         cmocka_unit_test(test_downgrade_crash),
         cmocka_unit_test(test_refcounts_kept),
         cmocka_unit_test(test_refusals),
+        cmocka_unit_test(test_refblock_named_twice),
     };
     return cmocka_run_group_tests_name("qcow2-amend", tests, NULL, NULL);
 }
