@@ -221,7 +221,6 @@ cp snap.qcow2 p.qcow2
 uimg amend -p -q -o compat=v2 p.qcow2 >p.out 2>&1 || fail "amend -p -q"
 [ ! -s p.out ] || fail "amend -p -q printed something"
 
-echo "$SECONDS s: kill -9" >&2
 # ---- kill -9 during a large refcount_bits change
 # 512-byte clusters: a 64 MiB image has thousands of refcount blocks.
 "$QEMU_IMG" create -q -f qcow2 -o cluster_size=512 big.qcow2 64M
