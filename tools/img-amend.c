@@ -78,6 +78,50 @@ static const CreateOptDesc *find_desc(const CreateOptDesc *d, const char *name)
     return NULL;
 }
 
+/* qemu-img's is_valid_option_list: not empty, no leading comma, no odd
+ * run of trailing commas (an escaped comma is two). */
+static bool valid_option_list(const char *s)
+{
+    size_t len = strlen(s), i = len;
+    if (!s[0] || s[0] == ',') {
+        return false;
+    }
+    while (i > 0 && s[i - 1] == ',') {
+        i--;
+    }
+    return (len - i) % 2 == 0;
+}
+
+/* One element of a qemu option list (qemu's get_opt_name_value): "name=value"
+ * with ",," a comma in the value, or a bare "name" (on) / "noname" (off).
+ * Returns where the next element starts; *name and *value are malloc'd. */
+static const char *next_option(const char *p, char **name, char **value)
+{
+    size_t n = strcspn(p, "=,");
+    char *v;
+    if (p[n] != '=') {
+        bool no = !strncmp(p, "no", 2);
+        *name = strndup(no ? p + 2 : p, no ? n - 2 : n);
+        *value = strdup(no ? "off" : "on");
+        p += n;
+    } else {
+        *name = strndup(p, n);
+        p += n + 1;
+        v = *value = malloc(strlen(p) + 1);
+        while (v && *p && (*p != ',' || p[1] == ',')) {
+            *v++ = *p;
+            p += *p == ',' ? 2 : 1;
+        }
+        if (v) {
+            *v = 0;
+        }
+    }
+    if (!*name || !*value) {
+        abort();
+    }
+    return *p == ',' ? p + 1 : p;
+}
+
 /*
  * qemu_opts_do_parse of the -o list against the amend options: the first
  * unknown name or badly typed value (in the order given) is reported.
@@ -87,17 +131,15 @@ static const CreateOptDesc *find_desc(const CreateOptDesc *d, const char *name)
 static int parse_amend_options(const BlockDriver *drv, const char *list, OptDict **opts)
 {
     const CreateOptDesc *amend = bdrv_driver_amend_opts(drv);
-    Error *err = NULL;
-    OptDict *user = optdict_parse(list, NULL, &err);
+    OptDict *out = optdict_new();
+    char *k = NULL, *v = NULL;
+    const char *p = list;
 
     *opts = NULL;
-    if (!user) {
-        error_report_err(err);
-        return -1;
-    }
-    OptDict *out = optdict_new();
-    for (size_t i = 0; i < optdict_count(user); i++) {
-        const char *k = optdict_key_at(user, i), *v = optdict_value_at(user, i);
+    while (*p) {
+        free(k);
+        free(v);
+        p = next_option(p, &k, &v);
         const CreateOptDesc *d = find_desc(amend, k);
         if (!d) {
             if (find_desc(bdrv_driver_create_opts(drv), k)) {
@@ -142,11 +184,13 @@ static int parse_amend_options(const BlockDriver *drv, const char *list, OptDict
         }
         optdict_set(out, k, v);
     }
-    optdict_free(user);
+    free(k);
+    free(v);
     *opts = out;
     return 0;
 fail:
-    optdict_free(user);
+    free(k);
+    free(v);
     optdict_free(out);
     return -1;
 }
@@ -207,7 +251,13 @@ int img_amend(int argc, char **argv)
             printf("usage: ublkd img amend [--object objectdef] [--image-opts] [-p] [-q] [-f fmt]"
                    " [-t cache] [--force] -o options filename\n");
             return 0;
-        case 'o': img_add_options(&options, optarg); break;
+        case 'o':
+            if (!valid_option_list(optarg)) {
+                error_report("Invalid option list: %s", optarg);
+                return 1;
+            }
+            img_add_options(&options, optarg);
+            break;
         case 'f': oo.fmt = optarg; break;
         case 't': oo.cache = optarg; break;
         case 'p': progress = true; break;

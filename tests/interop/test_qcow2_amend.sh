@@ -173,6 +173,11 @@ for a in "-o compat=v2 el2.qcow2" "-o compat=v2 df.qcow2" "-o compat=v2 zstdc.qc
     # shellcheck disable=SC2086
     amend_both v3.qcow2 $a
 done
+# the -o list as qemu's option parser reads it (flags, escaped commas, bad lists)
+for o in lazy_refcounts nolazy_refcounts ,compat=v3 compat=v3, compat=v3,, compat=v3,,, \
+         compat=v3,,x compat= =v3 help=1 a,b=c " " "json:{" "" "%s%n%s" "compat=v3,?"; do
+    amend_both v3.qcow2 -o "$o"
+done
 for img in el2.qcow2 df.qcow2 zstd.qcow2 zstdc.qcow2 r8.qcow2 snapsz.qcow2; do
     amend_both $img -o compat=v2
 done
