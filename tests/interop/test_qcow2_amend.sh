@@ -79,6 +79,9 @@ cp back.qcow2 snap.qcow2
 "$QEMU_IO" -c 'write -z 3M 64k' -c 'write -P 0x55 4M 64k' -c 'write -z 0 64k' snap.qcow2 >/dev/null
 "$QEMU_IMG" snapshot -c s2 snap.qcow2
 "$QEMU_IO" -c 'write -P 0x66 5M 64k' snap.qcow2 >/dev/null
+cp v2.qcow2 snap2.qcow2            # v2 with a snapshot: upgraded and back
+"$QEMU_IMG" snapshot -c s1 snap2.qcow2
+"$QEMU_IO" -c 'write -P 0x23 0 64k' snap2.qcow2 >/dev/null
 cp v3.qcow2 snapnb.qcow2
 "$QEMU_IMG" snapshot -c s1 snapnb.qcow2
 "$QEMU_IO" -c 'write -z 0 64k' -c 'write -z 7M 4k' snapnb.qcow2 >/dev/null
@@ -113,7 +116,7 @@ some_opts="compat=v2 compat=v3 lazy_refcounts=on refcount_bits=1 refcount_bits=6
            compat=v3,refcount_bits=8,lazy_refcounts=on compat=v2,size=12M
            compat=v3,lazy_refcounts=off"
 for img in v3.qcow2 v2.qcow2 back.qcow2 back2.qcow2 small.qcow2 snap.qcow2 snapnb.qcow2 \
-           ours.qcow2 ours2.qcow2; do
+           snap2.qcow2 ours.qcow2 ours2.qcow2; do
     case $img in v3.qcow2|snap.qcow2) opts=$all_opts ;; *) opts=$some_opts ;; esac
     for o in $opts; do
         case $img,$o in snap*,compat=0.10*|snap*,compat=v2*) qemu_corrupts=1 ;; *) qemu_corrupts= ;; esac
