@@ -61,7 +61,7 @@ DRIVER_SRCS-qcow2 := drivers/qcow2-header.c drivers/qcow2-cluster.c drivers/qcow
                      drivers/qcow2-alloc.c drivers/qcow2-write.c drivers/qcow2-compress-write.c \
                      drivers/qcow2-check.c drivers/qcow2-check-repair.c drivers/qcow2-measure.c \
                      drivers/qcow2-header-write.c drivers/qcow2-resize.c drivers/qcow2-crypto.c \
-                     drivers/qcow2-snapshot.c drivers/qcow2-bitmap.c
+                     drivers/qcow2-snapshot.c drivers/qcow2-bitmap.c drivers/qcow2-amend.c
 DRIVER_SRCS := $(foreach d,$(DRIVERS-y),$(wildcard drivers/$(d).c) $(DRIVER_SRCS-$(d)))
 
 # ublk server: control plane, params, config/state, queue threads, daemon
@@ -74,7 +74,7 @@ IMG_SRCS := tools/img.c tools/img-util.c tools/img-json.c tools/progress.c \
             tools/img-create.c tools/img-info.c tools/img-check.c tools/img-convert.c \
             tools/img-compare.c tools/img-map.c tools/img-bench.c tools/img-io.c \
             tools/img-io-cmds.c tools/img-dd.c tools/img-measure.c tools/img-rebase.c \
-            tools/img-commit.c tools/img-resize.c tools/img-snapshot.c tools/img-bitmap.c
+            tools/img-commit.c tools/img-resize.c tools/img-snapshot.c tools/img-bitmap.c tools/img-amend.c
 TOOL_SRCS += $(IMG_SRCS)
 
 ifeq ($(CONFIG_JSON),y)

@@ -32,7 +32,9 @@ static void recorded_backing(BDRVQcow2State *s, const uint8_t *buf, char *name, 
 {
     uint64_t boff = qcow2_ld64(buf, QH_BACKING_OFFSET);
     uint32_t bsize = qcow2_ld32(buf, QH_BACKING_SIZE);
-    uint32_t hl = s->h.version == 2 ? QCOW2_V2_HEADER_LENGTH : qcow2_ld32(buf, QH_HEADER_LENGTH);
+    /* The version on disk: an amend changes s->h.version before rewriting. */
+    uint32_t hl = qcow2_ld32(buf, QH_VERSION) == 2 ? QCOW2_V2_HEADER_LENGTH
+                                                   : qcow2_ld32(buf, QH_HEADER_LENGTH);
     uint64_t end = boff ? boff : s->cluster_size;
 
     name[0] = fmt[0] = 0;
@@ -119,8 +121,8 @@ static int build_header(BlockDriverState *bs, const uint8_t *old, uint8_t *buf,
 {
     BDRVQcow2State *s = bs->opaque;
     size_t cap = s->cluster_size, pos;
-    uint32_t old_hl = s->h.version == 2 ? QCOW2_V2_HEADER_LENGTH
-                                        : qcow2_ld32(old, QH_HEADER_LENGTH);
+    uint32_t old_hl = qcow2_ld32(old, QH_VERSION) == 2 ? QCOW2_V2_HEADER_LENGTH
+                                                       : qcow2_ld32(old, QH_HEADER_LENGTH);
     size_t unknown_fields = s->h.version >= 3 && old_hl > QCOW2_HEADER_SIZE &&
                             old_hl <= s->cluster_size ? old_hl - QCOW2_HEADER_SIZE : 0;
     int ret;

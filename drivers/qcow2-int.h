@@ -551,6 +551,10 @@ void qcow2_crypto_info(BDRVQcow2State *s, ImageSpecificInfo *info);
 /* qcow2-crypto.c: the LUKS area for a new image (create), from the
  * encrypt.* options; *area NULL when no encryption was asked for. */
 int qcow2_crypto_create_area(OptDict *opts, uint8_t **area, size_t *len, Error **errp);
+/* qcow2-amend.c: the co_amend op (QEMU 7.2's qcow2_amend_options). */
+int coroutine_fn qcow2_co_amend(BlockDriverState *bs, OptDict *opts, BdrvAmendStatusCB *cb,
+                                void *opaque, bool force, Error **errp);
+extern const CreateOptDesc qcow2_amend_opts[];
 
 /* qcow2-create.c */
 int coroutine_fn qcow2_co_create(const char *filename, OptDict *opts, Error **errp);

@@ -263,6 +263,15 @@ struct BlockDriver {
                                          Error **errp);
     int coroutine_fn (*co_snapshot_delete)(BlockDriverState *bs, const char *id,
                                            const char *name, Error **errp);
+    /*
+     * img amend -o (QEMU's .bdrv_amend_options): opts hold the options the
+     * user gave, each checked against amend_opts for its type (a "size"
+     * in bytes, 0 for none); cb reports progress (may be NULL).  bs is
+     * drained.  -errno with errp set.
+     */
+    int coroutine_fn (*co_amend)(BlockDriverState *bs, OptDict *opts, BdrvAmendStatusCB *cb,
+                                 void *opaque, bool force, Error **errp);
+    const CreateOptDesc *amend_opts;
     /* Create an image; opts hold "size" and the format's -o options. */
     int coroutine_fn (*co_create)(const char *filename, OptDict *opts, Error **errp);
     const CreateOptDesc *create_opts;

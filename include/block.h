@@ -227,6 +227,15 @@ int bdrv_check(BlockDriverState *bs, BdrvCheckResult *res, BdrvCheckMode fix);
  */
 int bdrv_change_backing_file(BlockDriverState *bs, const char *file, const char *fmt,
                              bool require);
+/* Progress of bdrv_amend_options: offset of total units done. */
+typedef void BdrvAmendStatusCB(BlockDriverState *bs, int64_t offset, int64_t total, void *opaque);
+/* Change the image's format options in place (QEMU's bdrv_amend_options,
+ * for img amend); bs drained meanwhile.  -ENOTSUP (errp set) for formats
+ * without it. */
+int bdrv_amend_options(BlockDriverState *bs, OptDict *opts, BdrvAmendStatusCB *cb, void *opaque,
+                       bool force, Error **errp);
+/* Options `img amend -f FMT -o` takes (NULL-name terminated), or NULL. */
+const CreateOptDesc *bdrv_driver_amend_opts(const BlockDriver *drv);
 /* Empty bs so it reads as its backing file (QEMU's bdrv_make_empty), bs
  * drained meanwhile; -ENOTSUP if its format cannot. */
 int bdrv_make_empty(BlockDriverState *bs);

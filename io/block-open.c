@@ -697,3 +697,42 @@ int bdrv_make_empty(BlockDriverState *bs)
     bdrv_drained_end(bs);
     return m.ret;
 }
+
+/* ---- img amend ---- */
+
+typedef struct AmendCo {
+    BlockDriverState *bs;
+    OptDict *opts;
+    BdrvAmendStatusCB *cb;
+    void *opaque;
+    bool force;
+    Error **errp;
+    int ret;
+} AmendCo;
+
+static void coroutine_fn amend_entry(void *opaque)
+{
+    AmendCo *a = opaque;
+    a->ret = a->bs->drv->co_amend(a->bs, a->opts, a->cb, a->opaque, a->force, a->errp);
+}
+
+int bdrv_amend_options(BlockDriverState *bs, OptDict *opts, BdrvAmendStatusCB *cb, void *opaque,
+                       bool force, Error **errp)
+{
+    if (!bs->drv->co_amend) {
+        error_setg(errp, "Block driver '%s' does not support option amendment",
+                   bs->drv->format_name);
+        return -ENOTSUP;
+    }
+    AmendCo a = { .bs = bs, .opts = opts, .cb = cb, .opaque = opaque, .force = force,
+                  .errp = errp };
+    bdrv_drained_begin(bs);
+    aio_co_run_sync(amend_entry, &a);
+    bdrv_drained_end(bs);
+    return a.ret;
+}
+
+const CreateOptDesc *bdrv_driver_amend_opts(const BlockDriver *drv)
+{
+    return drv->co_amend ? drv->amend_opts : NULL;
+}

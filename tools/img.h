@@ -43,6 +43,7 @@ typedef struct ImgSnapshotParam {
 } ImgSnapshotParam;
 int img_parse_snapshot_param(const char *arg, ImgSnapshotParam *p);
 int img_bitmap(int argc, char **argv);
+int img_amend(int argc, char **argv);
 
 /* ---- common (img.c) ---- */
 typedef enum { OFORMAT_HUMAN, OFORMAT_JSON } OutputFormat;

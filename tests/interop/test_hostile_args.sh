@@ -152,6 +152,19 @@ sweep "$NEWFILE_OK" NAMES img create -q -f raw H 1M
 rm_created
 sweep "" NAMES img create -q -f vdi -o static=@H@ c.vdi 1M
 
+# ---- img amend (a qcow2 image; none of these may change it)
+"$QEMU_IMG" create -q -f qcow2 am.qcow2 1M
+sweep "" NUMS img amend -o refcount_bits=@H@ am.qcow2
+sweep "0" NUMS img amend -o size=@H@ am.qcow2      # size=0 is "no change", as in qemu-img
+sweep "" NAMES img amend -o compat=@H@ am.qcow2
+sweep "" NAMES img amend -o H am.qcow2
+sweep "" NAMES img amend -f H -o compat=v3 am.qcow2
+sweep "" NAMES img amend -t H -o compat=v3 am.qcow2
+sweep "" NAMES img amend -o compat=v3 H
+sweep "" NAMES img amend -o backing_file=@H@ am.qcow2
+cmp -s am.qcow2 <("$QEMU_IMG" create -q -f qcow2 am2.qcow2 1M && cat am2.qcow2) ||
+    failures+=("img amend: a refused amend changed the image")
+
 # ---- img io: every command, every number
 io() { echo img io -f raw -c "$1" r.raw; }
 IO_TEMPLATES=(
