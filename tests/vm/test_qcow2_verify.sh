@@ -55,7 +55,7 @@ bd="$bd,overlap-check=all,backing.driver=qcow2,backing.file.driver=file,backing.
 id=$(ublk_add --blockdev "$bd" -q 4 $CACHE_OPT)
 dev=$(bdev "$id")
 # The kernel makes at most one queue per possible CPU (the suite's guest
-# has 4: tests/vm/run.sh, VM_CPUS).
+# has 4 in make check-vm-7.3: VM_CPUS).
 want=$(( $(nproc --all) < 4 ? $(nproc --all) : 4 ))
 got=$(ls /sys/block/"$(basename "$dev")"/mq | wc -l)
 [ "$got" = "$want" ] || fail "-q 4 on $(nproc --all) CPUs gave $got hardware queues, not $want"
