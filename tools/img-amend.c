@@ -19,26 +19,6 @@
 #include "block-backend.h"
 #include "img.h"
 
-static const char *type_name(const char *type)
-{
-    if (!strcmp(type, "string")) {
-        return "str";
-    }
-    if (!strcmp(type, "number")) {
-        return "num";
-    }
-    if (!strcmp(type, "bool")) {
-        return "bool (on/off)";
-    }
-    return type;
-}
-
-static int desc_cmp(const void *a, const void *b)
-{
-    return strcmp((*(const CreateOptDesc *const *)a)->name,
-                  (*(const CreateOptDesc *const *)b)->name);
-}
-
 /* qemu-img's print_amend_option_help. */
 static int print_amend_help(const char *fmt)
 {
@@ -58,13 +38,8 @@ static int print_amend_help(const char *fmt)
     for (const CreateOptDesc *d = opts; d->name && n < 64; d++) {
         descs[n++] = d;
     }
-    qsort(descs, (size_t)n, sizeof(descs[0]), desc_cmp);
     printf("Amend options for '%s':\n", fmt);
-    for (int i = 0; i < n; i++) {
-        char s[128];
-        snprintf(s, sizeof(s), "%s=<%s>", descs[i]->name, type_name(descs[i]->type));
-        printf("  %-22s - %s\n", s, descs[i]->help ? descs[i]->help : "");
-    }
+    img_print_opt_descs(descs, n);
     return 0;
 }
 

@@ -32,6 +32,16 @@ static int desc_cmp(const void *a, const void *b)
                   (*(const CreateOptDesc *const *)b)->name);
 }
 
+void img_print_opt_descs(const CreateOptDesc **descs, int n)
+{
+    qsort(descs, (size_t)n, sizeof(descs[0]), desc_cmp);
+    for (int i = 0; i < n; i++) {
+        char s[128];
+        snprintf(s, sizeof(s), "%s=<%s>", descs[i]->name, type_name(descs[i]->type));
+        printf("  %-22s - %s\n", s, descs[i]->help ? descs[i]->help : "");
+    }
+}
+
 int img_print_create_help(const BlockDriver *drv)
 {
     const CreateOptDesc *descs[64];
@@ -45,13 +55,8 @@ int img_print_create_help(const BlockDriver *drv)
     if (!have_size) {
         descs[n++] = &size_desc;
     }
-    qsort(descs, n, sizeof(descs[0]), desc_cmp);
     printf("Supported %s options:\n", bdrv_driver_name(drv));
-    for (int i = 0; i < n; i++) {
-        char s[128];
-        snprintf(s, sizeof(s), "%s=<%s>", descs[i]->name, type_name(descs[i]->type));
-        printf("  %-22s - %s\n", s, descs[i]->help ? descs[i]->help : "");
-    }
+    img_print_opt_descs(descs, n);
     printf("\nThe protocol level may support further options.\n"
            "Specify the target filename to include those options.\n");
     return 0;

@@ -44,6 +44,9 @@ typedef struct ImgSnapshotParam {
 int img_parse_snapshot_param(const char *arg, ImgSnapshotParam *p);
 int img_bitmap(int argc, char **argv);
 int img_amend(int argc, char **argv);
+/* img-create.c: -o help's list of options, sorted by name, as qemu-img prints it. */
+struct CreateOptDesc;
+void img_print_opt_descs(const struct CreateOptDesc **descs, int n);
 
 /* ---- common (img.c) ---- */
 typedef enum { OFORMAT_HUMAN, OFORMAT_JSON } OutputFormat;
