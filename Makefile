@@ -219,8 +219,9 @@ endif
 
 # The kill -9 soak runs 2 cycles per format here (qcow2's take ~45 s each under TCG: the
 # CI budget); `make soak` runs 50.
+# VM_TIMEOUT: the guest's limit, generous, since the host lane of make test runs beside it.
 check-vm: $(VM_UBLKD) $(BUILD)/log-writes-replay
-	@UBLKD=$(abspath $(VM_UBLKD)) LOG_WRITES_REPLAY=$(abspath $(BUILD)/log-writes-replay) \
+	@VM_TIMEOUT=$${VM_TIMEOUT:-2400} UBLKD=$(abspath $(VM_UBLKD)) LOG_WRITES_REPLAY=$(abspath $(BUILD)/log-writes-replay) \
 	    KILL9_CYCLES=$${KILL9_CYCLES:-2} tests/vm/run.sh
 
 # The tests whose behaviour depends on what the kernel's ublk driver has (features, zero
@@ -233,7 +234,7 @@ check-vm: $(VM_UBLKD) $(BUILD)/log-writes-replay
 VM_73_TESTS ?= features list lifecycle safe_stop recovery recovery_modes unpriv zerocopy \
 	raw_verify del_pid teardown resize upgrade per_io batch qcow2_verify
 check-vm-7.3: $(VM_UBLKD) $(BUILD)/log-writes-replay
-	@VM_KERNEL=7.3 VM_CPUS=$${VM_CPUS:-4} UBLKD=$(abspath $(VM_UBLKD)) LOG_WRITES_REPLAY=$(abspath $(BUILD)/log-writes-replay) \
+	@VM_KERNEL=7.3 VM_CPUS=$${VM_CPUS:-4} VM_TIMEOUT=$${VM_TIMEOUT:-2400} UBLKD=$(abspath $(VM_UBLKD)) LOG_WRITES_REPLAY=$(abspath $(BUILD)/log-writes-replay) \
 	    KILL9_CYCLES=$${KILL9_CYCLES:-2} tests/vm/run.sh $(VM_73_TESTS)
 
 # kill -9 soak (tests/vm/test_kill9_soak.sh) with SOAK_CYCLES cycles per
