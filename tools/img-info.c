@@ -116,8 +116,10 @@ static void dump_human(const ImageInfo *info)
                 }
             }
             /* "encrypt.format" is "format" nested under "encrypt:", as qemu-img
-             * prints its nested dictionaries */
-            const char *dot = strchr(info->spec.entries[i].key, '.');
+             * prints its nested dictionaries (only that one: quorum's
+             * "children.N.file" keys are flat lines of their own) */
+            const char *dot = strncmp(info->spec.entries[i].key, "encrypt.", 8)
+                                  ? NULL : strchr(info->spec.entries[i].key, '.');
             if (info->spec.entries[i].human) {
                 group = NULL;
                 printf("    %s:\n%s\n", key, info->spec.entries[i].human);
