@@ -168,8 +168,10 @@ static json_object *to_json(const ImageInfo *info)
             } else {
                 v = json_object_new_string(e->value);
             }
-            /* "encrypt.format" goes into an "encrypt" object, as qemu-img nests it */
-            const char *dot = strchr(e->key, '.');
+            /* "encrypt.format" goes into an "encrypt" object, as qemu-img nests it
+             * (only that one: quorum's "children.N.file" keys stay flat; "children"
+             * is also a number there) */
+            const char *dot = strncmp(e->key, "encrypt.", 8) ? NULL : strchr(e->key, '.');
             if (dot) {
                 char *group = strndup(e->key, (size_t)(dot - e->key));
                 json_object *sub;

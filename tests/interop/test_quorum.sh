@@ -47,6 +47,11 @@ expect_rc 0 uimg info "$G"
 expect_out "file format: quorum"
 expect_out "vote threshold: 2"
 expect_out "children.1.file: b.raw"
+# ...and as JSON: children.N.* flat beside the child count (nesting them under
+# "children", a number there, aborted in json-c)
+uimg info --output=json "$G" >info.json 2>&1 || { cat info.json >&2; fail "info --output=json failed"; }
+jq -e '."format-specific".data."children.1.file" == "b.raw" and ."format-specific".data.children == 3' \
+    info.json >/dev/null || { cat info.json >&2; fail "info JSON lacks children.1.file or the count"; }
 expect_out "children.2.format: raw"
 
 # c now also wrong in the same 2 MiB as b (another block): every block still
