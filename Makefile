@@ -247,8 +247,9 @@ soak: $(SOAK_UBLKD)
 	@UBLKD=$(abspath $(SOAK_UBLKD)) KILL9_CYCLES=$(SOAK_CYCLES) TEST_TIMEOUT=$${TEST_TIMEOUT:-5400} \
 	    VM_TIMEOUT=$${VM_TIMEOUT:-6000} tests/vm/run.sh kill9_soak
 
+# Each harness for 10 s in make test (FUZZ_TIME=N for longer; make fuzz-long).
 check-fuzz:
-	@tests/fuzz/run.sh
+	@FUZZ_TIME=$${FUZZ_TIME:-10} tests/fuzz/run.sh
 
 # Every harness for FUZZ_TIME seconds (default 600; FUZZ_ONLY="state ..." to
 # pick some) one after another (FUZZ_JOBS=2: two at a time); what each found is merged with its seeds
