@@ -314,12 +314,8 @@ int coroutine_fn qcow2_crypto_pwritev(BlockDriverState *bs, uint64_t host, uint6
     return ret;
 }
 
-void qcow2_crypto_info(BDRVQcow2State *s, ImageSpecificInfo *info)
+static void crypto_info_entries(const Qcow2Crypto *c, ImageSpecificInfo *info)
 {
-    Qcow2Crypto *c = s->crypto;
-    if (!c) {
-        return;
-    }
     if (c->method == QCOW2_CRYPT_AES) {
         image_info_add(info, "encrypt.format", "aes");
         return;
@@ -337,6 +333,19 @@ void qcow2_crypto_info(BDRVQcow2State *s, ImageSpecificInfo *info)
     image_info_add_int(info, "encrypt.payload-offset",
                        (int64_t)h->payload_offset * CRYPTO_SECTOR_SIZE);
     image_info_add_int(info, "encrypt.master-key-iters", h->mk_digest_iterations);
+}
+
+/* qemu-img shows these as the sub-dictionary "encrypt". */
+void qcow2_crypto_info(BDRVQcow2State *s, ImageSpecificInfo *info)
+{
+    if (!s->crypto) {
+        return;
+    }
+    int first = info->n;
+    crypto_info_entries(s->crypto, info);
+    for (int i = first; i < info->n; i++) {
+        info->entries[i].nested = true;
+    }
 }
 
 #else /* !CONFIG_CRYPTO */

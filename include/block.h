@@ -111,6 +111,8 @@ typedef struct ImageInfoEntry {
     bool is_number;                /* JSON output as a number, not a string */
     bool is_bool;
     char *human;                   /* set: value is JSON text, human the lines after "key:" */
+    bool nested;                   /* key "group.name" is "name" in a sub-dictionary "group"
+                                    * (qemu-img nests encrypt.*); otherwise a dot is just a dot */
 } ImageInfoEntry;
 typedef struct ImageSpecificInfo {
     ImageInfoEntry *entries;

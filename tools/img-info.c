@@ -116,10 +116,9 @@ static void dump_human(const ImageInfo *info)
                 }
             }
             /* "encrypt.format" is "format" nested under "encrypt:", as qemu-img
-             * prints its nested dictionaries (only that one: quorum's
-             * "children.N.file" keys are flat lines of their own) */
-            const char *dot = strncmp(info->spec.entries[i].key, "encrypt.", 8)
-                                  ? NULL : strchr(info->spec.entries[i].key, '.');
+             * prints its nested dictionaries */
+            const char *dot = info->spec.entries[i].nested ? strchr(info->spec.entries[i].key, '.')
+                                                           : NULL;
             if (info->spec.entries[i].human) {
                 group = NULL;
                 printf("    %s:\n%s\n", key, info->spec.entries[i].human);
@@ -168,19 +167,19 @@ static json_object *to_json(const ImageInfo *info)
             } else {
                 v = json_object_new_string(e->value);
             }
-            /* "encrypt.format" goes into an "encrypt" object, as qemu-img nests it
-             * (only that one: quorum's "children.N.file" keys stay flat; "children"
-             * is also a number there) */
-            const char *dot = strncmp(e->key, "encrypt.", 8) ? NULL : strchr(e->key, '.');
+            /* "encrypt.format" goes into an "encrypt" object, as qemu-img nests it */
+            const char *dot = e->nested ? strchr(e->key, '.') : NULL;
+            json_object *sub = NULL;
             if (dot) {
                 char *group = strndup(e->key, (size_t)(dot - e->key));
-                json_object *sub;
                 if (!json_object_object_get_ex(data, group, &sub)) {
                     sub = json_object_new_object();
                     json_object_object_add(data, group, sub);
                 }
-                json_object_object_add(sub, dot + 1, v);
                 free(group);
+            }
+            if (sub && json_object_is_type(sub, json_type_object)) {
+                json_object_object_add(sub, dot + 1, v);
             } else {
                 json_object_object_add(data, e->key, v);
             }
