@@ -54,6 +54,17 @@ require_format() {
 
 uimg() { "$UBLKD" img "$@"; }
 
+# killed_wait PID IMG: reap a process killed with -9 and wait (up to 10 s) until
+# IMG's image lock is free again.  A dead process's io_uring is torn down by
+# the kernel after the exit, and holds the file (and its OFD lock) until then,
+# so a qemu-img run at once could find the image "in use".
+killed_wait() {
+    wait "$1" 2>/dev/null
+    local _
+    for _ in $(seq 100); do "$QEMU_IMG" info "$2" >/dev/null 2>&1 && return 0; sleep 0.1; done
+    return 0
+}
+
 # Run a command, check its exit code: expect_rc WANT cmd args...
 # Its stdout+stderr are kept in $WORK/.out for the caller.
 expect_rc() {

@@ -108,8 +108,8 @@ done
 
 # ---- every option on every image
 all_opts="compat=0.10 compat=v2 compat=1.1 compat=v3 lazy_refcounts=on lazy_refcounts=off
-          refcount_bits=1 refcount_bits=2 refcount_bits=4 refcount_bits=8 refcount_bits=16
-          refcount_bits=32 refcount_bits=64 compat=v3,refcount_bits=8,lazy_refcounts=on
+          refcount_bits=1 refcount_bits=4 refcount_bits=16 refcount_bits=64
+          compat=v3,refcount_bits=8,lazy_refcounts=on
           compat=v2,refcount_bits=16 refcount_bits=64,compat=v2 compat=v2,lazy_refcounts=off
           compat=v2,lazy_refcounts=on data_file_raw=off size=16M size=0 compat=v2,size=12M"
 some_opts="compat=v2 compat=v3 lazy_refcounts=on refcount_bits=1 refcount_bits=64
@@ -121,7 +121,8 @@ for img in v3.qcow2 v2.qcow2 back.qcow2 back2.qcow2 small.qcow2 snap.qcow2 snapn
     for o in $opts; do
         case $img,$o in snap*,compat=0.10*|snap*,compat=v2*) qemu_corrupts=1 ;; *) qemu_corrupts= ;; esac
         amend_both $img -o $o
-        case $img in snap.qcow2) amend_both $img -p -o $o ;; esac
+        # the bar: where each tool walks the refcounts (qemu-img takes ~1 s a walk)
+        case $img,$o in snap.qcow2,refcount_bits=1|snap.qcow2,compat=v2) amend_both $img -p -o $o ;; esac
     done
 done
 
@@ -250,11 +251,8 @@ for pct in 3 20 50 80 97 99; do
                 break
             fi
         done <fifo
-        wait $pid 2>/dev/null
+        killed_wait $pid k.qcow2
         rm -f fifo
-        # the dead process's io_uring lets go of the file (and its lock) a
-        # moment after the exit
-        for _ in $(seq 100); do "$QEMU_IMG" info k.qcow2 >/dev/null 2>&1 && break; sleep 0.1; done
         "$QEMU_IMG" check --output=json k.qcow2 >check.json 2>&1
         rc=$?
         { [ $rc = 0 ] || [ $rc = 3 ]; } && ! grep -q '"corruptions"' check.json ||

@@ -182,7 +182,7 @@ for i in $(seq 100); do
     "$QEMU_IMG" info -U k.qcow2 2>/dev/null | grep -q in-use && break
     sleep 0.05
 done
-kill -9 $pid; wait $pid 2>/dev/null
+kill -9 $pid; killed_wait $pid k.qcow2
 "$QEMU_IMG" info -U k.qcow2 | grep -q in-use || fail "killed writer: no bitmap in use"
 info_same k.qcow2
 # the checkers agree (qemu-img 7.2 says nothing of bitmaps in use)

@@ -13,7 +13,8 @@ n_ok=0
 # resize_both IMG ARGS... SIZE: each tool resizes its own copy of IMG with the
 # same arguments; exit codes and output (names normalised) must match, and
 # after a success both images must read the same and check clean with both
-# checkers.  Sets $same_bytes when the files are identical.
+# checkers.  With bytes=1 set, sets $same_bytes when the files are identical
+# (cmp reads every hole of a 3G file: only where a caller looks).
 resize_both() {
     local img=$1 ext=${1##*.}
     shift
@@ -34,7 +35,7 @@ resize_both() {
             uimg check -q "q.$ext" || fail "resize ${opts[*]} $size: ublkd check of qemu-img's"
             uimg check -q "u.$ext" || fail "resize ${opts[*]} $size: ublkd check of ours"
         fi
-        cmp -s "q.$ext" "u.$ext" && same_bytes=true
+        [ "${bytes:-}" ] && cmp -s "q.$ext" "u.$ext" && same_bytes=true
     fi
     n_ok=$((n_ok + 1))
 }
@@ -80,9 +81,9 @@ for o in "" compat=0.10 cluster_size=512 cluster_size=2M refcount_bits=1 refcoun
     sizes="5M 700M 3G"
     [ "$o" = cluster_size=512 ] && sizes="5M 40M"     # millions of clusters otherwise
     for size in $sizes; do
-        resize_both l.qcow2 "$size"
+        bytes=1 resize_both l.qcow2 "$size"
         $same_bytes || fail "grow -o $o to $size: the files differ from qemu-img's"
-        resize_both l.qcow2 --preallocation=metadata "$size"
+        bytes=$([ "$size" = 5M ] && echo 1) resize_both l.qcow2 --preallocation=metadata "$size"
         # a refcount block needed in the middle lands elsewhere than QEMU's
         # (docs/ARCHITECTURE.md): identical bytes only while none is (5M)
         [ "$size" != 5M ] || $same_bytes ||
@@ -182,7 +183,7 @@ for delay in 0.05 0.3 0.6 1.0 1.5 2.0 3.0; do
     pid=$!
     sleep "$delay"
     kill -9 $pid 2>/dev/null
-    wait $pid 2>/dev/null
+    killed_wait $pid k.qcow2
     "$QEMU_IMG" check k.qcow2 >k.out 2>&1; rc=$?
     [ $rc = 0 ] || [ $rc = 3 ] || { cat k.out >&2; fail "kill after ${delay}s: qemu-img check exit $rc"; }
     grep -q "ERROR" k.out && { cat k.out >&2; fail "kill after ${delay}s: errors, not only leaks"; }

@@ -303,7 +303,7 @@ kill_check() {
     snap_reads_as "$1" base "$2" '0x61 0 24M' '0 24M 8M'
 }
 for op in create delete; do
-    for delay in 0.02 0.1 0.2 0.4 0.8 1.5; do
+    for delay in 0.02 0.2 0.6 1.5; do
         cp k0.qcow2 k.qcow2
         [ $op = delete ] && "$QEMU_IMG" snapshot -c extra k.qcow2
         if [ $op = create ]; then "$UBLKD" img snapshot -c new k.qcow2 >/dev/null 2>&1 &
@@ -311,7 +311,7 @@ for op in create delete; do
         pid=$!
         sleep "$delay"
         kill -9 $pid 2>/dev/null
-        wait $pid 2>/dev/null
+        killed_wait $pid k.qcow2
         n=$("$QEMU_IMG" snapshot -l k.qcow2 | grep -c -E '^[0-9]+ ')
         case $op/$n in
         create/1|delete/1) kill_states+=" $op:old" ;;
