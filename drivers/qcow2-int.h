@@ -548,6 +548,9 @@ int qcow2_crypto_encrypt_buf(BDRVQcow2State *s, uint64_t host, uint64_t guest, u
 int coroutine_fn qcow2_crypto_pwritev(BlockDriverState *bs, uint64_t host, uint64_t guest,
                                       uint64_t bytes, IOVector *qiov, size_t qiov_offset);
 void qcow2_crypto_info(BDRVQcow2State *s, ImageSpecificInfo *info);
+/* qcow2-crypto.c: amend's encrypt.* options (LUKS keyslots, as qemu-img 7.2). */
+int coroutine_fn qcow2_crypto_amend(BlockDriverState *bs, OptDict *opts, bool force,
+                                    Error **errp);
 /* qcow2-crypto.c: the LUKS area for a new image (create), from the
  * encrypt.* options; *area NULL when no encryption was asked for. */
 int qcow2_crypto_create_area(OptDict *opts, uint8_t **area, size_t *len, Error **errp);
