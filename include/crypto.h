@@ -28,6 +28,9 @@
  * if allowed, zeroed.  crypto_secure_free wipes it first.  NULL: ENOMEM. */
 void *crypto_secure_alloc(size_t len);
 void crypto_secure_free(void *p, size_t len);
+/* Tests: called by crypto_secure_free with the memory it has just wiped,
+ * before it is unmapped (NULL: nothing is called). */
+extern void (*crypto_secure_free_hook)(const void *p, size_t len);
 /* Wipe memory the compiler may not elide (OPENSSL_cleanse). */
 void crypto_wipe(void *p, size_t len);
 

@@ -48,6 +48,8 @@ void *crypto_secure_alloc(size_t len)
     return p;
 }
 
+void (*crypto_secure_free_hook)(const void *p, size_t len);
+
 void crypto_secure_free(void *p, size_t len)
 {
     if (!p) {
@@ -55,6 +57,9 @@ void crypto_secure_free(void *p, size_t len)
     }
     size_t n = page_round(len ? len : 1);
     OPENSSL_cleanse(p, n);
+    if (crypto_secure_free_hook) {
+        crypto_secure_free_hook(p, n);
+    }
     munlock(p, n);
     munmap(p, n);
 }
