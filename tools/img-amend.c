@@ -135,6 +135,10 @@ static int parse_amend_options(const BlockDriver *drv, const char *list, OptDict
             errno = 0;
             unsigned long long n = strtoull(v, &end, 0);
             (void)n;
+            if (*v && !*end && errno == ERANGE) {
+                error_report("Value '%s' is too large for parameter '%s'", v, k);
+                goto fail;
+            }
             if (!*v || *end || errno) {
                 error_report("Parameter '%s' expects a number", k);
                 goto fail;

@@ -138,6 +138,8 @@ both two.qcow2 encrypt.state=inactive,encrypt.keyslot=3
 both two.qcow2 encrypt.state=inactive,encrypt.keyslot=8
 both two.qcow2 encrypt.state=inactive,encrypt.keyslot=-1
 both two.qcow2 encrypt.state=inactive,encrypt.keyslot=abc
+both two.qcow2 encrypt.state=inactive,encrypt.keyslot=99999999999999999999
+both two.qcow2 encrypt.state=inactive,encrypt.keyslot=4294967299
 both two.qcow2 encrypt.state=inactive,encrypt.old-secret=s9
 both two.qcow2 encrypt.state=inactive,encrypt.old-secret=nosuch
 both two.qcow2 encrypt.state=inactive,encrypt.old-secret=s1,encrypt.keyslot=0
