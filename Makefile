@@ -39,7 +39,7 @@ IO_SRCS += io/thread-slot.c io/block-counters.c
 # events drivers report (quorum votes lost, rewrites)
 IO_SRCS += io/block-events.c
 # disk encryption over libcrypto: sector ciphers, LUKS headers, secrets
-IO_SRCS += $(if $(filter y,$(CONFIG_CRYPTO)),io/crypto-cipher.c io/crypto-luks.c io/crypto-secret.c)
+IO_SRCS += $(if $(filter y,$(CONFIG_CRYPTO)),io/crypto-cipher.c io/crypto-luks.c io/crypto-luks-amend.c io/crypto-secret.c)
 
 # Drivers: one line each.  The name must match `const BlockDriver bdrv_<name>`
 # in the driver's file; the registry is generated from this list.

@@ -38,7 +38,7 @@
 #define AMEND_MAX_IMRT         (1ULL << 30)
 
 /* QEMU's Qcow2AmendHelperCBInfo: progress of several steps as one bar. */
-typedef enum { OP_NONE, OP_UPGRADE, OP_REFCOUNT, OP_DOWNGRADE } AmendOp;
+typedef enum { OP_NONE, OP_UPGRADE, OP_ENCRYPT, OP_REFCOUNT, OP_DOWNGRADE } AmendOp;
 typedef struct AmendProgress {
     BdrvAmendStatusCB *cb;
     void *opaque;
@@ -793,9 +793,9 @@ int coroutine_fn qcow2_co_amend(BlockDriverState *bs, OptDict *opts, BdrvAmendSt
     bool data_file_raw = qcow2_data_file_is_raw(s);
     uint32_t refcount_bits = 1U << s->h.refcount_order;
     uint64_t new_size = 0;
+    bool encryption_update = false;
     int ret;
 
-    (void)force;
     if (!s->writable) {
         error_setg(errp, "Image is read-only");
         return -EACCES;
@@ -811,8 +811,7 @@ int coroutine_fn qcow2_co_amend(BlockDriverState *bs, OptDict *opts, BdrvAmendSt
                 error_setg(errp, "Only LUKS encryption options can be amended");
                 return -ENOTSUP;
             }
-            error_setg(errp, "Amending LUKS encryption options is not supported");
-            return -ENOTSUP;
+            encryption_update = true;
         }
     }
     if ((v = optdict_get(opts, "size"))) {
@@ -856,12 +855,21 @@ int coroutine_fn qcow2_co_amend(BlockDriverState *bs, OptDict *opts, BdrvAmendSt
 
     AmendProgress p = {
         .cb = cb, .opaque = opaque,
-        .total_ops = (new_version != old_version) + (refcount_bits != 1U << s->h.refcount_order),
+        .total_ops = (new_version != old_version) + (refcount_bits != 1U << s->h.refcount_order)
+                     + encryption_update,
     };
 
     if (new_version > old_version) {
         p.current = OP_UPGRADE;
         ret = upgrade(bs, &p, errp);
+        if (ret < 0) {
+            return ret;
+        }
+    }
+    /* QEMU's order: keyslots right after an upgrade */
+    if (encryption_update) {
+        p.current = OP_ENCRYPT;     /* counted, reports no progress: as QEMU */
+        ret = qcow2_crypto_amend(bs, opts, force, errp);
         if (ret < 0) {
             return ret;
         }

@@ -12,6 +12,9 @@
  */
 #include <errno.h>
 #include <stdlib.h>
+#include <string.h>
+#include <sys/mman.h>
+#include <unistd.h>
 #include <zlib.h>
 #ifdef CONFIG_ZSTD
 #include <zstd.h>
@@ -33,11 +36,26 @@ Qcow2Bounce *qcow2_bounce_get(BDRVQcow2State *s)
     if (!b) {
         return NULL;
     }
-    if (posix_memalign((void **)&b->in, 4096, 2 * (size_t)s->cluster_size) ||
-        posix_memalign((void **)&b->out, 4096, s->cluster_size)) {
+    b->in_len = 2 * (size_t)s->cluster_size;
+    b->out_len = s->cluster_size;
+    b->plaintext = s->crypto != NULL;
+    size_t align = 4096;
+    if (b->plaintext) {
+        /* COW heads and tails of an encrypted image are decrypted here:
+         * whole pages, so that MADV_DONTDUMP covers them and nothing else */
+        align = MAX(align, (size_t)sysconf(_SC_PAGESIZE));
+        b->in_len = ALIGN_UP(b->in_len, align);
+        b->out_len = ALIGN_UP(b->out_len, align);
+    }
+    if (posix_memalign((void **)&b->in, align, b->in_len) ||
+        posix_memalign((void **)&b->out, align, b->out_len)) {
         free(b->in);
         free(b);
         return NULL;
+    }
+    if (b->plaintext) {
+        madvise(b->in, b->in_len, MADV_DONTDUMP);
+        madvise(b->out, b->out_len, MADV_DONTDUMP);
     }
     return b;
 }
@@ -63,6 +81,12 @@ void qcow2_bounce_free_all(BDRVQcow2State *s)
         ZSTD_freeDCtx(b->zstd);
 #endif
         qcow2_bounce_free_compressors(b);
+        if (b->plaintext) {
+            explicit_bzero(b->in, b->in_len);
+            explicit_bzero(b->out, b->out_len);
+            madvise(b->in, b->in_len, MADV_DODUMP);     /* the heap may reuse the pages */
+            madvise(b->out, b->out_len, MADV_DODUMP);
+        }
         free(b->in);
         free(b->out);
         free(b);

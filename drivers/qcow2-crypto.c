@@ -48,6 +48,7 @@ struct Qcow2Crypto {
     bool physical;                  /* IV from the host offset (LUKS) */
     CryptoCipher *cipher;           /* NULL: opened without the key (NO_IO) */
     LuksHeader luks;
+    char *key_secret;               /* the secret's id: amend re-opens slots with it */
     pthread_mutex_t lock;
     CryptBounce *free;
 };
@@ -168,19 +169,21 @@ int qcow2_crypto_open(BlockDriverState *bs, OptDict *options, int flags, Error *
                    " encrypt.key-secret=ID)", name, want);
         return -ENOKEY;
     }
-    free(id);
     if (s->h.crypt_method == QCOW2_CRYPT_AES && (flags & BDRV_O_RDWR) &&
         !(flags & BDRV_O_CHECK)) {
         error_setg(errp, "qcow2: %s: AES-encrypted (crypt_method 1) images are read only here,"
                    " as in QEMU's system emulators: convert it to a LUKS-encrypted image"
                    " (-o encrypt.format=luks)", name);
+        free(id);
         return -EPERM;
     }
     Qcow2Crypto *c = calloc(1, sizeof(*c));
     if (!c) {
         error_setg(errp, "qcow2: %s: out of memory", name);
+        free(id);
         return -ENOMEM;
     }
+    c->key_secret = id;
     c->method = (int)s->h.crypt_method;
     pthread_mutex_init(&c->lock, NULL);
     if (c->method == QCOW2_CRYPT_LUKS) {
@@ -224,6 +227,7 @@ void qcow2_crypto_close(BDRVQcow2State *s)
         free(b);
     }
     crypto_cipher_free(c->cipher);
+    free(c->key_secret);
     pthread_mutex_destroy(&c->lock);
     crypto_wipe(c, sizeof(*c));
     free(c);
@@ -314,6 +318,77 @@ int coroutine_fn qcow2_crypto_pwritev(BlockDriverState *bs, uint64_t host, uint6
     return ret;
 }
 
+/* ---- amend: LUKS keyslots (io/crypto-luks-amend.c does the work) ---- */
+
+static int area_read(void *opaque, size_t off, void *buf, size_t len)
+{
+    BlockDriverState *bs = opaque;
+    BDRVQcow2State *s = bs->opaque;
+    return bdrv_pread(bs->file, (int64_t)(s->crypto_header_offset + off), (int64_t)len, buf, 0);
+}
+
+static int area_write(void *opaque, size_t off, const void *buf, size_t len)
+{
+    BlockDriverState *bs = opaque;
+    BDRVQcow2State *s = bs->opaque;
+    if (off + len > s->crypto_header_length) {
+        return -EINVAL;             /* QEMU: "Request for data outside of extension header" */
+    }
+    return bdrv_pwrite(bs->file, (int64_t)(s->crypto_header_offset + off), (int64_t)len, buf, 0);
+}
+
+static int area_sync(void *opaque)
+{
+    BlockDriverState *bs = opaque;
+    return bdrv_co_flush(bs->file->bs);
+}
+
+/* A number option as QEMU's QemuOpts reads it (img amend checked the form). */
+static bool amend_number(OptDict *opts, const char *key, uint64_t *v)
+{
+    const char *str = optdict_get(opts, key);
+    if (str) {
+        *v = strtoull(str, NULL, 0);
+    }
+    return str != NULL;
+}
+
+int coroutine_fn qcow2_crypto_amend(BlockDriverState *bs, OptDict *opts, bool force,
+                                    Error **errp)
+{
+    BDRVQcow2State *s = bs->opaque;
+    Qcow2Crypto *c = s->crypto;
+    const char *state = optdict_get(opts, "encrypt.state");
+    LuksAmendOpts o = { 0 };
+    uint64_t n;
+
+    if (!state) {
+        error_setg(errp, "Parameter 'state' is missing");
+        return -EINVAL;
+    }
+    if (strcmp(state, "active") && strcmp(state, "inactive")) {
+        error_setg(errp, "Parameter 'state' does not accept value '%s'", state);
+        return -EINVAL;
+    }
+    if (!c || !c->cipher) {
+        error_setg(errp, "qcow2: %s: the image was opened without its key",
+                   qcow2_image_name(bs));
+        return -ENOKEY;
+    }
+    o.activate = !strcmp(state, "active");
+    o.key_secret = c->key_secret;
+    o.new_secret = optdict_get(opts, "encrypt.new-secret");
+    o.old_secret = optdict_get(opts, "encrypt.old-secret");
+    if ((o.has_keyslot = amend_number(opts, "encrypt.keyslot", &n))) {
+        o.keyslot = (int)n;         /* -1 and 2^32-1 alike: QEMU's int */
+    }
+    if ((o.has_iter_time = amend_number(opts, "encrypt.iter-time", &n))) {
+        o.iter_time = n;
+    }
+    LuksIO io = { area_read, area_write, area_sync, bs };
+    return luks_amend(&c->luks, (size_t)s->crypto_header_length, &o, force, &io, errp);
+}
+
 static void crypto_info_entries(const Qcow2Crypto *c, ImageSpecificInfo *info)
 {
     if (c->method == QCOW2_CRYPT_AES) {
@@ -368,6 +443,15 @@ int qcow2_crypto_open(BlockDriverState *bs, OptDict *options, int flags, Error *
 void qcow2_crypto_close(BDRVQcow2State *s)
 {
     (void)s;
+}
+
+int coroutine_fn qcow2_crypto_amend(BlockDriverState *bs, OptDict *opts, bool force,
+                                    Error **errp)
+{
+    (void)opts, (void)force;
+    error_setg(errp, "qcow2: %s: encrypted images are not supported (built without"
+               " CONFIG_CRYPTO)", qcow2_image_name(bs));
+    return -ENOTSUP;
 }
 
 int qcow2_crypto_decrypt(BDRVQcow2State *s, uint64_t host, uint64_t guest, IOVector *qiov,

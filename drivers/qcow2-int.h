@@ -134,6 +134,8 @@ enum { QCOW2_FEAT_INCOMPAT = 0, QCOW2_FEAT_COMPAT = 1, QCOW2_FEAT_AUTOCLEAR = 2 
  * on demand, kept in a free list, so reads allocate nothing once warm. */
 typedef struct Qcow2Bounce {
     uint8_t *in, *out;          /* 2 clusters + 512 / 1 cluster */
+    size_t in_len, out_len;     /* as allocated */
+    bool plaintext;             /* an encrypted image's: not dumped, wiped when freed */
     void *zlib, *zstd;          /* z_stream *, ZSTD_DCtx * (lazily) */
     void *deflate, *zstd_c;     /* z_stream *, ZSTD_CCtx * for writes (lazily) */
     struct Qcow2Bounce *next;
@@ -548,6 +550,9 @@ int qcow2_crypto_encrypt_buf(BDRVQcow2State *s, uint64_t host, uint64_t guest, u
 int coroutine_fn qcow2_crypto_pwritev(BlockDriverState *bs, uint64_t host, uint64_t guest,
                                       uint64_t bytes, IOVector *qiov, size_t qiov_offset);
 void qcow2_crypto_info(BDRVQcow2State *s, ImageSpecificInfo *info);
+/* qcow2-crypto.c: amend's encrypt.* options (LUKS keyslots, as qemu-img 7.2). */
+int coroutine_fn qcow2_crypto_amend(BlockDriverState *bs, OptDict *opts, bool force,
+                                    Error **errp);
 /* qcow2-crypto.c: the LUKS area for a new image (create), from the
  * encrypt.* options; *area NULL when no encryption was asked for. */
 int qcow2_crypto_create_area(OptDict *opts, uint8_t **area, size_t *len, Error **errp);

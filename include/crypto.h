@@ -28,6 +28,9 @@
  * if allowed, zeroed.  crypto_secure_free wipes it first.  NULL: ENOMEM. */
 void *crypto_secure_alloc(size_t len);
 void crypto_secure_free(void *p, size_t len);
+/* Tests: called by crypto_secure_free with the memory it has just wiped,
+ * before it is unmapped (NULL: nothing is called). */
+extern void (*crypto_secure_free_hook)(const void *p, size_t len);
 /* Wipe memory the compiler may not elide (OPENSSL_cleanse). */
 void crypto_wipe(void *p, size_t len);
 
@@ -118,6 +121,43 @@ typedef struct LuksCreateOpts {
  * out.  *area is malloc'd: no key in it but encrypted ones. */
 int luks_create(const LuksCreateOpts *o, const uint8_t *pw, size_t pwlen, uint8_t **area,
                 size_t *area_len, Error **errp);
+
+/* The 592 header bytes for h (slot states, salts, iterations as h has them). */
+void luks_header_store(const LuksHeader *h, uint8_t *buf);
+/* Bytes of a slot's key material (the split key, whole sectors). */
+size_t luks_slot_material_len(const LuksHeader *h);
+/* Does passphrase pw open slot `slot`?  1 with the master key in mk, 0 (an
+ * inactive slot, another passphrase), or -errno. */
+int luks_slot_open(const LuksHeader *h, int slot, const uint8_t *area, const uint8_t *pw,
+                   size_t pwlen, uint8_t *mk, Error **errp);
+/* A slot for passphrase pw over master key mk: fresh salt, iterations for
+ * iter_time ms (0: the minimum, 1000), and its encrypted key material
+ * (luks_slot_material_len bytes).  *slot's active and key_offset are
+ * left alone. */
+int luks_slot_make(const LuksHeader *h, LuksSlot *slot, const uint8_t *mk, const uint8_t *pw,
+                   size_t pwlen, uint64_t iter_time, uint8_t *material, Error **errp);
+
+/* Keyslot management, as qemu-img 7.2's amend (io/crypto-luks-amend.c). */
+typedef struct LuksAmendOpts {
+    bool activate;                  /* encrypt.state=active; else inactive */
+    const char *key_secret;         /* id of the secret the image was opened with */
+    const char *new_secret, *old_secret;        /* ids, NULL when not given */
+    bool has_keyslot, has_iter_time;
+    int keyslot;
+    uint64_t iter_time;             /* ms */
+} LuksAmendOpts;
+/* Where the LUKS area lives: offsets from its start; 0 or -errno. */
+typedef struct LuksIO {
+    int (*read)(void *opaque, size_t off, void *buf, size_t len);
+    int (*write)(void *opaque, size_t off, const void *buf, size_t len);
+    int (*sync)(void *opaque);
+    void *opaque;
+} LuksIO;
+/* Add or erase keyslots in the area (area_len bytes) h was parsed from;
+ * h follows what was written.  force: what QEMU's --force allows
+ * (overwriting an active slot, erasing an inactive or the last one). */
+int luks_amend(LuksHeader *h, size_t area_len, const LuksAmendOpts *o, bool force,
+               const LuksIO *io, Error **errp);
 
 /* Secrets (io/crypto-secret.c). */
 /* "secret,id=ID,data=TEXT|file=PATH[,format=raw|base64]" as qemu-img's

@@ -334,6 +334,35 @@ static void put_str(uint8_t *dst, const char *s, size_t n)
     memcpy(dst, s, MIN(strlen(s), n - 1));
 }
 
+/* The 592 header bytes as QEMU's qcrypto_block_luks_store_header writes
+ * them; an inactive slot's salt and iterations are zero, as QEMU leaves them. */
+void luks_header_store(const LuksHeader *h, uint8_t *b)
+{
+    memset(b, 0, LUKS_HEADER_BYTES);
+    memcpy(b, LUKS_MAGIC, 6);
+    b[6] = 0;
+    b[7] = 1;
+    put_str(b + 8, h->cipher_name, 32);
+    put_str(b + 40, h->cipher_mode, 32);
+    put_str(b + 72, h->hash_spec, 32);
+    st32(b + 104, h->payload_offset);
+    st32(b + 108, h->key_bytes);
+    memcpy(b + 112, h->mk_digest, 20);
+    memcpy(b + 132, h->mk_digest_salt, 32);
+    st32(b + 164, h->mk_digest_iterations);
+    put_str(b + 168, h->uuid, 40);
+    for (int i = 0; i < LUKS_NUM_SLOTS; i++) {
+        const LuksSlot *sl = &h->slots[i];
+        bool on = sl->active == LUKS_SLOT_ACTIVE;
+        uint8_t *s = b + 208 + i * 48;
+        st32(s, sl->active);
+        st32(s + 4, on ? sl->iterations : 0);
+        memcpy(s + 8, on ? sl->salt : (const uint8_t[32]){ 0 }, 32);
+        st32(s + 40, sl->key_offset);
+        st32(s + 44, sl->stripes);
+    }
+}
+
 int luks_create(const LuksCreateOpts *o, const uint8_t *pw, size_t pwlen, uint8_t **area_out,
                 size_t *area_len, Error **errp)
 {
@@ -466,28 +495,12 @@ int luks_create(const LuksCreateOpts *o, const uint8_t *pw, size_t pwlen, uint8_
         goto out;
     }
 
-    uint8_t *b = area;
-    memcpy(b, LUKS_MAGIC, 6);
-    b[6] = 0;
-    b[7] = 1;
-    put_str(b + 8, h.cipher_name, 32);
-    put_str(b + 40, h.cipher_mode, 32);
-    put_str(b + 72, h.hash_spec, 32);
-    st32(b + 104, h.payload_offset);
-    st32(b + 108, h.key_bytes);
-    memcpy(b + 112, h.mk_digest, 20);
-    memcpy(b + 132, h.mk_digest_salt, 32);
-    st32(b + 164, h.mk_digest_iterations);
-    put_str(b + 168, h.uuid, 40);
     for (int i = 0; i < LUKS_NUM_SLOTS; i++) {
-        uint8_t *s = b + 208 + i * 48;
-        uint32_t off = (uint32_t)(header_sectors + (size_t)i * split_sectors);
-        st32(s, i == 0 ? LUKS_SLOT_ACTIVE : LUKS_SLOT_DISABLED);
-        st32(s + 4, i == 0 ? h.slots[0].iterations : 0);
-        memcpy(s + 8, i == 0 ? h.slots[0].salt : (const uint8_t[32]){ 0 }, 32);
-        st32(s + 40, off);
-        st32(s + 44, LUKS_STRIPES);
+        h.slots[i].active = i == 0 ? LUKS_SLOT_ACTIVE : LUKS_SLOT_DISABLED;
+        h.slots[i].key_offset = (uint32_t)(header_sectors + (size_t)i * split_sectors);
+        h.slots[i].stripes = LUKS_STRIPES;
     }
+    luks_header_store(&h, area);
     memcpy(area + header_sectors * CRYPTO_SECTOR_SIZE, split, slen);
     *area_out = area;
     area = NULL;
@@ -496,5 +509,79 @@ out:
     free(area);
     crypto_secure_free(scratch, scratch_len);
     crypto_secure_free(mk, h.key_bytes);
+    return ret;
+}
+
+/* ---- keyslots (amend) ---- */
+
+size_t luks_slot_material_len(const LuksHeader *h)
+{
+    return DIV_ROUND_UP(split_len(h), CRYPTO_SECTOR_SIZE) * CRYPTO_SECTOR_SIZE;
+}
+
+int luks_slot_open(const LuksHeader *h, int slot, const uint8_t *area, const uint8_t *pw,
+                   size_t pwlen, uint8_t *mk, Error **errp)
+{
+    if (h->slots[slot].active != LUKS_SLOT_ACTIVE) {
+        return 0;
+    }
+    size_t scratch_len = 192 + luks_slot_material_len(h);
+    uint8_t *scratch = crypto_secure_alloc(scratch_len);
+    if (!scratch) {
+        error_setg(errp, "out of memory unlocking the LUKS key");
+        return -ENOMEM;
+    }
+    int ret = try_slot(h, slot, area, pw, pwlen, mk, scratch, errp);
+    crypto_secure_free(scratch, scratch_len);
+    if (ret == 0) {
+        crypto_wipe(mk, h->key_bytes);
+    }
+    return ret;
+}
+
+/* QEMU's qcrypto_block_luks_store_key without the writes: a fresh salt,
+ * iterations for iter_time ms (at least 1000), the master key split and
+ * encrypted under the passphrase's key. */
+int luks_slot_make(const LuksHeader *h, LuksSlot *slot, const uint8_t *mk, const uint8_t *pw,
+                   size_t pwlen, uint64_t iter_time, uint8_t *material, Error **errp)
+{
+    size_t slen = split_len(h), mlen = luks_slot_material_len(h);
+    uint8_t *scratch = crypto_secure_alloc(128);
+    int ret = -EIO;
+
+    if (!scratch) {
+        error_setg(errp, "out of memory for the LUKS keyslot");
+        return -ENOMEM;
+    }
+    if (crypto_random(slot->salt, LUKS_SALT_LEN) < 0) {
+        error_setg(errp, "cannot get random bytes for the LUKS keyslot");
+        goto out;
+    }
+    uint64_t it = iter_time ? crypto_pbkdf2_iters_for(h->hash_spec, h->key_bytes, iter_time) : 0;
+    slot->iterations = (uint32_t)MIN(MAX(it, (uint64_t)LUKS_MIN_ITERS), (uint64_t)LUKS_MAX_ITERS);
+    slot->stripes = LUKS_STRIPES;
+    uint8_t *ukey = scratch, *block = scratch + 64;
+    if (crypto_pbkdf2(h->hash_spec, pw, pwlen, slot->salt, LUKS_SALT_LEN, slot->iterations, ukey,
+                      h->key_bytes) < 0) {
+        error_setg(errp, "PBKDF2 with %s failed", h->hash_spec);
+        goto out;
+    }
+    memset(material, 0, mlen);
+    if (af_split(h->hash_spec, h->key_bytes, mk, material, block) < 0) {
+        error_setg(errp, "cannot split the LUKS key");
+        goto out;
+    }
+    CryptoCipher *c = make_cipher(h, ukey, errp);
+    if (!c) {
+        ret = -ENOTSUP;
+        goto out;
+    }
+    ret = crypto_cipher_run(c, true, 0, material, slen);
+    crypto_cipher_free(c);
+    if (ret < 0) {
+        error_setg(errp, "cannot encrypt the LUKS key material");
+    }
+out:
+    crypto_secure_free(scratch, 128);
     return ret;
 }

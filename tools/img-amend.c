@@ -1,7 +1,8 @@
 /*
  * img-amend.c - `ublkd img amend`: change a qcow2 image's format options in
  * place (compat, lazy_refcounts, refcount_bits, data_file, data_file_raw,
- * size; backing_file/backing_fmt only as recorded), with qemu-img 7.2's
+ * size; backing_file/backing_fmt only as recorded; encrypt.* LUKS keyslots,
+ * secrets from --object), with qemu-img 7.2's
  * syntax, option checks, messages, progress bar and exit codes.  The work
  * is the format driver's co_amend (drivers/qcow2-amend.c).
  *
@@ -134,6 +135,10 @@ static int parse_amend_options(const BlockDriver *drv, const char *list, OptDict
             errno = 0;
             unsigned long long n = strtoull(v, &end, 0);
             (void)n;
+            if (*v && !*end && errno == ERANGE) {
+                error_report("Value '%s' is too large for parameter '%s'", v, k);
+                goto fail;
+            }
             if (!*v || *end || errno) {
                 error_report("Parameter '%s' expects a number", k);
                 goto fail;
@@ -240,8 +245,10 @@ int img_amend(int argc, char **argv)
         case 'I': oo.image_opts = true; break;
         case 'F': force = true; break;
         case 'O':
-            error_report("--object is not supported by ublkd img");
-            return 1;
+            if (img_object_add(optarg)) {
+                return 1;
+            }
+            break;
         default:
             return img_opt_error(c, argv);
         }

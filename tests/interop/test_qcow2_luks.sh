@@ -46,69 +46,9 @@ checks_clean() {
     uimg check -q "${OBJ[@]}" --image-opts "$(opts "$1")" || fail "ublkd check $1"
 }
 
-# ---- qemu-img's images, every mode it creates, read by us
-modes=("" "encrypt.cipher-alg=aes-128,encrypt.cipher-mode=xts"
-       "encrypt.cipher-alg=aes-128,encrypt.cipher-mode=cbc,encrypt.ivgen-alg=essiv,encrypt.ivgen-hash-alg=sha256"
-       "encrypt.cipher-alg=aes-128,encrypt.cipher-mode=cbc,encrypt.ivgen-alg=plain64,encrypt.hash-alg=sha224"
-       "encrypt.cipher-alg=aes-256,encrypt.cipher-mode=cbc,encrypt.ivgen-alg=plain,encrypt.hash-alg=sha1"
-       "encrypt.cipher-alg=aes-256,encrypt.cipher-mode=ctr,encrypt.ivgen-alg=plain64,encrypt.hash-alg=sha512"
-       "encrypt.cipher-alg=aes-256,encrypt.cipher-mode=ecb"
-       "encrypt.cipher-alg=aes-256,encrypt.cipher-mode=xts,encrypt.hash-alg=sha384")
-# qemu-img's PBKDF2 timing fails now and then on a loaded machine ("Unable
-# to get accurate CPU usage"): a few tries
-qcreate() {
-    for _ in 1 2 3 4 5; do
-        "$QEMU_IMG" create -q -f qcow2 "${OBJ[@]}" "$@" 2>qc.err && return 0
-        grep -q "accurate CPU usage" qc.err || break
-    done
-    cat qc.err >&2
-    return 1
-}
-i=0
-for m in "${modes[@]}"; do
-    img=q$i.qcow2
-    i=$((i + 1))
-    qcreate -o "encrypt.format=luks,encrypt.key-secret=s0,encrypt.iter-time=10${m:+,$m}" "$img" 4M ||
-        { echo "qemu-img cannot create $m: skipped" >&2; continue; }
-    qio "$img" "write -P 0x5a 0 64k" "write -P 0x33 1M 4k" "write -P 0x44 3000k 512"
-    same_read "$img"
-    # ours into qemu-img's: in place, allocating with a partial cluster (COW
-    # from the cluster's encrypted old bytes), a sector straddling clusters
-    uio "$img" "write -P 0x11 8k 4k" "write -P 0x22 2M 70k" "write -P 0x66 1M 512" \
-        "write -P 0x77 130560 1024"
-    qio "$img" "read -P 0x11 8k 4k" "read -P 0x5a 0 8k" "read -P 0x5a 12k 52k" \
-        "read -P 0 64k 65024" \
-        "read -P 0x77 130560 1024" "read -P 0x22 2M 70k" "read -P 0x66 1M 512" \
-        "read -P 0x33 1049088 3584" "read -P 0 2170880 8192"
-    checks_clean "$img"
-    same_read "$img"
-done
-[ $n_ok -ge 8 ] || fail "too few cipher modes ran ($n_ok reads)"
-
-# ---- our images, read and written by qemu
-for m in "" "encrypt.cipher-alg=aes-128,encrypt.cipher-mode=cbc,encrypt.ivgen-alg=essiv" \
-         "encrypt.cipher-alg=aes-256,encrypt.cipher-mode=xts,encrypt.hash-alg=sha512,cluster_size=4k"; do
-    rm -f u.qcow2
-    uimg create -q -f qcow2 "${OBJ[@]}" \
-        -o "encrypt.format=luks,encrypt.key-secret=s0,encrypt.iter-time=10${m:+,$m}" u.qcow2 4M ||
-        fail "ublkd create $m"
-    "$QEMU_IMG" info u.qcow2 | grep -q "encrypted: yes" || fail "qemu-img info: not encrypted"
-    checks_clean u.qcow2
-    uio u.qcow2 "write -P 0xa1 0 100k" "write -P 0xa2 3M 4k"
-    qio u.qcow2 "read -P 0xa1 0 100k" "read -P 0xa2 3M 4k" "read -P 0 100k 28k" \
-        "write -P 0xb1 200k 8k"
-    uio u.qcow2 "read -P 0xb1 200k 8k" "read -P 0xa1 0 100k"
-    checks_clean u.qcow2
-    same_read u.qcow2
-done
-
-# ---- create: qemu-img's Formatting line, header and layout (the LUKS area's bytes are random)
-for o in "" ",cluster_size=4k,encrypt.cipher-alg=aes-128,encrypt.cipher-mode=cbc,encrypt.ivgen-alg=essiv"; do
-    rm -f qc.qcow2 uc.qcow2
-    qcreate -o "encrypt.format=luks,encrypt.key-secret=s0,encrypt.iter-time=10$o" qc.qcow2 1G
-    uimg create -f qcow2 "${OBJ[@]}" -o "encrypt.format=luks,encrypt.key-secret=s0,encrypt.iter-time=10$o" \
-        uc.qcow2 1G >u.out 2>&1 || { cat u.out >&2; fail "create $o"; }
-    python3 - qc.qcow2 uc.qcow2 <<'PY' || fail "create $o: header or layout differs from qemu-img's"
+# same_layout A B: the qcow2 headers and extensions alike (the LUKS area's bytes are random)
+same_layout() {
+    python3 - "$1" "$2" <<'PY'
 import struct, sys
 def layout(p):
     d = open(p, 'rb').read()
@@ -126,19 +66,76 @@ if a != b:
     print(a, b, file=sys.stderr)
     sys.exit(1)
 PY
-    "$QEMU_IMG" check -q "${OBJ[@]}" --image-opts "$(opts uc.qcow2)" || fail "qemu-img check of ours"
+}
+
+# ---- qemu-img's images, every mode it creates, read by us
+# Each mode a cipher, IV generator or hash no other has (PBKDF2 timing
+# makes every qemu-img create cost about a second: no two alike).
+modes=("" "encrypt.cipher-alg=aes-128,encrypt.cipher-mode=xts,encrypt.hash-alg=sha384"
+       "cluster_size=4k,encrypt.cipher-alg=aes-128,encrypt.cipher-mode=cbc,encrypt.ivgen-alg=essiv,encrypt.ivgen-hash-alg=sha256"
+       "encrypt.cipher-alg=aes-128,encrypt.cipher-mode=cbc,encrypt.ivgen-alg=plain64,encrypt.hash-alg=sha224"
+       "encrypt.cipher-alg=aes-256,encrypt.cipher-mode=cbc,encrypt.ivgen-alg=plain,encrypt.hash-alg=sha1"
+       "encrypt.cipher-alg=aes-256,encrypt.cipher-mode=ctr,encrypt.ivgen-alg=plain64,encrypt.hash-alg=sha512"
+       "encrypt.cipher-alg=aes-256,encrypt.cipher-mode=ecb")
+# qemu-img's PBKDF2 timing fails now and then on a loaded machine ("Unable
+# to get accurate CPU usage"): a few tries
+qcreate() {     # qcreate [-v] ARGS: -v keeps the Formatting line in q.out
+    local q=-q
+    [ "$1" = -v ] && { q=; shift; }
+    for _ in 1 2 3 4 5; do
+        "$QEMU_IMG" create $q -f qcow2 "${OBJ[@]}" "$@" >q.out 2>qc.err && return 0
+        grep -q "accurate CPU usage" qc.err || break
+    done
+    cat qc.err >&2
+    return 1
+}
+i=0
+for m in "${modes[@]}"; do
+    img=q$i.qcow2
+    i=$((i + 1))
+    qcreate $([ $i = 1 ] && echo -v) -o "encrypt.format=luks,encrypt.key-secret=s0,encrypt.iter-time=10${m:+,$m}" "$img" 4M ||
+        { echo "qemu-img cannot create $m: skipped" >&2; continue; }
+    if [ $i = 1 ] || [ $i = 3 ]; then
+        # ours with the same options: qemu-img's header and layout, and its Formatting line
+        rm -f uc.qcow2
+        uimg create -f qcow2 "${OBJ[@]}" -o "encrypt.format=luks,encrypt.key-secret=s0,encrypt.iter-time=10${m:+,$m}" \
+            uc.qcow2 4M >u.out 2>&1 || { cat u.out >&2; fail "create $m"; }
+        [ $i = 1 ] && sed -i "s/uc.qcow2/$img/" u.out && same_output "create's Formatting line" u.out q.out
+        same_layout "$img" uc.qcow2 || fail "create $m: header or layout differs from qemu-img's"
+        "$QEMU_IMG" check -q "${OBJ[@]}" --image-opts "$(opts uc.qcow2)" || fail "qemu-img check of ours"
+        n_ok=$((n_ok + 1))
+    fi
+    qio "$img" "write -P 0x5a 0 64k" "write -P 0x33 1M 4k" "write -P 0x44 3000k 512"
+    same_read "$img"
+    # ours into qemu-img's: in place, allocating with a partial cluster (COW
+    # from the cluster's encrypted old bytes), a sector straddling clusters
+    uio "$img" "write -P 0x11 8k 4k" "write -P 0x22 2M 70k" "write -P 0x66 1M 512" \
+        "write -P 0x77 130560 1024"
+    qio "$img" "read -P 0x11 8k 4k" "read -P 0x5a 0 8k" "read -P 0x5a 12k 52k" \
+        "read -P 0 64k 65024" \
+        "read -P 0x77 130560 1024" "read -P 0x22 2M 70k" "read -P 0x66 1M 512" \
+        "read -P 0x33 1049088 3584" "read -P 0 2170880 8192"
+    checks_clean "$img"
+    same_read "$img"
 done
-# the Formatting line
-for _ in 1 2 3 4 5; do
-    rm -f fq.qcow2
-    "$QEMU_IMG" create -f qcow2 "${OBJ[@]}" -o encrypt.format=luks,encrypt.key-secret=s0,encrypt.iter-time=10 \
-        fq.qcow2 1M >q.out 2>&1 && break
+[ $n_ok -ge 9 ] || fail "too few cipher modes ran ($n_ok cases)"
+
+# ---- our images, read and written by qemu
+for m in "" "encrypt.cipher-alg=aes-128,encrypt.cipher-mode=cbc,encrypt.ivgen-alg=essiv" \
+         "encrypt.cipher-alg=aes-256,encrypt.cipher-mode=xts,encrypt.hash-alg=sha512,cluster_size=4k"; do
+    rm -f u.qcow2
+    uimg create -q -f qcow2 "${OBJ[@]}" \
+        -o "encrypt.format=luks,encrypt.key-secret=s0,encrypt.iter-time=10${m:+,$m}" u.qcow2 4M ||
+        fail "ublkd create $m"
+    "$QEMU_IMG" info u.qcow2 | grep -q "encrypted: yes" || fail "qemu-img info: not encrypted"
+    checks_clean u.qcow2
+    uio u.qcow2 "write -P 0xa1 0 100k" "write -P 0xa2 3M 4k"
+    qio u.qcow2 "read -P 0xa1 0 100k" "read -P 0xa2 3M 4k" "read -P 0 100k 28k" \
+        "write -P 0xb1 200k 8k"
+    uio u.qcow2 "read -P 0xb1 200k 8k" "read -P 0xa1 0 100k"
+    checks_clean u.qcow2
+    same_read u.qcow2
 done
-rm -f fq.qcow2
-uimg create -f qcow2 "${OBJ[@]}" -o encrypt.format=luks,encrypt.key-secret=s0,encrypt.iter-time=10 \
-    fq.qcow2 1M >u.out 2>&1
-same_output "create's Formatting line" u.out q.out
-n_ok=$((n_ok + 3))
 
 # ---- convert into an encrypted target; an encrypted overlay of a plain backing file
 "$QEMU_IMG" create -q -f raw src.raw 2M
@@ -190,13 +187,12 @@ expect_out "cipher alg: aes-256"
 n_ok=$((n_ok + 8))
 
 # ---- measure: the LUKS area as qemu-img counts it; info --output=json nests "encrypt"
-for o in "" ",encrypt.cipher-alg=aes-128,encrypt.cipher-mode=cbc,cluster_size=4k" \
-         ",encrypt.cipher-alg=aes-128"; do
+for o in "" ",encrypt.cipher-alg=aes-128,encrypt.cipher-mode=cbc,cluster_size=4k"; do
     for _ in 1 2 3 4 5; do      # qemu-img times PBKDF2 here too
-        "$QEMU_IMG" measure "${OBJ[@]}" -O qcow2 -o "encrypt.format=luks,encrypt.key-secret=s0$o" \
+        "$QEMU_IMG" measure "${OBJ[@]}" -O qcow2 -o "encrypt.format=luks,encrypt.key-secret=s0,encrypt.iter-time=10$o" \
             --size 1G >q.out 2>&1 && break
     done
-    uimg measure "${OBJ[@]}" -O qcow2 -o "encrypt.format=luks,encrypt.key-secret=s0$o" \
+    uimg measure "${OBJ[@]}" -O qcow2 -o "encrypt.format=luks,encrypt.key-secret=s0,encrypt.iter-time=10$o" \
         --size 1G >u.out 2>&1
     same_output "measure $o" u.out q.out
 done

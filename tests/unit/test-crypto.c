@@ -326,6 +326,208 @@ static void test_secrets(void **state)
     error_free(err);
 }
 
+/* ---- keyslots: luks_amend over an in-memory area ---- */
+
+typedef struct MemArea {
+    uint8_t *buf;
+    size_t len;
+    char log[256];                  /* H: header write, K: key material write, S: sync */
+    int fail_write;                 /* fail the n-th write (1-based), 0: none */
+    int writes;
+} MemArea;
+
+static int mem_read(void *opaque, size_t off, void *buf, size_t len)
+{
+    MemArea *m = opaque;
+    memcpy(buf, m->buf + off, len);
+    return 0;
+}
+
+static int mem_write(void *opaque, size_t off, const void *buf, size_t len)
+{
+    MemArea *m = opaque;
+    if (++m->writes == m->fail_write) {
+        return -EIO;
+    }
+    if (strlen(m->log) < sizeof(m->log) - 1) {
+        strcat(m->log, off == 0 ? "H" : "K");
+    }
+    memcpy(m->buf + off, buf, len);
+    return 0;
+}
+
+static int mem_sync(void *opaque)
+{
+    MemArea *m = opaque;
+    if (strlen(m->log) < sizeof(m->log) - 1) {
+        strcat(m->log, "S");
+    }
+    return 0;
+}
+
+static int amend(MemArea *m, LuksHeader *h, LuksAmendOpts o, bool force, const char *msg)
+{
+    Error *err = NULL;
+    LuksIO io = { mem_read, mem_write, mem_sync, m };
+    m->log[0] = 0;
+    m->writes = 0;
+    int ret = luks_amend(h, m->len, &o, force, &io, &err);
+    if (msg) {
+        assert_true(ret < 0);
+        assert_non_null(err);
+        if (!strstr(error_get_pretty(err), msg)) {
+            fail_msg("'%s' lacks '%s'", error_get_pretty(err), msg);
+        }
+    } else if (ret < 0) {
+        fail_msg("luks_amend: %s", error_get_pretty(err));
+    }
+    error_free(err);
+    /* what was written parses to what h says */
+    LuksHeader h2;
+    assert_int_equal(luks_header_parse(m->buf, m->len, &h2, NULL), 0);
+    for (int i = 0; i < LUKS_NUM_SLOTS; i++) {
+        assert_int_equal(h2.slots[i].active, h->slots[i].active);
+    }
+    return ret;
+}
+
+static bool opens(MemArea *m, const LuksHeader *h, const char *pw, const uint8_t *want_mk)
+{
+    uint8_t mk[64];
+    Error *err = NULL;
+    int ret = luks_unlock(h, m->buf, m->len, (const uint8_t *)pw, strlen(pw), mk, &err);
+    error_free(err);
+    if (ret == 0) {
+        assert_memory_equal(mk, want_mk, h->key_bytes);
+    }
+    return ret == 0;
+}
+
+static void test_amend_keyslots(void **state)
+{
+    (void)state;
+    LuksCreateOpts co = { .cipher_alg = "aes-128", .cipher_mode = "cbc", .ivgen_alg = "essiv",
+                          .hash_alg = "sha256", .iter_time = 1 };
+    MemArea m = { 0 };
+    LuksHeader h;
+    uint8_t mk[64];
+    assert_int_equal(luks_create(&co, (const uint8_t *)"zero", 4, &m.buf, &m.len, NULL), 0);
+    assert_int_equal(luks_header_parse(m.buf, m.len, &h, NULL), 0);
+    assert_int_equal(luks_unlock(&h, m.buf, m.len, (const uint8_t *)"zero", 4, mk, NULL), 0);
+    assert_int_equal(secret_object_add("secret,id=k0,data=zero", NULL), 0);
+    assert_int_equal(secret_object_add("secret,id=k1,data=one", NULL), 0);
+    assert_int_equal(secret_object_add("secret,id=k2,data=two", NULL), 0);
+    LuksAmendOpts add = { .activate = true, .key_secret = "k0", .new_secret = "k1",
+                          .has_iter_time = true, .iter_time = 0 };
+
+    /* an add: key material, synced, before the header that marks it active */
+    amend(&m, &h, add, false, NULL);
+    assert_string_equal(m.log, "KSHS");
+    assert_int_equal(h.slots[1].active, LUKS_SLOT_ACTIVE);
+    assert_int_equal(h.slots[1].iterations, 1000);
+    assert_true(opens(&m, &h, "one", mk));
+    assert_true(opens(&m, &h, "zero", mk));
+
+    /* QEMU's refusals, nothing written */
+    LuksAmendOpts o = add;
+    o.keyslot = 1, o.has_keyslot = true;
+    amend(&m, &h, o, false, "Refusing to overwrite active keyslot 1 - please erase it first");
+    assert_string_equal(m.log, "");
+    o.keyslot = 8;
+    amend(&m, &h, o, false, "Invalid keyslot 8 specified, must be between 0 and 7");
+    o = add, o.new_secret = NULL;
+    amend(&m, &h, o, false, "'new-secret' is required to activate a keyslot");
+    o = add, o.old_secret = "k0";
+    amend(&m, &h, o, false, "'old-secret' must not be given when activating keyslots");
+    o = add, o.new_secret = "nosuch";
+    amend(&m, &h, o, false, "No secret with id 'nosuch'");
+    LuksAmendOpts del = { .activate = false, .key_secret = "k0" };
+    amend(&m, &h, del, false, "either explicit keyslot index or the password");
+    o = del, o.old_secret = "k2";
+    amend(&m, &h, o, false, "No keyslots match given (old) password for erase operation");
+    o = del, o.keyslot = 5, o.has_keyslot = true;
+    amend(&m, &h, o, false, "Given keyslot 5 is already erased (inactive) ");
+    o.old_secret = "k1", o.keyslot = 0;
+    amend(&m, &h, o, false, "Given keyslot 0 doesn't contain the given old password");
+    assert_string_equal(m.log, "");
+
+    /* an erase: the header, synced, before the key material is overwritten */
+    size_t koff = (size_t)h.slots[1].key_offset * 512, klen = luks_slot_material_len(&h);
+    uint8_t *before = malloc(klen);
+    memcpy(before, m.buf + koff, klen);
+    o = del, o.old_secret = "k1";
+    amend(&m, &h, o, false, NULL);
+    assert_int_equal(strncmp(m.log, "HSK", 3), 0);
+    assert_int_equal(strlen(m.log), 2 + 40 + 1);         /* QEMU's 40 passes, then a sync */
+    assert_memory_not_equal(before, m.buf + koff, klen);
+    free(before);
+    assert_int_equal(h.slots[1].active, LUKS_SLOT_DISABLED);
+    assert_int_equal(h.slots[1].iterations, 0);
+    assert_false(opens(&m, &h, "one", mk));
+
+    /* the last active slot: only with force */
+    o = del, o.keyslot = 0, o.has_keyslot = true;
+    amend(&m, &h, o, false, "Attempt to erase the only active keyslot 0");
+    o = del, o.old_secret = "k0";
+    amend(&m, &h, o, false, "All the active keyslots match the (old) password");
+
+    /* a failed key material write leaves the slot inactive in memory and on disk */
+    m.fail_write = 1;
+    add.keyslot = 3, add.has_keyslot = true;
+    amend(&m, &h, add, false, "Failed to write to keyslot 3");
+    m.fail_write = 0;
+    assert_int_equal(h.slots[3].active, LUKS_SLOT_DISABLED);
+    amend(&m, &h, add, false, NULL);
+    assert_true(opens(&m, &h, "one", mk));
+    o = del, o.keyslot = 0, o.has_keyslot = true;
+    amend(&m, &h, o, false, NULL);
+    assert_false(opens(&m, &h, "zero", mk));
+    o.keyslot = 3;
+    amend(&m, &h, o, true, NULL);                       /* the last one, forced */
+    assert_false(opens(&m, &h, "one", mk));
+    secret_clear_all();
+    free(m.buf);
+}
+
+/* ---- key material is wiped before its memory is given back ---- */
+
+static size_t freed_bytes, freed_dirty;
+
+static void check_wiped(const void *p, size_t len)
+{
+    const uint8_t *b = p;
+    freed_bytes += len;
+    for (size_t i = 0; i < len; i++) {
+        freed_dirty += b[i] != 0;
+    }
+}
+
+static void test_secure_free_wipes(void **state)
+{
+    (void)state;
+    LuksCreateOpts co = { .cipher_alg = "aes-256", .cipher_mode = "xts", .iter_time = 1 };
+    uint8_t *area = NULL;
+    size_t len = 0;
+    LuksHeader h;
+    freed_bytes = freed_dirty = 0;
+    crypto_secure_free_hook = check_wiped;
+    /* secrets, the master key and the unlock scratch (PBKDF2 keys, the merged split key) */
+    assert_int_equal(secret_object_add("secret,id=w,data=secret-password", NULL), 0);
+    assert_int_equal(luks_create(&co, (const uint8_t *)"pw", 2, &area, &len, NULL), 0);
+    assert_int_equal(luks_header_parse(area, len, &h, NULL), 0);
+    uint8_t *mk = crypto_secure_alloc(h.key_bytes);
+    assert_int_equal(luks_unlock(&h, area, len, (const uint8_t *)"pw", 2, mk, NULL), 0);
+    CryptoCipher *c = luks_data_cipher(&h, mk, NULL);
+    assert_non_null(c);
+    crypto_cipher_free(c);                               /* its copy of the key */
+    crypto_secure_free(mk, h.key_bytes);
+    secret_clear_all();
+    crypto_secure_free_hook = NULL;
+    free(area);
+    assert_true(freed_bytes > 256000);                   /* the split key went through here */
+    assert_int_equal(freed_dirty, 0);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -336,6 +538,8 @@ int main(void)
         cmocka_unit_test(test_create_unlock),
         cmocka_unit_test(test_corrupt_headers),
         cmocka_unit_test(test_secrets),
+        cmocka_unit_test(test_amend_keyslots),
+        cmocka_unit_test(test_secure_free_wipes),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
