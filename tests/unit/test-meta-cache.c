@@ -370,7 +370,7 @@ static void coroutine_fn churn_co(void *opaque)
     for (int i = 0; i < 12; i++) {
         void *t;
         assert_int_equal(meta_cache_get(c, (int64_t)(20 + i) * ES, &t), 0);
-        aio_co_sleep_ns(20LL * 1000 * 1000);
+        aio_co_sleep_ns(100LL * 1000 * 1000);
         meta_cache_put(c, t);
         /* Take the next one before the waiter can: it sees puts, not room. */
     }
@@ -388,7 +388,7 @@ static void coroutine_fn hold_two_co(void *opaque)
     void *a, *b;
     assert_int_equal(meta_cache_get(c, 0, &a), 0);
     assert_int_equal(meta_cache_get(c, ES, &b), 0);
-    aio_co_sleep_ns(400LL * 1000 * 1000);
+    aio_co_sleep_ns(1200LL * 1000 * 1000);
     meta_cache_put(c, a);
     meta_cache_put(c, b);
     *ht->done = true;
@@ -398,8 +398,11 @@ static void test_miss_waits_while_entries_move(void **state)
 {
     (void)state;
     AioContext *ctx = test_loop_init();
-    /* 3 entries: two held for 400 ms, one churned every 20 ms for 240 ms. */
-    MetaCache *c = new_cache_wait(3, "churn", 60LL * 1000 * 1000);
+    /* 3 entries: two held for 1.2 s, one churned every 100 ms for 1.2 s; a
+     * waiter gives up after 400 ms without a put.  The margins are wide: a
+     * loaded CI machine stalls the thread for tens of milliseconds (a 20 ms
+     * churn against a 60 ms wait failed there with -ENOSPC). */
+    MetaCache *c = new_cache_wait(3, "churn", 400LL * 1000 * 1000);
     RoomWaiter w = { .c = c, .ret = 1 };
     bool held = false;
     HoldTwo ht = { .c = c, .done = &held };
@@ -411,10 +414,10 @@ static void test_miss_waits_while_entries_move(void **state)
     int64_t waited = clock_monotonic_ns() - t0;
     assert_int_equal(w.ret, 0);
     /* The churn reserves its next entry before it yields, so the waiter
-     * saw only puts until the churn ended (~240 ms, four room_waits). */
-    assert_true(waited >= 200LL * 1000 * 1000);
+     * saw only puts until the churn ended (~1.2 s, three room_waits). */
+    assert_true(waited >= 1000LL * 1000 * 1000);
 
-    /* Nobody lets go for 60 ms: give up. */
+    /* Nobody lets go for 60 ms: give up (long before the holder's 1 s). */
     AIO_WAIT_WHILE(ctx, !held);
     MetaCache *c2 = new_cache_wait(1, "full", 60LL * 1000 * 1000);
     SlowHolder h = { .c = c2, .hold_ns = 1000LL * 1000 * 1000 };
