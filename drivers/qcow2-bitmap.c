@@ -77,21 +77,6 @@ struct Qcow2Bitmaps {
     uint32_t nb_rec;
 };
 
-static void put32(uint8_t *b, size_t off, uint32_t v)
-{
-    v = htobe32(v);
-    memcpy(b + off, &v, 4);
-}
-static void put64(uint8_t *b, size_t off, uint64_t v)
-{
-    v = htobe64(v);
-    memcpy(b + off, &v, 8);
-}
-static void put16(uint8_t *b, size_t off, uint16_t v)
-{
-    v = htobe16(v);
-    memcpy(b + off, &v, 2);
-}
 
 static uint64_t bm_nb_bits(uint64_t disk_size, uint8_t gbits)
 {
@@ -453,13 +438,13 @@ static uint8_t *dir_build(const struct Qcow2Bitmaps *b, uint64_t size)
     for (uint32_t i = 0; i < b->nb; i++) {
         const Qcow2Bitmap *bm = &b->bm[i];
         size_t nl = strlen(bm->name);
-        put64(dir, pos, bm->table_offset);
-        put32(dir, pos + 8, bm->table_size);
-        put32(dir, pos + 12, bm->flags);
+        qcow2_st64(dir, pos, bm->table_offset);
+        qcow2_st32(dir, pos + 8, bm->table_size);
+        qcow2_st32(dir, pos + 12, bm->flags);
         dir[pos + 16] = BT_DIRTY_TRACKING_BITMAP;
         dir[pos + 17] = bm->granularity_bits;
-        put16(dir, pos + 18, (uint16_t)nl);
-        put32(dir, pos + 20, 0);
+        qcow2_st16(dir, pos + 18, (uint16_t)nl);
+        qcow2_st32(dir, pos + 20, 0);
         memcpy(dir + pos + BME_DIR_ENTRY_SIZE, bm->name, nl);
         pos += ALIGN_UP(BME_DIR_ENTRY_SIZE + nl, 8);
     }

@@ -309,6 +309,23 @@ static inline uint16_t qcow2_ld16(const uint8_t *p, size_t off)
     memcpy(&v, p + off, 2);
     return be16toh(v);
 }
+/* Big-endian stores into on-disk structures being built (header,
+ * header extensions, bitmap directory). */
+static inline void qcow2_st16(uint8_t *p, size_t off, uint16_t v)
+{
+    v = htobe16(v);
+    memcpy(p + off, &v, 2);
+}
+static inline void qcow2_st32(uint8_t *p, size_t off, uint32_t v)
+{
+    v = htobe32(v);
+    memcpy(p + off, &v, 4);
+}
+static inline void qcow2_st64(uint8_t *p, size_t off, uint64_t v)
+{
+    v = htobe64(v);
+    memcpy(p + off, &v, 8);
+}
 
 static inline bool qcow2_has_data_file(const BDRVQcow2State *s)
 {
