@@ -394,6 +394,7 @@ int qcow2_bitmaps_truncate_check(BlockDriverState *bs, Error **errp);
 int qcow2_bitmaps_truncate(BlockDriverState *bs, uint64_t size);
 void qcow2_bitmaps_info(BlockDriverState *bs, ImageSpecificInfo *info);
 int coroutine_fn qcow2_bitmap_op(BlockDriverState *bs, const BdrvBitmapOp *op, Error **errp);
+int qcow2_bitmap_list(BlockDriverState *bs, BdrvBitmapInfo **list, size_t *nb);
 
 /* qcow2-cluster.c: what [offset, offset + *bytes) maps to, up to the end of
  * the L2 slice; shortens *bytes to the run of subclusters of the same type
