@@ -17,6 +17,11 @@
  * for the target (-B, or -o backing_file) only what the source itself
  * allocates above its own backing file is written; the rest is left to the
  * target's backing file, as are zeros past its end.
+ *
+ * --bitmaps copies the source's persistent bitmaps after the data, as
+ * qemu-img: checked before the target is created (an inconsistent one
+ * refuses the convert, or is skipped with --skip-broken-bitmaps), then
+ * each added to the target and merged from the source.
  */
 #include <errno.h>
 #include <getopt.h>

@@ -151,4 +151,75 @@ same_output "qemu-img check after remove and add" cu.out cq.out
 [ "$(bitmaps_json rmu.qcow2)" = "$(bitmaps_json rmq.qcow2)" ] || fail "remove: lists differ"
 n_ok=$((n_ok + 1))
 
+# ---- crafted directories and tables: both checkers (and img info)
+# report the same, exit codes included
+cat >craft.py <<'EOF'
+import struct, sys
+# craft.py IMG CASE
+img, case = sys.argv[1], sys.argv[2]
+f = open(img, 'r+b'); d = f.read()
+cs = 1 << struct.unpack('>I', d[20:24])[0]
+p = struct.unpack('>I', d[100:104])[0]
+while True:
+    t, l = struct.unpack('>II', d[p:p + 8])
+    assert t != 0
+    if t == 0x23852875:
+        nb = struct.unpack('>I', d[p + 8:p + 12])[0]
+        dsz, off = struct.unpack('>QQ', d[p + 16:p + 32])
+        break
+    p += 8 + (l + 7) // 8 * 8
+ents = []
+q = off
+for i in range(nb):
+    toff, tsz, fl = struct.unpack('>QII', d[q:q + 16])
+    nl = struct.unpack('>H', d[q + 18:q + 20])[0]
+    ents.append((q, toff, tsz, fl))
+    q += (24 + nl + 7) // 8 * 8
+def w(pos, b):
+    f.seek(pos); f.write(b)
+e0, e1 = ents[0], ents[1]
+l1off = struct.unpack('>Q', d[40:48])[0]
+if case == 'te-reserved':      # a table entry with reserved bits
+    w(e0[1], struct.pack('>Q', (1 << 60) | 1 * 0))
+elif case == 'te-unaligned':   # a data cluster offset not cluster aligned
+    w(e0[1], struct.pack('>Q', 0x50200))
+elif case == 'te-beyond':      # a data cluster past the end of the file
+    w(e0[1], struct.pack('>Q', 0x7f000000))
+elif case == 'te-on-l1':       # a data cluster that is the L1 table
+    w(e0[1], struct.pack('>Q', l1off))
+elif case == 'dir-unaligned':  # a table offset not cluster aligned
+    w(e0[0], struct.pack('>Q', e0[1] + 512))
+elif case == 'dir-beyond':     # a table past the end of the file
+    w(e0[0], struct.pack('>Q', 0x7f000000))
+elif case == 'overlap':        # two bitmaps share one table
+    w(e1[0], struct.pack('>Q', e0[1]))
+elif case == 'in-use':         # in use on a closed image
+    w(e0[0] + 12, struct.pack('>I', e0[3] | 1))
+elif case == 'tsize-big':      # table size larger than the bitmap needs
+    w(e0[0] + 8, struct.pack('>I', e0[2] + 1))
+elif case == 'dir-size-zero':
+    w(p + 16, struct.pack('>Q', 0))
+elif case == 'nb-more':
+    w(p + 8, struct.pack('>I', nb + 1))
+else:
+    raise SystemExit('unknown case')
+EOF
+"$QEMU_IMG" create -q -f qcow2 cb.qcow2 10M
+"$QEMU_IMG" bitmap --add cb.qcow2 a; "$QEMU_IMG" bitmap --add cb.qcow2 b
+"$QEMU_IO" -c 'write 0 1M' cb.qcow2 >/dev/null
+for c in te-reserved te-unaligned te-beyond te-on-l1 dir-unaligned dir-beyond overlap in-use \
+         tsize-big dir-size-zero nb-more; do
+    cp cb.qcow2 $c.qcow2
+    python3 craft.py $c.qcow2 $c || fail "crafting $c"
+    for verb in check info; do
+        "$QEMU_IMG" $verb $c.qcow2 >q.out 2>&1; qrc=$?
+        uimg $verb $c.qcow2 >u.out 2>&1; urc=$?
+        [ $urc = $qrc ] || { cat q.out u.out >&2; fail "$verb of $c: ublkd exit $urc, qemu-img $qrc"; }
+        # the same words after ublkd's "qcow2: FILE: " prefix
+        sed -i "s/qcow2: $c\.qcow2: //" u.out
+        same_output "$verb of $c" u.out q.out
+    done
+    n_ok=$((n_ok + 1))
+done
+
 echo "ok: $n_ok cases" >&2

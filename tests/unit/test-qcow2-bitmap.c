@@ -161,9 +161,10 @@ static void test_add_record_store(void **state)
 
     q2_open(&img, BDRV_O_RDWR | BDRV_O_UNMAP, NULL, NULL);
     assert_non_null(img.bs);
-    add_bitmap(&img, "b64k", 0, 0);
-    add_bitmap(&img, "b512", 512, 0);
+    /* QEMU stores the bitmaps a session added newest first */
     add_bitmap(&img, "off", 4096, 0);
+    add_bitmap(&img, "b512", 512, 0);
+    add_bitmap(&img, "b64k", 0, 0);
     add_bitmap(&img, "b64k", 0, -1);             /* exists */
     add_bitmap(&img, "bad", 1000, -1);           /* not a power of 2 */
     add_bitmap(&img, "", 0, -1);
@@ -616,6 +617,49 @@ static void test_store_crash(void **state)
     free(init);
 }
 
+/* A read-only open lists the bitmaps (bdrv_bitmap_list: convert --bitmaps,
+ * info) and lends their bits to a merge, but marks nothing in use and
+ * refuses changes; a bad table fails it, as QEMU's read-only open. */
+static void test_read_only(void **state)
+{
+    (void)state;
+    Q2Image img = make_bitmap_image();
+    q2_open(&img, 0, NULL, NULL);
+    assert_non_null(img.bs);
+    BdrvBitmapInfo *l = NULL;
+    size_t n = 0;
+    assert_int_equal(bdrv_bitmap_list(img.bs, &l, &n), 0);
+    assert_int_equal(n, 1);
+    assert_string_equal(l[0].name, "b0");
+    assert_int_equal(l[0].granularity, 65536);
+    assert_true(l[0].enabled);
+    assert_false(l[0].inconsistent);
+    bdrv_bitmap_list_free(l, n);
+    assert_int_equal(get32(img.file, (int64_t)DIR_OFF(&img) + 12), 2);   /* not in use */
+    BdrvBitmapOp op = { .type = BDRV_BITMAP_ADD, .name = "x" };
+    Error *err = NULL;
+    assert_true(bdrv_bitmap_op(img.bs, &op, &err) < 0);
+    error_free(err);
+
+    /* its bits merged into a writable image's bitmap */
+    Q2Image dst = q2_make(16, 4 * MiB, false, 0);
+    q2_open(&dst, BDRV_O_RDWR, NULL, NULL);
+    add_bitmap(&dst, "d", 0, 0);
+    BdrvBitmapOp m = { .type = BDRV_BITMAP_MERGE, .name = "d", .src = img.bs, .src_name = "b0" };
+    assert_int_equal(bdrv_bitmap_op(dst.bs, &m, &err), 0);
+    q2_close(&dst);
+    q2_close(&img);
+    DiskBitmap d[1];
+    assert_int_equal(read_disk_bitmaps(&dst, d, 1), 1);
+    assert_int_equal(d[0].bits[0], 0x81);
+    free_disk_bitmaps(d, 1);
+    q2_free(&dst);
+
+    /* a table entry with reserved bits: the read-only open fails */
+    q2_put64(img.file, (int64_t)TABLE_OFF(&img), DATA_OFF(&img) | 2);
+    q2_expect_open_error(&img, 0, "Could not read bitmap_table");
+}
+
 /* A remove frees the bitmap's table and data clusters at once (QEMU's
  * qcow2_co_remove_persistent_dirty_bitmap), not at close: after it and a
  * flush, the header names no bitmap and the refcounts are 0, while the
@@ -751,6 +795,7 @@ int main(void)
         cmocka_unit_test(test_shrink_regrow),
         cmocka_unit_test(test_dir_on_l2_table),
         cmocka_unit_test(test_store_crash),
+        cmocka_unit_test(test_read_only),
         cmocka_unit_test(test_remove_frees_now),
         cmocka_unit_test(test_remove_keeps_others),
         cmocka_unit_test(test_remove_crash),
