@@ -8,9 +8,11 @@
  * 1 (all ones) or the offset of a data cluster.  Bit i of the data (bit i%8
  * of byte i/8) covers guest bytes [i << granularity_bits, (i + 1) << ...).
  *
- * Every open checks the directory as QEMU's bitmap_list_load does.  A
- * writable open loads every consistent bitmap's data into memory and marks
- * it in use on disk (directory rewritten in place); while open, every
+ * Every open checks the directory as QEMU's bitmap_list_load does and
+ * loads every consistent bitmap's data into memory (read-only and check
+ * opens too, as QEMU's: info, convert --bitmaps and merge read them); a
+ * writable open also marks them in use on disk (directory rewritten in
+ * place); while open, every
  * write, zero write and discard sets the bits of the range in the enabled
  * ones (qcow2_bitmaps_record: atomic or, no lock, no allocation); a clean
  * close stores them all again (new data clusters and tables, a new
@@ -19,7 +21,9 @@
  * inconsistent, never silently wrong.  Bitmaps found in use are kept as
  * they are (their entry and clusters untouched) and cannot be used, only
  * removed.  `img bitmap` works on the in-memory set (qcow2_bitmap_op) and
- * the close stores the result, as qemu-img bitmap does.
+ * the close stores the result, as qemu-img bitmap does, but for a remove:
+ * a new directory without the bitmap goes to disk and its clusters are
+ * freed at once, as QEMU's.
  */
 #include <errno.h>
 #include <inttypes.h>

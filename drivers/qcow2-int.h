@@ -375,8 +375,8 @@ static inline void qcow2_note_guest_change(BDRVQcow2State *s)
 }
 
 /* qcow2-bitmap.c: persistent dirty bitmaps.  qcow2_bitmaps_open checks the
- * directory (every open but a check's) and, writable, loads the bitmaps
- * and marks them in use; qcow2_bitmaps_close stores them (clearing in_use)
+ * directory and loads the bitmaps (every open) and, writable, marks them
+ * in use; qcow2_bitmaps_close stores them (clearing in_use)
  * and frees the state.  qcow2_bitmaps_note records a guest write, zero
  * write or discard in the enabled bitmaps: lock-free, no allocation. */
 int qcow2_bitmaps_open(BlockDriverState *bs, int flags, Error **errp);
