@@ -8,9 +8,11 @@
  * 1 (all ones) or the offset of a data cluster.  Bit i of the data (bit i%8
  * of byte i/8) covers guest bytes [i << granularity_bits, (i + 1) << ...).
  *
- * Every open checks the directory as QEMU's bitmap_list_load does.  A
- * writable open loads every consistent bitmap's data into memory and marks
- * it in use on disk (directory rewritten in place); while open, every
+ * Every open checks the directory as QEMU's bitmap_list_load does and
+ * loads every consistent bitmap's data into memory (read-only and check
+ * opens too, as QEMU's: info, convert --bitmaps and merge read them); a
+ * writable open also marks them in use on disk (directory rewritten in
+ * place); while open, every
  * write, zero write and discard sets the bits of the range in the enabled
  * ones (qcow2_bitmaps_record: atomic or, no lock, no allocation); a clean
  * close stores them all again (new data clusters and tables, a new
@@ -19,7 +21,9 @@
  * inconsistent, never silently wrong.  Bitmaps found in use are kept as
  * they are (their entry and clusters untouched) and cannot be used, only
  * removed.  `img bitmap` works on the in-memory set (qcow2_bitmap_op) and
- * the close stores the result, as qemu-img bitmap does.
+ * the close stores the result, as qemu-img bitmap does, but for a remove:
+ * a new directory without the bitmap goes to disk and its clusters are
+ * freed at once, as QEMU's.
  */
 #include <errno.h>
 #include <inttypes.h>
@@ -66,10 +70,6 @@ typedef struct Qcow2Bitmap {
 struct Qcow2Bitmaps {
     Qcow2Bitmap *bm;
     uint32_t nb, alloc;
-    /* Tables of bitmaps removed while open: their clusters are freed when
-     * the new directory is on disk. */
-    struct Qcow2Freed { uint64_t table_offset; uint32_t table_size; uint64_t *table; } *freed;
-    uint32_t nb_freed;
     bool dirty_dir;              /* set changed: store even with nothing loaded */
     /* What qcow2_bitmaps_record walks: the enabled bitmaps, fixed while
      * requests run (img bitmap changes the set with no request in flight). */
@@ -77,21 +77,6 @@ struct Qcow2Bitmaps {
     uint32_t nb_rec;
 };
 
-static void put32(uint8_t *b, size_t off, uint32_t v)
-{
-    v = htobe32(v);
-    memcpy(b + off, &v, 4);
-}
-static void put64(uint8_t *b, size_t off, uint64_t v)
-{
-    v = htobe64(v);
-    memcpy(b + off, &v, 8);
-}
-static void put16(uint8_t *b, size_t off, uint16_t v)
-{
-    v = htobe16(v);
-    memcpy(b + off, &v, 2);
-}
 
 static uint64_t bm_nb_bits(uint64_t disk_size, uint8_t gbits)
 {
@@ -190,10 +175,6 @@ static void bitmaps_free(struct Qcow2Bitmaps *b)
     for (uint32_t i = 0; i < b->nb; i++) {
         bm_free_one(&b->bm[i]);
     }
-    for (uint32_t i = 0; i < b->nb_freed; i++) {
-        free(b->freed[i].table);
-    }
-    free(b->freed);
     free(b->bm);
     free(b->rec);
     free(b);
@@ -434,16 +415,26 @@ fail:
 
 /* ---- the directory on disk ---- */
 
-static uint64_t dir_size(const struct Qcow2Bitmaps *b)
+/* Whether bm has an entry in a directory written now: bitmaps added
+ * since the open have no table yet (QEMU keeps them in memory until the
+ * close stores them), and skip is being removed. */
+static bool dir_has(const Qcow2Bitmap *bm, const Qcow2Bitmap *skip, bool stored_only)
+{
+    return bm != skip && (bm->table_offset || !stored_only);
+}
+
+static uint64_t dir_size(const struct Qcow2Bitmaps *b, const Qcow2Bitmap *skip, bool stored_only)
 {
     uint64_t size = 0;
     for (uint32_t i = 0; i < b->nb; i++) {
-        size += ALIGN_UP(BME_DIR_ENTRY_SIZE + strlen(b->bm[i].name), 8);
+        if (dir_has(&b->bm[i], skip, stored_only)) {
+            size += ALIGN_UP(BME_DIR_ENTRY_SIZE + strlen(b->bm[i].name), 8);
+        }
     }
     return size;
 }
 
-static uint8_t *dir_build(const struct Qcow2Bitmaps *b, uint64_t size)
+static uint8_t *dir_build(const struct Qcow2Bitmaps *b, uint64_t size, const Qcow2Bitmap *skip)
 {
     uint8_t *dir = calloc(1, size ? size : 1);
     uint64_t pos = 0;
@@ -452,14 +443,17 @@ static uint8_t *dir_build(const struct Qcow2Bitmaps *b, uint64_t size)
     }
     for (uint32_t i = 0; i < b->nb; i++) {
         const Qcow2Bitmap *bm = &b->bm[i];
+        if (!dir_has(bm, skip, true)) {
+            continue;
+        }
         size_t nl = strlen(bm->name);
-        put64(dir, pos, bm->table_offset);
-        put32(dir, pos + 8, bm->table_size);
-        put32(dir, pos + 12, bm->flags);
+        qcow2_st64(dir, pos, bm->table_offset);
+        qcow2_st32(dir, pos + 8, bm->table_size);
+        qcow2_st32(dir, pos + 12, bm->flags);
         dir[pos + 16] = BT_DIRTY_TRACKING_BITMAP;
         dir[pos + 17] = bm->granularity_bits;
-        put16(dir, pos + 18, (uint16_t)nl);
-        put32(dir, pos + 20, 0);
+        qcow2_st16(dir, pos + 18, (uint16_t)nl);
+        qcow2_st32(dir, pos + 20, 0);
         memcpy(dir + pos + BME_DIR_ENTRY_SIZE, bm->name, nl);
         pos += ALIGN_UP(BME_DIR_ENTRY_SIZE + nl, 8);
     }
@@ -471,7 +465,7 @@ static uint8_t *dir_build(const struct Qcow2Bitmaps *b, uint64_t size)
 static int coroutine_fn dir_write_in_place(BlockDriverState *bs, struct Qcow2Bitmaps *b)
 {
     BDRVQcow2State *s = bs->opaque;
-    uint64_t size = dir_size(b);
+    uint64_t size = dir_size(b, NULL, true);
     if (size != s->bitmap_directory_size) {
         return -EINVAL;
     }
@@ -484,7 +478,7 @@ static int coroutine_fn dir_write_in_place(BlockDriverState *bs, struct Qcow2Bit
     if (bad) {
         return -EIO;
     }
-    uint8_t *dir = dir_build(b, size);
+    uint8_t *dir = dir_build(b, size, NULL);
     if (!dir) {
         return -ENOMEM;
     }
@@ -518,18 +512,18 @@ int qcow2_bitmaps_open(BlockDriverState *bs, int flags, Error **errp)
     bool needs_update = false;
     int ret;
 
-    if (flags & BDRV_O_CHECK) {
-        return 0;      /* check counts the bitmaps' clusters itself */
-    }
     ret = list_load(bs, &b, errp);
     if (ret < 0) {
         return ret;
     }
-    if (!(flags & BDRV_O_RDWR)) {
-        s->bitmaps = b;
-        return 0;
-    }
-    if (b->nb && s->h.version < 3) {
+    /* Every open loads the consistent bitmaps, as QEMU's
+     * qcow2_load_dirty_bitmaps: a read-only one (info, a convert or merge
+     * source) and a check's too, so a bad table fails their open as it
+     * fails QEMU's.  Only a writable open (not a check's: the checker
+     * counts the bitmaps' clusters itself and a repair must leave them as
+     * they are) marks them in use and records writes. */
+    bool writable = (flags & BDRV_O_RDWR) && !(flags & BDRV_O_CHECK);
+    if (writable && b->nb && s->h.version < 3) {
         bitmaps_free(b);
         error_setg(errp, "qcow2: %s: a version 2 image cannot have bitmaps",
                    qcow2_image_name(bs));
@@ -545,8 +539,14 @@ int qcow2_bitmaps_open(BlockDriverState *bs, int flags, Error **errp)
             bitmaps_free(b);
             return ret;
         }
-        bm->flags |= BME_FLAG_IN_USE;
-        needs_update = true;
+        if (writable) {
+            bm->flags |= BME_FLAG_IN_USE;
+            needs_update = true;
+        }
+    }
+    if (!writable) {
+        s->bitmaps = b;
+        return 0;
     }
     if (needs_update) {
         OpenCo o = { bs, b, errp, 0 };
@@ -698,11 +698,11 @@ static int coroutine_fn store_all(BlockDriverState *bs)
         ret = store_one(bs, bm, buf);
         stored = i + 1;
     }
-    uint64_t size = dir_size(b);
+    uint64_t size = dir_size(b, NULL, true);
     int64_t dir_off = 0;
     if (ret == 0 && b->nb) {
         ret = -ENOMEM;
-        dir = dir_build(b, size);
+        dir = dir_build(b, size, NULL);
         if (dir) {
             dir_off = qcow2_alloc_clusters(bs, size);
             ret = dir_off < 0 ? (int)dir_off
@@ -741,9 +741,6 @@ static int coroutine_fn store_all(BlockDriverState *bs)
                 free(b->bm[i].old_table);
                 b->bm[i].old_table = NULL;
             }
-        }
-        for (uint32_t i = 0; i < b->nb_freed; i++) {
-            free_table(bs, b->freed[i].table_offset, b->freed[i].table_size, b->freed[i].table);
         }
     } else {
         /* Nothing names what was written: give it back (the old bitmaps
@@ -856,6 +853,40 @@ int qcow2_bitmaps_truncate(BlockDriverState *bs, uint64_t size)
         m->older = old;
         __atomic_store_n(&bm->mem, m, __ATOMIC_RELEASE);
     }
+    return 0;
+}
+
+/* ---- the list (convert --bitmaps) ---- */
+
+int qcow2_bitmap_list(BlockDriverState *bs, BdrvBitmapInfo **list, size_t *nb)
+{
+    BDRVQcow2State *s = bs->opaque;
+    struct Qcow2Bitmaps *b = s->bitmaps;
+
+    *list = NULL;
+    *nb = 0;
+    if (s->h.version < 3) {
+        return -ENOTSUP;
+    }
+    if (!b || !b->nb) {
+        return 0;
+    }
+    BdrvBitmapInfo *l = calloc(b->nb, sizeof(*l));
+    if (!l) {
+        return -ENOMEM;
+    }
+    for (uint32_t i = 0; i < b->nb; i++) {
+        l[i].name = strdup(b->bm[i].name);
+        if (!l[i].name) {
+            bdrv_bitmap_list_free(l, i);
+            return -ENOMEM;
+        }
+        l[i].granularity = UINT64_C(1) << b->bm[i].granularity_bits;
+        l[i].enabled = b->bm[i].enabled;
+        l[i].inconsistent = b->bm[i].inconsistent;
+    }
+    *list = l;
+    *nb = b->nb;
     return 0;
 }
 
@@ -1002,7 +1033,7 @@ static int bm_add(BlockDriverState *bs, const BdrvBitmapOp *op, Error **errp)
             why = whybuf;
         } else if (b->nb + 1 > QCOW2_MAX_BITMAPS) {
             why = "Maximum number of persistent bitmaps is already reached";
-        } else if (dir_size(b) + ALIGN_UP(BME_DIR_ENTRY_SIZE + strlen(name), 8) >
+        } else if (dir_size(b, NULL, false) + ALIGN_UP(BME_DIR_ENTRY_SIZE + strlen(name), 8) >
                    QCOW2_MAX_BITMAP_DIR_SIZE) {
             why = "Not enough space in the bitmap directory";
         }
@@ -1022,23 +1053,113 @@ static int bm_add(BlockDriverState *bs, const BdrvBitmapOp *op, Error **errp)
         b->bm = nbm;
         b->alloc = n;
     }
-    Qcow2Bitmap *bm = &b->bm[b->nb];
-    memset(bm, 0, sizeof(*bm));
-    bm->name = strdup(name);
-    bm->mem = bm_mem_new(bm_nb_bits(len, (uint8_t)gbits));
-    if (!bm->name || !bm->mem) {
-        bm_free_one(bm);
+    Qcow2Bitmap nb = { 0 };
+    nb.name = strdup(name);
+    nb.mem = bm_mem_new(bm_nb_bits(len, (uint8_t)gbits));
+    if (!nb.name || !nb.mem) {
+        bm_free_one(&nb);
         error_setg(errp, "out of memory");
         return -ENOMEM;
     }
-    bm->granularity_bits = (uint8_t)gbits;
-    bm->enabled = true;
-    bm->flags = BME_FLAG_AUTO;
+    nb.granularity_bits = (uint8_t)gbits;
+    nb.enabled = !op->disabled;
+    nb.flags = nb.enabled ? BME_FLAG_AUTO : 0;
+    /* QEMU stores the bitmaps it loaded in their order, then the ones
+     * created since, newest first: the new one goes after the loaded
+     * ones (which have a table), before the ones added earlier.  So
+     * convert --bitmaps, adding the source's last first, keeps its order. */
+    uint32_t at = 0;
+    while (at < b->nb && b->bm[at].table_offset) {
+        at++;
+    }
+    memmove(&b->bm[at + 1], &b->bm[at], (b->nb - at) * sizeof(*b->bm));
+    b->bm[at] = nb;
     b->nb++;
     b->dirty_dir = true;
     return 0;
 }
 
+/* QEMU's update_ext_header_and_dir: a new directory of the bitmaps that
+ * are on disk, but skip (each entry as it is on disk), written and
+ * flushed with its refcounts before the header names it; then the old
+ * directory's clusters are freed.  A crash leaves the old directory or the
+ * new one, at worst with leaked clusters. */
+static int coroutine_fn dir_replace(BlockDriverState *bs, struct Qcow2Bitmaps *b,
+                                    const Qcow2Bitmap *skip)
+{
+    BDRVQcow2State *s = bs->opaque;
+    uint64_t old_off = s->bitmap_directory_offset, old_size = s->bitmap_directory_size;
+    uint64_t size = dir_size(b, skip, true);
+    uint32_t nb = 0;
+    uint8_t *dir = NULL;
+    int64_t off = 0;
+    int ret = 0;
+
+    for (uint32_t i = 0; i < b->nb; i++) {
+        nb += dir_has(&b->bm[i], skip, true);
+    }
+    co_mutex_lock(&s->lock);
+    if (nb) {
+        dir = dir_build(b, size, skip);
+        off = dir ? qcow2_alloc_clusters(bs, size) : -ENOMEM;
+        ret = off < 0 ? (int)off : bdrv_pwrite(bs->file, off, (int64_t)size, dir, 0);
+    }
+    co_mutex_unlock(&s->lock);
+    if (ret == 0) {
+        ret = qcow2_co_flush_to_os(bs);
+    }
+    if (ret == 0) {
+        ret = bdrv_co_flush(bs->file->bs);
+    }
+    co_mutex_lock(&s->lock);
+    if (ret == 0) {
+        s->nb_bitmaps = nb;
+        s->bitmap_directory_offset = nb ? (uint64_t)off : 0;
+        s->bitmap_directory_size = nb ? size : 0;
+        if (nb) {
+            s->h.autoclear |= QCOW2_AUTOCLEAR_BITMAPS;
+        } else {
+            s->h.autoclear &= ~QCOW2_AUTOCLEAR_BITMAPS;
+        }
+        ret = qcow2_update_header_locked(bs, false, NULL, NULL);
+        if (ret < 0) {
+            /* What the header on disk names is unknown now: keep both. */
+            off = 0;
+        }
+    }
+    if (ret == 0) {
+        if (old_size && !qcow2_overlaps_metadata(bs, old_off, old_size, 0)) {
+            qcow2_update_refcount(bs, old_off, old_size, true);
+        }
+    } else if (off > 0) {
+        qcow2_update_refcount(bs, (uint64_t)off, size, true);
+    }
+    co_mutex_unlock(&s->lock);
+    free(dir);
+    return ret;
+}
+
+typedef struct {
+    BlockDriverState *bs;
+    Qcow2Bitmap *bm;
+    int ret;
+} RemoveCo;
+
+static void coroutine_fn remove_co(void *opaque)
+{
+    RemoveCo *r = opaque;
+    BDRVQcow2State *s = r->bs->opaque;
+
+    r->ret = dir_replace(r->bs, s->bitmaps, r->bm);
+    if (r->ret == 0) {
+        co_mutex_lock(&s->lock);
+        free_table(r->bs, r->bm->table_offset, r->bm->table_size, r->bm->old_table);
+        co_mutex_unlock(&s->lock);
+    }
+}
+
+/* QEMU's qcow2_co_remove_persistent_dirty_bitmap: a bitmap on disk leaves
+ * the directory at once and its clusters are freed then, not at close. */
 static int bm_remove(BlockDriverState *bs, Qcow2Bitmap *bm, Error **errp)
 {
     BDRVQcow2State *s = bs->opaque;
@@ -1048,14 +1169,13 @@ static int bm_remove(BlockDriverState *bs, Qcow2Bitmap *bm, Error **errp)
         if (!bm->old_table && table_load(bs, bm, errp) < 0) {
             return -EIO;
         }
-        struct Qcow2Freed *f = realloc(b->freed, (b->nb_freed + 1) * sizeof(*f));
-        if (!f) {
-            error_setg(errp, "out of memory");
-            return -ENOMEM;
+        RemoveCo r = { bs, bm, 0 };
+        aio_co_run_sync(remove_co, &r);
+        if (r.ret < 0) {
+            error_setg_errno(errp, -r.ret, "qcow2: %s: cannot write the bitmap directory",
+                             qcow2_image_name(bs));
+            return r.ret;
         }
-        b->freed = f;
-        f[b->nb_freed++] = (struct Qcow2Freed){ bm->table_offset, bm->table_size, bm->old_table };
-        bm->old_table = NULL;
     }
     uint32_t i = (uint32_t)(bm - b->bm);
     bm_free_one(bm);

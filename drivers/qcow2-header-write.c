@@ -77,16 +77,6 @@ static int ext_add(uint8_t *buf, size_t *pos, size_t cap, uint32_t type, const v
     return 0;
 }
 
-static void put32(uint8_t *b, size_t off, uint32_t v)
-{
-    v = htobe32(v);
-    memcpy(b + off, &v, 4);
-}
-static void put64(uint8_t *b, size_t off, uint64_t v)
-{
-    v = htobe64(v);
-    memcpy(b + off, &v, 8);
-}
 
 /* QEMU 7.2's feature name table, as every header it writes carries it
  * (create too); out holds QCOW2_FEATURE_TABLE_BYTES. */
@@ -128,26 +118,26 @@ static int build_header(BlockDriverState *bs, const uint8_t *old, uint8_t *buf,
     int ret;
 
     memset(buf, 0, cap);
-    put32(buf, QH_MAGIC, QCOW2_MAGIC);
-    put32(buf, QH_VERSION, s->h.version);
-    put32(buf, QH_CLUSTER_BITS, s->cluster_bits);
-    put64(buf, QH_SIZE, s->h.size & ~(uint64_t)(BDRV_SECTOR_SIZE - 1));
-    put32(buf, QH_CRYPT_METHOD, s->h.crypt_method);
-    put32(buf, QH_L1_SIZE, s->l1_size);
-    put64(buf, QH_L1_OFFSET, s->h.l1_table_offset);
-    put64(buf, QH_REFTABLE_OFFSET, s->h.refcount_table_offset);
-    put32(buf, QH_REFTABLE_CLUSTERS, s->refcount_table_size >> (s->cluster_bits - 3));
-    put32(buf, QH_NB_SNAPSHOTS, s->h.nb_snapshots);
-    put64(buf, QH_SNAPSHOTS_OFFSET, s->h.snapshots_offset);
+    qcow2_st32(buf, QH_MAGIC, QCOW2_MAGIC);
+    qcow2_st32(buf, QH_VERSION, s->h.version);
+    qcow2_st32(buf, QH_CLUSTER_BITS, s->cluster_bits);
+    qcow2_st64(buf, QH_SIZE, s->h.size & ~(uint64_t)(BDRV_SECTOR_SIZE - 1));
+    qcow2_st32(buf, QH_CRYPT_METHOD, s->h.crypt_method);
+    qcow2_st32(buf, QH_L1_SIZE, s->l1_size);
+    qcow2_st64(buf, QH_L1_OFFSET, s->h.l1_table_offset);
+    qcow2_st64(buf, QH_REFTABLE_OFFSET, s->h.refcount_table_offset);
+    qcow2_st32(buf, QH_REFTABLE_CLUSTERS, s->refcount_table_size >> (s->cluster_bits - 3));
+    qcow2_st32(buf, QH_NB_SNAPSHOTS, s->h.nb_snapshots);
+    qcow2_st64(buf, QH_SNAPSHOTS_OFFSET, s->h.snapshots_offset);
     if (s->h.version >= 3) {
         if (cap < QCOW2_HEADER_SIZE + unknown_fields) {
             return -ENOSPC;
         }
-        put64(buf, QH_INCOMPAT, s->h.incompat);
-        put64(buf, QH_COMPAT, s->h.compat);
-        put64(buf, QH_AUTOCLEAR, s->h.autoclear);
-        put32(buf, QH_REFCOUNT_ORDER, s->h.refcount_order);
-        put32(buf, QH_HEADER_LENGTH, (uint32_t)(QCOW2_HEADER_SIZE + unknown_fields));
+        qcow2_st64(buf, QH_INCOMPAT, s->h.incompat);
+        qcow2_st64(buf, QH_COMPAT, s->h.compat);
+        qcow2_st64(buf, QH_AUTOCLEAR, s->h.autoclear);
+        qcow2_st32(buf, QH_REFCOUNT_ORDER, s->h.refcount_order);
+        qcow2_st32(buf, QH_HEADER_LENGTH, (uint32_t)(QCOW2_HEADER_SIZE + unknown_fields));
         buf[QH_COMPRESSION_TYPE] = s->h.compression_type;
         memcpy(buf + QCOW2_HEADER_SIZE, old + QCOW2_HEADER_SIZE, unknown_fields);
         pos = QCOW2_HEADER_SIZE + unknown_fields;
@@ -170,8 +160,8 @@ static int build_header(BlockDriverState *bs, const uint8_t *old, uint8_t *buf,
     }
     if (s->crypto_header_offset) {
         uint8_t c[16];
-        put64(c, 0, s->crypto_header_offset);
-        put64(c, 8, s->crypto_header_length);
+        qcow2_st64(c, 0, s->crypto_header_offset);
+        qcow2_st64(c, 8, s->crypto_header_length);
         ret = ext_add(buf, &pos, cap, QCOW2_EXT_CRYPTO, c, sizeof(c));
         if (ret < 0) {
             return ret;
@@ -188,9 +178,9 @@ static int build_header(BlockDriverState *bs, const uint8_t *old, uint8_t *buf,
     }
     if (s->nb_bitmaps) {
         uint8_t b[24] = { 0 };
-        put32(b, 0, s->nb_bitmaps);
-        put64(b, 8, s->bitmap_directory_size);
-        put64(b, 16, s->bitmap_directory_offset);
+        qcow2_st32(b, 0, s->nb_bitmaps);
+        qcow2_st64(b, 8, s->bitmap_directory_size);
+        qcow2_st64(b, 16, s->bitmap_directory_offset);
         ret = ext_add(buf, &pos, cap, QCOW2_EXT_BITMAPS, b, sizeof(b));
         if (ret < 0) {
             return ret;
@@ -212,8 +202,8 @@ static int build_header(BlockDriverState *bs, const uint8_t *old, uint8_t *buf,
             return -ENOSPC;
         }
         memcpy(buf + pos, nb_file, len);
-        put64(buf, QH_BACKING_OFFSET, pos);
-        put32(buf, QH_BACKING_SIZE, (uint32_t)len);
+        qcow2_st64(buf, QH_BACKING_OFFSET, pos);
+        qcow2_st32(buf, QH_BACKING_SIZE, (uint32_t)len);
     }
     return 0;
 }
@@ -363,9 +353,9 @@ static int coroutine_fn make_completely_empty(BlockDriverState *bs)
         goto out;
     }
     uint8_t f[20];
-    put64(f, 0, 3 * cs);          /* l1_table_offset */
-    put64(f, 8, cs);              /* refcount_table_offset */
-    put32(f, 16, 1);              /* refcount_table_clusters */
+    qcow2_st64(f, 0, 3 * cs);          /* l1_table_offset */
+    qcow2_st64(f, 8, cs);              /* refcount_table_offset */
+    qcow2_st32(f, 16, 1);              /* refcount_table_clusters */
     ret = bdrv_pwrite(bs->file, QH_L1_OFFSET, sizeof(f), f, 0);
     if (ret == 0) {
         ret = bdrv_co_flush(bs->file->bs);

@@ -311,6 +311,23 @@ static inline uint16_t qcow2_ld16(const uint8_t *p, size_t off)
     memcpy(&v, p + off, 2);
     return be16toh(v);
 }
+/* Big-endian stores into on-disk structures being built (header,
+ * header extensions, bitmap directory). */
+static inline void qcow2_st16(uint8_t *p, size_t off, uint16_t v)
+{
+    v = htobe16(v);
+    memcpy(p + off, &v, 2);
+}
+static inline void qcow2_st32(uint8_t *p, size_t off, uint32_t v)
+{
+    v = htobe32(v);
+    memcpy(p + off, &v, 4);
+}
+static inline void qcow2_st64(uint8_t *p, size_t off, uint64_t v)
+{
+    v = htobe64(v);
+    memcpy(p + off, &v, 8);
+}
 
 static inline bool qcow2_has_data_file(const BDRVQcow2State *s)
 {
@@ -360,8 +377,8 @@ static inline void qcow2_note_guest_change(BDRVQcow2State *s)
 }
 
 /* qcow2-bitmap.c: persistent dirty bitmaps.  qcow2_bitmaps_open checks the
- * directory (every open but a check's) and, writable, loads the bitmaps
- * and marks them in use; qcow2_bitmaps_close stores them (clearing in_use)
+ * directory and loads the bitmaps (every open) and, writable, marks them
+ * in use; qcow2_bitmaps_close stores them (clearing in_use)
  * and frees the state.  qcow2_bitmaps_note records a guest write, zero
  * write or discard in the enabled bitmaps: lock-free, no allocation. */
 int qcow2_bitmaps_open(BlockDriverState *bs, int flags, Error **errp);
@@ -379,6 +396,7 @@ int qcow2_bitmaps_truncate_check(BlockDriverState *bs, Error **errp);
 int qcow2_bitmaps_truncate(BlockDriverState *bs, uint64_t size);
 void qcow2_bitmaps_info(BlockDriverState *bs, ImageSpecificInfo *info);
 int coroutine_fn qcow2_bitmap_op(BlockDriverState *bs, const BdrvBitmapOp *op, Error **errp);
+int qcow2_bitmap_list(BlockDriverState *bs, BdrvBitmapInfo **list, size_t *nb);
 
 /* qcow2-cluster.c: what [offset, offset + *bytes) maps to, up to the end of
  * the L2 slice; shortens *bytes to the run of subclusters of the same type

@@ -747,6 +747,7 @@ const BlockDriver bdrv_qcow2 = {
     .measure = qcow2_measure,
     .bitmaps_size = qcow2_bitmaps_size,
     .bitmap_op = qcow2_bitmap_op,
+    .bitmap_list = qcow2_bitmap_list,
     .note_discard = qcow2_note_discard,
     .co_change_backing_file = qcow2_co_change_backing_file,
     .co_make_empty = qcow2_co_make_empty,

@@ -226,6 +226,8 @@ struct BlockDriver {
      * semantics and messages); bs is open read-write, the change reaches
      * the image when it is closed. */
     int (*bitmap_op)(BlockDriverState *bs, const BdrvBitmapOp *op, Error **errp);
+    /* bs's persistent bitmaps (bdrv_bitmap_list), read-only opens too. */
+    int (*bitmap_list)(BlockDriverState *bs, BdrvBitmapInfo **list, size_t *nb);
     /* A discard request as the caller made it, before it is cut to whole
      * aligned blocks (and maybe dropped): for dirty tracking.  Any thread,
      * lock-free. */

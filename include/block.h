@@ -135,12 +135,26 @@ typedef struct BdrvBitmapOp {
     const char *name;
     bool has_granularity;          /* ADD */
     uint64_t granularity;
+    bool disabled;                 /* ADD: created not recording writes */
     struct BlockDriverState *src;  /* MERGE: the source's image (may be bs) */
     const char *src_name;
 } BdrvBitmapOp;
 /* bs's driver's bitmap_op; without one, qemu-img's messages for a format
  * without persistent bitmaps. */
 int bdrv_bitmap_op(struct BlockDriverState *bs, const BdrvBitmapOp *op, Error **errp);
+/* One persistent bitmap as bdrv_bitmap_list reports it. */
+typedef struct BdrvBitmapInfo {
+    char *name;
+    uint64_t granularity;
+    bool enabled;                  /* records writes (qcow2: the auto flag) */
+    bool inconsistent;             /* left in use: its bits cannot be read */
+} BdrvBitmapInfo;
+/* bs's persistent bitmaps in the image's order (*list: free with
+ * bdrv_bitmap_list_free); -ENOTSUP when bs's format (or this image's
+ * version) cannot have persistent bitmaps, as QEMU's
+ * bdrv_supports_persistent_dirty_bitmap. */
+int bdrv_bitmap_list(struct BlockDriverState *bs, BdrvBitmapInfo **list, size_t *nb);
+void bdrv_bitmap_list_free(BdrvBitmapInfo *list, size_t nb);
 
 typedef struct BlockDriverInfo {
     int cluster_size;              /* 0 if not applicable */

@@ -563,6 +563,21 @@ int bdrv_bitmap_op(BlockDriverState *bs, const BdrvBitmapOp *op, Error **errp)
     return bs->drv->bitmap_op(bs, op, errp);
 }
 
+int bdrv_bitmap_list(BlockDriverState *bs, BdrvBitmapInfo **list, size_t *nb)
+{
+    *list = NULL;
+    *nb = 0;
+    return bs->drv && bs->drv->bitmap_list ? bs->drv->bitmap_list(bs, list, nb) : -ENOTSUP;
+}
+
+void bdrv_bitmap_list_free(BdrvBitmapInfo *list, size_t nb)
+{
+    for (size_t i = 0; list && i < nb; i++) {
+        free(list[i].name);
+    }
+    free(list);
+}
+
 int bdrv_create(const BlockDriver *drv, const char *filename, OptDict *opts, Error **errp)
 {
     if (!drv->co_create) {

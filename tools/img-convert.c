@@ -17,6 +17,11 @@
  * for the target (-B, or -o backing_file) only what the source itself
  * allocates above its own backing file is written; the rest is left to the
  * target's backing file, as are zeros past its end.
+ *
+ * --bitmaps copies the source's persistent bitmaps after the data, as
+ * qemu-img: checked before the target is created (an inconsistent one
+ * refuses the convert, or is skipped with --skip-broken-bitmaps), then
+ * each added to the target and merged from the source.
  */
 #include <errno.h>
 #include <getopt.h>
@@ -34,6 +39,7 @@
 
 /* BLK_BACKING: left unallocated, the target's backing file shows through. */
 enum { BLK_ZERO, BLK_DATA, BLK_BACKING };
+enum { OPT_BITMAPS = 256, OPT_SKIP_BROKEN };
 
 typedef struct ConvertState {
     BlockBackend *src, *dst;
@@ -258,6 +264,78 @@ static int do_copy(ConvertState *s)
     return s->ret;
 }
 
+/* qemu-img's convert_check_bitmaps: before the target is created. */
+static int check_bitmaps(BlockDriverState *src, bool skip_broken)
+{
+    BdrvBitmapInfo *l = NULL;
+    size_t n = 0;
+    int ret = bdrv_bitmap_list(src, &l, &n);
+
+    if (ret == -ENOTSUP) {
+        error_report("Source lacks bitmap support");
+        return -1;
+    }
+    if (ret < 0) {
+        error_report("Could not list the bitmaps of the source: %s", strerror(-ret));
+        return -1;
+    }
+    /* QEMU walks its bitmaps newest (last loaded) first. */
+    for (size_t i = n; i-- > 0 && ret == 0;) {
+        if (!skip_broken && l[i].inconsistent) {
+            error_report("Cannot copy inconsistent bitmap '%s'", l[i].name);
+            fprintf(stderr, "Try --skip-broken-bitmaps, or use 'qemu-img bitmap --remove' to"
+                         " delete it\n");
+            ret = -1;
+        }
+    }
+    bdrv_bitmap_list_free(l, n);
+    return ret;
+}
+
+/* qemu-img's convert_copy_bitmaps, after the data: each bitmap is added
+ * to the target with the source's name, granularity and enabled state,
+ * then the source's bits are merged into it.  In qemu-img's order (the
+ * source's last bitmap first), which the qcow2 driver stores back in the
+ * source's order. */
+static int copy_bitmaps(BlockDriverState *src, BlockDriverState *dst, bool skip_broken)
+{
+    BdrvBitmapInfo *l = NULL;
+    size_t n = 0;
+    int ret = bdrv_bitmap_list(src, &l, &n);
+
+    if (ret < 0) {
+        error_report("Could not list the bitmaps of the source: %s", strerror(-ret));
+        return -1;
+    }
+    for (size_t i = n; i-- > 0 && ret == 0;) {
+        const char *name = l[i].name;
+        Error *err = NULL;
+        if (skip_broken && l[i].inconsistent) {
+            warn_report("Skipping inconsistent bitmap '%s'", name);
+            continue;
+        }
+        BdrvBitmapOp add = { .type = BDRV_BITMAP_ADD, .name = name, .has_granularity = true,
+                             .granularity = l[i].granularity, .disabled = !l[i].enabled };
+        if (bdrv_bitmap_op(dst, &add, &err) < 0) {
+            error_prepend(&err, "Failed to create bitmap %s: ", name);
+            error_report_err(err);
+            ret = -1;
+            break;
+        }
+        BdrvBitmapOp merge = { .type = BDRV_BITMAP_MERGE, .name = name, .src = src,
+                               .src_name = name };
+        if (bdrv_bitmap_op(dst, &merge, &err) < 0) {
+            error_prepend(&err, "Failed to populate bitmap %s: ", name);
+            error_report_err(err);
+            BdrvBitmapOp rm = { .type = BDRV_BITMAP_REMOVE, .name = name };
+            bdrv_bitmap_op(dst, &rm, NULL);
+            ret = -1;
+        }
+    }
+    bdrv_bitmap_list_free(l, n);
+    return ret;
+}
+
 int img_convert(int argc, char **argv)
 {
     /* The target's zero ranges may be holes (write-zeroes with MAY_UNMAP),
@@ -267,6 +345,7 @@ int img_convert(int argc, char **argv)
     const char *src_cache = "writeback", *dst_cache = "unsafe";
     bool no_create = false, progress = false, quiet = false, unordered = false;
     bool compressed = false;
+    bool bitmaps = false, skip_broken = false;
     bool target_image_opts = false;
     bool opt_backing = false;          /* -o backing_file */
     int64_t min_sparse = 4096;
@@ -280,7 +359,8 @@ int img_convert(int argc, char **argv)
         { "object", required_argument, NULL, 'X' },
         { "salvage", no_argument, NULL, 'Y' },
         { "target-is-zero", no_argument, NULL, 'Z' },
-        { "bitmaps", no_argument, NULL, 'Y' },
+        { "bitmaps", no_argument, NULL, OPT_BITMAPS },
+        { "skip-broken-bitmaps", no_argument, NULL, OPT_SKIP_BROKEN },
         { NULL, 0, NULL, 0 },
     };
     int c;
@@ -334,6 +414,8 @@ int img_convert(int argc, char **argv)
                 return 1;
             }
             break;
+        case OPT_BITMAPS: bitmaps = true; break;
+        case OPT_SKIP_BROKEN: skip_broken = true; break;
         case 'C': case 'r': case 'Y': case 'Z':
             error_report("convert option '%s' is not supported by ublkd img",
                          img_opt_text(argv));
@@ -342,7 +424,8 @@ int img_convert(int argc, char **argv)
             printf("usage: ublkd img convert [--image-opts] [--target-image-opts] [-U] [-c] [-p] [-q]"
                    " [-n] [-f fmt] [-t cache] [-T src_cache] [-O output_fmt]"
                    " [-B backing_file [-F backing_fmt]] [-o options]"
-                   " [-S sparse_size] [-m num_coroutines] [-W] filename output_filename\n");
+                   " [-S sparse_size] [-m num_coroutines] [-W]"
+                   " [--bitmaps [--skip-broken-bitmaps]] filename output_filename\n");
             return 0;
         default:
             return img_opt_error(c, argv);
@@ -353,6 +436,10 @@ int img_convert(int argc, char **argv)
     }
     if (!out_fmt && !target_image_opts) {
         out_fmt = "raw";
+    }
+    if (skip_broken && !bitmaps) {
+        error_report("Use of --skip-broken-bitmaps requires --bitmaps");
+        return 1;
     }
     if (img_is_help_option(options)) {
         const BlockDriver *drv = bdrv_find_format(out_fmt ? out_fmt : "raw");
@@ -465,6 +552,10 @@ int img_convert(int argc, char **argv)
         blk_unref(src);
         return 1;
     }
+    if (bitmaps && check_bitmaps(blk_bs(src), skip_broken) < 0) {
+        blk_unref(src);
+        return 1;
+    }
     if (!no_create) {
         int r = img_create_image(dst_name, out_fmt, options, out_base, base_fmt, total, false,
                                  true, false, true);
@@ -500,6 +591,18 @@ int img_convert(int argc, char **argv)
     if (!dst) {
         blk_unref(src);
         return 1;
+    }
+    if (bitmaps) {
+        BdrvBitmapInfo *l = NULL;
+        size_t n = 0;
+        if (bdrv_bitmap_list(blk_bs(dst), &l, &n) == -ENOTSUP) {
+            error_report("Format driver '%s' does not support bitmaps",
+                         bdrv_get_format_name(blk_bs(dst)));
+            blk_unref(dst);
+            blk_unref(src);
+            return 1;
+        }
+        bdrv_bitmap_list_free(l, n);
     }
     int64_t dst_size = blk_getlength(dst);
     if (no_create && dst_size >= 0 && dst_size < total) {
@@ -555,6 +658,9 @@ int img_convert(int argc, char **argv)
         if (ret < 0) {
             error_report("error while writing at byte 0: %s", strerror(-ret));
         }
+    }
+    if (ret == 0 && bitmaps) {
+        ret = copy_bitmaps(blk_bs(src), blk_bs(dst), skip_broken);
     }
     if (ret == 0) {
         ret = blk_flush(dst);

@@ -161,9 +161,10 @@ static void test_add_record_store(void **state)
 
     q2_open(&img, BDRV_O_RDWR | BDRV_O_UNMAP, NULL, NULL);
     assert_non_null(img.bs);
-    add_bitmap(&img, "b64k", 0, 0);
-    add_bitmap(&img, "b512", 512, 0);
+    /* QEMU stores the bitmaps a session added newest first */
     add_bitmap(&img, "off", 4096, 0);
+    add_bitmap(&img, "b512", 512, 0);
+    add_bitmap(&img, "b64k", 0, 0);
     add_bitmap(&img, "b64k", 0, -1);             /* exists */
     add_bitmap(&img, "bad", 1000, -1);           /* not a power of 2 */
     add_bitmap(&img, "", 0, -1);
@@ -616,6 +617,170 @@ static void test_store_crash(void **state)
     free(init);
 }
 
+/* A read-only open lists the bitmaps (bdrv_bitmap_list: convert --bitmaps,
+ * info) and lends their bits to a merge, but marks nothing in use and
+ * refuses changes; a bad table fails it, as QEMU's read-only open. */
+static void test_read_only(void **state)
+{
+    (void)state;
+    Q2Image img = make_bitmap_image();
+    q2_open(&img, 0, NULL, NULL);
+    assert_non_null(img.bs);
+    BdrvBitmapInfo *l = NULL;
+    size_t n = 0;
+    assert_int_equal(bdrv_bitmap_list(img.bs, &l, &n), 0);
+    assert_int_equal(n, 1);
+    assert_string_equal(l[0].name, "b0");
+    assert_int_equal(l[0].granularity, 65536);
+    assert_true(l[0].enabled);
+    assert_false(l[0].inconsistent);
+    bdrv_bitmap_list_free(l, n);
+    assert_int_equal(get32(img.file, (int64_t)DIR_OFF(&img) + 12), 2);   /* not in use */
+    BdrvBitmapOp op = { .type = BDRV_BITMAP_ADD, .name = "x" };
+    Error *err = NULL;
+    assert_true(bdrv_bitmap_op(img.bs, &op, &err) < 0);
+    error_free(err);
+
+    /* its bits merged into a writable image's bitmap */
+    Q2Image dst = q2_make(16, 4 * MiB, false, 0);
+    q2_open(&dst, BDRV_O_RDWR, NULL, NULL);
+    add_bitmap(&dst, "d", 0, 0);
+    BdrvBitmapOp m = { .type = BDRV_BITMAP_MERGE, .name = "d", .src = img.bs, .src_name = "b0" };
+    assert_int_equal(bdrv_bitmap_op(dst.bs, &m, &err), 0);
+    q2_close(&dst);
+    q2_close(&img);
+    DiskBitmap d[1];
+    assert_int_equal(read_disk_bitmaps(&dst, d, 1), 1);
+    assert_int_equal(d[0].bits[0], 0x81);
+    free_disk_bitmaps(d, 1);
+    q2_free(&dst);
+
+    /* a table entry with reserved bits: the read-only open fails */
+    q2_put64(img.file, (int64_t)TABLE_OFF(&img), DATA_OFF(&img) | 2);
+    q2_expect_open_error(&img, 0, "Could not read bitmap_table");
+}
+
+/* A remove frees the bitmap's table and data clusters at once (QEMU's
+ * qcow2_co_remove_persistent_dirty_bitmap), not at close: after it and a
+ * flush, the header names no bitmap and the refcounts are 0, while the
+ * image is still open. */
+static void test_remove_frees_now(void **state)
+{
+    (void)state;
+    Q2Image img = make_bitmap_image();
+    q2_open(&img, BDRV_O_RDWR, NULL, NULL);
+    assert_non_null(img.bs);
+    uint64_t c = Q2_C(&img);
+    assert_int_equal(refcount_of(&img, TABLE_OFF(&img) / c), 1);
+    assert_int_equal(refcount_of(&img, DATA_OFF(&img) / c), 1);
+    op_bitmap(&img, BDRV_BITMAP_REMOVE, "b0");
+    assert_int_equal(bdrv_flush(img.bs), 0);
+    assert_int_equal(refcount_of(&img, TABLE_OFF(&img) / c), 0);
+    assert_int_equal(refcount_of(&img, DATA_OFF(&img) / c), 0);
+    assert_int_equal(refcount_of(&img, DIR_OFF(&img) / c), 0);
+    DiskBitmap d[1];
+    assert_int_equal(read_disk_bitmaps(&img, d, 1), 0);
+    q2_close(&img);
+    check_clean(&img);
+    q2_free(&img);
+}
+
+/* Two bitmaps, the first removed: the new directory keeps the second one
+ * as it is on disk (in use while open), and the close stores it. */
+static void test_remove_keeps_others(void **state)
+{
+    (void)state;
+    Q2Image img = make_bitmap_image();
+    q2_open(&img, BDRV_O_RDWR, NULL, NULL);
+    add_bitmap(&img, "b1", 0, 0);
+    q2_close(&img);
+    q2_open(&img, BDRV_O_RDWR, NULL, NULL);
+    op_bitmap(&img, BDRV_BITMAP_REMOVE, "b0");
+    assert_int_equal(bdrv_flush(img.bs), 0);
+    DiskBitmap d[2];
+    assert_int_equal(read_disk_bitmaps(&img, d, 2), 1);
+    assert_string_equal(d[0].name, "b1");
+    assert_int_equal(d[0].flags, 3);            /* in use while open */
+    free_disk_bitmaps(d, 1);
+    q2_close(&img);
+    assert_int_equal(read_disk_bitmaps(&img, d, 2), 1);
+    assert_int_equal(d[0].flags, 2);
+    free_disk_bitmaps(d, 1);
+    check_clean(&img);
+    q2_free(&img);
+}
+
+/* A crash at every write and flush of a remove (new directory, header,
+ * freed clusters) and of the close after it: every image a crash can
+ * leave opens, checks without corruption (leaks at worst) and has the
+ * bitmap as loaded (in use, its bits) or none. */
+static void test_remove_crash(void **state)
+{
+    (void)state;
+    Q2Image src = make_bitmap_image();
+    size_t len = (size_t)mem_size(src.file);
+    uint8_t *init = malloc(len);
+    mem_read_raw(src.file, 0, init, (int64_t)len);
+    q2_free(&src);
+    int64_t total = 0;
+    int n_old = 0, n_gone = 0;
+    for (int64_t at = 0; at == 0 || at <= total + 1; at++) {
+        static int serial;
+        char name[32];
+        snprintf(name, sizeof(name), "rmcrash%d", serial++);
+        Q2Image img = { .file = crash_file_new(name, init, len), .cb = 16 };
+        crash_file_arm(img.file, 0);
+        q2_open(&img, BDRV_O_RDWR, NULL, NULL);
+        assert_non_null(img.bs);
+        int64_t ops0 = crash_file_ops(img.file);
+        crash_file_arm(img.file, at);
+        op_bitmap(&img, BDRV_BITMAP_REMOVE, "b0");
+        q2_close(&img);
+        if (at == 0) {
+            total = crash_file_ops(img.file) - ops0;
+            assert_true(total >= 3);
+        }
+        for (uint64_t seed = 0; seed < 6; seed++) {
+            size_t plen;
+            uint8_t *p = crash_file_persisted(img.file, seed, 50, 0, &plen);
+            MemConfig cfg = { .size = (int64_t)plen, .growable = true };
+            snprintf(name, sizeof(name), "rmcheck%d", serial++);
+            cfg.node_name = name;
+            Q2Image chk = { .file = mem_node_new(&cfg), .cb = 16 };
+            mem_write_raw(chk.file, 0, p, (int64_t)plen);
+            free(p);
+            BdrvCheckResult r;
+            q2_open(&chk, BDRV_O_CHECK, NULL, NULL);
+            if (!chk.bs) {
+                fail_msg("crash at %" PRId64 " seed %" PRIu64 ": %s", at, seed,
+                         error_get_pretty(chk.err));
+            }
+            assert_int_equal(bdrv_check(chk.bs, &r, 0), 0);
+            if (r.corruptions || r.check_errors) {
+                fail_msg("crash at %" PRId64 " seed %" PRIu64 ": %d corruptions", at, seed,
+                         r.corruptions);
+            }
+            q2_close(&chk);
+            DiskBitmap d[1];
+            int nb = read_disk_bitmaps(&chk, d, 1);
+            if (nb == 1) {
+                if (!(d[0].flags & 1) || d[0].bits[0] != 0x81) {
+                    fail_msg("crash at %" PRId64 " seed %" PRIu64 ": flags %u bits %02x", at,
+                             seed, d[0].flags, d[0].bits[0]);
+                }
+                free_disk_bitmaps(d, 1);
+                n_old++;
+            } else {
+                n_gone++;
+            }
+            q2_free(&chk);
+        }
+        q2_free(&img);
+    }
+    assert_true(n_old > 0 && n_gone > 0);
+    free(init);
+}
+
 int main(void)
 {
     test_loop_init();
@@ -630,6 +795,10 @@ int main(void)
         cmocka_unit_test(test_shrink_regrow),
         cmocka_unit_test(test_dir_on_l2_table),
         cmocka_unit_test(test_store_crash),
+        cmocka_unit_test(test_read_only),
+        cmocka_unit_test(test_remove_frees_now),
+        cmocka_unit_test(test_remove_keeps_others),
+        cmocka_unit_test(test_remove_crash),
     };
     return cmocka_run_group_tests_name("qcow2-bitmap", tests, NULL, NULL);
 }
