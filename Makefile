@@ -127,6 +127,18 @@ deps:
 	    $(SUDO) apt-get update -q && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -q $$missing; \
 	else echo "deps: all installed"; fi
 
+# The Ceph daemons `make test-ceph` starts (tests/ceph/cluster.sh): not in
+# deps, as CI starts no cluster; the build needs only librbd-dev/librados-dev.
+CEPH_DEB_PACKAGES := ceph-mon ceph-osd ceph-common
+.PHONY: deps-ceph test-ceph
+deps-ceph:
+	@$(MAKE) --no-print-directory deps DEB_PACKAGES="$(CEPH_DEB_PACKAGES)"
+
+# The rbd protocol against a single-host cluster in a temporary directory
+# (one mon, one memstore OSD; ~10 s to start, the whole test ~40 s).
+test-ceph: $(BUILD)/ublkd
+	@UBLKD=$(abspath $(BUILD)/ublkd) tests/ceph/test_rbd.sh
+
 .PHONY: test-builds all clean install uninstall check-install test check-layering check-unit check-interop check-interop-parity check-vm check-vm-7.3 check-vm-asan soak check-fuzz fuzz-long asan tsan bench bench-qcow2 bench-vm bench-kublk tests check-hostile check-hostile-quick
 all: $(BUILD)/ublkd
 
