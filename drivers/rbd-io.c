@@ -244,9 +244,18 @@ static int diff_cb(uint64_t offs, size_t len, int exists, void *opaque)
     return 0;
 }
 
+/* 1: not known (no fast-diff, or its map invalid); else rbd_diff_iterate2's result.
+ * The feature and flag getters are here too: they may refresh the image's
+ * header from the cluster. */
 static int do_diff(void *opaque)
 {
     RbdDiff *d = opaque;
+    uint64_t features, flags;
+    /* Only the object map (fast-diff) answers quickly and exactly. */
+    if (rbd_get_features(d->image, &features) < 0 || !(features & RBD_FEATURE_FAST_DIFF) ||
+        rbd_get_flags(d->image, &flags) < 0 || (flags & RBD_FLAG_FAST_DIFF_INVALID)) {
+        return 1;
+    }
     return rbd_diff_iterate2(d->image, NULL, d->offset, d->bytes, true, true, diff_cb, d);
 }
 
@@ -256,20 +265,13 @@ int coroutine_fn rbd_co_block_status(BlockDriverState *bs, bool want_zero, int64
 {
     (void)want_zero;
     RbdState *s = bs->opaque;
-    uint64_t features, flags;
     *pnum = bytes;
     *map = offset;
     *file = bs;
-    /* Only the object map (fast-diff) answers quickly and exactly; without
-     * it, or while librbd says it is invalid, everything is data. */
-    if (rbd_get_features(s->image, &features) < 0 || !(features & RBD_FEATURE_FAST_DIFF) ||
-        rbd_get_flags(s->image, &flags) < 0 || (flags & RBD_FLAG_FAST_DIFF_INVALID)) {
-        return BDRV_BLOCK_DATA | BDRV_BLOCK_OFFSET_VALID;
-    }
     RbdDiff d = { .image = s->image, .offset = (uint64_t)offset, .bytes = (uint64_t)bytes };
     int r = rbd_co_run_blocking(do_diff, &d);
-    if (r < 0 && r != RBD_DIFF_STOP) {
-        return BDRV_BLOCK_DATA | BDRV_BLOCK_OFFSET_VALID;
+    if (r == 1 || (r < 0 && r != RBD_DIFF_STOP)) {
+        return BDRV_BLOCK_DATA | BDRV_BLOCK_OFFSET_VALID;   /* not known: all data */
     }
     if (!d.exists) {
         if (r == 0) {

@@ -113,6 +113,12 @@ has "map: data kept" '"start": 4194304, "length": 4194304, "depth": 0, "present"
 has "map: zeroed is zero" '"start": 8388608, "length": 4194304, "depth": 0, "present": true, "zero": true, "data": false'
 check "zeroes read back in a new process" 0 U io -f raw -r -c 'read -P 0 0 4M' -c 'read -P 0 8M 4M' rbd:rbd/z
 
+# Without fast-diff librbd cannot say cheaply what is allocated: all of it is data.
+check "image without fast-diff" 0 rbd create --size 8M --image-feature layering rbd/nofd
+check "map without fast-diff" 0 U map -f raw --output=json rbd:rbd/nofd
+has "map: all data" '"start": 0, "length": 8388608, "depth": 0, "present": true, "zero": false, "data": true'
+check "reads zeros" 0 U io -f raw -r -c 'read -P 0 0 8M' rbd:rbd/nofd
+
 # ---- resize ----
 check "grow" 0 U resize -f raw rbd:rbd/a 32M
 check "rbd sees 32 MiB" 0 rbd info rbd/a
