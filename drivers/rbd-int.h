@@ -33,6 +33,9 @@ typedef struct RbdState {
     rbd_image_t image;
     RbdSpec spec;            /* what was opened (image, snap, ...) */
     bool image_open;
+    bool opened_rw;          /* rbd_open (may write), not rbd_open_read_only */
+    rbd_image_t reopen_image;  /* the writable handle a reopen prepared */
+    bool reopen_pending;
     uint64_t object_size;
 } RbdState;
 

@@ -177,7 +177,8 @@ static int rbd_open_bs(BlockDriverState *bs, OptDict *options, int flags, Error 
     if (r < 0) {
         goto fail;
     }
-    if (flags & BDRV_O_RDWR) {
+    s->opened_rw = flags & BDRV_O_RDWR;
+    if (s->opened_rw) {
         r = rbd_open(s->io, spec->image, &s->image, NULL);
     } else {
         r = rbd_open_read_only(s->io, spec->image, &s->image, spec->snap);
@@ -237,6 +238,55 @@ static void rbd_close_bs(BlockDriverState *bs)
     }
     rbd_disconnect(s->cluster, s->io);
     rbd_spec_free(&s->spec);
+}
+
+/*
+ * A read-only handle (rbd_open_read_only) cannot write: going read-write
+ * (img commit into an RBD base) opens a writable one in prepare, which
+ * commit swaps in and abort drops.  A snapshot stays read-only.  Going
+ * read-only keeps the handle: the block layer stops the writes.  bs is
+ * drained, so no request uses the old handle when commit closes it.
+ */
+static int rbd_reopen_prepare(BlockDriverState *bs, int flags, Error **errp)
+{
+    RbdState *s = bs->opaque;
+    char name[1024];
+    if (!(flags & BDRV_O_RDWR) || s->opened_rw) {
+        return 0;
+    }
+    spec_name(&s->spec, name, sizeof(name));
+    if (s->spec.snap) {
+        error_setg(errp, "rbd: snapshot '%s' of %s/%s is read-only", s->spec.snap,
+                   s->spec.pool, s->spec.image);
+        return -EROFS;
+    }
+    int r = rbd_open(s->io, s->spec.image, &s->reopen_image, NULL);
+    if (r < 0) {
+        error_setg_errno(errp, -r, "rbd: cannot reopen '%s' read-write", name);
+        return r;
+    }
+    s->reopen_pending = true;
+    return 0;
+}
+
+static void rbd_reopen_commit(BlockDriverState *bs)
+{
+    RbdState *s = bs->opaque;
+    if (s->reopen_pending) {
+        rbd_close(s->image);
+        s->image = s->reopen_image;
+        s->opened_rw = true;
+        s->reopen_pending = false;
+    }
+}
+
+static void rbd_reopen_abort(BlockDriverState *bs)
+{
+    RbdState *s = bs->opaque;
+    if (s->reopen_pending) {
+        rbd_close(s->reopen_image);
+        s->reopen_pending = false;
+    }
 }
 
 static void rbd_refresh_limits(BlockDriverState *bs, Error **errp)
@@ -415,6 +465,9 @@ const BlockDriver bdrv_rbd = {
     .open = rbd_open_bs,
     .close = rbd_close_bs,
     .refresh_limits = rbd_refresh_limits,
+    .reopen_prepare = rbd_reopen_prepare,
+    .reopen_commit = rbd_reopen_commit,
+    .reopen_abort = rbd_reopen_abort,
     .co_preadv = rbd_co_preadv,
     .co_pwritev = rbd_co_pwritev,
     .co_pwrite_zeroes = rbd_co_pwrite_zeroes,

@@ -130,6 +130,15 @@ check "shrink" 0 U resize -f raw --shrink rbd:rbd/a 8M
 check "info after shrink" 0 U info -f raw rbd:rbd/a
 has "info: 8 MiB" "virtual size: 8 MiB (8388608 bytes)"
 
+# ---- an RBD image as a qcow2 backing file, and img commit into it ----
+check "create base" 0 U create -f raw rbd:rbd/base 4M
+check "fill base" 0 U io -f raw -c 'write -P 0x44 0 4M' rbd:rbd/base
+check "qcow2 over rbd" 0 U create -f qcow2 -b rbd:rbd/base -F raw top.qcow2
+check "write the overlay" 0 U io -c 'write -P 0x55 1M 1M' -c 'read -P 0x44 0 1M' top.qcow2
+check "commit into rbd" 0 U commit top.qcow2
+check "base has the committed data" 0 U io -f raw -r -c 'read -P 0x55 1M 1M' \
+    -c 'read -P 0x44 0 1M' -c 'read -P 0x44 2M 2M' rbd:rbd/base
+
 # ---- read-only snapshots ----
 check "write before snapshot" 0 U io -f raw -c 'write -P 0x11 0 1M' rbd:rbd/a
 check "rbd snap create" 0 rbd snap create rbd/a@s1
