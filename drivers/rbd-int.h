@@ -37,7 +37,15 @@ typedef struct RbdState {
     rbd_image_t reopen_image;  /* the writable handle a reopen prepared */
     bool reopen_pending;
     uint64_t object_size;
+    /* The image's size as this node last set or saw it (atomic); growing
+     * writes resize under grow_lock so that two never shrink each other. */
+    int64_t size;
+    CoMutex grow_lock;
+    bool grow_lock_init;
 } RbdState;
+
+/* rbd_resize to size on the helper thread; updates s->size.  Under grow_lock. */
+int coroutine_fn rbd_co_resize(RbdState *s, int64_t size);
 
 /* rbd-io.c */
 int coroutine_fn rbd_co_preadv(BlockDriverState *bs, int64_t offset, int64_t bytes,

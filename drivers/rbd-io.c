@@ -113,7 +113,7 @@ static struct iovec *slice(const IOVector *qiov, size_t off, size_t bytes,
 static int coroutine_fn rbd_co_rw(BlockDriverState *bs, RbdOp op, int64_t offset, int64_t bytes,
                                   IOVector *qiov, size_t qiov_offset)
 {
-    struct iovec stack[RBD_STACK_IOVS];
+    struct iovec stack[RBD_STACK_IOVS] = { { 0 } };   /* (gcc cannot see slice() fill it) */
     int niov = 0;
     bool heap;
     struct iovec *v = slice(qiov, qiov_offset, (size_t)bytes, stack, &niov, &heap);
@@ -133,6 +133,44 @@ static int coroutine_fn rbd_co_rw(BlockDriverState *bs, RbdOp op, int64_t offset
     return r;
 }
 
+typedef struct RbdResize {
+    rbd_image_t image;
+    uint64_t size;
+} RbdResize;
+
+static int do_resize(void *opaque)
+{
+    RbdResize *r = opaque;
+    return rbd_resize(r->image, r->size);
+}
+
+int coroutine_fn rbd_co_resize(RbdState *s, int64_t size)
+{
+    RbdResize req = { s->image, (uint64_t)size };
+    int r = rbd_co_run_blocking(do_resize, &req);
+    if (r == 0) {
+        __atomic_store_n(&s->size, size, __ATOMIC_RELEASE);
+    }
+    return r;
+}
+
+/* A write that ends past the image's end grows it first (QEMU's rbd does the
+ * same): rare, so a lock and a resize on the helper thread are fine here. */
+static int coroutine_fn rbd_co_grow(BlockDriverState *bs, int64_t end)
+{
+    RbdState *s = bs->opaque;
+    if (likely(end <= __atomic_load_n(&s->size, __ATOMIC_ACQUIRE))) {
+        return 0;
+    }
+    int r = 0;
+    co_mutex_lock(&s->grow_lock);
+    if (end > __atomic_load_n(&s->size, __ATOMIC_ACQUIRE)) {
+        r = rbd_co_resize(s, end);
+    }
+    co_mutex_unlock(&s->grow_lock);
+    return r;
+}
+
 int coroutine_fn rbd_co_preadv(BlockDriverState *bs, int64_t offset, int64_t bytes,
                                IOVector *qiov, size_t qiov_offset, BdrvRequestFlags flags)
 {
@@ -147,7 +185,14 @@ int coroutine_fn rbd_co_pwritev(BlockDriverState *bs, int64_t offset, int64_t by
     if (bs->read_only) {
         return -EPERM;
     }
-    return rbd_co_rw(bs, RBD_WRITE, offset, bytes, qiov, qiov_offset);
+    int r = rbd_co_grow(bs, offset + bytes);
+    if (r == 0) {
+        r = rbd_co_rw(bs, RBD_WRITE, offset, bytes, qiov, qiov_offset);
+    }
+    if (r == 0) {
+        bdrv_note_growth(bs, offset + bytes);
+    }
+    return r;
 }
 
 int coroutine_fn rbd_co_pwrite_zeroes(BlockDriverState *bs, int64_t offset, int64_t bytes,
@@ -157,7 +202,14 @@ int coroutine_fn rbd_co_pwrite_zeroes(BlockDriverState *bs, int64_t offset, int6
     if (bs->read_only) {
         return -EPERM;
     }
-    return rbd_co_aio(bs, RBD_ZEROES, offset, bytes, NULL, 0);
+    int r = rbd_co_grow(bs, offset + bytes);
+    if (r == 0) {
+        r = rbd_co_aio(bs, RBD_ZEROES, offset, bytes, NULL, 0);
+    }
+    if (r == 0) {
+        bdrv_note_growth(bs, offset + bytes);
+    }
+    return r;
 }
 
 int coroutine_fn rbd_co_pdiscard(BlockDriverState *bs, int64_t offset, int64_t bytes)

@@ -215,6 +215,12 @@ static int rbd_open_bs(BlockDriverState *bs, OptDict *options, int flags, Error 
         goto fail;
     }
     s->object_size = info.obj_size;
+    s->size = (int64_t)size;
+    co_mutex_init(&s->grow_lock);
+    s->grow_lock_init = true;
+    /* Writes past the end grow the image, as in QEMU: a qcow2 on RBD
+     * (img create -f qcow2 rbd:...) allocates at its end. */
+    bs->growable = s->opened_rw;
     bdrv_set_total_bytes(bs, (int64_t)size);
     snprintf(bs->filename, sizeof(bs->filename), "rbd:%s", name);
     return 0;
@@ -233,6 +239,9 @@ fail:
 static void rbd_close_bs(BlockDriverState *bs)
 {
     RbdState *s = bs->opaque;
+    if (s->grow_lock_init) {
+        co_mutex_destroy(&s->grow_lock);
+    }
     if (s->image_open) {
         rbd_close(s->image);
     }
@@ -276,6 +285,7 @@ static void rbd_reopen_commit(BlockDriverState *bs)
         rbd_close(s->image);
         s->image = s->reopen_image;
         s->opened_rw = true;
+        bs->growable = true;
         s->reopen_pending = false;
     }
 }
@@ -310,17 +320,6 @@ static int64_t rbd_getlength(BlockDriverState *bs)
     return r < 0 ? r : (int64_t)size;
 }
 
-typedef struct RbdResize {
-    rbd_image_t image;
-    uint64_t size;
-} RbdResize;
-
-static int do_resize(void *opaque)
-{
-    RbdResize *r = opaque;
-    return rbd_resize(r->image, r->size);
-}
-
 static int coroutine_fn rbd_co_truncate(BlockDriverState *bs, int64_t offset, bool exact,
                                         PreallocMode prealloc, BdrvRequestFlags flags,
                                         Error **errp)
@@ -341,8 +340,9 @@ static int coroutine_fn rbd_co_truncate(BlockDriverState *bs, int64_t offset, bo
         error_setg(errp, "Cannot resize 'rbd:%s': it is open read-only", name);
         return -EPERM;
     }
-    RbdResize req = { s->image, (uint64_t)offset };
-    int r = rbd_co_run_blocking(do_resize, &req);
+    co_mutex_lock(&s->grow_lock);
+    int r = rbd_co_resize(s, offset);
+    co_mutex_unlock(&s->grow_lock);
     if (r < 0) {
         error_setg_errno(errp, -r, "rbd: cannot resize '%s' to %" PRId64 " bytes", name, offset);
         return r;

@@ -139,6 +139,20 @@ check "commit into rbd" 0 U commit top.qcow2
 check "base has the committed data" 0 U io -f raw -r -c 'read -P 0x55 1M 1M' \
     -c 'read -P 0x44 0 1M' -c 'read -P 0x44 2M 2M' rbd:rbd/base
 
+# ---- qcow2 on RBD: writes past the end grow the image (as QEMU's rbd does) ----
+check "create qcow2 on rbd" 0 U create -f qcow2 rbd:rbd/q 64M
+check "info qcow2 on rbd" 0 U info -f qcow2 rbd:rbd/q
+has "qcow2: virtual size" "virtual size: 64 MiB (67108864 bytes)"
+# Allocating writes from 16 requests at a time: each grows the image, none may
+# shrink what another grew.
+check "qcow2: concurrent allocating writes" 0 U bench -f qcow2 -w --random --pattern=0x3c -c 512 \
+    -s 64k -d 16 rbd:rbd/q
+check "qcow2: check is clean" 0 U check -f qcow2 rbd:rbd/q
+has "qcow2: no errors" "No errors were found on the image."
+check "qcow2: a write reads back" 0 U io -f qcow2 -c 'write -P 0x9e 60M 1M' -c 'read -P 0x9e 60M 1M' rbd:rbd/q
+check "qcow2 on rbd converts to a file" 0 U convert -f qcow2 -O raw rbd:rbd/q q.raw
+check "qcow2 copy compares" 0 U compare -f qcow2 -F raw rbd:rbd/q q.raw
+
 # ---- read-only snapshots ----
 check "write before snapshot" 0 U io -f raw -c 'write -P 0x11 0 1M' rbd:rbd/a
 check "rbd snap create" 0 rbd snap create rbd/a@s1
