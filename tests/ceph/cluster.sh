@@ -73,7 +73,6 @@ start() {
     dir=$(cd "$dir" && pwd)
     # Unix socket paths (admin sockets) must fit in sun_path.
     ((${#dir} < 70)) || die "DIR too long for admin sockets: $dir"
-    [[ -e $dir/ceph.conf ]] && die "$dir already holds a cluster (stop it first)"
     mkdir -p "$dir"/{run,log,mon.a,osd.0}
 
     local fsid port
@@ -153,7 +152,10 @@ CONF
 }
 
 case "${1:-}" in
-    start) [[ $# == 2 ]] || die "usage: $0 start DIR"; start "$2" ;;
+    # A start that fails half-way stops what it started.
+    start) [[ $# == 2 ]] || die "usage: $0 start DIR"
+           [[ -e $2/ceph.conf ]] && die "$2 already holds a cluster (stop it first)"
+           (start "$2") || { stop "$2"; exit 1; } ;;
     stop)  [[ $# == 2 ]] || die "usage: $0 stop DIR"; stop "$2" ;;
     *) die "usage: $0 start|stop DIR" ;;
 esac
