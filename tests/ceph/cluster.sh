@@ -132,7 +132,7 @@ CONF
     monmaptool --create --fsid "$fsid" --addv a "[v2:127.0.0.1:$port]" "$dir/monmap" >/dev/null
     ceph-mon -c "$conf" --mkfs -i a --monmap "$dir/monmap" --keyring "$dir/keyring"
     ceph-mon -c "$conf" -i a
-    wait_for 200 ceph -c "$conf" --connect-timeout 5 mon stat || die "mon did not come up (see $dir/log)"
+    wait_for 600 ceph -c "$conf" --connect-timeout 10 mon stat || die "mon did not come up (see $dir/log)"
 
     local uuid key id
     uuid=$(cat /proc/sys/kernel/random/uuid)
@@ -145,10 +145,10 @@ CONF
     ceph-osd -c "$conf" -i 0 --mkfs --key "$key" --osd-uuid "$uuid" 2>>"$dir/log/osd-mkfs.log" \
         || die "ceph-osd --mkfs failed (see $dir/log/osd-mkfs.log)"
     ceph-osd -c "$conf" -i 0 --keyring "$dir/osd.0/keyring" 2>>"$dir/log/osd-start.log"
-    wait_for 300 bash -c "ceph -c '$conf' osd dump | grep -q '^osd.0 up'" || die "osd.0 did not come up (see $dir/log)"
+    wait_for 1200 bash -c "ceph -c '$conf' osd dump | grep -q '^osd.0 up'" || die "osd.0 did not come up (see $dir/log)"
 
     ceph -c "$conf" osd pool create rbd 8 8 >/dev/null 2>&1
-    timeout 60 rbd -c "$conf" pool init rbd || die "rbd pool init failed"
+    timeout 300 rbd -c "$conf" pool init rbd || die "rbd pool init failed"
 }
 
 case "${1:-}" in
