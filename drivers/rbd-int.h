@@ -1,0 +1,68 @@
+/*
+ * rbd-int.h - the Ceph RBD protocol driver's shared state (drivers/rbd*.c).
+ *
+ * rbd.c opens the cluster and the image (options, filename, errors), creates,
+ * resizes and describes images; rbd-io.c moves data through librbd's AIO API
+ * and answers block status; rbd-name.c parses QEMU's `rbd:` filenames and is
+ * pure, so the unit tests cover it without a cluster.
+ */
+#ifndef UBLKD_RBD_INT_H
+#define UBLKD_RBD_INT_H
+
+#include <rados/librados.h>
+#include <rbd/librbd.h>
+#include "block-driver.h"
+
+/* What an `rbd:pool/[namespace/]image[@snap][:key=value]...` name says
+ * (QEMU 7.2's syntax; '\' escapes the next character).  Missing parts are
+ * NULL; "id" becomes user, "conf" conf, every other key=value pair is a
+ * Ceph configuration option, set in the order given. */
+typedef struct RbdSpec {
+    char *pool, *ns, *image, *snap, *conf, *user;
+    char **keys, **values;
+    int nkv;
+} RbdSpec;
+
+/* 0, or -EINVAL with errp set (QEMU's words where it has them). */
+int rbd_parse_filename(const char *filename, RbdSpec *spec, Error **errp);
+void rbd_spec_free(RbdSpec *spec);
+
+typedef struct RbdState {
+    rados_t cluster;
+    rados_ioctx_t io;
+    rbd_image_t image;
+    RbdSpec spec;            /* what was opened (image, snap, ...) */
+    bool image_open;
+    bool opened_rw;          /* rbd_open (may write), not rbd_open_read_only */
+    rbd_image_t reopen_image;  /* the writable handle a reopen prepared */
+    bool reopen_pending;
+    uint64_t object_size;
+    /* The image's size as this node last set or saw it (atomic); growing
+     * writes resize under grow_lock so that two never shrink each other. */
+    int64_t size;
+    CoMutex grow_lock;
+    bool grow_lock_init;
+} RbdState;
+
+/* rbd_resize to size on the helper thread; updates s->size.  Under grow_lock. */
+int coroutine_fn rbd_co_resize(RbdState *s, int64_t size);
+
+/* rbd-io.c */
+int coroutine_fn rbd_co_preadv(BlockDriverState *bs, int64_t offset, int64_t bytes,
+                               IOVector *qiov, size_t qiov_offset, BdrvRequestFlags flags);
+int coroutine_fn rbd_co_pwritev(BlockDriverState *bs, int64_t offset, int64_t bytes,
+                                IOVector *qiov, size_t qiov_offset, BdrvRequestFlags flags);
+int coroutine_fn rbd_co_pwrite_zeroes(BlockDriverState *bs, int64_t offset, int64_t bytes,
+                                      BdrvRequestFlags flags);
+int coroutine_fn rbd_co_pdiscard(BlockDriverState *bs, int64_t offset, int64_t bytes);
+int coroutine_fn rbd_co_flush(BlockDriverState *bs);
+int coroutine_fn rbd_co_block_status(BlockDriverState *bs, bool want_zero, int64_t offset,
+                                     int64_t bytes, int64_t *pnum, int64_t *map,
+                                     BlockDriverState **file);
+/* Run fn(opaque) (a blocking librbd call) on a thread of its own while the
+ * calling coroutine yields, so no event loop waits for the cluster: for the
+ * synchronous calls librbd has no AIO form of (resize, diff iterate).
+ * Returns fn's result, or -errno if no thread could be started. */
+int coroutine_fn rbd_co_run_blocking(int (*fn)(void *opaque), void *opaque);
+
+#endif

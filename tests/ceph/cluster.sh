@@ -1,0 +1,161 @@
+#!/bin/bash
+# A throwaway single-host Ceph cluster for the RBD tests: one mon and one OSD on
+# memstore (the data lives in the OSD's memory), all on 127.0.0.1, no systemd,
+# no mgr (nothing the tests do needs one), everything under DIR.
+#
+#   tests/ceph/cluster.sh start DIR   # DIR/ceph.conf, DIR/keyring; pool "rbd" ready
+#   tests/ceph/cluster.sh stop DIR    # kills the daemons started from DIR, waits for them
+#
+# Clients use it with `CEPH_CONF=DIR/ceph.conf` (or conf=DIR/ceph.conf in an rbd: name);
+# the conf names the admin keyring.  Needs ceph-mon, ceph-osd and ceph-common
+# (`make deps-ceph`).  Memory is kept small: the machine is shared.
+set -euo pipefail
+
+die() { echo "cluster.sh: $*" >&2; exit 1; }
+
+free_port() {
+    # The first port from a random start that nothing listens on.
+    local p=$((20000 + RANDOM % 20000)) i
+    for ((i = 0; i < 200; i++, p++)); do
+        (exec 3<>"/dev/tcp/127.0.0.1/$p") 2>/dev/null || { echo "$p"; return; }
+    done
+    die "no free port"
+}
+
+# Waits up to $1 tenths of a second for "$2..." to succeed.
+wait_for() {
+    local n=$1; shift
+    while ((n-- > 0)); do
+        "$@" >/dev/null 2>&1 && return 0
+        sleep 0.1
+    done
+    return 1
+}
+
+stop() {
+    local dir=$1 f pid pids=() i
+    for f in "$dir"/run/*.pid; do
+        [[ -f $f ]] || continue
+        pid=$(cat "$f")
+        # Only a ceph daemon whose command line names this cluster's conf.
+        if [[ -r /proc/$pid/cmdline ]] && tr '\0' ' ' < "/proc/$pid/cmdline" | grep -q -- "$dir/ceph.conf"; then
+            # The OSD is killed outright: memstore would dump every object into
+            # DIR on a clean shutdown, for data that is thrown away.
+            local sig=TERM
+            [[ $f == */osd.* ]] && sig=KILL
+            kill -"$sig" "$pid" 2>/dev/null && pids+=("$pid")
+        fi
+        rm -f "$f"
+    done
+    for ((i = 0; i < 100; i++)); do
+        local alive=()
+        for pid in "${pids[@]}"; do kill -0 "$pid" 2>/dev/null && alive+=("$pid"); done
+        ((${#alive[@]} == 0)) && return 0
+        pids=("${alive[@]}")
+        sleep 0.1
+    done
+    kill -KILL "${pids[@]}" 2>/dev/null || true
+    for ((i = 0; i < 50; i++)); do
+        local alive=()
+        for pid in "${pids[@]}"; do kill -0 "$pid" 2>/dev/null && alive+=("$pid"); done
+        ((${#alive[@]} == 0)) && return 0
+        sleep 0.1
+    done
+    die "daemons ${pids[*]} did not exit"
+}
+
+start() {
+    local dir=$1
+    for b in ceph-mon ceph-osd ceph-authtool monmaptool ceph rbd; do
+        command -v "$b" >/dev/null || die "$b not found (make deps-ceph)"
+    done
+    mkdir -p "$dir"
+    dir=$(cd "$dir" && pwd)
+    # Unix socket paths (admin sockets) must fit in sun_path.
+    ((${#dir} < 70)) || die "DIR too long for admin sockets: $dir"
+    mkdir -p "$dir"/{run,log,mon.a,osd.0}
+
+    local fsid port
+    fsid=$(cat /proc/sys/kernel/random/uuid)
+    port=$(free_port)
+    cat > "$dir/ceph.conf" <<CONF
+[global]
+fsid = $fsid
+mon host = v2:127.0.0.1:$port
+public network = 127.0.0.0/8
+public addr = 127.0.0.1
+keyring = $dir/keyring
+run dir = $dir/run
+admin socket = $dir/run/\$name.asok
+pid file = $dir/run/\$name.pid
+log file = $dir/log/\$name.log
+auth cluster required = cephx
+auth service required = cephx
+auth client required = cephx
+ms bind msgr1 = false
+ms async op threads = 1
+# a dead cluster makes clients fail fast instead of hang
+client mount timeout = 10
+rados mon op timeout = 10
+rados osd op timeout = 30
+osd pool default size = 1
+osd pool default min size = 1
+osd pool default pg num = 8
+osd pool default pgp num = 8
+osd pool default pg autoscale mode = off
+osd crush chooseleaf type = 0
+mon allow pool size one = true
+mon allow pool delete = true
+mon warn on pool no redundancy = false
+mon data avail warn = 1
+mon data avail crit = 0
+mon warn on insecure global id reclaim allowed = false
+[mon]
+mon data = $dir/mon.\$id
+mon cluster log file = $dir/log/cluster.log
+[osd]
+osd data = $dir/osd.\$id
+osd objectstore = memstore
+memstore device bytes = 2147483648
+osd memory target = 268435456
+osd op num shards = 1
+osd op num threads per shard = 2
+osd max object name len = 256
+osd max object namespace len = 64
+osd class load list = *
+osd class default list = *
+CONF
+    local conf=$dir/ceph.conf
+    ceph-authtool --create-keyring "$dir/keyring" --gen-key -n mon. --cap mon 'allow *' >/dev/null
+    ceph-authtool "$dir/keyring" --gen-key -n client.admin --cap mon 'allow *' --cap osd 'allow *' \
+        --cap mgr 'allow *' --cap mds 'allow *' >/dev/null
+    monmaptool --create --fsid "$fsid" --addv a "[v2:127.0.0.1:$port]" "$dir/monmap" >/dev/null
+    ceph-mon -c "$conf" --mkfs -i a --monmap "$dir/monmap" --keyring "$dir/keyring"
+    ceph-mon -c "$conf" -i a
+    wait_for 600 ceph -c "$conf" --connect-timeout 10 mon stat || die "mon did not come up (see $dir/log)"
+
+    local uuid key id
+    uuid=$(cat /proc/sys/kernel/random/uuid)
+    key=$(ceph-authtool --gen-print-key)
+    printf '{"cephx_secret": "%s"}\n' "$key" > "$dir/osd.0/new.json"
+    id=$(ceph -c "$conf" osd new "$uuid" -i "$dir/osd.0/new.json")
+    [[ $id == 0 ]] || die "osd new gave id '$id'"
+    rm -f "$dir/osd.0/new.json"
+    ceph-authtool --create-keyring "$dir/osd.0/keyring" --name osd.0 --add-key "$key" >/dev/null
+    ceph-osd -c "$conf" -i 0 --mkfs --key "$key" --osd-uuid "$uuid" 2>>"$dir/log/osd-mkfs.log" \
+        || die "ceph-osd --mkfs failed (see $dir/log/osd-mkfs.log)"
+    ceph-osd -c "$conf" -i 0 --keyring "$dir/osd.0/keyring" 2>>"$dir/log/osd-start.log"
+    wait_for 1200 bash -c "ceph -c '$conf' osd dump | grep -q '^osd.0 up'" || die "osd.0 did not come up (see $dir/log)"
+
+    ceph -c "$conf" osd pool create rbd 8 8 >/dev/null 2>&1
+    timeout 300 rbd -c "$conf" pool init rbd || die "rbd pool init failed"
+}
+
+case "${1:-}" in
+    # A start that fails half-way stops what it started.
+    start) [[ $# == 2 ]] || die "usage: $0 start DIR"
+           [[ -e $2/ceph.conf ]] && die "$2 already holds a cluster (stop it first)"
+           (start "$2") || { stop "$2"; exit 1; } ;;
+    stop)  [[ $# == 2 ]] || die "usage: $0 stop DIR"; stop "$2" ;;
+    *) die "usage: $0 start|stop DIR" ;;
+esac
