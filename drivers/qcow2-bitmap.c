@@ -671,6 +671,53 @@ fail:
     return ret;
 }
 
+/*
+ * Called and returns with s->lock held.  A directory of nb entries (the
+ * bitmaps but skip; nb 0: none) goes into new clusters and, with the lock
+ * dropped, is flushed with everything it names before the header is pointed
+ * at it.  *off is where it went (<= 0: nowhere to give back); a failed
+ * header write sets it to 0, as what the header on disk names is unknown
+ * then and both directories must stay.
+ */
+static int coroutine_fn dir_commit(BlockDriverState *bs, struct Qcow2Bitmaps *b,
+                                   const Qcow2Bitmap *skip, uint32_t nb, uint64_t size,
+                                   int64_t *off)
+{
+    BDRVQcow2State *s = bs->opaque;
+    int ret = 0;
+
+    *off = 0;
+    if (nb) {
+        uint8_t *dir = dir_build(b, size, skip);
+        *off = dir ? qcow2_alloc_clusters(bs, size) : -ENOMEM;
+        ret = *off < 0 ? (int)*off : bdrv_pwrite(bs->file, *off, (int64_t)size, dir, 0);
+        free(dir);
+    }
+    co_mutex_unlock(&s->lock);
+    if (ret == 0) {
+        ret = qcow2_co_flush_to_os(bs);
+    }
+    if (ret == 0) {
+        ret = bdrv_co_flush(bs->file->bs);
+    }
+    co_mutex_lock(&s->lock);
+    if (ret == 0) {
+        s->nb_bitmaps = nb;
+        s->bitmap_directory_offset = nb ? (uint64_t)*off : 0;
+        s->bitmap_directory_size = nb ? size : 0;
+        if (nb) {
+            s->h.autoclear |= QCOW2_AUTOCLEAR_BITMAPS;
+        } else {
+            s->h.autoclear &= ~QCOW2_AUTOCLEAR_BITMAPS;
+        }
+        ret = qcow2_update_header_locked(bs, false, NULL, NULL);
+        if (ret < 0) {
+            *off = 0;
+        }
+    }
+    return ret;
+}
+
 /* QEMU's qcow2_store_persistent_dirty_bitmaps + update_ext_header_and_dir. */
 static int coroutine_fn store_all(BlockDriverState *bs)
 {
@@ -679,7 +726,7 @@ static int coroutine_fn store_all(BlockDriverState *bs)
     uint64_t old_dir_off = s->bitmap_directory_offset, old_dir_size = s->bitmap_directory_size;
     uint64_t *old_off = calloc(b->nb ? b->nb : 1, sizeof(uint64_t));
     uint32_t *old_size = calloc(b->nb ? b->nb : 1, sizeof(uint32_t));
-    uint8_t *buf = malloc(s->cluster_size), *dir = NULL;
+    uint8_t *buf = malloc(s->cluster_size);
     uint32_t stored = 0;
     int ret = -ENOMEM;
 
@@ -700,35 +747,8 @@ static int coroutine_fn store_all(BlockDriverState *bs)
     }
     uint64_t size = dir_size(b, NULL, true);
     int64_t dir_off = 0;
-    if (ret == 0 && b->nb) {
-        ret = -ENOMEM;
-        dir = dir_build(b, size, NULL);
-        if (dir) {
-            dir_off = qcow2_alloc_clusters(bs, size);
-            ret = dir_off < 0 ? (int)dir_off
-                              : bdrv_pwrite(bs->file, dir_off, (int64_t)size, dir, 0);
-        }
-    }
-    co_mutex_unlock(&s->lock);
-    /* Everything the new directory names is on disk before the header
-     * names it. */
     if (ret == 0) {
-        ret = qcow2_co_flush_to_os(bs);
-    }
-    if (ret == 0) {
-        ret = bdrv_co_flush(bs->file->bs);
-    }
-    co_mutex_lock(&s->lock);
-    if (ret == 0) {
-        s->nb_bitmaps = b->nb;
-        s->bitmap_directory_offset = b->nb ? (uint64_t)dir_off : 0;
-        s->bitmap_directory_size = b->nb ? size : 0;
-        if (b->nb) {
-            s->h.autoclear |= QCOW2_AUTOCLEAR_BITMAPS;
-        } else {
-            s->h.autoclear &= ~QCOW2_AUTOCLEAR_BITMAPS;
-        }
-        ret = qcow2_update_header_locked(bs, false, NULL, NULL);
+        ret = dir_commit(bs, b, NULL, b->nb, size, &dir_off);
     }
     if (ret == 0) {
         /* The old clusters are no one's now. */
@@ -771,7 +791,6 @@ out_nolock:
     free(old_off);
     free(old_size);
     free(buf);
-    free(dir);
     return ret;
 }
 
@@ -1091,42 +1110,13 @@ static int coroutine_fn dir_replace(BlockDriverState *bs, struct Qcow2Bitmaps *b
     uint64_t old_off = s->bitmap_directory_offset, old_size = s->bitmap_directory_size;
     uint64_t size = dir_size(b, skip, true);
     uint32_t nb = 0;
-    uint8_t *dir = NULL;
     int64_t off = 0;
-    int ret = 0;
 
     for (uint32_t i = 0; i < b->nb; i++) {
         nb += dir_has(&b->bm[i], skip, true);
     }
     co_mutex_lock(&s->lock);
-    if (nb) {
-        dir = dir_build(b, size, skip);
-        off = dir ? qcow2_alloc_clusters(bs, size) : -ENOMEM;
-        ret = off < 0 ? (int)off : bdrv_pwrite(bs->file, off, (int64_t)size, dir, 0);
-    }
-    co_mutex_unlock(&s->lock);
-    if (ret == 0) {
-        ret = qcow2_co_flush_to_os(bs);
-    }
-    if (ret == 0) {
-        ret = bdrv_co_flush(bs->file->bs);
-    }
-    co_mutex_lock(&s->lock);
-    if (ret == 0) {
-        s->nb_bitmaps = nb;
-        s->bitmap_directory_offset = nb ? (uint64_t)off : 0;
-        s->bitmap_directory_size = nb ? size : 0;
-        if (nb) {
-            s->h.autoclear |= QCOW2_AUTOCLEAR_BITMAPS;
-        } else {
-            s->h.autoclear &= ~QCOW2_AUTOCLEAR_BITMAPS;
-        }
-        ret = qcow2_update_header_locked(bs, false, NULL, NULL);
-        if (ret < 0) {
-            /* What the header on disk names is unknown now: keep both. */
-            off = 0;
-        }
-    }
+    int ret = dir_commit(bs, b, skip, nb, size, &off);
     if (ret == 0) {
         if (old_size && !qcow2_overlaps_metadata(bs, old_off, old_size, 0)) {
             qcow2_update_refcount(bs, old_off, old_size, true);
@@ -1135,7 +1125,6 @@ static int coroutine_fn dir_replace(BlockDriverState *bs, struct Qcow2Bitmaps *b
         qcow2_update_refcount(bs, (uint64_t)off, size, true);
     }
     co_mutex_unlock(&s->lock);
-    free(dir);
     return ret;
 }
 

@@ -54,6 +54,18 @@ require_format() {
 
 uimg() { "$UBLKD" img "$@"; }
 
+# bitmap_map FILE NAME: a qcow2 bitmap's dirty ranges as qemu-nbd exports them
+# (needs qemu-nbd and nbdinfo).
+bitmap_map() {
+    rm -f nbd.sock
+    qemu-nbd -r -f qcow2 --bitmap="$2" -k "$WORK/nbd.sock" "$1" 2>nbd.err &
+    local pid=$! i
+    for i in $(seq 100); do [ -S nbd.sock ] && break; sleep 0.05; done
+    nbdinfo --map="qemu:dirty-bitmap:$2" "nbd+unix:///?socket=$WORK/nbd.sock" || {
+        cat nbd.err >&2; kill $pid; fail "nbdinfo --map of $1 bitmap $2"; }
+    kill $pid 2>/dev/null; wait $pid 2>/dev/null
+}
+
 # killed_wait PID IMG: reap a process killed with -9 and wait (up to 10 s) until
 # IMG's image lock is free again.  A dead process's io_uring is torn down by
 # the kernel after the exit, and holds the file (and its OFD lock) until then,

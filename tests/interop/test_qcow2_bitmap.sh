@@ -29,16 +29,6 @@ checks_clean() {
     "$QEMU_IMG" check -q "$1" || fail "$2: qemu-img check of $1"
     uimg check -q "$1" || fail "$2: ublkd img check of $1"
 }
-# bitmap_map FILE NAME: the dirty ranges as qemu-nbd exports them.
-bitmap_map() {
-    rm -f nbd.sock
-    qemu-nbd -r -f qcow2 --bitmap="$2" -k "$WORK/nbd.sock" "$1" 2>nbd.err &
-    local pid=$! i
-    for i in $(seq 100); do [ -S nbd.sock ] && break; sleep 0.05; done
-    nbdinfo --map="qemu:dirty-bitmap:$2" "nbd+unix:///?socket=$WORK/nbd.sock" || {
-        cat nbd.err >&2; kill $pid; fail "nbdinfo --map of $1 bitmap $2"; }
-    kill $pid 2>/dev/null; wait $pid 2>/dev/null
-}
 # maps_same A B NAME...: both images' bitmaps hold the same bits.
 maps_same() {
     local a=$1 b=$2 n

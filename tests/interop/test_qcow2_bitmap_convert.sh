@@ -15,16 +15,6 @@ require_format qcow2
 require_cmd qemu-nbd nbdinfo
 
 n_ok=0
-# bitmap_map FILE NAME: the dirty ranges as qemu-nbd exports them.
-bitmap_map() {
-    rm -f nbd.sock
-    qemu-nbd -r -f qcow2 --bitmap="$2" -k "$WORK/nbd.sock" "$1" 2>nbd.err &
-    local pid=$! i
-    for i in $(seq 100); do [ -S nbd.sock ] && break; sleep 0.05; done
-    nbdinfo --map="qemu:dirty-bitmap:$2" "nbd+unix:///?socket=$WORK/nbd.sock" || {
-        cat nbd.err >&2; kill $pid; fail "nbdinfo --map of $1 bitmap $2"; }
-    kill $pid 2>/dev/null; wait $pid 2>/dev/null
-}
 # bitmaps_json FILE: the bitmaps qemu-img info lists.
 bitmaps_json() { "$QEMU_IMG" info --output=json "$1" | jq -c '."format-specific".data.bitmaps'; }
 # both_rc LABEL ARGS...: `convert ARGS` by both tools (OUT in ARGS names
