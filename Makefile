@@ -116,7 +116,8 @@ BENCHES := $(BENCH_SRCS:tests/bench/%.c=$(BUILD)/tests/%)
 DEB_PACKAGES := gcc clang make pkg-config liburing-dev libcmocka-dev libjson-c-dev \
     libzstd-dev libssl-dev uuid-dev zlib1g-dev libclang-rt-14-dev libtsan2 libasan8 libubsan1 qemu-utils fio e2fsprogs \
     util-linux mount python3 time qemu-system-x86 busybox-static cpio kmod xz-utils jq \
-    dmsetup xfsprogs systemd groff-base man-db libnbd-bin librbd-dev librados-dev
+    dmsetup xfsprogs systemd groff-base man-db libnbd-bin librbd-dev librados-dev \
+    ceph-mon ceph-osd ceph-common
 SUDO := $(if $(filter 0,$(shell id -u)),,sudo)
 
 .PHONY: deps
@@ -127,8 +128,8 @@ deps:
 	    $(SUDO) apt-get update -q && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -q $$missing; \
 	else echo "deps: all installed"; fi
 
-# The Ceph daemons `make test-ceph` starts (tests/ceph/cluster.sh): not in
-# deps, as CI starts no cluster; the build needs only librbd-dev/librados-dev.
+# The Ceph daemons `make test-ceph` starts (tests/ceph/cluster.sh; part of
+# `make test`, so in deps too); the build alone needs only librbd-dev/librados-dev.
 CEPH_DEB_PACKAGES := ceph-mon ceph-osd ceph-common
 .PHONY: deps-ceph test-ceph
 deps-ceph:
@@ -240,7 +241,7 @@ endif
 # VM_TIMEOUT: the guest's limit, generous, since the host lane of make test runs beside it.
 check-vm: $(VM_UBLKD) $(BUILD)/log-writes-replay
 	@VM_TIMEOUT=$${VM_TIMEOUT:-2400} UBLKD=$(abspath $(VM_UBLKD)) LOG_WRITES_REPLAY=$(abspath $(BUILD)/log-writes-replay) \
-	    KILL9_CYCLES=$${KILL9_CYCLES:-2} tests/vm/run.sh
+	    KILL9_CYCLES=$${KILL9_CYCLES:-5} tests/vm/run.sh
 
 # The tests whose behaviour depends on what the kernel's ublk driver has (features, zero
 # copy by auto buffer registration - 7.x's default - recovery modes, safe stop, unprivileged
@@ -250,7 +251,7 @@ check-vm: $(VM_UBLKD) $(BUILD)/log-writes-replay
 # This guest has 4 CPUs, so qcow2_verify's -q 4 gets 4 queues (the kernel makes at most one
 # per possible CPU; the 6.12 guest has 2).
 VM_73_TESTS ?= features list lifecycle safe_stop recovery recovery_modes unpriv zerocopy \
-	raw_verify del_pid teardown resize upgrade per_io batch qcow2_verify
+	raw_verify del_pid teardown resize upgrade per_io batch qcow2_verify io_scheduler
 check-vm-7.3: $(VM_UBLKD) $(BUILD)/log-writes-replay
 	@VM_KERNEL=7.3 VM_CPUS=$${VM_CPUS:-4} VM_TIMEOUT=$${VM_TIMEOUT:-2400} UBLKD=$(abspath $(VM_UBLKD)) LOG_WRITES_REPLAY=$(abspath $(BUILD)/log-writes-replay) \
 	    KILL9_CYCLES=$${KILL9_CYCLES:-2} tests/vm/run.sh $(VM_73_TESTS)
@@ -340,6 +341,7 @@ POWERLOSS_SOAK_RECORDS ?= 10
 soak-powerloss: $(BUILD)/ublkd $(BUILD)/log-writes-replay
 	@UBLKD=$(abspath $(BUILD)/ublkd) POWERLOSS_RECORDS=$(POWERLOSS_SOAK_RECORDS) POWERLOSS_POINTS=all \
 	    POWERLOSS_FORMATS="$${POWERLOSS_FORMATS:-raw vdi qcow2}" \
+	    POWERLOSS_XFS_FORMATS="$${POWERLOSS_XFS_FORMATS:-$${POWERLOSS_FORMATS:-raw vdi qcow2}}" \
 	    TEST_TIMEOUT=$${TEST_TIMEOUT:-14400} VM_TIMEOUT=$${VM_TIMEOUT:-30000} \
 	    tests/vm/run.sh test_powerloss_ext4 test_powerloss_xfs
 

@@ -185,6 +185,7 @@ typedef struct UblkDevConfig {
     UblkZeroCopy zero_copy;
     unsigned per_io_threads;   /* --per-io-threads: 0 = one thread per queue */
     UblkBatch batch;           /* --batch */
+    char *io_scheduler;        /* --io-scheduler: NULL = "none"; "kernel" keeps the kernel's */
     char *log_file;
     char *key_file;            /* --key-file: passphrase of an encrypted image (its path
                                 * is recorded, never the key) */

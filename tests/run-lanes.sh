@@ -2,7 +2,8 @@
 # run-lanes.sh - `make test` after its builds: the host suites and the VM
 # guests run side by side, as two lanes.
 #
-# The host suites (unit, install, the sanitizer unit runs, interop, fuzz)
+# The host suites (unit, install, the sanitizer unit runs, interop, fuzz,
+# the rbd protocol against a one-host Ceph cluster)
 # spend most of their time waiting on fsync, qemu-img, sleeps and kill -9
 # points; the VM guests spend theirs in TCG.  One after the other they took
 # ~28 min on 2 cores; side by side the wall time is the longer lane.
@@ -15,7 +16,7 @@ set -u
 cd "$(dirname "$0")/.."
 MAKE=make   # not $(MAKE) in the recipe: `make -n test` would run this
 BUILD=${BUILD:-build}
-HOST_TARGETS=${HOST_TARGETS:-check-unit check-install asan tsan check-interop check-hostile-quick check-fuzz}
+HOST_TARGETS=${HOST_TARGETS:-check-unit check-install asan tsan check-interop check-hostile-quick check-fuzz test-ceph}
 VM_TARGETS=${VM_TARGETS:-check-vm check-vm-7.3}
 
 if [ "${LANES:-2}" = 1 ]; then

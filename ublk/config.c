@@ -48,6 +48,7 @@ void ublk_dev_config_free(UblkDevConfig *c)
     free(c->cache);
     free(c->discard);
     free(c->log_file);
+    free(c->io_scheduler);
     free(c->key_file);
     free(c->extra_opts);
     memset(c, 0, sizeof(*c));
@@ -104,6 +105,10 @@ void ublk_dev_config_usage(FILE *f)
         "      --reissue               same as --recovery=reissue\n"
         "  -r                          same as --recovery=fail (UBLK_F_USER_RECOVERY alone,\n"
         "                              what -r means to ublksrv and rublk)\n"
+        "      --io-scheduler NAME     the device's I/O scheduler: none (default; the kernel\n"
+        "                              gives 1-queue devices mq-deadline, which on 7.x sends\n"
+        "                              every request through a kworker), kernel (keep its\n"
+        "                              choice), or a scheduler's name\n"
         "      --affinity queue|none   pin each queue thread to the kernel's CPUs for it (default none)\n"
         "      --foreground            do not daemonize; log to stderr\n"
         "      --log FILE              log to FILE instead of syslog\n");
@@ -167,6 +172,7 @@ enum {
     OPT_KEY_FILE,
     OPT_SNAPSHOT,
     OPT_BATCH,
+    OPT_IO_SCHED,
 };
 
 int ublk_dev_config_parse(UblkDevConfig *c, int argc, char **argv, Error **errp)
@@ -205,6 +211,7 @@ int ublk_dev_config_parse(UblkDevConfig *c, int argc, char **argv, Error **errp)
         { "key-file", required_argument, NULL, OPT_KEY_FILE },
         { "snapshot", required_argument, NULL, OPT_SNAPSHOT },
         { "batch", optional_argument, NULL, OPT_BATCH },
+        { "io-scheduler", required_argument, NULL, OPT_IO_SCHED },
         { NULL, 0, NULL, 0 },
     };
     uint32_t v;
@@ -424,6 +431,17 @@ int ublk_dev_config_parse(UblkDevConfig *c, int argc, char **argv, Error **errp)
             c->batch = (UblkBatch)i;
             break;
         }
+        case OPT_IO_SCHED:
+            /* A sysfs word: what the kernel's elevator names are made of. */
+            if (!*optarg || strlen(optarg) > 31 ||
+                strspn(optarg, "abcdefghijklmnopqrstuvwxyz0123456789-_") != strlen(optarg)) {
+                error_setg(errp, "invalid value for --io-scheduler: '%s' (none, kernel, or an "
+                           "I/O scheduler's name such as mq-deadline)", optarg);
+                return -1;
+            }
+            free(c->io_scheduler);
+            c->io_scheduler = xstrdup(optarg);
+            break;
         case ':':
         case '?':
         default:
@@ -1432,6 +1450,7 @@ char *ublk_dev_state_to_json(const UblkDevState *s)
     add_str(co, "zero_copy", ublk_zero_copy_name(c->zero_copy));
     add_int(co, "per_io_threads", c->per_io_threads);
     add_str(co, "batch", ublk_batch_name(c->batch));
+    add_str(co, "io_scheduler", c->io_scheduler);
     add_str(co, "log", c->log_file);
     add_str(co, "key_file", c->key_file);
     json_object_object_add(o, "config", co);
@@ -1618,6 +1637,7 @@ static bool state_fields_from_json(json_object *o, json_object *co, UblkDevState
          ((choice = c->batch), true) &&
          get_choice(co, "batch", batch_names, ARRAY_SIZE(batch_names), &choice, errp) &&
          ((c->batch = choice), true) &&
+         get_str(co, "io_scheduler", &c->io_scheduler, errp) &&
          get_str(co, "log", &c->log_file, errp) &&
          get_str(co, "key_file", &c->key_file, errp);
     return ok;

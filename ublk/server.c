@@ -174,6 +174,51 @@ static bool wait_for_bdev(const char *path, unsigned timeout_ms)
     return false;
 }
 
+/*
+ * --io-scheduler: a 1-queue ublk device gets mq-deadline from the kernel, and
+ * on 7.x every request of a device with an elevator takes a trip through a
+ * kblockd worker (docs/PERFORMANCE.md: 2-3x slower 4k I/O); the image below
+ * does its own ordering, so "none" is the default.  "kernel" leaves the
+ * kernel's (or a udev rule's) choice.  A name the kernel does not offer is an
+ * error only when the user gave it: the default is a tuning that an
+ * unprivileged daemon (sysfs is root's) goes without, with a note.
+ */
+static int apply_io_scheduler(const UblkDevConfig *cfg, uint32_t dev_id, Error **errp)
+{
+    const char *want = cfg->io_scheduler ? cfg->io_scheduler : "none";
+    if (!strcmp(want, "kernel")) {
+        return 0;
+    }
+    char path[96];
+    snprintf(path, sizeof(path), "/sys/block/ublkb%u/queue/scheduler", dev_id);
+    int fd = open(path, O_WRONLY | O_CLOEXEC);
+    int err = fd < 0 ? errno : 0;
+    if (fd >= 0) {
+        ssize_t n = write(fd, want, strlen(want));
+        err = n < 0 ? errno : n != (ssize_t)strlen(want) ? EIO : 0;
+        close(fd);
+    }
+    if (!err) {
+        return 0;
+    }
+    char offered[256] = "";
+    fd = open(path, O_RDONLY | O_CLOEXEC);
+    if (fd >= 0) {
+        ssize_t n = read(fd, offered, sizeof(offered) - 1);
+        offered[n > 0 ? n : 0] = 0;
+        offered[strcspn(offered, "\n")] = 0;
+        close(fd);
+    }
+    if (!cfg->io_scheduler) {
+        ublk_log(LOG_NOTICE, "device %u: could not set the I/O scheduler to none (%s: %s); "
+                 "it stays [%s]", dev_id, path, strerror(err), offered);
+        return 0;
+    }
+    error_setg(errp, "device %u: --io-scheduler %s: %s: %s (the kernel offers: %s)", dev_id,
+               want, path, strerror(err), offered[0] ? offered : "unknown");
+    return -1;
+}
+
 /* ---- the daemon ---- */
 
 typedef struct Server {
@@ -541,6 +586,10 @@ static int server_start(Server *s, bool recover, int ready_fd, Error **errp)
     ublk_bdev_path(d->dev_id, s->bdev, sizeof(s->bdev));
     if (!wait_for_bdev(s->bdev, 5000)) {
         error_setg(errp, "%s did not appear", s->bdev);
+        return -1;
+    }
+    /* A recovered device kept its queue settings, and a user's since. */
+    if (!recover && apply_io_scheduler(cfg, d->dev_id, errp) < 0) {
         return -1;
     }
 

@@ -814,6 +814,41 @@ static uint64_t batch_flag(const char *line, uint64_t supported, const char *wan
     return f;
 }
 
+/* --io-scheduler: a sysfs word or nothing; kept in the state file. */
+static void test_io_scheduler(void **state)
+{
+    (void)state;
+    UblkDevConfig c;
+    assert_int_equal(parse(&c, "add raw a", NULL), 0);
+    assert_null(c.io_scheduler);               /* the server's default: none */
+    ublk_dev_config_free(&c);
+    assert_int_equal(parse(&c, "add --io-scheduler mq-deadline raw a", NULL), 0);
+    assert_string_equal(c.io_scheduler, "mq-deadline");
+    ublk_dev_config_free(&c);
+    assert_int_equal(parse(&c, "add --io-scheduler=kernel raw a", NULL), 0);
+    assert_string_equal(c.io_scheduler, "kernel");
+    ublk_dev_config_free(&c);
+    /* what the kernel's parser would take as more than one word, or nothing */
+    expect_error("add --io-scheduler=a/b raw a", "invalid value for --io-scheduler: 'a/b'");
+    expect_error("add --io-scheduler=Bfq raw a", "--io-scheduler");
+    expect_error("add --io-scheduler= raw a", "--io-scheduler");
+    expect_error("add --io-scheduler=abcdefghijklmnopqrstuvwxyz0123456 raw a", "--io-scheduler");
+#ifdef CONFIG_JSON
+    UblkDevState s = { 0 }, r;
+    assert_int_equal(parse(&s.cfg, "add --io-scheduler bfq raw a", NULL), 0);
+    s.dev_id = 1;
+    s.graph = strdup("driver=raw");
+    s.bdev = strdup("/dev/ublkb1");
+    char *json = ublk_dev_state_to_json(&s);
+    assert_non_null(strstr(json, "\"io_scheduler\":\"bfq\""));
+    assert_int_equal(ublk_dev_state_from_json(json, &r, NULL), 0);
+    assert_string_equal(r.cfg.io_scheduler, "bfq");
+    free(json);
+    ublk_dev_state_free(&r);
+    ublk_dev_state_free(&s);
+#endif
+}
+
 /* --batch: parsing, what each mode asks of which kernel, the exclusions,
  * the state file. */
 static void test_batch_modes(void **state)
@@ -1256,6 +1291,7 @@ int main(void)
         cmocka_unit_test(test_throttling_group_refused),
         cmocka_unit_test(test_zero_copy_modes),
         cmocka_unit_test(test_batch_modes),
+        cmocka_unit_test(test_io_scheduler),
         cmocka_unit_test(test_no_partition_scan),
         cmocka_unit_test(test_per_io_threads),
         cmocka_unit_test(test_per_io_split),

@@ -20,9 +20,9 @@ IMG_SIZE=512M
 # Each cycle writes REGION bytes at its own offset (8 regions 64 MiB apart,
 # then round again), so an allocating format allocates in every cycle of a
 # round while the image stays small enough for the guest's tmpfs.  The rate
-# cap makes the write last about 5 s whatever the machine's speed, so the
-# kill lands while fio writes.
-REGION=40M REGION_STEP=64 REGIONS=8 RATE=8m
+# cap makes the write last about 3 s whatever the machine's speed, so the
+# kill (1-2 s after the first writes) lands while fio writes.
+REGION=24M REGION_STEP=64 REGIONS=8 RATE=8m
 
 # fio_job DEV CYCLE ARGS...: the cycle's job; the write and the verify pass
 # must agree on everything but the phase options.  Run in $T/fio so the
@@ -66,9 +66,9 @@ for fmt in $FORMATS; do
       >"$T/w.out" 2>&1 &
     fpid=$!
     # The counters are published once a second: writes seen means fio is past
-    # its start-up; the kill then lands 0-2 s later.
+    # its start-up; the kill then lands 0-1 s later.
     wait_for writes_seen || { cat "$T/w.out"; fail "$fmt cycle $c: no writes reached the daemon"; }
-    sleep "$((RANDOM % 2)).$(printf %03d $((RANDOM % 1000)))"
+    sleep "0.$(printf %03d $((RANDOM % 1000)))"
     running=0; kill -0 $fpid 2>/dev/null && running=1
     kill -9 "$pid"
     under_io=$((under_io + running))

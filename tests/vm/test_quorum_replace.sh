@@ -9,7 +9,11 @@
 #   2. the state file records the new graph (what `recover` opens);
 #   3. refusals: a child of the wrong size, removing below the threshold;
 #   4. child 2 is removed, fio verify runs on two children, a fresh file is
-#      added as child 2 and rebuilt; the three files are identical again.
+#      added as child 2 and rebuilt;
+#   5. child 0 is replaced by a slow one (blkdebug delays its writes), the
+#      daemon is killed with -9 in the middle of its rebuild, `recover` brings
+#      the device back, the rebuild starts again and ends; the three files
+#      are identical again.
 . "$(dirname "$0")/lib.sh"
 need_cmd fio cmp jq
 SIZE=32M
@@ -81,10 +85,29 @@ mkimg $T/c2new.raw $SIZE
 FIO_SIZE=$SIZE fio_verify "$DEV" --iodepth=16 --bsrange=4k-32k
 wait_rebuilt 2
 "$UBLKD" list -n $ID | grep -q "rebuild" || fail "list shows no rebuild"
+
+log "5: kill -9 in the middle of a rebuild, then recover"
+# The new child's writes wait 150 ms each (blkdebug): 32 chunks of 1 MiB take ~5 s.
+mkimg $T/c0new.raw $SIZE
+starts=$(events QUORUM_REBUILD_START)
+"$UBLKD" quorum -n $ID --replace 0 --with "driver=blkdebug,inject-fault.0.action=delay,inject-fault.0.event=write,inject-fault.0.delay-ms=150,image.driver=raw,image.file.filename=$T/c0new.raw" \
+  || fail "replace with a slow child refused"
+for _ in $(seq 100); do [ "$(counter 0 rebuild-done)" -gt 0 ] && break; sleep 0.1; done
+part=$(counter 0 rebuild-done)
+[ "$part" -gt 0 ] && [ "$part" -lt "$(counter 0 rebuild-total)" ] ||
+  fail "the rebuild was not under way ($part of $(counter 0 rebuild-total))"
+kill -9 "$(ublk_pid $ID)"
+wait_for eval '[ "$(ublk_state $ID)" = QUIESCED ]' || fail "not QUIESCED after kill -9"
+"$UBLKD" recover -n $ID >/dev/null || fail "recover in the middle of a rebuild failed"
+# The recovered daemon starts the rebuild again from 0 and ends it; guest I/O meanwhile.
+FIO_SIZE=8M fio_verify "$DEV" --iodepth=8 --bs=64k
+wait_rebuilt 0
+[ "$(events QUORUM_REBUILD_START)" -ge $((starts + 2)) ] ||
+  fail "the recovered daemon did not start the rebuild again"
 ublk_del $ID
-cmp $T/c0.raw $T/c1new.raw || fail "the replaced child differs from child 0"
-cmp $T/c0.raw $T/c2new.raw || fail "the added child differs from child 0"
-cmp -s $T/c0.raw $T/c2.raw && fail "the removed child took writes after its removal"
+cmp $T/c0new.raw $T/c1new.raw || fail "the child rebuilt across a recovery differs from child 1"
+cmp $T/c0new.raw $T/c2new.raw || fail "the added child differs from the rebuilt child 0"
+cmp -s $T/c1new.raw $T/c2.raw && fail "the removed child took writes after its removal"
 [ "$(events QUORUM_FAILURE)" = 0 ] || fail "a request failed the vote"
 [ "$(events QUORUM_REBUILD_FAILED)" = 0 ] || fail "a rebuild failed"
 log "ok: $(events QUORUM_REBUILD_DONE) rebuilds"

@@ -12,8 +12,9 @@ dev=$(bdev "$id")
 cd "$T"                          # fio writes verify state files to the cwd
 log "fio verify on $dev (vdi, 2 queues)"
 # Each job owns its region (size <= offset_increment) so verify is exact.
-FIO_SIZE=64M fio_verify "$dev" --bs=4k --iodepth=32 --numjobs=4 --offset_increment=64M
-FIO_SIZE=96M fio_verify "$dev" --bs=256k --iodepth=8 --numjobs=2 --offset_increment=128M --rw=randrw
+# 32 new 1 MiB blocks per job: enough for allocations to race, small enough for TCG.
+FIO_SIZE=32M fio_verify "$dev" --bs=4k --iodepth=32 --numjobs=4 --offset_increment=64M
+FIO_SIZE=48M fio_verify "$dev" --bs=256k --iodepth=8 --numjobs=2 --offset_increment=128M --rw=randrw
 want=$(sha256sum < "$dev" | cut -d' ' -f1)
 ublk_del "$id"
 _lib_devs=()
