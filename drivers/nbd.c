@@ -207,7 +207,7 @@ fail:
  * failed): end the manager's poll so that it reconnects. */
 static void nbd_check_dead(NbdState *s)
 {
-    if (s->h && s->poll_fd >= 0 && nbd_aio_is_dead(s->h)) {
+    if (s->h && s->poll_fd >= 0 && (nbd_aio_is_dead(s->h) || nbd_aio_is_closed(s->h))) {
         shutdown(s->poll_fd, SHUT_RDWR);
     }
 }
@@ -429,6 +429,23 @@ static int64_t nbd_issue(NbdState *s, const NbdCall *c, NbdReq *r)
     return -1;
 }
 
+/* The connection died, and the manager may not have seen it yet. */
+static bool nbd_lost(NbdState *s)
+{
+    return !s->h || nbd_aio_is_dead(s->h) || nbd_aio_is_closed(s->h);
+}
+
+/* The connection of generation gen died in a call of ours: have the manager
+ * notice (it may still sit in its poll) and wait until it has reconnected
+ * or given up. */
+static void coroutine_fn nbd_wait_for_manager(NbdState *s, uint64_t gen)
+{
+    nbd_check_dead(s);
+    if (gen == s->gen) {
+        co_queue_wait(&s->waiters, NULL);
+    }
+}
+
 /*
  * Run one command on the home context's connection, waiting for a
  * reconnect (and retrying there) as reconnect-delay allows.  Returns 0 or
@@ -460,12 +477,11 @@ static int coroutine_fn nbd_co_call(BlockDriverState *bs, const NbdCall *c, NbdR
         r->bs_got = false;
         if (nbd_issue(s, c, r) < 0) {
             int e = nbd_get_errno();
-            if (gen == s->gen && !nbd_aio_is_dead(s->h)) {
+            if (gen == s->gen && !nbd_lost(s)) {
                 ret = -(e ? e : EIO);
                 break;
             }
-            /* The connection died under us: the manager will notice. */
-            co_queue_wait(&s->waiters, NULL);
+            nbd_wait_for_manager(s, gen);
             continue;
         }
         nbd_check_dead(s);
@@ -475,6 +491,10 @@ static int coroutine_fn nbd_co_call(BlockDriverState *bs, const NbdCall *c, NbdR
         }
         if (gen != s->gen) {
             continue;   /* lost with the connection: wait, retry or fail */
+        }
+        if (r->err && nbd_lost(s)) {
+            nbd_wait_for_manager(s, gen);
+            continue;
         }
         ret = r->err ? -r->err : 0;
         break;
