@@ -35,19 +35,6 @@ void nbd_addr_free(NbdAddr *a);
 /* "unix:PATH" / "HOST:PORT" (brackets around an IPv6 host), for messages. */
 char *nbd_addr_describe(const NbdAddr *a);
 
-/* TLS credentials by id (drivers/nbd-uri.c). */
-typedef struct NbdTlsCreds {
-    bool psk;            /* tls-creds-psk, else tls-creds-x509 */
-    char *dir;
-    char *username;      /* psk: QEMU's default "qemu" */
-    bool verify_peer;    /* x509 */
-} NbdTlsCreds;
-/* "tls-creds-psk,id=ID,dir=DIR,endpoint=client[,username=U]" or
- * "tls-creds-x509,id=ID,dir=DIR,endpoint=client[,verify-peer=on|off]":
- * 1 if taken, 0 if def is another object type, -errno with errp. */
-int nbd_tls_object_add(const char *def, Error **errp);
-/* NULL with errp set ("No TLS credentials with id 'X'"). */
-const NbdTlsCreds *nbd_tls_lookup(const char *id, Error **errp);
-void nbd_tls_clear_all(void);
+#include "nbd-tls.h"
 
 #endif
