@@ -10,6 +10,7 @@ need_cmd fio qemu-nbd qemu-img jq
 S=$T/s.sock
 QPID=
 serve() {  # serve IMAGE: qemu-nbd on $S, export 'exp', persistent
+  rm -f "$S"   # a killed server's socket file would pass the wait below
   qemu-nbd -f raw -x exp -t -k "$S" "$1" 2>>$T/qemu-nbd.log &
   QPID=$!
   wait_for test -S "$S" || fail "qemu-nbd did not come up"
