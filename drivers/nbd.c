@@ -492,7 +492,12 @@ static int coroutine_fn nbd_co_call(BlockDriverState *bs, const NbdCall *c, NbdR
         if (gen != s->gen) {
             continue;   /* lost with the connection: wait, retry or fail */
         }
-        if (r->err && nbd_lost(s)) {
+        if (r->err == ESHUTDOWN && s->poll_fd >= 0) {
+            /* NBD_ESHUTDOWN: the server is going away (nbdkit on SIGTERM
+             * answers so).  Drop the connection now and reconnect. */
+            shutdown(s->poll_fd, SHUT_RDWR);
+        }
+        if (r->err && (r->err == ESHUTDOWN || nbd_lost(s))) {
             nbd_wait_for_manager(s, gen);
             continue;
         }
