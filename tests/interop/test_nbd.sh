@@ -170,6 +170,37 @@ t1=$(date +%s)
 grep -q "Input/output error" eio.out || { cat eio.out >&2; fail "no EIO after the server went away"; }
 [ $((t1 - t0)) -le 5 ] || fail "EIO took $((t1 - t0)) s"
 
+# reconnect-delay=2 and the server stays away: the waiting requests fail
+# with EIO after the delay, not later and not never
+rserve
+wait_for test -S "$RSOCK"
+recon2=${recon/\"reconnect-delay\":15/\"reconnect-delay\":2}
+timeout 30 "$UBLKD" img bench -w -c 10000000 -d 16 -s 4k --random "$recon2" >eio2.out 2>&1 &
+B=$!
+sleep 1
+t0=$(date +%s)
+stop "$rpid"
+wait "$B"
+rc=$?
+t1=$(date +%s)
+[ "$rc" = 124 ] && fail "requests hung after reconnect-delay=2 ran out"
+[ "$rc" != 0 ] || fail "bench succeeded without its server (reconnect-delay=2)"
+grep -q "Input/output error" eio2.out || { cat eio2.out >&2; fail "no EIO after reconnect-delay=2"; }
+[ $((t1 - t0)) -ge 1 ] && [ $((t1 - t0)) -le 6 ] ||
+    fail "EIO after $((t1 - t0)) s with reconnect-delay=2"
+
+# a server that accepts but never answers: open gives up at open-timeout
+python3 -c '
+import socket, sys, time
+s = socket.socket(); s.bind(("127.0.0.1", 0)); s.listen(4)
+open(sys.argv[1], "w").write(str(s.getsockname()[1])); time.sleep(30)' "$WORK/mute.port" &
+pids+=($!)
+wait_for test -s "$WORK/mute.port"
+MUTE=$(cat "$WORK/mute.port")
+expect_rc 1 timeout 20 "$UBLKD" img info --image-opts \
+    "driver=nbd,server.type=inet,server.host=127.0.0.1,server.port=$MUTE,export=x,open-timeout=1"
+expect_out "Could not connect to NBD server 127.0.0.1:$MUTE (export 'x'): timed out after 1 s"
+
 # ---- TLS with a pre-shared key ----
 if command -v psktool >/dev/null; then
     mkdir tls
