@@ -58,7 +58,7 @@ DRIVERS-$(CONFIG_NBD)      += nbd
 DRIVER_SRCS-file := drivers/file-io.c drivers/file-lock.c
 DRIVER_SRCS-blkdebug := drivers/blkdebug-rules.c drivers/blkdebug-control.c
 DRIVER_SRCS-quorum := drivers/quorum-vote.c drivers/quorum-rebuild.c
-DRIVER_SRCS-nbd := drivers/nbd-uri.c
+DRIVER_SRCS-nbd := drivers/nbd-uri.c drivers/nbd-io.c
 DRIVER_SRCS-vdi := drivers/vdi-write.c drivers/vdi-create.c drivers/vdi-check.c
 DRIVER_SRCS-qcow2 := drivers/qcow2-header.c drivers/qcow2-cluster.c drivers/qcow2-refcount.c \
                      drivers/qcow2-compress.c drivers/qcow2-create.c drivers/qcow2-create-layout.c \

@@ -18,6 +18,7 @@
  * connection and are then retried on it; after the delay (at once with the
  * default 0) they fail with -EIO while reconnecting goes on in the
  * background.  `ublkd list` shows the state among the node's counters.
+ * The requests themselves are in drivers/nbd-io.c.
  */
 #include <errno.h>
 #include <inttypes.h>
@@ -36,62 +37,8 @@
 
 #define NBD_OPEN_TIMEOUT_S     10          /* connect at open, unless open-timeout */
 #define NBD_RECONNECT_PAUSE_NS (200 * 1000 * 1000LL)   /* between failed attempts */
-#define NBD_MAX_TRANSFER       (32 * 1024 * 1024LL)  /* libnbd refuses more than 64 MiB */
-#define NBD_MAX_UNMAP          (1024 * 1024 * 1024LL)   /* 32-bit lengths on the wire */
 
-enum { NBD_CONNECTED, NBD_RECONNECTING, NBD_FAILED };
 static const char *const nbd_state_names[] = { "connected", "reconnecting", "failed" };
-
-typedef struct NbdState {
-    NbdAddr addr;
-    char *desc;                 /* "host:port" / "unix:path", for messages */
-    const NbdTlsCreds *tls;     /* NULL: no TLS (unless nbds://) */
-    int64_t reconnect_delay_ns;
-    AioContext *home;
-
-    /* Home thread only. */
-    struct nbd_handle *h;       /* the connection (NULL while reconnecting) */
-    /* Our dup of the connection's socket, which the coroutines poll: libnbd
-     * closes its own fd when the connection dies, and a poll pending on a
-     * closed fd would never end; shutdown() of the dup ends it. */
-    int poll_fd;
-    int connect_fd;             /* a reconnect's socket while it handshakes, or -1 */
-    uint64_t gen;               /* bumped when a connection is lost */
-    CoQueue waiters;            /* requests waiting for a connection */
-    Coroutine *manager, *writer;
-    bool manager_sleeping, writer_idle, writer_polling;
-    bool manager_done, writer_done;
-    bool closing;
-    AioTimer delay_timer;
-
-    /* What the export offered at open (a reconnect must offer the same). */
-    int64_t size;
-    bool can_flush, can_fua, can_trim, can_zero, can_fast_zero, can_block_status;
-    uint32_t min_block, pref_block, max_block;
-
-    int state;                  /* NBD_*; atomic (read by get_counters) */
-    uint64_t reconnects;        /* atomic */
-} NbdState;
-
-typedef struct NbdReq {
-    Coroutine *co;
-    int err;
-    bool done;
-    /* block status */
-    int64_t bs_len;
-    uint32_t bs_flags;
-    bool bs_got;
-} NbdReq;
-
-static int state_get(NbdState *s)
-{
-    return __atomic_load_n(&s->state, __ATOMIC_RELAXED);
-}
-
-static void state_set(NbdState *s, int st)
-{
-    __atomic_store_n(&s->state, st, __ATOMIC_RELAXED);
-}
 
 /* ---- handle setup and the connect state machine ---- */
 
@@ -205,7 +152,7 @@ fail:
 
 /* A connection that died outside the manager's own notify_read (a send
  * failed): end the manager's poll so that it reconnects. */
-static void nbd_check_dead(NbdState *s)
+void nbd_check_dead(NbdState *s)
 {
     if (s->h && s->poll_fd >= 0 && (nbd_aio_is_dead(s->h) || nbd_aio_is_closed(s->h))) {
         shutdown(s->poll_fd, SHUT_RDWR);
@@ -223,9 +170,9 @@ static int nbd_attach_handle(NbdState *s, struct nbd_handle *h)
     return 0;
 }
 
-static void nbd_kick_writer(NbdState *s)
+void nbd_kick_writer(NbdState *s)
 {
-    if (s->writer_idle && s->h && state_get(s) == NBD_CONNECTED &&
+    if (s->writer_idle && s->h && nbd_state_get(s) == NBD_CONNECTED &&
         (nbd_aio_get_direction(s->h) & LIBNBD_AIO_DIRECTION_WRITE)) {
         s->writer_idle = false;
         aio_co_wake(s->writer);
@@ -237,7 +184,7 @@ static void coroutine_fn nbd_writer_co(void *opaque)
     BlockDriverState *bs = opaque;
     NbdState *s = bs->opaque;
     while (!s->closing) {
-        if (!s->h || state_get(s) != NBD_CONNECTED ||
+        if (!s->h || nbd_state_get(s) != NBD_CONNECTED ||
             !(nbd_aio_get_direction(s->h) & LIBNBD_AIO_DIRECTION_WRITE)) {
             s->writer_idle = true;
             co_yield();
@@ -259,8 +206,8 @@ static void coroutine_fn nbd_writer_co(void *opaque)
 static void nbd_delay_expired(void *opaque)
 {
     NbdState *s = opaque;
-    if (state_get(s) == NBD_RECONNECTING) {
-        state_set(s, NBD_FAILED);
+    if (nbd_state_get(s) == NBD_RECONNECTING) {
+        nbd_state_set(s, NBD_FAILED);
         co_queue_restart_all(&s->waiters);
     }
 }
@@ -338,10 +285,10 @@ static void coroutine_fn nbd_manager_co(void *opaque)
         nbd_close(s->h);
         s->h = NULL;
         if (s->reconnect_delay_ns) {
-            state_set(s, NBD_RECONNECTING);
+            nbd_state_set(s, NBD_RECONNECTING);
             aio_timer_mod(&s->delay_timer, aio_now_ns(s->home) + s->reconnect_delay_ns);
         } else {
-            state_set(s, NBD_FAILED);
+            nbd_state_set(s, NBD_FAILED);
             co_queue_restart_all(&s->waiters);
         }
         while (!s->closing) {
@@ -352,7 +299,7 @@ static void coroutine_fn nbd_manager_co(void *opaque)
             }
             if (h) {
                 aio_timer_del(&s->delay_timer);
-                state_set(s, NBD_CONNECTED);
+                nbd_state_set(s, NBD_CONNECTED);
                 __atomic_fetch_add(&s->reconnects, 1, __ATOMIC_RELAXED);
                 bdrv_event(bs, "nbd-reconnected", 0, 0, 0, NULL);
                 co_queue_restart_all(&s->waiters);
@@ -364,283 +311,6 @@ static void coroutine_fn nbd_manager_co(void *opaque)
         }
     }
     s->manager_done = true;
-}
-
-/* ---- requests ---- */
-
-static int nbd_complete_cb(void *user_data, int *error)
-{
-    NbdReq *r = user_data;
-    r->err = *error;
-    r->done = true;
-    /* libnbd may fail a command inside the call that issued it (the
-     * connection died while sending): that coroutine is running and sees
-     * done without yielding. */
-    if (co_self() != r->co) {
-        aio_co_wake(r->co);
-    }
-    return 1;   /* retire the command */
-}
-
-static int nbd_extent_cb(void *user_data, const char *metacontext, uint64_t offset,
-                         uint32_t *entries, size_t nr_entries, int *error)
-{
-    (void)offset;
-    (void)error;
-    NbdReq *r = user_data;
-    if (strcmp(metacontext, LIBNBD_CONTEXT_BASE_ALLOCATION) || r->bs_got || nr_entries < 2) {
-        return 0;
-    }
-    r->bs_len = entries[0];
-    r->bs_flags = entries[1];
-    r->bs_got = true;
-    return 0;
-}
-
-typedef enum { NBD_OP_READ, NBD_OP_WRITE, NBD_OP_TRIM, NBD_OP_ZERO, NBD_OP_FLUSH,
-               NBD_OP_STATUS } NbdOp;
-
-typedef struct NbdCall {
-    NbdOp op;
-    void *buf;
-    uint64_t offset, bytes;
-    uint32_t flags;
-} NbdCall;
-
-static int64_t nbd_issue(NbdState *s, const NbdCall *c, NbdReq *r)
-{
-    nbd_completion_callback cb = { .callback = nbd_complete_cb, .user_data = r };
-    switch (c->op) {
-    case NBD_OP_READ:
-        return nbd_aio_pread(s->h, c->buf, c->bytes, c->offset, cb, 0);
-    case NBD_OP_WRITE:
-        return nbd_aio_pwrite(s->h, c->buf, c->bytes, c->offset, cb, c->flags);
-    case NBD_OP_TRIM:
-        return nbd_aio_trim(s->h, c->bytes, c->offset, cb, c->flags);
-    case NBD_OP_ZERO:
-        return nbd_aio_zero(s->h, c->bytes, c->offset, cb, c->flags);
-    case NBD_OP_FLUSH:
-        return nbd_aio_flush(s->h, cb, 0);
-    case NBD_OP_STATUS: {
-        nbd_extent_callback ecb = { .callback = nbd_extent_cb, .user_data = r };
-        return nbd_aio_block_status(s->h, c->bytes, c->offset, ecb, cb, c->flags);
-    }
-    }
-    return -1;
-}
-
-/* The connection died, and the manager may not have seen it yet. */
-static bool nbd_lost(NbdState *s)
-{
-    return !s->h || nbd_aio_is_dead(s->h) || nbd_aio_is_closed(s->h);
-}
-
-/* The connection of generation gen died in a call of ours: have the manager
- * notice (it may still sit in its poll) and wait until it has reconnected
- * or given up. */
-static void coroutine_fn nbd_wait_for_manager(NbdState *s, uint64_t gen)
-{
-    nbd_check_dead(s);
-    if (gen == s->gen) {
-        co_queue_wait(&s->waiters, NULL);
-    }
-}
-
-/*
- * Run one command on the home context's connection, waiting for a
- * reconnect (and retrying there) as reconnect-delay allows.  Returns 0 or
- * -errno.
- */
-static int coroutine_fn nbd_co_call(BlockDriverState *bs, const NbdCall *c, NbdReq *r)
-{
-    NbdState *s = bs->opaque;
-    AioContext *orig = aio_current();
-    int ret;
-    if (orig != s->home) {
-        aio_co_reschedule_self(s->home);
-    }
-    for (;;) {
-        while (state_get(s) != NBD_CONNECTED && !s->closing) {
-            if (state_get(s) == NBD_FAILED) {
-                break;
-            }
-            co_queue_wait(&s->waiters, NULL);
-        }
-        if (state_get(s) != NBD_CONNECTED || s->closing) {
-            ret = -EIO;
-            break;
-        }
-        uint64_t gen = s->gen;
-        r->co = co_self();
-        r->done = false;
-        r->err = 0;
-        r->bs_got = false;
-        if (nbd_issue(s, c, r) < 0) {
-            int e = nbd_get_errno();
-            if (gen == s->gen && !nbd_lost(s)) {
-                ret = -(e ? e : EIO);
-                break;
-            }
-            nbd_wait_for_manager(s, gen);
-            continue;
-        }
-        nbd_check_dead(s);
-        nbd_kick_writer(s);
-        while (!r->done) {
-            co_yield();
-        }
-        if (gen != s->gen) {
-            continue;   /* lost with the connection: wait, retry or fail */
-        }
-        if (r->err == ESHUTDOWN && s->poll_fd >= 0) {
-            /* NBD_ESHUTDOWN: the server is going away (nbdkit on SIGTERM
-             * answers so).  Drop the connection now and reconnect. */
-            shutdown(s->poll_fd, SHUT_RDWR);
-        }
-        if (r->err && (r->err == ESHUTDOWN || nbd_lost(s))) {
-            nbd_wait_for_manager(s, gen);
-            continue;
-        }
-        ret = r->err ? -r->err : 0;
-        break;
-    }
-    if (orig != s->home) {
-        aio_co_reschedule_self(orig);
-    }
-    return ret;
-}
-
-/* [qiov_offset, +bytes) as one mapped buffer, or NULL when it spans elements. */
-static void *nbd_flat_buffer(IOVector *qiov, size_t qiov_offset, size_t bytes)
-{
-    for (int i = 0; i < qiov->niov; i++) {
-        struct iovec *v = &qiov->iov[i];
-        if (qiov_offset < v->iov_len) {
-            return qiov_offset + bytes <= v->iov_len ? (char *)v->iov_base + qiov_offset : NULL;
-        }
-        qiov_offset -= v->iov_len;
-    }
-    return NULL;
-}
-
-static int coroutine_fn nbd_co_rw(BlockDriverState *bs, bool write, int64_t offset,
-                                  int64_t bytes, IOVector *qiov, size_t qiov_offset,
-                                  BdrvRequestFlags flags)
-{
-    NbdState *s = bs->opaque;
-    BounceBuf bounce = { 0 };
-    void *buf = nbd_flat_buffer(qiov, qiov_offset, (size_t)bytes);
-    if (!buf) {
-        buf = bdrv_bounce_get(bs, (size_t)bytes, &bounce);
-        if (!buf) {
-            return -ENOMEM;
-        }
-        if (write) {
-            iov_to_buf(qiov, qiov_offset, buf, (size_t)bytes);
-        }
-    }
-    NbdCall c = { .op = write ? NBD_OP_WRITE : NBD_OP_READ, .buf = buf,
-                  .offset = (uint64_t)offset, .bytes = (uint64_t)bytes,
-                  .flags = (write && (flags & BDRV_REQ_FUA) && s->can_fua) ? LIBNBD_CMD_FLAG_FUA : 0 };
-    NbdReq r;
-    int ret = nbd_co_call(bs, &c, &r);
-    if (bounce.p) {
-        if (!write && ret == 0) {
-            iov_from_buf(qiov, qiov_offset, buf, (size_t)bytes);
-        }
-        bdrv_bounce_put(&bounce);
-    }
-    return ret;
-}
-
-static int coroutine_fn nbd_co_preadv(BlockDriverState *bs, int64_t offset, int64_t bytes,
-                                      IOVector *qiov, size_t qiov_offset, BdrvRequestFlags flags)
-{
-    return nbd_co_rw(bs, false, offset, bytes, qiov, qiov_offset, flags);
-}
-
-static int coroutine_fn nbd_co_pwritev(BlockDriverState *bs, int64_t offset, int64_t bytes,
-                                       IOVector *qiov, size_t qiov_offset, BdrvRequestFlags flags)
-{
-    return nbd_co_rw(bs, true, offset, bytes, qiov, qiov_offset, flags);
-}
-
-static int coroutine_fn nbd_co_pwrite_zeroes(BlockDriverState *bs, int64_t offset,
-                                             int64_t bytes, BdrvRequestFlags flags)
-{
-    NbdState *s = bs->opaque;
-    if (!s->can_zero) {
-        return -ENOTSUP;
-    }
-    if ((flags & BDRV_REQ_NO_FALLBACK) && !s->can_fast_zero) {
-        return -ENOTSUP;
-    }
-    uint32_t f = 0;
-    if (!(flags & BDRV_REQ_MAY_UNMAP)) {
-        f |= LIBNBD_CMD_FLAG_NO_HOLE;
-    }
-    if ((flags & BDRV_REQ_FUA) && s->can_fua) {
-        f |= LIBNBD_CMD_FLAG_FUA;
-    }
-    if (flags & BDRV_REQ_NO_FALLBACK) {
-        f |= LIBNBD_CMD_FLAG_FAST_ZERO;
-    }
-    NbdCall c = { .op = NBD_OP_ZERO, .offset = (uint64_t)offset, .bytes = (uint64_t)bytes,
-                  .flags = f };
-    NbdReq r;
-    return nbd_co_call(bs, &c, &r);
-}
-
-static int coroutine_fn nbd_co_pdiscard(BlockDriverState *bs, int64_t offset, int64_t bytes)
-{
-    NbdState *s = bs->opaque;
-    if (!s->can_trim) {
-        return 0;   /* discard is advisory */
-    }
-    NbdCall c = { .op = NBD_OP_TRIM, .offset = (uint64_t)offset, .bytes = (uint64_t)bytes };
-    NbdReq r;
-    return nbd_co_call(bs, &c, &r);
-}
-
-static int coroutine_fn nbd_co_flush(BlockDriverState *bs)
-{
-    NbdState *s = bs->opaque;
-    if (!s->can_flush) {
-        return 0;
-    }
-    NbdCall c = { .op = NBD_OP_FLUSH };
-    NbdReq r;
-    return nbd_co_call(bs, &c, &r);
-}
-
-static int coroutine_fn nbd_co_block_status(BlockDriverState *bs, bool want_zero, int64_t offset,
-                                            int64_t bytes, int64_t *pnum, int64_t *map,
-                                            BlockDriverState **file)
-{
-    (void)want_zero;
-    NbdState *s = bs->opaque;
-    *map = offset;
-    *file = bs;
-    if (!s->can_block_status) {
-        *pnum = bytes;
-        return BDRV_BLOCK_DATA | BDRV_BLOCK_OFFSET_VALID;
-    }
-    NbdCall c = { .op = NBD_OP_STATUS, .offset = (uint64_t)offset,
-                  .bytes = (uint64_t)MIN(bytes, (int64_t)NBD_MAX_UNMAP),
-                  .flags = LIBNBD_CMD_FLAG_REQ_ONE };
-    NbdReq r;
-    int ret = nbd_co_call(bs, &c, &r);
-    if (ret < 0) {
-        return ret;
-    }
-    if (!r.bs_got || r.bs_len <= 0) {
-        /* A server that answered nothing useful: claim data, as QEMU does. */
-        *pnum = s->min_block ? MIN(bytes, (int64_t)s->min_block) : bytes;
-        return BDRV_BLOCK_DATA | BDRV_BLOCK_OFFSET_VALID;
-    }
-    *pnum = MIN(r.bs_len, bytes);
-    return ((r.bs_flags & LIBNBD_STATE_HOLE) ? 0 : BDRV_BLOCK_DATA) |
-           ((r.bs_flags & LIBNBD_STATE_ZERO) ? BDRV_BLOCK_ZERO : 0) | BDRV_BLOCK_OFFSET_VALID;
 }
 
 /* ---- open / close ---- */
@@ -746,7 +416,7 @@ static int nbd_open(BlockDriverState *bs, OptDict *options, int flags, Error **e
     }
     co_queue_init(&s->waiters);
     aio_timer_init(&s->delay_timer, s->home, nbd_delay_expired, s);
-    state_set(s, NBD_CONNECTED);
+    nbd_state_set(s, NBD_CONNECTED);
     s->manager = co_create(nbd_manager_co, bs);
     s->writer = co_create(nbd_writer_co, bs);
     aio_co_schedule(s->home, s->manager);
@@ -834,7 +504,7 @@ static void nbd_get_specific_info(BlockDriverState *bs, ImageSpecificInfo *info)
     NbdState *s = bs->opaque;
     image_info_add(info, "server", "%s", s->desc);
     image_info_add(info, "export", "%s", s->addr.export_name);
-    image_info_add(info, "state", "%s", nbd_state_names[state_get(s)]);
+    image_info_add(info, "state", "%s", nbd_state_names[nbd_state_get(s)]);
     image_info_add_int(info, "reconnect-delay", s->reconnect_delay_ns / 1000000000LL);
 }
 
@@ -842,7 +512,7 @@ static void nbd_get_specific_info(BlockDriverState *bs, ImageSpecificInfo *info)
 static void nbd_get_counters(BlockDriverState *bs, ImageSpecificInfo *out)
 {
     NbdState *s = bs->opaque;
-    int st = state_get(s);
+    int st = nbd_state_get(s);
     image_info_add_int(out, "nbd-connected", st == NBD_CONNECTED);
     image_info_add_int(out, "nbd-reconnecting", st == NBD_RECONNECTING);
     image_info_add_int(out, "nbd-failed", st == NBD_FAILED);
