@@ -117,7 +117,7 @@ BENCHES := $(BENCH_SRCS:tests/bench/%.c=$(BUILD)/tests/%)
 DEB_PACKAGES := gcc clang make pkg-config liburing-dev libcmocka-dev libjson-c-dev \
     libzstd-dev libssl-dev uuid-dev zlib1g-dev libclang-rt-14-dev libtsan2 libasan8 libubsan1 qemu-utils fio e2fsprogs \
     util-linux mount python3 time qemu-system-x86 busybox-static cpio kmod xz-utils jq \
-    dmsetup xfsprogs systemd groff-base man-db libnbd-bin libnbd-dev nbdkit
+    dmsetup xfsprogs systemd groff-base man-db libnbd-bin libnbd-dev nbdkit gnutls-bin
 SUDO := $(if $(filter 0,$(shell id -u)),,sudo)
 
 .PHONY: deps
