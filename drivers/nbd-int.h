@@ -7,6 +7,7 @@
 #ifndef UBLKD_NBD_INT_H
 #define UBLKD_NBD_INT_H
 
+#include <pthread.h>
 #include <stdbool.h>
 #include "error.h"
 #include "options.h"
@@ -50,9 +51,10 @@ typedef struct NbdState {
     char *desc;                 /* "host:port" / "unix:path", for messages */
     const NbdTlsCreds *tls;     /* NULL: no TLS (unless nbds://) */
     int64_t reconnect_delay_ns;
-    AioContext *home;
+    AioContext *home;           /* the connection's loop, on its own thread */
+    pthread_t thread;
 
-    /* Home thread only. */
+    /* The connection thread only. */
     struct nbd_handle *h;       /* the connection (NULL while reconnecting) */
     /* Our dup of the connection's socket, which the coroutines poll: libnbd
      * closes its own fd when the connection dies, and a poll pending on a

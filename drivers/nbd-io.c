@@ -1,6 +1,6 @@
 /*
  * nbd-io.c - the nbd driver's requests (drivers/nbd.c has the connection).
- * A request coroutine moves to the node's home context, where the
+ * A request coroutine moves to the connection's context, where the
  * connection lives, issues one libnbd AIO command with a completion
  * callback that wakes it, and moves back.  A command lost with its
  * connection waits for the reconnect (reconnect-delay) and is issued again
@@ -94,7 +94,7 @@ static void coroutine_fn nbd_wait_for_manager(NbdState *s, uint64_t gen)
 }
 
 /*
- * Run one command on the home context's connection, waiting for a
+ * Run one command on the connection's context, waiting for a
  * reconnect (and retrying there) as reconnect-delay allows.  Returns 0 or
  * -errno.
  */

@@ -4,12 +4,14 @@
  * deadline), reads the export's size, flags and block size constraints and
  * asks for structured replies and base:allocation.
  *
- * One connection per node, owned by the node's home context (the daemon's
- * main loop).  A request from another thread moves its coroutine there
+ * One connection per node, with an event loop on a thread of its own (the
+ * daemon's main thread blocks in START_DEV while the kernel reads the new
+ * disk's partition table, so the node's home context cannot serve those
+ * reads).  A request moves its coroutine there
  * (aio_co_reschedule_self), issues the libnbd AIO call, yields until the
  * completion callback wakes it, and moves back: no lock is held across I/O,
  * nothing blocks.  The connection's socket is watched by two coroutines on
- * the home context: the manager polls for input (nbd_aio_notify_read) and
+ * that context: the manager polls for input (nbd_aio_notify_read) and
  * reconnects when the connection drops; the writer polls for output only
  * while libnbd has bytes it could not send yet (nbd_aio_notify_write).
  *
@@ -24,6 +26,7 @@
 #include <inttypes.h>
 #include <libnbd.h>
 #include <poll.h>
+#include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -148,7 +151,7 @@ fail:
     return NULL;
 }
 
-/* ---- the connection's coroutines (home context) ---- */
+/* ---- the connection's coroutines (the connection's thread) ---- */
 
 /* A connection that died outside the manager's own notify_read (a send
  * failed): end the manager's poll so that it reconnects. */
@@ -315,6 +318,8 @@ static void coroutine_fn nbd_manager_co(void *opaque)
 
 /* ---- open / close ---- */
 
+static void *nbd_io_thread(void *opaque);
+
 static int nbd_open(BlockDriverState *bs, OptDict *options, int flags, Error **errp)
 {
     NbdState *s = bs->opaque;
@@ -410,9 +415,16 @@ static int nbd_open(BlockDriverState *bs, OptDict *options, int flags, Error **e
         snprintf(bs->filename + l, sizeof(bs->filename) - l, "?socket=%s", s->addr.path);
     }
 
-    s->home = bdrv_get_home_context(bs);
+    /*
+     * The connection gets a thread and event loop of its own rather than
+     * the node's home context: the daemon's main thread blocks in START_DEV
+     * while the kernel scans the new disk, and the scan's reads must reach
+     * the server meanwhile.
+     */
+    s->home = aio_context_new(64, errp);
     if (!s->home) {
-        s->home = aio_current();
+        ret = -ENOMEM;
+        goto out;
     }
     co_queue_init(&s->waiters);
     aio_timer_init(&s->delay_timer, s->home, nbd_delay_expired, s);
@@ -421,6 +433,14 @@ static int nbd_open(BlockDriverState *bs, OptDict *options, int flags, Error **e
     s->writer = co_create(nbd_writer_co, bs);
     aio_co_schedule(s->home, s->manager);
     aio_co_schedule(s->home, s->writer);
+    int e = pthread_create(&s->thread, NULL, nbd_io_thread, s);
+    if (e) {
+        /* Nothing ran on the context yet: it can go with the coroutines
+         * never entered (they hold nothing). */
+        error_setg_errno(errp, e, "nbd: cannot start the connection's thread");
+        ret = -e;
+        goto out;
+    }
     ret = 0;
 out:
     free(tls_creds);
@@ -434,6 +454,10 @@ out:
             close(s->poll_fd);
             s->poll_fd = -1;
         }
+        if (s->home) {
+            aio_context_free(s->home);
+            s->home = NULL;
+        }
         free(s->desc);
         s->desc = NULL;
         nbd_addr_free(&s->addr);
@@ -441,9 +465,24 @@ out:
     return ret;
 }
 
-static void nbd_close_bs(BlockDriverState *bs)
+/* The connection's own thread: its loop runs the coroutines and the
+ * requests' commands until both coroutines have ended (close). */
+static void *nbd_io_thread(void *opaque)
 {
-    NbdState *s = bs->opaque;
+    NbdState *s = opaque;
+    aio_set_current(s->home);
+    while (!s->manager_done || !s->writer_done) {
+        aio_poll(s->home, true);
+    }
+    aio_timer_del(&s->delay_timer);
+    aio_context_free(s->home);   /* on its own thread, idle */
+    return NULL;
+}
+
+/* On the connection's thread: end the coroutines. */
+static void nbd_close_bh(void *opaque)
+{
+    NbdState *s = opaque;
     s->closing = true;
     /* Wake the coroutines out of their polls and sleeps; they end. */
     if (s->poll_fd >= 0) {
@@ -460,8 +499,14 @@ static void nbd_close_bs(BlockDriverState *bs)
         aio_co_wake(s->writer);
     }
     co_queue_restart_all(&s->waiters);
-    AIO_WAIT_WHILE(s->home, !s->manager_done || !s->writer_done);
-    aio_timer_del(&s->delay_timer);
+}
+
+static void nbd_close_bs(BlockDriverState *bs)
+{
+    NbdState *s = bs->opaque;
+    aio_bh_schedule_oneshot(s->home, nbd_close_bh, s);
+    pthread_join(s->thread, NULL);
+    s->home = NULL;
     if (s->h) {
         nbd_close(s->h);   /* the node is drained: nothing in flight */
     }
