@@ -26,7 +26,7 @@ log "1: raw over nbd, fio verify"
 mkimg $T/a.raw 128M
 serve $T/a.raw
 ublk_add --blockdev "driver=raw,$nbd" -q 2 >/dev/null
-fio_verify "$DEV" --numjobs=2 --offset_increment=32M --size=32M --iodepth=32 --bsrange=4k-128k
+fio_verify "$DEV" --numjobs=2 --offset_increment=32M --size=16M --iodepth=32 --bsrange=4k-128k
 sleep 1.2   # counters are published each second
 [ "$(counter nbd-connected)" = 1 ] || fail "nbd-connected is not 1"
 ublk_del $ID
@@ -36,7 +36,7 @@ qemu-img create -q -f qcow2 $T/b.qcow2 128M
 kill $QPID; wait $QPID 2>/dev/null || true
 serve $T/b.qcow2
 ublk_add --blockdev "driver=qcow2,$nbd" -q 1 >/dev/null
-fio_verify "$DEV" --iodepth=16 --bsrange=4k-64k --size=32M
+fio_verify "$DEV" --iodepth=16 --bsrange=4k-64k --size=16M
 ublk_del $ID
 qemu-img check -q -f qcow2 $T/b.qcow2 || fail "qcow2 written over nbd does not check clean"
 
@@ -46,7 +46,7 @@ serve $T/a.raw
 ublk_add --blockdev "driver=raw,$nbd,file.reconnect-delay=30" -q 2 --log $T/daemon.log >/dev/null
 fio --name=v --filename="$DEV" --direct=1 --ioengine=io_uring --rw=randwrite \
     --verify=crc32c --verify_fatal=1 --do_verify=1 --randrepeat=0 --verify_state_save=0 \
-    --size=96M --bsrange=4k-64k --iodepth=32 --output-format=terse >$T/fio.out 2>&1 &
+    --size=64M --bsrange=16k-128k --iodepth=32 --output-format=terse >$T/fio.out 2>&1 &
 FIO=$!
 sleep 1
 kill $QPID; wait $QPID 2>/dev/null || true
