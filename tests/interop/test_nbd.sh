@@ -219,4 +219,40 @@ if command -v psktool >/dev/null; then
 else
     echo "psktool (gnutls-bin) not installed: TLS part skipped" >&2
 fi
+
+# ---- TLS with x509 certificates (a CA, the server's for localhost, a client's) ----
+if command -v certtool >/dev/null; then
+    mkdir -p x509/srv x509/cli
+    cd x509
+    cert() {  # cert NAME TEMPLATE-LINES...: key and CA-signed certificate
+        local n=$1
+        shift
+        certtool --generate-privkey >"$n-key.pem" 2>/dev/null
+        printf '%s\n' "$@" "expiration_days = 10" >"$n.info"
+        certtool --generate-certificate --load-ca-certificate ca-cert.pem \
+            --load-ca-privkey ca-key.pem --load-privkey "$n-key.pem" --template "$n.info" \
+            --outfile "$n-cert.pem" 2>/dev/null || fail "certtool $n"
+    }
+    certtool --generate-privkey >ca-key.pem 2>/dev/null
+    printf 'cn = test CA\nca\ncert_signing_key\nexpiration_days = 10\n' >ca.info
+    certtool --generate-self-signed --load-privkey ca-key.pem --template ca.info \
+        --outfile ca-cert.pem 2>/dev/null || fail "certtool CA"
+    cert server "cn = localhost" "dns_name = localhost" "tls_www_server" "encryption_key" "signing_key"
+    cert client "cn = client" "tls_www_client" "encryption_key" "signing_key"
+    cp ca-cert.pem server-cert.pem server-key.pem srv/
+    cp ca-cert.pem client-cert.pem client-key.pem cli/
+    cd "$WORK"
+    XPORT=$(free_port)
+    qnbd orig.raw -b 127.0.0.1 -p "$XPORT" \
+        --object "tls-creds-x509,id=x0,dir=$WORK/x509/srv,endpoint=server" --tls-creds x0
+    xopts="driver=raw,file.driver=nbd,file.server.type=inet,file.server.host=localhost"
+    xopts+=",file.server.port=$XPORT,file.export=exp,file.tls-creds=x0"
+    xobj="tls-creds-x509,id=x0,dir=$WORK/x509/cli,endpoint=client"
+    wait_for "$UBLKD" img info --object "$xobj" --image-opts "$xopts"
+    expect_rc 0 uimg io --object "$xobj" --image-opts -c 'read -P 0xab 1M 2M' "$xopts"
+    # the server's certificate does not name 127.0.0.1: verification refuses it
+    expect_rc 1 uimg info --object "$xobj" --image-opts "${xopts/host=localhost/host=127.0.0.1}"
+else
+    echo "certtool (gnutls-bin) not installed: x509 part skipped" >&2
+fi
 exit 0
