@@ -32,7 +32,8 @@ sleep 1.2   # counters are published each second
 ublk_del $ID
 
 log "2: qcow2 over nbd"
-qemu-img create -q -f qcow2 $T/b.qcow2 128M
+# NBD exports cannot grow: the qcow2 file must already be as large as it gets
+qemu-img create -q -f qcow2 -o preallocation=metadata $T/b.qcow2 64M
 kill $QPID; wait $QPID 2>/dev/null || true
 serve $T/b.qcow2
 ublk_add --blockdev "driver=qcow2,$nbd" -q 1 >/dev/null
