@@ -39,7 +39,7 @@ serve $T/b.qcow2
 ublk_add --blockdev "driver=qcow2,$nbd" -q 1 >/dev/null
 fio_verify "$DEV" --iodepth=16 --bsrange=4k-64k --size=16M
 ublk_del $ID
-qemu-img check -q -f qcow2 $T/b.qcow2 || fail "qcow2 written over nbd does not check clean"
+qemu-img check -q -U -f qcow2 $T/b.qcow2 || fail "qcow2 written over nbd does not check clean"
 
 log "3: server killed and restarted under fio, reconnect-delay=30"
 kill $QPID; wait $QPID 2>/dev/null || true
