@@ -169,7 +169,15 @@ typedef struct BenchThread {
     pthread_t tid;
     pthread_barrier_t *start;    /* every thread ready: the clock starts */
     Error *err;                  /* its context could not be created */
+    AioContext *main_ctx;        /* polled while the threads run: a node's home */
+    int *running;                /* threads not finished yet (atomic) */
 } BenchThread;
+
+static void bench_thread_done(BenchThread *t)
+{
+    __atomic_sub_fetch(t->running, 1, __ATOMIC_SEQ_CST);
+    aio_notify(t->main_ctx);
+}
 
 static void *bench_thread(void *opaque)
 {
@@ -181,10 +189,12 @@ static void *bench_thread(void *opaque)
     pthread_barrier_wait(t->start);
     if (!ctx) {
         t->b.ret = -ENOMEM;
+        bench_thread_done(t);
         return NULL;
     }
     bench_run(&t->b, ctx);
     aio_context_free(ctx);
+    bench_thread_done(t);
     return NULL;
 }
 
@@ -224,9 +234,15 @@ static int bench_threads(Bench *all, int nthreads, int64_t *t0, int64_t *t1, int
         return -ENOMEM;
     }
     pthread_barrier_init(&start, NULL, nthreads + 1);
+    /* The main context is the nodes' home: work the threads' requests hand
+     * to it (an nbd connection's I/O, timers) runs while they wait. */
+    AioContext *main_ctx = aio_current();
+    int running = nthreads;
     for (int i = 0; i < nthreads; i++) {
         bench_split(all, nthreads, i, &t[i].b);
         t[i].start = &start;
+        t[i].main_ctx = main_ctx;
+        t[i].running = &running;
         int err = pthread_create(&t[i].tid, NULL, bench_thread, &t[i]);
         if (err) {
             /* The barrier counts every thread: give up before anyone waits
@@ -239,6 +255,7 @@ static int bench_threads(Bench *all, int nthreads, int64_t *t0, int64_t *t1, int
     pthread_barrier_wait(&start);
     *t0 = clock_monotonic_ns();
     *completed = 0;
+    AIO_WAIT_WHILE(main_ctx, __atomic_load_n(&running, __ATOMIC_SEQ_CST) > 0);
     for (int i = 0; i < started; i++) {
         pthread_join(t[i].tid, NULL);
     }

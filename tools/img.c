@@ -17,6 +17,9 @@
 #include "aio.h"
 #include "block-backend.h"
 #include "img.h"
+#ifdef CONFIG_NBD
+#include "nbd-tls.h"
+#endif
 #ifdef CONFIG_CRYPTO
 #include "crypto.h"
 #endif
@@ -154,6 +157,19 @@ int img_image_opt(int c, char **argv, ImgOpenOpts *oo, OutputFormat *ofmt)
 
 int img_object_add(const char *def)
 {
+#ifdef CONFIG_NBD
+    {
+        Error *err = NULL;
+        int r = nbd_tls_object_add(def, &err);   /* 0: not a tls-creds-* */
+        if (r < 0) {
+            error_report_err(err);
+            return 1;
+        }
+        if (r > 0) {
+            return 0;
+        }
+    }
+#endif
 #ifdef CONFIG_CRYPTO
     Error *err = NULL;
     if (secret_object_add(def, &err) < 0) {
