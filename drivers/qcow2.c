@@ -434,7 +434,8 @@ static int qcow2_open(BlockDriverState *bs, OptDict *options, int flags, Error *
     {
         /* a check reads and reports the table itself */
         Error *snap_err = NULL;
-        ret = qcow2_read_snapshots(bs, &snap_err);
+        ret = s->h.nb_snapshots > QCOW2_MAX_SNAPSHOTS ? -EFBIG :
+              qcow2_read_snapshots(bs, &snap_err);
         if (ret < 0 && !(flags & BDRV_O_CHECK)) {
             error_propagate(errp, snap_err);
             goto fail;
