@@ -906,29 +906,111 @@ next:
     return ret;
 }
 
+/*
+ * Extended L2: subclusters [offset, offset + bytes) of one cluster, fewer
+ * than all of them, read as zeros from now on (QEMU's zero_l2_subclusters):
+ * their zero bits set and allocation bits cleared in the L2 bitmap.  The
+ * entry keeps its host cluster (unallocated stays unallocated): nothing is
+ * written or freed, so no ordering against data or refcounts.  A compressed
+ * cluster cannot be zeroed in part: -ENOTSUP, and the request path writes
+ * zeros, which copies the cluster (write_subclusters).  A request that
+ * allocates in the cluster is waited for: it publishes a bitmap computed
+ * from the one it saw.
+ */
+static int coroutine_fn zero_subclusters(BlockDriverState *bs, uint64_t offset, uint64_t bytes)
+{
+    BDRVQcow2State *s = bs->opaque;
+    uint64_t cluster = offset >> s->cluster_bits;
+    uint32_t sc = (uint32_t)(qcow2_offset_into_cluster(s, offset) >> s->subcluster_bits);
+    uint32_t nb = (uint32_t)(bytes >> s->subcluster_bits);
+    uint64_t *slice = NULL, bitmap;
+    uint32_t in_slice;
+    int ret;
+
+    qcow2_note_guest_change(s);
+    co_mutex_lock(&s->lock);
+    while (qcow2_alloc_overlaps(s, cluster, 1)) {
+        co_queue_wait(&s->alloc_wait, &s->lock);
+    }
+    ret = qcow2_mark_dirty(bs);
+    if (ret == 0) {
+        ret = qcow2_l2_slice_for_write(bs, offset, &slice, &in_slice);
+    }
+    if (ret < 0) {
+        goto unlock;
+    }
+    uint64_t e = get_l2(s, slice, in_slice, &bitmap);
+    if (e & QCOW2_OFLAG_COMPRESSED) {
+        ret = -ENOTSUP;
+        goto put;
+    }
+    uint64_t range = sc_range(sc, sc + nb);
+    uint64_t nbitmap = (bitmap | range << 32) & ~range;
+    if (nbitmap != bitmap) {
+        qcow2_set_l2_bitmap(s, slice, in_slice, nbitmap);
+        meta_cache_mark_dirty(s->l2_cache, slice);
+    }
+put:
+    meta_cache_put(s->l2_cache, slice);
+    if (ret == 0 && s->write_through) {
+        ret = meta_cache_write_back(s->l2_cache);   /* as clear_clusters */
+    }
+unlock:
+    co_mutex_unlock(&s->lock);
+    return ret;
+}
+
+/*
+ * QEMU's qcow2_co_pwrite_zeroes and qcow2_subcluster_zeroize: whole
+ * clusters through clear_clusters; on extended L2 images the subclusters
+ * of a partial cluster at either end get their zero bits.  What is not
+ * aligned to that (a cluster, a subcluster) is -ENOTSUP, and the request
+ * path writes zeros instead; pwrite_zeroes_alignment (qcow2_refresh_limits)
+ * makes it split requests there.  The order (head, whole clusters, tail)
+ * is QEMU's, so a compressed cluster at the tail leaves the same image.
+ */
 int coroutine_fn qcow2_co_pwrite_zeroes(BlockDriverState *bs, int64_t offset, int64_t bytes,
                                         BdrvRequestFlags flags)
 {
     BDRVQcow2State *s = bs->opaque;
+    uint64_t cs = s->cluster_size;
+    uint64_t align = qcow2_has_subclusters(s) ? s->subcluster_size : cs;
+    Qcow2ClearMode mode = (flags & BDRV_REQ_MAY_UNMAP) ? Q2_ZERO_UNMAP : Q2_ZERO;
+    uint64_t start = (uint64_t)offset, end = (uint64_t)(offset + bytes);
+    int ret;
 
     qcow2_bitmaps_note(s, offset, bytes);
     /* v2 has no zero flag, partial clusters need their other bytes, and a
      * raw data file must hold the zeros itself: the request path writes
      * zeros there instead. */
-    if (qcow2_data_file_is_raw(s)) {
+    if (qcow2_data_file_is_raw(s) || s->h.version < 3) {
         return -ENOTSUP;
     }
-    if (s->h.version < 3 || qcow2_offset_into_cluster(s, (uint64_t)(offset | bytes))) {
-        if (s->h.version >= 3 && offset + bytes == bdrv_getlength(bs) &&
-            !qcow2_offset_into_cluster(s, (uint64_t)offset)) {
-            /* the last, partial cluster of the image: all of it is ours */
-            bytes = (int64_t)ALIGN_UP((uint64_t)bytes, (uint64_t)s->cluster_size);
-        } else {
-            return -ENOTSUP;
-        }
+    /* at the end of the image the last, partial cluster is all ours */
+    bool at_end = (int64_t)end == bdrv_getlength(bs);
+    if (start % align || (end % align && !at_end)) {
+        return -ENOTSUP;
     }
-    return clear_clusters(bs, (uint64_t)offset, (uint64_t)bytes,
-                          (flags & BDRV_REQ_MAY_UNMAP) ? Q2_ZERO_UNMAP : Q2_ZERO);
+    if (start % cs) {
+        uint64_t head_end = MIN(ALIGN_UP(end, align), ALIGN_UP(start, cs));
+        ret = zero_subclusters(bs, start, head_end - start);
+        if (ret < 0) {
+            return ret;
+        }
+        start = head_end;
+    }
+    uint64_t whole_end = at_end ? ALIGN_UP(end, cs) : ALIGN_DOWN(end, cs);
+    if (whole_end > start) {
+        ret = clear_clusters(bs, start, whole_end - start, mode);
+        if (ret < 0) {
+            return ret;
+        }
+        start = whole_end;
+    }
+    if (!at_end && end > start) {
+        return zero_subclusters(bs, start, end - start);
+    }
+    return 0;
 }
 
 int coroutine_fn qcow2_co_pdiscard(BlockDriverState *bs, int64_t offset, int64_t bytes)
