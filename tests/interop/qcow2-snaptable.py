@@ -10,6 +10,7 @@ copies SRC to DST, then on DST:
                    to N, zeros past them); the table is rewritten in place
   l1off I V        entry I's L1 table offset set to V
   l1size I V       entry I's L1 size set to V
+  offset V         the header's snapshot table offset set to V
   many N NAME      the table moved past the end of the file and filled up
                    to N entries (extra 16 bytes, empty L1, id = index + 1,
                    NAME bytes of zeros as name); refcounts moved with it
@@ -91,6 +92,10 @@ def one(src, dst, op, args):
                 set_rc(f, cl)
             f.seek(60)
             f.write(struct.pack(">IQ", n, start))
+            return
+        if op == "offset":
+            f.seek(64)
+            f.write(struct.pack(">Q", args[0]))
             return
         i, v = args
         e = ents[i]

@@ -42,6 +42,12 @@ same() {
         if [ "$q" = 0 ]; then
             qemu-img compare -q q.qcow2 u.qcow2 || fail "$tag: repaired images read differently"
         fi
+        # the JSON of the repair itself
+        cp --sparse=always "$img" q.qcow2; cp --sparse=always "$img" u.qcow2
+        qemu-img check --output=json "$@" q.qcow2 > q.json 2>/dev/null; q=$?
+        "$UBLKD" img check --output=json "$@" u.qcow2 > u.json 2>/dev/null; u=$?
+        [ "$q" = "$u" ] && [ "$(json q.json)" = "$(json u.json)" ] ||
+            { cat q.json u.json >&2; fail "$tag: check --output=json $* differs"; }
     else
         # and the JSON of the plain check
         qemu-img check --output=json "$img" > q.json 2>/dev/null; q=$?
@@ -67,7 +73,8 @@ $PY "$HERE/qcow2-snaptable.py" \
     both.qcow2 both.qcow2 extra 1 0 -- \
     b.qcow2 many.qcow2 many 65537 0 -- b.qcow2 big.qcow2 many 1040 65000 -- \
     b.qcow2 l1o.qcow2 l1off 0 0x50008 -- b.qcow2 l1s.qcow2 l1size 1 0x10000000 -- \
-    v2.qcow2 v2inc.qcow2 extra 0 8 || fail "crafting the tables"
+    v2.qcow2 v2inc.qcow2 extra 0 8 -- b.qcow2 off.qcow2 offset 0x10008 ||
+    fail "crafting the tables"
 
 every "too much extra data" extra.qcow2
 every "incomplete entry" inc.qcow2
@@ -90,6 +97,7 @@ n_ok=$((n_ok + 1))
 every "table too big" big.qcow2
 every "snapshot L1 unaligned" l1o.qcow2
 every "snapshot L1 too large" l1s.qcow2
+every "table offset unaligned" off.qcow2
 
 # The snapshots QEMU keeps still apply after ublkd's repair.
 cp extra.qcow2 a.qcow2
