@@ -39,6 +39,8 @@ same() {
             { cat q2.json u2.json >&2; fail "$tag: qemu-img check after -r all differs"; }
         [ "$(qemu-img snapshot -l q.qcow2 | md5sum)" = "$(qemu-img snapshot -l u.qcow2 | md5sum)" ] ||
             { qemu-img snapshot -l q.qcow2 | head; qemu-img snapshot -l u.qcow2 | head; fail "$tag: snapshot lists differ"; } >&2
+        [ "$(qemu-img snapshot -l q.qcow2 | md5sum)" = "$("$UBLKD" img snapshot -l u.qcow2 | md5sum)" ] ||
+            fail "$tag: ublkd img snapshot -l lists other snapshots"
         if [ "$q" = 0 ]; then
             qemu-img compare -q q.qcow2 u.qcow2 || fail "$tag: repaired images read differently"
         fi
