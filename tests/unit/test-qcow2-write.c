@@ -365,7 +365,8 @@ static uint64_t compressed_entry14(uint64_t off, uint64_t len)
  * freed), a request across two clusters zeroes the tail of one and the
  * head of the next; a compressed cluster cannot be zeroed in part and is
  * copied by the zeros written instead.  The driver asks for requests split
- * at subclusters. */
+ * at subclusters.  Part of a subcluster: as QEMU, zeroed whole if the rest
+ * reads as zeros and it holds no data, else zeros written. */
 static void test_zero_subclusters(void **state)
 {
     (void)state;
@@ -427,11 +428,19 @@ static void test_zero_subclusters(void **state)
     assert_true(test_buf_is(buf + 3 * c + 4 * sc, 2 * sc, 0));
     assert_true(test_buf_is(buf + 3 * c + 6 * sc, c - 6 * sc, 0x66));
 
-    /* unaligned to a subcluster: zeros are written (the subcluster allocated) */
+    /* part of a subcluster whose rest reads as zeros (nothing under it):
+     * the subcluster becomes zero, nothing allocated (QEMU's is_zero path) */
     assert_true(bdrv_pwrite_zeroes(img.child, (int64_t)(2 * c + 100), 200, 0) >= 0);
+    /* part of one with data: zeros are written, the subcluster stays data */
+    assert_true(bdrv_pwrite_zeroes(img.child, (int64_t)(c + 5 * sc + 100), 200, 0) >= 0);
     assert_int_equal(bdrv_flush(img.bs), 0);
-    assert_true(get64(img.file, l2 + 32) & QCOW2_L2E_OFFSET_MASK);
-    assert_int_equal(get64(img.file, l2 + 40) & QCOW2_L2_BITMAP_ALL_ALLOC, 1);
+    assert_int_equal(get64(img.file, l2 + 32), 0);
+    assert_int_equal(get64(img.file, l2 + 40), (1ULL << (32 + 5)) | (1ULL << 32));
+    assert_int_equal(get64(img.file, l2 + 24), (QCOW2_L2_BITMAP_ALL_ALLOC & ~3ULL) | 3ULL << 32);
+    assert_true(bdrv_pread(img.child, (int64_t)c, (int64_t)c, buf, 0) >= 0);
+    assert_true(test_buf_is(buf + 5 * sc, 100, 0x55));
+    assert_true(test_buf_is(buf + 5 * sc + 100, 200, 0));
+    assert_true(test_buf_is(buf + 5 * sc + 300, c - 5 * sc - 300, 0x55));
     free(plain);
     free(packed);
     free(buf);
