@@ -300,36 +300,84 @@ static int coroutine_fn check_l1(Qcow2Check *c, uint64_t l1_offset, uint32_t l1_
     return ret;
 }
 
+/* The count of snapshots in the header (QEMU writes it at once when it
+ * drops snapshots, before the refcounts are checked). */
+static int coroutine_fn write_nb_snapshots(Qcow2Check *c, uint32_t n)
+{
+    BDRVQcow2State *s = c->bs->opaque;
+    uint32_t be = htobe32(n);
+    int ret = bdrv_pwrite(c->bs->file, QH_NB_SNAPSHOTS, sizeof(be), &be, 0);
+    if (ret == 0) {
+        ret = bdrv_co_flush(c->bs->file->bs);
+    }
+    if (ret == 0) {
+        /* the driver's array, if it had one, had the old count */
+        qcow2_free_snapshots(s);
+        s->h.nb_snapshots = n;
+    }
+    return ret;
+}
+
 /*
- * The snapshot table, as QEMU reads it when it checks (qcow2_do_read_snapshots
- * and qcow2_check_read_snapshot_table): entries 8-byte aligned, 40 bytes,
- * extra data (at most 1 KiB; v3 wants at least 16), id, name.  Failures to
- * read it are check errors, as in QEMU.
+ * The snapshot table, as QEMU reads it when it checks (qcow2_check_read_
+ * snapshot_table and qcow2_do_read_snapshots): entries 8-byte aligned, 40
+ * bytes, extra data (at most 1 KiB; v3 wants at least 16), id, name; at most
+ * 65536 entries and 64 MiB.  Failures to read it are check errors, as in
+ * QEMU.  With -r all, snapshots past the limits are dropped (the header's
+ * count written now, the clusters left to the refcount repair to free),
+ * and extra data past 1 KiB and incomplete v3 entries are corruptions that
+ * fix_snapshots() repairs by writing the table anew.  The findings go to
+ * c->snap, added to the result at the end as QEMU does.
  */
 static int coroutine_fn read_snapshots(Qcow2Check *c)
 {
     BDRVQcow2State *s = c->bs->opaque;
+    BdrvCheckResult *res = &c->snap;
+    bool repair = c->fix & BDRV_FIX_ERRORS;
     uint64_t offset = s->h.snapshots_offset;
+    uint32_t nb = s->h.nb_snapshots, reduced = 0, dropped = 0;
     uint8_t h[QCOW2_SNAPSHOT_HEADER_MIN];
+    int ret;
 
     c->nb_snapshots = 0;
     c->snapshots_size = 0;
-    if (!s->h.nb_snapshots) {
+    if (nb > QCOW2_MAX_SNAPSHOTS && repair) {
+        fprintf(stderr, "Discarding %" PRIu32 " overhanging snapshots\n",
+                nb - QCOW2_MAX_SNAPSHOTS);
+        reduced += nb - QCOW2_MAX_SNAPSHOTS;
+        nb = QCOW2_MAX_SNAPSHOTS;
+    }
+    /* QEMU's qcow2_validate_table */
+    if (nb > QCOW2_MAX_SNAPSHOTS) {
+        res->check_errors++;
+        error_report("ERROR snapshot table too large");
+        fprintf(stderr, "You can force-remove all %" PRIu32 " overhanging snapshots with"
+                " qemu-img check -r all\n", nb - QCOW2_MAX_SNAPSHOTS);
+        return -EFBIG;
+    }
+    if ((uint64_t)INT64_MAX - (uint64_t)nb * QCOW2_SNAPSHOT_HEADER_MIN < offset ||
+        qcow2_offset_into_cluster(s, offset)) {
+        res->check_errors++;
+        error_report("ERROR snapshot table offset invalid");
+        return -EINVAL;
+    }
+    if (!nb) {
         return 0;
     }
-    c->snapshots = calloc(s->h.nb_snapshots, sizeof(*c->snapshots));
+    c->snapshots = calloc(nb, sizeof(*c->snapshots));
     if (!c->snapshots) {
-        c->res->check_errors++;
+        res->check_errors++;
         return -ENOMEM;
     }
-    for (uint32_t i = 0; i < s->h.nb_snapshots; i++) {
+    for (uint32_t i = 0; i < nb; i++) {
         Qcow2CheckSnapshot *sn = &c->snapshots[i];
         offset = ALIGN_UP(offset, 8);
-        int ret = bdrv_pread(c->bs->file, (int64_t)offset, sizeof(h), h, 0);
+        uint64_t entry = offset;
+        ret = bdrv_pread(c->bs->file, (int64_t)offset, sizeof(h), h, 0);
         if (ret < 0) {
-            c->res->check_errors++;
-            fprintf(stderr, "ERROR failed to read the snapshot table: Failed to read snapshot"
-                    " table: %s\n", strerror(-ret));
+            res->check_errors++;
+            error_report("ERROR failed to read the snapshot table: Failed to read snapshot"
+                         " table: %s", strerror(-ret));
             return ret;
         }
         offset += sizeof(h);
@@ -337,22 +385,27 @@ static int coroutine_fn read_snapshots(Qcow2Check *c)
         sn->l1_size = qcow2_ld32(h, 8);
         uint16_t id_size = qcow2_ld16(h, 12), name_size = qcow2_ld16(h, 14);
         sn->extra_data_size = qcow2_ld32(h, 36);
-        if (sn->extra_data_size > SNAPSHOT_EXTRA_MAX) {
-            /* QEMU fails the check here unless asked to drop the extra data,
-             * which needs a rewritten snapshot table (not done here). */
-            c->res->check_errors++;
-            fprintf(stderr, "ERROR failed to read the snapshot table: Too much extra metadata in"
-                    " snapshot table entry %" PRIu32 "\n", i);
-            fprintf(stderr, "You can force-remove this extra metadata with qemu-img check -r all\n");
-            return -EFBIG;
-        }
         offset += sn->extra_data_size;
+        if (sn->extra_data_size > SNAPSHOT_EXTRA_MAX) {
+            if (!repair) {
+                res->check_errors++;
+                error_report("ERROR failed to read the snapshot table: Too much extra metadata"
+                             " in snapshot table entry %" PRIu32, i);
+                fprintf(stderr, "You can force-remove this extra metadata with qemu-img check"
+                        " -r all\n");
+                return -EFBIG;
+            }
+            fprintf(stderr, "Discarding too much extra metadata in snapshot table entry %"
+                    PRIu32 " (%" PRIu32 " > %u)\n", i, sn->extra_data_size, SNAPSHOT_EXTRA_MAX);
+            dropped++;
+            sn->extra_data_size = 24;       /* what the rewritten entry keeps */
+        }
         uint8_t text[2 * 65536 + 2];
         ret = bdrv_pread(c->bs->file, (int64_t)offset, id_size + name_size, text, 0);
         if (ret < 0) {
-            c->res->check_errors++;
-            fprintf(stderr, "ERROR failed to read the snapshot table: Failed to read snapshot"
-                    " table: %s\n", strerror(-ret));
+            res->check_errors++;
+            error_report("ERROR failed to read the snapshot table: Failed to read snapshot"
+                         " table: %s", strerror(-ret));
             return ret;
         }
         snprintf(sn->id, sizeof(sn->id), "%.*s", (int)MIN(id_size, sizeof(sn->id) - 1), text);
@@ -360,10 +413,19 @@ static int coroutine_fn read_snapshots(Qcow2Check *c)
                  text + id_size);
         offset += (uint64_t)id_size + name_size;
         if (offset - s->h.snapshots_offset > SNAPSHOT_TABLE_MAX) {
-            c->res->check_errors++;
-            fprintf(stderr, "ERROR failed to read the snapshot table: Snapshot table is too"
-                    " big\n");
-            return -EFBIG;
+            if (!repair) {
+                res->check_errors++;
+                error_report("ERROR failed to read the snapshot table: Snapshot table is too"
+                             " big");
+                fprintf(stderr, "You can force-remove all %" PRIu32 " overhanging snapshots"
+                        " with qemu-img check -r all\n", nb - i);
+                return -EFBIG;
+            }
+            fprintf(stderr, "Discarding %" PRIu32 " overhanging snapshots (snapshot table is"
+                    " too big)\n", nb - i);
+            reduced += nb - i;
+            offset = entry;
+            break;
         }
         c->nb_snapshots++;
     }
@@ -371,13 +433,47 @@ static int coroutine_fn read_snapshots(Qcow2Check *c)
     if (s->h.version >= 3) {
         for (uint32_t i = 0; i < c->nb_snapshots; i++) {
             if (c->snapshots[i].extra_data_size < 16) {
-                /* Repairing means rewriting the snapshot table: not done, so
-                 * it stays an error here where QEMU would say "Repairing". */
-                c->res->corruptions++;
-                fprintf(stderr, "ERROR snapshot table entry %" PRIu32 " is incomplete\n", i);
+                res->corruptions++;
+                fprintf(stderr, "%s snapshot table entry %" PRIu32 " is incomplete\n",
+                        repair ? "Repairing" : "ERROR", i);
             }
         }
     }
+    res->corruptions += reduced + dropped;
+    if (reduced) {
+        ret = write_nb_snapshots(c, c->nb_snapshots);
+        if (ret < 0) {
+            res->check_errors++;
+            fprintf(stderr, "ERROR failed to update the snapshot count in the image header:"
+                    " %s\n", strerror(-ret));
+            return ret;
+        }
+        res->corruptions_fixed += reduced;
+        res->corruptions -= reduced;
+    }
+    return 0;
+}
+
+/* QEMU's qcow2_check_fix_snapshot_table: after the refcounts, a damaged
+ * table is written anew (the snapshot code's crash-safe table write). */
+static int coroutine_fn fix_snapshots(Qcow2Check *c)
+{
+    BDRVQcow2State *s = c->bs->opaque;
+
+    if (!c->snap.corruptions || !(c->fix & BDRV_FIX_ERRORS)) {
+        return 0;
+    }
+    int ret = qcow2_snapshot_table_rewrite(c->bs, c->nb_snapshots);
+    if (ret == 0) {
+        ret = meta_cache_flush(s->refcount_cache);
+    }
+    if (ret < 0) {
+        c->snap.check_errors++;
+        fprintf(stderr, "ERROR failed to update snapshot table: %s\n", strerror(-ret));
+        return ret;
+    }
+    c->snap.corruptions_fixed += c->snap.corruptions;
+    c->snap.corruptions = 0;
     return 0;
 }
 
@@ -808,7 +904,16 @@ int coroutine_fn qcow2_check_locked(BlockDriverState *bs, BdrvCheckResult *res,
     ret = read_snapshots(&c);
     if (ret == 0) {
         ret = check_refcounts(&c);
+        if (ret == 0) {
+            ret = fix_snapshots(&c);
+        }
     }
+    /* QEMU's qcow2_add_check_result without the sizes */
+    res->corruptions += c.snap.corruptions;
+    res->leaks += c.snap.leaks;
+    res->check_errors += c.snap.check_errors;
+    res->corruptions_fixed += c.snap.corruptions_fixed;
+    res->leaks_fixed += c.snap.leaks_fixed;
     /* Repairs wrote tables past the caches. */
     meta_cache_drop_clean(s->l2_cache);
     meta_cache_drop_clean(s->refcount_cache);

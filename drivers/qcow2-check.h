@@ -38,6 +38,7 @@ typedef struct Qcow2Check {
     int64_t nb;                     /* clusters rt covers */
     uint64_t *l2;                   /* one L2 table, big-endian, as on disk */
     bool rebuild;                   /* the refcount structures must be rebuilt */
+    BdrvCheckResult snap;           /* the snapshot table's findings (QEMU's snapshot_res) */
     Qcow2CheckSnapshot *snapshots;
     uint32_t nb_snapshots;
     uint64_t snapshots_size;

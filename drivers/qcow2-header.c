@@ -366,6 +366,11 @@ static int validate_header(BlockDriverState *bs, int64_t file_len, int flags, Er
         return ret;
     }
 
+    /* img check validates (and with -r all repairs) the snapshot table
+     * pointer itself, as QEMU's qcow2_check_read_snapshot_table does. */
+    if (flags & BDRV_O_CHECK) {
+        return 0;
+    }
     if (h->nb_snapshots > QCOW2_MAX_SNAPSHOTS) {
         error_setg(errp, "qcow2: %s: Too many snapshots (nb_snapshots %" PRIu32 ")", name,
                    h->nb_snapshots);

@@ -506,6 +506,7 @@ int coroutine_fn qcow2_l2_cow(BlockDriverState *bs, uint64_t l1_index);
  * Then, with options load-snapshot-id / -name (read-only), that snapshot
  * replaces the active L1 table and size. */
 int qcow2_read_snapshots(BlockDriverState *bs, Error **errp);
+int coroutine_fn qcow2_snapshot_table_rewrite(BlockDriverState *bs, uint32_t n);
 int qcow2_load_snapshot_opts(BlockDriverState *bs, OptDict *options, int flags, Error **errp);
 void qcow2_free_snapshots(BDRVQcow2State *s);
 /* What of the snapshot table and the snapshots' L1 tables (ol: QCOW2_OL_*

@@ -146,19 +146,31 @@ static char *read_str(BlockDriverState *bs, uint64_t off, uint32_t len, int64_t 
     return p;
 }
 
-/* QEMU's qcow2_read_snapshots: entries 8-byte aligned; the 40-byte header,
- * extra data (at most 1 KiB), id and name; the table at most 64 MiB. */
-int qcow2_read_snapshots(BlockDriverState *bs, Error **errp)
+static void free_array(Qcow2Snapshot *sns, uint32_t n)
+{
+    for (uint32_t i = 0; sns && i < n; i++) {
+        free_snapshot(&sns[i]);
+    }
+    free(sns);
+}
+
+/* QEMU's qcow2_do_read_snapshots: entries 8-byte aligned; the 40-byte header,
+ * extra data (at most 1 KiB), id and name; the table at most 64 MiB.  The
+ * first n entries into *out, the table's bytes into *size.  With repair
+ * (img check -r all, which has reported the damage), extra data past 1 KiB
+ * is dropped rather than refused: the entry keeps only its known fields. */
+static int read_table(BlockDriverState *bs, uint32_t n, bool repair, Qcow2Snapshot **out,
+                      uint64_t *size, Error **errp)
 {
     BDRVQcow2State *s = bs->opaque;
     const char *iname = qcow2_image_name(bs);
-    uint32_t n = s->h.nb_snapshots;
     uint64_t offset = s->h.snapshots_offset;
     int64_t file_len = bdrv_getlength(bs->file->bs);
+    Qcow2Snapshot *sns;
     int ret = 0;
 
-    s->snapshots = NULL;
-    s->snapshots_size = 0;
+    *out = NULL;
+    *size = 0;
     if (!n) {
         return 0;
     }
@@ -166,13 +178,13 @@ int qcow2_read_snapshots(BlockDriverState *bs, Error **errp)
         error_setg_errno(errp, (int)-file_len, "qcow2: %s: cannot get file size", iname);
         return (int)file_len;
     }
-    s->snapshots = calloc(n, sizeof(*s->snapshots));
-    if (!s->snapshots) {
+    sns = calloc(n, sizeof(*sns));
+    if (!sns) {
         error_setg(errp, "qcow2: %s: no memory for %" PRIu32 " snapshots", iname, n);
         return -ENOMEM;
     }
     for (uint32_t i = 0; i < n; i++) {
-        Qcow2Snapshot *sn = &s->snapshots[i];
+        Qcow2Snapshot *sn = &sns[i];
         uint8_t h[QCOW2_SNAPSHOT_HEADER_MIN], extra[SN_EXTRA_KNOWN] = { 0 };
 
         offset = ALIGN_UP(offset, 8);
@@ -191,12 +203,17 @@ int qcow2_read_snapshots(BlockDriverState *bs, Error **errp)
         sn->vm_clock_nsec = qcow2_ld64(h, 24);
         sn->vm_state_size = qcow2_ld32(h, 32);
         sn->extra_data_size = qcow2_ld32(h, 36);
+        uint32_t on_disk = sn->extra_data_size;
         if (sn->extra_data_size > SN_EXTRA_MAX) {
-            error_setg(errp, "qcow2: %s: Too much extra metadata in snapshot table entry %"
-                       PRIu32 " (%" PRIu32 " bytes; You can force-remove this extra metadata"
-                       " with qemu-img check -r all)", iname, i, sn->extra_data_size);
-            ret = -EFBIG;
-            goto fail;
+            if (!repair) {
+                error_setg(errp, "qcow2: %s: Too much extra metadata in snapshot table entry %"
+                           PRIu32 " (%" PRIu32 " bytes; You can force-remove this extra"
+                           " metadata with qemu-img check -r all)", iname, i,
+                           sn->extra_data_size);
+                ret = -EFBIG;
+                goto fail;
+            }
+            sn->extra_data_size = SN_EXTRA_KNOWN;
         }
         uint32_t known = MIN(sn->extra_data_size, (uint32_t)SN_EXTRA_KNOWN);
         ret = read_at(bs, offset, known, extra, file_len);
@@ -211,7 +228,7 @@ int qcow2_read_snapshots(BlockDriverState *bs, Error **errp)
                              " of entry %" PRIu32 ")", iname, i);
             goto fail;
         }
-        offset += sn->extra_data_size;
+        offset += on_disk;
         if (sn->extra_data_size >= 8) {
             sn->vm_state_size = qcow2_ld64(extra, 0);
         }
@@ -234,12 +251,19 @@ int qcow2_read_snapshots(BlockDriverState *bs, Error **errp)
             goto fail;
         }
     }
-    s->snapshots_size = offset - s->h.snapshots_offset;
+    *out = sns;
+    *size = offset - s->h.snapshots_offset;
     return 0;
 
 fail:
-    qcow2_free_snapshots(s);
+    free_array(sns, n);
     return ret;
+}
+
+int qcow2_read_snapshots(BlockDriverState *bs, Error **errp)
+{
+    BDRVQcow2State *s = bs->opaque;
+    return read_table(bs, s->h.nb_snapshots, false, &s->snapshots, &s->snapshots_size, errp);
 }
 
 /* The table's bytes for the snapshots sn[0, n) (QEMU's qcow2_write_snapshots:
@@ -357,6 +381,35 @@ static int coroutine_fn write_snapshots(BlockDriverState *bs, Qcow2Snapshot *sns
         qcow2_update_refcount(bs, old_off, old_size, true);   /* a failure leaks them */
     }
     return 0;
+}
+
+/*
+ * img check -r all (QEMU's qcow2_check_fix_snapshot_table): the table's
+ * first n entries, read again with the repairs (extra data past 1 KiB
+ * dropped; build_table completes short extra data with the known fields)
+ * and written as every table change here is written.  The old table
+ * (n entries' worth, what the check counted) is freed.  s->lock held.
+ */
+int coroutine_fn qcow2_snapshot_table_rewrite(BlockDriverState *bs, uint32_t n)
+{
+    BDRVQcow2State *s = bs->opaque;
+    Qcow2Snapshot *sns;
+    uint64_t size;
+    Error *err = NULL;
+
+    int ret = read_table(bs, n, true, &sns, &size, &err);
+    error_free(err);
+    if (ret < 0) {
+        return ret;
+    }
+    qcow2_free_snapshots(s);
+    s->h.nb_snapshots = n;
+    s->snapshots_size = size;
+    ret = write_snapshots(bs, sns, n);
+    if (ret < 0) {
+        free_array(sns, n);
+    }
+    return ret;
 }
 
 /* ---- reference counts of a whole tree ---- */

@@ -758,8 +758,11 @@ int coroutine_fn qcow2_co_flush_to_os(BlockDriverState *bs)
  * full_discard, for clusters past the end after a shrink). */
 typedef enum { Q2_ZERO, Q2_ZERO_UNMAP, Q2_DISCARD, Q2_DISCARD_FULL } Qcow2ClearMode;
 
-static int coroutine_fn clear_clusters(BlockDriverState *bs, uint64_t offset, uint64_t bytes,
-                                       Qcow2ClearMode mode)
+/* only_if_not_data (zeroes, one cluster, not extended L2): -ENOTSUP if the
+ * cluster holds data, checked under the lock with the change (the caller
+ * saw its other bytes read as zeros). */
+static int coroutine_fn clear_clusters_if(BlockDriverState *bs, uint64_t offset, uint64_t bytes,
+                                          Qcow2ClearMode mode, bool only_if_not_data)
 {
     BDRVQcow2State *s = bs->opaque;
     uint64_t old[QCOW2_L2_SLICE_BYTES / 8];
@@ -810,6 +813,17 @@ static int coroutine_fn clear_clusters(BlockDriverState *bs, uint64_t offset, ui
                              (void **)&slice);
         if (ret < 0) {
             break;
+        }
+        if (only_if_not_data) {
+            uint64_t e = be64toh(slice[in_slice * (s->l2_entry_size / 8)]);
+            if ((e & QCOW2_OFLAG_COMPRESSED) ||
+                (((e & QCOW2_L2E_OFFSET_MASK) ||
+                  (qcow2_has_data_file(s) && (e & QCOW2_OFLAG_COPIED))) &&
+                 !(e & QCOW2_OFLAG_ZERO))) {
+                meta_cache_put(s->l2_cache, slice);
+                ret = -ENOTSUP;
+                break;
+            }
         }
         for (uint64_t i = 0; i < nb; i++) {
             uint64_t e = be64toh(slice[(in_slice + i) * (s->l2_entry_size / 8)]);
@@ -906,29 +920,155 @@ next:
     return ret;
 }
 
+static int coroutine_fn clear_clusters(BlockDriverState *bs, uint64_t offset, uint64_t bytes,
+                                       Qcow2ClearMode mode)
+{
+    return clear_clusters_if(bs, offset, bytes, mode, false);
+}
+
+/*
+ * Extended L2: subclusters [offset, offset + bytes) of one cluster, fewer
+ * than all of them, read as zeros from now on (QEMU's zero_l2_subclusters):
+ * their zero bits set and allocation bits cleared in the L2 bitmap.  The
+ * entry keeps its host cluster (unallocated stays unallocated): nothing is
+ * written or freed, so no ordering against data or refcounts.  A compressed
+ * cluster cannot be zeroed in part: -ENOTSUP, and the request path writes
+ * zeros, which copies the cluster (write_subclusters).  A request that
+ * allocates in the cluster is waited for: it publishes a bitmap computed
+ * from the one it saw.  only_if_not_data: -ENOTSUP if any of them is
+ * allocated (the caller saw it read as zeros or as the backing file).
+ */
+static int coroutine_fn zero_subclusters(BlockDriverState *bs, uint64_t offset, uint64_t bytes,
+                                         bool only_if_not_data)
+{
+    BDRVQcow2State *s = bs->opaque;
+    uint64_t cluster = offset >> s->cluster_bits;
+    uint32_t sc = (uint32_t)(qcow2_offset_into_cluster(s, offset) >> s->subcluster_bits);
+    uint32_t nb = (uint32_t)(bytes >> s->subcluster_bits);
+    uint64_t *slice = NULL, bitmap;
+    uint32_t in_slice;
+    int ret;
+
+    qcow2_note_guest_change(s);
+    co_mutex_lock(&s->lock);
+    while (qcow2_alloc_overlaps(s, cluster, 1)) {
+        co_queue_wait(&s->alloc_wait, &s->lock);
+    }
+    ret = qcow2_mark_dirty(bs);
+    if (ret == 0) {
+        ret = qcow2_l2_slice_for_write(bs, offset, &slice, &in_slice);
+    }
+    if (ret < 0) {
+        goto unlock;
+    }
+    uint64_t e = get_l2(s, slice, in_slice, &bitmap);
+    if (e & QCOW2_OFLAG_COMPRESSED) {
+        ret = -ENOTSUP;
+        goto put;
+    }
+    uint64_t range = sc_range(sc, sc + nb);
+    if (only_if_not_data && (bitmap & range)) {
+        ret = -ENOTSUP;             /* allocated meanwhile: its other bytes are data */
+        goto put;
+    }
+    uint64_t nbitmap = (bitmap | range << 32) & ~range;
+    if (nbitmap != bitmap) {
+        qcow2_set_l2_bitmap(s, slice, in_slice, nbitmap);
+        meta_cache_mark_dirty(s->l2_cache, slice);
+    }
+put:
+    meta_cache_put(s->l2_cache, slice);
+    if (ret == 0 && s->write_through) {
+        ret = meta_cache_write_back(s->l2_cache);   /* as clear_clusters */
+    }
+unlock:
+    co_mutex_unlock(&s->lock);
+    return ret;
+}
+
+/* QEMU's is_zero: [offset, offset + bytes), clamped to the image, reads as
+ * zeros by block status (through the backing chain). */
+static bool coroutine_fn reads_as_zero(BlockDriverState *bs, int64_t offset, int64_t bytes)
+{
+    int64_t len = bdrv_getlength(bs);
+    if (len < 0) {
+        return false;
+    }
+    bytes = MIN(bytes, len - offset);
+    while (bytes > 0) {
+        int64_t pnum = 0;
+        int ret = bdrv_co_block_status_above(bs, NULL, offset, bytes, &pnum, NULL, NULL, NULL);
+        if (ret < 0 || !(ret & BDRV_BLOCK_ZERO) || pnum <= 0) {
+            return false;
+        }
+        offset += pnum;
+        bytes -= pnum;
+    }
+    return true;
+}
+
+/*
+ * QEMU's qcow2_co_pwrite_zeroes and qcow2_subcluster_zeroize: whole
+ * clusters through clear_clusters; on extended L2 images the subclusters
+ * of a partial cluster at either end get their zero bits.  What is not
+ * aligned to that (a cluster, a subcluster) is -ENOTSUP, and the request
+ * path writes zeros instead; pwrite_zeroes_alignment (qcow2_refresh_limits)
+ * makes it split requests there (an unaligned piece stays inside one
+ * subcluster).  The order (head, whole clusters, tail)
+ * is QEMU's, so a compressed cluster at the tail leaves the same image.
+ */
 int coroutine_fn qcow2_co_pwrite_zeroes(BlockDriverState *bs, int64_t offset, int64_t bytes,
                                         BdrvRequestFlags flags)
 {
     BDRVQcow2State *s = bs->opaque;
+    uint64_t cs = s->cluster_size;
+    uint64_t align = qcow2_has_subclusters(s) ? s->subcluster_size : cs;
+    Qcow2ClearMode mode = (flags & BDRV_REQ_MAY_UNMAP) ? Q2_ZERO_UNMAP : Q2_ZERO;
+    uint64_t start = (uint64_t)offset, end = (uint64_t)(offset + bytes);
+    int ret;
 
     qcow2_bitmaps_note(s, offset, bytes);
-    /* v2 has no zero flag, partial clusters need their other bytes, and a
-     * raw data file must hold the zeros itself: the request path writes
-     * zeros there instead. */
-    if (qcow2_data_file_is_raw(s)) {
+    /* v2 has no zero flag and a raw data file must hold the zeros itself:
+     * the request path writes zeros there instead. */
+    if (qcow2_data_file_is_raw(s) || s->h.version < 3) {
         return -ENOTSUP;
     }
-    if (s->h.version < 3 || qcow2_offset_into_cluster(s, (uint64_t)(offset | bytes))) {
-        if (s->h.version >= 3 && offset + bytes == bdrv_getlength(bs) &&
-            !qcow2_offset_into_cluster(s, (uint64_t)offset)) {
-            /* the last, partial cluster of the image: all of it is ours */
-            bytes = (int64_t)ALIGN_UP((uint64_t)bytes, (uint64_t)s->cluster_size);
-        } else {
+    /* at the end of the image the last, partial cluster is all ours */
+    bool at_end = (int64_t)end == bdrv_getlength(bs);
+    if (start % align || (end % align && !at_end)) {
+        /* A part of one subcluster (a cluster without extended L2) whose
+         * other bytes read as zeros zeroes all of it, as QEMU does, unless
+         * it holds data (looked at again under the lock). */
+        uint64_t sc_start = ALIGN_DOWN(start, align);
+        uint64_t sc_end = sc_start + align;
+        if (end > sc_end ||
+            !reads_as_zero(bs, (int64_t)sc_start, (int64_t)(start - sc_start)) ||
+            (!at_end && !reads_as_zero(bs, (int64_t)end, (int64_t)(sc_end - end)))) {
             return -ENOTSUP;
         }
+        return qcow2_has_subclusters(s) ? zero_subclusters(bs, sc_start, align, true)
+                                        : clear_clusters_if(bs, sc_start, align, mode, true);
     }
-    return clear_clusters(bs, (uint64_t)offset, (uint64_t)bytes,
-                          (flags & BDRV_REQ_MAY_UNMAP) ? Q2_ZERO_UNMAP : Q2_ZERO);
+    if (start % cs) {
+        uint64_t head_end = MIN(ALIGN_UP(end, align), ALIGN_UP(start, cs));
+        ret = zero_subclusters(bs, start, head_end - start, false);
+        if (ret < 0) {
+            return ret;
+        }
+        start = head_end;
+    }
+    uint64_t whole_end = at_end ? ALIGN_UP(end, cs) : ALIGN_DOWN(end, cs);
+    if (whole_end > start) {
+        ret = clear_clusters(bs, start, whole_end - start, mode);
+        if (ret < 0) {
+            return ret;
+        }
+        start = whole_end;
+    }
+    if (!at_end && end > start) {
+        return zero_subclusters(bs, start, end - start, false);
+    }
+    return 0;
 }
 
 int coroutine_fn qcow2_co_pdiscard(BlockDriverState *bs, int64_t offset, int64_t bytes)

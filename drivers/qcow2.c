@@ -434,7 +434,8 @@ static int qcow2_open(BlockDriverState *bs, OptDict *options, int flags, Error *
     {
         /* a check reads and reports the table itself */
         Error *snap_err = NULL;
-        ret = qcow2_read_snapshots(bs, &snap_err);
+        ret = s->h.nb_snapshots > QCOW2_MAX_SNAPSHOTS ? -EFBIG :
+              qcow2_read_snapshots(bs, &snap_err);
         if (ret < 0 && !(flags & BDRV_O_CHECK)) {
             error_propagate(errp, snap_err);
             goto fail;
@@ -649,13 +650,16 @@ static int coroutine_fn qcow2_co_block_status(BlockDriverState *bs, bool want_ze
     return status;
 }
 
-/* Zero writes and discards act on whole clusters. */
+/* Zero writes act on whole clusters, or on extended L2 images on
+ * subclusters (QEMU: pwrite_zeroes_alignment = subcluster size); discards
+ * on whole clusters. */
 static void qcow2_refresh_limits(BlockDriverState *bs, Error **errp)
 {
     BDRVQcow2State *s = bs->opaque;
 
     (void)errp;
-    bs->bl.pwrite_zeroes_alignment = s->cluster_size;
+    bs->bl.pwrite_zeroes_alignment = qcow2_has_subclusters(s) ? s->subcluster_size
+                                                               : s->cluster_size;
     bs->bl.pdiscard_alignment = s->cluster_size;
     if (s->crypto) {
         /* data is encrypted per 512-byte sector */

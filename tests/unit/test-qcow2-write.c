@@ -6,6 +6,7 @@
  * discards, lazy refcounts' dirty bit, the overlap check.
  */
 #include <errno.h>
+#include <zlib.h>
 #include "qcow2-image.h"
 
 static uint64_t get64(BlockDriverState *f, int64_t off)
@@ -347,6 +348,102 @@ static void test_zero_and_discard(void **state)
     assert_int_equal(bdrv_flush(img.bs), 0);
     assert_int_equal(get64(img.file, (int64_t)(4 * Q2_C(&img))), QCOW2_OFLAG_ZERO);
     assert_int_equal(refcount_of(&img, 5), 0);
+    q2_free(&img);
+}
+
+/* A compressed L2 entry (16 KiB clusters) for len bytes at host off. */
+static uint64_t compressed_entry14(uint64_t off, uint64_t len)
+{
+    uint32_t shift = 62 - (14 - 8);
+    uint64_t nb_sectors = (off + len - 1) / 512 - off / 512;
+    return QCOW2_OFLAG_COMPRESSED | off | (nb_sectors << shift);
+}
+
+/* Extended L2: a zero write of whole subclusters sets their zero bits and
+ * clears their allocation bits, as QEMU's zero_l2_subclusters: allocated
+ * and unallocated clusters keep their entries (nothing allocated, nothing
+ * freed), a request across two clusters zeroes the tail of one and the
+ * head of the next; a compressed cluster cannot be zeroed in part and is
+ * copied by the zeros written instead.  The driver asks for requests split
+ * at subclusters.  Part of a subcluster: as QEMU, zeroed whole if the rest
+ * reads as zeros and it holds no data, else zeros written. */
+static void test_zero_subclusters(void **state)
+{
+    (void)state;
+    Q2Image img = q2_make(14, MiB, true, 3);    /* 16 KiB clusters, 512 B subclusters */
+    uint64_t c = Q2_C(&img), sc = c / 32;
+    uint8_t *plain = malloc(c), *packed = malloc(2 * c), *buf = malloc(4 * c);
+    memset(plain, 0x66, c);
+    z_stream z = { 0 };
+    assert_int_equal(deflateInit2(&z, Z_DEFAULT_COMPRESSION, Z_DEFLATED, -12, 9,
+                                  Z_DEFAULT_STRATEGY), Z_OK);
+    z.next_in = plain;
+    z.avail_in = (uInt)c;
+    z.next_out = packed;
+    z.avail_out = (uInt)(2 * c);
+    assert_int_equal(deflate(&z, Z_FINISH), Z_STREAM_END);
+    uint64_t len = z.total_out;
+    deflateEnd(&z);
+    mem_write_raw(img.file, (int64_t)Q2_DATA(&img, 2) + 100, packed, (int64_t)len);
+    mem_fill(img.file, (int64_t)Q2_DATA(&img, 0), (int64_t)c, 0x44);
+    mem_fill(img.file, (int64_t)Q2_DATA(&img, 1), (int64_t)c, 0x55);
+    q2_set_l2(&img, 0, Q2_DATA(&img, 0) | QCOW2_OFLAG_COPIED, QCOW2_L2_BITMAP_ALL_ALLOC);
+    q2_set_l2(&img, 1, Q2_DATA(&img, 1) | QCOW2_OFLAG_COPIED, QCOW2_L2_BITMAP_ALL_ALLOC);
+    q2_set_l2(&img, 3, compressed_entry14(Q2_DATA(&img, 2) + 100, len), 0);
+    q2_open(&img, BDRV_O_RDWR, NULL, NULL);
+    assert_non_null(img.bs);
+    assert_int_equal(img.bs->bl.pwrite_zeroes_alignment, sc);
+
+    assert_true(bdrv_pwrite_zeroes(img.child, (int64_t)(2 * sc), (int64_t)(3 * sc), 0) >= 0);
+    assert_true(bdrv_pwrite_zeroes(img.child, (int64_t)(c - 2 * sc), (int64_t)(4 * sc), 0) >= 0);
+    assert_true(bdrv_pwrite_zeroes(img.child, (int64_t)(2 * c + 5 * sc), (int64_t)sc,
+                                   BDRV_REQ_MAY_UNMAP) >= 0);
+    assert_true(bdrv_pwrite_zeroes(img.child, (int64_t)(3 * c + 4 * sc), (int64_t)(2 * sc),
+                                   0) >= 0);
+    assert_int_equal(bdrv_flush(img.bs), 0);
+
+    int64_t l2 = (int64_t)(4 * c);
+    uint64_t z0 = 0x1cULL | 0xc0000000ULL;          /* subclusters 2-4, 30-31 */
+    assert_int_equal(get64(img.file, l2), Q2_DATA(&img, 0) | QCOW2_OFLAG_COPIED);
+    assert_int_equal(get64(img.file, l2 + 8), (QCOW2_L2_BITMAP_ALL_ALLOC & ~z0) | z0 << 32);
+    assert_int_equal(get64(img.file, l2 + 16), Q2_DATA(&img, 1) | QCOW2_OFLAG_COPIED);
+    assert_int_equal(get64(img.file, l2 + 24), (QCOW2_L2_BITMAP_ALL_ALLOC & ~3ULL) | 3ULL << 32);
+    assert_int_equal(get64(img.file, l2 + 32), 0);                  /* still no cluster */
+    assert_int_equal(get64(img.file, l2 + 40), 1ULL << (32 + 5));
+    uint64_t e3 = get64(img.file, l2 + 48);
+    assert_false(e3 & QCOW2_OFLAG_COMPRESSED);
+    assert_true(e3 & QCOW2_OFLAG_COPIED);
+    assert_int_equal(get64(img.file, l2 + 56), QCOW2_L2_BITMAP_ALL_ALLOC);
+    assert_int_equal(refcount_of(&img, 5), 1);
+    assert_int_equal(refcount_of(&img, 6), 1);
+
+    assert_true(bdrv_pread(img.child, 0, (int64_t)(4 * c), buf, 0) >= 0);
+    assert_true(test_buf_is(buf, 2 * sc, 0x44));
+    assert_true(test_buf_is(buf + 2 * sc, 3 * sc, 0));
+    assert_true(test_buf_is(buf + 5 * sc, c - 7 * sc, 0x44));
+    assert_true(test_buf_is(buf + c - 2 * sc, 4 * sc, 0));
+    assert_true(test_buf_is(buf + c + 2 * sc, c - 2 * sc, 0x55));
+    assert_true(test_buf_is(buf + 2 * c, c, 0));
+    assert_true(test_buf_is(buf + 3 * c, 4 * sc, 0x66));
+    assert_true(test_buf_is(buf + 3 * c + 4 * sc, 2 * sc, 0));
+    assert_true(test_buf_is(buf + 3 * c + 6 * sc, c - 6 * sc, 0x66));
+
+    /* part of a subcluster whose rest reads as zeros (nothing under it):
+     * the subcluster becomes zero, nothing allocated (QEMU's is_zero path) */
+    assert_true(bdrv_pwrite_zeroes(img.child, (int64_t)(2 * c + 100), 200, 0) >= 0);
+    /* part of one with data: zeros are written, the subcluster stays data */
+    assert_true(bdrv_pwrite_zeroes(img.child, (int64_t)(c + 5 * sc + 100), 200, 0) >= 0);
+    assert_int_equal(bdrv_flush(img.bs), 0);
+    assert_int_equal(get64(img.file, l2 + 32), 0);
+    assert_int_equal(get64(img.file, l2 + 40), (1ULL << (32 + 5)) | (1ULL << 32));
+    assert_int_equal(get64(img.file, l2 + 24), (QCOW2_L2_BITMAP_ALL_ALLOC & ~3ULL) | 3ULL << 32);
+    assert_true(bdrv_pread(img.child, (int64_t)c, (int64_t)c, buf, 0) >= 0);
+    assert_true(test_buf_is(buf + 5 * sc, 100, 0x55));
+    assert_true(test_buf_is(buf + 5 * sc + 100, 200, 0));
+    assert_true(test_buf_is(buf + 5 * sc + 300, c - 5 * sc - 300, 0x55));
+    free(plain);
+    free(packed);
+    free(buf);
     q2_free(&img);
 }
 
@@ -712,6 +809,7 @@ int main(void)
         cmocka_unit_test(test_allocating_writes_beyond_l2_cache),
         cmocka_unit_test(test_reader_never_sees_unwritten_data),
         cmocka_unit_test(test_zero_and_discard),
+        cmocka_unit_test(test_zero_subclusters),
         cmocka_unit_test(test_lazy_refcounts_dirty_bit),
         cmocka_unit_test(test_overlap_marks_corrupt),
         cmocka_unit_test(test_l2_on_refcount_block),
