@@ -157,17 +157,26 @@ static int coroutine_fn upgrade(BlockDriverState *bs, AmendProgress *p, Error **
     if (ret < 0) {
         return ret;
     }
+    bool rewrite = false;
     for (uint32_t i = 0; sn && i < s->h.nb_snapshots; i++) {
-        if (sn[i].extra_size < 16) {
-            /* QEMU rewrites the table in v3 form here: not done (yet). */
-            free(sn);
-            error_setg(errp, "Failed to update the snapshot table: snapshot %" PRIu32
-                       " lacks the extra data version 3 requires (rewriting the snapshot table"
-                       " is not supported)", i);
-            return -ENOTSUP;
-        }
+        rewrite |= sn[i].extra_size < 16;
     }
     free(sn);
+
+    co_mutex_lock(&s->lock);
+    if (rewrite) {
+        /* Entries from QEMU before 1.1 lack the extra data v3 requires (the
+         * VM state's 64-bit size and the disk size): the table is written
+         * anew, complete, before the header says v3, as QEMU's upgrade does.
+         * A crash in between leaves a v2 image with a complete table. */
+        ret = qcow2_snapshot_table_rewrite(bs, s->h.nb_snapshots);
+        if (ret < 0) {
+            co_mutex_unlock(&s->lock);
+            error_setg_errno(errp, -ret, "Failed to update the snapshot table");
+            return ret;
+        }
+    }
+    co_mutex_unlock(&s->lock);
     progress(bs, p, 1, 2);
 
     co_mutex_lock(&s->lock);

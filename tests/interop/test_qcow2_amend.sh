@@ -161,6 +161,24 @@ uimg check -q lose.qcow2 || fail "lose.qcow2: ublkd check after the downgrade"
 "$QEMU_IO" -c 'read -P 0x11 0 128k' lose.qcow2 | grep -q '^read 131072' ||
     fail "lose.qcow2: the snapshot lost its data"
 
+# ---- a v2 image from before QEMU 1.1: snapshot entries without the extra
+# data v3 requires (0 and 8 bytes); both tools rewrite the table on upgrade
+"$QEMU_IMG" create -q -f qcow2 -o compat=0.10 old.qcow2 8M
+"$QEMU_IO" -c 'write -P 0x21 0 64k' old.qcow2 >/dev/null
+"$QEMU_IMG" snapshot -c s1 old.qcow2
+"$QEMU_IO" -c 'write -P 0x22 0 64k' old.qcow2 >/dev/null
+"$QEMU_IMG" snapshot -c s2 old.qcow2
+PY=/usr/bin/python3
+[ -x "$PY" ] || PY=python3
+$PY "$(dirname "$0")/qcow2-snaptable.py" old.qcow2 old1.qcow2 extra 0 0 -- \
+    old1.qcow2 old.qcow2 extra 1 8 || fail "crafting old.qcow2"
+amend_both old.qcow2 -o compat=v3
+for f in q.qcow2 u.qcow2; do
+    "$QEMU_IMG" snapshot -a s1 $f || fail "apply s1 after the upgrade ($f)"
+    "$QEMU_IO" -c 'read -P 0x21 0 64k' $f | grep -q '^read 65536' || fail "$f: s1's data after the upgrade"
+done
+cmp q.qcow2 u.qcow2 && echo "v2 upgrade with old snapshot entries: the very bytes of qemu-img's" >&2
+
 # ---- refusals and command-line errors: same text and exit code
 for a in "-o compat=v2 el2.qcow2" "-o compat=v2 df.qcow2" "-o compat=v2 zstdc.qcow2" \
          "-o compat=v2 r8.qcow2" "-o compat=v2 snapsz.qcow2" "-o lazy_refcounts=on,compat=v2 x" \
