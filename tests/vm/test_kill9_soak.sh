@@ -16,13 +16,13 @@
 need_cmd fio qemu-img jq sha256sum
 CYCLES=${KILL9_CYCLES:-5}
 FORMATS=${KILL9_FORMATS:-raw vdi qcow2}
-IMG_SIZE=512M
-# Each cycle writes REGION bytes at its own offset (8 regions 64 MiB apart,
+IMG_SIZE=256M
+# Each cycle writes REGION bytes at its own offset (8 regions 32 MiB apart,
 # then round again), so an allocating format allocates in every cycle of a
 # round while the image stays small enough for the guest's tmpfs.  The rate
 # cap makes the write last about 3 s whatever the machine's speed, so the
 # kill (1-2 s after the first writes) lands while fio writes.
-REGION=24M REGION_STEP=64 REGIONS=8 RATE=8m
+REGION=24M REGION_STEP=32 REGIONS=8 RATE=8m
 
 # fio_job DEV CYCLE ARGS...: the cycle's job; the write and the verify pass
 # must agree on everything but the phase options.  Run in $T/fio so the
