@@ -189,6 +189,10 @@ typedef struct UblkDevConfig {
     char *log_file;
     char *key_file;            /* --key-file: passphrase of an encrypted image (its path
                                 * is recorded, never the key) */
+    char **objects;            /* --object definitions, as given (dir=/file= made absolute):
+                                * secret (file= only: the state file holds them) and
+                                * tls-creds-psk|x509; registered where the graph is opened */
+    int nobjects;
 } UblkDevConfig;
 
 void ublk_dev_config_init(UblkDevConfig *c);

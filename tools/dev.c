@@ -195,9 +195,36 @@ static int absolutize_blockdev(UblkDevConfig *c, Error **errp)
     return 0;
 }
 
+/* An --object's dir= and file= made absolute (*def replaced if one was
+ * relative); a definition that does not parse is left to the check. */
+static void absolutize_object(char **def)
+{
+    OptDict *d = optdict_parse(*def, "qom-type", NULL);
+    bool changed = false;
+    for (size_t i = 0; d && i < optdict_count(d); i++) {
+        const char *k = optdict_key_at(d, i), *v = optdict_value_at(d, i);
+        if ((!strcmp(k, "dir") || !strcmp(k, "file")) && v[0] && v[0] != '/') {
+            char *abs = absolute_path(v);
+            if (abs) {
+                optdict_set(d, k, abs);
+                changed = true;
+            }
+            free(abs);
+        }
+    }
+    if (changed) {
+        free(*def);
+        *def = optdict_to_string(d);
+    }
+    optdict_free(d);
+}
+
 /* Files become absolute so that `recover` works from any directory. */
 static void absolutize(UblkDevConfig *c)
 {
+    for (int i = 0; i < c->nobjects; i++) {
+        absolutize_object(&c->objects[i]);
+    }
     for (int i = 0; i < c->nfiles; i++) {
         char *r = realpath(c->files[i], NULL);
         if (r) {
