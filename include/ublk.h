@@ -339,6 +339,21 @@ uint64_t ublk_proc_start_time(pid_t pid);
 int ublk_stats_write(uint32_t dev_id, const BlockAcctStats *st);
 int ublk_stats_read(uint32_t dev_id, BlockAcctStats *st);
 
+/* ---------------- remote children in `list` (ublk/list-remote.c) ---------------- */
+
+/* A remote (nbd) node of the graph, from its counters in st. */
+typedef struct UblkRemoteNode {
+    char node[128];            /* its path as options name it: "file", "children.0.file";
+                                * "" for the root */
+    const char *driver;        /* "nbd" */
+    const char *state;         /* "connected", "reconnecting", "failed" ("unknown": no flag set) */
+    uint64_t reconnects;
+} UblkRemoteNode;
+/* Up to max of them into out, in the counters' order; returns how many. */
+int ublk_stats_remote_nodes(const BlockAcctStats *st, UblkRemoteNode *out, int max);
+/* Whether key is one of the counters those are made from (the raw list skips them). */
+bool ublk_stats_is_remote_counter(const char *key);
+
 /* ---------------- parameters (ublk/params.c) ---------------- */
 
 /* Fill p (BASIC + DISCARD) from the config, the root's limits and size.

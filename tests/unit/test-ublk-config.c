@@ -456,6 +456,50 @@ static void test_objects(void **state)
 #endif
 }
 
+/* `ublkd list`'s remote children: one entry per nbd node, named as options
+ * name it, from the flag-per-state counters the nbd driver publishes. */
+static void test_remote_nodes(void **state)
+{
+    (void)state;
+    static const struct { const char *k; uint64_t v; } in[] = {
+        { "children.0.reads", 5 },
+        { "children.0/file/nbd-connected", 1 }, { "children.0/file/nbd-reconnecting", 0 },
+        { "children.0/file/nbd-failed", 0 }, { "children.0/file/nbd-reconnects", 2 },
+        { "children.1.reads", 4 },
+        { "children.1/nbd-connected", 0 }, { "children.1/nbd-reconnecting", 1 },
+        { "children.1/nbd-failed", 0 }, { "children.1/nbd-reconnects", 3 },
+        { "nbd-connected", 0 }, { "nbd-reconnecting", 0 }, { "nbd-failed", 1 },
+        { "nbd-reconnects", 7 },
+        { "file/nbdx", 9 },           /* not an nbd counter */
+    };
+    BlockAcctStats *st = calloc(1, sizeof(*st));
+    assert_non_null(st);
+    for (size_t i = 0; i < ARRAY_SIZE(in); i++) {
+        snprintf(st->node_counters[i].key, sizeof(st->node_counters[i].key), "%s", in[i].k);
+        st->node_counters[i].value = in[i].v;
+        st->n_node_counters++;
+    }
+    UblkRemoteNode rn[8];
+    assert_int_equal(ublk_stats_remote_nodes(st, rn, 8), 3);
+    assert_string_equal(rn[0].node, "children.0.file");
+    assert_string_equal(rn[0].driver, "nbd");
+    assert_string_equal(rn[0].state, "connected");
+    assert_int_equal(rn[0].reconnects, 2);
+    assert_string_equal(rn[1].node, "children.1");
+    assert_string_equal(rn[1].state, "reconnecting");
+    assert_int_equal(rn[1].reconnects, 3);
+    assert_string_equal(rn[2].node, "");
+    assert_string_equal(rn[2].state, "failed");
+    assert_int_equal(rn[2].reconnects, 7);
+    /* max is kept to */
+    assert_int_equal(ublk_stats_remote_nodes(st, rn, 1), 1);
+    assert_string_equal(rn[0].node, "children.0.file");
+    assert_true(ublk_stats_is_remote_counter("children.1/nbd-failed"));
+    assert_false(ublk_stats_is_remote_counter("children.1.reads"));
+    assert_false(ublk_stats_is_remote_counter("file/nbdx"));
+    free(st);
+}
+
 static void test_state_files(void **state)
 {
     (void)state;
@@ -1411,6 +1455,7 @@ int main(void)
         cmocka_unit_test(test_per_io_split),
         cmocka_unit_test(test_state_round_trip),
         cmocka_unit_test(test_objects),
+        cmocka_unit_test(test_remote_nodes),
         cmocka_unit_test(test_change_child),
         cmocka_unit_test(test_change_child_taken_back),
         cmocka_unit_test(test_state_files),
