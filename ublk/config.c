@@ -599,9 +599,9 @@ static int objects_register(const UblkDevConfig *c, Error **errp)
         if (object_parse(c->objects[n], &type, &id, errp) < 0) {
             return -1;
         }
-        Error *local = NULL;
         if (!strcmp(type, "secret")) {
 #ifdef CONFIG_CRYPTO
+            Error *local = NULL;
             size_t len;
             if (!secret_lookup(id, &len, &local)) {
                 error_free(local);
@@ -610,6 +610,7 @@ static int objects_register(const UblkDevConfig *c, Error **errp)
 #endif
         } else {
 #ifdef CONFIG_NBD
+            Error *local = NULL;
             if (!nbd_tls_lookup(id, &local)) {
                 error_free(local);
                 r = nbd_tls_object_add(c->objects[n], errp);
