@@ -226,6 +226,9 @@ static void absolutize(UblkDevConfig *c)
         absolutize_object(&c->objects[i]);
     }
     for (int i = 0; i < c->nfiles; i++) {
+        if (bdrv_is_protocol_filename(c->files[i])) {
+            continue;     /* a local "rbd:x" file must not turn it into a path */
+        }
         char *r = realpath(c->files[i], NULL);
         if (r) {
             free(c->files[i]);
@@ -360,7 +363,8 @@ static int cmd_add(int argc, char **argv)
         return 2;
     }
     for (int i = 0; i < cfg.nfiles; i++) {
-        if (access(cfg.files[i], F_OK) < 0) {
+        /* "rbd:pool/img" is no path: its driver says whether it is there. */
+        if (!bdrv_is_protocol_filename(cfg.files[i]) && access(cfg.files[i], F_OK) < 0) {
             error_report("%s: %s", cfg.files[i], strerror(errno));
             ublk_dev_config_free(&cfg);
             return 1;
