@@ -71,7 +71,8 @@ DRIVER_SRCS-qcow2 := drivers/qcow2-header.c drivers/qcow2-cluster.c drivers/qcow
 DRIVER_SRCS := $(foreach d,$(DRIVERS-y),$(wildcard drivers/$(d).c) $(DRIVER_SRCS-$(d)))
 
 # ublk server: control plane, params, config/state, queue threads, daemon
-UBLK_SRCS := ublk/ctrl.c ublk/params.c ublk/config.c ublk/queue.c ublk/queue-batch.c ublk/ctlsock.c ublk/server.c
+UBLK_SRCS := ublk/ctrl.c ublk/params.c ublk/config.c ublk/queue.c ublk/queue-batch.c ublk/ctlsock.c ublk/server.c \
+             ublk/list-remote.c
 TOOL_SRCS := tools/ublkd.c
 # device verbs (add/del/list/recover/features)
 TOOL_SRCS += $(if $(filter y,$(CONFIG_UBLK)),tools/dev.c)

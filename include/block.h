@@ -182,6 +182,9 @@ typedef struct CreateOptDesc {
 
 /* ---- drivers ---- */
 const BlockDriver *bdrv_find_format(const char *name);
+/* Whether filename names a protocol other than file ("rbd:pool/img",
+ * "nbd://host/exp"): there is no path to check or make absolute. */
+bool bdrv_is_protocol_filename(const char *filename);
 /* Iterate: returns NULL after the last. */
 const BlockDriver *bdrv_driver_at(int i);
 const char *bdrv_driver_name(const BlockDriver *drv);

@@ -189,6 +189,10 @@ typedef struct UblkDevConfig {
     char *log_file;
     char *key_file;            /* --key-file: passphrase of an encrypted image (its path
                                 * is recorded, never the key) */
+    char **objects;            /* --object definitions, as given (dir=/file= made absolute):
+                                * secret (file= only: the state file holds them) and
+                                * tls-creds-psk|x509; registered where the graph is opened */
+    int nobjects;
 } UblkDevConfig;
 
 void ublk_dev_config_init(UblkDevConfig *c);
@@ -334,6 +338,21 @@ uint64_t ublk_proc_start_time(pid_t pid);
 /* Counters file next to the state file: rewritten by the daemon. */
 int ublk_stats_write(uint32_t dev_id, const BlockAcctStats *st);
 int ublk_stats_read(uint32_t dev_id, BlockAcctStats *st);
+
+/* ---------------- remote children in `list` (ublk/list-remote.c) ---------------- */
+
+/* A remote (nbd) node of the graph, from its counters in st. */
+typedef struct UblkRemoteNode {
+    char node[128];            /* its path as options name it: "file", "children.0.file";
+                                * "" for the root */
+    const char *driver;        /* "nbd" */
+    const char *state;         /* "connected", "reconnecting", "failed" ("unknown": no flag set) */
+    uint64_t reconnects;
+} UblkRemoteNode;
+/* Up to max of them into out, in the counters' order; returns how many. */
+int ublk_stats_remote_nodes(const BlockAcctStats *st, UblkRemoteNode *out, int max);
+/* Whether key is one of the counters those are made from (the raw list skips them). */
+bool ublk_stats_is_remote_counter(const char *key);
 
 /* ---------------- parameters (ublk/params.c) ---------------- */
 

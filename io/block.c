@@ -103,6 +103,12 @@ const BlockDriver *bdrv_find_protocol(const char *filename, Error **errp)
     return file;
 }
 
+bool bdrv_is_protocol_filename(const char *filename)
+{
+    const BlockDriver *drv = bdrv_find_protocol(filename, NULL);
+    return drv && strcmp(drv->format_name, "file");
+}
+
 const BlockDriver *bdrv_probe_buf(const uint8_t *buf, int buf_size, const char *filename)
 {
     const BlockDriver *drv, *best = NULL;

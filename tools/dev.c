@@ -195,10 +195,40 @@ static int absolutize_blockdev(UblkDevConfig *c, Error **errp)
     return 0;
 }
 
+/* An --object's dir= and file= made absolute (*def replaced if one was
+ * relative); a definition that does not parse is left to the check. */
+static void absolutize_object(char **def)
+{
+    OptDict *d = optdict_parse(*def, "qom-type", NULL);
+    bool changed = false;
+    for (size_t i = 0; d && i < optdict_count(d); i++) {
+        const char *k = optdict_key_at(d, i), *v = optdict_value_at(d, i);
+        if ((!strcmp(k, "dir") || !strcmp(k, "file")) && v[0] && v[0] != '/') {
+            char *abs = absolute_path(v);
+            if (abs) {
+                optdict_set(d, k, abs);
+                changed = true;
+            }
+            free(abs);
+        }
+    }
+    if (changed) {
+        free(*def);
+        *def = optdict_to_string(d);
+    }
+    optdict_free(d);
+}
+
 /* Files become absolute so that `recover` works from any directory. */
 static void absolutize(UblkDevConfig *c)
 {
+    for (int i = 0; i < c->nobjects; i++) {
+        absolutize_object(&c->objects[i]);
+    }
     for (int i = 0; i < c->nfiles; i++) {
+        if (bdrv_is_protocol_filename(c->files[i])) {
+            continue;     /* a local "rbd:x" file must not turn it into a path */
+        }
         char *r = realpath(c->files[i], NULL);
         if (r) {
             free(c->files[i]);
@@ -333,7 +363,8 @@ static int cmd_add(int argc, char **argv)
         return 2;
     }
     for (int i = 0; i < cfg.nfiles; i++) {
-        if (access(cfg.files[i], F_OK) < 0) {
+        /* "rbd:pool/img" is no path: its driver says whether it is there. */
+        if (!bdrv_is_protocol_filename(cfg.files[i]) && access(cfg.files[i], F_OK) < 0) {
             error_report("%s: %s", cfg.files[i], strerror(errno));
             ublk_dev_config_free(&cfg);
             return 1;
@@ -1356,24 +1387,47 @@ static void queue_threads(pid_t pid, uint32_t id, char kind, unsigned nq, pid_t 
     }
 }
 
-/* Node counters grouped by what they count: "children.0.reads 5" and
- * "children.0.errors 1" print as one line "children.0  reads 5 errors 1". */
+/* A counter's node path and name: split at its last '/' or '.', whichever
+ * comes later ("children.0.reads", "children.0/file/x"); 0 if neither. */
+static int counter_prefix_len(const char *k)
+{
+    const char *dot = strrchr(k, '.'), *slash = strrchr(k, '/');
+    const char *sep = dot > slash ? dot : slash;
+    return sep ? (int)(sep - k) : 0;
+}
+
+/* The remote children first, one line each ("nbd children.0.file: connected
+ * (reconnects 0)"), then the other node counters grouped by node:
+ * "children.0.reads 5" and "children.0.errors 1" print as one line
+ * "children.0  reads 5 errors 1". */
 static void print_node_counters(const BlockAcctStats *st)
 {
+    UblkRemoteNode rn[BLK_NODE_COUNTERS_MAX];
+    int nrn = ublk_stats_remote_nodes(st, rn, BLK_NODE_COUNTERS_MAX);
+    for (int i = 0; i < nrn; i++) {
+        printf("  %s%s%s: %s (reconnects %llu)\n", rn[i].driver, rn[i].node[0] ? " " : "",
+               rn[i].node, rn[i].state, (unsigned long long)rn[i].reconnects);
+    }
     for (int i = 0; i < st->n_node_counters;) {
         const char *k = st->node_counters[i].key;
-        const char *dot = strrchr(k, '.');
-        int plen = dot ? (int)(dot - k) : 0;
+        if (ublk_stats_is_remote_counter(k)) {
+            i++;
+            continue;
+        }
+        int plen = counter_prefix_len(k);
         printf("  %-12.*s", plen ? plen : 8, plen ? k : "counters");
         int j = i;
         for (; j < st->n_node_counters; j++) {
             const char *kj = st->node_counters[j].key;
-            const char *dj = strrchr(kj, '.');
-            int pj = dj ? (int)(dj - kj) : 0;
+            if (ublk_stats_is_remote_counter(kj)) {
+                continue;
+            }
+            int pj = counter_prefix_len(kj);
             if (pj != plen || strncmp(kj, k, (size_t)plen)) {
                 break;
             }
-            printf(" %s %llu", pj ? dj + 1 : kj, (unsigned long long)st->node_counters[j].value);
+            printf(" %s %llu", pj ? kj + pj + 1 : kj,
+                   (unsigned long long)st->node_counters[j].value);
         }
         printf("\n");
         i = j;
@@ -1695,6 +1749,22 @@ static int cmd_list(int argc, char **argv)
                 }
                 json_object_object_add(so, "node_counters", nc);
                 json_object_object_add(o, "stats", so);
+                /* The remote children's state, read from those counters. */
+                UblkRemoteNode rn[BLK_NODE_COUNTERS_MAX];
+                int nrn = ublk_stats_remote_nodes(&stats, rn, BLK_NODE_COUNTERS_MAX);
+                if (nrn) {
+                    json_object *ra = json_object_new_array();
+                    for (int k = 0; k < nrn; k++) {
+                        json_object *r = json_object_new_object();
+                        json_object_object_add(r, "node", json_object_new_string(rn[k].node));
+                        json_object_object_add(r, "driver", json_object_new_string(rn[k].driver));
+                        json_object_object_add(r, "state", json_object_new_string(rn[k].state));
+                        json_object_object_add(r, "reconnects",
+                                               json_object_new_int64((int64_t)rn[k].reconnects));
+                        json_object_array_add(ra, r);
+                    }
+                    json_object_object_add(o, "remote", ra);
+                }
             }
             json_object_array_add(arr, o);
         }

@@ -23,6 +23,9 @@
 #ifdef CONFIG_CRYPTO
 #include "crypto.h"
 #endif
+#ifdef CONFIG_NBD
+#include "nbd-tls.h"
+#endif
 #define UBLK_KEY_FILE_SECRET "ublkd-key-file"
 
 void ublk_dev_config_init(UblkDevConfig *c)
@@ -50,6 +53,10 @@ void ublk_dev_config_free(UblkDevConfig *c)
     free(c->log_file);
     free(c->io_scheduler);
     free(c->key_file);
+    for (int i = 0; i < c->nobjects; i++) {
+        free(c->objects[i]);
+    }
+    free(c->objects);
     free(c->extra_opts);
     memset(c, 0, sizeof(*c));
     c->dev_id = -1;
@@ -79,6 +86,12 @@ void ublk_dev_config_usage(FILE *f)
         "  -d, --depth D               queue depth, 1..4096 (default 128)\n"
         "  -o, --option K=V[,K=V]      extra options for the root node\n"
         "      --key-file PATH         passphrase of an encrypted qcow2 (LUKS): the whole file\n"
+        "      --object DEF            secret,id=ID,file=PATH[,format=raw|base64] (named by\n"
+        "                              encrypt.key-secret=ID; data= is refused: the state file\n"
+        "                              would hold it), tls-creds-psk,id=ID,dir=DIR,endpoint=client\n"
+        "                              [,username=U] or tls-creds-x509,id=ID,dir=DIR,endpoint=client\n"
+        "                              [,verify-peer=on|off] (named by an nbd node's tls-creds=ID);\n"
+        "                              repeatable, kept for recover and upgrade\n"
         "      --size SIZE             size of a null device (default 250G, as ublksrv's)\n"
         "      --cache MODE            none (default), writeback, writethrough, directsync, unsafe\n"
         "      --discard unmap|ignore  what discards do (default unmap)\n"
@@ -173,6 +186,7 @@ enum {
     OPT_SNAPSHOT,
     OPT_BATCH,
     OPT_IO_SCHED,
+    OPT_OBJECT,
 };
 
 int ublk_dev_config_parse(UblkDevConfig *c, int argc, char **argv, Error **errp)
@@ -212,6 +226,7 @@ int ublk_dev_config_parse(UblkDevConfig *c, int argc, char **argv, Error **errp)
         { "snapshot", required_argument, NULL, OPT_SNAPSHOT },
         { "batch", optional_argument, NULL, OPT_BATCH },
         { "io-scheduler", required_argument, NULL, OPT_IO_SCHED },
+        { "object", required_argument, NULL, OPT_OBJECT },
         { NULL, 0, NULL, 0 },
     };
     uint32_t v;
@@ -309,6 +324,14 @@ int ublk_dev_config_parse(UblkDevConfig *c, int argc, char **argv, Error **errp)
             break;
         case OPT_CACHE: free(c->cache); c->cache = xstrdup(optarg); break;
         case OPT_KEY_FILE: free(c->key_file); c->key_file = xstrdup(optarg); break;
+        case OPT_OBJECT:
+            /* Checked with the others in ublk_dev_config_check. */
+            c->objects = realloc(c->objects, (c->nobjects + 1) * sizeof(char *));
+            if (!c->objects) {
+                abort();
+            }
+            c->objects[c->nobjects++] = xstrdup(optarg);
+            break;
         case OPT_DISCARD:
             if (strcmp(optarg, "unmap") && strcmp(optarg, "ignore")) {
                 error_setg(errp, "invalid value for --discard: '%s' (unmap or ignore)", optarg);
@@ -471,8 +494,144 @@ int ublk_dev_config_parse(UblkDevConfig *c, int argc, char **argv, Error **errp)
     return ublk_dev_config_check(c, errp) < 0 ? -1 : 0;
 }
 
+/*
+ * An --object definition `add` keeps: its type and id (caller frees).  The
+ * state file holds the definition, since recover and upgrade open the graph
+ * again, so a secret may only name its file.  The registries check the rest
+ * (io/crypto-secret.c, drivers/nbd-uri.c) where the graph is opened.
+ */
+static int object_parse(const char *def, char **type, char **id, Error **errp)
+{
+    OptDict *d = optdict_parse(def, "qom-type", errp);
+    if (!d) {
+        error_prepend(errp, "--object: ");
+        return -1;
+    }
+    const char *t = optdict_get(d, "qom-type"), *i = optdict_get(d, "id");
+    bool secret = t && !strcmp(t, "secret");
+    bool tls = t && (!strcmp(t, "tls-creds-psk") || !strcmp(t, "tls-creds-x509"));
+    int ret = -1;
+    if (!secret && !tls) {
+        error_setg(errp, "--object type '%s' is not supported by ublkd add (secret, "
+                   "tls-creds-psk, tls-creds-x509)", t ? t : "");
+        goto out;
+    }
+    if (!i || !*i) {
+        error_setg(errp, "--object %s: parameter 'id' is missing", t);
+        goto out;
+    }
+    if (!strcmp(i, UBLK_KEY_FILE_SECRET)) {
+        error_setg(errp, "--object %s: id '%s' is the one --key-file uses; pick another", t, i);
+        goto out;
+    }
+    if (secret && optdict_has(d, "data")) {
+        error_setg(errp, "--object secret '%s': data= is refused by ublkd add: the device's "
+                   "state file keeps every --object for recover and upgrade, and a secret's "
+                   "value must not be written there; put it in a file only you can read and "
+                   "give file=PATH", i);
+        goto out;
+    }
+    if (secret && !optdict_get(d, "file")) {
+        error_setg(errp, "--object secret '%s': file=PATH is missing", i);
+        goto out;
+    }
+#ifndef CONFIG_CRYPTO
+    if (secret) {
+        error_setg(errp, "--object secret '%s': secrets need CONFIG_CRYPTO", i);
+        goto out;
+    }
+#endif
+#ifndef CONFIG_NBD
+    if (tls) {
+        error_setg(errp, "--object %s '%s': TLS credentials are for the nbd driver "
+                   "(built without CONFIG_NBD)", t, i);
+        goto out;
+    }
+#endif
+    *type = xstrdup(t);
+    *id = xstrdup(i);
+    ret = 0;
+out:
+    optdict_free(d);
+    return ret;
+}
+
+static int objects_check(const UblkDevConfig *c, Error **errp)
+{
+    char **ids = calloc((size_t)c->nobjects + 1, sizeof(char *));
+    int ret = 0, n = 0;
+    if (!ids) {
+        abort();
+    }
+    for (; n < c->nobjects; n++) {
+        char *type;
+        if (object_parse(c->objects[n], &type, &ids[n], errp) < 0) {
+            ret = -1;
+            break;
+        }
+        free(type);
+        for (int j = 0; j < n; j++) {
+            if (!strcmp(ids[j], ids[n])) {
+                error_setg(errp, "--object: two objects have the id '%s'", ids[n]);
+                ret = -1;
+                break;
+            }
+        }
+        if (ret < 0) {
+            n++;
+            break;
+        }
+    }
+    for (int j = 0; j < n; j++) {
+        free(ids[j]);
+    }
+    free(ids);
+    return ret;
+}
+
+/* c's objects into this process's registries (the daemon's); one already
+ * there, from an earlier graph of the same device, is kept. */
+static int objects_register(const UblkDevConfig *c, Error **errp)
+{
+    for (int n = 0; n < c->nobjects; n++) {
+        char *type, *id;
+        int r = 0;
+        if (object_parse(c->objects[n], &type, &id, errp) < 0) {
+            return -1;
+        }
+        if (!strcmp(type, "secret")) {
+#ifdef CONFIG_CRYPTO
+            Error *local = NULL;
+            size_t len;
+            if (!secret_lookup(id, &len, &local)) {
+                error_free(local);
+                r = secret_object_add(c->objects[n], errp);
+            }
+#endif
+        } else {
+#ifdef CONFIG_NBD
+            Error *local = NULL;
+            if (!nbd_tls_lookup(id, &local)) {
+                error_free(local);
+                r = nbd_tls_object_add(c->objects[n], errp);
+            }
+#endif
+        }
+        free(type);
+        free(id);
+        if (r < 0) {
+            error_prepend(errp, "--object: ");
+            return -1;
+        }
+    }
+    return 0;
+}
+
 int ublk_dev_config_check(const UblkDevConfig *c, Error **errp)
 {
+    if (objects_check(c, errp) < 0) {
+        return -1;
+    }
     if (!c->blockdev && !c->type) {
         error_setg(errp, "missing TYPE (raw, vdi, qcow2, null, ...) or --blockdev");
         return -1;
@@ -710,6 +869,10 @@ OptDict *ublk_dev_config_to_options(const UblkDevConfig *c, int *flags, Error **
         }
         optdict_merge(d, x, true);
         optdict_free(x);
+    }
+    if (objects_register(c, errp) < 0) {
+        optdict_free(d);
+        return NULL;
     }
     if (c->key_file) {
 #ifdef CONFIG_CRYPTO
@@ -1453,6 +1616,13 @@ char *ublk_dev_state_to_json(const UblkDevState *s)
     add_str(co, "io_scheduler", c->io_scheduler);
     add_str(co, "log", c->log_file);
     add_str(co, "key_file", c->key_file);
+    if (c->nobjects) {
+        json_object *oa = json_object_new_array();
+        for (int i = 0; i < c->nobjects; i++) {
+            json_object_array_add(oa, json_object_new_string(c->objects[i]));
+        }
+        json_object_object_add(co, "objects", oa);
+    }
     json_object_object_add(o, "config", co);
 
     char *out = xstrdup(json_object_to_json_string_ext(o, JSON_C_TO_STRING_PRETTY |
@@ -1533,27 +1703,29 @@ static bool get_bool(json_object *o, const char *k, bool *out, Error **errp)
     return true;
 }
 
-static bool get_files(json_object *co, UblkDevConfig *c, Error **errp)
+/* An array of strings at k (what = what they are, for the message). */
+static bool get_strings(json_object *co, const char *k, const char *what, char ***out,
+                        int *count, Error **errp)
 {
     json_object *fa;
-    if (!json_object_object_get_ex(co, "files", &fa)) {
+    if (!json_object_object_get_ex(co, k, &fa)) {
         return true;
     }
     if (!json_object_is_type(fa, json_type_array)) {
-        return bad_field("files", fa, "an array of file names", errp);
+        return bad_field(k, fa, what, errp);
     }
     size_t n = json_object_array_length(fa);
     for (size_t i = 0; i < n; i++) {
         if (!json_object_is_type(json_object_array_get_idx(fa, i), json_type_string)) {
-            return bad_field("files", fa, "an array of file names", errp);
+            return bad_field(k, fa, what, errp);
         }
     }
-    c->files = calloc(n ? n : 1, sizeof(char *));
-    if (!c->files) {
+    *out = calloc(n ? n : 1, sizeof(char *));
+    if (!*out) {
         abort();
     }
     for (size_t i = 0; i < n; i++) {
-        c->files[c->nfiles++] = xstrdup(json_object_get_string(json_object_array_get_idx(fa, i)));
+        (*out)[(*count)++] = xstrdup(json_object_get_string(json_object_array_get_idx(fa, i)));
     }
     return true;
 }
@@ -1604,7 +1776,7 @@ static bool state_fields_from_json(json_object *o, json_object *co, UblkDevState
     choice = c->recovery;
     ok = get_int(co, "dev_id", -1, INT32_MAX, -1, &n, errp) && ((c->dev_id = n), true) &&
          get_str(co, "type", &c->type, errp) &&
-         get_files(co, c, errp) &&
+         get_strings(co, "files", "an array of file names", &c->files, &c->nfiles, errp) &&
          get_str(co, "blockdev", &c->blockdev, errp) &&
          get_str(co, "options", &c->extra_opts, errp) &&
          get_int(co, "size", 0, BDRV_MAX_LENGTH, 0, &n, errp) && ((c->size = n), true) &&
@@ -1639,7 +1811,9 @@ static bool state_fields_from_json(json_object *o, json_object *co, UblkDevState
          ((c->batch = choice), true) &&
          get_str(co, "io_scheduler", &c->io_scheduler, errp) &&
          get_str(co, "log", &c->log_file, errp) &&
-         get_str(co, "key_file", &c->key_file, errp);
+         get_str(co, "key_file", &c->key_file, errp) &&
+         get_strings(co, "objects", "an array of --object definitions", &c->objects,
+                     &c->nobjects, errp);
     return ok;
 }
 

@@ -22,15 +22,32 @@ free_port() {
     die "no free port"
 }
 
-# Waits up to $1 tenths of a second for "$2..." to succeed.
+# Waits up to $1 seconds for "$2..." to succeed.  A deadline, not a count of
+# tries: under TCG (tests/vm) one `ceph` command takes seconds.
 wait_for() {
-    local n=$1; shift
-    while ((n-- > 0)); do
+    local end=$((SECONDS + $1)); shift
+    while ((SECONDS < end)); do
         "$@" >/dev/null 2>&1 && return 0
         sleep 0.1
     done
     return 1
 }
+
+# Whether the daemon of pid file $1 has exited (one that failed its init
+# does: waiting on for it to come up would only run into the deadline).  No
+# pid file yet is not yet known; one seen and gone (removed at exit) is gone.
+exited() {
+    local f=$1 pid
+    if [[ -f $f ]]; then
+        pid=$(cat "$f" 2>/dev/null)
+        [[ -n $pid ]] || return 1
+        _seen[$f]=1
+        ! kill -0 "$pid" 2>/dev/null
+    else
+        [[ -n ${_seen[$f]:-} ]]
+    fi
+}
+declare -A _seen
 
 stop() {
     local dir=$1 f pid pids=() i
@@ -115,6 +132,9 @@ mon data = $dir/mon.\$id
 mon cluster log file = $dir/log/cluster.log
 [osd]
 osd data = $dir/osd.\$id
+# Not from the host name: a machine without one ("(none)", as in the test VM)
+# is no valid CRUSH name, and the OSD's init fails with EINVAL.
+crush location = root=default host=ublkd-test
 osd objectstore = memstore
 memstore device bytes = 2147483648
 osd memory target = 268435456
@@ -132,7 +152,7 @@ CONF
     monmaptool --create --fsid "$fsid" --addv a "[v2:127.0.0.1:$port]" "$dir/monmap" >/dev/null
     ceph-mon -c "$conf" --mkfs -i a --monmap "$dir/monmap" --keyring "$dir/keyring"
     ceph-mon -c "$conf" -i a
-    wait_for 600 ceph -c "$conf" --connect-timeout 10 mon stat || die "mon did not come up (see $dir/log)"
+    wait_for 60 ceph -c "$conf" --connect-timeout 10 mon stat || die "mon did not come up (see $dir/log)"
 
     local uuid key id
     uuid=$(cat /proc/sys/kernel/random/uuid)
@@ -145,7 +165,15 @@ CONF
     ceph-osd -c "$conf" -i 0 --mkfs --key "$key" --osd-uuid "$uuid" 2>>"$dir/log/osd-mkfs.log" \
         || die "ceph-osd --mkfs failed (see $dir/log/osd-mkfs.log)"
     ceph-osd -c "$conf" -i 0 --keyring "$dir/osd.0/keyring" 2>>"$dir/log/osd-start.log"
-    wait_for 1200 bash -c "ceph -c '$conf' osd dump | grep -q '^osd.0 up'" || die "osd.0 did not come up (see $dir/log)"
+    local end=$((SECONDS + 120))
+    until ceph -c "$conf" --connect-timeout 10 osd dump 2>/dev/null | grep -q '^osd.0 up'; do
+        if exited "$dir/run/osd.0.pid"; then
+            tail -n 5 "$dir/log/osd-start.log" >&2 || true
+            die "osd.0 exited before it came up (see $dir/log/osd.0.log)"
+        fi
+        ((SECONDS < end)) || die "osd.0 did not come up within 120 s (see $dir/log)"
+        sleep 0.2
+    done
 
     ceph -c "$conf" osd pool create rbd 8 8 >/dev/null 2>&1
     timeout 300 rbd -c "$conf" pool init rbd || die "rbd pool init failed"

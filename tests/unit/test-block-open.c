@@ -641,6 +641,13 @@ static void test_protocol_prefix(void **state)
         assert_string_equal(bdrv_driver_name(bdrv_find_protocol("null-co://", NULL)), "null");
         assert_string_equal(bdrv_driver_name(bdrv_find_protocol("null://", NULL)), "null");
     }
+    /* what `ublkd add TYPE FILE` neither access()es nor makes absolute */
+    assert_true(bdrv_is_protocol_filename("tproto://x"));
+    assert_false(bdrv_is_protocol_filename("/a/tproto:b"));
+    assert_false(bdrv_is_protocol_filename("a:b.img"));
+    assert_false(bdrv_is_protocol_filename("file:/x"));
+    assert_false(bdrv_is_protocol_filename("plain.img"));
+    assert_false(bdrv_is_protocol_filename("nosuch://x"));
     assert_null(bdrv_find_protocol("nosuch://host/x", &err));
     assert_string_equal(error_get_pretty(err), "Unknown protocol 'nosuch' in 'nosuch://host/x'");
     error_free(err);

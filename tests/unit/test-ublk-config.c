@@ -19,6 +19,12 @@
 #include <cmocka.h>
 #ifdef CONFIG_UBLK
 #include "ublk.h"
+#ifdef CONFIG_CRYPTO
+#include "crypto.h"
+#endif
+#ifdef CONFIG_NBD
+#include "nbd-tls.h"
+#endif
 
 static int parse(UblkDevConfig *c, const char *line, Error **errp)
 {
@@ -340,6 +346,158 @@ static void test_state_round_trip(void **state)
 #else
     skip();
 #endif
+}
+
+/* --object: what add keeps (survives the state file for recover and
+ * upgrade), what it refuses (a secret's data=, which the state file would
+ * hold), and the registration where the graph is opened. */
+static void test_objects(void **state)
+{
+    (void)state;
+#if defined(CONFIG_JSON) && defined(CONFIG_CRYPTO) && defined(CONFIG_NBD)
+    char dir[] = "/tmp/ublkd-objtest.XXXXXX", pw[64], line[512];
+    assert_non_null(mkdtemp(dir));
+    snprintf(pw, sizeof(pw), "%s/pw", dir);
+    FILE *f = fopen(pw, "w");
+    assert_non_null(f);
+    fputs("hunter2-passphrase", f);
+    fclose(f);
+    UblkDevState s = { 0 }, r;
+    Error *err = NULL;
+    snprintf(line, sizeof(line), "add --object tls-creds-psk,id=tls0,dir=%s,endpoint=client "
+             "--object secret,id=sec0,file=%s --blockdev driver=raw,file.driver=nbd,"
+             "file.server.type=unix,file.server.path=/x.sock,file.tls-creds=tls0", dir, pw);
+    assert_int_equal(parse(&s.cfg, line, &err), 0);
+    assert_null(err);
+    assert_int_equal(s.cfg.nobjects, 2);
+    char *json = ublk_dev_state_to_json(&s);
+    assert_non_null(json);
+    assert_null(strstr(json, "hunter2"));      /* the path, never the secret */
+    assert_non_null(strstr(json, "secret,id=sec0,file="));
+    assert_int_equal(ublk_dev_state_from_json(json, &r, &err), 0);
+    assert_null(err);
+    assert_int_equal(r.cfg.nobjects, 2);
+    assert_string_equal(r.cfg.objects[0], s.cfg.objects[0]);
+    assert_string_equal(r.cfg.objects[1], s.cfg.objects[1]);
+    free(json);
+
+    /* The recovered config registers both; a second graph of the same
+     * device (a quorum change) finds them there. */
+    int flags;
+    for (int i = 0; i < 2; i++) {
+        OptDict *d = ublk_dev_config_to_options(&r.cfg, &flags, &err);
+        assert_null(err);
+        assert_non_null(d);
+        optdict_free(d);
+    }
+    const NbdTlsCreds *tc = nbd_tls_lookup("tls0", &err);
+    assert_non_null(tc);
+    assert_true(tc->psk);
+    assert_string_equal(tc->dir, dir);
+    size_t len;
+    const uint8_t *sv = secret_lookup("sec0", &len, &err);
+    assert_non_null(sv);
+    assert_int_equal(len, strlen("hunter2-passphrase"));
+    assert_memory_equal(sv, "hunter2-passphrase", len);
+    ublk_dev_state_free(&r);
+    ublk_dev_state_free(&s);
+    nbd_tls_clear_all();
+    secret_clear_all();
+
+    /* What the registry refuses comes back from to_options, named. */
+    assert_int_equal(parse(&s.cfg, "add --object tls-creds-x509,id=t1,dir=/k,endpoint=server "
+                                   "raw /a", &err), 0);
+    OptDict *d = ublk_dev_config_to_options(&s.cfg, &flags, &err);
+    assert_null(d);
+    assert_non_null(err);
+    assert_non_null(strstr(error_get_pretty(err), "--object: "));
+    assert_non_null(strstr(error_get_pretty(err), "endpoint=client"));
+    error_free(err);
+    err = NULL;
+    ublk_dev_config_free(&s.cfg);
+    assert_null(nbd_tls_lookup("t1", &err));
+    error_free(err);
+    err = NULL;
+    /* A missing secret file likewise. */
+    snprintf(line, sizeof(line), "add --object secret,id=s9,file=%s/none raw /a", dir);
+    assert_int_equal(parse(&s.cfg, line, &err), 0);
+    assert_null(ublk_dev_config_to_options(&s.cfg, &flags, &err));
+    assert_non_null(err);
+    assert_non_null(strstr(error_get_pretty(err), "--object: "));
+    error_free(err);
+    err = NULL;
+    ublk_dev_config_free(&s.cfg);
+
+    expect_error("add --object secret,id=s0,data=hunter2 raw /a", "data= is refused");
+    expect_error("add --object secret,id=s0 raw /a", "file=PATH is missing");
+    expect_error("add --object secret,file=/pw raw /a", "'id' is missing");
+    expect_error("add --object iothread,id=io0 raw /a", "not supported by ublkd add");
+    expect_error("add --object tls-creds-psk,id=a,dir=/k --object secret,id=a,file=/pw raw /a",
+                 "two objects have the id 'a'");
+    expect_error("add --object secret,id=ublkd-key-file,file=/pw raw /a", "--key-file uses");
+    expect_error("add --object secret,id=s0,file raw /a", "--object");
+
+    /* A hand-edited state file cannot smuggle a secret's value in either. */
+    assert_int_equal(ublk_dev_state_from_json("{\"config\": {\"type\": \"raw\", \"files\": "
+                                              "[\"/a\"], \"objects\": [\"secret,id=x,data=pw\"]}}",
+                                              &r, &err), -1);
+    assert_non_null(strstr(error_get_pretty(err), "data= is refused"));
+    error_free(err);
+    err = NULL;
+    assert_int_equal(ublk_dev_state_from_json("{\"config\": {\"type\": \"raw\", \"files\": "
+                                              "[\"/a\"], \"objects\": \"secret\"}}", &r, &err),
+                     -1);
+    assert_non_null(strstr(error_get_pretty(err), "objects"));
+    error_free(err);
+    unlink(pw);
+    rmdir(dir);
+#else
+    skip();
+#endif
+}
+
+/* `ublkd list`'s remote children: one entry per nbd node, named as options
+ * name it, from the flag-per-state counters the nbd driver publishes. */
+static void test_remote_nodes(void **state)
+{
+    (void)state;
+    static const struct { const char *k; uint64_t v; } in[] = {
+        { "children.0.reads", 5 },
+        { "children.0/file/nbd-connected", 1 }, { "children.0/file/nbd-reconnecting", 0 },
+        { "children.0/file/nbd-failed", 0 }, { "children.0/file/nbd-reconnects", 2 },
+        { "children.1.reads", 4 },
+        { "children.1/nbd-connected", 0 }, { "children.1/nbd-reconnecting", 1 },
+        { "children.1/nbd-failed", 0 }, { "children.1/nbd-reconnects", 3 },
+        { "nbd-connected", 0 }, { "nbd-reconnecting", 0 }, { "nbd-failed", 1 },
+        { "nbd-reconnects", 7 },
+        { "file/nbdx", 9 },           /* not an nbd counter */
+    };
+    BlockAcctStats *st = calloc(1, sizeof(*st));
+    assert_non_null(st);
+    for (size_t i = 0; i < ARRAY_SIZE(in); i++) {
+        snprintf(st->node_counters[i].key, sizeof(st->node_counters[i].key), "%s", in[i].k);
+        st->node_counters[i].value = in[i].v;
+        st->n_node_counters++;
+    }
+    UblkRemoteNode rn[8];
+    assert_int_equal(ublk_stats_remote_nodes(st, rn, 8), 3);
+    assert_string_equal(rn[0].node, "children.0.file");
+    assert_string_equal(rn[0].driver, "nbd");
+    assert_string_equal(rn[0].state, "connected");
+    assert_int_equal(rn[0].reconnects, 2);
+    assert_string_equal(rn[1].node, "children.1");
+    assert_string_equal(rn[1].state, "reconnecting");
+    assert_int_equal(rn[1].reconnects, 3);
+    assert_string_equal(rn[2].node, "");
+    assert_string_equal(rn[2].state, "failed");
+    assert_int_equal(rn[2].reconnects, 7);
+    /* max is kept to */
+    assert_int_equal(ublk_stats_remote_nodes(st, rn, 1), 1);
+    assert_string_equal(rn[0].node, "children.0.file");
+    assert_true(ublk_stats_is_remote_counter("children.1/nbd-failed"));
+    assert_false(ublk_stats_is_remote_counter("children.1.reads"));
+    assert_false(ublk_stats_is_remote_counter("file/nbdx"));
+    free(st);
 }
 
 static void test_state_files(void **state)
@@ -1296,6 +1454,8 @@ int main(void)
         cmocka_unit_test(test_per_io_threads),
         cmocka_unit_test(test_per_io_split),
         cmocka_unit_test(test_state_round_trip),
+        cmocka_unit_test(test_objects),
+        cmocka_unit_test(test_remote_nodes),
         cmocka_unit_test(test_change_child),
         cmocka_unit_test(test_change_child_taken_back),
         cmocka_unit_test(test_state_files),

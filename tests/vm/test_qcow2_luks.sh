@@ -5,7 +5,10 @@
 # what the device served.  Encrypted nodes need the bytes: --zero-copy=auto
 # copies (no bounce counted), --zero-copy=on is refused naming the reason.
 # A wrong passphrase fails `add` with LUKS's message; a legacy AES image
-# serves read-only and is refused read-write.
+# serves read-only and is refused read-write.  The same image through
+# `add --object secret,id=..,file=(relative)` and -o encrypt.key-secret: it
+# serves, and still serves after kill -9 and recover (the object is in the
+# state file); `--object secret,data=` is refused.
 . "$(dirname "$0")/lib.sh"
 need_cmd fio qemu-img qemu-io sha256sum jq
 cd "$T"
@@ -50,6 +53,21 @@ got=$(sha256sum < out.raw | cut -d' ' -f1)
 [ "$want" = "$got" ] || fail "qemu-img reads other data than the device served"
 # the image file holds no plaintext of what qemu-io wrote
 ! grep -q ZZZZZZZZZZZZZZZZ e.qcow2 || fail "plaintext in the image file"
+
+log "add --object secret (relative file=), kill -9, recover"
+if out=$("$UBLKD" add --object secret,id=k1,data=hunter2 -o encrypt.key-secret=k1 qcow2 "$T/e.qcow2" 2>&1); then
+  fail "add with a secret's data= succeeded: $out"
+fi
+grep -q "data= is refused" <<<"$out" || fail "secret data=: '$out'"
+id=$(ublk_add --object secret,id=k1,file=key.txt -o encrypt.key-secret=k1 qcow2 "$T/e.qcow2")
+dev=$(bdev "$id")
+[ "$(sha256sum < "$dev" | cut -d' ' -f1)" = "$want" ] || fail "--object secret: other data"
+kill -9 "$(ublk_pid "$id")"
+wait_for sh -c "[ \"\$($UBLKD list -n $id --json | jq -r '.[0].state')\" = QUIESCED ]" ||
+  fail "device $id not QUIESCED after kill -9"
+(cd / && "$UBLKD" recover -n "$id") || fail "recover of an --object secret device failed"
+FIO_SIZE=2M fio_verify "$dev" --offset=16M --bs=4k --iodepth=8
+ublk_del "$id"
 
 log "legacy AES: read-only"
 qemu-img create -q -f qcow2 "${OBJ[@]}" -o encrypt.format=aes,encrypt.key-secret=s0 a.qcow2 16M
