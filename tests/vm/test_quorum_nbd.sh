@@ -87,13 +87,13 @@ bg_fio
 sleep 1
 stop 1
 sleep 1.5
-[ "$(counter children.0.file.nbd-reconnecting)" = 1 ] || fail "child 0 is not reconnecting while its server is down"
-[ "$(counter children.1.file.nbd-connected)" = 1 ] || fail "child 1 lost its connection"
+[ "$(counter children.0/file/nbd-reconnecting)" = 1 ] || fail "child 0 is not reconnecting while its server is down"
+[ "$(counter children.1/file/nbd-connected)" = 1 ] || fail "child 1 lost its connection"
 serve 1 $T/f1.raw
 wait_fio "server restart"
 sleep 1.2
 [ "$(counter nbd-connected)" = 3 ] || fail "not all three connected after the restart"
-[ "$(counter children.0.file.nbd-reconnects)" -ge 1 ] || fail "no reconnect counted for child 0"
+[ "$(counter children.0/file/nbd-reconnects)" -ge 1 ] || fail "no reconnect counted for child 0"
 [ "$(counter nbd-failed)" = 0 ] || fail "a child went to failed"
 [ "$(events nbd-disconnected)" -ge 1 ] || fail "no nbd-disconnected event in the log"
 [ "$(events nbd-reconnected)" -ge 1 ] || fail "no nbd-reconnected event in the log"
