@@ -5,7 +5,7 @@
 #   tests/vm/bench_nbd.sh        # UBLKD=build/ublkd; needs nbd-client on the host
 #
 # Every row reads and writes through qemu-nbd on a unix socket in the guest's
-# tmpfs, serving a 256 MiB raw file of random data (qemu-nbd --cache=none
+# tmpfs, serving a 128 MiB raw file of random data (qemu-nbd --cache=none
 # --aio=io_uring, so the server side is the same in every row):
 #   kernel-nbd   nbd-client -u SOCK /dev/nbd0 (the kernel's nbd.ko, 1 connection)
 #   ublkd-nbd    ublkd add raw over file.driver=nbd (one NBD connection), -q 1 and -q 2
@@ -44,7 +44,7 @@ cleanup() {
 }
 trap cleanup EXIT
 for n in 1 2 3; do
-  head -c 256M /dev/urandom > $T/f$n.raw
+  head -c 128M /dev/urandom > $T/f$n.raw
   qemu-nbd -f raw -x exp -t --cache=none --aio=io_uring -k $T/s$n.sock $T/f$n.raw 2>>$T/qemu-nbd.log &
   PIDS+=($!)
 done
@@ -59,7 +59,7 @@ job() {  # job DEV NAME -> "IOPS MiB/s"
     rw32) args="--rw=randwrite --bs=4k --iodepth=32";;
     sr)   args="--rw=read --bs=128k --iodepth=8";;
   esac
-  fio --name=b --filename="$1" --direct=1 --ioengine=io_uring $args --size=240M \
+  fio --name=b --filename="$1" --direct=1 --ioengine=io_uring $args --size=120M \
       --time_based --runtime=$RT --ramp_time=1 --output-format=json 2>/dev/null |
     jq -r '.jobs[0] | (.read.iops + .write.iops | floor | tostring) + " " +
            ((.read.bw + .write.bw) / 1024 | floor | tostring)'

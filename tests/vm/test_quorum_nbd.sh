@@ -68,7 +68,7 @@ no_vote_failed() {
 bg_fio() {  # bg_fio: random writes verified afterwards, in the background (FIO)
   fio --name=v --filename="$DEV" --direct=1 --ioengine=io_uring --rw=randwrite \
       --verify=crc32c --verify_fatal=1 --do_verify=1 --randrepeat=0 --verify_state_save=0 \
-      --size=$SIZE --bsrange=16k-128k --iodepth=16 --output-format=terse >$T/fio.out 2>&1 &
+      --size=8M --bsrange=16k-128k --iodepth=16 --output-format=terse >$T/fio.out 2>&1 &
   FIO=$!
 }
 wait_fio() { wait $FIO || { cat $T/fio.out >&2; fail "$1: fio verify failed"; }; }
@@ -132,7 +132,7 @@ done
 [ "$(counter children.1.rebuild-done)" = "$(counter children.1.rebuild-total)" ] || fail "child 1 was not rebuilt in 60 s"
 [ "$(counter children.1.rebuild-error)" = 0 ] || fail "the rebuild failed"
 wait_fio "rebuild"
-FIO_SIZE=$SIZE fio_verify "$DEV" --iodepth=16 --bsrange=4k-64k
+FIO_SIZE=8M fio_verify "$DEV" --iodepth=16 --bsrange=4k-64k
 [ "$(events QUORUM_REBUILD_DONE)" -ge 1 ] || fail "no QUORUM_REBUILD_DONE event"
 no_vote_failed "rebuild"
 ublk_del $ID
