@@ -60,9 +60,11 @@ job() {  # job DEV NAME -> "IOPS MiB/s"
     sr)   args="--rw=read --bs=128k --iodepth=8";;
   esac
   fio --name=b --filename="$1" --direct=1 --ioengine=io_uring $args --size=120M \
-      --time_based --runtime=$RT --ramp_time=1 --output-format=json 2>/dev/null |
-    jq -r '.jobs[0] | (.read.iops + .write.iops | floor | tostring) + " " +
-           ((.read.bw + .write.bw) / 1024 | floor | tostring)'
+      --time_based --runtime=$RT --ramp_time=1 --output-format=json >$T/fio.json 2>&1 || true
+  # fio may print notes before its JSON
+  sed -n '/^{/,$p' $T/fio.json | jq -r '.jobs[0] | (.read.iops + .write.iops | floor | tostring) + " " +
+           ((.read.bw + .write.bw) / 1024 | floor | tostring)' 2>/dev/null ||
+    { echo "bench_nbd: fio on $1 ($2) failed:" >&2; head -5 $T/fio.json >&2; echo "- -"; }
 }
 row() {  # row LABEL DEV
   local r=("$1")
