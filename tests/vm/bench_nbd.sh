@@ -43,8 +43,10 @@ cleanup() {
   rm -rf "$T"
 }
 trap cleanup EXIT
+# One content for the three: a quorum whose children differ fails every read.
+head -c 128M /dev/urandom > $T/f1.raw
+cp $T/f1.raw $T/f2.raw; cp $T/f1.raw $T/f3.raw
 for n in 1 2 3; do
-  head -c 128M /dev/urandom > $T/f$n.raw
   qemu-nbd -f raw -x exp -t --cache=none --aio=io_uring -k $T/s$n.sock $T/f$n.raw 2>>$T/qemu-nbd.log &
   PIDS+=($!)
 done
