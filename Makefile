@@ -198,8 +198,9 @@ tests: $(UNIT_TESTS) $(BUILD)/ublkd $(BUILD)/log-writes-replay
 # ---- test entry points ----
 # check-unit prints cmocka's summary for every suite and a total line.
 UNIT_LABEL ?= unit
+# UNIT_SKIP: suites a sanitizer run leaves out (names, e.g. test-qcow2-crash).
 check-unit: $(UNIT_TESTS) check-layering
-	@UNIT_LABEL=$(UNIT_LABEL) tests/run-unit.sh $(UNIT_TESTS)
+	@UNIT_LABEL=$(UNIT_LABEL) tests/run-unit.sh $(filter-out $(UNIT_SKIP:%=$(BUILD)/tests/%),$(UNIT_TESTS))
 
 # The users of the block layer (ublk/, tools/ and the headers they include)
 # see only the public API: block.h, block-backend.h.  The driver API and the
@@ -312,10 +313,14 @@ asan:
 
 # ThreadSanitizer: io/coroutine.c announces every coroutine switch through
 # TSan's fiber API.  A report makes the suite exit non-zero (exitcode 66),
-# so check-unit fails; no suppression file.
+# so check-unit fails; no suppression file.  The suites that never start a
+# second thread (a crash at every protocol operation, the differential
+# model, amend's crash cases) are left out: TSan finds nothing there, and
+# they were 45% of its run (180 of 400 s).  ASan and the plain run keep them.
+TSAN_SKIP ?= test-qcow2-crash test-qcow2-diff test-qcow2-amend
 tsan:
 	TSAN_OPTIONS="$(TSAN_OPTIONS) second_deadlock_stack=1" \
-	$(MAKE) $(TSAN_VARS) UNIT_LABEL=unit-tsan check-unit
+	$(MAKE) $(TSAN_VARS) UNIT_LABEL=unit-tsan UNIT_SKIP="$(TSAN_SKIP)" check-unit
 
 # Every img subcommand and add option with hostile values, run against an
 # ASan+UBSan ublkd (tests/interop/test_hostile_args.sh; check-interop skips it).
