@@ -34,30 +34,8 @@ typedef struct IoSlice {
 /* -ENOMEM if a many-segment vector needs an array we cannot allocate. */
 static int slice_init(IoSlice *sl, const IOVector *qiov, size_t off, size_t bytes)
 {
-    int i = 0, n = 0;
-    while (i < qiov->niov && off >= qiov->iov[i].iov_len) {
-        off -= qiov->iov[i++].iov_len;
-    }
-    size_t left = bytes, o = off;
-    for (int k = i; k < qiov->niov && left; k++, n++) {
-        left -= MIN(left, qiov->iov[k].iov_len - o);
-        o = 0;
-    }
-    /* Rare (many segments): one allocation rather than a wrong answer. */
-    sl->iov = n <= FILE_STACK_IOVS ? sl->stack : malloc((size_t)n * sizeof(struct iovec));
-    if (!sl->iov) {
-        return -ENOMEM;
-    }
-    sl->niov = n;
-    left = bytes;
-    for (int k = 0; k < n; k++, i++) {
-        size_t len = MIN(left, qiov->iov[i].iov_len - off);
-        sl->iov[k].iov_base = (char *)qiov->iov[i].iov_base + off;
-        sl->iov[k].iov_len = len;
-        left -= len;
-        off = 0;
-    }
-    return 0;
+    sl->iov = iov_slice_array(qiov, off, bytes, sl->stack, FILE_STACK_IOVS, &sl->niov);
+    return sl->iov ? 0 : -ENOMEM;
 }
 
 static void slice_advance(IoSlice *sl, size_t n)

@@ -84,29 +84,8 @@ static int coroutine_fn rbd_co_aio(BlockDriverState *bs, RbdOp op, int64_t offse
 static struct iovec *slice(const IOVector *qiov, size_t off, size_t bytes,
                            struct iovec *stack, int *niov, bool *heap)
 {
-    int i = 0, n = 0;
-    while (i < qiov->niov && off >= qiov->iov[i].iov_len) {
-        off -= qiov->iov[i++].iov_len;
-    }
-    size_t left = bytes, o = off;
-    for (int k = i; k < qiov->niov && left; k++, n++) {
-        left -= MIN(left, qiov->iov[k].iov_len - o);
-        o = 0;
-    }
-    struct iovec *v = n <= RBD_STACK_IOVS ? stack : malloc((size_t)n * sizeof(*v));
-    *heap = v != stack;
-    if (!v) {
-        return NULL;
-    }
-    left = bytes;
-    for (int k = 0; k < n; k++, i++) {
-        size_t len = MIN(left, qiov->iov[i].iov_len - off);
-        v[k].iov_base = (char *)qiov->iov[i].iov_base + off;
-        v[k].iov_len = len;
-        left -= len;
-        off = 0;
-    }
-    *niov = n;
+    struct iovec *v = iov_slice_array(qiov, off, bytes, stack, RBD_STACK_IOVS, niov);
+    *heap = v && v != stack;
     return v;
 }
 

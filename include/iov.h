@@ -70,6 +70,11 @@ void iov_init_buf(IOVector *q, void *buf, size_t len); /* single inline element 
 void iov_init_external(IOVector *q, struct iovec *iov, int niov);
 /* q points at [offset, offset+len) of src; owns a small array if needed. */
 void iov_init_slice(IOVector *q, const IOVector *src, size_t offset, size_t len);
+/* [offset, offset+len) of src as a plain iovec array for a syscall or a
+ * library: in stack (nstack entries) when it fits, else allocated (the
+ * caller frees what is not stack); *niov entries.  NULL: out of memory. */
+struct iovec *iov_slice_array(const IOVector *src, size_t offset, size_t len,
+                              struct iovec *stack, int nstack, int *niov);
 void iov_add(IOVector *q, void *base, size_t len);
 /* Append a reference to [offset, offset+len) of buffer `index` registered
  * with the ring whose aio_ring_id() is ring_id.  Aborts past the offset

@@ -154,6 +154,35 @@ void iov_init_slice(IOVector *q, const IOVector *src, size_t offset, size_t len)
     iov_concat(q, src, offset, len);
 }
 
+struct iovec *iov_slice_array(const IOVector *src, size_t offset, size_t len,
+                              struct iovec *stack, int nstack, int *niov)
+{
+    int i = 0, n = 0;
+    while (i < src->niov && offset >= src->iov[i].iov_len) {
+        offset -= src->iov[i++].iov_len;
+    }
+    size_t left = len, o = offset;
+    for (int k = i; k < src->niov && left; k++, n++) {
+        left -= MIN(left, src->iov[k].iov_len - o);
+        o = 0;
+    }
+    /* Rare (many segments): one allocation rather than a wrong answer. */
+    struct iovec *v = n <= nstack ? stack : malloc((size_t)n * sizeof(*v));
+    if (!v) {
+        return NULL;
+    }
+    left = len;
+    for (int k = 0; k < n; k++, i++) {
+        size_t l = MIN(left, src->iov[i].iov_len - offset);
+        v[k].iov_base = (char *)src->iov[i].iov_base + offset;
+        v[k].iov_len = l;
+        left -= l;
+        offset = 0;
+    }
+    *niov = n;
+    return v;
+}
+
 void iov_reset(IOVector *q)
 {
     if (q->nalloc < 0) {
