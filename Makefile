@@ -249,7 +249,7 @@ endif
 # VM_TIMEOUT: the guest's limit, generous, since the host lane of make test runs beside it.
 check-vm: $(VM_UBLKD) $(BUILD)/log-writes-replay
 	@VM_TIMEOUT=$${VM_TIMEOUT:-2400} UBLKD=$(abspath $(VM_UBLKD)) LOG_WRITES_REPLAY=$(abspath $(BUILD)/log-writes-replay) \
-	    KILL9_CYCLES=$${KILL9_CYCLES:-5} tests/vm/run.sh
+	    KILL9_CYCLES=$${KILL9_CYCLES:-2} tests/vm/run.sh
 
 # The tests whose behaviour depends on what the kernel's ublk driver has (features, zero
 # copy by auto buffer registration - 7.x's default - recovery modes, safe stop, unprivileged

@@ -1,5 +1,5 @@
 #!/bin/bash
-# kill -9 soak: per image format, KILL9_CYCLES times (5 in the suite, 50 in
+# kill -9 soak: per image format, KILL9_CYCLES times (2 in `make test`, 50 in
 # `make soak`), the daemon is killed with SIGKILL at a random moment while
 # fio writes blocks carrying crc32c verify headers.  The cycles take turns:
 # odd ones bring the device back with `ublkd recover` (the kernel holds the
