@@ -51,8 +51,9 @@ run_limited() {
   shift
   rm -f "$log.timeout"
   setsid -w "$@" & pid=$!
-  ( end=$(( lim + $(cut -d. -f1 /proc/uptime) ))
-    while [ "$(cut -d. -f1 /proc/uptime)" -lt "$end" ]; do
+  ( up() { local u _; read -r u _ </proc/uptime; echo "${u%.*}"; }
+    end=$(( lim + $(up) ))
+    while [ "$(up)" -lt "$end" ]; do
       sleep 1; kill -0 "$pid" 2>/dev/null || exit 0
     done
     : >"$log.timeout"; kill -TERM -- "-$pid" 2>/dev/null; sleep 10; kill -KILL -- "-$pid" 2>/dev/null
