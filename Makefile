@@ -124,7 +124,7 @@ DEB_PACKAGES := gcc clang make pkg-config liburing-dev libcmocka-dev libjson-c-d
     libzstd-dev libssl-dev uuid-dev zlib1g-dev libclang-rt-14-dev libtsan2 libasan8 libubsan1 qemu-utils fio e2fsprogs \
     util-linux mount python3 time qemu-system-x86 busybox-static cpio kmod xz-utils jq \
     dmsetup xfsprogs systemd groff-base man-db libnbd-bin librbd-dev librados-dev libnbd-dev nbdkit gnutls-bin nbd-client \
-    ceph-mon ceph-osd ceph-common
+    ceph-mon ceph-osd ceph-common iproute2
 SUDO := $(if $(filter 0,$(shell id -u)),,sudo)
 
 .PHONY: deps
