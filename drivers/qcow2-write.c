@@ -432,6 +432,23 @@ static uint64_t sc_range(uint32_t a, uint32_t b)
     return ((b >= 32 ? 0xffffffffULL : ((1ULL << b) - 1)) & ~((1ULL << a) - 1));
 }
 
+/* Takes s->lock (held on return, also on failure) once no allocation in
+ * flight covers offset's cluster, marks the image dirty and gets the L2 slice
+ * of offset for writing. */
+static int coroutine_fn lock_cluster_l2(BlockDriverState *bs, uint64_t offset,
+                                        uint64_t **slice, uint32_t *in_slice)
+{
+    BDRVQcow2State *s = bs->opaque;
+    uint64_t cluster = offset >> s->cluster_bits;
+
+    co_mutex_lock(&s->lock);
+    while (qcow2_alloc_overlaps(s, cluster, 1)) {
+        co_queue_wait(&s->alloc_wait, &s->lock);
+    }
+    int ret = qcow2_mark_dirty(bs);
+    return ret < 0 ? ret : qcow2_l2_slice_for_write(bs, offset, slice, in_slice);
+}
+
 /*
  * Extended L2: write [offset, offset + *bytes) within one cluster, allocating
  * the subclusters it touches.  A cluster with a host cluster of its own
@@ -456,14 +473,7 @@ static int coroutine_fn write_subclusters(BlockDriverState *bs, uint64_t offset,
     bool new_cluster, whole;
     int ret;
 
-    co_mutex_lock(&s->lock);
-    while (qcow2_alloc_overlaps(s, cluster, 1)) {
-        co_queue_wait(&s->alloc_wait, &s->lock);
-    }
-    ret = qcow2_mark_dirty(bs);
-    if (ret == 0) {
-        ret = qcow2_l2_slice_for_write(bs, offset, &slice, &in_slice);
-    }
+    ret = lock_cluster_l2(bs, offset, &slice, &in_slice);
     if (ret < 0) {
         goto unlock;
     }
@@ -942,7 +952,6 @@ static int coroutine_fn zero_subclusters(BlockDriverState *bs, uint64_t offset, 
                                          bool only_if_not_data)
 {
     BDRVQcow2State *s = bs->opaque;
-    uint64_t cluster = offset >> s->cluster_bits;
     uint32_t sc = (uint32_t)(qcow2_offset_into_cluster(s, offset) >> s->subcluster_bits);
     uint32_t nb = (uint32_t)(bytes >> s->subcluster_bits);
     uint64_t *slice = NULL, bitmap;
@@ -950,14 +959,7 @@ static int coroutine_fn zero_subclusters(BlockDriverState *bs, uint64_t offset, 
     int ret;
 
     qcow2_note_guest_change(s);
-    co_mutex_lock(&s->lock);
-    while (qcow2_alloc_overlaps(s, cluster, 1)) {
-        co_queue_wait(&s->alloc_wait, &s->lock);
-    }
-    ret = qcow2_mark_dirty(bs);
-    if (ret == 0) {
-        ret = qcow2_l2_slice_for_write(bs, offset, &slice, &in_slice);
-    }
+    ret = lock_cluster_l2(bs, offset, &slice, &in_slice);
     if (ret < 0) {
         goto unlock;
     }
