@@ -153,7 +153,9 @@ static int open_cdev(UblkDev *d, uint32_t dev_id, bool unpriv, Error **errp)
 {
     char cdev[64];
     ublk_cdev_path(dev_id, cdev, sizeof(cdev));
-    d->cdev_fd = open_retry(cdev, O_RDWR | O_CLOEXEC, 3000);
+    /* devtmpfs makes root's node at once; an unprivileged user waits for
+     * udev's rule, which a loaded machine can take seconds to run. */
+    d->cdev_fd = open_retry(cdev, O_RDWR | O_CLOEXEC, unpriv ? 10000 : 3000);
     if (d->cdev_fd < 0) {
         error_setg_errno(errp, errno, "cannot open %s%s", cdev,
                          unpriv ? " (unprivileged: does a udev rule give it to you?)" : "");
