@@ -133,7 +133,7 @@ enum { QCOW2_FEAT_INCOMPAT = 0, QCOW2_FEAT_COMPAT = 1, QCOW2_FEAT_AUTOCLEAR = 2 
 /* A buffer pair and decompression contexts for compressed clusters: made
  * on demand, kept in a free list, so reads allocate nothing once warm. */
 typedef struct Qcow2Bounce {
-    uint8_t *in, *out;          /* 2 clusters + 512 / 1 cluster */
+    uint8_t *in, *out;          /* 2 clusters (a compressed cluster may span two) / 1 cluster */
     size_t in_len, out_len;     /* as allocated */
     bool plaintext;             /* an encrypted image's: not dumped, wiped when freed */
     void *zlib, *zstd;          /* z_stream *, ZSTD_DCtx * (lazily) */
