@@ -251,9 +251,10 @@ endif
 # The kill -9 soak runs 5 cycles per format here (the formats side by side: ~155 s
 # for the 15 under TCG); `make soak` runs 50.
 # VM_TIMEOUT: the guest's limit, generous, since the host lane of make test runs beside it.
+# VM_TESTS: the tests to run (names without test_ and .sh; empty: all).
 check-vm: $(VM_UBLKD) $(BUILD)/log-writes-replay
 	@VM_TIMEOUT=$${VM_TIMEOUT:-2400} UBLKD=$(abspath $(VM_UBLKD)) LOG_WRITES_REPLAY=$(abspath $(BUILD)/log-writes-replay) \
-	    KILL9_CYCLES=$${KILL9_CYCLES:-5} tests/vm/run.sh
+	    KILL9_CYCLES=$${KILL9_CYCLES:-5} tests/vm/run.sh $(VM_TESTS)
 
 # The tests whose behaviour depends on what the kernel's ublk driver has (features, zero
 # copy by auto buffer registration - 7.x's default - recovery modes, safe stop, unprivileged
@@ -267,6 +268,17 @@ VM_73_TESTS ?= features list lifecycle safe_stop recovery recovery_modes unpriv 
 check-vm-7.3: $(VM_UBLKD) $(BUILD)/log-writes-replay
 	@VM_KERNEL=7.3 VM_CPUS=$${VM_CPUS:-4} VM_TIMEOUT=$${VM_TIMEOUT:-2400} UBLKD=$(abspath $(VM_UBLKD)) LOG_WRITES_REPLAY=$(abspath $(BUILD)/log-writes-replay) \
 	    KILL9_CYCLES=$${KILL9_CYCLES:-2} tests/vm/run.sh $(VM_73_TESTS)
+
+# make test balances its two guests: the tests that do not depend on the kernel's driver
+# and are listed in VM_ON_73 run in the 7.3 guest instead of the 6.12 one (every test
+# runs on at least one kernel; VM_73_TESTS on both).
+VM_ALL_TESTS := $(sort $(patsubst tests/vm/test_%.sh,%,$(wildcard tests/vm/test_*.sh)))
+VM_ON_73 ?= nbd quorum_nbd powerloss_xfs qcow2_fs docs_devices
+.PHONY: check-vm-lane check-vm-7.3-lane
+check-vm-lane:
+	@$(MAKE) --no-print-directory check-vm VM_TESTS="$(filter-out $(VM_ON_73),$(VM_ALL_TESTS))"
+check-vm-7.3-lane:
+	@$(MAKE) --no-print-directory check-vm-7.3 VM_73_TESTS="$(VM_73_TESTS) $(VM_ON_73)"
 
 # kill -9 soak (tests/vm/test_kill9_soak.sh) with SOAK_CYCLES cycles per
 # format against a ThreadSanitizer daemon (SOAK_SAN=asan, or SOAK_SAN= for

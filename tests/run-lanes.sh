@@ -21,8 +21,8 @@ BUILD=${BUILD:-build}
 # others fill; the per-test time limits in every suite are several times the
 # tests' own run times, so the sharing cannot fail a test.
 LANE1=${LANE1:-check-unit check-install asan tsan check-interop check-hostile-quick check-fuzz test-ceph}
-LANE2=${LANE2:-check-vm}
-LANE3=${LANE3:-check-vm-7.3 check-vm-asan-quick}
+LANE2=${LANE2:-check-vm-lane}
+LANE3=${LANE3:-check-vm-7.3-lane check-vm-asan-quick}
 lanes=("$LANE1" "$LANE2")
 [ -n "$LANE3" ] && lanes+=("$LANE3")
 
