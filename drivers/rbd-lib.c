@@ -96,10 +96,30 @@ static pthread_once_t load_once = PTHREAD_ONCE_INIT;
 static int load_result;
 static char load_error[512];
 
+static void *load_thread(void *opaque)
+{
+    Error **errp = opaque;
+    load_result = rbd_lib_load_from(&rbdlib, RBD_LIB_RADOS_SONAME, RBD_LIB_RBD_SONAME, errp);
+    return NULL;
+}
+
+/*
+ * On a thread of its own: the first use may come from a coroutine (create
+ * runs in one), and the libraries' static constructors overrun its 256 KiB
+ * stack.  A thread gets the default stack, whoever asks.
+ */
 static void load_real(void)
 {
     Error *err = NULL;
-    load_result = rbd_lib_load_from(&rbdlib, RBD_LIB_RADOS_SONAME, RBD_LIB_RBD_SONAME, &err);
+    pthread_t t;
+    int r = pthread_create(&t, NULL, load_thread, &err);
+    if (r != 0) {
+        load_result = -r;
+        snprintf(load_error, sizeof(load_error), "rbd: cannot start a thread to load %s: %s",
+                 RBD_LIB_RBD_SONAME, strerror(r));
+        return;
+    }
+    pthread_join(t, NULL);
     if (load_result < 0) {
         snprintf(load_error, sizeof(load_error), "%s", error_get_pretty(err));
         error_free(err);
