@@ -2,11 +2,14 @@
  * rbd-lib.c - librados and librbd, loaded on the first rbd open or create.
  *
  * Linked, the two C++ libraries (50-odd dependent libraries, static
- * constructors, ~68k relocations) were ~75% of every ublkd process's start-up,
- * `ublkd list` included; as QEMU's block-rbd module they are now loaded only
- * by a process that uses rbd.  The sonames are fixed (RTLD_LOCAL, so nothing
- * they bring in resolves our symbols), and the libraries are never unloaded:
- * librados starts threads and registers destructors of its own.
+ * constructors, ~68k relocations) were most of every ublkd process's start-up
+ * (`ublkd list`: 55 ms of CPU with them, 21 without); as with QEMU's
+ * block-rbd module, only a process that uses rbd loads them now.  The sonames
+ * are fixed, never a path from the environment or an option (the daemon runs
+ * as root); RTLD_LOCAL keeps what they bring in out of our symbol lookups.
+ * They are never unloaded: librados starts threads and registers destructors.
+ * A thread blocked in pthread_once while another loads waits once, at an
+ * open or create (the control plane).
  */
 #include <dlfcn.h>
 #include <errno.h>
