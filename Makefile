@@ -59,7 +59,7 @@ DRIVERS-$(CONFIG_NBD)      += nbd
 DRIVER_SRCS-file := drivers/file-io.c drivers/file-lock.c
 DRIVER_SRCS-blkdebug := drivers/blkdebug-rules.c drivers/blkdebug-control.c
 DRIVER_SRCS-quorum := drivers/quorum-vote.c drivers/quorum-rebuild.c
-DRIVER_SRCS-rbd := drivers/rbd-io.c drivers/rbd-name.c
+DRIVER_SRCS-rbd := drivers/rbd-io.c drivers/rbd-name.c drivers/rbd-lib.c
 DRIVER_SRCS-nbd := drivers/nbd-uri.c drivers/nbd-io.c
 DRIVER_SRCS-vdi := drivers/vdi-write.c drivers/vdi-create.c drivers/vdi-check.c
 DRIVER_SRCS-qcow2 := drivers/qcow2-header.c drivers/qcow2-cluster.c drivers/qcow2-refcount.c \
@@ -93,9 +93,8 @@ endif
 ifeq ($(CONFIG_CRYPTO),y)
 LDLIBS += -lcrypto
 endif
-ifeq ($(CONFIG_RBD),y)
-LDLIBS += -lrbd -lrados
-endif
+# CONFIG_RBD links neither librbd nor librados: drivers/rbd-lib.c dlopens them
+# on the first rbd open (glibc 2.34+ has dlopen in libc).
 ifeq ($(CONFIG_NBD),y)
 LDLIBS += -lnbd
 endif

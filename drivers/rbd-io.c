@@ -34,8 +34,8 @@ typedef struct RbdTask {
 static void rbd_task_done(rbd_completion_t c, void *arg)
 {
     RbdTask *t = arg;
-    t->ret = rbd_aio_get_return_value(c);
-    rbd_aio_release(c);
+    t->ret = rbdlib.rbd_aio_get_return_value(c);
+    rbdlib.rbd_aio_release(c);
     aio_co_wake(t->co);
 }
 
@@ -47,30 +47,30 @@ static int coroutine_fn rbd_co_aio(BlockDriverState *bs, RbdOp op, int64_t offse
     RbdState *s = bs->opaque;
     RbdTask t = { .co = co_self(), .ret = 0 };
     rbd_completion_t c;
-    int r = rbd_aio_create_completion(&t, rbd_task_done, &c);
+    int r = rbdlib.rbd_aio_create_completion(&t, rbd_task_done, &c);
     if (r < 0) {
         return r;
     }
     switch (op) {
     case RBD_READ:
-        r = rbd_aio_readv(s->image, iov, niov, (uint64_t)offset, c);
+        r = rbdlib.rbd_aio_readv(s->image, iov, niov, (uint64_t)offset, c);
         break;
     case RBD_WRITE:
-        r = rbd_aio_writev(s->image, iov, niov, (uint64_t)offset, c);
+        r = rbdlib.rbd_aio_writev(s->image, iov, niov, (uint64_t)offset, c);
         break;
     case RBD_DISCARD:
-        r = rbd_aio_discard(s->image, (uint64_t)offset, (uint64_t)bytes, c);
+        r = rbdlib.rbd_aio_discard(s->image, (uint64_t)offset, (uint64_t)bytes, c);
         break;
     case RBD_ZEROES:
-        r = rbd_aio_write_zeroes(s->image, (uint64_t)offset, (size_t)bytes, c, 0, 0);
+        r = rbdlib.rbd_aio_write_zeroes(s->image, (uint64_t)offset, (size_t)bytes, c, 0, 0);
         break;
     case RBD_FLUSH:
-        r = rbd_aio_flush(s->image, c);
+        r = rbdlib.rbd_aio_flush(s->image, c);
         break;
     }
     if (r < 0) {
         /* Not queued: no callback will come. */
-        rbd_aio_release(c);
+        rbdlib.rbd_aio_release(c);
         return r;
     }
     co_yield();
@@ -120,7 +120,7 @@ typedef struct RbdResize {
 static int do_resize(void *opaque)
 {
     RbdResize *r = opaque;
-    return rbd_resize(r->image, r->size);
+    return rbdlib.rbd_resize(r->image, r->size);
 }
 
 int coroutine_fn rbd_co_resize(RbdState *s, int64_t size)
@@ -283,11 +283,11 @@ static int do_diff(void *opaque)
     RbdDiff *d = opaque;
     uint64_t features, flags;
     /* Only the object map (fast-diff) answers quickly and exactly. */
-    if (rbd_get_features(d->image, &features) < 0 || !(features & RBD_FEATURE_FAST_DIFF) ||
-        rbd_get_flags(d->image, &flags) < 0 || (flags & RBD_FLAG_FAST_DIFF_INVALID)) {
+    if (rbdlib.rbd_get_features(d->image, &features) < 0 || !(features & RBD_FEATURE_FAST_DIFF) ||
+        rbdlib.rbd_get_flags(d->image, &flags) < 0 || (flags & RBD_FLAG_FAST_DIFF_INVALID)) {
         return 1;
     }
-    return rbd_diff_iterate2(d->image, NULL, d->offset, d->bytes, true, true, diff_cb, d);
+    return rbdlib.rbd_diff_iterate2(d->image, NULL, d->offset, d->bytes, true, true, diff_cb, d);
 }
 
 int coroutine_fn rbd_co_block_status(BlockDriverState *bs, bool want_zero, int64_t offset,

@@ -8,7 +8,8 @@
  * hanging it), then opens the image: read-only opens and snapshots with
  * rbd_open_read_only, which takes no exclusive lock, so `img info` works on
  * an image a device serves.  Snapshots are read-only: a read-write open of one
- * is refused.  Data I/O is in rbd-io.c.
+ * is refused.  Data I/O is in rbd-io.c.  librbd and librados are loaded on
+ * the first connect (rbd-lib.c), so every call goes through rbdlib.
  */
 #include <errno.h>
 #include <inttypes.h>
@@ -87,16 +88,20 @@ static int rbd_connect(const RbdSpec *spec, int flags, rados_t *cluster, rados_i
 {
     char name[1024];
     spec_name(spec, name, sizeof(name));
-    int r = rados_create(cluster, spec->user);
+    int r = rbd_lib_load(errp);   /* the first use in this process loads librbd */
+    if (r < 0) {
+        return r;
+    }
+    r = rbdlib.rados_create(cluster, spec->user);
     if (r < 0) {
         error_setg_errno(errp, -r, "rbd: cannot set up a cluster handle for '%s' (user '%s')",
                          name, spec->user ? spec->user : "admin");
         return r;
     }
-    rados_conf_set(*cluster, "client_mount_timeout", RBD_DEFAULT_MOUNT_TIMEOUT);
-    rados_conf_set(*cluster, "rados_mon_op_timeout", RBD_DEFAULT_MOUNT_TIMEOUT);
+    rbdlib.rados_conf_set(*cluster, "client_mount_timeout", RBD_DEFAULT_MOUNT_TIMEOUT);
+    rbdlib.rados_conf_set(*cluster, "rados_mon_op_timeout", RBD_DEFAULT_MOUNT_TIMEOUT);
     if (spec->conf) {
-        r = rados_conf_read_file(*cluster, spec->conf);
+        r = rbdlib.rados_conf_read_file(*cluster, spec->conf);
         if (r < 0) {
             error_setg_errno(errp, -r, "rbd: cannot read the Ceph configuration '%s' for '%s'",
                              spec->conf, name);
@@ -105,10 +110,10 @@ static int rbd_connect(const RbdSpec *spec, int flags, rados_t *cluster, rados_i
     } else {
         /* The default places ($CEPH_CONF, /etc/ceph/ceph.conf...); none is fine
          * when the options say enough (mon_host, key). */
-        rados_conf_read_file(*cluster, NULL);
+        rbdlib.rados_conf_read_file(*cluster, NULL);
     }
     for (int i = 0; i < spec->nkv; i++) {
-        r = rados_conf_set(*cluster, spec->keys[i], spec->values[i]);
+        r = rbdlib.rados_conf_set(*cluster, spec->keys[i], spec->values[i]);
         if (r < 0) {
             error_setg_errno(errp, -r, "rbd: cannot set the Ceph option '%s' to '%s' for '%s'",
                              spec->keys[i], spec->values[i], name);
@@ -118,18 +123,18 @@ static int rbd_connect(const RbdSpec *spec, int flags, rados_t *cluster, rados_i
     /* QEMU's mapping: cache=none turns librbd's cache off, anything else
      * keeps what the configuration says. */
     if (flags & BDRV_O_NOCACHE) {
-        rados_conf_set(*cluster, "rbd_cache", "false");
+        rbdlib.rados_conf_set(*cluster, "rbd_cache", "false");
     }
-    r = rados_connect(*cluster);
+    r = rbdlib.rados_connect(*cluster);
     if (r < 0) {
         char mon[256] = "";
-        rados_conf_get(*cluster, "mon_host", mon, sizeof(mon));
+        rbdlib.rados_conf_get(*cluster, "mon_host", mon, sizeof(mon));
         error_setg_errno(errp, -r, "rbd: cannot connect to the Ceph cluster (mon_host '%s', user "
                          "'%s'%s%s) for '%s'", mon, spec->user ? spec->user : "admin",
                          spec->conf ? ", conf " : "", spec->conf ? spec->conf : "", name);
         goto fail;
     }
-    r = rados_ioctx_create(*cluster, spec->pool, io);
+    r = rbdlib.rados_ioctx_create(*cluster, spec->pool, io);
     if (r < 0) {
         if (r == -ENOENT) {
             error_setg(errp, "rbd: pool '%s' does not exist (opening '%s')", spec->pool, name);
@@ -139,10 +144,10 @@ static int rbd_connect(const RbdSpec *spec, int flags, rados_t *cluster, rados_i
         }
         goto fail;
     }
-    rados_ioctx_set_namespace(*io, spec->ns ? spec->ns : "");
+    rbdlib.rados_ioctx_set_namespace(*io, spec->ns ? spec->ns : "");
     return 0;
 fail:
-    rados_shutdown(*cluster);
+    rbdlib.rados_shutdown(*cluster);
     *cluster = NULL;
     return r;
 }
@@ -150,10 +155,10 @@ fail:
 static void rbd_disconnect(rados_t cluster, rados_ioctx_t io)
 {
     if (io) {
-        rados_ioctx_destroy(io);
+        rbdlib.rados_ioctx_destroy(io);
     }
     if (cluster) {
-        rados_shutdown(cluster);
+        rbdlib.rados_shutdown(cluster);
     }
 }
 
@@ -179,15 +184,15 @@ static int rbd_open_bs(BlockDriverState *bs, OptDict *options, int flags, Error 
     }
     s->opened_rw = flags & BDRV_O_RDWR;
     if (s->opened_rw) {
-        r = rbd_open(s->io, spec->image, &s->image, NULL);
+        r = rbdlib.rbd_open(s->io, spec->image, &s->image, NULL);
     } else {
-        r = rbd_open_read_only(s->io, spec->image, &s->image, spec->snap);
+        r = rbdlib.rbd_open_read_only(s->io, spec->image, &s->image, spec->snap);
     }
     if (r == -ENOENT && spec->snap) {
         /* The image or its snapshot?  Say which. */
         rbd_image_t probe;
-        if (rbd_open_read_only(s->io, spec->image, &probe, NULL) == 0) {
-            rbd_close(probe);
+        if (rbdlib.rbd_open_read_only(s->io, spec->image, &probe, NULL) == 0) {
+            rbdlib.rbd_close(probe);
             error_setg(errp, "rbd: image %s/%s has no snapshot '%s'", spec->pool, spec->image,
                        spec->snap);
             goto fail;
@@ -206,9 +211,9 @@ static int rbd_open_bs(BlockDriverState *bs, OptDict *options, int flags, Error 
     s->image_open = true;
     uint64_t size;
     rbd_image_info_t info;
-    r = rbd_get_size(s->image, &size);
+    r = rbdlib.rbd_get_size(s->image, &size);
     if (r == 0) {
-        r = rbd_stat(s->image, &info, sizeof(info));
+        r = rbdlib.rbd_stat(s->image, &info, sizeof(info));
     }
     if (r < 0) {
         error_setg_errno(errp, -r, "rbd: cannot read the size of '%s'", name);
@@ -226,7 +231,7 @@ static int rbd_open_bs(BlockDriverState *bs, OptDict *options, int flags, Error 
     return 0;
 fail:
     if (s->image_open) {
-        rbd_close(s->image);
+        rbdlib.rbd_close(s->image);
         s->image_open = false;
     }
     rbd_disconnect(s->cluster, s->io);
@@ -243,7 +248,7 @@ static void rbd_close_bs(BlockDriverState *bs)
         co_mutex_destroy(&s->grow_lock);
     }
     if (s->image_open) {
-        rbd_close(s->image);
+        rbdlib.rbd_close(s->image);
     }
     rbd_disconnect(s->cluster, s->io);
     rbd_spec_free(&s->spec);
@@ -269,7 +274,7 @@ static int rbd_reopen_prepare(BlockDriverState *bs, int flags, Error **errp)
                    s->spec.pool, s->spec.image);
         return -EROFS;
     }
-    int r = rbd_open(s->io, s->spec.image, &s->reopen_image, NULL);
+    int r = rbdlib.rbd_open(s->io, s->spec.image, &s->reopen_image, NULL);
     if (r < 0) {
         error_setg_errno(errp, -r, "rbd: cannot reopen '%s' read-write", name);
         return r;
@@ -282,7 +287,7 @@ static void rbd_reopen_commit(BlockDriverState *bs)
 {
     RbdState *s = bs->opaque;
     if (s->reopen_pending) {
-        rbd_close(s->image);
+        rbdlib.rbd_close(s->image);
         s->image = s->reopen_image;
         s->opened_rw = true;
         bs->growable = true;
@@ -294,7 +299,7 @@ static void rbd_reopen_abort(BlockDriverState *bs)
 {
     RbdState *s = bs->opaque;
     if (s->reopen_pending) {
-        rbd_close(s->reopen_image);
+        rbdlib.rbd_close(s->reopen_image);
         s->reopen_pending = false;
     }
 }
@@ -316,7 +321,7 @@ static int64_t rbd_getlength(BlockDriverState *bs)
 {
     RbdState *s = bs->opaque;
     uint64_t size;
-    int r = rbd_get_size(s->image, &size);
+    int r = rbdlib.rbd_get_size(s->image, &size);
     return r < 0 ? r : (int64_t)size;
 }
 
@@ -371,7 +376,7 @@ static void rbd_get_specific_info(BlockDriverState *bs, ImageSpecificInfo *info)
         image_info_add(info, "snapshot", "%s", s->spec.snap);
     }
     image_info_add_int(info, "object-size", (int64_t)s->object_size);
-    if (rbd_get_features(s->image, &features) == 0) {
+    if (rbdlib.rbd_get_features(s->image, &features) == 0) {
         image_info_add_int(info, "features", (int64_t)features);
     }
 }
@@ -430,13 +435,13 @@ static int coroutine_fn rbd_co_create(const char *filename, OptDict *opts, Error
     r = rbd_connect(&spec, BDRV_O_RDWR, &cluster, &io, errp);
     if (r == 0) {
         rbd_image_options_t o2;
-        rbd_image_options_create(&o2);
+        rbdlib.rbd_image_options_create(&o2);
         if (object_size) {
-            rbd_image_options_set_uint64(o2, RBD_IMAGE_OPTION_ORDER,
+            rbdlib.rbd_image_options_set_uint64(o2, RBD_IMAGE_OPTION_ORDER,
                                          (uint64_t)__builtin_ctzll(object_size));
         }
-        r = rbd_create4(io, spec.image, size, o2);
-        rbd_image_options_destroy(o2);
+        r = rbdlib.rbd_create4(io, spec.image, size, o2);
+        rbdlib.rbd_image_options_destroy(o2);
         if (r == -EEXIST) {
             error_setg(errp, "rbd: image '%s' already exists", name);
         } else if (r < 0) {
