@@ -51,7 +51,14 @@ ublk_del "$ID"
 cmp <(dd if="$T/back.raw" bs=1M skip=40 count=4 status=none) "$T/pat" || fail "the pattern did not reach the image"
 cmp -n $((4 << 20)) -i $((48 << 20)):0 "$T/back.raw" /dev/zero || fail "the discarded range does not read as zeros"
 "$UBLKD" img map -f raw --output=json rbd:rbd/img >"$T/map" || fail "img map"
-grep -q '"start": 50331648, "length": 4194304, "depth": 0, "present": true, "zero": true, "data": false' "$T/map" ||
+# img map merges the discarded object with the never-written zero extents around
+# it: what matters is that some zero, data-less extent covers 48..52 MiB (it was
+# data before the discard).
+awk -v lo=$((48 << 20)) -v hi=$((52 << 20)) '
+  { s = $0; sub(/.*"start": /, "", s); st = s + 0
+    l = $0; sub(/.*"length": /, "", l); len = l + 0 }
+  /"zero": true, "data": false/ && st <= lo && st + len >= hi { ok = 1 }
+  END { exit !ok }' "$T/map" ||
   { cat "$T/map" >&2; fail "the discarded object is still allocated"; }
 
 # A snapshot as a read-only device: its data, and writes refused.
