@@ -31,7 +31,7 @@ log "cluster up"
 ublk_add raw rbd:rbd/img -q 2 >/dev/null
 [ "$(blockdev --getsize64 "$DEV")" = $((64 << 20)) ] || fail "device size is not 64 MiB"
 log "fio verify, 1 job"
-fio_verify "$DEV" --numjobs=1 --iodepth=32 --bsrange=512-256k
+FIO_SIZE=4M fio_verify "$DEV" --numjobs=1 --iodepth=32 --bsrange=512-256k
 log "fio verify, 2 jobs on 2 queues"
 fio_verify "$DEV" --numjobs=2 --offset_increment=16M --size=4M --iodepth=16 --bsrange=4k-64k
 # A known pattern at 40 MiB, a discarded whole object at 48 MiB.
