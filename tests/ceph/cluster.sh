@@ -22,15 +22,10 @@ free_port() {
     die "no free port"
 }
 
-# Waits up to $1 seconds for "$2..." to succeed.  A deadline, not a count of
-# tries: under TCG (tests/vm) one `ceph` command takes seconds.
-wait_for() {
-    local end=$((SECONDS + $1)); shift
-    while ((SECONDS < end)); do
-        "$@" >/dev/null 2>&1 && return 0
-        sleep 0.1
-    done
-    return 1
+# A new cephx secret, as `ceph-authtool --gen-print-key` prints it: base64 of a
+# CryptoKey (type 1 = AES, a creation time left at 0, 16 random bytes).
+gen_key() {
+    { printf '\x01\x00'; head -c 8 /dev/zero; printf '\x10\x00'; head -c 16 /dev/urandom; } | base64
 }
 
 # Whether the daemon of pid file $1 has exited (one that failed its init
@@ -56,11 +51,10 @@ stop() {
         pid=$(cat "$f")
         # Only a ceph daemon whose command line names this cluster's conf.
         if [[ -r /proc/$pid/cmdline ]] && tr '\0' ' ' < "/proc/$pid/cmdline" | grep -q -- "$dir/ceph.conf"; then
-            # The OSD is killed outright: memstore would dump every object into
-            # DIR on a clean shutdown, for data that is thrown away.
-            local sig=TERM
-            [[ $f == */osd.* ]] && sig=KILL
-            kill -"$sig" "$pid" 2>/dev/null && pids+=("$pid")
+            # Killed outright: the cluster is thrown away, memstore would dump every
+            # object into DIR on a clean shutdown, and the mon's clean shutdown (its
+            # RocksDB) took seconds under TCG (tests/vm).
+            kill -KILL "$pid" 2>/dev/null && pids+=("$pid")
         fi
         rm -f "$f"
     done
@@ -83,7 +77,7 @@ stop() {
 
 start() {
     local dir=$1
-    for b in ceph-mon ceph-osd ceph-authtool monmaptool ceph rbd; do
+    for b in ceph-mon ceph-osd monmaptool ceph rbd; do
         command -v "$b" >/dev/null || die "$b not found (make deps-ceph)"
     done
     mkdir -p "$dir"
@@ -146,27 +140,50 @@ osd class load list = *
 osd class default list = *
 CONF
     local conf=$dir/ceph.conf
-    ceph-authtool --create-keyring "$dir/keyring" --gen-key -n mon. --cap mon 'allow *' >/dev/null
-    ceph-authtool "$dir/keyring" --gen-key -n client.admin --cap mon 'allow *' --cap osd 'allow *' \
-        --cap mgr 'allow *' --cap mds 'allow *' >/dev/null
+    # Keys and keyrings are written here, not by ceph-authtool: under TCG (tests/vm)
+    # every Ceph binary costs a second or more to start.
+    local uuid key id pid
+    key=$(gen_key)
+    cat > "$dir/keyring" <<KEYS
+[mon.]
+	key = $(gen_key)
+	caps mon = "allow *"
+[client.admin]
+	key = $(gen_key)
+	caps mds = "allow *"
+	caps mgr = "allow *"
+	caps mon = "allow *"
+	caps osd = "allow *"
+KEYS
+    printf '[osd.0]\n\tkey = %s\n' "$key" > "$dir/osd.0/keyring"
     monmaptool --create --fsid "$fsid" --addv a "[v2:127.0.0.1:$port]" "$dir/monmap" >/dev/null
     ceph-mon -c "$conf" --mkfs -i a --monmap "$dir/monmap" --keyring "$dir/keyring"
     ceph-mon -c "$conf" -i a
-    wait_for 60 ceph -c "$conf" --connect-timeout 10 mon stat || die "mon did not come up (see $dir/log)"
 
-    local uuid key id
     uuid=$(cat /proc/sys/kernel/random/uuid)
-    key=$(ceph-authtool --gen-print-key)
     printf '{"cephx_secret": "%s"}\n' "$key" > "$dir/osd.0/new.json"
-    id=$(ceph -c "$conf" osd new "$uuid" -i "$dir/osd.0/new.json")
-    [[ $id == 0 ]] || die "osd new gave id '$id'"
-    rm -f "$dir/osd.0/new.json"
-    ceph-authtool --create-keyring "$dir/osd.0/keyring" --name osd.0 --add-key "$key" >/dev/null
-    ceph-osd -c "$conf" -i 0 --mkfs --key "$key" --osd-uuid "$uuid" 2>>"$dir/log/osd-mkfs.log" \
+    # Every mon command in one `ceph` session (its interactive mode reads them from
+    # stdin; -i is the input of each, which only `osd new` reads), with no separate
+    # wait for the mon (the client waits up to --connect-timeout): under TCG each
+    # `ceph` run costs ~4 s of Python.  The session exits 0 whatever its commands
+    # did, so their replies are checked.  The pool needs no OSD yet; what `rbd pool
+    # init` would add (the application tag) is the last command.  The OSD's mkfs
+    # runs meanwhile.
+    printf '%s\n' "osd new $uuid" "osd pool create rbd 8 8" "osd pool application enable rbd rbd" |
+        ceph -c "$conf" --connect-timeout 60 -i "$dir/osd.0/new.json" >"$dir/log/setup.out" 2>&1 &
+    pid=$!
+    ceph-osd -c "$conf" -i 0 --mkfs --no-mon-config --key "$key" --osd-uuid "$uuid" 2>>"$dir/log/osd-mkfs.log" \
         || die "ceph-osd --mkfs failed (see $dir/log/osd-mkfs.log)"
+    wait "$pid" || true
+    rm -f "$dir/osd.0/new.json"
+    grep -q "^0" "$dir/log/setup.out" && grep -q "pool 'rbd' created" "$dir/log/setup.out" &&
+        grep -q "enabled application 'rbd' on pool 'rbd'" "$dir/log/setup.out" ||
+        { cat "$dir/log/setup.out" >&2; die "the mon did not come up, or setting up osd.0 and pool rbd failed"; }
     ceph-osd -c "$conf" -i 0 --keyring "$dir/osd.0/keyring" 2>>"$dir/log/osd-start.log"
     local end=$((SECONDS + 120))
-    until ceph -c "$conf" --connect-timeout 10 osd dump 2>/dev/null | grep -q '^osd.0 up'; do
+    # Up is read from the OSD's log (it logs "state: booting -> active" once it sees
+    # itself up in the osdmap), not by polling `osd dump`: seconds per poll under TCG.
+    until grep -q 'state: booting -> active' "$dir/log/osd.0.log" 2>/dev/null; do
         if exited "$dir/run/osd.0.pid"; then
             tail -n 5 "$dir/log/osd-start.log" >&2 || true
             die "osd.0 exited before it came up (see $dir/log/osd.0.log)"
@@ -175,8 +192,6 @@ CONF
         sleep 0.2
     done
 
-    ceph -c "$conf" osd pool create rbd 8 8 >/dev/null 2>&1
-    timeout 300 rbd -c "$conf" pool init rbd || die "rbd pool init failed"
 }
 
 case "${1:-}" in

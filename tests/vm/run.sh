@@ -32,7 +32,7 @@ trap 'rm -rf "$work"' EXIT
 # The guest inherits no environment: these knobs are passed on when set.
 fwd=()
 for v in TEST_TIMEOUT POWERLOSS_RECORDS POWERLOSS_POINTS POWERLOSS_NOISE POWERLOSS_CACHE POWERLOSS_FORMATS \
-         POWERLOSS_XFS_FORMATS LOG_WRITES_REPLAY KILL9_CYCLES KILL9_FORMATS UBLKD_RBD_VM; do
+         POWERLOSS_XFS_FORMATS LOG_WRITES_REPLAY KILL9_CYCLES KILL9_FORMATS; do
   [ -n "${!v:-}" ] && fwd+=("$v=${!v}")
 done
 out=$work/console.log
